@@ -1,0 +1,505 @@
+//! The topology file: one TOML document with `[node]` and any number of `[topology.NAME]`.
+//!
+//! Parsing keeps every value's span so that each error — an unknown key, a wrong type,
+//! a strategy path that does not exist — is reported as `FILE:LINE:COL: key K: what`.
+//! `${VAR}` and `${VAR:-default}` are expanded in the node name, listen address and
+//! cookie file path, so one file serves every pod (`name = "myapp@${POD_IP}"`).
+//!
+//! # Example
+//! ```
+//! let text = r#"
+//! [node]
+//! name = "a@127.0.0.1"
+//! cookie = "dev-only"
+//! allow_insecure_cookie = true
+//! "#;
+//! let cfg = wasmnode::config::Config::parse(text, "inline.toml".as_ref()).unwrap();
+//! assert_eq!(cfg.node.name.to_string(), "a@127.0.0.1");
+//! assert_eq!(cfg.node.listen.to_string(), "127.0.0.1:4370");
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::name::NodeName;
+
+/// Environment variable the cookie comes from unless the config says otherwise.
+pub const DEFAULT_COOKIE_ENV: &str = "WASMNODE_COOKIE";
+
+/// A config error, located in its file.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line and column, when the error has a place.
+    pub at: Option<(usize, usize)>,
+    /// The dotted key the error is about (`topology.local.strategy`), when known.
+    pub key: Option<String>,
+    /// What is wrong, in a sentence.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.at {
+            write!(f, ":{line}:{col}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "key `{key}`: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the cookie comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieSource {
+    /// An environment variable (default `WASMNODE_COOKIE`).
+    Env(String),
+    /// A file whose contents, trimmed, are the cookie (a mounted Secret).
+    File(PathBuf),
+    /// A literal in the config; only with `allow_insecure_cookie = true`.
+    Literal(String),
+}
+
+impl CookieSource {
+    /// Reads the cookie; the error says which source was empty.
+    pub fn resolve(&self) -> Result<Vec<u8>, String> {
+        let cookie = match self {
+            CookieSource::Env(var) => std::env::var(var).map_err(|_| {
+                format!("no cookie: environment variable {var} is not set (set it, or name another source with cookie_env / cookie_file in [node])")
+            })?,
+            CookieSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("no cookie: cannot read cookie_file {}: {e}", path.display()))?,
+            CookieSource::Literal(c) => c.clone(),
+        };
+        let cookie = cookie.trim();
+        if cookie.is_empty() {
+            return Err(format!("no cookie: {} is empty", self.describe()));
+        }
+        Ok(cookie.as_bytes().to_vec())
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            CookieSource::Env(v) => format!("environment variable {v}"),
+            CookieSource::File(p) => format!("cookie_file {}", p.display()),
+            CookieSource::Literal(_) => "the literal cookie".into(),
+        }
+    }
+}
+
+/// `[node]`: who this node is and how it talks.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: NodeName,
+    pub listen: SocketAddr,
+    pub cookie: CookieSource,
+    /// How often a heartbeat goes out on every connection.
+    pub heartbeat_interval: Duration,
+    /// How long a silent peer lives before it is declared down.
+    pub heartbeat_timeout: Duration,
+    /// Connect to the peers of our peers (Erlang's default); off keeps only discovered links.
+    pub full_mesh: bool,
+    /// How long a dial plus handshake may take.
+    pub connect_timeout: Duration,
+}
+
+/// `[topology.NAME]`: one discovery strategy plugin and how to run it.
+#[derive(Debug, Clone)]
+pub struct TopologyConfig {
+    pub name: String,
+    /// The component's path, resolved against the config file's folder.
+    pub strategy: PathBuf,
+    pub polling_interval: Duration,
+    /// Deadline for one plugin call (init or poll).
+    pub call_timeout: Duration,
+    /// Memory cap for the plugin's linear memories.
+    pub memory_limit: usize,
+    /// The `config` table handed to the plugin.
+    pub config: Vec<(String, PluginValue)>,
+    /// Where `strategy` is written, for errors found later (a bad component).
+    pub strategy_at: (usize, usize),
+}
+
+/// One value of a plugin's config table (the WIT `config-value`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Boolean(bool),
+    TextList(Vec<String>),
+}
+
+/// A whole topology file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub node: NodeConfig,
+    pub topologies: Vec<TopologyConfig>,
+    /// Warnings to log once the logger is up (an insecure cookie).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    node: Option<Spanned<RawNode>>,
+    #[serde(default)]
+    topology: BTreeMap<String, Spanned<RawTopology>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    cookie_env: Option<Spanned<String>>,
+    cookie_file: Option<Spanned<String>>,
+    cookie: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_insecure_cookie: bool,
+    heartbeat_interval_ms: Option<Spanned<u64>>,
+    heartbeat_timeout_ms: Option<Spanned<u64>>,
+    full_mesh: Option<bool>,
+    connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopology {
+    strategy: Spanned<String>,
+    polling_interval_ms: Option<Spanned<u64>>,
+    call_timeout_ms: Option<u64>,
+    memory_limit_mb: Option<u64>,
+    config: Option<Spanned<toml::Table>>,
+}
+
+/// Overrides from the command line, which win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub name: Option<String>,
+    pub listen: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a topology file (plugins are checked separately, by loading them).
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            at: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse_with(&text, path, overrides)
+    }
+
+    /// Parses a topology from text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(text, path, &Overrides::default())
+    }
+
+    fn parse_with(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let err = |span: Option<Range<usize>>, key: Option<String>, message: String| ConfigError {
+            file: path.to_path_buf(),
+            at: span.map(|s| line_col(text, s.start)),
+            key,
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = e.span().and_then(|s| key_at(text, s.clone()));
+            err(e.span(), key, e.message().trim().to_string())
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let node_span = raw.node.as_ref().map(|n| n.span());
+        let rn = raw.node.map(Spanned::into_inner).unwrap_or_default();
+
+        // Name: --name, else [node].name (expanded), else detected.
+        let (name_text, name_span) = match (&overrides.name, &rn.name) {
+            (Some(n), _) => (n.clone(), None),
+            (None, Some(n)) => (
+                expand(n.get_ref()).map_err(|m| err(Some(n.span()), Some("node.name".into()), m))?,
+                Some(n.span()),
+            ),
+            (None, None) => ("wasmnode".to_string(), None),
+        };
+        let name = NodeName::parse_or_detect(&name_text)
+            .map_err(|m| err(name_span.clone(), Some("node.name".into()), m))?;
+
+        let listen = match (&overrides.listen, &rn.listen) {
+            (Some(l), _) => l.parse().map_err(|e| err(None, Some("--listen".into()), format!("`{l}` is not ip:port: {e}")))?,
+            (None, Some(l)) => {
+                let s = expand(l.get_ref()).map_err(|m| err(Some(l.span()), Some("node.listen".into()), m))?;
+                s.parse().map_err(|e| err(Some(l.span()), Some("node.listen".into()), format!("`{s}` is not ip:port: {e}")))?
+            }
+            (None, None) => match name.host.parse::<IpAddr>() {
+                Ok(ip) => SocketAddr::new(ip, name.port),
+                Err(_) => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), name.port),
+            },
+        };
+
+        let mut warnings = Vec::new();
+        let sources = [rn.cookie_env.is_some(), rn.cookie_file.is_some(), rn.cookie.is_some()];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(err(node_span, Some("node".into()), "give only one of cookie_env, cookie_file, cookie".into()));
+        }
+        let cookie = if let Some(c) = &rn.cookie {
+            if !rn.allow_insecure_cookie {
+                return Err(err(
+                    Some(c.span()),
+                    Some("node.cookie".into()),
+                    "a literal cookie in the config is refused: use cookie_env or cookie_file, or set allow_insecure_cookie = true for local experiments".into(),
+                ));
+            }
+            warnings.push(format!("{}: the cookie is a literal in the config (allow_insecure_cookie = true); do not use this in production", path.display()));
+            CookieSource::Literal(c.get_ref().clone())
+        } else if let Some(f) = &rn.cookie_file {
+            let p = expand(f.get_ref()).map_err(|m| err(Some(f.span()), Some("node.cookie_file".into()), m))?;
+            CookieSource::File(base.join(p))
+        } else if let Some(v) = &rn.cookie_env {
+            CookieSource::Env(v.get_ref().clone())
+        } else {
+            CookieSource::Env(DEFAULT_COOKIE_ENV.into())
+        };
+
+        let hb_interval = rn.heartbeat_interval_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(250);
+        let hb_timeout = rn.heartbeat_timeout_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(1500);
+        if hb_interval == 0 || hb_timeout <= hb_interval {
+            let span = rn.heartbeat_timeout_ms.as_ref().or(rn.heartbeat_interval_ms.as_ref()).map(|s| s.span());
+            return Err(err(
+                span,
+                Some("node.heartbeat_timeout_ms".into()),
+                format!("heartbeat_timeout_ms ({hb_timeout}) must be larger than heartbeat_interval_ms ({hb_interval}), which must be above 0"),
+            ));
+        }
+
+        let node = NodeConfig {
+            name,
+            listen,
+            cookie,
+            heartbeat_interval: Duration::from_millis(hb_interval),
+            heartbeat_timeout: Duration::from_millis(hb_timeout),
+            full_mesh: rn.full_mesh.unwrap_or(true),
+            connect_timeout: Duration::from_millis(rn.connect_timeout_ms.unwrap_or(3000)),
+        };
+
+        let mut topologies = Vec::new();
+        for (tname, t) in raw.topology {
+            let t = t.into_inner();
+            let key = |k: &str| Some(format!("topology.{tname}.{k}"));
+            let strategy = base.join(t.strategy.get_ref());
+            if !strategy.is_file() {
+                return Err(err(
+                    Some(t.strategy.span()),
+                    key("strategy"),
+                    format!("strategy component {} does not exist (build the plugins first: ./dev plugins)", strategy.display()),
+                ));
+            }
+            let interval = t.polling_interval_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(5000);
+            if interval == 0 {
+                return Err(err(t.polling_interval_ms.map(|s| s.span()), key("polling_interval_ms"), "must be above 0".into()));
+            }
+            let (config_span, table) = match t.config {
+                Some(c) => (c.span(), c.into_inner()),
+                None => (0..0, toml::Table::new()),
+            };
+            let mut config = Vec::new();
+            for (k, v) in table {
+                let value = plugin_value(&v).ok_or_else(|| {
+                    let span = find_key(text, config_span.clone(), &k).or(Some(config_span.clone()));
+                    err(span, key(&format!("config.{k}")), format!("plugin config values must be strings, integers, floats, booleans or lists of strings, not {}", v.type_str()))
+                })?;
+                config.push((k, value));
+            }
+            topologies.push(TopologyConfig {
+                strategy_at: line_col(text, t.strategy.span().start),
+                name: tname,
+                strategy,
+                polling_interval: Duration::from_millis(interval),
+                call_timeout: Duration::from_millis(t.call_timeout_ms.unwrap_or(2000)),
+                memory_limit: (t.memory_limit_mb.unwrap_or(64) as usize) << 20,
+                config,
+            });
+        }
+        Ok(Config { file: path.to_path_buf(), node, topologies, warnings })
+    }
+
+    /// An error about topology `t`'s strategy component, located at its `strategy` key.
+    pub fn strategy_error(&self, t: &TopologyConfig, message: String) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            at: Some(t.strategy_at),
+            key: Some(format!("topology.{}.strategy", t.name)),
+            message,
+        }
+    }
+
+    /// An error about the cookie, located at `[node]`.
+    pub fn cookie_error(&self, message: String) -> ConfigError {
+        ConfigError { file: self.file.clone(), at: None, key: Some("node".into()), message }
+    }
+}
+
+fn plugin_value(v: &toml::Value) -> Option<PluginValue> {
+    Some(match v {
+        toml::Value::String(s) => PluginValue::Text(s.clone()),
+        toml::Value::Integer(i) => PluginValue::Integer(*i),
+        toml::Value::Float(f) => PluginValue::Float(*f),
+        toml::Value::Boolean(b) => PluginValue::Boolean(*b),
+        toml::Value::Array(items) => PluginValue::TextList(
+            items.iter().map(|i| i.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()?,
+        ),
+        _ => return None,
+    })
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; an unset variable without default is an error.
+pub fn expand(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
+        let expr = &after[..end];
+        let (var, default) = match expr.split_once(":-") {
+            Some((v, d)) => (v, Some(d)),
+            None => (expr, None),
+        };
+        match (std::env::var(var).ok().filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => return Err(format!("environment variable {var} is not set (used in `{s}`)")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// The dotted key an error span points at: the nearest `[table]` header above it plus
+/// the key text on the span's line.
+fn key_at(text: &str, span: Range<usize>) -> Option<String> {
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    if line.starts_with('[') {
+        return Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    }
+    let key = line.split('=').next()?.trim().trim_matches('"');
+    if key.is_empty() {
+        return table;
+    }
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+/// Finds `key =` inside a table's span, for errors about one value of it.
+fn find_key(text: &str, span: Range<usize>, key: &str) -> Option<Range<usize>> {
+    let region = text.get(span.clone())?;
+    let mut offset = span.start;
+    for line in region.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with(key) && t[key.len()..].trim_start().starts_with('=') {
+            let lead = line.len() - t.len();
+            return Some(offset + lead..offset + lead + key.len());
+        }
+        offset += line.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("[node]\nname = \"a@127.0.0.1\"\ncolour = 1\n").unwrap_err();
+        assert!(e.starts_with("t.toml:3:1: key `node.colour`: unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = parse("[node]\nheartbeat_interval_ms = \"fast\"\n").unwrap_err();
+        assert!(e.starts_with("t.toml:2:"), "{e}");
+        assert!(e.contains("key `node.heartbeat_interval_ms`"), "{e}");
+    }
+
+    #[test]
+    fn literal_cookie_needs_the_insecure_switch() {
+        let e = parse("[node]\ncookie = \"x\"\n").unwrap_err();
+        assert!(e.contains("t.toml:2:10: key `node.cookie`: a literal cookie"), "{e}");
+        let c = parse("[node]\ncookie = \"x\"\nallow_insecure_cookie = true\n").unwrap();
+        assert_eq!(c.node.cookie, CookieSource::Literal("x".into()));
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn default_cookie_source_is_the_env_var() {
+        let c = parse("[node]\nname = \"a@127.0.0.1\"\n").unwrap();
+        assert_eq!(c.node.cookie, CookieSource::Env("WASMNODE_COOKIE".into()));
+        let missing = CookieSource::Env("WASMNODE_TEST_SURELY_UNSET".into()).resolve().unwrap_err();
+        assert!(missing.contains("WASMNODE_TEST_SURELY_UNSET is not set"), "{missing}");
+    }
+
+    #[test]
+    fn variables_expand_with_defaults() {
+        std::env::set_var("WASMNODE_TEST_IP", "10.1.0.65");
+        assert_eq!(expand("myapp@${WASMNODE_TEST_IP}").unwrap(), "myapp@10.1.0.65");
+        assert_eq!(expand("${WASMNODE_TEST_NOPE:-x}@y").unwrap(), "x@y");
+        assert!(expand("${WASMNODE_TEST_NOPE}").unwrap_err().contains("WASMNODE_TEST_NOPE is not set"));
+        let c = parse("[node]\nname = \"myapp@${WASMNODE_TEST_IP}\"\n").unwrap();
+        assert_eq!(c.node.listen, "10.1.0.65:4370".parse().unwrap());
+    }
+
+    #[test]
+    fn missing_strategy_is_reported_at_its_key() {
+        let e = parse("[topology.k8s]\nstrategy = \"nope.wasm\"\n").unwrap_err();
+        assert!(e.starts_with("t.toml:2:12: key `topology.k8s.strategy`: strategy component nope.wasm does not exist"), "{e}");
+    }
+
+    #[test]
+    fn nested_plugin_config_is_refused() {
+        let dir = std::env::temp_dir().join(format!("wasmnode-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("s.wasm"), b"").unwrap();
+        let text = "[topology.t]\nstrategy = \"s.wasm\"\n[topology.t.config]\nhosts = [\"a@h\"]\ndeep = { x = 1 }\n";
+        let e = Config::parse(text, &dir.join("t.toml")).unwrap_err().to_string();
+        assert!(e.contains(":5:1: key `topology.t.config.deep`"), "{e}");
+        let ok = Config::parse(&text.replace("deep = { x = 1 }\n", ""), &dir.join("t.toml")).unwrap();
+        assert_eq!(ok.topologies[0].config, vec![("hosts".into(), PluginValue::TextList(vec!["a@h".into()]))]);
+    }
+}

@@ -1,0 +1,680 @@
+//! Distribution: TCP connections between nodes, one per pair.
+//!
+//! Shaped like mini-redis' server: [`Dist::serve`] accepts connections (a semaphore
+//! caps handshakes in progress), each connection runs a reader and a writer task, and
+//! [`Dist::leave`] tells every connection to say goodbye and waits for them to end.
+//!
+//! - Handshake: the state machines of [`wasmnode_proto::handshake`], driven over the
+//!   socket with a deadline. The acceptor decides, under one lock and after the peer
+//!   proved the cookie, whether to keep the connection: a name already connected is
+//!   refused, and when two nodes dial each other at once the connection dialled by the
+//!   node with the smaller name wins (each side applies the same rule, so exactly one
+//!   survives).
+//! - Writer: batches whatever is queued into one `write`, sends a heartbeat when the
+//!   connection has been quiet for a heartbeat interval, and sends large frames as
+//!   fragments, one fragment at a time between small frames.
+//! - Reader: decodes frames without copying payloads; any bytes reset the heartbeat
+//!   timer; silence longer than the timeout is a node-down ("heartbeat timeout").
+//!   A malformed or oversized frame closes this connection only, with the reason.
+//!
+//! Connection ups, downs (with their [`DownReason`]) and the frames the layer above
+//! cares about go out on one ordered channel of [`DistEvent`]s; `membership` consumes it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{debug, warn};
+use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MAX_MESSAGE};
+use wasmnode_proto::handshake::{Acceptor, Dialer, Identity, Message};
+use wasmnode_proto::{Error as ProtoError, Frame};
+
+/// Handshakes in progress at once; more wait (mini-redis' connection semaphore).
+const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// Why a connection ended; every node-down carries one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownReason {
+    /// The socket closed or failed (the peer died, or its host dropped the connection).
+    ConnectionClosed,
+    /// Nothing arrived for longer than the heartbeat timeout (the peer hangs or is cut off).
+    HeartbeatTimeout,
+    /// The peer said it is leaving (SIGTERM): not a failure.
+    Left,
+    /// The peer sent something this node cannot accept; the connection was closed.
+    ProtocolError(String),
+    /// This node closed the connection (it is leaving, or shutting down).
+    LocalShutdown,
+}
+
+impl DownReason {
+    /// Short stable name, for JSON and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DownReason::ConnectionClosed => "connection_closed",
+            DownReason::HeartbeatTimeout => "heartbeat_timeout",
+            DownReason::Left => "left",
+            DownReason::ProtocolError(_) => "protocol_error",
+            DownReason::LocalShutdown => "local_shutdown",
+        }
+    }
+}
+
+impl fmt::Display for DownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DownReason::ConnectionClosed => write!(f, "connection closed"),
+            DownReason::HeartbeatTimeout => write!(f, "heartbeat timeout"),
+            DownReason::Left => write!(f, "left the cluster"),
+            DownReason::ProtocolError(why) => write!(f, "protocol error: {why}"),
+            DownReason::LocalShutdown => write!(f, "local shutdown"),
+        }
+    }
+}
+
+/// Why a dial failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    #[error("{0}")]
+    BadName(String),
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, String),
+    #[error("connect to {0} failed: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] ProtoError),
+    #[error("handshake failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("dialled {dialled} but {answered} answered")]
+    WrongNode { dialled: String, answered: String },
+    #[error("a dial to this node is already in progress")]
+    InProgress,
+    #[error("this node is leaving")]
+    Leaving,
+}
+
+impl DialError {
+    /// A refusal that is part of the protocol (simultaneous connect), not a failure.
+    pub fn is_tie_break(&self) -> bool {
+        matches!(self, DialError::Handshake(ProtoError::Refused(r)) if r.starts_with(TIE_BREAK))
+    }
+}
+
+const TIE_BREAK: &str = "simultaneous connect";
+
+/// What the distribution layer tells the layer above, in order.
+#[derive(Debug)]
+pub enum DistEvent {
+    /// A peer passed the handshake and is connected.
+    Up(Peer),
+    /// A peer's connection ended.
+    Down(Peer, DownReason),
+    /// A frame for the layer above (members, requests, one-way messages).
+    Frame(Peer, Frame),
+}
+
+/// Timing and identity of this node's distribution.
+#[derive(Debug, Clone)]
+pub struct DistConfig {
+    pub name: String,
+    pub hidden: bool,
+    pub cookie: Vec<u8>,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_frame: usize,
+}
+
+impl DistConfig {
+    /// Defaults matching the config file's defaults.
+    pub fn new(name: impl Into<String>, cookie: Vec<u8>) -> DistConfig {
+        DistConfig {
+            name: name.into(),
+            hidden: false,
+            cookie,
+            heartbeat_interval: Duration::from_millis(250),
+            heartbeat_timeout: Duration::from_millis(1500),
+            connect_timeout: Duration::from_secs(3),
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// Counters of what arrived, for benchmarks and (later) metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub frames_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+}
+
+enum Out {
+    Frame(Frame),
+    Close(DownReason),
+}
+
+/// A connected peer: a cheap handle to its connection.
+#[derive(Clone)]
+pub struct Peer(Arc<PeerInner>);
+
+struct PeerInner {
+    name: String,
+    addr: SocketAddr,
+    hidden: bool,
+    creation: u64,
+    since: SystemTime,
+    id: u64,
+    tx: mpsc::UnboundedSender<Out>,
+    /// Callers waiting for `Reply`/`Pong` frames, by request id.
+    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>,
+    next_request: AtomicU64,
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Peer({} #{})", self.0.name, self.0.id)
+    }
+}
+
+impl Peer {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+    pub fn hidden(&self) -> bool {
+        self.0.hidden
+    }
+    /// When the connection came up.
+    pub fn since(&self) -> SystemTime {
+        self.0.since
+    }
+    /// Identifies this connection among all of this node's connections, ever.
+    pub fn conn_id(&self) -> u64 {
+        self.0.id
+    }
+    /// The peer's random per-start number (tells a restarted node from its last life).
+    pub fn creation(&self) -> u64 {
+        self.0.creation
+    }
+
+    /// Queues a frame; false when the connection is gone.
+    pub fn send(&self, frame: Frame) -> bool {
+        self.0.tx.send(Out::Frame(frame)).is_ok()
+    }
+
+    /// Closes the connection after what is queued; the down event carries `reason`.
+    pub fn close(&self, reason: DownReason) {
+        let _ = self.0.tx.send(Out::Close(reason));
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.0.tx.is_closed()
+    }
+
+    /// Resolves when the connection has ended.
+    pub async fn closed(&self) {
+        self.0.tx.closed().await
+    }
+
+    /// Sends a request and waits for its reply.
+    pub async fn request(&self, body: Bytes, timeout: Duration) -> std::io::Result<Bytes> {
+        let (id, mut rx) = self.expect_replies();
+        self.send(Frame::Request { id, body });
+        let got = tokio::time::timeout(timeout, rx.recv()).await;
+        self.0.pending.lock().unwrap().remove(&id);
+        match got {
+            Ok(Some(Frame::Reply { body, .. })) => Ok(body),
+            Ok(_) => Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "connection closed")),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time")),
+        }
+    }
+
+    /// Sends a request whose replies keep coming (a watch); the stream ends with the connection.
+    pub fn subscribe(&self, body: Bytes) -> mpsc::UnboundedReceiver<Frame> {
+        let (id, rx) = self.expect_replies();
+        self.send(Frame::Request { id, body });
+        rx
+    }
+
+    /// Round trip: sends `Ping` and returns the peer's `Pong` payload.
+    pub async fn ping(&self, payload: Bytes) -> std::io::Result<Bytes> {
+        let (id, mut rx) = self.expect_replies();
+        self.send(Frame::Ping { id, payload });
+        let got = rx.recv().await;
+        self.0.pending.lock().unwrap().remove(&id);
+        match got {
+            Some(Frame::Pong { payload, .. }) => Ok(payload),
+            _ => Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "connection closed")),
+        }
+    }
+
+    fn expect_replies(&self) -> (u64, mpsc::UnboundedReceiver<Frame>) {
+        let id = self.0.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.0.pending.lock().unwrap().insert(id, tx);
+        (id, rx)
+    }
+
+    fn route_reply(&self, id: u64, frame: Frame) {
+        let pending = self.0.pending.lock().unwrap();
+        if let Some(tx) = pending.get(&id) {
+            let _ = tx.send(frame);
+        }
+    }
+}
+
+struct State {
+    peers: HashMap<String, Peer>,
+    dialing: HashSet<String>,
+    /// Set by `leave`: no new connections either way.
+    closing: bool,
+}
+
+struct Inner {
+    cfg: DistConfig,
+    creation: u64,
+    events: mpsc::UnboundedSender<DistEvent>,
+    state: Mutex<State>,
+    next_conn: AtomicU64,
+    stats: Stats,
+    /// Number of live connection tasks, so `leave` can wait for them to end.
+    live: watch::Sender<usize>,
+}
+
+/// This node's distribution endpoint.
+#[derive(Clone)]
+pub struct Dist(Arc<Inner>);
+
+impl Dist {
+    /// A distribution endpoint; its events go to `events`.
+    pub fn new(cfg: DistConfig, events: mpsc::UnboundedSender<DistEvent>) -> Dist {
+        Dist(Arc::new(Inner {
+            cfg,
+            creation: rand::random(),
+            events,
+            state: Mutex::new(State { peers: HashMap::new(), dialing: HashSet::new(), closing: false }),
+            next_conn: AtomicU64::new(1),
+            stats: Stats::default(),
+            live: watch::Sender::new(0),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.cfg.name
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.0.stats
+    }
+
+    fn identity(&self) -> Identity {
+        Identity {
+            name: self.0.cfg.name.clone(),
+            flags: if self.0.cfg.hidden { wasmnode_proto::handshake::FLAG_HIDDEN } else { 0 },
+            creation: self.0.creation,
+        }
+    }
+
+    /// The connected peer with this name, if any.
+    pub fn peer(&self, name: &str) -> Option<Peer> {
+        self.0.state.lock().unwrap().peers.get(name).cloned()
+    }
+
+    /// Every connected peer, hidden ones included.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.0.state.lock().unwrap().peers.values().cloned().collect()
+    }
+
+    /// Whether a dial to `name` is in progress.
+    pub fn is_dialing(&self, name: &str) -> bool {
+        self.0.state.lock().unwrap().dialing.contains(name)
+    }
+
+    /// Accepts connections until the listener fails; spawn it.
+    pub async fn serve(self, listener: TcpListener) {
+        let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+        loop {
+            let (stream, addr) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let dist = self.clone();
+            tokio::spawn(async move {
+                let timeout = dist.0.cfg.connect_timeout;
+                match tokio::time::timeout(timeout, dist.accept(stream, addr)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!("handshake from {addr} failed: {e}"),
+                    Err(_) => debug!("handshake from {addr} timed out"),
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    async fn accept(&self, mut stream: TcpStream, addr: SocketAddr) -> Result<(), DialError> {
+        stream.set_nodelay(true)?;
+        let mut buf = BytesMut::with_capacity(512);
+        let hello = read_message(&mut stream, &mut buf).await?;
+        let (acceptor, challenge) = match Acceptor::on_hello(self.identity(), rand::random(), hello) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("handshake refused from {addr}: {e}");
+                write_message(&mut stream, &Message::Refuse(e.to_string())).await?;
+                return Err(e.into());
+            }
+        };
+        write_message(&mut stream, &challenge).await?;
+        let proof = read_message(&mut stream, &mut buf).await?;
+        let claimed = acceptor.claimed().name.clone();
+        let (peer_id, accept) = match acceptor.on_proof(&self.0.cfg.cookie, &proof) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("handshake refused from {addr}: {e} (claimed name {claimed})");
+                let _ = write_message(&mut stream, &Message::Refuse(e.to_string())).await;
+                return Err(e.into());
+            }
+        };
+        let me = &self.0.cfg.name;
+        let decision = {
+            let mut st = self.0.state.lock().unwrap();
+            if st.closing {
+                Err("this node is leaving".to_string())
+            } else if peer_id.name == *me {
+                Err("that is this node's own name".to_string())
+            } else if st.peers.contains_key(&peer_id.name) {
+                Err(format!("name {} is already connected", peer_id.name))
+            } else if st.dialing.contains(&peer_id.name) && me.as_str() < peer_id.name.as_str() {
+                Err(format!("{TIE_BREAK}: keeping the connection dialled by {me}"))
+            } else {
+                Ok(self.register(&mut st, &peer_id, addr))
+            }
+        };
+        match decision {
+            Err(why) => {
+                if why.starts_with(TIE_BREAK) {
+                    debug!("refused {} from {addr}: {why}", peer_id.name);
+                } else {
+                    warn!("handshake refused from {addr}: {why}");
+                }
+                write_message(&mut stream, &Message::Refuse(why)).await?;
+                Ok(())
+            }
+            Ok((peer, rx)) => {
+                write_message(&mut stream, &accept).await?;
+                self.start(peer, stream, buf, rx);
+                Ok(())
+            }
+        }
+    }
+
+    /// Connects to `name` (or returns the live connection), with the configured deadline.
+    pub async fn connect(&self, name: &str) -> Result<Peer, DialError> {
+        {
+            let mut st = self.0.state.lock().unwrap();
+            if let Some(p) = st.peers.get(name) {
+                return Ok(p.clone());
+            }
+            if st.closing {
+                return Err(DialError::Leaving);
+            }
+            if !st.dialing.insert(name.to_string()) {
+                return Err(DialError::InProgress);
+            }
+        }
+        let result = match tokio::time::timeout(self.0.cfg.connect_timeout, self.dial(name)).await {
+            Ok(r) => r,
+            Err(_) => Err(DialError::Timeout),
+        };
+        self.0.state.lock().unwrap().dialing.remove(name);
+        result
+    }
+
+    async fn dial(&self, name: &str) -> Result<Peer, DialError> {
+        let target = crate::name::NodeName::parse(name).map_err(DialError::BadName)?;
+        let addr = tokio::net::lookup_host(target.address())
+            .await
+            .map_err(|e| DialError::Resolve(target.address(), e.to_string()))?
+            .next()
+            .ok_or_else(|| DialError::Resolve(target.address(), "no addresses".into()))?;
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| DialError::Connect(addr, e))?;
+        stream.set_nodelay(true)?;
+        let mut buf = BytesMut::with_capacity(512);
+        let (dialer, hello) = Dialer::start(self.identity(), rand::random());
+        write_message(&mut stream, &hello).await?;
+        let challenge = read_message(&mut stream, &mut buf).await?;
+        let (dialer, proof) = dialer.on_challenge(&self.0.cfg.cookie, challenge)?;
+        write_message(&mut stream, &proof).await?;
+        let answer = read_message(&mut stream, &mut buf).await?;
+        let peer_id = dialer.on_accept(&self.0.cfg.cookie, &answer)?;
+        if peer_id.name != name {
+            return Err(DialError::WrongNode { dialled: name.into(), answered: peer_id.name });
+        }
+        let registered = {
+            let mut st = self.0.state.lock().unwrap();
+            match st.peers.get(name) {
+                // The peer's own dial won meanwhile; keep that one.
+                Some(existing) => Err(existing.clone()),
+                None => Ok(self.register(&mut st, &peer_id, addr)),
+            }
+        };
+        match registered {
+            Err(existing) => Ok(existing),
+            Ok((peer, rx)) => {
+                self.start(peer.clone(), stream, buf, rx);
+                Ok(peer)
+            }
+        }
+    }
+
+    fn register(&self, st: &mut State, id: &Identity, addr: SocketAddr) -> (Peer, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let peer = Peer(Arc::new(PeerInner {
+            name: id.name.clone(),
+            addr,
+            hidden: id.hidden(),
+            creation: id.creation,
+            since: SystemTime::now(),
+            id: self.0.next_conn.fetch_add(1, Ordering::Relaxed),
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+        }));
+        st.peers.insert(id.name.clone(), peer.clone());
+        self.0.live.send_modify(|n| *n += 1);
+        let _ = self.0.events.send(DistEvent::Up(peer.clone()));
+        (peer, rx)
+    }
+
+    fn start(&self, peer: Peer, stream: TcpStream, buf: BytesMut, rx: mpsc::UnboundedReceiver<Out>) {
+        let dist = self.clone();
+        tokio::spawn(async move {
+            let (rd, wr) = stream.into_split();
+            let mut writer = tokio::spawn(write_loop(wr, rx, dist.0.cfg.heartbeat_interval));
+            let reason = tokio::select! {
+                r = read_loop(&dist, &peer, rd, buf) => r,
+                w = &mut writer => w.unwrap_or(DownReason::ConnectionClosed),
+            };
+            writer.abort();
+            {
+                let mut st = dist.0.state.lock().unwrap();
+                if st.peers.get(peer.name()).is_some_and(|p| p.conn_id() == peer.conn_id()) {
+                    st.peers.remove(peer.name());
+                }
+            }
+            // Wake anyone waiting for a reply on this connection.
+            peer.0.pending.lock().unwrap().clear();
+            let _ = dist.0.events.send(DistEvent::Down(peer, reason));
+            dist.0.live.send_modify(|n| *n -= 1);
+        });
+    }
+
+    /// Tells every peer this node is leaving, closes every connection and waits (up to
+    /// `deadline`) until all of them have ended.
+    pub async fn leave(&self, deadline: Duration) {
+        self.0.state.lock().unwrap().closing = true;
+        for peer in self.peers() {
+            peer.send(Frame::Leaving);
+            peer.close(DownReason::LocalShutdown);
+        }
+        let mut live = self.0.live.subscribe();
+        let _ = tokio::time::timeout(deadline, live.wait_for(|n| *n == 0)).await;
+    }
+}
+
+async fn read_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Message, DialError> {
+    loop {
+        if let Some((msg, used)) = Message::decode(buf)? {
+            buf.advance(used);
+            return Ok(msg);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "peer closed the connection during the handshake").into());
+        }
+    }
+}
+
+async fn write_message(stream: &mut TcpStream, msg: &Message) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(128);
+    msg.encode(&mut out);
+    stream.write_all(&out).await
+}
+
+async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: BytesMut) -> DownReason {
+    let timeout = dist.0.cfg.heartbeat_timeout;
+    let max_frame = dist.0.cfg.max_frame;
+    let mut reassembler = Reassembler::new(MAX_MESSAGE);
+    let mut left = false;
+    loop {
+        loop {
+            let len = match frame::frame_len(&buf, max_frame) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => return protocol_error(peer, e),
+            };
+            buf.advance(frame::HEADER_LEN);
+            let body = buf.split_to(len).freeze();
+            dist.0.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+            dist.0.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+            let frame = match Frame::decode_body(body) {
+                Ok(Frame::Fragment { stream, last, chunk }) => match reassembler.push(stream, last, chunk) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => continue,
+                    Err(e) => return protocol_error(peer, e),
+                },
+                Ok(f) => f,
+                Err(e) => return protocol_error(peer, e),
+            };
+            match frame {
+                Frame::Heartbeat => {}
+                Frame::Leaving => left = true,
+                Frame::Ping { id, payload } => {
+                    peer.send(Frame::Pong { id, payload });
+                }
+                Frame::Pong { id, .. } | Frame::Reply { id, .. } => peer.route_reply(id, frame),
+                other => {
+                    let _ = dist.0.events.send(DistEvent::Frame(peer.clone(), other));
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match tokio::time::timeout(timeout, rd.read_buf(&mut buf)).await {
+            Err(_) => return if left { DownReason::Left } else { DownReason::HeartbeatTimeout },
+            Ok(Ok(0)) | Ok(Err(_)) => return if left { DownReason::Left } else { DownReason::ConnectionClosed },
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn protocol_error(peer: &Peer, e: ProtoError) -> DownReason {
+    warn!("closing connection to {} ({}): {e}", peer.name(), peer.addr());
+    DownReason::ProtocolError(e.to_string())
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration) -> DownReason {
+    let mut buf: Vec<u8> = Vec::with_capacity(128 * 1024);
+    let mut batch = Vec::with_capacity(256);
+    let mut bulk: VecDeque<Fragmenter> = VecDeque::new();
+    let mut next_stream = 0u32;
+    let mut last_write = Instant::now();
+    loop {
+        if bulk.is_empty() {
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, 256) => {
+                    if n == 0 {
+                        return DownReason::LocalShutdown;
+                    }
+                }
+                _ = tokio::time::sleep_until((last_write + heartbeat).into()) => {
+                    Frame::Heartbeat.encode(&mut buf);
+                }
+            }
+        } else {
+            // A large message is in flight: take whatever small frames wait, then one fragment.
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Ok(out) => batch.push(out),
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut close = None;
+        for out in batch.drain(..) {
+            match out {
+                Out::Frame(f) if Fragmenter::needed(&f) => {
+                    next_stream = next_stream.wrapping_add(1);
+                    bulk.push_back(Fragmenter::new(next_stream, &f));
+                }
+                Out::Frame(f) => f.encode(&mut buf),
+                Out::Close(reason) => {
+                    close = Some(reason);
+                    break;
+                }
+            }
+        }
+        if close.is_none() {
+            if let Some(fragments) = bulk.front_mut() {
+                match fragments.next() {
+                    Some(piece) => piece.encode(&mut buf),
+                    None => {
+                        bulk.pop_front();
+                    }
+                }
+            }
+        }
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                return DownReason::ConnectionClosed;
+            }
+            buf.clear();
+            if buf.capacity() > 1 << 20 {
+                buf.shrink_to(128 * 1024);
+            }
+            last_write = Instant::now();
+        }
+        if let Some(reason) = close {
+            let _ = wr.shutdown().await;
+            return reason;
+        }
+    }
+}

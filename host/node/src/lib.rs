@@ -1,0 +1,19 @@
+//! The wasmnode node host.
+//!
+//! Layers, each depending only on the ones above it:
+//! - `wasmnode_proto` (its own crate): frames and the handshake, no I/O;
+//! - [`dist`]: TCP connections, handshake I/O, heartbeats, fragments;
+//! - [`membership`]: who is up, gossip for the full mesh, re-dial with backoff;
+//! - [`control`]: the JSON control plane the CLI (a hidden node) talks to;
+//! - [`runtime`]: wasmtime, one module per WIT package (discovery strategies);
+//! - [`node`]: puts them together for `wasmnode run` and `wasmnode check`;
+//! - [`config`] and [`name`]: the topology file and node names.
+
+pub mod config;
+pub mod control;
+pub mod dist;
+pub mod membership;
+pub mod name;
+pub mod node;
+pub mod runtime;
+pub mod time;

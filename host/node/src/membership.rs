@@ -1,0 +1,282 @@
+//! Membership: who is up, who left, and whom to dial next.
+//!
+//! Consumes the ordered [`DistEvent`]s of `dist` in one task, so the member table
+//! changes in one place and in the order connections changed:
+//! - node-up and node-down (with its reason) are logged, counted and broadcast as
+//!   [`MemberEvent`]s to the CLI's `--watch` and, later, to workers;
+//! - every change sends this node's member list to its visible peers, and with
+//!   `full_mesh` each node dials the members its peers list (Erlang's transitive
+//!   connect), so a node configured with one peer ends up connected to all;
+//! - a re-dial loop keeps dialling the names discovery lists (and, with full mesh,
+//!   the names peers list) that are not connected, with exponential backoff per name,
+//!   forever; discovery only adds, so a poll that returns fewer names disconnects nobody;
+//! - a peer that announced it is leaving is logged as a leave, not a failure, and is
+//!   not re-dialled until it connects again on its own.
+//!
+//! Hidden peers (the CLI) are never members and never gossiped.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, Notify};
+use tracing::{debug, info, warn};
+use wasmnode_proto::Frame;
+
+use crate::dist::{DialError, Dist, DistEvent, DownReason, Peer};
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The re-dial loop looks for work at least this often (and at once when kicked).
+const REDIAL_TICK: Duration = Duration::from_millis(100);
+
+/// A change of membership, as logged, streamed to `wasmnode nodes --watch`, and (later)
+/// delivered to workers' `handle-info`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum MemberEvent {
+    Up { node: String, at_ms: u64 },
+    Down { node: String, reason: String, code: String, at_ms: u64 },
+}
+
+/// One member as `wasmnode nodes` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberInfo {
+    pub name: String,
+    /// When it became a member (for this node itself: when it started), ms since the epoch.
+    pub since_ms: u64,
+    #[serde(rename = "self")]
+    pub is_self: bool,
+}
+
+struct Member {
+    since: SystemTime,
+    conn_id: u64,
+}
+
+struct Backoff {
+    next: Instant,
+    delay: Duration,
+    last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    members: BTreeMap<String, Member>,
+    left: HashSet<String>,
+    /// Latest successful answer of each topology.
+    discovered: BTreeMap<String, Vec<String>>,
+    /// Latest member list each visible peer sent.
+    gossip: HashMap<String, Vec<String>>,
+    backoff: HashMap<String, Backoff>,
+    leaving: bool,
+}
+
+struct Shared {
+    dist: Dist,
+    full_mesh: bool,
+    started: SystemTime,
+    state: Mutex<State>,
+    events: broadcast::Sender<MemberEvent>,
+    kick: Notify,
+}
+
+/// This node's view of the cluster.
+#[derive(Clone)]
+pub struct Membership(Arc<Shared>);
+
+pub(crate) fn ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Membership {
+    /// Starts the event and re-dial tasks over `dist`'s events.
+    pub fn start(dist: Dist, events: mpsc::UnboundedReceiver<DistEvent>, full_mesh: bool) -> Membership {
+        let m = Membership(Arc::new(Shared {
+            dist,
+            full_mesh,
+            started: SystemTime::now(),
+            state: Mutex::new(State::default()),
+            events: broadcast::channel(1024).0,
+            kick: Notify::new(),
+        }));
+        tokio::spawn(m.clone().event_loop(events));
+        tokio::spawn(m.clone().redial_loop());
+        m
+    }
+
+    pub fn dist(&self) -> &Dist {
+        &self.0.dist
+    }
+
+    /// Every member, this node first.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let st = self.0.state.lock().unwrap();
+        let me = MemberInfo { name: self.0.dist.name().to_string(), since_ms: ms(self.0.started), is_self: true };
+        std::iter::once(me)
+            .chain(st.members.iter().map(|(n, m)| MemberInfo { name: n.clone(), since_ms: ms(m.since), is_self: false }))
+            .collect()
+    }
+
+    /// Member events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<MemberEvent> {
+        self.0.events.subscribe()
+    }
+
+    /// Records what topology `topology` sees now; new names are dialled at once.
+    /// Names only accumulate into the wanted set: nobody is disconnected here.
+    pub fn discovered(&self, topology: &str, names: Vec<String>) {
+        self.0.state.lock().unwrap().discovered.insert(topology.to_string(), names);
+        self.0.kick.notify_one();
+    }
+
+    /// Leaves the cluster: stops dialling, tells every peer, closes every connection
+    /// and waits for them (at most `deadline`).
+    pub async fn leave(&self, deadline: Duration) {
+        self.0.state.lock().unwrap().leaving = true;
+        self.0.kick.notify_one();
+        self.0.dist.leave(deadline).await;
+    }
+
+    async fn event_loop(self, mut events: mpsc::UnboundedReceiver<DistEvent>) {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                DistEvent::Up(peer) if peer.hidden() => debug!("hidden node {} connected from {}", peer.name(), peer.addr()),
+                DistEvent::Up(peer) => self.on_up(&peer),
+                DistEvent::Down(peer, reason) if peer.hidden() => debug!("hidden node {} disconnected: {reason}", peer.name()),
+                DistEvent::Down(peer, reason) => self.on_down(&peer, reason),
+                DistEvent::Frame(peer, Frame::Members(names)) if !peer.hidden() => {
+                    self.0.state.lock().unwrap().gossip.insert(peer.name().to_string(), names);
+                    self.0.kick.notify_one();
+                }
+                DistEvent::Frame(peer, Frame::Request { id, body }) => crate::control::handle(&self, peer, id, body),
+                // One-way messages are counted by dist; workers (a later layer) consume them.
+                DistEvent::Frame(_, _) => {}
+            }
+        }
+    }
+
+    fn on_up(&self, peer: &Peer) {
+        {
+            let mut st = self.0.state.lock().unwrap();
+            st.members.insert(peer.name().to_string(), Member { since: peer.since(), conn_id: peer.conn_id() });
+            st.left.remove(peer.name());
+            st.backoff.remove(peer.name());
+        }
+        info!("connected to {}", peer.name());
+        let _ = self.0.events.send(MemberEvent::Up { node: peer.name().to_string(), at_ms: ms(SystemTime::now()) });
+        self.changed();
+    }
+
+    fn on_down(&self, peer: &Peer, reason: DownReason) {
+        {
+            let mut st = self.0.state.lock().unwrap();
+            if st.members.get(peer.name()).is_none_or(|m| m.conn_id != peer.conn_id()) {
+                return;
+            }
+            st.members.remove(peer.name());
+            st.gossip.remove(peer.name());
+            if reason == DownReason::Left {
+                st.left.insert(peer.name().to_string());
+            }
+        }
+        match &reason {
+            DownReason::Left => info!("node left {}: it said it is leaving; not re-dialling it", peer.name()),
+            DownReason::LocalShutdown => info!("node down {}: {reason}", peer.name()),
+            _ => warn!("node down {}: {reason}", peer.name()),
+        }
+        let _ = self.0.events.send(MemberEvent::Down {
+            node: peer.name().to_string(),
+            reason: reason.to_string(),
+            code: reason.code().to_string(),
+            at_ms: ms(SystemTime::now()),
+        });
+        self.changed();
+    }
+
+    /// Logs the member list and sends it to every visible peer.
+    fn changed(&self) {
+        let names: Vec<String> = self.members().into_iter().map(|m| m.name).collect();
+        info!("members ({}): {}", names.len(), names.join(", "));
+        for peer in self.0.dist.peers() {
+            if !peer.hidden() {
+                peer.send(Frame::Members(names.clone()));
+            }
+        }
+        self.0.kick.notify_one();
+    }
+
+    /// Names to dial now: wanted, not connected, not left, not dialling, backoff expired.
+    fn due(&self) -> Vec<String> {
+        let mut st = self.0.state.lock().unwrap();
+        if st.leaving {
+            return Vec::new();
+        }
+        let me = self.0.dist.name();
+        let mut wanted: HashSet<&String> = st.discovered.values().flatten().collect();
+        if self.0.full_mesh {
+            wanted.extend(st.gossip.values().flatten());
+        }
+        let now = Instant::now();
+        let due: Vec<String> = wanted
+            .into_iter()
+            .filter(|n| n.as_str() != me && !st.members.contains_key(*n) && !st.left.contains(*n))
+            .filter(|n| st.backoff.get(*n).is_none_or(|b| b.next <= now))
+            .filter(|n| !self.0.dist.is_dialing(n))
+            .cloned()
+            .collect();
+        for n in &due {
+            // Not again until this attempt ends and sets the real time.
+            let b = st.backoff.entry(n.clone()).or_insert(Backoff { next: now, delay: BACKOFF_START, last_error: None });
+            b.next = now + Duration::from_secs(3600);
+        }
+        due
+    }
+
+    async fn redial_loop(self) {
+        loop {
+            tokio::select! {
+                _ = self.0.kick.notified() => {}
+                _ = tokio::time::sleep(REDIAL_TICK) => {}
+            }
+            if self.0.state.lock().unwrap().leaving {
+                return;
+            }
+            for name in self.due() {
+                let m = self.clone();
+                tokio::spawn(async move {
+                    let result = m.0.dist.connect(&name).await;
+                    m.dialled(&name, result.err());
+                });
+            }
+        }
+    }
+
+    fn dialled(&self, name: &str, error: Option<DialError>) {
+        let mut st = self.0.state.lock().unwrap();
+        let Some(e) = error else {
+            st.backoff.remove(name);
+            return;
+        };
+        let now = Instant::now();
+        let b = st.backoff.entry(name.to_string()).or_insert(Backoff { next: now, delay: BACKOFF_START, last_error: None });
+        if e.is_tie_break() || matches!(e, DialError::InProgress) {
+            // The other direction's connection is coming up; look again shortly.
+            b.next = now + BACKOFF_START;
+            return;
+        }
+        let msg = e.to_string();
+        if b.last_error.as_deref() != Some(msg.as_str()) {
+            match &e {
+                DialError::Handshake(_) => warn!("cannot connect to {name}: {msg}; retrying with backoff"),
+                _ => info!("cannot connect to {name}: {msg}; retrying with backoff"),
+            }
+        } else {
+            debug!("cannot connect to {name}: {msg}; next try in {:?}", b.delay);
+        }
+        b.last_error = Some(msg);
+        b.next = now + b.delay;
+        b.delay = (b.delay * 2).min(BACKOFF_MAX);
+    }
+}

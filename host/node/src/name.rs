@@ -1,0 +1,129 @@
+//! Node names: `basename@host[:port]`, Erlang's long names plus an optional port.
+//!
+//! Every node of a cluster listens on the same distribution port (default 4370), so a
+//! name alone says where to dial and no port-mapper daemon is needed; `:port` lets
+//! several nodes share one machine.
+
+use std::fmt;
+
+/// The distribution port every node uses unless its name says otherwise.
+pub const DEFAULT_PORT: u16 = 4370;
+
+/// A parsed node name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeName {
+    pub basename: String,
+    pub host: String,
+    pub port: u16,
+    /// Whether the port was written in the name (and so is printed back).
+    pub explicit_port: bool,
+}
+
+impl NodeName {
+    /// Parses `basename@host[:port]`.
+    ///
+    /// # Example
+    /// ```
+    /// use wasmnode::name::NodeName;
+    /// let n = NodeName::parse("myapp@10.1.0.65").unwrap();
+    /// assert_eq!((n.host.as_str(), n.port), ("10.1.0.65", 4370));
+    /// assert_eq!(NodeName::parse("b@127.0.0.1:4371").unwrap().port, 4371);
+    /// assert!(NodeName::parse("no-host").is_err());
+    /// ```
+    pub fn parse(s: &str) -> Result<NodeName, String> {
+        let (basename, rest) = s
+            .split_once('@')
+            .ok_or_else(|| format!("`{s}` is not a node name: expected basename@host"))?;
+        if basename.is_empty() || !basename.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!("`{s}`: the basename must be letters, digits, `-`, `_` or `.`"));
+        }
+        let (host, port, explicit_port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
+                let port = p.parse().map_err(|_| format!("`{s}`: `{p}` is not a port"))?;
+                (h.trim_matches(|c| c == '[' || c == ']').to_string(), port, true)
+            }
+            _ => (rest.to_string(), DEFAULT_PORT, false),
+        };
+        if host.is_empty() || host.len() > 253 {
+            return Err(format!("`{s}`: the host part is empty or too long"));
+        }
+        Ok(NodeName { basename: basename.to_string(), host, port, explicit_port })
+    }
+
+    /// Parses a full name, or a bare basename to which the detected host is added.
+    pub fn parse_or_detect(s: &str) -> Result<NodeName, String> {
+        if s.contains('@') {
+            NodeName::parse(s)
+        } else {
+            NodeName::parse(&format!("{s}@{}", detect_host()))
+        }
+    }
+
+    /// `host:port`, ready for a resolver.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.basename, self.host)?;
+        if self.explicit_port {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+/// This machine's address as other nodes would dial it: the first non-loopback
+/// address the hostname resolves to (a container's IP in Docker and Kubernetes), else
+/// the hostname, else 127.0.0.1.
+pub fn detect_host() -> String {
+    use std::net::ToSocketAddrs;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if hostname.is_empty() {
+        return "127.0.0.1".into();
+    }
+    match (hostname.as_str(), 0).to_socket_addrs() {
+        Ok(addrs) => addrs
+            .map(|a| a.ip())
+            .find(|ip| !ip.is_loopback())
+            .map(|ip| ip.to_string())
+            .unwrap_or(hostname),
+        Err(_) => hostname,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_print_back() {
+        for s in ["a@127.0.0.1", "myapp@10-1-0-65.default.pod.cluster.local", "b@127.0.0.2:4371"] {
+            assert_eq!(NodeName::parse(s).unwrap().to_string(), s);
+        }
+        let v6 = NodeName::parse("a@[::1]:5000").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port, v6.address()), ("::1", 5000, "[::1]:5000".to_string()));
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for s in ["", "@h", "a@", "a b@h", "a@h:port"] {
+            assert!(NodeName::parse(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn bare_basename_gets_a_host() {
+        let n = NodeName::parse_or_detect("myapp").unwrap();
+        assert_eq!(n.basename, "myapp");
+        assert!(!n.host.is_empty());
+    }
+}

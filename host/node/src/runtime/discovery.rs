@@ -1,0 +1,176 @@
+//! Discovery strategies: components of the `wasmnode:discovery/strategy` world.
+//!
+//! A [`StrategyComponent`] is compiled and type-checked once (`wasmnode check` does
+//! exactly this, plus one `init`); [`spawn_topology`] runs one `[topology.NAME]`: it
+//! instantiates the component, hands it its config table, polls it every interval, and
+//! passes the names it sees to membership. A plugin error is logged and the next poll
+//! comes at the next interval; a trap (including a blown deadline or memory cap) also
+//! drops the instance, which is created afresh for the next poll, with backoff while
+//! it keeps trapping. No outcome of a poll disconnects anyone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store};
+
+use super::{deadline_ticks, describe_trap, PluginError, PluginState};
+use crate::config::{PluginValue, TopologyConfig};
+use crate::membership::Membership;
+use crate::name::NodeName;
+
+/// The generated bindings; the one `bindgen!` of this world.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "strategy",
+        path: "../../wit/discovery@0.1.0",
+    });
+}
+
+use bindings::wasmnode::discovery::types::{ConfigEntry, ConfigValue};
+use bindings::{Strategy, StrategyPre};
+
+/// The `types` interface has only types; nothing to implement.
+impl bindings::wasmnode::discovery::types::Host for PluginState {}
+
+/// Longest pause between polls of a strategy that keeps trapping, in intervals.
+const MAX_TRAP_BACKOFF: u32 = 8;
+
+/// A compiled, type-checked strategy component with its topology's settings.
+pub struct StrategyComponent {
+    pub topology: String,
+    pub path: PathBuf,
+    label: Arc<str>,
+    pre: StrategyPre<PluginState>,
+    config: Vec<ConfigEntry>,
+    call_timeout: Duration,
+    memory_limit: usize,
+}
+
+/// A live instance of a strategy.
+pub struct Running {
+    store: Store<PluginState>,
+    strategy: Strategy,
+}
+
+impl StrategyComponent {
+    /// Compiles the component at `t.strategy` and checks it is a discovery strategy.
+    pub fn load(engine: &Engine, t: &TopologyConfig) -> Result<StrategyComponent, String> {
+        let path = t.strategy.display();
+        let component = Component::from_file(engine, &t.strategy)
+            .map_err(|e| format!("{path} is not a WebAssembly component: {}", first_line(&e)))?;
+        let mut linker = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
+        Strategy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| e.to_string())?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("{path} imports something the host does not provide: {}", first_line(&e)))?;
+        let pre = StrategyPre::new(pre)
+            .map_err(|e| format!("{path} does not export the discovery world wasmnode:discovery/strategy@0.1.0: {}", first_line(&e)))?;
+        Ok(StrategyComponent {
+            topology: t.name.clone(),
+            path: t.strategy.clone(),
+            label: format!("topology {} ({})", t.name, t.strategy.display()).into(),
+            pre,
+            config: t.config.iter().map(|(k, v)| ConfigEntry { key: k.clone(), value: to_wit(v) }).collect(),
+            call_timeout: t.call_timeout,
+            memory_limit: t.memory_limit,
+        })
+    }
+
+    /// Instantiates and calls `init` with the config table.
+    pub fn instantiate(&self) -> Result<Running, PluginError> {
+        let mut store = Store::new(self.pre.engine(), PluginState::new(self.label.clone(), self.memory_limit));
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(deadline_ticks(self.call_timeout));
+        let strategy = self.pre.instantiate(&mut store).map_err(|e| self.trapped(&e))?;
+        store.set_epoch_deadline(deadline_ticks(self.call_timeout));
+        match strategy.wasmnode_discovery_discover().call_init(&mut store, &self.config) {
+            Ok(Ok(())) => Ok(Running { store, strategy }),
+            Ok(Err(e)) => Err(PluginError::Refused(format!("init refused its config: {e}"))),
+            Err(e) => Err(self.trapped(&e)),
+        }
+    }
+
+    /// One poll of a running instance.
+    pub fn poll(&self, r: &mut Running) -> Result<Vec<String>, PluginError> {
+        r.store.set_epoch_deadline(deadline_ticks(self.call_timeout));
+        match r.strategy.wasmnode_discovery_discover().call_poll(&mut r.store) {
+            Ok(Ok(names)) => Ok(names),
+            Ok(Err(e)) => Err(PluginError::Refused(e)),
+            Err(e) => Err(self.trapped(&e)),
+        }
+    }
+
+    fn trapped(&self, e: &wasmtime::Error) -> PluginError {
+        PluginError::Trapped(describe_trap(e, self.call_timeout, self.memory_limit))
+    }
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}").lines().next().unwrap_or_default().to_string()
+}
+
+fn to_wit(v: &PluginValue) -> ConfigValue {
+    match v {
+        PluginValue::Text(s) => ConfigValue::Text(s.clone()),
+        PluginValue::Integer(i) => ConfigValue::Integer(*i),
+        PluginValue::Float(f) => ConfigValue::Float(*f),
+        PluginValue::Boolean(b) => ConfigValue::Boolean(*b),
+        PluginValue::TextList(l) => ConfigValue::TextList(l.clone()),
+    }
+}
+
+/// Runs one topology for the life of the node.
+pub fn spawn_topology(component: StrategyComponent, interval: Duration, membership: Membership) {
+    let component = Arc::new(component);
+    tokio::spawn(async move {
+        let mut running: Option<Running> = None;
+        let mut traps_in_a_row = 0u32;
+        loop {
+            let c = component.clone();
+            let (kept, result) = tokio::task::spawn_blocking(move || {
+                let mut r = match running {
+                    Some(r) => r,
+                    None => match c.instantiate() {
+                        Ok(r) => r,
+                        Err(e) => return (None, Err(e)),
+                    },
+                };
+                let result = c.poll(&mut r);
+                let keep = !matches!(result, Err(PluginError::Trapped(_)));
+                (keep.then_some(r), result)
+            })
+            .await
+            .unwrap_or_else(|e| (None, Err(PluginError::Trapped(format!("host task failed: {e}")))));
+            running = kept;
+            let path = component.path.display();
+            let topology = &component.topology;
+            let mut pause = interval;
+            match result {
+                Ok(names) => {
+                    traps_in_a_row = 0;
+                    let (good, bad): (Vec<String>, Vec<String>) =
+                        names.into_iter().partition(|n| NodeName::parse(n).is_ok());
+                    if !bad.is_empty() {
+                        warn!("strategy {topology} ({path}) returned names that are not basename@host, ignored: {}", bad.join(", "));
+                    }
+                    debug!("strategy {topology} ({path}) sees {} nodes", good.len());
+                    membership.discovered(topology, good);
+                }
+                Err(e @ PluginError::Refused(_)) => {
+                    traps_in_a_row = 0;
+                    warn!("strategy {topology} ({path}) {e}; connections kept, polling again in {} ms", interval.as_millis());
+                }
+                Err(e @ PluginError::Trapped(_)) => {
+                    traps_in_a_row += 1;
+                    pause = interval * (1 << (traps_in_a_row - 1).min(MAX_TRAP_BACKOFF.ilog2()));
+                    warn!("strategy {topology} ({path}) {e}; connections kept, instantiating it again in {} ms", pause.as_millis());
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
+    });
+}

@@ -1,0 +1,107 @@
+//! The WebAssembly runtime: one wasmtime [`Engine`] per node and one module per WIT
+//! package or capability, each with its own linker wiring (wasmtime's `crates/wasi`
+//! layout):
+//! - [`discovery`]: the `wasmnode:discovery/strategy` world — loading, type-checking,
+//!   instantiating and polling strategy components;
+//! - [`log`]: the `log` capability, shared by every plugin kind.
+//!
+//! Every plugin call runs under a deadline (epoch interruption: a ticker advances the
+//! engine's epoch every [`EPOCH_TICK`]) and a memory cap ([`PluginState::limits`]).
+//! A plugin that overruns either traps; the trap is reported with the plugin's path.
+
+pub mod discovery;
+pub mod log;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Granularity of plugin deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The node's engine: epoch interruption on, everything else wasmtime's defaults.
+pub fn engine() -> anyhow::Result<Engine> {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] for as long as the runtime runs.
+pub fn spawn_epoch_ticker(engine: Engine) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EPOCH_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            engine.increment_epoch();
+        }
+    });
+}
+
+/// Epoch ticks in `timeout` (at least one).
+pub fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+}
+
+/// What every plugin store holds: WASI (Rust's std links a few interfaces even when
+/// unused: no files, no network, stderr only), the memory limiter, and the plugin's
+/// label for logs.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Caps linear memory; growing past it traps, so a memory bomb is named in the log.
+    pub limits: StoreLimits,
+    /// `topology NAME (path)`, written on every log line the plugin emits.
+    pub label: Arc<str>,
+}
+
+impl PluginState {
+    pub fn new(label: Arc<str>, memory_limit: usize) -> PluginState {
+        PluginState {
+            wasi: WasiCtx::builder().inherit_stderr().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build(),
+            label,
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// A plugin call's failure, as the host reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginError {
+    /// The plugin answered with an error (a WIT `result` error): expected, not its fault alone.
+    Refused(String),
+    /// The plugin trapped, overran its deadline or its memory cap: it is instantiated again.
+    Trapped(String),
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginError::Refused(e) => write!(f, "returned an error: {e}"),
+            PluginError::Trapped(e) => write!(f, "trapped: {e}"),
+        }
+    }
+}
+
+/// Describes a trap for an operator: a deadline, a memory cap or the guest's own trap.
+pub fn describe_trap(e: &wasmtime::Error, timeout: Duration, memory_limit: usize) -> String {
+    if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+        return format!("exceeded its deadline of {} ms", timeout.as_millis());
+    }
+    let text = format!("{e:#}");
+    if text.contains("forcing trap when growing memory") {
+        return format!("exceeded its memory limit of {} MiB", memory_limit >> 20);
+    }
+    // Keep the first line: the trap and the guest's function, not the whole backtrace.
+    text.lines().next().unwrap_or("trap").to_string()
+}

@@ -1,0 +1,432 @@
+//! Frames: `[u32 big-endian length][u8 tag][body]`, the length counting tag and body.
+//!
+//! The decoder is incremental: [`decode`] answers `Ok(None)` ("need more bytes") until
+//! a whole frame is buffered, checks the announced length against a maximum before
+//! waiting for the body, and never panics on any input (a property test and a fuzz
+//! harness in `tests/` hold it to that).
+//!
+//! Messages larger than [`FRAGMENT_SIZE`] travel as [`Frame::Fragment`]s produced by
+//! [`Fragmenter`]; the writer sends one fragment, then anything small that is waiting
+//! (heartbeats first), then the next fragment — as OTP 22 does — so a 64 MiB message
+//! never delays a heartbeat by more than one fragment. [`Reassembler`] puts them back.
+
+use bytes::{Buf, BufMut, Bytes};
+
+use crate::Error;
+
+/// Bytes of length prefix in front of every frame.
+pub const HEADER_LEN: usize = 4;
+/// Largest body (tag + payload) a decoder accepts unless told otherwise.
+pub const DEFAULT_MAX_FRAME: usize = 128 * 1024;
+/// Payload size above which a message is sent as fragments.
+pub const FRAGMENT_SIZE: usize = 64 * 1024;
+/// Largest message, after reassembly, a node accepts.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+const TAG_HEARTBEAT: u8 = 0x01;
+const TAG_MEMBERS: u8 = 0x02;
+const TAG_LEAVING: u8 = 0x03;
+const TAG_SEND: u8 = 0x04;
+const TAG_PING: u8 = 0x05;
+const TAG_PONG: u8 = 0x06;
+const TAG_REQUEST: u8 = 0x07;
+const TAG_REPLY: u8 = 0x08;
+const TAG_FRAGMENT: u8 = 0x09;
+pub(crate) const TAG_HELLO: u8 = 0x10;
+pub(crate) const TAG_CHALLENGE: u8 = 0x11;
+pub(crate) const TAG_PROOF: u8 = 0x12;
+pub(crate) const TAG_ACCEPT: u8 = 0x13;
+pub(crate) const TAG_REFUSE: u8 = 0x14;
+
+/// One frame on a connection, after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// "I am alive"; sent every heartbeat interval on every connection.
+    Heartbeat,
+    /// The sender's visible members (itself included), sent on connect and on change,
+    /// so peers can connect to each other's peers (full mesh).
+    Members(Vec<String>),
+    /// The sender is shutting down on purpose: log a leave, do not re-dial it.
+    Leaving,
+    /// A one-way message to the node.
+    Send(Bytes),
+    /// Echo request: the peer answers `Pong` with the same id and payload, after every
+    /// frame it received before it (so a ping also marks the end of a stream).
+    Ping { id: u64, payload: Bytes },
+    /// Echo answer.
+    Pong { id: u64, payload: Bytes },
+    /// A request to the node's control plane (the CLI's `nodes`, `nodes --watch`).
+    Request { id: u64, body: Bytes },
+    /// An answer to a request; a watch answers many times with the same id.
+    Reply { id: u64, body: Bytes },
+    /// A piece of a large frame: the pieces of one `stream` concatenated (in order)
+    /// are the encoded body of that frame; `last` marks the final piece.
+    Fragment { stream: u32, last: bool, chunk: Bytes },
+}
+
+impl Frame {
+    /// The frame's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Heartbeat => "heartbeat",
+            Frame::Members(_) => "members",
+            Frame::Leaving => "leaving",
+            Frame::Send(_) => "send",
+            Frame::Ping { .. } => "ping",
+            Frame::Pong { .. } => "pong",
+            Frame::Request { .. } => "request",
+            Frame::Reply { .. } => "reply",
+            Frame::Fragment { .. } => "fragment",
+        }
+    }
+
+    /// Length of the body (tag and payload) this frame encodes to.
+    pub fn body_len(&self) -> usize {
+        1 + match self {
+            Frame::Heartbeat | Frame::Leaving => 0,
+            Frame::Members(names) => 2 + names.iter().map(|n| 2 + n.len()).sum::<usize>(),
+            Frame::Send(p) => p.len(),
+            Frame::Ping { payload, .. } | Frame::Pong { payload, .. } => 8 + payload.len(),
+            Frame::Request { body, .. } | Frame::Reply { body, .. } => 8 + body.len(),
+            Frame::Fragment { chunk, .. } => 5 + chunk.len(),
+        }
+    }
+
+    /// Appends the length prefix and body to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.reserve(HEADER_LEN + self.body_len());
+        out.put_u32(self.body_len() as u32);
+        self.encode_body(out);
+    }
+
+    /// Appends the body (tag and payload) without the length prefix.
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::Heartbeat => out.put_u8(TAG_HEARTBEAT),
+            Frame::Leaving => out.put_u8(TAG_LEAVING),
+            Frame::Members(names) => {
+                out.put_u8(TAG_MEMBERS);
+                out.put_u16(names.len() as u16);
+                for n in names {
+                    put_str(out, n);
+                }
+            }
+            Frame::Send(p) => {
+                out.put_u8(TAG_SEND);
+                out.put_slice(p);
+            }
+            Frame::Ping { id, payload } | Frame::Pong { id, payload } => {
+                out.put_u8(if matches!(self, Frame::Ping { .. }) { TAG_PING } else { TAG_PONG });
+                out.put_u64(*id);
+                out.put_slice(payload);
+            }
+            Frame::Request { id, body } | Frame::Reply { id, body } => {
+                out.put_u8(if matches!(self, Frame::Request { .. }) { TAG_REQUEST } else { TAG_REPLY });
+                out.put_u64(*id);
+                out.put_slice(body);
+            }
+            Frame::Fragment { stream, last, chunk } => {
+                out.put_u8(TAG_FRAGMENT);
+                out.put_u32(*stream);
+                out.put_u8(*last as u8);
+                out.put_slice(chunk);
+            }
+        }
+    }
+
+    /// Parses a body (tag and payload). Payloads share `body`'s allocation.
+    pub fn decode_body(mut body: Bytes) -> Result<Frame, Error> {
+        if body.is_empty() {
+            return Err(Error::Malformed { what: "empty", why: "no tag" });
+        }
+        let tag = body.get_u8();
+        Ok(match tag {
+            TAG_HEARTBEAT => expect_empty(body, "heartbeat", Frame::Heartbeat)?,
+            TAG_LEAVING => expect_empty(body, "leaving", Frame::Leaving)?,
+            TAG_MEMBERS => {
+                let what = "members";
+                let count = get_u16(&mut body, what)?;
+                let mut names = Vec::with_capacity(count.min(1024) as usize);
+                for _ in 0..count {
+                    names.push(get_str(&mut body, what)?);
+                }
+                expect_empty(body, what, Frame::Members(names))?
+            }
+            TAG_SEND => Frame::Send(body),
+            TAG_PING | TAG_PONG | TAG_REQUEST | TAG_REPLY => {
+                let id = get_u64(&mut body, "request")?;
+                match tag {
+                    TAG_PING => Frame::Ping { id, payload: body },
+                    TAG_PONG => Frame::Pong { id, payload: body },
+                    TAG_REQUEST => Frame::Request { id, body },
+                    _ => Frame::Reply { id, body },
+                }
+            }
+            TAG_FRAGMENT => {
+                let stream = get_u32(&mut body, "fragment")?;
+                let last = match get_u8(&mut body, "fragment")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(Error::Malformed { what: "fragment", why: "last flag is not 0 or 1" }),
+                };
+                Frame::Fragment { stream, last, chunk: body }
+            }
+            other => return Err(Error::UnknownTag(other)),
+        })
+    }
+}
+
+/// Appends a `Send` frame without building a [`Frame`]: the hot path of one-way messages.
+pub fn encode_send(payload: &[u8], out: &mut Vec<u8>) {
+    out.reserve(HEADER_LEN + 1 + payload.len());
+    out.put_u32(1 + payload.len() as u32);
+    out.put_u8(TAG_SEND);
+    out.put_slice(payload);
+}
+
+/// Looks for one whole frame at the start of `buf`.
+///
+/// `Ok(None)`: not enough bytes yet. `Ok(Some((frame, used)))`: a frame and how many
+/// bytes of `buf` it took. `Err`: the stream is broken; close the connection.
+pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(Frame, usize)>, Error> {
+    match frame_len(buf, max_frame)? {
+        None => Ok(None),
+        Some(len) => {
+            let body = Bytes::copy_from_slice(&buf[HEADER_LEN..HEADER_LEN + len]);
+            Ok(Some((Frame::decode_body(body)?, HEADER_LEN + len)))
+        }
+    }
+}
+
+/// The body length of the frame at the start of `buf`, once all of it is buffered.
+///
+/// Checks the announced length against `max_frame` as soon as the prefix is in, so a
+/// peer cannot make us buffer a huge body. Callers that own a `BytesMut` use this to
+/// split the body off without copying.
+pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, Error> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max_frame {
+        return Err(Error::FrameTooLarge { len, max: max_frame });
+    }
+    if len == 0 {
+        return Err(Error::Malformed { what: "empty", why: "zero-length frame" });
+    }
+    if buf.len() < HEADER_LEN + len {
+        return Ok(None);
+    }
+    Ok(Some(len))
+}
+
+/// Splits one large frame into [`Frame::Fragment`]s of at most [`FRAGMENT_SIZE`] bytes.
+///
+/// # Example
+/// ```
+/// use bytes::Bytes;
+/// use wasmnode_proto::frame::{Fragmenter, Reassembler, FRAGMENT_SIZE, MAX_MESSAGE};
+/// use wasmnode_proto::Frame;
+/// let big = Frame::Send(Bytes::from(vec![7u8; 3 * FRAGMENT_SIZE]));
+/// let mut pieces = Fragmenter::new(42, &big);
+/// let mut r = Reassembler::new(MAX_MESSAGE);
+/// let mut out = None;
+/// while let Some(piece) = pieces.next() {
+///     if let Frame::Fragment { stream, last, chunk } = piece {
+///         out = r.push(stream, last, chunk).unwrap();
+///     }
+/// }
+/// assert_eq!(out, Some(big));
+/// ```
+pub struct Fragmenter {
+    stream: u32,
+    body: Bytes,
+}
+
+impl Fragmenter {
+    /// Prepares `frame` to go out as fragments of stream `stream`.
+    pub fn new(stream: u32, frame: &Frame) -> Fragmenter {
+        let mut body = Vec::with_capacity(frame.body_len());
+        frame.encode_body(&mut body);
+        Fragmenter { stream, body: Bytes::from(body) }
+    }
+
+    /// Whether a frame is large enough to be fragmented.
+    pub fn needed(frame: &Frame) -> bool {
+        frame.body_len() > FRAGMENT_SIZE
+    }
+}
+
+impl Iterator for Fragmenter {
+    type Item = Frame;
+    fn next(&mut self) -> Option<Frame> {
+        if self.body.is_empty() {
+            return None;
+        }
+        let n = self.body.len().min(FRAGMENT_SIZE);
+        let chunk = self.body.split_to(n);
+        Some(Frame::Fragment { stream: self.stream, last: self.body.is_empty(), chunk })
+    }
+}
+
+/// Reassembles fragment streams; one stream at a time may be open per stream id.
+pub struct Reassembler {
+    max_message: usize,
+    open: std::collections::HashMap<u32, Vec<u8>>,
+}
+
+impl Reassembler {
+    /// A reassembler that refuses messages larger than `max_message` bytes.
+    pub fn new(max_message: usize) -> Reassembler {
+        Reassembler { max_message, open: Default::default() }
+    }
+
+    /// Adds one piece; returns the whole frame when `last` completes it.
+    pub fn push(&mut self, stream: u32, last: bool, chunk: Bytes) -> Result<Option<Frame>, Error> {
+        let buf = self.open.entry(stream).or_default();
+        if buf.len() + chunk.len() > self.max_message {
+            self.open.remove(&stream);
+            return Err(Error::FrameTooLarge { len: usize::MAX, max: self.max_message });
+        }
+        buf.extend_from_slice(&chunk);
+        if !last {
+            return Ok(None);
+        }
+        let body = Bytes::from(self.open.remove(&stream).unwrap_or_default());
+        match Frame::decode_body(body)? {
+            Frame::Fragment { .. } => Err(Error::PeerMisbehaved("a fragment inside a fragment")),
+            frame => Ok(Some(frame)),
+        }
+    }
+}
+
+fn expect_empty(body: Bytes, what: &'static str, frame: Frame) -> Result<Frame, Error> {
+    if body.is_empty() {
+        Ok(frame)
+    } else {
+        Err(Error::Malformed { what, why: "trailing bytes" })
+    }
+}
+
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.put_u16(s.len() as u16);
+    out.put_slice(s.as_bytes());
+}
+
+pub(crate) fn get_u8(b: &mut Bytes, what: &'static str) -> Result<u8, Error> {
+    b.try_get_u8().map_err(|_| Error::Malformed { what, why: "truncated" })
+}
+pub(crate) fn get_u16(b: &mut Bytes, what: &'static str) -> Result<u16, Error> {
+    b.try_get_u16().map_err(|_| Error::Malformed { what, why: "truncated" })
+}
+pub(crate) fn get_u32(b: &mut Bytes, what: &'static str) -> Result<u32, Error> {
+    b.try_get_u32().map_err(|_| Error::Malformed { what, why: "truncated" })
+}
+pub(crate) fn get_u64(b: &mut Bytes, what: &'static str) -> Result<u64, Error> {
+    b.try_get_u64().map_err(|_| Error::Malformed { what, why: "truncated" })
+}
+pub(crate) fn get_str(b: &mut Bytes, what: &'static str) -> Result<String, Error> {
+    let len = get_u16(b, what)? as usize;
+    if b.len() < len {
+        return Err(Error::Malformed { what, why: "truncated string" });
+    }
+    let raw = b.split_to(len);
+    String::from_utf8(raw.to_vec()).map_err(|_| Error::Malformed { what, why: "string is not UTF-8" })
+}
+pub(crate) fn get_array<const N: usize>(b: &mut Bytes, what: &'static str) -> Result<[u8; N], Error> {
+    if b.len() < N {
+        return Err(Error::Malformed { what, why: "truncated" });
+    }
+    let mut out = [0u8; N];
+    b.copy_to_slice(&mut out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(f: Frame) {
+        let mut wire = Vec::new();
+        f.encode(&mut wire);
+        assert_eq!(wire.len(), HEADER_LEN + f.body_len(), "body_len agrees with encode for {f:?}");
+        let (g, used) = decode(&wire, DEFAULT_MAX_FRAME).unwrap().unwrap();
+        assert_eq!((g, used), (f, wire.len()));
+    }
+
+    #[test]
+    fn every_frame_roundtrips() {
+        roundtrip(Frame::Heartbeat);
+        roundtrip(Frame::Leaving);
+        roundtrip(Frame::Members(vec!["a@127.0.0.1".into(), "b@127.0.0.2:4371".into()]));
+        roundtrip(Frame::Members(vec![]));
+        roundtrip(Frame::Send(Bytes::from_static(b"0123456789abcdef")));
+        roundtrip(Frame::Ping { id: 7, payload: Bytes::from_static(b"x") });
+        roundtrip(Frame::Pong { id: u64::MAX, payload: Bytes::new() });
+        roundtrip(Frame::Request { id: 1, body: Bytes::from_static(b"{}") });
+        roundtrip(Frame::Reply { id: 2, body: Bytes::from_static(b"[]") });
+        roundtrip(Frame::Fragment { stream: 3, last: true, chunk: Bytes::from_static(b"abc") });
+    }
+
+    #[test]
+    fn encode_send_matches_frame_encode() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode_send(b"hello", &mut a);
+        Frame::Send(Bytes::from_static(b"hello")).encode(&mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn partial_input_asks_for_more() {
+        let mut wire = Vec::new();
+        Frame::Ping { id: 9, payload: Bytes::from_static(b"payload") }.encode(&mut wire);
+        for cut in 0..wire.len() {
+            assert_eq!(decode(&wire[..cut], DEFAULT_MAX_FRAME), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_the_body_arrives() {
+        let wire = (DEFAULT_MAX_FRAME as u32 + 1).to_be_bytes();
+        assert_eq!(
+            decode(&wire, DEFAULT_MAX_FRAME),
+            Err(Error::FrameTooLarge { len: DEFAULT_MAX_FRAME + 1, max: DEFAULT_MAX_FRAME })
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert_eq!(decode(&[0, 0, 0, 1, 0xee], 64), Err(Error::UnknownTag(0xee)));
+        assert_eq!(decode(&[0, 0, 0, 0], 64), Err(Error::Malformed { what: "empty", why: "zero-length frame" }));
+        assert!(matches!(decode(&[0, 0, 0, 2, TAG_HEARTBEAT, 0], 64), Err(Error::Malformed { .. })));
+        assert!(matches!(decode(&[0, 0, 0, 4, TAG_MEMBERS, 0, 1, 0], 64), Err(Error::Malformed { .. })));
+    }
+
+    #[test]
+    fn fragments_reassemble_and_fragment_nesting_is_refused() {
+        let big = Frame::Send(Bytes::from(vec![1u8; FRAGMENT_SIZE * 2 + 17]));
+        assert!(Fragmenter::needed(&big));
+        let pieces: Vec<Frame> = Fragmenter::new(1, &big).collect();
+        assert_eq!(pieces.len(), 3);
+        let mut r = Reassembler::new(MAX_MESSAGE);
+        let mut got = None;
+        for p in pieces {
+            let Frame::Fragment { stream, last, chunk } = p else { panic!() };
+            assert!(chunk.len() <= FRAGMENT_SIZE);
+            got = r.push(stream, last, chunk).unwrap();
+        }
+        assert_eq!(got, Some(big));
+
+        let inner = Frame::Fragment { stream: 2, last: true, chunk: Bytes::new() };
+        let mut body = Vec::new();
+        inner.encode_body(&mut body);
+        assert_eq!(r.push(5, true, Bytes::from(body)), Err(Error::PeerMisbehaved("a fragment inside a fragment")));
+    }
+
+    #[test]
+    fn reassembly_is_capped() {
+        let mut r = Reassembler::new(10);
+        assert_eq!(r.push(1, false, Bytes::from_static(b"123456")), Ok(None));
+        assert!(matches!(r.push(1, false, Bytes::from_static(b"123456")), Err(Error::FrameTooLarge { .. })));
+    }
+}

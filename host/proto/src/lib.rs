@@ -1,0 +1,63 @@
+//! wasmnode's wire format: frames, fragments, the handshake and the cookie digest.
+//!
+//! This crate knows bytes and the handshake's math and nothing of sockets (the
+//! layering of mini-redis' `frame` and hickory's `proto`), so it can be unit-tested
+//! and fuzzed alone. The `dist` module of the node crate owns the sockets.
+//!
+//! Layout:
+//! - [`frame`]: length-prefixed frames ([`Frame`]), their encoder and the incremental
+//!   decoder [`frame::decode`], plus [`frame::Fragmenter`] / [`frame::Reassembler`]
+//!   that split a large message so heartbeats never wait behind it.
+//! - [`handshake`]: the messages and state machines of the cookie handshake; the cookie
+//!   itself never leaves the process, only HMAC-SHA256 proofs over the transcript do.
+//! - [`Error`]: what can go wrong, grouped by who is at fault.
+//!
+//! # Example
+//! ```
+//! use wasmnode_proto::{frame, Frame};
+//! let mut wire = Vec::new();
+//! Frame::Heartbeat.encode(&mut wire);
+//! let (decoded, used) = frame::decode(&wire, frame::DEFAULT_MAX_FRAME).unwrap().unwrap();
+//! assert_eq!(decoded, Frame::Heartbeat);
+//! assert_eq!(used, wire.len());
+//! ```
+
+pub mod frame;
+pub mod handshake;
+
+pub use frame::Frame;
+
+/// The protocol version both sides must speak; a mismatch refuses the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Everything that can go wrong while reading the wire, by who is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // -- the peer sent garbage --
+    /// A frame announced a length above the limit; the connection must be closed.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    FrameTooLarge { len: usize, max: usize },
+    /// A frame's tag is not one this version knows.
+    #[error("unknown frame tag {0:#04x}")]
+    UnknownTag(u8),
+    /// A frame's body does not parse as its tag says.
+    #[error("malformed {what} frame: {why}")]
+    Malformed { what: &'static str, why: &'static str },
+
+    // -- the peer broke the protocol --
+    /// A valid frame arrived where the protocol does not allow it.
+    #[error("protocol violation: {0}")]
+    PeerMisbehaved(&'static str),
+    /// The peer speaks another protocol version.
+    #[error("protocol version {theirs} is not supported (this node speaks {ours})")]
+    VersionMismatch { ours: u16, theirs: u16 },
+
+    // -- authentication failed --
+    /// The peer's proof does not match our cookie: the cookies differ.
+    #[error("cookie mismatch")]
+    CookieMismatch,
+    /// The peer refused us, and said why.
+    #[error("refused by peer: {0}")]
+    Refused(String),
+}
