@@ -1,1 +1,9 @@
-fn main(){}
+//! wasmnode's integration tests: one binary, one module per area (wasmtime's
+//! `tests/all` layout). Every cluster test runs real `wasmnode` processes talking real
+//! TCP on its own loopback subnet; fixtures are built by `./dev test` and a missing one
+//! fails with the command that builds it.
+
+mod check;
+mod cluster;
+mod discovery;
+mod wire;

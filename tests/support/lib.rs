@@ -1,0 +1,272 @@
+//! Test support: real `wasmnode` processes on loopback, their logs, and waits with deadlines.
+//!
+//! Every test gets its own loopback subnet (`127.0.N.x`, all on port 4370 as in
+//! production), so tests run in parallel without sharing ports. Nothing here sleeps a
+//! fixed time: [`wait_until`] polls a condition until its deadline and fails with
+//! what it was waiting for and the nodes' logs.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The cookie the tests' clusters share.
+pub const COOKIE: &str = "test-cookie-7f3a9c";
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `wasmnode` binary under test.
+pub fn bin() -> PathBuf {
+    let path = std::env::var_os("WASMNODE_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        // target/<profile>/deps/all-<hash> -> target/<profile>/wasmnode
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().unwrap().parent().unwrap().join("wasmnode")
+    });
+    assert!(
+        path.is_file(),
+        "the wasmnode binary is missing at {}: build it first with `./dev build` (or run every test with `./dev test`)",
+        path.display()
+    );
+    path
+}
+
+/// A built plugin from `plugins/dist/`.
+pub fn plugin(file: &str) -> PathBuf {
+    let path = repo_root().join("plugins/dist").join(file);
+    assert!(path.is_file(), "plugin {} is missing: build the plugins first: ./dev plugins", path.display());
+    path
+}
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` passes; on timeout
+/// panics with `what` and whatever `context` returns (the nodes' logs, say).
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool, context: impl Fn() -> String) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}\n{}", context());
+        }
+        std::thread::yield_now();
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+}
+
+/// A folder for one test's files, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("wasmnode-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Writes `body` to `file` in this folder and returns its path.
+    pub fn write(&self, file: &str, body: &str) -> PathBuf {
+        let p = self.0.join(file);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A TOML string list: `["a", "b"]`.
+pub fn toml_list(names: &[&str]) -> String {
+    format!("[{}]", names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", "))
+}
+
+/// A topology with one static strategy listing `hosts`.
+pub fn static_topology(hosts: &[&str], polling_ms: u64) -> String {
+    format!(
+        "[node]\nheartbeat_interval_ms = 250\nheartbeat_timeout_ms = 1500\n\n[topology.local]\nstrategy = \"{}\"\npolling_interval_ms = {polling_ms}\n[topology.local.config]\nhosts = {}\n",
+        plugin("strategy_static.wasm").display(),
+        toml_list(hosts)
+    )
+}
+
+/// One `wasmnode run` process and its captured log.
+pub struct Node {
+    pub name: String,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    cookie: String,
+}
+
+impl Node {
+    /// Starts `wasmnode run --config CONFIG --name NAME` with the test cookie.
+    pub fn start(name: &str, config: &Path) -> Node {
+        Node::start_with_cookie(name, config, COOKIE)
+    }
+
+    pub fn start_with_cookie(name: &str, config: &Path, cookie: &str) -> Node {
+        let mut n = Node {
+            name: name.to_string(),
+            config: config.to_path_buf(),
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+            cookie: cookie.to_string(),
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .args(["--name", &self.name])
+            .env("WASMNODE_COOKIE", &self.cookie)
+            .env("RUST_LOG", "wasmnode=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wasmnode");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        self.child = Some(child);
+    }
+
+    /// Starts the process again after it was killed (same name, config and cookie);
+    /// the log keeps the earlier lines.
+    pub fn restart(&mut self) {
+        self.reap();
+        self.log.lock().unwrap().push_str("---- restarted ----\n");
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let r = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(r, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// Waits (up to `timeout`) for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().expect("running");
+        let mut status = None;
+        wait_until(timeout, &format!("{} to exit", self.name), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }, || String::new());
+        status.unwrap().code()
+    }
+
+    fn reap(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The whole captured log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Lines of the log containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until the log has a line containing `needle`; how long that took.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Duration {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    /// Waits until the log has `n` lines containing `needle`.
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> Duration {
+        wait_until(timeout, &format!("{n} log line(s) with {needle:?} at {}", self.name), || self.count(needle) >= n, || self.dump())
+    }
+
+    fn dump(&self) -> String {
+        format!("---- log of {} ----\n{}", self.name, self.log())
+    }
+
+    /// The node's member names, asked through the CLI as a hidden node.
+    pub fn members(&self) -> Vec<String> {
+        let out = cli(&["nodes", "--node", &self.name, "--json"], &self.cookie);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nodes --json prints JSON");
+        let mut names: Vec<String> =
+            v["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
+        names.sort();
+        names
+    }
+
+    /// Waits until the member list (this node included) is exactly `expected`.
+    pub fn wait_members(&self, expected: &[&str], timeout: Duration) {
+        let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        let mut last = Vec::new();
+        wait_until(
+            timeout,
+            &format!("members of {} to be {want:?}", self.name),
+            || {
+                last = self.members();
+                last == want
+            },
+            || self.dump(),
+        );
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            // A stopped process must be continued to die promptly.
+            // SAFETY: signals to our own child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+            }
+        }
+        self.reap();
+        if std::thread::panicking() {
+            eprintln!("{}", self.dump());
+        }
+    }
+}
+
+/// Runs the CLI to completion with `cookie` in WASMNODE_COOKIE.
+pub fn cli(args: &[&str], cookie: &str) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .env("WASMNODE_COOKIE", cookie)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run wasmnode")
+}
+
+/// Waits until every node's member list is exactly `names`.
+pub fn wait_mesh(nodes: &[&Node], names: &[&str], timeout: Duration) {
+    for n in nodes {
+        n.wait_members(names, timeout);
+    }
+}

@@ -151,6 +151,8 @@ pub struct Config {
     pub topologies: Vec<TopologyConfig>,
     /// Warnings to log once the logger is up (an insecure cookie).
     pub warnings: Vec<String>,
+    /// Where the cookie source is written (key and line:col), for "no cookie" errors.
+    cookie_at: (String, Option<(usize, usize)>),
 }
 
 #[derive(Deserialize)]
@@ -275,6 +277,11 @@ impl Config {
             CookieSource::Env(DEFAULT_COOKIE_ENV.into())
         };
 
+        let cookie_at = [("node.cookie", &rn.cookie), ("node.cookie_file", &rn.cookie_file), ("node.cookie_env", &rn.cookie_env)]
+            .into_iter()
+            .find_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), Some(line_col(text, v.span().start)))))
+            .unwrap_or_else(|| ("node".to_string(), node_span.as_ref().map(|s| line_col(text, s.start))));
+
         let hb_interval = rn.heartbeat_interval_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(250);
         let hb_timeout = rn.heartbeat_timeout_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(1500);
         if hb_interval == 0 || hb_timeout <= hb_interval {
@@ -334,7 +341,7 @@ impl Config {
                 config,
             });
         }
-        Ok(Config { file: path.to_path_buf(), node, topologies, warnings })
+        Ok(Config { file: path.to_path_buf(), node, topologies, warnings, cookie_at })
     }
 
     /// An error about topology `t`'s strategy component, located at its `strategy` key.
@@ -347,9 +354,9 @@ impl Config {
         }
     }
 
-    /// An error about the cookie, located at `[node]`.
+    /// An error about the cookie, located at its source's key (or `[node]`).
     pub fn cookie_error(&self, message: String) -> ConfigError {
-        ConfigError { file: self.file.clone(), at: None, key: Some("node".into()), message }
+        ConfigError { file: self.file.clone(), at: self.cookie_at.1, key: Some(self.cookie_at.0.clone()), message }
     }
 }
 
@@ -422,12 +429,15 @@ fn key_at(text: &str, span: Range<usize>) -> Option<String> {
     })
 }
 
-/// Finds `key =` inside a table's span, for errors about one value of it.
+/// Finds `key =` in the table that starts at `span` (its header and the lines up to the
+/// next header, or its inline braces), for errors about one value of it.
 fn find_key(text: &str, span: Range<usize>, key: &str) -> Option<Range<usize>> {
-    let region = text.get(span.clone())?;
     let mut offset = span.start;
-    for line in region.split_inclusive('\n') {
+    for (i, line) in text.get(span.start..)?.split_inclusive('\n').enumerate() {
         let t = line.trim_start();
+        if i > 0 && t.starts_with('[') {
+            break;
+        }
         if t.starts_with(key) && t[key.len()..].trim_start().starts_with('=') {
             let lead = line.len() - t.len();
             return Some(offset + lead..offset + lead + key.len());

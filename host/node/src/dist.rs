@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, warn};
 use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MAX_MESSAGE};
@@ -134,6 +134,9 @@ pub struct DistConfig {
     pub heartbeat_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_frame: usize,
+    /// Local address outgoing connections come from: the listen IP when it is a
+    /// specific one, so peers see (and log) this node's own address.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl DistConfig {
@@ -147,6 +150,7 @@ impl DistConfig {
             heartbeat_timeout: Duration::from_millis(1500),
             connect_timeout: Duration::from_secs(3),
             max_frame: DEFAULT_MAX_FRAME,
+            source_ip: None,
         }
     }
 }
@@ -454,7 +458,7 @@ impl Dist {
             .map_err(|e| DialError::Resolve(target.address(), e.to_string()))?
             .next()
             .ok_or_else(|| DialError::Resolve(target.address(), "no addresses".into()))?;
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| DialError::Connect(addr, e))?;
+        let mut stream = self.open(addr).await.map_err(|e| DialError::Connect(addr, e))?;
         stream.set_nodelay(true)?;
         let mut buf = BytesMut::with_capacity(512);
         let (dialer, hello) = Dialer::start(self.identity(), rand::random());
@@ -481,6 +485,17 @@ impl Dist {
                 self.start(peer.clone(), stream, buf, rx);
                 Ok(peer)
             }
+        }
+    }
+
+    async fn open(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        match self.0.cfg.source_ip {
+            Some(ip) if ip.is_ipv4() == addr.is_ipv4() => {
+                let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await
+            }
+            _ => TcpStream::connect(addr).await,
         }
     }
 

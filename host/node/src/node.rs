@@ -26,7 +26,7 @@ pub fn check(cfg: &Config) -> Vec<ConfigError> {
     let engine = match runtime::engine() {
         Ok(e) => e,
         Err(e) => {
-            errors.push(cfg.cookie_error(format!("cannot start the WebAssembly engine: {e}")));
+            errors.push(ConfigError { file: cfg.file.clone(), at: None, key: None, message: format!("cannot start the WebAssembly engine: {e}") });
             return errors;
         }
     };
@@ -72,6 +72,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             heartbeat_interval: cfg.node.heartbeat_interval,
             heartbeat_timeout: cfg.node.heartbeat_timeout,
             connect_timeout: cfg.node.connect_timeout,
+            source_ip: Some(cfg.node.listen.ip()).filter(|ip| !ip.is_unspecified()),
             ..DistConfig::new(name.clone(), cookie)
         },
         tx,

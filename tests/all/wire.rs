@@ -1,0 +1,196 @@
+//! The wire seen from outside: a raw client speaks the protocol (through
+//! `wasmnode-proto`, no node code) to a real node process, to capture bytes and to
+//! send what a well-behaved node never would.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use wasmnode_proto::frame::{self, DEFAULT_MAX_FRAME};
+use wasmnode_proto::handshake::{Dialer, Identity, Message, FLAG_HIDDEN};
+use wasmnode_proto::{Error, Frame};
+use wasmnode_tests::*;
+
+const FORM: Duration = Duration::from_secs(10);
+
+/// A hand-driven connection that records every byte both ways.
+struct Raw {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    capture: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(addr: &str) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Raw { stream, buf: Vec::new(), capture: Vec::new() }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.capture.extend_from_slice(bytes);
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk).unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        self.capture.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    fn message(&mut self) -> Message {
+        loop {
+            if let Some((m, used)) = Message::decode(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                return m;
+            }
+            assert!(self.fill() > 0, "connection closed during the handshake");
+        }
+    }
+
+    fn frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some((f, used)) = frame::decode(&self.buf, DEFAULT_MAX_FRAME).unwrap() {
+                self.buf.drain(..used);
+                return Some(f);
+            }
+            if self.fill() == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Runs the dialer's side of the handshake.
+    fn handshake(&mut self, name: &str, flags: u32, cookie: &[u8]) -> Result<Identity, Error> {
+        let (d, hello) = Dialer::start(Identity { name: name.into(), flags, creation: 1 }, [7; 32]);
+        let mut out = Vec::new();
+        hello.encode(&mut out);
+        self.send(&out);
+        let challenge = self.message();
+        let (d, proof) = d.on_challenge(cookie, challenge)?;
+        out.clear();
+        proof.encode(&mut out);
+        self.send(&out);
+        let answer = self.message();
+        d.on_accept(cookie, &answer)
+    }
+
+    /// Reads until the node closes the connection; true when it did within the read timeout.
+    fn closed_by_peer(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// The cookie never crosses the wire: every byte of a real handshake and the frames
+/// after it, both ways, captured and searched.
+#[test]
+fn the_cookie_never_crosses_the_wire() {
+    let dir = TempDir::new("wire-cookie");
+    let config = dir.write("t.toml", &static_topology(&["a@127.0.15.1"], 5000));
+    let a = Node::start("a@127.0.15.1", &config);
+    a.wait_log("listening on", FORM);
+    let mut raw = Raw::connect("127.0.15.1:4370");
+    let peer = raw.handshake("raw@127.0.15.9", 0, COOKIE.as_bytes()).expect("handshake with the right cookie");
+    assert_eq!(peer.name, "a@127.0.15.1");
+    // The node sends its member list to a new visible peer; it includes us.
+    let members = loop {
+        match raw.frame().expect("a frame") {
+            Frame::Members(m) => break m,
+            _ => continue,
+        }
+    };
+    assert!(members.contains(&"raw@127.0.15.9".to_string()), "{members:?}");
+    assert!(raw.capture.windows(12).any(|w| w == b"a@127.0.15.1"), "the capture holds the handshake");
+    assert!(
+        !raw.capture.windows(COOKIE.len()).any(|w| w == COOKIE.as_bytes()),
+        "the cookie appeared on the wire"
+    );
+}
+
+/// A wrong cookie is refused with a log line naming the dialer's address.
+#[test]
+fn a_wrong_cookie_is_refused_and_logged_with_the_address() {
+    let dir = TempDir::new("wire-wrong");
+    let config = dir.write("t.toml", &static_topology(&["a@127.0.19.1"], 5000));
+    let a = Node::start("a@127.0.19.1", &config);
+    a.wait_log("listening on", FORM);
+    let mut raw = Raw::connect("127.0.19.1:4370");
+    let port = raw.stream.local_addr().unwrap().port();
+    assert_eq!(raw.handshake("raw@127.0.19.9", 0, b"not-the-cookie"), Err(Error::Refused("cookie mismatch".into())));
+    a.wait_log(&format!("handshake refused from 127.0.0.1:{port}: cookie mismatch"), FORM);
+    assert_eq!(a.count("connected to raw@"), 0);
+}
+
+/// Garbage, oversized and malformed frames each close that one connection with a
+/// logged reason; the node keeps its other peers.
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let dir = TempDir::new("wire-bad");
+    let names = ["a@127.0.16.1", "b@127.0.16.2"];
+    let config = dir.write("t.toml", &static_topology(&names, 5000));
+    let a = Node::start(names[0], &config);
+    let b = Node::start(names[1], &config);
+    wait_mesh(&[&a, &b], &names, FORM);
+
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("garbage", vec![0, 0, 0, 1, 0xee], "unknown frame tag 0xee"),
+        ("oversized", (1u32 << 30).to_be_bytes().to_vec(), "exceeds the maximum"),
+        ("malformed", vec![0, 0, 0, 4, 0x02, 0, 9, 0], "malformed members frame"),
+    ];
+    for (i, (what, bytes, reason)) in cases.iter().enumerate() {
+        let me = format!("raw{i}@127.0.16.9");
+        let mut raw = Raw::connect("127.0.16.1:4370");
+        raw.handshake(&me, FLAG_HIDDEN, COOKIE.as_bytes()).expect("handshake");
+        raw.send(bytes);
+        assert!(raw.closed_by_peer(), "{what}: the node must close the connection");
+        a.wait_log(&format!("closing connection to {me}"), FORM);
+        assert!(a.log().lines().any(|l| l.contains(&format!("closing connection to {me}")) && l.contains(reason)), "{what}: {}", a.log());
+    }
+    assert_eq!(a.members(), vec![names[0].to_string(), names[1].to_string()]);
+    assert_eq!(a.count("node down b@"), 0);
+}
+
+/// A second node claiming a connected node's name is refused, even with the cookie.
+#[test]
+fn a_name_already_connected_is_refused() {
+    let dir = TempDir::new("wire-dup");
+    let names = ["a@127.0.20.1", "b@127.0.20.2"];
+    let config = dir.write("t.toml", &static_topology(&names, 5000));
+    let a = Node::start(names[0], &config);
+    let b = Node::start(names[1], &config);
+    wait_mesh(&[&a, &b], &names, FORM);
+    let mut raw = Raw::connect("127.0.20.1:4370");
+    assert_eq!(
+        raw.handshake(names[1], 0, COOKIE.as_bytes()),
+        Err(Error::Refused("name b@127.0.20.2 is already connected".into()))
+    );
+    a.wait_log("name b@127.0.20.2 is already connected", FORM);
+    assert_eq!(a.members(), vec![names[0].to_string(), names[1].to_string()]);
+}
+
+/// A peer that goes silent (no heartbeats) is declared down after the timeout, and
+/// its connection is closed.
+#[test]
+fn a_silent_peer_is_declared_down_after_the_heartbeat_timeout() {
+    let dir = TempDir::new("wire-silent");
+    let config = dir.write("t.toml", &static_topology(&["a@127.0.21.1"], 5000));
+    let a = Node::start("a@127.0.21.1", &config);
+    a.wait_log("listening on", FORM);
+    let mut raw = Raw::connect("127.0.21.1:4370");
+    raw.handshake("quiet@127.0.21.9", 0, COOKIE.as_bytes()).expect("handshake");
+    a.wait_log("connected to quiet@127.0.21.9", FORM);
+    // We read the node's heartbeats but never answer.
+    let took = a.wait_log("node down quiet@127.0.21.9: heartbeat timeout", Duration::from_secs(3));
+    assert!(took >= Duration::from_millis(1000), "down after {took:?}, before the 1500 ms timeout");
+    assert!(raw.closed_by_peer());
+}
