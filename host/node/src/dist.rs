@@ -137,6 +137,8 @@ pub struct DistConfig {
     /// Local address outgoing connections come from: the listen IP when it is a
     /// specific one, so peers see (and log) this node's own address.
     pub source_ip: Option<std::net::IpAddr>,
+    /// Whether `Send` frames go out as [`DistEvent::Frame`]s (else they are only counted).
+    pub deliver_sends: bool,
 }
 
 impl DistConfig {
@@ -151,6 +153,7 @@ impl DistConfig {
             connect_timeout: Duration::from_secs(3),
             max_frame: DEFAULT_MAX_FRAME,
             source_ip: None,
+            deliver_sends: false,
         }
     }
 }
@@ -577,6 +580,9 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: Byt
     let max_frame = dist.0.cfg.max_frame;
     let mut reassembler = Reassembler::new(MAX_MESSAGE);
     let mut left = false;
+    let mut last_read = Instant::now();
+    let silence = tokio::time::sleep(timeout);
+    tokio::pin!(silence);
     loop {
         loop {
             let len = match frame::frame_len(&buf, max_frame) {
@@ -604,6 +610,9 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: Byt
                     peer.send(Frame::Pong { id, payload });
                 }
                 Frame::Pong { id, .. } | Frame::Reply { id, .. } => peer.route_reply(id, frame),
+                // One-way messages have no consumer until workers exist: count them only
+                // (`stats`), unless a consumer asked for them.
+                Frame::Send(_) if !dist.0.cfg.deliver_sends => {}
                 other => {
                     let _ = dist.0.events.send(DistEvent::Frame(peer.clone(), other));
                 }
@@ -612,10 +621,25 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: Byt
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
         }
-        match tokio::time::timeout(timeout, rd.read_buf(&mut buf)).await {
-            Err(_) => return if left { DownReason::Left } else { DownReason::HeartbeatTimeout },
-            Ok(Ok(0)) | Ok(Err(_)) => return if left { DownReason::Left } else { DownReason::ConnectionClosed },
-            Ok(Ok(_)) => {}
+        // One timer for the connection's life, moved only when it fires: cheaper than a
+        // new timeout around every read.
+        loop {
+            tokio::select! {
+                biased;
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return if left { DownReason::Left } else { DownReason::ConnectionClosed },
+                    Ok(_) => {
+                        last_read = Instant::now();
+                        break;
+                    }
+                },
+                _ = &mut silence => {
+                    if last_read.elapsed() >= timeout {
+                        return if left { DownReason::Left } else { DownReason::HeartbeatTimeout };
+                    }
+                    silence.as_mut().reset((last_read + timeout).into());
+                }
+            }
         }
     }
 }
@@ -625,12 +649,20 @@ fn protocol_error(peer: &Peer, e: ProtoError) -> DownReason {
     DownReason::ProtocolError(e.to_string())
 }
 
+/// Payloads at least this large are written from their own buffer (vectored write)
+/// instead of being copied into the batch buffer.
+const ZERO_COPY_MIN: usize = 2048;
+
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration) -> DownReason {
-    let mut buf: Vec<u8> = Vec::with_capacity(128 * 1024);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut chunks: Vec<Bytes> = Vec::new();
     let mut batch = Vec::with_capacity(256);
     let mut bulk: VecDeque<Fragmenter> = VecDeque::new();
     let mut next_stream = 0u32;
     let mut last_write = Instant::now();
+    // Fires when the connection may have been quiet for a heartbeat interval.
+    let quiet = tokio::time::sleep(heartbeat);
+    tokio::pin!(quiet);
     loop {
         if bulk.is_empty() {
             tokio::select! {
@@ -640,8 +672,13 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
                         return DownReason::LocalShutdown;
                     }
                 }
-                _ = tokio::time::sleep_until((last_write + heartbeat).into()) => {
-                    Frame::Heartbeat.encode(&mut buf);
+                _ = &mut quiet => {
+                    if last_write.elapsed() >= heartbeat {
+                        Frame::Heartbeat.encode(&mut buf);
+                    } else {
+                        quiet.as_mut().reset((last_write + heartbeat).into());
+                        continue;
+                    }
                 }
             }
         } else {
@@ -660,7 +697,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
                     next_stream = next_stream.wrapping_add(1);
                     bulk.push_back(Fragmenter::new(next_stream, &f));
                 }
-                Out::Frame(f) => f.encode(&mut buf),
+                Out::Frame(f) => queue(&f, &mut buf, &mut chunks),
                 Out::Close(reason) => {
                     close = Some(reason);
                     break;
@@ -670,7 +707,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
         if close.is_none() {
             if let Some(fragments) = bulk.front_mut() {
                 match fragments.next() {
-                    Some(piece) => piece.encode(&mut buf),
+                    Some(piece) => queue(&piece, &mut buf, &mut chunks),
                     None => {
                         bulk.pop_front();
                     }
@@ -678,12 +715,14 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
             }
         }
         if !buf.is_empty() {
-            if wr.write_all(&buf).await.is_err() {
+            chunks.push(buf.split().freeze());
+        }
+        if !chunks.is_empty() {
+            if write_chunks(&mut wr, &mut chunks).await.is_err() {
                 return DownReason::ConnectionClosed;
             }
-            buf.clear();
-            if buf.capacity() > 1 << 20 {
-                buf.shrink_to(128 * 1024);
+            if buf.capacity() < 16 * 1024 {
+                buf.reserve(64 * 1024);
             }
             last_write = Instant::now();
         }
@@ -692,6 +731,40 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
             return reason;
         }
     }
+}
+
+/// Encodes a frame for the next write: small ones into `buf`, a large payload by reference.
+fn queue(f: &Frame, buf: &mut BytesMut, chunks: &mut Vec<Bytes>) {
+    if f.payload_len() < ZERO_COPY_MIN {
+        f.encode(buf);
+    } else if let Some(payload) = f.encode_head(buf) {
+        chunks.push(buf.split().freeze());
+        chunks.push(payload);
+    }
+}
+
+/// Writes every chunk, in order, with as few syscalls as the kernel allows.
+async fn write_chunks(wr: &mut OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..].iter().take(64).map(|c| std::io::IoSlice::new(c)).collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let c = &mut chunks[first];
+            if n >= c.len() {
+                n -= c.len();
+                first += 1;
+            } else {
+                c.advance(n);
+                n = 0;
+            }
+        }
+    }
+    chunks.clear();
+    Ok(())
 }
 
 #[cfg(test)]
@@ -707,7 +780,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let name = format!("{base}@127.0.0.1:{}", listener.local_addr().unwrap().port());
         let (tx, rx) = mpsc::unbounded_channel();
-        let dist = Dist::new(f(DistConfig::new(name, b"cookie".to_vec())), tx);
+        let dist = Dist::new(f(DistConfig { deliver_sends: true, ..DistConfig::new(name, b"cookie".to_vec()) }), tx);
         tokio::spawn(dist.clone().serve(listener));
         (dist, rx)
     }

@@ -151,7 +151,6 @@ impl Membership {
                     self.0.kick.notify_one();
                 }
                 DistEvent::Frame(peer, Frame::Request { id, body }) => crate::control::handle(&self, peer, id, body),
-                // One-way messages are counted by dist; workers (a later layer) consume them.
                 DistEvent::Frame(_, _) => {}
             }
         }

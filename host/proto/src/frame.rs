@@ -18,7 +18,8 @@ use crate::Error;
 pub const HEADER_LEN: usize = 4;
 /// Largest body (tag + payload) a decoder accepts unless told otherwise.
 pub const DEFAULT_MAX_FRAME: usize = 128 * 1024;
-/// Payload size above which a message is sent as fragments.
+/// A payload up to this size travels in one frame; a larger one is split into
+/// fragments of this size, so nothing waits behind more than one fragment.
 pub const FRAGMENT_SIZE: usize = 64 * 1024;
 /// Largest message, after reassembly, a node accepts.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -92,15 +93,63 @@ impl Frame {
         }
     }
 
+    /// Length of the opaque payload at the end of the body (what fragmentation and
+    /// zero-copy writes are about); for members, the whole list.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Frame::Heartbeat | Frame::Leaving => 0,
+            Frame::Members(_) => self.body_len() - 1,
+            Frame::Send(p) => p.len(),
+            Frame::Ping { payload, .. } | Frame::Pong { payload, .. } => payload.len(),
+            Frame::Request { body, .. } | Frame::Reply { body, .. } => body.len(),
+            Frame::Fragment { chunk, .. } => chunk.len(),
+        }
+    }
+
     /// Appends the length prefix and body to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        out.reserve(HEADER_LEN + self.body_len());
+    pub fn encode<B: BufMut>(&self, out: &mut B) {
         out.put_u32(self.body_len() as u32);
         self.encode_body(out);
     }
 
+    /// Appends the length prefix and everything before the trailing payload, and returns
+    /// the payload for the caller to write after it without copying (vectored writes).
+    /// Frames without an opaque payload are written whole and return `None`.
+    pub fn encode_head<B: BufMut>(&self, out: &mut B) -> Option<Bytes> {
+        let payload = match self {
+            Frame::Send(p) => p,
+            Frame::Ping { payload, .. } | Frame::Pong { payload, .. } => payload,
+            Frame::Request { body, .. } | Frame::Reply { body, .. } => body,
+            Frame::Fragment { chunk, .. } => chunk,
+            Frame::Heartbeat | Frame::Leaving | Frame::Members(_) => {
+                self.encode(out);
+                return None;
+            }
+        };
+        out.put_u32(self.body_len() as u32);
+        match self {
+            Frame::Send(_) => out.put_u8(TAG_SEND),
+            Frame::Ping { id, .. } | Frame::Pong { id, .. } | Frame::Request { id, .. } | Frame::Reply { id, .. } => {
+                out.put_u8(match self {
+                    Frame::Ping { .. } => TAG_PING,
+                    Frame::Pong { .. } => TAG_PONG,
+                    Frame::Request { .. } => TAG_REQUEST,
+                    _ => TAG_REPLY,
+                });
+                out.put_u64(*id);
+            }
+            Frame::Fragment { stream, last, .. } => {
+                out.put_u8(TAG_FRAGMENT);
+                out.put_u32(*stream);
+                out.put_u8(*last as u8);
+            }
+            _ => unreachable!(),
+        }
+        Some(payload.clone())
+    }
+
     /// Appends the body (tag and payload) without the length prefix.
-    pub fn encode_body(&self, out: &mut Vec<u8>) {
+    pub fn encode_body<B: BufMut>(&self, out: &mut B) {
         match self {
             Frame::Heartbeat => out.put_u8(TAG_HEARTBEAT),
             Frame::Leaving => out.put_u8(TAG_LEAVING),
@@ -253,7 +302,7 @@ impl Fragmenter {
 
     /// Whether a frame is large enough to be fragmented.
     pub fn needed(frame: &Frame) -> bool {
-        frame.body_len() > FRAGMENT_SIZE
+        frame.payload_len() > FRAGMENT_SIZE
     }
 }
 
@@ -308,7 +357,7 @@ fn expect_empty(body: Bytes, what: &'static str, frame: Frame) -> Result<Frame, 
     }
 }
 
-pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str<B: BufMut>(out: &mut B, s: &str) {
     out.put_u16(s.len() as u16);
     out.put_slice(s.as_bytes());
 }
@@ -369,6 +418,25 @@ mod tests {
     }
 
     #[test]
+    fn head_plus_payload_is_the_whole_frame() {
+        for f in [
+            Frame::Send(Bytes::from_static(b"abc")),
+            Frame::Ping { id: 1, payload: Bytes::from_static(b"p") },
+            Frame::Reply { id: 2, body: Bytes::from_static(b"{}") },
+            Frame::Fragment { stream: 3, last: false, chunk: Bytes::from_static(b"xyz") },
+            Frame::Members(vec!["a@h".into()]),
+            Frame::Heartbeat,
+        ] {
+            let (mut whole, mut head) = (Vec::new(), Vec::new());
+            f.encode(&mut whole);
+            if let Some(p) = f.encode_head(&mut head) {
+                head.extend_from_slice(&p);
+            }
+            assert_eq!(head, whole, "{f:?}");
+        }
+    }
+
+    #[test]
     fn encode_send_matches_frame_encode() {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         encode_send(b"hello", &mut a);
@@ -404,6 +472,7 @@ mod tests {
 
     #[test]
     fn fragments_reassemble_and_fragment_nesting_is_refused() {
+        assert!(!Fragmenter::needed(&Frame::Send(Bytes::from(vec![1u8; FRAGMENT_SIZE]))), "64 KiB goes whole");
         let big = Frame::Send(Bytes::from(vec![1u8; FRAGMENT_SIZE * 2 + 17]));
         assert!(Fragmenter::needed(&big));
         let pieces: Vec<Frame> = Fragmenter::new(1, &big).collect();

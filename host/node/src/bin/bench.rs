@@ -1,1 +1,483 @@
-fn main(){}
+//! `wasmnode-bench`: wasmnode's benchmarks between real node processes on loopback.
+//!
+//! `./dev bench` runs every figure and prints a table; `--json FILE` (default
+//! `bench-results/bench.json`) gets the same figures. The method of each figure is in
+//! docs/benchmarks.md. Latency and throughput are measured in two placements
+//! (../shared/BENCHMARKING.md): `free`, where the OS places both processes, and
+//! `pinned`, where the bench client and the node both run on CPU 0. For each placement
+//! the bench re-runs itself (`wasmnode-bench measure …`) so its own threads are pinned
+//! from their start.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use wasmnode::dist::{Dist, DistConfig, Peer};
+use wasmnode_proto::Frame;
+
+const COOKIE: &str = "bench-cookie";
+
+struct Args {
+    bin: PathBuf,
+    plugins: PathBuf,
+    json: PathBuf,
+    quick: bool,
+    only: Option<String>,
+}
+
+fn parse_args() -> (Option<(String, String)>, Args) {
+    let mut a = Args {
+        bin: PathBuf::from("wasmnode"),
+        plugins: PathBuf::from("plugins/dist"),
+        json: PathBuf::from("bench-results/bench.json"),
+        quick: false,
+        only: None,
+    };
+    let mut measure = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--bin" => a.bin = it.next().expect("--bin PATH").into(),
+            "--plugins" => a.plugins = it.next().expect("--plugins DIR").into(),
+            "--json" => a.json = it.next().expect("--json FILE").into(),
+            "--quick" => a.quick = true,
+            "--only" => a.only = Some(it.next().expect("--only FIGURE")),
+            "echo-server" => {
+                echo_server(&it.next().expect("echo-server ADDR"));
+                std::process::exit(0);
+            }
+            "measure" => measure = Some((it.next().expect("measure FIGURE"), it.next().expect("measure FIGURE PLACEMENT"))),
+            "-h" | "--help" => {
+                println!("wasmnode-bench [--bin WASMNODE] [--plugins DIR] [--json FILE] [--quick] [--only rtt|throughput|connect|mesh|down|rss]");
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    (measure, a)
+}
+
+fn main() {
+    let (measure, args) = parse_args();
+    if let Some((figure, placement)) = measure {
+        if placement == "pinned" {
+            pin_to_cpu0();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let v = rt.block_on(measure_figure(&figure, &placement, &args));
+        println!("{v}");
+        return;
+    }
+    run_all(&args);
+}
+
+/// The baseline's far end: a blocking echo over one TCP connection, as plain as
+/// ../shared/BENCHMARKING.md's C ping-pong.
+fn echo_server(addr: &str) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(addr).expect("bind the echo server");
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => s.write_all(&buf[..n]).unwrap(),
+        }
+    }
+}
+
+/// Round trips of 16 bytes over blocking sockets between two processes placed like
+/// the node benchmark's: the floor this machine sets for any implementation.
+fn baseline_rtt(pinned: bool, n: usize) -> (f64, f64) {
+    use std::io::{Read, Write};
+    let addr = "127.0.30.5:4999";
+    let me = std::env::current_exe().unwrap();
+    let mut cmd = if pinned {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(me);
+        c
+    } else {
+        Command::new(me)
+    };
+    let mut server = cmd.args(["echo-server", addr]).spawn().unwrap();
+    let start = Instant::now();
+    let mut s = loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(_) if start.elapsed() < Duration::from_secs(5) => std::thread::yield_now(),
+            Err(e) => panic!("baseline echo server: {e}"),
+        }
+    };
+    s.set_nodelay(true).unwrap();
+    let mut buf = [0u8; 16];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 10_000 {
+        let t = Instant::now();
+        s.write_all(&buf).unwrap();
+        s.read_exact(&mut buf).unwrap();
+        if i >= 10_000 {
+            samples.push(t.elapsed());
+        }
+    }
+    drop(s);
+    let _ = server.wait();
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; we set one bit and apply it to this process
+    // before any other thread exists, so every later thread inherits it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "sched_setaffinity");
+    }
+}
+
+fn run_all(args: &Args) {
+    let wants = |f: &str| args.only.as_deref().is_none_or(|o| o == f);
+    let mut results = serde_json::Map::new();
+    let mut table: Vec<(String, String, String)> = Vec::new();
+    for figure in ["rtt", "throughput", "connect"] {
+        if !wants(figure) {
+            continue;
+        }
+        for placement in ["free", "pinned"] {
+            let me = std::env::current_exe().unwrap();
+            let mut cmd = Command::new(me);
+            cmd.args(["measure", figure, placement, "--bin"]).arg(&args.bin).arg("--plugins").arg(&args.plugins);
+            if args.quick {
+                cmd.arg("--quick");
+            }
+            let out = cmd.stderr(Stdio::inherit()).output().expect("run the measuring child");
+            assert!(out.status.success(), "measuring {figure} ({placement}) failed");
+            let v: Value = serde_json::from_slice(&out.stdout).expect("child prints JSON");
+            for (k, val) in v.as_object().unwrap() {
+                table.push((format!("{k}"), placement.to_string(), fmt_value(k, val)));
+            }
+            results.insert(format!("{figure}_{placement}"), v);
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    for figure in ["mesh", "down", "rss"] {
+        if !wants(figure) {
+            continue;
+        }
+        let v = rt.block_on(measure_figure(figure, "free", args));
+        for (k, val) in v.as_object().unwrap() {
+            table.push((k.clone(), "free".into(), fmt_value(k, val)));
+        }
+        results.insert(format!("{figure}_free"), v);
+    }
+    println!("\n| figure | placement | value |\n|---|---|---|");
+    for (k, p, v) in &table {
+        println!("| {k} | {p} | {v} |");
+    }
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let doc = json!({ "machine": machine(), "results": results });
+    std::fs::write(&args.json, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    println!("\nwrote {}", args.json.display());
+}
+
+fn fmt_value(key: &str, v: &Value) -> String {
+    let f = v.as_f64().unwrap_or(f64::NAN);
+    if key.ends_with("_us") {
+        format!("{f:.1} µs")
+    } else if key.ends_with("_ms") {
+        format!("{f:.1} ms")
+    } else if key.ends_with("_msgs_per_s") {
+        format!("{:.0} k msgs/s", f / 1e3)
+    } else if key.ends_with("_gb_per_s") {
+        format!("{f:.2} GB/s")
+    } else if key.ends_with("_mib") {
+        format!("{f:.1} MiB")
+    } else {
+        v.to_string()
+    }
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    json!({ "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "cpu": cpu })
+}
+
+/// A node process for a benchmark, with its log lines in memory.
+struct NodeProc {
+    child: Child,
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl NodeProc {
+    fn start(args: &Args, name: &str, config: &Path, pinned: bool) -> NodeProc {
+        let mut cmd = if pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(&args.bin);
+            c
+        } else {
+            Command::new(&args.bin)
+        };
+        let mut child = cmd
+            .args(["run", "--config"])
+            .arg(config)
+            .args(["--name", name])
+            .env("WASMNODE_COOKIE", COOKIE)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wasmnode (is --bin right?)");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                l.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        NodeProc { child, log }
+    }
+
+    /// When the first line containing `needle` arrived, waiting up to `timeout`.
+    fn wait_line(&self, needle: &str, timeout: Duration) -> Option<Instant> {
+        let start = Instant::now();
+        loop {
+            if let Some((t, _)) = self.log.lock().unwrap().iter().find(|(_, l)| l.contains(needle)) {
+                return Some(*t);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        kb / 1024.0
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_config(tag: &str, body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wasmnode-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{tag}.toml"));
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn static_config(tag: &str, plugins: &Path, hosts: &[String]) -> PathBuf {
+    let plugin = std::fs::canonicalize(plugins.join("strategy_static.wasm")).expect("build the plugins first: ./dev plugins");
+    let hosts = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+    temp_config(
+        tag,
+        &format!("[topology.local]\nstrategy = \"{}\"\npolling_interval_ms = 5000\n[topology.local.config]\nhosts = [{hosts}]\n", plugin.display()),
+    )
+}
+
+/// Connects a client endpoint to `target` (retrying until it listens).
+async fn client(name: &str, target: &str) -> Peer {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let dist = Dist::new(DistConfig { hidden: true, ..DistConfig::new(name, COOKIE.as_bytes().to_vec()) }, tx);
+    std::mem::forget(_rx);
+    let start = Instant::now();
+    loop {
+        match dist.connect(target).await {
+            Ok(p) => return p,
+            Err(e) if start.elapsed() > Duration::from_secs(10) => panic!("cannot connect to {target}: {e}"),
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
+    let pinned = placement == "pinned";
+    match figure {
+        "rtt" => {
+            let node = NodeProc::start(args, "rtt@127.0.30.1", &temp_config("empty", ""), pinned);
+            node.wait_line("listening on", Duration::from_secs(10)).expect("node started");
+            let peer = client("bench@127.0.30.9", "rtt@127.0.30.1").await;
+            let payload = Bytes::from_static(b"0123456789abcdef");
+            let n = if args.quick { 20_000 } else { 200_000 };
+            for _ in 0..10_000 {
+                peer.ping(payload.clone()).await.unwrap();
+            }
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                let back = peer.ping(payload.clone()).await.unwrap();
+                samples.push(t.elapsed());
+                debug_assert_eq!(back.len(), 16);
+            }
+            samples.sort();
+            let (base_median, base_p99) = baseline_rtt(pinned, n);
+            let median = percentile(&samples, 0.5);
+            json!({
+                "rtt_16b_median_us": median,
+                "rtt_16b_p99_us": percentile(&samples, 0.99),
+                "baseline_rtt_16b_median_us": base_median,
+                "baseline_rtt_16b_p99_us": base_p99,
+                "rtt_over_baseline": (median / base_median * 100.0).round() / 100.0,
+                "rtt_samples": n,
+            })
+        }
+        "throughput" => {
+            let node = NodeProc::start(args, "sink@127.0.30.2", &temp_config("empty", ""), pinned);
+            node.wait_line("listening on", Duration::from_secs(10)).expect("node started");
+            let peer = client("bench@127.0.30.9", "sink@127.0.30.2").await;
+            let mut out = serde_json::Map::new();
+            for (label, size, count) in [("16b", 16usize, 3_000_000usize), ("1kib", 1024, 1_000_000), ("64kib", 65536, 40_000)] {
+                let count = if args.quick { count / 10 } else { count };
+                let payload = Bytes::from(vec![0x5au8; size]);
+                // Warm up, then stream `count` one-way messages; a ping after them
+                // returns once the node has read them all.
+                for _ in 0..count / 10 {
+                    peer.send(Frame::Send(payload.clone()));
+                }
+                peer.ping(Bytes::new()).await.unwrap();
+                let t = Instant::now();
+                let window = 50_000.min(count);
+                let mut sent = 0;
+                while sent < count {
+                    let batch = window.min(count - sent);
+                    for _ in 0..batch {
+                        peer.send(Frame::Send(payload.clone()));
+                    }
+                    sent += batch;
+                    // Bound the queue: wait for the node to catch up every window.
+                    peer.ping(Bytes::new()).await.unwrap();
+                }
+                let secs = t.elapsed().as_secs_f64();
+                out.insert(format!("oneway_{label}_msgs_per_s"), json!(count as f64 / secs));
+                out.insert(format!("oneway_{label}_gb_per_s"), json!(count as f64 * size as f64 / secs / 1e9));
+            }
+            Value::Object(out)
+        }
+        "connect" => {
+            let node = NodeProc::start(args, "acc@127.0.30.3", &temp_config("empty", ""), pinned);
+            node.wait_line("listening on", Duration::from_secs(10)).expect("node started");
+            let n = if args.quick { 200 } else { 2000 };
+            let mut samples = Vec::with_capacity(n);
+            for i in 0..n {
+                let (tx, _rx) = mpsc::unbounded_channel();
+                let dist = Dist::new(DistConfig { hidden: true, ..DistConfig::new(format!("c{i}@127.0.30.9"), COOKIE.as_bytes().to_vec()) }, tx);
+                let t = Instant::now();
+                let peer = dist.connect("acc@127.0.30.3").await.expect("connect");
+                samples.push(t.elapsed());
+                peer.close(wasmnode::dist::DownReason::LocalShutdown);
+                peer.closed().await;
+            }
+            samples.sort();
+            json!({ "connect_handshake_median_us": percentile(&samples, 0.5), "connect_handshake_p99_us": percentile(&samples, 0.99) })
+        }
+        "mesh" => {
+            let mut out = serde_json::Map::new();
+            for n in [2usize, 5, 10, 20] {
+                let reps = if args.quick { 1 } else { 5 };
+                let mut times = Vec::new();
+                for rep in 0..reps {
+                    let names: Vec<String> = (1..=n).map(|i| format!("m{i}@127.0.32.{i}")).collect();
+                    let config = static_config(&format!("mesh{n}-{rep}"), &args.plugins, &names);
+                    let t = Instant::now();
+                    let nodes: Vec<NodeProc> = names.iter().map(|name| NodeProc::start(args, name, &config, false)).collect();
+                    let needle = format!("members ({n}):");
+                    let mut last = t;
+                    for node in &nodes {
+                        let at = node.wait_line(&needle, Duration::from_secs(30)).expect("mesh formed");
+                        last = last.max(at);
+                    }
+                    times.push(last - t);
+                    drop(nodes);
+                }
+                times.sort();
+                out.insert(format!("launch_to_mesh_{n}_nodes_ms"), json!(times[times.len() / 2].as_secs_f64() * 1e3));
+            }
+            Value::Object(out)
+        }
+        "down" => {
+            let names = vec!["d1@127.0.33.1".to_string(), "d2@127.0.33.2".to_string()];
+            let config = static_config("down", &args.plugins, &names);
+            let a = NodeProc::start(args, &names[0], &config, false);
+            let mut out = serde_json::Map::new();
+            for (label, sig, reps) in [("sigkill", libc::SIGKILL, 5), ("sigstop", libc::SIGSTOP, 3)] {
+                let mut times = Vec::new();
+                for _ in 0..if args.quick { 1 } else { reps } {
+                    let b = NodeProc::start(args, &names[1], &config, false);
+                    b.wait_line("members (2):", Duration::from_secs(10)).expect("b joined");
+                    let watcher = client("watch@127.0.33.9", &names[0]).await;
+                    let mut events = watcher.subscribe(Bytes::from_static(br#"{"op":"watch"}"#));
+                    events.recv().await.expect("snapshot");
+                    let t = Instant::now();
+                    b.signal(sig);
+                    loop {
+                        let Some(Frame::Reply { body, .. }) = events.recv().await else { panic!("watch ended") };
+                        let v: Value = serde_json::from_slice(&body).unwrap();
+                        if v["event"] == "down" && v["node"] == names[1].as_str() {
+                            break;
+                        }
+                    }
+                    times.push(t.elapsed());
+                    watcher.close(wasmnode::dist::DownReason::LocalShutdown);
+                    drop(b);
+                }
+                times.sort();
+                out.insert(format!("node_down_after_{label}_ms"), json!(times[times.len() / 2].as_secs_f64() * 1e3));
+            }
+            drop(a);
+            Value::Object(out)
+        }
+        "rss" => {
+            let names: Vec<String> = (1..=3).map(|i| format!("r{i}@127.0.34.{i}")).collect();
+            let config = static_config("rss", &args.plugins, &names);
+            let nodes: Vec<NodeProc> = names.iter().map(|n| NodeProc::start(args, n, &config, false)).collect();
+            for n in &nodes {
+                n.wait_line("members (3):", Duration::from_secs(10)).expect("mesh");
+            }
+            // Idle means: formed, then a few heartbeat intervals and one poll later.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let mut rss: Vec<f64> = nodes.iter().map(NodeProc::rss_mib).collect();
+            rss.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            json!({ "idle_node_rss_mib": rss[1] })
+        }
+        other => panic!("unknown figure {other}"),
+    }
+}

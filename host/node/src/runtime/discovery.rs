@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, warn};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store};
 
 use super::{deadline_ticks, describe_trap, PluginError, PluginState};
@@ -59,7 +59,7 @@ impl StrategyComponent {
     /// Compiles the component at `t.strategy` and checks it is a discovery strategy.
     pub fn load(engine: &Engine, t: &TopologyConfig) -> Result<StrategyComponent, String> {
         let path = t.strategy.display();
-        let component = Component::from_file(engine, &t.strategy)
+        let component = super::cache::load(engine, &t.strategy)
             .map_err(|e| format!("{path} is not a WebAssembly component: {}", first_line(&e)))?;
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;

@@ -8,7 +8,9 @@
 //! Every plugin call runs under a deadline (epoch interruption: a ticker advances the
 //! engine's epoch every [`EPOCH_TICK`]) and a memory cap ([`PluginState::limits`]).
 //! A plugin that overruns either traps; the trap is reported with the plugin's path.
+//! Compiled components are kept in an on-disk [`cache`], so a restart does not recompile.
 
+pub mod cache;
 pub mod discovery;
 pub mod log;
 
