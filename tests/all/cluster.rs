@@ -94,6 +94,27 @@ fn five_nodes_each_knowing_one_form_a_full_mesh() {
     wait_mesh(&refs, &all, FORM);
 }
 
+/// With `full_mesh = false` a node keeps only the links discovery gives it: a and c both
+/// know only b, and although b tells them about each other, they never connect.
+#[test]
+fn full_mesh_off_keeps_only_discovered_links() {
+    let dir = TempDir::new("nomesh");
+    let names = ["a@127.0.24.1", "b@127.0.24.2", "c@127.0.24.3"];
+    let config = |hosts: &[&str]| static_topology(hosts, 100).replace("[node]\n", "[node]\nfull_mesh = false\n");
+    let a = Node::start(names[0], &dir.write("a.toml", &config(&[names[1]])));
+    let b = Node::start(names[1], &dir.write("b.toml", &config(&[])));
+    let c = Node::start(names[2], &dir.write("c.toml", &config(&[names[1]])));
+    b.wait_members(&names, FORM);
+    // b has sent its three-member list to both; give a and c ten polls to (wrongly) act on it.
+    for n in [&a, &c] {
+        let polls = n.count("strategy local");
+        n.wait_log_count("strategy local", polls + 10, FORM);
+    }
+    a.wait_members(&names[..2], FORM);
+    c.wait_members(&names[1..], FORM);
+    assert_eq!(a.count("connected to c@"), 0, "{}", a.log());
+}
+
 /// SIGTERM: the node says it is leaving; peers log a leave (not a failure) and do not
 /// re-dial it although discovery still lists it; when it starts again, it rejoins.
 #[test]
