@@ -6,4 +6,5 @@
 mod check;
 mod cluster;
 mod discovery;
+mod dns;
 mod wire;

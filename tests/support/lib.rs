@@ -103,6 +103,8 @@ pub struct Node {
     child: Option<Child>,
     log: Arc<Mutex<String>>,
     cookie: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -112,12 +114,23 @@ impl Node {
     }
 
     pub fn start_with_cookie(name: &str, config: &Path, cookie: &str) -> Node {
+        Node::launch(name, config, cookie, &[], &[])
+    }
+
+    /// Starts a node with extra command-line arguments and environment variables.
+    pub fn start_with(name: &str, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
+        Node::launch(name, config, COOKIE, args, env)
+    }
+
+    fn launch(name: &str, config: &Path, cookie: &str, args: &[&str], env: &[(&str, &str)]) -> Node {
         let mut n = Node {
             name: name.to_string(),
             config: config.to_path_buf(),
             child: None,
             log: Arc::new(Mutex::new(String::new())),
             cookie: cookie.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         n.spawn();
         n
@@ -128,6 +141,8 @@ impl Node {
             .args(["run", "--config"])
             .arg(&self.config)
             .args(["--name", &self.name])
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("WASMNODE_COOKIE", &self.cookie)
             .env("RUST_LOG", "wasmnode=debug")
             .stdin(Stdio::null())
@@ -269,4 +284,104 @@ pub fn wait_mesh(nodes: &[&Node], names: &[&str], timeout: Duration) {
     for n in nodes {
         n.wait_members(names, timeout);
     }
+}
+
+impl Node {
+    /// The last list of names topology `topology` reported seeing (from the debug log).
+    pub fn last_seen(&self, topology: &str) -> Option<Vec<String>> {
+        let prefix = format!("strategy {topology} (");
+        let log = self.log();
+        let line = log.lines().rev().find(|l| l.contains(&prefix) && l.contains(" sees "))?;
+        let list = line.rsplit_once('[')?.1.trim_end_matches(']');
+        let mut names: Vec<String> = list.split(", ").filter(|s| !s.is_empty()).map(str::to_string).collect();
+        names.sort();
+        Some(names)
+    }
+}
+
+/// A real DNS server for tests: dnsmasq on a loopback address and port, answering from
+/// a hosts file the test rewrites (dnsmasq re-reads it on SIGHUP) and from SRV records.
+pub struct Dnsmasq {
+    child: Option<Child>,
+    pub addr: String,
+    hosts: PathBuf,
+    log: Arc<Mutex<String>>,
+    _dir: TempDir,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq on `ip:port` with `records` (name, address) and `srv` records
+    /// (`_service._tcp.name,target,port`).
+    pub fn start(tag: &str, ip: &str, port: u16, records: &[(&str, &str)], srv: &[&str]) -> Dnsmasq {
+        let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .unwrap_or_else(|| panic!("dnsmasq is missing: install it with `apt-get install dnsmasq-base` (./dev test does)"));
+        let dir = TempDir::new(&format!("dnsmasq-{tag}"));
+        let hosts = dir.0.join("hosts");
+        write_hosts(&hosts, records);
+        let mut cmd = Command::new(bin);
+        cmd.args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces", "--log-facility=-"])
+            .arg(format!("--listen-address={ip}"))
+            .arg(format!("--port={port}"))
+            .arg(format!("--addn-hosts={}", hosts.display()))
+            .args(["--local-ttl=0", "--neg-ttl=0", "--cache-size=0", "--pid-file=", "--user=root", "--conf-file=/dev/null"]);
+        for s in srv {
+            cmd.arg(format!("--srv-host={s}"));
+        }
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start dnsmasq");
+        let log = Arc::new(Mutex::new(String::new()));
+        let l = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut g = l.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        let d = Dnsmasq { child: Some(child), addr: format!("{ip}:{port}"), hosts, log, _dir: dir };
+        d.wait_reads(1);
+        d
+    }
+
+    fn reads(&self) -> usize {
+        let file = format!("read {}", self.hosts.display());
+        self.log.lock().unwrap().lines().filter(|l| l.contains(&file)).count()
+    }
+
+    fn wait_reads(&self, n: usize) {
+        wait_until(Duration::from_secs(10), "dnsmasq to read its hosts file", || self.reads() >= n, || self.log.lock().unwrap().clone());
+    }
+
+    /// Replaces the A/AAAA records and waits until dnsmasq has re-read them.
+    pub fn set_records(&self, records: &[(&str, &str)]) {
+        let before = self.reads();
+        write_hosts(&self.hosts, records);
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGHUP);
+        }
+        self.wait_reads(before + 1);
+    }
+
+    /// Stops the server (a DNS outage).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn write_hosts(path: &Path, records: &[(&str, &str)]) {
+    let body: String = records.iter().map(|(name, ip)| format!("{ip} {name}\n")).collect();
+    std::fs::write(path, body).unwrap();
 }

@@ -114,6 +114,8 @@ pub struct NodeConfig {
     pub full_mesh: bool,
     /// How long a dial plus handshake may take.
     pub connect_timeout: Duration,
+    /// DNS server for peers' host names (default: the system resolver).
+    pub nameserver: Option<SocketAddr>,
 }
 
 /// `[topology.NAME]`: one discovery strategy plugin and how to run it.
@@ -131,6 +133,10 @@ pub struct TopologyConfig {
     pub config: Vec<(String, PluginValue)>,
     /// Where `strategy` is written, for errors found later (a bad component).
     pub strategy_at: (usize, usize),
+    /// DNS server for the plugin's lookups instead of /etc/resolv.conf's.
+    pub nameserver: Option<SocketAddr>,
+    /// Environment variables the plugin may read (none by default).
+    pub env: Vec<String>,
 }
 
 /// One value of a plugin's config table (the WIT `config-value`).
@@ -178,6 +184,7 @@ struct RawNode {
     heartbeat_timeout_ms: Option<Spanned<u64>>,
     full_mesh: Option<bool>,
     connect_timeout_ms: Option<u64>,
+    nameserver: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +194,9 @@ struct RawTopology {
     polling_interval_ms: Option<Spanned<u64>>,
     call_timeout_ms: Option<u64>,
     memory_limit_mb: Option<u64>,
+    nameserver: Option<Spanned<String>>,
+    #[serde(default)]
+    env: Vec<String>,
     config: Option<Spanned<toml::Table>>,
 }
 
@@ -293,6 +303,11 @@ impl Config {
             ));
         }
 
+        let nameserver = rn
+            .nameserver
+            .as_ref()
+            .map(|ns| parse_nameserver(ns.get_ref()).map_err(|m| err(Some(ns.span()), Some("node.nameserver".into()), m)))
+            .transpose()?;
         let node = NodeConfig {
             name,
             listen,
@@ -301,6 +316,7 @@ impl Config {
             heartbeat_timeout: Duration::from_millis(hb_timeout),
             full_mesh: rn.full_mesh.unwrap_or(true),
             connect_timeout: Duration::from_millis(rn.connect_timeout_ms.unwrap_or(3000)),
+            nameserver,
         };
 
         let mut topologies = Vec::new();
@@ -325,12 +341,25 @@ impl Config {
             };
             let mut config = Vec::new();
             for (k, v) in table {
+                let at = || find_key(text, config_span.clone(), &k).or(Some(config_span.clone()));
                 let value = plugin_value(&v).ok_or_else(|| {
-                    let span = find_key(text, config_span.clone(), &k).or(Some(config_span.clone()));
-                    err(span, key(&format!("config.{k}")), format!("plugin config values must be strings, integers, floats, booleans or lists of strings, not {}", v.type_str()))
+                    err(at(), key(&format!("config.{k}")), format!("plugin config values must be strings, integers, floats, booleans or lists of strings, not {}", v.type_str()))
                 })?;
+                // `${VAR}` expands in plugin strings too (`kubernetes_namespace = "${NAMESPACE}"`).
+                let value = match value {
+                    PluginValue::Text(t) => PluginValue::Text(expand(&t).map_err(|m| err(at(), key(&format!("config.{k}")), m))?),
+                    PluginValue::TextList(l) => PluginValue::TextList(
+                        l.iter().map(|t| expand(t)).collect::<Result<_, _>>().map_err(|m| err(at(), key(&format!("config.{k}")), m))?,
+                    ),
+                    other => other,
+                };
                 config.push((k, value));
             }
+            let nameserver = t
+                .nameserver
+                .as_ref()
+                .map(|ns| parse_nameserver(ns.get_ref()).map_err(|m| err(Some(ns.span()), key("nameserver"), m)))
+                .transpose()?;
             topologies.push(TopologyConfig {
                 strategy_at: line_col(text, t.strategy.span().start),
                 name: tname,
@@ -339,6 +368,8 @@ impl Config {
                 call_timeout: Duration::from_millis(t.call_timeout_ms.unwrap_or(2000)),
                 memory_limit: (t.memory_limit_mb.unwrap_or(64) as usize) << 20,
                 config,
+                nameserver,
+                env: t.env,
             });
         }
         Ok(Config { file: path.to_path_buf(), node, topologies, warnings, cookie_at })
@@ -371,6 +402,14 @@ fn plugin_value(v: &toml::Value) -> Option<PluginValue> {
         ),
         _ => return None,
     })
+}
+
+/// `ip`, `ip:port` or `[v6]:port` (port 53 when absent), after `${VAR}` expansion.
+fn parse_nameserver(raw: &str) -> Result<SocketAddr, String> {
+    let text = expand(raw)?;
+    text.parse::<SocketAddr>()
+        .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("`{text}` is not ip or ip:port"))
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`; an unset variable without default is an error.

@@ -139,6 +139,8 @@ pub struct DistConfig {
     pub source_ip: Option<std::net::IpAddr>,
     /// Whether `Send` frames go out as [`DistEvent::Frame`]s (else they are only counted).
     pub deliver_sends: bool,
+    /// DNS server for peers' host names; the system resolver (getaddrinfo) when unset.
+    pub nameserver: Option<SocketAddr>,
 }
 
 impl DistConfig {
@@ -154,6 +156,7 @@ impl DistConfig {
             max_frame: DEFAULT_MAX_FRAME,
             source_ip: None,
             deliver_sends: false,
+            nameserver: None,
         }
     }
 }
@@ -456,11 +459,7 @@ impl Dist {
 
     async fn dial(&self, name: &str) -> Result<Peer, DialError> {
         let target = crate::name::NodeName::parse(name).map_err(DialError::BadName)?;
-        let addr = tokio::net::lookup_host(target.address())
-            .await
-            .map_err(|e| DialError::Resolve(target.address(), e.to_string()))?
-            .next()
-            .ok_or_else(|| DialError::Resolve(target.address(), "no addresses".into()))?;
+        let addr = self.resolve(&target).await?;
         let mut stream = self.open(addr).await.map_err(|e| DialError::Connect(addr, e))?;
         stream.set_nodelay(true)?;
         let mut buf = BytesMut::with_capacity(512);
@@ -488,6 +487,25 @@ impl Dist {
                 self.start(peer.clone(), stream, buf, rx);
                 Ok(peer)
             }
+        }
+    }
+
+    async fn resolve(&self, target: &crate::name::NodeName) -> Result<SocketAddr, DialError> {
+        let fail = |why: String| DialError::Resolve(target.host.clone(), why);
+        if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, target.port));
+        }
+        match self.0.cfg.nameserver {
+            Some(ns) => {
+                let resolver = crate::resolve::resolver(Some(ns), self.0.cfg.connect_timeout).map_err(fail)?;
+                let ips = resolver.lookup_ip(target.host.as_str()).await.map_err(|e| fail(e.to_string()))?;
+                ips.iter().next().map(|ip| SocketAddr::new(ip, target.port)).ok_or_else(|| fail("no addresses".into()))
+            }
+            None => tokio::net::lookup_host(target.address())
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .next()
+                .ok_or_else(|| fail("no addresses".into())),
         }
     }
 

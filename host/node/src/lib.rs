@@ -7,7 +7,7 @@
 //! - [`control`]: the JSON control plane the CLI (a hidden node) talks to;
 //! - [`runtime`]: wasmtime, one module per WIT package (discovery strategies);
 //! - [`node`]: puts them together for `wasmnode run` and `wasmnode check`;
-//! - [`config`] and [`name`]: the topology file and node names.
+//! - [`config`] and [`name`]: the topology file and node names; [`resolve`]: uncached DNS.
 
 pub mod config;
 pub mod control;
@@ -15,5 +15,6 @@ pub mod dist;
 pub mod membership;
 pub mod name;
 pub mod node;
+pub mod resolve;
 pub mod runtime;
 pub mod time;

@@ -73,6 +73,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             heartbeat_timeout: cfg.node.heartbeat_timeout,
             connect_timeout: cfg.node.connect_timeout,
             source_ip: Some(cfg.node.listen.ip()).filter(|ip| !ip.is_unspecified()),
+            nameserver: cfg.node.nameserver,
             ..DistConfig::new(name.clone(), cookie)
         },
         tx,

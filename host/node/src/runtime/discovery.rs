@@ -16,7 +16,10 @@ use tracing::{debug, warn};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store};
 
-use super::{deadline_ticks, describe_trap, PluginError, PluginState};
+use super::dns::DnsCtx;
+use super::kubernetes::KubeCtx;
+use super::log::LogCtx;
+use super::{deadline_ticks, describe_trap, Capabilities, PluginError, PluginState};
 use crate::config::{PluginValue, TopologyConfig};
 use crate::membership::Membership;
 use crate::name::NodeName;
@@ -35,6 +38,8 @@ use bindings::{Strategy, StrategyPre};
 /// The `types` interface has only types; nothing to implement.
 impl bindings::wasmnode::discovery::types::Host for PluginState {}
 
+// (log, dns and kubernetes are implemented in their own modules, on their own contexts.)
+
 /// Longest pause between polls of a strategy that keeps trapping, in intervals.
 const MAX_TRAP_BACKOFF: u32 = 8;
 
@@ -42,11 +47,10 @@ const MAX_TRAP_BACKOFF: u32 = 8;
 pub struct StrategyComponent {
     pub topology: String,
     pub path: PathBuf,
-    label: Arc<str>,
     pre: StrategyPre<PluginState>,
+    caps: Capabilities,
     config: Vec<ConfigEntry>,
     call_timeout: Duration,
-    memory_limit: usize,
 }
 
 /// A live instance of a strategy.
@@ -63,26 +67,37 @@ impl StrategyComponent {
             .map_err(|e| format!("{path} is not a WebAssembly component: {}", first_line(&e)))?;
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
-        Strategy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| e.to_string())?;
+        bindings::wasmnode::discovery::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| e.to_string())?;
+        super::log::add_to_linker(&mut linker).map_err(|e| e.to_string())?;
+        super::dns::add_to_linker(&mut linker).map_err(|e| e.to_string())?;
+        super::kubernetes::add_to_linker(&mut linker).map_err(|e| e.to_string())?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| format!("{path} imports something the host does not provide: {}", first_line(&e)))?;
         let pre = StrategyPre::new(pre)
             .map_err(|e| format!("{path} does not export the discovery world wasmnode:discovery/strategy@0.1.0: {}", first_line(&e)))?;
+        // Host calls (DNS, API) must end before the plugin call's own deadline does.
+        let host_timeout = t.call_timeout * 3 / 4;
+        let caps = Capabilities {
+            log: LogCtx { label: format!("topology {} ({})", t.name, t.strategy.display()).into() },
+            dns: DnsCtx::new(t.nameserver, host_timeout)?,
+            kubernetes: KubeCtx::new(host_timeout),
+            env: t.env.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect(),
+            memory_limit: t.memory_limit,
+        };
         Ok(StrategyComponent {
             topology: t.name.clone(),
             path: t.strategy.clone(),
-            label: format!("topology {} ({})", t.name, t.strategy.display()).into(),
             pre,
+            caps,
             config: t.config.iter().map(|(k, v)| ConfigEntry { key: k.clone(), value: to_wit(v) }).collect(),
             call_timeout: t.call_timeout,
-            memory_limit: t.memory_limit,
         })
     }
 
     /// Instantiates and calls `init` with the config table.
     pub fn instantiate(&self) -> Result<Running, PluginError> {
-        let mut store = Store::new(self.pre.engine(), PluginState::new(self.label.clone(), self.memory_limit));
+        let mut store = Store::new(self.pre.engine(), PluginState::new(&self.caps));
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(deadline_ticks(self.call_timeout));
         let strategy = self.pre.instantiate(&mut store).map_err(|e| self.trapped(&e))?;
@@ -105,7 +120,7 @@ impl StrategyComponent {
     }
 
     fn trapped(&self, e: &wasmtime::Error) -> PluginError {
-        PluginError::Trapped(describe_trap(e, self.call_timeout, self.memory_limit))
+        PluginError::Trapped(describe_trap(e, self.call_timeout, self.caps.memory_limit))
     }
 }
 
@@ -129,6 +144,7 @@ pub fn spawn_topology(component: StrategyComponent, interval: Duration, membersh
     tokio::spawn(async move {
         let mut running: Option<Running> = None;
         let mut traps_in_a_row = 0u32;
+        let mut traps = 0u64;
         loop {
             let c = component.clone();
             let (kept, result) = tokio::task::spawn_blocking(move || {
@@ -157,7 +173,7 @@ pub fn spawn_topology(component: StrategyComponent, interval: Duration, membersh
                     if !bad.is_empty() {
                         warn!("strategy {topology} ({path}) returned names that are not basename@host, ignored: {}", bad.join(", "));
                     }
-                    debug!("strategy {topology} ({path}) sees {} nodes", good.len());
+                    debug!("strategy {topology} ({path}) sees {} nodes: [{}]", good.len(), good.join(", "));
                     membership.discovered(topology, good);
                 }
                 Err(e @ PluginError::Refused(_)) => {
@@ -166,8 +182,12 @@ pub fn spawn_topology(component: StrategyComponent, interval: Duration, membersh
                 }
                 Err(e @ PluginError::Trapped(_)) => {
                     traps_in_a_row += 1;
+                    traps += 1;
                     pause = interval * (1 << (traps_in_a_row - 1).min(MAX_TRAP_BACKOFF.ilog2()));
-                    warn!("strategy {topology} ({path}) {e}; connections kept, instantiating it again in {} ms", pause.as_millis());
+                    warn!(
+                        "strategy {topology} ({path}) {e}; stopped ({traps} traps so far); connections kept, instantiating it again in {} ms",
+                        pause.as_millis()
+                    );
                 }
             }
             tokio::time::sleep(pause).await;

@@ -1,11 +1,21 @@
 //! The `log` capability: a plugin's lines go to the node's log, tagged with the plugin.
 
-use tracing::{debug, error, info, trace, warn};
+use std::sync::Arc;
 
-use super::discovery::bindings::wasmnode::discovery::log::{Host, Level};
+use tracing::{debug, error, info, trace, warn};
+use wasmtime::component::{HasSelf, Linker};
+
+use super::discovery::bindings::wasmnode::discovery::log::{self as wit, Level};
 use super::PluginState;
 
-impl Host for PluginState {
+/// Which plugin is speaking.
+#[derive(Clone)]
+pub struct LogCtx {
+    /// `topology NAME (path)`, written on every line the plugin emits.
+    pub label: Arc<str>,
+}
+
+impl wit::Host for LogCtx {
     fn log(&mut self, level: Level, message: String) {
         let plugin = &*self.label;
         match level {
@@ -16,4 +26,8 @@ impl Host for PluginState {
             Level::Error => error!(plugin, "{message}"),
         }
     }
+}
+
+pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<PluginState, HasSelf<LogCtx>>(linker, |s| &mut s.log)
 }

@@ -3,7 +3,8 @@
 //! layout):
 //! - [`discovery`]: the `wasmnode:discovery/strategy` world — loading, type-checking,
 //!   instantiating and polling strategy components;
-//! - [`log`]: the `log` capability, shared by every plugin kind.
+//! - [`log`], [`dns`], [`kubernetes`]: the host capabilities, each with its own context
+//!   and linker wiring (`add_to_linker`), so no one type implements every interface.
 //!
 //! Every plugin call runs under a deadline (epoch interruption: a ticker advances the
 //! engine's epoch every [`EPOCH_TICK`]) and a memory cap ([`PluginState::limits`]).
@@ -12,9 +13,10 @@
 
 pub mod cache;
 pub mod discovery;
+pub mod dns;
+pub mod kubernetes;
 pub mod log;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
@@ -49,24 +51,43 @@ pub fn deadline_ticks(timeout: Duration) -> u64 {
 }
 
 /// What every plugin store holds: WASI (Rust's std links a few interfaces even when
-/// unused: no files, no network, stderr only), the memory limiter, and the plugin's
-/// label for logs.
+/// unused: no files, no network, stderr, and only the environment variables the
+/// topology lists), the memory limiter, and one context per capability.
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     /// Caps linear memory; growing past it traps, so a memory bomb is named in the log.
     pub limits: StoreLimits,
-    /// `topology NAME (path)`, written on every log line the plugin emits.
-    pub label: Arc<str>,
+    pub log: log::LogCtx,
+    pub dns: dns::DnsCtx,
+    pub kubernetes: kubernetes::KubeCtx,
+}
+
+/// The capabilities one topology's plugin gets; cloned into each new instance.
+#[derive(Clone)]
+pub struct Capabilities {
+    pub log: log::LogCtx,
+    pub dns: dns::DnsCtx,
+    pub kubernetes: kubernetes::KubeCtx,
+    /// Environment variables passed through to the plugin (the topology's `env`).
+    pub env: Vec<(String, String)>,
+    pub memory_limit: usize,
 }
 
 impl PluginState {
-    pub fn new(label: Arc<str>, memory_limit: usize) -> PluginState {
+    pub fn new(caps: &Capabilities) -> PluginState {
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stderr();
+        for (k, v) in &caps.env {
+            wasi.env(k, v);
+        }
         PluginState {
-            wasi: WasiCtx::builder().inherit_stderr().build(),
+            wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build(),
-            label,
+            limits: StoreLimitsBuilder::new().memory_size(caps.memory_limit).trap_on_grow_failure(true).build(),
+            log: caps.log.clone(),
+            dns: caps.dns.clone(),
+            kubernetes: caps.kubernetes.clone(),
         }
     }
 }

@@ -1,56 +1,58 @@
 //! Test fixture: a discovery strategy that misbehaves on purpose, to prove the host
-//! keeps running and keeps its connections when a plugin fails.
+//! stops it, names it, and keeps its connections and its other topologies.
 //!
-//! `mode` (config): `error` — every poll returns an error; `trap` — every poll traps
-//! (panics, which is `unreachable` in wasm); `flaky` — polls alternate between the
-//! configured `hosts` and a trap; `init-error` — `init` refuses the config.
+//! `mode` (config):
+//! - `error`: every poll returns an error;
+//! - `trap`: every poll traps (a panic is `unreachable` in wasm);
+//! - `flaky`: polls alternate between the configured `hosts` and a trap;
+//! - `loop`: every poll spins forever (only the host's deadline ends it);
+//! - `bomb`: every poll allocates without bound (only the memory cap ends it);
+//! - `init-error`: `init` refuses the config;
+//! - anything else: returns `hosts`.
 
-use std::cell::Cell;
-use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-wit_bindgen::generate!({
-    generate_all,
-    world: "strategy",
-    path: "../../../wit/discovery@0.1.0",
-});
+use discovery_guest::{ConfigEntry, Guest, Options, State};
 
-use wasmnode::discovery::types::{ConfigEntry, ConfigValue};
-
-thread_local! {
-    static MODE: RefCell<String> = const { RefCell::new(String::new()) };
-    static HOSTS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-    static POLLS: Cell<u64> = const { Cell::new(0) };
-}
+static MODE: State<(String, Vec<String>)> = State::new();
+static POLLS: AtomicU64 = AtomicU64::new(0);
 
 struct Broken;
 
-impl exports::wasmnode::discovery::discover::Guest for Broken {
+impl Guest for Broken {
     fn init(config: Vec<ConfigEntry>) -> Result<(), String> {
-        for e in config {
-            match (e.key.as_str(), e.value) {
-                ("mode", ConfigValue::Text(m)) => MODE.with(|x| *x.borrow_mut() = m),
-                ("hosts", ConfigValue::TextList(h)) => HOSTS.with(|x| *x.borrow_mut() = h),
-                _ => {}
-            }
-        }
-        if MODE.with(|m| m.borrow().as_str() == "init-error") {
+        let o = Options::new(config, &["mode", "hosts"])?;
+        let mode = o.text("mode")?.unwrap_or_default();
+        if mode == "init-error" {
             return Err("refusing the config on purpose".into());
         }
+        MODE.set((mode, o.list("hosts")?.unwrap_or_default()));
         Ok(())
     }
 
     fn poll() -> Result<Vec<String>, String> {
-        let n = POLLS.with(|p| {
-            p.set(p.get() + 1);
-            p.get()
-        });
-        match MODE.with(|m| m.borrow().clone()).as_str() {
+        let n = POLLS.fetch_add(1, Ordering::Relaxed) + 1;
+        let (mode, hosts) = MODE.get()?;
+        match mode.as_str() {
             "error" => Err(format!("failing on purpose (poll {n})")),
             "trap" => panic!("trapping on purpose (poll {n})"),
             "flaky" if n % 2 == 0 => panic!("trapping on purpose (poll {n})"),
-            _ => Ok(HOSTS.with(|h| h.borrow().clone())),
+            "loop" => {
+                let mut x = n;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            "bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            _ => Ok(hosts),
         }
     }
 }
 
-export!(Broken);
+discovery_guest::export!(Broken with_types_in discovery_guest);
