@@ -32,11 +32,31 @@ fn every_check_case_fails_with_its_expected_error() {
     assert!(seen >= 8, "only {seen} check cases found in {}", cases.display());
 }
 
+/// Every topology in config/ passes `check`, with the variables the platform would set.
 #[test]
 fn the_shipped_topologies_pass_check() {
-    let out = cli(&["check", "--config", repo_root().join("config/local.toml").to_str().unwrap()], COOKIE);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).ends_with("local.toml: ok\n"));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo_root().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let out = Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("WASMNODE_COOKIE", COOKIE)
+            .env("POD_IP", "10.1.0.65")
+            .env("POD_NAME", "myapp-0")
+            .env("NAMESPACE", "default")
+            .env("NODES", "a@127.0.0.1,b@127.0.0.2")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.ends_with(": ok\n"), "{stdout}");
+        seen += 1;
+    }
+    assert!(seen >= 6, "only {seen} topologies in config/");
 }
 
 #[test]

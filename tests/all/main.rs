@@ -7,4 +7,5 @@ mod check;
 mod cluster;
 mod discovery;
 mod dns;
+mod kubernetes;
 mod wire;
