@@ -22,8 +22,27 @@ fn dns_poll_follows_scale_up_and_disconnects_nobody() {
     let dir = TempDir::new("dns-poll");
     let names = ["myapp@127.0.41.1", "myapp@127.0.41.2", "myapp@127.0.41.3"];
     let (ip1, ip2, ip3) = ("127.0.41.1", "127.0.41.2", "127.0.41.3");
-    let mut dns = Dnsmasq::start("poll", "127.0.41.53", 5353, &[("myapp.test", ip1), ("myapp.test", ip2)], &[]);
-    let config = dir.write("dns.toml", &dns_poll(&dns.addr, "myapp.test", "both"));
+    // Three ways a lookup fails, from the same server: names under `gone.test` do not
+    // exist (NXDOMAIN); `broken.test` is forwarded to a port where nothing listens, so
+    // dnsmasq never answers in time (a timeout); and with an upstream configured, it
+    // refuses names it knows nothing of (REFUSED, a server-side failure).
+    let options = ["--server=/broken.test/127.0.0.1#9", "--address=/gone.test/"];
+    let mut dns = Dnsmasq::start("poll", "127.0.41.53", 5353, &[("myapp.test", ip1), ("myapp.test", ip2)], &options);
+    // Beside it, three topologies whose lookups fail in those three ways; none of them
+    // disconnects anyone.
+    let also = |topology: &str, query: &str| {
+        dns_poll(&dns.addr, query, "both").replace("topology.dns", &format!("topology.{topology}")).replace("[node]\nheartbeat_interval_ms = 250\nheartbeat_timeout_ms = 1500\n", "")
+    };
+    let config = dir.write(
+        "dns.toml",
+        &format!(
+            "{}\n{}\n{}\n{}",
+            dns_poll(&dns.addr, "myapp.test", "both"),
+            also("nxdomain", "x.gone.test"),
+            also("silent", "any.broken.test"),
+            also("refused", "nobody.test")
+        ),
+    );
     // c discovers nobody itself: it can only join by being found in DNS.
     let quiet = dir.write("quiet.toml", "[node]\nheartbeat_interval_ms = 250\n");
     let a = Node::start(names[0], &config);
@@ -32,6 +51,11 @@ fn dns_poll_follows_scale_up_and_disconnects_nobody() {
     wait_mesh(&[&a, &b], &names[..2], FORM);
     assert_eq!(a.last_seen("dns").unwrap(), names[..2].to_vec());
     assert_eq!(c.members(), vec![names[2].to_string()]);
+    // The other three poll on beside it: an empty answer, a timeout, a refusal.
+    wait_until(FORM, "the nxdomain topology to see nobody", || a.last_seen("nxdomain") == Some(vec![]), || a.log());
+    a.wait_log_count("returned an error: DNS lookup of nobody.test failed: nobody.test: DNS error: error response: Query Refused", 2, FORM);
+    a.wait_log_count("strategy silent (", 2, FORM);
+    assert!(a.log().contains("returned an error: DNS lookup of any.broken.test timed out"), "{}", a.log());
 
     // Scale up: the new record is seen and dialled within a couple of 200 ms polls.
     dns.set_records(&[("myapp.test", ip1), ("myapp.test", ip2), ("myapp.test", ip3)]);
@@ -80,7 +104,7 @@ fn dns_srv_finds_statefulset_pods_by_name() {
         "127.0.43.53",
         5353,
         &[("n0.myapp.test", "127.0.43.1"), ("n1.myapp.test", "127.0.43.2")],
-        &["_wasmnode._tcp.myapp.test,n0.myapp.test,4370", "_wasmnode._tcp.myapp.test,n1.myapp.test,4370"],
+        &["--srv-host=_wasmnode._tcp.myapp.test,n0.myapp.test,4370", "--srv-host=_wasmnode._tcp.myapp.test,n1.myapp.test,4370"],
     );
     let srv = format!(
         "[node]\nnameserver = \"{ns}\"\n\n[topology.srv]\nstrategy = \"{}\"\npolling_interval_ms = 200\nnameserver = \"{ns}\"\n[topology.srv.config]\nquery = \"_wasmnode._tcp.myapp.test\"\napplication_name = \"myapp\"\n",

@@ -310,9 +310,9 @@ pub struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    /// Starts dnsmasq on `ip:port` with `records` (name, address) and `srv` records
-    /// (`_service._tcp.name,target,port`).
-    pub fn start(tag: &str, ip: &str, port: u16, records: &[(&str, &str)], srv: &[&str]) -> Dnsmasq {
+    /// Starts dnsmasq on `ip:port` with `records` (name, address) and further dnsmasq
+    /// `options` (`--srv-host=_service._tcp.name,target,port`, `--server=/zone/ip#port`).
+    pub fn start(tag: &str, ip: &str, port: u16, records: &[(&str, &str)], options: &[&str]) -> Dnsmasq {
         let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
             .into_iter()
             .find(|p| Path::new(p).is_file())
@@ -326,9 +326,7 @@ impl Dnsmasq {
             .arg(format!("--port={port}"))
             .arg(format!("--addn-hosts={}", hosts.display()))
             .args(["--local-ttl=0", "--neg-ttl=0", "--cache-size=0", "--pid-file=", "--user=root", "--conf-file=/dev/null"]);
-        for s in srv {
-            cmd.arg(format!("--srv-host={s}"));
-        }
+        cmd.args(options);
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start dnsmasq");
         let log = Arc::new(Mutex::new(String::new()));
         let l = log.clone();
