@@ -149,12 +149,39 @@ pub enum PluginValue {
     TextList(Vec<String>),
 }
 
+/// `[worker.KIND]`: a worker kind and how its instances run.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub kind: String,
+    /// The component's path, resolved against the config file's folder.
+    pub component: PathBuf,
+    /// Keys started when the node boots (once the cluster has formed).
+    pub boot: Vec<String>,
+    /// A call to a name that runs nowhere starts it on its owner (virtual actors).
+    pub activate_on_call: bool,
+    /// Deadline of one message, counting the guest's own time.
+    pub call_timeout: Duration,
+    pub memory_limit: usize,
+    /// Where `component` is written, for errors found when loading it.
+    pub component_at: (usize, usize),
+}
+
+/// `[http]`: the node's HTTP port (off unless `listen` is set).
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    pub listen: Option<SocketAddr>,
+    /// Serve `POST /v1/workers/{kind}/{key}/call` (and start/list) on it.
+    pub gateway: bool,
+}
+
 /// A whole topology file.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: PathBuf,
     pub node: NodeConfig,
     pub topologies: Vec<TopologyConfig>,
+    pub workers: Vec<WorkerConfig>,
+    pub http: HttpConfig,
     /// Warnings to log once the logger is up (an insecure cookie).
     pub warnings: Vec<String>,
     /// Where the cookie source is written (key and line:col), for "no cookie" errors.
@@ -168,6 +195,29 @@ struct RawConfig {
     node: Option<Spanned<RawNode>>,
     #[serde(default)]
     topology: BTreeMap<String, Spanned<RawTopology>>,
+    #[serde(default)]
+    worker: BTreeMap<String, Spanned<RawWorker>>,
+    http: Option<RawHttp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    component: Spanned<String>,
+    #[serde(default)]
+    boot: Vec<String>,
+    #[serde(default)]
+    activate_on_call: bool,
+    call_timeout_ms: Option<u64>,
+    memory_limit_mb: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    gateway: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -372,7 +422,41 @@ impl Config {
                 env: t.env,
             });
         }
-        Ok(Config { file: path.to_path_buf(), node, topologies, warnings, cookie_at })
+        let mut workers = Vec::new();
+        for (kind, w) in raw.worker {
+            let w = w.into_inner();
+            let component = base.join(w.component.get_ref());
+            if !component.is_file() {
+                return Err(err(
+                    Some(w.component.span()),
+                    Some(format!("worker.{kind}.component")),
+                    format!("worker component {} does not exist (build the plugins first: ./dev plugins)", component.display()),
+                ));
+            }
+            workers.push(WorkerConfig {
+                component_at: line_col(text, w.component.span().start),
+                kind,
+                component,
+                boot: w.boot,
+                activate_on_call: w.activate_on_call,
+                call_timeout: Duration::from_millis(w.call_timeout_ms.unwrap_or(5000)),
+                memory_limit: (w.memory_limit_mb.unwrap_or(64) as usize) << 20,
+            });
+        }
+        let http = match raw.http {
+            None => HttpConfig::default(),
+            Some(h) => {
+                let listen = match &h.listen {
+                    None => None,
+                    Some(l) => {
+                        let s = expand(l.get_ref()).map_err(|m| err(Some(l.span()), Some("http.listen".into()), m))?;
+                        Some(s.parse().map_err(|e| err(Some(l.span()), Some("http.listen".into()), format!("`{s}` is not ip:port: {e}")))?)
+                    }
+                };
+                HttpConfig { listen, gateway: h.gateway }
+            }
+        };
+        Ok(Config { file: path.to_path_buf(), node, topologies, workers, http, warnings, cookie_at })
     }
 
     /// An error about topology `t`'s strategy component, located at its `strategy` key.
@@ -383,6 +467,11 @@ impl Config {
             key: Some(format!("topology.{}.strategy", t.name)),
             message,
         }
+    }
+
+    /// An error about worker kind `w`'s component, located at its `component` key.
+    pub fn worker_error(&self, w: &WorkerConfig, message: String) -> ConfigError {
+        ConfigError { file: self.file.clone(), at: Some(w.component_at), key: Some(format!("worker.{}.component", w.kind)), message }
     }
 
     /// An error about the cookie, located at its source's key (or `[node]`).

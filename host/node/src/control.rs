@@ -5,6 +5,12 @@
 //! |---|---|
 //! | `{"op":"nodes"}` | `{"node": NAME, "members": [{"name", "since_ms", "self"}]}` |
 //! | `{"op":"watch"}` | the `nodes` answer, then one [`MemberEvent`] per reply until the connection closes |
+//! | `{"op":"start","kind","key","args"}` | `{"started": NODE}`, or `{"error":"already_started","node"}` … |
+//! | `{"op":"call","kind","key","msg","timeout_ms"}` | `{"reply": TEXT}` (or `reply_hex` when not UTF-8), or `{"error": "not_found" \| "timeout" \| "failed" \| "unavailable", "reason"}` |
+//! | `{"op":"workers"}` | `{"nodes": [{"node", "workers": ["kind/key", …]}]}` |
+//!
+//! Worker messages and replies are text here (the CLI's); the HTTP gateway and workers
+//! themselves carry bytes.
 //!
 //! [`MemberEvent`]: crate::membership::MemberEvent
 
@@ -14,14 +20,54 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use wasmnode_proto::Frame;
 
+use std::time::Duration;
+
 use crate::dist::Peer;
 use crate::membership::Membership;
+use crate::registry::{full_name, CallError, Registry, StartError};
 
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Request {
     Nodes,
     Watch,
+    Start {
+        kind: String,
+        key: String,
+        #[serde(default)]
+        args: String,
+    },
+    Call {
+        kind: String,
+        key: String,
+        msg: String,
+        #[serde(default = "default_timeout")]
+        timeout_ms: u64,
+    },
+    Workers,
+}
+
+fn default_timeout() -> u64 {
+    5000
+}
+
+/// JSON for a start error (shared with the HTTP gateway).
+pub fn start_error_json(e: &StartError) -> serde_json::Value {
+    match e {
+        StartError::AlreadyStarted(node) => json!({ "error": "already_started", "node": node }),
+        StartError::UnknownKind(k) => json!({ "error": "unknown_kind", "reason": k }),
+        StartError::Failed(f) => json!({ "error": "failed", "reason": f }),
+    }
+}
+
+/// JSON for a call error (shared with the HTTP gateway).
+pub fn call_error_json(e: &CallError, name: &str) -> serde_json::Value {
+    match e {
+        CallError::NotFound => json!({ "error": "not_found", "name": name }),
+        CallError::Timeout => json!({ "error": "timeout", "name": name }),
+        CallError::Failed(r) => json!({ "error": "failed", "name": name, "reason": r }),
+        CallError::Unavailable(r) => json!({ "error": "unavailable", "name": name, "reason": r }),
+    }
 }
 
 fn nodes(m: &Membership) -> Bytes {
@@ -29,8 +75,40 @@ fn nodes(m: &Membership) -> Bytes {
 }
 
 /// Answers one request from `peer`.
-pub fn handle(m: &Membership, peer: Peer, id: u64, body: Bytes) {
+pub fn handle(m: &Membership, registry: &Registry, peer: Peer, id: u64, body: Bytes) {
+    let reply = move |peer: &Peer, v: serde_json::Value| peer.send(Frame::Reply { id, body: Bytes::from(v.to_string()) });
     match serde_json::from_slice::<Request>(&body) {
+        Ok(Request::Start { kind, key, args }) => {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let v = match registry.start_worker(&kind, &key, args.into_bytes()).await {
+                    Ok(node) => json!({ "started": node, "name": full_name(&kind, &key) }),
+                    Err(e) => start_error_json(&e),
+                };
+                reply(&peer, v);
+            });
+        }
+        Ok(Request::Call { kind, key, msg, timeout_ms }) => {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let name = full_name(&kind, &key);
+                let v = match registry.call(&kind, &key, msg.into_bytes(), Duration::from_millis(timeout_ms)).await {
+                    Ok(r) => match String::from_utf8(r) {
+                        Ok(text) => json!({ "reply": text }),
+                        Err(e) => json!({ "reply_hex": e.as_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>() }),
+                    },
+                    Err(e) => call_error_json(&e, &name),
+                };
+                reply(&peer, v);
+            });
+        }
+        Ok(Request::Workers) => {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let nodes: Vec<_> = registry.list_all().await.into_iter().map(|(node, workers)| json!({ "node": node, "workers": workers })).collect();
+                reply(&peer, json!({ "nodes": nodes }));
+            });
+        }
         Ok(Request::Nodes) => {
             peer.send(Frame::Reply { id, body: nodes(m) });
         }

@@ -4,17 +4,21 @@
 //! - `wasmnode_proto` (its own crate): frames and the handshake, no I/O;
 //! - [`dist`]: TCP connections, handshake I/O, heartbeats, fragments;
 //! - [`membership`]: who is up, gossip for the full mesh, re-dial with backoff;
-//! - [`control`]: the JSON control plane the CLI (a hidden node) talks to;
-//! - [`runtime`]: wasmtime, one module per WIT package (discovery strategies);
+//! - [`registry`]: one instance per worker name cluster-wide, calls by name;
+//! - [`control`]: the JSON control plane the CLI (a hidden node) talks to; [`http`]:
+//!   the HTTP port (worker gateway);
+//! - [`runtime`]: wasmtime, one module per WIT package (strategies, workers) and per capability;
 //! - [`node`]: puts them together for `wasmnode run` and `wasmnode check`;
 //! - [`config`] and [`name`]: the topology file and node names; [`resolve`]: uncached DNS.
 
 pub mod config;
 pub mod control;
 pub mod dist;
+pub mod http;
 pub mod membership;
 pub mod name;
 pub mod node;
+pub mod registry;
 pub mod resolve;
 pub mod runtime;
 pub mod time;

@@ -54,6 +54,40 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Start worker KIND/KEY on its owner; prints the node it runs on.
+    Start {
+        #[arg(long)]
+        node: String,
+        kind: String,
+        key: String,
+        /// Arguments handed to the worker's init (text).
+        #[arg(default_value = "")]
+        args: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Call worker KIND/KEY wherever it runs; prints its reply.
+    Call {
+        #[arg(long)]
+        node: String,
+        /// KIND/KEY, e.g. counter/c1.
+        name: String,
+        /// The message (text).
+        msg: String,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// List the workers running on every node.
+    Workers {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +114,38 @@ fn main() -> ExitCode {
                 }
             }
             Command::Nodes { node, json, watch, config } => nodes(node, json, watch, config).await,
+            Command::Start { node, kind, key, args, config } => {
+                let v = ask(&node, config, serde_json::json!({ "op": "start", "kind": kind, "key": key, "args": args })).await?;
+                match v["started"].as_str() {
+                    Some(on) => {
+                        println!("started {kind}/{key} on {on}");
+                        Ok(())
+                    }
+                    None => Err(anyhow!("{kind}/{key}: {}", describe(&v))),
+                }
+            }
+            Command::Call { node, name, msg, timeout_ms, config } => {
+                let (kind, key) = name.split_once('/').ok_or_else(|| anyhow!("`{name}` is not KIND/KEY"))?;
+                let v = ask(&node, config, serde_json::json!({ "op": "call", "kind": kind, "key": key, "msg": msg, "timeout_ms": timeout_ms })).await?;
+                match (v["reply"].as_str(), v["reply_hex"].as_str()) {
+                    (Some(text), _) => println!("{text}"),
+                    (None, Some(hex)) => println!("{hex}"),
+                    _ => return Err(anyhow!("{name}: {}", describe(&v))),
+                }
+                Ok(())
+            }
+            Command::Workers { node, json, config } => {
+                let v = ask(&node, config, serde_json::json!({ "op": "workers" })).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    for n in v["nodes"].as_array().into_iter().flatten() {
+                        let workers: Vec<&str> = n["workers"].as_array().into_iter().flatten().filter_map(|w| w.as_str()).collect();
+                        println!("{} ({}): {}", n["node"].as_str().unwrap_or("?"), workers.len(), workers.join(", "));
+                    }
+                }
+                Ok(())
+            }
         }
     });
     match result {
@@ -110,6 +176,26 @@ async fn connect_hidden(node: &str, config: Option<PathBuf>) -> anyhow::Result<P
     let dist = Dist::new(DistConfig { hidden: true, ..DistConfig::new(me, cookie) }, tx);
     // The events receiver is dropped: the CLI only reads replies, which dist routes itself.
     dist.connect(node).await.with_context(|| format!("cannot connect to {node}"))
+}
+
+/// One control-plane request as a hidden node; the JSON answer.
+async fn ask(node: &str, config: Option<PathBuf>, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let peer = connect_hidden(node, config).await?;
+    let timeout = Duration::from_millis(request["timeout_ms"].as_u64().unwrap_or(5000)) + Duration::from_secs(30);
+    let body = peer.request(Bytes::from(request.to_string()), timeout).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// An error answer in words: `not_found`, `already_started on b@…`, `timeout`, …
+fn describe(v: &serde_json::Value) -> String {
+    let mut s = v["error"].as_str().unwrap_or("unexpected answer").to_string();
+    if let Some(node) = v["node"].as_str() {
+        s.push_str(&format!(" on {node}"));
+    }
+    if let Some(reason) = v["reason"].as_str() {
+        s.push_str(&format!(": {reason}"));
+    }
+    s
 }
 
 async fn nodes(node: String, json: bool, watch: bool, config: Option<PathBuf>) -> anyhow::Result<()> {

@@ -73,8 +73,12 @@ struct State {
     leaving: bool,
 }
 
+/// Answers `Request` frames: the layers above (control plane, registry) install it.
+pub type RequestHandler = Arc<dyn Fn(Peer, u64, bytes::Bytes) + Send + Sync>;
+
 struct Shared {
     dist: Dist,
+    requests: std::sync::OnceLock<RequestHandler>,
     full_mesh: bool,
     started: SystemTime,
     state: Mutex<State>,
@@ -95,6 +99,7 @@ impl Membership {
     pub fn start(dist: Dist, events: mpsc::UnboundedReceiver<DistEvent>, full_mesh: bool) -> Membership {
         let m = Membership(Arc::new(Shared {
             dist,
+            requests: std::sync::OnceLock::new(),
             full_mesh,
             started: SystemTime::now(),
             state: Mutex::new(State::default()),
@@ -108,6 +113,11 @@ impl Membership {
 
     pub fn dist(&self) -> &Dist {
         &self.0.dist
+    }
+
+    /// Installs what answers `Request` frames (once, at start-up).
+    pub fn set_request_handler(&self, handler: RequestHandler) {
+        let _ = self.0.requests.set(handler);
     }
 
     /// Every member, this node first.
@@ -131,6 +141,22 @@ impl Membership {
         self.0.kick.notify_one();
     }
 
+    /// Whether discovery has answered for `topologies` topologies and every name it
+    /// found is connected or has been tried once: the cluster as this node can see it
+    /// has formed (boot-time workers wait for this).
+    pub fn settled(&self, topologies: usize) -> bool {
+        let st = self.0.state.lock().unwrap();
+        let me = self.0.dist.name();
+        st.discovered.len() >= topologies
+            && st
+                .discovered
+                .values()
+                .flatten()
+                .chain(if self.0.full_mesh { st.gossip.values().flatten().collect::<Vec<_>>() } else { Vec::new() })
+                .filter(|n| n.as_str() != me && !st.left.contains(*n))
+                .all(|n| st.members.contains_key(n) || st.backoff.get(n).is_some_and(|b| b.last_error.is_some()))
+    }
+
     /// Leaves the cluster: stops dialling, tells every peer, closes every connection
     /// and waits for them (at most `deadline`).
     pub async fn leave(&self, deadline: Duration) {
@@ -150,7 +176,12 @@ impl Membership {
                     self.0.state.lock().unwrap().gossip.insert(peer.name().to_string(), names);
                     self.0.kick.notify_one();
                 }
-                DistEvent::Frame(peer, Frame::Request { id, body }) => crate::control::handle(&self, peer, id, body),
+                DistEvent::Frame(peer, Frame::Request { id, body }) => match self.0.requests.get() {
+                    Some(handle) => handle(peer, id, body),
+                    None => {
+                        peer.send(Frame::Reply { id, body: bytes::Bytes::from_static(br#"{"error":"this node answers no requests yet"}"#) });
+                    }
+                },
                 DistEvent::Frame(_, _) => {}
             }
         }

@@ -2,6 +2,7 @@
 //! SIGTERM or SIGINT, then a graceful leave. Also `check`, which does the same up to
 //! instantiating each plugin once, and starts nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,12 +11,17 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::control;
 use crate::dist::{Dist, DistConfig};
 use crate::membership::Membership;
+use crate::registry::{Registry, StartError, RPC_TAG};
+use crate::runtime::worker::{WorkerKind, WorkerRuntime};
 use crate::runtime::{self, discovery};
 
 /// How long a leaving node waits for its goodbyes to be flushed.
 const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
+/// How long boot-time workers wait for the cluster to form before starting anyway.
+const BOOT_SETTLE_MAX: Duration = Duration::from_secs(10);
 
 /// Checks a topology and its plugins without starting anything; every problem found.
 pub fn check(cfg: &Config) -> Vec<ConfigError> {
@@ -43,6 +49,11 @@ pub fn check(cfg: &Config) -> Vec<ConfigError> {
             Err(e) => errors.push(cfg.strategy_error(t, e)),
         }
     }
+    for w in &cfg.workers {
+        if let Err(e) = WorkerKind::load(&engine, w) {
+            errors.push(cfg.worker_error(w, e));
+        }
+    }
     errors
 }
 
@@ -62,6 +73,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let c = discovery::StrategyComponent::load(&engine, t).map_err(|e| anyhow::anyhow!("{}", cfg.strategy_error(t, e)))?;
         strategies.push((c, t.polling_interval));
     }
+    // Guest code runs on its own threads, never on the one that keeps heartbeats on time.
+    let worker_threads = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wasmnode-worker")
+        .enable_all()
+        .build()?;
+    let workers = WorkerRuntime::load(&engine, &cfg.workers, worker_threads.handle().clone()).map_err(|(kind, e)| {
+        let w = cfg.workers.iter().find(|w| w.kind == kind).expect("the failing kind is configured");
+        anyhow::anyhow!("{}", cfg.worker_error(w, e))
+    })?;
+    let boot = workers.boot_keys();
 
     let listener = TcpListener::bind(cfg.node.listen)
         .await
@@ -79,17 +101,52 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tx,
     );
     let membership = Membership::start(dist.clone(), rx, cfg.node.full_mesh);
+    let registry = Registry::start(membership.clone(), Arc::new(workers));
+    let (m, r) = (membership.clone(), registry.clone());
+    membership.set_request_handler(Arc::new(move |peer, id, body| {
+        if body.first() == Some(&RPC_TAG) {
+            r.handle_rpc(peer, id, body)
+        } else {
+            control::handle(&m, &r, peer, id, body)
+        }
+    }));
     tokio::spawn(dist.serve(listener));
     info!("node {name} listening on {}", cfg.node.listen);
+    if let Some(addr) = cfg.http.listen {
+        let http = TcpListener::bind(addr).await.with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+        info!("HTTP on {addr}{}", if cfg.http.gateway { " (worker gateway on)" } else { "" });
+        tokio::spawn(crate::http::serve(http, registry.clone(), cfg.http.gateway));
+    }
+    let topologies = strategies.len();
     for (c, interval) in strategies {
         discovery::spawn_topology(c, interval, membership.clone());
+    }
+    if !boot.is_empty() {
+        tokio::spawn(boot_workers(membership.clone(), registry.clone(), topologies, boot));
     }
 
     let signal = shutdown_signal().await;
     info!("{signal}: leaving the cluster");
     membership.leave(LEAVE_DEADLINE).await;
+    worker_threads.shutdown_background();
     info!("node {name} stopped");
     Ok(())
+}
+
+/// Starts the boot-time workers once the cluster as discovery sees it has formed (or
+/// after [`BOOT_SETTLE_MAX`]), so each starts once, on its owner.
+async fn boot_workers(membership: Membership, registry: Registry, topologies: usize, boot: Vec<(String, String)>) {
+    let deadline = tokio::time::Instant::now() + BOOT_SETTLE_MAX;
+    while !membership.settled(topologies) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (kind, key) in boot {
+        match registry.start_worker(&kind, &key, Vec::new()).await {
+            Ok(node) => info!("boot worker {kind}/{key} runs on {node}"),
+            Err(StartError::AlreadyStarted(node)) => info!("boot worker {kind}/{key} already runs on {node}"),
+            Err(e) => warn!("boot worker {kind}/{key} did not start: {e}"),
+        }
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -31,3 +31,22 @@ impl wit::Host for LogCtx {
 pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
     wit::add_to_linker::<PluginState, HasSelf<LogCtx>>(linker, |s| &mut s.log)
 }
+
+impl super::worker::bindings::wasmnode::worker::log::Host for LogCtx {
+    async fn log(&mut self, level: super::worker::bindings::wasmnode::worker::log::Level, message: String) {
+        use super::worker::bindings::wasmnode::worker::log::Level as L;
+        let level = match level {
+            L::Trace => Level::Trace,
+            L::Debug => Level::Debug,
+            L::Info => Level::Info,
+            L::Warn => Level::Warn,
+            L::Error => Level::Error,
+        };
+        wit::Host::log(self, level, message)
+    }
+}
+
+/// Links the worker world's `log` to each instance's [`LogCtx`].
+pub fn add_worker_log_to_linker(linker: &mut Linker<super::worker::WorkerState>) -> wasmtime::Result<()> {
+    super::worker::bindings::wasmnode::worker::log::add_to_linker::<_, HasSelf<LogCtx>>(linker, |s| &mut s.log)
+}

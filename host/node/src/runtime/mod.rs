@@ -3,6 +3,7 @@
 //! layout):
 //! - [`discovery`]: the `wasmnode:discovery/strategy` world — loading, type-checking,
 //!   instantiating and polling strategy components;
+//! - [`worker`]: the `wasmnode:worker/worker` world — worker kinds and their instances;
 //! - [`log`], [`dns`], [`kubernetes`]: the host capabilities, each with its own context
 //!   and linker wiring (`add_to_linker`), so no one type implements every interface.
 //!
@@ -16,6 +17,7 @@ pub mod discovery;
 pub mod dns;
 pub mod kubernetes;
 pub mod log;
+pub mod worker;
 
 use std::time::Duration;
 

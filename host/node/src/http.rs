@@ -1,0 +1,156 @@
+//! The node's HTTP port: a small HTTP/1.1 server (keep-alive, `Content-Length` bodies)
+//! that, with `[http] gateway = true`, lets anything that speaks HTTP reach workers:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /v1/workers/{kind}/{key}/call[?timeout_ms=N]`, body = message | 200 with the reply as body; 404 `not_found`, 504 `timeout`, 500 `failed`, 503 `unavailable` (JSON) |
+//! | `POST /v1/workers/{kind}/{key}`, body = args | 201 `{"node"}`; 409 `{"error":"already_started","node"}`; 400 `unknown_kind`; 500 `failed` |
+//! | `GET /v1/workers` | 200 `{"nodes": [{"node", "workers"}]}` |
+//!
+//! The call is answered by the instance wherever it runs in the cluster.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::debug;
+
+use crate::control::{call_error_json, start_error_json};
+use crate::registry::{full_name, CallError, Registry, StartError};
+
+const MAX_HEADER: usize = 16 * 1024;
+const MAX_BODY: usize = 16 << 20;
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+fn json_response(status: u16, v: Value) -> Response {
+    Response { status, content_type: "application/json", body: v.to_string().into_bytes() }
+}
+
+/// Serves HTTP on `listener` until the node stops.
+pub async fn serve(listener: TcpListener, registry: Registry, gateway: bool) {
+    loop {
+        let Ok((stream, addr)) = listener.accept().await else { continue };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, &registry, gateway).await {
+                debug!("HTTP connection from {addr}: {e}");
+            }
+        });
+    }
+}
+
+async fn connection(stream: TcpStream, registry: &Registry, gateway: bool) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    loop {
+        let mut line = String::new();
+        if rd.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (method, target) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let (mut length, mut close, mut seen) = (0usize, false, line.len());
+        loop {
+            let mut h = String::new();
+            if rd.read_line(&mut h).await? == 0 {
+                return Ok(());
+            }
+            seen += h.len();
+            if seen > MAX_HEADER {
+                return Err(std::io::Error::other("headers too large"));
+            }
+            if h == "\r\n" || h == "\n" {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().map_err(|_| std::io::Error::other("bad content-length"))?;
+            } else if lower.starts_with("connection:") && lower.contains("close") {
+                close = true;
+            }
+        }
+        let response = if length > MAX_BODY {
+            close = true;
+            json_response(413, json!({ "error": "body too large", "max": MAX_BODY }))
+        } else {
+            let mut body = vec![0u8; length];
+            rd.read_exact(&mut body).await?;
+            route(registry, gateway, &method, &target, body).await
+        };
+        let reason = match response.status {
+            200 => "OK",
+            201 => "Created",
+            400 => "Bad Request",
+            404 => "Not Found",
+            409 => "Conflict",
+            413 => "Payload Too Large",
+            503 => "Service Unavailable",
+            504 => "Gateway Timeout",
+            _ => "Internal Server Error",
+        };
+        let head = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
+            response.status,
+            response.content_type,
+            response.body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        wr.write_all(head.as_bytes()).await?;
+        wr.write_all(&response.body).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+async fn route(registry: &Registry, gateway: bool, method: &str, target: &str, body: Vec<u8>) -> Response {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if !gateway {
+        return json_response(404, json!({ "error": "no such route", "path": path }));
+    }
+    match (method, segments.as_slice()) {
+        ("POST", ["v1", "workers", kind, key, "call"]) => {
+            let timeout = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("timeout_ms="))
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(Duration::from_secs(5));
+            match registry.call(kind, key, body, timeout).await {
+                Ok(reply) => Response { status: 200, content_type: "application/octet-stream", body: reply },
+                Err(e) => {
+                    let status = match e {
+                        CallError::NotFound => 404,
+                        CallError::Timeout => 504,
+                        CallError::Unavailable(_) => 503,
+                        CallError::Failed(_) => 500,
+                    };
+                    json_response(status, call_error_json(&e, &full_name(kind, key)))
+                }
+            }
+        }
+        ("POST", ["v1", "workers", kind, key]) => match registry.start_worker(kind, key, body).await {
+            Ok(node) => json_response(201, json!({ "name": full_name(kind, key), "node": node })),
+            Err(e) => {
+                let status = match e {
+                    StartError::AlreadyStarted(_) => 409,
+                    StartError::UnknownKind(_) => 400,
+                    StartError::Failed(_) => 500,
+                };
+                json_response(status, start_error_json(&e))
+            }
+        },
+        ("GET", ["v1", "workers"]) => {
+            let nodes: Vec<Value> = registry.list_all().await.into_iter().map(|(node, workers)| json!({ "node": node, "workers": workers })).collect();
+            json_response(200, json!({ "nodes": nodes }))
+        }
+        _ => json_response(404, json!({ "error": "no such route", "path": path })),
+    }
+}

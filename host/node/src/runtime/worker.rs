@@ -1,0 +1,329 @@
+//! Workers: components of the `wasmnode:worker/worker` world, run as actors.
+//!
+//! A [`WorkerKind`] is compiled once (through the compiled-code cache) and
+//! type-checked into an `InstancePre`; every instance is instantiated from it. Each
+//! instance is one task on the worker runtime (a multi-threaded tokio runtime of its
+//! own, so guest code never holds up the networking thread and its heartbeats) that
+//! owns its `Store` and drains its mailbox one message at a time.
+//!
+//! Calls into the guest are async (wasmtime's async support), so a worker awaiting
+//! `cluster.call` gives its thread to others instead of blocking it. Every message
+//! runs under a deadline that counts the guest's own time, not time spent waiting in
+//! `cluster.call`, and the instance under a memory cap. A trap ends that instance only:
+//! the message that trapped is answered `failed`, the callers still queued get an
+//! error when the mailbox drops, and the registry forgets the name.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::{deadline_ticks, describe_trap};
+use crate::config::WorkerConfig;
+use crate::registry::{full_name, BoxFuture, CallError, Envelope, Info, Mailbox, Registry, Spawner};
+
+/// The generated bindings; the one `bindgen!` of this world.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "worker",
+        path: "../../wit/worker@0.1.0",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+use bindings::wasmnode::worker::types as wit;
+use bindings::{Worker, WorkerPre};
+
+/// One `[worker.KIND]`: compiled, checked, ready to instantiate.
+pub struct WorkerKind {
+    pub name: String,
+    pub config: WorkerConfig,
+    pre: WorkerPre<WorkerState>,
+}
+
+/// Everything an instance's store holds: WASI for the guest's std, the memory limiter,
+/// the `cluster` and `log` capabilities, and the clock of the current message.
+pub struct WorkerState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    pub cluster: ClusterCtx,
+    pub log: super::log::LogCtx,
+}
+
+impl WasiView for WorkerState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The `cluster` capability of one instance.
+pub struct ClusterCtx {
+    registry: Registry,
+    kind: String,
+    key: String,
+    /// This instance's own mailbox, for timers.
+    mailbox: mpsc::UnboundedSender<Envelope>,
+    /// When the current message started, and how long it has waited in host calls:
+    /// the deadline counts only the difference.
+    started: Instant,
+    waited: Duration,
+}
+
+impl ClusterCtx {
+    async fn timed<T>(&mut self, f: impl std::future::Future<Output = T>) -> T {
+        let t = Instant::now();
+        let r = f.await;
+        self.waited += t.elapsed();
+        r
+    }
+}
+
+fn to_wit_error(e: CallError) -> wit::CallError {
+    match e {
+        CallError::NotFound => wit::CallError::NotFound,
+        CallError::Timeout => wit::CallError::Timeout,
+        CallError::Failed(s) => wit::CallError::Failed(s),
+        CallError::Unavailable(s) => wit::CallError::Unavailable(s),
+    }
+}
+
+impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
+    async fn whoami(&mut self) -> wit::Name {
+        wit::Name { kind: self.kind.clone(), key: self.key.clone() }
+    }
+
+    async fn node(&mut self) -> String {
+        self.registry.node().to_string()
+    }
+
+    async fn members(&mut self) -> Vec<String> {
+        self.registry.membership().members().into_iter().map(|m| m.name).collect()
+    }
+
+    async fn call(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32) -> Result<Vec<u8>, wit::CallError> {
+        let registry = self.registry.clone();
+        let timeout = Duration::from_millis(timeout_ms as u64);
+        self.timed(registry.call(&target.kind, &target.key, msg, timeout)).await.map_err(to_wit_error)
+    }
+
+    async fn cast(&mut self, target: wit::Name, msg: Vec<u8>) -> Result<(), wit::CallError> {
+        let registry = self.registry.clone();
+        self.timed(registry.cast(&target.kind, &target.key, msg)).await.map_err(to_wit_error)
+    }
+
+    async fn start(&mut self, kind: String, key: String, args: Vec<u8>) -> Result<String, wit::StartError> {
+        let registry = self.registry.clone();
+        self.timed(registry.start_worker(&kind, &key, args)).await.map_err(|e| match e {
+            crate::registry::StartError::AlreadyStarted(n) => wit::StartError::AlreadyStarted(n),
+            crate::registry::StartError::UnknownKind(k) => wit::StartError::UnknownKind(k),
+            crate::registry::StartError::Failed(f) => wit::StartError::Failed(f),
+        })
+    }
+
+    async fn send_after(&mut self, delay_ms: u32, payload: Vec<u8>) {
+        let mailbox = self.mailbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms as u64)).await;
+            let _ = mailbox.send(Envelope::Info(Info::Timer(payload)));
+        });
+    }
+}
+
+impl bindings::wasmnode::worker::types::Host for WorkerState {}
+
+/// Every worker kind of the topology, and the runtime instances run on.
+pub struct WorkerRuntime {
+    kinds: HashMap<String, Arc<WorkerKind>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl WorkerRuntime {
+    /// Compiles and checks every kind; an error names the kind and what is wrong.
+    pub fn load(engine: &Engine, workers: &[WorkerConfig], runtime: tokio::runtime::Handle) -> Result<WorkerRuntime, (String, String)> {
+        let mut kinds = HashMap::new();
+        for w in workers {
+            let kind = WorkerKind::load(engine, w).map_err(|e| (w.kind.clone(), e))?;
+            kinds.insert(w.kind.clone(), Arc::new(kind));
+        }
+        Ok(WorkerRuntime { kinds, runtime })
+    }
+
+    /// The kinds and their boot keys.
+    pub fn boot_keys(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> =
+            self.kinds.values().flat_map(|k| k.config.boot.iter().map(|key| (k.name.clone(), key.clone()))).collect();
+        out.sort();
+        out
+    }
+}
+
+impl WorkerKind {
+    /// Compiles the component and checks that it is a worker.
+    pub fn load(engine: &Engine, w: &WorkerConfig) -> Result<WorkerKind, String> {
+        let path = w.component.display();
+        let component = super::cache::load(engine, &w.component)
+            .map_err(|e| format!("{path} is not a WebAssembly component: {}", first_line(&e)))?;
+        let mut linker: Linker<WorkerState> = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| e.to_string())?;
+        bindings::wasmnode::worker::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| e.to_string())?;
+        bindings::wasmnode::worker::cluster::add_to_linker::<_, HasSelf<ClusterCtx>>(&mut linker, |s| &mut s.cluster)
+            .map_err(|e| e.to_string())?;
+        super::log::add_worker_log_to_linker(&mut linker).map_err(|e| e.to_string())?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("{path} imports something the host does not provide: {}", first_line(&e)))?;
+        let pre = WorkerPre::new(pre)
+            .map_err(|e| format!("{path} does not export the worker world wasmnode:worker/worker@0.1.0: {}", first_line(&e)))?;
+        Ok(WorkerKind { name: w.kind.clone(), config: w.clone(), pre })
+    }
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}").lines().next().unwrap_or_default().to_string()
+}
+
+impl Spawner for WorkerRuntime {
+    fn has_kind(&self, kind: &str) -> bool {
+        self.kinds.contains_key(kind)
+    }
+
+    fn activate_on_call(&self, kind: &str) -> bool {
+        self.kinds.get(kind).is_some_and(|k| k.config.activate_on_call)
+    }
+
+    fn spawn(&self, registry: Registry, kind: String, key: String, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, String>> {
+        let Some(k) = self.kinds.get(&kind).cloned() else {
+            return Box::pin(async move { Err(format!("unknown worker kind {kind}")) });
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mailbox = Mailbox { tx: tx.clone(), id };
+        self.runtime.spawn(run_instance(k, registry, key, args, handoff, id, tx, rx, ready_tx));
+        Box::pin(async move {
+            match ready_rx.await {
+                Ok(Ok(())) => Ok(mailbox),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("the instance's task ended before init returned".into()),
+            }
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_instance(
+    kind: Arc<WorkerKind>,
+    registry: Registry,
+    key: String,
+    args: Vec<u8>,
+    handoff: Option<Vec<u8>>,
+    id: u64,
+    own: mpsc::UnboundedSender<Envelope>,
+    mut rx: mpsc::UnboundedReceiver<Envelope>,
+    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+) {
+    let name = full_name(&kind.name, &key);
+    let budget = kind.config.call_timeout;
+    let memory_limit = kind.config.memory_limit;
+    let state = WorkerState {
+        wasi: WasiCtx::builder().inherit_stderr().build(),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build(),
+        cluster: ClusterCtx { registry: registry.clone(), kind: kind.name.clone(), key: key.clone(), mailbox: own, started: Instant::now(), waited: Duration::ZERO },
+        log: super::log::LogCtx { label: format!("worker {name}").into() },
+    };
+    let mut store = Store::new(kind.pre.engine(), state);
+    store.limiter(|s| &mut s.limits);
+    // At each deadline check, compare the guest's own time on this message with the
+    // budget; time spent waiting in host calls (cluster.call) does not count.
+    store.epoch_deadline_callback(move |ctx| {
+        let c = &ctx.data().cluster;
+        let busy = c.started.elapsed().saturating_sub(c.waited);
+        if busy >= budget {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Continue(deadline_ticks(budget - busy)))
+        }
+    });
+    let begin = |store: &mut Store<WorkerState>| {
+        let c = &mut store.data_mut().cluster;
+        c.started = Instant::now();
+        c.waited = Duration::ZERO;
+        store.set_epoch_deadline(deadline_ticks(budget));
+    };
+    let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
+
+    begin(&mut store);
+    let worker: Worker = match kind.pre.instantiate_async(&mut store).await {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = ready.send(Err(format!("instantiating {name}: {}", trap(&e))));
+            return;
+        }
+    };
+    let handler = worker.wasmnode_worker_handler();
+    begin(&mut store);
+    match handler.call_init(&mut store, &args, handoff.as_deref()).await {
+        Ok(Ok(())) => {
+            let _ = ready.send(Ok(()));
+        }
+        Ok(Err(e)) => {
+            let _ = ready.send(Err(format!("{name} refused to start: {e}")));
+            return;
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("{name} trapped in init: {}", trap(&e))));
+            return;
+        }
+    }
+
+    while let Some(envelope) = rx.recv().await {
+        begin(&mut store);
+        let outcome = match envelope {
+            Envelope::Call { msg, reply } => match handler.call_handle_call(&mut store, &msg).await {
+                Ok(r) => {
+                    let _ = reply.send(r.map_err(CallError::Failed));
+                    Ok(())
+                }
+                Err(e) => {
+                    let why = trap(&e);
+                    let _ = reply.send(Err(CallError::Failed(format!("{name} trapped: {why}"))));
+                    Err(why)
+                }
+            },
+            Envelope::Cast { msg } => handler.call_handle_cast(&mut store, &msg).await.map_err(|e| trap(&e)),
+            Envelope::Info(i) => handler.call_handle_info(&mut store, &to_wit_info(i)).await.map_err(|e| trap(&e)),
+            Envelope::Stop { reason, reply } => {
+                let state = match handler.call_terminate(&mut store, &reason).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!("worker {name} trapped in terminate: {}", trap(&e));
+                        None
+                    }
+                };
+                let _ = reply.send(state);
+                info!("stopped {name}: {reason}");
+                break;
+            }
+        };
+        if let Err(why) = outcome {
+            warn!("worker {name} trapped: {why}; instance stopped, its waiting callers get an error");
+            break;
+        }
+    }
+    registry.unregister(&name, id);
+}
+
+fn to_wit_info(i: Info) -> wit::Info {
+    match i {
+        Info::NodeUp(n) => wit::Info::NodeUp(n),
+        Info::NodeDown { node, reason } => wit::Info::NodeDown(wit::NodeDown { node, reason }),
+        Info::Timer(p) => wit::Info::Timer(p),
+    }
+}

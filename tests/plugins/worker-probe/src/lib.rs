@@ -1,0 +1,90 @@
+//! Test fixture: a worker that shows the host's behaviour from the inside.
+//!
+//! | message | what it does |
+//! |---|---|
+//! | `events` | replies the info events seen so far, one per line (`up NODE`, `down NODE: REASON`, `timer PAYLOAD`) |
+//! | `whoami` | replies `KIND/KEY@NODE` |
+//! | `members` | replies the member list, comma-separated |
+//! | `call KIND/KEY MSG` | calls that worker (2 s timeout) and replies its reply, or `error: …` |
+//! | `timer MS PAYLOAD` | sets a timer; replies `ok` |
+//! | `crash` | traps |
+//! | `spin` | loops until the host's deadline stops it |
+//! | anything else | replies it back |
+
+use std::sync::Mutex;
+
+wit_bindgen::generate!({ world: "worker", path: "../../../wit/worker@0.1.0", generate_all });
+
+use exports::wasmnode::worker::handler::Guest;
+use wasmnode::worker::cluster;
+use wasmnode::worker::types::{CallError, Info, Name};
+
+static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Probe;
+
+impl Guest for Probe {
+    fn init(args: Vec<u8>, _handoff_state: Option<Vec<u8>>) -> Result<(), String> {
+        match args.as_slice() {
+            b"refuse" => Err("refusing to start on purpose".into()),
+            b"trap" => panic!("trapping in init on purpose"),
+            _ => Ok(()),
+        }
+    }
+
+    fn handle_call(msg: Vec<u8>) -> Result<Vec<u8>, String> {
+        let text = String::from_utf8_lossy(&msg).to_string();
+        let mut words = text.splitn(3, ' ');
+        let reply = match words.next().unwrap_or("") {
+            "events" => EVENTS.lock().unwrap().join("\n"),
+            "whoami" => {
+                let me = cluster::whoami();
+                format!("{}/{}@{}", me.kind, me.key, cluster::node())
+            }
+            "members" => cluster::members().join(","),
+            "call" => {
+                let target = words.next().unwrap_or("");
+                let (kind, key) = target.split_once('/').ok_or("call KIND/KEY MSG")?;
+                let msg = words.next().unwrap_or("").as_bytes().to_vec();
+                match cluster::call(&Name { kind: kind.into(), key: key.into() }, &msg, 2000) {
+                    Ok(r) => String::from_utf8_lossy(&r).to_string(),
+                    Err(CallError::NotFound) => "error: not found".into(),
+                    Err(CallError::Timeout) => "error: timeout".into(),
+                    Err(CallError::Failed(f)) => format!("error: failed: {f}"),
+                    Err(CallError::Unavailable(u)) => format!("error: unavailable: {u}"),
+                }
+            }
+            "timer" => {
+                let ms: u32 = words.next().and_then(|w| w.parse().ok()).ok_or("timer MS PAYLOAD")?;
+                cluster::send_after(ms, words.next().unwrap_or("").as_bytes());
+                "ok".into()
+            }
+            "crash" => panic!("crashing on purpose"),
+            "spin" => {
+                let mut x = 1u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(3).wrapping_add(1));
+                }
+            }
+            _ => text,
+        };
+        Ok(reply.into_bytes())
+    }
+
+    fn handle_cast(_msg: Vec<u8>) {}
+
+    fn handle_info(event: Info) {
+        let line = match event {
+            Info::NodeUp(n) => format!("up {n}"),
+            Info::NodeDown(d) => format!("down {}: {}", d.node, d.reason),
+            Info::Timer(p) => format!("timer {}", String::from_utf8_lossy(&p)),
+        };
+        EVENTS.lock().unwrap().push(line);
+    }
+
+    fn terminate(_reason: String) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+export!(Probe);
