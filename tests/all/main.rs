@@ -9,3 +9,4 @@ mod discovery;
 mod dns;
 mod kubernetes;
 mod wire;
+mod workers;

@@ -383,3 +383,46 @@ fn write_hosts(path: &Path, records: &[(&str, &str)]) {
     let body: String = records.iter().map(|(name, ip)| format!("{ip} {name}\n")).collect();
     std::fs::write(path, body).unwrap();
 }
+
+/// A topology with the static strategy over `hosts` and the given worker kinds
+/// (`(kind, component file in plugins/dist, extra keys)`), plus an HTTP gateway on `http`.
+pub fn worker_topology(hosts: &[&str], kinds: &[(&str, &str, &str)], http: Option<&str>) -> String {
+    let mut t = static_topology(hosts, 500);
+    for (kind, file, extra) in kinds {
+        t.push_str(&format!("\n[worker.{kind}]\ncomponent = \"{}\"\n{extra}\n", plugin(file).display()));
+    }
+    if let Some(addr) = http {
+        t.push_str(&format!("\n[http]\nlisten = \"{addr}\"\ngateway = true\n"));
+    }
+    t
+}
+
+/// `wasmnode call` through `node`; (success, stdout or stderr).
+pub fn call(node: &str, name: &str, msg: &str) -> (bool, String) {
+    let out = cli(&["call", "--node", node, name, msg], COOKIE);
+    let text = if out.status.success() { out.stdout } else { out.stderr };
+    (out.status.success(), String::from_utf8_lossy(&text).trim().to_string())
+}
+
+/// `wasmnode start` through `node`; (success, stdout or stderr).
+pub fn start_worker(node: &str, kind: &str, key: &str) -> (bool, String) {
+    let out = cli(&["start", "--node", node, kind, key], COOKIE);
+    let text = if out.status.success() { out.stdout } else { out.stderr };
+    (out.status.success(), String::from_utf8_lossy(&text).trim().to_string())
+}
+
+/// One HTTP/1.1 request with a body; (status, body).
+pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}

@@ -8,7 +8,7 @@
 //! | `call KIND/KEY MSG` | calls that worker (2 s timeout) and replies its reply, or `error: …` |
 //! | `timer MS PAYLOAD` | sets a timer; replies `ok` |
 //! | `crash` | traps |
-//! | `spin` | loops until the host's deadline stops it |
+//! | `spin` | logs `spinning`, then loops until the host's deadline stops it |
 //! | anything else | replies it back |
 
 use std::sync::Mutex;
@@ -17,6 +17,7 @@ wit_bindgen::generate!({ world: "worker", path: "../../../wit/worker@0.1.0", gen
 
 use exports::wasmnode::worker::handler::Guest;
 use wasmnode::worker::cluster;
+use wasmnode::worker::log::{log, Level};
 use wasmnode::worker::types::{CallError, Info, Name};
 
 static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -61,6 +62,7 @@ impl Guest for Probe {
             }
             "crash" => panic!("crashing on purpose"),
             "spin" => {
+                log(Level::Info, "spinning");
                 let mut x = 1u64;
                 loop {
                     x = std::hint::black_box(x.wrapping_mul(3).wrapping_add(1));

@@ -1,0 +1,222 @@
+//! Workers and the registry, on real node processes: start, call and already-started
+//! from every node, a dead owner, trap isolation, concurrent starts, member events and
+//! timers in `handle-info`, and the HTTP gateway.
+
+use std::time::{Duration, Instant};
+
+use wasmnode_tests::*;
+
+const FORM: Duration = Duration::from_secs(10);
+
+fn three(tag: &str, subnet: u8, kinds: &[(&str, &str, &str)]) -> (TempDir, Vec<String>, Vec<Node>) {
+    let dir = TempDir::new(tag);
+    let names: Vec<String> = (1..=3).map(|i| format!("{}@127.0.{subnet}.{i}", ["a", "b", "c"][i - 1])).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let config = dir.write("t.toml", &worker_topology(&refs, kinds, None));
+    let nodes: Vec<Node> = names.iter().map(|n| Node::start(n, &config)).collect();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, FORM);
+    (dir, names, nodes)
+}
+
+/// The node a `wasmnode start` answer names.
+fn started_on(out: &str) -> String {
+    out.rsplit(' ').next().unwrap().to_string()
+}
+
+#[test]
+fn start_call_and_already_started_from_every_node() {
+    let (_dir, names, _nodes) = three("w-basic", 60, &[("counter", "worker_counter.wasm", "")]);
+    let (ok, out) = start_worker(&names[0], "counter", "c1");
+    assert!(ok, "{out}");
+    let owner = started_on(&out);
+    assert!(names.contains(&owner), "{out}");
+    for n in &names {
+        let (ok, out) = start_worker(n, "counter", "c1");
+        assert!(!ok);
+        assert!(out.contains(&format!("counter/c1: already_started on {owner}")), "{out}");
+    }
+    for n in &names {
+        assert!(call(n, "counter/c1", "increment").0);
+    }
+    for n in &names {
+        assert_eq!(call(n, "counter/c1", "value"), (true, "3".to_string()), "through {n}");
+    }
+    let (ok, out) = call(&names[1], "counter/none", "value");
+    assert!(!ok && out.contains("counter/none: not_found"), "{out}");
+    // `workers` shows it once, on its owner.
+    let listing = cli(&["workers", "--node", &names[2], "--json"], COOKIE);
+    let v: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let holders: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["workers"].as_array().unwrap().iter().any(|w| w == "counter/c1"))
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(holders, vec![owner.as_str()]);
+}
+
+#[test]
+fn a_call_whose_owner_died_fails_within_its_timeout() {
+    let (_dir, names, nodes) = three("w-dead", 61, &[("probe", "worker_probe.wasm", "")]);
+    let (ok, out) = start_worker(&names[0], "probe", "p");
+    assert!(ok, "{out}");
+    let owner = started_on(&out);
+    let owner_node = nodes.iter().find(|n| n.name == owner).unwrap();
+    let other = names.iter().find(|n| **n != owner).unwrap();
+    assert_eq!(call(other, "probe/p", "hello"), (true, "hello".to_string()));
+
+    // A hung owner: the call gives up at its timeout.
+    owner_node.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let out = cli(&["call", "--node", other, "probe/p", "hello", "--timeout-ms", "800"], COOKIE);
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("timeout"), "{err}");
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_millis(2500), "answered after {took:?}");
+
+    // A dead owner: an error at once, well within the timeout.
+    owner_node.signal(libc::SIGKILL);
+    let t = Instant::now();
+    let out = cli(&["call", "--node", other, "probe/p", "hello", "--timeout-ms", "3000"], COOKIE);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && (err.contains("unavailable") || err.contains("not_found")), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(3), "answered after {:?}", t.elapsed());
+}
+
+#[test]
+fn a_trap_stops_only_that_instance_and_fails_its_callers() {
+    let kinds = [("probe", "worker_probe.wasm", "call_timeout_ms = 500")];
+    let (_dir, names, nodes) = three("w-trap", 62, &kinds);
+    for key in ["p1", "p2", "p3"] {
+        assert!(start_worker(&names[0], "probe", key).0);
+    }
+    // The trapping message is answered `failed`; the instance is gone; others go on.
+    let (ok, out) = call(&names[1], "probe/p1", "crash");
+    assert!(!ok && out.contains("failed") && out.contains("trapped"), "{out}");
+    wait_until(FORM, "probe/p1 to be gone", || call(&names[2], "probe/p1", "hello").1.contains("not_found"), String::new);
+    assert_eq!(call(&names[2], "probe/p2", "hello"), (true, "hello".to_string()));
+    assert!(start_worker(&names[1], "probe", "p1").0, "the name can start again");
+
+    // A caller queued behind a message that blows its deadline gets an error too.
+    let (_, out) = start_worker(&names[0], "probe", "p3");
+    let owner = nodes.iter().find(|n| n.name == started_on(&out.replace("already_started on ", "x "))).unwrap();
+    let spinner = {
+        let node = names[0].clone();
+        std::thread::spawn(move || call(&node, "probe/p3", "spin"))
+    };
+    owner.wait_log("spinning plugin=\"worker probe/p3\"", FORM);
+    let (ok, queued) = call(&names[1], "probe/p3", "hello");
+    assert!(!ok && queued.contains("probe/p3 stopped"), "{queued}");
+    let (ok, spun) = spinner.join().unwrap();
+    assert!(!ok && spun.contains("exceeded its deadline of 500 ms"), "{spun}");
+    owner.wait_log("worker probe/p3 trapped: exceeded its deadline of 500 ms; instance stopped", FORM);
+    // The node itself never noticed.
+    for n in &nodes {
+        assert_eq!(n.count("node down"), 0, "{}", n.log());
+    }
+}
+
+/// Every node starts the same ten names at once: each ends with exactly one instance,
+/// and every answer names the same node.
+#[test]
+fn concurrent_starts_of_one_name_leave_one_instance() {
+    let (_dir, names, _nodes) = three("w-race", 63, &[("probe", "worker_probe.wasm", "")]);
+    let mut threads = Vec::new();
+    for i in 0..10 {
+        for n in &names {
+            let (n, key) = (n.clone(), format!("k{i}"));
+            threads.push(std::thread::spawn(move || (key.clone(), start_worker(&n, "probe", &key))));
+        }
+    }
+    let mut by_key: std::collections::BTreeMap<String, Vec<(bool, String)>> = Default::default();
+    for t in threads {
+        let (key, r) = t.join().unwrap();
+        by_key.entry(key).or_default().push(r);
+    }
+    for (key, answers) in &by_key {
+        let started: Vec<&String> = answers.iter().filter(|(ok, _)| *ok).map(|(_, o)| o).collect();
+        assert_eq!(started.len(), 1, "{key}: {answers:?}");
+        let node = started_on(started[0]);
+        for (ok, out) in answers {
+            assert!(*ok || out.contains(&format!("already_started on {node}")), "{key}: {out}");
+        }
+    }
+    let listing = cli(&["workers", "--node", &names[0], "--json"], COOKIE);
+    let v: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let mut all: Vec<String> = v["nodes"].as_array().unwrap().iter().flat_map(|n| n["workers"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string())).collect();
+    all.sort();
+    let want: Vec<String> = (0..10).map(|i| format!("probe/k{i}")).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    assert_eq!(all, want);
+}
+
+#[test]
+fn node_up_node_down_and_timers_reach_handle_info() {
+    let dir = TempDir::new("w-info");
+    let names = ["a@127.0.64.1", "b@127.0.64.2", "d@127.0.64.4"];
+    let config = dir.write("t.toml", &worker_topology(&names, &[("probe", "worker_probe.wasm", "")], None));
+    let a = Node::start(names[0], &config);
+    let b = Node::start(names[1], &config);
+    wait_mesh(&[&a, &b], &names[..2], FORM);
+    assert!(start_worker(names[0], "probe", "w").0);
+    let events = || call(names[0], "probe/w", "events").1;
+
+    let d = Node::start(names[2], &config);
+    wait_until(FORM, "probe/w to see d come up", || events().contains("up d@127.0.64.4"), || events());
+    d.signal(libc::SIGKILL);
+    wait_until(FORM, "probe/w to see d go down", || events().contains("down d@127.0.64.4: connection closed"), || events());
+
+    assert_eq!(call(names[1], "probe/w", "timer 50 ding"), (true, "ok".to_string()));
+    wait_until(FORM, "the timer to fire", || events().contains("timer ding"), || events());
+}
+
+#[test]
+fn the_http_gateway_answers_calls_with_status_codes() {
+    let dir = TempDir::new("w-http");
+    let names = ["a@127.0.65.1", "b@127.0.65.2"];
+    let kinds = [
+        ("order", "worker_order.wasm", "activate_on_call = true"),
+        ("counter", "worker_counter.wasm", ""),
+        ("probe", "worker_probe.wasm", "call_timeout_ms = 2000"),
+    ];
+    let a = Node::start(names[0], &dir.write("a.toml", &worker_topology(&names, &kinds, Some("127.0.65.1:8080"))));
+    let b = Node::start(names[1], &dir.write("b.toml", &worker_topology(&names, &kinds, Some("127.0.65.2:8080"))));
+    wait_mesh(&[&a, &b], &names, FORM);
+    let (ga, gb) = ("127.0.65.1:8080", "127.0.65.2:8080");
+
+    // order/John exists on first use (activate_on_call) and answers from either node.
+    assert_eq!(http(ga, "POST", "/v1/workers/order/John/call", br#"{"add":[1,2]}"#), (200, "[1,2]".into()));
+    assert_eq!(http(gb, "POST", "/v1/workers/order/John/call", br#"{"add":[3]}"#), (200, "[1,2,3]".into()));
+    assert_eq!(http(ga, "POST", "/v1/workers/order/John/call", br#""contents""#), (200, "[1,2,3]".into()));
+
+    let (status, body) = http(ga, "POST", "/v1/workers/counter/x/call", b"value");
+    assert_eq!((status, body.as_str()), (404, r#"{"error":"not_found","name":"counter/x"}"#));
+    let (status, body) = http(gb, "POST", "/v1/workers/counter/x", b"41");
+    assert_eq!(status, 201, "{body}");
+    let node = serde_json::from_str::<serde_json::Value>(&body).unwrap()["node"].as_str().unwrap().to_string();
+    let (status, body) = http(ga, "POST", "/v1/workers/counter/x", b"");
+    assert_eq!((status, body), (409, format!(r#"{{"error":"already_started","node":"{node}"}}"#)));
+    assert_eq!(http(ga, "POST", "/v1/workers/counter/x/call", b"increment"), (200, "42".into()));
+
+    // A call that outlives its timeout: 504.
+    assert_eq!(http(ga, "POST", "/v1/workers/probe/slow", b"").0, 201);
+    let (status, body) = http(gb, "POST", "/v1/workers/probe/slow/call?timeout_ms=300", b"spin");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains(r#""error":"timeout""#), "{body}");
+
+    let (status, body) = http(gb, "GET", "/v1/workers", b"");
+    assert_eq!(status, 200);
+    for w in ["order/John", "counter/x"] {
+        assert!(body.contains(w), "{body}");
+    }
+}
+
+/// Without `[http] gateway = true` the port serves no worker routes.
+#[test]
+fn the_gateway_is_off_unless_asked_for() {
+    let dir = TempDir::new("w-nohttp");
+    let config = static_topology(&["a@127.0.66.1"], 5000) + "\n[http]\nlisten = \"127.0.66.1:8080\"\n";
+    let a = Node::start("a@127.0.66.1", &dir.write("t.toml", &config));
+    a.wait_log("HTTP on 127.0.66.1:8080", FORM);
+    assert_eq!(http("127.0.66.1:8080", "GET", "/v1/workers", b"").0, 404);
+}
