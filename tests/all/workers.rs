@@ -220,3 +220,45 @@ fn the_gateway_is_off_unless_asked_for() {
     a.wait_log("HTTP on 127.0.66.1:8080", FORM);
     assert_eq!(http("127.0.66.1:8080", "GET", "/v1/workers", b"").0, 404);
 }
+
+/// The counter in C and in Python, called across nodes; and a Rust worker (the probe)
+/// calling the Python one on another node through `cluster.call`.
+#[test]
+fn workers_in_c_and_python_are_called_across_nodes() {
+    let kinds = [
+        ("counterc", "worker_counter_c.wasm", ""),
+        ("counterpy", "worker_counter_py.wasm", "call_timeout_ms = 10000"),
+        ("probe", "worker_probe.wasm", ""),
+    ];
+    let dir = TempDir::new("w-poly");
+    let names = ["a@127.0.67.1", "b@127.0.67.2", "c@127.0.67.3"];
+    let config = dir.write("t.toml", &worker_topology(&names, &kinds, None));
+    // `check` compiles every kind once into the code cache (the Python one takes seconds),
+    // so the three nodes start from it.
+    let out = cli(&["check", "--config", config.to_str().unwrap()], COOKIE);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let nodes: Vec<Node> = names.iter().map(|n| Node::start(n, &config)).collect();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names, Duration::from_secs(60));
+
+    for kind in ["counterc", "counterpy"] {
+        let name = format!("{kind}/x");
+        assert!(start_worker(names[0], kind, "x").0);
+        assert_eq!(call(names[1], &name, "increment"), (true, "1".to_string()), "{name}");
+        assert_eq!(call(names[2], &name, "increment"), (true, "2".to_string()), "{name}");
+        assert_eq!(call(names[0], &name, "value"), (true, "2".to_string()), "{name}");
+        let (ok, out) = call(names[1], &name, "bogus");
+        assert!(!ok && out.contains("failed") && out.contains("unknown message"), "{name}: {out}");
+    }
+
+    // A Rust worker on one node calls the Python worker on another.
+    let (_, out) = start_worker(names[0], "counterpy", "y");
+    let py_node = started_on(&out);
+    let probe = (0..20)
+        .map(|i| format!("r{i}"))
+        .find(|key| started_on(&start_worker(names[0], "probe", key).1) != py_node)
+        .expect("some probe lands on another node than counterpy/y");
+    let via = format!("probe/{probe}");
+    assert_eq!(call(names[2], &via, "call counterpy/y increment"), (true, "1".to_string()));
+    assert_eq!(call(names[1], &via, "call counterpy/y increment"), (true, "2".to_string()));
+    assert_eq!(call(names[0], "counterpy/y", "value"), (true, "2".to_string()));
+}
