@@ -116,6 +116,8 @@ pub struct NodeConfig {
     pub connect_timeout: Duration,
     /// DNS server for peers' host names (default: the system resolver).
     pub nameserver: Option<SocketAddr>,
+    /// Size of the pooling allocator (instances at once); none: allocate on demand.
+    pub instance_pool: Option<u32>,
 }
 
 /// `[topology.NAME]`: one discovery strategy plugin and how to run it.
@@ -235,6 +237,7 @@ struct RawNode {
     full_mesh: Option<bool>,
     connect_timeout_ms: Option<u64>,
     nameserver: Option<Spanned<String>>,
+    instance_pool: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -367,6 +370,7 @@ impl Config {
             full_mesh: rn.full_mesh.unwrap_or(true),
             connect_timeout: Duration::from_millis(rn.connect_timeout_ms.unwrap_or(3000)),
             nameserver,
+            instance_pool: rn.instance_pool.filter(|n| *n > 0),
         };
 
         let mut topologies = Vec::new();
@@ -467,6 +471,13 @@ impl Config {
             key: Some(format!("topology.{}.strategy", t.name)),
             message,
         }
+    }
+
+    /// The pooling settings, when `[node] instance_pool` asks for them: slots as large
+    /// as the largest memory cap of any worker kind or topology.
+    pub fn pool(&self) -> Option<crate::runtime::Pool> {
+        let max_memory = self.workers.iter().map(|w| w.memory_limit).chain(self.topologies.iter().map(|t| t.memory_limit)).max().unwrap_or(64 << 20);
+        self.node.instance_pool.map(|instances| crate::runtime::Pool { instances, max_memory })
     }
 
     /// An error about worker kind `w`'s component, located at its `component` key.

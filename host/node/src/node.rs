@@ -29,7 +29,7 @@ pub fn check(cfg: &Config) -> Vec<ConfigError> {
     if let Err(e) = cfg.node.cookie.resolve() {
         errors.push(cfg.cookie_error(e));
     }
-    let engine = match runtime::engine() {
+    let engine = match runtime::engine_with(cfg.pool()) {
         Ok(e) => e,
         Err(e) => {
             errors.push(ConfigError { file: cfg.file.clone(), at: None, key: None, message: format!("cannot start the WebAssembly engine: {e}") });
@@ -66,7 +66,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let name = cfg.node.name.to_string();
 
     // Load every plugin before listening: a bad plugin fails the start, loudly.
-    let engine = runtime::engine()?;
+    let engine = runtime::engine_with(cfg.pool())?;
     runtime::spawn_epoch_ticker(engine.clone());
     let mut strategies = Vec::new();
     for t in &cfg.topologies {

@@ -53,7 +53,7 @@ fn parse_args() -> (Option<(String, String)>, Args) {
             }
             "measure" => measure = Some((it.next().expect("measure FIGURE"), it.next().expect("measure FIGURE PLACEMENT"))),
             "-h" | "--help" => {
-                println!("wasmnode-bench [--bin WASMNODE] [--plugins DIR] [--json FILE] [--quick] [--only rtt|throughput|connect|mesh|down|rss]");
+                println!("wasmnode-bench [--bin WASMNODE] [--plugins DIR] [--json FILE] [--quick] [--only rtt|throughput|connect|workers|workers-pooled|remote-call|mesh|down|rss]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -145,7 +145,7 @@ fn run_all(args: &Args) {
     let wants = |f: &str| args.only.as_deref().is_none_or(|o| o == f);
     let mut results = serde_json::Map::new();
     let mut table: Vec<(String, String, String)> = Vec::new();
-    for figure in ["rtt", "throughput", "connect"] {
+    for figure in ["rtt", "throughput", "connect", "workers", "workers-pooled", "remote-call"] {
         if !wants(figure) {
             continue;
         }
@@ -198,6 +198,10 @@ fn fmt_value(key: &str, v: &Value) -> String {
         format!("{:.0} k msgs/s", f / 1e3)
     } else if key.ends_with("_gb_per_s") {
         format!("{f:.2} GB/s")
+    } else if key.ends_with("_kib") {
+        format!("{f:.1} KiB")
+    } else if key.ends_with("_per_s") {
+        format!("{f:.0} /s")
     } else if key.ends_with("_mib") {
         format!("{f:.1} MiB")
     } else {
@@ -322,6 +326,93 @@ async fn client(name: &str, target: &str) -> Peer {
             Err(_) => tokio::task::yield_now().await,
         }
     }
+}
+
+/// Spawn, local call and memory of workers, in this process, through the node's own
+/// registry and worker runtime (no network: a node alone owns every name).
+async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: bool) -> Value {
+    use wasmnode::config::WorkerConfig;
+    use wasmnode::membership::Membership;
+    use wasmnode::registry::Registry;
+    use wasmnode::runtime::worker::WorkerRuntime;
+    let counter = std::fs::canonicalize(args.plugins.join("worker_counter.wasm")).expect("build the plugins first: ./dev plugins");
+    let pool = pooled.then_some(wasmnode::runtime::Pool { instances: idle as u32 + 1000, max_memory: 64 << 20 });
+    let engine = wasmnode::runtime::engine_with(pool).unwrap();
+    wasmnode::runtime::spawn_epoch_ticker(engine.clone());
+    let worker_threads = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let kind = WorkerConfig {
+        kind: "counter".into(),
+        component: counter,
+        boot: vec![],
+        activate_on_call: false,
+        call_timeout: Duration::from_secs(5),
+        memory_limit: 64 << 20,
+        component_at: (0, 0),
+    };
+    let workers = WorkerRuntime::load(&engine, &[kind], worker_threads.handle().clone()).expect("load the counter");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let dist = Dist::new(DistConfig::new("bench@127.0.36.1", COOKIE.as_bytes().to_vec()), tx);
+    let registry = Registry::start(Membership::start(dist, rx, false), std::sync::Arc::new(workers));
+    // Measure from a task on the worker runtime, where workers call and start each
+    // other: what a worker pays, without the hop from the networking thread.
+    let out = worker_threads
+        .spawn(async move {
+        let rss = || {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse::<f64>().unwrap() * 1024.0
+        };
+        // Warm up (first instantiation touches shared code pages), then time each spawn.
+        for i in 0..100 {
+            registry.start_local("counter", &format!("w{i}"), Vec::new(), None).await.unwrap();
+        }
+        let before = rss();
+        let mut samples = Vec::with_capacity(spawns);
+        for i in 0..spawns {
+            let t = Instant::now();
+            registry.start_local("counter", &format!("s{i}"), Vec::new(), None).await.unwrap_or_else(|e| panic!("spawn: {e}"));
+            samples.push(t.elapsed());
+        }
+        let per_worker = (rss() - before) / spawns as f64;
+        samples.sort();
+        let spawn_median = percentile(&samples, 0.5);
+        // Local calls through the mailbox: registry → mailbox → instance task → reply.
+        let mut calls = Vec::with_capacity(100_000);
+        for i in 0..110_000 {
+            let t = Instant::now();
+            registry.call("counter", "w0", b"value".to_vec(), Duration::from_secs(5)).await.unwrap();
+            if i >= 10_000 {
+                calls.push(t.elapsed());
+            }
+        }
+        calls.sort();
+        // Many idle workers: spawn up to `idle` in all, and report the process's RSS.
+        let t = Instant::now();
+        let mut started = 100 + spawns;
+        let mut failure = None;
+        while started < idle {
+            if let Err(e) = registry.start_local("counter", &format!("i{started}"), Vec::new(), None).await {
+                failure = Some(e.to_string());
+                break;
+            }
+            started += 1;
+        }
+        let idle_secs = t.elapsed().as_secs_f64();
+        json!({
+            "worker_spawn_median_us": spawn_median,
+            "worker_spawn_p99_us": percentile(&samples, 0.99),
+            "worker_local_call_median_us": percentile(&calls, 0.5),
+            "worker_local_call_p99_us": percentile(&calls, 0.99),
+            "worker_idle_rss_per_worker_kib": per_worker / 1024.0,
+            "workers_idle_started": started,
+            "workers_idle_process_rss_mib": rss() / (1 << 20) as f64,
+            "workers_idle_spawn_rate_per_s": (started - 100 - spawns) as f64 / idle_secs,
+            "workers_idle_failure": failure,
+        })
+        })
+        .await
+        .expect("the measuring task");
+    worker_threads.shutdown_background();
+    out
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -477,6 +568,50 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
             let mut rss: Vec<f64> = nodes.iter().map(NodeProc::rss_mib).collect();
             rss.sort_by(|a, b| a.partial_cmp(b).unwrap());
             json!({ "idle_node_rss_mib": rss[1] })
+        }
+        "workers" | "workers-pooled" => {
+            let (spawns, idle) = if args.quick { (2_000, 10_000) } else { (10_000, 100_000) };
+            workers_in_process(args, spawns, idle, figure == "workers-pooled").await
+        }
+        "remote-call" => {
+            let names = ["w1@127.0.35.1".to_string(), "w2@127.0.35.2".to_string()];
+            let probe = std::fs::canonicalize(args.plugins.join("worker_probe.wasm")).expect("build the plugins first: ./dev plugins");
+            let base = std::fs::read_to_string(static_config("remote-base", &args.plugins, &names)).unwrap();
+            let config_path = temp_config("remote", &format!("{base}\n[worker.probe]\ncomponent = \"{}\"\n", probe.display()));
+            let n1 = NodeProc::start(args, &names[0], &config_path, pinned);
+            let n2 = NodeProc::start(args, &names[1], &config_path, pinned);
+            for n in [&n1, &n2] {
+                n.wait_line("members (2):", Duration::from_secs(30)).expect("the two nodes connect");
+            }
+            // Place a caller on w1 and a callee on w2.
+            let ctl = client("benchctl@127.0.35.9", &names[0]).await;
+            let ask = |v: Value| {
+                let ctl = ctl.clone();
+                async move {
+                    let body = ctl.request(Bytes::from(v.to_string()), Duration::from_secs(600)).await.expect("control request");
+                    serde_json::from_slice::<Value>(&body).unwrap()
+                }
+            };
+            let mut caller = None;
+            let mut callee = None;
+            for i in 0..200 {
+                let v = ask(json!({"op":"start","kind":"probe","key":format!("k{i}")})).await;
+                match v["started"].as_str() {
+                    Some(n) if n == names[0] && caller.is_none() => caller = Some(format!("k{i}")),
+                    Some(n) if n == names[1] && callee.is_none() => callee = Some(format!("k{i}")),
+                    _ => {}
+                }
+                if caller.is_some() && callee.is_some() {
+                    break;
+                }
+            }
+            let (caller, callee) = (caller.expect("a probe on w1 (are the nodes connected?)"), callee.expect("a probe on w2"));
+            let n = if args.quick { 20_000 } else { 100_000 };
+            ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench 10000 probe/{callee}"),"timeout_ms":600000})).await;
+            let v = ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {n} probe/{callee}"),"timeout_ms":600000})).await;
+            let reply = v["reply"].as_str().unwrap_or_else(|| panic!("bench call failed: {v}")).to_string();
+            let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
+            json!({ "worker_remote_call_16b_median_us": it.next().unwrap(), "worker_remote_call_16b_p99_us": it.next().unwrap(), "worker_remote_call_samples": n })
         }
         other => panic!("unknown figure {other}"),
     }

@@ -28,10 +28,46 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 /// Granularity of plugin deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The node's engine: epoch interruption on, everything else wasmtime's defaults.
+/// The node's engine, for strategies and workers: epoch interruption on, and memory
+/// allocated on demand, or from a pool when [`Pool`] is given.
 pub fn engine() -> anyhow::Result<Engine> {
+    engine_with(None)
+}
+
+/// Pooling-allocator settings (`[node] instance_pool`): where it pays, that is for many
+/// instances. One reservation holds every slot, so a hundred thousand instances cost
+/// a few mappings instead of several each (Linux allows 65,530 per process), and an
+/// instance starts by taking a free slot instead of mapping fresh memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Pool {
+    /// Component instances that can live at once.
+    pub instances: u32,
+    /// Largest linear memory of any instance (the largest `memory_limit_mb`).
+    pub max_memory: usize,
+}
+
+pub fn engine_with(pool: Option<Pool>) -> anyhow::Result<Engine> {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
+    if let Some(p) = pool {
+        let mut pc = wasmtime::PoolingAllocationConfig::default();
+        pc.total_component_instances(p.instances)
+            .total_core_instances(p.instances.saturating_mul(8))
+            .total_memories(p.instances.saturating_mul(2))
+            .total_tables(p.instances.saturating_mul(4))
+            // An async store keeps its fiber stack between calls: one per instance.
+            .total_stacks(p.instances)
+            .max_memory_size(p.max_memory)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(64);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pc));
+        // A slot is as large as the memory reservation: keep it to the memory cap (with
+        // explicit bounds checks) so that the slots fit the address space.
+        config.memory_reservation(p.max_memory as u64);
+        config.memory_guard_size(64 << 10);
+        config.memory_reservation_for_growth(0);
+    }
     Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 

@@ -7,6 +7,7 @@
 //! | `members` | replies the member list, comma-separated |
 //! | `call KIND/KEY MSG` | calls that worker (2 s timeout) and replies its reply, or `error: …` |
 //! | `timer MS PAYLOAD` | sets a timer; replies `ok` |
+//! | `bench N KIND/KEY` | makes N 16-byte calls to that worker, replies `MEDIAN_NS P99_NS` |
 //! | `crash` | traps |
 //! | `spin` | logs `spinning`, then loops until the host's deadline stops it |
 //! | anything else | replies it back |
@@ -54,6 +55,21 @@ impl Guest for Probe {
                     Err(CallError::Failed(f)) => format!("error: failed: {f}"),
                     Err(CallError::Unavailable(u)) => format!("error: unavailable: {u}"),
                 }
+            }
+            "bench" => {
+                // bench N KIND/KEY: N sequential 16-byte calls, timed here, in the guest.
+                let n: usize = words.next().and_then(|w| w.parse().ok()).ok_or("bench N KIND/KEY")?;
+                let (kind, key) = words.next().unwrap_or("").split_once('/').ok_or("bench N KIND/KEY")?;
+                let target = Name { kind: kind.into(), key: key.into() };
+                let msg = b"0123456789abcdef";
+                let mut ns: Vec<u64> = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let t = std::time::Instant::now();
+                    cluster::call(&target, msg, 5000).map_err(|e| format!("{e:?}"))?;
+                    ns.push(t.elapsed().as_nanos() as u64);
+                }
+                ns.sort_unstable();
+                format!("{} {}", ns[n / 2], ns[n * 99 / 100])
             }
             "timer" => {
                 let ms: u32 = words.next().and_then(|w| w.parse().ok()).ok_or("timer MS PAYLOAD")?;
