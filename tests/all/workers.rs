@@ -86,7 +86,7 @@ fn a_call_whose_owner_died_fails_within_its_timeout() {
 
 #[test]
 fn a_trap_stops_only_that_instance_and_fails_its_callers() {
-    let kinds = [("probe", "worker_probe.wasm", "call_timeout_ms = 500")];
+    let kinds = [("probe", "worker_probe.wasm", "call_timeout_ms = 500\nmemory_limit_mb = 16")];
     let (_dir, names, nodes) = three("w-trap", 62, &kinds);
     for key in ["p1", "p2", "p3"] {
         assert!(start_worker(&names[0], "probe", key).0);
@@ -97,6 +97,9 @@ fn a_trap_stops_only_that_instance_and_fails_its_callers() {
     wait_until(FORM, "probe/p1 to be gone", || call(&names[2], "probe/p1", "hello").1.contains("not_found"), String::new);
     assert_eq!(call(&names[2], "probe/p2", "hello"), (true, "hello".to_string()));
     assert!(start_worker(&names[1], "probe", "p1").0, "the name can start again");
+    // A memory bomb is stopped at the instance's cap.
+    let (ok, out) = call(&names[0], "probe/p2", "bomb");
+    assert!(!ok && out.contains("exceeded its memory limit of 16 MiB"), "{out}");
 
     // A caller queued behind a message that blows its deadline gets an error too.
     let (_, out) = start_worker(&names[0], "probe", "p3");
@@ -261,4 +264,36 @@ fn workers_in_c_and_python_are_called_across_nodes() {
     assert_eq!(call(names[2], &via, "call counterpy/y increment"), (true, "1".to_string()));
     assert_eq!(call(names[1], &via, "call counterpy/y increment"), (true, "2".to_string()));
     assert_eq!(call(names[0], "counterpy/y", "value"), (true, "2".to_string()));
+}
+
+/// With `[node] instance_pool`, instances (the Python one too) run from wasmtime's
+/// pooling allocator; a full pool refuses one more start with a clear error and the
+/// node goes on serving the instances it has.
+#[test]
+fn a_pooled_node_runs_workers_and_says_when_the_pool_is_full() {
+    let dir = TempDir::new("w-pool");
+    let name = "a@127.0.68.1";
+    let kinds = [("counter", "worker_counter.wasm", ""), ("counterpy", "worker_counter_py.wasm", "call_timeout_ms = 10000")];
+    let config = worker_topology(&[name], &kinds, None).replace("[node]\n", "[node]\ninstance_pool = 6\n");
+    let config = dir.write("t.toml", &config);
+    let out = cli(&["check", "--config", config.to_str().unwrap()], COOKIE);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a = Node::start(name, &config);
+    a.wait_log("listening on", Duration::from_secs(60));
+    assert!(start_worker(name, "counterpy", "p").0);
+    assert_eq!(call(name, "counterpy/p", "increment"), (true, "1".to_string()));
+    // The static strategy's instance holds one slot, the Python counter another.
+    let mut started = 0;
+    let refusal = loop {
+        let (ok, out) = start_worker(name, "counter", &format!("c{started}"));
+        if !ok {
+            break out;
+        }
+        started += 1;
+        assert!(started < 10, "the pool of 6 never filled");
+    };
+    assert!(started >= 3, "only {started} counters fit");
+    assert!(refusal.contains("failed") && refusal.contains("limit"), "{refusal}");
+    assert_eq!(call(name, "counter/c0", "increment"), (true, "1".to_string()));
+    assert_eq!(call(name, "counterpy/p", "value"), (true, "1".to_string()));
 }

@@ -73,13 +73,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let c = discovery::StrategyComponent::load(&engine, t).map_err(|e| anyhow::anyhow!("{}", cfg.strategy_error(t, e)))?;
         strategies.push((c, t.polling_interval));
     }
-    // Guest code runs on its own threads, never on the one that keeps heartbeats on time.
-    let worker_threads = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("wasmnode-worker")
-        .enable_all()
-        .build()?;
-    let workers = WorkerRuntime::load(&engine, &cfg.workers, worker_threads.handle().clone()).map_err(|(kind, e)| {
+    // Guest code runs on its own threads, never on the one that keeps heartbeats on time
+    // (and a node without worker kinds does not start them).
+    let worker_threads = match cfg.workers.is_empty() {
+        true => None,
+        false => Some(tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("wasmnode-worker").enable_all().build()?),
+    };
+    let handle = worker_threads.as_ref().map(|rt| rt.handle().clone()).unwrap_or_else(tokio::runtime::Handle::current);
+    let workers = WorkerRuntime::load(&engine, &cfg.workers, handle).map_err(|(kind, e)| {
         let w = cfg.workers.iter().find(|w| w.kind == kind).expect("the failing kind is configured");
         anyhow::anyhow!("{}", cfg.worker_error(w, e))
     })?;
@@ -128,7 +129,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let signal = shutdown_signal().await;
     info!("{signal}: leaving the cluster");
     membership.leave(LEAVE_DEADLINE).await;
-    worker_threads.shutdown_background();
+    if let Some(rt) = worker_threads {
+        rt.shutdown_background();
+    }
     info!("node {name} stopped");
     Ok(())
 }

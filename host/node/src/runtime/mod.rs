@@ -68,7 +68,19 @@ pub fn engine_with(pool: Option<Pool>) -> anyhow::Result<Engine> {
         config.memory_guard_size(64 << 10);
         config.memory_reservation_for_growth(0);
     }
-    Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:#}"))
+    Engine::new(&config).map_err(|e| match pool {
+        Some(p) => {
+            let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count").unwrap_or_default();
+            anyhow::anyhow!(
+                "{e:#}: a pool of {} instances needs about {} memory mappings, and vm.max_map_count is {} \
+                 (raise it, e.g. sysctl -w vm.max_map_count=1048576, or lower instance_pool)",
+                p.instances,
+                p.instances as u64 * 2 + 10_000,
+                limit.trim()
+            )
+        }
+        None => anyhow::anyhow!("{e:#}"),
+    })
 }
 
 /// Advances `engine`'s epoch every [`EPOCH_TICK`] for as long as the runtime runs.

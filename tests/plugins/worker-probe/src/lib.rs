@@ -9,6 +9,7 @@
 //! | `timer MS PAYLOAD` | sets a timer; replies `ok` |
 //! | `bench N KIND/KEY` | makes N 16-byte calls to that worker, replies `MEDIAN_NS P99_NS` |
 //! | `crash` | traps |
+//! | `bomb` | allocates until the host's memory cap stops it |
 //! | `spin` | logs `spinning`, then loops until the host's deadline stops it |
 //! | anything else | replies it back |
 
@@ -77,6 +78,13 @@ impl Guest for Probe {
                 "ok".into()
             }
             "crash" => panic!("crashing on purpose"),
+            "bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
             "spin" => {
                 log(Level::Info, "spinning");
                 let mut x = 1u64;
