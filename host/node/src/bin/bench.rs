@@ -339,7 +339,7 @@ async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: boo
     let pool = pooled.then_some(wasmnode::runtime::Pool { instances: idle as u32 + 1000, max_memory: 64 << 20 });
     let engine = wasmnode::runtime::engine_with(pool).unwrap();
     wasmnode::runtime::spawn_epoch_ticker(engine.clone());
-    let worker_threads = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let worker_threads = tokio::runtime::Builder::new_multi_thread().worker_threads(std::env::var("BENCH_WORKER_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2)).enable_all().build().unwrap();
     let kind = WorkerConfig {
         kind: "counter".into(),
         component: counter,
