@@ -7,6 +7,7 @@ mod check;
 mod cluster;
 mod discovery;
 mod dns;
+mod handoff;
 mod kubernetes;
 mod wire;
 mod workers;

@@ -118,6 +118,9 @@ pub struct NodeConfig {
     pub nameserver: Option<SocketAddr>,
     /// Size of the pooling allocator (instances at once); none: allocate on demand.
     pub instance_pool: Option<u32>,
+    /// How long a leaving node may take to hand its workers to their next owners
+    /// (default 25 s, under Kubernetes' 30 s grace period).
+    pub handoff_deadline: Duration,
 }
 
 /// `[topology.NAME]`: one discovery strategy plugin and how to run it.
@@ -161,6 +164,8 @@ pub struct WorkerConfig {
     pub boot: Vec<String>,
     /// A call to a name that runs nowhere starts it on its owner (virtual actors).
     pub activate_on_call: bool,
+    /// Whether instances are started again elsewhere when their node goes down.
+    pub restart: crate::registry::Restart,
     /// Deadline of one message, counting the guest's own time.
     pub call_timeout: Duration,
     pub memory_limit: usize,
@@ -210,6 +215,7 @@ struct RawWorker {
     boot: Vec<String>,
     #[serde(default)]
     activate_on_call: bool,
+    restart: Option<Spanned<String>>,
     call_timeout_ms: Option<u64>,
     memory_limit_mb: Option<u64>,
 }
@@ -238,6 +244,7 @@ struct RawNode {
     connect_timeout_ms: Option<u64>,
     nameserver: Option<Spanned<String>>,
     instance_pool: Option<u32>,
+    handoff_deadline_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -371,6 +378,7 @@ impl Config {
             connect_timeout: Duration::from_millis(rn.connect_timeout_ms.unwrap_or(3000)),
             nameserver,
             instance_pool: rn.instance_pool.filter(|n| *n > 0),
+            handoff_deadline: Duration::from_millis(rn.handoff_deadline_ms.unwrap_or(25_000)),
         };
 
         let mut topologies = Vec::new();
@@ -437,12 +445,25 @@ impl Config {
                     format!("worker component {} does not exist (build the plugins first: ./dev plugins)", component.display()),
                 ));
             }
+            let restart = match w.restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+                None | Some(("permanent", _)) => crate::registry::Restart::Permanent,
+                Some(("transient", _)) => crate::registry::Restart::Transient,
+                Some(("temporary", _)) => crate::registry::Restart::Temporary,
+                Some((other, span)) => {
+                    return Err(err(
+                        Some(span),
+                        Some(format!("worker.{kind}.restart")),
+                        format!("`{other}` is not a restart policy: permanent, transient or temporary"),
+                    ))
+                }
+            };
             workers.push(WorkerConfig {
                 component_at: line_col(text, w.component.span().start),
                 kind,
                 component,
                 boot: w.boot,
                 activate_on_call: w.activate_on_call,
+                restart,
                 call_timeout: Duration::from_millis(w.call_timeout_ms.unwrap_or(5000)),
                 memory_limit: (w.memory_limit_mb.unwrap_or(64) as usize) << 20,
             });

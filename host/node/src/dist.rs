@@ -120,6 +120,8 @@ pub enum DistEvent {
     Up(Peer),
     /// A peer's connection ended.
     Down(Peer, DownReason),
+    /// A peer announced it is leaving; its connection stays open while it hands work over.
+    Leaving(Peer),
     /// A frame for the layer above (members, requests, one-way messages).
     Frame(Peer, Frame),
 }
@@ -562,6 +564,15 @@ impl Dist {
         });
     }
 
+    /// Tells every peer this node is leaving and refuses new connections, but keeps the
+    /// existing ones (for handing work over); `leave` closes them.
+    pub fn announce_leaving(&self) {
+        self.0.state.lock().unwrap().closing = true;
+        for peer in self.peers() {
+            peer.send(Frame::Leaving);
+        }
+    }
+
     /// Tells every peer this node is leaving, closes every connection and waits (up to
     /// `deadline`) until all of them have ended.
     pub async fn leave(&self, deadline: Duration) {
@@ -623,7 +634,12 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: Byt
             };
             match frame {
                 Frame::Heartbeat => {}
-                Frame::Leaving => left = true,
+                Frame::Leaving => {
+                    if !left {
+                        let _ = dist.0.events.send(DistEvent::Leaving(peer.clone()));
+                    }
+                    left = true;
+                }
                 Frame::Ping { id, payload } => {
                     peer.send(Frame::Pong { id, payload });
                 }
@@ -844,7 +860,7 @@ mod tests {
                     match ev {
                         DistEvent::Up(_) => ups += 1,
                         DistEvent::Down(..) => downs += 1,
-                        DistEvent::Frame(..) => {}
+                        DistEvent::Frame(..) | DistEvent::Leaving(_) => {}
                     }
                 }
                 assert_eq!((ups, downs), (1, 0));

@@ -157,6 +157,14 @@ impl Membership {
                 .all(|n| st.members.contains_key(n) || st.backoff.get(n).is_some_and(|b| b.last_error.is_some()))
     }
 
+    /// Announces that this node is leaving: no more dialling, peers stop counting on it,
+    /// connections stay up for handing work over.
+    pub fn announce_leave(&self) {
+        self.0.state.lock().unwrap().leaving = true;
+        self.0.kick.notify_one();
+        self.0.dist.announce_leaving();
+    }
+
     /// Leaves the cluster: stops dialling, tells every peer, closes every connection
     /// and waits for them (at most `deadline`).
     pub async fn leave(&self, deadline: Duration) {
@@ -172,6 +180,10 @@ impl Membership {
                 DistEvent::Up(peer) => self.on_up(&peer),
                 DistEvent::Down(peer, reason) if peer.hidden() => debug!("hidden node {} disconnected: {reason}", peer.name()),
                 DistEvent::Down(peer, reason) => self.on_down(&peer, reason),
+                // A leave counts from the announcement: placement stops counting on the
+                // node while it hands its work over; its later disconnect changes nothing.
+                DistEvent::Leaving(peer) if !peer.hidden() => self.on_down(&peer, DownReason::Left),
+                DistEvent::Leaving(_) => {}
                 DistEvent::Frame(peer, Frame::Members(names)) if !peer.hidden() => {
                     self.0.state.lock().unwrap().gossip.insert(peer.name().to_string(), names);
                     self.0.kick.notify_one();

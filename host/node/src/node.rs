@@ -128,6 +128,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let signal = shutdown_signal().await;
     info!("{signal}: leaving the cluster");
+    membership.announce_leave();
+    registry.hand_off_all(cfg.node.handoff_deadline).await;
     membership.leave(LEAVE_DEADLINE).await;
     if let Some(rt) = worker_threads {
         rt.shutdown_background();

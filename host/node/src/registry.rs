@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use wasmnode_proto::Frame;
 
 use crate::dist::Peer;
@@ -34,6 +34,10 @@ use crate::membership::{MemberEvent, Membership};
 
 /// First byte of a registry request body (control-plane JSON starts with `{`).
 pub const RPC_TAG: u8 = 0x01;
+
+/// How long a leaving node may take to hand its names over before the names it still
+/// holds are restarted elsewhere without state.
+const LEAVER_GRACE: Duration = Duration::from_secs(30);
 
 /// Why a call or cast got no answer (the WIT `call-error`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -84,6 +88,13 @@ pub struct Mailbox {
     pub id: u64,
 }
 
+/// Where a name stands on this node.
+enum Here {
+    Mailbox(Mailbox),
+    MovedTo(String),
+    Nothing,
+}
+
 /// A boxed future, for the object-safe [`Spawner`].
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -93,14 +104,37 @@ pub trait Spawner: Send + Sync + 'static {
     fn has_kind(&self, kind: &str) -> bool;
     /// Whether a call to a name of `kind` that runs nowhere starts it.
     fn activate_on_call(&self, kind: &str) -> bool;
+    /// Whether an instance of `kind` whose node went down is started again elsewhere.
+    fn restart(&self, kind: &str) -> Restart;
     /// Starts an instance with mailbox id `id`; resolves when its `init` has returned.
     fn spawn(&self, registry: Registry, kind: String, key: String, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, String>>;
+}
+
+/// What happens to an instance whose node went down (OTP's restart types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Restart {
+    /// Always started again on the name's new owner.
+    #[default]
+    Permanent,
+    /// Started again after an abnormal end: a node going down is one.
+    Transient,
+    /// Never started again.
+    Temporary,
 }
 
 enum Slot {
     /// `init` is running; callers wait here for the outcome.
     Starting(Vec<oneshot::Sender<Option<Mailbox>>>),
     Running(Mailbox),
+    /// Handing over to another node: callers wait here and then follow the name.
+    Moving(Vec<oneshot::Sender<Option<String>>>),
+}
+
+/// Where another node says one of its names runs, and what restarts it.
+#[derive(Clone)]
+struct Placement {
+    node: String,
+    args: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -109,6 +143,12 @@ enum Rpc {
     Call { kind: String, key: String, msg: Vec<u8>, timeout_ms: u64 },
     Cast { kind: String, key: String, msg: Vec<u8> },
     List,
+    /// One-way: the sender now runs this name (a start, a restart or a handoff).
+    Registered { kind: String, key: String, args: Vec<u8> },
+    /// One-way: the sender no longer runs this name.
+    Unregistered { kind: String, key: String },
+    /// Start this name here with the state its previous instance handed over.
+    Handoff { kind: String, key: String, args: Vec<u8>, state: Option<Vec<u8>> },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,18 +159,42 @@ enum RpcReply {
     CallFailed(CallError),
     Done,
     List(Vec<String>),
+    /// The name moved to this node: send the call there (it was not handled here).
+    Moved(String),
 }
 
 struct Inner {
     membership: Membership,
     spawner: Arc<dyn Spawner>,
     local: Mutex<HashMap<String, Slot>>,
+    /// The start arguments of local instances, for restarts and handoffs elsewhere.
+    local_args: Mutex<HashMap<String, Vec<u8>>>,
+    /// Names other nodes run, as they announced them.
+    directory: Mutex<HashMap<String, Placement>>,
+    /// Names this node handed over while leaving, and to whom: calls follow them.
+    moved: Mutex<HashMap<String, String>>,
+    /// Set while leaving: no new instances here.
+    leaving: std::sync::atomic::AtomicBool,
     next_id: AtomicU64,
 }
 
 /// This node's part of the cluster-wide registry.
 #[derive(Clone)]
 pub struct Registry(Arc<Inner>);
+
+fn rpc_body(rpc: &Rpc) -> Bytes {
+    let mut body = vec![RPC_TAG];
+    body.extend(postcard::to_stdvec(rpc).expect("registry requests serialize"));
+    Bytes::from(body)
+}
+
+fn human_bytes(n: usize) -> String {
+    if n < 1024 {
+        format!("{n} B")
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
+}
 
 /// `kind/key`.
 pub fn full_name(kind: &str, key: &str) -> String {
@@ -160,7 +224,16 @@ fn score(member: &str, name: &str) -> u64 {
 impl Registry {
     /// A registry over `membership`, creating instances with `spawner`.
     pub fn start(membership: Membership, spawner: Arc<dyn Spawner>) -> Registry {
-        let r = Registry(Arc::new(Inner { membership, spawner, local: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) }));
+        let r = Registry(Arc::new(Inner {
+            membership,
+            spawner,
+            local: Mutex::new(HashMap::new()),
+            local_args: Mutex::new(HashMap::new()),
+            directory: Mutex::new(HashMap::new()),
+            moved: Mutex::new(HashMap::new()),
+            leaving: std::sync::atomic::AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        }));
         tokio::spawn(r.clone().forward_member_events());
         r
     }
@@ -212,6 +285,9 @@ impl Registry {
         if !self.0.spawner.has_kind(kind) {
             return Err(StartError::UnknownKind(format!("{kind} (on {})", self.node())));
         }
+        if self.0.leaving.load(Ordering::Relaxed) && handoff.is_none() {
+            return Err(StartError::Failed(format!("{} is leaving the cluster", self.node())));
+        }
         {
             let mut local = self.0.local.lock().unwrap();
             if local.contains_key(&name) {
@@ -220,7 +296,7 @@ impl Registry {
             local.insert(name.clone(), Slot::Starting(Vec::new()));
         }
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
-        let result = self.0.spawner.spawn(self.clone(), kind.into(), key.into(), args, handoff, id).await;
+        let result = self.0.spawner.spawn(self.clone(), kind.into(), key.into(), args.clone(), handoff, id).await;
         let waiters = {
             let mut local = self.0.local.lock().unwrap();
             let waiters = match local.remove(&name) {
@@ -238,6 +314,10 @@ impl Registry {
         match result {
             Ok(_) => {
                 info!("started {name}");
+                self.0.local_args.lock().unwrap().insert(name.clone(), args.clone());
+                self.0.directory.lock().unwrap().remove(&name);
+                self.0.moved.lock().unwrap().remove(&name);
+                self.tell_all(&Rpc::Registered { kind: kind.into(), key: key.into(), args });
                 Ok(self.node().to_string())
             }
             Err(e) => Err(StartError::Failed(e)),
@@ -246,50 +326,107 @@ impl Registry {
 
     /// The local instance of `name`, waiting for its `init` if it is starting.
     async fn local_mailbox(&self, name: &str) -> Option<Mailbox> {
-        let rx = {
+        match self.local_or_moved(name).await {
+            Here::Mailbox(mb) => Some(mb),
+            _ => None,
+        }
+    }
+
+    /// Where a call for `name` that reached this node should go: the local instance
+    /// (waiting for its `init` if it is starting), or the node it moved to (waiting for
+    /// the move to finish if it is moving).
+    async fn local_or_moved(&self, name: &str) -> Here {
+        enum Wait {
+            Start(oneshot::Receiver<Option<Mailbox>>),
+            Move(oneshot::Receiver<Option<String>>),
+        }
+        let wait = {
             let mut local = self.0.local.lock().unwrap();
             match local.get_mut(name) {
-                None => return None,
-                Some(Slot::Running(mb)) => return Some(mb.clone()),
+                None => {
+                    return match self.0.moved.lock().unwrap().get(name) {
+                        Some(node) => Here::MovedTo(node.clone()),
+                        None => Here::Nothing,
+                    }
+                }
+                Some(Slot::Running(mb)) => return Here::Mailbox(mb.clone()),
                 Some(Slot::Starting(waiters)) => {
                     let (tx, rx) = oneshot::channel();
                     waiters.push(tx);
-                    rx
+                    Wait::Start(rx)
+                }
+                Some(Slot::Moving(waiters)) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Wait::Move(rx)
                 }
             }
         };
-        rx.await.ok().flatten()
+        match wait {
+            Wait::Start(rx) => rx.await.ok().flatten().map(Here::Mailbox).unwrap_or(Here::Nothing),
+            Wait::Move(rx) => rx.await.ok().flatten().map(Here::MovedTo).unwrap_or(Here::Nothing),
+        }
     }
 
     /// Calls `kind/key` wherever it runs; its reply.
     pub async fn call(&self, kind: &str, key: &str, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
         let name = full_name(kind, key);
-        let owner = self.owner_of(&name);
-        if owner != self.node() && !self.0.local.lock().unwrap().contains_key(&name) {
-            let rpc = Rpc::Call { kind: kind.into(), key: key.into(), msg, timeout_ms: timeout.as_millis() as u64 };
-            // A little beyond the callee's own deadline, so its `timeout` answer wins the race.
-            return match self.rpc(&owner, &rpc, timeout + Duration::from_millis(250)).await {
-                Ok(RpcReply::Reply(r)) => Ok(r),
-                Ok(RpcReply::CallFailed(e)) => Err(e),
-                Ok(_) => Err(CallError::Failed("unexpected reply".into())),
-                Err(e) => Err(e),
-            };
+        let owner = self.route(&name);
+        if owner != self.node() {
+            return self.call_remote(owner, kind, key, msg, timeout).await;
         }
         self.call_local(kind, key, msg, timeout).await
     }
 
+    /// Calls `kind/key` on `node`, following it if it has moved (at most a few hops).
+    async fn call_remote(&self, mut node: String, kind: &str, key: &str, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let rpc = Rpc::Call { kind: kind.into(), key: key.into(), msg, timeout_ms: timeout.as_millis() as u64 };
+        for _ in 0..4 {
+            if node == self.node() {
+                let Rpc::Call { msg, .. } = rpc else { unreachable!() };
+                return self.call_local(kind, key, msg, timeout).await;
+            }
+            // A little beyond the callee's own deadline, so its `timeout` answer wins the race.
+            match self.rpc(&node, &rpc, timeout + Duration::from_millis(250)).await {
+                Ok(RpcReply::Reply(r)) => return Ok(r),
+                Ok(RpcReply::CallFailed(e)) => return Err(e),
+                Ok(RpcReply::Moved(to)) => node = to,
+                Ok(_) => return Err(CallError::Failed("unexpected reply".into())),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(CallError::Unavailable(format!("{} keeps moving", full_name(kind, key))))
+    }
+
+    /// The node a call for `name` goes to: this one when it runs (or starts, or moves)
+    /// here, else where its node announced it, else its owner.
+    fn route(&self, name: &str) -> String {
+        if self.0.local.lock().unwrap().contains_key(name) || self.0.moved.lock().unwrap().contains_key(name) {
+            return self.node().to_string();
+        }
+        if let Some(p) = self.0.directory.lock().unwrap().get(name) {
+            if self.0.membership.dist().peer(&p.node).is_some() {
+                return p.node.clone();
+            }
+        }
+        self.owner_of(name)
+    }
+
     async fn call_local(&self, kind: &str, key: &str, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
         let name = full_name(kind, key);
-        let mailbox = match self.local_mailbox(&name).await {
-            Some(mb) => mb,
-            None if self.0.spawner.activate_on_call(kind) => {
+        let here = self.local_or_moved(&name).await;
+        let mailbox = match here {
+            Here::Mailbox(mb) => mb,
+            Here::MovedTo(node) if node != self.node() => return Box::pin(self.call_remote(node, kind, key, msg, timeout)).await,
+            Here::MovedTo(_) => return Err(CallError::NotFound),
+            Here::Nothing if self.0.spawner.activate_on_call(kind) => {
                 match self.start_local(kind, key, Vec::new(), None).await {
                     Ok(_) | Err(StartError::AlreadyStarted(_)) => {}
                     Err(e) => return Err(CallError::Failed(format!("activating {name}: {e}"))),
                 }
                 self.local_mailbox(&name).await.ok_or(CallError::NotFound)?
             }
-            None => return Err(CallError::NotFound),
+            Here::Nothing => return Err(CallError::NotFound),
         };
         let (tx, rx) = oneshot::channel();
         if mailbox.tx.send(Envelope::Call { msg, reply: tx }).is_err() {
@@ -305,8 +442,8 @@ impl Registry {
     /// Sends `msg` to `kind/key` without waiting for it to be handled.
     pub async fn cast(&self, kind: &str, key: &str, msg: Vec<u8>) -> Result<(), CallError> {
         let name = full_name(kind, key);
-        let owner = self.owner_of(&name);
-        if owner != self.node() && !self.0.local.lock().unwrap().contains_key(&name) {
+        let owner = self.route(&name);
+        if owner != self.node() {
             let rpc = Rpc::Cast { kind: kind.into(), key: key.into(), msg };
             return match self.rpc(&owner, &rpc, Duration::from_secs(5)).await {
                 Ok(RpcReply::Done) => Ok(()),
@@ -338,17 +475,153 @@ impl Registry {
 
     /// Forgets instance `id` of `name` (it stopped or trapped).
     pub fn unregister(&self, name: &str, id: u64) {
-        let mut local = self.0.local.lock().unwrap();
-        if matches!(local.get(name), Some(Slot::Running(mb)) if mb.id == id) {
-            local.remove(name);
+        let removed = {
+            let mut local = self.0.local.lock().unwrap();
+            if matches!(local.get(name), Some(Slot::Running(mb)) if mb.id == id) {
+                local.remove(name);
+                true
+            } else {
+                false
+            }
+        };
+        if removed {
+            self.0.local_args.lock().unwrap().remove(name);
+            if let Some((kind, key)) = name.split_once('/') {
+                self.tell_all(&Rpc::Unregistered { kind: kind.into(), key: key.into() });
+            }
+        }
+    }
+
+    /// Sends a one-way registry message to every other member (request id 0: no reply).
+    fn tell_all(&self, rpc: &Rpc) {
+        let body = rpc_body(rpc);
+        for m in self.0.membership.members() {
+            if !m.is_self {
+                if let Some(peer) = self.0.membership.dist().peer(&m.name) {
+                    peer.send(Frame::Request { id: 0, body: body.clone() });
+                }
+            }
+        }
+    }
+
+    /// Tells `node` (just up) every name this node runs.
+    fn tell_names_to(&self, node: &str) {
+        let Some(peer) = self.0.membership.dist().peer(node) else { return };
+        let args = self.0.local_args.lock().unwrap().clone();
+        for name in self.local_names() {
+            if let Some((kind, key)) = name.split_once('/') {
+                let rpc = Rpc::Registered { kind: kind.into(), key: key.into(), args: args.get(&name).cloned().unwrap_or_default() };
+                peer.send(Frame::Request { id: 0, body: rpc_body(&rpc) });
+            }
+        }
+    }
+
+    /// Starts again, on their new owners, the names `node` ran when it went down.
+    fn supervise(&self, node: &str) {
+        let orphans: Vec<(String, Placement)> = {
+            let mut dir = self.0.directory.lock().unwrap();
+            let names: Vec<String> = dir.iter().filter(|(_, p)| p.node == node).map(|(n, _)| n.clone()).collect();
+            names.into_iter().filter_map(|n| dir.remove(&n).map(|p| (n, p))).collect()
+        };
+        for (name, placement) in orphans {
+            let Some((kind, key)) = name.split_once('/') else { continue };
+            if self.owner_of(&name) != self.node() {
+                continue;
+            }
+            if self.0.spawner.restart(kind) == Restart::Temporary {
+                info!("not restarting {name} after {node} went down: its kind is temporary");
+                continue;
+            }
+            let (r, kind, key, node) = (self.clone(), kind.to_string(), key.to_string(), node.to_string());
+            tokio::spawn(async move {
+                match r.start_local(&kind, &key, placement.args, None).await {
+                    Ok(_) => warn!("restarted {name} on {} after node down: no handoff state", r.node()),
+                    Err(StartError::AlreadyStarted(_)) => {}
+                    Err(e) => warn!("could not restart {name} after {node} went down: {e}"),
+                }
+            });
+        }
+    }
+
+    /// Hands every local instance to its next owner (this node excluded): `terminate`
+    /// state out, `init(…, state)` there, acknowledged; within `deadline`. Calls that
+    /// arrive meanwhile wait and then follow the name.
+    pub async fn hand_off_all(&self, deadline: Duration) {
+        self.0.leaving.store(true, Ordering::Relaxed);
+        let names = self.local_names();
+        let moves = names.into_iter().map(|name| {
+            let r = self.clone();
+            tokio::spawn(async move { r.hand_off(name).await })
+        });
+        let all: Vec<_> = moves.collect();
+        let _ = tokio::time::timeout(deadline, async {
+            for m in all {
+                let _ = m.await;
+            }
+        })
+        .await;
+    }
+
+    async fn hand_off(&self, name: String) {
+        let Some((kind, key)) = name.split_once('/').map(|(k, v)| (k.to_string(), v.to_string())) else { return };
+        let me = self.node().to_string();
+        let members = self.0.membership.members();
+        let target = owner(members.iter().map(|m| m.name.as_str()).filter(|m| *m != me), &name).map(str::to_string);
+        let mailbox = {
+            let mut local = self.0.local.lock().unwrap();
+            match local.get(&name) {
+                Some(Slot::Running(mb)) => {
+                    let mb = mb.clone();
+                    local.insert(name.clone(), Slot::Moving(Vec::new()));
+                    mb
+                }
+                _ => return,
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let reason = if target.is_some() { "handoff" } else { "shutdown" };
+        let _ = mailbox.tx.send(Envelope::Stop { reason: reason.into(), reply: tx });
+        let state = rx.await.ok().flatten();
+        let args = self.0.local_args.lock().unwrap().remove(&name).unwrap_or_default();
+        let moved_to = match &target {
+            None => {
+                warn!("no other node to hand {name} to; stopped (its state is lost)");
+                None
+            }
+            Some(t) => {
+                let size = state.as_ref().map(|s| s.len()).unwrap_or(0);
+                let rpc = Rpc::Handoff { kind: kind.clone(), key: key.clone(), args, state };
+                match self.rpc(t, &rpc, Duration::from_secs(20)).await {
+                    Ok(RpcReply::Started(node)) => {
+                        info!("moved {name} to {node} (handoff {})", human_bytes(size));
+                        Some(node)
+                    }
+                    Ok(RpcReply::StartFailed(StartError::AlreadyStarted(node))) => {
+                        warn!("handoff of {name} to {t}: it already runs on {node}; this instance's state is dropped");
+                        Some(node)
+                    }
+                    Ok(_) | Err(_) => {
+                        warn!("handoff of {name} to {t} failed; it will be restarted there without state");
+                        None
+                    }
+                }
+            }
+        };
+        let waiters = match self.0.local.lock().unwrap().remove(&name) {
+            Some(Slot::Moving(w)) => w,
+            _ => Vec::new(),
+        };
+        if let Some(node) = &moved_to {
+            self.0.moved.lock().unwrap().insert(name.clone(), node.clone());
+        }
+        for w in waiters {
+            let _ = w.send(moved_to.clone());
         }
     }
 
     async fn rpc(&self, node: &str, rpc: &Rpc, timeout: Duration) -> Result<RpcReply, CallError> {
         let peer = self.0.membership.dist().peer(node).ok_or_else(|| CallError::Unavailable(format!("{node} is not connected")))?;
-        let mut body = vec![RPC_TAG];
-        body.extend(postcard::to_stdvec(rpc).expect("registry requests serialize"));
-        match peer.request(Bytes::from(body), timeout).await {
+        match peer.request(rpc_body(rpc), timeout).await {
             Ok(reply) => postcard::from_bytes(&reply).map_err(|e| CallError::Failed(format!("bad reply from {node}: {e}"))),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(CallError::Timeout),
             Err(_) => Err(CallError::Unavailable(format!("{node} went down"))),
@@ -359,16 +632,39 @@ impl Registry {
     pub fn handle_rpc(&self, peer: Peer, id: u64, body: Bytes) {
         let registry = self.clone();
         tokio::spawn(async move {
-            let reply = match postcard::from_bytes::<Rpc>(&body[1..]) {
+            let rpc = postcard::from_bytes::<Rpc>(&body[1..]);
+            match &rpc {
+                Ok(Rpc::Registered { kind, key, args }) => {
+                    let name = full_name(kind, key);
+                    let placement = Placement { node: peer.name().to_string(), args: args.clone() };
+                    registry.0.directory.lock().unwrap().insert(name, placement);
+                    return;
+                }
+                Ok(Rpc::Unregistered { kind, key }) => {
+                    let name = full_name(kind, key);
+                    let mut dir = registry.0.directory.lock().unwrap();
+                    if dir.get(&name).is_some_and(|p| p.node == peer.name()) {
+                        dir.remove(&name);
+                    }
+                    return;
+                }
+                _ => {}
+            }
+            let reply = match rpc {
                 Err(e) => RpcReply::CallFailed(CallError::Failed(format!("bad request: {e}"))),
                 Ok(Rpc::Start { kind, key, args }) => match registry.start_local(&kind, &key, args, None).await {
                     Ok(node) => RpcReply::Started(node),
                     Err(e) => RpcReply::StartFailed(e),
                 },
                 Ok(Rpc::Call { kind, key, msg, timeout_ms }) => {
-                    match registry.call_local(&kind, &key, msg, Duration::from_millis(timeout_ms)).await {
-                        Ok(r) => RpcReply::Reply(r),
-                        Err(e) => RpcReply::CallFailed(e),
+                    // A name that moved away is not relayed (this node may be about to
+                    // close): the caller is told where it went and calls there itself.
+                    match registry.local_or_moved(&full_name(&kind, &key)).await {
+                        Here::MovedTo(node) if node != registry.node() => RpcReply::Moved(node),
+                        _ => match registry.call_local(&kind, &key, msg, Duration::from_millis(timeout_ms)).await {
+                            Ok(r) => RpcReply::Reply(r),
+                            Err(e) => RpcReply::CallFailed(e),
+                        },
                     }
                 }
                 Ok(Rpc::Cast { kind, key, msg }) => match registry.cast_local(&full_name(&kind, &key), msg).await {
@@ -376,6 +672,11 @@ impl Registry {
                     Err(e) => RpcReply::CallFailed(e),
                 },
                 Ok(Rpc::List) => RpcReply::List(registry.local_names()),
+                Ok(Rpc::Handoff { kind, key, args, state }) => match registry.start_local(&kind, &key, args, Some(state.unwrap_or_default())).await {
+                    Ok(node) => RpcReply::Started(node),
+                    Err(e) => RpcReply::StartFailed(e),
+                },
+                Ok(Rpc::Registered { .. } | Rpc::Unregistered { .. }) => return,
             };
             let body = postcard::to_stdvec(&reply).expect("registry replies serialize");
             peer.send(Frame::Reply { id, body: Bytes::from(body) });
@@ -387,8 +688,27 @@ impl Registry {
         let mut events = self.0.membership.subscribe();
         loop {
             let info = match events.recv().await {
-                Ok(MemberEvent::Up { node, .. }) => Info::NodeUp(node),
-                Ok(MemberEvent::Down { node, reason, .. }) => Info::NodeDown { node, reason },
+                Ok(MemberEvent::Up { node, .. }) => {
+                    self.tell_names_to(&node);
+                    Info::NodeUp(node)
+                }
+                Ok(MemberEvent::Down { node, reason, code, .. }) => {
+                    if code == "left" {
+                        // A leaving node hands its names over first; whatever it still
+                        // holds when its connection is gone is restarted then.
+                        let (r, n) = (self.clone(), node.clone());
+                        tokio::spawn(async move {
+                            let gone = tokio::time::Instant::now() + LEAVER_GRACE;
+                            while r.0.membership.dist().peer(&n).is_some() && tokio::time::Instant::now() < gone {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            r.supervise(&n);
+                        });
+                    } else {
+                        self.supervise(&node);
+                    }
+                    Info::NodeDown { node, reason }
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     debug!("registry missed {n} member events");
                     continue;
@@ -403,7 +723,7 @@ impl Registry {
                 .values()
                 .filter_map(|s| match s {
                     Slot::Running(mb) => Some(mb.clone()),
-                    Slot::Starting(_) => None,
+                    Slot::Starting(_) | Slot::Moving(_) => None,
                 })
                 .collect();
             for mb in mailboxes {

@@ -345,6 +345,7 @@ async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: boo
         component: counter,
         boot: vec![],
         activate_on_call: false,
+        restart: Default::default(),
         call_timeout: Duration::from_secs(5),
         memory_limit: 64 << 20,
         component_at: (0, 0),

@@ -25,7 +25,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::{deadline_ticks, describe_trap};
 use crate::config::WorkerConfig;
-use crate::registry::{full_name, BoxFuture, CallError, Envelope, Info, Mailbox, Registry, Spawner};
+use crate::registry::{full_name, BoxFuture, CallError, Envelope, Info, Mailbox, Registry, Restart, Spawner};
 
 /// The generated bindings; the one `bindgen!` of this world.
 pub mod bindings {
@@ -196,6 +196,10 @@ impl Spawner for WorkerRuntime {
 
     fn activate_on_call(&self, kind: &str) -> bool {
         self.kinds.get(kind).is_some_and(|k| k.config.activate_on_call)
+    }
+
+    fn restart(&self, kind: &str) -> Restart {
+        self.kinds.get(kind).map(|k| k.config.restart).unwrap_or_default()
     }
 
     fn spawn(&self, registry: Registry, kind: String, key: String, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, String>> {

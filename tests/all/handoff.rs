@@ -1,0 +1,127 @@
+//! Supervision and state handoff (issue 5, first part): workers survive SIGTERM with
+//! their state and SIGKILL without it, on real node processes.
+
+use std::time::Duration;
+
+use wasmnode_tests::*;
+
+const FORM: Duration = Duration::from_secs(10);
+
+fn three(tag: &str, subnet: u8, kinds: &[(&str, &str, &str)], gateway: bool) -> (TempDir, Vec<String>, Vec<Node>) {
+    let dir = TempDir::new(tag);
+    let names: Vec<String> = (1..=3).map(|i| format!("{}@127.0.{subnet}.{i}", ["a", "b", "c"][i - 1])).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let nodes: Vec<Node> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let http = gateway.then(|| format!("127.0.{subnet}.{}:8080", i + 1));
+            Node::start(n, &dir.write(&format!("{i}.toml"), &worker_topology(&refs, kinds, http.as_deref())))
+        })
+        .collect();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, FORM);
+    (dir, names, nodes)
+}
+
+fn started_on(out: &str) -> String {
+    out.rsplit(' ').next().unwrap().to_string()
+}
+
+/// Seed 004: order/John holds [1,2,3]; its node gets SIGTERM; every remaining node
+/// reads [1,2,3] from the instance that took over.
+#[test]
+fn sigterm_hands_the_state_to_the_next_owner() {
+    let (_dir, names, mut nodes) = three("h-term", 70, &[("order", "worker_order.wasm", "")], false);
+    let (ok, out) = start_worker(&names[0], "order", "John");
+    assert!(ok, "{out}");
+    let owner = started_on(&out);
+    assert_eq!(call(&names[1], "order/John", r#"{"add":[1,2,3]}"#), (true, "[1,2,3]".to_string()));
+
+    let i = nodes.iter().position(|n| n.name == owner).unwrap();
+    nodes[i].signal(libc::SIGTERM);
+    assert_eq!(nodes[i].wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(nodes[i].log().contains("moved order/John to "), "{}", nodes[i].log());
+    assert!(nodes[i].log().contains("(handoff 7 B)"), "{}", nodes[i].log());
+    for n in names.iter().filter(|n| **n != owner) {
+        assert_eq!(call(n, "order/John", r#""contents""#), (true, "[1,2,3]".to_string()), "read through {n}");
+    }
+    for n in nodes.iter().filter(|n| n.name != owner) {
+        assert_eq!(n.count("restarted order/John"), 0, "a handed-over name is not also restarted:\n{}", n.log());
+    }
+}
+
+/// SIGKILL leaves no time for a handoff: the new owner restarts the name, empty, and
+/// says that no state came with it.
+#[test]
+fn sigkill_restarts_elsewhere_without_state_and_says_so() {
+    let kinds = [("order", "worker_order.wasm", ""), ("once", "worker_order.wasm", "restart = \"temporary\"")];
+    let (_dir, names, nodes) = three("h-kill", 71, &kinds, false);
+    let (ok, out) = start_worker(&names[0], "order", "John");
+    assert!(ok, "{out}");
+    let owner = started_on(&out);
+    assert!(call(&names[1], "order/John", r#"{"add":[1,2,3]}"#).0);
+    // A temporary worker on the same node is not restarted.
+    let key = (0..50).map(|i| format!("t{i}")).find(|k| started_on(&start_worker(&names[0], "once", k).1) == owner).expect("a key owned by the same node");
+
+    let victim = nodes.iter().find(|n| n.name == owner).unwrap();
+    victim.signal(libc::SIGKILL);
+    let others: Vec<&Node> = nodes.iter().filter(|n| n.name != owner).collect();
+    wait_until(
+        FORM,
+        "order/John to be restarted on its new owner",
+        || others.iter().any(|n| n.count("restarted order/John on ") > 0 && n.log().contains("after node down: no handoff state")),
+        || others.iter().map(|n| n.log()).collect::<Vec<_>>().join("\n"),
+    );
+    for n in &others {
+        assert_eq!(call(&n.name, "order/John", r#""contents""#), (true, "[]".to_string()));
+    }
+    assert_eq!(others.iter().map(|n| n.count("restarted order/John on ")).sum::<usize>(), 1, "restarted exactly once");
+    let (ok, out) = call(&others[0].name, &format!("once/{key}"), r#""contents""#);
+    assert!(!ok && out.contains("not_found"), "{out}");
+    assert!(others.iter().any(|n| n.log().contains(&format!("not restarting once/{key}"))));
+}
+
+/// A client keeps incrementing counter/c1 through another node while the counter's
+/// node leaves: every increment that was acknowledged counts, none twice.
+#[test]
+fn calls_during_a_move_are_neither_lost_nor_doubled() {
+    let (_dir, names, mut nodes) = three("h-move", 72, &[("counter", "worker_counter.wasm", "")], true);
+    let (ok, out) = start_worker(&names[0], "counter", "c1");
+    assert!(ok, "{out}");
+    let owner = started_on(&out);
+    let i = nodes.iter().position(|n| n.name == owner).unwrap();
+    let via = (0..3).find(|j| *j != i).unwrap();
+    let gateway = format!("127.0.72.{}:8080", via + 1);
+    let g = gateway.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    // Calls without pause until told to stop, then 100 more: some before the move, some
+    // while the name moves, some after.
+    let client = std::thread::spawn(move || {
+        let (mut acked, mut after_stop, mut failed) = (0u64, 0, Vec::new());
+        while after_stop < 100 {
+            if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                after_stop += 1;
+            }
+            match http(&g, "POST", "/v1/workers/counter/c1/call?timeout_ms=10000", b"increment") {
+                (200, body) => {
+                    acked += 1;
+                    assert_eq!(body, acked.to_string(), "each acknowledged increment is the next value");
+                }
+                other => failed.push(other),
+            }
+        }
+        (acked, failed)
+    });
+    wait_until(FORM, "the client to be under way", || call(&names[via], "counter/c1", "value").1.parse::<u64>().unwrap_or(0) >= 50, String::new);
+    nodes[i].signal(libc::SIGTERM);
+    assert_eq!(nodes[i].wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(nodes[i].log().contains("moved counter/c1 to "), "{}", nodes[i].log());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (acked, failed) = client.join().unwrap();
+    assert!(failed.is_empty(), "calls failed during the move: {failed:?}");
+    assert!(acked > 150, "only {acked} calls were made");
+    eprintln!("{acked} increments acknowledged across the move");
+    let (_, value) = call(&names[via], "counter/c1", "value");
+    assert_eq!(value, acked.to_string());
+}
