@@ -58,7 +58,8 @@ fn start_call_and_already_started_from_every_node() {
 
 #[test]
 fn a_call_whose_owner_died_fails_within_its_timeout() {
-    let (_dir, names, nodes) = three("w-dead", 61, &[("probe", "worker_probe.wasm", "")]);
+    // Temporary: not restarted elsewhere when its node dies (that is tests/all/handoff.rs).
+    let (_dir, names, nodes) = three("w-dead", 61, &[("probe", "worker_probe.wasm", "restart = \"temporary\"")]);
     let (ok, out) = start_worker(&names[0], "probe", "p");
     assert!(ok, "{out}");
     let owner = started_on(&out);

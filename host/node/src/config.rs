@@ -121,6 +121,9 @@ pub struct NodeConfig {
     /// How long a leaving node may take to hand its workers to their next owners
     /// (default 25 s, under Kubernetes' 30 s grace period).
     pub handoff_deadline: Duration,
+    /// When a node joins and owns some names: move them now (`move`, default) or leave
+    /// them where they run until they next restart (`stay`).
+    pub rebalance_on_join: bool,
 }
 
 /// `[topology.NAME]`: one discovery strategy plugin and how to run it.
@@ -245,6 +248,7 @@ struct RawNode {
     nameserver: Option<Spanned<String>>,
     instance_pool: Option<u32>,
     handoff_deadline_ms: Option<u64>,
+    rebalance: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -368,6 +372,13 @@ impl Config {
             .as_ref()
             .map(|ns| parse_nameserver(ns.get_ref()).map_err(|m| err(Some(ns.span()), Some("node.nameserver".into()), m)))
             .transpose()?;
+        let rebalance_on_join = match rn.rebalance.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+            None | Some(("move", _)) => true,
+            Some(("stay", _)) => false,
+            Some((other, span)) => {
+                return Err(err(Some(span), Some("node.rebalance".into()), format!("`{other}` is not `move` or `stay`")))
+            }
+        };
         let node = NodeConfig {
             name,
             listen,
@@ -379,6 +390,7 @@ impl Config {
             nameserver,
             instance_pool: rn.instance_pool.filter(|n| *n > 0),
             handoff_deadline: Duration::from_millis(rn.handoff_deadline_ms.unwrap_or(25_000)),
+            rebalance_on_join,
         };
 
         let mut topologies = Vec::new();

@@ -85,6 +85,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         anyhow::anyhow!("{}", cfg.worker_error(w, e))
     })?;
     let boot = workers.boot_keys();
+    let mut workers = workers;
+    workers.rebalance = cfg.node.rebalance_on_join;
 
     let listener = TcpListener::bind(cfg.node.listen)
         .await

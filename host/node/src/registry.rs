@@ -106,6 +106,9 @@ pub trait Spawner: Send + Sync + 'static {
     fn activate_on_call(&self, kind: &str) -> bool;
     /// Whether an instance of `kind` whose node went down is started again elsewhere.
     fn restart(&self, kind: &str) -> Restart;
+    /// Whether instances move to a node that joins and owns them (else they stay until
+    /// they next restart).
+    fn rebalance_on_join(&self) -> bool;
     /// Starts an instance with mailbox id `id`; resolves when its `init` has returned.
     fn spawn(&self, registry: Registry, kind: String, key: String, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, String>>;
 }
@@ -265,6 +268,11 @@ impl Registry {
         let name = full_name(kind, key);
         if self.0.local.lock().unwrap().contains_key(&name) {
             return Err(StartError::AlreadyStarted(self.node().to_string()));
+        }
+        if let Some(p) = self.0.directory.lock().unwrap().get(&name) {
+            if self.0.membership.dist().peer(&p.node).is_some() {
+                return Err(StartError::AlreadyStarted(p.node.clone()));
+            }
         }
         let owner = self.owner_of(&name);
         if owner == self.node() {
@@ -516,6 +524,39 @@ impl Registry {
         }
     }
 
+    /// `other` runs `name` too (two nodes started it while their views differed). Both
+    /// sides apply the same rule, whatever their views: the instance on the node with the
+    /// smaller name stays; the other stops (its state dropped, with a warning). A later
+    /// rebalance moves the survivor to its owner with its state.
+    fn resolve_duplicate(&self, name: &str, other: &str) {
+        let mailbox = match self.0.local.lock().unwrap().get(name) {
+            Some(Slot::Running(mb)) => mb.clone(),
+            _ => return,
+        };
+        if other < self.node() {
+            warn!("{name} runs on {other} too: keeping that one; stopping this one (its state is dropped)");
+            let (tx, _rx) = oneshot::channel();
+            let _ = mailbox.tx.send(Envelope::Stop { reason: "duplicate".into(), reply: tx });
+        } else if let (Some(peer), Some((kind, key))) = (self.0.membership.dist().peer(other), name.split_once('/')) {
+            // Tell `other` that this one runs it, so it stops its own.
+            let args = self.0.local_args.lock().unwrap().get(name).cloned().unwrap_or_default();
+            peer.send(Frame::Request { id: 0, body: rpc_body(&Rpc::Registered { kind: kind.into(), key: key.into(), args }) });
+        }
+    }
+
+    /// Moves every local instance that another node now owns to that node, with its
+    /// state (after a node joined).
+    pub async fn rebalance(&self) {
+        if self.0.leaving.load(Ordering::Relaxed) {
+            return;
+        }
+        let misplaced: Vec<String> = self.local_names().into_iter().filter(|n| self.owner_of(n) != self.node()).collect();
+        for name in misplaced {
+            let r = self.clone();
+            tokio::spawn(async move { r.hand_off(name).await });
+        }
+    }
+
     /// Starts again, on their new owners, the names `node` ran when it went down.
     fn supervise(&self, node: &str) {
         let orphans: Vec<(String, Placement)> = {
@@ -637,7 +678,8 @@ impl Registry {
                 Ok(Rpc::Registered { kind, key, args }) => {
                     let name = full_name(kind, key);
                     let placement = Placement { node: peer.name().to_string(), args: args.clone() };
-                    registry.0.directory.lock().unwrap().insert(name, placement);
+                    registry.0.directory.lock().unwrap().insert(name.clone(), placement);
+                    registry.resolve_duplicate(&name, peer.name());
                     return;
                 }
                 Ok(Rpc::Unregistered { kind, key }) => {
@@ -690,6 +732,10 @@ impl Registry {
             let info = match events.recv().await {
                 Ok(MemberEvent::Up { node, .. }) => {
                     self.tell_names_to(&node);
+                    if self.0.spawner.rebalance_on_join() {
+                        let r = self.clone();
+                        tokio::spawn(async move { r.rebalance().await });
+                    }
                     Info::NodeUp(node)
                 }
                 Ok(MemberEvent::Down { node, reason, code, .. }) => {

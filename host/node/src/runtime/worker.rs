@@ -142,6 +142,8 @@ impl bindings::wasmnode::worker::types::Host for WorkerState {}
 pub struct WorkerRuntime {
     kinds: HashMap<String, Arc<WorkerKind>>,
     runtime: tokio::runtime::Handle,
+    /// `[node] rebalance = "move"`: instances move to a joining node that owns them.
+    pub rebalance: bool,
 }
 
 impl WorkerRuntime {
@@ -152,7 +154,7 @@ impl WorkerRuntime {
             let kind = WorkerKind::load(engine, w).map_err(|e| (w.kind.clone(), e))?;
             kinds.insert(w.kind.clone(), Arc::new(kind));
         }
-        Ok(WorkerRuntime { kinds, runtime })
+        Ok(WorkerRuntime { kinds, runtime, rebalance: true })
     }
 
     /// The kinds and their boot keys.
@@ -200,6 +202,10 @@ impl Spawner for WorkerRuntime {
 
     fn restart(&self, kind: &str) -> Restart {
         self.kinds.get(kind).map(|k| k.config.restart).unwrap_or_default()
+    }
+
+    fn rebalance_on_join(&self) -> bool {
+        self.rebalance
     }
 
     fn spawn(&self, registry: Registry, kind: String, key: String, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, String>> {
