@@ -184,3 +184,46 @@ fn join_storms_run_each_boot_singleton_exactly_once() {
         drop(nodes);
     }
 }
+
+/// A rolling restart of all three nodes, one at a time, while a client makes 1,000
+/// acknowledged increments to counter/c1 through whichever gateway answers: the final
+/// value equals the number of acknowledged increments.
+#[test]
+fn a_rolling_restart_loses_no_acknowledged_increment() {
+    let (_dir, names, mut nodes) = three("h-roll", 75, &[("counter", "worker_counter.wasm", "")], true);
+    assert!(start_worker(&names[0], "counter", "c1").0);
+    let gateways: Vec<String> = (1..=3).map(|i| format!("127.0.75.{i}:8080")).collect();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = progress.clone();
+    let client = std::thread::spawn(move || {
+        let (mut acked, mut failures, mut turn) = (0u64, Vec::new(), 0usize);
+        while acked < 1000 {
+            turn += 1;
+            let gateway = &gateways[turn % 3];
+            match try_http(gateway, "POST", "/v1/workers/counter/c1/call?timeout_ms=10000", b"increment") {
+                Some((200, body)) => {
+                    acked += 1;
+                    assert_eq!(body, acked.to_string(), "acknowledged increments count up by one");
+                    seen.store(acked, std::sync::atomic::Ordering::SeqCst);
+                }
+                // Down (refused) or leaving (503): nothing was done; another gateway.
+                None | Some((503, _)) => continue,
+                Some(other) => failures.push((gateway.clone(), other)),
+            }
+        }
+        (acked, failures)
+    });
+    for i in 0..3 {
+        let mark = 200 * (i as u64 + 1);
+        wait_until(Duration::from_secs(30), &format!("{mark} increments before restarting node {i}"), || progress.load(std::sync::atomic::Ordering::SeqCst) >= mark, String::new);
+        nodes[i].signal(libc::SIGTERM);
+        assert_eq!(nodes[i].wait_exit(Duration::from_secs(30)), Some(0));
+        nodes[i].restart();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, FORM);
+    }
+    let (acked, failures) = client.join().unwrap();
+    assert!(failures.is_empty(), "failed calls: {failures:?}");
+    assert_eq!(acked, 1000);
+    assert_eq!(call(&names[0], "counter/c1", "value"), (true, "1000".to_string()));
+}

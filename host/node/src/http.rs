@@ -9,6 +9,8 @@
 //!
 //! The call is answered by the instance wherever it runs in the cluster.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -32,20 +34,40 @@ fn json_response(status: u16, v: Value) -> Response {
     Response { status, content_type: "application/json", body: v.to_string().into_bytes() }
 }
 
+/// Requests being answered, and whether the node is leaving: a leaving node answers
+/// new requests 503 and waits for the ones under way before it exits, so that every
+/// call a client saw acknowledged happened, and every one it saw fail did not.
+#[derive(Clone, Default)]
+pub struct Drain {
+    in_flight: Arc<AtomicUsize>,
+    closing: Arc<AtomicBool>,
+}
+
+impl Drain {
+    /// Refuses new requests and waits (at most `deadline`) for those under way.
+    pub async fn close(&self, deadline: Duration) {
+        self.closing.store(true, Ordering::SeqCst);
+        let until = tokio::time::Instant::now() + deadline;
+        while self.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 /// Serves HTTP on `listener` until the node stops.
-pub async fn serve(listener: TcpListener, registry: Registry, gateway: bool) {
+pub async fn serve(listener: TcpListener, registry: Registry, gateway: bool, drain: Drain) {
     loop {
         let Ok((stream, addr)) = listener.accept().await else { continue };
-        let registry = registry.clone();
+        let (registry, drain) = (registry.clone(), drain.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, &registry, gateway).await {
+            if let Err(e) = connection(stream, &registry, gateway, &drain).await {
                 debug!("HTTP connection from {addr}: {e}");
             }
         });
     }
 }
 
-async fn connection(stream: TcpStream, registry: &Registry, gateway: bool) -> std::io::Result<()> {
+async fn connection(stream: TcpStream, registry: &Registry, gateway: bool, drain: &Drain) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     loop {
@@ -75,13 +97,21 @@ async fn connection(stream: TcpStream, registry: &Registry, gateway: bool) -> st
                 close = true;
             }
         }
+        let mut body = vec![0u8; length.min(MAX_BODY)];
         let response = if length > MAX_BODY {
             close = true;
             json_response(413, json!({ "error": "body too large", "max": MAX_BODY }))
         } else {
-            let mut body = vec![0u8; length];
             rd.read_exact(&mut body).await?;
-            route(registry, gateway, &method, &target, body).await
+            drain.in_flight.fetch_add(1, Ordering::SeqCst);
+            let r = if drain.closing.load(Ordering::SeqCst) {
+                close = true;
+                json_response(503, json!({ "error": "leaving", "reason": "this node is leaving the cluster; nothing was done" }))
+            } else {
+                route(registry, gateway, &method, &target, body).await
+            };
+            drain.in_flight.fetch_sub(1, Ordering::SeqCst);
+            r
         };
         let reason = match response.status {
             200 => "OK",
@@ -101,8 +131,15 @@ async fn connection(stream: TcpStream, registry: &Registry, gateway: bool) -> st
             response.body.len(),
             if close { "Connection: close\r\n" } else { "" }
         );
-        wr.write_all(head.as_bytes()).await?;
-        wr.write_all(&response.body).await?;
+        // Counted as in flight until written: the acknowledgement must reach the client.
+        drain.in_flight.fetch_add(1, Ordering::SeqCst);
+        let written = async {
+            wr.write_all(head.as_bytes()).await?;
+            wr.write_all(&response.body).await
+        }
+        .await;
+        drain.in_flight.fetch_sub(1, Ordering::SeqCst);
+        written?;
         if close {
             return Ok(());
         }

@@ -115,23 +115,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }));
     tokio::spawn(dist.serve(listener));
     info!("node {name} listening on {}", cfg.node.listen);
+    let drain = crate::http::Drain::default();
     if let Some(addr) = cfg.http.listen {
         let http = TcpListener::bind(addr).await.with_context(|| format!("cannot listen for HTTP on {addr}"))?;
         info!("HTTP on {addr}{}", if cfg.http.gateway { " (worker gateway on)" } else { "" });
-        tokio::spawn(crate::http::serve(http, registry.clone(), cfg.http.gateway));
+        tokio::spawn(crate::http::serve(http, registry.clone(), cfg.http.gateway, drain.clone()));
     }
     let topologies = strategies.len();
     for (c, interval) in strategies {
         discovery::spawn_topology(c, interval, membership.clone());
     }
-    if !boot.is_empty() {
-        tokio::spawn(boot_workers(membership.clone(), registry.clone(), topologies, boot));
-    }
+    tokio::spawn(settle_then_boot(membership.clone(), registry.clone(), topologies, boot));
 
     let signal = shutdown_signal().await;
     info!("{signal}: leaving the cluster");
     membership.announce_leave();
     registry.hand_off_all(cfg.node.handoff_deadline).await;
+    // Calls under way through this node finish (they follow moved names) before it goes.
+    drain.close(cfg.node.handoff_deadline).await;
     membership.leave(LEAVE_DEADLINE).await;
     if let Some(rt) = worker_threads {
         rt.shutdown_background();
@@ -140,13 +141,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the boot-time workers once the cluster as discovery sees it has formed (or
-/// after [`BOOT_SETTLE_MAX`]), so each starts once, on its owner.
-async fn boot_workers(membership: Membership, registry: Registry, topologies: usize, boot: Vec<(String, String)>) {
+/// Once the cluster as discovery sees it has formed (or after [`BOOT_SETTLE_MAX`]):
+/// opens the registry (calls for unknown names waited until now) and starts the
+/// boot-time workers, so each starts once, on its owner.
+async fn settle_then_boot(membership: Membership, registry: Registry, topologies: usize, boot: Vec<(String, String)>) {
     let deadline = tokio::time::Instant::now() + BOOT_SETTLE_MAX;
     while !membership.settled(topologies) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    registry.set_ready();
     for (kind, key) in boot {
         match registry.start_worker(&kind, &key, Vec::new()).await {
             Ok(node) => info!("boot worker {kind}/{key} runs on {node}"),

@@ -38,6 +38,10 @@ pub const RPC_TAG: u8 = 0x01;
 /// How long a leaving node may take to hand its names over before the names it still
 /// holds are restarted elsewhere without state.
 const LEAVER_GRACE: Duration = Duration::from_secs(30);
+/// How long a call or start waits for members that came up to list their names.
+const SYNC_WAIT: Duration = Duration::from_secs(2);
+/// How long a call or start on a node that just started waits for it to find its cluster.
+const READY_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a call or cast got no answer (the WIT `call-error`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -138,6 +142,9 @@ enum Slot {
 struct Placement {
     node: String,
     args: Vec<u8>,
+    /// The connection the announcement came on: a node that restarts under the same
+    /// name speaks on a new one, and only the old one's names are orphans.
+    conn_id: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -152,6 +159,8 @@ enum Rpc {
     Unregistered { kind: String, key: String },
     /// Start this name here with the state its previous instance handed over.
     Handoff { kind: String, key: String, args: Vec<u8>, state: Option<Vec<u8>> },
+    /// One-way: the sender has told this node every name it runs.
+    Synced,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -178,6 +187,11 @@ struct Inner {
     moved: Mutex<HashMap<String, String>>,
     /// Set while leaving: no new instances here.
     leaving: std::sync::atomic::AtomicBool,
+    /// Members that have told this node all the names they run (since they came up).
+    synced: Mutex<std::collections::HashSet<String>>,
+    /// Opened once this node has found its cluster: before that, alone, it would own
+    /// every name and answer `not-found` for names running elsewhere.
+    ready: tokio::sync::watch::Sender<bool>,
     next_id: AtomicU64,
 }
 
@@ -235,6 +249,8 @@ impl Registry {
             directory: Mutex::new(HashMap::new()),
             moved: Mutex::new(HashMap::new()),
             leaving: std::sync::atomic::AtomicBool::new(false),
+            synced: Mutex::new(Default::default()),
+            ready: tokio::sync::watch::Sender::new(false),
             next_id: AtomicU64::new(1),
         }));
         tokio::spawn(r.clone().forward_member_events());
@@ -266,6 +282,7 @@ impl Registry {
     /// Starts `kind/key` on its owner; the node it runs on.
     pub async fn start_worker(&self, kind: &str, key: &str, args: Vec<u8>) -> Result<String, StartError> {
         let name = full_name(kind, key);
+        self.wait_synced_unless_known(&name).await;
         if self.0.local.lock().unwrap().contains_key(&name) {
             return Err(StartError::AlreadyStarted(self.node().to_string()));
         }
@@ -379,6 +396,7 @@ impl Registry {
     /// Calls `kind/key` wherever it runs; its reply.
     pub async fn call(&self, kind: &str, key: &str, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
         let name = full_name(kind, key);
+        self.wait_synced_unless_known(&name).await;
         let owner = self.route(&name);
         if owner != self.node() {
             return self.call_remote(owner, kind, key, msg, timeout).await;
@@ -404,6 +422,25 @@ impl Registry {
             }
         }
         Err(CallError::Unavailable(format!("{} keeps moving", full_name(kind, key))))
+    }
+
+    async fn wait_synced_unless_known(&self, name: &str) {
+        let known = self.0.local.lock().unwrap().contains_key(name) || self.0.directory.lock().unwrap().contains_key(name);
+        if !known {
+            let mut ready = self.0.ready.subscribe();
+            let _ = tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r)).await;
+            self.wait_synced().await;
+        }
+    }
+
+    /// Opens the gate: this node has found its cluster (see [`Membership::settled`]).
+    pub fn set_ready(&self) {
+        self.0.ready.send_replace(true);
+    }
+
+    /// Whether the gate is open.
+    pub fn is_ready(&self) -> bool {
+        *self.0.ready.borrow()
     }
 
     /// The node a call for `name` goes to: this one when it runs (or starts, or moves)
@@ -450,6 +487,7 @@ impl Registry {
     /// Sends `msg` to `kind/key` without waiting for it to be handled.
     pub async fn cast(&self, kind: &str, key: &str, msg: Vec<u8>) -> Result<(), CallError> {
         let name = full_name(kind, key);
+        self.wait_synced_unless_known(&name).await;
         let owner = self.route(&name);
         if owner != self.node() {
             let rpc = Rpc::Cast { kind: kind.into(), key: key.into(), msg };
@@ -522,6 +560,23 @@ impl Registry {
                 peer.send(Frame::Request { id: 0, body: rpc_body(&rpc) });
             }
         }
+        peer.send(Frame::Request { id: 0, body: rpc_body(&Rpc::Synced) });
+    }
+
+    /// Waits (briefly) until every member has told this node the names it runs, so that
+    /// a node that just joined does not answer `not-found` for a name running elsewhere.
+    async fn wait_synced(&self) {
+        let deadline = tokio::time::Instant::now() + SYNC_WAIT;
+        loop {
+            let pending = {
+                let synced = self.0.synced.lock().unwrap();
+                self.0.membership.members().iter().any(|m| !m.is_self && !synced.contains(&m.name))
+            };
+            if !pending || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// `other` runs `name` too (two nodes started it while their views differed). Both
@@ -557,11 +612,16 @@ impl Registry {
         }
     }
 
-    /// Starts again, on their new owners, the names `node` ran when it went down.
+    /// Starts again, on their new owners, the names `node` ran when it went down (those
+    /// it announced on a connection that is gone: if it is back, its new ones stand).
     fn supervise(&self, node: &str) {
+        if self.0.leaving.load(Ordering::Relaxed) {
+            return;
+        }
+        let live = self.0.membership.dist().peer(node).map(|p| p.conn_id());
         let orphans: Vec<(String, Placement)> = {
             let mut dir = self.0.directory.lock().unwrap();
-            let names: Vec<String> = dir.iter().filter(|(_, p)| p.node == node).map(|(n, _)| n.clone()).collect();
+            let names: Vec<String> = dir.iter().filter(|(_, p)| p.node == node && Some(p.conn_id) != live).map(|(n, _)| n.clone()).collect();
             names.into_iter().filter_map(|n| dir.remove(&n).map(|p| (n, p))).collect()
         };
         for (name, placement) in orphans {
@@ -677,9 +737,13 @@ impl Registry {
             match &rpc {
                 Ok(Rpc::Registered { kind, key, args }) => {
                     let name = full_name(kind, key);
-                    let placement = Placement { node: peer.name().to_string(), args: args.clone() };
+                    let placement = Placement { node: peer.name().to_string(), args: args.clone(), conn_id: peer.conn_id() };
                     registry.0.directory.lock().unwrap().insert(name.clone(), placement);
                     registry.resolve_duplicate(&name, peer.name());
+                    return;
+                }
+                Ok(Rpc::Synced) => {
+                    registry.0.synced.lock().unwrap().insert(peer.name().to_string());
                     return;
                 }
                 Ok(Rpc::Unregistered { kind, key }) => {
@@ -718,7 +782,7 @@ impl Registry {
                     Ok(node) => RpcReply::Started(node),
                     Err(e) => RpcReply::StartFailed(e),
                 },
-                Ok(Rpc::Registered { .. } | Rpc::Unregistered { .. }) => return,
+                Ok(Rpc::Registered { .. } | Rpc::Unregistered { .. } | Rpc::Synced) => return,
             };
             let body = postcard::to_stdvec(&reply).expect("registry replies serialize");
             peer.send(Frame::Reply { id, body: Bytes::from(body) });
@@ -739,13 +803,18 @@ impl Registry {
                     Info::NodeUp(node)
                 }
                 Ok(MemberEvent::Down { node, reason, code, .. }) => {
+                    self.0.synced.lock().unwrap().remove(&node);
                     if code == "left" {
                         // A leaving node hands its names over first; whatever it still
                         // holds when its connection is gone is restarted then.
                         let (r, n) = (self.clone(), node.clone());
+                        let leaving_conn = self.0.membership.dist().peer(&node).map(|p| p.conn_id());
                         tokio::spawn(async move {
                             let gone = tokio::time::Instant::now() + LEAVER_GRACE;
-                            while r.0.membership.dist().peer(&n).is_some() && tokio::time::Instant::now() < gone {
+                            while r.0.membership.dist().peer(&n).map(|p| p.conn_id()) == leaving_conn
+                                && leaving_conn.is_some()
+                                && tokio::time::Instant::now() < gone
+                            {
                                 tokio::time::sleep(Duration::from_millis(20)).await;
                             }
                             r.supervise(&n);
