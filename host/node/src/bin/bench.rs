@@ -53,7 +53,7 @@ fn parse_args() -> (Option<(String, String)>, Args) {
             }
             "measure" => measure = Some((it.next().expect("measure FIGURE"), it.next().expect("measure FIGURE PLACEMENT"))),
             "-h" | "--help" => {
-                println!("wasmnode-bench [--bin WASMNODE] [--plugins DIR] [--json FILE] [--quick] [--only rtt|throughput|connect|workers|workers-pooled|remote-call|mesh|down|rss]");
+                println!("wasmnode-bench [--bin WASMNODE] [--plugins DIR] [--json FILE] [--quick] [--only rtt|throughput|connect|workers|workers-pooled|remote-call|mesh|down|rss|handoff]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -166,7 +166,7 @@ fn run_all(args: &Args) {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    for figure in ["mesh", "down", "rss"] {
+    for figure in ["mesh", "down", "rss", "handoff"] {
         if !wants(figure) {
             continue;
         }
@@ -416,6 +416,56 @@ async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: boo
     out
 }
 
+/// One run of the handoff figure: three nodes, `n` counters; SIGTERM one node and time
+/// until it exits (every handoff acknowledged: each moved instance has run `init` on its
+/// new owner); then SIGKILL another and time until every instance runs again.
+async fn handoff_run(args: &Args, n: usize, run: usize) -> (Duration, Duration) {
+    let names: Vec<String> = (1..=3).map(|i| format!("h{i}@127.0.37.{i}")).collect();
+    let counter = std::fs::canonicalize(args.plugins.join("worker_counter.wasm")).expect("build the plugins first: ./dev plugins");
+    let base = std::fs::read_to_string(static_config(&format!("handoff-base-{run}"), &args.plugins, &names)).unwrap();
+    let config = temp_config(&format!("handoff-{n}-{run}"), &format!("[node]\nhandoff_deadline_ms = 60000\n\n{base}\n[worker.counter]\ncomponent = \"{}\"\n", counter.display()));
+    let mut nodes: Vec<NodeProc> = names.iter().map(|name| NodeProc::start(args, name, &config, false)).collect();
+    for node in &nodes {
+        node.wait_line("members (3):", Duration::from_secs(30)).expect("mesh");
+    }
+    let ctl = client(&format!("handoffctl{run}@127.0.37.9"), &names[0]).await;
+    let ask = |v: Value| {
+        let ctl = ctl.clone();
+        async move {
+            let body = ctl.request(Bytes::from(v.to_string()), Duration::from_secs(60)).await.expect("control request");
+            serde_json::from_slice::<Value>(&body).unwrap()
+        }
+    };
+    for i in 0..n {
+        let v = ask(json!({"op": "start", "kind": "counter", "key": format!("k{i}")})).await;
+        assert!(v["started"].is_string(), "start: {v}");
+    }
+    let total = |v: &Value| v["nodes"].as_array().map(|a| a.iter().map(|n| n["workers"].as_array().map(|w| w.len()).unwrap_or(0)).sum::<usize>()).unwrap_or(0);
+    assert_eq!(total(&ask(json!({"op": "workers"})).await), n);
+
+    // SIGTERM node 3: it exits once every one of its instances has been handed over.
+    let t = Instant::now();
+    nodes[2].signal(libc::SIGTERM);
+    let _ = nodes[2].child.wait();
+    let term = t.elapsed();
+    assert_eq!(total(&ask(json!({"op": "workers"})).await), n, "every instance runs after the handoff");
+
+    // SIGKILL node 2: its instances are restarted by their new owners.
+    let t = Instant::now();
+    nodes[1].signal(libc::SIGKILL);
+    loop {
+        let v = ask(json!({"op": "workers"})).await;
+        if v["nodes"].as_array().map(|a| a.len()) == Some(1) && total(&v) == n {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "instances were not all restarted: {}", total(&v));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let kill = t.elapsed();
+    nodes.clear();
+    (term, kill)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e6
@@ -619,6 +669,23 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
             let reply = v["reply"].as_str().unwrap_or_else(|| panic!("bench call failed: {v}")).to_string();
             let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
             json!({ "worker_remote_call_16b_median_us": it.next().unwrap(), "worker_remote_call_16b_p99_us": it.next().unwrap(), "worker_remote_call_samples": n })
+        }
+        "handoff" => {
+            let mut out = serde_json::Map::new();
+            for n in [1_000usize, 10_000] {
+                let runs = if args.quick { 1 } else { 3 };
+                let (mut term, mut kill) = (Vec::new(), Vec::new());
+                for run in 0..runs {
+                    let (t, k) = handoff_run(args, n, run).await;
+                    term.push(t);
+                    kill.push(k);
+                }
+                term.sort();
+                kill.sort();
+                out.insert(format!("sigterm_all_{n}_serving_again_ms"), json!(term[term.len() / 2].as_secs_f64() * 1e3));
+                out.insert(format!("sigkill_all_{n}_restarted_ms"), json!(kill[kill.len() / 2].as_secs_f64() * 1e3));
+            }
+            Value::Object(out)
         }
         other => panic!("unknown figure {other}"),
     }
