@@ -9,5 +9,6 @@ mod discovery;
 mod dns;
 mod handoff;
 mod kubernetes;
+mod partition;
 mod wire;
 mod workers;

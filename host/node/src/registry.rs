@@ -698,7 +698,7 @@ impl Registry {
                         Some(node)
                     }
                     Ok(RpcReply::StartFailed(StartError::AlreadyStarted(node))) => {
-                        warn!("handoff of {name} to {t}: it already runs on {node}; this instance's state is dropped");
+                        warn!("{name} runs on {node} too: keeping that one; the instance handed over from here stops (its state is dropped)");
                         Some(node)
                     }
                     Ok(_) | Err(_) => {
@@ -739,6 +739,8 @@ impl Registry {
                     let name = full_name(kind, key);
                     let placement = Placement { node: peer.name().to_string(), args: args.clone(), conn_id: peer.conn_id() };
                     registry.0.directory.lock().unwrap().insert(name.clone(), placement);
+                    // Where the name runs now is what its node says, not where we once sent it.
+                    registry.0.moved.lock().unwrap().remove(&name);
                     registry.resolve_duplicate(&name, peer.name());
                     return;
                 }
@@ -765,8 +767,15 @@ impl Registry {
                 Ok(Rpc::Call { kind, key, msg, timeout_ms }) => {
                     // A name that moved away is not relayed (this node may be about to
                     // close): the caller is told where it went and calls there itself.
-                    match registry.local_or_moved(&full_name(&kind, &key)).await {
+                    let name = full_name(&kind, &key);
+                    let elsewhere = || {
+                        let dir = registry.0.directory.lock().unwrap();
+                        dir.get(&name).map(|p| p.node.clone()).filter(|n| n != registry.node() && n != peer.name())
+                    };
+                    match registry.local_or_moved(&name).await {
                         Here::MovedTo(node) if node != registry.node() => RpcReply::Moved(node),
+                        // Not here, but its node announced it: send the caller there.
+                        Here::Nothing if elsewhere().is_some() => RpcReply::Moved(elsewhere().unwrap()),
                         _ => match registry.call_local(&kind, &key, msg, Duration::from_millis(timeout_ms)).await {
                             Ok(r) => RpcReply::Reply(r),
                             Err(e) => RpcReply::CallFailed(e),
