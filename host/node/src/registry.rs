@@ -82,6 +82,8 @@ pub enum Envelope {
     Info(Info),
     /// Stop after `terminate(reason)`; the returned state goes back on `reply`.
     Stop { reason: String, reply: oneshot::Sender<Option<Vec<u8>>> },
+    /// The state of another instance of this name that stopped in favour of this one.
+    Conflict { from: String, state: Vec<u8> },
 }
 
 /// A running instance, as the registry knows it.
@@ -161,6 +163,9 @@ enum Rpc {
     Handoff { kind: String, key: String, args: Vec<u8>, state: Option<Vec<u8>> },
     /// One-way: the sender has told this node every name it runs.
     Synced,
+    /// One-way: the sender's instance of this name stopped in favour of this node's;
+    /// here is its state.
+    Conflict { kind: String, key: String, state: Vec<u8> },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -589,13 +594,32 @@ impl Registry {
             _ => return,
         };
         if other < self.node() {
-            warn!("{name} runs on {other} too: keeping that one; stopping this one (its state is dropped)");
-            let (tx, _rx) = oneshot::channel();
+            warn!("{name} runs on {other} too: keeping that one; stopping this one (its state goes to that one)");
+            let (tx, rx) = oneshot::channel();
             let _ = mailbox.tx.send(Envelope::Stop { reason: "duplicate".into(), reply: tx });
+            let (r, name, other) = (self.clone(), name.to_string(), other.to_string());
+            tokio::spawn(async move {
+                if let (Ok(Some(state)), Some((kind, key))) = (rx.await, name.split_once('/')) {
+                    if let Some(peer) = r.0.membership.dist().peer(&other) {
+                        let rpc = Rpc::Conflict { kind: kind.into(), key: key.into(), state };
+                        peer.send(Frame::Request { id: 0, body: rpc_body(&rpc) });
+                    }
+                }
+            });
         } else if let (Some(peer), Some((kind, key))) = (self.0.membership.dist().peer(other), name.split_once('/')) {
             // Tell `other` that this one runs it, so it stops its own.
             let args = self.0.local_args.lock().unwrap().get(name).cloned().unwrap_or_default();
             peer.send(Frame::Request { id: 0, body: rpc_body(&Rpc::Registered { kind: kind.into(), key: key.into(), args }) });
+        }
+    }
+
+    /// Gives the local instance of `name` the state of a duplicate that stopped on `from`.
+    async fn deliver_conflict(&self, name: &str, from: &str, state: Vec<u8>) {
+        match self.local_mailbox(name).await {
+            Some(mb) => {
+                let _ = mb.tx.send(Envelope::Conflict { from: from.to_string(), state });
+            }
+            None => warn!("the state of {name} from {from} has no instance here to go to; dropped"),
         }
     }
 
@@ -698,7 +722,7 @@ impl Registry {
                         Some(node)
                     }
                     Ok(RpcReply::StartFailed(StartError::AlreadyStarted(node))) => {
-                        warn!("{name} runs on {node} too: keeping that one; the instance handed over from here stops (its state is dropped)");
+                        warn!("{name} runs on {node} too: keeping that one; the instance handed over from here stops (its state goes to that one)");
                         Some(node)
                     }
                     Ok(_) | Err(_) => {
@@ -748,6 +772,10 @@ impl Registry {
                     registry.0.synced.lock().unwrap().insert(peer.name().to_string());
                     return;
                 }
+                Ok(Rpc::Conflict { kind, key, state }) => {
+                    registry.deliver_conflict(&full_name(kind, key), peer.name(), state.clone()).await;
+                    return;
+                }
                 Ok(Rpc::Unregistered { kind, key }) => {
                     let name = full_name(kind, key);
                     let mut dir = registry.0.directory.lock().unwrap();
@@ -787,11 +815,22 @@ impl Registry {
                     Err(e) => RpcReply::CallFailed(e),
                 },
                 Ok(Rpc::List) => RpcReply::List(registry.local_names()),
-                Ok(Rpc::Handoff { kind, key, args, state }) => match registry.start_local(&kind, &key, args, Some(state.unwrap_or_default())).await {
-                    Ok(node) => RpcReply::Started(node),
-                    Err(e) => RpcReply::StartFailed(e),
-                },
-                Ok(Rpc::Registered { .. } | Rpc::Unregistered { .. } | Rpc::Synced) => return,
+                Ok(Rpc::Handoff { kind, key, args, state }) => {
+                    let handed = state.clone();
+                    match registry.start_local(&kind, &key, args, Some(state.unwrap_or_default())).await {
+                        Ok(node) => RpcReply::Started(node),
+                        Err(e @ StartError::AlreadyStarted(_)) => {
+                            // It runs here already (two instances after a partition): the
+                            // handed state goes to the one that runs.
+                            if let Some(state) = handed {
+                                registry.deliver_conflict(&full_name(&kind, &key), peer.name(), state).await;
+                            }
+                            RpcReply::StartFailed(e)
+                        }
+                        Err(e) => RpcReply::StartFailed(e),
+                    }
+                }
+                Ok(Rpc::Registered { .. } | Rpc::Unregistered { .. } | Rpc::Synced | Rpc::Conflict { .. }) => return,
             };
             let body = postcard::to_stdvec(&reply).expect("registry replies serialize");
             peer.send(Frame::Reply { id, body: Bytes::from(body) });

@@ -5,7 +5,8 @@
 //! | `{"add": [1, 2]}` | the contents after adding |
 //! | `"contents"` (or the bare word `contents`) | the contents, e.g. `[1,2,3]` |
 //!
-//! The state handed over between nodes is the contents as JSON.
+//! The state handed over between nodes is the contents as JSON. After a partition heals,
+//! the order that stays appends the other instance's items (`resolve-conflict`).
 //!
 //! ```toml
 //! [worker.order]
@@ -17,7 +18,7 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-wit_bindgen::generate!({ world: "worker", path: "../../wit/worker@0.1.0", generate_all });
+wit_bindgen::generate!({ world: "merging-worker", path: "../../wit/worker@0.1.0", generate_all });
 
 use exports::wasmnode::worker::handler::Guest;
 use wasmnode::worker::types::Info;
@@ -65,6 +66,14 @@ impl Guest for Order {
 
     fn terminate(_reason: String) -> Option<Vec<u8>> {
         Some(contents())
+    }
+}
+
+impl exports::wasmnode::worker::conflict::Guest for Order {
+    fn resolve_conflict(other_state: Vec<u8>) {
+        if let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&other_state) {
+            ITEMS.lock().unwrap().extend(items);
+        }
     }
 }
 

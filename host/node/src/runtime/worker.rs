@@ -270,7 +270,12 @@ async fn run_instance(
     let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
 
     begin(&mut store);
-    let worker: Worker = match kind.pre.instantiate_async(&mut store).await {
+    let instantiated = async {
+        let instance = kind.pre.instance_pre().instantiate_async(&mut store).await?;
+        let worker = Worker::new(&mut store, &instance)?;
+        wasmtime::Result::Ok((instance, worker))
+    };
+    let (instance, worker) = match instantiated.await {
         Ok(w) => w,
         Err(e) => {
             let _ = ready.send(Err(format!("instantiating {name}: {}", trap(&e))));
@@ -278,6 +283,7 @@ async fn run_instance(
         }
     };
     let handler = worker.wasmnode_worker_handler();
+    let resolve_conflict = conflict_export(&mut store, &instance);
     begin(&mut store);
     match handler.call_init(&mut store, &args, handoff.as_deref()).await {
         Ok(Ok(())) => {
@@ -309,6 +315,19 @@ async fn run_instance(
             },
             Envelope::Cast { msg } => handler.call_handle_cast(&mut store, &msg).await.map_err(|e| trap(&e)),
             Envelope::Info(i) => handler.call_handle_info(&mut store, &to_wit_info(i)).await.map_err(|e| trap(&e)),
+            Envelope::Conflict { from, state } => match &resolve_conflict {
+                Some(f) => {
+                    let r = f.call_async(&mut store, (state,)).await.map_err(|e| trap(&e));
+                    if r.is_ok() {
+                        info!("merged the state of {name} from {from} (resolve-conflict)");
+                    }
+                    r
+                }
+                None => {
+                    warn!("dropped the state of {name} from {from}: the worker exports no resolve-conflict");
+                    Ok(())
+                }
+            },
             Envelope::Stop { reason, reply } => {
                 let state = match handler.call_terminate(&mut store, &reason).await {
                     Ok(s) => s,
@@ -328,6 +347,13 @@ async fn run_instance(
         }
     }
     registry.unregister(&name, id);
+}
+
+/// The optional `wasmnode:worker/conflict` export, when the component has it.
+fn conflict_export(store: &mut Store<WorkerState>, instance: &wasmtime::component::Instance) -> Option<wasmtime::component::TypedFunc<(Vec<u8>,), ()>> {
+    let iface = instance.get_export_index(&mut *store, None, "wasmnode:worker/conflict@0.1.0")?;
+    let func = instance.get_export_index(&mut *store, Some(&iface), "resolve-conflict")?;
+    instance.get_typed_func::<(Vec<u8>,), ()>(&mut *store, &func).ok()
 }
 
 fn to_wit_info(i: Info) -> wit::Info {
