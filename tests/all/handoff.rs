@@ -7,31 +7,12 @@ use wasmnode_tests::*;
 
 const FORM: Duration = Duration::from_secs(10);
 
-fn three(tag: &str, subnet: u8, kinds: &[(&str, &str, &str)], gateway: bool) -> (TempDir, Vec<String>, Vec<Node>) {
-    let dir = TempDir::new(tag);
-    let names: Vec<String> = (1..=3).map(|i| format!("{}@127.0.{subnet}.{i}", ["a", "b", "c"][i - 1])).collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let nodes: Vec<Node> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let http = gateway.then(|| format!("127.0.{subnet}.{}:8080", i + 1));
-            Node::start(n, &dir.write(&format!("{i}.toml"), &worker_topology(&refs, kinds, http.as_deref())))
-        })
-        .collect();
-    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, FORM);
-    (dir, names, nodes)
-}
-
-fn started_on(out: &str) -> String {
-    out.rsplit(' ').next().unwrap().to_string()
-}
 
 /// Seed 004: order/John holds [1,2,3]; its node gets SIGTERM; every remaining node
 /// reads [1,2,3] from the instance that took over.
 #[test]
 fn sigterm_hands_the_state_to_the_next_owner() {
-    let (_dir, names, mut nodes) = three("h-term", 70, &[("order", "worker_order.wasm", "")], false);
+    let (_dir, names, mut nodes) = three_nodes("h-term", 70, &[("order", "worker_order.wasm", "")], false);
     let (ok, out) = start_worker(&names[0], "order", "John");
     assert!(ok, "{out}");
     let owner = started_on(&out);
@@ -55,7 +36,7 @@ fn sigterm_hands_the_state_to_the_next_owner() {
 #[test]
 fn sigkill_restarts_elsewhere_without_state_and_says_so() {
     let kinds = [("order", "worker_order.wasm", ""), ("once", "worker_order.wasm", "restart = \"temporary\"")];
-    let (_dir, names, nodes) = three("h-kill", 71, &kinds, false);
+    let (_dir, names, nodes) = three_nodes("h-kill", 71, &kinds, false);
     let (ok, out) = start_worker(&names[0], "order", "John");
     assert!(ok, "{out}");
     let owner = started_on(&out);
@@ -85,7 +66,7 @@ fn sigkill_restarts_elsewhere_without_state_and_says_so() {
 /// node leaves: every increment that was acknowledged counts, none twice.
 #[test]
 fn calls_during_a_move_are_neither_lost_nor_doubled() {
-    let (_dir, names, mut nodes) = three("h-move", 72, &[("counter", "worker_counter.wasm", "")], true);
+    let (_dir, names, mut nodes) = three_nodes("h-move", 72, &[("counter", "worker_counter.wasm", "")], true);
     let (ok, out) = start_worker(&names[0], "counter", "c1");
     assert!(ok, "{out}");
     let owner = started_on(&out);
@@ -190,7 +171,7 @@ fn join_storms_run_each_boot_singleton_exactly_once() {
 /// value equals the number of acknowledged increments.
 #[test]
 fn a_rolling_restart_loses_no_acknowledged_increment() {
-    let (_dir, names, mut nodes) = three("h-roll", 75, &[("counter", "worker_counter.wasm", "")], true);
+    let (_dir, names, mut nodes) = three_nodes("h-roll", 75, &[("counter", "worker_counter.wasm", "")], true);
     assert!(start_worker(&names[0], "counter", "c1").0);
     let gateways: Vec<String> = (1..=3).map(|i| format!("127.0.75.{i}:8080")).collect();
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

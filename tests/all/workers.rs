@@ -8,24 +8,10 @@ use wasmnode_tests::*;
 
 const FORM: Duration = Duration::from_secs(10);
 
-fn three(tag: &str, subnet: u8, kinds: &[(&str, &str, &str)]) -> (TempDir, Vec<String>, Vec<Node>) {
-    let dir = TempDir::new(tag);
-    let names: Vec<String> = (1..=3).map(|i| format!("{}@127.0.{subnet}.{i}", ["a", "b", "c"][i - 1])).collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let config = dir.write("t.toml", &worker_topology(&refs, kinds, None));
-    let nodes: Vec<Node> = names.iter().map(|n| Node::start(n, &config)).collect();
-    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, FORM);
-    (dir, names, nodes)
-}
-
-/// The node a `wasmnode start` answer names.
-fn started_on(out: &str) -> String {
-    out.rsplit(' ').next().unwrap().to_string()
-}
 
 #[test]
 fn start_call_and_already_started_from_every_node() {
-    let (_dir, names, _nodes) = three("w-basic", 60, &[("counter", "worker_counter.wasm", "")]);
+    let (_dir, names, _nodes) = three_nodes("w-basic", 60, &[("counter", "worker_counter.wasm", "")], false);
     let (ok, out) = start_worker(&names[0], "counter", "c1");
     assert!(ok, "{out}");
     let owner = started_on(&out);
@@ -59,7 +45,7 @@ fn start_call_and_already_started_from_every_node() {
 #[test]
 fn a_call_whose_owner_died_fails_within_its_timeout() {
     // Temporary: not restarted elsewhere when its node dies (that is tests/all/handoff.rs).
-    let (_dir, names, nodes) = three("w-dead", 61, &[("probe", "worker_probe.wasm", "restart = \"temporary\"")]);
+    let (_dir, names, nodes) = three_nodes("w-dead", 61, &[("probe", "worker_probe.wasm", "restart = \"temporary\"")], false);
     let (ok, out) = start_worker(&names[0], "probe", "p");
     assert!(ok, "{out}");
     let owner = started_on(&out);
@@ -88,7 +74,7 @@ fn a_call_whose_owner_died_fails_within_its_timeout() {
 #[test]
 fn a_trap_stops_only_that_instance_and_fails_its_callers() {
     let kinds = [("probe", "worker_probe.wasm", "call_timeout_ms = 500\nmemory_limit_mb = 16")];
-    let (_dir, names, nodes) = three("w-trap", 62, &kinds);
+    let (_dir, names, nodes) = three_nodes("w-trap", 62, &kinds, false);
     for key in ["p1", "p2", "p3"] {
         assert!(start_worker(&names[0], "probe", key).0);
     }
@@ -125,7 +111,7 @@ fn a_trap_stops_only_that_instance_and_fails_its_callers() {
 /// and every answer names the same node.
 #[test]
 fn concurrent_starts_of_one_name_leave_one_instance() {
-    let (_dir, names, _nodes) = three("w-race", 63, &[("probe", "worker_probe.wasm", "")]);
+    let (_dir, names, _nodes) = three_nodes("w-race", 63, &[("probe", "worker_probe.wasm", "")], false);
     let mut threads = Vec::new();
     for i in 0..10 {
         for n in &names {

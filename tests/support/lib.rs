@@ -443,3 +443,28 @@ pub fn try_http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u1
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
+
+/// Three nodes `a`, `b`, `c` on 127.0.`subnet`.1–3 with the static strategy over all
+/// three and the given worker kinds (and, with `gateway`, an HTTP gateway on port 8080
+/// of each), started and meshed.
+pub fn three_nodes(tag: &str, subnet: u8, kinds: &[(&str, &str, &str)], gateway: bool) -> (TempDir, Vec<String>, Vec<Node>) {
+    let dir = TempDir::new(tag);
+    let names: Vec<String> = (1..=3).map(|i| format!("{}@127.0.{subnet}.{i}", ["a", "b", "c"][i - 1])).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let nodes: Vec<Node> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let http = gateway.then(|| format!("127.0.{subnet}.{}:8080", i + 1));
+            Node::start(n, &dir.write(&format!("{i}.toml"), &worker_topology(&refs, kinds, http.as_deref())))
+        })
+        .collect();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, Duration::from_secs(10));
+    (dir, names, nodes)
+}
+
+/// The node a `wasmnode start` answer names (`started K/K on NODE`, or the error's
+/// `already_started on NODE`).
+pub fn started_on(out: &str) -> String {
+    out.rsplit(' ').next().unwrap_or_default().to_string()
+}

@@ -163,13 +163,6 @@ impl DistConfig {
     }
 }
 
-/// Counters of what arrived, for benchmarks and (later) metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub frames_in: AtomicU64,
-    pub bytes_in: AtomicU64,
-}
-
 enum Out {
     Frame(Frame),
     Close(DownReason),
@@ -183,7 +176,6 @@ struct PeerInner {
     name: String,
     addr: SocketAddr,
     hidden: bool,
-    creation: u64,
     since: SystemTime,
     id: u64,
     tx: mpsc::UnboundedSender<Out>,
@@ -216,10 +208,6 @@ impl Peer {
     pub fn conn_id(&self) -> u64 {
         self.0.id
     }
-    /// The peer's random per-start number (tells a restarted node from its last life).
-    pub fn creation(&self) -> u64 {
-        self.0.creation
-    }
 
     /// Queues a frame; false when the connection is gone.
     pub fn send(&self, frame: Frame) -> bool {
@@ -229,11 +217,6 @@ impl Peer {
     /// Closes the connection after what is queued; the down event carries `reason`.
     pub fn close(&self, reason: DownReason) {
         let _ = self.0.tx.send(Out::Close(reason));
-    }
-
-    /// Whether the connection has ended.
-    pub fn is_closed(&self) -> bool {
-        self.0.tx.is_closed()
     }
 
     /// Resolves when the connection has ended.
@@ -301,7 +284,6 @@ struct Inner {
     events: mpsc::UnboundedSender<DistEvent>,
     state: Mutex<State>,
     next_conn: AtomicU64,
-    stats: Stats,
     /// Number of live connection tasks, so `leave` can wait for them to end.
     live: watch::Sender<usize>,
 }
@@ -319,17 +301,12 @@ impl Dist {
             events,
             state: Mutex::new(State { peers: HashMap::new(), dialing: HashSet::new(), closing: false }),
             next_conn: AtomicU64::new(1),
-            stats: Stats::default(),
             live: watch::Sender::new(0),
         }))
     }
 
     pub fn name(&self) -> &str {
         &self.0.cfg.name
-    }
-
-    pub fn stats(&self) -> &Stats {
-        &self.0.stats
     }
 
     fn identity(&self) -> Identity {
@@ -528,7 +505,6 @@ impl Dist {
             name: id.name.clone(),
             addr,
             hidden: id.hidden(),
-            creation: id.creation,
             since: SystemTime::now(),
             id: self.0.next_conn.fetch_add(1, Ordering::Relaxed),
             tx,
@@ -621,8 +597,6 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: Byt
             };
             buf.advance(frame::HEADER_LEN);
             let body = buf.split_to(len).freeze();
-            dist.0.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-            dist.0.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
             let frame = match Frame::decode_body(body) {
                 Ok(Frame::Fragment { stream, last, chunk }) => match reassembler.push(stream, last, chunk) {
                     Ok(Some(f)) => f,
@@ -644,8 +618,8 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: Byt
                     peer.send(Frame::Pong { id, payload });
                 }
                 Frame::Pong { id, .. } | Frame::Reply { id, .. } => peer.route_reply(id, frame),
-                // One-way messages have no consumer until workers exist: count them only
-                // (`stats`), unless a consumer asked for them.
+                // One-way messages have no consumer yet (workers use requests): dropped,
+                // unless a consumer asked for them.
                 Frame::Send(_) if !dist.0.cfg.deliver_sends => {}
                 other => {
                     let _ = dist.0.events.send(DistEvent::Frame(peer.clone(), other));

@@ -443,10 +443,6 @@ impl Registry {
         self.0.ready.send_replace(true);
     }
 
-    /// Whether the gate is open.
-    pub fn is_ready(&self) -> bool {
-        *self.0.ready.borrow()
-    }
 
     /// The node a call for `name` goes to: this one when it runs (or starts, or moves)
     /// here, else where its node announced it, else its owner.

@@ -80,7 +80,7 @@ impl StrategyComponent {
         let host_timeout = t.call_timeout * 3 / 4;
         let caps = Capabilities {
             log: LogCtx { label: format!("topology {} ({})", t.name, t.strategy.display()).into() },
-            dns: DnsCtx::new(t.nameserver, host_timeout)?,
+            dns: DnsCtx::new(t.nameserver, host_timeout),
             kubernetes: KubeCtx::new(host_timeout),
             env: t.env.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect(),
             memory_limit: t.memory_limit,

@@ -18,19 +18,28 @@ use wasmtime::component::{HasSelf, Linker};
 use super::discovery::bindings::wasmnode::discovery::dns::{self as wit, DnsError, IpFamily, SrvRecord};
 use super::PluginState;
 
-/// A topology's resolver and the deadline of one lookup.
+/// A topology's resolver (built on the first lookup: most strategies never resolve
+/// anything) and the deadline of one lookup.
 #[derive(Clone)]
 pub struct DnsCtx {
-    resolver: Arc<TokioResolver>,
+    resolver: Arc<std::sync::OnceLock<Result<Arc<TokioResolver>, String>>>,
+    nameserver: Option<SocketAddr>,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
 }
 
 impl DnsCtx {
-    /// Builds the resolver; must run inside the node's tokio runtime (or its blocking pool).
-    pub fn new(nameserver: Option<SocketAddr>, timeout: Duration) -> Result<DnsCtx, String> {
-        let resolver = crate::resolve::resolver(nameserver, timeout)?;
-        Ok(DnsCtx { resolver: Arc::new(resolver), runtime: tokio::runtime::Handle::current(), timeout })
+    /// Must run inside the node's tokio runtime (or its blocking pool).
+    pub fn new(nameserver: Option<SocketAddr>, timeout: Duration) -> DnsCtx {
+        DnsCtx { resolver: Arc::default(), nameserver, runtime: tokio::runtime::Handle::current(), timeout }
+    }
+
+    fn resolver(&self) -> Result<Arc<TokioResolver>, DnsError> {
+        let _runtime = self.runtime.enter();
+        self.resolver
+            .get_or_init(|| crate::resolve::resolver(self.nameserver, self.timeout).map(Arc::new))
+            .clone()
+            .map_err(DnsError::Failed)
     }
 
     fn run<T>(&self, what: &str, fut: impl std::future::Future<Output = Result<T, DnsError>>) -> Result<T, DnsError> {
@@ -53,7 +62,7 @@ fn classify(name: &str, e: NetError) -> DnsError {
 
 impl wit::Host for DnsCtx {
     fn lookup_ip(&mut self, name: String, family: IpFamily) -> Result<Vec<String>, DnsError> {
-        let resolver = self.resolver.clone();
+        let resolver = self.resolver()?;
         self.run(&name.clone(), async move {
             let mut found = Vec::new();
             let mut worst: Option<DnsError> = None;
@@ -87,7 +96,7 @@ impl wit::Host for DnsCtx {
     }
 
     fn lookup_srv(&mut self, name: String) -> Result<Vec<SrvRecord>, DnsError> {
-        let resolver = self.resolver.clone();
+        let resolver = self.resolver()?;
         self.run(&name.clone(), async move {
             let lookup = resolver.srv_lookup(name.as_str()).await.map_err(|e| classify(&name, e))?;
             Ok(lookup
