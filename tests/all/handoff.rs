@@ -208,3 +208,26 @@ fn a_rolling_restart_loses_no_acknowledged_increment() {
     assert_eq!(acked, 1000);
     assert_eq!(call(&names[0], "counter/c1", "value"), (true, "1000".to_string()));
 }
+
+/// With `rebalance = "stay"`, a joining node takes nothing: instances stay where they run.
+#[test]
+fn with_rebalance_stay_instances_stay_where_they_run() {
+    let dir = TempDir::new("h-stay");
+    let names = ["a@127.0.77.1", "b@127.0.77.2", "c@127.0.77.3"];
+    let config = worker_topology(&names, &[("order", "worker_order.wasm", "")], None).replace("[node]\n", "[node]\nrebalance = \"stay\"\n");
+    let config = dir.write("t.toml", &config);
+    let a = Node::start(names[0], &config);
+    let b = Node::start(names[1], &config);
+    wait_mesh(&[&a, &b], &names[..2], FORM);
+    for i in 0..12 {
+        assert!(start_worker(names[0], "order", &format!("o{i}")).0);
+    }
+    let c = Node::start(names[2], &config);
+    wait_mesh(&[&a, &b, &c], &names, FORM);
+    // Every order still answers, from the new node too, and none moved.
+    for i in 0..12 {
+        assert_eq!(call(names[2], &format!("order/o{i}"), r#""contents""#), (true, "[]".to_string()));
+    }
+    assert_eq!(a.count("moved order/") + b.count("moved order/"), 0);
+    assert_eq!(c.count("started order/"), 0);
+}
