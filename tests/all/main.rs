@@ -9,6 +9,7 @@ mod discovery;
 mod dns;
 mod handoff;
 mod kubernetes;
+mod ops;
 mod partition;
 mod wire;
 mod workers;

@@ -105,6 +105,19 @@ pub enum DialError {
 }
 
 impl DialError {
+    /// The failure's cause, for metrics.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            DialError::Handshake(ProtoError::CookieMismatch) => "cookie_mismatch",
+            DialError::Handshake(ProtoError::Refused(r)) if r.contains("cookie mismatch") => "cookie_mismatch",
+            DialError::Handshake(ProtoError::Refused(_)) => "refused",
+            DialError::Handshake(ProtoError::VersionMismatch { .. }) => "version",
+            DialError::Handshake(_) | DialError::WrongNode { .. } => "protocol",
+            DialError::Timeout => "timeout",
+            _ => "io",
+        }
+    }
+
     /// A refusal that is part of the protocol (simultaneous connect), not a failure.
     pub fn is_tie_break(&self) -> bool {
         matches!(self, DialError::Handshake(ProtoError::Refused(r)) if r.starts_with(TIE_BREAK))
@@ -350,8 +363,14 @@ impl Dist {
                 let timeout = dist.0.cfg.connect_timeout;
                 match tokio::time::timeout(timeout, dist.accept(stream, addr)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!("handshake from {addr} failed: {e}"),
-                    Err(_) => debug!("handshake from {addr} timed out"),
+                    Ok(Err(e)) => {
+                        crate::metrics::global().handshake_failed(e.cause());
+                        debug!("handshake from {addr} failed: {e}");
+                    }
+                    Err(_) => {
+                        crate::metrics::global().handshake_failed("timeout");
+                        debug!("handshake from {addr} timed out");
+                    }
                 }
                 drop(permit);
             });
@@ -401,6 +420,7 @@ impl Dist {
                 if why.starts_with(TIE_BREAK) {
                     debug!("refused {} from {addr}: {why}", peer_id.name);
                 } else {
+                    crate::metrics::global().handshake_failed("name_in_use");
                     warn!("handshake refused from {addr}: {why}");
                 }
                 write_message(&mut stream, &Message::Refuse(why)).await?;
@@ -513,6 +533,9 @@ impl Dist {
         }));
         st.peers.insert(id.name.clone(), peer.clone());
         self.0.live.send_modify(|n| *n += 1);
+        if !peer.hidden() {
+            crate::metrics::global().connected();
+        }
         let _ = self.0.events.send(DistEvent::Up(peer.clone()));
         (peer, rx)
     }
@@ -535,6 +558,9 @@ impl Dist {
             }
             // Wake anyone waiting for a reply on this connection.
             peer.0.pending.lock().unwrap().clear();
+            if !peer.hidden() {
+                crate::metrics::global().disconnected(reason.code());
+            }
             let _ = dist.0.events.send(DistEvent::Down(peer, reason));
             dist.0.live.send_modify(|n| *n -= 1);
         });

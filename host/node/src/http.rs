@@ -1,5 +1,9 @@
-//! The node's HTTP port: a small HTTP/1.1 server (keep-alive, `Content-Length` bodies)
-//! that, with `[http] gateway = true`, lets anything that speaks HTTP reach workers:
+//! The node's HTTP port: a small HTTP/1.1 server (keep-alive, `Content-Length` bodies).
+//! It always serves `GET /healthz` (the process answers), `GET /readyz` (200 once the
+//! node has found its cluster — config loaded, listening, first discovery poll done and
+//! its peers connected or tried — and 503 before, and while leaving) and `GET /metrics`
+//! (Prometheus text, see [`crate::metrics`]). With `[http] gateway = true` it also lets
+//! anything that speaks HTTP reach workers:
 //!
 //! | request | answer |
 //! |---|---|
@@ -149,6 +153,18 @@ async fn connection(stream: TcpStream, registry: &Registry, gateway: bool, drain
 async fn route(registry: &Registry, gateway: bool, method: &str, target: &str, body: Vec<u8>) -> Response {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let text = |status, body: &str| Response { status, content_type: "text/plain; charset=utf-8", body: body.as_bytes().to_vec() };
+    match (method, path) {
+        ("GET", "/healthz") => return text(200, "ok\n"),
+        ("GET", "/readyz") if registry.is_ready() => return text(200, "ready\n"),
+        ("GET", "/readyz") => return text(503, "not ready: finding the cluster, or leaving it\n"),
+        ("GET", "/metrics") => {
+            let members = registry.membership().members().len();
+            let body = crate::metrics::global().render(members, &registry.instances_by_kind());
+            return Response { status: 200, content_type: "text/plain; version=0.0.4", body: body.into_bytes() };
+        }
+        _ => {}
+    }
     if !gateway {
         return json_response(404, json!({ "error": "no such route", "path": path }));
     }

@@ -16,6 +16,7 @@ pub mod control;
 pub mod dist;
 pub mod http;
 pub mod membership;
+pub mod metrics;
 pub mod name;
 pub mod node;
 pub mod registry;

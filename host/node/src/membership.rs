@@ -309,6 +309,9 @@ impl Membership {
             return;
         }
         let msg = e.to_string();
+        if matches!(e, DialError::Handshake(_)) {
+            crate::metrics::global().handshake_failed(e.cause());
+        }
         if b.last_error.as_deref() != Some(msg.as_str()) {
             match &e {
                 DialError::Handshake(_) => warn!("cannot connect to {name}: {msg}; retrying with backoff"),

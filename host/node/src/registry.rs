@@ -400,6 +400,13 @@ impl Registry {
 
     /// Calls `kind/key` wherever it runs; its reply.
     pub async fn call(&self, kind: &str, key: &str, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let started = std::time::Instant::now();
+        let result = self.call_routed(kind, key, msg, timeout).await;
+        crate::metrics::global().called(started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn call_routed(&self, kind: &str, key: &str, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
         let name = full_name(kind, key);
         self.wait_synced_unless_known(&name).await;
         let owner = self.route(&name);
@@ -441,6 +448,22 @@ impl Registry {
     /// Opens the gate: this node has found its cluster (see [`Membership::settled`]).
     pub fn set_ready(&self) {
         self.0.ready.send_replace(true);
+    }
+
+    /// Ready for work (`/readyz`): the gate is open and the node is not leaving.
+    pub fn is_ready(&self) -> bool {
+        *self.0.ready.borrow() && !self.0.leaving.load(Ordering::Relaxed)
+    }
+
+    /// Instances running here, by kind.
+    pub fn instances_by_kind(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut by_kind = std::collections::BTreeMap::new();
+        for name in self.local_names() {
+            if let Some((kind, _)) = name.split_once('/') {
+                *by_kind.entry(kind.to_string()).or_insert(0) += 1;
+            }
+        }
+        by_kind
     }
 
 
@@ -656,7 +679,10 @@ impl Registry {
             let (r, kind, key, node) = (self.clone(), kind.to_string(), key.to_string(), node.to_string());
             tokio::spawn(async move {
                 match r.start_local(&kind, &key, placement.args, None).await {
-                    Ok(_) => warn!("restarted {name} on {} after node down: no handoff state", r.node()),
+                    Ok(_) => {
+                        crate::metrics::global().restarted();
+                        warn!("restarted {name} on {} after node down: no handoff state", r.node())
+                    }
                     Err(StartError::AlreadyStarted(_)) => {}
                     Err(e) => warn!("could not restart {name} after {node} went down: {e}"),
                 }
@@ -714,6 +740,7 @@ impl Registry {
                 let rpc = Rpc::Handoff { kind: kind.clone(), key: key.clone(), args, state };
                 match self.rpc(t, &rpc, Duration::from_secs(20)).await {
                     Ok(RpcReply::Started(node)) => {
+                        crate::metrics::global().handed_off();
                         info!("moved {name} to {node} (handoff {})", human_bytes(size));
                         Some(node)
                     }

@@ -167,6 +167,7 @@ pub fn spawn_topology(component: StrategyComponent, interval: Duration, membersh
             let mut pause = interval;
             match result {
                 Ok(names) => {
+                    crate::metrics::global().polled(topology, crate::metrics::Poll::Ok);
                     traps_in_a_row = 0;
                     let (good, bad): (Vec<String>, Vec<String>) =
                         names.into_iter().partition(|n| NodeName::parse(n).is_ok());
@@ -177,10 +178,12 @@ pub fn spawn_topology(component: StrategyComponent, interval: Duration, membersh
                     membership.discovered(topology, good);
                 }
                 Err(e @ PluginError::Refused(_)) => {
+                    crate::metrics::global().polled(topology, crate::metrics::Poll::Error);
                     traps_in_a_row = 0;
                     warn!("strategy {topology} ({path}) {e}; connections kept, polling again in {} ms", interval.as_millis());
                 }
                 Err(e @ PluginError::Trapped(_)) => {
+                    crate::metrics::global().polled(topology, crate::metrics::Poll::Trap);
                     traps_in_a_row += 1;
                     traps += 1;
                     pause = interval * (1 << (traps_in_a_row - 1).min(MAX_TRAP_BACKOFF.ilog2()));
