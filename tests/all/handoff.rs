@@ -128,10 +128,8 @@ fn a_joining_node_receives_its_instances_with_their_state() {
     for i in 0..12 {
         assert_eq!(call(names[2], &format!("order/o{i}"), r#""contents""#), (true, format!("[{i}]")), "order/o{i}");
     }
-    let listing = cli(&["workers", "--node", names[0], "--json"], COOKIE);
-    let v: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
-    let total: usize = v["nodes"].as_array().unwrap().iter().map(|n| n["workers"].as_array().unwrap().len()).sum();
-    assert_eq!(total, 12, "{v}");
+    let all = all_workers(names[0]);
+    assert_eq!(all.len(), 12, "{all:?}");
 }
 
 /// Join storms (Swarm hung in 24 % of these): 10 nodes started at the same instant, each
@@ -152,10 +150,9 @@ fn join_storms_run_each_boot_singleton_exactly_once() {
             Duration::from_secs(20),
             &format!("storm {storm}: each singleton running exactly once"),
             || {
-                let out = cli(&["workers", "--node", refs[storm % 10], "--json"], COOKIE);
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else { return false };
-                let nodes_listed = v["nodes"].as_array().map(|a| a.len()).unwrap_or(0);
-                let mut all: Vec<String> = v["nodes"].as_array().into_iter().flatten().flat_map(|n| n["workers"].as_array().into_iter().flatten().map(|w| w.as_str().unwrap_or("").to_string())).collect();
+                let listing = workers_by_node(refs[storm % 10]);
+                let nodes_listed = listing.len();
+                let mut all: Vec<String> = listing.into_iter().flat_map(|(_, w)| w).collect();
                 all.sort();
                 *last.borrow_mut() = format!("{all:?} from {nodes_listed} nodes");
                 nodes_listed == 10 && all == want

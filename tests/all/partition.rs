@@ -79,9 +79,7 @@ fn a_partition_serves_both_sides_and_heals_to_one_instance() {
     // (resolve-conflict); the counter, which cannot merge, kept one side's value and the
     // other's was dropped with a warning naming it.
     let holders = |name: &str| {
-        let out = cli(&["workers", "--node", names[0], "--json"], COOKIE);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["nodes"].as_array().into_iter().flatten().filter(|n| n["workers"].as_array().into_iter().flatten().any(|w| w == name)).count()
+        workers_by_node(names[0]).iter().filter(|(_, w)| w.iter().any(|w| w == name)).count()
     };
     let merged = |s: &str| {
         let mut items: Vec<i64> = serde_json::from_str(s).unwrap_or_default();

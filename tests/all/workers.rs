@@ -30,16 +30,8 @@ fn start_call_and_already_started_from_every_node() {
     let (ok, out) = call(&names[1], "counter/none", "value");
     assert!(!ok && out.contains("counter/none: not_found"), "{out}");
     // `workers` shows it once, on its owner.
-    let listing = cli(&["workers", "--node", &names[2], "--json"], COOKIE);
-    let v: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
-    let holders: Vec<&str> = v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["workers"].as_array().unwrap().iter().any(|w| w == "counter/c1"))
-        .map(|n| n["node"].as_str().unwrap())
-        .collect();
-    assert_eq!(holders, vec![owner.as_str()]);
+    let holders: Vec<String> = workers_by_node(&names[2]).into_iter().filter(|(_, w)| w.iter().any(|w| w == "counter/c1")).map(|(n, _)| n).collect();
+    assert_eq!(holders, vec![owner.clone()]);
 }
 
 #[test]
@@ -132,10 +124,7 @@ fn concurrent_starts_of_one_name_leave_one_instance() {
             assert!(*ok || out.contains(&format!("already_started on {node}")), "{key}: {out}");
         }
     }
-    let listing = cli(&["workers", "--node", &names[0], "--json"], COOKIE);
-    let v: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
-    let mut all: Vec<String> = v["nodes"].as_array().unwrap().iter().flat_map(|n| n["workers"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string())).collect();
-    all.sort();
+    let all = all_workers(&names[0]);
     let want: Vec<String> = (0..10).map(|i| format!("probe/k{i}")).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     assert_eq!(all, want);
 }

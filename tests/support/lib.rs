@@ -468,3 +468,26 @@ pub fn three_nodes(tag: &str, subnet: u8, kinds: &[(&str, &str, &str)], gateway:
 pub fn started_on(out: &str) -> String {
     out.rsplit(' ').next().unwrap_or_default().to_string()
 }
+
+/// `wasmnode workers --json` through `node`: each node with the names it runs (empty if
+/// the node did not answer).
+pub fn workers_by_node(node: &str) -> Vec<(String, Vec<String>)> {
+    let out = cli(&["workers", "--node", node, "--json"], COOKIE);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let workers = n["workers"].as_array().into_iter().flatten().filter_map(|w| w.as_str().map(str::to_string)).collect();
+            (n["node"].as_str().unwrap_or_default().to_string(), workers)
+        })
+        .collect()
+}
+
+/// Every running name in the cluster, sorted (duplicates kept), as `node` lists them.
+pub fn all_workers(node: &str) -> Vec<String> {
+    let mut all: Vec<String> = workers_by_node(node).into_iter().flat_map(|(_, w)| w).collect();
+    all.sort();
+    all
+}

@@ -19,7 +19,7 @@ use wasmtime::{Engine, Store};
 use super::dns::DnsCtx;
 use super::kubernetes::KubeCtx;
 use super::log::LogCtx;
-use super::{deadline_ticks, describe_trap, Capabilities, PluginError, PluginState};
+use super::{deadline_ticks, describe_trap, first_line, Capabilities, PluginError, PluginState};
 use crate::config::{PluginValue, TopologyConfig};
 use crate::membership::Membership;
 use crate::name::NodeName;
@@ -122,10 +122,6 @@ impl StrategyComponent {
     fn trapped(&self, e: &wasmtime::Error) -> PluginError {
         PluginError::Trapped(describe_trap(e, self.call_timeout, self.caps.memory_limit))
     }
-}
-
-fn first_line(e: &wasmtime::Error) -> String {
-    format!("{e:#}").lines().next().unwrap_or_default().to_string()
 }
 
 fn to_wit(v: &PluginValue) -> ConfigValue {

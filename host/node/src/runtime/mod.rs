@@ -171,10 +171,13 @@ pub fn describe_trap(e: &wasmtime::Error, timeout: Duration, memory_limit: usize
     if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
         return format!("exceeded its deadline of {} ms", timeout.as_millis());
     }
-    let text = format!("{e:#}");
-    if text.contains("forcing trap when growing memory") {
+    if format!("{e:#}").contains("forcing trap when growing memory") {
         return format!("exceeded its memory limit of {} MiB", memory_limit >> 20);
     }
-    // Keep the first line: the trap and the guest's function, not the whole backtrace.
-    text.lines().next().unwrap_or("trap").to_string()
+    first_line(e)
+}
+
+/// The first line of an error: the trap or failure and where, not the whole backtrace.
+pub(crate) fn first_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}").lines().next().unwrap_or("trap").to_string()
 }

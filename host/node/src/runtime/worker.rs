@@ -23,7 +23,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::{deadline_ticks, describe_trap};
+use super::{deadline_ticks, describe_trap, first_line};
 use crate::config::WorkerConfig;
 use crate::registry::{full_name, BoxFuture, CallError, Envelope, Info, Mailbox, Registry, Restart, Spawner};
 
@@ -185,10 +185,6 @@ impl WorkerKind {
             .map_err(|e| format!("{path} does not export the worker world wasmnode:worker/worker@0.1.0: {}", first_line(&e)))?;
         Ok(WorkerKind { name: w.kind.clone(), config: w.clone(), pre })
     }
-}
-
-fn first_line(e: &wasmtime::Error) -> String {
-    format!("{e:#}").lines().next().unwrap_or_default().to_string()
 }
 
 impl Spawner for WorkerRuntime {
