@@ -207,3 +207,36 @@ async fn route(registry: &Registry, gateway: bool, method: &str, target: &str, b
         _ => json_response(404, json!({ "error": "no such route", "path": path })),
     }
 }
+
+/// A plain HTTP/1.1 GET of `url` (`http://host:port/path`): the status and the body as
+/// text. The client side of `wasmnode probe`, for images that have no curl.
+pub async fn get(url: &str) -> std::io::Result<(u16, String)> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("`{url}`: {m}"));
+    let rest = url.strip_prefix("http://").ok_or_else(|| bad("only http:// URLs"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(bad("no host"));
+    }
+    let addr = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut stream = TcpStream::connect(&addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other("truncated answer"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {}", head.lines().next().unwrap_or(""))))?;
+    Ok((status, body.to_string()))
+}

@@ -88,11 +88,22 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// GET a URL of a node's HTTP port (e.g. http://127.0.0.1:9090/readyz) and print the
+    /// body; exits 0 on a 2xx answer, 1 otherwise. The image has no curl: Docker's
+    /// HEALTHCHECK and `docker exec` use this.
+    Probe {
+        url: String,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    if let Command::Probe { url, timeout_ms } = &cli.command {
+        return probe(&runtime, url, *timeout_ms);
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run { config, name, listen } => {
@@ -146,6 +157,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
+            Command::Probe { .. } => unreachable!("handled above"),
         }
     });
     match result {
@@ -240,5 +252,29 @@ fn print_members(v: &serde_json::Value) {
         let since = rfc3339(m["since_ms"].as_u64().unwrap_or(0));
         let me = if m["self"].as_bool() == Some(true) { "  (this node)" } else { "" };
         println!("  {:<40} since {since}{me}", m["name"].as_str().unwrap_or("?"));
+    }
+}
+
+/// `wasmnode probe URL`: 0 when the answer is 2xx, 1 for any other answer, 2 when there is none.
+fn probe(runtime: &tokio::runtime::Runtime, url: &str, timeout_ms: u64) -> ExitCode {
+    let answer = runtime.block_on(async { tokio::time::timeout(Duration::from_millis(timeout_ms), wasmnode::http::get(url)).await });
+    match answer {
+        Ok(Ok((status, body))) => {
+            print!("{body}");
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{url}: HTTP {status}");
+                ExitCode::from(1)
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: {url}: {e}");
+            ExitCode::from(2)
+        }
+        Err(_) => {
+            eprintln!("error: {url}: no answer within {timeout_ms} ms");
+            ExitCode::from(2)
+        }
     }
 }
