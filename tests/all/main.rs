@@ -5,6 +5,7 @@
 
 mod check;
 mod cluster;
+mod containers;
 mod discovery;
 mod dns;
 mod handoff;
