@@ -381,3 +381,115 @@ fn the_kubernetes_manifests_validate_and_their_topologies_pass_check_in_the_imag
         assert_eq!(out, "/wasmnode/topology/topology.toml: ok", "{variant}");
     }
 }
+
+/// A single-node swarm for one test, left (and its bridge removed) when dropped. A swarm
+/// this test did not make is not touched: the test fails and says how to leave it.
+struct Swarm {
+    stack: String,
+}
+
+const SWARM_POOL: &str = "172.30.0.0/16";
+
+impl Swarm {
+    fn init(stack: &str) -> Swarm {
+        let state = ok(Command::new("docker").args(["info", "-f", "{{.Swarm.LocalNodeState}}"]));
+        // A swarm the tests made is known by its address pool (set at init, atomically).
+        if state == "active" {
+            let pool = ok(Command::new("docker").args(["info", "-f", "{{json .Swarm.Cluster.DefaultAddrPool}}"]));
+            assert_eq!(pool, format!("[\"{SWARM_POOL}\"]"), "this Docker engine is already in a swarm that the tests did not make: leave it first (docker swarm leave --force)");
+            Swarm::leave();
+        }
+        // Its own address pool, so that the ingress network stays off everyone's 10.0.0.0/8.
+        ok(Command::new("docker").args(["swarm", "init", "--advertise-addr", "127.0.0.1", "--default-addr-pool", SWARM_POOL]));
+        Swarm { stack: stack.to_string() }
+    }
+
+    fn leave() {
+        let _ = run(Command::new("docker").args(["swarm", "leave", "--force"]));
+        let _ = run(Command::new("docker").args(["network", "rm", "docker_gwbridge"]));
+    }
+
+    fn service(&self) -> String {
+        format!("{}_myapp", self.stack)
+    }
+
+    /// The service's running containers and their addresses on the stack's network.
+    fn tasks(&self) -> Vec<(String, String)> {
+        let ids = ok(Command::new("docker").args(["ps", "-q", "--filter", &format!("label=com.docker.swarm.service.name={}", self.service())]));
+        let net = format!("{}_cluster", self.stack);
+        let f = format!("{{{{with index .NetworkSettings.Networks \"{net}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}");
+        ids.lines()
+            .map(|id| (id.to_string(), ok(Command::new("docker").args(["inspect", "-f", &f, id]))))
+            .filter(|(_, ip)| !ip.is_empty())
+            .collect()
+    }
+
+    fn members(&self, id: &str, node: &str) -> Vec<String> {
+        // The cookie is the Swarm secret's file, which the topology names.
+        let out = run(Command::new("docker").args(["exec", id, "wasmnode", "nodes", "--config", "/wasmnode/config/swarm.toml", "--node", node, "--json"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut m: Vec<String> = v["members"].as_array().into_iter().flatten().filter_map(|n| n["name"].as_str().map(str::to_string)).collect();
+        m.sort();
+        m
+    }
+
+    fn wait_mesh(&self, n: usize, timeout: Duration) {
+        wait_until(
+            timeout,
+            &format!("{n} tasks, each seeing all {n}"),
+            || {
+                let tasks = self.tasks();
+                let mut names: Vec<String> = tasks.iter().map(|(_, ip)| format!("myapp@{ip}")).collect();
+                names.sort();
+                tasks.len() == n && tasks.iter().all(|(id, ip)| self.members(id, &format!("myapp@{ip}")) == names)
+            },
+            || {
+                let out = run(Command::new("docker").args(["service", "logs", "--tail", "40", &self.service()]));
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+            },
+        );
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        let _ = run(Command::new("docker").args(["stack", "rm", &self.stack]));
+        let _ = run(Command::new("docker").args(["secret", "rm", "wasmnode_cookie"]));
+        Swarm::leave();
+        // Task containers outlive the stack briefly; remove them so the next run starts clean.
+        let ids = ok(Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=com.docker.stack.namespace={}", self.stack)]));
+        for id in ids.lines() {
+            let _ = run(Command::new("docker").args(["rm", "-f", id]));
+        }
+    }
+}
+
+/// k8s/swarm-stack.yml on a real (single-node) swarm: the cookie from a Swarm secret, the
+/// tasks find each other through `tasks.myapp`, and `docker service scale` is followed.
+#[test]
+fn swarm_stack_meshes_through_tasks_dns_and_follows_a_scale() {
+    let _g = exclusive();
+    let swarm = Swarm::init(&format!("wnswarm{}", std::process::id()));
+    let mut secret = Command::new("docker");
+    secret.args(["secret", "create", "wasmnode_cookie", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    let mut child = secret.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(COOKIE.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "docker secret create failed");
+    ok(Command::new("docker")
+        .args(["stack", "deploy", "--detach=true", "-c"])
+        .arg(repo_root().join("k8s/swarm-stack.yml"))
+        .arg(&swarm.stack)
+        .env("WASMNODE_SUBNET", "172.31.254.0/24"));
+    swarm.wait_mesh(3, Duration::from_secs(60));
+    ok(Command::new("docker").args(["service", "scale", "--detach=true", &format!("{}=4", swarm.service())]));
+    swarm.wait_mesh(4, Duration::from_secs(60));
+    // The health check the stack declares passes (it runs `wasmnode probe` in each task).
+    let (id, _) = &swarm.tasks()[0];
+    wait_until(
+        Duration::from_secs(30),
+        "the task's health check passes",
+        || ok(Command::new("docker").args(["inspect", "-f", "{{.State.Health.Status}}", id])) == "healthy",
+        || ok(Command::new("docker").args(["inspect", "-f", "{{json .State.Health}}", id])),
+    );
+}
