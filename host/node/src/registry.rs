@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use wasmnode_proto::Frame;
 
@@ -75,21 +75,22 @@ pub enum Info {
     Timer(Vec<u8>),
 }
 
-/// What an instance's mailbox carries; it handles one at a time, in order.
+/// What an instance's mailbox carries; it handles one at a time, in order. Kept small
+/// (the rare, larger variants boxed): an idle mailbox holds a block of 32 of these.
 pub enum Envelope {
     Call { msg: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, CallError>> },
     Cast { msg: Vec<u8> },
-    Info(Info),
+    Info(Box<Info>),
     /// Stop after `terminate(reason)`; the returned state goes back on `reply`.
     Stop { reason: String, reply: oneshot::Sender<Option<Vec<u8>>> },
     /// The state of another instance of this name that stopped in favour of this one.
-    Conflict { from: String, state: Vec<u8> },
+    Conflict(Box<(String, Vec<u8>)>),
 }
 
 /// A running instance, as the registry knows it.
 #[derive(Clone)]
 pub struct Mailbox {
-    pub tx: mpsc::UnboundedSender<Envelope>,
+    pub tx: crate::mailbox::Sender<Envelope>,
     /// Tells this instance from an earlier or later one of the same name.
     pub id: u64,
 }
@@ -636,7 +637,7 @@ impl Registry {
     async fn deliver_conflict(&self, name: &str, from: &str, state: Vec<u8>) {
         match self.local_mailbox(name).await {
             Some(mb) => {
-                let _ = mb.tx.send(Envelope::Conflict { from: from.to_string(), state });
+                let _ = mb.tx.send(Envelope::Conflict(Box::new((from.to_string(), state))));
             }
             None => warn!("the state of {name} from {from} has no instance here to go to; dropped"),
         }
@@ -913,7 +914,7 @@ impl Registry {
                 })
                 .collect();
             for mb in mailboxes {
-                let _ = mb.tx.send(Envelope::Info(info.clone()));
+                let _ = mb.tx.send(Envelope::Info(Box::new(info.clone())));
             }
         }
     }

@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
@@ -25,6 +24,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::{deadline_ticks, describe_trap, first_line};
 use crate::config::WorkerConfig;
+use crate::mailbox;
 use crate::registry::{full_name, BoxFuture, CallError, Envelope, Info, Mailbox, Registry, Restart, Spawner};
 
 /// The generated bindings; the one `bindgen!` of this world.
@@ -69,7 +69,7 @@ pub struct ClusterCtx {
     kind: String,
     key: String,
     /// This instance's own mailbox, for timers.
-    mailbox: mpsc::UnboundedSender<Envelope>,
+    mailbox: mailbox::Sender<Envelope>,
     /// When the current message started, and how long it has waited in host calls:
     /// the deadline counts only the difference.
     started: Instant,
@@ -131,7 +131,7 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
         let mailbox = self.mailbox.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(delay_ms as u64)).await;
-            let _ = mailbox.send(Envelope::Info(Info::Timer(payload)));
+            let _ = mailbox.send(Envelope::Info(Box::new(Info::Timer(payload))));
         });
     }
 }
@@ -208,7 +208,7 @@ impl Spawner for WorkerRuntime {
         let Some(k) = self.kinds.get(&kind).cloned() else {
             return Box::pin(async move { Err(format!("unknown worker kind {kind}")) });
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mailbox::channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mailbox = Mailbox { tx: tx.clone(), id };
         self.runtime.spawn(run_instance(k, registry, key, args, handoff, id, tx, rx, ready_tx));
@@ -230,8 +230,8 @@ async fn run_instance(
     args: Vec<u8>,
     handoff: Option<Vec<u8>>,
     id: u64,
-    own: mpsc::UnboundedSender<Envelope>,
-    mut rx: mpsc::UnboundedReceiver<Envelope>,
+    own: mailbox::Sender<Envelope>,
+    mut rx: mailbox::Receiver<Envelope>,
     ready: tokio::sync::oneshot::Sender<Result<(), String>>,
 ) {
     let name = full_name(&kind.name, &key);
@@ -265,13 +265,15 @@ async fn run_instance(
     };
     let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
 
+    // Every guest call's future is boxed: it exists only while the call runs, so the
+    // task an idle instance keeps is 664 bytes instead of 1.8 KiB.
     begin(&mut store);
     let instantiated = async {
         let instance = kind.pre.instance_pre().instantiate_async(&mut store).await?;
         let worker = Worker::new(&mut store, &instance)?;
         wasmtime::Result::Ok((instance, worker))
     };
-    let (instance, worker) = match instantiated.await {
+    let (instance, worker) = match Box::pin(instantiated).await {
         Ok(w) => w,
         Err(e) => {
             let _ = ready.send(Err(format!("instantiating {name}: {}", trap(&e))));
@@ -281,7 +283,7 @@ async fn run_instance(
     let handler = worker.wasmnode_worker_handler();
     let resolve_conflict = conflict_export(&mut store, &instance);
     begin(&mut store);
-    match handler.call_init(&mut store, &args, handoff.as_deref()).await {
+    match Box::pin(handler.call_init(&mut store, &args, handoff.as_deref())).await {
         Ok(Ok(())) => {
             let _ = ready.send(Ok(()));
         }
@@ -298,7 +300,7 @@ async fn run_instance(
     while let Some(envelope) = rx.recv().await {
         begin(&mut store);
         let outcome = match envelope {
-            Envelope::Call { msg, reply } => match handler.call_handle_call(&mut store, &msg).await {
+            Envelope::Call { msg, reply } => match Box::pin(handler.call_handle_call(&mut store, &msg)).await {
                 Ok(r) => {
                     let _ = reply.send(r.map_err(CallError::Failed));
                     Ok(())
@@ -309,23 +311,23 @@ async fn run_instance(
                     Err(why)
                 }
             },
-            Envelope::Cast { msg } => handler.call_handle_cast(&mut store, &msg).await.map_err(|e| trap(&e)),
-            Envelope::Info(i) => handler.call_handle_info(&mut store, &to_wit_info(i)).await.map_err(|e| trap(&e)),
-            Envelope::Conflict { from, state } => match &resolve_conflict {
-                Some(f) => {
-                    let r = f.call_async(&mut store, (state,)).await.map_err(|e| trap(&e));
+            Envelope::Cast { msg } => Box::pin(handler.call_handle_cast(&mut store, &msg)).await.map_err(|e| trap(&e)),
+            Envelope::Info(i) => Box::pin(handler.call_handle_info(&mut store, &to_wit_info(*i))).await.map_err(|e| trap(&e)),
+            Envelope::Conflict(conflict) => match (&resolve_conflict, *conflict) {
+                (Some(f), (from, state)) => {
+                    let r = Box::pin(f.call_async(&mut store, (state,))).await.map_err(|e| trap(&e));
                     if r.is_ok() {
                         info!("merged the state of {name} from {from} (resolve-conflict)");
                     }
                     r
                 }
-                None => {
+                (None, (from, _)) => {
                     warn!("dropped the state of {name} from {from}: the worker exports no resolve-conflict");
                     Ok(())
                 }
             },
             Envelope::Stop { reason, reply } => {
-                let state = match handler.call_terminate(&mut store, &reason).await {
+                let state = match Box::pin(handler.call_terminate(&mut store, &reason)).await {
                     Ok(s) => s,
                     Err(e) => {
                         warn!("worker {name} trapped in terminate: {}", trap(&e));
