@@ -247,3 +247,35 @@ fn established(a: &str, b: &str) -> usize {
         })
         .count()
 }
+
+/// Without --node, the CLI asks the node its --config describes, with that file's cookie
+/// source (in a container: `wasmnode nodes --config FILE`, no address to look up).
+#[test]
+fn the_cli_finds_its_node_and_cookie_in_the_topology() {
+    let dir = TempDir::new("cli-config");
+    let names = ["a@127.0.14.11", "b@127.0.14.12"];
+    let cookie_file = dir.write("cookie", COOKIE);
+    let body = static_topology(&names, 5000).replacen(
+        "[node]\n",
+        &format!("[node]\nname = \"{}\"\ncookie_file = \"{}\"\n", names[0], cookie_file.display()),
+        1,
+    );
+    let config = dir.write("t.toml", &body);
+    let a = Node::start(names[0], &config);
+    let b = Node::start(names[1], &config);
+    wait_mesh(&[&a, &b], &names, FORM);
+
+    // No WASMNODE_COOKIE and no --node: both come from the file.
+    let out = Command::new(bin()).args(["nodes", "--json", "--config"]).arg(&config).env_remove("WASMNODE_COOKIE").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut members: Vec<&str> = v["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    members.sort();
+    assert_eq!(members, names);
+    assert!(v["members"].as_array().unwrap().iter().any(|m| m["name"] == names[0] && m["self"] == true), "{v}");
+
+    // Neither: the CLI says what it needs.
+    let out = Command::new(bin()).args(["nodes"]).env_remove("WASMNODE_COOKIE").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --node NAME, or --config FILE"));
+}

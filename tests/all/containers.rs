@@ -428,9 +428,10 @@ impl Swarm {
             .collect()
     }
 
-    fn members(&self, id: &str, node: &str) -> Vec<String> {
-        // The cookie is the Swarm secret's file, which the topology names.
-        let out = run(Command::new("docker").args(["exec", id, "wasmnode", "nodes", "--config", "/wasmnode/config/swarm.toml", "--node", node, "--json"]));
+    /// The members the task's own node sees: the CLI takes the node (its own address) and
+    /// the cookie (the Swarm secret's file) from the topology.
+    fn members(&self, id: &str) -> Vec<String> {
+        let out = run(Command::new("docker").args(["exec", id, "wasmnode", "nodes", "--config", "/wasmnode/config/swarm.toml", "--json"]));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let mut m: Vec<String> = v["members"].as_array().into_iter().flatten().filter_map(|n| n["name"].as_str().map(str::to_string)).collect();
         m.sort();
@@ -445,7 +446,7 @@ impl Swarm {
                 let tasks = self.tasks();
                 let mut names: Vec<String> = tasks.iter().map(|(_, ip)| format!("myapp@{ip}")).collect();
                 names.sort();
-                tasks.len() == n && tasks.iter().all(|(id, ip)| self.members(id, &format!("myapp@{ip}")) == names)
+                tasks.len() == n && tasks.iter().all(|(id, _)| self.members(id) == names)
             },
             || {
                 let out = run(Command::new("docker").args(["service", "logs", "--tail", "40", &self.service()]));

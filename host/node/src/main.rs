@@ -41,23 +41,25 @@ enum Command {
     },
     /// Print a running node's members, or stream its node-up / node-down events.
     Nodes {
-        /// The node to ask.
+        /// The node to ask (default: the one --config describes).
         #[arg(long)]
-        node: String,
+        node: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// Keep streaming node-up and node-down events until interrupted.
         #[arg(long)]
         watch: bool,
-        /// Take the cookie source from this topology file instead of WASMNODE_COOKIE.
+        /// Take the cookie source (and, without --node, the node) from this topology file
+        /// instead of WASMNODE_COOKIE.
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Start worker KIND/KEY on its owner; prints the node it runs on.
     Start {
+        /// The node to ask (default: the one --config describes).
         #[arg(long)]
-        node: String,
+        node: Option<String>,
         kind: String,
         key: String,
         /// Arguments handed to the worker's init (text).
@@ -68,8 +70,9 @@ enum Command {
     },
     /// Call worker KIND/KEY wherever it runs; prints its reply.
     Call {
+        /// The node to ask (default: the one --config describes).
         #[arg(long)]
-        node: String,
+        node: Option<String>,
         /// KIND/KEY, e.g. counter/c1.
         name: String,
         /// The message (text).
@@ -81,8 +84,9 @@ enum Command {
     },
     /// List the workers running on every node.
     Workers {
+        /// The node to ask (default: the one --config describes).
         #[arg(long)]
-        node: String,
+        node: Option<String>,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -126,7 +130,7 @@ fn main() -> ExitCode {
             }
             Command::Nodes { node, json, watch, config } => nodes(node, json, watch, config).await,
             Command::Start { node, kind, key, args, config } => {
-                let v = ask(&node, config, serde_json::json!({ "op": "start", "kind": kind, "key": key, "args": args })).await?;
+                let v = ask(node, config, serde_json::json!({ "op": "start", "kind": kind, "key": key, "args": args })).await?;
                 match v["started"].as_str() {
                     Some(on) => {
                         println!("started {kind}/{key} on {on}");
@@ -137,7 +141,7 @@ fn main() -> ExitCode {
             }
             Command::Call { node, name, msg, timeout_ms, config } => {
                 let (kind, key) = name.split_once('/').ok_or_else(|| anyhow!("`{name}` is not KIND/KEY"))?;
-                let v = ask(&node, config, serde_json::json!({ "op": "call", "kind": kind, "key": key, "msg": msg, "timeout_ms": timeout_ms })).await?;
+                let v = ask(node, config, serde_json::json!({ "op": "call", "kind": kind, "key": key, "msg": msg, "timeout_ms": timeout_ms })).await?;
                 match (v["reply"].as_str(), v["reply_hex"].as_str()) {
                     (Some(text), _) => println!("{text}"),
                     (None, Some(hex)) => println!("{hex}"),
@@ -146,7 +150,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Workers { node, json, config } => {
-                let v = ask(&node, config, serde_json::json!({ "op": "workers" })).await?;
+                let v = ask(node, config, serde_json::json!({ "op": "workers" })).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
@@ -176,22 +180,29 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();
 }
 
-/// Connects to `node` as a hidden node with the cookie.
-async fn connect_hidden(node: &str, config: Option<PathBuf>) -> anyhow::Result<Peer> {
-    let source = match config {
-        Some(path) => Config::load(&path, &Overrides::default()).map_err(|e| anyhow!("{e}"))?.node.cookie,
-        None => CookieSource::Env(DEFAULT_COOKIE_ENV.into()),
+/// Connects as a hidden node with the cookie to `node`, or, without it, to the node the
+/// topology file describes (inside a container: `wasmnode nodes --config FILE`).
+async fn connect_hidden(node: Option<String>, config: Option<PathBuf>) -> anyhow::Result<Peer> {
+    let cfg = match &config {
+        Some(path) => Some(Config::load(path, &Overrides::default()).map_err(|e| anyhow!("{e}"))?),
+        None => None,
     };
+    let node = match (node, &cfg) {
+        (Some(n), _) => n,
+        (None, Some(c)) => c.node.name.to_string(),
+        (None, None) => return Err(anyhow!("which node? give --node NAME, or --config FILE to ask the node that file describes")),
+    };
+    let source = cfg.map(|c| c.node.cookie).unwrap_or_else(|| CookieSource::Env(DEFAULT_COOKIE_ENV.into()));
     let cookie = source.resolve().map_err(|e| anyhow!(e))?;
     let me = format!("wasmnode-cli-{}@127.0.0.1", std::process::id());
     let (tx, _rx) = mpsc::unbounded_channel();
     let dist = Dist::new(DistConfig { hidden: true, ..DistConfig::new(me, cookie) }, tx);
     // The events receiver is dropped: the CLI only reads replies, which dist routes itself.
-    dist.connect(node).await.with_context(|| format!("cannot connect to {node}"))
+    dist.connect(&node).await.with_context(|| format!("cannot connect to {node}"))
 }
 
 /// One control-plane request as a hidden node; the JSON answer.
-async fn ask(node: &str, config: Option<PathBuf>, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+async fn ask(node: Option<String>, config: Option<PathBuf>, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
     let peer = connect_hidden(node, config).await?;
     let timeout = Duration::from_millis(request["timeout_ms"].as_u64().unwrap_or(5000)) + Duration::from_secs(30);
     let body = peer.request(Bytes::from(request.to_string()), timeout).await?;
@@ -210,8 +221,8 @@ fn describe(v: &serde_json::Value) -> String {
     s
 }
 
-async fn nodes(node: String, json: bool, watch: bool, config: Option<PathBuf>) -> anyhow::Result<()> {
-    let peer = connect_hidden(&node, config).await?;
+async fn nodes(node: Option<String>, json: bool, watch: bool, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let peer = connect_hidden(node, config).await?;
     if !watch {
         let body = peer.request(Bytes::from_static(br#"{"op":"nodes"}"#), Duration::from_secs(5)).await?;
         let v: serde_json::Value = serde_json::from_slice(&body)?;
@@ -241,7 +252,7 @@ async fn nodes(node: String, json: bool, watch: bool, config: Option<PathBuf>) -
         }
         first = false;
     }
-    Err(anyhow!("connection to {node} closed"))
+    Err(anyhow!("connection to {} closed", peer.name()))
 }
 
 fn print_members(v: &serde_json::Value) {
