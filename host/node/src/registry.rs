@@ -544,6 +544,22 @@ impl Registry {
         out
     }
 
+    /// Stops the local instance of `kind/key` after its `terminate(reason)`; false if
+    /// none runs here. Its state is dropped: this is an end, not a handoff.
+    pub async fn stop_local(&self, kind: &str, key: &str, reason: &str) -> bool {
+        let name = full_name(kind, key);
+        let mailbox = match self.0.local.lock().unwrap().get(&name) {
+            Some(Slot::Running(mb)) => mb.clone(),
+            _ => return false,
+        };
+        let (tx, rx) = oneshot::channel();
+        if mailbox.tx.send(Envelope::Stop { reason: reason.into(), reply: tx }).is_err() {
+            return false;
+        }
+        let _ = rx.await;
+        true
+    }
+
     /// Forgets instance `id` of `name` (it stopped or trapped).
     pub fn unregister(&self, name: &str, id: u64) {
         let removed = {

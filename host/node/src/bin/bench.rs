@@ -386,6 +386,18 @@ async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: boo
             }
         }
         calls.sort();
+        // Churn: stop an instance, start another; the new one can take the slot (memory,
+        // stack) the old one freed. Only the start is timed.
+        let mut churn = Vec::with_capacity(spawns);
+        for i in 0..spawns + 100 {
+            assert!(registry.stop_local("counter", &format!("c{}", i.wrapping_sub(1)), "churn").await || i == 0);
+            let t = Instant::now();
+            registry.start_local("counter", &format!("c{i}"), Vec::new(), None).await.unwrap_or_else(|e| panic!("churn spawn {i}: {e}"));
+            if i >= 100 {
+                churn.push(t.elapsed());
+            }
+        }
+        churn.sort();
         // Many idle workers: spawn up to `idle` in all, and report the process's RSS.
         let t = Instant::now();
         let mut started = 100 + spawns;
@@ -401,6 +413,8 @@ async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: boo
         json!({
             "worker_spawn_median_us": spawn_median,
             "worker_spawn_p99_us": percentile(&samples, 0.99),
+            "worker_spawn_after_stop_median_us": percentile(&churn, 0.5),
+            "worker_spawn_after_stop_p99_us": percentile(&churn, 0.99),
             "worker_local_call_median_us": percentile(&calls, 0.5),
             "worker_local_call_p99_us": percentile(&calls, 0.99),
             "worker_idle_rss_per_worker_kib": per_worker / 1024.0,

@@ -60,7 +60,13 @@ pub fn engine_with(pool: Option<Pool>) -> anyhow::Result<Engine> {
             .max_memory_size(p.max_memory)
             .max_core_instances_per_component(64)
             .max_memories_per_component(16)
-            .max_tables_per_component(64);
+            .max_tables_per_component(64)
+            // A slot freed by a stopped instance keeps its first pages resident (zeroed
+            // instead of returned to the kernel), so the next instance of the same kind
+            // starts without faulting them in again.
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10)
+            .async_stack_keep_resident(16 << 10);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pc));
         // A slot is as large as the memory reservation: keep it to the memory cap (with
         // explicit bounds checks) so that the slots fit the address space.
