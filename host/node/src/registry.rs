@@ -75,8 +75,8 @@ pub enum Info {
     Timer(Vec<u8>),
 }
 
-/// What an instance's mailbox carries; it handles one at a time, in order. Kept small
-/// (the rare, larger variants boxed): an idle mailbox holds a block of 32 of these.
+/// What an instance's mailbox carries; it handles one at a time, in order. Kept to 40
+/// bytes (the rare, larger variants boxed): a queue holds its messages inline.
 pub enum Envelope {
     Call { msg: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, CallError>> },
     Cast { msg: Vec<u8> },
@@ -938,6 +938,12 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_envelope_is_small() {
+        // Every queued message takes this much; the rare, larger variants are boxed.
+        assert!(std::mem::size_of::<Envelope>() <= 40, "Envelope is {} bytes", std::mem::size_of::<Envelope>());
+    }
     use super::*;
 
     #[test]
