@@ -31,7 +31,7 @@ fn run(cmd: &mut Command) -> Output {
 
 fn ok(cmd: &mut Command) -> String {
     let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", output_text(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -128,11 +128,7 @@ impl Compose {
 
     /// The members `container`'s node sees, asked with the CLI inside the container.
     fn members(&self, container: &str, node: &str) -> Vec<String> {
-        let out = self.exec(container, &["nodes", "--node", node, "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let mut m: Vec<String> = v["members"].as_array().into_iter().flatten().filter_map(|n| n["name"].as_str().map(str::to_string)).collect();
-        m.sort();
-        m
+        member_names(&self.exec(container, &["nodes", "--node", node, "--json"]))
     }
 
     /// Waits until every running container sees exactly the running containers.
@@ -166,8 +162,7 @@ impl Compose {
     }
 
     fn logs(&self, container: &str) -> String {
-        let out = run(Command::new("docker").args(["logs", container]));
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        output_text(&run(Command::new("docker").args(["logs", container])))
     }
 
     fn logs_all(&self) -> String {
@@ -431,11 +426,7 @@ impl Swarm {
     /// The members the task's own node sees: the CLI takes the node (its own address) and
     /// the cookie (the Swarm secret's file) from the topology.
     fn members(&self, id: &str) -> Vec<String> {
-        let out = run(Command::new("docker").args(["exec", id, "wasmnode", "nodes", "--config", "/wasmnode/config/swarm.toml", "--json"]));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let mut m: Vec<String> = v["members"].as_array().into_iter().flatten().filter_map(|n| n["name"].as_str().map(str::to_string)).collect();
-        m.sort();
-        m
+        member_names(&run(Command::new("docker").args(["exec", id, "wasmnode", "nodes", "--config", "/wasmnode/config/swarm.toml", "--json"])))
     }
 
     fn wait_mesh(&self, n: usize, timeout: Duration) {
@@ -448,10 +439,7 @@ impl Swarm {
                 names.sort();
                 tasks.len() == n && tasks.iter().all(|(id, _)| self.members(id) == names)
             },
-            || {
-                let out = run(Command::new("docker").args(["service", "logs", "--tail", "40", &self.service()]));
-                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-            },
+            || output_text(&run(Command::new("docker").args(["service", "logs", "--tail", "40", &self.service()]))),
         );
     }
 }

@@ -229,11 +229,7 @@ impl Node {
         if !out.status.success() {
             return Vec::new();
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nodes --json prints JSON");
-        let mut names: Vec<String> =
-            v["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
-        names.sort();
-        names
+        member_names(&out)
     }
 
     /// Waits until the member list (this node included) is exactly `expected`.
@@ -267,6 +263,19 @@ impl Drop for Node {
             eprintln!("{}", self.dump());
         }
     }
+}
+
+/// The member names, sorted, in what `wasmnode nodes --json` printed (none if it failed).
+pub fn member_names(out: &std::process::Output) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut names: Vec<String> = v["members"].as_array().into_iter().flatten().filter_map(|m| m["name"].as_str().map(str::to_string)).collect();
+    names.sort();
+    names
+}
+
+/// A finished command's stdout and stderr, as text, for messages and log checks.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// Runs the CLI to completion with `cookie` in WASMNODE_COOKIE.
