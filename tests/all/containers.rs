@@ -165,6 +165,11 @@ impl Compose {
         output_text(&run(Command::new("docker").args(["logs", container])))
     }
 
+    /// Waits until `container`'s log holds `line`.
+    fn wait_log(&self, container: &str, line: &str, timeout: Duration) {
+        wait_until(timeout, line, || self.logs(container).contains(line), || self.logs(container));
+    }
+
     fn logs_all(&self) -> String {
         let out = run(self.compose().args(["logs", "--no-color"]));
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -241,7 +246,7 @@ fn compose_cluster_meshes_scales_and_reports_a_kill() {
     ok(Command::new("docker").args(["kill", &victim]));
     let want = format!("node down {victim_name}: connection closed");
     for s in &cs[..2] {
-        wait_until(Duration::from_secs(10), &want, || c.logs(s).contains(&want), || c.logs(s));
+        c.wait_log(s, &want, Duration::from_secs(10));
     }
     let ip0 = c.ip(&cs[0]);
     let from = &cs[1];
@@ -265,17 +270,17 @@ fn compose_cluster_partition_by_network_disconnect_heals() {
     ok(Command::new("docker").args(["network", "disconnect", &c.network(), &cut]));
     let want = format!("node down {cut_name}: heartbeat timeout");
     for s in &cs[..2] {
-        wait_until(Duration::from_secs(15), &want, || c.logs(s).contains(&want), || c.logs(s));
+        c.wait_log(s, &want, Duration::from_secs(15));
     }
     let ip0 = c.ip(&cs[0]);
     assert_eq!(c.metric(&cs[1], &ip0, "wasmnode_disconnects_total{reason=\"heartbeat_timeout\"}"), Some(1.0));
     // The cut-off node sees the same from its side.
     let ip1 = c.ip(&cs[1]);
     let cut_side = format!("node down myapp@{ip1}: heartbeat timeout");
-    wait_until(Duration::from_secs(15), &cut_side, || c.logs(&cut).contains(&cut_side), || c.logs(&cut));
+    c.wait_log(&cut, &cut_side, Duration::from_secs(15));
     // Its address is gone with the network, so the CLI cannot reach it: its log tells.
     let alone = format!("members (1): {cut_name}\n");
-    wait_until(Duration::from_secs(5), "the cut-off node sees only itself", || c.logs(&cut).contains(&alone), || c.logs(&cut));
+    c.wait_log(&cut, &alone, Duration::from_secs(5));
 
     ok(Command::new("docker").args(["network", "connect", "--ip", &cut_ip, &c.network(), &cut]));
     let healed = c.wait_mesh(Duration::from_secs(60));
