@@ -104,17 +104,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run { config, name, listen } = cli.command {
+        init_logging();
+        let result = Config::load(&config, &Overrides { name, listen })
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|cfg| Ok((wasmnode::node::runtime_for(&cfg)?, cfg)))
+            .and_then(|(runtime, cfg)| runtime.block_on(wasmnode::node::run(cfg)));
+        return exit(result);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     if let Command::Probe { url, timeout_ms } = &cli.command {
         return probe(&runtime, url, *timeout_ms);
     }
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run { config, name, listen } => {
-                init_logging();
-                let cfg = Config::load(&config, &Overrides { name, listen }).map_err(|e| anyhow!("{e}"))?;
-                wasmnode::node::run(cfg).await
-            }
+            Command::Run { .. } => unreachable!("handled above"),
             Command::Check { config } => {
                 let cfg = Config::load(&config, &Overrides::default()).map_err(|e| anyhow!("{e}"))?;
                 let errors = tokio::task::spawn_blocking(move || wasmnode::node::check(&cfg)).await?;
@@ -164,6 +168,10 @@ fn main() -> ExitCode {
             Command::Probe { .. } => unreachable!("handled above"),
         }
     });
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

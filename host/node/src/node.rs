@@ -57,7 +57,24 @@ pub fn check(cfg: &Config) -> Vec<ConfigError> {
     errors
 }
 
-/// Runs a node until SIGTERM or SIGINT.
+/// The runtime a node with this topology runs on.
+///
+/// With worker kinds: one multi-threaded runtime, a thread per CPU, for networking and
+/// workers alike. A request read from a socket wakes its worker on the thread that read
+/// it, and the reply goes back to the socket from there: a remote call crosses no thread
+/// on its way (a separate worker runtime made four crossings per call, 42 µs instead of
+/// 20 µs pinned; docs/benchmarks.md). Guests cannot hold a thread from the heartbeats:
+/// a running guest yields to the runtime at every epoch tick (`runtime::worker`).
+/// Without worker kinds: one thread, the smallest idle node.
+pub fn runtime_for(cfg: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    if cfg.workers.is_empty() {
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
+    }
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).thread_name("wasmnode").enable_all().build()
+}
+
+/// Runs a node until SIGTERM or SIGINT, on the runtime [`runtime_for`] made.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     for w in &cfg.warnings {
         warn!("{w}");
@@ -73,14 +90,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let c = discovery::StrategyComponent::load(&engine, t).map_err(|e| anyhow::anyhow!("{}", cfg.strategy_error(t, e)))?;
         strategies.push((c, t.polling_interval));
     }
-    // Guest code runs on its own threads, never on the one that keeps heartbeats on time
-    // (and a node without worker kinds does not start them).
-    let worker_threads = match cfg.workers.is_empty() {
-        true => None,
-        false => Some(tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("wasmnode-worker").enable_all().build()?),
-    };
-    let handle = worker_threads.as_ref().map(|rt| rt.handle().clone()).unwrap_or_else(tokio::runtime::Handle::current);
-    let workers = WorkerRuntime::load(&engine, &cfg.workers, handle).map_err(|(kind, e)| {
+    // Workers run on the node's own runtime (see `runtime_for`).
+    let workers = WorkerRuntime::load(&engine, &cfg.workers, tokio::runtime::Handle::current()).map_err(|(kind, e)| {
         let w = cfg.workers.iter().find(|w| w.kind == kind).expect("the failing kind is configured");
         anyhow::anyhow!("{}", cfg.worker_error(w, e))
     })?;
@@ -134,9 +145,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Calls under way through this node finish (they follow moved names) before it goes.
     drain.close(cfg.node.handoff_deadline).await;
     membership.leave(LEAVE_DEADLINE).await;
-    if let Some(rt) = worker_threads {
-        rt.shutdown_background();
-    }
     info!("node {name} stopped");
     Ok(())
 }

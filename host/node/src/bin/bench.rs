@@ -339,7 +339,10 @@ async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: boo
     let pool = pooled.then_some(wasmnode::runtime::Pool { instances: idle as u32 + 1000, max_memory: 64 << 20 });
     let engine = wasmnode::runtime::engine_with(pool).unwrap();
     wasmnode::runtime::spawn_epoch_ticker(engine.clone());
-    let worker_threads = tokio::runtime::Builder::new_multi_thread().worker_threads(std::env::var("BENCH_WORKER_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2)).enable_all().build().unwrap();
+    // The node's runtime (`node::runtime_for`): a thread per CPU for networking and workers.
+    let threads = std::env::var("BENCH_WORKER_THREADS").ok().and_then(|v| v.parse().ok());
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let worker_threads = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
     let kind = WorkerConfig {
         kind: "counter".into(),
         component: counter,
@@ -351,13 +354,12 @@ async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: boo
         component_at: (0, 0),
     };
     let workers = WorkerRuntime::load(&engine, &[kind], worker_threads.handle().clone()).expect("load the counter");
-    let (tx, rx) = mpsc::unbounded_channel();
-    let dist = Dist::new(DistConfig::new("bench@127.0.36.1", COOKIE.as_bytes().to_vec()), tx);
-    let registry = Registry::start(Membership::start(dist, rx, false), std::sync::Arc::new(workers));
-    // Measure from a task on the worker runtime, where workers call and start each
-    // other: what a worker pays, without the hop from the networking thread.
+    // Measure from a task on that runtime, where workers call and start each other.
     let out = worker_threads
         .spawn(async move {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let dist = Dist::new(DistConfig::new("bench@127.0.36.1", COOKIE.as_bytes().to_vec()), tx);
+        let registry = Registry::start(Membership::start(dist, rx, false), std::sync::Arc::new(workers));
         let rss = || {
             let status = std::fs::read_to_string("/proc/self/status").unwrap();
             status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse::<f64>().unwrap() * 1024.0

@@ -89,16 +89,19 @@ pub fn engine_with(pool: Option<Pool>) -> anyhow::Result<Engine> {
     })
 }
 
-/// Advances `engine`'s epoch every [`EPOCH_TICK`] for as long as the runtime runs.
+/// Advances `engine`'s epoch every [`EPOCH_TICK`], for as long as the process runs, from
+/// a thread of its own: guests share the node's runtime threads with everything else,
+/// and the ticks that make them yield (or stop them at their deadline) must come even
+/// when every one of those threads is running a guest.
 pub fn spawn_epoch_ticker(engine: Engine) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EPOCH_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
+    std::thread::Builder::new()
+        .name("wasmnode-epoch".into())
+        .stack_size(64 << 10)
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
             engine.increment_epoch();
-        }
-    });
+        })
+        .expect("start the epoch ticker thread");
 }
 
 /// Epoch ticks in `timeout` (at least one).

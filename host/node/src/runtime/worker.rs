@@ -2,9 +2,10 @@
 //!
 //! A [`WorkerKind`] is compiled once (through the compiled-code cache) and
 //! type-checked into an `InstancePre`; every instance is instantiated from it. Each
-//! instance is one task on the worker runtime (a multi-threaded tokio runtime of its
-//! own, so guest code never holds up the networking thread and its heartbeats) that
-//! owns its `Store` and drains its mailbox one message at a time.
+//! instance is one task on the node's multi-threaded runtime, beside the networking
+//! (a message read from a socket runs its worker on the thread that read it), that owns
+//! its `Store` and drains its mailbox one message at a time. A guest that computes for
+//! long yields its thread at every epoch tick, so heartbeats keep time.
 //!
 //! Calls into the guest are async (wasmtime's async support), so a worker awaiting
 //! `cluster.call` gives its thread to others instead of blocking it. Every message
@@ -14,6 +15,7 @@
 //! error when the mailbox drops, and the registry forgets the name.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::{deadline_ticks, describe_trap, first_line};
+use super::{describe_trap, first_line};
 use crate::config::WorkerConfig;
 use crate::mailbox;
 use crate::registry::{full_name, BoxFuture, CallError, Envelope, Info, Mailbox, Registry, Restart, Spawner};
@@ -70,10 +72,19 @@ pub struct ClusterCtx {
     key: String,
     /// This instance's own mailbox, for timers.
     mailbox: mailbox::Sender<Envelope>,
-    /// When the current message started, and how long it has waited in host calls:
-    /// the deadline counts only the difference.
+    /// When the current message started, and how long it has waited in host calls and,
+    /// in nanoseconds, for its turn after yielding: the deadline counts only the rest.
     started: Instant,
     waited: Duration,
+    yielded: Arc<AtomicU64>,
+}
+
+impl ClusterCtx {
+    /// The guest's own time on the current message so far.
+    fn busy(&self) -> Duration {
+        let yielded = Duration::from_nanos(self.yielded.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(self.waited).saturating_sub(yielded)
+    }
 }
 
 impl ClusterCtx {
@@ -241,27 +252,45 @@ async fn run_instance(
         wasi: WasiCtx::builder().inherit_stderr().build(),
         table: ResourceTable::new(),
         limits: StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build(),
-        cluster: ClusterCtx { registry: registry.clone(), kind: kind.name.clone(), key: key.clone(), mailbox: own, started: Instant::now(), waited: Duration::ZERO },
+        cluster: ClusterCtx {
+            registry: registry.clone(),
+            kind: kind.name.clone(),
+            key: key.clone(),
+            mailbox: own,
+            started: Instant::now(),
+            waited: Duration::ZERO,
+            yielded: Arc::default(),
+        },
         log: super::log::LogCtx { label: format!("worker {name}").into() },
     };
     let mut store = Store::new(kind.pre.engine(), state);
     store.limiter(|s| &mut s.limits);
-    // At each deadline check, compare the guest's own time on this message with the
-    // budget; time spent waiting in host calls (cluster.call) does not count.
+    // At every epoch tick while the guest runs: past its budget (its own time on this
+    // message: waits in host calls such as cluster.call and for its turn after a yield
+    // do not count) it stops; before that it yields, so that a guest that computes for
+    // long shares its thread with the networking (heartbeats) and other instances, as
+    // the BEAM's reductions make a process share its scheduler.
     store.epoch_deadline_callback(move |ctx| {
         let c = &ctx.data().cluster;
-        let busy = c.started.elapsed().saturating_sub(c.waited);
-        if busy >= budget {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Continue(deadline_ticks(budget - busy)))
+        if c.busy() >= budget {
+            return Ok(UpdateDeadline::Interrupt);
         }
+        let yielded = c.yielded.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                let t = Instant::now();
+                tokio::task::yield_now().await;
+                yielded.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }),
+        ))
     });
     let begin = |store: &mut Store<WorkerState>| {
         let c = &mut store.data_mut().cluster;
         c.started = Instant::now();
         c.waited = Duration::ZERO;
-        store.set_epoch_deadline(deadline_ticks(budget));
+        c.yielded.store(0, Ordering::Relaxed);
+        store.set_epoch_deadline(1);
     };
     let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
 
