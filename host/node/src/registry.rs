@@ -794,38 +794,40 @@ impl Registry {
     }
 
     /// Answers a registry request from another node (the body after [`RPC_TAG`]).
+    ///
+    /// Called for each request in the order the connections delivered them. The one-way
+    /// announcements (`Registered`, `Unregistered`, `Synced`) take effect here, at once
+    /// and in that order: a task each could run them out of order on the multi-threaded
+    /// runtime, and a `Registered` overtaken by the `Handoff` its node sent next would
+    /// stop the instance just handed over. Everything that waits runs in a task.
     pub fn handle_rpc(&self, peer: Peer, id: u64, body: Bytes) {
+        let rpc = postcard::from_bytes::<Rpc>(&body[1..]);
+        match &rpc {
+            Ok(Rpc::Registered { kind, key, args }) => {
+                let name = full_name(kind, key);
+                let placement = Placement { node: peer.name().to_string(), args: args.clone(), conn_id: peer.conn_id() };
+                self.0.directory.lock().unwrap().insert(name.clone(), placement);
+                // Where the name runs now is what its node says, not where we once sent it.
+                self.0.moved.lock().unwrap().remove(&name);
+                self.resolve_duplicate(&name, peer.name());
+                return;
+            }
+            Ok(Rpc::Synced) => {
+                self.0.synced.lock().unwrap().insert(peer.name().to_string());
+                return;
+            }
+            Ok(Rpc::Unregistered { kind, key }) => {
+                let name = full_name(kind, key);
+                let mut dir = self.0.directory.lock().unwrap();
+                if dir.get(&name).is_some_and(|p| p.node == peer.name()) {
+                    dir.remove(&name);
+                }
+                return;
+            }
+            _ => {}
+        }
         let registry = self.clone();
         tokio::spawn(async move {
-            let rpc = postcard::from_bytes::<Rpc>(&body[1..]);
-            match &rpc {
-                Ok(Rpc::Registered { kind, key, args }) => {
-                    let name = full_name(kind, key);
-                    let placement = Placement { node: peer.name().to_string(), args: args.clone(), conn_id: peer.conn_id() };
-                    registry.0.directory.lock().unwrap().insert(name.clone(), placement);
-                    // Where the name runs now is what its node says, not where we once sent it.
-                    registry.0.moved.lock().unwrap().remove(&name);
-                    registry.resolve_duplicate(&name, peer.name());
-                    return;
-                }
-                Ok(Rpc::Synced) => {
-                    registry.0.synced.lock().unwrap().insert(peer.name().to_string());
-                    return;
-                }
-                Ok(Rpc::Conflict { kind, key, state }) => {
-                    registry.deliver_conflict(&full_name(kind, key), peer.name(), state.clone()).await;
-                    return;
-                }
-                Ok(Rpc::Unregistered { kind, key }) => {
-                    let name = full_name(kind, key);
-                    let mut dir = registry.0.directory.lock().unwrap();
-                    if dir.get(&name).is_some_and(|p| p.node == peer.name()) {
-                        dir.remove(&name);
-                    }
-                    return;
-                }
-                _ => {}
-            }
             let reply = match rpc {
                 Err(e) => RpcReply::CallFailed(CallError::Failed(format!("bad request: {e}"))),
                 Ok(Rpc::Start { kind, key, args }) => match registry.start_local(&kind, &key, args, None).await {
@@ -870,7 +872,11 @@ impl Registry {
                         Err(e) => RpcReply::StartFailed(e),
                     }
                 }
-                Ok(Rpc::Registered { .. } | Rpc::Unregistered { .. } | Rpc::Synced | Rpc::Conflict { .. }) => return,
+                Ok(Rpc::Conflict { kind, key, state }) => {
+                    registry.deliver_conflict(&full_name(&kind, &key), peer.name(), state).await;
+                    return;
+                }
+                Ok(Rpc::Registered { .. } | Rpc::Unregistered { .. } | Rpc::Synced) => return,
             };
             let body = postcard::to_stdvec(&reply).expect("registry replies serialize");
             peer.send(Frame::Reply { id, body: Bytes::from(body) });
