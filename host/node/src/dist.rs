@@ -31,7 +31,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, warn};
 use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MAX_MESSAGE};
 use wasmnode_proto::handshake::{Acceptor, Dialer, Identity, Message};
@@ -181,6 +181,14 @@ enum Out {
     Close(DownReason),
 }
 
+/// Who waits for the replies to one request.
+enum Waiting {
+    /// A request or ping: one reply (a oneshot: no channel block to allocate per call).
+    Once(oneshot::Sender<Frame>),
+    /// A watch: replies until the connection ends.
+    Stream(mpsc::UnboundedSender<Frame>),
+}
+
 /// A connected peer: a cheap handle to its connection.
 #[derive(Clone)]
 pub struct Peer(Arc<PeerInner>);
@@ -193,7 +201,7 @@ struct PeerInner {
     id: u64,
     tx: mpsc::UnboundedSender<Out>,
     /// Callers waiting for `Reply`/`Pong` frames, by request id.
-    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>,
+    pending: Mutex<HashMap<u64, Waiting>>,
     next_request: AtomicU64,
 }
 
@@ -239,12 +247,14 @@ impl Peer {
 
     /// Sends a request and waits for its reply.
     pub async fn request(&self, body: Bytes, timeout: Duration) -> std::io::Result<Bytes> {
-        let (id, mut rx) = self.expect_replies();
+        let (id, rx) = self.expect_reply();
         self.send(Frame::Request { id, body });
-        let got = tokio::time::timeout(timeout, rx.recv()).await;
-        self.0.pending.lock().unwrap().remove(&id);
+        let got = tokio::time::timeout(timeout, rx).await;
+        if got.is_err() {
+            self.0.pending.lock().unwrap().remove(&id);
+        }
         match got {
-            Ok(Some(Frame::Reply { body, .. })) => Ok(body),
+            Ok(Ok(Frame::Reply { body, .. })) => Ok(body),
             Ok(_) => Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "connection closed")),
             Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time")),
         }
@@ -252,34 +262,42 @@ impl Peer {
 
     /// Sends a request whose replies keep coming (a watch); the stream ends with the connection.
     pub fn subscribe(&self, body: Bytes) -> mpsc::UnboundedReceiver<Frame> {
-        let (id, rx) = self.expect_replies();
+        let id = self.0.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.0.pending.lock().unwrap().insert(id, Waiting::Stream(tx));
         self.send(Frame::Request { id, body });
         rx
     }
 
     /// Round trip: sends `Ping` and returns the peer's `Pong` payload.
     pub async fn ping(&self, payload: Bytes) -> std::io::Result<Bytes> {
-        let (id, mut rx) = self.expect_replies();
+        let (id, rx) = self.expect_reply();
         self.send(Frame::Ping { id, payload });
-        let got = rx.recv().await;
-        self.0.pending.lock().unwrap().remove(&id);
-        match got {
-            Some(Frame::Pong { payload, .. }) => Ok(payload),
+        match rx.await {
+            Ok(Frame::Pong { payload, .. }) => Ok(payload),
             _ => Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "connection closed")),
         }
     }
 
-    fn expect_replies(&self) -> (u64, mpsc::UnboundedReceiver<Frame>) {
+    fn expect_reply(&self) -> (u64, oneshot::Receiver<Frame>) {
         let id = self.0.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.0.pending.lock().unwrap().insert(id, tx);
+        let (tx, rx) = oneshot::channel();
+        self.0.pending.lock().unwrap().insert(id, Waiting::Once(tx));
         (id, rx)
     }
 
     fn route_reply(&self, id: u64, frame: Frame) {
-        let pending = self.0.pending.lock().unwrap();
-        if let Some(tx) = pending.get(&id) {
-            let _ = tx.send(frame);
+        let mut pending = self.0.pending.lock().unwrap();
+        match pending.get(&id) {
+            Some(Waiting::Stream(tx)) => {
+                let _ = tx.send(frame);
+            }
+            Some(Waiting::Once(_)) => {
+                if let Some(Waiting::Once(tx)) = pending.remove(&id) {
+                    let _ = tx.send(frame);
+                }
+            }
+            None => {}
         }
     }
 }
