@@ -85,9 +85,7 @@ impl ClusterCtx {
         let yielded = Duration::from_nanos(self.yielded.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(self.waited).saturating_sub(yielded)
     }
-}
 
-impl ClusterCtx {
     async fn timed<T>(&mut self, f: impl std::future::Future<Output = T>) -> T {
         let t = Instant::now();
         let r = f.await;
