@@ -219,6 +219,19 @@ fn human_bytes(n: usize) -> String {
     }
 }
 
+/// Queues a call in an instance's mailbox and waits for its reply, at most `timeout`.
+async fn call_mailbox(name: &str, mailbox: Mailbox, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+    let (tx, rx) = oneshot::channel();
+    if mailbox.tx.send(Envelope::Call { msg, reply: tx }).is_err() {
+        return Err(CallError::Failed(format!("{name} stopped")));
+    }
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(CallError::Failed(format!("{name} stopped before replying"))),
+        Err(_) => Err(CallError::Timeout),
+    }
+}
+
 /// `kind/key`.
 pub fn full_name(kind: &str, key: &str) -> String {
     format!("{kind}/{key}")
@@ -409,6 +422,14 @@ impl Registry {
 
     async fn call_routed(&self, kind: &str, key: &str, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
         let name = full_name(kind, key);
+        // The common case first, with one lookup: the instance runs here.
+        let running = match self.0.local.lock().unwrap().get(&name) {
+            Some(Slot::Running(mb)) => Some(mb.clone()),
+            _ => None,
+        };
+        if let Some(mailbox) = running {
+            return call_mailbox(&name, mailbox, msg, timeout).await;
+        }
         self.wait_synced_unless_known(&name).await;
         let owner = self.route(&name);
         if owner != self.node() {
@@ -498,15 +519,7 @@ impl Registry {
             }
             Here::Nothing => return Err(CallError::NotFound),
         };
-        let (tx, rx) = oneshot::channel();
-        if mailbox.tx.send(Envelope::Call { msg, reply: tx }).is_err() {
-            return Err(CallError::Failed(format!("{name} stopped")));
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(CallError::Failed(format!("{name} stopped before replying"))),
-            Err(_) => Err(CallError::Timeout),
-        }
+        call_mailbox(&name, mailbox, msg, timeout).await
     }
 
     /// Sends `msg` to `kind/key` without waiting for it to be handled.
