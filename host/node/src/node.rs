@@ -70,8 +70,12 @@ pub fn runtime_for(cfg: &Config) -> std::io::Result<tokio::runtime::Runtime> {
     if cfg.workers.is_empty() {
         return tokio::runtime::Builder::new_current_thread().enable_all().build();
     }
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).thread_name("wasmnode").enable_all().build()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(runtime_threads()).thread_name("wasmnode").enable_all().build()
+}
+
+/// Threads of a node's multi-threaded runtime: one per CPU the process may use.
+pub fn runtime_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
 
 /// Runs a node until SIGTERM or SIGINT, on the runtime [`runtime_for`] made.

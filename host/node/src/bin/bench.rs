@@ -341,7 +341,7 @@ async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: boo
     wasmnode::runtime::spawn_epoch_ticker(engine.clone());
     // The node's runtime (`node::runtime_for`): a thread per CPU for networking and workers.
     let threads = std::env::var("BENCH_WORKER_THREADS").ok().and_then(|v| v.parse().ok());
-    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let threads = threads.unwrap_or_else(wasmnode::node::runtime_threads);
     let worker_threads = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
     let kind = WorkerConfig {
         kind: "counter".into(),
