@@ -12,9 +12,13 @@
 //!   survives).
 //! - Writer: batches whatever is queued into one `write`, sends a heartbeat when the
 //!   connection has been quiet for a heartbeat interval, and sends large frames as
-//!   fragments, one fragment at a time between small frames.
+//!   fragments, one fragment at a time between small frames. A frame someone waits for
+//!   (request, reply, ping, pong) skips the queue when it is empty: its sender writes it
+//!   (see [`Peer::send`]), which saves a task wake-up on each side of a round trip.
 //! - Reader: decodes frames without copying payloads; any bytes reset the heartbeat
 //!   timer; silence longer than the timeout is a node-down ("heartbeat timeout").
+//!   Requests are first offered to the [`FastRequests`] hook (a call to a worker running
+//!   here goes straight to its mailbox); the rest go up the ordered event channel.
 //!   A malformed or oversized frame closes this connection only, with the reason.
 //!
 //! Connection ups, downs (with their [`DownReason`]) and the frames the layer above
@@ -23,7 +27,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -178,6 +183,8 @@ impl DistConfig {
 
 enum Out {
     Frame(Frame),
+    /// The unwritten end of a frame a sender began writing itself (see [`Peer::send`]).
+    Raw(Bytes),
     Close(DownReason),
 }
 
@@ -188,6 +195,12 @@ enum Waiting {
     /// A watch: replies until the connection ends.
     Stream(mpsc::UnboundedSender<Frame>),
 }
+
+/// Answers a request on the reader of the connection it came on, when it can answer at
+/// once without waiting (true: handled; false: it goes on as a [`DistEvent::Frame`]).
+/// Calls to workers running here take this path: the ordered event channel and the
+/// task it would spawn are two hops a remote call does not need.
+pub type FastRequests = Arc<dyn Fn(&Peer, u64, &Bytes) -> bool + Send + Sync>;
 
 /// A connected peer: a cheap handle to its connection.
 #[derive(Clone)]
@@ -200,6 +213,15 @@ struct PeerInner {
     since: SystemTime,
     id: u64,
     tx: mpsc::UnboundedSender<Out>,
+    /// Frames handed to the writer task and not yet written by it. While there are
+    /// any, a new frame queues behind them; when there are none, its sender writes it.
+    queued: AtomicUsize,
+    /// The socket's write half while the connection runs. A sender holds this lock while
+    /// it writes a frame itself or queues one, so frames keep the order they were sent in.
+    direct: Mutex<Option<Arc<OwnedWriteHalf>>>,
+    /// When bytes last went out, in nanoseconds since `born`: heartbeats fill silences.
+    last_write: AtomicU64,
+    born: Instant,
     /// Callers waiting for `Reply`/`Pong` frames, by request id.
     pending: Mutex<HashMap<u64, Waiting>>,
     next_request: AtomicU64,
@@ -230,9 +252,49 @@ impl Peer {
         self.0.id
     }
 
-    /// Queues a frame; false when the connection is gone.
+    /// Sends a frame; false when the connection is gone.
+    ///
+    /// A frame someone waits for (a request with an id, a reply, a ping or pong) is
+    /// written here, by its sender, with one non-blocking write when nothing is waiting
+    /// for the writer task: a reply leaves from the worker that made it and a request from
+    /// its caller, without waking another task first (a remote worker call went from 58
+    /// to 47 µs pinned with this and `Registry::handle_rpc_fast`; docs/benchmarks.md).
+    /// Everything else, and every frame while others are queued (a large message in
+    /// fragments, a full socket buffer), queues for the writer, which batches them.
     pub fn send(&self, frame: Frame) -> bool {
+        let awaited = matches!(frame, Frame::Request { id, .. } if id != 0) || matches!(frame, Frame::Reply { .. } | Frame::Ping { .. } | Frame::Pong { .. });
+        let direct = self.0.direct.lock().unwrap();
+        if let Some(wr) = direct.as_ref().filter(|_| awaited) {
+            if self.0.queued.load(Ordering::Acquire) == 0 && frame.payload_len() < ZERO_COPY_MIN {
+                let mut buf = BytesMut::with_capacity(frame::HEADER_LEN + 32 + frame.payload_len());
+                frame.encode(&mut buf);
+                match wr.try_write(&buf) {
+                    Ok(n) if n == buf.len() => {
+                        self.wrote();
+                        return true;
+                    }
+                    Ok(n) => {
+                        // The socket took part of it: the writer sends the rest, before anything else.
+                        self.wrote();
+                        self.0.queued.fetch_add(1, Ordering::AcqRel);
+                        return self.0.tx.send(Out::Raw(buf.split_off(n).freeze())).is_ok();
+                    }
+                    // Full (or failing: the writer finds out and ends the connection): queue it.
+                    Err(_) => {}
+                }
+            }
+        }
+        self.0.queued.fetch_add(1, Ordering::AcqRel);
         self.0.tx.send(Out::Frame(frame)).is_ok()
+    }
+
+    fn wrote(&self) {
+        self.0.last_write.store(self.0.born.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since bytes last went out on this connection.
+    fn quiet_for(&self) -> Duration {
+        self.0.born.elapsed().saturating_sub(Duration::from_nanos(self.0.last_write.load(Ordering::Relaxed)))
     }
 
     /// Closes the connection after what is queued; the down event carries `reason`.
@@ -317,6 +379,8 @@ struct Inner {
     next_conn: AtomicU64,
     /// Number of live connection tasks, so `leave` can wait for them to end.
     live: watch::Sender<usize>,
+    /// Tried first for every request (see [`FastRequests`]).
+    fast_requests: std::sync::OnceLock<FastRequests>,
 }
 
 /// This node's distribution endpoint.
@@ -333,6 +397,7 @@ impl Dist {
             state: Mutex::new(State { peers: HashMap::new(), dialing: HashSet::new(), closing: false }),
             next_conn: AtomicU64::new(1),
             live: watch::Sender::new(0),
+            fast_requests: std::sync::OnceLock::new(),
         }))
     }
 
@@ -346,6 +411,11 @@ impl Dist {
             flags: if self.0.cfg.hidden { wasmnode_proto::handshake::FLAG_HIDDEN } else { 0 },
             creation: self.0.creation,
         }
+    }
+
+    /// Sets the handler requests are offered to first, on their connection's reader.
+    pub fn set_fast_requests(&self, handler: FastRequests) {
+        let _ = self.0.fast_requests.set(handler);
     }
 
     /// The connected peer with this name, if any.
@@ -546,6 +616,10 @@ impl Dist {
             since: SystemTime::now(),
             id: self.0.next_conn.fetch_add(1, Ordering::Relaxed),
             tx,
+            queued: AtomicUsize::new(0),
+            direct: Mutex::new(None),
+            last_write: AtomicU64::new(0),
+            born: Instant::now(),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
         }));
@@ -562,12 +636,16 @@ impl Dist {
         let dist = self.clone();
         tokio::spawn(async move {
             let (rd, wr) = stream.into_split();
-            let mut writer = tokio::spawn(write_loop(wr, rx, dist.0.cfg.heartbeat_interval));
+            let wr = Arc::new(wr);
+            *peer.0.direct.lock().unwrap() = Some(wr.clone());
+            let mut writer = tokio::spawn(write_loop(peer.clone(), wr, rx, dist.0.cfg.heartbeat_interval));
             let reason = tokio::select! {
                 r = read_loop(&dist, &peer, rd, buf) => r,
                 w = &mut writer => w.unwrap_or(DownReason::ConnectionClosed),
             };
             writer.abort();
+            // Senders write no more; the socket closes once the writer task has let go.
+            *peer.0.direct.lock().unwrap() = None;
             {
                 let mut st = dist.0.state.lock().unwrap();
                 if st.peers.get(peer.name()).is_some_and(|p| p.conn_id() == peer.conn_id()) {
@@ -662,6 +740,7 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: Byt
                     peer.send(Frame::Pong { id, payload });
                 }
                 Frame::Pong { id, .. } | Frame::Reply { id, .. } => peer.route_reply(id, frame),
+                Frame::Request { id, ref body } if dist.0.fast_requests.get().is_some_and(|f| f(peer, id, body)) => {}
                 // One-way messages have no consumer yet (workers use requests): dropped,
                 // unless a consumer asked for them.
                 Frame::Send(_) if !dist.0.cfg.deliver_sends => {}
@@ -705,30 +784,50 @@ fn protocol_error(peer: &Peer, e: ProtoError) -> DownReason {
 /// instead of being copied into the batch buffer.
 const ZERO_COPY_MIN: usize = 2048;
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration) -> DownReason {
+/// The connection's writer task: writes what senders queued (see [`Peer::send`]), large
+/// messages one fragment at a time between small frames, and a heartbeat when the
+/// connection has been quiet for a heartbeat interval.
+///
+/// `peer.queued` counts frames the senders handed over and this task has not finished
+/// writing; it comes down only when this task is idle, so a sender writes a frame itself
+/// only when everything sent before it is on the wire.
+async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration) -> DownReason {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut batch = Vec::with_capacity(256);
     let mut bulk: VecDeque<Fragmenter> = VecDeque::new();
     let mut next_stream = 0u32;
-    let mut last_write = Instant::now();
+    // Frames taken from the queue (or heartbeats this task queued itself) and not yet written.
+    let mut taken = 0usize;
     // Fires when the connection may have been quiet for a heartbeat interval.
     let quiet = tokio::time::sleep(heartbeat);
     tokio::pin!(quiet);
     loop {
         if bulk.is_empty() {
+            if taken > 0 {
+                peer.0.queued.fetch_sub(taken, Ordering::AcqRel);
+                taken = 0;
+            }
             tokio::select! {
                 biased;
                 n = rx.recv_many(&mut batch, 256) => {
                     if n == 0 {
                         return DownReason::LocalShutdown;
                     }
+                    taken += n;
                 }
                 _ = &mut quiet => {
-                    if last_write.elapsed() >= heartbeat {
+                    let silent = peer.quiet_for();
+                    if silent >= heartbeat {
+                        // Counted as queued, under the senders' lock, so that no sender
+                        // writes while this task does.
+                        let _direct = peer.0.direct.lock().unwrap();
+                        peer.0.queued.fetch_add(1, Ordering::AcqRel);
+                        taken += 1;
                         Frame::Heartbeat.encode(&mut buf);
+                        quiet.as_mut().reset((Instant::now() + heartbeat).into());
                     } else {
-                        quiet.as_mut().reset((last_write + heartbeat).into());
+                        quiet.as_mut().reset((Instant::now() + (heartbeat - silent)).into());
                         continue;
                     }
                 }
@@ -737,7 +836,10 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
             // A large message is in flight: take whatever small frames wait, then one fragment.
             while batch.len() < 256 {
                 match rx.try_recv() {
-                    Ok(out) => batch.push(out),
+                    Ok(out) => {
+                        batch.push(out);
+                        taken += 1;
+                    }
                     Err(_) => break,
                 }
             }
@@ -750,6 +852,12 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
                     bulk.push_back(Fragmenter::new(next_stream, &f));
                 }
                 Out::Frame(f) => queue(&f, &mut buf, &mut chunks),
+                Out::Raw(rest) => {
+                    if !buf.is_empty() {
+                        chunks.push(buf.split().freeze());
+                    }
+                    chunks.push(rest);
+                }
                 Out::Close(reason) => {
                     close = Some(reason);
                     break;
@@ -770,16 +878,19 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
             chunks.push(buf.split().freeze());
         }
         if !chunks.is_empty() {
-            if write_chunks(&mut wr, &mut chunks).await.is_err() {
+            if write_chunks(&wr, &mut chunks).await.is_err() {
                 return DownReason::ConnectionClosed;
             }
             if buf.capacity() < 16 * 1024 {
                 buf.reserve(64 * 1024);
             }
-            last_write = Instant::now();
+            peer.wrote();
         }
         if let Some(reason) = close {
-            let _ = wr.shutdown().await;
+            // SAFETY: shutdown(2) on the socket's own descriptor, which `wr` keeps open.
+            unsafe {
+                libc::shutdown(AsRef::<TcpStream>::as_ref(&*wr).as_raw_fd(), libc::SHUT_WR);
+            }
             return reason;
         }
     }
@@ -796,11 +907,19 @@ fn queue(f: &Frame, buf: &mut BytesMut, chunks: &mut Vec<Bytes>) {
 }
 
 /// Writes every chunk, in order, with as few syscalls as the kernel allows.
-async fn write_chunks(wr: &mut OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
+async fn write_chunks(wr: &OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
     let mut first = 0;
     while first < chunks.len() {
         let slices: Vec<std::io::IoSlice<'_>> = chunks[first..].iter().take(64).map(|c| std::io::IoSlice::new(c)).collect();
-        let mut n = wr.write_vectored(&slices).await?;
+        let mut n = match wr.try_write_vectored(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                drop(slices);
+                wr.writable().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

@@ -128,6 +128,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             control::handle(&m, &r, peer, id, body)
         }
     }));
+    let fast = registry.clone();
+    dist.set_fast_requests(Arc::new(move |peer, id, body| fast.handle_rpc_fast(peer, id, body)));
     tokio::spawn(dist.serve(listener));
     info!("node {name} listening on {}", cfg.node.listen);
     let drain = crate::http::Drain::default();

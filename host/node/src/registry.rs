@@ -78,13 +78,64 @@ pub enum Info {
 /// What an instance's mailbox carries; it handles one at a time, in order. Kept to 40
 /// bytes (the rare, larger variants boxed): a queue holds its messages inline.
 pub enum Envelope {
-    Call { msg: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, CallError>> },
+    Call { msg: Vec<u8>, reply: ReplyTo },
     Cast { msg: Vec<u8> },
     Info(Box<Info>),
     /// Stop after `terminate(reason)`; the returned state goes back on `reply`.
     Stop { reason: String, reply: oneshot::Sender<Option<Vec<u8>>> },
     /// The state of another instance of this name that stopped in favour of this one.
     Conflict(Box<(String, Vec<u8>)>),
+}
+
+/// Where a call's reply goes.
+pub enum ReplyTo {
+    /// A caller on this node, waiting.
+    Local(oneshot::Sender<Result<Vec<u8>, CallError>>),
+    /// A caller on another node: the instance writes the reply straight to the
+    /// connection the request came on, with no task in between.
+    Remote(Box<RemoteReply>),
+}
+
+/// The reply owed to a caller on another node. Dropped unsent (the instance trapped or
+/// stopped with the call still queued), it answers that the instance stopped, as a
+/// local caller's dropped channel does, so the caller does not wait for its timeout.
+pub struct RemoteReply {
+    peer: Peer,
+    id: u64,
+    name: String,
+    sent: bool,
+}
+
+impl RemoteReply {
+    fn send(&mut self, reply: Result<Vec<u8>, CallError>) {
+        self.sent = true;
+        let reply = match reply {
+            Ok(r) => RpcReply::Reply(r),
+            Err(e) => RpcReply::CallFailed(e),
+        };
+        send_reply(&self.peer, self.id, &reply);
+    }
+}
+
+impl Drop for RemoteReply {
+    fn drop(&mut self) {
+        if !self.sent {
+            let stopped = CallError::Failed(format!("{} stopped before replying", self.name));
+            self.send(Err(stopped));
+        }
+    }
+}
+
+impl ReplyTo {
+    /// Delivers the reply; a caller that gave up meanwhile is not an error.
+    pub fn send(self, reply: Result<Vec<u8>, CallError>) {
+        match self {
+            ReplyTo::Local(tx) => {
+                let _ = tx.send(reply);
+            }
+            ReplyTo::Remote(mut to) => to.send(reply),
+        }
+    }
 }
 
 /// A running instance, as the registry knows it.
@@ -211,6 +262,18 @@ fn rpc_body(rpc: &Rpc) -> Bytes {
     Bytes::from(body)
 }
 
+fn send_reply(peer: &Peer, id: u64, reply: &RpcReply) {
+    let body = postcard::to_stdvec(reply).expect("registry replies serialize");
+    peer.send(Frame::Reply { id, body: Bytes::from(body) });
+}
+
+/// postcard's variant indexes of [`Rpc::Call`] and [`Rpc::Cast`] (the byte after
+/// [`RPC_TAG`]), and their fields borrowed from the request body.
+const RPC_CALL: u8 = 1;
+const RPC_CAST: u8 = 2;
+type CallFields<'a> = (&'a str, &'a str, &'a [u8], u64);
+type CastFields<'a> = (&'a str, &'a str, &'a [u8]);
+
 fn human_bytes(n: usize) -> String {
     if n < 1024 {
         format!("{n} B")
@@ -222,7 +285,7 @@ fn human_bytes(n: usize) -> String {
 /// Queues a call in an instance's mailbox and waits for its reply, at most `timeout`.
 async fn call_mailbox(name: &str, mailbox: Mailbox, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
     let (tx, rx) = oneshot::channel();
-    if mailbox.tx.send(Envelope::Call { msg, reply: tx }).is_err() {
+    if mailbox.tx.send(Envelope::Call { msg, reply: ReplyTo::Local(tx) }).is_err() {
         return Err(CallError::Failed(format!("{name} stopped")));
     }
     match tokio::time::timeout(timeout, rx).await {
@@ -446,8 +509,9 @@ impl Registry {
                 let Rpc::Call { msg, .. } = rpc else { unreachable!() };
                 return self.call_local(kind, key, msg, timeout).await;
             }
-            // A little beyond the callee's own deadline, so its `timeout` answer wins the race.
-            match self.rpc(&node, &rpc, timeout + Duration::from_millis(250)).await {
+            // The caller's deadline bounds the call: an instance running on `node` answers
+            // from its mailbox with no timer of its own (`handle_rpc_fast`).
+            match self.rpc(&node, &rpc, timeout).await {
                 Ok(RpcReply::Reply(r)) => return Ok(r),
                 Ok(RpcReply::CallFailed(e)) => return Err(e),
                 Ok(RpcReply::Moved(to)) => node = to,
@@ -806,6 +870,55 @@ impl Registry {
         }
     }
 
+    /// Answers, on the reader of the connection it came on, a call or cast from another
+    /// node to an instance running here: into its mailbox at once, and for a call the
+    /// instance writes the reply to that connection itself. False for every other
+    /// request, and for a name that is not running here (starting, moving, gone): those
+    /// take [`Registry::handle_rpc`]'s path, in order with the connection's other events.
+    ///
+    /// A call and a cast from one node to one running instance both come this way, so
+    /// they reach its mailbox in the order they were sent. The callee sets no timer of
+    /// its own: the caller's deadline bounds the call.
+    pub fn handle_rpc_fast(&self, peer: &Peer, id: u64, body: &Bytes) -> bool {
+        if body.len() < 2 || body[0] != RPC_TAG {
+            return false;
+        }
+        let (kind, key, msg, call) = match body[1] {
+            RPC_CALL => match postcard::from_bytes::<CallFields>(&body[2..]) {
+                Ok((kind, key, msg, _timeout_ms)) => (kind, key, msg, true),
+                Err(_) => return false,
+            },
+            RPC_CAST => match postcard::from_bytes::<CastFields>(&body[2..]) {
+                Ok((kind, key, msg)) => (kind, key, msg, false),
+                Err(_) => return false,
+            },
+            _ => return false,
+        };
+        let name = full_name(kind, key);
+        let local = self.0.local.lock().unwrap();
+        let Some(Slot::Running(mb)) = local.get(&name) else { return false };
+        let envelope = if call {
+            let reply = RemoteReply { peer: peer.clone(), id, name: name.clone(), sent: false };
+            Envelope::Call { msg: msg.to_vec(), reply: ReplyTo::Remote(Box::new(reply)) }
+        } else {
+            Envelope::Cast { msg: msg.to_vec() }
+        };
+        let queued = match mb.tx.send(envelope) {
+            Ok(()) => true,
+            // The instance is gone: this request takes the ordered path, unanswered here.
+            Err(Envelope::Call { reply: ReplyTo::Remote(mut r), .. }) => {
+                r.sent = true;
+                false
+            }
+            Err(_) => false,
+        };
+        drop(local);
+        if queued && !call {
+            send_reply(peer, id, &RpcReply::Done);
+        }
+        queued
+    }
+
     /// Answers a registry request from another node (the body after [`RPC_TAG`]).
     ///
     /// Called for each request in the order the connections delivered them. The one-way
@@ -964,6 +1077,21 @@ mod tests {
         assert!(std::mem::size_of::<Envelope>() <= 40, "Envelope is {} bytes", std::mem::size_of::<Envelope>());
     }
     use super::*;
+
+    /// The reader's fast path reads calls and casts by postcard's variant index and
+    /// borrowed fields: they must stay what `Rpc` encodes.
+    #[test]
+    fn the_fast_path_reads_calls_and_casts_as_rpc_writes_them() {
+        let call = rpc_body(&Rpc::Call { kind: "order".into(), key: "John".into(), msg: b"contents".to_vec(), timeout_ms: 1234 });
+        assert_eq!((call[0], call[1]), (RPC_TAG, RPC_CALL));
+        assert_eq!(postcard::from_bytes::<CallFields>(&call[2..]).unwrap(), ("order", "John", &b"contents"[..], 1234));
+        let cast = rpc_body(&Rpc::Cast { kind: "counter".into(), key: "c1".into(), msg: b"increment".to_vec() });
+        assert_eq!((cast[0], cast[1]), (RPC_TAG, RPC_CAST));
+        assert_eq!(postcard::from_bytes::<CastFields>(&cast[2..]).unwrap(), ("counter", "c1", &b"increment"[..]));
+        // Nothing else looks like either.
+        let start = rpc_body(&Rpc::Start { kind: "order".into(), key: "John".into(), args: vec![] });
+        assert!(![RPC_CALL, RPC_CAST].contains(&start[1]));
+    }
 
     #[test]
     fn every_view_of_the_same_members_agrees_on_owners() {

@@ -329,12 +329,12 @@ async fn run_instance(
         let outcome = match envelope {
             Envelope::Call { msg, reply } => match Box::pin(handler.call_handle_call(&mut store, &msg)).await {
                 Ok(r) => {
-                    let _ = reply.send(r.map_err(CallError::Failed));
+                    reply.send(r.map_err(CallError::Failed));
                     Ok(())
                 }
                 Err(e) => {
                     let why = trap(&e);
-                    let _ = reply.send(Err(CallError::Failed(format!("{name} trapped: {why}"))));
+                    reply.send(Err(CallError::Failed(format!("{name} trapped: {why}"))));
                     Err(why)
                 }
             },
