@@ -684,7 +684,19 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
             let v = ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {n} probe/{callee}"),"timeout_ms":600000})).await;
             let reply = v["reply"].as_str().unwrap_or_else(|| panic!("bench call failed: {v}")).to_string();
             let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
-            json!({ "worker_remote_call_16b_median_us": it.next().unwrap(), "worker_remote_call_16b_p99_us": it.next().unwrap(), "worker_remote_call_samples": n })
+            let (median, p99) = (it.next().unwrap(), it.next().unwrap());
+            drop((n1, n2));
+            // This machine's floor in the same run and placement: a blocking ping-pong
+            // between two processes. Targets in µs compare across machines only through it.
+            let (base_median, base_p99) = baseline_rtt(pinned, n);
+            json!({
+                "worker_remote_call_16b_median_us": median,
+                "worker_remote_call_16b_p99_us": p99,
+                "worker_remote_call_samples": n,
+                "remote_call_baseline_rtt_16b_median_us": base_median,
+                "remote_call_baseline_rtt_16b_p99_us": base_p99,
+                "remote_call_over_baseline": (median / base_median * 100.0).round() / 100.0,
+            })
         }
         "handoff" => {
             let mut out = serde_json::Map::new();
