@@ -299,6 +299,9 @@ impl Peer {
 
     /// Closes the connection after what is queued; the down event carries `reason`.
     pub fn close(&self, reason: DownReason) {
+        // Counted as queued: nothing a sender writes itself may follow the close.
+        let _direct = self.0.direct.lock().unwrap();
+        self.0.queued.fetch_add(1, Ordering::AcqRel);
         let _ = self.0.tx.send(Out::Close(reason));
     }
 
