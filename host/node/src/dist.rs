@@ -262,7 +262,11 @@ impl Peer {
     /// Everything else, and every frame while others are queued (a large message in
     /// fragments, a full socket buffer), queues for the writer, which batches them.
     pub fn send(&self, frame: Frame) -> bool {
-        let awaited = matches!(frame, Frame::Request { id, .. } if id != 0) || matches!(frame, Frame::Reply { .. } | Frame::Ping { .. } | Frame::Pong { .. });
+        let awaited = match frame {
+            Frame::Request { id, .. } => id != 0,
+            Frame::Reply { .. } | Frame::Ping { .. } | Frame::Pong { .. } => true,
+            _ => false,
+        };
         let direct = self.0.direct.lock().unwrap();
         if let Some(wr) = direct.as_ref().filter(|_| awaited) {
             if self.0.queued.load(Ordering::Acquire) == 0 && frame.payload_len() < ZERO_COPY_MIN {

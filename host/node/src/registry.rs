@@ -898,7 +898,7 @@ impl Registry {
         let local = self.0.local.lock().unwrap();
         let Some(Slot::Running(mb)) = local.get(&name) else { return false };
         let envelope = if call {
-            let reply = RemoteReply { peer: peer.clone(), id, name: name.clone(), sent: false };
+            let reply = RemoteReply { peer: peer.clone(), id, name, sent: false };
             Envelope::Call { msg: msg.to_vec(), reply: ReplyTo::Remote(Box::new(reply)) }
         } else {
             Envelope::Cast { msg: msg.to_vec() }
@@ -1004,8 +1004,7 @@ impl Registry {
                 }
                 Ok(Rpc::Registered { .. } | Rpc::Unregistered { .. } | Rpc::Synced) => return,
             };
-            let body = postcard::to_stdvec(&reply).expect("registry replies serialize");
-            peer.send(Frame::Reply { id, body: Bytes::from(body) });
+            send_reply(&peer, id, &reply);
         });
     }
 
