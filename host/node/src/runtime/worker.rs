@@ -1,10 +1,11 @@
 //! Workers: components of the `wasmnode:worker/worker` world, run as actors.
 //!
 //! A [`WorkerKind`] is compiled once (through the compiled-code cache) and
-//! type-checked into an `InstancePre`; every instance is instantiated from it. Each
-//! instance is one task on the node's multi-threaded runtime, beside the networking
-//! (a message read from a socket runs its worker on the thread that read it), that owns
-//! its `Store` and drains its mailbox one message at a time. A guest that computes for
+//! type-checked into an `InstancePre`; every instance is instantiated from it, and its
+//! `init` run, on the task that starts it. Then each instance is one task on the node's
+//! multi-threaded runtime, beside the networking (a message read from a socket runs its
+//! worker on the thread that read it), that owns its `Store` and drains its mailbox one
+//! message at a time. A guest that computes for
 //! long yields its thread at every epoch tick, so heartbeats keep time.
 //!
 //! Calls into the guest are async (wasmtime's async support), so a worker awaiting
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{ComponentExportIndex, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -40,13 +41,18 @@ pub mod bindings {
 }
 
 use bindings::wasmnode::worker::types as wit;
-use bindings::{Worker, WorkerPre};
+use bindings::{Worker, WorkerIndices, WorkerPre};
 
 /// One `[worker.KIND]`: compiled, checked, ready to instantiate.
 pub struct WorkerKind {
     pub name: String,
     pub config: WorkerConfig,
     pre: WorkerPre<WorkerState>,
+    /// The world's exports, found and type-checked once.
+    indices: WorkerIndices,
+    /// The optional `wasmnode:worker/conflict` export's `resolve-conflict`, when the
+    /// component has it.
+    conflict: Option<ComponentExportIndex>,
 }
 
 /// Everything an instance's store holds: WASI for the guest's std, the memory limiter,
@@ -128,8 +134,12 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
     }
 
     async fn start(&mut self, kind: String, key: String, args: Vec<u8>) -> Result<String, wit::StartError> {
+        // On a task of its own: a start here would run the new instance's instantiation
+        // and `init` inside this guest's call, on its fiber.
         let registry = self.registry.clone();
-        self.timed(registry.start_worker(&kind, &key, args)).await.map_err(|e| match e {
+        let start = tokio::spawn(async move { registry.start_worker(&kind, &key, args).await });
+        let started = self.timed(start).await.unwrap_or_else(|e| Err(crate::registry::StartError::Failed(e.to_string())));
+        started.map_err(|e| match e {
             crate::registry::StartError::AlreadyStarted(n) => wit::StartError::AlreadyStarted(n),
             crate::registry::StartError::UnknownKind(k) => wit::StartError::UnknownKind(k),
             crate::registry::StartError::Failed(f) => wit::StartError::Failed(f),
@@ -190,9 +200,13 @@ impl WorkerKind {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| format!("{path} imports something the host does not provide: {}", first_line(&e)))?;
-        let pre = WorkerPre::new(pre)
-            .map_err(|e| format!("{path} does not export the worker world wasmnode:worker/worker@0.1.0: {}", first_line(&e)))?;
-        Ok(WorkerKind { name: w.kind.clone(), config: w.clone(), pre })
+        let not_a_worker = |e: wasmtime::Error| format!("{path} does not export the worker world wasmnode:worker/worker@0.1.0: {}", first_line(&e));
+        let indices = WorkerIndices::new(&pre).map_err(not_a_worker)?;
+        let pre = WorkerPre::new(pre).map_err(not_a_worker)?;
+        let conflict = component
+            .get_export_index(None, "wasmnode:worker/conflict@0.1.0")
+            .and_then(|iface| component.get_export_index(Some(&iface), "resolve-conflict"));
+        Ok(WorkerKind { name: w.kind.clone(), config: w.clone(), pre, indices, conflict })
     }
 }
 
@@ -217,132 +231,150 @@ impl Spawner for WorkerRuntime {
         let Some(k) = self.kinds.get(&kind).cloned() else {
             return Box::pin(async move { Err(format!("unknown worker kind {kind}")) });
         };
-        let (tx, rx) = mailbox::channel();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mailbox = Mailbox { tx: tx.clone(), id };
-        self.runtime.spawn(run_instance(k, registry, key, args, handoff, id, tx, rx, ready_tx));
+        let runtime = self.runtime.clone();
+        // Instantiation and `init` run on the task that starts the instance; only the
+        // mailbox loop gets a task of its own. Handing the whole start to a new task cost
+        // two wake-ups across threads per spawn (the task's start, then `init`'s answer).
         Box::pin(async move {
-            match ready_rx.await {
-                Ok(Ok(())) => Ok(mailbox),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err("the instance's task ended before init returned".into()),
-            }
+            let (tx, rx) = mailbox::channel();
+            let instance = Instance::start(k, registry, key, &args, handoff.as_deref(), id, tx.clone()).await?;
+            runtime.spawn(instance.serve(rx));
+            Ok(Mailbox { tx, id })
         })
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_instance(
-    kind: Arc<WorkerKind>,
-    registry: Registry,
-    key: String,
-    args: Vec<u8>,
-    handoff: Option<Vec<u8>>,
+/// A started instance: its store and exports, and what its messages need.
+struct Instance {
+    name: String,
     id: u64,
-    own: mailbox::Sender<Envelope>,
-    mut rx: mailbox::Receiver<Envelope>,
-    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
-) {
-    let name = full_name(&kind.name, &key);
-    let budget = kind.config.call_timeout;
-    let memory_limit = kind.config.memory_limit;
-    let state = WorkerState {
-        wasi: WasiCtx::builder().inherit_stderr().build(),
-        table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build(),
-        cluster: ClusterCtx {
-            registry: registry.clone(),
-            kind: kind.name.clone(),
-            key: key.clone(),
-            mailbox: own,
-            started: Instant::now(),
-            waited: Duration::ZERO,
-            yielded: Arc::default(),
-        },
-        log: super::log::LogCtx { label: format!("worker {name}").into() },
-    };
-    let mut store = Store::new(kind.pre.engine(), state);
-    store.limiter(|s| &mut s.limits);
-    // At every epoch tick while the guest runs: past its budget (its own time on this
-    // message: waits in host calls such as cluster.call and for its turn after a yield
-    // do not count) it stops; before that it yields, so that a guest that computes for
-    // long shares its thread with the networking (heartbeats) and other instances, as
-    // the BEAM's reductions make a process share its scheduler.
-    store.epoch_deadline_callback(move |ctx| {
-        let c = &ctx.data().cluster;
-        if c.busy() >= budget {
-            return Ok(UpdateDeadline::Interrupt);
-        }
-        let yielded = c.yielded.clone();
-        Ok(UpdateDeadline::YieldCustom(
-            1,
-            Box::pin(async move {
-                let t = Instant::now();
-                tokio::task::yield_now().await;
-                yielded.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            }),
-        ))
-    });
-    let begin = |store: &mut Store<WorkerState>| {
-        let c = &mut store.data_mut().cluster;
-        c.started = Instant::now();
-        c.waited = Duration::ZERO;
-        c.yielded.store(0, Ordering::Relaxed);
-        store.set_epoch_deadline(1);
-    };
-    let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
+    registry: Registry,
+    store: Store<WorkerState>,
+    worker: Worker,
+    resolve_conflict: Option<wasmtime::component::TypedFunc<(Vec<u8>,), ()>>,
+    budget: Duration,
+    memory_limit: usize,
+}
 
-    // Every guest call's future is boxed: it exists only while the call runs, so the
-    // task an idle instance keeps is 664 bytes instead of 1.8 KiB.
-    begin(&mut store);
-    let instantiated = async {
-        let instance = kind.pre.instance_pre().instantiate_async(&mut store).await?;
-        let worker = Worker::new(&mut store, &instance)?;
-        wasmtime::Result::Ok((instance, worker))
-    };
-    let (instance, worker) = match Box::pin(instantiated).await {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = ready.send(Err(format!("instantiating {name}: {}", trap(&e))));
-            return;
+/// Starts the clock of a message: the deadline counts the guest's time from here.
+fn begin(store: &mut Store<WorkerState>) {
+    let c = &mut store.data_mut().cluster;
+    c.started = Instant::now();
+    c.waited = Duration::ZERO;
+    c.yielded.store(0, Ordering::Relaxed);
+    store.set_epoch_deadline(1);
+}
+
+impl Instance {
+    /// A new store, the component instantiated in it, and `init` run: ready for messages.
+    async fn start(
+        kind: Arc<WorkerKind>,
+        registry: Registry,
+        key: String,
+        args: &[u8],
+        handoff: Option<&[u8]>,
+        id: u64,
+        own: mailbox::Sender<Envelope>,
+    ) -> Result<Instance, String> {
+        let name = full_name(&kind.name, &key);
+        let budget = kind.config.call_timeout;
+        let memory_limit = kind.config.memory_limit;
+        let state = WorkerState {
+            wasi: WasiCtx::builder().inherit_stderr().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build(),
+            cluster: ClusterCtx {
+                registry: registry.clone(),
+                kind: kind.name.clone(),
+                key,
+                mailbox: own,
+                started: Instant::now(),
+                waited: Duration::ZERO,
+                yielded: Arc::default(),
+            },
+            log: super::log::LogCtx { label: format!("worker {name}").into() },
+        };
+        let mut store = Store::new(kind.pre.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        // At every epoch tick while the guest runs: past its budget (its own time on this
+        // message: waits in host calls such as cluster.call and for its turn after a yield
+        // do not count) it stops; before that it yields, so that a guest that computes for
+        // long shares its thread with the networking (heartbeats) and other instances, as
+        // the BEAM's reductions make a process share its scheduler.
+        store.epoch_deadline_callback(move |ctx| {
+            let c = &ctx.data().cluster;
+            if c.busy() >= budget {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let yielded = c.yielded.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    let t = Instant::now();
+                    tokio::task::yield_now().await;
+                    yielded.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }),
+            ))
+        });
+        let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
+
+        begin(&mut store);
+        let instance = match kind.pre.instance_pre().instantiate_async(&mut store).await {
+            Ok(i) => i,
+            Err(e) => return Err(format!("instantiating {name}: {}", trap(&e))),
+        };
+        // The exports were found and checked once, at load: here they are only fetched.
+        let worker = kind.indices.load(&mut store, &instance).map_err(|e| format!("instantiating {name}: {}", trap(&e)))?;
+        let resolve_conflict = kind.conflict.as_ref().and_then(|i| instance.get_typed_func::<(Vec<u8>,), ()>(&mut store, i).ok());
+        begin(&mut store);
+        match worker.wasmnode_worker_handler().call_init(&mut store, args, handoff).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("{name} refused to start: {e}")),
+            Err(e) => return Err(format!("{name} trapped in init: {}", trap(&e))),
         }
-    };
-    let handler = worker.wasmnode_worker_handler();
-    let resolve_conflict = conflict_export(&mut store, &instance);
-    begin(&mut store);
-    match Box::pin(handler.call_init(&mut store, &args, handoff.as_deref())).await {
-        Ok(Ok(())) => {
-            let _ = ready.send(Ok(()));
-        }
-        Ok(Err(e)) => {
-            let _ = ready.send(Err(format!("{name} refused to start: {e}")));
-            return;
-        }
-        Err(e) => {
-            let _ = ready.send(Err(format!("{name} trapped in init: {}", trap(&e))));
-            return;
-        }
+        Ok(Instance { name, id, registry, store, worker, resolve_conflict, budget, memory_limit })
     }
 
-    while let Some(envelope) = rx.recv().await {
-        begin(&mut store);
-        let outcome = match envelope {
-            Envelope::Call { msg, reply } => match Box::pin(handler.call_handle_call(&mut store, &msg)).await {
+    /// Handles the mailbox's messages one at a time until a stop, a trap, or every
+    /// sender gone; then the registry forgets this instance.
+    async fn serve(mut self, mut rx: mailbox::Receiver<Envelope>) {
+        while let Some(envelope) = rx.recv().await {
+            if let Err(why) = self.handle(envelope).await {
+                if let Some(why) = why {
+                    warn!("worker {} trapped: {why}; instance stopped, its waiting callers get an error", self.name);
+                }
+                break;
+            }
+        }
+        self.registry.unregister(&self.name, self.id);
+    }
+
+    /// One message. `Err(Some(why))`: the guest trapped; `Err(None)`: it stopped.
+    ///
+    /// Every guest call's future is boxed: it exists only while the call runs, so the
+    /// task an idle instance keeps stays small.
+    async fn handle(&mut self, envelope: Envelope) -> Result<(), Option<String>> {
+        let Instance { name, store, worker, resolve_conflict, budget, memory_limit, .. } = self;
+        let trap = |e: &wasmtime::Error| Some(describe_trap(e, *budget, *memory_limit));
+        let handler = worker.wasmnode_worker_handler();
+        begin(store);
+        match envelope {
+            Envelope::Call { msg, reply } => match Box::pin(handler.call_handle_call(&mut *store, &msg)).await {
                 Ok(r) => {
                     reply.send(r.map_err(CallError::Failed));
                     Ok(())
                 }
                 Err(e) => {
                     let why = trap(&e);
-                    reply.send(Err(CallError::Failed(format!("{name} trapped: {why}"))));
+                    reply.send(Err(CallError::Failed(format!("{name} trapped: {}", why.as_deref().unwrap_or_default()))));
                     Err(why)
                 }
             },
-            Envelope::Cast { msg } => Box::pin(handler.call_handle_cast(&mut store, &msg)).await.map_err(|e| trap(&e)),
-            Envelope::Info(i) => Box::pin(handler.call_handle_info(&mut store, &to_wit_info(*i))).await.map_err(|e| trap(&e)),
-            Envelope::Conflict(conflict) => match (&resolve_conflict, *conflict) {
+            Envelope::Cast { msg } => Box::pin(handler.call_handle_cast(&mut *store, &msg)).await.map_err(|e| trap(&e)),
+            Envelope::Info(i) => Box::pin(handler.call_handle_info(&mut *store, &to_wit_info(*i))).await.map_err(|e| trap(&e)),
+            Envelope::Conflict(conflict) => match (&*resolve_conflict, *conflict) {
                 (Some(f), (from, state)) => {
-                    let r = Box::pin(f.call_async(&mut store, (state,))).await.map_err(|e| trap(&e));
+                    let r = Box::pin(f.call_async(&mut *store, (state,))).await.map_err(|e| trap(&e));
                     if r.is_ok() {
                         info!("merged the state of {name} from {from} (resolve-conflict)");
                     }
@@ -354,31 +386,19 @@ async fn run_instance(
                 }
             },
             Envelope::Stop { reason, reply } => {
-                let state = match Box::pin(handler.call_terminate(&mut store, &reason)).await {
+                let state = match Box::pin(handler.call_terminate(&mut *store, &reason)).await {
                     Ok(s) => s,
                     Err(e) => {
-                        warn!("worker {name} trapped in terminate: {}", trap(&e));
+                        warn!("worker {name} trapped in terminate: {}", describe_trap(&e, *budget, *memory_limit));
                         None
                     }
                 };
                 let _ = reply.send(state);
                 info!("stopped {name}: {reason}");
-                break;
+                Err(None)
             }
-        };
-        if let Err(why) = outcome {
-            warn!("worker {name} trapped: {why}; instance stopped, its waiting callers get an error");
-            break;
         }
     }
-    registry.unregister(&name, id);
-}
-
-/// The optional `wasmnode:worker/conflict` export, when the component has it.
-fn conflict_export(store: &mut Store<WorkerState>, instance: &wasmtime::component::Instance) -> Option<wasmtime::component::TypedFunc<(Vec<u8>,), ()>> {
-    let iface = instance.get_export_index(&mut *store, None, "wasmnode:worker/conflict@0.1.0")?;
-    let func = instance.get_export_index(&mut *store, Some(&iface), "resolve-conflict")?;
-    instance.get_typed_func::<(Vec<u8>,), ()>(&mut *store, &func).ok()
 }
 
 fn to_wit_info(i: Info) -> wit::Info {
