@@ -353,13 +353,13 @@ async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: boo
         memory_limit: 64 << 20,
         component_at: (0, 0),
     };
-    let workers = WorkerRuntime::load(&engine, &[kind], worker_threads.handle().clone()).expect("load the counter");
+    let workers = std::sync::Arc::new(WorkerRuntime::load(&engine, &[kind], worker_threads.handle().clone()).expect("load the counter"));
     // Measure from a task on that runtime, where workers call and start each other.
     let out = worker_threads
         .spawn(async move {
         let (tx, rx) = mpsc::unbounded_channel();
         let dist = Dist::new(DistConfig::new("bench@127.0.36.1", COOKIE.as_bytes().to_vec()), tx);
-        let registry = Registry::start(Membership::start(dist, rx, false), std::sync::Arc::new(workers));
+        let registry = Registry::start(Membership::start(dist, rx, false), workers.clone());
         let rss = || {
             let status = std::fs::read_to_string("/proc/self/status").unwrap();
             status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse::<f64>().unwrap() * 1024.0
@@ -400,6 +400,22 @@ async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: boo
             }
         }
         churn.sort();
+        // The parts of a spawn that are wasmtime's alone, each timed apart, in a slot freed
+        // just before (as in the churn): a store with its WASI context, the component's
+        // instantiation, and `init`. What a spawn after stop takes beyond their sum is the
+        // registry's and the mailbox task's.
+        let mut parts: [Vec<Duration>; 3] = Default::default();
+        for i in 0..spawns + 100 {
+            let p = workers.time_spawn_parts(&registry, "counter").await.unwrap_or_else(|e| panic!("spawn parts {i}: {e}"));
+            if i >= 100 {
+                for (v, d) in parts.iter_mut().zip(p) {
+                    v.push(d);
+                }
+            }
+        }
+        for v in &mut parts {
+            v.sort();
+        }
         // Many idle workers: spawn up to `idle` in all, and report the process's RSS.
         let t = Instant::now();
         let mut started = 100 + spawns;
@@ -417,6 +433,9 @@ async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: boo
             "worker_spawn_p99_us": percentile(&samples, 0.99),
             "worker_spawn_after_stop_median_us": percentile(&churn, 0.5),
             "worker_spawn_after_stop_p99_us": percentile(&churn, 0.99),
+            "worker_spawn_part_store_median_us": percentile(&parts[0], 0.5),
+            "worker_spawn_part_instantiate_median_us": percentile(&parts[1], 0.5),
+            "worker_spawn_part_init_median_us": percentile(&parts[2], 0.5),
             "worker_local_call_median_us": percentile(&calls, 0.5),
             "worker_local_call_p99_us": percentile(&calls, 0.99),
             "worker_idle_rss_per_worker_kib": per_worker / 1024.0,

@@ -185,6 +185,71 @@ impl WorkerRuntime {
     }
 }
 
+impl WorkerRuntime {
+    /// For the benchmark: the parts of a spawn that are wasmtime's alone, timed apart
+    /// (a new store with its WASI context; the component instantiated in it; `init`),
+    /// for an instance of `kind` that is then dropped unregistered.
+    pub async fn time_spawn_parts(&self, registry: &Registry, kind: &str) -> Result<[Duration; 3], String> {
+        let k = self.kinds.get(kind).ok_or_else(|| format!("unknown worker kind {kind}"))?;
+        let (tx, _rx) = mailbox::channel();
+        let t = Instant::now();
+        let mut store = new_store(k, registry.clone(), "bench".into(), tx, "bench");
+        let store_made = t.elapsed();
+        let t = Instant::now();
+        let instance = k.pre.instance_pre().instantiate_async(&mut store).await.map_err(|e| e.to_string())?;
+        let worker = k.indices.load(&mut store, &instance).map_err(|e| e.to_string())?;
+        let instantiated = t.elapsed();
+        let t = Instant::now();
+        begin(&mut store);
+        worker.wasmnode_worker_handler().call_init(&mut store, &[], None).await.map_err(|e| e.to_string())??;
+        Ok([store_made, instantiated, t.elapsed()])
+    }
+}
+
+/// A store for an instance of `kind`: WASI for the guest's std, its memory cap, and the
+/// epoch callback that makes it yield, and stop at its deadline.
+fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::Sender<Envelope>, name: &str) -> Store<WorkerState> {
+    let budget = kind.config.call_timeout;
+    let state = WorkerState {
+        wasi: WasiCtx::builder().inherit_stderr().build(),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new().memory_size(kind.config.memory_limit).trap_on_grow_failure(true).build(),
+        cluster: ClusterCtx {
+            registry,
+            kind: kind.name.clone(),
+            key,
+            mailbox: own,
+            started: Instant::now(),
+            waited: Duration::ZERO,
+            yielded: Arc::default(),
+        },
+        log: super::log::LogCtx { label: format!("worker {name}").into() },
+    };
+    let mut store = Store::new(kind.pre.engine(), state);
+    store.limiter(|s| &mut s.limits);
+    // At every epoch tick while the guest runs: past its budget (its own time on this
+    // message: waits in host calls such as cluster.call and for its turn after a yield
+    // do not count) it stops; before that it yields, so that a guest that computes for
+    // long shares its thread with the networking (heartbeats) and other instances, as
+    // the BEAM's reductions make a process share its scheduler.
+    store.epoch_deadline_callback(move |ctx| {
+        let c = &ctx.data().cluster;
+        if c.busy() >= budget {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        let yielded = c.yielded.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                let t = Instant::now();
+                tokio::task::yield_now().await;
+                yielded.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }),
+        ))
+    });
+    store
+}
+
 impl WorkerKind {
     /// Compiles the component and checks that it is a worker.
     pub fn load(engine: &Engine, w: &WorkerConfig) -> Result<WorkerKind, String> {
@@ -279,43 +344,7 @@ impl Instance {
         let name = full_name(&kind.name, &key);
         let budget = kind.config.call_timeout;
         let memory_limit = kind.config.memory_limit;
-        let state = WorkerState {
-            wasi: WasiCtx::builder().inherit_stderr().build(),
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build(),
-            cluster: ClusterCtx {
-                registry: registry.clone(),
-                kind: kind.name.clone(),
-                key,
-                mailbox: own,
-                started: Instant::now(),
-                waited: Duration::ZERO,
-                yielded: Arc::default(),
-            },
-            log: super::log::LogCtx { label: format!("worker {name}").into() },
-        };
-        let mut store = Store::new(kind.pre.engine(), state);
-        store.limiter(|s| &mut s.limits);
-        // At every epoch tick while the guest runs: past its budget (its own time on this
-        // message: waits in host calls such as cluster.call and for its turn after a yield
-        // do not count) it stops; before that it yields, so that a guest that computes for
-        // long shares its thread with the networking (heartbeats) and other instances, as
-        // the BEAM's reductions make a process share its scheduler.
-        store.epoch_deadline_callback(move |ctx| {
-            let c = &ctx.data().cluster;
-            if c.busy() >= budget {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            let yielded = c.yielded.clone();
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(async move {
-                    let t = Instant::now();
-                    tokio::task::yield_now().await;
-                    yielded.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                }),
-            ))
-        });
+        let mut store = new_store(&kind, registry.clone(), key, own, &name);
         let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
 
         begin(&mut store);
