@@ -168,7 +168,7 @@ pub trait Spawner: Send + Sync + 'static {
     /// they next restart).
     fn rebalance_on_join(&self) -> bool;
     /// Starts an instance with mailbox id `id`; resolves when its `init` has returned.
-    /// Instantiation and `init` run on the task that awaits this (never a guest's own call).
+    /// Instantiation and `init` run on the task that awaits this.
     fn spawn(&self, registry: Registry, kind: String, key: String, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, String>>;
 }
 
@@ -577,7 +577,8 @@ impl Registry {
             Here::MovedTo(_) => return Err(CallError::NotFound),
             Here::Nothing if self.0.spawner.activate_on_call(kind) => {
                 // On a task of its own: the caller may be a guest, and a start runs the
-                // new instance's `init` on the task that asks.
+                // new instance's instantiation and `init` on the task that asks (see
+                // `cluster.start` in runtime/worker.rs).
                 let r = self.clone();
                 let (kind_, key_) = (kind.to_string(), key.to_string());
                 let started = tokio::spawn(async move { r.start_local(&kind_, &key_, Vec::new(), None).await }).await;

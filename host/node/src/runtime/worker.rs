@@ -5,8 +5,8 @@
 //! `init` run, on the task that starts it. Then each instance is one task on the node's
 //! multi-threaded runtime, beside the networking (a message read from a socket runs its
 //! worker on the thread that read it), that owns its `Store` and drains its mailbox one
-//! message at a time. A guest that computes for
-//! long yields its thread at every epoch tick, so heartbeats keep time.
+//! message at a time. A guest that computes for long yields its thread at every epoch
+//! tick, so heartbeats keep time.
 //!
 //! Calls into the guest are async (wasmtime's async support), so a worker awaiting
 //! `cluster.call` gives its thread to others instead of blocking it. Every message
@@ -134,8 +134,9 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
     }
 
     async fn start(&mut self, kind: String, key: String, args: Vec<u8>) -> Result<String, wit::StartError> {
-        // On a task of its own: a start here would run the new instance's instantiation
-        // and `init` inside this guest's call, on its fiber.
+        // On a task of its own: awaited here, the new instance's instantiation and `init`
+        // would run inside this guest's call, on its fiber's stack (wasmtime allows it;
+        // a task keeps the two instances' stacks and deadlines apart).
         let registry = self.registry.clone();
         let start = tokio::spawn(async move { registry.start_worker(&kind, &key, args).await });
         let started = self.timed(start).await.unwrap_or_else(|e| Err(crate::registry::StartError::Failed(e.to_string())));
@@ -183,9 +184,7 @@ impl WorkerRuntime {
         out.sort();
         out
     }
-}
 
-impl WorkerRuntime {
     /// For the benchmark: the parts of a spawn that are wasmtime's alone, timed apart
     /// (a new store with its WASI context; the component instantiated in it; `init`),
     /// for an instance of `kind` that is then dropped unregistered.
