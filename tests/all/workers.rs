@@ -1,6 +1,7 @@
 //! Workers and the registry, on real node processes: start, call and already-started
 //! from every node, a dead owner, trap isolation, busy guests and heartbeats, concurrent
-//! starts, member events and timers in `handle-info`, and the HTTP gateway.
+//! starts, starts and activations by a guest, member events and timers in `handle-info`,
+//! and the HTTP gateway.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,39 @@ fn start_call_and_already_started_from_every_node() {
     // `workers` shows it once, on its owner.
     let holders: Vec<String> = workers_by_node(&names[2]).into_iter().filter(|(_, w)| w.iter().any(|w| w == "counter/c1")).map(|(n, _)| n).collect();
     assert_eq!(holders, vec![owner.clone()]);
+}
+
+#[test]
+fn a_guest_starts_workers_and_activates_them_by_calling() {
+    // A guest's `cluster.start`, and a guest's call that starts its target
+    // (`activate_on_call`), the guest's own node included: both run the new instance's
+    // instantiation and `init` on a task of their own, not on the calling guest's fiber.
+    let kinds = [
+        ("probe", "worker_probe.wasm", ""),
+        ("counter", "worker_counter.wasm", ""),
+        ("order", "worker_order.wasm", "activate_on_call = true"),
+    ];
+    let (_dir, names, _nodes) = three_nodes("w-guest-start", 79, &kinds, false);
+    let (ok, out) = start_worker(&names[0], "probe", "g");
+    assert!(ok, "{out}");
+    let home = started_on(&out);
+
+    let (ok, out) = call(&names[1], "probe/g", "start counter/c9 41");
+    assert!(ok && out.starts_with("started on "), "{out}");
+    let counter_node = started_on(&out);
+    assert!(names.contains(&counter_node), "{out}");
+    assert_eq!(call(&names[2], "probe/g", "start counter/c9 7"), (true, format!("error: already-started on {counter_node}")));
+    assert_eq!(call(&names[2], "counter/c9", "increment"), (true, "42".to_string()), "started with the guest's args");
+    let (ok, out) = call(&names[0], "probe/g", "start nokind/x");
+    assert!(ok && out.starts_with("error: unknown-kind nokind"), "{out}");
+
+    for i in 0..10 {
+        let reply = call(&names[i % 3], "probe/g", &format!("call order/k{i} {{\"add\":[{i}]}}"));
+        assert_eq!(reply, (true, format!("[{i}]")), "order/k{i}, activated by the guest");
+    }
+    let on_home: Vec<String> =
+        workers_by_node(&names[1]).into_iter().filter(|(n, _)| *n == home).flat_map(|(_, w)| w).filter(|w| w.starts_with("order/")).collect();
+    assert!(!on_home.is_empty(), "no order/kN runs on the guest's own node {home}: choose keys so that one does");
 }
 
 #[test]

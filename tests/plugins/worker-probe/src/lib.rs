@@ -6,6 +6,7 @@
 //! | `whoami` | replies `KIND/KEY@NODE` |
 //! | `members` | replies the member list, comma-separated |
 //! | `call KIND/KEY MSG` | calls that worker (2 s timeout) and replies its reply, or `error: …` |
+//! | `start KIND/KEY ARGS` | starts that worker (`cluster.start`); replies `started on NODE` or `error: …` |
 //! | `timer MS PAYLOAD` | sets a timer; replies `ok` |
 //! | `bench N KIND/KEY` | makes N 16-byte calls to that worker, replies `MEDIAN_NS P99_NS` |
 //! | `crash` | traps |
@@ -20,7 +21,7 @@ wit_bindgen::generate!({ world: "worker", path: "../../../wit/worker@0.1.0", gen
 use exports::wasmnode::worker::handler::Guest;
 use wasmnode::worker::cluster;
 use wasmnode::worker::log::{log, Level};
-use wasmnode::worker::types::{CallError, Info, Name};
+use wasmnode::worker::types::{CallError, Info, Name, StartError};
 
 static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -55,6 +56,15 @@ impl Guest for Probe {
                     Err(CallError::Timeout) => "error: timeout".into(),
                     Err(CallError::Failed(f)) => format!("error: failed: {f}"),
                     Err(CallError::Unavailable(u)) => format!("error: unavailable: {u}"),
+                }
+            }
+            "start" => {
+                let (kind, key) = words.next().unwrap_or("").split_once('/').ok_or("start KIND/KEY ARGS")?;
+                match cluster::start(kind, key, words.next().unwrap_or("").as_bytes()) {
+                    Ok(node) => format!("started on {node}"),
+                    Err(StartError::AlreadyStarted(n)) => format!("error: already-started on {n}"),
+                    Err(StartError::UnknownKind(k)) => format!("error: unknown-kind {k}"),
+                    Err(StartError::Failed(f)) => format!("error: failed: {f}"),
                 }
             }
             "bench" => {
