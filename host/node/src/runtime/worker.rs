@@ -195,8 +195,7 @@ impl WorkerRuntime {
         let mut store = new_store(k, registry.clone(), "bench".into(), tx, "bench");
         let store_made = t.elapsed();
         let t = Instant::now();
-        let instance = k.pre.instance_pre().instantiate_async(&mut store).await.map_err(|e| e.to_string())?;
-        let worker = k.indices.load(&mut store, &instance).map_err(|e| e.to_string())?;
+        let (worker, _) = instantiate(k, &mut store).await.map_err(|e| e.to_string())?;
         let instantiated = t.elapsed();
         let t = Instant::now();
         begin(&mut store);
@@ -312,13 +311,24 @@ impl Spawner for WorkerRuntime {
 struct Instance {
     name: String,
     id: u64,
-    registry: Registry,
     store: Store<WorkerState>,
     worker: Worker,
-    resolve_conflict: Option<wasmtime::component::TypedFunc<(Vec<u8>,), ()>>,
+    resolve_conflict: Option<ResolveConflict>,
     budget: Duration,
     memory_limit: usize,
 }
+
+/// The component instantiated in `store`, and its exports: the world's, found and
+/// checked once at load (here only fetched), and the optional `resolve-conflict`.
+async fn instantiate(kind: &WorkerKind, store: &mut Store<WorkerState>) -> wasmtime::Result<(Worker, Option<ResolveConflict>)> {
+    let instance = kind.pre.instance_pre().instantiate_async(&mut *store).await?;
+    let worker = kind.indices.load(&mut *store, &instance)?;
+    let resolve_conflict = kind.conflict.as_ref().and_then(|i| instance.get_typed_func(&mut *store, i).ok());
+    Ok((worker, resolve_conflict))
+}
+
+/// The `wasmnode:worker/conflict` export.
+type ResolveConflict = wasmtime::component::TypedFunc<(Vec<u8>,), ()>;
 
 /// Starts the clock of a message: the deadline counts the guest's time from here.
 fn begin(store: &mut Store<WorkerState>) {
@@ -343,24 +353,18 @@ impl Instance {
         let name = full_name(&kind.name, &key);
         let budget = kind.config.call_timeout;
         let memory_limit = kind.config.memory_limit;
-        let mut store = new_store(&kind, registry.clone(), key, own, &name);
+        let mut store = new_store(&kind, registry, key, own, &name);
         let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
 
         begin(&mut store);
-        let instance = match kind.pre.instance_pre().instantiate_async(&mut store).await {
-            Ok(i) => i,
-            Err(e) => return Err(format!("instantiating {name}: {}", trap(&e))),
-        };
-        // The exports were found and checked once, at load: here they are only fetched.
-        let worker = kind.indices.load(&mut store, &instance).map_err(|e| format!("instantiating {name}: {}", trap(&e)))?;
-        let resolve_conflict = kind.conflict.as_ref().and_then(|i| instance.get_typed_func::<(Vec<u8>,), ()>(&mut store, i).ok());
+        let (worker, resolve_conflict) = instantiate(&kind, &mut store).await.map_err(|e| format!("instantiating {name}: {}", trap(&e)))?;
         begin(&mut store);
         match worker.wasmnode_worker_handler().call_init(&mut store, args, handoff).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("{name} refused to start: {e}")),
             Err(e) => return Err(format!("{name} trapped in init: {}", trap(&e))),
         }
-        Ok(Instance { name, id, registry, store, worker, resolve_conflict, budget, memory_limit })
+        Ok(Instance { name, id, store, worker, resolve_conflict, budget, memory_limit })
     }
 
     /// Handles the mailbox's messages one at a time until a stop, a trap, or every
@@ -374,7 +378,7 @@ impl Instance {
                 break;
             }
         }
-        self.registry.unregister(&self.name, self.id);
+        self.store.data().cluster.registry.unregister(&self.name, self.id);
     }
 
     /// One message. `Err(Some(why))`: the guest trapped; `Err(None)`: it stopped.
