@@ -332,13 +332,18 @@ fn workers_in_c_and_python_are_called_across_nodes() {
 
 /// With `[node] instance_pool`, instances (the Python one too) run from wasmtime's
 /// pooling allocator; a full pool refuses one more start with a clear error and the
-/// node goes on serving the instances it has.
+/// node goes on serving the instances it has. A slot freed by a stopped instance is
+/// reset before the next one gets it: nothing of the old instance's memory shows.
 #[test]
 fn a_pooled_node_runs_workers_and_says_when_the_pool_is_full() {
     let dir = TempDir::new("w-pool");
     let name = "a@127.0.68.1";
-    let kinds = [("counter", "worker_counter.wasm", ""), ("counterpy", "worker_counter_py.wasm", "call_timeout_ms = 10000")];
-    let config = worker_topology(&[name], &kinds, None).replace("[node]\n", "[node]\ninstance_pool = 6\n");
+    let kinds = [
+        ("counter", "worker_counter.wasm", ""),
+        ("counterpy", "worker_counter_py.wasm", "call_timeout_ms = 10000"),
+        ("probe", "worker_probe.wasm", ""),
+    ];
+    let config = worker_topology(&[name], &kinds, None).replace("[node]\n", "[node]\ninstance_pool = 7\n");
     let config = dir.write("t.toml", &config);
     let out = cli(&["check", "--config", config.to_str().unwrap()], COOKIE);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -346,7 +351,11 @@ fn a_pooled_node_runs_workers_and_says_when_the_pool_is_full() {
     a.wait_log("listening on", Duration::from_secs(60));
     assert!(start_worker(name, "counterpy", "p").0);
     assert_eq!(call(name, "counterpy/p", "increment"), (true, "1".to_string()));
-    // The static strategy's instance holds one slot, the Python counter another.
+    // A probe whose memory holds something: the event of a timer it set.
+    assert!(start_worker(name, "probe", "old").0);
+    assert_eq!(call(name, "probe/old", "timer 1 left-behind"), (true, "ok".to_string()));
+    wait_until(FORM, "the probe's timer event", || call(name, "probe/old", "events").1.contains("timer left-behind"), || a.log());
+    // The static strategy's instance holds one slot, the Python counter and the probe two.
     let mut started = 0;
     let refusal = loop {
         let (ok, out) = start_worker(name, "counter", &format!("c{started}"));
@@ -360,4 +369,17 @@ fn a_pooled_node_runs_workers_and_says_when_the_pool_is_full() {
     assert!(refusal.contains("failed") && refusal.contains("limit"), "{refusal}");
     assert_eq!(call(name, "counter/c0", "increment"), (true, "1".to_string()));
     assert_eq!(call(name, "counterpy/p", "value"), (true, "1".to_string()));
+    // The probe stops (a trap); the pool is full but for its slot, so the next probe
+    // gets that very slot, and must start from the component's own memory image.
+    let (ok, out) = call(name, "probe/old", "crash");
+    assert!(!ok && out.contains("trapped"), "{out}");
+    let mut attempt = 0;
+    wait_until(FORM, "a probe to start in the freed slot", || {
+        attempt += 1;
+        start_worker(name, "probe", &format!("new{attempt}")).0
+    }, || a.log());
+    let fresh = format!("probe/new{attempt}");
+    assert_eq!(call(name, &fresh, "events"), (true, String::new()), "the new probe sees the old one's memory");
+    assert_eq!(call(name, &fresh, "timer 1 own"), (true, "ok".to_string()));
+    wait_until(FORM, "the new probe's own timer event", || call(name, &fresh, "events").1 == "timer own", || a.log());
 }
