@@ -288,13 +288,15 @@ fn the_gateway_is_off_unless_asked_for() {
     assert_eq!(http("127.0.66.1:8080", "GET", "/v1/workers", b"").0, 404);
 }
 
-/// The counter in C and in Python, called across nodes; and a Rust worker (the probe)
-/// calling the Python one on another node through `cluster.call`.
+/// The counter in C, in Python, and in Rust built without WASI (wasm32-unknown-unknown),
+/// called across nodes; and a Rust worker (the probe) calling the Python one on another
+/// node through `cluster.call`.
 #[test]
 fn workers_in_c_and_python_are_called_across_nodes() {
     let kinds = [
         ("counterc", "worker_counter_c.wasm", ""),
         ("counterpy", "worker_counter_py.wasm", "call_timeout_ms = 10000"),
+        ("counternowasi", "worker_counter_nowasi.wasm", ""),
         ("probe", "worker_probe.wasm", ""),
     ];
     let dir = TempDir::new("w-poly");
@@ -307,7 +309,7 @@ fn workers_in_c_and_python_are_called_across_nodes() {
     let nodes: Vec<Node> = names.iter().map(|n| Node::start(n, &config)).collect();
     wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names, Duration::from_secs(60));
 
-    for kind in ["counterc", "counterpy"] {
+    for kind in ["counterc", "counterpy", "counternowasi"] {
         let name = format!("{kind}/x");
         assert!(start_worker(names[0], kind, "x").0);
         assert_eq!(call(names[1], &name, "increment"), (true, "1".to_string()), "{name}");

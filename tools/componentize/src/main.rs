@@ -3,10 +3,13 @@
 //!
 //! ```text
 //! componentize bindgen-c WIT_DIR WORLD OUT_DIR   # worker.h, worker.c, worker_component_type.o
-//! componentize new CORE.wasm OUT.wasm            # core module + WASI preview1 reactor adapter → component
+//! componentize new CORE.wasm OUT.wasm            # core module (+ WASI preview1 reactor adapter) → component
 //! ```
 //! The adapter is the one wasmtime 48 ships (crate wasi-preview1-component-adapter-provider),
-//! so the component imports exactly the WASI 0.2 interfaces the host provides.
+//! so the component imports exactly the WASI 0.2 interfaces the host provides. It is
+//! added only when the module imports WASI preview1: a module built without WASI (a
+//! Rust worker for wasm32-unknown-unknown) becomes a component that imports only the
+//! worker world's own interfaces.
 
 use std::path::Path;
 

@@ -53,7 +53,7 @@ fn parse_args() -> (Option<(String, String)>, Args) {
             }
             "measure" => measure = Some((it.next().expect("measure FIGURE"), it.next().expect("measure FIGURE PLACEMENT"))),
             "-h" | "--help" => {
-                println!("wasmnode-bench [--bin WASMNODE] [--plugins DIR] [--json FILE] [--quick] [--only rtt|throughput|connect|workers|workers-pooled|remote-call|mesh|down|rss|handoff]");
+                println!("wasmnode-bench [--bin WASMNODE] [--plugins DIR] [--json FILE] [--quick] [--only rtt|throughput|connect|workers|workers-pooled|workers-nowasi|remote-call|mesh|down|rss|handoff]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -145,7 +145,7 @@ fn run_all(args: &Args) {
     let wants = |f: &str| args.only.as_deref().is_none_or(|o| o == f);
     let mut results = serde_json::Map::new();
     let mut table: Vec<(String, String, String)> = Vec::new();
-    for figure in ["rtt", "throughput", "connect", "workers", "workers-pooled", "remote-call"] {
+    for figure in ["rtt", "throughput", "connect", "workers", "workers-pooled", "workers-nowasi", "remote-call"] {
         if !wants(figure) {
             continue;
         }
@@ -330,12 +330,14 @@ async fn client(name: &str, target: &str) -> Peer {
 
 /// Spawn, local call and memory of workers, in this process, through the node's own
 /// registry and worker runtime (no network: a node alone owns every name).
-async fn workers_in_process(args: &Args, spawns: usize, idle: usize, pooled: bool) -> Value {
+/// Spawns, calls and idle memory of `component` (a counter) in this process, on demand
+/// or from the pool.
+async fn workers_in_process(args: &Args, component: &str, spawns: usize, idle: usize, pooled: bool) -> Value {
     use wasmnode::config::WorkerConfig;
     use wasmnode::membership::Membership;
     use wasmnode::registry::Registry;
     use wasmnode::runtime::worker::WorkerRuntime;
-    let counter = std::fs::canonicalize(args.plugins.join("worker_counter.wasm")).expect("build the plugins first: ./dev plugins");
+    let counter = std::fs::canonicalize(args.plugins.join(component)).expect("build the plugins first: ./dev plugins");
     let pool = pooled.then_some(wasmnode::runtime::Pool { instances: idle as u32 + 1000, max_memory: 64 << 20 });
     let engine = wasmnode::runtime::engine_with(pool).unwrap();
     wasmnode::runtime::spawn_epoch_ticker(engine.clone());
@@ -663,7 +665,14 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
                 (false, false) => (5_000, 100_000),
                 (false, true) => (10_000, 100_000),
             };
-            workers_in_process(args, spawns, idle, pooled).await
+            workers_in_process(args, "worker_counter.wasm", spawns, idle, pooled).await
+        }
+        "workers-nowasi" => {
+            // The same Rust counter built for wasm32-unknown-unknown: no WASI imports.
+            // Pooled; its keys are the pooled figure's with `nowasi_` in front.
+            let (spawns, idle) = if args.quick { (2_000, 10_000) } else { (10_000, 20_000) };
+            let v = workers_in_process(args, "worker_counter_nowasi.wasm", spawns, idle, true).await;
+            Value::Object(v.as_object().unwrap().iter().map(|(k, v)| (format!("nowasi_{k}"), v.clone())).collect())
         }
         "remote-call" => {
             let names = ["w1@127.0.35.1".to_string(), "w2@127.0.35.2".to_string()];
