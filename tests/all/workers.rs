@@ -371,17 +371,16 @@ fn a_pooled_node_runs_workers_and_says_when_the_pool_is_full() {
     assert!(refusal.contains("failed") && refusal.contains("limit"), "{refusal}");
     assert_eq!(call(name, "counter/c0", "increment"), (true, "1".to_string()));
     assert_eq!(call(name, "counterpy/p", "value"), (true, "1".to_string()));
-    // The probe stops (a trap); the pool is full but for its slot, so the next probe
-    // gets that very slot, and must start from the component's own memory image.
+    // The probe stops (a trap); the pool is full but for its slot. Its slot is free
+    // before its name is forgotten, so once the name is gone a start must succeed, and
+    // the new probe, in that very slot, starts from the component's own memory image.
     let (ok, out) = call(name, "probe/old", "crash");
     assert!(!ok && out.contains("trapped"), "{out}");
-    let mut attempt = 0;
-    wait_until(FORM, "a probe to start in the freed slot", || {
-        attempt += 1;
-        start_worker(name, "probe", &format!("new{attempt}")).0
-    }, || a.log());
-    let fresh = format!("probe/new{attempt}");
-    assert_eq!(call(name, &fresh, "events"), (true, String::new()), "the new probe sees the old one's memory");
-    assert_eq!(call(name, &fresh, "timer 1 own"), (true, "ok".to_string()));
-    wait_until(FORM, "the new probe's own timer event", || call(name, &fresh, "events").1 == "timer own", || a.log());
+    wait_until(FORM, "probe/old to be gone", || call(name, "probe/old", "events").1.contains("not_found"), || a.log());
+    let (ok, out) = start_worker(name, "probe", "new");
+    assert!(ok, "the freed slot was not free once the name was gone: {out}");
+    let fresh = "probe/new";
+    assert_eq!(call(name, fresh, "events"), (true, String::new()), "the new probe sees the old one's memory");
+    assert_eq!(call(name, fresh, "timer 1 own"), (true, "ok".to_string()));
+    wait_until(FORM, "the new probe's own timer event", || call(name, fresh, "events").1 == "timer own", || a.log());
 }

@@ -368,26 +368,40 @@ impl Instance {
     }
 
     /// Handles the mailbox's messages one at a time until a stop, a trap, or every
-    /// sender gone; then the registry forgets this instance.
+    /// sender gone; then frees the instance's memory (its pool slot) and only then lets
+    /// the registry forget it and the stop's caller have the state, so that whoever
+    /// starts an instance next, knowing this one gone, finds its slot free.
     async fn serve(mut self, mut rx: mailbox::Receiver<Envelope>) {
+        let mut stopped = None;
         while let Some(envelope) = rx.recv().await {
-            if let Err(why) = self.handle(envelope).await {
-                if let Some(why) = why {
+            match self.handle(envelope).await {
+                Ok(()) => {}
+                Err(End::Trapped(why)) => {
                     warn!("worker {} trapped: {why}; instance stopped, its waiting callers get an error", self.name);
+                    break;
                 }
-                break;
+                Err(End::Stopped { reply, state }) => {
+                    stopped = Some((reply, state));
+                    break;
+                }
             }
         }
-        self.store.data().cluster.registry.unregister(&self.name, self.id);
+        let Instance { name, id, store, .. } = self;
+        let registry = store.data().cluster.registry.clone();
+        drop(store);
+        registry.unregister(&name, id);
+        if let Some((reply, state)) = stopped {
+            let _ = reply.send(state);
+        }
     }
 
-    /// One message. `Err(Some(why))`: the guest trapped; `Err(None)`: it stopped.
+    /// One message; an `End` when the instance ends with it.
     ///
     /// Every guest call's future is boxed: it exists only while the call runs, so the
     /// task an idle instance keeps stays small.
-    async fn handle(&mut self, envelope: Envelope) -> Result<(), Option<String>> {
+    async fn handle(&mut self, envelope: Envelope) -> Result<(), End> {
         let Instance { name, store, worker, resolve_conflict, budget, memory_limit, .. } = self;
-        let trap = |e: &wasmtime::Error| Some(describe_trap(e, *budget, *memory_limit));
+        let trap = |e: &wasmtime::Error| End::Trapped(describe_trap(e, *budget, *memory_limit));
         let handler = worker.wasmnode_worker_handler();
         begin(store);
         match envelope {
@@ -397,9 +411,9 @@ impl Instance {
                     Ok(())
                 }
                 Err(e) => {
-                    let why = trap(&e);
-                    reply.send(Err(CallError::Failed(format!("{name} trapped: {}", why.as_deref().unwrap_or_default()))));
-                    Err(why)
+                    let why = describe_trap(&e, *budget, *memory_limit);
+                    reply.send(Err(CallError::Failed(format!("{name} trapped: {why}"))));
+                    Err(End::Trapped(why))
                 }
             },
             Envelope::Cast { msg } => Box::pin(handler.call_handle_cast(&mut *store, &msg)).await.map_err(|e| trap(&e)),
@@ -425,12 +439,18 @@ impl Instance {
                         None
                     }
                 };
-                let _ = reply.send(state);
                 info!("stopped {name}: {reason}");
-                Err(None)
+                Err(End::Stopped { reply, state })
             }
         }
     }
+}
+
+/// How an instance ends: a trap, or a stop whose caller is owed the state `terminate`
+/// returned (answered once the instance's memory is freed).
+enum End {
+    Trapped(String),
+    Stopped { reply: tokio::sync::oneshot::Sender<Option<Vec<u8>>>, state: Option<Vec<u8>> },
 }
 
 fn to_wit_info(i: Info) -> wit::Info {
