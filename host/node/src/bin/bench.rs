@@ -160,7 +160,7 @@ fn run_all(args: &Args) {
             assert!(out.status.success(), "measuring {figure} ({placement}) failed");
             let v: Value = serde_json::from_slice(&out.stdout).expect("child prints JSON");
             for (k, val) in v.as_object().unwrap() {
-                table.push((format!("{k}"), placement.to_string(), fmt_value(k, val)));
+                table.push((k.clone(), placement.to_string(), fmt_value(k, val)));
             }
             results.insert(format!("{figure}_{placement}"), v);
         }
