@@ -176,6 +176,28 @@ pub struct WorkerConfig {
     pub component_at: (usize, usize),
 }
 
+impl WorkerConfig {
+    /// Kind `kind` from `component` with every other key at its default, as a topology
+    /// that names only the component gets (for embedding: the benchmark, tests).
+    pub fn new(kind: impl Into<String>, component: PathBuf) -> WorkerConfig {
+        WorkerConfig {
+            kind: kind.into(),
+            component,
+            boot: Vec::new(),
+            activate_on_call: false,
+            restart: Default::default(),
+            call_timeout: Duration::from_millis(DEFAULT_WORKER_CALL_TIMEOUT_MS),
+            memory_limit: (DEFAULT_WORKER_MEMORY_MB as usize) << 20,
+            component_at: (0, 0),
+        }
+    }
+}
+
+/// `[worker.KIND] call_timeout_ms` when not set.
+const DEFAULT_WORKER_CALL_TIMEOUT_MS: u64 = 5000;
+/// `[worker.KIND] memory_limit_mb` when not set.
+const DEFAULT_WORKER_MEMORY_MB: u64 = 64;
+
 /// `[http]`: the node's HTTP port (off unless `listen` is set).
 #[derive(Debug, Clone, Default)]
 pub struct HttpConfig {
@@ -476,8 +498,8 @@ impl Config {
                 boot: w.boot,
                 activate_on_call: w.activate_on_call,
                 restart,
-                call_timeout: Duration::from_millis(w.call_timeout_ms.unwrap_or(5000)),
-                memory_limit: (w.memory_limit_mb.unwrap_or(64) as usize) << 20,
+                call_timeout: Duration::from_millis(w.call_timeout_ms.unwrap_or(DEFAULT_WORKER_CALL_TIMEOUT_MS)),
+                memory_limit: (w.memory_limit_mb.unwrap_or(DEFAULT_WORKER_MEMORY_MB) as usize) << 20,
             });
         }
         let http = match raw.http {

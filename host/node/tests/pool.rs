@@ -23,16 +23,7 @@ async fn a_stop_frees_its_pool_slot_before_it_returns() {
     let slots = 4;
     let engine = wasmnode::runtime::engine_with(Some(wasmnode::runtime::Pool { instances: slots, max_memory: 16 << 20 })).unwrap();
     wasmnode::runtime::spawn_epoch_ticker(engine.clone());
-    let kind = WorkerConfig {
-        kind: "counter".into(),
-        component: counter,
-        boot: vec![],
-        activate_on_call: false,
-        restart: Default::default(),
-        call_timeout: Duration::from_secs(5),
-        memory_limit: 16 << 20,
-        component_at: (0, 0),
-    };
+    let kind = WorkerConfig { memory_limit: 16 << 20, ..WorkerConfig::new("counter", counter) };
     let workers = WorkerRuntime::load(&engine, &[kind], tokio::runtime::Handle::current()).expect("load the counter");
     let (tx, rx) = mpsc::unbounded_channel();
     let dist = Dist::new(DistConfig::new("pool@127.0.0.1", b"cookie".to_vec()), tx);

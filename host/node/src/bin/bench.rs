@@ -345,16 +345,7 @@ async fn workers_in_process(args: &Args, component: &str, spawns: usize, idle: u
     let threads = std::env::var("BENCH_WORKER_THREADS").ok().and_then(|v| v.parse().ok());
     let threads = threads.unwrap_or_else(wasmnode::node::runtime_threads);
     let worker_threads = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap();
-    let kind = WorkerConfig {
-        kind: "counter".into(),
-        component: counter,
-        boot: vec![],
-        activate_on_call: false,
-        restart: Default::default(),
-        call_timeout: Duration::from_secs(5),
-        memory_limit: 64 << 20,
-        component_at: (0, 0),
-    };
+    let kind = WorkerConfig::new("counter", counter);
     let workers = std::sync::Arc::new(WorkerRuntime::load(&engine, &[kind], worker_threads.handle().clone()).expect("load the counter"));
     // Measure from a task on that runtime, where workers call and start each other.
     let out = worker_threads

@@ -327,6 +327,19 @@ async fn instantiate(kind: &WorkerKind, store: &mut Store<WorkerState>) -> wasmt
     Ok((worker, resolve_conflict))
 }
 
+/// What to do when instantiation could not reserve memory. Without `[node]
+/// instance_pool` every instance reserves its own 4 GiB of address space and memory
+/// mappings, so a process holds about 32,000 of them (fewer under a low
+/// vm.max_map_count); a pool reserves everything once, at start.
+fn address_space_hint(e: &wasmtime::Error) -> &'static str {
+    if format!("{e:#}").contains("mmap failed") {
+        " (without [node] instance_pool each instance reserves 4 GiB of address space: about 32,000 fit in a process; \
+         set instance_pool for more)"
+    } else {
+        ""
+    }
+}
+
 /// The `wasmnode:worker/conflict` export.
 type ResolveConflict = wasmtime::component::TypedFunc<(Vec<u8>,), ()>;
 
@@ -357,7 +370,8 @@ impl Instance {
         let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
 
         begin(&mut store);
-        let (worker, resolve_conflict) = instantiate(&kind, &mut store).await.map_err(|e| format!("instantiating {name}: {}", trap(&e)))?;
+        let (worker, resolve_conflict) =
+            instantiate(&kind, &mut store).await.map_err(|e| format!("instantiating {name}: {}{}", trap(&e), address_space_hint(&e)))?;
         begin(&mut store);
         match worker.wasmnode_worker_handler().call_init(&mut store, args, handoff).await {
             Ok(Ok(())) => {}
