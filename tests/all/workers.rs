@@ -372,8 +372,9 @@ fn a_pooled_node_runs_workers_and_says_when_the_pool_is_full() {
     assert_eq!(call(name, "counter/c0", "increment"), (true, "1".to_string()));
     assert_eq!(call(name, "counterpy/p", "value"), (true, "1".to_string()));
     // The probe stops (a trap); the pool is full but for its slot. Its slot is free
-    // before its name is forgotten, so once the name is gone a start must succeed, and
-    // the new probe, in that very slot, starts from the component's own memory image.
+    // before its name is forgotten, so once the name is gone a start must succeed; the
+    // new probe gets the slot its kind used last, the old probe's, and must start from
+    // the component's own memory image.
     let (ok, out) = call(name, "probe/old", "crash");
     assert!(!ok && out.contains("trapped"), "{out}");
     wait_until(FORM, "probe/old to be gone", || call(name, "probe/old", "events").1.contains("not_found"), || a.log());

@@ -40,11 +40,12 @@ async fn a_stop_frees_its_pool_slot_before_it_returns() {
     assert_eq!(running, slots, "the pool refused early: {refusal}");
     assert!(refusal.contains("limit"), "{refusal}");
 
+    let mut last = String::new();
     for i in 0..1_000 {
         assert!(registry.stop_local("counter", &format!("c{i}"), "test").await, "c{i} was not running");
-        let next = format!("c{}", i + slots);
-        registry.start_local("counter", &next, Vec::new(), None).await.unwrap_or_else(|e| panic!("start of {next} right after a stop: {e}"));
+        last = format!("c{}", i + slots);
+        registry.start_local("counter", &last, Vec::new(), None).await.unwrap_or_else(|e| panic!("start of {last} right after a stop: {e}"));
     }
-    let value = registry.call("counter", "c1003", b"increment".to_vec(), Duration::from_secs(5)).await;
+    let value = registry.call("counter", &last, b"increment".to_vec(), Duration::from_secs(5)).await;
     assert_eq!(value.ok().as_deref(), Some(&b"1"[..]), "the last one started answers from a fresh state");
 }

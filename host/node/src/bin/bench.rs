@@ -328,10 +328,9 @@ async fn client(name: &str, target: &str) -> Peer {
     }
 }
 
-/// Spawn, local call and memory of workers, in this process, through the node's own
-/// registry and worker runtime (no network: a node alone owns every name).
-/// Spawns, calls and idle memory of `component` (a counter) in this process, on demand
-/// or from the pool.
+/// Spawn, local call and memory of workers of `component` (a counter), on demand or
+/// from the pool, in this process, through the node's own registry and worker runtime
+/// (no network: a node alone owns every name).
 async fn workers_in_process(args: &Args, component: &str, spawns: usize, idle: usize, pooled: bool) -> Value {
     use wasmnode::config::WorkerConfig;
     use wasmnode::membership::Membership;
