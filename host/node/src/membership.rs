@@ -157,6 +157,11 @@ impl Membership {
                 .all(|n| st.members.contains_key(n) || st.backoff.get(n).is_some_and(|b| b.last_error.is_some()))
     }
 
+    /// Whether `node` said it is leaving (and has not come back since).
+    pub fn has_left(&self, node: &str) -> bool {
+        self.0.state.lock().unwrap().left.contains(node)
+    }
+
     /// Announces that this node is leaving: no more dialling, peers stop counting on it,
     /// connections stay up for handing work over.
     pub fn announce_leave(&self) {

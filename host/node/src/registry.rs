@@ -517,6 +517,12 @@ impl Registry {
                 Ok(RpcReply::CallFailed(e)) => return Err(e),
                 Ok(RpcReply::Moved(to)) => node = to,
                 Ok(_) => return Err(CallError::Failed("unexpected reply".into())),
+                // `node` said it is leaving and closed before answering: the call was not
+                // handled there. (A call its instance handled was answered before the
+                // instance stopped for the handoff, and the node closes only once the
+                // handoff is acknowledged, so that reply is ahead of the close on the
+                // wire.) It goes where the name is now.
+                Err(CallError::Unavailable(_)) if self.0.membership.has_left(&node) => node = self.route(&full_name(kind, key)),
                 Err(e) => return Err(e),
             }
         }
