@@ -296,6 +296,15 @@ async fn call_mailbox(name: &str, mailbox: Mailbox, msg: Vec<u8>, timeout: Durat
     }
 }
 
+/// Runs `start` on a task of its own and waits for it. For starts asked from inside a
+/// guest's call (`cluster.start`, a guest's call that activates its target): a start
+/// runs the new instance's instantiation and `init` on the task that awaits it, and
+/// wasmtime would allow that inside the calling guest's fiber, but a task keeps the two
+/// instances' stacks and deadlines apart.
+pub async fn start_apart(start: impl Future<Output = Result<String, StartError>> + Send + 'static) -> Result<String, StartError> {
+    tokio::spawn(start).await.unwrap_or_else(|e| Err(StartError::Failed(e.to_string())))
+}
+
 /// `kind/key`.
 pub fn full_name(kind: &str, key: &str) -> String {
     format!("{kind}/{key}")
@@ -582,13 +591,9 @@ impl Registry {
             Here::MovedTo(node) if node != self.node() => return Box::pin(self.call_remote(node, kind, key, msg, timeout)).await,
             Here::MovedTo(_) => return Err(CallError::NotFound),
             Here::Nothing if self.0.spawner.activate_on_call(kind) => {
-                // On a task of its own: the caller may be a guest, and a start runs the
-                // new instance's instantiation and `init` on the task that asks (see
-                // `cluster.start` in runtime/worker.rs).
-                let r = self.clone();
-                let (kind_, key_) = (kind.to_string(), key.to_string());
-                let started = tokio::spawn(async move { r.start_local(&kind_, &key_, Vec::new(), None).await }).await;
-                match started.unwrap_or_else(|e| Err(StartError::Failed(e.to_string()))) {
+                // The caller may be a guest.
+                let (r, kind_, key_) = (self.clone(), kind.to_string(), key.to_string());
+                match start_apart(async move { r.start_local(&kind_, &key_, Vec::new(), None).await }).await {
                     Ok(_) | Err(StartError::AlreadyStarted(_)) => {}
                     Err(e) => return Err(CallError::Failed(format!("activating {name}: {e}"))),
                 }

@@ -134,13 +134,9 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
     }
 
     async fn start(&mut self, kind: String, key: String, args: Vec<u8>) -> Result<String, wit::StartError> {
-        // On a task of its own: awaited here, the new instance's instantiation and `init`
-        // would run inside this guest's call, on its fiber's stack (wasmtime allows it;
-        // a task keeps the two instances' stacks and deadlines apart).
         let registry = self.registry.clone();
-        let start = tokio::spawn(async move { registry.start_worker(&kind, &key, args).await });
-        let started = self.timed(start).await.unwrap_or_else(|e| Err(crate::registry::StartError::Failed(e.to_string())));
-        started.map_err(|e| match e {
+        let start = crate::registry::start_apart(async move { registry.start_worker(&kind, &key, args).await });
+        self.timed(start).await.map_err(|e| match e {
             crate::registry::StartError::AlreadyStarted(n) => wit::StartError::AlreadyStarted(n),
             crate::registry::StartError::UnknownKind(k) => wit::StartError::UnknownKind(k),
             crate::registry::StartError::Failed(f) => wit::StartError::Failed(f),
