@@ -168,7 +168,7 @@ pub struct WorkerConfig {
     /// A call to a name that runs nowhere starts it on its owner (virtual actors).
     pub activate_on_call: bool,
     /// Whether instances are started again elsewhere when their node goes down.
-    pub restart: crate::registry::Restart,
+    pub restart: Restart,
     /// Deadline of one message, counting the guest's own time.
     pub call_timeout: Duration,
     pub memory_limit: usize,
@@ -480,9 +480,9 @@ impl Config {
                 ));
             }
             let restart = match w.restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
-                None | Some(("permanent", _)) => crate::registry::Restart::Permanent,
-                Some(("transient", _)) => crate::registry::Restart::Transient,
-                Some(("temporary", _)) => crate::registry::Restart::Temporary,
+                None | Some(("permanent", _)) => Restart::Permanent,
+                Some(("transient", _)) => Restart::Transient,
+                Some(("temporary", _)) => Restart::Temporary,
                 Some((other, span)) => {
                     return Err(err(
                         Some(span),
@@ -530,9 +530,9 @@ impl Config {
 
     /// The pooling settings, when `[node] instance_pool` asks for them: slots as large
     /// as the largest memory cap of any worker kind or topology.
-    pub fn pool(&self) -> Option<crate::runtime::Pool> {
+    pub fn pool(&self) -> Option<Pool> {
         let max_memory = self.workers.iter().map(|w| w.memory_limit).chain(self.topologies.iter().map(|t| t.memory_limit)).max().unwrap_or(64 << 20);
-        self.node.instance_pool.map(|instances| crate::runtime::Pool { instances, max_memory })
+        self.node.instance_pool.map(|instances| Pool { instances, max_memory })
     }
 
     /// An error about worker kind `w`'s component, located at its `component` key.
@@ -639,6 +639,30 @@ fn find_key(text: &str, span: Range<usize>, key: &str) -> Option<Range<usize>> {
         offset += line.len();
     }
     None
+}
+
+/// What happens to a worker instance whose node went down (OTP's restart types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Restart {
+    /// Always started again on the name's new owner.
+    #[default]
+    Permanent,
+    /// Started again after an abnormal end: a node going down is one.
+    Transient,
+    /// Never started again.
+    Temporary,
+}
+
+/// Pooling-allocator settings (`[node] instance_pool`): where it pays, that is for many
+/// instances. One reservation holds every slot, so a hundred thousand instances cost
+/// a few mappings instead of several each (Linux allows 65,530 per process), and an
+/// instance starts by taking a free slot instead of mapping fresh memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Pool {
+    /// Component instances that can live at once.
+    pub instances: u32,
+    /// Largest linear memory of any instance (the largest `memory_limit_mb`).
+    pub max_memory: usize,
 }
 
 #[cfg(test)]

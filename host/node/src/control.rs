@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::dist::Peer;
 use crate::membership::Membership;
-use crate::registry::{full_name, CallError, Registry, StartError};
+use crate::registry::{CallError, Registry, StartError, WorkerName};
 
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -82,7 +82,7 @@ pub fn handle(m: &Membership, registry: &Registry, peer: Peer, id: u64, body: By
             let registry = registry.clone();
             tokio::spawn(async move {
                 let v = match registry.start_worker(&kind, &key, args.into_bytes()).await {
-                    Ok(node) => json!({ "started": node, "name": full_name(&kind, &key) }),
+                    Ok(node) => json!({ "started": node, "name": WorkerName::new(&kind, &key).to_string() }),
                     Err(e) => start_error_json(&e),
                 };
                 reply(&peer, v);
@@ -91,7 +91,7 @@ pub fn handle(m: &Membership, registry: &Registry, peer: Peer, id: u64, body: By
         Ok(Request::Call { kind, key, msg, timeout_ms }) => {
             let registry = registry.clone();
             tokio::spawn(async move {
-                let name = full_name(&kind, &key);
+                let name = WorkerName::new(&kind, &key).to_string();
                 let v = match registry.call(&kind, &key, msg.into_bytes(), Duration::from_millis(timeout_ms)).await {
                     Ok(r) => match String::from_utf8(r) {
                         Ok(text) => json!({ "reply": text }),

@@ -772,6 +772,17 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: Byt
                     }
                 },
                 _ = &mut silence => {
+                    // Fired long after it was due: this process was paused (SIGSTOP, a VM
+                    // steal, a debugger) or starved, and the bytes that arrived meanwhile
+                    // may be unread. Read before judging: a live peer's heartbeats are
+                    // there, or arrive within an interval.
+                    let late = Instant::now().saturating_duration_since(silence.deadline().into_std());
+                    if late >= dist.0.cfg.heartbeat_interval {
+                        debug!("woke {late:?} late; reading from {} before trusting its silence", peer.name());
+                        last_read = Instant::now();
+                        silence.as_mut().reset((last_read + dist.0.cfg.heartbeat_interval * 2).into());
+                        continue;
+                    }
                     if last_read.elapsed() >= timeout {
                         return if left { DownReason::Left } else { DownReason::HeartbeatTimeout };
                     }

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
 use crate::control::{call_error_json, start_error_json};
-use crate::registry::{full_name, CallError, Registry, StartError};
+use crate::registry::{CallError, Registry, StartError, WorkerName};
 
 const MAX_HEADER: usize = 16 * 1024;
 const MAX_BODY: usize = 16 << 20;
@@ -185,12 +185,12 @@ async fn route(registry: &Registry, gateway: bool, method: &str, target: &str, b
                         CallError::Unavailable(_) => 503,
                         CallError::Failed(_) => 500,
                     };
-                    json_response(status, call_error_json(&e, &full_name(kind, key)))
+                    json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()))
                 }
             }
         }
         ("POST", ["v1", "workers", kind, key]) => match registry.start_worker(kind, key, body).await {
-            Ok(node) => json_response(201, json!({ "name": full_name(kind, key), "node": node })),
+            Ok(node) => json_response(201, json!({ "name": WorkerName::new(*kind, *key).to_string(), "node": node })),
             Err(e) => {
                 let status = match e {
                     StartError::AlreadyStarted(_) => 409,

@@ -23,4 +23,5 @@ pub mod node;
 pub mod registry;
 pub mod resolve;
 pub mod runtime;
+pub mod sim;
 pub mod time;

@@ -40,6 +40,24 @@ pub enum MemberEvent {
     Down { node: String, reason: String, code: String, at_ms: u64 },
 }
 
+/// A change of membership as the registry hears it: typed, with the connection it is
+/// about, in the order connections changed (the hook runs on the membership's task).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChange {
+    /// A member connected on connection `conn`.
+    Up { node: String, conn: u64 },
+    /// A member said it is leaving: it is no longer placed on, its connection stays up
+    /// while it hands its work over.
+    Leaving { node: String, conn: u64 },
+    /// A member's connection is gone (it did not say it was leaving).
+    Down { node: String, conn: u64, reason: DownReason },
+    /// A leaver's connection is gone: what it still held is lost.
+    Gone { node: String, conn: u64 },
+}
+
+/// Hears every [`MemberChange`], in order, on the membership's task.
+pub type MemberHook = Arc<dyn Fn(&MemberChange) + Send + Sync>;
+
 /// One member as `wasmnode nodes` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberInfo {
@@ -65,6 +83,8 @@ struct Backoff {
 struct State {
     members: BTreeMap<String, Member>,
     left: HashSet<String>,
+    /// Members that said they are leaving, by the connection still open to them.
+    leavers: HashMap<String, u64>,
     /// Latest successful answer of each topology.
     discovered: BTreeMap<String, Vec<String>>,
     /// Latest member list each visible peer sent.
@@ -79,6 +99,7 @@ pub type RequestHandler = Arc<dyn Fn(Peer, u64, bytes::Bytes) + Send + Sync>;
 struct Shared {
     dist: Dist,
     requests: std::sync::OnceLock<RequestHandler>,
+    member_hook: std::sync::OnceLock<MemberHook>,
     full_mesh: bool,
     started: SystemTime,
     state: Mutex<State>,
@@ -100,6 +121,7 @@ impl Membership {
         let m = Membership(Arc::new(Shared {
             dist,
             requests: std::sync::OnceLock::new(),
+            member_hook: std::sync::OnceLock::new(),
             full_mesh,
             started: SystemTime::now(),
             state: Mutex::new(State::default()),
@@ -118,6 +140,17 @@ impl Membership {
     /// Installs what answers `Request` frames (once, at start-up).
     pub fn set_request_handler(&self, handler: RequestHandler) {
         let _ = self.0.requests.set(handler);
+    }
+
+    /// Installs what hears member changes (once, at start-up, before any connection).
+    pub fn set_member_hook(&self, hook: MemberHook) {
+        let _ = self.0.member_hook.set(hook);
+    }
+
+    fn tell(&self, change: MemberChange) {
+        if let Some(hook) = self.0.member_hook.get() {
+            hook(&change);
+        }
     }
 
     /// Every member, this node first.
@@ -187,7 +220,7 @@ impl Membership {
                 DistEvent::Down(peer, reason) => self.on_down(&peer, reason),
                 // A leave counts from the announcement: placement stops counting on the
                 // node while it hands its work over; its later disconnect changes nothing.
-                DistEvent::Leaving(peer) if !peer.hidden() => self.on_down(&peer, DownReason::Left),
+                DistEvent::Leaving(peer) if !peer.hidden() => self.on_leaving(&peer),
                 DistEvent::Leaving(_) => {}
                 DistEvent::Frame(peer, Frame::Members(names)) if !peer.hidden() => {
                     self.0.state.lock().unwrap().gossip.insert(peer.name().to_string(), names);
@@ -209,16 +242,42 @@ impl Membership {
             let mut st = self.0.state.lock().unwrap();
             st.members.insert(peer.name().to_string(), Member { since: peer.since(), conn_id: peer.conn_id() });
             st.left.remove(peer.name());
+            st.leavers.remove(peer.name());
             st.backoff.remove(peer.name());
         }
         info!("connected to {}", peer.name());
+        self.tell(MemberChange::Up { node: peer.name().to_string(), conn: peer.conn_id() });
         let _ = self.0.events.send(MemberEvent::Up { node: peer.name().to_string(), at_ms: ms(SystemTime::now()) });
         self.changed();
+    }
+
+    /// A leave counts from the announcement: placement stops counting on the node while
+    /// it hands its work over; its connection closing later is [`MemberChange::Gone`].
+    fn on_leaving(&self, peer: &Peer) {
+        {
+            let mut st = self.0.state.lock().unwrap();
+            if st.members.get(peer.name()).is_none_or(|m| m.conn_id != peer.conn_id()) {
+                return;
+            }
+            st.members.remove(peer.name());
+            st.gossip.remove(peer.name());
+            st.left.insert(peer.name().to_string());
+            st.leavers.insert(peer.name().to_string(), peer.conn_id());
+        }
+        self.tell(MemberChange::Leaving { node: peer.name().to_string(), conn: peer.conn_id() });
+        self.announce_down(peer, DownReason::Left);
     }
 
     fn on_down(&self, peer: &Peer, reason: DownReason) {
         {
             let mut st = self.0.state.lock().unwrap();
+            if st.leavers.get(peer.name()) == Some(&peer.conn_id()) {
+                st.leavers.remove(peer.name());
+                drop(st);
+                debug!("node {} closed its connection after leaving", peer.name());
+                self.tell(MemberChange::Gone { node: peer.name().to_string(), conn: peer.conn_id() });
+                return;
+            }
             if st.members.get(peer.name()).is_none_or(|m| m.conn_id != peer.conn_id()) {
                 return;
             }
@@ -228,6 +287,12 @@ impl Membership {
                 st.left.insert(peer.name().to_string());
             }
         }
+        self.tell(MemberChange::Down { node: peer.name().to_string(), conn: peer.conn_id(), reason: reason.clone() });
+        self.announce_down(peer, reason);
+    }
+
+    /// Logs, counts and broadcasts a member's down (or leave).
+    fn announce_down(&self, peer: &Peer, reason: DownReason) {
         match &reason {
             DownReason::Left => info!("node left {}: it said it is leaving; not re-dialling it", peer.name()),
             DownReason::LocalShutdown => info!("node down {}: {reason}", peer.name()),

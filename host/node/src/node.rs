@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::control;
 use crate::dist::{Dist, DistConfig};
 use crate::membership::Membership;
-use crate::registry::{Registry, StartError, RPC_TAG};
+use crate::registry::{Registry, StartError, WorkerName, RPC_TAG};
 use crate::runtime::worker::{WorkerKind, WorkerRuntime};
 use crate::runtime::{self, discovery};
 
@@ -166,7 +166,7 @@ async fn settle_then_boot(membership: Membership, registry: Registry, topologies
     registry.set_ready();
     for (kind, key) in boot {
         match registry.start_worker(&kind, &key, Vec::new()).await {
-            Ok(node) => info!("boot worker {kind}/{key} runs on {node}"),
+            Ok(node) => info!(worker = %WorkerName::new(&kind, &key), "boot worker {kind}/{key} runs on {node}"),
             Err(StartError::AlreadyStarted(node)) => info!("boot worker {kind}/{key} already runs on {node}"),
             Err(e) => warn!("boot worker {kind}/{key} did not start: {e}"),
         }

@@ -31,7 +31,7 @@ async fn a_stop_frees_its_pool_slot_before_it_returns() {
 
     let mut running = 0;
     let refusal = loop {
-        match registry.start_local("counter", &format!("c{running}"), Vec::new(), None).await {
+        match registry.start_local("counter", &format!("c{running}"), Vec::new()).await {
             Ok(_) => running += 1,
             Err(e) => break e.to_string(),
         }
@@ -44,7 +44,7 @@ async fn a_stop_frees_its_pool_slot_before_it_returns() {
     for i in 0..1_000 {
         assert!(registry.stop_local("counter", &format!("c{i}"), "test").await, "c{i} was not running");
         last = format!("c{}", i + slots);
-        registry.start_local("counter", &last, Vec::new(), None).await.unwrap_or_else(|e| panic!("start of {last} right after a stop: {e}"));
+        registry.start_local("counter", &last, Vec::new()).await.unwrap_or_else(|e| panic!("start of {last} right after a stop: {e}"));
     }
     let value = registry.call("counter", &last, b"increment".to_vec(), Duration::from_secs(5)).await;
     assert_eq!(value.ok().as_deref(), Some(&b"1"[..]), "the last one started answers from a fresh state");

@@ -358,13 +358,13 @@ async fn workers_in_process(args: &Args, component: &str, spawns: usize, idle: u
         };
         // Warm up (first instantiation touches shared code pages), then time each spawn.
         for i in 0..100 {
-            registry.start_local("counter", &format!("w{i}"), Vec::new(), None).await.unwrap();
+            registry.start_local("counter", &format!("w{i}"), Vec::new()).await.unwrap();
         }
         let before = rss();
         let mut samples = Vec::with_capacity(spawns);
         for i in 0..spawns {
             let t = Instant::now();
-            registry.start_local("counter", &format!("s{i}"), Vec::new(), None).await.unwrap_or_else(|e| panic!("spawn {i}: {e}"));
+            registry.start_local("counter", &format!("s{i}"), Vec::new()).await.unwrap_or_else(|e| panic!("spawn {i}: {e}"));
             samples.push(t.elapsed());
         }
         let per_worker = (rss() - before) / spawns as f64;
@@ -386,7 +386,7 @@ async fn workers_in_process(args: &Args, component: &str, spawns: usize, idle: u
         for i in 0..spawns + 100 {
             assert!(registry.stop_local("counter", &format!("c{}", i.wrapping_sub(1)), "churn").await || i == 0);
             let t = Instant::now();
-            registry.start_local("counter", &format!("c{i}"), Vec::new(), None).await.unwrap_or_else(|e| panic!("churn spawn {i}: {e}"));
+            registry.start_local("counter", &format!("c{i}"), Vec::new()).await.unwrap_or_else(|e| panic!("churn spawn {i}: {e}"));
             if i >= 100 {
                 churn.push(t.elapsed());
             }
@@ -413,7 +413,7 @@ async fn workers_in_process(args: &Args, component: &str, spawns: usize, idle: u
         let mut started = 100 + spawns;
         let mut failure = None;
         while started < idle {
-            if let Err(e) = registry.start_local("counter", &format!("i{started}"), Vec::new(), None).await {
+            if let Err(e) = registry.start_local("counter", &format!("i{started}"), Vec::new()).await {
                 failure = Some(e.to_string());
                 break;
             }

@@ -34,17 +34,8 @@ pub fn engine() -> anyhow::Result<Engine> {
     engine_with(None)
 }
 
-/// Pooling-allocator settings (`[node] instance_pool`): where it pays, that is for many
-/// instances. One reservation holds every slot, so a hundred thousand instances cost
-/// a few mappings instead of several each (Linux allows 65,530 per process), and an
-/// instance starts by taking a free slot instead of mapping fresh memory.
-#[derive(Debug, Clone, Copy)]
-pub struct Pool {
-    /// Component instances that can live at once.
-    pub instances: u32,
-    /// Largest linear memory of any instance (the largest `memory_limit_mb`).
-    pub max_memory: usize,
-}
+pub use crate::config::Pool;
+
 
 pub fn engine_with(pool: Option<Pool>) -> anyhow::Result<Engine> {
     let mut config = wasmtime::Config::new();

@@ -28,7 +28,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::{describe_trap, first_line};
 use crate::config::WorkerConfig;
 use crate::mailbox;
-use crate::registry::{full_name, BoxFuture, CallError, Envelope, Info, Mailbox, Registry, Restart, Spawner};
+use crate::registry::table::Kinds;
+use crate::registry::{BoxFuture, CallError, Envelope, Info, Mailbox, Registry, Restart, Spawner, WorkerName};
 
 /// The generated bindings; the one `bindgen!` of this world.
 pub mod bindings {
@@ -269,7 +270,7 @@ impl WorkerKind {
     }
 }
 
-impl Spawner for WorkerRuntime {
+impl Kinds for WorkerRuntime {
     fn has_kind(&self, kind: &str) -> bool {
         self.kinds.contains_key(kind)
     }
@@ -286,9 +287,12 @@ impl Spawner for WorkerRuntime {
         self.rebalance
     }
 
-    fn spawn(&self, registry: Registry, kind: String, key: String, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, String>> {
-        let Some(k) = self.kinds.get(&kind).cloned() else {
-            return Box::pin(async move { Err(format!("unknown worker kind {kind}")) });
+}
+
+impl Spawner for WorkerRuntime {
+    fn spawn(&self, registry: Registry, name: WorkerName, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, String>> {
+        let Some(k) = self.kinds.get(&name.kind).cloned() else {
+            return Box::pin(async move { Err(format!("unknown worker kind {}", name.kind)) });
         };
         let runtime = self.runtime.clone();
         // Instantiation and `init` run on the task that starts the instance; only the
@@ -296,7 +300,7 @@ impl Spawner for WorkerRuntime {
         // two wake-ups across threads per spawn (the task's start, then `init`'s answer).
         Box::pin(async move {
             let (tx, rx) = mailbox::channel();
-            let instance = Instance::start(k, registry, key, &args, handoff.as_deref(), id, tx.clone()).await?;
+            let instance = Instance::start(k, registry, name, &args, handoff.as_deref(), id, tx.clone()).await?;
             runtime.spawn(instance.serve(rx));
             Ok(Mailbox { tx, id })
         })
@@ -305,7 +309,7 @@ impl Spawner for WorkerRuntime {
 
 /// A started instance: its store and exports, and what its messages need.
 struct Instance {
-    name: String,
+    name: WorkerName,
     id: u64,
     store: Store<WorkerState>,
     worker: Worker,
@@ -353,16 +357,15 @@ impl Instance {
     async fn start(
         kind: Arc<WorkerKind>,
         registry: Registry,
-        key: String,
+        name: WorkerName,
         args: &[u8],
         handoff: Option<&[u8]>,
         id: u64,
         own: mailbox::Sender<Envelope>,
     ) -> Result<Instance, String> {
-        let name = full_name(&kind.name, &key);
         let budget = kind.config.call_timeout;
         let memory_limit = kind.config.memory_limit;
-        let mut store = new_store(&kind, registry, key, own, &name);
+        let mut store = new_store(&kind, registry, name.key.clone(), own, &name.to_string());
         let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
 
         begin(&mut store);

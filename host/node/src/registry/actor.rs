@@ -1,0 +1,131 @@
+//! What the registry holds of an instance: its mailbox and what goes in it, and the
+//! trait through which the runtime creates instances. The registry knows nothing of
+//! WebAssembly.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::oneshot;
+use wasmnode_proto::Frame;
+
+use super::table::Kinds;
+use super::wire::{encode_reply, RpcReply};
+use super::{CallError, WorkerName};
+use crate::dist::Peer;
+
+/// An event delivered to instances' `handle-info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Info {
+    NodeUp(String),
+    NodeDown { node: String, reason: String },
+    Timer(Vec<u8>),
+}
+
+/// What an instance's mailbox carries; it handles one at a time, in order. Kept to 40
+/// bytes (the rare, larger variants boxed): a queue holds its messages inline.
+pub enum Envelope {
+    Call { msg: Vec<u8>, reply: ReplyTo },
+    Cast { msg: Vec<u8> },
+    Info(Box<Info>),
+    /// Stop after `terminate(reason)`; the returned state goes back on `reply`.
+    Stop { reason: String, reply: oneshot::Sender<Option<Vec<u8>>> },
+    /// The state of another instance of this name that stopped in favour of this one.
+    Conflict(Box<(String, Vec<u8>)>),
+}
+
+/// Where a call's reply goes.
+pub enum ReplyTo {
+    /// A caller on this node, waiting.
+    Local(oneshot::Sender<Result<Vec<u8>, CallError>>),
+    /// A caller on another node: the instance writes the reply straight to the
+    /// connection the request came on, with no task in between.
+    Remote(Box<RemoteReply>),
+}
+
+/// The reply owed to a caller on another node. Dropped unsent (the instance trapped or
+/// stopped with the call still queued), it answers that the instance stopped, as a
+/// local caller's dropped channel does, so the caller does not wait for its timeout.
+pub struct RemoteReply {
+    pub(super) peer: Peer,
+    pub(super) id: u64,
+    pub(super) name: WorkerName,
+    pub(super) sent: bool,
+}
+
+impl RemoteReply {
+    fn send(&mut self, reply: Result<Vec<u8>, CallError>) {
+        self.sent = true;
+        let reply = match reply {
+            Ok(r) => RpcReply::Reply(r),
+            Err(e) => RpcReply::CallFailed(e),
+        };
+        self.peer.send(Frame::Reply { id: self.id, body: encode_reply(&reply) });
+    }
+}
+
+impl Drop for RemoteReply {
+    fn drop(&mut self) {
+        if !self.sent {
+            let stopped = CallError::Failed(format!("{} stopped before replying", self.name));
+            self.send(Err(stopped));
+        }
+    }
+}
+
+impl ReplyTo {
+    /// Delivers the reply; a caller that gave up meanwhile is not an error.
+    pub fn send(self, reply: Result<Vec<u8>, CallError>) {
+        match self {
+            ReplyTo::Local(tx) => {
+                let _ = tx.send(reply);
+            }
+            ReplyTo::Remote(mut to) => to.send(reply),
+        }
+    }
+}
+
+/// A running instance, as the registry knows it.
+#[derive(Clone)]
+pub struct Mailbox {
+    pub tx: crate::mailbox::Sender<Envelope>,
+    /// Tells this instance from an earlier or later one of the same name.
+    pub id: u64,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mailbox #{}", self.id)
+    }
+}
+
+/// A boxed future, for the object-safe [`Spawner`].
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// How the registry creates instances; implemented by the runtime.
+pub trait Spawner: Kinds + 'static {
+    /// Starts an instance with mailbox id `id`; resolves when its `init` has returned.
+    /// Instantiation and `init` run on the task that awaits this.
+    fn spawn(&self, registry: super::Registry, name: WorkerName, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, String>>;
+}
+
+pub use crate::config::Restart;
+
+/// Runs `start` on a task of its own and waits for it. For starts asked from inside a
+/// guest's call (`cluster.start`, a guest's call that activates its target): a start
+/// runs the new instance's instantiation and `init` on the task that awaits it, and
+/// wasmtime would allow that inside the calling guest's fiber, but a task keeps the two
+/// instances' stacks and deadlines apart.
+pub async fn start_apart<T: Send + 'static>(start: impl Future<Output = Result<T, super::StartError>> + Send + 'static) -> Result<T, super::StartError> {
+    tokio::spawn(start).await.unwrap_or_else(|e| Err(super::StartError::Failed(e.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_envelope_is_small() {
+        // Every queued message takes this much; the rare, larger variants are boxed.
+        assert!(std::mem::size_of::<Envelope>() <= 40, "Envelope is {} bytes", std::mem::size_of::<Envelope>());
+    }
+}

@@ -1,0 +1,52 @@
+//! The directory: what other nodes announce they run, and what happens when two
+//! instances of one name meet (after a partition heals, a paused node wakes, or a join
+//! raced a start): the one that [`stays`] keeps running; the other hands it its state
+//! (`handoff.rs`), to merge.
+
+use tracing::{info, warn};
+
+use super::placement::{stays, Lineage};
+use super::table::{Claim, Effect, Orphan, Slot, StopWhy, Table};
+use super::wire::Msg;
+use super::WorkerName;
+
+impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
+    /// `from` runs `name` now.
+    pub(super) fn registered(&mut self, from: String, name: WorkerName, args: Vec<u8>, lineage: Lineage) {
+        let conn = self.members.get(&from).or(self.leavers.get(&from)).copied().unwrap_or(0);
+        // Of two instances announced, the directory keeps the one that stays, whatever
+        // order the announcements arrived in: every node ends with the same.
+        let keep = self.directory.get(&name).is_some_and(|c| c.node != from && self.connected(&c.node) && stays((c.lineage, &c.node), (lineage, &from)));
+        if !keep {
+            self.directory.insert(name.clone(), Claim { node: from.clone(), conn, args, lineage });
+        }
+        self.orphans.remove(&name);
+        // Where the name runs now is what its node says, not where this one once sent it.
+        self.moved.remove(&name);
+        self.out.push(Effect::Changed);
+        let Some(Slot::Running { id, handle, args, lineage: mine }) = self.local.get(&name) else { return };
+        if stays((lineage, &from), (*mine, &self.me)) {
+            warn!(worker = %name, peer = %from, "{name} runs on {from} too: keeping that one; stopping this one (its state goes to that one)");
+            let (id, handle) = (*id, handle.clone());
+            let (args, lineage) = (args.clone(), *mine);
+            self.local.insert(name.clone(), Slot::Stopping { id, args, lineage, why: StopWhy::Duplicate { winner: from }, merges: Vec::new() });
+            self.out.push(Effect::Stop { name, id, handle, reason: "duplicate".into() });
+        } else {
+            // Tell `from` that this one stays, so it stops its own, and every other node,
+            // so that each directory ends with this one whatever order claims came in.
+            info!(worker = %name, peer = %from, "{name} runs on {from} too: keeping this one");
+            let msg = Msg::Registered { name: name.clone(), args: args.clone(), lineage: *mine };
+            self.tell_all(msg);
+        }
+    }
+
+    /// Another node says `name` runs nowhere and this node owns it.
+    pub(super) fn orphan_in(&mut self, name: WorkerName, args: Vec<u8>, lineage: Lineage) {
+        let runs = self.local.contains_key(&name) || self.directory.get(&name).is_some_and(|c| self.connected(&c.node));
+        if runs || self.orphans.contains_key(&name) {
+            return;
+        }
+        self.orphans.insert(name, Orphan { args, lineage, told: None });
+        self.replan();
+    }
+}

@@ -1,0 +1,239 @@
+//! Handoff: an instance's state goes to another node, acknowledged — when this node
+//! leaves, when a member joins that owns the name, and when the instance loses to
+//! another instance of its name (then it *yields*: its state merges into the one that
+//! stays). The instance stops (`terminate` gives its state), the state goes to the
+//! target in [`Msg::Handoff`] and stays here, in [`Slot::Moving`], until the target
+//! acknowledges; a target that goes down or refuses meanwhile is replaced by the next
+//! one. States that arrive for the name meanwhile ride along. Calls that arrive
+//! meanwhile wait, then follow the name. No state is sent without an acknowledgement
+//! that it arrived. Also: stops.
+
+use std::collections::BTreeSet;
+
+use tracing::{info, warn};
+
+use super::placement::{owner, stays, Lineage};
+use super::table::{Effect, Slot, StartWhy, StopWhy, Table};
+use super::wire::Msg;
+use super::WorkerName;
+
+type States = Vec<(String, Vec<u8>)>;
+
+impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
+    /// This node leaves: every instance moves to its next owner.
+    pub(super) fn leave(&mut self) {
+        self.leaving = true;
+        // A node that leaves a cluster (not the last one) keeps what it cannot hand over
+        // yet until a member connects: one cut off now may be back before its deadline.
+        self.wait_to_hand_over = !self.members.is_empty() || !self.leavers.is_empty();
+        for name in self.running() {
+            self.begin_move(&name);
+        }
+        // Names lost elsewhere that this node was to restart go to their next owner.
+        self.replan();
+        self.out.push(Effect::Changed);
+    }
+
+    /// Stops a running instance so that it moves on (see [`Table::stopped`]).
+    pub(super) fn begin_move(&mut self, name: &WorkerName) {
+        let Some(Slot::Running { id, handle, args, lineage }) = self.local.remove(name) else { return };
+        let reason = if self.handoff_target(name, "", &BTreeSet::new()).is_some() { "handoff" } else { "shutdown" };
+        self.local.insert(name.clone(), Slot::Stopping { id, args, lineage, why: StopWhy::Handoff, merges: Vec::new() });
+        self.out.push(Effect::Stop { name: name.clone(), id, handle, reason: reason.into() });
+    }
+
+    /// Where a state for `name` goes: `prefer` (the instance it yields to), else the
+    /// node that runs the name by the directory, else its next owner among the other
+    /// members; never one that refused it or is not connected.
+    fn handoff_target(&self, name: &WorkerName, prefer: &str, refused: &BTreeSet<String>) -> Option<String> {
+        let ok = |n: &str| n != self.me && !refused.contains(n) && self.members.contains_key(n);
+        if ok(prefer) {
+            return Some(prefer.to_string());
+        }
+        if let Some(c) = self.directory.get(name).filter(|c| ok(&c.node)) {
+            return Some(c.node.clone());
+        }
+        if !self.leaving && self.owner_of(name) == self.me {
+            return None;
+        }
+        owner(self.members.keys().map(String::as_str).filter(|m| ok(m)), name).map(str::to_string)
+    }
+
+    /// A stop asked with [`Effect::Stop`] is done, with the instance's final state.
+    pub(super) fn stopped(&mut self, name: WorkerName, id: u64, state: Option<Vec<u8>>) {
+        if !matches!(self.local.get(&name), Some(Slot::Stopping { id: sid, .. }) if *sid == id) {
+            return;
+        }
+        let Some(Slot::Stopping { args, lineage, why, merges, .. }) = self.local.remove(&name) else { unreachable!() };
+        self.out.push(Effect::Changed);
+        let moving = |to: String, yielding: bool| Slot::Moving { to, args: args.clone(), lineage, state: state.clone(), merges: merges.clone(), sent: 0, yielding, refused: BTreeSet::new() };
+        match why {
+            StopWhy::Handoff => {
+                self.local.insert(name.clone(), moving(String::new(), false));
+                self.send_handoff(name, None);
+            }
+            StopWhy::Duplicate { winner } => {
+                self.local.insert(name.clone(), moving(winner, true));
+                self.send_handoff(name, None);
+            }
+            StopWhy::Replaced { from, args: new_args, lineage: new_lineage, state: handed, merges: handed_merges } => {
+                // The handed-over instance starts here; this one's state merges into it.
+                let mut all = handed_merges;
+                all.extend(state.map(|s| (self.me.clone(), s)));
+                all.extend(merges);
+                self.spawn(name, new_args, new_lineage.moved(), StartWhy::Handoff { from }, handed, all);
+            }
+            StopWhy::Asked(reply) => {
+                self.tell_all(Msg::Unregistered { name });
+                self.out.push(Effect::StopDone { reply, stopped: true });
+            }
+        }
+    }
+
+    /// Sends a `Moving` name's states to their next target, `failed` (down or refusing)
+    /// excluded. With nobody to send to: a node that stays runs it again itself, from
+    /// its own state; a leaving node keeps the states and waits for a member to come up
+    /// (until its deadline), unless it was alone when it began to leave.
+    pub(super) fn send_handoff(&mut self, name: WorkerName, failed: Option<String>) {
+        let Some(Slot::Moving { to, refused, sent, .. }) = self.local.get_mut(&name) else { return };
+        if let Some(f) = failed {
+            refused.insert(f);
+        }
+        *sent = 0;
+        let (prefer, refused) = (to.clone(), refused.clone());
+        let target = self.handoff_target(&name, &prefer, &refused);
+        let Some(Slot::Moving { to, args, lineage, state, merges, sent, yielding, .. }) = self.local.get_mut(&name) else { unreachable!() };
+        match target {
+            Some(t) => {
+                *to = t.clone();
+                *sent = merges.len();
+                let msg = Msg::Handoff { name, args: args.clone(), lineage: *lineage, state: state.clone(), merges: merges.clone(), yielding: *yielding };
+                self.out.push(Effect::Send { to: t, msg });
+            }
+            None if !self.leaving => {
+                // Nobody else can take it: it runs here again, from its own state.
+                let Some(Slot::Moving { args, lineage, state, merges, .. }) = self.local.remove(&name) else { unreachable!() };
+                self.spawn(name, args, lineage, StartWhy::Adopted, state, merges);
+            }
+            None if self.wait_to_hand_over => {
+                warn!(worker = %name, "no other node to hand {name} to now; keeping its state until one connects");
+                to.clear();
+            }
+            None => {
+                warn!(worker = %name, "no other node to hand {name} to; stopped (its state is lost)");
+                self.local.remove(&name);
+                self.tell_all(Msg::Unregistered { name });
+                self.out.push(Effect::Changed);
+            }
+        }
+    }
+
+    /// `from` hands `name` over to this node (see [`Msg::Handoff`]). Accepted unless this
+    /// node is leaving or cannot run the kind: the states never go back.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn handoff_in(&mut self, from: String, name: WorkerName, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: States, yielding: bool) {
+        if self.leaving || !self.kinds.has_kind(&name.kind) {
+            self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name, at: None } });
+            return;
+        }
+        let ack = |at: &str| Msg::HandoffAck { name: name.clone(), at: Some(at.to_string()) };
+        let mut states: States = state.clone().map(|s| (from.clone(), s)).into_iter().collect();
+        states.extend(merges.iter().cloned());
+        match self.local.remove(&name) {
+            // Acknowledged once it has started (a failed start sends the states back).
+            None => self.spawn(name, args, lineage.moved(), StartWhy::Handoff { from }, state, merges),
+            Some(Slot::Running { id, handle, args: my_args, lineage: mine }) => {
+                if !yielding && stays((lineage.moved(), &from), (mine, &self.me)) {
+                    // The handed-over instance stays: this one stops and merges into it.
+                    let why = StopWhy::Replaced { from, args, lineage, state, merges };
+                    self.local.insert(name.clone(), Slot::Stopping { id, args: my_args, lineage: mine, why, merges: Vec::new() });
+                    self.out.push(Effect::Stop { name, id, handle, reason: "duplicate".into() });
+                    return;
+                }
+                info!(worker = %name, peer = %from, "{name} runs here: the state {from} handed over merges into it");
+                self.local.insert(name.clone(), Slot::Running { id, handle: handle.clone(), args: my_args, lineage: mine });
+                for (f, s) in states {
+                    self.out.push(Effect::Merge { name: name.clone(), handle: handle.clone(), from: f, state: s });
+                }
+                self.out.push(Effect::Send { to: from.clone(), msg: ack(&self.me) });
+                // The sender's instance is gone: this one is the name's, and may move on.
+                if self.directory.get(&name).is_some_and(|c| c.node == from) {
+                    self.directory.remove(&name);
+                }
+                self.place(&name);
+            }
+            Some(Slot::Stopping { id, args: my_args, lineage: mine, why: StopWhy::Duplicate { .. }, merges: mine_merges }) => {
+                // It was stopping in favour of an instance that has now been handed here:
+                // the handed one starts here once this stop is done, and absorbs this state.
+                let why = StopWhy::Replaced { from, args, lineage, state, merges };
+                self.local.insert(name, Slot::Stopping { id, args: my_args, lineage: mine, why, merges: mine_merges });
+            }
+            Some(mut slot @ (Slot::Starting { .. } | Slot::Stopping { why: StopWhy::Handoff, .. })) => {
+                // The states ride along with this node's instance: merged once it has
+                // started, or sent on with its own state when it moves.
+                if let Slot::Starting { merges, .. } | Slot::Stopping { merges, .. } = &mut slot {
+                    merges.extend(states);
+                }
+                self.local.insert(name.clone(), slot);
+                self.out.push(Effect::Send { to: from, msg: ack(&self.me) });
+            }
+            Some(slot) => {
+                // Moving away, or ending: refused, so the sender tries elsewhere (two nodes
+                // handing a name to each other would pass its states back and forth).
+                self.local.insert(name.clone(), slot);
+                self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name, at: None } });
+            }
+        }
+    }
+
+    /// `from` answered a handoff of `name`: it runs at `at` now, or `from` refused.
+    pub(super) fn handoff_ack(&mut self, from: String, name: WorkerName, at: Option<String>) {
+        let Some(Slot::Moving { to, merges, sent, .. }) = self.local.get_mut(&name) else { return };
+        if *to != from {
+            return;
+        }
+        let Some(at) = at else {
+            self.send_handoff(name, Some(from));
+            return;
+        };
+        if merges.len() > *sent {
+            // States that arrived after the handoff went: after it, acknowledged too.
+            let rest: States = merges.split_off(*sent);
+            *merges = rest;
+            let Some(Slot::Moving { state, yielding, .. }) = self.local.get_mut(&name) else { unreachable!() };
+            *state = None;
+            *yielding = true;
+            self.send_handoff(name, None);
+            return;
+        }
+        let Some(Slot::Moving { state, yielding, .. }) = self.local.remove(&name) else { unreachable!() };
+        let size = state.as_ref().map(|s| s.len()).unwrap_or(0);
+        if yielding {
+            info!(worker = %name, peer = %at, "{name}: this instance's state went to the one on {at}");
+            self.tell_all(Msg::Unregistered { name: name.clone() });
+        } else {
+            crate::metrics::global().handed_off();
+            info!(worker = %name, peer = %at, "moved {name} to {at} (handoff {})", human_bytes(size));
+        }
+        self.moved.insert(name, at);
+        self.out.push(Effect::Changed);
+    }
+
+    /// A stop request: the instance ends after `terminate(reason)`; its state is dropped.
+    pub(super) fn stop(&mut self, name: WorkerName, reason: String, reply: R) {
+        let Some(Slot::Running { id, handle, args, lineage }) = self.local.remove(&name) else {
+            self.out.push(Effect::StopDone { reply, stopped: false });
+            return;
+        };
+        self.local.insert(name.clone(), Slot::Stopping { id, args, lineage, why: StopWhy::Asked(reply), merges: Vec::new() });
+        self.out.push(Effect::Stop { name, id, handle, reason });
+    }
+}
+
+fn human_bytes(n: usize) -> String {
+    if n < 1024 {
+        format!("{n} B")
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
+}

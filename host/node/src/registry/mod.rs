@@ -1,0 +1,581 @@
+//! The registry: one live instance per worker name, cluster-wide, and calls by name.
+//!
+//! The decisions are a state machine without I/O ([`table::Table`]: events in, effects
+//! out), split by what it decides about: [`placement`] (who owns a name), `directory`
+//! (what others run; two instances meeting), `supervise` (members up, leaving, down;
+//! restarts), `handoff` (moves with state; stops) and [`route`] (where a call goes).
+//! This file is the thin driver around it: it holds the table behind one lock, feeds it
+//! membership changes, registry messages and instances' outcomes, and carries out its
+//! effects — sends on the connections, instances created through the runtime's
+//! [`Spawner`], timers. The call and cast loops live here too: they ask the table where
+//! a name is, and follow the answer.
+//!
+//! - Start: answered `already-started` with the node when the name runs; started here
+//!   when this node owns it; otherwise forwarded to the owner.
+//! - Call and cast: to the local instance when it runs here, else to the node that
+//!   runs it or owns it; a name running nowhere answers `not-found`, unless its kind
+//!   activates on call, in which case the owner starts it first (virtual actors).
+//! - Node-up and node-down reach every local instance as `info` events.
+
+mod actor;
+mod directory;
+mod error;
+mod handoff;
+mod name;
+pub mod placement;
+pub mod route;
+mod supervise;
+pub mod table;
+pub mod wire;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+use tracing::debug;
+use wasmnode_proto::Frame;
+
+pub use actor::{start_apart, BoxFuture, Envelope, Info, Mailbox, RemoteReply, ReplyTo, Restart, Spawner};
+pub use error::{CallError, StartError};
+pub use name::WorkerName;
+pub use placement::owner;
+pub use wire::RPC_TAG;
+
+use crate::dist::{DownReason, Peer};
+use crate::membership::{MemberChange, Membership};
+use route::Route;
+use table::{Effect, Event, Table};
+use wire::{CallFields, CastFields, Msg, Rpc, RpcReply, RPC_CALL, RPC_CAST};
+
+/// How long a call or start waits for members that came up to list their names.
+const SYNC_WAIT: Duration = Duration::from_secs(2);
+/// How long a call or start on a node that just started waits for it to find its cluster.
+const READY_WAIT: Duration = Duration::from_secs(10);
+/// How many nodes a call follows a moving name through before giving up.
+const MAX_HOPS: usize = 4;
+
+/// Whom the table's answer to a start or a stop goes to.
+#[derive(Debug)]
+pub enum Waiter {
+    Start(oneshot::Sender<Result<String, StartError>>),
+    Stop(oneshot::Sender<bool>),
+}
+
+type Core = Table<Mailbox, Waiter>;
+
+struct Inner {
+    membership: Membership,
+    spawner: Arc<dyn Spawner>,
+    table: Mutex<Core>,
+    /// Woken whenever the table says where names run changed.
+    changed: Notify,
+    /// Opened once this node has found its cluster: before that, alone, it would own
+    /// every name and answer `not-found` for names running elsewhere.
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+/// This node's part of the cluster-wide registry.
+#[derive(Clone)]
+pub struct Registry(Arc<Inner>);
+
+/// Where a call goes once the table has answered.
+enum Target {
+    Here(Mailbox),
+    Remote(String),
+}
+
+/// Queues a call in an instance's mailbox and waits for its reply, until `deadline`.
+async fn call_mailbox(name: &WorkerName, mailbox: Mailbox, msg: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, CallError> {
+    let (tx, rx) = oneshot::channel();
+    if mailbox.tx.send(Envelope::Call { msg, reply: ReplyTo::Local(tx) }).is_err() {
+        return Err(CallError::Failed(format!("{name} stopped")));
+    }
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(CallError::Failed(format!("{name} stopped before replying"))),
+        Err(_) => Err(CallError::Timeout),
+    }
+}
+
+impl Registry {
+    /// A registry over `membership`, creating instances with `spawner`. It hears of
+    /// membership changes in their order, from the membership's own task.
+    pub fn start(membership: Membership, spawner: Arc<dyn Spawner>) -> Registry {
+        let kinds: Arc<dyn table::Kinds> = spawner.clone();
+        let me = membership.dist().name().to_string();
+        let r = Registry(Arc::new(Inner {
+            membership: membership.clone(),
+            spawner,
+            table: Mutex::new(Table::new(me, kinds)),
+            changed: Notify::new(),
+            ready: tokio::sync::watch::Sender::new(false),
+        }));
+        let weak = Arc::downgrade(&r.0);
+        membership.set_member_hook(Arc::new(move |change: &MemberChange| {
+            if let Some(inner) = weak.upgrade() {
+                Registry(inner).member_changed(change);
+            }
+        }));
+        r
+    }
+
+    pub fn node(&self) -> &str {
+        self.0.membership.dist().name()
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.0.membership
+    }
+
+    /// The node that should run `name` now.
+    pub fn owner_of(&self, name: &WorkerName) -> String {
+        self.0.table.lock().unwrap().owner_of(name).to_string()
+    }
+
+    /// Names running on this node, sorted.
+    pub fn local_names(&self) -> Vec<String> {
+        self.0.table.lock().unwrap().running().iter().map(WorkerName::to_string).collect()
+    }
+
+    /// Instances running here, by kind.
+    pub fn instances_by_kind(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut by_kind = std::collections::BTreeMap::new();
+        for name in self.0.table.lock().unwrap().running() {
+            *by_kind.entry(name.kind).or_insert(0) += 1;
+        }
+        by_kind
+    }
+
+    /// Opens the gate: this node has found its cluster (see [`Membership::settled`]).
+    pub fn set_ready(&self) {
+        self.0.ready.send_replace(true);
+    }
+
+    /// Ready for work (`/readyz`): the gate is open and the node is not leaving.
+    pub fn is_ready(&self) -> bool {
+        *self.0.ready.borrow() && !self.0.table.lock().unwrap().is_leaving()
+    }
+
+    // ---- the driver: events in, effects carried out ----
+
+    /// Feeds one event to the table and carries out its effects. Spawns are started
+    /// on tasks of their own unless `inline`, when they are returned for the caller to
+    /// await (a start asked here runs `init` on the task that asked).
+    fn apply(&self, event: Event<Mailbox, Waiter>, inline: bool) -> Vec<BoxFuture<()>> {
+        let mut table = self.0.table.lock().unwrap();
+        let effects = table.handle(event);
+        // Effects run under the lock, in order (two threads' sends never swap), except
+        // what feeds the table again, which runs after it.
+        let mut later = Vec::new();
+        let mut spawns = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Send { to, msg } => self.send(&to, &msg),
+                Effect::Spawn { name, id, args, state } => {
+                    let r = self.clone();
+                    let job: BoxFuture<()> = Box::pin(async move {
+                        let result = r.0.spawner.spawn(r.clone(), name.clone(), args, state, id).await;
+                        r.apply(Event::Spawned { name, id, result }, false);
+                    });
+                    if inline {
+                        spawns.push(job);
+                    } else {
+                        tokio::spawn(job);
+                    }
+                }
+                Effect::Stop { name, id, handle, reason } => {
+                    let (tx, rx) = oneshot::channel();
+                    if handle.tx.send(Envelope::Stop { reason, reply: tx }).is_err() {
+                        later.push(Event::Stopped { name, id, state: None });
+                    } else {
+                        let r = self.clone();
+                        tokio::spawn(async move {
+                            let state = rx.await.ok().flatten();
+                            r.apply(Event::Stopped { name, id, state }, false);
+                        });
+                    }
+                }
+                Effect::Merge { handle, from, state, .. } => {
+                    let _ = handle.tx.send(Envelope::Conflict(Box::new((from, state))));
+                }
+                Effect::ForwardStart { to, name, args, reply } => {
+                    let r = self.clone();
+                    tokio::spawn(async move {
+                        let result = match r.rpc(&to, &Rpc::Start { name, args }, Duration::from_secs(30)).await {
+                            Ok(RpcReply::Started(node)) => Ok(node),
+                            Ok(RpcReply::StartFailed(e)) => Err(e),
+                            Ok(_) => Err(StartError::Failed("unexpected reply".into())),
+                            Err(e) => Err(StartError::Failed(format!("owner {to}: {e}"))),
+                        };
+                        if let Waiter::Start(tx) = reply {
+                            let _ = tx.send(result);
+                        }
+                    });
+                }
+                Effect::Started { reply, result } => {
+                    if let Waiter::Start(tx) = reply {
+                        let _ = tx.send(result);
+                    }
+                }
+                Effect::StopDone { reply, stopped } => {
+                    if let Waiter::Stop(tx) = reply {
+                        let _ = tx.send(stopped);
+                    }
+                }
+                Effect::SetTimer { after, timer } => {
+                    let r = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        r.apply(Event::Timer(timer), false);
+                    });
+                }
+                Effect::Changed => self.0.changed.notify_waiters(),
+            }
+        }
+        drop(table);
+        for event in later {
+            spawns.extend(self.apply(event, inline));
+        }
+        spawns
+    }
+
+    /// Applies an event whose spawns run on this task.
+    async fn apply_here(&self, event: Event<Mailbox, Waiter>) {
+        for job in self.apply(event, true) {
+            job.await;
+        }
+    }
+
+    fn send(&self, to: &str, msg: &Msg) {
+        if let Some(peer) = self.0.membership.dist().peer(to) {
+            peer.send(Frame::Request { id: 0, body: wire::encode(&Rpc::Tell(msg.clone())) });
+        }
+    }
+
+    /// A membership change: to the table, and to every local instance as `info`.
+    fn member_changed(&self, change: &MemberChange) {
+        let (event, info) = match change {
+            MemberChange::Up { node, conn } => (Event::MemberUp { node: node.clone(), conn: *conn }, Info::NodeUp(node.clone())),
+            MemberChange::Leaving { node, conn } => {
+                let info = Info::NodeDown { node: node.clone(), reason: DownReason::Left.to_string() };
+                (Event::MemberLeaving { node: node.clone(), conn: *conn }, info)
+            }
+            MemberChange::Down { node, conn, reason } => {
+                let info = Info::NodeDown { node: node.clone(), reason: reason.to_string() };
+                (Event::MemberDown { node: node.clone(), conn: *conn }, info)
+            }
+            // A leaver's connection closing: nothing for the instances (they heard it leave).
+            MemberChange::Gone { node, conn } => {
+                self.apply(Event::MemberDown { node: node.clone(), conn: *conn }, false);
+                return;
+            }
+        };
+        self.apply(event, false);
+        let mailboxes: Vec<Mailbox> = self.0.table.lock().unwrap().running_handles();
+        for mb in mailboxes {
+            let _ = mb.tx.send(Envelope::Info(Box::new(info.clone())));
+        }
+    }
+
+    // ---- starts and stops ----
+
+    /// Starts `kind/key` on its owner; the node it runs on.
+    pub async fn start_worker(&self, kind: &str, key: &str, args: Vec<u8>) -> Result<String, StartError> {
+        let name = WorkerName::new(kind, key);
+        self.wait_synced_unless_known(&name).await;
+        self.start_with(name, args, false).await
+    }
+
+    /// Starts `kind/key` here, whoever owns it.
+    pub async fn start_local(&self, kind: &str, key: &str, args: Vec<u8>) -> Result<String, StartError> {
+        self.start_with(WorkerName::new(kind, key), args, true).await
+    }
+
+    async fn start_with(&self, name: WorkerName, args: Vec<u8>, here: bool) -> Result<String, StartError> {
+        let (tx, rx) = oneshot::channel();
+        self.apply_here(Event::Start { name, args, here, reply: Waiter::Start(tx) }).await;
+        rx.await.unwrap_or_else(|_| Err(StartError::Failed("the registry dropped the start".into())))
+    }
+
+    /// Stops the local instance of `kind/key` after its `terminate(reason)`; false if
+    /// none runs here. Its state is dropped: this is an end, not a handoff. Answered
+    /// once the instance's memory is free.
+    pub async fn stop_local(&self, kind: &str, key: &str, reason: &str) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let event = Event::Stop { name: WorkerName::new(kind, key), reason: reason.into(), reply: Waiter::Stop(tx) };
+        self.apply(event, false);
+        rx.await.unwrap_or(false)
+    }
+
+    /// Forgets instance `id` of `name`: it ended by itself (a trap). A stop the
+    /// registry asked for is answered on its own channel instead.
+    pub fn unregister(&self, name: &WorkerName, id: u64) {
+        self.apply(Event::Exited { name: name.clone(), id }, false);
+    }
+
+    /// Hands every local instance to its next owner (this node excluded): `terminate`
+    /// state out, `init(…, state)` there, acknowledged; within `deadline`. Calls that
+    /// arrive meanwhile wait and then follow the name.
+    pub async fn hand_off_all(&self, deadline: Duration) {
+        self.apply(Event::Leave, false);
+        let _ = self.wait_for(Instant::now() + deadline, |t| t.local_count() == 0).await;
+    }
+
+    /// Waits until `done` holds of the table (looking again at every change), or
+    /// `deadline`; whether it holds.
+    async fn wait_for(&self, deadline: Instant, done: impl Fn(&Core) -> bool) -> bool {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(&self.0.table.lock().unwrap()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    async fn wait_synced_unless_known(&self, name: &WorkerName) {
+        if self.0.table.lock().unwrap().knows(name) {
+            return;
+        }
+        let mut ready = self.0.ready.subscribe();
+        let _ = tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r)).await;
+        // Members that came up list their names first, so a new node does not answer
+        // `not-found` for a name running elsewhere.
+        self.wait_for(Instant::now() + SYNC_WAIT, |t| t.synced()).await;
+    }
+
+    // ---- calls ----
+
+    /// Calls `kind/key` wherever it runs; its reply.
+    pub async fn call(&self, kind: &str, key: &str, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let started = std::time::Instant::now();
+        let name = WorkerName::new(kind, key);
+        let deadline = Instant::now() + timeout;
+        // The common case first, with one lookup: the instance runs here.
+        let running = self.0.table.lock().unwrap().handle_of(&name).cloned();
+        let result = match running {
+            Some(mailbox) => call_mailbox(&name, mailbox, msg, deadline).await,
+            None => {
+                self.wait_synced_unless_known(&name).await;
+                self.call_routed(&name, msg, deadline).await
+            }
+        };
+        crate::metrics::global().called(started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// Follows the table's answers for `name` (and the nodes' `moved` answers), at most
+    /// [`MAX_HOPS`] nodes.
+    async fn call_routed(&self, name: &WorkerName, msg: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, CallError> {
+        let mut next = None;
+        for _ in 0..MAX_HOPS {
+            let node = match next.take() {
+                Some(node) if node != self.node() => node,
+                _ => match self.resolve(name, None, deadline).await? {
+                    Target::Here(mailbox) => return call_mailbox(name, mailbox, msg, deadline).await,
+                    Target::Remote(node) => node,
+                },
+            };
+            let timeout_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+            let rpc = Rpc::Call { name: name.clone(), msg: msg.clone(), timeout_ms };
+            // The caller's deadline bounds the call: an instance running on `node` answers
+            // from its mailbox with no timer of its own (`handle_rpc_fast`).
+            match self.rpc(&node, &rpc, deadline.saturating_duration_since(Instant::now())).await {
+                Ok(RpcReply::Reply(r)) => return Ok(r),
+                Ok(RpcReply::CallFailed(e)) => return Err(e),
+                Ok(RpcReply::Moved(to)) => next = Some(to),
+                Ok(_) => return Err(CallError::Failed("unexpected reply".into())),
+                // `node` said it is leaving and closed before answering: the call was not
+                // handled there. (A call its instance handled was answered before the
+                // instance stopped for the handoff, and the node closes only once the
+                // handoff is acknowledged, so that reply is ahead of the close on the
+                // wire.) It goes where the name is now.
+                Err(CallError::Unavailable(_)) if self.0.membership.has_left(&node) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(CallError::Unavailable(format!("{name} keeps moving")))
+    }
+
+    /// Where a call for `name` that reached this node goes (from `from`, for a call
+    /// another node sent): waits while it starts or moves here, and starts it first
+    /// when its kind activates on call.
+    async fn resolve(&self, name: &WorkerName, from: Option<&str>, deadline: Instant) -> Result<Target, CallError> {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let route = self.0.table.lock().unwrap().route(name, from);
+            match route {
+                Route::Here(mailbox) => return Ok(Target::Here(mailbox)),
+                Route::Remote(node) => return Ok(Target::Remote(node)),
+                Route::NotFound => return Err(CallError::NotFound),
+                Route::Wait => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return Err(CallError::Timeout);
+                    }
+                }
+                Route::Activate => {
+                    // The caller may be a guest: its start runs apart (see `start_apart`).
+                    let (r, n) = (self.clone(), name.clone());
+                    match start_apart(async move { r.start_with(n, Vec::new(), true).await }).await {
+                        Ok(_) | Err(StartError::AlreadyStarted(_)) => {}
+                        Err(e) => return Err(CallError::Failed(format!("activating {name}: {e}"))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `msg` to `kind/key` without waiting for it to be handled.
+    pub async fn cast(&self, kind: &str, key: &str, msg: Vec<u8>) -> Result<(), CallError> {
+        let name = WorkerName::new(kind, key);
+        self.wait_synced_unless_known(&name).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match self.resolve(&name, None, deadline).await? {
+            Target::Here(mailbox) => mailbox.tx.send(Envelope::Cast { msg }).map_err(|_| CallError::Failed(format!("{name} stopped"))),
+            Target::Remote(node) => match self.rpc(&node, &Rpc::Cast { name, msg }, Duration::from_secs(5)).await {
+                Ok(RpcReply::Done) => Ok(()),
+                Ok(RpcReply::CallFailed(e)) => Err(e),
+                Ok(_) => Err(CallError::Failed("unexpected reply".into())),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Every node's running names, asking each member.
+    pub async fn list_all(&self) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        for m in self.0.membership.members() {
+            if m.is_self {
+                out.push((m.name, self.local_names()));
+            } else if let Ok(RpcReply::List(names)) = self.rpc(&m.name, &Rpc::List, Duration::from_secs(5)).await {
+                out.push((m.name, names));
+            }
+        }
+        out
+    }
+
+    async fn rpc(&self, node: &str, rpc: &Rpc, timeout: Duration) -> Result<RpcReply, CallError> {
+        let peer = self.0.membership.dist().peer(node).ok_or_else(|| CallError::Unavailable(format!("{node} is not connected")))?;
+        match peer.request(wire::encode(rpc), timeout).await {
+            Ok(reply) => postcard::from_bytes(&reply).map_err(|e| CallError::Failed(format!("bad reply from {node}: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(CallError::Timeout),
+            Err(_) => Err(CallError::Unavailable(format!("{node} went down"))),
+        }
+    }
+
+    // ---- requests from other nodes ----
+
+    /// Answers, on the reader of the connection it came on, a call or cast from another
+    /// node to an instance running here: into its mailbox at once, and for a call the
+    /// instance writes the reply to that connection itself. False for every other
+    /// request, and for a name that is not running here (starting, moving, gone): those
+    /// take [`Registry::handle_rpc`]'s path, in order with the connection's other events.
+    ///
+    /// A call and a cast from one node to one running instance both come this way, so
+    /// they reach its mailbox in the order they were sent. The callee sets no timer of
+    /// its own: the caller's deadline bounds the call.
+    pub fn handle_rpc_fast(&self, peer: &Peer, id: u64, body: &Bytes) -> bool {
+        if body.len() < 2 || body[0] != RPC_TAG {
+            return false;
+        }
+        let (kind, key, msg, call) = match body[1] {
+            RPC_CALL => match postcard::from_bytes::<CallFields>(&body[2..]) {
+                Ok((kind, key, msg, _timeout_ms)) => (kind, key, msg, true),
+                Err(_) => return false,
+            },
+            RPC_CAST => match postcard::from_bytes::<CastFields>(&body[2..]) {
+                Ok((kind, key, msg)) => (kind, key, msg, false),
+                Err(_) => return false,
+            },
+            _ => return false,
+        };
+        let name = WorkerName::new(kind, key);
+        let table = self.0.table.lock().unwrap();
+        let Some(mb) = table.handle_of(&name) else { return false };
+        let envelope = if call {
+            let reply = RemoteReply { peer: peer.clone(), id, name, sent: false };
+            Envelope::Call { msg: msg.to_vec(), reply: ReplyTo::Remote(Box::new(reply)) }
+        } else {
+            Envelope::Cast { msg: msg.to_vec() }
+        };
+        let queued = match mb.tx.send(envelope) {
+            Ok(()) => true,
+            // The instance is gone: this request takes the ordered path, unanswered here.
+            Err(Envelope::Call { reply: ReplyTo::Remote(mut r), .. }) => {
+                r.sent = true;
+                false
+            }
+            Err(_) => false,
+        };
+        drop(table);
+        if queued && !call {
+            peer.send(Frame::Reply { id, body: wire::encode_reply(&RpcReply::Done) });
+        }
+        queued
+    }
+
+    /// Answers a registry request from another node (a body that starts with
+    /// [`RPC_TAG`]).
+    ///
+    /// Called for each request in the order the connections delivered them. The
+    /// one-way messages of the state machine take effect here, at once and in that
+    /// order: a task each could run them out of order on the multi-threaded runtime, and
+    /// a `Registered` overtaken by the `Handoff` its node sent next would stop the
+    /// instance just handed over. Everything that waits runs in a task.
+    pub fn handle_rpc(&self, peer: Peer, id: u64, body: Bytes) {
+        let rpc = match wire::decode(&body) {
+            Ok(Rpc::Tell(msg)) => {
+                self.apply(Event::Received { from: peer.name().to_string(), msg }, false);
+                return;
+            }
+            Ok(rpc) => rpc,
+            Err(e) => {
+                debug!(peer = %peer.name(), "bad registry request: {e}");
+                let reply = RpcReply::CallFailed(CallError::Failed(format!("bad request: {e}")));
+                peer.send(Frame::Reply { id, body: wire::encode_reply(&reply) });
+                return;
+            }
+        };
+        let registry = self.clone();
+        tokio::spawn(async move {
+            let reply = match rpc {
+                Rpc::Start { name, args } => match registry.start_with(name, args, true).await {
+                    Ok(node) => RpcReply::Started(node),
+                    Err(e) => RpcReply::StartFailed(e),
+                },
+                Rpc::Call { name, msg, timeout_ms } => {
+                    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                    match registry.resolve(&name, Some(peer.name()), deadline).await {
+                        // Not relayed (this node may be about to close): the caller is
+                        // told where it went and calls there itself.
+                        Ok(Target::Remote(node)) => RpcReply::Moved(node),
+                        Ok(Target::Here(mailbox)) => match call_mailbox(&name, mailbox, msg, deadline).await {
+                            Ok(r) => RpcReply::Reply(r),
+                            Err(e) => RpcReply::CallFailed(e),
+                        },
+                        Err(e) => RpcReply::CallFailed(e),
+                    }
+                }
+                Rpc::Cast { name, msg } => match registry.resolve(&name, Some(peer.name()), Instant::now() + Duration::from_secs(5)).await {
+                    Ok(Target::Here(mailbox)) => match mailbox.tx.send(Envelope::Cast { msg }) {
+                        Ok(()) => RpcReply::Done,
+                        Err(_) => RpcReply::CallFailed(CallError::Failed(format!("{name} stopped"))),
+                    },
+                    Ok(Target::Remote(_)) => RpcReply::CallFailed(CallError::NotFound),
+                    Err(e) => RpcReply::CallFailed(e),
+                },
+                Rpc::List => RpcReply::List(registry.local_names()),
+                Rpc::Tell(_) => return,
+            };
+            peer.send(Frame::Reply { id, body: wire::encode_reply(&reply) });
+        });
+    }
+}

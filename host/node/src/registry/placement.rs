@@ -1,0 +1,141 @@
+//! Placement: which member owns a name. Pure functions of the member set and the name.
+//!
+//! A name's owner is the member with the highest rendezvous score (FNV-1a of
+//! `member ‖ name`, finalized), ties to the smaller member name: every node that sees
+//! the same members agrees, and a member joining or leaving moves only the names it
+//! wins or held.
+
+use serde::{Deserialize, Serialize};
+
+use super::WorkerName;
+
+/// The member that owns `name`: highest rendezvous score, ties to the smaller name.
+pub fn owner<'a>(members: impl IntoIterator<Item = &'a str>, name: &WorkerName) -> Option<&'a str> {
+    members.into_iter().max_by_key(|m| (score(m, name), std::cmp::Reverse(*m)))
+}
+
+fn score(member: &str, name: &WorkerName) -> u64 {
+    // FNV-1a: stable across builds and platforms, so mixed versions agree on owners.
+    // The bytes are those of `member \0 kind/key`, as when names were strings.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = member.bytes().chain([0u8]).chain(name.kind.bytes()).chain([b'/']).chain(name.key.bytes());
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Finalize (splitmix64) so similar inputs spread.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Where an instance comes from: how often its line of instances was restarted without
+/// state (a node went down under it), and how often it moved with its state (handoffs).
+/// Every instance announces its lineage with its name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub restarts: u32,
+    pub moves: u32,
+}
+
+impl Lineage {
+    /// The lineage of an instance restarted without state after this one was lost.
+    pub fn restarted(self) -> Lineage {
+        Lineage { restarts: self.restarts + 1, moves: self.moves + 1 }
+    }
+
+    /// The lineage of an instance started from this one's state.
+    pub fn moved(self) -> Lineage {
+        Lineage { restarts: self.restarts, moves: self.moves + 1 }
+    }
+
+    fn rank(self) -> (u32, std::cmp::Reverse<u32>) {
+        (self.restarts, std::cmp::Reverse(self.moves))
+    }
+}
+
+/// Which of two instances of one name stays when they meet (after a partition, a pause
+/// or a join that raced a start), and which announcement a directory keeps: the one
+/// whose lineage was restarted without state fewer times — an instance that kept its
+/// state never loses to one restarted empty in its absence — then the one that moved
+/// more (the later of a handoff's two ends), then the one on the smaller node name.
+/// Every node computes the same answer from the same two claims.
+pub fn stays(a: (Lineage, &str), b: (Lineage, &str)) -> bool {
+    (a.0.rank(), a.1) < (b.0.rank(), b.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn n(i: usize) -> WorkerName {
+        WorkerName::new("counter", i.to_string())
+    }
+
+    #[test]
+    fn every_view_of_the_same_members_agrees_on_owners() {
+        let a = ["a@h", "b@h", "c@h"];
+        let b = ["c@h", "a@h", "b@h"];
+        for i in 0..1000 {
+            assert_eq!(owner(a, &n(i)), owner(b, &n(i)));
+        }
+    }
+
+    #[test]
+    fn owners_spread_and_a_leaving_member_moves_only_its_names() {
+        let three = ["a@h", "b@h", "c@h"];
+        let two = ["a@h", "b@h"];
+        let mut counts = HashMap::new();
+        let mut moved = 0;
+        for i in 0..3000 {
+            let o3 = owner(three, &n(i)).unwrap();
+            *counts.entry(o3).or_insert(0) += 1;
+            let o2 = owner(two, &n(i)).unwrap();
+            if o3 != "c@h" {
+                assert_eq!(o2, o3, "{} moved although its owner stayed", n(i));
+            } else {
+                moved += 1;
+            }
+        }
+        for (m, c) in counts {
+            assert!((800..1200).contains(&c), "{m} owns {c} of 3000");
+        }
+        assert!((800..1200).contains(&moved));
+    }
+
+    #[test]
+    fn scores_are_those_of_the_kind_slash_key_string() {
+        // Owners must not change across versions: the score hashes `kind/key` as the
+        // string-named registry did.
+        fn string_score(member: &str, name: &str) -> u64 {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in member.bytes().chain([0u8]).chain(name.bytes()) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            h ^= h >> 30;
+            h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            h ^= h >> 27;
+            h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+            h ^ (h >> 31)
+        }
+        for i in 0..100 {
+            let name = WorkerName::new("order", format!("k/{i}"));
+            assert_eq!(score("a@h", &name), string_score("a@h", &name.to_string()));
+        }
+    }
+
+    #[test]
+    fn the_instance_that_kept_its_state_stays() {
+        let original = Lineage::default();
+        let restarted = original.restarted();
+        assert!(stays((original, "z@h"), (restarted, "a@h")), "an original beats a restart on a smaller node");
+        assert!(!stays((restarted.restarted(), "a@h"), (restarted, "z@h")));
+        assert!(stays((original.moved(), "z@h"), (original, "a@h")), "the later end of a handoff");
+        assert!(stays((restarted, "a@h"), (restarted, "b@h")), "between equals, the smaller node name");
+        assert!(!stays((restarted, "a@h"), (restarted, "a@h")), "an instance does not beat itself");
+    }
+}

@@ -1,0 +1,52 @@
+//! Routing: where a call or cast for a name goes from this node. A query of the table,
+//! asked again after every change while the answer is [`Route::Wait`]; the driver's
+//! call loop (and the simulation's) follow it with a hop limit.
+
+use super::table::{Slot, StopWhy, Table};
+use super::WorkerName;
+
+/// Where a call for a name goes next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<M> {
+    /// It runs here: into this mailbox.
+    Here(M),
+    /// It runs on (or belongs to) that node.
+    Remote(String),
+    /// It is starting or moving here: ask again when the table changes.
+    Wait,
+    /// It runs nowhere; this node owns it and its kind starts on call: start it here.
+    Activate,
+    /// It runs nowhere.
+    NotFound,
+}
+
+impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
+    /// Where a call for `name` that reached this node goes. `from`: the node that sent
+    /// it here (a name that, by this node's directory, runs on the sender is not sent
+    /// back: that is a disagreement only time resolves, answered here).
+    pub fn route(&self, name: &WorkerName, from: Option<&str>) -> Route<M> {
+        match self.local.get(name) {
+            Some(Slot::Running { handle, .. }) => return Route::Here(handle.clone()),
+            Some(Slot::Stopping { why: StopWhy::Duplicate { winner }, .. }) => return Route::Remote(winner.clone()),
+            Some(Slot::Stopping { why: StopWhy::Asked(_), .. }) => return Route::NotFound,
+            Some(_) => return Route::Wait,
+            None => {}
+        }
+        let elsewhere = |n: &String| n != &self.me && Some(n.as_str()) != from && self.connected(n);
+        if let Some(to) = self.moved.get(name).filter(|n| elsewhere(n)) {
+            return Route::Remote(to.clone());
+        }
+        if let Some(c) = self.directory.get(name).filter(|c| elsewhere(&c.node)) {
+            return Route::Remote(c.node.clone());
+        }
+        let owner = self.owner_of(name);
+        if owner != self.me && Some(owner) != from {
+            return Route::Remote(owner.to_string());
+        }
+        if !self.leaving && self.kinds.activate_on_call(&name.kind) {
+            Route::Activate
+        } else {
+            Route::NotFound
+        }
+    }
+}

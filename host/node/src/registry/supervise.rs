@@ -1,0 +1,117 @@
+//! Supervision: members coming up, leaving and going down, and what that does to
+//! names. A name whose node went down becomes an orphan on every node that knew it,
+//! until an instance of it is announced again; each membership change re-plans every
+//! orphan, so a restart whose planned owner died meanwhile is planned again.
+
+use tracing::info;
+
+use super::table::{Effect, Orphan, Slot, StartWhy, Table, Timer, LEAVER_GRACE};
+#[allow(unused_imports)]
+use super::placement::Lineage;
+use super::wire::Msg;
+use super::Restart;
+
+impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
+    pub(super) fn member_up(&mut self, node: String, conn: u64) {
+        self.leavers.remove(&node);
+        self.members.insert(node.clone(), conn);
+        // It tells this node its names again on this connection.
+        self.synced.remove(&node);
+        for (name, slot) in &self.local {
+            if let Slot::Running { args, lineage, .. } = slot {
+                let msg = Msg::Registered { name: name.clone(), args: args.clone(), lineage: *lineage };
+                self.out.push(Effect::Send { to: node.clone(), msg });
+            }
+        }
+        self.out.push(Effect::Send { to: node.clone(), msg: Msg::Synced });
+        self.replan();
+        for name in self.running() {
+            self.place(&name);
+        }
+        // Names a leaving node had nobody to hand to go to the newcomer (or its owner).
+        let waiting: Vec<_> = self.local.iter().filter(|(_, s)| matches!(s, Slot::Moving { to, .. } if to.is_empty())).map(|(n, _)| n.clone()).collect();
+        for name in waiting {
+            self.send_handoff(name, None);
+        }
+        self.out.push(Effect::Changed);
+    }
+
+    /// With rebalancing on, moves a running instance to its owner when the owner is
+    /// another member that does not run it too (two instances meeting are a duplicate,
+    /// resolved first, not a move).
+    pub(super) fn place(&mut self, name: &super::WorkerName) {
+        if !self.kinds.rebalance_on_join() || self.leaving || !matches!(self.local.get(name), Some(Slot::Running { .. })) {
+            return;
+        }
+        let owner = self.owner_of(name);
+        if owner != self.me && !self.directory.get(name).is_some_and(|c| c.node == owner) {
+            self.begin_move(name);
+        }
+    }
+
+    pub(super) fn member_leaving(&mut self, node: String, conn: u64) {
+        if self.members.get(&node) != Some(&conn) {
+            return;
+        }
+        self.members.remove(&node);
+        self.leavers.insert(node.clone(), conn);
+        self.out.push(Effect::SetTimer { after: LEAVER_GRACE, timer: Timer::LeaverGone { node, conn } });
+        self.replan();
+        self.out.push(Effect::Changed);
+    }
+
+    pub(super) fn member_down(&mut self, node: &str, conn: u64) {
+        let current = self.members.get(node).or(self.leavers.get(node)).copied();
+        if current != Some(conn) {
+            return;
+        }
+        self.members.remove(node);
+        self.leavers.remove(node);
+        self.synced.remove(node);
+        // What it announced on this connection (or an earlier one) runs nowhere now.
+        let lost: Vec<_> = self.directory.iter().filter(|(_, c)| c.node == node && c.conn <= conn).map(|(n, _)| n.clone()).collect();
+        for name in lost {
+            let claim = self.directory.remove(&name).expect("listed above");
+            if self.local.contains_key(&name) {
+                continue;
+            }
+            if self.kinds.restart(&name.kind) == Restart::Temporary {
+                info!(worker = %name, peer = %node, "not restarting {name} after {node} went down: its kind is temporary");
+                continue;
+            }
+            self.orphans.insert(name, Orphan { args: claim.args, lineage: claim.lineage, told: None });
+        }
+        // Names handed to it and not yet acknowledged go to the next owner.
+        let stranded: Vec<_> = self.local.iter().filter(|(_, s)| matches!(s, Slot::Moving { to, .. } if to == node)).map(|(n, _)| n.clone()).collect();
+        for name in stranded {
+            self.send_handoff(name, Some(node.to_string()));
+        }
+        // Names moved to it: calls no longer follow them there.
+        self.moved.retain(|_, to| to != node);
+        self.replan();
+        self.out.push(Effect::Changed);
+    }
+
+    /// Plans every orphan again: restarted here when this node owns it now; else its
+    /// owner is told once (it may have joined after the name was lost).
+    pub(super) fn replan(&mut self) {
+        let names: Vec<_> = self.orphans.keys().cloned().collect();
+        for name in names {
+            let runs = self.local.contains_key(&name) || self.directory.get(&name).is_some_and(|c| self.connected(&c.node));
+            if runs {
+                self.orphans.remove(&name);
+                continue;
+            }
+            let owner = self.owner_of(&name).to_string();
+            let orphan = self.orphans.get_mut(&name).expect("listed above");
+            if owner == self.me {
+                let (args, lineage) = (orphan.args.clone(), orphan.lineage.restarted());
+                self.spawn(name, args, lineage, StartWhy::Restart, None, Vec::new());
+            } else if orphan.told.as_deref() != Some(owner.as_str()) {
+                orphan.told = Some(owner.clone());
+                let msg = Msg::Orphan { name, args: orphan.args.clone(), lineage: orphan.lineage };
+                self.out.push(Effect::Send { to: owner, msg });
+            }
+        }
+    }
+}

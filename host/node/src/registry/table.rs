@@ -1,0 +1,438 @@
+//! The registry's state machine: who runs what, what moved, what was announced, what is
+//! lost and waits for a restart. Events in ([`Event`]), effects out ([`Effect`]); no
+//! sockets, no clock, no tasks, no locks. The driver (`mod.rs`) owns the I/O and feeds
+//! it; the simulation (`crate::sim`) feeds the same code from a seed.
+//!
+//! The transitions live beside the state they decide about:
+//! - `directory.rs`: announcements of other nodes, and two instances of one name meeting;
+//! - `supervise.rs`: members up, leaving and down; lost names restarted on their owner;
+//! - `handoff.rs`: instances moving to another node with their state, and stops;
+//! - `route.rs`: where a call for a name goes (a query, no transition).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::placement::{owner, Lineage};
+use super::wire::Msg;
+use super::{Restart, StartError, WorkerName};
+
+/// What the state machine needs to know of worker kinds (the runtime's configuration).
+pub trait Kinds: Send + Sync {
+    /// Whether this node can run workers of `kind`.
+    fn has_kind(&self, kind: &str) -> bool;
+    /// Whether a call to a name of `kind` that runs nowhere starts it.
+    fn activate_on_call(&self, kind: &str) -> bool;
+    /// Whether an instance of `kind` whose node went down is started again elsewhere.
+    fn restart(&self, kind: &str) -> Restart;
+    /// Whether instances move to a node that joins and owns them.
+    fn rebalance_on_join(&self) -> bool;
+}
+
+/// How long a leaving node may take to hand its names over before the names it still
+/// holds are restarted elsewhere without state.
+pub const LEAVER_GRACE: Duration = Duration::from_secs(30);
+
+/// Something that happened, for the state machine to decide about. `M` is the driver's
+/// handle to a running instance (a mailbox), `R` its handle to a waiting requester.
+#[derive(Debug)]
+pub enum Event<M, R> {
+    /// A member connected (`conn` tells this connection from earlier and later ones).
+    MemberUp { node: String, conn: u64 },
+    /// A member announced it is leaving: it hands its names over and no name is placed
+    /// on it; its connection stays up for that.
+    MemberLeaving { node: String, conn: u64 },
+    /// A member's connection `conn` is gone.
+    MemberDown { node: String, conn: u64 },
+    /// Start `name`: on its owner (`here` false), or on this node whoever owns it.
+    Start { name: WorkerName, args: Vec<u8>, here: bool, reply: R },
+    /// Stop the local instance of `name` (its state is dropped: an end, not a move).
+    Stop { name: WorkerName, reason: String, reply: R },
+    /// A message from another registry.
+    Received { from: String, msg: Msg },
+    /// The instance asked for with [`Effect::Spawn`] ran its `init`, or failed to.
+    Spawned { name: WorkerName, id: u64, result: Result<M, String> },
+    /// The instance asked to stop with [`Effect::Stop`] has, with this state.
+    Stopped { name: WorkerName, id: u64, state: Option<Vec<u8>> },
+    /// An instance ended by itself (a trap): nothing restarts it.
+    Exited { name: WorkerName, id: u64 },
+    /// This node is leaving: hand every instance to its next owner.
+    Leave,
+    /// A timer set with [`Effect::SetTimer`] fired.
+    Timer(Timer),
+}
+
+/// What the driver must do, in order.
+#[derive(Debug)]
+pub enum Effect<M, R> {
+    /// Send a message to another registry.
+    Send { to: String, msg: Msg },
+    /// Create instance `id` of `name` and run its `init(args, state)`; answer with
+    /// [`Event::Spawned`].
+    Spawn { name: WorkerName, id: u64, args: Vec<u8>, state: Option<Vec<u8>> },
+    /// Stop an instance after `terminate(reason)`; answer with [`Event::Stopped`].
+    Stop { name: WorkerName, id: u64, handle: M, reason: String },
+    /// Give a running instance the state of another instance of its name that stopped
+    /// in its favour (`resolve-conflict`).
+    Merge { name: WorkerName, handle: M, from: String, state: Vec<u8> },
+    /// Ask `to` to start `name` (its owner); the answer goes to `reply`.
+    ForwardStart { to: String, name: WorkerName, args: Vec<u8>, reply: R },
+    /// Answer a start.
+    Started { reply: R, result: Result<String, StartError> },
+    /// Answer a stop: whether an instance ran here.
+    StopDone { reply: R, stopped: bool },
+    /// Fire [`Event::Timer`] after a while.
+    SetTimer { after: Duration, timer: Timer },
+    /// Where names run changed: callers waiting for a name look again.
+    Changed,
+}
+
+/// The timers the state machine sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timer {
+    /// A leaving member's grace is over: what it still holds is lost.
+    LeaverGone { node: String, conn: u64 },
+}
+
+/// Where a name stands on this node.
+#[derive(Debug)]
+pub enum Slot<M, R> {
+    /// `init` is running.
+    Starting { id: u64, args: Vec<u8>, lineage: Lineage, why: StartWhy<R>, merges: Vec<(String, Vec<u8>)> },
+    Running { id: u64, handle: M, args: Vec<u8>, lineage: Lineage },
+    /// `terminate` is running; what follows depends on why.
+    Stopping { id: u64, args: Vec<u8>, lineage: Lineage, why: StopWhy<R>, merges: Vec<(String, Vec<u8>)> },
+    /// Handed to `to` (empty: nobody to hand to yet), not yet acknowledged: the states
+    /// stay here until they are. `sent`: how many of `merges` the handoff in flight
+    /// carries (more may have come since). `yielding`: it stopped in favour of an
+    /// instance on `to`, to merge into.
+    Moving { to: String, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)>, sent: usize, yielding: bool, refused: BTreeSet<String> },
+}
+
+#[derive(Debug)]
+pub enum StartWhy<R> {
+    /// A start request (or an activation by a call), answered on `reply`.
+    Asked(R),
+    /// Restarted without state after its node went down.
+    Restart,
+    /// Handed over by `from`, which waits for a [`Msg::HandoffAck`].
+    Handoff { from: String },
+    /// It ran nowhere when another instance's state arrived for it: started from that.
+    Adopted,
+}
+
+#[derive(Debug)]
+pub enum StopWhy<R> {
+    /// Moving to its next owner (this node leaves, or another joined and owns it).
+    Handoff,
+    /// Another instance of the name stays, on `winner`: this one's state goes there.
+    Duplicate { winner: String },
+    /// A handoff from `from` brought an instance that stays: it starts here from
+    /// `state` once this one has stopped, and this one's state merges into it.
+    Replaced { from: String, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)> },
+    /// A stop request.
+    Asked(R),
+}
+
+/// Where another node says a name runs.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub node: String,
+    /// The connection the announcement came on: a node that restarts under the same
+    /// name speaks on a new one, and only the old one's names are lost.
+    pub conn: u64,
+    pub args: Vec<u8>,
+    pub lineage: Lineage,
+}
+
+/// A name that runs nowhere since its node went down, waiting for its owner to start it.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    pub args: Vec<u8>,
+    /// The lost instance's lineage; the restart continues it (see [`Lineage::restarted`]).
+    pub lineage: Lineage,
+    /// The member last told that it owns this orphan (so it is told once per owner).
+    pub told: Option<String>,
+}
+
+/// One node's registry state.
+pub struct Table<M, R> {
+    pub(super) me: String,
+    pub(super) kinds: Arc<dyn Kinds>,
+    /// Connected members that take names: not leaving, this node excluded.
+    pub(super) members: BTreeMap<String, u64>,
+    /// Members that announced they are leaving, still connected (handing names over).
+    pub(super) leavers: BTreeMap<String, u64>,
+    /// Members that have told this node every name they run (since they came up).
+    pub(super) synced: BTreeSet<String>,
+    pub(super) local: BTreeMap<WorkerName, Slot<M, R>>,
+    /// Names other nodes run, as they announced them.
+    pub(super) directory: BTreeMap<WorkerName, Claim>,
+    /// Names that run nowhere since their node went down, until their owner restarts them.
+    pub(super) orphans: BTreeMap<WorkerName, Orphan>,
+    /// Names this node handed over, and to whom: calls follow them.
+    pub(super) moved: BTreeMap<WorkerName, String>,
+    /// Set by [`Event::Leave`]: no new instances here.
+    pub(super) leaving: bool,
+    /// Whether a leaving node waits for a member to hand names to (it had members when
+    /// it began to leave) rather than stop them with their state.
+    pub(super) wait_to_hand_over: bool,
+    next_id: u64,
+    pub(super) out: Vec<Effect<M, R>>,
+}
+
+impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
+    pub fn new(me: impl Into<String>, kinds: Arc<dyn Kinds>) -> Self {
+        Table {
+            me: me.into(),
+            kinds,
+            members: BTreeMap::new(),
+            leavers: BTreeMap::new(),
+            synced: BTreeSet::new(),
+            local: BTreeMap::new(),
+            directory: BTreeMap::new(),
+            orphans: BTreeMap::new(),
+            moved: BTreeMap::new(),
+            leaving: false,
+            wait_to_hand_over: false,
+            next_id: 1,
+            out: Vec::new(),
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Applies one event; the effects it calls for, in order.
+    pub fn handle(&mut self, event: Event<M, R>) -> Vec<Effect<M, R>> {
+        match event {
+            Event::MemberUp { node, conn } => self.member_up(node, conn),
+            Event::MemberLeaving { node, conn } => self.member_leaving(node, conn),
+            Event::MemberDown { node, conn } => self.member_down(&node, conn),
+            Event::Start { name, args, here, reply } => self.start(name, args, here, reply),
+            Event::Stop { name, reason, reply } => self.stop(name, reason, reply),
+            Event::Received { from, msg } => self.received(from, msg),
+            Event::Spawned { name, id, result } => self.spawned(name, id, result),
+            Event::Stopped { name, id, state } => self.stopped(name, id, state),
+            Event::Exited { name, id } => self.exited(name, id),
+            Event::Leave => self.leave(),
+            Event::Timer(Timer::LeaverGone { node, conn }) => {
+                if self.leavers.get(&node) == Some(&conn) {
+                    warn!(%node, "node left {node} but kept its connection open past its grace; restarting what it still holds");
+                    self.member_down(&node, conn);
+                }
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn received(&mut self, from: String, msg: Msg) {
+        match msg {
+            Msg::Registered { name, args, lineage } => self.registered(from, name, args, lineage),
+            Msg::Unregistered { name } => {
+                if self.directory.get(&name).is_some_and(|c| c.node == from) {
+                    self.directory.remove(&name);
+                    self.out.push(Effect::Changed);
+                }
+            }
+            Msg::Synced => {
+                self.synced.insert(from);
+                self.out.push(Effect::Changed);
+            }
+            Msg::Handoff { name, args, lineage, state, merges, yielding } => self.handoff_in(from, name, args, lineage, state, merges, yielding),
+            Msg::HandoffAck { name, at } => self.handoff_ack(from, name, at),
+            Msg::Orphan { name, args, lineage } => self.orphan_in(name, args, lineage),
+        }
+    }
+
+    // ---- queries ----
+
+    /// The members that take names, this node included unless it is leaving.
+    pub fn placing(&self) -> impl Iterator<Item = &str> {
+        let me = if self.leaving { None } else { Some(self.me.as_str()) };
+        me.into_iter().chain(self.members.keys().map(String::as_str))
+    }
+
+    /// The node that should run `name` now.
+    pub fn owner_of(&self, name: &WorkerName) -> &str {
+        owner(self.placing(), name).unwrap_or(&self.me)
+    }
+
+    /// Whether `node` is connected (a member, or a leaver still handing over).
+    pub fn connected(&self, node: &str) -> bool {
+        self.members.contains_key(node) || self.leavers.contains_key(node)
+    }
+
+    /// Names running here, sorted.
+    pub fn running(&self) -> Vec<WorkerName> {
+        self.local.iter().filter(|(_, s)| matches!(s, Slot::Running { .. })).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Names with any instance here (running, starting, stopping or moving), sorted.
+    pub fn held(&self) -> Vec<WorkerName> {
+        self.local.keys().cloned().collect()
+    }
+
+    /// Names with any instance here (running, starting, stopping or moving).
+    pub fn local_count(&self) -> usize {
+        self.local.len()
+    }
+
+    /// Whether `name` is known here: running, starting, moved or announced elsewhere.
+    pub fn knows(&self, name: &WorkerName) -> bool {
+        self.local.contains_key(name) || self.directory.contains_key(name) || self.moved.contains_key(name)
+    }
+
+    /// Whether this node knows anything of `name`: an instance, a claim, a move, or that
+    /// it is lost and waits for a restart.
+    pub fn remembers(&self, name: &WorkerName) -> bool {
+        self.knows(name) || self.orphans.contains_key(name)
+    }
+
+    /// Whether every member has told this node the names it runs.
+    pub fn synced(&self) -> bool {
+        self.members.keys().all(|m| self.synced.contains(m))
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
+    }
+
+    /// A running instance's handle.
+    pub fn handle_of(&self, name: &WorkerName) -> Option<&M> {
+        match self.local.get(name) {
+            Some(Slot::Running { handle, .. }) => Some(handle),
+            _ => None,
+        }
+    }
+
+    // ---- helpers for the transition files ----
+
+    pub(super) fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Sends `msg` to every connected member (leavers too: they route calls still).
+    pub(super) fn tell_all(&mut self, msg: Msg) {
+        let to: Vec<String> = self.members.keys().chain(self.leavers.keys()).cloned().collect();
+        for to in to {
+            self.out.push(Effect::Send { to, msg: msg.clone() });
+        }
+    }
+
+    /// Puts a new instance of `name` in `Starting` and asks the driver to create it.
+    pub(super) fn spawn(&mut self, name: WorkerName, args: Vec<u8>, lineage: Lineage, why: StartWhy<R>, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)>) {
+        let id = self.next_id();
+        self.orphans.remove(&name);
+        self.local.insert(name.clone(), Slot::Starting { id, args: args.clone(), lineage, why, merges });
+        self.out.push(Effect::Spawn { name, id, args, state });
+    }
+
+    fn start(&mut self, name: WorkerName, args: Vec<u8>, here: bool, reply: R) {
+        if !self.kinds.has_kind(&name.kind) {
+            let e = StartError::UnknownKind(format!("{} (on {})", name.kind, self.me));
+            self.out.push(Effect::Started { reply, result: Err(e) });
+            return;
+        }
+        if self.local.contains_key(&name) {
+            self.out.push(Effect::Started { reply, result: Err(StartError::AlreadyStarted(self.me.clone())) });
+            return;
+        }
+        if !here {
+            if let Some(c) = self.directory.get(&name).filter(|c| self.connected(&c.node)) {
+                let e = StartError::AlreadyStarted(c.node.clone());
+                self.out.push(Effect::Started { reply, result: Err(e) });
+                return;
+            }
+            let owner = self.owner_of(&name).to_string();
+            if owner != self.me {
+                self.out.push(Effect::ForwardStart { to: owner, name, args, reply });
+                return;
+            }
+        }
+        if self.leaving {
+            let e = StartError::Failed(format!("{} is leaving the cluster", self.me));
+            self.out.push(Effect::Started { reply, result: Err(e) });
+            return;
+        }
+        self.spawn(name, args, Lineage::default(), StartWhy::Asked(reply), None, Vec::new());
+    }
+
+    fn spawned(&mut self, name: WorkerName, id: u64, result: Result<M, String>) {
+        let Some(Slot::Starting { id: sid, .. }) = self.local.get(&name) else { return };
+        if *sid != id {
+            return;
+        }
+        let Some(Slot::Starting { args, lineage, why, merges, .. }) = self.local.remove(&name) else { unreachable!() };
+        self.out.push(Effect::Changed);
+        let handle = match result {
+            Ok(handle) => handle,
+            Err(e) => {
+                match why {
+                    StartWhy::Asked(reply) => self.out.push(Effect::Started { reply, result: Err(StartError::Failed(e)) }),
+                    StartWhy::Handoff { from } => {
+                        warn!(worker = %name, peer = %from, "could not start {name} from its handed-over state: {e}");
+                        self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name, at: None } });
+                    }
+                    StartWhy::Restart | StartWhy::Adopted => warn!(worker = %name, "could not restart {name}: {e}"),
+                }
+                return;
+            }
+        };
+        self.directory.remove(&name);
+        self.orphans.remove(&name);
+        self.moved.remove(&name);
+        self.local.insert(name.clone(), Slot::Running { id, handle: handle.clone(), args: args.clone(), lineage });
+        match why {
+            StartWhy::Asked(reply) => {
+                info!(worker = %name, "started {name}");
+                self.out.push(Effect::Started { reply, result: Ok(self.me.clone()) });
+            }
+            StartWhy::Restart => {
+                crate::metrics::global().restarted();
+                warn!(worker = %name, "restarted {name} on {} after node down: no handoff state", self.me)
+            }
+            StartWhy::Adopted => warn!(worker = %name, "started {name} on {} from the state of an instance that stopped elsewhere", self.me),
+            StartWhy::Handoff { from } => {
+                info!(worker = %name, peer = %from, "started {name} from the state {from} handed over");
+                self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name: name.clone(), at: Some(self.me.clone()) } });
+            }
+        }
+        self.tell_all(Msg::Registered { name: name.clone(), args, lineage });
+        for (from, state) in merges {
+            self.out.push(Effect::Merge { name: name.clone(), handle: handle.clone(), from, state });
+        }
+        if self.leaving {
+            // Started while this node leaves (a handoff that crossed the leave): move on.
+            self.begin_move(&name);
+        } else {
+            self.place(&name);
+        }
+    }
+
+    fn exited(&mut self, name: WorkerName, id: u64) {
+        if matches!(self.local.get(&name), Some(Slot::Running { id: rid, .. }) if *rid == id) {
+            self.local.remove(&name);
+            self.tell_all(Msg::Unregistered { name });
+            self.out.push(Effect::Changed);
+        }
+    }
+}
+
+impl<M: Clone, R> Table<M, R> {
+    /// The handles of every running instance (for `info` events).
+    pub fn running_handles(&self) -> Vec<M> {
+        self.local
+            .values()
+            .filter_map(|s| match s {
+                Slot::Running { handle, .. } => Some(handle.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}

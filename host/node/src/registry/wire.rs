@@ -1,0 +1,130 @@
+//! What registries say to each other: requests that want a reply ([`Rpc`], answered by
+//! [`RpcReply`]) and the one-way messages of the state machine ([`Msg`]), in postcard,
+//! after [`RPC_TAG`].
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::placement::Lineage;
+use super::{CallError, StartError, WorkerName};
+
+/// First byte of a registry request body (control-plane JSON starts with `{`).
+pub const RPC_TAG: u8 = 0x01;
+
+/// A request from one registry to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Rpc {
+    /// Start the name on the receiving node (the sender found it the owner).
+    Start { name: WorkerName, args: Vec<u8> },
+    Call { name: WorkerName, msg: Vec<u8>, timeout_ms: u64 },
+    Cast { name: WorkerName, msg: Vec<u8> },
+    /// The names running on the receiving node.
+    List,
+    /// One-way (request id 0): a message for the receiver's state machine.
+    Tell(Msg),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcReply {
+    Started(String),
+    StartFailed(StartError),
+    Reply(Vec<u8>),
+    CallFailed(CallError),
+    Done,
+    List(Vec<String>),
+    /// The name runs on this node now: send the call there (it was not handled here).
+    Moved(String),
+}
+
+/// A one-way message between two registries' state machines
+/// ([`Table`](super::table::Table)). Every one is idempotent or carries what makes it so:
+/// a connection can close with any of them in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// The sender runs this name now (a start, a restart or a handoff), an instance of
+    /// this lineage (which decides between two instances: see `placement::stays`).
+    Registered { name: WorkerName, args: Vec<u8>, lineage: Lineage },
+    /// The sender no longer runs this name.
+    Unregistered { name: WorkerName },
+    /// The sender has told the receiver every name it runs.
+    Synced,
+    /// Run this name here, from the state its previous instance handed over, and merge
+    /// into it the states in `merges` (other instances' that stopped in its favour).
+    /// With `yielding`, the sender's instance stopped in favour of the receiver's: its
+    /// state merges into the instance running there. Answered with
+    /// [`Msg::HandoffAck`]; until then the sender keeps every state it sent.
+    Handoff { name: WorkerName, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)>, yielding: bool },
+    /// The answer to a handoff: where the name runs now, or `None` when the receiver
+    /// could not take it (leaving, or its start failed).
+    HandoffAck { name: WorkerName, at: Option<String> },
+    /// This name runs nowhere since its node went down: the receiver owns it now.
+    Orphan { name: WorkerName, args: Vec<u8>, lineage: Lineage },
+}
+
+/// postcard's variant indexes of [`Rpc::Call`] and [`Rpc::Cast`] (the byte after
+/// [`RPC_TAG`]), read by the connection's fast path with their fields borrowed.
+pub const RPC_CALL: u8 = 1;
+pub const RPC_CAST: u8 = 2;
+/// `Rpc::Call`'s fields, borrowed: kind, key, message, timeout.
+pub type CallFields<'a> = (&'a str, &'a str, &'a [u8], u64);
+/// `Rpc::Cast`'s fields, borrowed: kind, key, message.
+pub type CastFields<'a> = (&'a str, &'a str, &'a [u8]);
+
+/// A request body: [`RPC_TAG`], then the request in postcard.
+pub fn encode(rpc: &Rpc) -> Bytes {
+    let mut body = vec![RPC_TAG];
+    body.extend(postcard::to_stdvec(rpc).expect("registry requests serialize"));
+    Bytes::from(body)
+}
+
+/// A request from a body that starts with [`RPC_TAG`].
+pub fn decode(body: &[u8]) -> Result<Rpc, postcard::Error> {
+    postcard::from_bytes(body.get(1..).unwrap_or_default())
+}
+
+pub fn encode_reply(reply: &RpcReply) -> Bytes {
+    Bytes::from(postcard::to_stdvec(reply).expect("registry replies serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reader's fast path reads calls and casts by postcard's variant index and
+    /// borrowed fields: they must stay what `Rpc` encodes.
+    #[test]
+    fn the_fast_path_reads_calls_and_casts_as_rpc_writes_them() {
+        let name = WorkerName::new("order", "John");
+        let call = encode(&Rpc::Call { name: name.clone(), msg: b"contents".to_vec(), timeout_ms: 1234 });
+        assert_eq!((call[0], call[1]), (RPC_TAG, RPC_CALL));
+        assert_eq!(postcard::from_bytes::<CallFields>(&call[2..]).unwrap(), ("order", "John", &b"contents"[..], 1234));
+        let cast = encode(&Rpc::Cast { name: WorkerName::new("counter", "c1"), msg: b"increment".to_vec() });
+        assert_eq!((cast[0], cast[1]), (RPC_TAG, RPC_CAST));
+        assert_eq!(postcard::from_bytes::<CastFields>(&cast[2..]).unwrap(), ("counter", "c1", &b"increment"[..]));
+        // Nothing else looks like either.
+        let start = encode(&Rpc::Start { name, args: vec![] });
+        assert!(![RPC_CALL, RPC_CAST].contains(&start[1]));
+        let tell = encode(&Rpc::Tell(Msg::Synced));
+        assert!(![RPC_CALL, RPC_CAST].contains(&tell[1]));
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let name = WorkerName::new("order", "John");
+        let msgs = [
+            Msg::Registered { name: name.clone(), args: vec![1], lineage: Lineage { restarts: 2, moves: 3 } },
+            Msg::Unregistered { name: name.clone() },
+            Msg::Synced,
+            Msg::Handoff { name: name.clone(), args: vec![], lineage: Lineage::default(), state: Some(vec![7; 3]), merges: vec![("c@h".into(), vec![1])], yielding: true },
+            Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
+            Msg::Orphan { name, args: vec![], lineage: Lineage::default() },
+        ];
+        for m in msgs {
+            match decode(&encode(&Rpc::Tell(m.clone()))).unwrap() {
+                Rpc::Tell(back) => assert_eq!(back, m),
+                other => panic!("{m:?} came back as {other:?}"),
+            }
+        }
+        assert!(decode(&[RPC_TAG, 0xff]).is_err(), "an unknown request is an error, not a guess");
+    }
+}
