@@ -7,6 +7,7 @@ mod check;
 mod cluster;
 mod containers;
 mod discovery;
+mod faults;
 mod dns;
 mod handoff;
 mod kubernetes;

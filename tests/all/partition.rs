@@ -7,43 +7,11 @@
 //! dropped with a warning naming it (the counter has none).
 //! Needs root for iptables, as CI has; it fails (never skips) otherwise.
 
-use std::process::Command;
 use std::time::Duration;
 
 use wasmnode_tests::*;
 
 const FORM: Duration = Duration::from_secs(10);
-
-/// iptables rules dropping traffic between `island` and each of `others`, both ways;
-/// removed when dropped, even if the test fails.
-struct Cut {
-    rules: Vec<(String, String)>,
-}
-
-impl Cut {
-    fn new(island: &str, others: &[&str]) -> Cut {
-        let mut cut = Cut { rules: Vec::new() };
-        for o in others {
-            for (src, dst) in [(island, *o), (*o, island)] {
-                let status = Command::new("iptables").args(["-I", "INPUT", "-s", src, "-d", dst, "-j", "DROP"]).status();
-                assert!(
-                    status.as_ref().is_ok_and(|s| s.success()),
-                    "cannot add an iptables rule ({status:?}): this test needs root and iptables (apt-get install iptables)"
-                );
-                cut.rules.push((src.to_string(), dst.to_string()));
-            }
-        }
-        cut
-    }
-}
-
-impl Drop for Cut {
-    fn drop(&mut self) {
-        for (src, dst) in self.rules.drain(..) {
-            let _ = Command::new("iptables").args(["-D", "INPUT", "-s", &src, "-d", &dst, "-j", "DROP"]).status();
-        }
-    }
-}
 
 fn contents(node: &str) -> (bool, String) {
     call(node, "order/John", r#""contents""#)

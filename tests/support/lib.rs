@@ -500,3 +500,35 @@ pub fn all_workers(node: &str) -> Vec<String> {
     all.sort();
     all
 }
+
+/// iptables rules dropping traffic between `island` and each of `others`, both ways;
+/// removed when dropped, even if the test fails. Needs root and iptables; it fails (never
+/// skips) otherwise.
+pub struct Cut {
+    rules: Vec<(String, String)>,
+}
+
+impl Cut {
+    pub fn new(island: &str, others: &[&str]) -> Cut {
+        let mut cut = Cut { rules: Vec::new() };
+        for o in others {
+            for (src, dst) in [(island, *o), (*o, island)] {
+                let status = std::process::Command::new("iptables").args(["-I", "INPUT", "-s", src, "-d", dst, "-j", "DROP"]).status();
+                assert!(
+                    status.as_ref().is_ok_and(|s| s.success()),
+                    "cannot add an iptables rule ({status:?}): this test needs root and iptables (apt-get install iptables)"
+                );
+                cut.rules.push((src.to_string(), dst.to_string()));
+            }
+        }
+        cut
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        for (src, dst) in self.rules.drain(..) {
+            let _ = std::process::Command::new("iptables").args(["-D", "INPUT", "-s", &src, "-d", &dst, "-j", "DROP"]).status();
+        }
+    }
+}

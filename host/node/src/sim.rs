@@ -526,8 +526,14 @@ impl Sim {
             self.after(d, Ev::ConnDown { node: p, peer: n, conn });
         }
         self.conns.retain(|(a, b), _| *a != n && *b != n);
-        let known: Vec<WorkerName> = self.worker_names.iter().filter(|w| !self.nodes.iter().flatten().any(|l| l.table.remembers(w))).cloned().collect();
-        for w in known {
+        self.forget();
+    }
+
+    /// Names no live node knows of any more (the last that did was killed, or left
+    /// alone): nothing can restart them, and they are not expected to run.
+    fn forget(&mut self) {
+        let lost: Vec<WorkerName> = self.worker_names.iter().filter(|w| !self.nodes.iter().flatten().any(|l| l.table.remembers(w))).cloned().collect();
+        for w in lost {
             if self.forgotten.insert(w.clone()) {
                 self.log(|| format!("{w} is known to no live node now"));
             }
@@ -570,6 +576,7 @@ impl Sim {
             self.tainted.insert(inst.name);
         }
         self.conns.retain(|(a, b), _| *a != n && *b != n);
+        self.forget();
     }
 
     // ---- the network ----

@@ -26,6 +26,8 @@ pub mod placement;
 pub mod route;
 mod supervise;
 pub mod table;
+#[cfg(test)]
+mod tests;
 pub mod wire;
 
 use std::sync::{Arc, Mutex};

@@ -32,10 +32,12 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Some(_) => return Route::Wait,
             None => {}
         }
-        let elsewhere = |n: &String| n != &self.me && Some(n.as_str()) != from && self.connected(n);
-        if let Some(to) = self.moved.get(name).filter(|n| elsewhere(n)) {
+        // A name this node handed over goes where it went, even back to the caller (the
+        // caller may be where it moved).
+        if let Some(to) = self.moved.get(name).filter(|n| *n != &self.me && self.connected(n)) {
             return Route::Remote(to.clone());
         }
+        let elsewhere = |n: &String| n != &self.me && Some(n.as_str()) != from && self.connected(n);
         if let Some(c) = self.directory.get(name).filter(|c| elsewhere(&c.node)) {
             return Route::Remote(c.node.clone());
         }

@@ -1,0 +1,477 @@
+//! The state machine's transitions, one family at a time, without sockets, tasks or
+//! clocks: events in, effects checked.
+
+use std::sync::Arc;
+
+use super::placement::{owner, Lineage};
+use super::route::Route;
+use super::table::{Effect, Event, Kinds, Table, Timer};
+use super::wire::Msg;
+use super::{Restart, StartError, WorkerName};
+
+struct TestKinds {
+    rebalance: bool,
+}
+
+impl Kinds for TestKinds {
+    fn has_kind(&self, kind: &str) -> bool {
+        kind == "counter" || kind == "once"
+    }
+    fn activate_on_call(&self, kind: &str) -> bool {
+        kind == "counter"
+    }
+    fn restart(&self, kind: &str) -> Restart {
+        if kind == "once" {
+            Restart::Temporary
+        } else {
+            Restart::Permanent
+        }
+    }
+    fn rebalance_on_join(&self) -> bool {
+        self.rebalance
+    }
+}
+
+type T = Table<u32, u32>;
+type Fx = Vec<Effect<u32, u32>>;
+
+fn table(me: &str, rebalance: bool) -> T {
+    Table::new(me, Arc::new(TestKinds { rebalance }))
+}
+
+fn name(key: &str) -> WorkerName {
+    WorkerName::new("counter", key)
+}
+
+/// A key that `want` owns among `members`.
+fn owned_by(want: &str, members: &[&str]) -> WorkerName {
+    (0..1000).map(|i| name(&format!("k{i}"))).find(|n| owner(members.iter().copied(), n) == Some(want)).expect("some key")
+}
+
+fn sends(fx: &Fx) -> Vec<(String, Msg)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Send { to, msg } => Some((to.clone(), msg.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spawn_of(fx: &Fx) -> Option<(WorkerName, u64, Option<Vec<u8>>)> {
+    fx.iter().find_map(|e| match e {
+        Effect::Spawn { name, id, state, .. } => Some((name.clone(), *id, state.clone())),
+        _ => None,
+    })
+}
+
+fn stop_of(fx: &Fx) -> Option<(u64, String)> {
+    fx.iter().find_map(|e| match e {
+        Effect::Stop { id, reason, .. } => Some((*id, reason.clone())),
+        _ => None,
+    })
+}
+
+fn started(fx: &Fx) -> Option<Result<String, StartError>> {
+    fx.iter().find_map(|e| match e {
+        Effect::Started { result, .. } => Some(result.clone()),
+        _ => None,
+    })
+}
+
+fn up(t: &mut T, node: &str, conn: u64) -> Fx {
+    t.handle(Event::MemberUp { node: node.into(), conn })
+}
+
+fn recv(t: &mut T, from: &str, msg: Msg) -> Fx {
+    t.handle(Event::Received { from: from.into(), msg })
+}
+
+/// Starts `n` here and runs it with `handle`.
+fn run_here(t: &mut T, n: &WorkerName, handle: u32) -> Fx {
+    let fx = t.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 0 });
+    let (_, id, _) = spawn_of(&fx).expect("a spawn");
+    t.handle(Event::Spawned { name: n.clone(), id, result: Ok(handle) })
+}
+
+fn registered(n: &WorkerName, restarts: u32, moves: u32) -> Msg {
+    Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage { restarts, moves } }
+}
+
+// ---- starts ----
+
+#[test]
+fn a_start_runs_on_the_owner_and_is_forwarded_elsewhere() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    let mine = owned_by("a@h", &["a@h", "b@h"]);
+    let fx = a.handle(Event::Start { name: mine.clone(), args: vec![7], here: false, reply: 1 });
+    let (n, id, state) = spawn_of(&fx).expect("started here");
+    assert_eq!((n, state), (mine.clone(), None));
+    let fx = a.handle(Event::Spawned { name: mine.clone(), id, result: Ok(10) });
+    assert_eq!(started(&fx), Some(Ok("a@h".into())));
+    assert!(sends(&fx).contains(&("b@h".into(), Msg::Registered { name: mine.clone(), args: vec![7], lineage: Lineage::default() })));
+    assert_eq!(a.route(&mine, None), Route::Here(10));
+
+    let theirs = owned_by("b@h", &["a@h", "b@h"]);
+    let fx = a.handle(Event::Start { name: theirs.clone(), args: vec![], here: false, reply: 2 });
+    assert!(matches!(&fx[..], [Effect::ForwardStart { to, .. }] if to == "b@h"), "{fx:?}");
+}
+
+#[test]
+fn a_start_of_a_running_or_unknown_name_is_refused() {
+    let mut a = table("a@h", false);
+    let n = name("x");
+    run_here(&mut a, &n, 1);
+    let fx = a.handle(Event::Start { name: n.clone(), args: vec![], here: false, reply: 2 });
+    assert_eq!(started(&fx), Some(Err(StartError::AlreadyStarted("a@h".into()))));
+    up(&mut a, "b@h", 1);
+    let elsewhere = name("y");
+    recv(&mut a, "b@h", registered(&elsewhere, 0, 0));
+    let fx = a.handle(Event::Start { name: elsewhere, args: vec![], here: false, reply: 3 });
+    assert_eq!(started(&fx), Some(Err(StartError::AlreadyStarted("b@h".into()))));
+    let fx = a.handle(Event::Start { name: WorkerName::new("nope", "k"), args: vec![], here: false, reply: 4 });
+    assert!(matches!(started(&fx), Some(Err(StartError::UnknownKind(_)))));
+}
+
+#[test]
+fn a_failed_start_is_answered_and_leaves_nothing_behind() {
+    let mut a = table("a@h", false);
+    let n = name("x");
+    let fx = a.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 1 });
+    let (_, id, _) = spawn_of(&fx).unwrap();
+    assert_eq!(a.route(&n, None), Route::Wait, "calls wait while it starts");
+    let fx = a.handle(Event::Spawned { name: n.clone(), id, result: Err("init refused".into()) });
+    assert_eq!(started(&fx), Some(Err(StartError::Failed("init refused".into()))));
+    assert_eq!(a.local_count(), 0);
+    // A stale outcome (an earlier instance's) changes nothing.
+    let fx = a.handle(Event::Spawned { name: n, id: 999, result: Ok(5) });
+    assert!(fx.is_empty());
+}
+
+// ---- membership ----
+
+#[test]
+fn a_member_coming_up_hears_every_running_name_then_synced() {
+    let mut a = table("a@h", false);
+    run_here(&mut a, &name("x"), 1);
+    let fx = up(&mut a, "b@h", 3);
+    let to_b: Vec<Msg> = sends(&fx).into_iter().filter(|(to, _)| to == "b@h").map(|(_, m)| m).collect();
+    assert_eq!(to_b, vec![registered(&name("x"), 0, 0), Msg::Synced]);
+    assert!(!a.synced());
+    recv(&mut a, "b@h", Msg::Synced);
+    assert!(a.synced());
+}
+
+#[test]
+fn names_of_a_member_that_went_down_restart_on_their_owner_only() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    up(&mut a, "c@h", 2);
+    let for_a = owned_by("a@h", &["a@h", "b@h"]);
+    let for_b = owned_by("b@h", &["a@h", "b@h"]);
+    for n in [&for_a, &for_b] {
+        recv(&mut a, "c@h", registered(n, 0, 0));
+    }
+    recv(&mut a, "c@h", Msg::Registered { name: WorkerName::new("once", "t"), args: vec![], lineage: Lineage::default() });
+    let fx = a.handle(Event::MemberDown { node: "c@h".into(), conn: 2 });
+    let (n, _, state) = spawn_of(&fx).expect("a restart here");
+    assert_eq!((n, state), (for_a.clone(), None));
+    // The other orphan's owner is told, once; the temporary name is not restarted.
+    assert!(sends(&fx).contains(&("b@h".into(), Msg::Orphan { name: for_b.clone(), args: vec![], lineage: Lineage::default() })));
+    assert_eq!(fx.iter().filter(|e| matches!(e, Effect::Spawn { .. })).count(), 1);
+    // The restart carries one more restart in its lineage.
+    let Some((_, id, _)) = spawn_of(&fx) else { unreachable!() };
+    let fx = a.handle(Event::Spawned { name: for_a.clone(), id, result: Ok(9) });
+    assert!(sends(&fx).contains(&("b@h".into(), registered(&for_a, 1, 1))));
+}
+
+#[test]
+fn a_restart_whose_owner_dies_too_is_planned_again() {
+    // Two of three nodes die 3 ms apart: the names the first left to the second are
+    // restarted by the survivor once the second is gone too.
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    up(&mut a, "c@h", 2);
+    let to_b = owned_by("b@h", &["a@h", "b@h"]);
+    recv(&mut a, "c@h", registered(&to_b, 0, 0));
+    let fx = a.handle(Event::MemberDown { node: "c@h".into(), conn: 2 });
+    assert!(spawn_of(&fx).is_none(), "b@h owns it");
+    let fx = a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    assert_eq!(spawn_of(&fx).map(|s| s.0), Some(to_b));
+}
+
+#[test]
+fn an_orphan_is_forgotten_once_someone_runs_it() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    up(&mut a, "c@h", 2);
+    let to_b = owned_by("b@h", &["a@h", "b@h"]);
+    recv(&mut a, "c@h", registered(&to_b, 0, 0));
+    a.handle(Event::MemberDown { node: "c@h".into(), conn: 2 });
+    recv(&mut a, "b@h", registered(&to_b, 1, 1));
+    let fx = a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    // Now b's instance is lost: restarted from b's lineage.
+    assert_eq!(spawn_of(&fx).map(|s| s.0), Some(to_b.clone()));
+    let (_, id, _) = spawn_of(&fx).unwrap();
+    let fx = a.handle(Event::Spawned { name: to_b.clone(), id, result: Ok(1) });
+    assert!(sends(&fx).is_empty(), "nobody left to tell");
+    assert_eq!(a.route(&to_b, None), Route::Here(1));
+}
+
+#[test]
+fn a_down_of_an_old_connection_changes_nothing() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    up(&mut a, "b@h", 5);
+    recv(&mut a, "b@h", registered(&name("x"), 0, 0));
+    let fx = a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(a.route(&name("x"), None), Route::Remote("b@h".into()));
+}
+
+#[test]
+fn a_leaver_keeps_its_names_until_its_connection_closes_or_its_grace_ends() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    let n = owned_by("a@h", &["a@h"]);
+    recv(&mut a, "b@h", registered(&n, 0, 0));
+    let fx = a.handle(Event::MemberLeaving { node: "b@h".into(), conn: 1 });
+    assert!(spawn_of(&fx).is_none(), "it hands its names over first");
+    assert!(fx.iter().any(|e| matches!(e, Effect::SetTimer { timer: Timer::LeaverGone { .. }, .. })));
+    assert_eq!(a.route(&n, None), Route::Remote("b@h".into()), "calls still reach it");
+    assert_eq!(a.owner_of(&n), "a@h", "nothing is placed on a leaver");
+    let fx = a.handle(Event::Timer(Timer::LeaverGone { node: "b@h".into(), conn: 1 }));
+    assert_eq!(spawn_of(&fx).map(|s| s.0), Some(n), "what it still held when its grace ended restarts");
+}
+
+// ---- two instances of a name ----
+
+#[test]
+fn of_two_instances_the_one_with_state_stays_whatever_the_node_names() {
+    // z@h kept its instance (an original); a@h restarted it empty while z@h was paused.
+    let mut z = table("z@h", false);
+    up(&mut z, "a@h", 1);
+    let n = name("x");
+    run_here(&mut z, &n, 1);
+    let fx = recv(&mut z, "a@h", registered(&n, 1, 1));
+    assert!(stop_of(&fx).is_none(), "the original stays: {fx:?}");
+    assert!(sends(&fx).contains(&("a@h".into(), registered(&n, 0, 0))), "and says so");
+
+    // And the other way round: a@h restarted it empty while z@h was away; z@h's
+    // original announces itself, a@h's copy stops although a@h < z@h.
+    let mut a = table("a@h", false);
+    up(&mut a, "z@h", 1);
+    recv(&mut a, "z@h", registered(&n, 0, 0));
+    let fx = a.handle(Event::MemberDown { node: "z@h".into(), conn: 1 });
+    let (_, id, _) = spawn_of(&fx).expect("restarted here");
+    a.handle(Event::Spawned { name: n.clone(), id, result: Ok(2) });
+    up(&mut a, "z@h", 2);
+    let fx = recv(&mut a, "z@h", registered(&n, 0, 0));
+    assert_eq!(stop_of(&fx), Some((id, "duplicate".to_string())));
+}
+
+#[test]
+fn the_losing_instance_hands_its_state_to_the_winner_acknowledged() {
+    let mut a = table("a@h", false);
+    up(&mut a, "z@h", 1);
+    let n = name("x");
+    // a@h's instance is a restart (lineage 1), z@h's the original.
+    recv(&mut a, "z@h", registered(&n, 0, 0));
+    let fx = a.handle(Event::MemberDown { node: "z@h".into(), conn: 1 });
+    let (_, id, _) = spawn_of(&fx).expect("restarted here");
+    a.handle(Event::Spawned { name: n.clone(), id, result: Ok(1) });
+    up(&mut a, "z@h", 3);
+    let fx = recv(&mut a, "z@h", registered(&n, 0, 0));
+    let (stop_id, reason) = stop_of(&fx).expect("the restarted one stops");
+    assert_eq!((stop_id, reason.as_str()), (id, "duplicate"));
+    assert_eq!(a.route(&n, None), Route::Remote("z@h".into()), "calls go to the winner meanwhile");
+    let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![3]) });
+    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 1, moves: 1 }, state: Some(vec![3]), merges: vec![], yielding: true };
+    assert_eq!(sends(&fx), vec![("z@h".to_string(), handoff.clone())]);
+    // The winner goes down before answering: the state is kept and goes to the next one.
+    let fx = a.handle(Event::MemberDown { node: "z@h".into(), conn: 3 });
+    assert!(matches!(spawn_of(&fx), Some((_, _, Some(s))) if s == vec![3]), "alone, it runs here again from its own state: {fx:?}");
+}
+
+#[test]
+fn a_yielded_state_merges_into_the_running_instance() {
+    let mut z = table("z@h", false);
+    up(&mut z, "a@h", 1);
+    let n = name("x");
+    run_here(&mut z, &n, 7);
+    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 1, moves: 1 }, state: Some(vec![3]), merges: vec![("b@h".into(), vec![4])], yielding: true };
+    let fx = recv(&mut z, "a@h", handoff);
+    let merged: Vec<Vec<u8>> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Merge { handle: 7, state, .. } => Some(state.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(merged, vec![vec![3], vec![4]]);
+    assert!(sends(&fx).contains(&("a@h".into(), Msg::HandoffAck { name: n, at: Some("z@h".into()) })));
+}
+
+#[test]
+fn a_directory_keeps_the_claim_that_stays_whatever_the_order() {
+    let n = name("x");
+    for order in [[("b@h", 1u32), ("c@h", 0)], [("c@h", 0), ("b@h", 1)]] {
+        let mut a = table("a@h", false);
+        up(&mut a, "b@h", 1);
+        up(&mut a, "c@h", 2);
+        for (from, restarts) in order {
+            recv(&mut a, from, registered(&n, restarts, restarts));
+        }
+        assert_eq!(a.route(&n, None), Route::Remote("c@h".into()), "the claim with state, whichever came last");
+    }
+}
+
+// ---- handoff ----
+
+#[test]
+fn a_leave_hands_every_instance_to_its_next_owner_and_calls_follow() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    let n = owned_by("a@h", &["a@h", "b@h"]);
+    run_here(&mut a, &n, 1);
+    let fx = a.handle(Event::Leave);
+    let (id, reason) = stop_of(&fx).expect("stopped for the handoff");
+    assert_eq!(reason, "handoff");
+    assert_eq!(a.route(&n, None), Route::Wait);
+    let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1, 2, 3]) });
+    assert!(matches!(&sends(&fx)[..], [(to, Msg::Handoff { state: Some(s), yielding: false, .. })] if to == "b@h" && *s == vec![1, 2, 3]));
+    assert_eq!(a.local_count(), 1, "kept until acknowledged");
+    recv(&mut a, "b@h", Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) });
+    assert_eq!(a.local_count(), 0);
+    assert_eq!(a.route(&n, None), Route::Remote("b@h".into()));
+    assert_eq!(a.route(&n, Some("b@h")), Route::Remote("b@h".into()), "even when b@h asks: it is there now");
+}
+
+#[test]
+fn a_refused_handoff_goes_to_the_next_node() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    up(&mut a, "c@h", 2);
+    let n = name("x");
+    run_here(&mut a, &n, 1);
+    let fx = a.handle(Event::Leave);
+    let (id, _) = stop_of(&fx).unwrap();
+    let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
+    let first = sends(&fx)[0].0.clone();
+    let fx = recv(&mut a, &first, Msg::HandoffAck { name: n.clone(), at: None });
+    let second = sends(&fx)[0].0.clone();
+    assert_ne!(first, second);
+    assert!(matches!(&sends(&fx)[0].1, Msg::Handoff { state: Some(s), .. } if *s == vec![1]));
+}
+
+#[test]
+fn the_last_node_leaving_stops_its_instances_and_says_their_state_is_lost() {
+    let mut a = table("a@h", false);
+    let n = name("x");
+    run_here(&mut a, &n, 1);
+    let fx = a.handle(Event::Leave);
+    let (id, reason) = stop_of(&fx).unwrap();
+    assert_eq!(reason, "shutdown");
+    a.handle(Event::Stopped { name: n, id, state: Some(vec![1]) });
+    assert_eq!(a.local_count(), 0);
+}
+
+#[test]
+fn a_leaver_cut_off_keeps_the_state_until_a_member_connects() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    let n = name("x");
+    run_here(&mut a, &n, 1);
+    let fx = a.handle(Event::Leave);
+    let (id, _) = stop_of(&fx).unwrap();
+    a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![5]) });
+    assert!(sends(&fx).is_empty());
+    assert_eq!(a.local_count(), 1, "kept");
+    let fx = up(&mut a, "b@h", 2);
+    assert!(sends(&fx).iter().any(|(to, m)| to == "b@h" && matches!(m, Msg::Handoff { state: Some(s), .. } if *s == vec![5])));
+}
+
+#[test]
+fn a_handoff_into_a_copy_that_is_stopping_for_it_takes_its_place() {
+    // b@h stops its copy in favour of a@h's; a@h meanwhile hands its copy to b@h (its
+    // owner). The handed one starts on b@h and b@h's own state merges into it.
+    let n = name("x");
+    let mut t = table("b@h", false);
+    up(&mut t, "a@h", 1);
+    let fx = t.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 0 });
+    let (_, id, _) = spawn_of(&fx).unwrap();
+    t.handle(Event::Spawned { name: n.clone(), id, result: Ok(1) });
+    // An original on a@h announces itself: b's copy (same rank, larger name) stops.
+    let fx = recv(&mut t, "a@h", registered(&n, 0, 0));
+    let (sid, _) = stop_of(&fx).expect("b's copy stops");
+    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage::default(), state: Some(vec![9]), merges: vec![], yielding: false };
+    let fx = recv(&mut t, "a@h", handoff);
+    assert!(sends(&fx).is_empty(), "answered once the handed one runs");
+    let fx = t.handle(Event::Stopped { name: n.clone(), id: sid, state: Some(vec![4]) });
+    let (_, nid, state) = spawn_of(&fx).expect("the handed instance starts here");
+    assert_eq!(state, Some(vec![9]));
+    let fx = t.handle(Event::Spawned { name: n.clone(), id: nid, result: Ok(2) });
+    assert!(fx.iter().any(|e| matches!(e, Effect::Merge { handle: 2, state, .. } if *state == vec![4])), "b's own state merges: {fx:?}");
+    assert!(sends(&fx).contains(&("a@h".into(), Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) })));
+    assert_eq!(t.route(&n, None), Route::Here(2));
+}
+
+#[test]
+fn a_joining_owner_gets_its_names_when_rebalancing_is_on() {
+    let mut a = table("a@h", true);
+    let n = owned_by("b@h", &["a@h", "b@h"]);
+    run_here(&mut a, &n, 1);
+    let fx = up(&mut a, "b@h", 1);
+    assert_eq!(stop_of(&fx).map(|s| s.1), Some("handoff".into()));
+    let mut off = table("a@h", false);
+    run_here(&mut off, &n, 1);
+    assert!(stop_of(&up(&mut off, "b@h", 1)).is_none(), "off: it stays where it runs");
+}
+
+// ---- routes and stops ----
+
+#[test]
+fn routes_follow_what_the_table_knows() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    let mine = owned_by("a@h", &["a@h", "b@h"]);
+    assert_eq!(a.route(&mine, None), Route::Activate, "an activating kind runs nowhere: start it");
+    let once = WorkerName::new("once", "x");
+    if a.owner_of(&once) == "a@h" {
+        assert_eq!(a.route(&once, None), Route::NotFound);
+    }
+    let theirs = owned_by("b@h", &["a@h", "b@h"]);
+    assert_eq!(a.route(&theirs, None), Route::Remote("b@h".into()));
+    assert_eq!(a.route(&theirs, Some("b@h")), Route::Activate, "not sent back where it came from");
+}
+
+#[test]
+fn a_stop_ends_the_instance_and_tells_everyone() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    let n = name("x");
+    run_here(&mut a, &n, 1);
+    let fx = a.handle(Event::Stop { name: n.clone(), reason: "test".into(), reply: 5 });
+    let (id, reason) = stop_of(&fx).unwrap();
+    assert_eq!(reason, "test");
+    let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
+    assert!(fx.iter().any(|e| matches!(e, Effect::StopDone { reply: 5, stopped: true })));
+    assert!(sends(&fx).contains(&("b@h".into(), Msg::Unregistered { name: n.clone() })));
+    let fx = a.handle(Event::Stop { name: n, reason: "again".into(), reply: 6 });
+    assert!(fx.iter().any(|e| matches!(e, Effect::StopDone { reply: 6, stopped: false })));
+}
+
+#[test]
+fn a_trapped_instance_is_forgotten_and_not_restarted() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    let n = name("x");
+    let fx = a.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 0 });
+    let (_, id, _) = spawn_of(&fx).unwrap();
+    a.handle(Event::Spawned { name: n.clone(), id, result: Ok(1) });
+    let fx = a.handle(Event::Exited { name: n.clone(), id });
+    assert!(sends(&fx).contains(&("b@h".into(), Msg::Unregistered { name: n.clone() })));
+    assert!(spawn_of(&fx).is_none());
+    assert_eq!(a.local_count(), 0);
+}

@@ -1,0 +1,162 @@
+//! Faults tried from outside, as a user would, on real node processes: a node paused
+//! (SIGSTOP) past its peers' heartbeat timeout, two nodes killed at once, a partition
+//! healed while names move. Each asserts the state of every worker and that every name
+//! runs exactly once. The deterministic simulation (`./dev sim`) tries many more
+//! interleavings of the same faults on the same state machine.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use wasmnode_tests::*;
+
+const FORM: Duration = Duration::from_secs(10);
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Starts `n` counters through `via` and increments counter/cK K % 4 + 1 times; the
+/// values, by name.
+fn counters(via: &str, n: usize) -> BTreeMap<String, u64> {
+    let mut want = BTreeMap::new();
+    for k in 0..n {
+        let (ok, out) = start_worker(via, "counter", &format!("c{k}"));
+        assert!(ok, "{out}");
+        let times = k as u64 % 4 + 1;
+        for _ in 0..times {
+            assert!(call(via, &format!("counter/c{k}"), "increment").0);
+        }
+        want.insert(format!("counter/c{k}"), times);
+    }
+    want
+}
+
+/// Where each name runs, as `via` lists the cluster (a name may be listed twice).
+fn placement(via: &str) -> BTreeMap<String, Vec<String>> {
+    let mut at: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (node, names) in workers_by_node(via) {
+        for n in names {
+            at.entry(n).or_default().push(node.clone());
+        }
+    }
+    at
+}
+
+/// Waits until every name of `want` runs exactly once and answers `want`'s value.
+fn wait_exactly_once_with(via: &str, want: &BTreeMap<String, u64>, what: &str) {
+    wait_until(
+        SETTLE,
+        what,
+        || {
+            let at = placement(via);
+            want.keys().all(|n| at.get(n).is_some_and(|nodes| nodes.len() == 1)) && want.iter().all(|(n, v)| call(via, n, "value") == (true, v.to_string()))
+        },
+        || {
+            let at = placement(via);
+            want.iter().map(|(n, v)| format!("{n}: on {:?}, value {:?}, want {v}", at.get(n), call(via, n, "value"))).collect::<Vec<_>>().join("\n")
+        },
+    );
+}
+
+/// The node with the smallest name is paused until its peers declare it down, then
+/// woken. Before, it declared its peers down on waking, restarted their names empty,
+/// and its empty instances won over the healthy ones: counters went back to 0. Now it
+/// reads its sockets first, and an instance restarted empty never wins over one with
+/// state: every counter keeps its value, wherever it ran, and runs once.
+#[test]
+fn a_paused_node_wakes_without_wiping_anyones_state() {
+    let (_dir, names, nodes) = three_nodes("f-pause", 80, &[("counter", "worker_counter.wasm", "")], false);
+    let want = counters(&names[1], 24);
+    let before = placement(&names[1]);
+    assert!(before.values().any(|n| n[0] != names[0]), "some counters run on the other nodes: {before:?}");
+
+    nodes[0].signal(libc::SIGSTOP);
+    for n in &nodes[1..] {
+        n.wait_log(&format!("node down {}: heartbeat timeout", names[0]), FORM);
+    }
+    // Its peers restarted its names; they answer (from zero) meanwhile.
+    wait_until(FORM, "the paused node's counters to answer elsewhere", || want.keys().all(|n| call(&names[1], n, "value").0), String::new);
+    nodes[0].signal(libc::SIGCONT);
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names.iter().map(String::as_str).collect::<Vec<_>>(), SETTLE);
+    wait_exactly_once_with(&names[2], &want, "every counter once, with its value, after the wake-up");
+    // It heard its peers close the connections they timed out; it never timed them out.
+    assert_eq!(nodes[0].count("heartbeat timeout"), 0, "the woken node declared its live peers down:\n{}", nodes[0].log());
+}
+
+/// Two of three nodes are killed within milliseconds: the survivor restarts every name
+/// the two ran, including those whose next owner was the other dead node.
+#[test]
+fn two_nodes_killed_at_once_leave_every_name_running_on_the_survivor() {
+    let (_dir, names, nodes) = three_nodes("f-kill2", 81, &[("counter", "worker_counter.wasm", "")], false);
+    let want = counters(&names[0], 30);
+    let kept: BTreeMap<String, u64> = placement(&names[0]).into_iter().filter(|(_, at)| at == &[names[0].clone()]).map(|(n, _)| (n.clone(), want[&n])).collect();
+    nodes[1].signal(libc::SIGKILL);
+    nodes[2].signal(libc::SIGKILL);
+    let mut after = want.clone();
+    for (n, v) in after.iter_mut() {
+        // What ran on the killed nodes restarts empty; what ran on the survivor keeps its value.
+        *v = kept.get(n).copied().unwrap_or(0);
+    }
+    wait_exactly_once_with(&names[0], &after, "every counter restarted on the survivor");
+    let restarted = nodes[0].count("restarted counter/");
+    assert_eq!(restarted, want.len() - kept.len(), "each lost counter restarted once:\n{}", nodes[0].log());
+}
+
+/// One node is cut off while names are started and moved on both sides; when the cut
+/// heals, names move to their owners (rebalancing) while the two sides' instances meet.
+/// Every name ends running exactly once, and every order holds the items that either
+/// side acknowledged (the order merges the other instance's state).
+#[test]
+fn a_partition_healed_while_names_move_leaves_every_name_once_with_every_item() {
+    let (_dir, names, nodes) = three_nodes("f-heal", 82, &[("order", "worker_order.wasm", "")], false);
+    let mut items: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for k in 0..20 {
+        assert!(start_worker(&names[0], "order", &format!("o{k}")).0);
+        assert!(call(&names[0], &format!("order/o{k}"), &format!("{{\"add\":[{k}]}}")).0);
+        items.insert(format!("order/o{k}"), vec![k]);
+    }
+    let cut = Cut::new("127.0.82.3", &["127.0.82.1", "127.0.82.2"]);
+    nodes[0].wait_log(&format!("node down {}: heartbeat timeout", names[2]), FORM);
+    nodes[2].wait_log(&format!("node down {}: heartbeat timeout", names[0]), FORM);
+    // Both sides serve every order and add to it.
+    for (n, list) in items.iter_mut() {
+        for (via, add) in [(&names[1], 100), (&names[2], 200)] {
+            let item = add + list[0];
+            let ok = wait_call(via, n, &format!("{{\"add\":[{item}]}}"));
+            assert!(ok, "{n} through {via} during the cut");
+            list.push(item);
+        }
+    }
+    drop(cut);
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names.iter().map(String::as_str).collect::<Vec<_>>(), SETTLE);
+    wait_until(
+        SETTLE,
+        "every order once, with both sides' items",
+        || {
+            let at = placement(&names[1]);
+            items.iter().all(|(n, want)| {
+                let mut want = want.clone();
+                want.sort();
+                at.get(n).is_some_and(|nodes| nodes.len() == 1) && contents(&names[1], n) == want
+            })
+        },
+        || {
+            let at = placement(&names[1]);
+            items.iter().map(|(n, want)| format!("{n}: on {:?}, {:?}, want {want:?}", at.get(n), contents(&names[1], n))).collect::<Vec<_>>().join("\n")
+        },
+    );
+}
+
+/// The order's items, sorted (empty when it does not answer).
+fn contents(via: &str, name: &str) -> Vec<i64> {
+    let mut items: Vec<i64> = serde_json::from_str(&call(via, name, r#""contents""#).1).unwrap_or_default();
+    items.sort();
+    items
+}
+
+/// Calls until it succeeds (a side restarts what it lost a moment after it notices).
+fn wait_call(via: &str, name: &str, msg: &str) -> bool {
+    let mut ok = false;
+    wait_until(FORM, &format!("{name} to answer through {via}"), || {
+        ok = call(via, name, msg).0;
+        ok
+    }, String::new);
+    ok
+}
