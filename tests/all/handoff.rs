@@ -100,7 +100,8 @@ fn calls_during_a_move_are_neither_lost_nor_doubled() {
     assert!(nodes[i].log().contains("moved counter/c1 to "), "{}", nodes[i].log());
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (acked, failed) = client.join().unwrap();
-    assert!(failed.is_empty(), "calls failed during the move: {failed:?}");
+    let logs = || nodes.iter().map(|n| format!("--- {}\n{}", n.name, n.log().lines().filter(|l| l.contains("c1") || l.contains("node ")).collect::<Vec<_>>().join("\n"))).collect::<Vec<_>>().join("\n");
+    assert!(failed.is_empty(), "calls failed during the move: {failed:?}\n{}", logs());
     assert!(acked > 150, "only {acked} calls were made");
     eprintln!("{acked} increments acknowledged across the move");
     let (_, value) = call(&names[via], "counter/c1", "value");

@@ -174,6 +174,9 @@ struct Call {
     replied: BTreeSet<u32>,
     /// The instance that counted it, when one did.
     applied: Option<Inst>,
+    /// Made to a started name before any fault but graceful leaves and joins: it must
+    /// find the name.
+    must_find: bool,
     done: Option<(u64, CallResult)>,
 }
 
@@ -195,6 +198,9 @@ struct Live {
     paused_until: Option<u64>,
     leaving: bool,
     parked: Vec<Parked>,
+    /// When it started: a node serves clients once it has found its cluster (the
+    /// driver's readiness gate), modelled as a re-dial round after boot, then synced.
+    booted: u64,
 }
 
 /// What one run found.
@@ -238,6 +244,8 @@ struct Sim {
     /// Names that no live node knew of after a kill: nothing can restart them.
     forgotten: BTreeSet<WorkerName>,
     faults_until: u64,
+    /// Whether a partition, pause or kill has happened yet.
+    hard_fault: bool,
     trace: Option<Vec<String>>,
     processed: u64,
     violations: Vec<String>,
@@ -278,6 +286,7 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
         tainted: BTreeSet::new(),
         forgotten: BTreeSet::new(),
         faults_until,
+        hard_fault: false,
         trace: trace.then(Vec::new),
         processed: 0,
         violations: Vec::new(),
@@ -336,7 +345,7 @@ impl Sim {
     fn boot(&mut self, n: Node) {
         self.lives[n] += 1;
         let table = Table::new(self.names[n].clone(), Arc::new(SimKinds));
-        self.nodes[n] = Some(Live { table, view: BTreeMap::new(), left: BTreeSet::new(), paused_until: None, leaving: false, parked: Vec::new() });
+        self.nodes[n] = Some(Live { table, view: BTreeMap::new(), left: BTreeSet::new(), paused_until: None, leaving: false, parked: Vec::new(), booted: self.now });
         self.log(|| format!("n{n} boots"));
     }
 
@@ -446,6 +455,7 @@ impl Sim {
                     island.insert(live[self.rng.below(live.len() as u64) as usize]);
                 }
                 let heal = self.rng.range(500, 5000);
+                self.hard_fault = true;
                 self.log(|| format!("partition {island:?} for {heal} ms"));
                 for &a in &island {
                     for &b in live.iter().filter(|b| !island.contains(b)) {
@@ -461,6 +471,7 @@ impl Sim {
             1 if !steady.is_empty() => {
                 let n = steady[self.rng.below(steady.len() as u64) as usize];
                 let d = self.rng.range(200, 4000);
+                self.hard_fault = true;
                 self.log(|| format!("n{n} paused (SIGSTOP) for {d} ms"));
                 self.nodes[n].as_mut().unwrap().paused_until = Some(self.now + d);
                 self.after(d, Ev::Wake(n));
@@ -508,6 +519,7 @@ impl Sim {
 
     fn kill(&mut self, n: Node) {
         let Some(live) = self.nodes[n].take() else { return };
+        self.hard_fault = true;
         self.log(|| format!("n{n} killed (kill -9)"));
         // Whatever state lived there is gone; the names it held are not counted.
         for name in live.table.held() {
@@ -549,13 +561,6 @@ impl Sim {
         };
         for (p, conn) in peers {
             self.send_wire(n, p, conn, Wire::Leaving);
-        }
-        let alone = self.nodes[n].as_ref().unwrap().view.is_empty();
-        if alone {
-            // The last node of its island: nowhere to hand anything to.
-            for name in self.nodes[n].as_ref().unwrap().table.held() {
-                self.tainted.insert(name);
-            }
         }
         self.feed(n, Event::Leave);
         let life = self.lives[n];
@@ -765,6 +770,9 @@ impl Sim {
                 }
                 Effect::Started { reply, result } => self.start_answered(n, reply, result),
                 Effect::StopDone { .. } => {}
+                Effect::Lost { name } => {
+                    self.tainted.insert(name);
+                }
                 Effect::SetTimer { after, timer } => {
                     self.after(after.as_millis() as u64, Ev::Table(n, Event::Timer(timer)));
                 }
@@ -799,7 +807,13 @@ impl Sim {
     // ---- clients ----
 
     fn client(&mut self) {
-        let ready: Vec<Node> = self.live_nodes().into_iter().filter(|n| self.running(*n) && !self.nodes[*n].as_ref().unwrap().leaving).collect();
+        let now = self.now;
+        let ready: Vec<Node> = self
+            .live_nodes()
+            .into_iter()
+            .filter(|n| self.running(*n))
+            .filter(|n| self.nodes[*n].as_ref().is_some_and(|l| !l.leaving && now >= l.booted + 300 && l.table.synced()))
+            .collect();
         if ready.is_empty() {
             return;
         }
@@ -810,8 +824,10 @@ impl Sim {
             self.feed(at, Event::Start { name, args: Vec::new(), here: false, reply: req });
         } else {
             let c = self.calls.len();
-            self.calls.push(Call { name, origin: at, deadline: self.now + CALL_TIMEOUT, hops: 0, awaiting: None, replied: BTreeSet::new(), applied: None, done: None });
+            self.calls.push(Call { name, origin: at, deadline: self.now + CALL_TIMEOUT, hops: 0, awaiting: None, replied: BTreeSet::new(), applied: None, must_find: !self.hard_fault, done: None });
             self.after(CALL_TIMEOUT, Ev::CallTimeout(c));
+            let name = self.calls[c].name.clone();
+            self.log(|| format!("n{at} client call {c} to {name}"));
             self.call_step(at, c, None);
         }
     }
@@ -896,12 +912,16 @@ impl Sim {
     }
 
     fn finish_call(&mut self, c: usize, r: CallResult) {
+        self.log(|| format!("call {c} answered: {r:?}"));
         let call = &mut self.calls[c];
         if call.done.is_some() {
             return;
         }
         if self.now > call.deadline {
             self.violations.push(format!("call {c} to {} answered {} ms past its deadline", call.name, self.now - call.deadline));
+        }
+        if r == CallResult::NotFound && call.must_find {
+            self.violations.push(format!("call {c} to {} found it nowhere, with only graceful leaves and joins so far", call.name));
         }
         call.done = Some((self.now, r));
     }

@@ -25,6 +25,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.leaving = true;
         // A node that leaves a cluster (not the last one) keeps what it cannot hand over
         // yet until a member connects: one cut off now may be back before its deadline.
+        // When every peer left is leaving too, there is nobody to wait for.
         self.wait_to_hand_over = !self.members.is_empty() || !self.leavers.is_empty();
         for name in self.running() {
             self.begin_move(&name);
@@ -115,14 +116,16 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let Some(Slot::Moving { args, lineage, state, merges, .. }) = self.local.remove(&name) else { unreachable!() };
                 self.spawn(name, args, lineage, StartWhy::Adopted, state, merges);
             }
-            None if self.wait_to_hand_over => {
+            // Cut off (every peer gone, none of them leaving): one may be back in time.
+            None if self.wait_to_hand_over && self.leavers.is_empty() => {
                 warn!(worker = %name, "no other node to hand {name} to now; keeping its state until one connects");
                 to.clear();
             }
             None => {
                 warn!(worker = %name, "no other node to hand {name} to; stopped (its state is lost)");
                 self.local.remove(&name);
-                self.tell_all(Msg::Unregistered { name });
+                self.tell_all(Msg::Unregistered { name: name.clone() });
+                self.out.push(Effect::Lost { name });
                 self.out.push(Effect::Changed);
             }
         }

@@ -233,6 +233,8 @@ impl Registry {
                         r.apply(Event::Timer(timer), false);
                     });
                 }
+                // Logged where it was decided.
+                Effect::Lost { .. } => {}
                 Effect::Changed => self.0.changed.notify_waiters(),
             }
         }
@@ -264,6 +266,9 @@ impl Registry {
                 let info = Info::NodeDown { node: node.clone(), reason: DownReason::Left.to_string() };
                 (Event::MemberLeaving { node: node.clone(), conn: *conn }, info)
             }
+            // This node closing its own connections as it exits: its peers are not down,
+            // and calls still under way here are answered with where names moved.
+            MemberChange::Down { reason: DownReason::LocalShutdown, .. } => return,
             MemberChange::Down { node, conn, reason } => {
                 let info = Info::NodeDown { node: node.clone(), reason: reason.to_string() };
                 (Event::MemberDown { node: node.clone(), conn: *conn }, info)
@@ -417,7 +422,10 @@ impl Registry {
             match route {
                 Route::Here(mailbox) => return Ok(Target::Here(mailbox)),
                 Route::Remote(node) => return Ok(Target::Remote(node)),
-                Route::NotFound => return Err(CallError::NotFound),
+                Route::NotFound => {
+                    debug!(worker = %name, "a call for {name} (from {}) finds it nowhere", from.unwrap_or("here"));
+                    return Err(CallError::NotFound);
+                }
                 Route::Wait => {
                     if tokio::time::timeout_at(deadline, changed).await.is_err() {
                         return Err(CallError::Timeout);

@@ -22,8 +22,8 @@ pub enum Route<M> {
 
 impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// Where a call for `name` that reached this node goes. `from`: the node that sent
-    /// it here (a name that, by this node's directory, runs on the sender is not sent
-    /// back: that is a disagreement only time resolves, answered here).
+    /// it here; a name that runs nowhere this node knows of is not sent back to its
+    /// owner when the owner is the sender (it would ask here again).
     pub fn route(&self, name: &WorkerName, from: Option<&str>) -> Route<M> {
         match self.local.get(name) {
             Some(Slot::Running { handle, .. }) => return Route::Here(handle.clone()),
@@ -32,12 +32,12 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Some(_) => return Route::Wait,
             None => {}
         }
-        // A name this node handed over goes where it went, even back to the caller (the
-        // caller may be where it moved).
-        if let Some(to) = self.moved.get(name).filter(|n| *n != &self.me && self.connected(n)) {
+        // Where it moved or runs, by what this node knows — even back to the caller: the
+        // caller may be where it went, its own table not there yet.
+        let elsewhere = |n: &String| n != &self.me && self.connected(n);
+        if let Some(to) = self.moved.get(name).filter(|n| elsewhere(n)) {
             return Route::Remote(to.clone());
         }
-        let elsewhere = |n: &String| n != &self.me && Some(n.as_str()) != from && self.connected(n);
         if let Some(c) = self.directory.get(name).filter(|c| elsewhere(&c.node)) {
             return Route::Remote(c.node.clone());
         }

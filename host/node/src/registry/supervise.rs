@@ -104,6 +104,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
             let owner = self.owner_of(&name).to_string();
             let orphan = self.orphans.get_mut(&name).expect("listed above");
+            if owner == self.me && self.leaving {
+                // Leaving, with nobody left to own it: nothing to restart it on.
+                continue;
+            }
             if owner == self.me {
                 let (args, lineage) = (orphan.args.clone(), orphan.lineage.restarted());
                 self.spawn(name, args, lineage, StartWhy::Restart, None, Vec::new());

@@ -85,6 +85,8 @@ pub enum Effect<M, R> {
     StopDone { reply: R, stopped: bool },
     /// Fire [`Event::Timer`] after a while.
     SetTimer { after: Duration, timer: Timer },
+    /// A state was dropped: nobody could take it (the last node leaving).
+    Lost { name: WorkerName },
     /// Where names run changed: callers waiting for a name look again.
     Changed,
 }

@@ -365,6 +365,16 @@ fn a_refused_handoff_goes_to_the_next_node() {
 }
 
 #[test]
+fn a_leaving_node_restarts_nothing() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    recv(&mut a, "b@h", registered(&name("x"), 0, 0));
+    a.handle(Event::Leave);
+    let fx = a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    assert!(spawn_of(&fx).is_none(), "{fx:?}");
+}
+
+#[test]
 fn the_last_node_leaving_stops_its_instances_and_says_their_state_is_lost() {
     let mut a = table("a@h", false);
     let n = name("x");
