@@ -91,6 +91,8 @@ type Req = u64;
 struct Instance {
     name: WorkerName,
     node: Node,
+    /// How often its line was restarted without state.
+    restarts: u32,
     counts: BTreeMap<u64, u64>,
     stopping: bool,
 }
@@ -174,8 +176,8 @@ struct Call {
     replied: BTreeSet<u32>,
     /// The instance that counted it, when one did.
     applied: Option<Inst>,
-    /// Made to a started name before any fault but graceful leaves and joins: it must
-    /// find the name.
+    /// Made to a started name before any fault but graceful leaves and joins: if none
+    /// comes before its answer either, it must succeed.
     must_find: bool,
     done: Option<(u64, CallResult)>,
 }
@@ -572,6 +574,11 @@ impl Sim {
     fn finish_leave(&mut self, n: Node) {
         let live = self.nodes[n].take().expect("leaving node is alive");
         self.log(|| format!("n{n} closes its connections and exits"));
+        // Its clients' calls under way get no answer (the driver drains the HTTP port
+        // first; this model does not wait for them).
+        for c in self.calls.iter_mut().filter(|c| c.origin == n && c.done.is_none()) {
+            c.must_find = false;
+        }
         for (p, conn) in live.view {
             self.send_wire(n, p, conn, Wire::Close);
         }
@@ -667,10 +674,9 @@ impl Sim {
     }
 
     fn send_to(&mut self, from: Node, to: Node, what: Wire) -> bool {
+        // As far as the sender knows, the connection is up: what it sends on one the
+        // peer already closed is lost, and the sender learns of the close soon after.
         let Some(conn) = self.nodes[from].as_ref().and_then(|l| l.view.get(&to)).copied() else { return false };
-        if self.conns.get(&pair(from, to)) != Some(&conn) {
-            return false;
-        }
         self.send_wire(from, to, conn, what);
         true
     }
@@ -745,11 +751,24 @@ impl Sim {
                     let inst = self.next_inst;
                     self.next_inst += 1;
                     let counts = state.as_deref().map(decode).unwrap_or_default();
-                    self.insts.insert(inst, Instance { name: name.clone(), node: n, counts, stopping: false });
+                    let restarts = self.nodes[n].as_ref().and_then(|l| l.table.lineage_of(&name)).map(|l| l.restarts).unwrap_or(0);
+                    self.insts.insert(inst, Instance { name: name.clone(), node: n, restarts, counts, stopping: false });
                     let d = self.rng.range(0, 2);
                     self.after(d, Ev::Table(n, Event::Spawned { name, id, result: Ok(inst) }));
                 }
-                Effect::Stop { name, id, handle, .. } => {
+                Effect::Stop { name, id, handle, reason } => {
+                    if reason == "duplicate" {
+                        // The instance that stays must not be one restarted without state
+                        // more often than this one.
+                        let mine = self.insts.get(&handle).map(|i| i.restarts);
+                        let winner = self.nodes[n].as_ref().and_then(|l| l.table.yields_to(&name)).and_then(|w| self.node_ix(w));
+                        let other = self.insts.values().find(|i| Some(i.node) == winner && i.name == name && !i.stopping).map(|i| i.restarts);
+                        if let (Some(m), Some(o)) = (mine, other) {
+                            if m < o {
+                                self.violations.push(format!("n{n} stopped its {name} (restarted {m} times) for one restarted empty {o} times"));
+                            }
+                        }
+                    }
                     let state = self.insts.get_mut(&handle).map(|i| {
                         i.stopping = true;
                         encode(&i.counts)
@@ -872,7 +891,10 @@ impl Sim {
         let name = self.calls[c].name.clone();
         match conn {
             Some(conn) if self.send_to(n, to, Wire::CallReq { call: c, hop: self.calls[c].hops, name }) => self.calls[c].awaiting = Some((to, conn)),
-            _ => self.finish_call(c, CallResult::Failed),
+            _ => {
+                self.log(|| format!("n{n} has no connection to n{to} for call {c}"));
+                self.finish_call(c, CallResult::Failed)
+            }
         }
     }
 
@@ -920,8 +942,8 @@ impl Sim {
         if self.now > call.deadline {
             self.violations.push(format!("call {c} to {} answered {} ms past its deadline", call.name, self.now - call.deadline));
         }
-        if r == CallResult::NotFound && call.must_find {
-            self.violations.push(format!("call {c} to {} found it nowhere, with only graceful leaves and joins so far", call.name));
+        if r != CallResult::Ok && call.must_find && !self.hard_fault {
+            self.violations.push(format!("call {c} to {} answered {r:?}, with only graceful leaves and joins so far", call.name));
         }
         call.done = Some((self.now, r));
     }

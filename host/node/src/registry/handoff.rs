@@ -150,7 +150,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     // The handed-over instance stays: this one stops and merges into it.
                     let why = StopWhy::Replaced { from, args, lineage, state, merges };
                     self.local.insert(name.clone(), Slot::Stopping { id, args: my_args, lineage: mine, why, merges: Vec::new() });
-                    self.out.push(Effect::Stop { name, id, handle, reason: "duplicate".into() });
+                    self.out.push(Effect::Stop { name, id, handle, reason: "replaced".into() });
                     return;
                 }
                 info!(worker = %name, peer = %from, "{name} runs here: the state {from} handed over merges into it");

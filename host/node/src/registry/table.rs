@@ -303,6 +303,21 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.leaving
     }
 
+    /// The lineage of the instance of `name` here, whatever its state.
+    pub fn lineage_of(&self, name: &WorkerName) -> Option<Lineage> {
+        match self.local.get(name)? {
+            Slot::Starting { lineage, .. } | Slot::Running { lineage, .. } | Slot::Stopping { lineage, .. } | Slot::Moving { lineage, .. } => Some(*lineage),
+        }
+    }
+
+    /// The node a local instance of `name` is stopping in favour of.
+    pub fn yields_to(&self, name: &WorkerName) -> Option<&str> {
+        match self.local.get(name)? {
+            Slot::Stopping { why: StopWhy::Duplicate { winner }, .. } => Some(winner),
+            _ => None,
+        }
+    }
+
     /// A running instance's handle.
     pub fn handle_of(&self, name: &WorkerName) -> Option<&M> {
         match self.local.get(name) {
