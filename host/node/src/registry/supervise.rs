@@ -6,8 +6,6 @@
 use tracing::info;
 
 use super::table::{Effect, Orphan, Slot, StartWhy, Table, Timer, LEAVER_GRACE};
-#[allow(unused_imports)]
-use super::placement::Lineage;
 use super::wire::Msg;
 use super::Restart;
 
