@@ -652,9 +652,11 @@ impl Sim {
                     let l = self.nodes[x].as_mut().unwrap();
                     l.view.insert(y, conn);
                     l.left.remove(&y);
-                    let d = self.rng.range(0, 3);
-                    let ev = Event::MemberUp { node: self.names[y].clone(), conn };
-                    self.after(d, Ev::Table(x, ev));
+                }
+                // Each side hears of the connection before anything else on it (as
+                // `membership` reports a connection's up before its frames and its down).
+                for (x, y) in [(a, b), (b, a)] {
+                    self.feed(x, Event::MemberUp { node: self.names[y].clone(), conn });
                 }
             }
         }
