@@ -762,11 +762,11 @@ impl Sim {
                 }
                 Effect::Stop { name, id, handle, reason } => {
                     if reason == "duplicate" {
-                        // The instance that stays must not be one restarted without state
-                        // more often than this one.
+                        // The instance it stops for, as claimed, must not be one restarted
+                        // without state more often than this one. (A claim can be stale: the
+                        // winner's node replaces a worse instance when the state arrives.)
                         let mine = self.insts.get(&handle).map(|i| i.restarts);
-                        let winner = self.nodes[n].as_ref().and_then(|l| l.table.yields_to(&name)).and_then(|w| self.node_ix(w));
-                        let other = self.insts.values().find(|i| Some(i.node) == winner && i.name == name && !i.stopping).map(|i| i.restarts);
+                        let other = self.nodes[n].as_ref().and_then(|l| l.table.claim_of(&name)).map(|l| l.restarts);
                         if let (Some(m), Some(o)) = (mine, other) {
                             if m < o {
                                 self.violations.push(format!("n{n} stopped its {name} (restarted {m} times) for one restarted empty {o} times"));

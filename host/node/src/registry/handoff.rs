@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use tracing::{info, warn};
 
 use super::placement::{owner, stays, Lineage};
-use super::table::{Effect, Slot, StartWhy, StopWhy, Table};
+use super::table::{Claim, Effect, Slot, StartWhy, StopWhy, Table};
 use super::wire::Msg;
 use super::WorkerName;
 
@@ -146,7 +146,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             // Acknowledged once it has started (a failed start sends the states back).
             None => self.spawn(name, args, lineage.moved(), StartWhy::Handoff { from }, state, merges),
             Some(Slot::Running { id, handle, args: my_args, lineage: mine }) => {
-                if !yielding && stays((lineage.moved(), &from), (mine, &self.me)) {
+                // A yielding sender decided on what it knew of this node's instance; this
+                // node knows better: one restarted empty more often than the yielder's
+                // is replaced by it all the same (the two states still merge).
+                let replace = if yielding { lineage.restarts < mine.restarts } else { stays((lineage.moved(), &from), (mine, &self.me)) };
+                if replace {
                     // The handed-over instance stays: this one stops and merges into it.
                     let why = StopWhy::Replaced { from, args, lineage, state, merges };
                     self.local.insert(name.clone(), Slot::Stopping { id, args: my_args, lineage: mine, why, merges: Vec::new() });
@@ -209,8 +213,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             self.send_handoff(name, None);
             return;
         }
-        let Some(Slot::Moving { state, yielding, .. }) = self.local.remove(&name) else { unreachable!() };
+        let Some(Slot::Moving { state, yielding, args, lineage, .. }) = self.local.remove(&name) else { unreachable!() };
         let size = state.as_ref().map(|s| s.len()).unwrap_or(0);
+        // It runs there now, whether or not that node's announcement arrives before it
+        // goes down: should it, the name is lost with it, and restarted.
+        if !self.directory.contains_key(&name) {
+            let conn = self.members.get(&at).or(self.leavers.get(&at)).copied().unwrap_or(0);
+            self.directory.insert(name.clone(), Claim { node: at.clone(), conn, args, lineage: lineage.moved() });
+        }
         if yielding {
             info!(worker = %name, peer = %at, "{name}: this instance's state went to the one on {at}");
             self.tell_all(Msg::Unregistered { name: name.clone() });

@@ -310,12 +310,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
     }
 
-    /// The node a local instance of `name` is stopping in favour of.
-    pub fn yields_to(&self, name: &WorkerName) -> Option<&str> {
-        match self.local.get(name)? {
-            Slot::Stopping { why: StopWhy::Duplicate { winner }, .. } => Some(winner),
-            _ => None,
-        }
+    /// The lineage another node announced for `name`, as the directory keeps it.
+    pub fn claim_of(&self, name: &WorkerName) -> Option<Lineage> {
+        self.directory.get(name).map(|c| c.lineage)
     }
 
     /// A running instance's handle.

@@ -313,6 +313,28 @@ fn a_yielded_state_merges_into_the_running_instance() {
 }
 
 #[test]
+fn a_yielded_state_with_fewer_empty_restarts_replaces_the_running_instance() {
+    // The yielder decided on a stale claim: the instance running here now was restarted
+    // empty twice, the yielder's once. The yielder's starts here; this one's merges in.
+    let mut z = table("z@h", false);
+    up(&mut z, "a@h", 1);
+    let n = name("x");
+    recv(&mut z, "a@h", registered(&n, 1, 1));
+    let fx = z.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    let (_, id, _) = spawn_of(&fx).expect("restarted here");
+    z.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
+    up(&mut z, "a@h", 2);
+    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 1, moves: 1 }, state: Some(vec![3]), merges: vec![], yielding: true };
+    let fx = recv(&mut z, "a@h", handoff);
+    assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
+    let fx = z.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
+    let (_, nid, state) = spawn_of(&fx).expect("the yielded state starts here");
+    assert_eq!(state, Some(vec![3]));
+    let fx = z.handle(Event::Spawned { name: n, id: nid, result: Ok(8) });
+    assert!(fx.iter().any(|e| matches!(e, Effect::Merge { handle: 8, state, .. } if *state == vec![1])));
+}
+
+#[test]
 fn a_directory_keeps_the_claim_that_stays_whatever_the_order() {
     let n = name("x");
     for order in [[("b@h", 1u32), ("c@h", 0)], [("c@h", 0), ("b@h", 1)]] {
@@ -345,6 +367,21 @@ fn a_leave_hands_every_instance_to_its_next_owner_and_calls_follow() {
     assert_eq!(a.local_count(), 0);
     assert_eq!(a.route(&n, None), Route::Remote("b@h".into()));
     assert_eq!(a.route(&n, Some("b@h")), Route::Remote("b@h".into()), "even when b@h asks: it is there now");
+}
+
+#[test]
+fn a_name_moved_to_a_node_that_dies_before_announcing_it_is_restarted() {
+    let mut a = table("a@h", true);
+    let n = owned_by("b@h", &["a@h", "b@h"]);
+    run_here(&mut a, &n, 1);
+    let fx = up(&mut a, "b@h", 1);
+    let (id, reason) = stop_of(&fx).expect("it moves to b@h, its owner");
+    assert_eq!(reason, "handoff");
+    a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
+    recv(&mut a, "b@h", Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) });
+    // b@h dies before its announcement of the name arrives.
+    let fx = a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    assert_eq!(spawn_of(&fx).map(|s| s.0), Some(n), "restarted, not forgotten");
 }
 
 #[test]
