@@ -219,7 +219,7 @@ impl Membership {
                 DistEvent::Down(peer, reason) if peer.hidden() => debug!("hidden node {} disconnected: {reason}", peer.name()),
                 DistEvent::Down(peer, reason) => self.on_down(&peer, reason),
                 // A leave counts from the announcement: placement stops counting on the
-                // node while it hands its work over; its later disconnect changes nothing.
+                // node while it hands its work over; its later disconnect is `Gone`.
                 DistEvent::Leaving(peer) if !peer.hidden() => self.on_leaving(&peer),
                 DistEvent::Leaving(_) => {}
                 DistEvent::Frame(peer, Frame::Members(names)) if !peer.hidden() => {
