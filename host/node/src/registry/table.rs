@@ -204,10 +204,6 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
     }
 
-    pub fn me(&self) -> &str {
-        &self.me
-    }
-
     /// Applies one event; the effects it calls for, in order.
     pub fn handle(&mut self, event: Event<M, R>) -> Vec<Effect<M, R>> {
         match event {
