@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use wasmnode_tests::*;
+use wasmnode_testkit::*;
 
 #[test]
 fn every_check_case_fails_with_its_expected_error() {

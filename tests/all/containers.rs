@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::Duration;
 
-use wasmnode_tests::*;
+use wasmnode_testkit::*;
 
 /// The image `./dev image` builds: wasmnode:<workspace version>.
 fn image() -> String {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use wasmnode_tests::*;
+use wasmnode_testkit::*;
 
 const FORM: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(30);

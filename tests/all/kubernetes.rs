@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmnode_tests::*;
+use wasmnode_testkit::*;
 
 const FORM: Duration = Duration::from_secs(10);
 

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use wasmnode_tests::*;
+use wasmnode_testkit::*;
 
 const FORM: Duration = Duration::from_secs(10);
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use wasmnode_proto::frame::{self, DEFAULT_MAX_FRAME};
 use wasmnode_proto::handshake::{Dialer, Identity, Message, FLAG_HIDDEN};
 use wasmnode_proto::{Error, Frame};
-use wasmnode_tests::*;
+use wasmnode_testkit::*;
 
 const FORM: Duration = Duration::from_secs(10);
 

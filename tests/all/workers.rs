@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use wasmnode_tests::*;
+use wasmnode_testkit::*;
 
 const FORM: Duration = Duration::from_secs(10);
 

@@ -1,22 +1,27 @@
-//! Test support: real `wasmnode` processes on loopback, their logs, and waits with deadlines.
+//! The process harness of the integration tests (`tests/all`) and the bench
+//! (`wasmnode-bench`): real `wasmnode` processes on loopback ([`Launch`], [`Node`]),
+//! their logs, waits with deadlines, temporary folders and topologies; and, for the
+//! tests, the CLI, a DNS server, an HTTP client and network cuts.
 //!
 //! Every test gets its own loopback subnet (`127.0.N.x`, all on port 4370 as in
 //! production), so tests run in parallel without sharing ports. Nothing here sleeps a
 //! fixed time: [`wait_until`] polls a condition until its deadline and fails with
 //! what it was waiting for and the nodes' logs.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod process;
+pub use process::{command, reap, wait_mesh, Launch, Lines, Node};
 
 /// The cookie the tests' clusters share.
 pub const COOKIE: &str = "test-cookie-7f3a9c";
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    // tests/support
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap().to_path_buf()
 }
 
 /// The `wasmnode` binary under test.
@@ -36,14 +41,24 @@ pub fn bin() -> PathBuf {
 
 /// A built plugin from `plugins/dist/`.
 pub fn plugin(file: &str) -> PathBuf {
-    let path = repo_root().join("plugins/dist").join(file);
+    plugin_in(&repo_root().join("plugins/dist"), file)
+}
+
+/// A built plugin from the folder `dist` (made absolute, for a config file anywhere).
+pub fn plugin_in(dist: &Path, file: &str) -> PathBuf {
+    let path = dist.join(file);
     assert!(path.is_file(), "plugin {} is missing: build the plugins first: ./dev plugins", path.display());
-    path
+    std::path::absolute(&path).unwrap()
 }
 
 /// Polls `cond` every few milliseconds until it holds or `timeout` passes; on timeout
 /// panics with `what` and whatever `context` returns (the nodes' logs, say).
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool, context: impl Fn() -> String) -> Duration {
+pub fn wait_until(timeout: Duration, what: &str, cond: impl FnMut() -> bool, context: impl Fn() -> String) -> Duration {
+    wait_every(Duration::from_millis(5), timeout, what, cond, context)
+}
+
+/// [`wait_until`], polling every `every`.
+pub fn wait_every(every: Duration, timeout: Duration, what: &str, mut cond: impl FnMut() -> bool, context: impl Fn() -> String) -> Duration {
     let start = Instant::now();
     loop {
         if cond() {
@@ -53,7 +68,7 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool,
             panic!("timed out after {timeout:?} waiting for: {what}\n{}", context());
         }
         std::thread::yield_now();
-        std::thread::park_timeout(Duration::from_millis(5));
+        std::thread::park_timeout(every);
     }
 }
 
@@ -87,182 +102,21 @@ pub fn toml_list(names: &[&str]) -> String {
     format!("[{}]", names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", "))
 }
 
-/// A topology with one static strategy listing `hosts`.
+/// A topology with one static strategy listing `hosts`, with the tests' fast heartbeats.
 pub fn static_topology(hosts: &[&str], polling_ms: u64) -> String {
     format!(
-        "[node]\nheartbeat_interval_ms = 250\nheartbeat_timeout_ms = 1500\n\n[topology.local]\nstrategy = \"{}\"\npolling_interval_ms = {polling_ms}\n[topology.local.config]\nhosts = {}\n",
-        plugin("strategy_static.wasm").display(),
-        toml_list(hosts)
+        "[node]\nheartbeat_interval_ms = 250\nheartbeat_timeout_ms = 1500\n\n{}",
+        static_strategy(&plugin("strategy_static.wasm"), hosts, polling_ms)
     )
 }
 
-/// One `wasmnode run` process and its captured log.
-pub struct Node {
-    pub name: String,
-    pub config: PathBuf,
-    child: Option<Child>,
-    log: Arc<Mutex<String>>,
-    cookie: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-}
-
-impl Node {
-    /// Starts `wasmnode run --config CONFIG --name NAME` with the test cookie.
-    pub fn start(name: &str, config: &Path) -> Node {
-        Node::start_with_cookie(name, config, COOKIE)
-    }
-
-    pub fn start_with_cookie(name: &str, config: &Path, cookie: &str) -> Node {
-        Node::launch(name, config, cookie, &[], &[])
-    }
-
-    /// Starts a node with extra command-line arguments and environment variables.
-    pub fn start_with(name: &str, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
-        Node::launch(name, config, COOKIE, args, env)
-    }
-
-    fn launch(name: &str, config: &Path, cookie: &str, args: &[&str], env: &[(&str, &str)]) -> Node {
-        let mut n = Node {
-            name: name.to_string(),
-            config: config.to_path_buf(),
-            child: None,
-            log: Arc::new(Mutex::new(String::new())),
-            cookie: cookie.to_string(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
-        n.spawn();
-        n
-    }
-
-    fn spawn(&mut self) {
-        let mut child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .args(["--name", &self.name])
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("WASMNODE_COOKIE", &self.cookie)
-            .env("RUST_LOG", "wasmnode=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start wasmnode");
-        let stderr = child.stderr.take().unwrap();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        self.child = Some(child);
-    }
-
-    /// Starts the process again after it was killed (same name, config and cookie);
-    /// the log keeps the earlier lines.
-    pub fn restart(&mut self) {
-        self.reap();
-        self.log.lock().unwrap().push_str("---- restarted ----\n");
-        self.spawn();
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let r = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(r, 0, "kill({}, {sig})", self.pid());
-    }
-
-    /// Waits (up to `timeout`) for the process to exit; its exit code.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let child = self.child.as_mut().expect("running");
-        let mut status = None;
-        wait_until(timeout, &format!("{} to exit", self.name), || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        }, || String::new());
-        status.unwrap().code()
-    }
-
-    fn reap(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// The whole captured log so far.
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Lines of the log containing `needle`.
-    pub fn count(&self, needle: &str) -> usize {
-        self.log.lock().unwrap().lines().filter(|l| l.contains(needle)).count()
-    }
-
-    /// Waits until the log has a line containing `needle`; how long that took.
-    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Duration {
-        self.wait_log_count(needle, 1, timeout)
-    }
-
-    /// Waits until the log has `n` lines containing `needle`.
-    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> Duration {
-        wait_until(timeout, &format!("{n} log line(s) with {needle:?} at {}", self.name), || self.count(needle) >= n, || self.dump())
-    }
-
-    fn dump(&self) -> String {
-        format!("---- log of {} ----\n{}", self.name, self.log())
-    }
-
-    /// The node's member names, asked through the CLI as a hidden node.
-    pub fn members(&self) -> Vec<String> {
-        let out = cli(&["nodes", "--node", &self.name, "--json"], &self.cookie);
-        if !out.status.success() {
-            return Vec::new();
-        }
-        member_names(&out)
-    }
-
-    /// Waits until the member list (this node included) is exactly `expected`.
-    pub fn wait_members(&self, expected: &[&str], timeout: Duration) {
-        let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
-        want.sort();
-        let mut last = Vec::new();
-        wait_until(
-            timeout,
-            &format!("members of {} to be {want:?}", self.name),
-            || {
-                last = self.members();
-                last == want
-            },
-            || self.dump(),
-        );
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            // A stopped process must be continued to die promptly.
-            // SAFETY: signals to our own child.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGCONT);
-            }
-        }
-        self.reap();
-        if std::thread::panicking() {
-            eprintln!("{}", self.dump());
-        }
-    }
+/// Topology `local`: the static strategy at `strategy` listing `hosts`.
+pub fn static_strategy(strategy: &Path, hosts: &[&str], polling_ms: u64) -> String {
+    format!(
+        "[topology.local]\nstrategy = \"{}\"\npolling_interval_ms = {polling_ms}\n[topology.local.config]\nhosts = {}\n",
+        strategy.display(),
+        toml_list(hosts)
+    )
 }
 
 /// The member names, sorted, in what `wasmnode nodes --json` printed (none if it failed).
@@ -280,32 +134,7 @@ pub fn output_text(out: &std::process::Output) -> String {
 
 /// Runs the CLI to completion with `cookie` in WASMNODE_COOKIE.
 pub fn cli(args: &[&str], cookie: &str) -> std::process::Output {
-    Command::new(bin())
-        .args(args)
-        .env("WASMNODE_COOKIE", cookie)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run wasmnode")
-}
-
-/// Waits until every node's member list is exactly `names`.
-pub fn wait_mesh(nodes: &[&Node], names: &[&str], timeout: Duration) {
-    for n in nodes {
-        n.wait_members(names, timeout);
-    }
-}
-
-impl Node {
-    /// The last list of names topology `topology` reported seeing (from the debug log).
-    pub fn last_seen(&self, topology: &str) -> Option<Vec<String>> {
-        let prefix = format!("strategy {topology} (");
-        let log = self.log();
-        let line = log.lines().rev().find(|l| l.contains(&prefix) && l.contains(" sees "))?;
-        let list = line.rsplit_once('[')?.1.trim_end_matches(']');
-        let mut names: Vec<String> = list.split(", ").filter(|s| !s.is_empty()).map(str::to_string).collect();
-        names.sort();
-        Some(names)
-    }
+    Launch::test().cookie(cookie).cli(args)
 }
 
 /// A real DNS server for tests: dnsmasq on a loopback address and port, answering from
@@ -314,7 +143,7 @@ pub struct Dnsmasq {
     child: Option<Child>,
     pub addr: String,
     hosts: PathBuf,
-    log: Arc<Mutex<String>>,
+    log: Lines,
     _dir: TempDir,
 }
 
@@ -337,28 +166,19 @@ impl Dnsmasq {
             .args(["--local-ttl=0", "--neg-ttl=0", "--cache-size=0", "--pid-file=", "--user=root", "--conf-file=/dev/null"]);
         cmd.args(options);
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start dnsmasq");
-        let log = Arc::new(Mutex::new(String::new()));
-        let l = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut g = l.lock().unwrap();
-                g.push_str(&line);
-                g.push('\n');
-            }
-        });
+        let log = Lines::default();
+        log.capture(&mut child);
         let d = Dnsmasq { child: Some(child), addr: format!("{ip}:{port}"), hosts, log, _dir: dir };
         d.wait_reads(1);
         d
     }
 
     fn reads(&self) -> usize {
-        let file = format!("read {}", self.hosts.display());
-        self.log.lock().unwrap().lines().filter(|l| l.contains(&file)).count()
+        self.log.count(&format!("read {}", self.hosts.display()))
     }
 
     fn wait_reads(&self, n: usize) {
-        wait_until(Duration::from_secs(10), "dnsmasq to read its hosts file", || self.reads() >= n, || self.log.lock().unwrap().clone());
+        wait_until(Duration::from_secs(10), "dnsmasq to read its hosts file", || self.reads() >= n, || self.log.text());
     }
 
     /// Replaces the A/AAAA records and waits until dnsmasq has re-read them.
@@ -375,10 +195,7 @@ impl Dnsmasq {
 
     /// Stops the server (a DNS outage).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        reap(&mut self.child);
     }
 }
 

@@ -8,10 +8,8 @@
 //! the bench re-runs itself (`wasmnode-bench measure …`) so its own threads are pinned
 //! from their start.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use wasmnode::dist::{Dist, DistConfig, Peer};
 use wasmnode_proto::Frame;
+use wasmnode_testkit::{command, plugin_in, static_strategy, Launch, Node, TempDir};
 
 const COOKIE: &str = "bench-cookie";
 
@@ -28,25 +27,49 @@ struct Args {
     json: PathBuf,
     quick: bool,
     only: Option<String>,
+    /// This process's config files, removed when it ends.
+    tmp: TempDir,
+}
+
+impl Args {
+    /// Starts a node for a benchmark: the bench's cookie, info logs (as in production),
+    /// on CPU 0 when `pinned`.
+    fn node(&self, name: &str, config: &Path, pinned: bool) -> Node {
+        Launch::new(&self.bin).cookie(COOKIE).log_filter("info").cpu0(pinned).start(name, config)
+    }
+
+    /// Writes config file `tag`.toml.
+    fn config(&self, tag: &str, body: &str) -> PathBuf {
+        self.tmp.write(&format!("{tag}.toml"), body)
+    }
+
+    /// A built plugin, by file name.
+    fn plugin(&self, file: &str) -> PathBuf {
+        plugin_in(&self.plugins, file)
+    }
+
+    /// Topology `local`: the static strategy listing `hosts`, polled every 5 s.
+    fn static_topology(&self, hosts: &[String]) -> String {
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        static_strategy(&self.plugin("strategy_static.wasm"), &hosts, 5000)
+    }
 }
 
 fn parse_args() -> (Option<(String, String)>, Args) {
-    let mut a = Args {
-        bin: PathBuf::from("wasmnode"),
-        plugins: PathBuf::from("plugins/dist"),
-        json: PathBuf::from("bench-results/bench.json"),
-        quick: false,
-        only: None,
-    };
+    let mut bin = PathBuf::from("wasmnode");
+    let mut plugins = PathBuf::from("plugins/dist");
+    let mut json = PathBuf::from("bench-results/bench.json");
+    let mut quick = false;
+    let mut only = None;
     let mut measure = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--bin" => a.bin = it.next().expect("--bin PATH").into(),
-            "--plugins" => a.plugins = it.next().expect("--plugins DIR").into(),
-            "--json" => a.json = it.next().expect("--json FILE").into(),
-            "--quick" => a.quick = true,
-            "--only" => a.only = Some(it.next().expect("--only FIGURE")),
+            "--bin" => bin = it.next().expect("--bin PATH").into(),
+            "--plugins" => plugins = it.next().expect("--plugins DIR").into(),
+            "--json" => json = it.next().expect("--json FILE").into(),
+            "--quick" => quick = true,
+            "--only" => only = Some(it.next().expect("--only FIGURE")),
             "echo-server" => {
                 echo_server(&it.next().expect("echo-server ADDR"));
                 std::process::exit(0);
@@ -59,7 +82,7 @@ fn parse_args() -> (Option<(String, String)>, Args) {
             other => panic!("unknown argument {other}"),
         }
     }
-    (measure, a)
+    (measure, Args { bin, plugins, json, quick, only, tmp: TempDir::new("bench") })
 }
 
 fn main() {
@@ -97,15 +120,7 @@ fn echo_server(addr: &str) {
 fn baseline_rtt(pinned: bool, n: usize) -> (f64, f64) {
     use std::io::{Read, Write};
     let addr = "127.0.30.5:4999";
-    let me = std::env::current_exe().unwrap();
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(me);
-        c
-    } else {
-        Command::new(me)
-    };
-    let mut server = cmd.args(["echo-server", addr]).spawn().unwrap();
+    let mut server = command(std::env::current_exe().unwrap(), pinned).args(["echo-server", addr]).spawn().unwrap();
     let start = Instant::now();
     let mut s = loop {
         match std::net::TcpStream::connect(addr) {
@@ -219,100 +234,6 @@ fn machine() -> Value {
     json!({ "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "cpu": cpu })
 }
 
-/// A node process for a benchmark, with its log lines in memory.
-struct NodeProc {
-    child: Child,
-    log: Arc<Mutex<Vec<(Instant, String)>>>,
-}
-
-impl NodeProc {
-    fn start(args: &Args, name: &str, config: &Path, pinned: bool) -> NodeProc {
-        let mut cmd = if pinned {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0"]).arg(&args.bin);
-            c
-        } else {
-            Command::new(&args.bin)
-        };
-        let mut child = cmd
-            .args(["run", "--config"])
-            .arg(config)
-            .args(["--name", name])
-            .env("WASMNODE_COOKIE", COOKIE)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start wasmnode (is --bin right?)");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let l = log.clone();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                l.lock().unwrap().push((Instant::now(), line));
-            }
-        });
-        NodeProc { child, log }
-    }
-
-    /// When the first line containing `needle` arrived, waiting up to `timeout`.
-    fn wait_line(&self, needle: &str, timeout: Duration) -> Option<Instant> {
-        let start = Instant::now();
-        loop {
-            if let Some((t, _)) = self.log.lock().unwrap().iter().find(|(_, l)| l.contains(needle)) {
-                return Some(*t);
-            }
-            if start.elapsed() > timeout {
-                return None;
-            }
-            std::thread::park_timeout(Duration::from_millis(1));
-        }
-    }
-
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let kb: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN);
-        kb / 1024.0
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_config(tag: &str, body: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wasmnode-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(format!("{tag}.toml"));
-    std::fs::write(&p, body).unwrap();
-    p
-}
-
-fn static_config(tag: &str, plugins: &Path, hosts: &[String]) -> PathBuf {
-    let plugin = std::fs::canonicalize(plugins.join("strategy_static.wasm")).expect("build the plugins first: ./dev plugins");
-    let hosts = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
-    temp_config(
-        tag,
-        &format!("[topology.local]\nstrategy = \"{}\"\npolling_interval_ms = 5000\n[topology.local.config]\nhosts = [{hosts}]\n", plugin.display()),
-    )
-}
-
 /// Connects a client endpoint to `target` (retrying until it listens).
 async fn client(name: &str, target: &str) -> Peer {
     let (tx, _rx) = mpsc::unbounded_channel();
@@ -336,7 +257,7 @@ async fn workers_in_process(args: &Args, component: &str, spawns: usize, idle: u
     use wasmnode::membership::Membership;
     use wasmnode::registry::Registry;
     use wasmnode::runtime::worker::WorkerRuntime;
-    let counter = std::fs::canonicalize(args.plugins.join(component)).expect("build the plugins first: ./dev plugins");
+    let counter = args.plugin(component);
     let pool = pooled.then_some(wasmnode::runtime::Pool { instances: idle as u32 + 1000, max_memory: 64 << 20 });
     let engine = wasmnode::runtime::engine_with(pool).unwrap();
     wasmnode::runtime::spawn_epoch_ticker(engine.clone());
@@ -448,12 +369,12 @@ async fn workers_in_process(args: &Args, component: &str, spawns: usize, idle: u
 /// new owner); then SIGKILL another and time until every instance runs again.
 async fn handoff_run(args: &Args, n: usize, run: usize) -> (Duration, Duration) {
     let names: Vec<String> = (1..=3).map(|i| format!("h{i}@127.0.37.{i}")).collect();
-    let counter = std::fs::canonicalize(args.plugins.join("worker_counter.wasm")).expect("build the plugins first: ./dev plugins");
-    let base = std::fs::read_to_string(static_config(&format!("handoff-base-{run}"), &args.plugins, &names)).unwrap();
-    let config = temp_config(&format!("handoff-{n}-{run}"), &format!("[node]\nhandoff_deadline_ms = 60000\n\n{base}\n[worker.counter]\ncomponent = \"{}\"\n", counter.display()));
-    let mut nodes: Vec<NodeProc> = names.iter().map(|name| NodeProc::start(args, name, &config, false)).collect();
+    let counter = args.plugin("worker_counter.wasm");
+    let base = args.static_topology(&names);
+    let config = args.config(&format!("handoff-{n}-{run}"), &format!("[node]\nhandoff_deadline_ms = 60000\n\n{base}\n[worker.counter]\ncomponent = \"{}\"\n", counter.display()));
+    let mut nodes: Vec<Node> = names.iter().map(|name| args.node(name, &config, false)).collect();
     for node in &nodes {
-        node.wait_line("members (3):", Duration::from_secs(30)).expect("mesh");
+        node.wait_line("members (3):", Duration::from_secs(30));
     }
     let ctl = client(&format!("handoffctl{run}@127.0.37.9"), &names[0]).await;
     let ask = |v: Value| {
@@ -473,7 +394,7 @@ async fn handoff_run(args: &Args, n: usize, run: usize) -> (Duration, Duration) 
     // SIGTERM node 3: it exits once every one of its instances has been handed over.
     let t = Instant::now();
     nodes[2].signal(libc::SIGTERM);
-    let _ = nodes[2].child.wait();
+    nodes[2].wait_exit(Duration::from_secs(600));
     let term = t.elapsed();
     assert_eq!(total(&ask(json!({"op": "workers"})).await), n, "every instance runs after the handoff");
 
@@ -502,8 +423,8 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
     let pinned = placement == "pinned";
     match figure {
         "rtt" => {
-            let node = NodeProc::start(args, "rtt@127.0.30.1", &temp_config("empty", ""), pinned);
-            node.wait_line("listening on", Duration::from_secs(10)).expect("node started");
+            let node = args.node("rtt@127.0.30.1", &args.config("empty", ""), pinned);
+            node.wait_line("listening on", Duration::from_secs(10));
             let peer = client("bench@127.0.30.9", "rtt@127.0.30.1").await;
             let payload = Bytes::from_static(b"0123456789abcdef");
             let n = if args.quick { 20_000 } else { 200_000 };
@@ -530,8 +451,8 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
             })
         }
         "throughput" => {
-            let node = NodeProc::start(args, "sink@127.0.30.2", &temp_config("empty", ""), pinned);
-            node.wait_line("listening on", Duration::from_secs(10)).expect("node started");
+            let node = args.node("sink@127.0.30.2", &args.config("empty", ""), pinned);
+            node.wait_line("listening on", Duration::from_secs(10));
             let peer = client("bench@127.0.30.9", "sink@127.0.30.2").await;
             let mut out = serde_json::Map::new();
             for (label, size, count) in [("16b", 16usize, 3_000_000usize), ("1kib", 1024, 1_000_000), ("64kib", 65536, 40_000)] {
@@ -562,8 +483,8 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
             Value::Object(out)
         }
         "connect" => {
-            let node = NodeProc::start(args, "acc@127.0.30.3", &temp_config("empty", ""), pinned);
-            node.wait_line("listening on", Duration::from_secs(10)).expect("node started");
+            let node = args.node("acc@127.0.30.3", &args.config("empty", ""), pinned);
+            node.wait_line("listening on", Duration::from_secs(10));
             let n = if args.quick { 200 } else { 2000 };
             let mut samples = Vec::with_capacity(n);
             for i in 0..n {
@@ -585,13 +506,13 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
                 let mut times = Vec::new();
                 for rep in 0..reps {
                     let names: Vec<String> = (1..=n).map(|i| format!("m{i}@127.0.32.{i}")).collect();
-                    let config = static_config(&format!("mesh{n}-{rep}"), &args.plugins, &names);
+                    let config = args.config(&format!("mesh{n}-{rep}"), &args.static_topology(&names));
                     let t = Instant::now();
-                    let nodes: Vec<NodeProc> = names.iter().map(|name| NodeProc::start(args, name, &config, false)).collect();
+                    let nodes: Vec<Node> = names.iter().map(|name| args.node(name, &config, false)).collect();
                     let needle = format!("members ({n}):");
                     let mut last = t;
                     for node in &nodes {
-                        let at = node.wait_line(&needle, Duration::from_secs(30)).expect("mesh formed");
+                        let at = node.wait_line(&needle, Duration::from_secs(30));
                         last = last.max(at);
                     }
                     times.push(last - t);
@@ -604,14 +525,14 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
         }
         "down" => {
             let names = vec!["d1@127.0.33.1".to_string(), "d2@127.0.33.2".to_string()];
-            let config = static_config("down", &args.plugins, &names);
-            let a = NodeProc::start(args, &names[0], &config, false);
+            let config = args.config("down", &args.static_topology(&names));
+            let a = args.node(&names[0], &config, false);
             let mut out = serde_json::Map::new();
             for (label, sig, reps) in [("sigkill", libc::SIGKILL, 5), ("sigstop", libc::SIGSTOP, 3)] {
                 let mut times = Vec::new();
                 for _ in 0..if args.quick { 1 } else { reps } {
-                    let b = NodeProc::start(args, &names[1], &config, false);
-                    b.wait_line("members (2):", Duration::from_secs(10)).expect("b joined");
+                    let b = args.node(&names[1], &config, false);
+                    b.wait_line("members (2):", Duration::from_secs(10));
                     let watcher = client("watch@127.0.33.9", &names[0]).await;
                     let mut events = watcher.subscribe(Bytes::from_static(br#"{"op":"watch"}"#));
                     events.recv().await.expect("snapshot");
@@ -636,14 +557,14 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
         }
         "rss" => {
             let names: Vec<String> = (1..=3).map(|i| format!("r{i}@127.0.34.{i}")).collect();
-            let config = static_config("rss", &args.plugins, &names);
-            let nodes: Vec<NodeProc> = names.iter().map(|n| NodeProc::start(args, n, &config, false)).collect();
+            let config = args.config("rss", &args.static_topology(&names));
+            let nodes: Vec<Node> = names.iter().map(|n| args.node(n, &config, false)).collect();
             for n in &nodes {
-                n.wait_line("members (3):", Duration::from_secs(10)).expect("mesh");
+                n.wait_line("members (3):", Duration::from_secs(10));
             }
             // Idle means: formed, then a few heartbeat intervals and one poll later.
             tokio::time::sleep(Duration::from_secs(6)).await;
-            let mut rss: Vec<f64> = nodes.iter().map(NodeProc::rss_mib).collect();
+            let mut rss: Vec<f64> = nodes.iter().map(Node::rss_mib).collect();
             rss.sort_by(|a, b| a.partial_cmp(b).unwrap());
             json!({ "idle_node_rss_mib": rss[1] })
         }
@@ -666,13 +587,13 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
         }
         "remote-call" => {
             let names = ["w1@127.0.35.1".to_string(), "w2@127.0.35.2".to_string()];
-            let probe = std::fs::canonicalize(args.plugins.join("worker_probe.wasm")).expect("build the plugins first: ./dev plugins");
-            let base = std::fs::read_to_string(static_config("remote-base", &args.plugins, &names)).unwrap();
-            let config_path = temp_config("remote", &format!("{base}\n[worker.probe]\ncomponent = \"{}\"\n", probe.display()));
-            let n1 = NodeProc::start(args, &names[0], &config_path, pinned);
-            let n2 = NodeProc::start(args, &names[1], &config_path, pinned);
+            let probe = args.plugin("worker_probe.wasm");
+            let base = args.static_topology(&names);
+            let config_path = args.config("remote", &format!("{base}\n[worker.probe]\ncomponent = \"{}\"\n", probe.display()));
+            let n1 = args.node(&names[0], &config_path, pinned);
+            let n2 = args.node(&names[1], &config_path, pinned);
             for n in [&n1, &n2] {
-                n.wait_line("members (2):", Duration::from_secs(30)).expect("the two nodes connect");
+                n.wait_line("members (2):", Duration::from_secs(30));
             }
             // Place a caller on w1 and a callee on w2.
             let ctl = client("benchctl@127.0.35.9", &names[0]).await;
