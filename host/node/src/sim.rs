@@ -1,16 +1,17 @@
-//! Deterministic simulation of a cluster: the registry's real state machine
-//! ([`Table`]) on 3–20 nodes in one process, over a simulated network whose time,
+//! Deterministic simulation of a cluster: the registry's and the membership's real
+//! state machines ([`Table`], [`View`]) on 3–20 nodes in one process, over a simulated network whose time,
 //! delivery order, delays, partitions, pauses (SIGSTOP), kills (kill -9) and graceful
 //! leaves (SIGTERM) all come from one seed. Workers are a counter test double whose
 //! state merges (a grow-only counter per instance), so that no acknowledged increment may
 //! be lost or doubled where the state survives.
 //!
-//! What it models of the layers below the registry: one FIFO connection per pair of
-//! nodes with a fresh id on every reconnect (as `dist` does), a connection noticed gone
-//! at once when its peer is killed and after the heartbeat timeout when it is cut off or
-//! paused, a node that wakes from a pause reading its sockets before its timers, a leaver
+//! What it models of the connection layer (`dist`): one FIFO connection per pair of
+//! nodes with a fresh id on every reconnect, dials the membership asks for that fail
+//! (refused, timed out, name still in use) or connect, a connection noticed gone at once
+//! when its peer is killed and after the heartbeat timeout when it is cut off or paused,
+//! a node that wakes from a pause reading its sockets before its timers, and a leaver
 //! that announces the leave on every connection and closes them once its names are
-//! handed over, and full-mesh re-dialling.
+//! handed over. Discovery lists every node; the member lists nodes gossip travel too.
 //!
 //! Invariants checked at the end of every run, once the network is healed and the
 //! membership stable: every started name runs exactly once, on its owner; every name
@@ -25,6 +26,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::config::Restart;
+use crate::dist::DownReason;
+use crate::membership::view::{DialResult, Input, Names, Output, View};
 use crate::registry::placement::owner;
 use crate::registry::route::Route;
 use crate::registry::table::{Effect, Event, Kinds, Table};
@@ -41,6 +44,10 @@ const LEAVE_DEADLINE: u64 = 10_000;
 const MAX_HOPS: u32 = 4;
 /// After the last fault, how long the cluster has to settle before the checks (ms).
 const SETTLE: u64 = 20_000;
+/// How long a dial to a node that does not answer (cut off, paused) takes to fail (ms).
+const CONNECT_TIMEOUT: u64 = 1000;
+/// The membership's re-dial tick (ms).
+const REDIAL_TICK: u64 = 200;
 
 /// A small, portable PRNG (splitmix64): the same seed gives the same run everywhere.
 struct Rng(u64);
@@ -132,6 +139,7 @@ enum Wire {
     CallRep { call: usize, hop: u32, result: CallResult },
     Leaving,
     Close,
+    Members(Names),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,7 +157,9 @@ enum Ev {
     /// Something arrives on connection `conn` from `from`.
     Deliver { from: Node, to: Node, conn: u64, what: Wire },
     /// `node` notices that its connection `conn` to `peer` is gone.
-    ConnDown { node: Node, peer: Node, conn: u64 },
+    ConnDown { node: Node, peer: Node, conn: u64, reason: DownReason },
+    /// A dial `node` made (in its life `life`) to `peer` ended.
+    Dialled { node: Node, life: u64, peer: Node, result: DialResult },
     /// Connections cut off or to a paused node time out, if they still are.
     Detect { a: Node, b: Node, conn: u64 },
     Redial,
@@ -195,10 +205,9 @@ enum Parked {
 
 struct Live {
     table: Table<Inst, Req>,
-    /// Connections this node considers up, by peer.
+    members: View,
+    /// Connections this node's connection layer considers up, by peer.
     view: BTreeMap<Node, u64>,
-    /// Peers that told this node they are leaving.
-    left: BTreeSet<Node>,
     paused_until: Option<u64>,
     leaving: bool,
     parked: Vec<Parked>,
@@ -349,14 +358,17 @@ impl Sim {
     fn boot(&mut self, n: Node) {
         self.lives[n] += 1;
         let table = Table::new(self.names[n].clone(), Arc::new(SimKinds));
-        self.nodes[n] = Some(Live { table, view: BTreeMap::new(), left: BTreeSet::new(), paused_until: None, leaving: false, parked: Vec::new(), booted: self.now });
+        let members = View::new(self.names[n].clone(), true);
+        self.nodes[n] = Some(Live { table, members, view: BTreeMap::new(), paused_until: None, leaving: false, parked: Vec::new(), booted: self.now });
         self.log(|| format!("n{n} boots"));
+        let names = self.names.clone();
+        self.member_input(n, Input::Discovered { topology: "sim".into(), names });
     }
 
     fn dispatch(&mut self, ev: Ev) {
         // Events for a paused node wait until it wakes, in their order.
         let target = match &ev {
-            Ev::Table(n, _) | Ev::Deliver { to: n, .. } | Ev::ConnDown { node: n, .. } | Ev::Retry(n) => Some(*n),
+            Ev::Table(n, _) | Ev::Deliver { to: n, .. } | Ev::ConnDown { node: n, .. } | Ev::Dialled { node: n, .. } | Ev::Retry(n) => Some(*n),
             _ => None,
         };
         if let Some(n) = target {
@@ -374,17 +386,29 @@ impl Sim {
         match ev {
             Ev::Table(n, event) => self.feed(n, event),
             Ev::Deliver { from, to, conn, what } => self.deliver(from, to, conn, what),
-            Ev::ConnDown { node, peer, conn } => self.conn_down(node, peer, conn),
+            Ev::ConnDown { node, peer, conn, reason } => self.conn_down(node, peer, conn, reason),
+            Ev::Dialled { node, life, peer, result } => {
+                if self.lives[node] == life {
+                    self.log(|| format!("n{node} dial to n{peer}: {result:?}"));
+                    let now_ms = self.now;
+                    self.member_input(node, Input::Dialled { node: self.names[peer].clone(), result, now_ms });
+                }
+            }
             Ev::Detect { a, b, conn } => {
                 let stalled = self.cut.contains(&pair(a, b)) || !self.running(a) || !self.running(b);
                 if stalled && self.conns.get(&pair(a, b)) == Some(&conn) {
                     self.log(|| format!("n{a} - n{b}: heartbeat timeout on conn {conn}"));
-                    self.break_conn(a, b, 0);
+                    self.break_conn(a, b, 0, DownReason::HeartbeatTimeout);
                 }
             }
             Ev::Redial => {
-                self.redial();
-                self.after(200, Ev::Redial);
+                for n in self.live_nodes() {
+                    if self.running(n) {
+                        let now_ms = self.now;
+                        self.member_input(n, Input::Tick { now_ms });
+                    }
+                }
+                self.after(REDIAL_TICK, Ev::Redial);
             }
             Ev::Fault => {
                 self.fault();
@@ -539,7 +563,7 @@ impl Sim {
                 self.conns.remove(&pair(n, p));
             }
             let d = self.rng.range(1, 5);
-            self.after(d, Ev::ConnDown { node: p, peer: n, conn });
+            self.after(d, Ev::ConnDown { node: p, peer: n, conn, reason: DownReason::ConnectionClosed });
         }
         self.conns.retain(|(a, b), _| *a != n && *b != n);
         self.forget();
@@ -566,6 +590,7 @@ impl Sim {
         for (p, conn) in peers {
             self.send_wire(n, p, conn, Wire::Leaving);
         }
+        self.member_input(n, Input::Leave);
         self.feed(n, Event::Leave);
         let life = self.lives[n];
         self.after(LEAVE_DEADLINE, Ev::LeaveDeadline { node: n, life });
@@ -595,15 +620,15 @@ impl Sim {
 
     // ---- the network ----
 
-    fn break_conn(&mut self, a: Node, b: Node, jitter: u64) {
+    fn break_conn(&mut self, a: Node, b: Node, jitter: u64, reason: DownReason) {
         let Some(conn) = self.conns.remove(&pair(a, b)) else { return };
         for (x, y) in [(a, b), (b, a)] {
             let d = self.rng.range(0, jitter);
-            self.after(d, Ev::ConnDown { node: x, peer: y, conn });
+            self.after(d, Ev::ConnDown { node: x, peer: y, conn, reason: reason.clone() });
         }
     }
 
-    fn conn_down(&mut self, node: Node, peer: Node, conn: u64) {
+    fn conn_down(&mut self, node: Node, peer: Node, conn: u64, reason: DownReason) {
         let Some(live) = self.nodes[node].as_mut() else { return };
         if live.view.get(&peer) != Some(&conn) {
             return;
@@ -613,15 +638,15 @@ impl Sim {
         if self.conns.get(&pair(node, peer)) == Some(&conn) {
             self.conns.remove(&pair(node, peer));
             let d = self.rng.range(0, 3);
-            self.after(d, Ev::ConnDown { node: peer, peer: node, conn });
+            self.after(d, Ev::ConnDown { node: peer, peer: node, conn, reason: DownReason::ConnectionClosed });
         }
-        self.log(|| format!("n{node} sees conn {conn} to n{peer} gone"));
-        self.feed(node, Event::MemberDown { node: self.names[peer].clone(), conn });
+        self.log(|| format!("n{node} sees conn {conn} to n{peer} gone ({reason})"));
+        self.member_input(node, Input::Disconnected { node: self.names[peer].clone(), conn, reason });
         // Calls waiting for an answer on that connection get none.
         let waiting: Vec<usize> = self.calls.iter().enumerate().filter(|(_, c)| c.done.is_none() && c.origin == node && c.awaiting == Some((peer, conn))).map(|(i, _)| i).collect();
         for c in waiting {
             self.calls[c].awaiting = None;
-            let left = self.nodes[node].as_ref().is_some_and(|l| l.left.contains(&peer));
+            let left = self.nodes[node].as_ref().is_some_and(|l| l.members.has_left(&self.names[peer]));
             if left {
                 self.call_step(node, c, None);
             } else {
@@ -635,31 +660,71 @@ impl Sim {
         }
     }
 
-    fn redial(&mut self) {
-        let live = self.live_nodes();
-        for (i, &a) in live.iter().enumerate() {
-            for &b in &live[i + 1..] {
-                if self.conns.contains_key(&pair(a, b)) || self.cut.contains(&pair(a, b)) || !self.running(a) || !self.running(b) {
-                    continue;
+    /// `a`'s membership asked to dial `b`: the connection layer connects, or the dial
+    /// fails as a real one would, and either way the membership hears how it ended.
+    fn dial(&mut self, a: Node, b: Node) {
+        let life = self.lives[a];
+        let (result, after) = if !self.alive(b) {
+            (DialResult::Failed { error: "connection refused".into(), refused: false }, self.rng.range(1, 5))
+        } else if self.cut.contains(&pair(a, b)) || !self.running(b) {
+            (DialResult::Failed { error: "timed out".into(), refused: false }, CONNECT_TIMEOUT)
+        } else if self.nodes[b].as_ref().unwrap().leaving {
+            (DialResult::Failed { error: "handshake failed: refused: this node is leaving".into(), refused: true }, self.rng.range(1, 5))
+        } else if self.conns.contains_key(&pair(a, b)) {
+            // The other direction's connection came up first (simultaneous connect).
+            (DialResult::Busy, self.rng.range(1, 5))
+        } else if self.nodes[b].as_ref().unwrap().view.contains_key(&a) {
+            // `b` has not noticed yet that its previous connection to `a` is gone.
+            (DialResult::Failed { error: "handshake failed: refused: name in use".into(), refused: true }, self.rng.range(1, 5))
+        } else {
+            let conn = self.next_conn;
+            self.next_conn += 1;
+            self.conns.insert(pair(a, b), conn);
+            self.log(|| format!("n{a} -> n{b}: connected, conn {conn}"));
+            for (x, y) in [(a, b), (b, a)] {
+                self.nodes[x].as_mut().unwrap().view.insert(y, conn);
+            }
+            // Each side hears of the connection before anything else on it (as `dist`
+            // reports a connection's up before its frames and its down).
+            for (x, y) in [(a, b), (b, a)] {
+                let since_ms = self.now;
+                self.member_input(x, Input::Connected { node: self.names[y].clone(), conn, since_ms });
+            }
+            (DialResult::Connected, 0)
+        };
+        self.after(after, Ev::Dialled { node: a, life, peer: b, result });
+    }
+
+    /// Feeds `n`'s membership and carries out what it decides.
+    fn member_input(&mut self, n: Node, input: Input) {
+        let Some(live) = self.nodes[n].as_mut() else { return };
+        if let Some(t) = &mut self.trace {
+            if !matches!(input, Input::Tick { .. }) {
+                t.push(format!("{:>6} ms  n{n} membership {input:?}", self.now));
+            }
+        }
+        let outputs = live.members.handle(input);
+        for output in outputs {
+            if let Some(t) = &mut self.trace {
+                t.push(format!("{:>6} ms  n{n}   membership output {output:?}", self.now));
+            }
+            match output {
+                Output::Changed(change) => {
+                    if let Some(event) = Event::member(&change) {
+                        self.feed(n, event);
+                    }
                 }
-                let (la, lb) = (self.nodes[a].as_ref().unwrap(), self.nodes[b].as_ref().unwrap());
-                if la.leaving || lb.leaving || la.view.contains_key(&b) || lb.view.contains_key(&a) {
-                    continue;
+                Output::Gossip(names) => {
+                    let peers: Vec<(Node, u64)> = self.nodes[n].as_ref().map(|l| l.view.iter().map(|(p, c)| (*p, *c)).collect()).unwrap_or_default();
+                    for (p, conn) in peers {
+                        self.send_wire(n, p, conn, Wire::Members(names.clone()));
+                    }
                 }
-                let conn = self.next_conn;
-                self.next_conn += 1;
-                self.conns.insert(pair(a, b), conn);
-                self.log(|| format!("n{a} - n{b}: connected, conn {conn}"));
-                for (x, y) in [(a, b), (b, a)] {
-                    let l = self.nodes[x].as_mut().unwrap();
-                    l.view.insert(y, conn);
-                    l.left.remove(&y);
+                Output::Dial(name) => {
+                    let b = self.node_ix(&name).expect("discovery lists only simulated nodes");
+                    self.dial(n, b);
                 }
-                // Each side hears of the connection before anything else on it (as
-                // `membership` reports a connection's up before its frames and its down).
-                for (x, y) in [(a, b), (b, a)] {
-                    self.feed(x, Event::MemberUp { node: self.names[y].clone(), conn });
-                }
+                Output::Unreachable { .. } => {}
             }
         }
     }
@@ -696,11 +761,9 @@ impl Sim {
         self.log(|| format!("n{to} <- n{from}: {what:?}"));
         match what {
             Wire::Msg(msg) => self.feed(to, Event::Received { from: self.names[from].clone(), msg }),
-            Wire::Leaving => {
-                self.nodes[to].as_mut().unwrap().left.insert(from);
-                self.feed(to, Event::MemberLeaving { node: self.names[from].clone(), conn });
-            }
-            Wire::Close => self.conn_down(to, from, conn),
+            Wire::Leaving => self.member_input(to, Input::Leaving { node: self.names[from].clone(), conn }),
+            Wire::Close => self.conn_down(to, from, conn, DownReason::ConnectionClosed),
+            Wire::Members(names) => self.member_input(to, Input::Gossip { from: self.names[from].clone(), names }),
             Wire::StartReq { req, name, args } => {
                 let local = self.new_req(Requester::Forwarded { origin: from, conn, req });
                 self.feed(to, Event::Start { name, args, here: true, reply: local });
@@ -980,6 +1043,8 @@ impl Sim {
             for &b in live.iter().filter(|b| **b != a) {
                 if !l.view.contains_key(&b) {
                     self.violations.push(format!("membership did not settle: n{a} is not connected to n{b}"));
+                } else if !l.members.members().contains_key(&self.names[b]) {
+                    self.violations.push(format!("n{a} is connected to n{b} but does not count it as a member"));
                 }
             }
             let mut members: Vec<String> = l.table.placing().map(str::to_string).collect();

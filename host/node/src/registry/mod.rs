@@ -268,26 +268,15 @@ impl Registry {
 
     /// A membership change: to the table, and to every local instance as `info`.
     fn member_changed(&self, change: &MemberChange) {
-        let (event, info) = match change {
-            MemberChange::Up { node, conn } => (Event::MemberUp { node: node.clone(), conn: *conn }, Info::NodeUp(node.clone())),
-            MemberChange::Leaving { node, conn } => {
-                let info = Info::NodeDown { node: node.clone(), reason: DownReason::Left.to_string() };
-                (Event::MemberLeaving { node: node.clone(), conn: *conn }, info)
-            }
-            // This node closing its own connections as it exits: its peers are not down,
-            // and calls still under way here are answered with where names moved.
-            MemberChange::Down { reason: DownReason::LocalShutdown, .. } => return,
-            MemberChange::Down { node, conn, reason } => {
-                let info = Info::NodeDown { node: node.clone(), reason: reason.to_string() };
-                (Event::MemberDown { node: node.clone(), conn: *conn }, info)
-            }
-            // A leaver's connection closing: nothing for the instances (they heard it leave).
-            MemberChange::Gone { node, conn } => {
-                self.apply(Event::MemberDown { node: node.clone(), conn: *conn }, false);
-                return;
-            }
-        };
+        let Some(event) = Event::member(change) else { return };
         self.apply(event, false);
+        let info = match change {
+            MemberChange::Up { node, .. } => Info::NodeUp(node.clone()),
+            MemberChange::Leaving { node, .. } => Info::NodeDown { node: node.clone(), reason: DownReason::Left.to_string() },
+            MemberChange::Down { node, reason, .. } => Info::NodeDown { node: node.clone(), reason: reason.to_string() },
+            // A leaver's connection closing: nothing for the instances (they heard it leave).
+            MemberChange::Gone { .. } => return,
+        };
         let mailboxes: Vec<Mailbox> = self.0.table.lock().unwrap().running_handles();
         for mb in mailboxes {
             let _ = mb.tx.send(Envelope::Info(Box::new(info.clone())));

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::placement::{owner, Lineage};
+use crate::dist::DownReason;
+use crate::membership::MemberChange;
 use super::wire::Msg;
 use super::{Restart, StartError, WorkerName};
 
@@ -183,6 +185,20 @@ pub struct Table<M, R> {
     pub(super) wait_to_hand_over: bool,
     next_id: u64,
     pub(super) out: Vec<Effect<M, R>>,
+}
+
+impl<M, R> Event<M, R> {
+    /// The event a membership change is for the table; `None` for this node closing
+    /// its own connections as it exits (its peers are not down, and calls still under
+    /// way here are answered with where names moved).
+    pub fn member(change: &MemberChange) -> Option<Self> {
+        Some(match change {
+            MemberChange::Up { node, conn } => Event::MemberUp { node: node.clone(), conn: *conn },
+            MemberChange::Leaving { node, conn } => Event::MemberLeaving { node: node.clone(), conn: *conn },
+            MemberChange::Down { reason: DownReason::LocalShutdown, .. } => return None,
+            MemberChange::Down { node, conn, .. } | MemberChange::Gone { node, conn } => Event::MemberDown { node: node.clone(), conn: *conn },
+        })
+    }
 }
 
 impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
