@@ -1045,10 +1045,11 @@ mod tests {
         write_message(&mut stream, &hello).await.unwrap();
         let challenge = read_message(&mut stream, &mut buf).await.unwrap();
         let (d, proof) = d.on_challenge(b"cookie", challenge).unwrap();
+        // The connection cannot be up (nor its silence counted) before `b` has the proof.
+        let up_at = Instant::now();
         write_message(&mut stream, &proof).await.unwrap();
         let answer = read_message(&mut stream, &mut buf).await.unwrap();
         d.on_accept(b"cookie", &answer).unwrap();
-        let up_at = Instant::now();
         let down = loop {
             match b_events.recv().await.unwrap() {
                 DistEvent::Down(p, reason) => break (p.name().to_string(), reason),
