@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use wasmnode::dist::{Dist, DistConfig, Peer};
-use wasmnode_proto::Frame;
+use wasmnode_proto::{Frame, Service};
 use wasmnode_testkit::{command, plugin_in, static_strategy, Launch, Node, TempDir};
 
 const COOKIE: &str = "bench-cookie";
@@ -380,7 +380,7 @@ async fn handoff_run(args: &Args, n: usize, run: usize) -> (Duration, Duration) 
     let ask = |v: Value| {
         let ctl = ctl.clone();
         async move {
-            let body = ctl.request(Bytes::from(v.to_string()), Duration::from_secs(60)).await.expect("control request");
+            let body = ctl.request(Service::Control, Bytes::from(v.to_string()), Duration::from_secs(60)).await.expect("control request");
             serde_json::from_slice::<Value>(&body).unwrap()
         }
     };
@@ -534,7 +534,7 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
                     let b = args.node(&names[1], &config, false);
                     b.wait_line("members (2):", Duration::from_secs(10));
                     let watcher = client("watch@127.0.33.9", &names[0]).await;
-                    let mut events = watcher.subscribe(Bytes::from_static(br#"{"op":"watch"}"#));
+                    let mut events = watcher.subscribe(Service::Control, Bytes::from_static(br#"{"op":"watch"}"#));
                     events.recv().await.expect("snapshot");
                     let t = Instant::now();
                     b.signal(sig);
@@ -600,7 +600,7 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
             let ask = |v: Value| {
                 let ctl = ctl.clone();
                 async move {
-                    let body = ctl.request(Bytes::from(v.to_string()), Duration::from_secs(600)).await.expect("control request");
+                    let body = ctl.request(Service::Control, Bytes::from(v.to_string()), Duration::from_secs(600)).await.expect("control request");
                     serde_json::from_slice::<Value>(&body).unwrap()
                 }
             };

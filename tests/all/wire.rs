@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use wasmnode_proto::frame::{self, DEFAULT_MAX_FRAME};
-use wasmnode_proto::handshake::{Dialer, Identity, Message, FLAG_HIDDEN};
+use wasmnode_proto::handshake::{Dialer, Identity, Message, Refusal, FLAG_HIDDEN};
 use wasmnode_proto::{Error, Frame};
 use wasmnode_testkit::*;
 
@@ -126,7 +126,7 @@ fn a_wrong_cookie_is_refused_and_logged_with_the_address() {
     a.wait_log("listening on", FORM);
     let mut raw = Raw::connect("127.0.19.1:4370");
     let port = raw.stream.local_addr().unwrap().port();
-    assert_eq!(raw.handshake("raw@127.0.19.9", 0, b"not-the-cookie"), Err(Error::Refused("cookie mismatch".into())));
+    assert_eq!(raw.handshake("raw@127.0.19.9", 0, b"not-the-cookie"), Err(Error::Refused { code: Refusal::CookieMismatch, reason: "cookie mismatch".into() }));
     a.wait_log(&format!("handshake refused from 127.0.0.1:{port}: cookie mismatch"), FORM);
     assert_eq!(a.count("connected to raw@"), 0);
 }
@@ -142,10 +142,11 @@ fn bad_frames_close_only_their_connection() {
     let b = Node::start(names[1], &config);
     wait_mesh(&[&a, &b], &names, FORM);
 
-    let cases: [(&str, Vec<u8>, &str); 3] = [
+    let cases: [(&str, Vec<u8>, &str); 4] = [
         ("garbage", vec![0, 0, 0, 1, 0xee], "unknown frame tag 0xee"),
         ("oversized", (1u32 << 30).to_be_bytes().to_vec(), "exceeds the maximum"),
         ("malformed", vec![0, 0, 0, 4, 0x02, 0, 9, 0], "malformed members frame"),
+        ("unknown service", vec![0, 0, 0, 10, 0x07, 0, 0, 0, 0, 0, 0, 0, 1, 0x99], "malformed request frame: unknown service"),
     ];
     for (i, (what, bytes, reason)) in cases.iter().enumerate() {
         let me = format!("raw{i}@127.0.16.9");
@@ -172,7 +173,7 @@ fn a_name_already_connected_is_refused() {
     let mut raw = Raw::connect("127.0.20.1:4370");
     assert_eq!(
         raw.handshake(names[1], 0, COOKIE.as_bytes()),
-        Err(Error::Refused("name b@127.0.20.2 is already connected".into()))
+        Err(Error::Refused { code: Refusal::NameInUse, reason: "name b@127.0.20.2 is already connected".into() })
     );
     a.wait_log("name b@127.0.20.2 is already connected", FORM);
     assert_eq!(a.members(), vec![names[0].to_string(), names[1].to_string()]);

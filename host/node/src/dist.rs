@@ -39,8 +39,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, warn};
 use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MAX_MESSAGE};
-use wasmnode_proto::handshake::{Acceptor, Dialer, Identity, Message};
-use wasmnode_proto::{Error as ProtoError, Frame};
+use wasmnode_proto::handshake::{Acceptor, Dialer, Identity, Message, Refusal};
+use wasmnode_proto::{Error as ProtoError, Frame, Service};
 
 /// Handshakes in progress at once; more wait (mini-redis' connection semaphore).
 const MAX_PENDING_HANDSHAKES: usize = 256;
@@ -114,8 +114,9 @@ impl DialError {
     pub fn cause(&self) -> &'static str {
         match self {
             DialError::Handshake(ProtoError::CookieMismatch) => "cookie_mismatch",
-            DialError::Handshake(ProtoError::Refused(r)) if r.contains("cookie mismatch") => "cookie_mismatch",
-            DialError::Handshake(ProtoError::Refused(_)) => "refused",
+            DialError::Handshake(ProtoError::Refused { code: Refusal::CookieMismatch, .. }) => "cookie_mismatch",
+            DialError::Handshake(ProtoError::Refused { code: Refusal::VersionMismatch, .. }) => "version",
+            DialError::Handshake(ProtoError::Refused { .. }) => "refused",
             DialError::Handshake(ProtoError::VersionMismatch { .. }) => "version",
             DialError::Handshake(_) | DialError::WrongNode { .. } => "protocol",
             DialError::Timeout => "timeout",
@@ -125,11 +126,9 @@ impl DialError {
 
     /// A refusal that is part of the protocol (simultaneous connect), not a failure.
     pub fn is_tie_break(&self) -> bool {
-        matches!(self, DialError::Handshake(ProtoError::Refused(r)) if r.starts_with(TIE_BREAK))
+        matches!(self, DialError::Handshake(ProtoError::Refused { code: Refusal::SimultaneousConnect, .. }))
     }
 }
-
-const TIE_BREAK: &str = "simultaneous connect";
 
 /// What the distribution layer tells the layer above, in order.
 #[derive(Debug)]
@@ -315,9 +314,9 @@ impl Peer {
     }
 
     /// Sends a request and waits for its reply.
-    pub async fn request(&self, body: Bytes, timeout: Duration) -> std::io::Result<Bytes> {
+    pub async fn request(&self, service: Service, body: Bytes, timeout: Duration) -> std::io::Result<Bytes> {
         let (id, rx) = self.expect_reply();
-        self.send(Frame::Request { id, body });
+        self.send(Frame::Request { id, service, body });
         let got = tokio::time::timeout(timeout, rx).await;
         if got.is_err() {
             self.0.pending.lock().unwrap().remove(&id);
@@ -330,11 +329,11 @@ impl Peer {
     }
 
     /// Sends a request whose replies keep coming (a watch); the stream ends with the connection.
-    pub fn subscribe(&self, body: Bytes) -> mpsc::UnboundedReceiver<Frame> {
+    pub fn subscribe(&self, service: Service, body: Bytes) -> mpsc::UnboundedReceiver<Frame> {
         let id = self.0.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         self.0.pending.lock().unwrap().insert(id, Waiting::Stream(tx));
-        self.send(Frame::Request { id, body });
+        self.send(Frame::Request { id, service, body });
         rx
     }
 
@@ -480,7 +479,7 @@ impl Dist {
             Ok(x) => x,
             Err(e) => {
                 warn!("handshake refused from {addr}: {e}");
-                write_message(&mut stream, &Message::Refuse(e.to_string())).await?;
+                write_message(&mut stream, &Message::Refuse { code: Refusal::for_error(&e), reason: e.to_string() }).await?;
                 return Err(e.into());
             }
         };
@@ -491,7 +490,7 @@ impl Dist {
             Ok(x) => x,
             Err(e) => {
                 warn!("handshake refused from {addr}: {e} (claimed name {claimed})");
-                let _ = write_message(&mut stream, &Message::Refuse(e.to_string())).await;
+                let _ = write_message(&mut stream, &Message::Refuse { code: Refusal::for_error(&e), reason: e.to_string() }).await;
                 return Err(e.into());
             }
         };
@@ -499,26 +498,28 @@ impl Dist {
         let decision = {
             let mut st = self.0.state.lock().unwrap();
             if st.closing {
-                Err("this node is leaving".to_string())
+                Err((Refusal::Leaving, "this node is leaving".to_string()))
             } else if peer_id.name == *me {
-                Err("that is this node's own name".to_string())
+                Err((Refusal::OwnName, "that is this node's own name".to_string()))
             } else if st.peers.contains_key(&peer_id.name) {
-                Err(format!("name {} is already connected", peer_id.name))
+                Err((Refusal::NameInUse, format!("name {} is already connected", peer_id.name)))
             } else if st.dialing.contains(&peer_id.name) && me.as_str() < peer_id.name.as_str() {
-                Err(format!("{TIE_BREAK}: keeping the connection dialled by {me}"))
+                Err((Refusal::SimultaneousConnect, format!("simultaneous connect: keeping the connection dialled by {me}")))
             } else {
                 Ok(self.register(&mut st, &peer_id, addr))
             }
         };
         match decision {
-            Err(why) => {
-                if why.starts_with(TIE_BREAK) {
-                    debug!("refused {} from {addr}: {why}", peer_id.name);
-                } else {
-                    crate::metrics::global().handshake_failed("name_in_use");
-                    warn!("handshake refused from {addr}: {why}");
+            Err((code, reason)) => {
+                match code {
+                    Refusal::SimultaneousConnect => debug!("refused {} from {addr}: {reason}", peer_id.name),
+                    Refusal::NameInUse | Refusal::OwnName => {
+                        crate::metrics::global().handshake_failed("name_in_use");
+                        warn!("handshake refused from {addr}: {reason}");
+                    }
+                    _ => warn!("handshake refused from {addr}: {reason}"),
                 }
-                write_message(&mut stream, &Message::Refuse(why)).await?;
+                write_message(&mut stream, &Message::Refuse { code, reason }).await?;
                 Ok(())
             }
             Ok((peer, rx)) => {
@@ -747,7 +748,7 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: Byt
                     peer.send(Frame::Pong { id, payload });
                 }
                 Frame::Pong { id, .. } | Frame::Reply { id, .. } => peer.route_reply(id, frame),
-                Frame::Request { id, ref body } if dist.0.fast_requests.get().is_some_and(|f| f(peer, id, body)) => {}
+                Frame::Request { id, service: Service::Registry, ref body } if dist.0.fast_requests.get().is_some_and(|f| f(peer, id, body)) => {}
                 // One-way messages have no consumer yet (workers use requests): dropped,
                 // unless a consumer asked for them.
                 Frame::Send(_) if !dist.0.cfg.deliver_sends => {}

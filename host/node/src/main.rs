@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use wasmnode::config::{Config, CookieSource, Overrides, DEFAULT_COOKIE_ENV};
 use wasmnode::dist::{Dist, DistConfig, Peer};
 use wasmnode::time::rfc3339;
-use wasmnode_proto::Frame;
+use wasmnode_proto::{Frame, Service};
 
 #[derive(Parser)]
 #[command(name = "wasmnode", version, about = "A node host for WebAssembly applications")]
@@ -213,7 +213,7 @@ async fn connect_hidden(node: Option<String>, config: Option<PathBuf>) -> anyhow
 async fn ask(node: Option<String>, config: Option<PathBuf>, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
     let peer = connect_hidden(node, config).await?;
     let timeout = Duration::from_millis(request["timeout_ms"].as_u64().unwrap_or(5000)) + Duration::from_secs(30);
-    let body = peer.request(Bytes::from(request.to_string()), timeout).await?;
+    let body = peer.request(Service::Control, Bytes::from(request.to_string()), timeout).await?;
     Ok(serde_json::from_slice(&body)?)
 }
 
@@ -232,7 +232,7 @@ fn describe(v: &serde_json::Value) -> String {
 async fn nodes(node: Option<String>, json: bool, watch: bool, config: Option<PathBuf>) -> anyhow::Result<()> {
     let peer = connect_hidden(node, config).await?;
     if !watch {
-        let body = peer.request(Bytes::from_static(br#"{"op":"nodes"}"#), Duration::from_secs(5)).await?;
+        let body = peer.request(Service::Control, Bytes::from_static(br#"{"op":"nodes"}"#), Duration::from_secs(5)).await?;
         let v: serde_json::Value = serde_json::from_slice(&body)?;
         if json {
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -241,7 +241,7 @@ async fn nodes(node: Option<String>, json: bool, watch: bool, config: Option<Pat
         }
         return Ok(());
     }
-    let mut replies = peer.subscribe(Bytes::from_static(br#"{"op":"watch"}"#));
+    let mut replies = peer.subscribe(Service::Control, Bytes::from_static(br#"{"op":"watch"}"#));
     let mut first = true;
     while let Some(Frame::Reply { body, .. }) = replies.recv().await {
         let v: serde_json::Value = serde_json::from_slice(&body)?;

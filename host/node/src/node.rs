@@ -9,12 +9,13 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
+use wasmnode_proto::Service;
 
 use crate::config::{Config, ConfigError};
 use crate::control;
 use crate::dist::{Dist, DistConfig};
 use crate::membership::Membership;
-use crate::registry::{Registry, StartError, WorkerName, RPC_TAG};
+use crate::registry::{Registry, StartError, WorkerName};
 use crate::runtime::worker::{WorkerKind, WorkerRuntime};
 use crate::runtime::{self, discovery};
 
@@ -121,12 +122,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let membership = Membership::start(dist.clone(), rx, cfg.node.full_mesh);
     let registry = Registry::start(membership.clone(), Arc::new(workers));
     let (m, r) = (membership.clone(), registry.clone());
-    membership.set_request_handler(Arc::new(move |peer, id, body| {
-        if body.first() == Some(&RPC_TAG) {
-            r.handle_rpc(peer, id, body)
-        } else {
-            control::handle(&m, &r, peer, id, body)
-        }
+    membership.set_request_handler(Arc::new(move |peer, id, service, body| match service {
+        Service::Registry => r.handle_rpc(peer, id, body),
+        Service::Control => control::handle(&m, &r, peer, id, body),
     }));
     let fast = registry.clone();
     dist.set_fast_requests(Arc::new(move |peer, id, body| fast.handle_rpc_fast(peer, id, body)));

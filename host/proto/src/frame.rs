@@ -39,6 +39,32 @@ pub(crate) const TAG_PROOF: u8 = 0x12;
 pub(crate) const TAG_ACCEPT: u8 = 0x13;
 pub(crate) const TAG_REFUSE: u8 = 0x14;
 
+/// Which layer of the receiving node a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// The control plane: JSON requests of the CLI and the bench.
+    Control,
+    /// The registry: another node's registry's requests and messages.
+    Registry,
+}
+
+impl Service {
+    fn code(self) -> u8 {
+        match self {
+            Service::Control => 1,
+            Service::Registry => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<Service, Error> {
+        match code {
+            1 => Ok(Service::Control),
+            2 => Ok(Service::Registry),
+            _ => Err(Error::Malformed { what: "request", why: "unknown service" }),
+        }
+    }
+}
+
 /// One frame on a connection, after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -56,8 +82,9 @@ pub enum Frame {
     Ping { id: u64, payload: Bytes },
     /// Echo answer.
     Pong { id: u64, payload: Bytes },
-    /// A request to the node's control plane (the CLI's `nodes`, `nodes --watch`).
-    Request { id: u64, body: Bytes },
+    /// A request for one of the node's services (the registry's, or the control plane's
+    /// of the CLI's `nodes`, `nodes --watch`); id 0 wants no reply.
+    Request { id: u64, service: Service, body: Bytes },
     /// An answer to a request; a watch answers many times with the same id.
     Reply { id: u64, body: Bytes },
     /// A piece of a large frame: the pieces of one `stream` concatenated (in order)
@@ -88,7 +115,8 @@ impl Frame {
             Frame::Members(names) => 2 + names.iter().map(|n| 2 + n.len()).sum::<usize>(),
             Frame::Send(p) => p.len(),
             Frame::Ping { payload, .. } | Frame::Pong { payload, .. } => 8 + payload.len(),
-            Frame::Request { body, .. } | Frame::Reply { body, .. } => 8 + body.len(),
+            Frame::Request { body, .. } => 9 + body.len(),
+            Frame::Reply { body, .. } => 8 + body.len(),
             Frame::Fragment { chunk, .. } => 5 + chunk.len(),
         }
     }
@@ -129,14 +157,18 @@ impl Frame {
         out.put_u32(self.body_len() as u32);
         match self {
             Frame::Send(_) => out.put_u8(TAG_SEND),
-            Frame::Ping { id, .. } | Frame::Pong { id, .. } | Frame::Request { id, .. } | Frame::Reply { id, .. } => {
+            Frame::Ping { id, .. } | Frame::Pong { id, .. } | Frame::Reply { id, .. } => {
                 out.put_u8(match self {
                     Frame::Ping { .. } => TAG_PING,
                     Frame::Pong { .. } => TAG_PONG,
-                    Frame::Request { .. } => TAG_REQUEST,
                     _ => TAG_REPLY,
                 });
                 out.put_u64(*id);
+            }
+            Frame::Request { id, service, .. } => {
+                out.put_u8(TAG_REQUEST);
+                out.put_u64(*id);
+                out.put_u8(service.code());
             }
             Frame::Fragment { stream, last, .. } => {
                 out.put_u8(TAG_FRAGMENT);
@@ -169,8 +201,14 @@ impl Frame {
                 out.put_u64(*id);
                 out.put_slice(payload);
             }
-            Frame::Request { id, body } | Frame::Reply { id, body } => {
-                out.put_u8(if matches!(self, Frame::Request { .. }) { TAG_REQUEST } else { TAG_REPLY });
+            Frame::Request { id, service, body } => {
+                out.put_u8(TAG_REQUEST);
+                out.put_u64(*id);
+                out.put_u8(service.code());
+                out.put_slice(body);
+            }
+            Frame::Reply { id, body } => {
+                out.put_u8(TAG_REPLY);
                 out.put_u64(*id);
                 out.put_slice(body);
             }
@@ -207,7 +245,10 @@ impl Frame {
                 match tag {
                     TAG_PING => Frame::Ping { id, payload: body },
                     TAG_PONG => Frame::Pong { id, payload: body },
-                    TAG_REQUEST => Frame::Request { id, body },
+                    TAG_REQUEST => {
+                        let service = Service::from_code(get_u8(&mut body, "request")?)?;
+                        Frame::Request { id, service, body }
+                    }
                     _ => Frame::Reply { id, body },
                 }
             }
@@ -395,6 +436,18 @@ pub(crate) fn get_array<const N: usize>(b: &mut Bytes, what: &'static str) -> Re
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_request_names_its_service_and_an_unknown_service_is_malformed() {
+        for service in [Service::Control, Service::Registry] {
+            roundtrip(Frame::Request { id: 7, service, body: Bytes::from_static(b"x") });
+        }
+        let mut v = Vec::new();
+        Frame::Request { id: 7, service: Service::Registry, body: Bytes::new() }.encode(&mut v);
+        let last = v.len() - 1;
+        v[last] = 0x99;
+        assert_eq!(decode(&v, DEFAULT_MAX_FRAME).err(), Some(Error::Malformed { what: "request", why: "unknown service" }));
+    }
+
     fn roundtrip(f: Frame) {
         let mut wire = Vec::new();
         f.encode(&mut wire);
@@ -412,7 +465,7 @@ mod tests {
         roundtrip(Frame::Send(Bytes::from_static(b"0123456789abcdef")));
         roundtrip(Frame::Ping { id: 7, payload: Bytes::from_static(b"x") });
         roundtrip(Frame::Pong { id: u64::MAX, payload: Bytes::new() });
-        roundtrip(Frame::Request { id: 1, body: Bytes::from_static(b"{}") });
+        roundtrip(Frame::Request { id: 1, service: Service::Control, body: Bytes::from_static(b"{}") });
         roundtrip(Frame::Reply { id: 2, body: Bytes::from_static(b"[]") });
         roundtrip(Frame::Fragment { stream: 3, last: true, chunk: Bytes::from_static(b"abc") });
     }

@@ -73,8 +73,67 @@ pub enum Message {
     Proof([u8; 32]),
     /// Acceptor's proof of the cookie: the connection is up.
     Accept([u8; 32]),
-    /// Acceptor's refusal, with a reason for the dialer's log.
-    Refuse(String),
+    /// Acceptor's refusal: a code the dialer acts on, and words for its log.
+    Refuse { code: Refusal, reason: String },
+}
+
+/// Why an acceptor refused a handshake, as a code on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The dialer's proof does not match the acceptor's cookie.
+    CookieMismatch,
+    /// The dialer speaks another protocol version.
+    VersionMismatch,
+    /// The dialer's messages broke the protocol.
+    ProtocolError,
+    /// The acceptor is leaving the cluster.
+    Leaving,
+    /// The dialer claimed the acceptor's own name.
+    OwnName,
+    /// A node of that name is connected already.
+    NameInUse,
+    /// Both nodes dialled each other at once; the acceptor keeps its own dial. Not a
+    /// failure: the other connection is coming up.
+    SimultaneousConnect,
+    /// A code this version does not know (a newer peer's).
+    Other(u8),
+}
+
+impl Refusal {
+    pub fn code(self) -> u8 {
+        match self {
+            Refusal::CookieMismatch => 1,
+            Refusal::VersionMismatch => 2,
+            Refusal::ProtocolError => 3,
+            Refusal::Leaving => 4,
+            Refusal::OwnName => 5,
+            Refusal::NameInUse => 6,
+            Refusal::SimultaneousConnect => 7,
+            Refusal::Other(c) => c,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Refusal {
+        match code {
+            1 => Refusal::CookieMismatch,
+            2 => Refusal::VersionMismatch,
+            3 => Refusal::ProtocolError,
+            4 => Refusal::Leaving,
+            5 => Refusal::OwnName,
+            6 => Refusal::NameInUse,
+            7 => Refusal::SimultaneousConnect,
+            c => Refusal::Other(c),
+        }
+    }
+
+    /// The refusal that answers a handshake error of the dialer's.
+    pub fn for_error(e: &Error) -> Refusal {
+        match e {
+            Error::CookieMismatch => Refusal::CookieMismatch,
+            Error::VersionMismatch { .. } => Refusal::VersionMismatch,
+            _ => Refusal::ProtocolError,
+        }
+    }
 }
 
 impl Message {
@@ -104,9 +163,10 @@ impl Message {
                 out.put_u8(frame::TAG_ACCEPT);
                 out.put_slice(d);
             }
-            Message::Refuse(why) => {
+            Message::Refuse { code, reason } => {
                 out.put_u8(frame::TAG_REFUSE);
-                put_str(out, why);
+                out.put_u8(code.code());
+                put_str(out, reason);
             }
         }
     }
@@ -141,7 +201,10 @@ impl Message {
             }
             frame::TAG_PROOF => Message::Proof(get_array::<32>(&mut b, what)?),
             frame::TAG_ACCEPT => Message::Accept(get_array::<32>(&mut b, what)?),
-            frame::TAG_REFUSE => Message::Refuse(get_str(&mut b, what)?),
+            frame::TAG_REFUSE => {
+                let code = Refusal::from_code(frame::get_u8(&mut b, what)?);
+                Message::Refuse { code, reason: get_str(&mut b, what)? }
+            }
             other => return Err(Error::UnknownTag(other)),
         };
         if !b.is_empty() {
@@ -211,7 +274,7 @@ impl Dialer {
     pub fn on_challenge(mut self, cookie: &[u8], msg: Message) -> Result<(Dialer, Message), Error> {
         let (version, who) = match &msg {
             Message::Challenge { version, who, .. } => (*version, who.clone()),
-            Message::Refuse(why) => return Err(Error::Refused(why.clone())),
+            Message::Refuse { code, reason } => return Err(Error::Refused { code: *code, reason: reason.clone() }),
             _ => return Err(Error::PeerMisbehaved("expected a challenge")),
         };
         check_version(version)?;
@@ -228,7 +291,7 @@ impl Dialer {
                 verify(cookie, Role::Acceptor, &self.transcript, digest)?;
                 self.peer.ok_or(Error::PeerMisbehaved("accept before challenge"))
             }
-            Message::Refuse(why) => Err(Error::Refused(why.clone())),
+            Message::Refuse { code, reason } => Err(Error::Refused { code: *code, reason: reason.clone() }),
             _ => Err(Error::PeerMisbehaved("expected accept or refuse")),
         }
     }
@@ -344,8 +407,8 @@ mod tests {
         );
         let (d, _) = Dialer::start(id("a@h"), [1; 32]);
         assert_eq!(
-            d.on_challenge(b"c", Message::Refuse("name in use".into())).err(),
-            Some(Error::Refused("name in use".into()))
+            d.on_challenge(b"c", Message::Refuse { code: Refusal::NameInUse, reason: "name in use".into() }).err(),
+            Some(Error::Refused { code: Refusal::NameInUse, reason: "name in use".into() })
         );
     }
 
@@ -355,5 +418,28 @@ mod tests {
         let mut v = Vec::new();
         m.encode(&mut v);
         assert!(matches!(Message::decode(&v), Err(Error::Malformed { .. })));
+    }
+
+    /// Every refusal reaches the dialer as the code it was sent with; a code this
+    /// version does not know is kept as a number, not mistaken for another.
+    #[test]
+    fn refusal_codes_round_trip() {
+        let all = [
+            Refusal::CookieMismatch,
+            Refusal::VersionMismatch,
+            Refusal::ProtocolError,
+            Refusal::Leaving,
+            Refusal::OwnName,
+            Refusal::NameInUse,
+            Refusal::SimultaneousConnect,
+            Refusal::Other(200),
+        ];
+        for code in all {
+            let m = Message::Refuse { code, reason: format!("{code:?}") };
+            let mut v = Vec::new();
+            m.encode(&mut v);
+            assert_eq!(Message::decode(&v).unwrap().map(|(m, _)| m), Some(m));
+        }
+        assert_eq!(Refusal::for_error(&Error::CookieMismatch), Refusal::CookieMismatch);
     }
 }

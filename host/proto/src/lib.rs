@@ -25,10 +25,12 @@
 pub mod frame;
 pub mod handshake;
 
-pub use frame::Frame;
+pub use frame::{Frame, Service};
+pub use handshake::Refusal;
 
 /// The protocol version both sides must speak; a mismatch refuses the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: requests name their service; refusals carry a code.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Everything that can go wrong while reading the wire, by who is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,7 +59,7 @@ pub enum Error {
     /// The peer's proof does not match our cookie: the cookies differ.
     #[error("cookie mismatch")]
     CookieMismatch,
-    /// The peer refused us, and said why.
-    #[error("refused by peer: {0}")]
-    Refused(String),
+    /// The peer refused us: why, as a code and in words.
+    #[error("refused by peer: {reason}")]
+    Refused { code: Refusal, reason: String },
 }

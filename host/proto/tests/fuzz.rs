@@ -7,8 +7,8 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MAX_MESSAGE};
-use wasmnode_proto::handshake::{Identity, Message};
-use wasmnode_proto::{Error, Frame};
+use wasmnode_proto::handshake::{Identity, Message, Refusal};
+use wasmnode_proto::{Error, Frame, Service};
 
 fn arb_bytes(max: usize) -> impl Strategy<Value = Bytes> {
     prop::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
@@ -22,7 +22,11 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         arb_bytes(300).prop_map(Frame::Send),
         (any::<u64>(), arb_bytes(64)).prop_map(|(id, payload)| Frame::Ping { id, payload }),
         (any::<u64>(), arb_bytes(64)).prop_map(|(id, payload)| Frame::Pong { id, payload }),
-        (any::<u64>(), arb_bytes(64)).prop_map(|(id, body)| Frame::Request { id, body }),
+        (any::<u64>(), any::<bool>(), arb_bytes(64)).prop_map(|(id, registry, body)| Frame::Request {
+            id,
+            service: if registry { Service::Registry } else { Service::Control },
+            body
+        }),
         (any::<u64>(), arb_bytes(64)).prop_map(|(id, body)| Frame::Reply { id, body }),
         (any::<u32>(), any::<bool>(), arb_bytes(64)).prop_map(|(stream, last, chunk)| Frame::Fragment { stream, last, chunk }),
     ]
@@ -36,7 +40,7 @@ fn arb_handshake() -> impl Strategy<Value = Message> {
         (any::<u16>(), who, any::<[u8; 32]>()).prop_map(|(version, who, challenge)| Message::Challenge { version, who, challenge }),
         any::<[u8; 32]>().prop_map(Message::Proof),
         any::<[u8; 32]>().prop_map(Message::Accept),
-        "[ -~]{0,40}".prop_map(Message::Refuse),
+        (any::<u8>(), "[ -~]{0,40}").prop_map(|(code, reason)| Message::Refuse { code: Refusal::from_code(code), reason }),
     ]
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, Notify};
 use tracing::{debug, info, warn};
-use wasmnode_proto::Frame;
+use wasmnode_proto::{Frame, Service};
 
 use crate::dist::{DialError, Dist, DistEvent, DownReason, Peer};
 use view::{DialResult, Input, Output, View};
@@ -66,7 +66,7 @@ pub struct MemberInfo {
 }
 
 /// Answers `Request` frames: the layers above (control plane, registry) install it.
-pub type RequestHandler = Arc<dyn Fn(Peer, u64, bytes::Bytes) + Send + Sync>;
+pub type RequestHandler = Arc<dyn Fn(Peer, u64, Service, bytes::Bytes) + Send + Sync>;
 
 struct Shared {
     dist: Dist,
@@ -272,8 +272,8 @@ impl Membership {
                 DistEvent::Frame(peer, Frame::Members(names)) if !peer.hidden() => {
                     self.apply(Input::Gossip { from: peer.name().to_string(), names: names.into() })
                 }
-                DistEvent::Frame(peer, Frame::Request { id, body }) => match self.0.requests.get() {
-                    Some(handle) => handle(peer, id, body),
+                DistEvent::Frame(peer, Frame::Request { id, service, body }) => match self.0.requests.get() {
+                    Some(handle) => handle(peer, id, service, body),
                     None => {
                         peer.send(Frame::Reply { id, body: bytes::Bytes::from_static(br#"{"error":"this node answers no requests yet"}"#) });
                     }

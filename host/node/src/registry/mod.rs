@@ -37,13 +37,12 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tracing::{debug, warn};
-use wasmnode_proto::Frame;
+use wasmnode_proto::{Frame, Service};
 
 pub use actor::{start_apart, BoxFuture, Envelope, Info, Mailbox, RemoteReply, ReplyTo, Restart, Spawner};
 pub use error::{CallError, StartError};
 pub use name::WorkerName;
 pub use placement::owner;
-pub use wire::RPC_TAG;
 
 use crate::dist::{DownReason, Peer};
 use crate::membership::{MemberChange, Membership};
@@ -262,7 +261,7 @@ impl Registry {
 
     fn send(&self, to: &str, msg: &Msg) {
         if let Some(peer) = self.0.membership.dist().peer(to) {
-            peer.send(Frame::Request { id: 0, body: wire::encode(&Rpc::Tell(msg.clone())) });
+            peer.send(Frame::Request { id: 0, service: Service::Registry, body: wire::encode(&Rpc::Tell(msg.clone())) });
         }
     }
 
@@ -483,7 +482,7 @@ impl Registry {
 
     async fn rpc(&self, node: &str, rpc: &Rpc, timeout: Duration) -> Result<RpcReply, CallError> {
         let peer = self.0.membership.dist().peer(node).ok_or_else(|| CallError::Unavailable(format!("{node} is not connected")))?;
-        match peer.request(wire::encode(rpc), timeout).await {
+        match peer.request(Service::Registry, wire::encode(rpc), timeout).await {
             Ok(reply) => postcard::from_bytes(&reply).map_err(|e| CallError::Failed(format!("bad reply from {node}: {e}"))),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(CallError::Timeout),
             Err(_) => Err(CallError::Unavailable(format!("{node} went down"))),
@@ -502,15 +501,12 @@ impl Registry {
     /// they reach its mailbox in the order they were sent. The callee sets no timer of
     /// its own: the caller's deadline bounds the call.
     pub fn handle_rpc_fast(&self, peer: &Peer, id: u64, body: &Bytes) -> bool {
-        if body.len() < 2 || body[0] != RPC_TAG {
-            return false;
-        }
-        let (kind, key, msg, call) = match body[1] {
-            RPC_CALL => match postcard::from_bytes::<CallFields>(&body[2..]) {
+        let (kind, key, msg, call) = match body.first().copied() {
+            Some(RPC_CALL) => match postcard::from_bytes::<CallFields>(&body[1..]) {
                 Ok((kind, key, msg, _timeout_ms)) => (kind, key, msg, true),
                 Err(_) => return false,
             },
-            RPC_CAST => match postcard::from_bytes::<CastFields>(&body[2..]) {
+            Some(RPC_CAST) => match postcard::from_bytes::<CastFields>(&body[1..]) {
                 Ok((kind, key, msg)) => (kind, key, msg, false),
                 Err(_) => return false,
             },
@@ -541,8 +537,7 @@ impl Registry {
         queued
     }
 
-    /// Answers a registry request from another node (a body that starts with
-    /// [`RPC_TAG`]).
+    /// Answers a registry request from another node.
     ///
     /// Called for each request in the order the connections delivered them. The
     /// one-way messages of the state machine take effect here, at once and in that

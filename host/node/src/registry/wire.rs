@@ -1,15 +1,12 @@
 //! What registries say to each other: requests that want a reply ([`Rpc`], answered by
 //! [`RpcReply`]) and the one-way messages of the state machine ([`Msg`]), in postcard,
-//! after [`RPC_TAG`].
+//! as the body of requests for [`Service::Registry`](wasmnode_proto::Service).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::placement::Lineage;
 use super::{CallError, StartError, WorkerName};
-
-/// First byte of a registry request body (control-plane JSON starts with `{`).
-pub const RPC_TAG: u8 = 0x01;
 
 /// A request from one registry to another.
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,8 +58,8 @@ pub enum Msg {
     Orphan { name: WorkerName, args: Vec<u8>, lineage: Lineage },
 }
 
-/// postcard's variant indexes of [`Rpc::Call`] and [`Rpc::Cast`] (the byte after
-/// [`RPC_TAG`]), read by the connection's fast path with their fields borrowed.
+/// postcard's variant indexes of [`Rpc::Call`] and [`Rpc::Cast`] (a body's first byte),
+/// read by the connection's fast path with their fields borrowed.
 pub const RPC_CALL: u8 = 1;
 pub const RPC_CAST: u8 = 2;
 /// `Rpc::Call`'s fields, borrowed: kind, key, message, timeout.
@@ -70,16 +67,14 @@ pub type CallFields<'a> = (&'a str, &'a str, &'a [u8], u64);
 /// `Rpc::Cast`'s fields, borrowed: kind, key, message.
 pub type CastFields<'a> = (&'a str, &'a str, &'a [u8]);
 
-/// A request body: [`RPC_TAG`], then the request in postcard.
+/// A request body: the request in postcard.
 pub fn encode(rpc: &Rpc) -> Bytes {
-    let mut body = vec![RPC_TAG];
-    body.extend(postcard::to_stdvec(rpc).expect("registry requests serialize"));
-    Bytes::from(body)
+    Bytes::from(postcard::to_stdvec(rpc).expect("registry requests serialize"))
 }
 
-/// A request from a body that starts with [`RPC_TAG`].
+/// A request from its body.
 pub fn decode(body: &[u8]) -> Result<Rpc, postcard::Error> {
-    postcard::from_bytes(body.get(1..).unwrap_or_default())
+    postcard::from_bytes(body)
 }
 
 pub fn encode_reply(reply: &RpcReply) -> Bytes {
@@ -96,16 +91,16 @@ mod tests {
     fn the_fast_path_reads_calls_and_casts_as_rpc_writes_them() {
         let name = WorkerName::new("order", "John");
         let call = encode(&Rpc::Call { name: name.clone(), msg: b"contents".to_vec(), timeout_ms: 1234 });
-        assert_eq!((call[0], call[1]), (RPC_TAG, RPC_CALL));
-        assert_eq!(postcard::from_bytes::<CallFields>(&call[2..]).unwrap(), ("order", "John", &b"contents"[..], 1234));
+        assert_eq!(call[0], RPC_CALL);
+        assert_eq!(postcard::from_bytes::<CallFields>(&call[1..]).unwrap(), ("order", "John", &b"contents"[..], 1234));
         let cast = encode(&Rpc::Cast { name: WorkerName::new("counter", "c1"), msg: b"increment".to_vec() });
-        assert_eq!((cast[0], cast[1]), (RPC_TAG, RPC_CAST));
-        assert_eq!(postcard::from_bytes::<CastFields>(&cast[2..]).unwrap(), ("counter", "c1", &b"increment"[..]));
+        assert_eq!(cast[0], RPC_CAST);
+        assert_eq!(postcard::from_bytes::<CastFields>(&cast[1..]).unwrap(), ("counter", "c1", &b"increment"[..]));
         // Nothing else looks like either.
         let start = encode(&Rpc::Start { name, args: vec![] });
-        assert!(![RPC_CALL, RPC_CAST].contains(&start[1]));
+        assert!(![RPC_CALL, RPC_CAST].contains(&start[0]));
         let tell = encode(&Rpc::Tell(Msg::Synced));
-        assert!(![RPC_CALL, RPC_CAST].contains(&tell[1]));
+        assert!(![RPC_CALL, RPC_CAST].contains(&tell[0]));
     }
 
     #[test]
@@ -125,6 +120,6 @@ mod tests {
                 other => panic!("{m:?} came back as {other:?}"),
             }
         }
-        assert!(decode(&[RPC_TAG, 0xff]).is_err(), "an unknown request is an error, not a guess");
+        assert!(decode(&[0xff]).is_err(), "an unknown request is an error, not a guess");
     }
 }
