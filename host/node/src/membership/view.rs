@@ -279,7 +279,12 @@ impl View {
     fn count(&mut self, names: &[String], add: bool) {
         for n in names {
             if add {
-                *self.known.entry(n.clone()).or_insert(0) += 1;
+                match self.known.get_mut(n) {
+                    Some(c) => *c += 1,
+                    None => {
+                        self.known.insert(n.clone(), 1);
+                    }
+                }
             } else if let Some(c) = self.known.get_mut(n) {
                 *c -= 1;
                 if *c == 0 {
