@@ -335,7 +335,7 @@ impl Config {
             (None, None) => ("wasmnode".to_string(), None),
         };
         let name = NodeName::parse_or_detect(&name_text)
-            .map_err(|m| err(name_span.clone(), Some("node.name".into()), m))?;
+            .map_err(|m| err(name_span.clone(), Some("node.name".into()), m.to_string()))?;
 
         let listen = match (&overrides.listen, &rn.listen) {
             (Some(l), _) => l.parse().map_err(|e| err(None, Some("--listen".into()), format!("`{l}` is not ip:port: {e}")))?,

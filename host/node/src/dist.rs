@@ -90,7 +90,7 @@ impl fmt::Display for DownReason {
 #[non_exhaustive]
 pub enum DialError {
     #[error("{0}")]
-    BadName(String),
+    BadName(#[from] crate::name::NameError),
     #[error("cannot resolve {0}: {1}")]
     Resolve(String, String),
     #[error("connect to {0} failed: {1}")]

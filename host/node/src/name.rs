@@ -6,6 +6,20 @@
 
 use std::fmt;
 
+/// Why a text is not a node name: the fault of whoever wrote it (a config, a flag,
+/// discovery's answer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("`{0}` is not a node name: expected basename@host")]
+    NoHost(String),
+    #[error("`{0}`: the basename must be letters, digits, `-`, `_` or `.`")]
+    BadBasename(String),
+    #[error("`{name}`: `{port}` is not a port")]
+    BadPort { name: String, port: String },
+    #[error("`{0}`: the host part is empty or too long")]
+    BadHost(String),
+}
+
 /// The distribution port every node uses unless its name says otherwise.
 pub const DEFAULT_PORT: u16 = 4370;
 
@@ -30,28 +44,26 @@ impl NodeName {
     /// assert_eq!(NodeName::parse("b@127.0.0.1:4371").unwrap().port, 4371);
     /// assert!(NodeName::parse("no-host").is_err());
     /// ```
-    pub fn parse(s: &str) -> Result<NodeName, String> {
-        let (basename, rest) = s
-            .split_once('@')
-            .ok_or_else(|| format!("`{s}` is not a node name: expected basename@host"))?;
+    pub fn parse(s: &str) -> Result<NodeName, NameError> {
+        let (basename, rest) = s.split_once('@').ok_or_else(|| NameError::NoHost(s.to_string()))?;
         if basename.is_empty() || !basename.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(format!("`{s}`: the basename must be letters, digits, `-`, `_` or `.`"));
+            return Err(NameError::BadBasename(s.to_string()));
         }
         let (host, port, explicit_port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
-                let port = p.parse().map_err(|_| format!("`{s}`: `{p}` is not a port"))?;
+                let port = p.parse().map_err(|_| NameError::BadPort { name: s.to_string(), port: p.to_string() })?;
                 (h.trim_matches(|c| c == '[' || c == ']').to_string(), port, true)
             }
             _ => (rest.to_string(), DEFAULT_PORT, false),
         };
         if host.is_empty() || host.len() > 253 {
-            return Err(format!("`{s}`: the host part is empty or too long"));
+            return Err(NameError::BadHost(s.to_string()));
         }
         Ok(NodeName { basename: basename.to_string(), host, port, explicit_port })
     }
 
     /// Parses a full name, or a bare basename to which the detected host is added.
-    pub fn parse_or_detect(s: &str) -> Result<NodeName, String> {
+    pub fn parse_or_detect(s: &str) -> Result<NodeName, NameError> {
         if s.contains('@') {
             NodeName::parse(s)
         } else {

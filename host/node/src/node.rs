@@ -47,12 +47,12 @@ pub fn check(cfg: &Config) -> Vec<ConfigError> {
                     errors.push(err);
                 }
             }
-            Err(e) => errors.push(cfg.strategy_error(t, e)),
+            Err(e) => errors.push(cfg.strategy_error(t, e.to_string())),
         }
     }
     for w in &cfg.workers {
         if let Err(e) = WorkerKind::load(&engine, w) {
-            errors.push(cfg.worker_error(w, e));
+            errors.push(cfg.worker_error(w, e.to_string()));
         }
     }
     errors
@@ -92,13 +92,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     runtime::spawn_epoch_ticker(engine.clone());
     let mut strategies = Vec::new();
     for t in &cfg.topologies {
-        let c = discovery::StrategyComponent::load(&engine, t).map_err(|e| anyhow::anyhow!("{}", cfg.strategy_error(t, e)))?;
+        let c = discovery::StrategyComponent::load(&engine, t).map_err(|e| anyhow::anyhow!("{}", cfg.strategy_error(t, e.to_string())))?;
         strategies.push((c, t.polling_interval));
     }
     // Workers run on the node's own runtime (see `runtime_for`).
     let workers = WorkerRuntime::load(&engine, &cfg.workers, tokio::runtime::Handle::current()).map_err(|(kind, e)| {
         let w = cfg.workers.iter().find(|w| w.kind == kind).expect("the failing kind is configured");
-        anyhow::anyhow!("{}", cfg.worker_error(w, e))
+        anyhow::anyhow!("{}", cfg.worker_error(w, e.to_string()))
     })?;
     let boot = workers.boot_keys();
     let mut workers = workers;

@@ -10,7 +10,7 @@ use wasmnode_proto::Frame;
 
 use super::table::Kinds;
 use super::wire::{encode_reply, RpcReply};
-use super::{CallError, WorkerName};
+use super::{CallError, SpawnError, WorkerName};
 use crate::dist::Peer;
 
 /// An event delivered to instances' `handle-info`.
@@ -105,7 +105,7 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub trait Spawner: Kinds + 'static {
     /// Starts an instance with mailbox id `id`; resolves when its `init` has returned.
     /// Instantiation and `init` run on the task that awaits this.
-    fn spawn(&self, registry: super::Registry, name: WorkerName, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, String>>;
+    fn spawn(&self, registry: super::Registry, name: WorkerName, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, SpawnError>>;
 }
 
 pub use crate::config::Restart;

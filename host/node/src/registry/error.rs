@@ -1,7 +1,27 @@
 //! Why a call or a start did not do what was asked (the WIT `call-error` and
-//! `start-error`), grouped by what the caller can do about it.
+//! `start-error`), grouped by what the caller can do about it; and why an instance did
+//! not start, by who is at fault.
 
 use serde::{Deserialize, Serialize};
+
+use super::WorkerName;
+
+/// Why an instance did not start, by who is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpawnError {
+    /// This node has no such kind: the caller's name, or this node's configuration.
+    #[error("unknown worker kind {0}")]
+    UnknownKind(String),
+    /// The worker's `init` answered an error: its own decision.
+    #[error("{name} refused to start: {reason}")]
+    Refused { name: WorkerName, reason: String },
+    /// The worker trapped in `init` (or overran its deadline or memory): its fault.
+    #[error("{name} trapped in init: {why}")]
+    Trapped { name: WorkerName, why: String },
+    /// The host could not instantiate it (pool slots, address space): this node's limits.
+    #[error("instantiating {name}: {why}")]
+    Instantiate { name: WorkerName, why: String },
+}
 
 /// Why a call or cast got no answer (the WIT `call-error`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

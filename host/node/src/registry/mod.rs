@@ -40,7 +40,7 @@ use tracing::{debug, warn};
 use wasmnode_proto::{Frame, Service};
 
 pub use actor::{start_apart, BoxFuture, Envelope, Info, Mailbox, RemoteReply, ReplyTo, Restart, Spawner};
-pub use error::{CallError, StartError};
+pub use error::{CallError, SpawnError, StartError};
 pub use name::WorkerName;
 pub use placement::owner;
 

@@ -19,7 +19,7 @@ use super::placement::{owner, Lineage};
 use crate::dist::DownReason;
 use crate::membership::MemberChange;
 use super::wire::Msg;
-use super::{Restart, StartError, WorkerName};
+use super::{Restart, SpawnError, StartError, WorkerName};
 
 /// What the state machine needs to know of worker kinds (the runtime's configuration).
 pub trait Kinds: Send + Sync {
@@ -55,7 +55,7 @@ pub enum Event<M, R> {
     /// A message from another registry.
     Received { from: String, msg: Msg },
     /// The instance asked for with [`Effect::Spawn`] ran its `init`, or failed to.
-    Spawned { name: WorkerName, id: u64, result: Result<M, String> },
+    Spawned { name: WorkerName, id: u64, result: Result<M, SpawnError> },
     /// The instance asked to stop with [`Effect::Stop`] has, with this state.
     Stopped { name: WorkerName, id: u64, state: Option<Vec<u8>> },
     /// An instance ended by itself (a trap): nothing restarts it.
@@ -389,7 +389,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.spawn(name, args, Lineage::default(), StartWhy::Asked(reply), None, Vec::new());
     }
 
-    fn spawned(&mut self, name: WorkerName, id: u64, result: Result<M, String>) {
+    fn spawned(&mut self, name: WorkerName, id: u64, result: Result<M, SpawnError>) {
         let Some(Slot::Starting { id: sid, .. }) = self.local.get(&name) else { return };
         if *sid != id {
             return;
@@ -400,7 +400,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Ok(handle) => handle,
             Err(e) => {
                 match why {
-                    StartWhy::Asked(reply) => self.out.push(Effect::Started { reply, result: Err(StartError::Failed(e)) }),
+                    StartWhy::Asked(reply) => self.out.push(Effect::Started { reply, result: Err(StartError::Failed(e.to_string())) }),
                     StartWhy::Handoff { from } => {
                         warn!(worker = %name, peer = %from, "could not start {name} from its handed-over state: {e}");
                         self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name, at: None } });

@@ -7,7 +7,7 @@ use super::placement::{owner, Lineage};
 use super::route::Route;
 use super::table::{Effect, Event, Kinds, Table, Timer};
 use super::wire::Msg;
-use super::{Restart, StartError, WorkerName};
+use super::{Restart, SpawnError, StartError, WorkerName};
 
 struct TestKinds {
     rebalance: bool,
@@ -140,8 +140,9 @@ fn a_failed_start_is_answered_and_leaves_nothing_behind() {
     let fx = a.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 1 });
     let (_, id, _) = spawn_of(&fx).unwrap();
     assert_eq!(a.route(&n, None), Route::Wait, "calls wait while it starts");
-    let fx = a.handle(Event::Spawned { name: n.clone(), id, result: Err("init refused".into()) });
-    assert_eq!(started(&fx), Some(Err(StartError::Failed("init refused".into()))));
+    let refused = SpawnError::Refused { name: n.clone(), reason: "init refused".into() };
+    let fx = a.handle(Event::Spawned { name: n.clone(), id, result: Err(refused) });
+    assert_eq!(started(&fx), Some(Err(StartError::Failed("counter/x refused to start: init refused".into()))));
     assert_eq!(a.local_count(), 0);
     // A stale outcome (an earlier instance's) changes nothing.
     let fx = a.handle(Event::Spawned { name: n, id: 999, result: Ok(5) });

@@ -19,7 +19,7 @@ use wasmtime::{Engine, Store};
 use super::dns::DnsCtx;
 use super::kubernetes::KubeCtx;
 use super::log::LogCtx;
-use super::{deadline_ticks, describe_trap, first_line, Capabilities, PluginError, PluginState};
+use super::{deadline_ticks, describe_trap, first_line, Capabilities, LoadError, PluginError, PluginState};
 use crate::config::{PluginValue, TopologyConfig};
 use crate::membership::Membership;
 use crate::name::NodeName;
@@ -61,21 +61,25 @@ pub struct Running {
 
 impl StrategyComponent {
     /// Compiles the component at `t.strategy` and checks it is a discovery strategy.
-    pub fn load(engine: &Engine, t: &TopologyConfig) -> Result<StrategyComponent, String> {
-        let path = t.strategy.display();
+    pub fn load(engine: &Engine, t: &TopologyConfig) -> Result<StrategyComponent, LoadError> {
+        let path = t.strategy.display().to_string();
         let component = super::cache::load(engine, &t.strategy)
-            .map_err(|e| format!("{path} is not a WebAssembly component: {}", first_line(&e)))?;
+            .map_err(|e| LoadError::NotAComponent { path: path.clone(), why: first_line(&e) })?;
         let mut linker = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
-        bindings::wasmnode::discovery::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| e.to_string())?;
-        super::log::add_to_linker(&mut linker).map_err(|e| e.to_string())?;
-        super::dns::add_to_linker(&mut linker).map_err(|e| e.to_string())?;
-        super::kubernetes::add_to_linker(&mut linker).map_err(|e| e.to_string())?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(LoadError::host)?;
+        bindings::wasmnode::discovery::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(LoadError::host)?;
+        super::log::add_to_linker(&mut linker).map_err(LoadError::host)?;
+        super::dns::add_to_linker(&mut linker).map_err(LoadError::host)?;
+        super::kubernetes::add_to_linker(&mut linker).map_err(LoadError::host)?;
         let pre = linker
             .instantiate_pre(&component)
-            .map_err(|e| format!("{path} imports something the host does not provide: {}", first_line(&e)))?;
-        let pre = StrategyPre::new(pre)
-            .map_err(|e| format!("{path} does not export the discovery world wasmnode:discovery/strategy@0.1.0: {}", first_line(&e)))?;
+            .map_err(|e| LoadError::Imports { path: path.clone(), why: first_line(&e) })?;
+        let pre = StrategyPre::new(pre).map_err(|e| LoadError::WrongWorld {
+            path: path.clone(),
+            world: "discovery",
+            wit: "wasmnode:discovery/strategy@0.1.0",
+            why: first_line(&e),
+        })?;
         // Host calls (DNS, API) must end before the plugin call's own deadline does.
         let host_timeout = t.call_timeout * 3 / 4;
         let caps = Capabilities {

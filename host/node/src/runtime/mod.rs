@@ -155,6 +155,31 @@ impl WasiView for PluginState {
     }
 }
 
+/// Why a component could not be loaded, by who is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// The file is missing, unreadable or not a component: the configured path or the
+    /// plugin's build.
+    #[error("{path} is not a WebAssembly component: {why}")]
+    NotAComponent { path: String, why: String },
+    /// The component imports what this host does not provide: built for another host.
+    #[error("{path} imports something the host does not provide: {why}")]
+    Imports { path: String, why: String },
+    /// The component does not export the world its role needs (a worker configured as
+    /// a strategy, or the other way round).
+    #[error("{path} does not export the {world} world {wit}: {why}")]
+    WrongWorld { path: String, world: &'static str, wit: &'static str, why: String },
+    /// The host could not set up the imports it offers: the host's fault.
+    #[error("the host could not link its imports: {0}")]
+    Host(String),
+}
+
+impl LoadError {
+    pub(crate) fn host(e: wasmtime::Error) -> LoadError {
+        LoadError::Host(e.to_string())
+    }
+}
+
 /// A plugin call's failure, as the host reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginError {

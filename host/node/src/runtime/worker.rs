@@ -25,11 +25,11 @@ use wasmtime::component::{ComponentExportIndex, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::{describe_trap, first_line};
+use super::{describe_trap, first_line, LoadError};
 use crate::config::WorkerConfig;
 use crate::mailbox;
 use crate::registry::table::Kinds;
-use crate::registry::{BoxFuture, CallError, Envelope, Info, Mailbox, Registry, Restart, Spawner, WorkerName};
+use crate::registry::{BoxFuture, CallError, Envelope, Info, Mailbox, Registry, Restart, SpawnError, Spawner, WorkerName};
 
 /// The generated bindings; the one `bindgen!` of this world.
 pub mod bindings {
@@ -165,7 +165,7 @@ pub struct WorkerRuntime {
 
 impl WorkerRuntime {
     /// Compiles and checks every kind; an error names the kind and what is wrong.
-    pub fn load(engine: &Engine, workers: &[WorkerConfig], runtime: tokio::runtime::Handle) -> Result<WorkerRuntime, (String, String)> {
+    pub fn load(engine: &Engine, workers: &[WorkerConfig], runtime: tokio::runtime::Handle) -> Result<WorkerRuntime, (String, LoadError)> {
         let mut kinds = HashMap::new();
         for w in workers {
             let kind = WorkerKind::load(engine, w).map_err(|e| (w.kind.clone(), e))?;
@@ -247,20 +247,25 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
 
 impl WorkerKind {
     /// Compiles the component and checks that it is a worker.
-    pub fn load(engine: &Engine, w: &WorkerConfig) -> Result<WorkerKind, String> {
-        let path = w.component.display();
+    pub fn load(engine: &Engine, w: &WorkerConfig) -> Result<WorkerKind, LoadError> {
+        let path = w.component.display().to_string();
         let component = super::cache::load(engine, &w.component)
-            .map_err(|e| format!("{path} is not a WebAssembly component: {}", first_line(&e)))?;
+            .map_err(|e| LoadError::NotAComponent { path: path.clone(), why: first_line(&e) })?;
         let mut linker: Linker<WorkerState> = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| e.to_string())?;
-        bindings::wasmnode::worker::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| e.to_string())?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::host)?;
+        bindings::wasmnode::worker::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(LoadError::host)?;
         bindings::wasmnode::worker::cluster::add_to_linker::<_, HasSelf<ClusterCtx>>(&mut linker, |s| &mut s.cluster)
-            .map_err(|e| e.to_string())?;
-        super::log::add_worker_log_to_linker(&mut linker).map_err(|e| e.to_string())?;
+            .map_err(LoadError::host)?;
+        super::log::add_worker_log_to_linker(&mut linker).map_err(LoadError::host)?;
         let pre = linker
             .instantiate_pre(&component)
-            .map_err(|e| format!("{path} imports something the host does not provide: {}", first_line(&e)))?;
-        let not_a_worker = |e: wasmtime::Error| format!("{path} does not export the worker world wasmnode:worker/worker@0.1.0: {}", first_line(&e));
+            .map_err(|e| LoadError::Imports { path: path.clone(), why: first_line(&e) })?;
+        let not_a_worker = |e: wasmtime::Error| LoadError::WrongWorld {
+            path: path.clone(),
+            world: "worker",
+            wit: "wasmnode:worker/worker@0.1.0",
+            why: first_line(&e),
+        };
         let indices = WorkerIndices::new(&pre).map_err(not_a_worker)?;
         let pre = WorkerPre::new(pre).map_err(not_a_worker)?;
         let conflict = component
@@ -290,9 +295,9 @@ impl Kinds for WorkerRuntime {
 }
 
 impl Spawner for WorkerRuntime {
-    fn spawn(&self, registry: Registry, name: WorkerName, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, String>> {
+    fn spawn(&self, registry: Registry, name: WorkerName, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, SpawnError>> {
         let Some(k) = self.kinds.get(&name.kind).cloned() else {
-            return Box::pin(async move { Err(format!("unknown worker kind {}", name.kind)) });
+            return Box::pin(async move { Err(SpawnError::UnknownKind(name.kind)) });
         };
         let runtime = self.runtime.clone();
         // Instantiation and `init` run on the task that starts the instance; only the
@@ -362,20 +367,21 @@ impl Instance {
         handoff: Option<&[u8]>,
         id: u64,
         own: mailbox::Sender<Envelope>,
-    ) -> Result<Instance, String> {
+    ) -> Result<Instance, SpawnError> {
         let budget = kind.config.call_timeout;
         let memory_limit = kind.config.memory_limit;
         let mut store = new_store(&kind, registry, name.key.clone(), own, &name.to_string());
         let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
 
         begin(&mut store);
-        let (worker, resolve_conflict) =
-            instantiate(&kind, &mut store).await.map_err(|e| format!("instantiating {name}: {}{}", trap(&e), address_space_hint(&e)))?;
+        let (worker, resolve_conflict) = instantiate(&kind, &mut store)
+            .await
+            .map_err(|e| SpawnError::Instantiate { name: name.clone(), why: format!("{}{}", trap(&e), address_space_hint(&e)) })?;
         begin(&mut store);
         match worker.wasmnode_worker_handler().call_init(&mut store, args, handoff).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("{name} refused to start: {e}")),
-            Err(e) => return Err(format!("{name} trapped in init: {}", trap(&e))),
+            Ok(Err(reason)) => return Err(SpawnError::Refused { name, reason }),
+            Err(e) => return Err(SpawnError::Trapped { why: trap(&e), name }),
         }
         Ok(Instance { name, id, store, worker, resolve_conflict, budget, memory_limit })
     }
