@@ -270,93 +270,93 @@ async fn workers_in_process(args: &Args, component: &str, spawns: usize, idle: u
     // Measure from a task on that runtime, where workers call and start each other.
     let out = worker_threads
         .spawn(async move {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let dist = Dist::new(DistConfig::new("bench@127.0.36.1", COOKIE.as_bytes().to_vec()), tx);
-        let registry = Registry::start(Membership::start(dist, rx, false), workers.clone());
-        let rss = || {
-            let status = std::fs::read_to_string("/proc/self/status").unwrap();
-            status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse::<f64>().unwrap() * 1024.0
-        };
-        // Warm up (first instantiation touches shared code pages), then time each spawn.
-        for i in 0..100 {
-            registry.start_local("counter", &format!("w{i}"), Vec::new()).await.unwrap();
-        }
-        let before = rss();
-        let mut samples = Vec::with_capacity(spawns);
-        for i in 0..spawns {
-            let t = Instant::now();
-            registry.start_local("counter", &format!("s{i}"), Vec::new()).await.unwrap_or_else(|e| panic!("spawn {i}: {e}"));
-            samples.push(t.elapsed());
-        }
-        let per_worker = (rss() - before) / spawns as f64;
-        samples.sort();
-        let spawn_median = percentile(&samples, 0.5);
-        // Local calls through the mailbox: registry → mailbox → instance task → reply.
-        let mut calls = Vec::with_capacity(100_000);
-        for i in 0..110_000 {
-            let t = Instant::now();
-            registry.call("counter", "w0", b"value".to_vec(), Duration::from_secs(5)).await.unwrap();
-            if i >= 10_000 {
-                calls.push(t.elapsed());
+            let (tx, rx) = mpsc::unbounded_channel();
+            let dist = Dist::new(DistConfig::new("bench@127.0.36.1", COOKIE.as_bytes().to_vec()), tx);
+            let registry = Registry::start(Membership::start(dist, rx, false), workers.clone());
+            let rss = || {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap();
+                status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse::<f64>().unwrap() * 1024.0
+            };
+            // Warm up (first instantiation touches shared code pages), then time each spawn.
+            for i in 0..100 {
+                registry.start_local("counter", &format!("w{i}"), Vec::new()).await.unwrap();
             }
-        }
-        calls.sort();
-        // Churn: stop an instance, start another; the new one can take the slot (memory,
-        // stack) the old one freed. Only the start is timed.
-        let mut churn = Vec::with_capacity(spawns);
-        for i in 0..spawns + 100 {
-            assert!(registry.stop_local("counter", &format!("c{}", i.wrapping_sub(1)), "churn").await || i == 0);
-            let t = Instant::now();
-            registry.start_local("counter", &format!("c{i}"), Vec::new()).await.unwrap_or_else(|e| panic!("churn spawn {i}: {e}"));
-            if i >= 100 {
-                churn.push(t.elapsed());
+            let before = rss();
+            let mut samples = Vec::with_capacity(spawns);
+            for i in 0..spawns {
+                let t = Instant::now();
+                registry.start_local("counter", &format!("s{i}"), Vec::new()).await.unwrap_or_else(|e| panic!("spawn {i}: {e}"));
+                samples.push(t.elapsed());
             }
-        }
-        churn.sort();
-        // The parts of a spawn that are wasmtime's alone, each timed apart, in a slot freed
-        // just before (as in the churn): a store with its WASI context, the component's
-        // instantiation, and `init`. What a spawn after stop takes beyond their sum is the
-        // registry's and the mailbox task's.
-        let mut parts: [Vec<Duration>; 3] = Default::default();
-        for i in 0..spawns + 100 {
-            let p = workers.time_spawn_parts(&registry, "counter").await.unwrap_or_else(|e| panic!("spawn parts {i}: {e}"));
-            if i >= 100 {
-                for (v, d) in parts.iter_mut().zip(p) {
-                    v.push(d);
+            let per_worker = (rss() - before) / spawns as f64;
+            samples.sort();
+            let spawn_median = percentile(&samples, 0.5);
+            // Local calls through the mailbox: registry → mailbox → instance task → reply.
+            let mut calls = Vec::with_capacity(100_000);
+            for i in 0..110_000 {
+                let t = Instant::now();
+                registry.call("counter", "w0", b"value".to_vec(), Duration::from_secs(5)).await.unwrap();
+                if i >= 10_000 {
+                    calls.push(t.elapsed());
                 }
             }
-        }
-        for v in &mut parts {
-            v.sort();
-        }
-        // Many idle workers: spawn up to `idle` in all, and report the process's RSS.
-        let t = Instant::now();
-        let mut started = 100 + spawns;
-        let mut failure = None;
-        while started < idle {
-            if let Err(e) = registry.start_local("counter", &format!("i{started}"), Vec::new()).await {
-                failure = Some(e.to_string());
-                break;
+            calls.sort();
+            // Churn: stop an instance, start another; the new one can take the slot (memory,
+            // stack) the old one freed. Only the start is timed.
+            let mut churn = Vec::with_capacity(spawns);
+            for i in 0..spawns + 100 {
+                assert!(registry.stop_local("counter", &format!("c{}", i.wrapping_sub(1)), "churn").await || i == 0);
+                let t = Instant::now();
+                registry.start_local("counter", &format!("c{i}"), Vec::new()).await.unwrap_or_else(|e| panic!("churn spawn {i}: {e}"));
+                if i >= 100 {
+                    churn.push(t.elapsed());
+                }
             }
-            started += 1;
-        }
-        let idle_secs = t.elapsed().as_secs_f64();
-        json!({
-            "worker_spawn_median_us": spawn_median,
-            "worker_spawn_p99_us": percentile(&samples, 0.99),
-            "worker_spawn_after_stop_median_us": percentile(&churn, 0.5),
-            "worker_spawn_after_stop_p99_us": percentile(&churn, 0.99),
-            "worker_spawn_part_store_median_us": percentile(&parts[0], 0.5),
-            "worker_spawn_part_instantiate_median_us": percentile(&parts[1], 0.5),
-            "worker_spawn_part_init_median_us": percentile(&parts[2], 0.5),
-            "worker_local_call_median_us": percentile(&calls, 0.5),
-            "worker_local_call_p99_us": percentile(&calls, 0.99),
-            "worker_idle_rss_per_worker_kib": per_worker / 1024.0,
-            "workers_idle_started": started,
-            "workers_idle_process_rss_mib": rss() / (1 << 20) as f64,
-            "workers_idle_spawn_rate_per_s": (started - 100 - spawns) as f64 / idle_secs,
-            "workers_idle_failure": failure,
-        })
+            churn.sort();
+            // The parts of a spawn that are wasmtime's alone, each timed apart, in a slot freed
+            // just before (as in the churn): a store with its WASI context, the component's
+            // instantiation, and `init`. What a spawn after stop takes beyond their sum is the
+            // registry's and the mailbox task's.
+            let mut parts: [Vec<Duration>; 3] = Default::default();
+            for i in 0..spawns + 100 {
+                let p = workers.time_spawn_parts(&registry, "counter").await.unwrap_or_else(|e| panic!("spawn parts {i}: {e}"));
+                if i >= 100 {
+                    for (v, d) in parts.iter_mut().zip(p) {
+                        v.push(d);
+                    }
+                }
+            }
+            for v in &mut parts {
+                v.sort();
+            }
+            // Many idle workers: spawn up to `idle` in all, and report the process's RSS.
+            let t = Instant::now();
+            let mut started = 100 + spawns;
+            let mut failure = None;
+            while started < idle {
+                if let Err(e) = registry.start_local("counter", &format!("i{started}"), Vec::new()).await {
+                    failure = Some(e.to_string());
+                    break;
+                }
+                started += 1;
+            }
+            let idle_secs = t.elapsed().as_secs_f64();
+            json!({
+                "worker_spawn_median_us": spawn_median,
+                "worker_spawn_p99_us": percentile(&samples, 0.99),
+                "worker_spawn_after_stop_median_us": percentile(&churn, 0.5),
+                "worker_spawn_after_stop_p99_us": percentile(&churn, 0.99),
+                "worker_spawn_part_store_median_us": percentile(&parts[0], 0.5),
+                "worker_spawn_part_instantiate_median_us": percentile(&parts[1], 0.5),
+                "worker_spawn_part_init_median_us": percentile(&parts[2], 0.5),
+                "worker_local_call_median_us": percentile(&calls, 0.5),
+                "worker_local_call_p99_us": percentile(&calls, 0.99),
+                "worker_idle_rss_per_worker_kib": per_worker / 1024.0,
+                "workers_idle_started": started,
+                "workers_idle_process_rss_mib": rss() / (1 << 20) as f64,
+                "workers_idle_spawn_rate_per_s": (started - 100 - spawns) as f64 / idle_secs,
+                "workers_idle_failure": failure,
+            })
         })
         .await
         .expect("the measuring task");
@@ -371,7 +371,10 @@ async fn handoff_run(args: &Args, n: usize, run: usize) -> (Duration, Duration) 
     let names: Vec<String> = (1..=3).map(|i| format!("h{i}@127.0.37.{i}")).collect();
     let counter = args.plugin("worker_counter.wasm");
     let base = args.static_topology(&names);
-    let config = args.config(&format!("handoff-{n}-{run}"), &format!("[node]\nhandoff_deadline_ms = 60000\n\n{base}\n[worker.counter]\ncomponent = \"{}\"\n", counter.display()));
+    let config = args.config(
+        &format!("handoff-{n}-{run}"),
+        &format!("[node]\nhandoff_deadline_ms = 60000\n\n{base}\n[worker.counter]\ncomponent = \"{}\"\n", counter.display()),
+    );
     let mut nodes: Vec<Node> = names.iter().map(|name| args.node(name, &config, false)).collect();
     for node in &nodes {
         node.wait_line("members (3):", Duration::from_secs(30));

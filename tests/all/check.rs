@@ -14,13 +14,7 @@ fn every_check_case_fails_with_its_expected_error() {
         let dir = entry.unwrap().path();
         let config = dir.join("topology.toml");
         let expected = std::fs::read_to_string(dir.join("expected.txt")).unwrap();
-        let out = Command::new(bin())
-            .args(["check", "--config"])
-            .arg(&config)
-            .env("WASMNODE_COOKIE", COOKIE)
-            .current_dir(repo_root())
-            .output()
-            .unwrap();
+        let out = Command::new(bin()).args(["check", "--config"]).arg(&config).env("WASMNODE_COOKIE", COOKIE).current_dir(repo_root()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{}: check must fail\n{stderr}", dir.display());
         for want in expected.lines().filter(|l| !l.trim().is_empty()) {
@@ -81,10 +75,7 @@ fn run_without_a_cookie_fails_clearly() {
 #[test]
 fn an_insecure_literal_cookie_is_allowed_only_when_asked_and_warned_about() {
     let dir = TempDir::new("literal");
-    let config = dir.write(
-        "t.toml",
-        "[node]\nname = \"a@127.0.23.1\"\ncookie = \"dev\"\nallow_insecure_cookie = true\n",
-    );
+    let config = dir.write("t.toml", "[node]\nname = \"a@127.0.23.1\"\ncookie = \"dev\"\nallow_insecure_cookie = true\n");
     let out = Command::new(bin()).args(["check", "--config"]).arg(&config).env_remove("WASMNODE_COOKIE").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut node = Node::start("a@127.0.23.1", &config);

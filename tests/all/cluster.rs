@@ -214,9 +214,12 @@ fn simultaneous_dials_leave_one_connection() {
         nx.wait_log(&format!("connected to {}", ny.name), FORM);
         ny.wait_log(&format!("connected to {}", nx.name), FORM);
         let (ix, iy) = (host(&nx.name), host(&ny.name));
-        wait_until(FORM, &format!("one established connection between {ix} and {iy}"), || established(&ix, &iy) == 1, || {
-            format!("{} established\n{}\n{}", established(&ix, &iy), nx.log(), ny.log())
-        });
+        wait_until(
+            FORM,
+            &format!("one established connection between {ix} and {iy}"),
+            || established(&ix, &iy) == 1,
+            || format!("{} established\n{}\n{}", established(&ix, &iy), nx.log(), ny.log()),
+        );
         for n in [nx, ny] {
             assert_eq!(n.count("connected to "), 1, "{}", n.log());
             assert_eq!(n.count("node down"), 0, "{}", n.log());
@@ -255,11 +258,8 @@ fn the_cli_finds_its_node_and_cookie_in_the_topology() {
     let dir = TempDir::new("cli-config");
     let names = ["a@127.0.14.11", "b@127.0.14.12"];
     let cookie_file = dir.write("cookie", COOKIE);
-    let body = static_topology(&names, 5000).replacen(
-        "[node]\n",
-        &format!("[node]\nname = \"{}\"\ncookie_file = \"{}\"\n", names[0], cookie_file.display()),
-        1,
-    );
+    let body =
+        static_topology(&names, 5000).replacen("[node]\n", &format!("[node]\nname = \"{}\"\ncookie_file = \"{}\"\n", names[0], cookie_file.display()), 1);
     let config = dir.write("t.toml", &body);
     let a = Node::start(names[0], &config);
     let b = Node::start(names[1], &config);

@@ -18,10 +18,7 @@ use wasmnode_testkit::*;
 /// The image `./dev image` builds: wasmnode:<workspace version>.
 fn image() -> String {
     let manifest = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
-    let version = manifest
-        .lines()
-        .find_map(|l| l.strip_prefix("version = \"").and_then(|v| v.strip_suffix('"')))
-        .expect("workspace version in Cargo.toml");
+    let version = manifest.lines().find_map(|l| l.strip_prefix("version = \"").and_then(|v| v.strip_suffix('"'))).expect("workspace version in Cargo.toml");
     format!("wasmnode:{version}")
 }
 
@@ -323,10 +320,7 @@ fn compose_docker_stop_hands_the_order_over() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[1,2,3]", "the contents survived the stop");
     // Exactly one instance runs, on a survivor, as the survivors' own metrics count it.
     let survivors: Vec<&String> = cs.iter().filter(|x| **x != owner).collect();
-    let running: f64 = survivors
-        .iter()
-        .map(|x| c.metric(&other, &c.ip(x), "wasmnode_worker_instances{kind=\"order\"}").unwrap_or(0.0))
-        .sum();
+    let running: f64 = survivors.iter().map(|x| c.metric(&other, &c.ip(x), "wasmnode_worker_instances{kind=\"order\"}").unwrap_or(0.0)).sum();
     assert_eq!(running, 1.0, "order/John must run once among the survivors (it ran on {owner_name})");
 }
 
@@ -334,11 +328,7 @@ fn compose_docker_stop_hands_the_order_over() {
 #[test]
 fn the_compose_and_stack_files_are_valid() {
     let _g = exclusive();
-    let out = ok(Command::new("docker-compose")
-        .arg("-f")
-        .arg(repo_root().join("docker-compose.yml"))
-        .args(["config"])
-        .env("WASMNODE_COOKIE", COOKIE));
+    let out = ok(Command::new("docker-compose").arg("-f").arg(repo_root().join("docker-compose.yml")).args(["config"]).env("WASMNODE_COOKIE", COOKIE));
     assert!(out.contains("/wasmnode/config/compose.toml"), "{out}");
     let stack = ok(Command::new("docker").args(["stack", "config", "-c"]).arg(repo_root().join("k8s/swarm-stack.yml")));
     assert!(stack.contains("tasks") || stack.contains("/wasmnode/config/swarm.toml"), "{stack}");
@@ -366,10 +356,7 @@ fn pyenv() -> PathBuf {
 fn the_kubernetes_manifests_validate_and_their_topologies_pass_check_in_the_image() {
     let _g = exclusive();
     let dir = TempDir::new("k8s-topologies");
-    let out = run(Command::new(pyenv().join("bin/python"))
-        .arg(repo_root().join("tools/validate-k8s.py"))
-        .arg("--dump-topologies")
-        .arg(&dir.0));
+    let out = run(Command::new(pyenv().join("bin/python")).arg(repo_root().join("tools/validate-k8s.py")).arg("--dump-topologies").arg(&dir.0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "k8s/ does not validate:\n{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("manifests: ") && text.contains(" passed, 0 failed"), "{text}");
@@ -379,8 +366,22 @@ fn the_kubernetes_manifests_validate_and_their_topologies_pass_check_in_the_imag
         assert!(topo.join("topology.toml").is_file(), "{variant}: no topology dumped");
         let mount = format!("{}:/wasmnode/topology:ro", topo.display());
         let out = ok(Command::new("docker").args([
-            "run", "--rm", "-v", &mount, "-e", "POD_IP=10.1.0.65", "-e", "POD_NAME=myapp-0", "-e", "NAMESPACE=default",
-            "-e", &format!("WASMNODE_COOKIE={COOKIE}"), &image(), "check", "--config", "/wasmnode/topology/topology.toml",
+            "run",
+            "--rm",
+            "-v",
+            &mount,
+            "-e",
+            "POD_IP=10.1.0.65",
+            "-e",
+            "POD_NAME=myapp-0",
+            "-e",
+            "NAMESPACE=default",
+            "-e",
+            &format!("WASMNODE_COOKIE={COOKIE}"),
+            &image(),
+            "check",
+            "--config",
+            "/wasmnode/topology/topology.toml",
         ]));
         assert_eq!(out, "/wasmnode/topology/topology.toml: ok", "{variant}");
     }
@@ -400,7 +401,11 @@ impl Swarm {
         // A swarm the tests made is known by its address pool (set at init, atomically).
         if state == "active" {
             let pool = ok(Command::new("docker").args(["info", "-f", "{{json .Swarm.Cluster.DefaultAddrPool}}"]));
-            assert_eq!(pool, format!("[\"{SWARM_POOL}\"]"), "this Docker engine is already in a swarm that the tests did not make: leave it first (docker swarm leave --force)");
+            assert_eq!(
+                pool,
+                format!("[\"{SWARM_POOL}\"]"),
+                "this Docker engine is already in a swarm that the tests did not make: leave it first (docker swarm leave --force)"
+            );
             Swarm::leave();
         }
         // Its own address pool, so that the ingress network stays off everyone's 10.0.0.0/8.
@@ -422,10 +427,7 @@ impl Swarm {
         let ids = ok(Command::new("docker").args(["ps", "-q", "--filter", &format!("label=com.docker.swarm.service.name={}", self.service())]));
         let net = format!("{}_cluster", self.stack);
         let f = format!("{{{{with index .NetworkSettings.Networks \"{net}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}");
-        ids.lines()
-            .map(|id| (id.to_string(), ok(Command::new("docker").args(["inspect", "-f", &f, id]))))
-            .filter(|(_, ip)| !ip.is_empty())
-            .collect()
+        ids.lines().map(|id| (id.to_string(), ok(Command::new("docker").args(["inspect", "-f", &f, id])))).filter(|(_, ip)| !ip.is_empty()).collect()
     }
 
     /// The members the task's own node sees: the CLI takes the node (its own address) and

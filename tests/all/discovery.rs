@@ -146,10 +146,7 @@ fn env_strategy_reads_the_variable_it_is_given() {
     let names = ["a@127.0.27.1", "b@127.0.27.2"];
     let env_plugin = plugin("strategy_env.wasm");
     let topology = |env: &str| {
-        format!(
-            "[topology.env]\nstrategy = \"{}\"\npolling_interval_ms = 200\n{env}\n[topology.env.config]\nvariable = \"NODES\"\n",
-            env_plugin.display()
-        )
+        format!("[topology.env]\nstrategy = \"{}\"\npolling_interval_ms = 200\n{env}\n[topology.env.config]\nvariable = \"NODES\"\n", env_plugin.display())
     };
     let nodes = format!("{} {}", names[0], names[1]);
     let config = dir.write("t.toml", &topology("env = [\"NODES\"]"));

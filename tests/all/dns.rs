@@ -31,7 +31,9 @@ fn dns_poll_follows_scale_up_and_disconnects_nobody() {
     // Beside it, three topologies whose lookups fail in those three ways; none of them
     // disconnects anyone.
     let also = |topology: &str, query: &str| {
-        dns_poll(&dns.addr, query, "both").replace("topology.dns", &format!("topology.{topology}")).replace("[node]\nheartbeat_interval_ms = 250\nheartbeat_timeout_ms = 1500\n", "")
+        dns_poll(&dns.addr, query, "both")
+            .replace("topology.dns", &format!("topology.{topology}"))
+            .replace("[node]\nheartbeat_interval_ms = 250\nheartbeat_timeout_ms = 1500\n", "")
     };
     let config = dir.write(
         "dns.toml",

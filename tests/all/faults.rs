@@ -86,7 +86,8 @@ fn a_paused_node_wakes_without_wiping_anyones_state() {
 fn two_nodes_killed_at_once_leave_every_name_running_on_the_survivor() {
     let (_dir, names, nodes) = three_nodes("f-kill2", 81, &[("counter", "worker_counter.wasm", "")], false);
     let want = counters(&names[0], 30);
-    let kept: BTreeMap<String, u64> = placement(&names[0]).into_iter().filter(|(_, at)| at == &[names[0].clone()]).map(|(n, _)| (n.clone(), want[&n])).collect();
+    let kept: BTreeMap<String, u64> =
+        placement(&names[0]).into_iter().filter(|(_, at)| at == &[names[0].clone()]).map(|(n, _)| (n.clone(), want[&n])).collect();
     nodes[1].signal(libc::SIGKILL);
     nodes[2].signal(libc::SIGKILL);
     let mut after = want.clone();
@@ -154,9 +155,14 @@ fn contents(via: &str, name: &str) -> Vec<i64> {
 /// Calls until it succeeds (a side restarts what it lost a moment after it notices).
 fn wait_call(via: &str, name: &str, msg: &str) -> bool {
     let mut ok = false;
-    wait_until(FORM, &format!("{name} to answer through {via}"), || {
-        ok = call(via, name, msg).0;
-        ok
-    }, String::new);
+    wait_until(
+        FORM,
+        &format!("{name} to answer through {via}"),
+        || {
+            ok = call(via, name, msg).0;
+            ok
+        },
+        String::new,
+    );
     ok
 }

@@ -7,7 +7,6 @@ use wasmnode_testkit::*;
 
 const FORM: Duration = Duration::from_secs(10);
 
-
 /// Seed 004: order/John holds [1,2,3]; its node gets SIGTERM; every remaining node
 /// reads [1,2,3] from the instance that took over.
 #[test]
@@ -100,7 +99,13 @@ fn calls_during_a_move_are_neither_lost_nor_doubled() {
     assert!(nodes[i].log().contains("moved counter/c1 to "), "{}", nodes[i].log());
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (acked, failed) = client.join().unwrap();
-    let logs = || nodes.iter().map(|n| format!("--- {}\n{}", n.name, n.log().lines().filter(|l| l.contains("c1") || l.contains("node ")).collect::<Vec<_>>().join("\n"))).collect::<Vec<_>>().join("\n");
+    let logs = || {
+        nodes
+            .iter()
+            .map(|n| format!("--- {}\n{}", n.name, n.log().lines().filter(|l| l.contains("c1") || l.contains("node ")).collect::<Vec<_>>().join("\n")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert!(failed.is_empty(), "calls failed during the move: {failed:?}\n{}", logs());
     assert!(acked > 150, "only {acked} calls were made");
     eprintln!("{acked} increments acknowledged across the move");
@@ -125,7 +130,12 @@ fn a_joining_node_receives_its_instances_with_their_state() {
     let c = Node::start(names[2], &config);
     wait_mesh(&[&a, &b, &c], &names, FORM);
     // c ends up running the orders it owns, each with its contents.
-    wait_until(FORM, "some orders to move to c", || c.count("started order/") > 0 && a.count("moved order/") + b.count("moved order/") == c.count("started order/"), || format!("{}\n{}\n{}", a.log(), b.log(), c.log()));
+    wait_until(
+        FORM,
+        "some orders to move to c",
+        || c.count("started order/") > 0 && a.count("moved order/") + b.count("moved order/") == c.count("started order/"),
+        || format!("{}\n{}\n{}", a.log(), b.log(), c.log()),
+    );
     for i in 0..12 {
         assert_eq!(call(names[2], &format!("order/o{i}"), r#""contents""#), (true, format!("[{i}]")), "order/o{i}");
     }
@@ -194,7 +204,12 @@ fn a_rolling_restart_loses_no_acknowledged_increment() {
     });
     for i in 0..3 {
         let mark = 200 * (i as u64 + 1);
-        wait_until(Duration::from_secs(30), &format!("{mark} increments before restarting node {i}"), || progress.load(std::sync::atomic::Ordering::SeqCst) >= mark, String::new);
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{mark} increments before restarting node {i}"),
+            || progress.load(std::sync::atomic::Ordering::SeqCst) >= mark,
+            String::new,
+        );
         nodes[i].signal(libc::SIGTERM);
         assert_eq!(nodes[i].wait_exit(Duration::from_secs(30)), Some(0));
         nodes[i].restart();

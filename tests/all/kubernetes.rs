@@ -47,7 +47,8 @@ const SLICES: &str = r#"{"kind":"EndpointSliceList","apiVersion":"discovery.k8s.
 
 const FORBIDDEN: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods is forbidden: User \"system:serviceaccount:locked:default\" cannot list resource \"pods\" in API group \"\" in the namespace \"locked\"","reason":"Forbidden","details":{"kind":"pods"},"code":403}"#;
 
-const BROKEN: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"etcdserver: request timed out","reason":"InternalError","code":500}"#;
+const BROKEN: &str =
+    r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"etcdserver: request timed out","reason":"InternalError","code":500}"#;
 
 const NOT_FOUND: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","code":404}"#;
 
@@ -113,9 +114,7 @@ fn serve(conn: TcpStream, failing: &AtomicBool) {
             (403, FORBIDDEN)
         } else if path.starts_with("/api/v1/namespaces/default/pods") && path.contains("app%3Dmyapp") {
             (200, PODS)
-        } else if path.starts_with("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices")
-            && path.contains("kubernetes.io%2Fservice-name%3Dmyapp")
-        {
+        } else if path.starts_with("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices") && path.contains("kubernetes.io%2Fservice-name%3Dmyapp") {
             (200, SLICES)
         } else {
             (404, NOT_FOUND)
@@ -126,10 +125,7 @@ fn serve(conn: TcpStream, failing: &AtomicBool) {
             404 => "Not Found",
             _ => "Internal Server Error",
         };
-        let response = format!(
-            "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
-            json.len()
-        );
+        let response = format!("HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}", json.len());
         if out.write_all(response.as_bytes()).is_err() {
             return;
         }

@@ -31,7 +31,12 @@ fn probes_and_metrics_follow_what_happens() {
 
     // A node with another cookie: counted as a handshake failure by its cause.
     let c = Node::start_with_cookie(names[2], &dir.write("c.toml", &static_topology(&names, 200)), "another-cookie");
-    wait_until(FORM, "a cookie mismatch counted", || metric(&scrape(), "wasmnode_handshake_failures_total{cause=\"cookie_mismatch\"} ").unwrap_or(0) >= 1, scrape);
+    wait_until(
+        FORM,
+        "a cookie mismatch counted",
+        || metric(&scrape(), "wasmnode_handshake_failures_total{cause=\"cookie_mismatch\"} ").unwrap_or(0) >= 1,
+        scrape,
+    );
 
     // SIGKILL b: one disconnect, counted by its reason; one member left.
     b.signal(libc::SIGKILL);

@@ -33,9 +33,12 @@ fn a_partition_serves_both_sides_and_heals_to_one_instance() {
     // Each side sees the other go silent, and both sides serve order/John again.
     nodes[0].wait_log("node down c@127.0.76.3: heartbeat timeout", FORM);
     nodes[2].wait_log("node down a@127.0.76.1: heartbeat timeout", FORM);
-    wait_until(FORM, "order/John and counter/x served on both sides", || {
-        contents(names[0]).0 && contents(names[2]).0 && call(names[0], "counter/x", "value").0 && call(names[2], "counter/x", "value").0
-    }, String::new);
+    wait_until(
+        FORM,
+        "order/John and counter/x served on both sides",
+        || contents(names[0]).0 && contents(names[2]).0 && call(names[0], "counter/x", "value").0 && call(names[2], "counter/x", "value").0,
+        String::new,
+    );
     let (_, left) = call(names[1], "order/John", r#"{"add":[4]}"#);
     let (_, right) = call(names[2], "order/John", r#"{"add":[9]}"#);
     assert_ne!(left, right, "two instances, one per side, each with its own writes");
@@ -46,9 +49,7 @@ fn a_partition_serves_both_sides_and_heals_to_one_instance() {
     // Exactly one instance of each name is left. The order merged both sides' items
     // (resolve-conflict); the counter, which cannot merge, kept one side's value and the
     // other's was dropped with a warning naming it.
-    let holders = |name: &str| {
-        workers_by_node(names[0]).iter().filter(|(_, w)| w.iter().any(|w| w == name)).count()
-    };
+    let holders = |name: &str| workers_by_node(names[0]).iter().filter(|(_, w)| w.iter().any(|w| w == name)).count();
     let merged = |s: &str| {
         let mut items: Vec<i64> = serde_json::from_str(s).unwrap_or_default();
         items.sort();

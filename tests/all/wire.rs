@@ -111,10 +111,7 @@ fn the_cookie_never_crosses_the_wire() {
     };
     assert!(members.contains(&"raw@127.0.15.9".to_string()), "{members:?}");
     assert!(raw.capture.windows(12).any(|w| w == b"a@127.0.15.1"), "the capture holds the handshake");
-    assert!(
-        !raw.capture.windows(COOKIE.len()).any(|w| w == COOKIE.as_bytes()),
-        "the cookie appeared on the wire"
-    );
+    assert!(!raw.capture.windows(COOKIE.len()).any(|w| w == COOKIE.as_bytes()), "the cookie appeared on the wire");
 }
 
 /// A wrong cookie is refused with a log line naming the dialer's address.

@@ -9,7 +9,6 @@ use wasmnode_testkit::*;
 
 const FORM: Duration = Duration::from_secs(10);
 
-
 #[test]
 fn start_call_and_already_started_from_every_node() {
     let (_dir, names, _nodes) = three_nodes("w-basic", 60, &[("counter", "worker_counter.wasm", "")], false);
@@ -40,11 +39,7 @@ fn a_guest_starts_workers_and_activates_them_by_calling() {
     // A guest's `cluster.start`, and a guest's call that starts its target
     // (`activate_on_call`), the guest's own node included: both run the new instance's
     // instantiation and `init` on a task of their own, not on the calling guest's fiber.
-    let kinds = [
-        ("probe", "worker_probe.wasm", ""),
-        ("counter", "worker_counter.wasm", ""),
-        ("order", "worker_order.wasm", "activate_on_call = true"),
-    ];
+    let kinds = [("probe", "worker_probe.wasm", ""), ("counter", "worker_counter.wasm", ""), ("order", "worker_order.wasm", "activate_on_call = true")];
     let (_dir, names, _nodes) = three_nodes("w-guest-start", 79, &kinds, false);
     let (ok, out) = start_worker(&names[0], "probe", "g");
     assert!(ok, "{out}");
@@ -229,12 +224,12 @@ fn node_up_node_down_and_timers_reach_handle_info() {
     let events = || call(names[0], "probe/w", "events").1;
 
     let d = Node::start(names[2], &config);
-    wait_until(FORM, "probe/w to see d come up", || events().contains("up d@127.0.64.4"), || events());
+    wait_until(FORM, "probe/w to see d come up", || events().contains("up d@127.0.64.4"), events);
     d.signal(libc::SIGKILL);
-    wait_until(FORM, "probe/w to see d go down", || events().contains("down d@127.0.64.4: connection closed"), || events());
+    wait_until(FORM, "probe/w to see d go down", || events().contains("down d@127.0.64.4: connection closed"), events);
 
     assert_eq!(call(names[1], "probe/w", "timer 50 ding"), (true, "ok".to_string()));
-    wait_until(FORM, "the timer to fire", || events().contains("timer ding"), || events());
+    wait_until(FORM, "the timer to fire", || events().contains("timer ding"), events);
 }
 
 #[test]
@@ -340,11 +335,8 @@ fn workers_in_c_and_python_are_called_across_nodes() {
 fn a_pooled_node_runs_workers_and_says_when_the_pool_is_full() {
     let dir = TempDir::new("w-pool");
     let name = "a@127.0.68.1";
-    let kinds = [
-        ("counter", "worker_counter.wasm", ""),
-        ("counterpy", "worker_counter_py.wasm", "call_timeout_ms = 10000"),
-        ("probe", "worker_probe.wasm", ""),
-    ];
+    let kinds =
+        [("counter", "worker_counter.wasm", ""), ("counterpy", "worker_counter_py.wasm", "call_timeout_ms = 10000"), ("probe", "worker_probe.wasm", "")];
     let config = worker_topology(&[name], &kinds, None).replace("[node]\n", "[node]\ninstance_pool = 7\n");
     let config = dir.write("t.toml", &config);
     let out = cli(&["check", "--config", config.to_str().unwrap()], COOKIE);

@@ -80,8 +80,7 @@ impl CookieSource {
             CookieSource::Env(var) => std::env::var(var).map_err(|_| {
                 format!("no cookie: environment variable {var} is not set (set it, or name another source with cookie_env / cookie_file in [node])")
             })?,
-            CookieSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("no cookie: cannot read cookie_file {}: {e}", path.display()))?,
+            CookieSource::File(path) => std::fs::read_to_string(path).map_err(|e| format!("no cookie: cannot read cookie_file {}: {e}", path.display()))?,
             CookieSource::Literal(c) => c.clone(),
         };
         let cookie = cookie.trim();
@@ -296,12 +295,8 @@ pub struct Overrides {
 impl Config {
     /// Reads and validates a topology file (plugins are checked separately, by loading them).
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            at: None,
-            key: None,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError { file: path.to_path_buf(), at: None, key: None, message: format!("cannot read: {e}") })?;
         Config::parse_with(&text, path, overrides)
     }
 
@@ -328,14 +323,10 @@ impl Config {
         // Name: --name, else [node].name (expanded), else detected.
         let (name_text, name_span) = match (&overrides.name, &rn.name) {
             (Some(n), _) => (n.clone(), None),
-            (None, Some(n)) => (
-                expand(n.get_ref()).map_err(|m| err(Some(n.span()), Some("node.name".into()), m))?,
-                Some(n.span()),
-            ),
+            (None, Some(n)) => (expand(n.get_ref()).map_err(|m| err(Some(n.span()), Some("node.name".into()), m))?, Some(n.span())),
             (None, None) => ("wasmnode".to_string(), None),
         };
-        let name = NodeName::parse_or_detect(&name_text)
-            .map_err(|m| err(name_span.clone(), Some("node.name".into()), m.to_string()))?;
+        let name = NodeName::parse_or_detect(&name_text).map_err(|m| err(name_span.clone(), Some("node.name".into()), m.to_string()))?;
 
         let listen = match (&overrides.listen, &rn.listen) {
             (Some(l), _) => l.parse().map_err(|e| err(None, Some("--listen".into()), format!("`{l}` is not ip:port: {e}")))?,
@@ -359,7 +350,8 @@ impl Config {
                 return Err(err(
                     Some(c.span()),
                     Some("node.cookie".into()),
-                    "a literal cookie in the config is refused: use cookie_env or cookie_file, or set allow_insecure_cookie = true for local experiments".into(),
+                    "a literal cookie in the config is refused: use cookie_env or cookie_file, or set allow_insecure_cookie = true for local experiments"
+                        .into(),
                 ));
             }
             warnings.push(format!("{}: the cookie is a literal in the config (allow_insecure_cookie = true); do not use this in production", path.display()));
@@ -389,17 +381,12 @@ impl Config {
             ));
         }
 
-        let nameserver = rn
-            .nameserver
-            .as_ref()
-            .map(|ns| parse_nameserver(ns.get_ref()).map_err(|m| err(Some(ns.span()), Some("node.nameserver".into()), m)))
-            .transpose()?;
+        let nameserver =
+            rn.nameserver.as_ref().map(|ns| parse_nameserver(ns.get_ref()).map_err(|m| err(Some(ns.span()), Some("node.nameserver".into()), m))).transpose()?;
         let rebalance_on_join = match rn.rebalance.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
             None | Some(("move", _)) => true,
             Some(("stay", _)) => false,
-            Some((other, span)) => {
-                return Err(err(Some(span), Some("node.rebalance".into()), format!("`{other}` is not `move` or `stay`")))
-            }
+            Some((other, span)) => return Err(err(Some(span), Some("node.rebalance".into()), format!("`{other}` is not `move` or `stay`"))),
         };
         let node = NodeConfig {
             name,
@@ -439,23 +426,24 @@ impl Config {
             for (k, v) in table {
                 let at = || find_key(text, config_span.clone(), &k).or(Some(config_span.clone()));
                 let value = plugin_value(&v).ok_or_else(|| {
-                    err(at(), key(&format!("config.{k}")), format!("plugin config values must be strings, integers, floats, booleans or lists of strings, not {}", v.type_str()))
+                    err(
+                        at(),
+                        key(&format!("config.{k}")),
+                        format!("plugin config values must be strings, integers, floats, booleans or lists of strings, not {}", v.type_str()),
+                    )
                 })?;
                 // `${VAR}` expands in plugin strings too (`kubernetes_namespace = "${NAMESPACE}"`).
                 let value = match value {
                     PluginValue::Text(t) => PluginValue::Text(expand(&t).map_err(|m| err(at(), key(&format!("config.{k}")), m))?),
-                    PluginValue::TextList(l) => PluginValue::TextList(
-                        l.iter().map(|t| expand(t)).collect::<Result<_, _>>().map_err(|m| err(at(), key(&format!("config.{k}")), m))?,
-                    ),
+                    PluginValue::TextList(l) => {
+                        PluginValue::TextList(l.iter().map(|t| expand(t)).collect::<Result<_, _>>().map_err(|m| err(at(), key(&format!("config.{k}")), m))?)
+                    }
                     other => other,
                 };
                 config.push((k, value));
             }
-            let nameserver = t
-                .nameserver
-                .as_ref()
-                .map(|ns| parse_nameserver(ns.get_ref()).map_err(|m| err(Some(ns.span()), key("nameserver"), m)))
-                .transpose()?;
+            let nameserver =
+                t.nameserver.as_ref().map(|ns| parse_nameserver(ns.get_ref()).map_err(|m| err(Some(ns.span()), key("nameserver"), m))).transpose()?;
             topologies.push(TopologyConfig {
                 strategy_at: line_col(text, t.strategy.span().start),
                 name: tname,
@@ -520,12 +508,7 @@ impl Config {
 
     /// An error about topology `t`'s strategy component, located at its `strategy` key.
     pub fn strategy_error(&self, t: &TopologyConfig, message: String) -> ConfigError {
-        ConfigError {
-            file: self.file.clone(),
-            at: Some(t.strategy_at),
-            key: Some(format!("topology.{}.strategy", t.name)),
-            message,
-        }
+        ConfigError { file: self.file.clone(), at: Some(t.strategy_at), key: Some(format!("topology.{}.strategy", t.name)), message }
     }
 
     /// The pooling settings, when `[node] instance_pool` asks for them: slots as large
@@ -552,9 +535,7 @@ fn plugin_value(v: &toml::Value) -> Option<PluginValue> {
         toml::Value::Integer(i) => PluginValue::Integer(*i),
         toml::Value::Float(f) => PluginValue::Float(*f),
         toml::Value::Boolean(b) => PluginValue::Boolean(*b),
-        toml::Value::Array(items) => PluginValue::TextList(
-            items.iter().map(|i| i.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()?,
-        ),
+        toml::Value::Array(items) => PluginValue::TextList(items.iter().map(|i| i.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()?),
         _ => return None,
     })
 }
@@ -562,9 +543,7 @@ fn plugin_value(v: &toml::Value) -> Option<PluginValue> {
 /// `ip`, `ip:port` or `[v6]:port` (port 53 when absent), after `${VAR}` expansion.
 fn parse_nameserver(raw: &str) -> Result<SocketAddr, String> {
     let text = expand(raw)?;
-    text.parse::<SocketAddr>()
-        .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-        .map_err(|_| format!("`{text}` is not ip or ip:port"))
+    text.parse::<SocketAddr>().or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53))).map_err(|_| format!("`{text}` is not ip or ip:port"))
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`; an unset variable without default is an error.
@@ -604,12 +583,8 @@ fn key_at(text: &str, span: Range<usize>) -> Option<String> {
     let start = span.start.min(text.len());
     let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
     let line = text[line_start..].lines().next().unwrap_or("").trim();
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let table =
+        text[..line_start].lines().rev().map(str::trim).find(|l| l.starts_with('[')).map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
     if line.starts_with('[') {
         return Some(line.trim_matches(|c| c == '[' || c == ']').trim().to_string());
     }

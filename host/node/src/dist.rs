@@ -412,11 +412,7 @@ impl Dist {
     }
 
     fn identity(&self) -> Identity {
-        Identity {
-            name: self.0.cfg.name.clone(),
-            flags: if self.0.cfg.hidden { wasmnode_proto::handshake::FLAG_HIDDEN } else { 0 },
-            creation: self.0.creation,
-        }
+        Identity { name: self.0.cfg.name.clone(), flags: if self.0.cfg.hidden { wasmnode_proto::handshake::FLAG_HIDDEN } else { 0 }, creation: self.0.creation }
     }
 
     /// Sets the handler requests are offered to first, on their connection's reader.
@@ -596,11 +592,7 @@ impl Dist {
                 let ips = resolver.lookup_ip(target.host.as_str()).await.map_err(|e| fail(e.to_string()))?;
                 ips.iter().next().map(|ip| SocketAddr::new(ip, target.port)).ok_or_else(|| fail("no addresses".into()))
             }
-            None => tokio::net::lookup_host(target.address())
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .next()
-                .ok_or_else(|| fail("no addresses".into())),
+            None => tokio::net::lookup_host(target.address()).await.map_err(|e| fail(e.to_string()))?.next().ok_or_else(|| fail("no addresses".into())),
         }
     }
 
@@ -1032,12 +1024,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn heartbeat_timeout_is_a_node_down_with_its_reason() {
         let timeout = Duration::from_millis(300);
-        let (b, mut b_events) = listening_with("b", |c| DistConfig {
-            heartbeat_interval: Duration::from_millis(100),
-            heartbeat_timeout: timeout,
-            ..c
-        })
-        .await;
+        let (b, mut b_events) = listening_with("b", |c| DistConfig { heartbeat_interval: Duration::from_millis(100), heartbeat_timeout: timeout, ..c }).await;
         // A raw peer that completes the handshake and then says nothing.
         let mut stream = TcpStream::connect(b.name().split('@').nth(1).unwrap()).await.unwrap();
         let mut buf = BytesMut::new();

@@ -96,18 +96,12 @@ impl fmt::Display for NodeName {
 /// the hostname, else 127.0.0.1.
 pub fn detect_host() -> String {
     use std::net::ToSocketAddrs;
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     if hostname.is_empty() {
         return "127.0.0.1".into();
     }
     match (hostname.as_str(), 0).to_socket_addrs() {
-        Ok(addrs) => addrs
-            .map(|a| a.ip())
-            .find(|ip| !ip.is_loopback())
-            .map(|ip| ip.to_string())
-            .unwrap_or(hostname),
+        Ok(addrs) => addrs.map(|a| a.ip()).find(|ip| !ip.is_loopback()).map(|ip| ip.to_string()).unwrap_or(hostname),
         Err(_) => hostname,
     }
 }

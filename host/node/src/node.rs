@@ -104,9 +104,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut workers = workers;
     workers.rebalance = cfg.node.rebalance_on_join;
 
-    let listener = TcpListener::bind(cfg.node.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.node.listen))?;
+    let listener = TcpListener::bind(cfg.node.listen).await.with_context(|| format!("cannot listen on {}", cfg.node.listen))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let dist = Dist::new(
         DistConfig {

@@ -155,20 +155,45 @@ enum Ev {
     /// An event for a node's table.
     Table(Node, Event<Inst, Req>),
     /// Something arrives on connection `conn` from `from`.
-    Deliver { from: Node, to: Node, conn: u64, what: Wire },
+    Deliver {
+        from: Node,
+        to: Node,
+        conn: u64,
+        what: Wire,
+    },
     /// `node` notices that its connection `conn` to `peer` is gone.
-    ConnDown { node: Node, peer: Node, conn: u64, reason: DownReason },
+    ConnDown {
+        node: Node,
+        peer: Node,
+        conn: u64,
+        reason: DownReason,
+    },
     /// A dial `node` made (in its life `life`) to `peer` ended.
-    Dialled { node: Node, life: u64, peer: Node, result: DialResult },
+    Dialled {
+        node: Node,
+        life: u64,
+        peer: Node,
+        result: DialResult,
+    },
     /// Connections cut off or to a paused node time out, if they still are.
-    Detect { a: Node, b: Node, conn: u64 },
+    Detect {
+        a: Node,
+        b: Node,
+        conn: u64,
+    },
     Redial,
     Fault,
-    Heal { a: Node, b: Node },
+    Heal {
+        a: Node,
+        b: Node,
+    },
     Wake(Node),
     Kill(Node),
     Restart(Node),
-    LeaveDeadline { node: Node, life: u64 },
+    LeaveDeadline {
+        node: Node,
+        life: u64,
+    },
     Client,
     CallTimeout(usize),
     /// Retry the calls parked at a node (after its table changed).
@@ -643,7 +668,8 @@ impl Sim {
         self.log(|| format!("n{node} sees conn {conn} to n{peer} gone ({reason})"));
         self.member_input(node, Input::Disconnected { node: self.names[peer].clone(), conn, reason });
         // Calls waiting for an answer on that connection get none.
-        let waiting: Vec<usize> = self.calls.iter().enumerate().filter(|(_, c)| c.done.is_none() && c.origin == node && c.awaiting == Some((peer, conn))).map(|(i, _)| i).collect();
+        let waiting: Vec<usize> =
+            self.calls.iter().enumerate().filter(|(_, c)| c.done.is_none() && c.origin == node && c.awaiting == Some((peer, conn))).map(|(i, _)| i).collect();
         for c in waiting {
             self.calls[c].awaiting = None;
             let left = self.nodes[node].as_ref().is_some_and(|l| l.members.has_left(&self.names[peer]));
@@ -654,7 +680,12 @@ impl Sim {
             }
         }
         // Starts forwarded on it are answered as failed.
-        let pending: Vec<Req> = self.reqs.iter().filter(|(_, r)| matches!(r, Requester::Forwarded { origin, conn: c, .. } if *origin == peer && *c == conn)).map(|(k, _)| *k).collect();
+        let pending: Vec<Req> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| matches!(r, Requester::Forwarded { origin, conn: c, .. } if *origin == peer && *c == conn))
+            .map(|(k, _)| *k)
+            .collect();
         for r in pending {
             self.reqs.remove(&r);
         }
@@ -881,12 +912,11 @@ impl Sim {
                     self.started.insert(name);
                 }
             }
-            Some(Requester::Forwarded { origin, conn, req }) => {
-                if self.nodes[n].as_ref().and_then(|l| l.view.get(&origin)) == Some(&conn) {
-                    self.send_wire(n, origin, conn, Wire::StartRep { req, result });
-                }
+            // Answered on the connection it came on, if that is still up.
+            Some(Requester::Forwarded { origin, conn, req }) if self.nodes[n].as_ref().and_then(|l| l.view.get(&origin)) == Some(&conn) => {
+                self.send_wire(n, origin, conn, Wire::StartRep { req, result });
             }
-            None => {}
+            Some(Requester::Forwarded { .. }) | None => {}
         }
     }
 
@@ -910,7 +940,17 @@ impl Sim {
             self.feed(at, Event::Start { name, args: Vec::new(), here: false, reply: req });
         } else {
             let c = self.calls.len();
-            self.calls.push(Call { name, origin: at, deadline: self.now + CALL_TIMEOUT, hops: 0, awaiting: None, replied: BTreeSet::new(), applied: None, must_find: !self.hard_fault, done: None });
+            self.calls.push(Call {
+                name,
+                origin: at,
+                deadline: self.now + CALL_TIMEOUT,
+                hops: 0,
+                awaiting: None,
+                replied: BTreeSet::new(),
+                applied: None,
+                must_find: !self.hard_fault,
+                done: None,
+            });
             self.after(CALL_TIMEOUT, Ev::CallTimeout(c));
             let name = self.calls[c].name.clone();
             self.log(|| format!("n{at} client call {c} to {name}"));
@@ -1094,7 +1134,11 @@ impl Sim {
                 for c in self.calls.iter().filter(|c| c.name == *name && matches!(c.done, Some((_, CallResult::Ok)))) {
                     *by_inst.entry(c.applied.unwrap_or(0)).or_insert(0) += 1;
                 }
-                found.push(format!("{name} counts {value} of {acked} acknowledged increments (lost {}): acknowledged by instance {by_inst:?}, counted {:?}", acked - value, inst.counts));
+                found.push(format!(
+                    "{name} counts {value} of {acked} acknowledged increments (lost {}): acknowledged by instance {by_inst:?}, counted {:?}",
+                    acked - value,
+                    inst.counts
+                ));
             }
         }
         for (i, c) in self.calls.iter().enumerate() {

@@ -509,10 +509,7 @@ mod tests {
     #[test]
     fn oversized_length_is_refused_before_the_body_arrives() {
         let wire = (DEFAULT_MAX_FRAME as u32 + 1).to_be_bytes();
-        assert_eq!(
-            decode(&wire, DEFAULT_MAX_FRAME),
-            Err(Error::FrameTooLarge { len: DEFAULT_MAX_FRAME + 1, max: DEFAULT_MAX_FRAME })
-        );
+        assert_eq!(decode(&wire, DEFAULT_MAX_FRAME), Err(Error::FrameTooLarge { len: DEFAULT_MAX_FRAME + 1, max: DEFAULT_MAX_FRAME }));
     }
 
     #[test]

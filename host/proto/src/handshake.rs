@@ -401,10 +401,7 @@ mod tests {
     #[test]
     fn version_mismatch_and_refusal_are_reported() {
         let hello = Message::Hello { version: 99, who: id("a@h"), challenge: [0; 32] };
-        assert_eq!(
-            Acceptor::on_hello(id("b@h"), [0; 32], hello).err(),
-            Some(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 99 })
-        );
+        assert_eq!(Acceptor::on_hello(id("b@h"), [0; 32], hello).err(), Some(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 99 }));
         let (d, _) = Dialer::start(id("a@h"), [1; 32]);
         assert_eq!(
             d.on_challenge(b"c", Message::Refuse { code: Refusal::NameInUse, reason: "name in use".into() }).err(),

@@ -31,11 +31,7 @@ pub fn bin() -> PathBuf {
         let exe = std::env::current_exe().unwrap();
         exe.parent().unwrap().parent().unwrap().join("wasmnode")
     });
-    assert!(
-        path.is_file(),
-        "the wasmnode binary is missing at {}: build it first with `./dev build` (or run every test with `./dev test`)",
-        path.display()
-    );
+    assert!(path.is_file(), "the wasmnode binary is missing at {}: build it first with `./dev build` (or run every test with `./dev test`)", path.display());
     path
 }
 
@@ -104,10 +100,7 @@ pub fn toml_list(names: &[&str]) -> String {
 
 /// A topology with one static strategy listing `hosts`, with the tests' fast heartbeats.
 pub fn static_topology(hosts: &[&str], polling_ms: u64) -> String {
-    format!(
-        "[node]\nheartbeat_interval_ms = 250\nheartbeat_timeout_ms = 1500\n\n{}",
-        static_strategy(&plugin("strategy_static.wasm"), hosts, polling_ms)
-    )
+    format!("[node]\nheartbeat_interval_ms = 250\nheartbeat_timeout_ms = 1500\n\n{}", static_strategy(&plugin("strategy_static.wasm"), hosts, polling_ms))
 }
 
 /// Topology `local`: the static strategy at `strategy` listing `hosts`.

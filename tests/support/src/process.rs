@@ -81,14 +81,7 @@ pub struct Launch {
 impl Launch {
     /// `bin` with the tests' cookie and debug logs (which the tests read).
     pub fn new(bin: impl Into<PathBuf>) -> Launch {
-        Launch {
-            bin: bin.into(),
-            cookie: COOKIE.to_string(),
-            log_filter: "wasmnode=debug".to_string(),
-            cpu0: false,
-            args: Vec::new(),
-            env: Vec::new(),
-        }
+        Launch { bin: bin.into(), cookie: COOKIE.to_string(), log_filter: "wasmnode=debug".to_string(), cpu0: false, args: Vec::new(), env: Vec::new() }
     }
 
     /// The binary under test ([`bin`]), as every test starts it.
@@ -128,25 +121,14 @@ impl Launch {
 
     /// Starts `wasmnode run --config CONFIG --name NAME`.
     pub fn start(&self, name: &str, config: &Path) -> Node {
-        let mut n = Node {
-            name: name.to_string(),
-            config: config.to_path_buf(),
-            launch: self.clone(),
-            child: None,
-            log: Lines::default(),
-        };
+        let mut n = Node { name: name.to_string(), config: config.to_path_buf(), launch: self.clone(), child: None, log: Lines::default() };
         n.spawn();
         n
     }
 
     /// Runs the CLI (`wasmnode ARGS…`) to completion with this cookie.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.bin)
-            .args(args)
-            .env("WASMNODE_COOKIE", &self.cookie)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run wasmnode")
+        Command::new(&self.bin).args(args).env("WASMNODE_COOKIE", &self.cookie).stdin(Stdio::null()).output().expect("run wasmnode")
     }
 }
 
@@ -218,10 +200,16 @@ impl Node {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let child = self.child.as_mut().expect("running");
         let mut status = None;
-        wait_every(Duration::from_millis(1), timeout, &format!("{} to exit", self.name), || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        }, String::new);
+        wait_every(
+            Duration::from_millis(1),
+            timeout,
+            &format!("{} to exit", self.name),
+            || {
+                status = child.try_wait().unwrap();
+                status.is_some()
+            },
+            String::new,
+        );
         status.unwrap().code()
     }
 
@@ -259,12 +247,8 @@ impl Node {
     /// The process's resident memory (VmRSS) in MiB; NaN once it is gone.
     pub fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let kib: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN);
+        let kib: f64 =
+            status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
         kib / 1024.0
     }
 

@@ -10,9 +10,9 @@
 //!
 //! Hidden peers (the CLI) are never members and never gossiped.
 
-pub mod view;
 #[cfg(test)]
 mod tests;
+pub mod view;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -124,9 +124,7 @@ impl Membership {
     pub fn members(&self) -> Vec<MemberInfo> {
         let view = self.0.view.lock().unwrap();
         let me = MemberInfo { name: self.0.dist.name().to_string(), since_ms: ms(self.0.started), is_self: true };
-        std::iter::once(me)
-            .chain(view.members().iter().map(|(n, m)| MemberInfo { name: n.clone(), since_ms: m.since_ms, is_self: false }))
-            .collect()
+        std::iter::once(me).chain(view.members().iter().map(|(n, m)| MemberInfo { name: n.clone(), since_ms: m.since_ms, is_self: false })).collect()
     }
 
     /// Member events from now on.
@@ -256,18 +254,12 @@ impl Membership {
         while let Some(ev) = events.recv().await {
             match ev {
                 DistEvent::Up(peer) if peer.hidden() => debug!("hidden node {} connected from {}", peer.name(), peer.addr()),
-                DistEvent::Up(peer) => {
-                    self.apply(Input::Connected { node: peer.name().to_string(), conn: peer.conn_id(), since_ms: ms(peer.since()) })
-                }
+                DistEvent::Up(peer) => self.apply(Input::Connected { node: peer.name().to_string(), conn: peer.conn_id(), since_ms: ms(peer.since()) }),
                 DistEvent::Down(peer, reason) if peer.hidden() => debug!("hidden node {} disconnected: {reason}", peer.name()),
-                DistEvent::Down(peer, reason) => {
-                    self.apply(Input::Disconnected { node: peer.name().to_string(), conn: peer.conn_id(), reason })
-                }
+                DistEvent::Down(peer, reason) => self.apply(Input::Disconnected { node: peer.name().to_string(), conn: peer.conn_id(), reason }),
                 // A leave counts from the announcement: placement stops counting on the
                 // node while it hands its work over; its later disconnect is `Gone`.
-                DistEvent::Leaving(peer) if !peer.hidden() => {
-                    self.apply(Input::Leaving { node: peer.name().to_string(), conn: peer.conn_id() })
-                }
+                DistEvent::Leaving(peer) if !peer.hidden() => self.apply(Input::Leaving { node: peer.name().to_string(), conn: peer.conn_id() }),
                 DistEvent::Leaving(_) => {}
                 DistEvent::Frame(peer, Frame::Members(names)) if !peer.hidden() => {
                     self.apply(Input::Gossip { from: peer.name().to_string(), names: names.into() })

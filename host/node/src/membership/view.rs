@@ -59,7 +59,10 @@ pub enum DialResult {
     Busy,
     /// It failed, with the error as an operator reads it; `refused` when the peer
     /// refused the handshake (a misconfiguration, not a node still starting).
-    Failed { error: String, refused: bool },
+    Failed {
+        error: String,
+        refused: bool,
+    },
 }
 
 /// What the driver must do.
@@ -153,10 +156,7 @@ impl View {
     /// this node can see it has formed.
     pub fn settled(&self, topologies: usize) -> bool {
         self.discovered.len() >= topologies
-            && self
-                .wanted()
-                .iter()
-                .all(|n| self.members.contains_key(*n) || self.backoff.get(*n).is_some_and(|b| b.last_error.is_some()))
+            && self.wanted().iter().all(|n| self.members.contains_key(*n) || self.backoff.get(*n).is_some_and(|b| b.last_error.is_some()))
     }
 
     /// Decides about `input`; what the driver must do comes back in order.

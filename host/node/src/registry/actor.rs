@@ -24,11 +24,19 @@ pub enum Info {
 /// What an instance's mailbox carries; it handles one at a time, in order. Kept to 40
 /// bytes (the rare, larger variants boxed): a queue holds its messages inline.
 pub enum Envelope {
-    Call { msg: Vec<u8>, reply: ReplyTo },
-    Cast { msg: Vec<u8> },
+    Call {
+        msg: Vec<u8>,
+        reply: ReplyTo,
+    },
+    Cast {
+        msg: Vec<u8>,
+    },
     Info(Box<Info>),
     /// Stop after `terminate(reason)`; the returned state goes back on `reply`.
-    Stop { reason: String, reply: oneshot::Sender<Option<Vec<u8>>> },
+    Stop {
+        reason: String,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
     /// The state of another instance of this name that stopped in favour of this one.
     Conflict(Box<(String, Vec<u8>)>),
 }

@@ -67,7 +67,16 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
         let Some(Slot::Stopping { args, lineage, why, merges, .. }) = self.local.remove(&name) else { unreachable!() };
         self.out.push(Effect::Changed);
-        let moving = |to: String, yielding: bool| Slot::Moving { to, args: args.clone(), lineage, state: state.clone(), merges: merges.clone(), sent: 0, yielding, refused: BTreeSet::new() };
+        let moving = |to: String, yielding: bool| Slot::Moving {
+            to,
+            args: args.clone(),
+            lineage,
+            state: state.clone(),
+            merges: merges.clone(),
+            sent: 0,
+            yielding,
+            refused: BTreeSet::new(),
+        };
         match why {
             StopWhy::Handoff => {
                 self.local.insert(name.clone(), moving(String::new(), false));
@@ -134,7 +143,16 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// `from` hands `name` over to this node (see [`Msg::Handoff`]). Accepted unless this
     /// node is leaving or cannot run the kind: the states never go back.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn handoff_in(&mut self, from: String, name: WorkerName, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: States, yielding: bool) {
+    pub(super) fn handoff_in(
+        &mut self,
+        from: String,
+        name: WorkerName,
+        args: Vec<u8>,
+        lineage: Lineage,
+        state: Option<Vec<u8>>,
+        merges: States,
+        yielding: bool,
+    ) {
         if self.leaving || !self.kinds.has_kind(&name.kind) {
             self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name, at: None } });
             return;

@@ -502,11 +502,11 @@ impl Registry {
     /// its own: the caller's deadline bounds the call.
     pub fn handle_rpc_fast(&self, peer: &Peer, id: u64, body: &Bytes) -> bool {
         let (kind, key, msg, call) = match body.first().copied() {
-            Some(RPC_CALL) => match postcard::from_bytes::<CallFields>(&body[1..]) {
+            Some(RPC_CALL) => match postcard::from_bytes::<CallFields<'_>>(&body[1..]) {
                 Ok((kind, key, msg, _timeout_ms)) => (kind, key, msg, true),
                 Err(_) => return false,
             },
-            Some(RPC_CAST) => match postcard::from_bytes::<CastFields>(&body[1..]) {
+            Some(RPC_CAST) => match postcard::from_bytes::<CastFields<'_>>(&body[1..]) {
                 Ok((kind, key, msg)) => (kind, key, msg, false),
                 Err(_) => return false,
             },

@@ -42,7 +42,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             return;
         }
         let owner = self.owner_of(name);
-        if owner != self.me && !self.directory.get(name).is_some_and(|c| c.node == owner) {
+        if owner != self.me && self.directory.get(name).is_none_or(|c| c.node != owner) {
             self.begin_move(name);
         }
     }

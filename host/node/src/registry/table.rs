@@ -16,10 +16,10 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::placement::{owner, Lineage};
-use crate::dist::DownReason;
-use crate::membership::MemberChange;
 use super::wire::Msg;
 use super::{Restart, SpawnError, StartError, WorkerName};
+use crate::dist::DownReason;
+use crate::membership::MemberChange;
 
 /// What the state machine needs to know of worker kinds (the runtime's configuration).
 pub trait Kinds: Send + Sync {
@@ -104,15 +104,41 @@ pub enum Timer {
 #[derive(Debug)]
 pub enum Slot<M, R> {
     /// `init` is running.
-    Starting { id: u64, args: Vec<u8>, lineage: Lineage, why: StartWhy<R>, merges: Vec<(String, Vec<u8>)> },
-    Running { id: u64, handle: M, args: Vec<u8>, lineage: Lineage },
+    Starting {
+        id: u64,
+        args: Vec<u8>,
+        lineage: Lineage,
+        why: StartWhy<R>,
+        merges: Vec<(String, Vec<u8>)>,
+    },
+    Running {
+        id: u64,
+        handle: M,
+        args: Vec<u8>,
+        lineage: Lineage,
+    },
     /// `terminate` is running; what follows depends on why.
-    Stopping { id: u64, args: Vec<u8>, lineage: Lineage, why: StopWhy<R>, merges: Vec<(String, Vec<u8>)> },
+    Stopping {
+        id: u64,
+        args: Vec<u8>,
+        lineage: Lineage,
+        why: StopWhy<R>,
+        merges: Vec<(String, Vec<u8>)>,
+    },
     /// Handed to `to` (empty: nobody to hand to yet), not yet acknowledged: the states
     /// stay here until they are. `sent`: how many of `merges` the handoff in flight
     /// carries (more may have come since). `yielding`: it stopped in favour of an
     /// instance on `to`, to merge into.
-    Moving { to: String, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)>, sent: usize, yielding: bool, refused: BTreeSet<String> },
+    Moving {
+        to: String,
+        args: Vec<u8>,
+        lineage: Lineage,
+        state: Option<Vec<u8>>,
+        merges: Vec<(String, Vec<u8>)>,
+        sent: usize,
+        yielding: bool,
+        refused: BTreeSet<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -352,7 +378,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     }
 
     /// Puts a new instance of `name` in `Starting` and asks the driver to create it.
-    pub(super) fn spawn(&mut self, name: WorkerName, args: Vec<u8>, lineage: Lineage, why: StartWhy<R>, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)>) {
+    pub(super) fn spawn(
+        &mut self,
+        name: WorkerName,
+        args: Vec<u8>,
+        lineage: Lineage,
+        why: StartWhy<R>,
+        state: Option<Vec<u8>>,
+        merges: Vec<(String, Vec<u8>)>,
+    ) {
         let id = self.next_id();
         self.orphans.remove(&name);
         self.local.insert(name.clone(), Slot::Starting { id, args: args.clone(), lineage, why, merges });

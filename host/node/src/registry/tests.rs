@@ -287,7 +287,8 @@ fn the_losing_instance_hands_its_state_to_the_winner_acknowledged() {
     assert_eq!((stop_id, reason.as_str()), (id, "duplicate"));
     assert_eq!(a.route(&n, None), Route::Remote("z@h".into()), "calls go to the winner meanwhile");
     let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![3]) });
-    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 1, moves: 1 }, state: Some(vec![3]), merges: vec![], yielding: true };
+    let handoff =
+        Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 1, moves: 1 }, state: Some(vec![3]), merges: vec![], yielding: true };
     assert_eq!(sends(&fx), vec![("z@h".to_string(), handoff.clone())]);
     // The winner goes down before answering: the state is kept and goes to the next one.
     let fx = a.handle(Event::MemberDown { node: "z@h".into(), conn: 3 });
@@ -300,7 +301,14 @@ fn a_yielded_state_merges_into_the_running_instance() {
     up(&mut z, "a@h", 1);
     let n = name("x");
     run_here(&mut z, &n, 7);
-    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 1, moves: 1 }, state: Some(vec![3]), merges: vec![("b@h".into(), vec![4])], yielding: true };
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage { restarts: 1, moves: 1 },
+        state: Some(vec![3]),
+        merges: vec![("b@h".into(), vec![4])],
+        yielding: true,
+    };
     let fx = recv(&mut z, "a@h", handoff);
     let merged: Vec<Vec<u8>> = fx
         .iter()
@@ -325,7 +333,8 @@ fn a_yielded_state_with_fewer_empty_restarts_replaces_the_running_instance() {
     let (_, id, _) = spawn_of(&fx).expect("restarted here");
     z.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
     up(&mut z, "a@h", 2);
-    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 1, moves: 1 }, state: Some(vec![3]), merges: vec![], yielding: true };
+    let handoff =
+        Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 1, moves: 1 }, state: Some(vec![3]), merges: vec![], yielding: true };
     let fx = recv(&mut z, "a@h", handoff);
     assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
     let fx = z.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });

@@ -12,9 +12,19 @@ use super::{CallError, StartError, WorkerName};
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Rpc {
     /// Start the name on the receiving node (the sender found it the owner).
-    Start { name: WorkerName, args: Vec<u8> },
-    Call { name: WorkerName, msg: Vec<u8>, timeout_ms: u64 },
-    Cast { name: WorkerName, msg: Vec<u8> },
+    Start {
+        name: WorkerName,
+        args: Vec<u8>,
+    },
+    Call {
+        name: WorkerName,
+        msg: Vec<u8>,
+        timeout_ms: u64,
+    },
+    Cast {
+        name: WorkerName,
+        msg: Vec<u8>,
+    },
     /// The names running on the receiving node.
     List,
     /// One-way (request id 0): a message for the receiver's state machine.
@@ -92,10 +102,10 @@ mod tests {
         let name = WorkerName::new("order", "John");
         let call = encode(&Rpc::Call { name: name.clone(), msg: b"contents".to_vec(), timeout_ms: 1234 });
         assert_eq!(call[0], RPC_CALL);
-        assert_eq!(postcard::from_bytes::<CallFields>(&call[1..]).unwrap(), ("order", "John", &b"contents"[..], 1234));
+        assert_eq!(postcard::from_bytes::<CallFields<'_>>(&call[1..]).unwrap(), ("order", "John", &b"contents"[..], 1234));
         let cast = encode(&Rpc::Cast { name: WorkerName::new("counter", "c1"), msg: b"increment".to_vec() });
         assert_eq!(cast[0], RPC_CAST);
-        assert_eq!(postcard::from_bytes::<CastFields>(&cast[1..]).unwrap(), ("counter", "c1", &b"increment"[..]));
+        assert_eq!(postcard::from_bytes::<CastFields<'_>>(&cast[1..]).unwrap(), ("counter", "c1", &b"increment"[..]));
         // Nothing else looks like either.
         let start = encode(&Rpc::Start { name, args: vec![] });
         assert!(![RPC_CALL, RPC_CAST].contains(&start[0]));
@@ -110,7 +120,14 @@ mod tests {
             Msg::Registered { name: name.clone(), args: vec![1], lineage: Lineage { restarts: 2, moves: 3 } },
             Msg::Unregistered { name: name.clone() },
             Msg::Synced,
-            Msg::Handoff { name: name.clone(), args: vec![], lineage: Lineage::default(), state: Some(vec![7; 3]), merges: vec![("c@h".into(), vec![1])], yielding: true },
+            Msg::Handoff {
+                name: name.clone(),
+                args: vec![],
+                lineage: Lineage::default(),
+                state: Some(vec![7; 3]),
+                merges: vec![("c@h".into(), vec![1])],
+                yielding: true,
+            },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::Orphan { name, args: vec![], lineage: Lineage::default() },
         ];

@@ -19,9 +19,7 @@ use wasmtime::Engine;
 /// The cache folder, if the environment names one.
 pub fn dir() -> Option<PathBuf> {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    env("WASMNODE_CACHE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("wasmnode")))
-        .or_else(|| env("HOME").map(|d| d.join(".cache/wasmnode")))
+    env("WASMNODE_CACHE_DIR").or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("wasmnode"))).or_else(|| env("HOME").map(|d| d.join(".cache/wasmnode")))
 }
 
 /// Loads the component at `path`, from the cache when it holds it, compiling (and

@@ -63,17 +63,14 @@ impl StrategyComponent {
     /// Compiles the component at `t.strategy` and checks it is a discovery strategy.
     pub fn load(engine: &Engine, t: &TopologyConfig) -> Result<StrategyComponent, LoadError> {
         let path = t.strategy.display().to_string();
-        let component = super::cache::load(engine, &t.strategy)
-            .map_err(|e| LoadError::NotAComponent { path: path.clone(), why: first_line(&e) })?;
+        let component = super::cache::load(engine, &t.strategy).map_err(|e| LoadError::NotAComponent { path: path.clone(), why: first_line(&e) })?;
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(LoadError::host)?;
         bindings::wasmnode::discovery::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(LoadError::host)?;
         super::log::add_to_linker(&mut linker).map_err(LoadError::host)?;
         super::dns::add_to_linker(&mut linker).map_err(LoadError::host)?;
         super::kubernetes::add_to_linker(&mut linker).map_err(LoadError::host)?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Imports { path: path.clone(), why: first_line(&e) })?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Imports { path: path.clone(), why: first_line(&e) })?;
         let pre = StrategyPre::new(pre).map_err(|e| LoadError::WrongWorld {
             path: path.clone(),
             world: "discovery",
@@ -169,8 +166,7 @@ pub fn spawn_topology(component: StrategyComponent, interval: Duration, membersh
                 Ok(names) => {
                     crate::metrics::global().polled(topology, crate::metrics::Poll::Ok);
                     traps_in_a_row = 0;
-                    let (good, bad): (Vec<String>, Vec<String>) =
-                        names.into_iter().partition(|n| NodeName::parse(n).is_ok());
+                    let (good, bad): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| NodeName::parse(n).is_ok());
                     if !bad.is_empty() {
                         warn!("strategy {topology} ({path}) returned names that are not basename@host, ignored: {}", bad.join(", "));
                     }

@@ -36,10 +36,7 @@ impl DnsCtx {
 
     fn resolver(&self) -> Result<Arc<TokioResolver>, DnsError> {
         let _runtime = self.runtime.enter();
-        self.resolver
-            .get_or_init(|| crate::resolve::resolver(self.nameserver, self.timeout).map(Arc::new))
-            .clone()
-            .map_err(DnsError::Failed)
+        self.resolver.get_or_init(|| crate::resolve::resolver(self.nameserver, self.timeout).map(Arc::new)).clone().map_err(DnsError::Failed)
     }
 
     fn run<T>(&self, what: &str, fut: impl std::future::Future<Output = Result<T, DnsError>>) -> Result<T, DnsError> {
@@ -103,12 +100,9 @@ impl wit::Host for DnsCtx {
                 .answers()
                 .iter()
                 .filter_map(|r| match &r.data {
-                    RData::SRV(s) => Some(SrvRecord {
-                        priority: s.priority,
-                        weight: s.weight,
-                        port: s.port,
-                        target: s.target.to_string().trim_end_matches('.').to_string(),
-                    }),
+                    RData::SRV(s) => {
+                        Some(SrvRecord { priority: s.priority, weight: s.weight, port: s.port, target: s.target.to_string().trim_end_matches('.').to_string() })
+                    }
                     _ => None,
                 })
                 .collect())

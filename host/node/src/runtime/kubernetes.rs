@@ -40,9 +40,7 @@ impl KubeCtx {
 
 async fn client(cell: &OnceCell<Result<kube::Client, String>>) -> Result<kube::Client, ApiError> {
     cell.get_or_init(|| async {
-        kube::Client::try_default()
-            .await
-            .map_err(|e| format!("no Kubernetes client: not in a cluster and no usable KUBECONFIG ({e})"))
+        kube::Client::try_default().await.map_err(|e| format!("no Kubernetes client: not in a cluster and no usable KUBECONFIG ({e})"))
     })
     .await
     .clone()

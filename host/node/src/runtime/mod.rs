@@ -36,7 +36,6 @@ pub fn engine() -> anyhow::Result<Engine> {
 
 pub use crate::config::Pool;
 
-
 pub fn engine_with(pool: Option<Pool>) -> anyhow::Result<Engine> {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);

@@ -176,8 +176,7 @@ impl WorkerRuntime {
 
     /// The kinds and their boot keys.
     pub fn boot_keys(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> =
-            self.kinds.values().flat_map(|k| k.config.boot.iter().map(|key| (k.name.clone(), key.clone()))).collect();
+        let mut out: Vec<(String, String)> = self.kinds.values().flat_map(|k| k.config.boot.iter().map(|key| (k.name.clone(), key.clone()))).collect();
         out.sort();
         out
     }
@@ -209,15 +208,7 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
         wasi: WasiCtx::builder().inherit_stderr().build(),
         table: ResourceTable::new(),
         limits: StoreLimitsBuilder::new().memory_size(kind.config.memory_limit).trap_on_grow_failure(true).build(),
-        cluster: ClusterCtx {
-            registry,
-            kind: kind.name.clone(),
-            key,
-            mailbox: own,
-            started: Instant::now(),
-            waited: Duration::ZERO,
-            yielded: Arc::default(),
-        },
+        cluster: ClusterCtx { registry, kind: kind.name.clone(), key, mailbox: own, started: Instant::now(), waited: Duration::ZERO, yielded: Arc::default() },
         log: super::log::LogCtx { label: format!("worker {name}").into() },
     };
     let mut store = Store::new(kind.pre.engine(), state);
@@ -249,28 +240,19 @@ impl WorkerKind {
     /// Compiles the component and checks that it is a worker.
     pub fn load(engine: &Engine, w: &WorkerConfig) -> Result<WorkerKind, LoadError> {
         let path = w.component.display().to_string();
-        let component = super::cache::load(engine, &w.component)
-            .map_err(|e| LoadError::NotAComponent { path: path.clone(), why: first_line(&e) })?;
+        let component = super::cache::load(engine, &w.component).map_err(|e| LoadError::NotAComponent { path: path.clone(), why: first_line(&e) })?;
         let mut linker: Linker<WorkerState> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::host)?;
         bindings::wasmnode::worker::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(LoadError::host)?;
-        bindings::wasmnode::worker::cluster::add_to_linker::<_, HasSelf<ClusterCtx>>(&mut linker, |s| &mut s.cluster)
-            .map_err(LoadError::host)?;
+        bindings::wasmnode::worker::cluster::add_to_linker::<_, HasSelf<ClusterCtx>>(&mut linker, |s| &mut s.cluster).map_err(LoadError::host)?;
         super::log::add_worker_log_to_linker(&mut linker).map_err(LoadError::host)?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Imports { path: path.clone(), why: first_line(&e) })?;
-        let not_a_worker = |e: wasmtime::Error| LoadError::WrongWorld {
-            path: path.clone(),
-            world: "worker",
-            wit: "wasmnode:worker/worker@0.1.0",
-            why: first_line(&e),
-        };
+        let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Imports { path: path.clone(), why: first_line(&e) })?;
+        let not_a_worker =
+            |e: wasmtime::Error| LoadError::WrongWorld { path: path.clone(), world: "worker", wit: "wasmnode:worker/worker@0.1.0", why: first_line(&e) };
         let indices = WorkerIndices::new(&pre).map_err(not_a_worker)?;
         let pre = WorkerPre::new(pre).map_err(not_a_worker)?;
-        let conflict = component
-            .get_export_index(None, "wasmnode:worker/conflict@0.1.0")
-            .and_then(|iface| component.get_export_index(Some(&iface), "resolve-conflict"));
+        let conflict =
+            component.get_export_index(None, "wasmnode:worker/conflict@0.1.0").and_then(|iface| component.get_export_index(Some(&iface), "resolve-conflict"));
         Ok(WorkerKind { name: w.kind.clone(), config: w.clone(), pre, indices, conflict })
     }
 }
@@ -291,7 +273,6 @@ impl Kinds for WorkerRuntime {
     fn rebalance_on_join(&self) -> bool {
         self.rebalance
     }
-
 }
 
 impl Spawner for WorkerRuntime {
