@@ -588,7 +588,7 @@ impl Dist {
         }
         match self.0.cfg.nameserver {
             Some(ns) => {
-                let resolver = crate::resolve::resolver(Some(ns), self.0.cfg.connect_timeout).map_err(fail)?;
+                let resolver = crate::resolve::resolver(Some(ns), self.0.cfg.connect_timeout).map_err(|e| fail(e.to_string()))?;
                 let ips = resolver.lookup_ip(target.host.as_str()).await.map_err(|e| fail(e.to_string()))?;
                 ips.iter().next().map(|ip| SocketAddr::new(ip, target.port)).ok_or_else(|| fail("no addresses".into()))
             }

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-/// Why a text is not a node name: the fault of whoever wrote it (a config, a flag,
-/// discovery's answer).
+/// Why a text is not a node name (or a worker name): the fault of whoever wrote it (a
+/// config, a flag, discovery's answer, a caller).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error("`{0}` is not a node name: expected basename@host")]
@@ -18,6 +18,8 @@ pub enum NameError {
     BadPort { name: String, port: String },
     #[error("`{0}`: the host part is empty or too long")]
     BadHost(String),
+    #[error("`{0}` is not a worker name: expected kind/key")]
+    NotAWorkerName(String),
 }
 
 /// The distribution port every node uses unless its name says otherwise.

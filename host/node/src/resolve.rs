@@ -15,7 +15,7 @@ use hickory_resolver::TokioResolver;
 use tracing::warn;
 
 /// A resolver asking `nameserver` (or the system's), with `timeout` per query.
-pub fn resolver(nameserver: Option<SocketAddr>, timeout: Duration) -> Result<TokioResolver, String> {
+pub fn resolver(nameserver: Option<SocketAddr>, timeout: Duration) -> Result<TokioResolver, ResolverError> {
     let (config, mut opts) = match nameserver {
         Some(addr) => (ResolverConfig::from_name_servers(vec![server(addr)]), ResolverOpts::default()),
         None => match hickory_resolver::system_conf::read_system_conf() {
@@ -36,8 +36,13 @@ pub fn resolver(nameserver: Option<SocketAddr>, timeout: Duration) -> Result<Tok
     TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         .with_options(opts)
         .build()
-        .map_err(|e| format!("cannot build a DNS resolver: {e}"))
+        .map_err(|e| ResolverError(e.to_string()))
 }
+
+/// The host could not build a resolver (its own fault, or its machine's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot build a DNS resolver: {0}")]
+pub struct ResolverError(String);
 
 fn server(addr: SocketAddr) -> NameServerConfig {
     let mut ns = NameServerConfig::udp_and_tcp(addr.ip());

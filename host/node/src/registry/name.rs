@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::name::NameError;
+
 /// The name of a worker instance: one live instance per name, cluster-wide.
 ///
 /// # Example
@@ -35,13 +37,13 @@ impl fmt::Display for WorkerName {
 }
 
 impl FromStr for WorkerName {
-    type Err = String;
+    type Err = NameError;
 
     /// `kind/key`; the key may itself contain `/`.
-    fn from_str(s: &str) -> Result<WorkerName, String> {
+    fn from_str(s: &str) -> Result<WorkerName, NameError> {
         match s.split_once('/') {
             Some((kind, key)) if !kind.is_empty() => Ok(WorkerName::new(kind, key)),
-            _ => Err(format!("`{s}` is not a worker name: expected kind/key")),
+            _ => Err(NameError::NotAWorkerName(s.to_string())),
         }
     }
 }

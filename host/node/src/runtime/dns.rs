@@ -22,7 +22,7 @@ use super::PluginState;
 /// anything) and the deadline of one lookup.
 #[derive(Clone)]
 pub struct DnsCtx {
-    resolver: Arc<std::sync::OnceLock<Result<Arc<TokioResolver>, String>>>,
+    resolver: Arc<std::sync::OnceLock<Result<Arc<TokioResolver>, crate::resolve::ResolverError>>>,
     nameserver: Option<SocketAddr>,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
@@ -36,7 +36,7 @@ impl DnsCtx {
 
     fn resolver(&self) -> Result<Arc<TokioResolver>, DnsError> {
         let _runtime = self.runtime.enter();
-        self.resolver.get_or_init(|| crate::resolve::resolver(self.nameserver, self.timeout).map(Arc::new)).clone().map_err(DnsError::Failed)
+        self.resolver.get_or_init(|| crate::resolve::resolver(self.nameserver, self.timeout).map(Arc::new)).clone().map_err(|e| DnsError::Failed(e.to_string()))
     }
 
     fn run<T>(&self, what: &str, fut: impl std::future::Future<Output = Result<T, DnsError>>) -> Result<T, DnsError> {
