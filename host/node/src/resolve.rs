@@ -33,10 +33,7 @@ pub fn resolver(nameserver: Option<SocketAddr>, timeout: Duration) -> Result<Tok
     opts.negative_max_ttl = Some(Duration::ZERO);
     opts.timeout = timeout;
     opts.attempts = 1;
-    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-        .with_options(opts)
-        .build()
-        .map_err(|e| ResolverError(e.to_string()))
+    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default()).with_options(opts).build().map_err(|e| ResolverError(e.to_string()))
 }
 
 /// The host could not build a resolver (its own fault, or its machine's).
