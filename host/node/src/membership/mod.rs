@@ -182,7 +182,7 @@ impl Membership {
         match output {
             Output::Changed(change) => self.changed(change),
             Output::Gossip(names) => {
-                info!(node = %self.0.dist.name(), "members ({}): {}", names.len(), names.join(", "));
+                info!("members ({}): {}", names.len(), names.join(", "));
                 for peer in self.0.dist.peers() {
                     if !peer.hidden() {
                         peer.send(Frame::Members(names.to_vec()));
