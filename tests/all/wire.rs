@@ -128,6 +128,26 @@ fn a_wrong_cookie_is_refused_and_logged_with_the_address() {
     assert_eq!(a.count("connected to raw@"), 0);
 }
 
+/// A claimed name with a newline and a log line after it is refused before anything
+/// logs it: the node's log holds no line of the dialer's making.
+#[test]
+fn a_claimed_name_cannot_forge_log_lines() {
+    let dir = TempDir::new("wire-forge");
+    let config = dir.write("t.toml", &static_topology(&["a@127.0.28.1"], 5000));
+    let a = Node::start("a@127.0.28.1", &config);
+    a.wait_log("listening on", FORM);
+    let forged = "x@127.0.28.9\n2026-11-30T00:00:00.000000Z  INFO connected to forged@127.0.28.9";
+    let (_, hello) = Dialer::start(Identity { name: forged.into(), flags: 0, creation: 1 }, [7; 32]);
+    let mut out = Vec::new();
+    hello.encode(&mut out);
+    let mut raw = Raw::connect("127.0.28.1:4370");
+    raw.send(&out);
+    assert!(raw.closed_by_peer(), "the node must close the connection");
+    a.wait_log("node name has a character that is not printable ASCII", FORM);
+    assert!(!a.log().contains("forged@"), "{}", a.log());
+    assert_eq!(a.members(), vec!["a@127.0.28.1".to_string()]);
+}
+
 /// Garbage, oversized and malformed frames each close that one connection with a
 /// logged reason; the node keeps its other peers.
 #[test]

@@ -16,7 +16,7 @@ pub enum NameError {
     BadBasename(String),
     #[error("`{name}`: `{port}` is not a port")]
     BadPort { name: String, port: String },
-    #[error("`{0}`: the host part is empty or too long")]
+    #[error("`{0}`: the host part is empty, too long, or not printable ASCII")]
     BadHost(String),
     #[error("`{0}` is not a worker name: expected kind/key")]
     NotAWorkerName(String),
@@ -45,6 +45,7 @@ impl NodeName {
     /// assert_eq!((n.host.as_str(), n.port), ("10.1.0.65", 4370));
     /// assert_eq!(NodeName::parse("b@127.0.0.1:4371").unwrap().port, 4371);
     /// assert!(NodeName::parse("no-host").is_err());
+    /// assert!(NodeName::parse("a@h\n2026-11-30 INFO forged").is_err(), "a name is never a log line");
     /// ```
     pub fn parse(s: &str) -> Result<NodeName, NameError> {
         let (basename, rest) = s.split_once('@').ok_or_else(|| NameError::NoHost(s.to_string()))?;
@@ -58,7 +59,7 @@ impl NodeName {
             }
             _ => (rest.to_string(), DEFAULT_PORT, false),
         };
-        if host.is_empty() || host.len() > 253 {
+        if host.is_empty() || host.len() > 253 || !host.bytes().all(|c| c.is_ascii_graphic()) {
             return Err(NameError::BadHost(s.to_string()));
         }
         Ok(NodeName { basename: basename.to_string(), host, port, explicit_port })

@@ -235,7 +235,11 @@ impl Frame {
                 let count = get_u16(&mut body, what)?;
                 let mut names = Vec::with_capacity(count.min(1024) as usize);
                 for _ in 0..count {
-                    names.push(get_str(&mut body, what)?);
+                    let name = get_str(&mut body, what)?;
+                    if !crate::handshake::printable(&name) {
+                        return Err(Error::Malformed { what, why: "a member name has a character that is not printable ASCII" });
+                    }
+                    names.push(name);
                 }
                 expect_empty(body, what, Frame::Members(names))?
             }
@@ -435,6 +439,13 @@ pub(crate) fn get_array<const N: usize>(b: &mut Bytes, what: &'static str) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_list_with_a_name_that_is_not_printable_is_malformed() {
+        let mut v = Vec::new();
+        Frame::Members(vec!["a@h".into(), "b@h\nINFO forged".into()]).encode(&mut v);
+        assert!(matches!(decode(&v, DEFAULT_MAX_FRAME), Err(Error::Malformed { what: "members", .. })));
+    }
 
     #[test]
     fn a_request_names_its_service_and_an_unknown_service_is_malformed() {

@@ -189,6 +189,10 @@ impl Message {
                 if name.is_empty() || name.len() > MAX_NAME_LEN || !name.contains('@') {
                     return Err(Error::Malformed { what, why: "node name is not basename@host" });
                 }
+                // Checked before anything can log it: a newline would forge log lines.
+                if !printable(&name) {
+                    return Err(Error::Malformed { what, why: "node name has a character that is not printable ASCII" });
+                }
                 let flags = get_u32(&mut b, what)?;
                 let creation = get_u64(&mut b, what)?;
                 let challenge = get_array::<32>(&mut b, what)?;
@@ -212,6 +216,12 @@ impl Message {
         }
         Ok(msg)
     }
+}
+
+/// Whether a name a peer sent is safe to log as is: printable ASCII, no spaces or
+/// control characters (node names are `basename@host[:port]`).
+pub fn printable(name: &str) -> bool {
+    name.bytes().all(|c| c.is_ascii_graphic())
 }
 
 /// Which side computes a proof; part of the MAC input so proofs cannot be reflected.
@@ -407,6 +417,18 @@ mod tests {
             d.on_challenge(b"c", Message::Refuse { code: Refusal::NameInUse, reason: "name in use".into() }).err(),
             Some(Error::Refused { code: Refusal::NameInUse, reason: "name in use".into() })
         );
+    }
+
+    /// A claimed name is checked before anything can log it: a newline or a control
+    /// character in it would write lines of the attacker's into the acceptor's log.
+    #[test]
+    fn names_that_are_not_printable_ascii_are_malformed() {
+        for name in ["a@h\n2026-11-30T00:00:00Z INFO connected to evil@h", "a@h\r", "a b@h", "a@h\u{1b}[31m", "a@hé"] {
+            let m = Message::Hello { version: 1, who: id(name), challenge: [0; 32] };
+            let mut v = Vec::new();
+            m.encode(&mut v);
+            assert!(matches!(Message::decode(&v), Err(Error::Malformed { .. })), "{name:?}");
+        }
     }
 
     #[test]

@@ -168,7 +168,7 @@ pub fn spawn_topology(component: StrategyComponent, interval: Duration, membersh
                     traps_in_a_row = 0;
                     let (good, bad): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| NodeName::parse(n).is_ok());
                     if !bad.is_empty() {
-                        warn!("strategy {topology} ({path}) returned names that are not basename@host, ignored: {}", bad.join(", "));
+                        warn!("strategy {topology} ({path}) returned names that are not basename@host, ignored: {bad:?}");
                     }
                     debug!("strategy {topology} ({path}) sees {} nodes: [{}]", good.len(), good.join(", "));
                     membership.discovered(topology, good);
