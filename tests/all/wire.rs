@@ -128,6 +128,24 @@ fn a_wrong_cookie_is_refused_and_logged_with_the_address() {
     assert_eq!(a.count("connected to raw@"), 0);
 }
 
+/// A loop of wrong-cookie handshakes from one address is refused every time and logged
+/// once per window, not once per attempt.
+#[test]
+fn a_loop_of_wrong_cookies_is_logged_once() {
+    let dir = TempDir::new("wire-loop");
+    let config = dir.write("t.toml", &static_topology(&["a@127.0.29.1"], 5000));
+    let a = Node::start("a@127.0.29.1", &config);
+    a.wait_log("listening on", FORM);
+    for i in 0..50 {
+        let mut raw = Raw::connect("127.0.29.1:4370");
+        let refused = raw.handshake(&format!("raw{i}@127.0.29.9"), 0, b"not-the-cookie");
+        assert_eq!(refused, Err(Error::Refused { code: Refusal::CookieMismatch, reason: "cookie mismatch".into() }), "attempt {i}");
+    }
+    a.wait_log("handshake refused from 127.0.0.1", FORM);
+    assert_eq!(a.count("handshake refused from"), 1, "{}", a.log());
+    assert_eq!(a.count("connected to raw"), 0);
+}
+
 /// A claimed name with a newline and a log line after it is refused before anything
 /// logs it: the node's log holds no line of the dialer's making.
 #[test]

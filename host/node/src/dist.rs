@@ -42,6 +42,8 @@ use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MA
 use wasmnode_proto::handshake::{Acceptor, Dialer, Identity, Message, Refusal};
 use wasmnode_proto::{Error as ProtoError, Frame, Service};
 
+use crate::refusals::{self, RefusalLog};
+
 /// Handshakes in progress at once; more wait (mini-redis' connection semaphore).
 const MAX_PENDING_HANDSHAKES: usize = 256;
 
@@ -382,6 +384,8 @@ struct Inner {
     creation: u64,
     events: mpsc::UnboundedSender<DistEvent>,
     state: Mutex<State>,
+    /// Refused handshakes by address, so that a loop of them logs one line per window.
+    refusals: Mutex<RefusalLog>,
     next_conn: AtomicU64,
     /// Number of live connection tasks, so `leave` can wait for them to end.
     live: watch::Sender<usize>,
@@ -401,6 +405,7 @@ impl Dist {
             creation: rand::random(),
             events,
             state: Mutex::new(State { peers: HashMap::new(), dialing: HashSet::new(), closing: false }),
+            refusals: Mutex::new(RefusalLog::default()),
             next_conn: AtomicU64::new(1),
             live: watch::Sender::new(0),
             fast_requests: std::sync::OnceLock::new(),
@@ -474,7 +479,9 @@ impl Dist {
         let (acceptor, challenge) = match Acceptor::on_hello(self.identity(), rand::random(), hello) {
             Ok(x) => x,
             Err(e) => {
-                warn!("handshake refused from {addr}: {e}");
+                if let Some(n) = self.log_refusal(addr) {
+                    warn!("handshake refused from {addr}: {e}{}", refusals::left_out(n));
+                }
                 write_message(&mut stream, &Message::Refuse { code: Refusal::for_error(&e), reason: e.to_string() }).await?;
                 return Err(e.into());
             }
@@ -485,7 +492,9 @@ impl Dist {
         let (peer_id, accept) = match acceptor.on_proof(&self.0.cfg.cookie, &proof) {
             Ok(x) => x,
             Err(e) => {
-                warn!("handshake refused from {addr}: {e} (claimed name {claimed})");
+                if let Some(n) = self.log_refusal(addr) {
+                    warn!("handshake refused from {addr}: {e} (claimed name {claimed}){}", refusals::left_out(n));
+                }
                 let _ = write_message(&mut stream, &Message::Refuse { code: Refusal::for_error(&e), reason: e.to_string() }).await;
                 return Err(e.into());
             }
@@ -509,11 +518,14 @@ impl Dist {
             Err((code, reason)) => {
                 match code {
                     Refusal::SimultaneousConnect => debug!("refused {} from {addr}: {reason}", peer_id.name),
-                    Refusal::NameInUse | Refusal::OwnName => {
-                        crate::metrics::global().handshake_failed("name_in_use");
-                        warn!("handshake refused from {addr}: {reason}");
+                    _ => {
+                        if matches!(code, Refusal::NameInUse | Refusal::OwnName) {
+                            crate::metrics::global().handshake_failed("name_in_use");
+                        }
+                        if let Some(n) = self.log_refusal(addr) {
+                            warn!("handshake refused from {addr}: {reason}{}", refusals::left_out(n));
+                        }
                     }
-                    _ => warn!("handshake refused from {addr}: {reason}"),
                 }
                 write_message(&mut stream, &Message::Refuse { code, reason }).await?;
                 Ok(())
@@ -524,6 +536,11 @@ impl Dist {
                 Ok(())
             }
         }
+    }
+
+    /// Whether a refusal from `addr` is to be logged now (see [`refusals`]).
+    fn log_refusal(&self, addr: SocketAddr) -> Option<u64> {
+        self.0.refusals.lock().unwrap().refused(addr.ip(), Instant::now())
     }
 
     /// Connects to `name` (or returns the live connection), with the configured deadline.

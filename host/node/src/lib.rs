@@ -2,7 +2,8 @@
 //!
 //! Layers, each depending only on the ones above it:
 //! - `wasmnode_proto` (its own crate): frames and the handshake, no I/O;
-//! - [`dist`]: TCP connections, handshake I/O, heartbeats, fragments;
+//! - [`dist`]: TCP connections, handshake I/O, heartbeats, fragments; [`refusals`]: how
+//!   often a refused handshake is logged;
 //! - [`membership`]: who is up, gossip for the full mesh, re-dial with backoff;
 //! - [`registry`]: one instance per worker name cluster-wide, calls by name;
 //! - [`control`]: the JSON control plane the CLI (a hidden node) talks to; [`http`]:
@@ -20,6 +21,7 @@ pub mod membership;
 pub mod metrics;
 pub mod name;
 pub mod node;
+pub mod refusals;
 pub mod registry;
 pub mod resolve;
 pub mod runtime;
