@@ -1049,7 +1049,9 @@ impl Sim {
         if self.now > call.deadline {
             self.violations.push(format!("call {c} to {} answered {} ms past its deadline", call.name, self.now - call.deadline));
         }
-        if r != CallResult::Ok && call.must_find && !self.hard_fault {
+        // A name whose state was dropped (the last node left with nobody to hand it to)
+        // is not expected to answer.
+        if r != CallResult::Ok && call.must_find && !self.hard_fault && !self.tainted.contains(&call.name) {
             self.violations.push(format!("call {c} to {} answered {r:?}, with only graceful leaves and joins so far", call.name));
         }
         call.done = Some((self.now, r));
