@@ -479,9 +479,7 @@ impl Dist {
         let (acceptor, challenge) = match Acceptor::on_hello(self.identity(), rand::random(), hello) {
             Ok(x) => x,
             Err(e) => {
-                if let Some(n) = self.log_refusal(addr) {
-                    warn!("handshake refused from {addr}: {e}{}", refusals::left_out(n));
-                }
+                self.warn_refused(addr, &e);
                 write_message(&mut stream, &Message::Refuse { code: Refusal::for_error(&e), reason: e.to_string() }).await?;
                 return Err(e.into());
             }
@@ -492,9 +490,7 @@ impl Dist {
         let (peer_id, accept) = match acceptor.on_proof(&self.0.cfg.cookie, &proof) {
             Ok(x) => x,
             Err(e) => {
-                if let Some(n) = self.log_refusal(addr) {
-                    warn!("handshake refused from {addr}: {e} (claimed name {claimed}){}", refusals::left_out(n));
-                }
+                self.warn_refused(addr, format_args!("{e} (claimed name {claimed})"));
                 let _ = write_message(&mut stream, &Message::Refuse { code: Refusal::for_error(&e), reason: e.to_string() }).await;
                 return Err(e.into());
             }
@@ -522,9 +518,7 @@ impl Dist {
                         if matches!(code, Refusal::NameInUse | Refusal::OwnName) {
                             crate::metrics::global().handshake_failed("name_in_use");
                         }
-                        if let Some(n) = self.log_refusal(addr) {
-                            warn!("handshake refused from {addr}: {reason}{}", refusals::left_out(n));
-                        }
+                        self.warn_refused(addr, &reason);
                     }
                 }
                 write_message(&mut stream, &Message::Refuse { code, reason }).await?;
@@ -538,9 +532,11 @@ impl Dist {
         }
     }
 
-    /// Whether a refusal from `addr` is to be logged now (see [`refusals`]).
-    fn log_refusal(&self, addr: SocketAddr) -> Option<u64> {
-        self.0.refusals.lock().unwrap().refused(addr.ip(), Instant::now())
+    /// Logs a refused handshake, at most once per address per window (see [`refusals`]).
+    fn warn_refused(&self, addr: SocketAddr, why: impl std::fmt::Display) {
+        if let Some(n) = self.0.refusals.lock().unwrap().refused(addr.ip(), Instant::now()) {
+            warn!("handshake refused from {addr}: {why}{}", refusals::left_out(n));
+        }
     }
 
     /// Connects to `name` (or returns the live connection), with the configured deadline.
