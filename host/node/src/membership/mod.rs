@@ -281,11 +281,14 @@ impl Membership {
                 _ = self.0.kick.notified() => {}
                 _ = tokio::time::sleep(REDIAL_TICK) => {}
             }
-            if self.0.view.lock().unwrap().leaving() {
-                return;
-            }
             let now_ms = self.now_ms();
-            let outputs = self.0.view.lock().unwrap().handle(Input::Tick { now_ms });
+            let outputs = {
+                let mut view = self.0.view.lock().unwrap();
+                if view.leaving() {
+                    return;
+                }
+                view.handle(Input::Tick { now_ms })
+            };
             for output in outputs {
                 self.carry_out(output);
             }
