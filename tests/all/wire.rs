@@ -95,10 +95,7 @@ impl Raw {
 /// after it, both ways, captured and searched.
 #[test]
 fn the_cookie_never_crosses_the_wire() {
-    let dir = TempDir::new("wire-cookie");
-    let config = dir.write("t.toml", &static_topology(&["a@127.0.15.1"], 5000));
-    let a = Node::start("a@127.0.15.1", &config);
-    a.wait_log("listening on", FORM);
+    let (_dir, _a) = lone_node("wire-cookie", "a@127.0.15.1");
     let mut raw = Raw::connect("127.0.15.1:4370");
     let peer = raw.handshake("raw@127.0.15.9", 0, COOKIE.as_bytes()).expect("handshake with the right cookie");
     assert_eq!(peer.name, "a@127.0.15.1");
@@ -114,13 +111,19 @@ fn the_cookie_never_crosses_the_wire() {
     assert!(!raw.capture.windows(COOKIE.len()).any(|w| w == COOKIE.as_bytes()), "the cookie appeared on the wire");
 }
 
+/// One node alone, listening (its folder lives as long as the returned `TempDir`).
+fn lone_node(tag: &str, name: &str) -> (TempDir, Node) {
+    let dir = TempDir::new(tag);
+    let config = dir.write("t.toml", &static_topology(&[name], 5000));
+    let a = Node::start(name, &config);
+    a.wait_log("listening on", FORM);
+    (dir, a)
+}
+
 /// A wrong cookie is refused with a log line naming the dialer's address.
 #[test]
 fn a_wrong_cookie_is_refused_and_logged_with_the_address() {
-    let dir = TempDir::new("wire-wrong");
-    let config = dir.write("t.toml", &static_topology(&["a@127.0.19.1"], 5000));
-    let a = Node::start("a@127.0.19.1", &config);
-    a.wait_log("listening on", FORM);
+    let (_dir, a) = lone_node("wire-wrong", "a@127.0.19.1");
     let mut raw = Raw::connect("127.0.19.1:4370");
     let port = raw.stream.local_addr().unwrap().port();
     assert_eq!(raw.handshake("raw@127.0.19.9", 0, b"not-the-cookie"), Err(Error::Refused { code: Refusal::CookieMismatch, reason: "cookie mismatch".into() }));
@@ -132,10 +135,7 @@ fn a_wrong_cookie_is_refused_and_logged_with_the_address() {
 /// once per window, not once per attempt.
 #[test]
 fn a_loop_of_wrong_cookies_is_logged_once() {
-    let dir = TempDir::new("wire-loop");
-    let config = dir.write("t.toml", &static_topology(&["a@127.0.29.1"], 5000));
-    let a = Node::start("a@127.0.29.1", &config);
-    a.wait_log("listening on", FORM);
+    let (_dir, a) = lone_node("wire-loop", "a@127.0.29.1");
     for i in 0..50 {
         let mut raw = Raw::connect("127.0.29.1:4370");
         let refused = raw.handshake(&format!("raw{i}@127.0.29.9"), 0, b"not-the-cookie");
@@ -150,10 +150,7 @@ fn a_loop_of_wrong_cookies_is_logged_once() {
 /// logs it: the node's log holds no line of the dialer's making.
 #[test]
 fn a_claimed_name_cannot_forge_log_lines() {
-    let dir = TempDir::new("wire-forge");
-    let config = dir.write("t.toml", &static_topology(&["a@127.0.28.1"], 5000));
-    let a = Node::start("a@127.0.28.1", &config);
-    a.wait_log("listening on", FORM);
+    let (_dir, a) = lone_node("wire-forge", "a@127.0.28.1");
     let forged = "x@127.0.28.9\n2026-11-30T00:00:00.000000Z  INFO connected to forged@127.0.28.9";
     let (_, hello) = Dialer::start(Identity { name: forged.into(), flags: 0, creation: 1 }, [7; 32]);
     let mut out = Vec::new();
@@ -218,10 +215,7 @@ fn a_name_already_connected_is_refused() {
 /// its connection is closed.
 #[test]
 fn a_silent_peer_is_declared_down_after_the_heartbeat_timeout() {
-    let dir = TempDir::new("wire-silent");
-    let config = dir.write("t.toml", &static_topology(&["a@127.0.21.1"], 5000));
-    let a = Node::start("a@127.0.21.1", &config);
-    a.wait_log("listening on", FORM);
+    let (_dir, a) = lone_node("wire-silent", "a@127.0.21.1");
     let mut raw = Raw::connect("127.0.21.1:4370");
     raw.handshake("quiet@127.0.21.9", 0, COOKIE.as_bytes()).expect("handshake");
     a.wait_log("connected to quiet@127.0.21.9", FORM);
