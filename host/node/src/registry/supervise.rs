@@ -38,7 +38,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// another member that does not run it too (two instances meeting are a duplicate,
     /// resolved first, not a move).
     pub(super) fn place(&mut self, name: &super::WorkerName) {
-        if !self.kinds.rebalance_on_join() || self.leaving || !matches!(self.local.get(name), Some(Slot::Running { .. })) {
+        if matches!(self.local.get(name), Some(Slot::Running { .. })) {
+            self.place_running(name);
+        }
+    }
+
+    /// [`place`](Self::place) for an instance known to be running here (it has just
+    /// started: no second search of `local`).
+    pub(super) fn place_running(&mut self, name: &super::WorkerName) {
+        if !self.kinds.rebalance_on_join() || self.leaving {
             return;
         }
         let owner = self.owner_of(name);

@@ -424,15 +424,17 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     }
 
     fn spawned(&mut self, name: WorkerName, id: u64, result: Result<M, SpawnError>) {
-        let Some(Slot::Starting { id: sid, .. }) = self.local.get(&name) else { return };
-        if *sid != id {
+        // One lookup in `local` (it holds every instance of the node: the spawn path's
+        // cost grows with each search): the slot becomes `Running` where it is.
+        let Some(slot) = self.local.get_mut(&name) else { return };
+        if !matches!(slot, Slot::Starting { id: sid, .. } if *sid == id) {
             return;
         }
-        let Some(Slot::Starting { args, lineage, why, merges, .. }) = self.local.remove(&name) else { unreachable!() };
         self.out.push(Effect::Changed);
         let handle = match result {
             Ok(handle) => handle,
             Err(e) => {
+                let Some(Slot::Starting { why, .. }) = self.local.remove(&name) else { unreachable!() };
                 match why {
                     StartWhy::Asked(reply) => self.out.push(Effect::Started { reply, result: Err(StartError::Failed(e.to_string())) }),
                     StartWhy::Handoff { from } => {
@@ -444,10 +446,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 return;
             }
         };
+        let running = Slot::Running { id, handle: handle.clone(), args: Vec::new(), lineage: Lineage::default() };
+        let Slot::Starting { args, lineage, why, merges, .. } = std::mem::replace(slot, running) else { unreachable!() };
+        if let Slot::Running { args: a, lineage: l, .. } = slot {
+            a.clone_from(&args);
+            *l = lineage;
+        }
         self.directory.remove(&name);
         self.orphans.remove(&name);
         self.moved.remove(&name);
-        self.local.insert(name.clone(), Slot::Running { id, handle: handle.clone(), args: args.clone(), lineage });
         match why {
             StartWhy::Asked(reply) => {
                 info!(worker = %name, "started {name}");
@@ -471,7 +478,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             // Started while this node leaves (a handoff that crossed the leave): move on.
             self.begin_move(&name);
         } else {
-            self.place(&name);
+            self.place_running(&name);
         }
     }
 
