@@ -6,25 +6,41 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use wasmnode_proto::frame::{self, DEFAULT_MAX_FRAME};
 use wasmnode_proto::handshake::{Dialer, Identity, Message, Refusal, FLAG_HIDDEN};
+use wasmnode_proto::seal::Session;
 use wasmnode_proto::{Error, Frame};
 use wasmnode_testkit::*;
 
 const FORM: Duration = Duration::from_secs(10);
 
-/// A hand-driven connection that records every byte both ways.
+/// A hand-driven connection to a node that records every byte both ways.
 struct Raw {
+    /// The node's name (`x@ip`, on the default port).
+    to: String,
     stream: TcpStream,
     buf: Vec<u8>,
     capture: Vec<u8>,
+    /// The connection's keys, once the handshake is done.
+    session: Option<Session>,
+    /// Frames' bytes opened from the node's records and not yet read.
+    plain: BytesMut,
 }
 
 impl Raw {
-    fn connect(addr: &str) -> Raw {
+    fn connect(to: &str) -> Raw {
+        let addr = format!("{}:4370", to.split('@').nth(1).unwrap());
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        Raw { stream, buf: Vec::new(), capture: Vec::new() }
+        Raw { to: to.into(), stream, buf: Vec::new(), capture: Vec::new(), session: None, plain: BytesMut::new() }
+    }
+
+    /// Sends `plain` as the frames' bytes, sealed with the connection's keys.
+    fn send_sealed(&mut self, plain: &[u8]) {
+        let mut out = BytesMut::new();
+        self.session.as_ref().expect("a handshake first").sealer.seal(plain, &mut out);
+        self.send(&out);
     }
 
     fn send(&mut self, bytes: &[u8]) {
@@ -50,10 +66,14 @@ impl Raw {
         }
     }
 
+    /// The next frame the node sent, opened from its sealed records.
     fn frame(&mut self) -> Option<Frame> {
         loop {
-            if let Some((f, used)) = frame::decode(&self.buf, DEFAULT_MAX_FRAME).unwrap() {
-                self.buf.drain(..used);
+            let mut raw = BytesMut::from(&self.buf[..]);
+            self.session.as_mut().expect("a handshake first").opener.open(&mut raw, &mut self.plain).expect("records open");
+            self.buf = raw.to_vec();
+            if let Some((f, used)) = frame::decode(&self.plain, DEFAULT_MAX_FRAME).unwrap() {
+                let _ = self.plain.split_to(used);
                 return Some(f);
             }
             if self.fill() == 0 {
@@ -62,19 +82,22 @@ impl Raw {
         }
     }
 
-    /// Runs the dialer's side of the handshake.
+    /// Runs the dialer's side of the handshake, as `name`, to the node connected to.
     fn handshake(&mut self, name: &str, flags: u32, cookie: &[u8]) -> Result<Identity, Error> {
-        let (d, hello) = Dialer::start(Identity { name: name.into(), flags, creation: 1 }, [7; 32]);
+        let to = self.to.clone();
+        let (d, hello) = Dialer::start(&Identity { name: name.into(), flags, creation: 1 }, &to, cookie)?;
         let mut out = Vec::new();
         hello.encode(&mut out);
         self.send(&out);
         let challenge = self.message();
-        let (d, proof) = d.on_challenge(cookie, challenge)?;
+        let (d, proof) = d.on_challenge(challenge)?;
         out.clear();
         proof.encode(&mut out);
         self.send(&out);
         let answer = self.message();
-        d.on_accept(cookie, &answer)
+        let (peer, session) = d.on_accept(answer)?;
+        self.session = Some(session);
+        Ok(peer)
     }
 
     /// Reads until the node closes the connection; true when it did within the read timeout.
@@ -96,7 +119,7 @@ impl Raw {
 #[test]
 fn the_cookie_never_crosses_the_wire() {
     let (_dir, _a) = lone_node("wire-cookie", "a@127.0.15.1");
-    let mut raw = Raw::connect("127.0.15.1:4370");
+    let mut raw = Raw::connect("a@127.0.15.1");
     let peer = raw.handshake("raw@127.0.15.9", 0, COOKIE.as_bytes()).expect("handshake with the right cookie");
     assert_eq!(peer.name, "a@127.0.15.1");
     // The node sends its member list to a new visible peer; it includes us.
@@ -109,6 +132,9 @@ fn the_cookie_never_crosses_the_wire() {
     assert!(members.contains(&"raw@127.0.15.9".to_string()), "{members:?}");
     assert!(raw.capture.windows(12).any(|w| w == b"a@127.0.15.1"), "the capture holds the handshake");
     assert!(!raw.capture.windows(COOKIE.len()).any(|w| w == COOKIE.as_bytes()), "the cookie appeared on the wire");
+    // Everything but the name dialled is sealed: the dialer's own name, which the
+    // node's member list carries too, never appears in the clear.
+    assert!(!raw.capture.windows(14).any(|w| w == b"raw@127.0.15.9"), "a name crossed the wire in the clear");
 }
 
 /// One node alone, listening (its folder lives as long as the returned `TempDir`).
@@ -124,7 +150,7 @@ fn lone_node(tag: &str, name: &str) -> (TempDir, Node) {
 #[test]
 fn a_wrong_cookie_is_refused_and_logged_with_the_address() {
     let (_dir, a) = lone_node("wire-wrong", "a@127.0.19.1");
-    let mut raw = Raw::connect("127.0.19.1:4370");
+    let mut raw = Raw::connect("a@127.0.19.1");
     let port = raw.stream.local_addr().unwrap().port();
     assert_eq!(raw.handshake("raw@127.0.19.9", 0, b"not-the-cookie"), Err(Error::Refused { code: Refusal::CookieMismatch, reason: "cookie mismatch".into() }));
     a.wait_log(&format!("handshake refused from 127.0.0.1:{port}: cookie mismatch"), FORM);
@@ -137,7 +163,7 @@ fn a_wrong_cookie_is_refused_and_logged_with_the_address() {
 fn a_loop_of_wrong_cookies_is_logged_once() {
     let (_dir, a) = lone_node("wire-loop", "a@127.0.29.1");
     for i in 0..50 {
-        let mut raw = Raw::connect("127.0.29.1:4370");
+        let mut raw = Raw::connect("a@127.0.29.1");
         let refused = raw.handshake(&format!("raw{i}@127.0.29.9"), 0, b"not-the-cookie");
         assert_eq!(refused, Err(Error::Refused { code: Refusal::CookieMismatch, reason: "cookie mismatch".into() }), "attempt {i}");
     }
@@ -152,10 +178,10 @@ fn a_loop_of_wrong_cookies_is_logged_once() {
 fn a_claimed_name_cannot_forge_log_lines() {
     let (_dir, a) = lone_node("wire-forge", "a@127.0.28.1");
     let forged = "x@127.0.28.9\n2026-11-30T00:00:00.000000Z  INFO connected to forged@127.0.28.9";
-    let (_, hello) = Dialer::start(Identity { name: forged.into(), flags: 0, creation: 1 }, [7; 32]);
+    let (_, hello) = Dialer::start(&Identity { name: forged.into(), flags: 0, creation: 1 }, "a@127.0.28.1", COOKIE.as_bytes()).unwrap();
     let mut out = Vec::new();
     hello.encode(&mut out);
-    let mut raw = Raw::connect("127.0.28.1:4370");
+    let mut raw = Raw::connect("a@127.0.28.1");
     raw.send(&out);
     assert!(raw.closed_by_peer(), "the node must close the connection");
     a.wait_log("node name has a character that is not printable ASCII", FORM);
@@ -174,23 +200,65 @@ fn bad_frames_close_only_their_connection() {
     let b = Node::start(names[1], &config);
     wait_mesh(&[&a, &b], &names, FORM);
 
-    let cases: [(&str, Vec<u8>, &str); 4] = [
-        ("garbage", vec![0, 0, 0, 1, 0xee], "unknown frame tag 0xee"),
-        ("oversized", (1u32 << 30).to_be_bytes().to_vec(), "exceeds the maximum"),
-        ("malformed", vec![0, 0, 0, 4, 0x02, 0, 9, 0], "malformed members frame"),
-        ("unknown service", vec![0, 0, 0, 10, 0x07, 0, 0, 0, 0, 0, 0, 0, 1, 0x99], "malformed request frame: unknown service"),
+    // Sealed with the connection's keys (a peer with the cookie sending garbage), and
+    // last, bytes that are not a sealed record at all (injected on the path).
+    let cases: [(&str, Vec<u8>, bool, &str); 6] = [
+        ("garbage", vec![0, 0, 0, 1, 0xee], true, "unknown frame tag 0xee"),
+        ("oversized", (1u32 << 30).to_be_bytes().to_vec(), true, "exceeds the maximum"),
+        ("malformed", vec![0, 0, 0, 4, 0x02, 0, 9, 0], true, "malformed members frame"),
+        ("unknown service", vec![0, 0, 0, 10, 0x07, 0, 0, 0, 0, 0, 0, 0, 1, 0x99], true, "malformed request frame: unknown service"),
+        ("injected", [&[0u8, 21][..], &[0, 0, 0, 1, 0x01], &[0; 16]].concat(), false, "failed authentication"),
+        ("a frame in the clear", vec![0, 0, 0, 1, 0x01], false, "malformed record"),
     ];
-    for (i, (what, bytes, reason)) in cases.iter().enumerate() {
+    for (i, (what, bytes, sealed, reason)) in cases.iter().enumerate() {
         let me = format!("raw{i}@127.0.16.9");
-        let mut raw = Raw::connect("127.0.16.1:4370");
+        let mut raw = Raw::connect(names[0]);
         raw.handshake(&me, FLAG_HIDDEN, COOKIE.as_bytes()).expect("handshake");
-        raw.send(bytes);
+        if *sealed {
+            raw.send_sealed(bytes);
+        } else {
+            raw.send(bytes);
+        }
         assert!(raw.closed_by_peer(), "{what}: the node must close the connection");
         a.wait_log(&format!("closing connection to {me}"), FORM);
         assert!(a.log().lines().any(|l| l.contains(&format!("closing connection to {me}")) && l.contains(reason)), "{what}: {}", a.log());
     }
     assert_eq!(a.members(), vec![names[0].to_string(), names[1].to_string()]);
     assert_eq!(a.count("node down b@"), 0);
+}
+
+/// A relay that a node dials by mistake (a stale address, a reused pod IP) and that
+/// forwards the dial to another member gets nothing: the member refuses a handshake
+/// meant for another name, so the relay neither joins nor keeps a connection.
+#[test]
+fn a_relay_forwarding_a_dial_to_another_member_is_refused() {
+    let dir = TempDir::new("wire-relay");
+    let names = ["a@127.0.17.1", "b@127.0.17.2"];
+    // `a` also looks for c@127.0.17.3, where the relay listens.
+    let config = dir.write("t.toml", &static_topology(&[names[0], names[1], "c@127.0.17.3"], 5000));
+    let relay = std::net::TcpListener::bind("127.0.17.3:4370").unwrap();
+    let relayed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = relayed.clone();
+    std::thread::spawn(move || {
+        for inbound in relay.incoming().flatten() {
+            let Ok(outbound) = TcpStream::connect("127.0.17.2:4370") else { continue };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            for (mut from, mut to) in [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    let a = Node::start(names[0], &config);
+    let b = Node::start(names[1], &config);
+    wait_mesh(&[&a, &b], &names, FORM);
+    b.wait_log("dialled c@127.0.17.3 but b@127.0.17.2 answered", FORM);
+    assert!(relayed.load(std::sync::atomic::Ordering::SeqCst) > 0, "the relay forwarded a dial");
+    assert_eq!(a.count("connected to c@"), 0, "{}", a.log());
+    assert_eq!(a.members(), vec![names[0].to_string(), names[1].to_string()]);
+    assert_eq!(b.members(), vec![names[0].to_string(), names[1].to_string()]);
 }
 
 /// A second node claiming a connected node's name is refused, even with the cookie.
@@ -202,7 +270,7 @@ fn a_name_already_connected_is_refused() {
     let a = Node::start(names[0], &config);
     let b = Node::start(names[1], &config);
     wait_mesh(&[&a, &b], &names, FORM);
-    let mut raw = Raw::connect("127.0.20.1:4370");
+    let mut raw = Raw::connect(names[0]);
     assert_eq!(
         raw.handshake(names[1], 0, COOKIE.as_bytes()),
         Err(Error::Refused { code: Refusal::NameInUse, reason: "name b@127.0.20.2 is already connected".into() })
@@ -216,7 +284,7 @@ fn a_name_already_connected_is_refused() {
 #[test]
 fn a_silent_peer_is_declared_down_after_the_heartbeat_timeout() {
     let (_dir, a) = lone_node("wire-silent", "a@127.0.21.1");
-    let mut raw = Raw::connect("127.0.21.1:4370");
+    let mut raw = Raw::connect("a@127.0.21.1");
     raw.handshake("quiet@127.0.21.9", 0, COOKIE.as_bytes()).expect("handshake");
     a.wait_log("connected to quiet@127.0.21.9", FORM);
     // We read the node's heartbeats but never answer.

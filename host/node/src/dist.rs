@@ -4,9 +4,11 @@
 //! caps handshakes in progress), each connection runs a reader and a writer task, and
 //! [`Dist::leave`] tells every connection to say goodbye and waits for them to end.
 //!
-//! - Handshake: the state machines of [`wasmnode_proto::handshake`], driven over the
-//!   socket with a deadline. The acceptor decides, under one lock and after the peer
-//!   proved the cookie, whether to keep the connection: a name already connected is
+//! - Handshake: the state machines of [`wasmnode_proto::handshake`] (Noise `NNpsk0`
+//!   keyed by the cookie), driven over the socket with a deadline; every byte after it
+//!   travels in sealed records ([`wasmnode_proto::seal`]), so a relay on the path can
+//!   neither read, change nor inject a frame. The acceptor decides, under one lock and
+//!   after the peer proved it holds this handshake's keys, whether to keep the connection: a name already connected is
 //!   refused, and when two nodes dial each other at once the connection dialled by the
 //!   node with the smaller name wins (each side applies the same rule, so exactly one
 //!   survives).
@@ -40,6 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, warn};
 use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MAX_MESSAGE};
 use wasmnode_proto::handshake::{Acceptor, Dialer, Identity, Message, Refusal};
+use wasmnode_proto::seal::{Opener, Sealer, RECORD_HEADER, TAG_LEN};
 use wasmnode_proto::{Error as ProtoError, Frame, Service};
 
 use crate::refusals::{self, RefusalLog};
@@ -220,6 +223,10 @@ struct PeerInner {
     /// The socket's write half while the connection runs. A sender holds this lock while
     /// it writes a frame itself or queues one, so frames keep the order they were sent in.
     direct: Mutex<Option<Arc<OwnedWriteHalf>>>,
+    /// Seals every byte this side sends. Whoever writes seals, at the moment it writes:
+    /// a sender under `direct` with nothing queued, else the writer task (records must
+    /// reach the wire in the order they were sealed).
+    sealer: Sealer,
     /// When bytes last went out, in nanoseconds since `born`: heartbeats fill silences.
     last_write: AtomicU64,
     born: Instant,
@@ -271,8 +278,10 @@ impl Peer {
         let direct = self.0.direct.lock().unwrap();
         if let Some(wr) = direct.as_ref().filter(|_| awaited) {
             if self.0.queued.load(Ordering::Acquire) == 0 && frame.payload_len() < ZERO_COPY_MIN {
-                let mut buf = BytesMut::with_capacity(frame::HEADER_LEN + 32 + frame.payload_len());
-                frame.encode(&mut buf);
+                let mut plain = BytesMut::with_capacity(frame::HEADER_LEN + 32 + frame.payload_len());
+                frame.encode(&mut plain);
+                let mut buf = BytesMut::with_capacity(plain.len() + RECORD_HEADER + TAG_LEN);
+                self.0.sealer.seal(&plain, &mut buf);
                 match wr.try_write(&buf) {
                     Ok(n) if n == buf.len() => {
                         self.wrote();
@@ -476,7 +485,7 @@ impl Dist {
         stream.set_nodelay(true)?;
         let mut buf = BytesMut::with_capacity(512);
         let hello = read_message(&mut stream, &mut buf).await?;
-        let (acceptor, challenge) = match Acceptor::on_hello(self.identity(), rand::random(), hello) {
+        let (acceptor, challenge) = match Acceptor::on_hello(&self.identity(), &self.0.cfg.cookie, hello) {
             Ok(x) => x,
             Err(e) => {
                 self.warn_refused(addr, &e);
@@ -487,7 +496,7 @@ impl Dist {
         write_message(&mut stream, &challenge).await?;
         let proof = read_message(&mut stream, &mut buf).await?;
         let claimed = acceptor.claimed().name.clone();
-        let (peer_id, accept) = match acceptor.on_proof(&self.0.cfg.cookie, &proof) {
+        let (peer_id, mut session) = match acceptor.on_proof(proof) {
             Ok(x) => x,
             Err(e) => {
                 self.warn_refused(addr, format_args!("{e} (claimed name {claimed})"));
@@ -495,6 +504,9 @@ impl Dist {
                 return Err(e.into());
             }
         };
+        // Sealed now, as the first record of this side, before anything else can be.
+        let accept = session.accept();
+        let (sealer, opener) = session.split();
         let me = &self.0.cfg.name;
         let decision = {
             let mut st = self.0.state.lock().unwrap();
@@ -507,7 +519,7 @@ impl Dist {
             } else if st.dialing.contains(&peer_id.name) && me.as_str() < peer_id.name.as_str() {
                 Err((Refusal::SimultaneousConnect, format!("simultaneous connect: keeping the connection dialled by {me}")))
             } else {
-                Ok(self.register(&mut st, &peer_id, addr))
+                Ok(self.register(&mut st, &peer_id, addr, sealer))
             }
         };
         match decision {
@@ -526,7 +538,7 @@ impl Dist {
             }
             Ok((peer, rx)) => {
                 write_message(&mut stream, &accept).await?;
-                self.start(peer, stream, buf, rx);
+                self.start(peer, stream, buf, opener, rx);
                 Ok(())
             }
         }
@@ -567,28 +579,31 @@ impl Dist {
         let mut stream = self.open(addr).await.map_err(|e| DialError::Connect(addr, e))?;
         stream.set_nodelay(true)?;
         let mut buf = BytesMut::with_capacity(512);
-        let (dialer, hello) = Dialer::start(self.identity(), rand::random());
+        let (dialer, hello) = Dialer::start(&self.identity(), name, &self.0.cfg.cookie)?;
         write_message(&mut stream, &hello).await?;
         let challenge = read_message(&mut stream, &mut buf).await?;
-        let (dialer, proof) = dialer.on_challenge(&self.0.cfg.cookie, challenge)?;
+        // Checked before anything more is sent: the answer opens with this handshake's
+        // keys and comes from the node dialled.
+        let (proven, proof) = dialer.on_challenge(challenge).map_err(|e| match e {
+            ProtoError::WrongNode { dialled, answered } => DialError::WrongNode { dialled, answered },
+            e => DialError::Handshake(e),
+        })?;
         write_message(&mut stream, &proof).await?;
         let answer = read_message(&mut stream, &mut buf).await?;
-        let peer_id = dialer.on_accept(&self.0.cfg.cookie, &answer)?;
-        if peer_id.name != name {
-            return Err(DialError::WrongNode { dialled: name.into(), answered: peer_id.name });
-        }
+        let (peer_id, session) = proven.on_accept(answer)?;
+        let (sealer, opener) = session.split();
         let registered = {
             let mut st = self.0.state.lock().unwrap();
             match st.peers.get(name) {
                 // The peer's own dial won meanwhile; keep that one.
                 Some(existing) => Err(existing.clone()),
-                None => Ok(self.register(&mut st, &peer_id, addr)),
+                None => Ok(self.register(&mut st, &peer_id, addr, sealer)),
             }
         };
         match registered {
             Err(existing) => Ok(existing),
             Ok((peer, rx)) => {
-                self.start(peer.clone(), stream, buf, rx);
+                self.start(peer.clone(), stream, buf, opener, rx);
                 Ok(peer)
             }
         }
@@ -620,7 +635,7 @@ impl Dist {
         }
     }
 
-    fn register(&self, st: &mut State, id: &Identity, addr: SocketAddr) -> (Peer, mpsc::UnboundedReceiver<Out>) {
+    fn register(&self, st: &mut State, id: &Identity, addr: SocketAddr, sealer: Sealer) -> (Peer, mpsc::UnboundedReceiver<Out>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let peer = Peer(Arc::new(PeerInner {
             name: id.name.clone(),
@@ -631,6 +646,7 @@ impl Dist {
             tx,
             queued: AtomicUsize::new(0),
             direct: Mutex::new(None),
+            sealer,
             last_write: AtomicU64::new(0),
             born: Instant::now(),
             pending: Mutex::new(HashMap::new()),
@@ -645,7 +661,8 @@ impl Dist {
         (peer, rx)
     }
 
-    fn start(&self, peer: Peer, stream: TcpStream, buf: BytesMut, rx: mpsc::UnboundedReceiver<Out>) {
+    /// Runs the connection: `raw` holds whatever sealed bytes arrived with the handshake.
+    fn start(&self, peer: Peer, stream: TcpStream, raw: BytesMut, opener: Opener, rx: mpsc::UnboundedReceiver<Out>) {
         let dist = self.clone();
         tokio::spawn(async move {
             let (rd, wr) = stream.into_split();
@@ -653,7 +670,7 @@ impl Dist {
             *peer.0.direct.lock().unwrap() = Some(wr.clone());
             let mut writer = tokio::spawn(write_loop(peer.clone(), wr, rx, dist.0.cfg.heartbeat_interval));
             let reason = tokio::select! {
-                r = read_loop(&dist, &peer, rd, buf) => r,
+                r = read_loop(&dist, &peer, rd, raw, opener) => r,
                 w = &mut writer => w.unwrap_or(DownReason::ConnectionClosed),
             };
             writer.abort();
@@ -715,7 +732,7 @@ async fn write_message(stream: &mut TcpStream, msg: &Message) -> std::io::Result
     stream.write_all(&out).await
 }
 
-async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: BytesMut) -> DownReason {
+async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut raw: BytesMut, mut opener: Opener) -> DownReason {
     let timeout = dist.0.cfg.heartbeat_timeout;
     let max_frame = dist.0.cfg.max_frame;
     let mut reassembler = Reassembler::new(MAX_MESSAGE);
@@ -723,7 +740,12 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: Byt
     let mut last_read = Instant::now();
     let silence = tokio::time::sleep(timeout);
     tokio::pin!(silence);
+    // Frames' bytes, opened from the sealed records in `raw`.
+    let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
+        if let Err(e) = opener.open(&mut raw, &mut buf) {
+            return protocol_error(peer, e);
+        }
         loop {
             let len = match frame::frame_len(&buf, max_frame) {
                 Ok(Some(len)) => len,
@@ -762,15 +784,15 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut buf: Byt
                 }
             }
         }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
+        if raw.capacity() - raw.len() < 16 * 1024 {
+            raw.reserve(64 * 1024);
         }
         // One timer for the connection's life, moved only when it fires: cheaper than a
         // new timeout around every read.
         loop {
             tokio::select! {
                 biased;
-                r = rd.read_buf(&mut buf) => match r {
+                r = rd.read_buf(&mut raw) => match r {
                     Ok(0) | Err(_) => return if left { DownReason::Left } else { DownReason::ConnectionClosed },
                     Ok(_) => {
                         last_read = Instant::now();
@@ -804,8 +826,8 @@ fn protocol_error(peer: &Peer, e: ProtoError) -> DownReason {
     DownReason::ProtocolError(e.to_string())
 }
 
-/// Payloads at least this large are written from their own buffer (vectored write)
-/// instead of being copied into the batch buffer.
+/// Frames with payloads at least this large go to the writer task, even when nothing is
+/// queued (their sender does not seal and write them itself).
 const ZERO_COPY_MIN: usize = 2048;
 
 /// The connection's writer task: writes what senders queued (see [`Peer::send`]), large
@@ -816,6 +838,8 @@ const ZERO_COPY_MIN: usize = 2048;
 /// writing; it comes down only when this task is idle, so a sender writes a frame itself
 /// only when everything sent before it is on the wire.
 async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration) -> DownReason {
+    // The frames of the next write, sealed into `buf` just before it.
+    let mut plain = BytesMut::with_capacity(64 * 1024);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut batch = Vec::with_capacity(256);
@@ -848,7 +872,7 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
                         let _direct = peer.0.direct.lock().unwrap();
                         peer.0.queued.fetch_add(1, Ordering::AcqRel);
                         taken += 1;
-                        Frame::Heartbeat.encode(&mut buf);
+                        Frame::Heartbeat.encode(&mut plain);
                         quiet.as_mut().reset((Instant::now() + heartbeat).into());
                     } else {
                         quiet.as_mut().reset((Instant::now() + (heartbeat - silent)).into());
@@ -875,12 +899,12 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
                     next_stream = next_stream.wrapping_add(1);
                     bulk.push_back(Fragmenter::new(next_stream, &f));
                 }
-                Out::Frame(f) => queue(&f, &mut buf, &mut chunks),
+                Out::Frame(f) => f.encode(&mut plain),
                 Out::Raw(rest) => {
-                    if !buf.is_empty() {
-                        chunks.push(buf.split().freeze());
-                    }
-                    chunks.push(rest);
+                    // Sealed already: the end of a record a sender began writing.
+                    peer.0.sealer.seal(&plain, &mut buf);
+                    plain.clear();
+                    buf.extend_from_slice(&rest);
                 }
                 Out::Close(reason) => {
                     close = Some(reason);
@@ -891,12 +915,16 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
         if close.is_none() {
             if let Some(fragments) = bulk.front_mut() {
                 match fragments.next() {
-                    Some(piece) => queue(&piece, &mut buf, &mut chunks),
+                    Some(piece) => piece.encode(&mut plain),
                     None => {
                         bulk.pop_front();
                     }
                 }
             }
+        }
+        if !plain.is_empty() {
+            peer.0.sealer.seal(&plain, &mut buf);
+            plain.clear();
         }
         if !buf.is_empty() {
             chunks.push(buf.split().freeze());
@@ -917,16 +945,6 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
             }
             return reason;
         }
-    }
-}
-
-/// Encodes a frame for the next write: small ones into `buf`, a large payload by reference.
-fn queue(f: &Frame, buf: &mut BytesMut, chunks: &mut Vec<Bytes>) {
-    if f.payload_len() < ZERO_COPY_MIN {
-        f.encode(buf);
-    } else if let Some(payload) = f.encode_head(buf) {
-        chunks.push(buf.split().freeze());
-        chunks.push(payload);
     }
 }
 
@@ -1042,15 +1060,15 @@ mod tests {
         let mut stream = TcpStream::connect(b.name().split('@').nth(1).unwrap()).await.unwrap();
         let mut buf = BytesMut::new();
         let me = Identity { name: "quiet@127.0.0.1".into(), flags: 0, creation: 1 };
-        let (d, hello) = Dialer::start(me, [1; 32]);
+        let (d, hello) = Dialer::start(&me, b.name(), b"cookie").unwrap();
         write_message(&mut stream, &hello).await.unwrap();
         let challenge = read_message(&mut stream, &mut buf).await.unwrap();
-        let (d, proof) = d.on_challenge(b"cookie", challenge).unwrap();
+        let (d, proof) = d.on_challenge(challenge).unwrap();
         // The connection cannot be up (nor its silence counted) before `b` has the proof.
         let up_at = Instant::now();
         write_message(&mut stream, &proof).await.unwrap();
         let answer = read_message(&mut stream, &mut buf).await.unwrap();
-        d.on_accept(b"cookie", &answer).unwrap();
+        d.on_accept(answer).unwrap();
         let down = loop {
             match b_events.recv().await.unwrap() {
                 DistEvent::Down(p, reason) => break (p.name().to_string(), reason),

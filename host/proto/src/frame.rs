@@ -427,14 +427,6 @@ pub(crate) fn get_str(b: &mut Bytes, what: &'static str) -> Result<String, Error
     let raw = b.split_to(len);
     String::from_utf8(raw.to_vec()).map_err(|_| Error::Malformed { what, why: "string is not UTF-8" })
 }
-pub(crate) fn get_array<const N: usize>(b: &mut Bytes, what: &'static str) -> Result<[u8; N], Error> {
-    if b.len() < N {
-        return Err(Error::Malformed { what, why: "truncated" });
-    }
-    let mut out = [0u8; N];
-    b.copy_to_slice(&mut out);
-    Ok(out)
-}
 
 #[cfg(test)]
 mod tests {

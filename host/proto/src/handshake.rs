@@ -1,40 +1,54 @@
-//! The cookie handshake: four messages, two HMAC-SHA256 proofs, no cookie on the wire.
+//! The handshake: Noise `NNpsk0` keyed by the cookie, then every frame sealed.
 //!
 //! ```text
-//! dialer                                   acceptor
-//!   Hello { version, name, flags, creation, challenge_d }  ->
-//!   <-  Challenge { version, name, flags, creation, challenge_a }
-//!   Proof { HMAC(cookie, "dialer"   || transcript) }        ->
-//!   <-  Accept { HMAC(cookie, "acceptor" || transcript) }  |  Refuse { reason }
+//! dialer                                                      acceptor
+//!   Hello { version, to, Noise(-> psk, e) [dialer's identity] }      ->
+//!   <-  Challenge { Noise(<- e, ee) [acceptor's identity] }           |  Refuse
+//!   Proof { sealed record 0 }                                         ->
+//!   <-  Accept { sealed record 0 }                                    |  Refuse
+//!   … every frame after this in sealed records ([`crate::seal`]) …
 //! ```
-//! `transcript` is the encoded `Hello` body followed by the encoded `Challenge` body, so
-//! each proof binds both names, both flags and both random challenges: a proof cannot
-//! be replayed on another connection, reflected back to its sender (the role label
-//! differs), or moved to another name. The dialer proves first, so a stranger without
-//! the cookie learns nothing from the acceptor but its name.
+//! The pattern is `Noise_NNpsk0_25519_AESGCM_SHA256` (the Noise Protocol Framework, via
+//! the `snow` crate): both sides make a fresh X25519 key pair per connection, and the
+//! pre-shared key is an HMAC-SHA256 of the cookie, so the connection's keys can be
+//! derived only by a holder of the cookie who took part in this very handshake. The
+//! prologue, which both sides hash into the handshake, is the protocol label and the
+//! name the dialer dialled (`to`): the acceptor uses its own name there, so a `Hello`
+//! meant for one node cannot be opened by another — a relay that forwards a dial to
+//! some other member gets a refusal, and the dialer has proven nothing to anyone but the
+//! node it dialled. `Proof` and `Accept` are the first sealed record of each direction:
+//! the acceptor counts the dialer as connected only once the dialer has shown it holds
+//! this handshake's keys, so a `Hello` recorded and replayed opens nothing.
 //!
 //! The state machines here only compute; the node's `dist` module moves the bytes.
 //!
 //! # Example
 //! ```
 //! use wasmnode_proto::handshake::{Acceptor, Dialer, Identity};
-//! let cookie = b"secret";
+//! let cookie = b"a cookie of sixteen bytes or more";
 //! let me = Identity { name: "a@127.0.0.1".into(), flags: 0, creation: 1 };
 //! let you = Identity { name: "b@127.0.0.2".into(), flags: 0, creation: 2 };
-//! let (dialer, hello) = Dialer::start(me, [1; 32]);
-//! let (acceptor, challenge) = Acceptor::on_hello(you, [2; 32], hello).unwrap();
-//! let (dialer, proof) = dialer.on_challenge(cookie, challenge).unwrap();
-//! let (peer_of_acceptor, accept) = acceptor.on_proof(cookie, &proof).unwrap();
-//! let peer_of_dialer = dialer.on_accept(cookie, &accept).unwrap();
+//! let (dialer, hello) = Dialer::start(&me, "b@127.0.0.2", cookie).unwrap();
+//! let (acceptor, challenge) = Acceptor::on_hello(&you, cookie, hello).unwrap();
+//! let (dialer, proof) = dialer.on_challenge(challenge).unwrap();
+//! let (peer_of_acceptor, mut acceptor_session) = acceptor.on_proof(proof).unwrap();
+//! let (peer_of_dialer, mut dialer_session) = dialer.on_accept(acceptor_session.accept()).unwrap();
 //! assert_eq!(peer_of_acceptor.name, "a@127.0.0.1");
 //! assert_eq!(peer_of_dialer.name, "b@127.0.0.2");
+//! // Then frames go sealed, each direction with its own key and counter.
+//! let mut wire = bytes::BytesMut::new();
+//! dialer_session.sealer.seal(b"hello", &mut wire);
+//! let mut plain = bytes::BytesMut::new();
+//! acceptor_session.opener.open(&mut wire, &mut plain).unwrap();
+//! assert_eq!(&plain[..], b"hello");
 //! ```
 
 use bytes::{BufMut, Bytes};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::frame::{self, get_array, get_str, get_u16, get_u32, get_u64, put_str, HEADER_LEN};
+use crate::frame::{self, get_str, get_u16, get_u32, get_u64, put_str, HEADER_LEN};
+use crate::seal::{Opener, Sealer, Session};
 use crate::{Error, PROTOCOL_VERSION};
 
 /// Flag: the node is hidden (a CLI or tool): it is never listed as a member.
@@ -43,6 +57,8 @@ pub const FLAG_HIDDEN: u32 = 1;
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 /// Longest node name accepted.
 pub const MAX_NAME_LEN: usize = 255;
+/// The Noise protocol of the handshake and of every sealed record after it.
+pub const NOISE_PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 
 /// Who a side says it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,19 +76,43 @@ impl Identity {
     pub fn hidden(&self) -> bool {
         self.flags & FLAG_HIDDEN != 0
     }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.name.len() + 16);
+        put_str(&mut out, &self.name);
+        out.put_u32(self.flags);
+        out.put_u64(self.creation);
+        out
+    }
+
+    fn decode(b: &[u8]) -> Result<Identity, Error> {
+        let what = "handshake";
+        let mut b = Bytes::copy_from_slice(b);
+        let name = get_str(&mut b, what)?;
+        check_name(&name)?;
+        let flags = get_u32(&mut b, what)?;
+        let creation = get_u64(&mut b, what)?;
+        if !b.is_empty() {
+            return Err(Error::Malformed { what, why: "trailing bytes" });
+        }
+        Ok(Identity { name, flags, creation })
+    }
 }
 
 /// One handshake message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    /// Dialer's opening: who it is and its random challenge.
-    Hello { version: u16, who: Identity, challenge: [u8; 32] },
-    /// Acceptor's answer: who it is and its random challenge.
-    Challenge { version: u16, who: Identity, challenge: [u8; 32] },
-    /// Dialer's proof of the cookie.
-    Proof([u8; 32]),
-    /// Acceptor's proof of the cookie: the connection is up.
-    Accept([u8; 32]),
+    /// Dialer's opening: the protocol version and the name it dialled in the clear (so
+    /// a wrong node or version is refused in words), then Noise's first message, whose
+    /// payload is the dialer's [`Identity`]. Another version's `Hello` decodes with
+    /// `to` and `noise` empty, for its refusal.
+    Hello { version: u16, to: String, noise: Vec<u8> },
+    /// Acceptor's answer: Noise's second message, whose payload is its [`Identity`].
+    Challenge(Vec<u8>),
+    /// Dialer's first sealed record (empty): it completed this handshake.
+    Proof(Vec<u8>),
+    /// Acceptor's first sealed record (empty): the connection is up.
+    Accept(Vec<u8>),
     /// Acceptor's refusal: a code the dialer acts on, and words for its log.
     Refuse { code: Refusal, reason: String },
 }
@@ -95,6 +135,8 @@ pub enum Refusal {
     /// Both nodes dialled each other at once; the acceptor keeps its own dial. Not a
     /// failure: the other connection is coming up.
     SimultaneousConnect,
+    /// The dialer dialled another node's name (a stale address, a mistyped `--node`).
+    WrongNode,
     /// A code this version does not know (a newer peer's).
     Other(u8),
 }
@@ -109,6 +151,7 @@ impl Refusal {
             Refusal::OwnName => 5,
             Refusal::NameInUse => 6,
             Refusal::SimultaneousConnect => 7,
+            Refusal::WrongNode => 8,
             Refusal::Other(c) => c,
         }
     }
@@ -122,6 +165,7 @@ impl Refusal {
             5 => Refusal::OwnName,
             6 => Refusal::NameInUse,
             7 => Refusal::SimultaneousConnect,
+            8 => Refusal::WrongNode,
             c => Refusal::Other(c),
         }
     }
@@ -131,6 +175,7 @@ impl Refusal {
         match e {
             Error::CookieMismatch => Refusal::CookieMismatch,
             Error::VersionMismatch { .. } => Refusal::VersionMismatch,
+            Error::WrongNode { .. } => Refusal::WrongNode,
             _ => Refusal::ProtocolError,
         }
     }
@@ -139,36 +184,34 @@ impl Refusal {
 impl Message {
     /// Appends the length prefix and body.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut body = Vec::with_capacity(64);
-        self.encode_body(&mut body);
-        out.put_u32(body.len() as u32);
-        out.extend_from_slice(&body);
-    }
-
-    fn encode_body(&self, out: &mut Vec<u8>) {
+        let mut body = Vec::with_capacity(128);
         match self {
-            Message::Hello { version, who, challenge } | Message::Challenge { version, who, challenge } => {
-                out.put_u8(if matches!(self, Message::Hello { .. }) { frame::TAG_HELLO } else { frame::TAG_CHALLENGE });
-                out.put_u16(*version);
-                put_str(out, &who.name);
-                out.put_u32(who.flags);
-                out.put_u64(who.creation);
-                out.put_slice(challenge);
+            Message::Hello { version, to, noise } => {
+                body.put_u8(frame::TAG_HELLO);
+                body.put_u16(*version);
+                put_str(&mut body, to);
+                body.put_slice(noise);
             }
-            Message::Proof(d) => {
-                out.put_u8(frame::TAG_PROOF);
-                out.put_slice(d);
+            Message::Challenge(noise) => {
+                body.put_u8(frame::TAG_CHALLENGE);
+                body.put_slice(noise);
             }
-            Message::Accept(d) => {
-                out.put_u8(frame::TAG_ACCEPT);
-                out.put_slice(d);
+            Message::Proof(sealed) => {
+                body.put_u8(frame::TAG_PROOF);
+                body.put_slice(sealed);
+            }
+            Message::Accept(sealed) => {
+                body.put_u8(frame::TAG_ACCEPT);
+                body.put_slice(sealed);
             }
             Message::Refuse { code, reason } => {
-                out.put_u8(frame::TAG_REFUSE);
-                out.put_u8(code.code());
-                put_str(out, reason);
+                body.put_u8(frame::TAG_REFUSE);
+                body.put_u8(code.code());
+                put_str(&mut body, reason);
             }
         }
+        out.put_u32(body.len() as u32);
+        out.extend_from_slice(&body);
     }
 
     /// Looks for one whole handshake message at the start of `buf`; like
@@ -183,39 +226,43 @@ impl Message {
         let what = "handshake";
         let tag = frame::get_u8(&mut b, what)?;
         let msg = match tag {
-            frame::TAG_HELLO | frame::TAG_CHALLENGE => {
+            frame::TAG_HELLO => {
                 let version = get_u16(&mut b, what)?;
-                let name = get_str(&mut b, what)?;
-                if name.is_empty() || name.len() > MAX_NAME_LEN || !name.contains('@') {
-                    return Err(Error::Malformed { what, why: "node name is not basename@host" });
+                if version != PROTOCOL_VERSION {
+                    // Another version's layout: only its number matters, for the refusal.
+                    return Ok(Message::Hello { version, to: String::new(), noise: Vec::new() });
                 }
-                // Checked before anything can log it: a newline would forge log lines.
-                if !printable(&name) {
-                    return Err(Error::Malformed { what, why: "node name has a character that is not printable ASCII" });
-                }
-                let flags = get_u32(&mut b, what)?;
-                let creation = get_u64(&mut b, what)?;
-                let challenge = get_array::<32>(&mut b, what)?;
-                let who = Identity { name, flags, creation };
-                if tag == frame::TAG_HELLO {
-                    Message::Hello { version, who, challenge }
-                } else {
-                    Message::Challenge { version, who, challenge }
-                }
+                let to = get_str(&mut b, what)?;
+                check_name(&to)?;
+                Message::Hello { version, to, noise: b.to_vec() }
             }
-            frame::TAG_PROOF => Message::Proof(get_array::<32>(&mut b, what)?),
-            frame::TAG_ACCEPT => Message::Accept(get_array::<32>(&mut b, what)?),
+            frame::TAG_CHALLENGE => Message::Challenge(b.to_vec()),
+            frame::TAG_PROOF => Message::Proof(b.to_vec()),
+            frame::TAG_ACCEPT => Message::Accept(b.to_vec()),
             frame::TAG_REFUSE => {
                 let code = Refusal::from_code(frame::get_u8(&mut b, what)?);
-                Message::Refuse { code, reason: get_str(&mut b, what)? }
+                let reason = get_str(&mut b, what)?;
+                if !b.is_empty() {
+                    return Err(Error::Malformed { what, why: "trailing bytes" });
+                }
+                Message::Refuse { code, reason }
             }
             other => return Err(Error::UnknownTag(other)),
         };
-        if !b.is_empty() {
-            return Err(Error::Malformed { what, why: "trailing bytes" });
-        }
         Ok(msg)
     }
+}
+
+/// Checked before anything can log a name: a newline would forge log lines.
+fn check_name(name: &str) -> Result<(), Error> {
+    let what = "handshake";
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.contains('@') {
+        return Err(Error::Malformed { what, why: "node name is not basename@host" });
+    }
+    if !printable(name) {
+        return Err(Error::Malformed { what, why: "node name has a character that is not printable ASCII" });
+    }
+    Ok(())
 }
 
 /// Whether a name a peer sent is safe to log as is: printable ASCII, no spaces or
@@ -224,38 +271,26 @@ pub fn printable(name: &str) -> bool {
     name.bytes().all(|c| c.is_ascii_graphic())
 }
 
-/// Which side computes a proof; part of the MAC input so proofs cannot be reflected.
-#[derive(Debug, Clone, Copy)]
-pub enum Role {
-    Dialer,
-    Acceptor,
-}
-
-/// HMAC-SHA256 keyed by the cookie over the role label and the transcript.
-pub fn proof(cookie: &[u8], role: Role, transcript: &[u8]) -> [u8; 32] {
-    mac(cookie, role, transcript).finalize().into_bytes().into()
-}
-
-/// Constant-time check of a peer's proof.
-pub fn verify(cookie: &[u8], role: Role, transcript: &[u8], digest: &[u8; 32]) -> Result<(), Error> {
-    mac(cookie, role, transcript).verify_slice(digest).map_err(|_| Error::CookieMismatch)
-}
-
-fn mac(cookie: &[u8], role: Role, transcript: &[u8]) -> Hmac<Sha256> {
+/// The Noise pre-shared key: HMAC-SHA256 keyed by the cookie (any length) over a label.
+fn psk(cookie: &[u8]) -> [u8; 32] {
     let mut m = Hmac::<Sha256>::new_from_slice(cookie).expect("HMAC takes keys of any length");
-    m.update(match role {
-        Role::Dialer => b"wasmnode/1 dialer\0",
-        Role::Acceptor => b"wasmnode/1 acceptor",
-    });
-    m.update(transcript);
-    m
+    m.update(b"wasmnode/3 noise psk");
+    m.finalize().into_bytes().into()
 }
 
-fn transcript(hello: &Message, challenge: &Message) -> Vec<u8> {
-    let mut t = Vec::with_capacity(160);
-    hello.encode_body(&mut t);
-    challenge.encode_body(&mut t);
-    t
+/// What both sides hash in first: the protocol and the name of the node dialled.
+fn prologue(to: &str) -> Vec<u8> {
+    let mut p = b"wasmnode/3\0".to_vec();
+    p.extend_from_slice(to.as_bytes());
+    p
+}
+
+fn noise(cookie: &[u8], to: &str, initiator: bool) -> snow::HandshakeState {
+    let params = NOISE_PATTERN.parse().expect("a pattern snow knows");
+    let key = psk(cookie);
+    let prologue = prologue(to);
+    let builder = snow::Builder::new(params).psk(0, &key).and_then(|b| b.prologue(&prologue)).expect("valid Noise settings");
+    if initiator { builder.build_initiator() } else { builder.build_responder() }.expect("valid Noise settings")
 }
 
 fn check_version(theirs: u16) -> Result<(), Error> {
@@ -266,42 +301,64 @@ fn check_version(theirs: u16) -> Result<(), Error> {
     }
 }
 
-/// The dialing side, between sending `Hello` and receiving `Accept`.
+/// The dialing side, between sending `Hello` and receiving `Challenge`.
 pub struct Dialer {
-    hello: Message,
-    transcript: Vec<u8>,
-    peer: Option<Identity>,
+    hs: snow::HandshakeState,
+    to: String,
 }
 
 impl Dialer {
-    /// Begins a handshake; send the returned `Hello`.
-    pub fn start(me: Identity, challenge: [u8; 32]) -> (Dialer, Message) {
-        let hello = Message::Hello { version: PROTOCOL_VERSION, who: me, challenge };
-        (Dialer { hello: hello.clone(), transcript: Vec::new(), peer: None }, hello)
+    /// Begins a handshake with the node named `to`; send the returned `Hello`.
+    pub fn start(me: &Identity, to: &str, cookie: &[u8]) -> Result<(Dialer, Message), Error> {
+        let mut hs = noise(cookie, to, true);
+        let mut out = vec![0u8; MAX_HANDSHAKE_FRAME];
+        let n = hs.write_message(&me.encode(), &mut out).map_err(|_| Error::PeerMisbehaved("own identity too long for a handshake"))?;
+        out.truncate(n);
+        let hello = Message::Hello { version: PROTOCOL_VERSION, to: to.to_string(), noise: out };
+        Ok((Dialer { hs, to: to.to_string() }, hello))
     }
 
-    /// Handles the acceptor's `Challenge`; send the returned `Proof`.
-    pub fn on_challenge(mut self, cookie: &[u8], msg: Message) -> Result<(Dialer, Message), Error> {
-        let (version, who) = match &msg {
-            Message::Challenge { version, who, .. } => (*version, who.clone()),
-            Message::Refuse { code, reason } => return Err(Error::Refused { code: *code, reason: reason.clone() }),
+    /// Handles the acceptor's `Challenge`: it must open with this handshake's keys and
+    /// come from the node dialled, or nothing more is sent. Send the returned `Proof`.
+    pub fn on_challenge(mut self, msg: Message) -> Result<(Proven, Message), Error> {
+        let noise = match msg {
+            Message::Challenge(noise) => noise,
+            Message::Refuse { code, reason } => return Err(Error::Refused { code, reason }),
             _ => return Err(Error::PeerMisbehaved("expected a challenge")),
         };
-        check_version(version)?;
-        self.transcript = transcript(&self.hello, &msg);
-        let digest = proof(cookie, Role::Dialer, &self.transcript);
-        self.peer = Some(who);
-        Ok((self, Message::Proof(digest)))
+        let mut payload = vec![0u8; noise.len()];
+        let n = self.hs.read_message(&noise, &mut payload).map_err(|_| Error::CookieMismatch)?;
+        let peer = Identity::decode(&payload[..n])?;
+        if peer.name != self.to {
+            return Err(Error::WrongNode { dialled: self.to, answered: peer.name });
+        }
+        let session = Session::new(self.hs.into_stateless_transport_mode().map_err(|_| Error::PeerMisbehaved("handshake not finished"))?);
+        let proof = Message::Proof(session.sealer.seal_vec(&[]));
+        Ok((Proven { peer, session }, proof))
+    }
+}
+
+/// The dialing side after its `Proof`: the acceptor is authenticated, its answer is due.
+pub struct Proven {
+    peer: Identity,
+    session: Session,
+}
+
+impl Proven {
+    /// The acceptor's identity (authenticated by the `Challenge`).
+    pub fn peer(&self) -> &Identity {
+        &self.peer
     }
 
-    /// Handles the acceptor's answer; on `Accept` with a valid proof, the peer is authenticated.
-    pub fn on_accept(self, cookie: &[u8], msg: &Message) -> Result<Identity, Error> {
+    /// Handles the acceptor's answer: on an `Accept` sealed with this handshake's keys,
+    /// the connection is up.
+    pub fn on_accept(mut self, msg: Message) -> Result<(Identity, Session), Error> {
         match msg {
-            Message::Accept(digest) => {
-                verify(cookie, Role::Acceptor, &self.transcript, digest)?;
-                self.peer.ok_or(Error::PeerMisbehaved("accept before challenge"))
+            Message::Accept(sealed) => {
+                self.session.opener.open_vec(&sealed)?;
+                Ok((self.peer, self.session))
             }
-            Message::Refuse { code, reason } => Err(Error::Refused { code: *code, reason: reason.clone() }),
+            Message::Refuse { code, reason } => Err(Error::Refused { code, reason }),
             _ => Err(Error::PeerMisbehaved("expected accept or refuse")),
         }
     }
@@ -309,42 +366,69 @@ impl Dialer {
 
 /// The accepting side, between sending `Challenge` and checking the `Proof`.
 pub struct Acceptor {
-    transcript: Vec<u8>,
+    hs: snow::HandshakeState,
     peer: Identity,
 }
 
 impl Acceptor {
-    /// Handles the dialer's `Hello`; send the returned `Challenge`.
-    pub fn on_hello(me: Identity, challenge: [u8; 32], msg: Message) -> Result<(Acceptor, Message), Error> {
-        let Message::Hello { version, who, .. } = &msg else {
+    /// Handles the dialer's `Hello`: the version, the name dialled (this node's), and
+    /// Noise's first message, which opens only with this cookie. Send the returned
+    /// `Challenge`.
+    pub fn on_hello(me: &Identity, cookie: &[u8], msg: Message) -> Result<(Acceptor, Message), Error> {
+        let Message::Hello { version, to, noise: first } = msg else {
             return Err(Error::PeerMisbehaved("expected hello"));
         };
-        check_version(*version)?;
-        let peer = who.clone();
-        let reply = Message::Challenge { version: PROTOCOL_VERSION, who: me, challenge };
-        Ok((Acceptor { transcript: transcript(&msg, &reply), peer }, reply))
+        check_version(version)?;
+        if to != me.name {
+            return Err(Error::WrongNode { dialled: to, answered: me.name.clone() });
+        }
+        let mut hs = noise(cookie, &me.name, false);
+        let mut payload = vec![0u8; first.len()];
+        let n = hs.read_message(&first, &mut payload).map_err(|_| Error::CookieMismatch)?;
+        let peer = Identity::decode(&payload[..n])?;
+        let mut out = vec![0u8; MAX_HANDSHAKE_FRAME];
+        let n = hs.write_message(&me.encode(), &mut out).map_err(|_| Error::PeerMisbehaved("own identity too long for a handshake"))?;
+        out.truncate(n);
+        Ok((Acceptor { hs, peer }, Message::Challenge(out)))
     }
 
-    /// Who the dialer claims to be (not yet proven).
+    /// Who the dialer claims to be (it holds the cookie, but has not yet shown it is
+    /// live on this connection: a recorded `Hello` replays).
     pub fn claimed(&self) -> &Identity {
         &self.peer
     }
 
-    /// Checks the dialer's `Proof`; on success the peer is authenticated and the
-    /// returned `Accept` should be sent — unless the node refuses it for another
-    /// reason (name in use, simultaneous connect), in which case send a `Refuse`.
-    pub fn on_proof(self, cookie: &[u8], msg: &Message) -> Result<(Identity, Message), Error> {
-        let Message::Proof(digest) = msg else {
+    /// Checks the dialer's `Proof`: the first record sealed with this handshake's keys.
+    /// Then send [`Session::accept`] — unless the node refuses the peer for another
+    /// reason (name in use, simultaneous connect): then a `Refuse`.
+    pub fn on_proof(self, msg: Message) -> Result<(Identity, Session), Error> {
+        let Message::Proof(sealed) = msg else {
             return Err(Error::PeerMisbehaved("expected proof"));
         };
-        verify(cookie, Role::Dialer, &self.transcript, digest)?;
-        Ok((self.peer, Message::Accept(proof(cookie, Role::Acceptor, &self.transcript))))
+        let mut session = Session::new(self.hs.into_stateless_transport_mode().map_err(|_| Error::PeerMisbehaved("handshake not finished"))?);
+        session.opener.open_vec(&sealed)?;
+        Ok((self.peer, session))
+    }
+}
+
+impl Session {
+    /// The acceptor's `Accept`: its first sealed record.
+    pub fn accept(&mut self) -> Message {
+        Message::Accept(self.sealer.seal_vec(&[]))
+    }
+
+    /// The two halves, for a connection's writer and reader.
+    pub fn split(self) -> (Sealer, Opener) {
+        (self.sealer, self.opener)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
+
+    const COOKIE: &[u8] = b"the-cookie-nobody-should-see";
 
     fn id(name: &str) -> Identity {
         Identity { name: name.into(), flags: 0, creation: 9 }
@@ -358,63 +442,91 @@ mod tests {
         v
     }
 
+    /// One side's view after a handshake: who the other is, and the keys.
+    type Side = (Identity, Session);
+
+    /// Runs a whole handshake; the dialer's and the acceptor's sides, and every byte.
+    fn handshake(dial_cookie: &[u8], accept_cookie: &[u8]) -> Result<(Side, Side, Vec<u8>), Error> {
+        let mut bytes = Vec::new();
+        let (d, hello) = Dialer::start(&id("a@h"), "b@h", dial_cookie)?;
+        bytes.extend(wire(&hello));
+        let (a, ch) = Acceptor::on_hello(&id("b@h"), accept_cookie, hello)?;
+        bytes.extend(wire(&ch));
+        let (d, pr) = d.on_challenge(ch)?;
+        bytes.extend(wire(&pr));
+        let (peer, mut acceptor) = a.on_proof(pr)?;
+        let acc = acceptor.accept();
+        bytes.extend(wire(&acc));
+        let dialer = d.on_accept(acc)?;
+        Ok((dialer, (peer, acceptor), bytes))
+    }
+
     #[test]
     fn full_handshake_and_the_cookie_never_on_the_wire() {
-        let cookie = b"the-cookie-nobody-should-see";
-        let mut bytes = Vec::new();
-        let (d, hello) = Dialer::start(id("a@h"), [1; 32]);
-        bytes.extend(wire(&hello));
-        let (a, ch) = Acceptor::on_hello(id("b@h"), [2; 32], hello).unwrap();
-        bytes.extend(wire(&ch));
-        let (d, pr) = d.on_challenge(cookie, ch).unwrap();
-        bytes.extend(wire(&pr));
-        let (peer, acc) = a.on_proof(cookie, &pr).unwrap();
-        bytes.extend(wire(&acc));
-        assert_eq!(peer.name, "a@h");
-        assert_eq!(d.on_accept(cookie, &acc).unwrap().name, "b@h");
-        assert!(!bytes.windows(cookie.len()).any(|w| w == cookie));
+        let ((b, mut dialer), (a, mut acceptor), bytes) = handshake(COOKIE, COOKIE).unwrap();
+        assert_eq!((a.name.as_str(), b.name.as_str()), ("a@h", "b@h"));
+        assert!(!bytes.windows(COOKIE.len()).any(|w| w == COOKIE));
+        assert!(!bytes.windows(32).any(|w| w == psk(COOKIE)), "nor the key made of it");
+        // Both directions carry sealed records that only the other side opens.
+        let mut wire = BytesMut::new();
+        dialer.sealer.seal(b"secret frame bytes", &mut wire);
+        assert!(!wire.windows(6).any(|w| w == b"secret"), "sealed, not in the clear");
+        let mut plain = BytesMut::new();
+        acceptor.opener.open(&mut wire, &mut plain).unwrap();
+        assert_eq!(&plain[..], b"secret frame bytes");
+        acceptor.sealer.seal(b"reply", &mut wire);
+        plain.clear();
+        dialer.opener.open(&mut wire, &mut plain).unwrap();
+        assert_eq!(&plain[..], b"reply");
     }
 
     #[test]
-    fn wrong_cookie_fails_on_both_sides() {
-        let (d, hello) = Dialer::start(id("a@h"), [1; 32]);
-        let (a, ch) = Acceptor::on_hello(id("b@h"), [2; 32], hello).unwrap();
-        let (_d, pr) = d.on_challenge(b"wrong", ch).unwrap();
-        assert_eq!(a.on_proof(b"right", &pr).err(), Some(Error::CookieMismatch));
-
-        // An acceptor with the wrong cookie cannot fake its Accept either.
-        let (d, hello) = Dialer::start(id("a@h"), [1; 32]);
-        let (_a, ch) = Acceptor::on_hello(id("b@h"), [2; 32], hello).unwrap();
-        let (d, _pr) = d.on_challenge(b"right", ch).unwrap();
-        let forged = Message::Accept(proof(b"wrong", Role::Acceptor, b""));
-        assert_eq!(d.on_accept(b"right", &forged).err(), Some(Error::CookieMismatch));
+    fn a_wrong_cookie_fails_before_anything_is_proven() {
+        // The acceptor cannot open the dialer's first message.
+        assert_eq!(handshake(b"wrong", COOKIE).err(), Some(Error::CookieMismatch));
+        // A dialer cannot open an acceptor's answer made with another cookie.
+        let (d, hello) = Dialer::start(&id("a@h"), "b@h", COOKIE).unwrap();
+        let (_, hello_other) = Dialer::start(&id("a@h"), "b@h", b"wrong").unwrap();
+        let (_, ch) = Acceptor::on_hello(&id("b@h"), b"wrong", hello_other).unwrap();
+        let _ = hello;
+        assert_eq!(d.on_challenge(ch).err(), Some(Error::CookieMismatch));
     }
 
+    /// A dial that reaches another member (a relay forwarding it, a reused address) is
+    /// refused there, and the dialer's `Hello` opens for nobody but the node dialled.
     #[test]
-    fn a_proof_cannot_be_reflected_or_replayed() {
-        let cookie = b"c";
-        let (d, hello) = Dialer::start(id("a@h"), [1; 32]);
-        let (a, ch) = Acceptor::on_hello(id("b@h"), [2; 32], hello.clone()).unwrap();
-        let (_d, pr) = d.on_challenge(cookie, ch).unwrap();
-        // Reflect the dialer's proof back as an Accept: the role label differs.
-        let Message::Proof(digest) = pr else { panic!() };
-        let (d2, hello2) = Dialer::start(id("a@h"), [1; 32]);
-        let (_a2, ch2) = Acceptor::on_hello(id("b@h"), [3; 32], hello2).unwrap();
-        let (d2, _) = d2.on_challenge(cookie, ch2).unwrap();
-        assert_eq!(d2.on_accept(cookie, &Message::Accept(digest)).err(), Some(Error::CookieMismatch));
-        // Replay the proof against a fresh challenge: refused.
-        let (a3, _ch3) = Acceptor::on_hello(id("b@h"), [4; 32], hello).unwrap();
-        assert_eq!(a3.on_proof(cookie, &Message::Proof(digest)).err(), Some(Error::CookieMismatch));
-        drop(a);
+    fn a_hello_opens_only_at_the_node_dialled() {
+        let (_, hello) = Dialer::start(&id("a@h"), "b@h", COOKIE).unwrap();
+        assert_eq!(Acceptor::on_hello(&id("c@h"), COOKIE, hello.clone()).err(), Some(Error::WrongNode { dialled: "b@h".into(), answered: "c@h".into() }));
+        // Even with the name in the clear rewritten, the prologue binds it.
+        let Message::Hello { version, noise, .. } = hello else { panic!() };
+        let forged = Message::Hello { version, to: "c@h".into(), noise };
+        assert_eq!(Acceptor::on_hello(&id("c@h"), COOKIE, forged).err(), Some(Error::CookieMismatch));
+    }
+
+    /// A recorded `Hello` replayed gets a `Challenge`, but no `Proof` can follow
+    /// without the dialer's ephemeral key: the acceptor never counts it connected.
+    #[test]
+    fn a_replayed_hello_never_connects() {
+        let (d, hello) = Dialer::start(&id("a@h"), "b@h", COOKIE).unwrap();
+        let (a1, ch1) = Acceptor::on_hello(&id("b@h"), COOKIE, hello.clone()).unwrap();
+        let (_, proof1) = d.on_challenge(ch1).unwrap();
+        // The replay: a second acceptor answers, and the old proof does not open there.
+        let (a2, _ch2) = Acceptor::on_hello(&id("b@h"), COOKIE, hello).unwrap();
+        assert_eq!(a2.on_proof(proof1.clone()).err(), Some(Error::Decrypt));
+        assert!(a1.on_proof(proof1).is_ok());
     }
 
     #[test]
     fn version_mismatch_and_refusal_are_reported() {
-        let hello = Message::Hello { version: 99, who: id("a@h"), challenge: [0; 32] };
-        assert_eq!(Acceptor::on_hello(id("b@h"), [0; 32], hello).err(), Some(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 99 }));
-        let (d, _) = Dialer::start(id("a@h"), [1; 32]);
+        let hello = Message::Hello { version: 2, to: String::new(), noise: Vec::new() };
+        let mut v = Vec::new();
+        hello.encode(&mut v);
+        let (decoded, _) = Message::decode(&v).unwrap().unwrap();
+        assert_eq!(Acceptor::on_hello(&id("b@h"), COOKIE, decoded).err(), Some(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 2 }));
+        let (d, _) = Dialer::start(&id("a@h"), "b@h", COOKIE).unwrap();
         assert_eq!(
-            d.on_challenge(b"c", Message::Refuse { code: Refusal::NameInUse, reason: "name in use".into() }).err(),
+            d.on_challenge(Message::Refuse { code: Refusal::NameInUse, reason: "name in use".into() }).err(),
             Some(Error::Refused { code: Refusal::NameInUse, reason: "name in use".into() })
         );
     }
@@ -424,19 +536,20 @@ mod tests {
     #[test]
     fn names_that_are_not_printable_ascii_are_malformed() {
         for name in ["a@h\n2026-11-30T00:00:00Z INFO connected to evil@h", "a@h\r", "a b@h", "a@h\u{1b}[31m", "a@hé"] {
-            let m = Message::Hello { version: 1, who: id(name), challenge: [0; 32] };
+            assert!(matches!(Identity::decode(&id(name).encode()), Err(Error::Malformed { .. })), "{name:?}");
+            let m = Message::Hello { version: PROTOCOL_VERSION, to: name.into(), noise: vec![1; 48] };
             let mut v = Vec::new();
             m.encode(&mut v);
             assert!(matches!(Message::decode(&v), Err(Error::Malformed { .. })), "{name:?}");
         }
+        // Through a real handshake: the acceptor refuses it as malformed.
+        let (_, hello) = Dialer::start(&id("a@h\nforged"), "b@h", COOKIE).unwrap();
+        assert!(matches!(Acceptor::on_hello(&id("b@h"), COOKIE, hello), Err(Error::Malformed { .. })));
     }
 
     #[test]
     fn names_without_at_are_malformed() {
-        let m = Message::Hello { version: 1, who: id("nohost"), challenge: [0; 32] };
-        let mut v = Vec::new();
-        m.encode(&mut v);
-        assert!(matches!(Message::decode(&v), Err(Error::Malformed { .. })));
+        assert!(matches!(Identity::decode(&id("nohost").encode()), Err(Error::Malformed { .. })));
     }
 
     /// Every refusal reaches the dialer as the code it was sent with; a code this
@@ -451,13 +564,12 @@ mod tests {
             Refusal::OwnName,
             Refusal::NameInUse,
             Refusal::SimultaneousConnect,
+            Refusal::WrongNode,
             Refusal::Other(200),
         ];
         for code in all {
             let m = Message::Refuse { code, reason: format!("{code:?}") };
-            let mut v = Vec::new();
-            m.encode(&mut v);
-            assert_eq!(Message::decode(&v).unwrap().map(|(m, _)| m), Some(m));
+            assert_eq!(Message::decode(&wire(&m)).unwrap().map(|(m, _)| m), Some(m));
         }
         assert_eq!(Refusal::for_error(&Error::CookieMismatch), Refusal::CookieMismatch);
     }

@@ -8,8 +8,10 @@
 //! - [`frame`]: length-prefixed frames ([`Frame`]), their encoder and the incremental
 //!   decoder [`frame::decode`], plus [`frame::Fragmenter`] / [`frame::Reassembler`]
 //!   that split a large message so heartbeats never wait behind it.
-//! - [`handshake`]: the messages and state machines of the cookie handshake; the cookie
-//!   itself never leaves the process, only HMAC-SHA256 proofs over the transcript do.
+//! - [`handshake`]: the messages and state machines of the handshake (Noise `NNpsk0`
+//!   keyed by the cookie); the cookie itself never leaves the process.
+//! - [`seal`]: the records every frame travels in after the handshake, encrypted and
+//!   authenticated with the connection's own keys.
 //! - [`Error`]: what can go wrong, grouped by who is at fault.
 //!
 //! # Example
@@ -24,13 +26,15 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod seal;
 
 pub use frame::{Frame, Service};
 pub use handshake::Refusal;
 
 /// The protocol version both sides must speak; a mismatch refuses the handshake.
-/// Version 2: requests name their service; refusals carry a code.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2: requests name their service; refusals carry a code. Version 3: the
+/// handshake is Noise `NNpsk0` keyed by the cookie and every frame after it is sealed.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Everything that can go wrong while reading the wire, by who is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,9 +60,15 @@ pub enum Error {
     VersionMismatch { ours: u16, theirs: u16 },
 
     // -- authentication failed --
-    /// The peer's proof does not match our cookie: the cookies differ.
+    /// The peer's handshake does not open with our cookie: the cookies differ.
     #[error("cookie mismatch")]
     CookieMismatch,
+    /// The node that answered is not the node dialled.
+    #[error("dialled {dialled} but {answered} answered")]
+    WrongNode { dialled: String, answered: String },
+    /// A sealed record did not open: altered, replayed, reordered or injected on the way.
+    #[error("a sealed record failed authentication (altered, replayed, reordered or injected)")]
+    Decrypt,
     /// The peer refused us: why, as a code and in words.
     #[error("refused by peer: {reason}")]
     Refused { code: Refusal, reason: String },

@@ -7,8 +7,8 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MAX_MESSAGE};
-use wasmnode_proto::handshake::{Identity, Message, Refusal};
-use wasmnode_proto::{Error, Frame, Service};
+use wasmnode_proto::handshake::{Message, Refusal};
+use wasmnode_proto::{Error, Frame, Service, PROTOCOL_VERSION};
 
 fn arb_bytes(max: usize) -> impl Strategy<Value = Bytes> {
     prop::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
@@ -33,12 +33,12 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
 }
 
 fn arb_handshake() -> impl Strategy<Value = Message> {
-    let who = ("[a-z]{1,8}@[a-z0-9.]{1,20}", any::<u32>(), any::<u64>()).prop_map(|(name, flags, creation)| Identity { name, flags, creation });
+    let noise = prop::collection::vec(any::<u8>(), 0..200);
     prop_oneof![
-        (any::<u16>(), who.clone(), any::<[u8; 32]>()).prop_map(|(version, who, challenge)| Message::Hello { version, who, challenge }),
-        (any::<u16>(), who, any::<[u8; 32]>()).prop_map(|(version, who, challenge)| Message::Challenge { version, who, challenge }),
-        any::<[u8; 32]>().prop_map(Message::Proof),
-        any::<[u8; 32]>().prop_map(Message::Accept),
+        ("[a-z]{1,8}@[a-z0-9.]{1,20}", noise.clone()).prop_map(|(to, noise)| Message::Hello { version: PROTOCOL_VERSION, to, noise }),
+        noise.clone().prop_map(Message::Challenge),
+        noise.clone().prop_map(Message::Proof),
+        noise.prop_map(Message::Accept),
         (any::<u8>(), "[ -~]{0,40}").prop_map(|(code, reason)| Message::Refuse { code: Refusal::from_code(code), reason }),
     ]
 }
