@@ -86,8 +86,10 @@ impl Opener {
             if raw.len() < RECORD_HEADER + len {
                 break;
             }
+            // Room for the whole ciphertext: the AEAD opens it in place there (with room
+            // only for the plaintext, snow would copy it to a new buffer first).
             let start = plain.len();
-            plain.resize(start + len - TAG_LEN, 0);
+            plain.resize(start + len, 0);
             match self.keys.read_message(self.next, &raw[RECORD_HEADER..RECORD_HEADER + len], &mut plain[start..]) {
                 Ok(n) => plain.truncate(start + n),
                 Err(_) => {
@@ -106,7 +108,7 @@ impl Opener {
         if sealed.len() < TAG_LEN || sealed.len() > 65_535 {
             return Err(Error::Decrypt);
         }
-        let mut out = vec![0u8; sealed.len() - TAG_LEN];
+        let mut out = vec![0u8; sealed.len()];
         let n = self.keys.read_message(self.next, sealed, &mut out).map_err(|_| Error::Decrypt)?;
         out.truncate(n);
         self.next += 1;
