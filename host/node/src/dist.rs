@@ -8,8 +8,8 @@
 //!   keyed by the cookie), driven over the socket with a deadline; every byte after it
 //!   travels in sealed records ([`wasmnode_proto::seal`]), so a relay on the path can
 //!   neither read, change nor inject a frame. The acceptor decides, under one lock and
-//!   after the peer proved it holds this handshake's keys, whether to keep the connection: a name already connected is
-//!   refused, and when two nodes dial each other at once the connection dialled by the
+//!   after the peer proved it holds this handshake's keys, whether to keep the
+//!   connection: a name already connected is refused, and when two nodes dial each other at once the connection dialled by the
 //!   node with the smaller name wins (each side applies the same rule, so exactly one
 //!   survives).
 //! - Writer: batches whatever is queued into one `write`, sends a heartbeat when the
@@ -841,7 +841,6 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
     // The frames of the next write, sealed into `buf` just before it.
     let mut plain = BytesMut::with_capacity(64 * 1024);
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut chunks: Vec<Bytes> = Vec::new();
     let mut batch = Vec::with_capacity(256);
     let mut bulk: VecDeque<Fragmenter> = VecDeque::new();
     let mut next_stream = 0u32;
@@ -927,14 +926,8 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
             plain.clear();
         }
         if !buf.is_empty() {
-            chunks.push(buf.split().freeze());
-        }
-        if !chunks.is_empty() {
-            if write_chunks(&wr, &mut chunks).await.is_err() {
+            if write_all(&wr, &mut buf).await.is_err() {
                 return DownReason::ConnectionClosed;
-            }
-            if buf.capacity() < 16 * 1024 {
-                buf.reserve(64 * 1024);
             }
             peer.wrote();
         }
@@ -948,35 +941,18 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
     }
 }
 
-/// Writes every chunk, in order, with as few syscalls as the kernel allows.
-async fn write_chunks(wr: &OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < chunks.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = chunks[first..].iter().take(64).map(|c| std::io::IoSlice::new(c)).collect();
-        let mut n = match wr.try_write_vectored(&slices) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                drop(slices);
-                wr.writable().await?;
-                continue;
-            }
+/// Writes all of `buf` (sealed records, in order), leaving it empty for the next batch
+/// with its memory kept.
+async fn write_all(wr: &OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match wr.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wr.writable().await?,
             Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 {
-            let c = &mut chunks[first];
-            if n >= c.len() {
-                n -= c.len();
-                first += 1;
-            } else {
-                c.advance(n);
-                n = 0;
-            }
         }
     }
-    chunks.clear();
+    buf.clear();
     Ok(())
 }
 
