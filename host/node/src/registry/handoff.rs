@@ -195,9 +195,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
             Some(mut slot @ (Slot::Starting { .. } | Slot::Stopping { why: StopWhy::Handoff, .. })) => {
                 // The states ride along with this node's instance: merged once it has
-                // started, or sent on with its own state when it moves.
-                if let Slot::Starting { merges, .. } | Slot::Stopping { merges, .. } = &mut slot {
+                // started, or sent on with its own state when it moves. The instance
+                // that ends up with them is the sender's successor, and its lineage says
+                // so: else the sender's announcement, late at a third node, could win
+                // that node's directory over it (and a name run nowhere once it dies).
+                if let Slot::Starting { merges, lineage: mine, .. } | Slot::Stopping { merges, lineage: mine, .. } = &mut slot {
                     merges.extend(states);
+                    *mine = mine.absorbing(lineage);
                 }
                 self.local.insert(name.clone(), slot);
                 self.out.push(Effect::Send { to: from, msg: ack(&self.me) });

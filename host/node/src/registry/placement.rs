@@ -54,6 +54,19 @@ impl Lineage {
         Lineage { restarts: self.restarts, moves: self.moves + 1 }
     }
 
+    /// The lineage of an instance that absorbed `handed`'s state through a handoff (it
+    /// was starting or moving here when that state arrived): the later end of that
+    /// handoff, unless its own line ranks better still. Announced, it beats the sender's
+    /// announcement wherever the two meet, whatever order they arrive in.
+    pub fn absorbing(self, handed: Lineage) -> Lineage {
+        let successor = handed.moved();
+        if successor.rank() < self.rank() {
+            successor
+        } else {
+            self
+        }
+    }
+
     fn rank(self) -> (u32, std::cmp::Reverse<u32>) {
         (self.restarts, std::cmp::Reverse(self.moves))
     }
@@ -129,5 +142,21 @@ mod tests {
         assert!(stays((original.moved(), "z@h"), (original, "a@h")), "the later end of a handoff");
         assert!(stays((restarted, "a@h"), (restarted, "b@h")), "between equals, the smaller node name");
         assert!(!stays((restarted, "a@h"), (restarted, "a@h")), "an instance does not beat itself");
+    }
+
+    #[test]
+    fn an_instance_that_absorbs_a_handoff_beats_its_sender() {
+        // Two restarts of one lost name (equal lineages): the one on the smaller node
+        // hands its state to the other, still starting; the other must win every
+        // directory, the sender's late announcement included (seed 736,783).
+        let restart = Lineage::default().restarted();
+        let absorbed = restart.absorbing(restart);
+        assert!(stays((absorbed, "z@h"), (restart, "a@h")));
+        // An original line absorbing a restart keeps its own rank, better than both.
+        let original = Lineage::default();
+        assert_eq!(original.absorbing(restart), original);
+        assert!(stays((original.absorbing(restart), "z@h"), (restart, "a@h")));
+        // A restart absorbing an original's state is that original's successor.
+        assert_eq!(restart.absorbing(original), original.moved());
     }
 }

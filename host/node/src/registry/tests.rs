@@ -361,6 +361,51 @@ fn a_directory_keeps_the_claim_that_stays_whatever_the_order() {
 // ---- handoff ----
 
 #[test]
+fn an_instance_starting_when_a_handoff_arrives_is_announced_as_its_successor() {
+    // Seed 736,783: b@h and z@h both restart a lost name (equal lineages); b@h hands
+    // its instance to z@h, whose restart is still starting. z@h's announcement must win
+    // every directory over b@h's, whichever arrives last, or a third node that heard
+    // b@h's late thinks the name runs there — and restarts nothing when z@h dies.
+    let mut z = table("z@h", false);
+    up(&mut z, "b@h", 1);
+    let n = name("x");
+    let fx = recv(&mut z, "b@h", Msg::Orphan { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    let (_, id, _) = spawn_of(&fx).expect("z@h owns it and restarts it");
+    let restart = Lineage::default().restarted();
+    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: restart, state: Some(vec![5]), merges: vec![], yielding: false };
+    let fx = recv(&mut z, "b@h", handoff);
+    assert!(sends(&fx).contains(&("b@h".into(), Msg::HandoffAck { name: n.clone(), at: Some("z@h".into()) })));
+    let fx = z.handle(Event::Spawned { name: n.clone(), id, result: Ok(3) });
+    let announced = sends(&fx)
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Msg::Registered { lineage, .. } => Some(lineage),
+            _ => None,
+        })
+        .expect("announced");
+    assert_eq!(announced, restart.moved());
+    assert!(fx.iter().any(|e| matches!(e, Effect::Merge { from, state, .. } if from == "b@h" && state == &vec![5])));
+    for late_from_b in [true, false] {
+        let mut c = table("c@h", false);
+        up(&mut c, "b@h", 1);
+        up(&mut c, "z@h", 2);
+        let from_b = Msg::Registered { name: n.clone(), args: vec![], lineage: restart };
+        let from_z = Msg::Registered { name: n.clone(), args: vec![], lineage: announced };
+        if late_from_b {
+            recv(&mut c, "z@h", from_z);
+            recv(&mut c, "b@h", from_b);
+        } else {
+            recv(&mut c, "b@h", from_b);
+            recv(&mut c, "z@h", from_z);
+        }
+        assert_eq!(c.route(&n, None), Route::Remote("z@h".into()), "b@h's announcement came last: {late_from_b}");
+        let fx = c.handle(Event::MemberDown { node: "z@h".into(), conn: 2 });
+        let restarted = spawn_of(&fx).is_some() || sends(&fx).iter().any(|(_, m)| matches!(m, Msg::Orphan { .. }));
+        assert!(restarted, "z@h's death leaves the name to be restarted");
+    }
+}
+
+#[test]
 fn a_leave_hands_every_instance_to_its_next_owner_and_calls_follow() {
     let mut a = table("a@h", false);
     up(&mut a, "b@h", 1);
