@@ -115,6 +115,16 @@ def variant(dirpath, version, dump):
         with open(os.path.join(dump, name, "topology.toml"), "w") as f:
             f.write(cm["data"]["topology.toml"])
 
+    # The gateway: beyond loopback only with a token, from a Secret; its own port declared.
+    http = topo.get("http", {})
+    if http.get("gateway"):
+        token_var = http.get("token_env")
+        token = env.get(token_var or "", {}).get("valueFrom", {}).get("secretKeyRef", {})
+        check(bool(token_var) and bool(token.get("name")), f"{name}: the gateway's token ({token_var}) from a Secret ({token.get('name')})")
+        gw = http.get("gateway_listen", http.get("listen", ":0"))
+        gw_port = int(gw.rsplit(":", 1)[1])
+        check(gw_port in {p["containerPort"] for p in c.get("ports", [])}, f"{name}: the gateway's port {gw_port} is a container port")
+
     # Probes: /readyz and /healthz on the port the topology's [http] listens on.
     http_port = int(topo.get("http", {}).get("listen", ":0").rsplit(":", 1)[1])
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}

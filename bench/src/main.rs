@@ -19,7 +19,7 @@ use wasmnode::dist::{Dist, DistConfig, Peer};
 use wasmnode_proto::{Frame, Service};
 use wasmnode_testkit::{command, plugin_in, static_strategy, Launch, Node, TempDir};
 
-const COOKIE: &str = "bench-cookie";
+const COOKIE: &str = "bench-cookie-0b5e1";
 
 struct Args {
     bin: PathBuf,

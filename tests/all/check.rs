@@ -30,9 +30,12 @@ fn every_check_case_fails_with_its_expected_error() {
 #[test]
 fn the_shipped_topologies_pass_check() {
     let mut seen = 0;
-    // swarm.toml reads the cookie from the file Swarm mounts a secret at.
+    // swarm.toml reads the cookie and the gateway's token from the files Swarm mounts
+    // secrets at.
     let cookie_file = std::env::temp_dir().join(format!("wasmnode-check-cookie-{}", std::process::id()));
     std::fs::write(&cookie_file, COOKIE).unwrap();
+    let token_file = std::env::temp_dir().join(format!("wasmnode-check-token-{}", std::process::id()));
+    std::fs::write(&token_file, GATEWAY_TOKEN).unwrap();
     for entry in std::fs::read_dir(repo_root().join("config")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "toml") {
@@ -47,6 +50,8 @@ fn the_shipped_topologies_pass_check() {
             .env("NAMESPACE", "default")
             .env("NODES", "a@127.0.0.1,b@127.0.0.2")
             .env("WASMNODE_COOKIE_FILE", &cookie_file)
+            .env("WASMNODE_GATEWAY_TOKEN", GATEWAY_TOKEN)
+            .env("WASMNODE_GATEWAY_TOKEN_FILE", &token_file)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -55,6 +60,7 @@ fn the_shipped_topologies_pass_check() {
         seen += 1;
     }
     let _ = std::fs::remove_file(&cookie_file);
+    let _ = std::fs::remove_file(&token_file);
     assert!(seen >= 7, "only {seen} topologies in config/");
 }
 

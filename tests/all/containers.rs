@@ -78,6 +78,7 @@ impl Compose {
             .arg(repo_root().join("docker-compose.yml"))
             .args(["-p", &self.project])
             .env("WASMNODE_COOKIE", COOKIE)
+            .env("WASMNODE_GATEWAY_TOKEN", GATEWAY_TOKEN)
             .env("WASMNODE_SUBNET", &self.subnet)
             .env("WASMNODE_IMAGE", image())
             .env("RUST_LOG", "info");
@@ -328,13 +329,23 @@ fn compose_docker_stop_hands_the_order_over() {
 #[test]
 fn the_compose_and_stack_files_are_valid() {
     let _g = exclusive();
-    let out = ok(Command::new("docker-compose").arg("-f").arg(repo_root().join("docker-compose.yml")).args(["config"]).env("WASMNODE_COOKIE", COOKIE));
+    let out = ok(Command::new("docker-compose")
+        .arg("-f")
+        .arg(repo_root().join("docker-compose.yml"))
+        .args(["config"])
+        .env("WASMNODE_COOKIE", COOKIE)
+        .env("WASMNODE_GATEWAY_TOKEN", GATEWAY_TOKEN));
     assert!(out.contains("/wasmnode/config/compose.toml"), "{out}");
     let stack = ok(Command::new("docker").args(["stack", "config", "-c"]).arg(repo_root().join("k8s/swarm-stack.yml")));
     assert!(stack.contains("tasks") || stack.contains("/wasmnode/config/swarm.toml"), "{stack}");
     assert!(stack.contains("endpoint_mode: dnsrr"), "tasks.<service> needs DNS round robin:\n{stack}");
     // Without the cookie, Compose refuses to start rather than run a cluster without one.
-    let none = run(Command::new("docker-compose").arg("-f").arg(repo_root().join("docker-compose.yml")).arg("config").env_remove("WASMNODE_COOKIE"));
+    let none = run(Command::new("docker-compose")
+        .arg("-f")
+        .arg(repo_root().join("docker-compose.yml"))
+        .arg("config")
+        .env_remove("WASMNODE_COOKIE")
+        .env("WASMNODE_GATEWAY_TOKEN", GATEWAY_TOKEN));
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("set WASMNODE_COOKIE"));
 }
@@ -378,6 +389,8 @@ fn the_kubernetes_manifests_validate_and_their_topologies_pass_check_in_the_imag
             "NAMESPACE=default",
             "-e",
             &format!("WASMNODE_COOKIE={COOKIE}"),
+            "-e",
+            &format!("WASMNODE_GATEWAY_TOKEN={GATEWAY_TOKEN}"),
             &image(),
             "check",
             "--config",
@@ -454,7 +467,7 @@ impl Swarm {
 impl Drop for Swarm {
     fn drop(&mut self) {
         let _ = run(Command::new("docker").args(["stack", "rm", &self.stack]));
-        let _ = run(Command::new("docker").args(["secret", "rm", "wasmnode_cookie"]));
+        let _ = run(Command::new("docker").args(["secret", "rm", "wasmnode_cookie", "wasmnode_gateway_token"]));
         Swarm::leave();
         // Task containers outlive the stack briefly; remove them so the next run starts clean.
         let ids = ok(Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=com.docker.stack.namespace={}", self.stack)]));
@@ -470,12 +483,14 @@ impl Drop for Swarm {
 fn swarm_stack_meshes_through_tasks_dns_and_follows_a_scale() {
     let _g = exclusive();
     let swarm = Swarm::init(&format!("wnswarm{}", std::process::id()));
-    let mut secret = Command::new("docker");
-    secret.args(["secret", "create", "wasmnode_cookie", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-    let mut child = secret.spawn().unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(COOKIE.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "docker secret create failed");
+    for (secret_name, value) in [("wasmnode_cookie", COOKIE), ("wasmnode_gateway_token", GATEWAY_TOKEN)] {
+        let mut secret = Command::new("docker");
+        secret.args(["secret", "create", secret_name, "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        let mut child = secret.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "docker secret create {secret_name} failed");
+    }
     ok(Command::new("docker")
         .args(["stack", "deploy", "--detach=true", "-c"])
         .arg(repo_root().join("k8s/swarm-stack.yml"))

@@ -10,6 +10,7 @@ mod discovery;
 mod dns;
 mod faults;
 mod handoff;
+mod http;
 mod kubernetes;
 mod ops;
 mod partition;

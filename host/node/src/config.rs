@@ -32,6 +32,9 @@ use crate::name::NodeName;
 
 /// Environment variable the cookie comes from unless the config says otherwise.
 pub const DEFAULT_COOKIE_ENV: &str = "WASMNODE_COOKIE";
+/// The shortest cookie a node accepts unless `allow_insecure_cookie = true`: 16 bytes
+/// (128 bits when random) keep guessing it out of reach.
+pub const MIN_COOKIE_LEN: usize = 16;
 
 /// A config error, located in its file.
 #[derive(Debug)]
@@ -80,7 +83,9 @@ impl CookieSource {
             CookieSource::Env(var) => std::env::var(var).map_err(|_| {
                 format!("no cookie: environment variable {var} is not set (set it, or name another source with cookie_env / cookie_file in [node])")
             })?,
-            CookieSource::File(path) => std::fs::read_to_string(path).map_err(|e| format!("no cookie: cannot read cookie_file {}: {e}", path.display()))?,
+            CookieSource::File(path) => {
+                crate::files::read_text(path, crate::files::SECRET_LIMIT).map_err(|e| format!("no cookie: cookie_file {} {e}", path.display()))?
+            }
             CookieSource::Literal(c) => c.clone(),
         };
         let cookie = cookie.trim();
@@ -88,6 +93,28 @@ impl CookieSource {
             return Err(format!("no cookie: {} is empty", self.describe()));
         }
         Ok(cookie.as_bytes().to_vec())
+    }
+
+    /// Reads the cookie as a node uses it: shorter than [`MIN_COOKIE_LEN`] is refused
+    /// unless `allow_insecure`.
+    pub fn resolve_for_node(&self, allow_insecure: bool) -> Result<Vec<u8>, String> {
+        let cookie = self.resolve()?;
+        if cookie.len() < MIN_COOKIE_LEN && !allow_insecure {
+            return Err(format!(
+                "the cookie ({}) is {} bytes; at least {MIN_COOKIE_LEN} are needed (make one with `head -c 32 /dev/urandom | base64`), or set allow_insecure_cookie = true for local experiments",
+                self.describe(),
+                cookie.len()
+            ));
+        }
+        Ok(cookie)
+    }
+
+    /// A cookie file that users other than its owner and group can read.
+    pub fn world_readable(&self) -> Option<&Path> {
+        match self {
+            CookieSource::File(p) if crate::files::readable_by_others(p) => Some(p),
+            _ => None,
+        }
     }
 
     fn describe(&self) -> String {
@@ -105,6 +132,8 @@ pub struct NodeConfig {
     pub name: NodeName,
     pub listen: SocketAddr,
     pub cookie: CookieSource,
+    /// Accept a cookie shorter than [`MIN_COOKIE_LEN`] (and a literal one).
+    pub allow_insecure_cookie: bool,
     /// How often a heartbeat goes out on every connection.
     pub heartbeat_interval: Duration,
     /// How long a silent peer lives before it is declared down.
@@ -201,8 +230,48 @@ const DEFAULT_WORKER_MEMORY_MB: u64 = 64;
 #[derive(Debug, Clone, Default)]
 pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
-    /// Serve `POST /v1/workers/{kind}/{key}/call` (and start/list) on it.
+    /// Serve `POST /v1/workers/{kind}/{key}/call` (and start/list): on `listen`, or on
+    /// `gateway_listen` when that is set.
     pub gateway: bool,
+    /// The gateway's own port, apart from probes and metrics.
+    pub gateway_listen: Option<SocketAddr>,
+    /// The bearer token gateway requests must carry; required when the gateway listens
+    /// beyond loopback.
+    pub token: Option<TokenSource>,
+}
+
+impl HttpConfig {
+    /// Where the gateway listens, if it is on.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        if !self.gateway {
+            return None;
+        }
+        self.gateway_listen.or(self.listen)
+    }
+}
+
+/// Where the gateway's bearer token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl TokenSource {
+    /// Reads the token (trimmed); the error says which source was empty or unreadable.
+    pub fn resolve(&self) -> Result<String, String> {
+        let token = match self {
+            TokenSource::Env(var) => std::env::var(var).map_err(|_| format!("no gateway token: environment variable {var} is not set"))?,
+            TokenSource::File(path) => {
+                crate::files::read_text(path, crate::files::SECRET_LIMIT).map_err(|e| format!("no gateway token: token_file {} {e}", path.display()))?
+            }
+        };
+        let token = token.trim();
+        if token.is_empty() {
+            return Err("no gateway token: it is empty".into());
+        }
+        Ok(token.to_string())
+    }
 }
 
 /// A whole topology file.
@@ -248,8 +317,10 @@ struct RawWorker {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<Spanned<String>>,
-    #[serde(default)]
-    gateway: bool,
+    gateway: Option<Spanned<bool>>,
+    gateway_listen: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -295,8 +366,12 @@ pub struct Overrides {
 impl Config {
     /// Reads and validates a topology file (plugins are checked separately, by loading them).
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError { file: path.to_path_buf(), at: None, key: None, message: format!("cannot read: {e}") })?;
+        let text = crate::files::read_text(path, crate::files::CONFIG_LIMIT).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            at: None,
+            key: None,
+            message: e.to_string(),
+        })?;
         Config::parse_with(&text, path, overrides)
     }
 
@@ -392,6 +467,7 @@ impl Config {
             name,
             listen,
             cookie,
+            allow_insecure_cookie: rn.allow_insecure_cookie,
             heartbeat_interval: Duration::from_millis(hb_interval),
             heartbeat_timeout: Duration::from_millis(hb_timeout),
             full_mesh: rn.full_mesh.unwrap_or(true),
@@ -408,11 +484,7 @@ impl Config {
             let key = |k: &str| Some(format!("topology.{tname}.{k}"));
             let strategy = base.join(t.strategy.get_ref());
             if !strategy.is_file() {
-                return Err(err(
-                    Some(t.strategy.span()),
-                    key("strategy"),
-                    format!("strategy component {} does not exist (build the plugins first: ./dev plugins)", strategy.display()),
-                ));
+                return Err(err(Some(t.strategy.span()), key("strategy"), format!("strategy component {}", not_a_component(&strategy))));
             }
             let interval = t.polling_interval_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(5000);
             if interval == 0 {
@@ -464,7 +536,7 @@ impl Config {
                 return Err(err(
                     Some(w.component.span()),
                     Some(format!("worker.{kind}.component")),
-                    format!("worker component {} does not exist (build the plugins first: ./dev plugins)", component.display()),
+                    format!("worker component {}", not_a_component(&component)),
                 ));
             }
             let restart = match w.restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
@@ -493,14 +565,40 @@ impl Config {
         let http = match raw.http {
             None => HttpConfig::default(),
             Some(h) => {
-                let listen = match &h.listen {
-                    None => None,
-                    Some(l) => {
-                        let s = expand(l.get_ref()).map_err(|m| err(Some(l.span()), Some("http.listen".into()), m))?;
-                        Some(s.parse().map_err(|e| err(Some(l.span()), Some("http.listen".into()), format!("`{s}` is not ip:port: {e}")))?)
-                    }
+                let addr = |v: &Option<Spanned<String>>, key: &str| -> Result<Option<SocketAddr>, ConfigError> {
+                    let Some(l) = v else { return Ok(None) };
+                    let s = expand(l.get_ref()).map_err(|m| err(Some(l.span()), Some(key.into()), m))?;
+                    Ok(Some(s.parse().map_err(|e| err(Some(l.span()), Some(key.into()), format!("`{s}` is not ip:port: {e}")))?))
                 };
-                HttpConfig { listen, gateway: h.gateway }
+                let listen = addr(&h.listen, "http.listen")?;
+                let gateway_listen = addr(&h.gateway_listen, "http.gateway_listen")?;
+                let token = match (&h.token_env, &h.token_file) {
+                    (Some(_), Some(f)) => return Err(err(Some(f.span()), Some("http.token_file".into()), "give only one of token_env, token_file".into())),
+                    (Some(v), None) => Some(TokenSource::Env(v.get_ref().clone())),
+                    (None, Some(f)) => {
+                        let p = expand(f.get_ref()).map_err(|m| err(Some(f.span()), Some("http.token_file".into()), m))?;
+                        Some(TokenSource::File(base.join(p)))
+                    }
+                    (None, None) => None,
+                };
+                let http = HttpConfig { listen, gateway: h.gateway.as_ref().is_some_and(|g| *g.get_ref()), gateway_listen, token };
+                if let Some(g) = &h.gateway_listen {
+                    if !http.gateway {
+                        return Err(err(Some(g.span()), Some("http.gateway_listen".into()), "gateway_listen is set but gateway is not true".into()));
+                    }
+                }
+                // Anyone who reaches the gateway can start and call any worker: beyond
+                // loopback, only with a token.
+                if let Some(a) = http.gateway_addr().filter(|a| !a.ip().is_loopback()) {
+                    if http.token.is_none() {
+                        return Err(err(
+                            h.gateway.as_ref().map(|g| g.span()),
+                            Some("http.gateway".into()),
+                            format!("the worker gateway listens beyond loopback ({a}): set token_env or token_file in [http] (clients send `Authorization: Bearer TOKEN`)"),
+                        ));
+                    }
+                }
+                http
             }
         };
         Ok(Config { file: path.to_path_buf(), node, topologies, workers, http, warnings, cookie_at })
@@ -526,6 +624,15 @@ impl Config {
     /// An error about the cookie, located at its source's key (or `[node]`).
     pub fn cookie_error(&self, message: String) -> ConfigError {
         ConfigError { file: self.file.clone(), at: self.cookie_at.1, key: Some(self.cookie_at.0.clone()), message }
+    }
+}
+
+/// Why `path`, given as a component, is not one: missing, a directory or a special file.
+fn not_a_component(path: &Path) -> String {
+    match std::fs::metadata(path) {
+        Err(_) => format!("{} does not exist (build the plugins first: ./dev plugins)", path.display()),
+        Ok(m) if m.is_dir() => format!("{} is a directory, not a component file", path.display()),
+        Ok(_) => format!("{} is not a regular file", path.display()),
     }
 }
 
@@ -646,6 +753,58 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_gateway_beyond_loopback_needs_a_token() {
+        let e = parse("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"0.0.0.0:8080\"\ngateway = true\n").unwrap_err();
+        assert!(e.starts_with("t.toml:5:11: key `http.gateway`: the worker gateway listens beyond loopback (0.0.0.0:8080)"), "{e}");
+        // On loopback, or with a token, or apart on loopback while probes listen wide.
+        parse("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"127.0.0.1:8080\"\ngateway = true\n").unwrap();
+        let c = parse("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"0.0.0.0:8080\"\ngateway = true\ntoken_env = \"T\"\n").unwrap();
+        assert_eq!(c.http.token, Some(TokenSource::Env("T".into())));
+        let c = parse("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"0.0.0.0:8080\"\ngateway = true\ngateway_listen = \"127.0.0.1:8081\"\n").unwrap();
+        assert_eq!(c.http.gateway_addr(), Some("127.0.0.1:8081".parse().unwrap()));
+        // Probes alone may listen anywhere.
+        parse("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+        let e = parse("[node]\nname = \"a@127.0.0.1\"\n[http]\ngateway = true\ntoken_env = \"T\"\ntoken_file = \"t\"\n").unwrap_err();
+        assert!(e.contains("key `http.token_file`: give only one of token_env, token_file"), "{e}");
+        let e = parse("[node]\nname = \"a@127.0.0.1\"\n[http]\ngateway_listen = \"127.0.0.1:8081\"\n").unwrap_err();
+        assert!(e.contains("key `http.gateway_listen`: gateway_listen is set but gateway is not true"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_given_as_a_strategy_is_named_a_directory() {
+        let e = parse("[topology.k]\nstrategy = \"/tmp\"\n").unwrap_err();
+        assert!(e.contains("key `topology.k.strategy`: strategy component /tmp is a directory, not a component file"), "{e}");
+    }
+
+    #[test]
+    fn a_config_that_is_a_device_or_a_directory_is_named_as_such() {
+        let e = Config::load(Path::new("/dev/zero"), &Overrides::default()).unwrap_err().to_string();
+        assert_eq!(e, "/dev/zero: is a device, not a regular file");
+        let e = Config::load(Path::new("/"), &Overrides::default()).unwrap_err().to_string();
+        assert_eq!(e, "/: is a directory, not a file");
+    }
+
+    #[test]
+    fn a_short_cookie_is_refused_unless_insecure_cookies_are_allowed() {
+        let dir = std::env::temp_dir().join(format!("wasmnode-cookie-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, "fifteen-bytes!!\n").unwrap();
+        let source = CookieSource::File(short.clone());
+        let e = source.resolve_for_node(false).unwrap_err();
+        assert!(e.contains("is 15 bytes; at least 16 are needed"), "{e}");
+        assert_eq!(source.resolve_for_node(true).unwrap(), b"fifteen-bytes!!");
+        std::fs::write(&short, "sixteen-bytes!!!").unwrap();
+        assert_eq!(source.resolve_for_node(false).unwrap().len(), 16);
+        // A device or a directory given as the cookie file is named as such, not read.
+        let e = CookieSource::File("/dev/zero".into()).resolve().unwrap_err();
+        assert_eq!(e, "no cookie: cookie_file /dev/zero is a device, not a regular file");
+        let e = CookieSource::File(dir.clone()).resolve().unwrap_err();
+        assert!(e.ends_with("is a directory, not a file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The node's HTTP port: a small HTTP/1.1 server (keep-alive, `Content-Length` bodies).
-//! It always serves `GET /healthz` (the process answers), `GET /readyz` (200 once the
+//! The node's HTTP port, served by hyper (HTTP/1.1, keep-alive, chunked and
+//! `Content-Length` bodies) with limits that keep one client from taking it: headers
+//! within 16 KiB and 10 s, bodies within 16 MiB and 30 s, at most 1,024 connections per
+//! port (one past that is answered 503 and closed; accepting never stops). It serves `GET /healthz` (the process answers), `GET /readyz` (200 once the
 //! node has found its cluster — config loaded, listening, first discovery poll done and
 //! its peers connected or tried — and 503 before, and while leaving) and `GET /metrics`
 //! (Prometheus text, see [`crate::metrics`]). With `[http] gateway = true` it also lets
@@ -11,31 +13,73 @@
 //! | `POST /v1/workers/{kind}/{key}`, body = args | 201 `{"node"}`; 409 `{"error":"already_started","node"}`; 400 `unknown_kind`; 500 `failed` |
 //! | `GET /v1/workers` | 200 `{"nodes": [{"node", "workers"}]}` |
 //!
-//! The call is answered by the instance wherever it runs in the cluster.
+//! The call is answered by the instance wherever it runs in the cluster. Path segments
+//! are percent-decoded (`/v1/workers/order/a%2Fb/call` calls `order/a/b`); a known path
+//! with the wrong method is 405 with `Allow`. With a token configured, gateway requests
+//! must carry `Authorization: Bearer TOKEN` (401 otherwise); probes and metrics never
+//! need it. `gateway_listen` puts the gateway on a port of its own, so that probes and
+//! metrics answer whatever the gateway's clients do.
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::debug;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
 
 use crate::control::{call_error_json, start_error_json};
+use crate::refusals::{left_out, RefusalLog};
 use crate::registry::{CallError, Registry, StartError, WorkerName};
 
-const MAX_HEADER: usize = 16 * 1024;
-const MAX_BODY: usize = 16 << 20;
-
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
+/// How much of a port's resources one client may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request's line and headers, in bytes (larger: 431).
+    pub max_header: usize,
+    /// A request's body, in bytes (larger: 413).
+    pub max_body: usize,
+    /// The time a connection may take to send a request's headers, idle time before
+    /// them included: a connection that sends nothing is closed after it.
+    pub header_timeout: Duration,
+    /// The time a request's body may take to arrive (longer: 408).
+    pub body_timeout: Duration,
+    /// Connections open at once on the port.
+    pub max_connections: usize,
 }
 
-fn json_response(status: u16, v: Value) -> Response {
-    Response { status, content_type: "application/json", body: v.to_string().into_bytes() }
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_header: 16 << 10,
+            max_body: 16 << 20,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// What a port serves: probes and metrics, the worker gateway, or both.
+#[derive(Clone)]
+pub struct Routes {
+    pub probes: bool,
+    pub gateway: bool,
+    /// The bearer token gateway requests must carry.
+    pub token: Option<Arc<str>>,
 }
 
 /// Requests being answered, and whether the node is leaving: a leaving node answers
@@ -56,142 +100,232 @@ impl Drain {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+
+    fn enter(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.in_flight.clone())
+    }
+}
+
+/// A request counted in flight until its answer's body has been handed to the socket
+/// (the guard rides in the body, dropped once hyper has written it).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A whole answer body that keeps its request in flight while it exists.
+pub struct Answer {
+    body: Full<Bytes>,
+    _in_flight: Option<InFlight>,
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+type Response = hyper::Response<Answer>;
+
+fn response(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Response {
+    let mut r = hyper::Response::new(Answer { body: Full::new(body.into()), _in_flight: None });
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_response(status: u16, v: Value) -> Response {
+    response(status, "application/json", v.to_string())
+}
+
+fn text(status: u16, body: &'static str) -> Response {
+    response(status, "text/plain; charset=utf-8", body)
 }
 
 /// Serves HTTP on `listener` until the node stops.
-pub async fn serve(listener: TcpListener, registry: Registry, gateway: bool, drain: Drain) {
+pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, drain: Drain, limits: Limits) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let port = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let refusals = Arc::new(Mutex::new(RefusalLog::default()));
     loop {
-        let Ok((stream, addr)) = listener.accept().await else { continue };
-        let (registry, drain) = (registry.clone(), drain.clone());
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most often: wait a little rather than spin.
+                warn!(%port, "HTTP port {port}: cannot accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // At the cap: told so and closed, at once; the clients already in are served.
+            let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if let Some(n) = refusals.lock().unwrap().refused(addr.ip(), Instant::now()) {
+                warn!(%port, peer = %addr, "HTTP port {port}: {} connections open, refusing {addr}{}", limits.max_connections, left_out(n));
+            }
+            continue;
+        };
+        let (registry, routes, drain) = (registry.clone(), routes.clone(), drain.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, &registry, gateway, &drain).await {
-                debug!("HTTP connection from {addr}: {e}");
+            let _permit = permit;
+            let _ = stream.set_nodelay(true);
+            let service = service_fn(move |req| {
+                let (registry, routes, drain) = (registry.clone(), routes.clone(), drain.clone());
+                async move { Ok::<_, Infallible>(handle(req, &registry, &routes, &drain, &limits).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(limits.max_header.max(8192))
+                .max_headers(100)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                debug!(peer = %addr, "HTTP connection from {addr}: {e}");
             }
         });
     }
 }
 
-async fn connection(stream: TcpStream, registry: &Registry, gateway: bool, drain: &Drain) -> std::io::Result<()> {
-    // Replies are whole when written: nothing is gained by holding them back.
-    stream.set_nodelay(true)?;
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
-    loop {
-        let mut line = String::new();
-        if rd.read_line(&mut line).await? == 0 {
-            return Ok(());
+async fn handle(req: Request<Incoming>, registry: &Registry, routes: &Routes, drain: &Drain, limits: &Limits) -> Response {
+    let in_flight = drain.enter();
+    let mut r = if drain.closing.load(Ordering::SeqCst) {
+        let mut r = json_response(503, json!({ "error": "leaving", "reason": "this node is leaving the cluster; nothing was done" }));
+        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        r
+    } else {
+        route(req, registry, routes, limits).await
+    };
+    r.body_mut()._in_flight = Some(in_flight);
+    r
+}
+
+/// The percent-decoded segments of `path`; `None` when one is not UTF-8.
+fn segments(path: &str) -> Option<Vec<String>> {
+    path.trim_matches('/').split('/').map(|s| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned())).collect()
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    let mut r = json_response(405, json!({ "error": "method not allowed", "allow": allow }));
+    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// Whether `req` carries the bearer `token` (compared in constant time).
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The body, whole: 413 past the limit, 408 past the timeout.
+async fn read_body(body: Incoming, limits: &Limits) -> Result<Bytes, Response> {
+    let too_large = || {
+        let mut r = json_response(413, json!({ "error": "body too large", "max": limits.max_body }));
+        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    // A `Content-Length` past the limit is refused before any of the body is read.
+    if body.size_hint().lower() > limits.max_body as u64 {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(limits.body_timeout, Limited::new(body, limits.max_body).collect()).await {
+        Err(_) => {
+            let mut r = json_response(408, json!({ "error": "the request body did not arrive in time" }));
+            r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
         }
-        let mut parts = line.split_whitespace();
-        let (method, target) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-        let (mut length, mut close, mut seen) = (0usize, false, line.len());
-        loop {
-            let mut h = String::new();
-            if rd.read_line(&mut h).await? == 0 {
-                return Ok(());
-            }
-            seen += h.len();
-            if seen > MAX_HEADER {
-                return Err(std::io::Error::other("headers too large"));
-            }
-            if h == "\r\n" || h == "\n" {
-                break;
-            }
-            let lower = h.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse().map_err(|_| std::io::Error::other("bad content-length"))?;
-            } else if lower.starts_with("connection:") && lower.contains("close") {
-                close = true;
-            }
-        }
-        let mut body = vec![0u8; length.min(MAX_BODY)];
-        let response = if length > MAX_BODY {
-            close = true;
-            json_response(413, json!({ "error": "body too large", "max": MAX_BODY }))
-        } else {
-            rd.read_exact(&mut body).await?;
-            drain.in_flight.fetch_add(1, Ordering::SeqCst);
-            let r = if drain.closing.load(Ordering::SeqCst) {
-                close = true;
-                json_response(503, json!({ "error": "leaving", "reason": "this node is leaving the cluster; nothing was done" }))
-            } else {
-                route(registry, gateway, &method, &target, body).await
-            };
-            drain.in_flight.fetch_sub(1, Ordering::SeqCst);
-            r
-        };
-        let reason = match response.status {
-            200 => "OK",
-            201 => "Created",
-            400 => "Bad Request",
-            404 => "Not Found",
-            409 => "Conflict",
-            413 => "Payload Too Large",
-            503 => "Service Unavailable",
-            504 => "Gateway Timeout",
-            _ => "Internal Server Error",
-        };
-        let head = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n",
-            response.status,
-            response.content_type,
-            response.body.len(),
-            if close { "Connection: close\r\n" } else { "" }
-        );
-        // Counted as in flight until written: the acknowledgement must reach the client.
-        drain.in_flight.fetch_add(1, Ordering::SeqCst);
-        // Head and body in one write: two small writes on a kept-alive connection wait
-        // for the client's delayed ACK (Nagle), 40 ms a call.
-        let mut out = head.into_bytes();
-        out.extend_from_slice(&response.body);
-        let written = wr.write_all(&out).await;
-        drain.in_flight.fetch_sub(1, Ordering::SeqCst);
-        written?;
-        if close {
-            return Ok(());
-        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(json_response(400, json!({ "error": format!("bad request body: {e}") }))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
 
-async fn route(registry: &Registry, gateway: bool, method: &str, target: &str, body: Vec<u8>) -> Response {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let text = |status, body: &str| Response { status, content_type: "text/plain; charset=utf-8", body: body.as_bytes().to_vec() };
-    match (method, path) {
-        ("GET", "/healthz") => return text(200, "ok\n"),
-        ("GET", "/readyz") if registry.is_ready() => return text(200, "ready\n"),
-        ("GET", "/readyz") => return text(503, "not ready: finding the cluster, or leaving it\n"),
-        ("GET", "/metrics") => {
-            let members = registry.membership().members().len();
-            let body = crate::metrics::global().render(members, &registry.instances_by_kind());
-            return Response { status: 200, content_type: "text/plain; version=0.0.4", body: body.into_bytes() };
-        }
-        _ => {}
-    }
-    if !gateway {
-        return json_response(404, json!({ "error": "no such route", "path": path }));
-    }
-    match (method, segments.as_slice()) {
-        ("POST", ["v1", "workers", kind, key, "call"]) => {
-            let timeout = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("timeout_ms="))
-                .and_then(|v| v.parse().ok())
-                .map(Duration::from_millis)
-                .unwrap_or(Duration::from_secs(5));
-            match registry.call(kind, key, body, timeout).await {
-                Ok(reply) => Response { status: 200, content_type: "application/octet-stream", body: reply },
-                Err(e) => {
-                    let status = match e {
-                        CallError::NotFound => 404,
-                        CallError::Timeout => 504,
-                        CallError::Unavailable(_) => 503,
-                        CallError::Failed(_) => 500,
-                    };
-                    json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()))
-                }
+async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, limits: &Limits) -> Response {
+    let path = req.uri().path().to_string();
+    let get = req.method() == Method::GET;
+    if routes.probes {
+        match path.as_str() {
+            "/healthz" | "/readyz" | "/metrics" if !get => return method_not_allowed("GET"),
+            "/healthz" => return text(200, "ok\n"),
+            "/readyz" if registry.is_ready() => return text(200, "ready\n"),
+            "/readyz" => return text(503, "not ready: finding the cluster, or leaving it\n"),
+            "/metrics" => {
+                let members = registry.membership().members().len();
+                let body = crate::metrics::global().render(members, &registry.instances_by_kind());
+                return response(200, "text/plain; version=0.0.4", body);
             }
+            _ => {}
         }
-        ("POST", ["v1", "workers", kind, key]) => match registry.start_worker(kind, key, body).await {
+    }
+    let no_route = || json_response(404, json!({ "error": "no such route", "path": path }));
+    if !routes.gateway {
+        return no_route();
+    }
+    let Some(segments) = segments(&path) else {
+        return json_response(400, json!({ "error": "a path segment is not UTF-8 once percent-decoded" }));
+    };
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let post = req.method() == Method::POST;
+    let allow = match segments.as_slice() {
+        ["v1", "workers"] => "GET",
+        ["v1", "workers", _, _] | ["v1", "workers", _, _, "call"] => "POST",
+        _ => return no_route(),
+    };
+    if (allow == "GET" && !get) || (allow == "POST" && !post) {
+        return method_not_allowed(allow);
+    }
+    if let Some(token) = &routes.token {
+        if !authorized(&req, token) {
+            let mut r = json_response(401, json!({ "error": "unauthorized", "reason": "this gateway needs `Authorization: Bearer TOKEN`" }));
+            r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    let timeout = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("timeout_ms="))
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(5));
+    let body = match read_body(req.into_body(), limits).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match segments.as_slice() {
+        ["v1", "workers", kind, key, "call"] => match registry.call(kind, key, body.to_vec(), timeout).await {
+            Ok(reply) => response(200, "application/octet-stream", reply),
+            Err(e) => {
+                let status = match e {
+                    CallError::NotFound => 404,
+                    CallError::Timeout => 504,
+                    CallError::Unavailable(_) => 503,
+                    CallError::Failed(_) => 500,
+                };
+                json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()))
+            }
+        },
+        ["v1", "workers", kind, key] => match registry.start_worker(kind, key, body.to_vec()).await {
             Ok(node) => json_response(201, json!({ "name": WorkerName::new(*kind, *key).to_string(), "node": node })),
             Err(e) => {
                 let status = match e {
@@ -202,11 +336,10 @@ async fn route(registry: &Registry, gateway: bool, method: &str, target: &str, b
                 json_response(status, start_error_json(&e))
             }
         },
-        ("GET", ["v1", "workers"]) => {
+        _ => {
             let nodes: Vec<Value> = registry.list_all().await.into_iter().map(|(node, workers)| json!({ "node": node, "workers": workers })).collect();
             json_response(200, json!({ "nodes": nodes }))
         }
-        _ => json_response(404, json!({ "error": "no such route", "path": path })),
     }
 }
 

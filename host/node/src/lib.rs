@@ -15,6 +15,7 @@
 pub mod config;
 pub mod control;
 pub mod dist;
+pub mod files;
 pub mod http;
 pub mod mailbox;
 pub mod membership;

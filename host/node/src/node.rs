@@ -27,8 +27,11 @@ const BOOT_SETTLE_MAX: Duration = Duration::from_secs(10);
 /// Checks a topology and its plugins without starting anything; every problem found.
 pub fn check(cfg: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    if let Err(e) = cfg.node.cookie.resolve() {
+    if let Err(e) = cfg.node.cookie.resolve_for_node(cfg.node.allow_insecure_cookie) {
         errors.push(cfg.cookie_error(e));
+    }
+    if let Some(Err(e)) = cfg.http.token.as_ref().map(|t| t.resolve()) {
+        errors.push(ConfigError { file: cfg.file.clone(), at: None, key: Some("http".into()), message: e });
     }
     let engine = match runtime::engine_with(cfg.pool()) {
         Ok(e) => e,
@@ -84,7 +87,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     for w in &cfg.warnings {
         warn!("{w}");
     }
-    let cookie = cfg.node.cookie.resolve().map_err(|e| anyhow::anyhow!("{}", cfg.cookie_error(e)))?;
+    let cookie = cfg.node.cookie.resolve_for_node(cfg.node.allow_insecure_cookie).map_err(|e| anyhow::anyhow!("{}", cfg.cookie_error(e)))?;
+    if let Some(p) = cfg.node.cookie.world_readable() {
+        warn!(file = %p.display(), "the cookie file {} can be read by every user of this machine: chmod o-r it", p.display());
+    }
+    let token = cfg.http.token.as_ref().map(|t| t.resolve()).transpose().map_err(|e| anyhow::anyhow!("{}: {e}", cfg.file.display()))?;
     let name = cfg.node.name.to_string();
 
     // Load every plugin before listening: a bad plugin fails the start, loudly.
@@ -129,10 +136,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(dist.serve(listener));
     info!("node {name} listening on {}", cfg.node.listen);
     let drain = crate::http::Drain::default();
+    let token: Option<Arc<str>> = token.map(Into::into);
+    let apart = cfg.http.gateway_listen.filter(|_| cfg.http.gateway);
     if let Some(addr) = cfg.http.listen {
         let http = TcpListener::bind(addr).await.with_context(|| format!("cannot listen for HTTP on {addr}"))?;
-        info!("HTTP on {addr}{}", if cfg.http.gateway { " (worker gateway on)" } else { "" });
-        tokio::spawn(crate::http::serve(http, registry.clone(), cfg.http.gateway, drain.clone()));
+        let gateway = cfg.http.gateway && apart.is_none();
+        info!("HTTP on {addr}{}", if gateway { " (worker gateway on)" } else { "" });
+        let routes = crate::http::Routes { probes: true, gateway, token: token.clone() };
+        tokio::spawn(crate::http::serve(http, registry.clone(), routes, drain.clone(), Default::default()));
+    }
+    if let Some(addr) = apart {
+        let http = TcpListener::bind(addr).await.with_context(|| format!("cannot listen for the worker gateway on {addr}"))?;
+        info!("worker gateway on {addr}");
+        let routes = crate::http::Routes { probes: false, gateway: true, token };
+        tokio::spawn(crate::http::serve(http, registry.clone(), routes, drain.clone(), Default::default()));
     }
     let topologies = strategies.len();
     for (c, interval) in strategies {

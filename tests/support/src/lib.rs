@@ -18,6 +18,9 @@ pub use process::{command, reap, wait_mesh, Launch, Lines, Node};
 /// The cookie the tests' clusters share.
 pub const COOKIE: &str = "test-cookie-7f3a9c";
 
+/// The worker gateway's token in the shipped topologies the tests run (config/, k8s/).
+pub const GATEWAY_TOKEN: &str = "test-gateway-token-51c2";
+
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
     // tests/support

@@ -1,0 +1,181 @@
+//! The HTTP port as clients and attackers meet it: the gateway's token, percent-decoded
+//! paths, 405s, chunked and conflicting bodies, and clients that send too much, too
+//! slowly or nothing at all — with probes answering on their own port throughout.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use wasmnode_testkit::*;
+
+const TOKEN: &str = "gateway-token-for-tests";
+const FORM: Duration = Duration::from_secs(10);
+
+/// A node on 127.0.`subnet`.1 with the counter kind, probes and metrics on :8080 and the
+/// gateway apart on :8081, which needs [`TOKEN`].
+fn node(tag: &str, subnet: u8) -> (TempDir, Node, String, String) {
+    let dir = TempDir::new(tag);
+    let name = format!("a@127.0.{subnet}.1");
+    let (probes, gateway) = (format!("127.0.{subnet}.1:8080"), format!("127.0.{subnet}.1:8081"));
+    let mut config = worker_topology(&[&name], &[("counter", "worker_counter.wasm", "")], None);
+    config.push_str(&format!("\n[http]\nlisten = \"{probes}\"\ngateway = true\ngateway_listen = \"{gateway}\"\ntoken_env = \"GATEWAY_TOKEN\"\n"));
+    let node = Node::start_with(&name, &dir.write("t.toml", &config), &[], &[("GATEWAY_TOKEN", TOKEN)]);
+    node.wait_log(&format!("worker gateway on {gateway}"), FORM);
+    (dir, node, probes, gateway)
+}
+
+/// Sends `bytes` on a new connection and reads until the server closes it (or 15 s).
+fn exchange(addr: &str, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw).to_string()
+}
+
+fn status(answer: &str) -> u16 {
+    answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn body(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+/// A request with the gateway's token and `Connection: close`.
+fn authed(method: &str, path: &str, body: &str) -> Vec<u8> {
+    format!("{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        .into_bytes()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap()
+}
+
+#[test]
+fn the_gateway_takes_well_formed_requests_that_carry_its_token() {
+    let (_dir, _node, probes, gateway) = node("http-token", 90);
+
+    // Without the token, or with another one: 401, and nothing started.
+    let start = "POST /v1/workers/counter/a%2Fb HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let answer = exchange(&gateway, start.as_bytes());
+    assert_eq!(status(&answer), 401, "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("www-authenticate: bearer"), "{answer}");
+    let wrong = start.replace("Host: t\r\n", "Host: t\r\nAuthorization: Bearer gateway-token-for-testz\r\n");
+    assert_eq!(status(&exchange(&gateway, wrong.as_bytes())), 401);
+
+    // With it: the path is percent-decoded (the key is `a/b`).
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/a%2Fb", ""));
+    assert_eq!(status(&answer), 201, "{answer}");
+    assert!(body(&answer).contains(r#""name":"counter/a/b""#), "{answer}");
+
+    // A known path with the wrong method: 405 with Allow.
+    let answer = exchange(&gateway, &authed("GET", "/v1/workers/counter/a%2Fb/call", ""));
+    assert_eq!(status(&answer), 405, "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("allow: post"), "{answer}");
+    let answer = exchange(&probes, b"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert_eq!(status(&answer), 405, "{answer}");
+
+    // Each port serves its own routes only.
+    assert_eq!(status(&exchange(&probes, &authed("GET", "/v1/workers", ""))), 404);
+    assert_eq!(status(&exchange(&gateway, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")), 404);
+    assert_eq!(status(&exchange(&probes, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")), 200);
+
+    // A chunked body is the body of one request, never further requests.
+    let chunked = format!(
+        "POST /v1/workers/counter/a%2Fb/call HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n9\r\nincrement\r\n0\r\n\r\n"
+    );
+    let answer = exchange(&gateway, chunked.as_bytes());
+    assert_eq!((status(&answer), body(&answer)), (200, "1"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one request, one answer: {answer}");
+    // A request hidden in a chunked body (the old server read it as a second request).
+    let hidden = "POST /v1/workers/counter/a%2Fb/call HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\nincrement";
+    let smuggle = format!(
+        "POST /v1/workers/counter/a%2Fb/call HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{hidden}\r\n0\r\n\r\n",
+        hidden.len()
+    );
+    let answer = exchange(&gateway, smuggle.as_bytes());
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    // Two different Content-Lengths: refused, not the last one taken.
+    let two = format!("POST /v1/workers/counter/a%2Fb/call HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 9\r\nContent-Length: 5\r\nConnection: close\r\n\r\nincrement");
+    assert_eq!(status(&exchange(&gateway, two.as_bytes())), 400);
+    // The counter saw exactly one increment.
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/a%2Fb/call", "value"));
+    assert_eq!((status(&answer), body(&answer)), (200, "1"), "{answer}");
+}
+
+#[test]
+fn slow_idle_and_oversized_clients_cost_the_port_nothing() {
+    let (_dir, node, probes, gateway) = node("http-slow", 91);
+    let before = rss_kib(node.pid());
+
+    // A request line with no end: refused once past the header limit, not buffered.
+    let mut s = TcpStream::connect(&gateway).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let line = vec![b'A'; 1 << 20];
+    let mut sent = 0;
+    for _ in 0..64 {
+        match s.write(&line) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let answer = String::from_utf8_lossy(&raw);
+    assert!(sent < 8 << 20, "the server read {sent} bytes of one request line before closing it");
+    assert!(answer.is_empty() || status(&answer) == 431 || status(&answer) == 400, "{answer}");
+    drop(s);
+
+    // 1,100 connections that send nothing: past 1,024 they are told 503 and closed at
+    // once; probes, on their own port, answer meanwhile; and the idle ones are closed
+    // once the header timeout (10 s) passes, after which the gateway serves again.
+    let mut idle: Vec<Option<TcpStream>> = (0..1100).map(|_| Some(TcpStream::connect(&gateway).expect("connect"))).collect();
+    let t0 = Instant::now();
+    let answer = exchange(&probes, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(status(&answer), 200, "probes answer while the gateway is flooded: {answer}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "probe took {:?}", t0.elapsed());
+    for s in idle.iter().flatten() {
+        s.set_nonblocking(true).unwrap();
+    }
+    let mut refused = 0;
+    let open = std::cell::Cell::new(idle.len());
+    wait_until(
+        Duration::from_secs(20),
+        "every idle connection to be closed by the server",
+        || {
+            for slot in idle.iter_mut() {
+                let Some(s) = slot else { continue };
+                let mut buf = [0u8; 256];
+                match s.read(&mut buf) {
+                    Ok(0) => *slot = None,
+                    Ok(n) => {
+                        if String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 503") {
+                            refused += 1;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => *slot = None,
+                }
+            }
+            open.set(idle.iter().flatten().count());
+            open.get() == 0
+        },
+        || format!("{} still open", open.get()),
+    );
+    assert!((76..=200).contains(&refused), "{refused} of 1,100 refused at the cap of 1,024");
+    let closed_after = t0.elapsed();
+    assert!(closed_after >= Duration::from_secs(8), "idle connections closed after {closed_after:?}, before the header timeout");
+    let answer = exchange(&gateway, &authed("GET", "/v1/workers", ""));
+    assert_eq!(status(&answer), 200, "{answer}");
+
+    // A body past the limit is refused by its Content-Length, before it is read.
+    let head = format!("POST /v1/workers/counter/big HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n", 64 << 20);
+    let answer = exchange(&gateway, head.as_bytes());
+    assert_eq!(status(&answer), 413, "{answer}");
+
+    let after = rss_kib(node.pid());
+    assert!(after < before + 32 * 1024, "RSS grew from {before} KiB to {after} KiB");
+}
