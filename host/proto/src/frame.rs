@@ -363,30 +363,52 @@ impl Iterator for Fragmenter {
     }
 }
 
-/// Reassembles fragment streams; one stream at a time may be open per stream id.
+/// Streams a connection may have open at once. A node sends one large message at a time
+/// (its writer finishes one before it begins the next), so a peer with more is not a node.
+pub const MAX_OPEN_STREAMS: usize = 8;
+
+/// Reassembles fragment streams; one stream at a time may be open per stream id. The
+/// bytes held for all open streams together stay within one largest message, and at most
+/// [`MAX_OPEN_STREAMS`] are open: a peer that opens thousands of streams and finishes
+/// none holds no more memory than one that sends one large message.
 pub struct Reassembler {
     max_message: usize,
     open: std::collections::HashMap<u32, Vec<u8>>,
+    /// Bytes held across every open stream.
+    held: usize,
 }
 
 impl Reassembler {
-    /// A reassembler that refuses messages larger than `max_message` bytes.
+    /// A reassembler that refuses messages larger than `max_message` bytes, and more than
+    /// `max_message` bytes held across its open streams.
     pub fn new(max_message: usize) -> Reassembler {
-        Reassembler { max_message, open: Default::default() }
+        Reassembler { max_message, open: Default::default(), held: 0 }
+    }
+
+    /// Bytes held for streams not yet finished.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// Adds one piece; returns the whole frame when `last` completes it.
     pub fn push(&mut self, stream: u32, last: bool, chunk: Bytes) -> Result<Option<Frame>, Error> {
-        let buf = self.open.entry(stream).or_default();
-        if buf.len() + chunk.len() > self.max_message {
-            self.open.remove(&stream);
+        if !self.open.contains_key(&stream) && self.open.len() >= MAX_OPEN_STREAMS {
+            return Err(Error::PeerMisbehaved("more fragment streams open at once than a node sends"));
+        }
+        if self.held + chunk.len() > self.max_message {
+            if let Some(buf) = self.open.remove(&stream) {
+                self.held -= buf.len();
+            }
             return Err(Error::FrameTooLarge { len: usize::MAX, max: self.max_message });
         }
+        let buf = self.open.entry(stream).or_default();
         buf.extend_from_slice(&chunk);
+        self.held += chunk.len();
         if !last {
             return Ok(None);
         }
         let body = Bytes::from(self.open.remove(&stream).unwrap_or_default());
+        self.held -= body.len();
         match Frame::decode_body(body)? {
             Frame::Fragment { .. } => Err(Error::PeerMisbehaved("a fragment inside a fragment")),
             frame => Ok(Some(frame)),
@@ -521,6 +543,29 @@ mod tests {
         assert_eq!(decode(&[0, 0, 0, 0], 64), Err(Error::Malformed { what: "empty", why: "zero-length frame" }));
         assert!(matches!(decode(&[0, 0, 0, 2, TAG_HEARTBEAT, 0], 64), Err(Error::Malformed { .. })));
         assert!(matches!(decode(&[0, 0, 0, 4, TAG_MEMBERS, 0, 1, 0], 64), Err(Error::Malformed { .. })));
+    }
+
+    #[test]
+    fn unfinished_streams_hold_at_most_one_message_and_a_few_streams() {
+        // 4,096 streams each left one piece short: refused after MAX_OPEN_STREAMS.
+        let mut r = Reassembler::new(MAX_MESSAGE);
+        let piece = Bytes::from(vec![0u8; FRAGMENT_SIZE]);
+        let mut refused = None;
+        for stream in 0..4096u32 {
+            if let Err(e) = r.push(stream, false, piece.clone()) {
+                refused = Some((stream, e));
+                break;
+            }
+        }
+        assert!(matches!(refused, Some((s, Error::PeerMisbehaved(_))) if s as usize == MAX_OPEN_STREAMS), "{refused:?}");
+        assert_eq!(r.held(), MAX_OPEN_STREAMS * FRAGMENT_SIZE);
+        // The bytes of every open stream together stay within one message.
+        let mut r = Reassembler::new(3 * FRAGMENT_SIZE);
+        r.push(1, false, piece.clone()).unwrap();
+        r.push(2, false, piece.clone()).unwrap();
+        r.push(3, false, piece.clone()).unwrap();
+        assert!(matches!(r.push(1, false, piece.clone()), Err(Error::FrameTooLarge { .. })));
+        assert_eq!(r.held(), 2 * FRAGMENT_SIZE, "the refused stream's bytes are let go");
     }
 
     #[test]

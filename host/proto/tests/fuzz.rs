@@ -64,6 +64,7 @@ proptest! {
         let mut r = Reassembler::new(256);
         for (stream, last, chunk) in pieces {
             let _ = r.push(stream, last, chunk);
+            prop_assert!(r.held() <= 256, "{} bytes held past the budget", r.held());
         }
     }
 
