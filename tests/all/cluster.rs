@@ -54,7 +54,7 @@ fn wrong_cookie_never_joins() {
     let config = dir.write("t.toml", &static_topology(&names, 200));
     let a = Node::start(names[0], &config);
     let b = Node::start(names[1], &config);
-    let c = Node::start_with_cookie(names[2], &config, "another-cookie");
+    let c = Node::start_with_cookie(names[2], &config, "another-cookie-5e9d");
     // The acceptor names the dialer's address and the cause.
     a.wait_log("handshake refused from 127.0.", FORM);
     a.wait_log("cookie mismatch", FORM);
@@ -67,11 +67,11 @@ fn wrong_cookie_never_joins() {
         assert_eq!(n.count("connected to c@127.0.10.3"), 0, "{}", n.log());
     }
     // c's own list has only itself (asked with c's cookie).
-    let out = cli(&["nodes", "--node", names[2], "--json"], "another-cookie");
+    let out = cli(&["nodes", "--node", names[2], "--json"], "another-cookie-5e9d");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["members"].as_array().unwrap().len(), 1, "{v}");
     // And the CLI with the wrong cookie is refused too.
-    let out = cli(&["nodes", "--node", names[0]], "another-cookie");
+    let out = cli(&["nodes", "--node", names[0]], "another-cookie-5e9d");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cookie mismatch"), "{out:?}");
 }
@@ -276,4 +276,22 @@ fn the_cli_finds_its_node_and_cookie_in_the_topology() {
     let out = Command::new(bin()).args(["nodes"]).env_remove("WASMNODE_COOKIE").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("give --node NAME, or --config FILE"));
+}
+
+/// Two nodes named by IPv6 address with ports (`a@[::1]:4391`): each announces and logs
+/// its name with the brackets, so the other dials it back by that name and they mesh;
+/// the CLI reaches them by it too.
+#[test]
+fn ipv6_names_keep_their_brackets_and_mesh() {
+    let dir = TempDir::new("c-ipv6");
+    let names = ["a@[::1]:4391", "b@[::1]:4392"];
+    let config = static_topology(&names, 200);
+    let a = Node::start(names[0], &dir.write("a.toml", &config));
+    let b = Node::start(names[1], &dir.write("b.toml", &config));
+    wait_mesh(&[&a, &b], &names, Duration::from_secs(10));
+    a.wait_log("node a@[::1]:4391 listening on [::1]:4391", Duration::from_secs(5));
+    let out = cli(&["nodes", "--node", names[1], "--json"], COOKIE);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let listed = member_names(&out);
+    assert!(listed.contains(&names[0].to_string()) && listed.contains(&names[1].to_string()), "{listed:?}");
 }

@@ -33,6 +33,8 @@ pub struct NodeName {
     pub port: u16,
     /// Whether the port was written in the name (and so is printed back).
     pub explicit_port: bool,
+    /// Whether the host was written in brackets (an IPv6 address: printed back so).
+    pub bracketed: bool,
 }
 
 impl NodeName {
@@ -52,17 +54,28 @@ impl NodeName {
         if basename.is_empty() || !basename.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(NameError::BadBasename(s.to_string()));
         }
-        let (host, port, explicit_port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
-                let port = p.parse().map_err(|_| NameError::BadPort { name: s.to_string(), port: p.to_string() })?;
-                (h.trim_matches(|c| c == '[' || c == ']').to_string(), port, true)
+        let bad_port = |p: &str| NameError::BadPort { name: s.to_string(), port: p.to_string() };
+        let (host, port, explicit_port, bracketed) = if let Some(inner) = rest.strip_prefix('[') {
+            // `[v6]` or `[v6]:port`.
+            let (h, after) = inner.split_once(']').ok_or_else(|| NameError::BadHost(s.to_string()))?;
+            match after {
+                "" => (h.to_string(), DEFAULT_PORT, false, true),
+                _ => {
+                    let p = after.strip_prefix(':').ok_or_else(|| bad_port(after))?;
+                    (h.to_string(), p.parse().map_err(|_| bad_port(p))?, true, true)
+                }
             }
-            _ => (rest.to_string(), DEFAULT_PORT, false),
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse().map_err(|_| bad_port(p))?, true, false),
+                // A bare IPv6 address: no port can follow it unbracketed.
+                _ => (rest.to_string(), DEFAULT_PORT, false, false),
+            }
         };
-        if host.is_empty() || host.len() > 253 || !host.bytes().all(|c| c.is_ascii_graphic()) {
+        if host.is_empty() || host.len() > 253 || !host.bytes().all(|c| c.is_ascii_graphic() && c != b'[' && c != b']') {
             return Err(NameError::BadHost(s.to_string()));
         }
-        Ok(NodeName { basename: basename.to_string(), host, port, explicit_port })
+        Ok(NodeName { basename: basename.to_string(), host, port, explicit_port, bracketed })
     }
 
     /// Parses a full name, or a bare basename to which the detected host is added.
@@ -86,7 +99,12 @@ impl NodeName {
 
 impl fmt::Display for NodeName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.basename, self.host)?;
+        // An IPv6 host keeps its brackets, and has them whenever a port follows it.
+        if self.bracketed || (self.explicit_port && self.host.contains(':')) {
+            write!(f, "{}@[{}]", self.basename, self.host)?;
+        } else {
+            write!(f, "{}@{}", self.basename, self.host)?;
+        }
         if self.explicit_port {
             write!(f, ":{}", self.port)?;
         }
@@ -120,11 +138,17 @@ mod tests {
         }
         let v6 = NodeName::parse("a@[::1]:5000").unwrap();
         assert_eq!((v6.host.as_str(), v6.port, v6.address()), ("::1", 5000, "[::1]:5000".to_string()));
+        // IPv6 names keep their brackets when printed (announced, logged, dialled back).
+        for s in ["a@[::1]:5000", "a@[fd00::1]", "a@::1"] {
+            assert_eq!(NodeName::parse(s).unwrap().to_string(), s);
+        }
+        assert_eq!(NodeName::parse("a@[fd00::1]").unwrap().address(), "[fd00::1]:4370");
+        assert_eq!(NodeName::parse("a@::1").unwrap().port, 4370);
     }
 
     #[test]
     fn bad_names_are_refused() {
-        for s in ["", "@h", "a@", "a b@h", "a@h:port"] {
+        for s in ["", "@h", "a@", "a b@h", "a@h:port", "a@[::1", "a@[::1]x", "a@[::1]:p", "a@[]"] {
             assert!(NodeName::parse(s).is_err(), "{s}");
         }
     }
