@@ -3,6 +3,7 @@
 //! (file:line:col and key included) that `check` must print.
 
 use std::process::Command;
+use std::time::Duration;
 
 use wasmnode_testkit::*;
 
@@ -78,6 +79,21 @@ fn run_without_a_cookie_fails_clearly() {
     assert!(stderr.contains("no cookie: environment variable WASMNODE_COOKIE is not set"), "{stderr}");
 }
 
+/// A cookie shorter than 16 bytes stops the node before it listens, saying how to make one.
+#[test]
+fn run_with_a_short_cookie_fails_clearly() {
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(repo_root().join("config/local.toml"))
+        .args(["--name", "a@127.0.22.1"])
+        .env("WASMNODE_COOKIE", "secret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is 6 bytes; at least 16 are needed (make one with `head -c 32 /dev/urandom | base64`)"), "{stderr}");
+}
+
 #[test]
 fn an_insecure_literal_cookie_is_allowed_only_when_asked_and_warned_about() {
     let dir = TempDir::new("literal");
@@ -88,4 +104,35 @@ fn an_insecure_literal_cookie_is_allowed_only_when_asked_and_warned_about() {
     node.wait_log("the cookie is a literal in the config", std::time::Duration::from_secs(10));
     node.signal(libc::SIGTERM);
     assert_eq!(node.wait_exit(std::time::Duration::from_secs(5)), Some(0));
+}
+
+/// The compiled-code cache runs only what it compiled from a component: with its entries
+/// swapped on disk (each under another's name), each is compiled again and each kind runs
+/// its own code.
+#[test]
+fn a_swapped_compiled_code_cache_entry_is_compiled_again_not_run() {
+    let dir = TempDir::new("check-cache");
+    let cache = dir.0.join("cache");
+    let name = "a@127.0.95.1";
+    let kinds = [("counter", "worker_counter.wasm", ""), ("order", "worker_order.wasm", "activate_on_call = true")];
+    let config = dir.write("t.toml", &worker_topology(&[name], &kinds, None));
+    let out = Command::new(bin()).args(["check", "--config"]).arg(&config).env("WASMNODE_COOKIE", COOKIE).env("WASMNODE_CACHE_DIR", &cache).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mut entries: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect();
+    entries.sort();
+    // The strategy's, the counter's and the order's: each moves to the next one's name.
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    let swap = dir.0.join("swap");
+    std::fs::rename(&entries[0], &swap).unwrap();
+    std::fs::rename(&entries[1], &entries[0]).unwrap();
+    std::fs::rename(&entries[2], &entries[1]).unwrap();
+    std::fs::rename(&swap, &entries[2]).unwrap();
+
+    let cache_env = cache.display().to_string();
+    let a = Node::start_with(name, &config, &[], &[("WASMNODE_CACHE_DIR", cache_env.as_str())]);
+    a.wait_log("listening on", Duration::from_secs(10));
+    assert_eq!(a.count("is not the code compiled from"), 3, "{}", a.log());
+    assert!(start_worker(name, "counter", "c").0);
+    assert_eq!(call(name, "counter/c", "increment"), (true, "1".to_string()));
+    assert_eq!(call(name, "order/o", r#"{"add":[5]}"#), (true, "[5]".to_string()));
 }

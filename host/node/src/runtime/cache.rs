@@ -5,14 +5,17 @@
 //! The cache lives in `$WASMNODE_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmnode`, else
 //! `$HOME/.cache/wasmnode`; with none of these there is no cache. An entry's name is
 //! the SHA-256 of the component's bytes plus wasmtime's compatibility hash of the
-//! engine, so a changed plugin or a new wasmtime never loads stale code. Entries are
-//! written to a temporary name and renamed, so concurrent starts never see half a file.
+//! engine, so a changed plugin or a new wasmtime never loads stale code. Each entry ends
+//! with the SHA-256 of its code and its name: an entry that is not what its name says
+//! (corrupted, or another component's entry swapped in under this name) is compiled
+//! again, never run. Entries are written to a temporary name and renamed, so concurrent
+//! starts never see half a file.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tracing::debug;
+use tracing::{debug, warn};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
@@ -25,35 +28,82 @@ pub fn dir() -> Option<PathBuf> {
 /// Loads the component at `path`, from the cache when it holds it, compiling (and
 /// filling the cache) otherwise.
 pub fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    let bytes = std::fs::read(path).map_err(|e| wasmtime::Error::msg(format!("cannot read: {e}")))?;
+    let bytes = crate::files::read_limited(path, MAX_COMPONENT).map_err(|e| wasmtime::Error::msg(format!("{} {e}", path.display())))?;
     let Some(dir) = dir() else { return Component::new(engine, &bytes) };
     let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut engine_hash);
     let key = format!("{:x}-{:016x}.cwasm", Sha256::digest(&bytes), engine_hash.finish());
-    let entry = dir.join(key);
-    if entry.is_file() {
-        // SAFETY: the file was written by `Component::serialize` of this same wasmtime
-        // build and engine configuration (both are in its name), into the user's own
-        // cache folder; wasmtime checks the header again before using it.
-        match unsafe { Component::deserialize_file(engine, &entry) } {
-            Ok(c) => {
-                debug!("loaded {} from the compiled-code cache {}", path.display(), entry.display());
-                return Ok(c);
+    let entry = dir.join(&key);
+    if let Ok(stored) = std::fs::read(&entry) {
+        match verified(&stored, &key) {
+            Some(code) => {
+                // SAFETY: `code` is what `Component::serialize` wrote for this very
+                // component and engine configuration: its SHA-256 with this entry's name
+                // (the component's hash and the engine's) matched, so it is neither
+                // corrupted nor another component's entry; wasmtime checks its header too.
+                match unsafe { Component::deserialize(engine, code) } {
+                    Ok(c) => {
+                        debug!("loaded {} from the compiled-code cache {}", path.display(), entry.display());
+                        return Ok(c);
+                    }
+                    Err(e) => debug!("cache entry {} unusable ({e}); compiling", entry.display()),
+                }
             }
-            Err(e) => debug!("cache entry {} unusable ({e}); compiling", entry.display()),
+            None => warn!(
+                "compiled-code cache entry {} is not the code compiled from {} (corrupted, or another entry put in its place): compiling it again",
+                entry.display(),
+                path.display()
+            ),
         }
     }
     let component = Component::new(engine, &bytes)?;
-    if let Err(e) = store(&dir, &entry, &component) {
+    if let Err(e) = store(&dir, &entry, &key, &component) {
         debug!("cannot write the compiled-code cache {}: {e}", entry.display());
     }
     Ok(component)
 }
 
-fn store(dir: &Path, entry: &Path, component: &Component) -> std::io::Result<()> {
+/// The largest component file read.
+pub const MAX_COMPONENT: u64 = 256 << 20;
+
+/// The seal at the end of an entry: SHA-256 of its code followed by its name.
+fn seal(code: &[u8], key: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(code);
+    h.update(key.as_bytes());
+    h.finalize().into()
+}
+
+/// The code of a stored entry, if its seal matches the name it is read under.
+fn verified<'a>(stored: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let (code, tag) = stored.split_at_checked(stored.len().checked_sub(32)?)?;
+    (seal(code, key) == tag).then_some(code)
+}
+
+fn store(dir: &Path, entry: &Path, key: &str, component: &Component) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let code = component.serialize().map_err(std::io::Error::other)?;
+    let mut code = component.serialize().map_err(std::io::Error::other)?;
+    let tag = seal(&code, key);
+    code.extend_from_slice(&tag);
     let tmp = entry.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, code)?;
     std::fs::rename(&tmp, entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_read_under_another_name_or_changed_is_refused() {
+        let code = b"compiled code of component A".to_vec();
+        let mut stored = code.clone();
+        stored.extend_from_slice(&seal(&code, "a-1.cwasm"));
+        assert_eq!(verified(&stored, "a-1.cwasm"), Some(&code[..]));
+        assert_eq!(verified(&stored, "b-1.cwasm"), None, "swapped in under B's name");
+        let mut flipped = stored.clone();
+        flipped[3] ^= 1;
+        assert_eq!(verified(&flipped, "a-1.cwasm"), None, "corrupted");
+        assert_eq!(verified(&stored[..10], "a-1.cwasm"), None, "truncated");
+    }
 }
