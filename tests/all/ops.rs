@@ -30,7 +30,7 @@ fn probes_and_metrics_follow_what_happens() {
     assert!(m.contains("# TYPE wasmnode_calls_seconds histogram"), "{m}");
 
     // A node with another cookie: counted as a handshake failure by its cause.
-    let c = Node::start_with_cookie(names[2], &dir.write("c.toml", &static_topology(&names, 200)), "another-cookie");
+    let c = Node::start_with_cookie(names[2], &dir.write("c.toml", &static_topology(&names, 200)), "another-cookie-5e9d");
     wait_until(
         FORM,
         "a cookie mismatch counted",

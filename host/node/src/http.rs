@@ -270,7 +270,7 @@ async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, lim
             "/metrics" => {
                 let members = registry.membership().members().len();
                 let body = crate::metrics::global().render(members, &registry.instances_by_kind());
-                return response(200, "text/plain; version=0.0.4", body);
+                return response(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", body);
             }
             _ => {}
         }

@@ -1,38 +1,85 @@
-//! The node's counters, rendered in Prometheus' text format at `/metrics`.
+//! The node's metrics, rendered by `prometheus-client` at `/metrics` (OpenMetrics text,
+//! which Prometheus reads).
 //!
-//! One process-wide set of counters (atomics, and small maps for labelled ones): each
-//! layer counts what it sees — `dist` connections, disconnections by reason and
-//! handshake failures by cause; discovery polls, errors and traps per topology; the
-//! registry calls (with a latency histogram), handoffs and restarts. Gauges (members,
-//! instances per kind) are read from membership and the registry when rendered.
+//! One process-wide registry: each layer counts what it sees — `dist` connections,
+//! disconnections by reason and handshake failures by cause; discovery polls, errors and
+//! traps per topology; the registry calls (a latency histogram), handoffs and restarts.
+//! Gauges (members, instances per kind, the process's CPU, memory and descriptors) are
+//! read when rendered. Every labelled family starts with its known labels at 0 (reasons,
+//! causes, the configured topologies and kinds), so a rate over them works from the
+//! first scrape. The crate escapes label values (`"`, `\` and newlines in a topology's name).
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of the call-latency histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
-#[derive(Default)]
-pub struct Metrics {
-    connects: AtomicU64,
-    disconnects: Mutex<BTreeMap<&'static str, u64>>,
-    handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
-    /// Per topology: polls, errors, traps.
-    polls: Mutex<BTreeMap<String, [u64; 3]>>,
-    calls: [AtomicU64; BUCKETS.len() + 1],
-    call_sum_micros: AtomicU64,
-    call_errors: AtomicU64,
-    handoffs: AtomicU64,
-    restarts: AtomicU64,
+/// Every reason a connection ends for (`DownReason::code`).
+pub const DOWN_REASONS: [&str; 6] = ["connection_closed", "heartbeat_timeout", "left", "protocol_error", "local_shutdown", "not_reading"];
+/// Every cause a handshake fails for (`DialError::cause`, and the accept loop's own).
+pub const HANDSHAKE_CAUSES: [&str; 8] = ["cookie_mismatch", "version", "refused", "protocol", "timeout", "io", "name_in_use", "dropped"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
 }
 
-/// The process's counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Cause {
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Topology {
+    topology: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    members: Gauge,
+    connects: Counter,
+    disconnects: Family<Reason, Counter>,
+    handshake_failures: Family<Cause, Counter>,
+    polls: Family<Topology, Counter>,
+    poll_errors: Family<Topology, Counter>,
+    poll_traps: Family<Topology, Counter>,
+    instances: Family<Kind, Gauge>,
+    calls: Histogram,
+    call_errors: Counter,
+    handoffs: Counter,
+    restarts: Counter,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    resident: Gauge,
+    virtual_memory: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start_time: FloatGauge,
+    /// Every kind with a series (families offer no iteration).
+    kinds_seen: std::sync::Mutex<Vec<String>>,
+}
+
+/// The process's metrics.
 pub fn global() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(Metrics::default)
+    M.get_or_init(Metrics::new)
 }
 
 /// What a poll of a strategy came to.
@@ -43,90 +90,226 @@ pub enum Poll {
 }
 
 impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            members: Gauge::default(),
+            connects: Counter::default(),
+            disconnects: Family::default(),
+            handshake_failures: Family::default(),
+            polls: Family::default(),
+            poll_errors: Family::default(),
+            poll_traps: Family::default(),
+            instances: Family::default(),
+            calls: Histogram::new(BUCKETS),
+            call_errors: Counter::default(),
+            handoffs: Counter::default(),
+            restarts: Counter::default(),
+            cpu_seconds: Counter::default(),
+            resident: Gauge::default(),
+            virtual_memory: Gauge::default(),
+            open_fds: Gauge::default(),
+            max_fds: Gauge::default(),
+            start_time: FloatGauge::default(),
+            kinds_seen: Default::default(),
+        };
+        registry.register("wasmnode_members", "Visible members of the cluster, this node included", m.members.clone());
+        registry.register("wasmnode_connects", "Connections to cluster members (not tools) that passed the handshake", m.connects.clone());
+        registry.register("wasmnode_disconnects", "Connections to cluster members that ended, by reason", m.disconnects.clone());
+        registry.register("wasmnode_handshake_failures", "Handshakes that failed, by cause", m.handshake_failures.clone());
+        registry.register("wasmnode_strategy_polls", "Polls of each topology's strategy", m.polls.clone());
+        registry.register("wasmnode_strategy_errors", "Polls that returned an error", m.poll_errors.clone());
+        registry.register("wasmnode_strategy_traps", "Polls that trapped (deadline, memory cap, guest trap)", m.poll_traps.clone());
+        registry.register("wasmnode_worker_instances", "Worker instances running on this node, by kind", m.instances.clone());
+        registry.register("wasmnode_calls_seconds", "Worker calls made through this node, by latency", m.calls.clone());
+        registry.register("wasmnode_call_errors", "Worker calls through this node that failed", m.call_errors.clone());
+        registry.register("wasmnode_handoffs", "Instances this node handed to another with their state", m.handoffs.clone());
+        registry.register("wasmnode_restarts", "Instances this node restarted after their node went down", m.restarts.clone());
+        registry.register("wasmnode_build", "The wasmnode version running", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        registry.register("process_cpu_seconds", "User and system CPU time spent, in seconds", m.cpu_seconds.clone());
+        registry.register("process_resident_memory_bytes", "Resident memory size, in bytes", m.resident.clone());
+        registry.register("process_virtual_memory_bytes", "Virtual memory size, in bytes", m.virtual_memory.clone());
+        registry.register("process_open_fds", "Open file descriptors", m.open_fds.clone());
+        registry.register("process_max_fds", "The limit on open file descriptors", m.max_fds.clone());
+        registry.register("process_start_time_seconds", "Start time of the process since the Unix epoch, in seconds", m.start_time.clone());
+        for reason in DOWN_REASONS {
+            let _ = m.disconnects.get_or_create(&Reason { reason: reason.into() });
+        }
+        for cause in HANDSHAKE_CAUSES {
+            let _ = m.handshake_failures.get_or_create(&Cause { cause: cause.into() });
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// The configured topologies and worker kinds: their series exist from the start, at 0.
+    pub fn declare(&self, topologies: &[String], kinds: &[String]) {
+        for t in topologies {
+            let label = Topology { topology: t.clone() };
+            let _ = self.polls.get_or_create(&label);
+            let _ = self.poll_errors.get_or_create(&label);
+            let _ = self.poll_traps.get_or_create(&label);
+        }
+        let mut seen = self.kinds_seen.lock().unwrap();
+        for k in kinds {
+            let _ = self.instances.get_or_create(&Kind { kind: k.clone() });
+            if !seen.contains(k) {
+                seen.push(k.clone());
+            }
+        }
+    }
+
     pub fn connected(&self) {
-        self.connects.fetch_add(1, Relaxed);
+        self.connects.inc();
     }
     pub fn disconnected(&self, reason: &'static str) {
-        *self.disconnects.lock().unwrap().entry(reason).or_default() += 1;
+        self.disconnects.get_or_create(&Reason { reason: reason.into() }).inc();
     }
     pub fn handshake_failed(&self, cause: &'static str) {
-        *self.handshake_failures.lock().unwrap().entry(cause).or_default() += 1;
+        self.handshake_failures.get_or_create(&Cause { cause: cause.into() }).inc();
     }
     pub fn polled(&self, topology: &str, outcome: Poll) {
-        let mut polls = self.polls.lock().unwrap();
-        let p = polls.entry(topology.to_string()).or_default();
-        p[0] += 1;
+        let label = Topology { topology: topology.to_string() };
+        self.polls.get_or_create(&label).inc();
         match outcome {
             Poll::Ok => {}
-            Poll::Error => p[1] += 1,
-            Poll::Trap => p[2] += 1,
+            Poll::Error => {
+                self.poll_errors.get_or_create(&label).inc();
+            }
+            Poll::Trap => {
+                self.poll_traps.get_or_create(&label).inc();
+            }
         }
     }
     pub fn called(&self, took: Duration, ok: bool) {
-        let secs = took.as_secs_f64();
-        let bucket = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
-        self.calls[bucket].fetch_add(1, Relaxed);
-        self.call_sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+        self.calls.observe(took.as_secs_f64());
         if !ok {
-            self.call_errors.fetch_add(1, Relaxed);
+            self.call_errors.inc();
         }
     }
     pub fn handed_off(&self) {
-        self.handoffs.fetch_add(1, Relaxed);
+        self.handoffs.inc();
     }
     pub fn restarted(&self) {
-        self.restarts.fetch_add(1, Relaxed);
+        self.restarts.inc();
     }
 
-    /// Prometheus text exposition, with the gauges given.
+    /// The exposition, with the gauges given and the process's read now.
     pub fn render(&self, members: usize, instances: &BTreeMap<String, usize>) -> String {
+        self.members.set(members as i64);
+        for (kind, n) in instances {
+            self.instances.get_or_create(&Kind { kind: kind.clone() }).set(*n as i64);
+        }
+        self.zero_absent_kinds(instances);
+        self.read_process();
         let mut out = String::new();
-        fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        }
-        family(&mut out, "wasmnode_members", "gauge", "Visible members of the cluster, this node included.");
-        let _ = writeln!(out, "wasmnode_members {members}");
-        family(&mut out, "wasmnode_connects_total", "counter", "Connections to cluster members (not tools) that passed the handshake.");
-        let _ = writeln!(out, "wasmnode_connects_total {}", self.connects.load(Relaxed));
-        family(&mut out, "wasmnode_disconnects_total", "counter", "Connections to cluster members that ended, by reason.");
-        for (reason, n) in self.disconnects.lock().unwrap().iter() {
-            let _ = writeln!(out, "wasmnode_disconnects_total{{reason=\"{reason}\"}} {n}");
-        }
-        family(&mut out, "wasmnode_handshake_failures_total", "counter", "Handshakes that failed, by cause.");
-        for (cause, n) in self.handshake_failures.lock().unwrap().iter() {
-            let _ = writeln!(out, "wasmnode_handshake_failures_total{{cause=\"{cause}\"}} {n}");
-        }
-        let polls = self.polls.lock().unwrap();
-        for (name, i, help) in [
-            ("wasmnode_strategy_polls_total", 0, "Polls of each topology's strategy."),
-            ("wasmnode_strategy_errors_total", 1, "Polls that returned an error."),
-            ("wasmnode_strategy_traps_total", 2, "Polls that trapped (deadline, memory cap, guest trap)."),
-        ] {
-            family(&mut out, name, "counter", help);
-            for (topology, p) in polls.iter() {
-                let _ = writeln!(out, "{name}{{topology=\"{topology}\"}} {}", p[i]);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Kinds no longer running any instance go to 0, not away.
+    fn zero_absent_kinds(&self, instances: &BTreeMap<String, usize>) {
+        let mut seen = self.kinds_seen.lock().unwrap();
+        for k in instances.keys() {
+            if !seen.contains(k) {
+                seen.push(k.clone());
             }
         }
-        family(&mut out, "wasmnode_worker_instances", "gauge", "Worker instances running on this node, by kind.");
-        for (kind, n) in instances {
-            let _ = writeln!(out, "wasmnode_worker_instances{{kind=\"{kind}\"}} {n}");
+        for k in seen.iter().filter(|k| !instances.contains_key(*k)) {
+            self.instances.get_or_create(&Kind { kind: k.clone() }).set(0);
         }
-        family(&mut out, "wasmnode_calls_seconds", "histogram", "Worker calls made through this node, by latency.");
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.calls[i].load(Relaxed);
-            let _ = writeln!(out, "wasmnode_calls_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+
+    /// The process's CPU time, memory and descriptors, from /proc (Linux; elsewhere the
+    /// gauges stay at 0).
+    fn read_process(&self) {
+        let Some(p) = ProcessStats::read() else { return };
+        let had = self.cpu_seconds.get();
+        if p.cpu_seconds > had {
+            self.cpu_seconds.inc_by(p.cpu_seconds - had);
         }
-        cumulative += self.calls[BUCKETS.len()].load(Relaxed);
-        let _ = writeln!(out, "wasmnode_calls_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "wasmnode_calls_seconds_sum {}", self.call_sum_micros.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "wasmnode_calls_seconds_count {cumulative}");
-        family(&mut out, "wasmnode_call_errors_total", "counter", "Worker calls through this node that failed.");
-        let _ = writeln!(out, "wasmnode_call_errors_total {}", self.call_errors.load(Relaxed));
-        family(&mut out, "wasmnode_handoffs_total", "counter", "Instances this node handed to another with their state.");
-        let _ = writeln!(out, "wasmnode_handoffs_total {}", self.handoffs.load(Relaxed));
-        family(&mut out, "wasmnode_restarts_total", "counter", "Instances this node restarted after their node went down.");
-        let _ = writeln!(out, "wasmnode_restarts_total {}", self.restarts.load(Relaxed));
-        out
+        self.resident.set(p.resident as i64);
+        self.virtual_memory.set(p.virtual_memory as i64);
+        self.open_fds.set(p.open_fds as i64);
+        self.max_fds.set(p.max_fds as i64);
+        self.start_time.set(p.start_time);
+    }
+}
+
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident: u64,
+    virtual_memory: u64,
+    open_fds: u64,
+    max_fds: u64,
+    start_time: f64,
+}
+
+impl ProcessStats {
+    fn read() -> Option<ProcessStats> {
+        // SAFETY: sysconf(3) has no preconditions.
+        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces, in parentheses).
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        // `man 5 proc`: utime 14, stime 15, starttime 22, vsize 23, rss 24 (1-based,
+        // counting pid and comm); here 0-based from the state field (3).
+        let (utime, stime, start, vsize, rss) = (num(11)?, num(12)?, num(19)?, num(20)?, num(21)?);
+        let boot = std::fs::read_to_string("/proc/stat").ok()?.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<u64>().ok())?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|l| l.lines().find(|l| l.starts_with("Max open files")).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse().ok()))
+            .unwrap_or(0);
+        let ticks = ticks.max(1) as f64;
+        Some(ProcessStats {
+            cpu_seconds: (utime + stime) as f64 / ticks,
+            resident: rss * page.max(1) as u64,
+            virtual_memory: vsize,
+            open_fds,
+            max_fds,
+            start_time: boot as f64 + start as f64 / ticks,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quote_in_a_topology_name_keeps_the_exposition_parseable() {
+        let m = Metrics::new();
+        m.declare(&["we\"ird\\name\nx".to_string()], &["counter".to_string()]);
+        let text = m.render(3, &BTreeMap::new());
+        assert!(text.contains("wasmnode_strategy_polls_total{topology=\"we\\\"ird\\\\name\\nx\"} 0"), "{text}");
+        assert!(text.lines().all(|l| l.starts_with('#') || l.rsplit_once(' ').is_some_and(|(_, v)| v.parse::<f64>().is_ok())), "{text}");
+    }
+
+    #[test]
+    fn labelled_series_exist_at_zero_and_the_process_is_described() {
+        let m = Metrics::new();
+        m.declare(&[], &["counter".to_string()]);
+        let text = m.render(1, &BTreeMap::new());
+        for want in [
+            "wasmnode_members 1",
+            "wasmnode_disconnects_total{reason=\"not_reading\"} 0",
+            "wasmnode_handshake_failures_total{cause=\"cookie_mismatch\"} 0",
+            "wasmnode_worker_instances{kind=\"counter\"} 0",
+            "wasmnode_build_info{version=\"",
+            "# TYPE wasmnode_calls_seconds histogram",
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+            "process_open_fds ",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        m.disconnected("left");
+        m.called(Duration::from_millis(2), false);
+        let text = m.render(1, &BTreeMap::from([("counter".to_string(), 2)]));
+        assert!(text.contains("wasmnode_disconnects_total{reason=\"left\"} 1"), "{text}");
+        assert!(text.contains("wasmnode_call_errors_total 1"), "{text}");
+        assert!(text.contains("wasmnode_worker_instances{kind=\"counter\"} 2"), "{text}");
     }
 }
