@@ -292,3 +292,113 @@ fn a_silent_peer_is_declared_down_after_the_heartbeat_timeout() {
     assert!(took >= Duration::from_millis(1000), "down after {took:?}, before the 1500 ms timeout");
     assert!(raw.closed_by_peer());
 }
+
+/// 2,000 connections from one address that never finish a handshake, reopened as fast as
+/// the node drops them: the accept loop keeps accepting, a member killed and restarted
+/// rejoins, and the CLI answers, each within 2 s.
+#[test]
+fn two_thousand_hostile_connections_keep_neither_a_member_nor_the_cli_out() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    let dir = TempDir::new("wire-flood");
+    let names = ["a@127.0.93.1", "b@127.0.93.2"];
+    let config = static_topology(&names, 200);
+    let a = Node::start(names[0], &dir.write("a.toml", &config));
+    let mut b = Node::start(names[1], &dir.write("b.toml", &config));
+    wait_mesh(&[&a, &b], &names, FORM);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let flood = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        std::thread::spawn(move || {
+            let dial = || {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+                s.bind(&"127.0.93.66:0".parse::<std::net::SocketAddr>().unwrap().into()).ok()?;
+                s.connect(&"127.0.93.1:4370".parse::<std::net::SocketAddr>().unwrap().into()).ok()?;
+                let s: TcpStream = s.into();
+                // The first bytes of a hello, then nothing.
+                let _ = (&s).write_all(&[0, 0, 0]);
+                s.set_nonblocking(true).ok()?;
+                opened.fetch_add(1, Ordering::Relaxed);
+                Some(s)
+            };
+            let mut conns: Vec<Option<TcpStream>> = (0..2000).map(|_| dial()).collect();
+            while !stop.load(Ordering::Relaxed) {
+                for c in conns.iter_mut() {
+                    let closed = match c {
+                        None => true,
+                        Some(s) => {
+                            let mut buf = [0u8; 64];
+                            !matches!((&*s).read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                        }
+                    };
+                    if closed {
+                        *c = dial();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    wait_until(FORM, "the flood to open 2,000 connections", || opened.load(Ordering::Relaxed) >= 2000, String::new);
+
+    // The CLI, through the flooded node.
+    let t0 = Instant::now();
+    let out = cli(&["nodes", "--node", names[0]], COOKIE);
+    let took = t0.elapsed();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(took < Duration::from_secs(2), "the CLI took {took:?} under the flood");
+
+    // A member killed and restarted rejoins.
+    let before = b.count("members (2)");
+    b.signal(libc::SIGKILL);
+    b.restart();
+    b.wait_log(&format!("node {} listening on", names[1]), FORM);
+    let rejoined = b.wait_log_count("members (2)", before + 1, Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    assert!(opened.load(Ordering::Relaxed) > 2000, "the node dropped none of the flood's connections");
+    assert!(a.count("too many handshakes in progress") <= 20, "dropped handshakes are logged once per interval:\n{}", a.log());
+    eprintln!("flood: {} connections opened; CLI {took:?}; rejoined {rejoined:?} after listening", opened.load(Ordering::Relaxed));
+}
+
+/// A peer with the cookie that sends pings and never reads the pongs: the node queues
+/// them up to `max_backlog_mb`, then disconnects it, and its memory stays bounded.
+#[test]
+fn a_peer_that_does_not_read_is_disconnected_past_its_backlog() {
+    let dir = TempDir::new("wire-noread");
+    let name = "a@127.0.94.1";
+    let config = static_topology(&[name], 5000).replace("[node]\n", "[node]\nmax_backlog_mb = 4\n");
+    let a = Node::start(name, &dir.write("t.toml", &config));
+    a.wait_log("listening on", FORM);
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", a.pid())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap()
+    };
+    let before = rss();
+
+    let mut raw = Raw::connect(name);
+    raw.handshake("greedy@127.0.94.9", FLAG_HIDDEN, COOKIE.as_bytes()).unwrap();
+    let payload = bytes::Bytes::from(vec![7u8; 32 * 1024]);
+    let mut sent = 0usize;
+    for id in 1..=20_000u64 {
+        let mut plain = BytesMut::new();
+        Frame::Ping { id, payload: payload.clone() }.encode(&mut plain);
+        let mut sealed = BytesMut::new();
+        raw.session.as_ref().unwrap().sealer.seal(&plain, &mut sealed);
+        if raw.stream.write_all(&sealed).is_err() {
+            break;
+        }
+        sent += payload.len();
+    }
+    a.wait_log("disconnecting greedy@127.0.94.9: it does not read", FORM);
+    assert!(sent < 600 << 20, "the node kept reading {sent} bytes of pings from a peer that reads nothing");
+    let after = rss();
+    assert!(after < before + 64 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    // The node serves everyone else.
+    let out = cli(&["nodes", "--node", name], COOKIE);
+    assert!(out.status.success(), "{}", output_text(&out));
+}

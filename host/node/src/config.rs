@@ -149,6 +149,9 @@ pub struct NodeConfig {
     /// How long a leaving node may take to hand its workers to their next owners
     /// (default 25 s, under Kubernetes' 30 s grace period).
     pub handoff_deadline: Duration,
+    /// Bytes that may wait to be sent to one peer before it is disconnected as not
+    /// reading (`max_backlog_mb`, default 128).
+    pub max_backlog: usize,
     /// When a node joins and owns some names: move them now (`move`, default) or leave
     /// them where they run until they next restart (`stay`).
     pub rebalance_on_join: bool,
@@ -340,6 +343,7 @@ struct RawNode {
     nameserver: Option<Spanned<String>>,
     instance_pool: Option<u32>,
     handoff_deadline_ms: Option<u64>,
+    max_backlog_mb: Option<Spanned<u64>>,
     rebalance: Option<Spanned<String>>,
 }
 
@@ -463,6 +467,11 @@ impl Config {
             Some(("stay", _)) => false,
             Some((other, span)) => return Err(err(Some(span), Some("node.rebalance".into()), format!("`{other}` is not `move` or `stay`"))),
         };
+        let max_backlog = match &rn.max_backlog_mb {
+            None => crate::dist::DEFAULT_MAX_BACKLOG,
+            Some(m) if *m.get_ref() == 0 => return Err(err(Some(m.span()), Some("node.max_backlog_mb".into()), "must be above 0".into())),
+            Some(m) => (*m.get_ref() as usize).saturating_mul(1 << 20),
+        };
         let node = NodeConfig {
             name,
             listen,
@@ -475,6 +484,7 @@ impl Config {
             nameserver,
             instance_pool: rn.instance_pool.filter(|n| *n > 0),
             handoff_deadline: Duration::from_millis(rn.handoff_deadline_ms.unwrap_or(25_000)),
+            max_backlog,
             rebalance_on_join,
         };
 

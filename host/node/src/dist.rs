@@ -38,17 +38,15 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MAX_MESSAGE};
 use wasmnode_proto::handshake::{Acceptor, Dialer, Identity, Message, Refusal};
 use wasmnode_proto::seal::{Opener, Sealer, RECORD_HEADER, TAG_LEN};
 use wasmnode_proto::{Error as ProtoError, Frame, Service};
 
+use crate::admission::{self, HalfOpen};
 use crate::refusals::{self, RefusalLog};
-
-/// Handshakes in progress at once; more wait (mini-redis' connection semaphore).
-const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Why a connection ended; every node-down carries one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +61,8 @@ pub enum DownReason {
     ProtocolError(String),
     /// This node closed the connection (it is leaving, or shutting down).
     LocalShutdown,
+    /// The peer did not read: more than this many bytes waited to be sent to it.
+    NotReading(usize),
 }
 
 impl DownReason {
@@ -74,6 +74,7 @@ impl DownReason {
             DownReason::Left => "left",
             DownReason::ProtocolError(_) => "protocol_error",
             DownReason::LocalShutdown => "local_shutdown",
+            DownReason::NotReading(_) => "not_reading",
         }
     }
 }
@@ -86,6 +87,7 @@ impl fmt::Display for DownReason {
             DownReason::Left => write!(f, "left the cluster"),
             DownReason::ProtocolError(why) => write!(f, "protocol error: {why}"),
             DownReason::LocalShutdown => write!(f, "local shutdown"),
+            DownReason::NotReading(limit) => write!(f, "not reading: more than {limit} bytes waited to be sent to it"),
         }
     }
 }
@@ -165,7 +167,13 @@ pub struct DistConfig {
     pub deliver_sends: bool,
     /// DNS server for peers' host names; the system resolver (getaddrinfo) when unset.
     pub nameserver: Option<SocketAddr>,
+    /// Bytes that may wait to be sent to one peer; past it the peer is disconnected as
+    /// not reading (OTP's `dist_buf_busy_limit`, there a point where senders block).
+    pub max_backlog: usize,
 }
+
+/// [`DistConfig::max_backlog`] unless configured: a whole largest message, and then some.
+pub const DEFAULT_MAX_BACKLOG: usize = 2 * MAX_MESSAGE;
 
 impl DistConfig {
     /// Defaults matching the config file's defaults.
@@ -181,6 +189,7 @@ impl DistConfig {
             source_ip: None,
             deliver_sends: false,
             nameserver: None,
+            max_backlog: DEFAULT_MAX_BACKLOG,
         }
     }
 }
@@ -220,6 +229,12 @@ struct PeerInner {
     /// Frames handed to the writer task and not yet written by it. While there are
     /// any, a new frame queues behind them; when there are none, its sender writes it.
     queued: AtomicUsize,
+    /// Payload bytes of the frames handed to the writer task and not yet taken into a
+    /// write; past `max_backlog` the connection ends ([`DownReason::NotReading`]).
+    backlog: AtomicUsize,
+    max_backlog: usize,
+    /// Set when the backlog passed its limit: the reason the connection ended.
+    overflowed: std::sync::atomic::AtomicBool,
     /// The socket's write half while the connection runs. A sender holds this lock while
     /// it writes a frame itself or queues one, so frames keep the order they were sent in.
     direct: Mutex<Option<Arc<OwnedWriteHalf>>>,
@@ -298,8 +313,29 @@ impl Peer {
                 }
             }
         }
+        let n = frame.payload_len();
+        if self.0.backlog.fetch_add(n, Ordering::AcqRel) + n > self.0.max_backlog {
+            self.0.backlog.fetch_sub(n, Ordering::AcqRel);
+            self.overflow(direct.as_ref());
+            return false;
+        }
         self.0.queued.fetch_add(1, Ordering::AcqRel);
         self.0.tx.send(Out::Frame(frame)).is_ok()
+    }
+
+    /// Ends a connection whose peer does not read what is sent to it: its socket shuts
+    /// down now (the writer may be stuck in a write to it), and the down says why.
+    fn overflow(&self, wr: Option<&Arc<OwnedWriteHalf>>) {
+        if self.0.overflowed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        warn!(peer = %self.0.name, "disconnecting {}: it does not read (more than {} bytes waited to be sent to it)", self.0.name, self.0.max_backlog);
+        if let Some(wr) = wr {
+            // SAFETY: shutdown(2) on the socket's own descriptor, which `wr` keeps open.
+            unsafe {
+                libc::shutdown(AsRef::<TcpStream>::as_ref(&**wr).as_raw_fd(), libc::SHUT_RDWR);
+            }
+        }
     }
 
     fn wrote(&self) {
@@ -450,8 +486,11 @@ impl Dist {
     }
 
     /// Accepts connections until the listener fails; spawn it.
+    /// It never waits for a handshake slot: a connection past the caps drops the oldest
+    /// half-open one of its source, or of all (see [`admission`]).
     pub async fn serve(self, listener: TcpListener) {
-        let permits = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+        let half_open: Arc<Mutex<HalfOpen<tokio::task::AbortHandle>>> = Arc::new(Mutex::new(HalfOpen::new(admission::PER_SOURCE, admission::TOTAL)));
+        let mut dropped_log = RefusalLog::default();
         loop {
             let (stream, addr) = match listener.accept().await {
                 Ok(x) => x,
@@ -461,11 +500,23 @@ impl Dist {
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let (id, dropped) = half_open.lock().unwrap().admit(addr.ip());
+            if !dropped.is_empty() {
+                for h in &dropped {
+                    h.abort();
+                }
+                crate::metrics::global().handshake_failed("dropped");
+                if let Some(n) = dropped_log.refused(addr.ip(), Instant::now()) {
+                    warn!(peer = %addr, "too many handshakes in progress: dropped the oldest unfinished one to admit {addr}{}", refusals::left_out(n));
+                }
+            }
             let dist = self.clone();
-            tokio::spawn(async move {
+            let slot = half_open.clone();
+            let task = tokio::spawn(async move {
                 let timeout = dist.0.cfg.connect_timeout;
-                match tokio::time::timeout(timeout, dist.accept(stream, addr)).await {
+                let result = tokio::time::timeout(timeout, dist.accept(stream, addr, &slot, id)).await;
+                slot.lock().unwrap().finish(id);
+                match result {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         crate::metrics::global().handshake_failed(e.cause());
@@ -476,12 +527,16 @@ impl Dist {
                         debug!("handshake from {addr} timed out");
                     }
                 }
-                drop(permit);
             });
+            if let Some(late) = half_open.lock().unwrap().set_handle(id, task.abort_handle()) {
+                late.abort();
+            }
         }
     }
 
-    async fn accept(&self, mut stream: TcpStream, addr: SocketAddr) -> Result<(), DialError> {
+    /// Runs the accepting side of a handshake; `id` is its place among the half-open
+    /// connections, left once the peer has proved the cookie (dropped before: it stops).
+    async fn accept(&self, mut stream: TcpStream, addr: SocketAddr, half_open: &Mutex<HalfOpen<tokio::task::AbortHandle>>, id: u64) -> Result<(), DialError> {
         stream.set_nodelay(true)?;
         let mut buf = BytesMut::with_capacity(512);
         let hello = read_message(&mut stream, &mut buf).await?;
@@ -504,6 +559,12 @@ impl Dist {
                 return Err(e.into());
             }
         };
+        // It holds the cookie: no longer half-open, never dropped from here on (it may
+        // have been dropped just before: then it stops here, before it registers).
+        if !half_open.lock().unwrap().finish(id) {
+            // Counted and logged where it was dropped.
+            return Ok(());
+        }
         // Sealed now, as the first record of this side, before anything else can be.
         let accept = session.accept();
         let (sealer, opener) = session.split();
@@ -645,6 +706,9 @@ impl Dist {
             id: self.0.next_conn.fetch_add(1, Ordering::Relaxed),
             tx,
             queued: AtomicUsize::new(0),
+            backlog: AtomicUsize::new(0),
+            max_backlog: self.0.cfg.max_backlog,
+            overflowed: Default::default(),
             direct: Mutex::new(None),
             sealer,
             last_write: AtomicU64::new(0),
@@ -674,6 +738,7 @@ impl Dist {
                 w = &mut writer => w.unwrap_or(DownReason::ConnectionClosed),
             };
             writer.abort();
+            let reason = if peer.0.overflowed.load(Ordering::Acquire) { DownReason::NotReading(peer.0.max_backlog) } else { reason };
             // Senders write no more; the socket closes once the writer task has let go.
             *peer.0.direct.lock().unwrap() = None;
             {
@@ -842,7 +907,7 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
     let mut plain = BytesMut::with_capacity(64 * 1024);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut batch = Vec::with_capacity(256);
-    let mut bulk: VecDeque<Fragmenter> = VecDeque::new();
+    let mut bulk: VecDeque<(Fragmenter, usize)> = VecDeque::new();
     let mut next_stream = 0u32;
     // Frames taken from the queue (or heartbeats this task queued itself) and not yet written.
     let mut taken = 0usize;
@@ -894,11 +959,15 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
         let mut close = None;
         for out in batch.drain(..) {
             match out {
+                // A large message leaves the backlog once its last fragment is written.
                 Out::Frame(f) if Fragmenter::needed(&f) => {
                     next_stream = next_stream.wrapping_add(1);
-                    bulk.push_back(Fragmenter::new(next_stream, &f));
+                    bulk.push_back((Fragmenter::new(next_stream, &f), f.payload_len()));
                 }
-                Out::Frame(f) => f.encode(&mut plain),
+                Out::Frame(f) => {
+                    peer.0.backlog.fetch_sub(f.payload_len(), Ordering::AcqRel);
+                    f.encode(&mut plain)
+                }
                 Out::Raw(rest) => {
                     // Sealed already: the end of a record a sender began writing.
                     peer.0.sealer.seal(&plain, &mut buf);
@@ -912,10 +981,11 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
             }
         }
         if close.is_none() {
-            if let Some(fragments) = bulk.front_mut() {
+            if let Some((fragments, len)) = bulk.front_mut() {
                 match fragments.next() {
                     Some(piece) => piece.encode(&mut plain),
                     None => {
+                        peer.0.backlog.fetch_sub(*len, Ordering::AcqRel);
                         bulk.pop_front();
                     }
                 }

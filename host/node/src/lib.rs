@@ -12,6 +12,7 @@
 //! - [`node`]: puts them together for `wasmnode run` and `wasmnode check`;
 //! - [`config`] and [`name`]: the topology file and node names; [`resolve`]: uncached DNS.
 
+pub mod admission;
 pub mod config;
 pub mod control;
 pub mod dist;

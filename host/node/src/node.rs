@@ -97,6 +97,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Load every plugin before listening: a bad plugin fails the start, loudly.
     let engine = runtime::engine_with(cfg.pool())?;
     runtime::spawn_epoch_ticker(engine.clone());
+    let topology_names: Vec<String> = cfg.topologies.iter().map(|t| t.name.clone()).collect();
+    let kind_names: Vec<String> = cfg.workers.iter().map(|w| w.kind.clone()).collect();
+    crate::metrics::global().declare(&topology_names, &kind_names);
     let mut strategies = Vec::new();
     for t in &cfg.topologies {
         let c = discovery::StrategyComponent::load(&engine, t).map_err(|e| anyhow::anyhow!("{}", cfg.strategy_error(t, e.to_string())))?;
@@ -120,6 +123,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             connect_timeout: cfg.node.connect_timeout,
             source_ip: Some(cfg.node.listen.ip()).filter(|ip| !ip.is_unspecified()),
             nameserver: cfg.node.nameserver,
+            max_backlog: cfg.node.max_backlog,
             ..DistConfig::new(name.clone(), cookie)
         },
         tx,
