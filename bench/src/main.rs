@@ -76,7 +76,7 @@ fn parse_args() -> (Option<(String, String)>, Args) {
             }
             "measure" => measure = Some((it.next().expect("measure FIGURE"), it.next().expect("measure FIGURE PLACEMENT"))),
             "-h" | "--help" => {
-                println!("wasmnode-bench [--bin WASMNODE] [--plugins DIR] [--json FILE] [--quick] [--only rtt|throughput|connect|workers|workers-pooled|workers-nowasi|remote-call|mesh|down|rss|handoff]");
+                println!("wasmnode-bench [--bin WASMNODE] [--plugins DIR] [--json FILE] [--quick] [--only rtt|throughput|connect|workers|workers-pooled|workers-nowasi|remote-call|mesh|down|rss|handoff|gateway]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -181,7 +181,7 @@ fn run_all(args: &Args) {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    for figure in ["mesh", "down", "rss", "handoff"] {
+    for figure in ["mesh", "down", "rss", "handoff", "gateway"] {
         if !wants(figure) {
             continue;
         }
@@ -640,6 +640,7 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
                 "remote_call_over_baseline": (median / base_median * 100.0).round() / 100.0,
             })
         }
+        "gateway" => gateway(args).await,
         "handoff" => {
             let mut out = serde_json::Map::new();
             for n in [1_000usize, 10_000] {
@@ -659,4 +660,132 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
         }
         other => panic!("unknown figure {other}"),
     }
+}
+
+/// What wrk measured: requests per second, and the 99th percentile of latency in µs.
+fn wrk(url: &str, connections: usize, seconds: u64, script: &Path) -> (f64, f64) {
+    let threads = connections.min(2);
+    let out = Command::new("wrk")
+        .args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "--latency", "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run wrk ({e}): ./dev bench installs it"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "wrk {url}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("Non-2xx"), "wrk {url} got errors:\n{text}");
+    let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or_else(|| panic!("{text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| {
+            let v = v.trim();
+            let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+            let n: f64 = num.parse().unwrap_or(f64::NAN);
+            match unit {
+                "us" => n,
+                "ms" => n * 1e3,
+                "s" => n * 1e6,
+                _ => f64::NAN,
+            }
+        })
+        .unwrap_or(f64::NAN);
+    (rps, p99)
+}
+
+/// The worker gateway on keep-alive connections against nginx's `return 200` on the same
+/// machine in the same run: requests per second at 16 connections and the p99 at one, for
+/// a call answered by a worker on the node itself and one on another node.
+async fn gateway(args: &Args) -> Value {
+    let names = ["g1@127.0.39.1".to_string(), "g2@127.0.39.2".to_string()];
+    let base = args.static_topology(&names);
+    let counter = args.plugin("worker_counter.wasm");
+    let nodes: Vec<Node> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let http = format!("\n[http]\nlisten = \"127.0.39.{}:8080\"\ngateway = true\n", i + 1);
+            let config = args.config(&format!("gateway{i}"), &format!("{base}\n[worker.counter]\ncomponent = \"{}\"\n{http}", counter.display()));
+            args.node(n, &config, false)
+        })
+        .collect();
+    for n in &nodes {
+        n.wait_line("members (2):", Duration::from_secs(30));
+    }
+    // A counter on g1 and one on g2, both called through g1's gateway.
+    let (mut local, mut remote) = (None, None);
+    for i in 0..200 {
+        let (status, body) = http_request("127.0.39.1:8080", "POST", &format!("/v1/workers/counter/k{i}"), b"");
+        assert_eq!(status, 201, "{body}");
+        let on = serde_json::from_str::<Value>(&body).unwrap()["node"].as_str().unwrap().to_string();
+        if on == names[0] && local.is_none() {
+            local = Some(format!("k{i}"));
+        } else if on == names[1] && remote.is_none() {
+            remote = Some(format!("k{i}"));
+        }
+        if local.is_some() && remote.is_some() {
+            break;
+        }
+    }
+    let (local, remote) = (local.unwrap(), remote.unwrap());
+    // nginx, one worker process, answering 200 to everything.
+    let dir = args.tmp.0.join("nginx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\nuser root;\npid {0}/nginx.pid;\nerror_log {0}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {0};\n  server {{ listen 127.0.39.9:8080; location / {{ return 200 \"ok\"; }} }}\n}}\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut nginx =
+        Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(&dir).spawn().unwrap_or_else(|e| panic!("cannot run nginx ({e}): ./dev bench installs it"));
+    let start = Instant::now();
+    while std::net::TcpStream::connect("127.0.39.9:8080").is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "nginx did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let script = dir.join("increment.lua");
+    std::fs::write(&script, "wrk.method = \"POST\"\nwrk.body = \"increment\"\n").unwrap();
+    let secs = if args.quick { 3 } else { 10 };
+    let url = |key: &str| format!("http://127.0.39.1:8080/v1/workers/counter/{key}/call");
+    // Warm up each, then alternate: nginx, local, remote.
+    for u in ["http://127.0.39.9:8080/".to_string(), url(&local), url(&remote)] {
+        wrk(&u, 16, 1, &script);
+    }
+    let (nginx16, _) = wrk("http://127.0.39.9:8080/", 16, secs, &script);
+    let (local16, _) = wrk(&url(&local), 16, secs, &script);
+    let (remote16, _) = wrk(&url(&remote), 16, secs, &script);
+    let (_, nginx_p99) = wrk("http://127.0.39.9:8080/", 1, secs, &script);
+    let (_, local_p99) = wrk(&url(&local), 1, secs, &script);
+    let (_, remote_p99) = wrk(&url(&remote), 1, secs, &script);
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    drop(nodes);
+    json!({
+        "nginx_return_200_c16_per_s": nginx16,
+        "gateway_local_call_c16_per_s": local16,
+        "gateway_remote_call_c16_per_s": remote16,
+        "gateway_local_over_nginx": (local16 / nginx16 * 100.0).round() / 100.0,
+        "gateway_remote_over_nginx": (remote16 / nginx16 * 100.0).round() / 100.0,
+        "nginx_return_200_c1_p99_us": nginx_p99,
+        "gateway_local_call_c1_p99_us": local_p99,
+        "gateway_remote_call_c1_p99_us": remote_p99,
+    })
+}
+
+/// One HTTP/1.1 request on a new connection; (status, body).
+fn http_request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the gateway");
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
