@@ -264,6 +264,10 @@ impl View {
     fn gossip_from(&mut self, from: &str, names: Option<Names>) {
         let old = match names {
             Some(names) => {
+                // Most gossip repeats the sender's last list: nothing to count again.
+                if self.gossip.get(from).is_some_and(|old| Arc::ptr_eq(old, &names) || **old == *names) {
+                    return;
+                }
                 if self.full_mesh {
                     self.count(&names, true);
                 }
