@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use wasmnode::dist::{Dist, DistConfig, Peer};
 use wasmnode_proto::{Frame, Service};
-use wasmnode_testkit::{command, plugin_in, static_strategy, Launch, Node, TempDir};
+use wasmnode_testkit::{command, http, plugin_in, static_strategy, Launch, Node, TempDir};
 
 const COOKIE: &str = "bench-cookie-0b5e1";
 
@@ -715,7 +715,7 @@ async fn gateway(args: &Args) -> Value {
     // A counter on g1 and one on g2, both called through g1's gateway.
     let (mut local, mut remote) = (None, None);
     for i in 0..200 {
-        let (status, body) = http_request("127.0.39.1:8080", "POST", &format!("/v1/workers/counter/k{i}"), b"");
+        let (status, body) = http("127.0.39.1:8080", "POST", &format!("/v1/workers/counter/k{i}"), b"");
         assert_eq!(status, 201, "{body}");
         let on = serde_json::from_str::<Value>(&body).unwrap()["node"].as_str().unwrap().to_string();
         if on == names[0] && local.is_none() {
@@ -774,18 +774,4 @@ async fn gateway(args: &Args) -> Value {
         "gateway_local_call_c1_p99_us": local_p99,
         "gateway_remote_call_c1_p99_us": remote_p99,
     })
-}
-
-/// One HTTP/1.1 request on a new connection; (status, body).
-fn http_request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the gateway");
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }

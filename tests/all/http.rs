@@ -48,11 +48,6 @@ fn authed(method: &str, path: &str, body: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap()
-}
-
 #[test]
 fn the_gateway_takes_well_formed_requests_that_carry_its_token() {
     let (_dir, _node, probes, gateway) = node("http-token", 90);
@@ -108,7 +103,7 @@ fn the_gateway_takes_well_formed_requests_that_carry_its_token() {
 #[test]
 fn slow_idle_and_oversized_clients_cost_the_port_nothing() {
     let (_dir, node, probes, gateway) = node("http-slow", 91);
-    let before = rss_kib(node.pid());
+    let before = node.rss_mib();
 
     // A request line with no end: refused once past the header limit, not buffered.
     let mut s = TcpStream::connect(&gateway).unwrap();
@@ -176,6 +171,6 @@ fn slow_idle_and_oversized_clients_cost_the_port_nothing() {
     let answer = exchange(&gateway, head.as_bytes());
     assert_eq!(status(&answer), 413, "{answer}");
 
-    let after = rss_kib(node.pid());
-    assert!(after < before + 32 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    let after = node.rss_mib();
+    assert!(after < before + 32.0, "RSS grew from {before:.1} MiB to {after:.1} MiB");
 }

@@ -374,11 +374,7 @@ fn a_peer_that_does_not_read_is_disconnected_past_its_backlog() {
     let config = static_topology(&[name], 5000).replace("[node]\n", "[node]\nmax_backlog_mb = 4\n");
     let a = Node::start(name, &dir.write("t.toml", &config));
     a.wait_log("listening on", FORM);
-    let rss = || -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", a.pid())).unwrap();
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap()
-    };
-    let before = rss();
+    let before = a.rss_mib();
 
     let mut raw = Raw::connect(name);
     raw.handshake("greedy@127.0.94.9", FLAG_HIDDEN, COOKIE.as_bytes()).unwrap();
@@ -396,8 +392,8 @@ fn a_peer_that_does_not_read_is_disconnected_past_its_backlog() {
     }
     a.wait_log("disconnecting greedy@127.0.94.9: it does not read", FORM);
     assert!(sent < 600 << 20, "the node kept reading {sent} bytes of pings from a peer that reads nothing");
-    let after = rss();
-    assert!(after < before + 64 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    let after = a.rss_mib();
+    assert!(after < before + 64.0, "RSS grew from {before:.1} MiB to {after:.1} MiB");
     // The node serves everyone else.
     let out = cli(&["nodes", "--node", name], COOKIE);
     assert!(out.status.success(), "{}", output_text(&out));
