@@ -125,6 +125,16 @@ def variant(dirpath, version, dump):
         gw_port = int(gw.rsplit(":", 1)[1])
         check(gw_port in {p["containerPort"] for p in c.get("ports", [])}, f"{name}: the gateway's port {gw_port} is a container port")
 
+    # [node.tls]: the three files from one mounted Secret, read-only.
+    tls = topo["node"].get("tls")
+    if tls:
+        dirs = {os.path.dirname(tls.get(k, "")) for k in ("cert", "key", "ca")}
+        tls_mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"] in dirs), None)
+        tls_vol = next((v for v in pod.get("volumes", []) if tls_mount and v["name"] == tls_mount["name"]), None)
+        check(len(dirs) == 1 and tls_mount is not None and tls_mount.get("readOnly") is True
+              and tls_vol is not None and bool(tls_vol.get("secret", {}).get("secretName")),
+              f"{name}: [node.tls] cert, key and ca from a Secret mounted read-only at {sorted(dirs)}")
+
     # Probes: /readyz and /healthz on the port the topology's [http] listens on.
     http_port = int(topo.get("http", {}).get("listen", ":0").rsplit(":", 1)[1])
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}

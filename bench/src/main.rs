@@ -48,6 +48,26 @@ impl Args {
         plugin_in(&self.plugins, file)
     }
 
+    /// The config of a node alone at `host`: empty, or with `[node.tls]` (a certificate
+    /// from the bench's development CA); and the TLS setting for a client at 127.0.30.9.
+    fn lone(&self, host: &str, tls: bool) -> (PathBuf, Option<std::sync::Arc<wasmnode::tls::Tls>>) {
+        if !tls {
+            return (self.config("empty", ""), None);
+        }
+        let dir = self.tmp.0.join("certs");
+        wasmnode::certs::write(&dir, &[host.to_string(), "127.0.30.9".to_string()]).expect("wasmnode certs");
+        let files = |h: &str| wasmnode::tls::TlsFiles {
+            cert: dir.join(format!("{h}.crt")),
+            key: dir.join(format!("{h}.key")),
+            ca: dir.join("ca.crt"),
+            reload_interval: Duration::from_secs(3600),
+        };
+        let f = files(host);
+        let body = format!("[node.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n", f.cert.display(), f.key.display(), f.ca.display());
+        let client = wasmnode::tls::Tls::load(files("127.0.30.9"), "127.0.30.9").expect("the client's certificate");
+        (self.config(&format!("tls-{host}"), &body), Some(std::sync::Arc::new(client)))
+    }
+
     /// Topology `local`: the static strategy listing `hosts`, polled every 5 s.
     fn static_topology(&self, hosts: &[String]) -> String {
         let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
@@ -160,7 +180,7 @@ fn run_all(args: &Args) {
     let wants = |f: &str| args.only.as_deref().is_none_or(|o| o == f);
     let mut results = serde_json::Map::new();
     let mut table: Vec<(String, String, String)> = Vec::new();
-    for figure in ["rtt", "throughput", "connect", "workers", "workers-pooled", "workers-nowasi", "remote-call"] {
+    for figure in ["rtt", "throughput", "connect", "rtt-tls", "throughput-tls", "connect-tls", "workers", "workers-pooled", "workers-nowasi", "remote-call"] {
         if !wants(figure) {
             continue;
         }
@@ -236,8 +256,13 @@ fn machine() -> Value {
 
 /// Connects a client endpoint to `target` (retrying until it listens).
 async fn client(name: &str, target: &str) -> Peer {
+    client_tls(name, target, None).await
+}
+
+/// [`client`], with mutual TLS when `tls` is given.
+async fn client_tls(name: &str, target: &str, tls: Option<std::sync::Arc<wasmnode::tls::Tls>>) -> Peer {
     let (tx, _rx) = mpsc::unbounded_channel();
-    let dist = Dist::new(DistConfig { hidden: true, ..DistConfig::new(name, COOKIE.as_bytes().to_vec()) }, tx);
+    let dist = Dist::new(DistConfig { hidden: true, tls, ..DistConfig::new(name, COOKIE.as_bytes().to_vec()) }, tx);
     std::mem::forget(_rx);
     let start = Instant::now();
     loop {
@@ -424,11 +449,32 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
     let pinned = placement == "pinned";
+    // `rtt-tls`, `throughput-tls`, `connect-tls`: the same figures under `[node.tls]`,
+    // their keys suffixed `_tls`.
+    if let Some(base) = figure.strip_suffix("-tls") {
+        let v = measure(base, pinned, args, true).await;
+        return Value::Object(v.as_object().unwrap().iter().map(|(k, v)| (tls_key(k), v.clone())).collect());
+    }
+    measure(figure, pinned, args, false).await
+}
+
+/// `rtt_16b_median_us` → `rtt_16b_median_tls_us` (the unit stays last, for the table).
+fn tls_key(k: &str) -> String {
+    for unit in ["_us", "_gb_per_s", "_msgs_per_s"] {
+        if let Some(stem) = k.strip_suffix(unit) {
+            return format!("{stem}_tls{unit}");
+        }
+    }
+    format!("{k}_tls")
+}
+
+async fn measure(figure: &str, pinned: bool, args: &Args, tls: bool) -> Value {
     match figure {
         "rtt" => {
-            let node = args.node("rtt@127.0.30.1", &args.config("empty", ""), pinned);
+            let (config, client_config) = args.lone("127.0.30.1", tls);
+            let node = args.node("rtt@127.0.30.1", &config, pinned);
             node.wait_line("listening on", Duration::from_secs(10));
-            let peer = client("bench@127.0.30.9", "rtt@127.0.30.1").await;
+            let peer = client_tls("bench@127.0.30.9", "rtt@127.0.30.1", client_config).await;
             let payload = Bytes::from_static(b"0123456789abcdef");
             let n = if args.quick { 20_000 } else { 200_000 };
             for _ in 0..10_000 {
@@ -454,9 +500,10 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
             })
         }
         "throughput" => {
-            let node = args.node("sink@127.0.30.2", &args.config("empty", ""), pinned);
+            let (config, client_config) = args.lone("127.0.30.2", tls);
+            let node = args.node("sink@127.0.30.2", &config, pinned);
             node.wait_line("listening on", Duration::from_secs(10));
-            let peer = client("bench@127.0.30.9", "sink@127.0.30.2").await;
+            let peer = client_tls("bench@127.0.30.9", "sink@127.0.30.2", client_config).await;
             let mut out = serde_json::Map::new();
             for (label, size, count) in [("16b", 16usize, 3_000_000usize), ("1kib", 1024, 1_000_000), ("64kib", 65536, 40_000)] {
                 let count = if args.quick { count / 10 } else { count };
@@ -486,13 +533,17 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
             Value::Object(out)
         }
         "connect" => {
-            let node = args.node("acc@127.0.30.3", &args.config("empty", ""), pinned);
+            let (config, client_config) = args.lone("127.0.30.3", tls);
+            let node = args.node("acc@127.0.30.3", &config, pinned);
             node.wait_line("listening on", Duration::from_secs(10));
             let n = if args.quick { 200 } else { 2000 };
             let mut samples = Vec::with_capacity(n);
             for i in 0..n {
                 let (tx, _rx) = mpsc::unbounded_channel();
-                let dist = Dist::new(DistConfig { hidden: true, ..DistConfig::new(format!("c{i}@127.0.30.9"), COOKIE.as_bytes().to_vec()) }, tx);
+                let dist = Dist::new(
+                    DistConfig { hidden: true, tls: client_config.clone(), ..DistConfig::new(format!("c{i}@127.0.30.9"), COOKIE.as_bytes().to_vec()) },
+                    tx,
+                );
                 let t = Instant::now();
                 let peer = dist.connect("acc@127.0.30.3").await.expect("connect");
                 samples.push(t.elapsed());
@@ -598,35 +649,9 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
             for n in [&n1, &n2] {
                 n.wait_line("members (2):", Duration::from_secs(30));
             }
-            // Place a caller on w1 and a callee on w2.
             let ctl = client("benchctl@127.0.35.9", &names[0]).await;
-            let ask = |v: Value| {
-                let ctl = ctl.clone();
-                async move {
-                    let body = ctl.request(Service::Control, Bytes::from(v.to_string()), Duration::from_secs(600)).await.expect("control request");
-                    serde_json::from_slice::<Value>(&body).unwrap()
-                }
-            };
-            let mut caller = None;
-            let mut callee = None;
-            for i in 0..200 {
-                let v = ask(json!({"op":"start","kind":"probe","key":format!("k{i}")})).await;
-                match v["started"].as_str() {
-                    Some(n) if n == names[0] && caller.is_none() => caller = Some(format!("k{i}")),
-                    Some(n) if n == names[1] && callee.is_none() => callee = Some(format!("k{i}")),
-                    _ => {}
-                }
-                if caller.is_some() && callee.is_some() {
-                    break;
-                }
-            }
-            let (caller, callee) = (caller.expect("a probe on w1 (are the nodes connected?)"), callee.expect("a probe on w2"));
             let n = if args.quick { 20_000 } else { 100_000 };
-            ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench 10000 probe/{callee}"),"timeout_ms":600000})).await;
-            let v = ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {n} probe/{callee}"),"timeout_ms":600000})).await;
-            let reply = v["reply"].as_str().unwrap_or_else(|| panic!("bench call failed: {v}")).to_string();
-            let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
-            let (median, p99) = (it.next().unwrap(), it.next().unwrap());
+            let (median, p99) = remote_call(&ctl, &names, n).await;
             drop((n1, n2));
             // This machine's floor in the same run and placement: a blocking ping-pong
             // between two processes. Targets in µs compare across machines only through it.
@@ -663,6 +688,39 @@ async fn measure_figure(figure: &str, placement: &str, args: &Args) -> Value {
 }
 
 /// What wrk measured: requests per second, and the 99th percentile of latency in µs.
+/// Median and p99, in µs, of `n` calls from a probe worker on `names[0]` to one on
+/// `names[1]`, timed in the guest (both nodes run the probe kind); `ctl` is connected to
+/// `names[0]`.
+async fn remote_call(ctl: &Peer, names: &[String], n: usize) -> (f64, f64) {
+    let ask = |v: Value| {
+        let ctl = ctl.clone();
+        async move {
+            let body = ctl.request(Service::Control, Bytes::from(v.to_string()), Duration::from_secs(600)).await.expect("control request");
+            serde_json::from_slice::<Value>(&body).unwrap()
+        }
+    };
+    // Place a caller on the first node and a callee on the second.
+    let mut caller = None;
+    let mut callee = None;
+    for i in 0..200 {
+        let v = ask(json!({"op":"start","kind":"probe","key":format!("k{i}")})).await;
+        match v["started"].as_str() {
+            Some(n) if n == names[0] && caller.is_none() => caller = Some(format!("k{i}")),
+            Some(n) if n == names[1] && callee.is_none() => callee = Some(format!("k{i}")),
+            _ => {}
+        }
+        if caller.is_some() && callee.is_some() {
+            break;
+        }
+    }
+    let (caller, callee) = (caller.expect("a probe on the first node (are the nodes connected?)"), callee.expect("a probe on the second node"));
+    ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench 10000 probe/{callee}"),"timeout_ms":600000})).await;
+    let v = ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {n} probe/{callee}"),"timeout_ms":600000})).await;
+    let reply = v["reply"].as_str().unwrap_or_else(|| panic!("bench call failed: {v}")).to_string();
+    let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
+    (it.next().unwrap(), it.next().unwrap())
+}
+
 fn wrk(url: &str, connections: usize, seconds: u64, script: &Path) -> (f64, f64) {
     let threads = connections.min(2);
     let out = Command::new("wrk")
@@ -700,12 +758,14 @@ async fn gateway(args: &Args) -> Value {
     let names = ["g1@127.0.39.1".to_string(), "g2@127.0.39.2".to_string()];
     let base = args.static_topology(&names);
     let counter = args.plugin("worker_counter.wasm");
+    let probe = args.plugin("worker_probe.wasm");
     let nodes: Vec<Node> = names
         .iter()
         .enumerate()
         .map(|(i, n)| {
             let http = format!("\n[http]\nlisten = \"127.0.39.{}:8080\"\ngateway = true\n", i + 1);
-            let config = args.config(&format!("gateway{i}"), &format!("{base}\n[worker.counter]\ncomponent = \"{}\"\n{http}", counter.display()));
+            let workers = format!("[worker.counter]\ncomponent = \"{}\"\n[worker.probe]\ncomponent = \"{}\"\n", counter.display(), probe.display());
+            let config = args.config(&format!("gateway{i}"), &format!("{base}\n{workers}{http}"));
             args.node(n, &config, false)
         })
         .collect();
@@ -763,6 +823,10 @@ async fn gateway(args: &Args) -> Value {
     let (_, remote_p99) = wrk(&url(&remote), 1, secs, &script);
     let _ = nginx.kill();
     let _ = nginx.wait();
+    // The allowance for a gateway call that crosses to another node: nginx's p99 plus
+    // three remote calls between these two nodes, measured now (their p99).
+    let ctl = client("benchctl@127.0.39.8", &names[0]).await;
+    let (_, call_p99) = remote_call(&ctl, &names, if args.quick { 20_000 } else { 100_000 }).await;
     drop(nodes);
     json!({
         "nginx_return_200_c16_per_s": nginx16,
@@ -773,5 +837,7 @@ async fn gateway(args: &Args) -> Value {
         "nginx_return_200_c1_p99_us": nginx_p99,
         "gateway_local_call_c1_p99_us": local_p99,
         "gateway_remote_call_c1_p99_us": remote_p99,
+        "worker_remote_call_p99_us": call_p99,
+        "gateway_remote_c1_p99_allowance_us": nginx_p99 + 3.0 * call_p99,
     })
 }

@@ -372,15 +372,29 @@ fn the_kubernetes_manifests_validate_and_their_topologies_pass_check_in_the_imag
     assert!(out.status.success(), "k8s/ does not validate:\n{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("manifests: ") && text.contains(" passed, 0 failed"), "{text}");
 
+    // The StatefulSet's [node.tls] Secret, as docs/operations.md makes it: one wildcard
+    // certificate for every pod's name, readable by the image's user.
+    let tls = dir.0.join("tls");
+    ok(Command::new(bin()).args(["certs", "--dir"]).arg(&tls).arg("*.myapp-headless.default.svc.cluster.local"));
+    for (from, to) in [("_.myapp-headless.default.svc.cluster.local.crt", "tls.crt"), ("_.myapp-headless.default.svc.cluster.local.key", "tls.key")] {
+        std::fs::rename(tls.join(from), tls.join(to)).unwrap();
+    }
+    std::fs::remove_file(tls.join("ca.key")).unwrap();
+    for f in ["tls.crt", "tls.key", "ca.crt"] {
+        std::fs::set_permissions(tls.join(f), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
     for variant in ["deployment", "statefulset"] {
         let topo = dir.0.join(variant);
         assert!(topo.join("topology.toml").is_file(), "{variant}: no topology dumped");
         let mount = format!("{}:/wasmnode/topology:ro", topo.display());
+        let tls_mount = format!("{}:/wasmnode/tls:ro", tls.display());
         let out = ok(Command::new("docker").args([
             "run",
             "--rm",
             "-v",
             &mount,
+            "-v",
+            &tls_mount,
             "-e",
             "POD_IP=10.1.0.65",
             "-e",

@@ -14,5 +14,6 @@ mod http;
 mod kubernetes;
 mod ops;
 mod partition;
+mod tls;
 mod wire;
 mod workers;

@@ -155,6 +155,8 @@ pub struct NodeConfig {
     /// When a node joins and owns some names: move them now (`move`, default) or leave
     /// them where they run until they next restart (`stay`).
     pub rebalance_on_join: bool,
+    /// `[node.tls]`: mutual TLS under the handshake, with these files.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// `[topology.NAME]`: one discovery strategy plugin and how to run it.
@@ -345,6 +347,16 @@ struct RawNode {
     handoff_deadline_ms: Option<u64>,
     max_backlog_mb: Option<Spanned<u64>>,
     rebalance: Option<Spanned<String>>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    ca: Spanned<String>,
+    reload_interval_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -472,7 +484,27 @@ impl Config {
             Some(m) if *m.get_ref() == 0 => return Err(err(Some(m.span()), Some("node.max_backlog_mb".into()), "must be above 0".into())),
             Some(m) => (*m.get_ref() as usize).saturating_mul(1 << 20),
         };
+        let tls = match &rn.tls {
+            None => None,
+            Some(t) => {
+                let t = t.get_ref();
+                let file =
+                    |k: &str, v: &Spanned<String>| expand(v.get_ref()).map(|p| base.join(p)).map_err(|m| err(Some(v.span()), Some(format!("node.tls.{k}")), m));
+                let reload = match &t.reload_interval_ms {
+                    None => 10_000,
+                    Some(r) if *r.get_ref() == 0 => return Err(err(Some(r.span()), Some("node.tls.reload_interval_ms".into()), "must be above 0".into())),
+                    Some(r) => *r.get_ref(),
+                };
+                Some(crate::tls::TlsFiles {
+                    cert: file("cert", &t.cert)?,
+                    key: file("key", &t.key)?,
+                    ca: file("ca", &t.ca)?,
+                    reload_interval: Duration::from_millis(reload),
+                })
+            }
+        };
         let node = NodeConfig {
+            tls,
             name,
             listen,
             cookie,
@@ -781,6 +813,19 @@ mod tests {
         assert!(e.contains("key `http.token_file`: give only one of token_env, token_file"), "{e}");
         let e = parse("[node]\nname = \"a@127.0.0.1\"\n[http]\ngateway_listen = \"127.0.0.1:8081\"\n").unwrap_err();
         assert!(e.contains("key `http.gateway_listen`: gateway_listen is set but gateway is not true"), "{e}");
+    }
+
+    #[test]
+    fn node_tls_paths_are_relative_to_the_file_and_every_key_is_named() {
+        let c = parse("[node]\nname = \"a@127.0.0.1\"\n[node.tls]\ncert = \"c/a.crt\"\nkey = \"/k/a.key\"\nca = \"c/ca.crt\"\n").unwrap();
+        let tls = c.node.tls.unwrap();
+        assert_eq!((tls.cert, tls.key, tls.ca, tls.reload_interval), ("c/a.crt".into(), "/k/a.key".into(), "c/ca.crt".into(), Duration::from_secs(10)));
+        let e = parse("[node]\nname = \"a@127.0.0.1\"\n[node.tls]\ncert = \"a.crt\"\nkey = \"a.key\"\n").unwrap_err();
+        assert!(e.contains("missing field `ca`"), "{e}");
+        let e = parse("[node.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\nreload_interval_ms = 0\n").unwrap_err();
+        assert!(e.starts_with("t.toml:5:22: key `node.tls.reload_interval_ms`: must be above 0"), "{e}");
+        let e = parse("[node.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\ncrt = \"d\"\n").unwrap_err();
+        assert!(e.contains("unknown field `crt`"), "{e}");
     }
 
     #[test]

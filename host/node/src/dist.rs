@@ -7,7 +7,10 @@
 //! - Handshake: the state machines of [`wasmnode_proto::handshake`] (Noise `NNpsk0`
 //!   keyed by the cookie), driven over the socket with a deadline; every byte after it
 //!   travels in sealed records ([`wasmnode_proto::seal`]), so a relay on the path can
-//!   neither read, change nor inject a frame. The acceptor decides, under one lock and
+//!   neither read, change nor inject a frame. With `[node.tls]`, a TLS 1.3 handshake
+//!   with certificates on both sides comes first and the cookie's handshake runs inside
+//!   it; frames then travel in TLS records ([`crate::tls`]). An acceptor tells the two
+//!   kinds of dialer apart by their first byte and refuses the other kind in words. The acceptor decides, under one lock and
 //!   after the peer proved it holds this handshake's keys, whether to keep the
 //!   connection: a name already connected is refused, and when two nodes dial each other at once the connection dialled by the
 //!   node with the smaller name wins (each side applies the same rule, so exactly one
@@ -47,6 +50,7 @@ use wasmnode_proto::{Error as ProtoError, Frame, Service};
 
 use crate::admission::{self, HalfOpen};
 use crate::refusals::{self, RefusalLog};
+use crate::tls::{self, Tls};
 
 /// Why a connection ended; every node-down carries one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +100,7 @@ impl fmt::Display for DownReason {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DialError {
-    #[error("{0}")]
+    #[error(transparent)]
     BadName(#[from] crate::name::NameError),
     #[error("cannot resolve {0}: {1}")]
     Resolve(String, String),
@@ -105,15 +109,30 @@ pub enum DialError {
     #[error("timed out")]
     Timeout,
     #[error("handshake failed: {0}")]
-    Handshake(#[from] ProtoError),
+    Handshake(ProtoError),
     #[error("handshake failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("dialled {dialled} but {answered} answered")]
     WrongNode { dialled: String, answered: String },
     #[error("a dial to this node is already in progress")]
     InProgress,
     #[error("this node is leaving")]
     Leaving,
+    #[error("{0}")]
+    Tls(String),
+}
+
+// Not `#[from]`: that would make the error its own source, and `{:#}` print it twice.
+impl From<ProtoError> for DialError {
+    fn from(e: ProtoError) -> DialError {
+        DialError::Handshake(e)
+    }
+}
+
+impl From<std::io::Error> for DialError {
+    fn from(e: std::io::Error) -> DialError {
+        DialError::Io(e)
+    }
 }
 
 impl DialError {
@@ -123,6 +142,7 @@ impl DialError {
             DialError::Handshake(ProtoError::CookieMismatch) => "cookie_mismatch",
             DialError::Handshake(ProtoError::Refused { code: Refusal::CookieMismatch, .. }) => "cookie_mismatch",
             DialError::Handshake(ProtoError::Refused { code: Refusal::VersionMismatch, .. }) => "version",
+            DialError::Handshake(ProtoError::Refused { code: Refusal::ModeMismatch | Refusal::Certificate, .. }) | DialError::Tls(_) => "tls",
             DialError::Handshake(ProtoError::Refused { .. }) => "refused",
             DialError::Handshake(ProtoError::VersionMismatch { .. }) => "version",
             DialError::Handshake(_) | DialError::WrongNode { .. } => "protocol",
@@ -170,6 +190,8 @@ pub struct DistConfig {
     /// Bytes that may wait to be sent to one peer; past it the peer is disconnected as
     /// not reading (OTP's `dist_buf_busy_limit`, there a point where senders block).
     pub max_backlog: usize,
+    /// Mutual TLS under the handshake (`[node.tls]`); without it, Noise alone.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// [`DistConfig::max_backlog`] unless configured: a whole largest message, and then some.
@@ -190,6 +212,7 @@ impl DistConfig {
             deliver_sends: false,
             nameserver: None,
             max_backlog: DEFAULT_MAX_BACKLOG,
+            tls: None,
         }
     }
 }
@@ -241,7 +264,7 @@ struct PeerInner {
     /// Seals every byte this side sends. Whoever writes seals, at the moment it writes:
     /// a sender under `direct` with nothing queued, else the writer task (records must
     /// reach the wire in the order they were sealed).
-    sealer: Sealer,
+    sealer: Seal,
     /// When bytes last went out, in nanoseconds since `born`: heartbeats fill silences.
     last_write: AtomicU64,
     born: Instant,
@@ -538,27 +561,44 @@ impl Dist {
     /// connections, left once the peer has proved the cookie (dropped before: it stops).
     async fn accept(&self, mut stream: TcpStream, addr: SocketAddr, half_open: &Mutex<HalfOpen<tokio::task::AbortHandle>>, id: u64) -> Result<(), DialError> {
         stream.set_nodelay(true)?;
-        let mut buf = BytesMut::with_capacity(512);
-        let hello = read_message(&mut stream, &mut buf).await?;
-        let (acceptor, challenge) = match Acceptor::on_hello(&self.identity(), &self.0.cfg.cookie, hello) {
+        let mut wire = match self.accept_tls(&mut stream, addr).await? {
+            Some(conn) => Wire::tls(conn)?,
+            None => Wire::plain(),
+        };
+        let hello = wire.read(&mut stream).await?;
+        let (acceptor, challenge) = match Acceptor::on_hello_bound(&self.identity(), &self.0.cfg.cookie, hello, &wire.binding) {
             Ok(x) => x,
             Err(e) => {
                 self.warn_refused(addr, &e);
-                write_message(&mut stream, &Message::Refuse { code: Refusal::for_error(&e), reason: e.to_string() }).await?;
+                wire.write(&mut stream, &Message::Refuse { code: Refusal::for_error(&e), reason: e.to_string() }).await?;
                 return Err(e.into());
             }
         };
-        write_message(&mut stream, &challenge).await?;
-        let proof = read_message(&mut stream, &mut buf).await?;
+        wire.write(&mut stream, &challenge).await?;
+        let proof = wire.read(&mut stream).await?;
         let claimed = acceptor.claimed().name.clone();
         let (peer_id, mut session) = match acceptor.on_proof(proof) {
             Ok(x) => x,
             Err(e) => {
                 self.warn_refused(addr, format_args!("{e} (claimed name {claimed})"));
-                let _ = write_message(&mut stream, &Message::Refuse { code: Refusal::for_error(&e), reason: e.to_string() }).await;
+                let _ = wire.write(&mut stream, &Message::Refuse { code: Refusal::for_error(&e), reason: e.to_string() }).await;
                 return Err(e.into());
             }
         };
+        // Under TLS, the dialer's certificate must name the host of the name it proved.
+        if let Some(link) = &wire.tls {
+            let host = crate::name::NodeName::parse(&peer_id.name).map(|n| n.host).unwrap_or_default();
+            if let Err(why) = link.check_names(&host) {
+                self.warn_refused(addr, format_args!("{} from {addr}: {why}", peer_id.name));
+                let _ = wire
+                    .write(
+                        &mut stream,
+                        &Message::Refuse { code: Refusal::Certificate, reason: format!("the certificate {} presented does not name {host}", peer_id.name) },
+                    )
+                    .await;
+                return Err(DialError::Tls(why));
+            }
+        }
         // It holds the cookie: no longer half-open, never dropped from here on (it may
         // have been dropped just before: then it stops here, before it registers).
         if !half_open.lock().unwrap().finish(id) {
@@ -567,7 +607,7 @@ impl Dist {
         }
         // Sealed now, as the first record of this side, before anything else can be.
         let accept = session.accept();
-        let (sealer, opener) = session.split();
+        let (sealer, opener) = wire.record_layer(session);
         let me = &self.0.cfg.name;
         let decision = {
             let mut st = self.0.state.lock().unwrap();
@@ -594,13 +634,48 @@ impl Dist {
                         self.warn_refused(addr, &reason);
                     }
                 }
-                write_message(&mut stream, &Message::Refuse { code, reason }).await?;
+                wire.write(&mut stream, &Message::Refuse { code, reason }).await?;
                 Ok(())
             }
             Ok((peer, rx)) => {
-                write_message(&mut stream, &accept).await?;
-                self.start(peer, stream, buf, opener, rx);
+                wire.write(&mut stream, &accept).await?;
+                let (raw, plain) = wire.leftover();
+                self.start(peer, stream, raw, plain, opener, rx);
                 Ok(())
+            }
+        }
+    }
+
+    /// Tells a TLS dialer (its first byte opens a TLS record) from one that speaks the
+    /// handshake in the clear, refuses the kind this node does not expect, and runs the
+    /// TLS handshake with the other: its connection, or `None` in the clear.
+    async fn accept_tls(&self, stream: &mut TcpStream, addr: SocketAddr) -> Result<Option<rustls::Connection>, DialError> {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "peer closed the connection before its handshake").into());
+        }
+        let speaks_tls = first[0] == tls::TLS_HANDSHAKE_BYTE;
+        match (&self.0.cfg.tls, speaks_tls) {
+            (None, false) => Ok(None),
+            (Some(config), true) => {
+                let mut conn = config.server();
+                match tls::handshake(stream, &mut conn).await {
+                    Ok(()) => Ok(Some(conn)),
+                    Err(e) => {
+                        self.warn_refused(addr, &e);
+                        Err(DialError::Tls(e.to_string()))
+                    }
+                }
+            }
+            (None, true) => {
+                self.warn_refused(addr, "it opened with TLS, but this node has no [node.tls] (set it on every node of the cluster, or on none)");
+                refuse_other_kind(stream, "this node does not use TLS: [node.tls] is not set on it").await?;
+                Err(DialError::Tls("a TLS dialer, and this node has no [node.tls]".into()))
+            }
+            (Some(_), false) => {
+                self.warn_refused(addr, "it speaks without TLS, but this node requires TLS ([node.tls] is set here)");
+                refuse_other_kind(stream, "this node requires TLS: set [node.tls] with a certificate from its CA").await?;
+                Err(DialError::Tls("a dialer without TLS, and this node requires it".into()))
             }
         }
     }
@@ -639,20 +714,30 @@ impl Dist {
         let addr = self.resolve(&target).await?;
         let mut stream = self.open(addr).await.map_err(|e| DialError::Connect(addr, e))?;
         stream.set_nodelay(true)?;
-        let mut buf = BytesMut::with_capacity(512);
-        let (dialer, hello) = Dialer::start(&self.identity(), name, &self.0.cfg.cookie)?;
-        write_message(&mut stream, &hello).await?;
-        let challenge = read_message(&mut stream, &mut buf).await?;
+        let mut wire = match &self.0.cfg.tls {
+            None => Wire::plain(),
+            Some(config) => {
+                let mut conn = config.client(&target.host).map_err(DialError::Tls)?;
+                tls::handshake(&mut stream, &mut conn).await.map_err(|e| match e {
+                    tls::HandshakeError::Refused { code, reason } => DialError::Handshake(ProtoError::Refused { code, reason }),
+                    e => DialError::Tls(e.to_string()),
+                })?;
+                Wire::tls(conn)?
+            }
+        };
+        let (dialer, hello) = Dialer::start_bound(&self.identity(), name, &self.0.cfg.cookie, &wire.binding)?;
+        wire.write(&mut stream, &hello).await?;
+        let challenge = wire.read(&mut stream).await?;
         // Checked before anything more is sent: the answer opens with this handshake's
         // keys and comes from the node dialled.
         let (proven, proof) = dialer.on_challenge(challenge).map_err(|e| match e {
             ProtoError::WrongNode { dialled, answered } => DialError::WrongNode { dialled, answered },
             e => DialError::Handshake(e),
         })?;
-        write_message(&mut stream, &proof).await?;
-        let answer = read_message(&mut stream, &mut buf).await?;
+        wire.write(&mut stream, &proof).await?;
+        let answer = wire.read(&mut stream).await?;
         let (peer_id, session) = proven.on_accept(answer)?;
-        let (sealer, opener) = session.split();
+        let (sealer, opener) = wire.record_layer(session);
         let registered = {
             let mut st = self.0.state.lock().unwrap();
             match st.peers.get(name) {
@@ -664,7 +749,8 @@ impl Dist {
         match registered {
             Err(existing) => Ok(existing),
             Ok((peer, rx)) => {
-                self.start(peer.clone(), stream, buf, opener, rx);
+                let (raw, plain) = wire.leftover();
+                self.start(peer.clone(), stream, raw, plain, opener, rx);
                 Ok(peer)
             }
         }
@@ -696,7 +782,7 @@ impl Dist {
         }
     }
 
-    fn register(&self, st: &mut State, id: &Identity, addr: SocketAddr, sealer: Sealer) -> (Peer, mpsc::UnboundedReceiver<Out>) {
+    fn register(&self, st: &mut State, id: &Identity, addr: SocketAddr, sealer: Seal) -> (Peer, mpsc::UnboundedReceiver<Out>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let peer = Peer(Arc::new(PeerInner {
             name: id.name.clone(),
@@ -725,8 +811,9 @@ impl Dist {
         (peer, rx)
     }
 
-    /// Runs the connection: `raw` holds whatever sealed bytes arrived with the handshake.
-    fn start(&self, peer: Peer, stream: TcpStream, raw: BytesMut, opener: Opener, rx: mpsc::UnboundedReceiver<Out>) {
+    /// Runs the connection: `raw` holds whatever sealed bytes arrived with the handshake,
+    /// `plain` what of them was opened already (under TLS).
+    fn start(&self, peer: Peer, stream: TcpStream, raw: BytesMut, plain: BytesMut, opener: Open, rx: mpsc::UnboundedReceiver<Out>) {
         let dist = self.clone();
         tokio::spawn(async move {
             let (rd, wr) = stream.into_split();
@@ -734,7 +821,7 @@ impl Dist {
             *peer.0.direct.lock().unwrap() = Some(wr.clone());
             let mut writer = tokio::spawn(write_loop(peer.clone(), wr, rx, dist.0.cfg.heartbeat_interval));
             let reason = tokio::select! {
-                r = read_loop(&dist, &peer, rd, raw, opener) => r,
+                r = read_loop(&dist, &peer, rd, raw, plain, opener) => r,
                 w = &mut writer => w.unwrap_or(DownReason::ConnectionClosed),
             };
             writer.abort();
@@ -779,6 +866,117 @@ impl Dist {
     }
 }
 
+/// What seals this side's bytes: Noise's records, or under `[node.tls]` TLS's.
+enum Seal {
+    Noise(Sealer),
+    Tls(Arc<tls::Link>),
+}
+
+impl Seal {
+    fn seal(&self, plain: &[u8], out: &mut BytesMut) {
+        match self {
+            Seal::Noise(s) => s.seal(plain, out),
+            Seal::Tls(link) => link.seal(plain, out),
+        }
+    }
+}
+
+/// What opens the peer's bytes (see [`Seal`]).
+enum Open {
+    Noise(Opener),
+    Tls(Arc<tls::Link>),
+}
+
+impl Open {
+    fn open(&mut self, raw: &mut BytesMut, plain: &mut BytesMut) -> Result<(), String> {
+        match self {
+            Open::Noise(o) => o.open(raw, plain).map_err(|e| e.to_string()),
+            Open::Tls(link) => link.open(raw, plain).map_err(|e| format!("TLS: {e}")),
+        }
+    }
+}
+
+/// The byte stream a handshake's messages travel: the socket itself, or TLS over it.
+struct Wire {
+    tls: Option<Arc<tls::Link>>,
+    /// Bytes read and not yet used: messages in the clear, or TLS records not yet opened.
+    raw: BytesMut,
+    /// Under TLS, bytes opened and not yet used.
+    plain: BytesMut,
+    /// Under TLS, the value the cookie's handshake is bound to; empty without.
+    binding: Vec<u8>,
+}
+
+impl Wire {
+    fn plain() -> Wire {
+        Wire { tls: None, raw: BytesMut::with_capacity(512), plain: BytesMut::new(), binding: Vec::new() }
+    }
+
+    fn tls(conn: rustls::Connection) -> Result<Wire, DialError> {
+        let binding = tls::binding(&conn).map_err(DialError::Tls)?.to_vec();
+        Ok(Wire { tls: Some(Arc::new(tls::Link::new(conn))), raw: BytesMut::with_capacity(4096), plain: BytesMut::with_capacity(512), binding })
+    }
+
+    async fn read(&mut self, stream: &mut TcpStream) -> Result<Message, DialError> {
+        match &mut self.tls {
+            None => read_message(stream, &mut self.raw).await,
+            Some(link) => loop {
+                // First what TLS holds already: the bytes that came with its handshake's
+                // last flight are opened there, not left on the socket.
+                link.open(&mut self.raw, &mut self.plain).map_err(|e| DialError::Tls(e.to_string()))?;
+                if let Some((msg, used)) = Message::decode(&self.plain)? {
+                    self.plain.advance(used);
+                    return Ok(msg);
+                }
+                if stream.read_buf(&mut self.raw).await? == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "peer closed the connection during the handshake").into());
+                }
+            },
+        }
+    }
+
+    async fn write(&mut self, stream: &mut TcpStream, msg: &Message) -> std::io::Result<()> {
+        match &mut self.tls {
+            None => write_message(stream, msg).await,
+            Some(link) => {
+                let mut plain = Vec::with_capacity(128);
+                msg.encode(&mut plain);
+                let mut out = BytesMut::with_capacity(plain.len() + 64);
+                link.seal(&plain, &mut out);
+                stream.write_all(&out).await
+            }
+        }
+    }
+
+    /// The record layer the connection goes on with: Noise's keys from the handshake, or
+    /// (under TLS, which already seals) the TLS connection. The handshake's last message
+    /// (`Accept`, or a refusal) still goes through this `Wire`, in the same records.
+    fn record_layer(&self, session: wasmnode_proto::seal::Session) -> (Seal, Open) {
+        match &self.tls {
+            None => {
+                let (sealer, opener) = session.split();
+                (Seal::Noise(sealer), Open::Noise(opener))
+            }
+            Some(link) => (Seal::Tls(link.clone()), Open::Tls(link.clone())),
+        }
+    }
+
+    /// The bytes that came with the handshake: (still sealed, opened).
+    fn leftover(self) -> (BytesMut, BytesMut) {
+        (self.raw, self.plain)
+    }
+}
+
+/// Refuses a dialer of the other kind (TLS or not) in the clear, which both kinds can
+/// read. Its first message is read first: a socket closed with unread bytes sends a
+/// reset, which can destroy the refusal before the dialer reads it.
+async fn refuse_other_kind(stream: &mut TcpStream, reason: &str) -> std::io::Result<()> {
+    let mut first = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut first)).await;
+    write_message(stream, &Message::Refuse { code: Refusal::ModeMismatch, reason: reason.into() }).await?;
+    stream.shutdown().await
+}
+
 async fn read_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Message, DialError> {
     loop {
         if let Some((msg, used)) = Message::decode(buf)? {
@@ -797,7 +995,7 @@ async fn write_message(stream: &mut TcpStream, msg: &Message) -> std::io::Result
     stream.write_all(&out).await
 }
 
-async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut raw: BytesMut, mut opener: Opener) -> DownReason {
+async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut raw: BytesMut, plain: BytesMut, mut opener: Open) -> DownReason {
     let timeout = dist.0.cfg.heartbeat_timeout;
     let max_frame = dist.0.cfg.max_frame;
     let mut reassembler = Reassembler::new(MAX_MESSAGE);
@@ -807,6 +1005,7 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut raw: Byt
     tokio::pin!(silence);
     // Frames' bytes, opened from the sealed records in `raw`.
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    buf.extend_from_slice(&plain);
     loop {
         if let Err(e) = opener.open(&mut raw, &mut buf) {
             return protocol_error(peer, e);
@@ -886,7 +1085,7 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut raw: Byt
     }
 }
 
-fn protocol_error(peer: &Peer, e: ProtoError) -> DownReason {
+fn protocol_error(peer: &Peer, e: impl fmt::Display) -> DownReason {
     warn!("closing connection to {} ({}): {e}", peer.name(), peer.addr());
     DownReason::ProtocolError(e.to_string())
 }
@@ -1094,6 +1293,49 @@ mod tests {
             assert_eq!(pa.ping(Bytes::from_static(b"x")).await.unwrap(), Bytes::from_static(b"x"));
             assert_eq!(pb.ping(Bytes::from_static(b"y")).await.unwrap(), Bytes::from_static(b"y"));
         }
+    }
+
+    /// Under `[node.tls]`: nodes whose certificates name their host connect, and a
+    /// large message and a round trip go through TLS records; a dialer with a good
+    /// certificate that claims a name on another host is refused (code 10); a dialer of
+    /// the other kind is refused in words, both ways (code 9).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_tls_a_name_needs_a_certificate_that_names_its_host() {
+        let dir = std::env::temp_dir().join(format!("wasmnode-dist-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::certs::write(&dir, &["127.0.0.1".into()]).unwrap();
+        let files =
+            tls::TlsFiles { cert: dir.join("127.0.0.1.crt"), key: dir.join("127.0.0.1.key"), ca: dir.join("ca.crt"), reload_interval: Duration::from_secs(10) };
+        let config = Arc::new(Tls::load(files, "127.0.0.1").unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+        let (a, _a_events) = listening_with("a", |c| DistConfig { tls: Some(config.clone()), ..c }).await;
+        let (b, mut b_events) = listening_with("b", |c| DistConfig { tls: Some(config.clone()), ..c }).await;
+        let peer = a.connect(b.name()).await.unwrap();
+        assert_eq!(peer.ping(Bytes::from_static(b"over tls")).await.unwrap(), Bytes::from_static(b"over tls"));
+        let big = Bytes::from((0..5_000_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        peer.send(Frame::Send(big.clone()));
+        loop {
+            if let Some(DistEvent::Frame(_, Frame::Send(p))) = b_events.recv().await {
+                assert_eq!(p, big, "the large message arrives whole");
+                break;
+            }
+        }
+        // The same certificate, claiming a name on 127.0.0.2.
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let liar = Dist::new(DistConfig { tls: Some(config.clone()), ..DistConfig::new("m@127.0.0.2:1", b"cookie".to_vec()) }, tx);
+        match liar.connect(b.name()).await {
+            Err(DialError::Handshake(ProtoError::Refused { code: Refusal::Certificate, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        // The other kind, both ways.
+        let (plain, _p_events) = listening("p").await;
+        for r in [plain.connect(b.name()).await, a.connect(plain.name()).await] {
+            match r {
+                Err(DialError::Handshake(ProtoError::Refused { code: Refusal::ModeMismatch, .. })) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(b.peers().len(), 1, "only a got in");
     }
 
     /// A peer that stops sending is declared down after the heartbeat timeout, with

@@ -3,7 +3,8 @@
 //! Layers, each depending only on the ones above it:
 //! - `wasmnode_proto` (its own crate): frames and the handshake, no I/O;
 //! - [`dist`]: TCP connections, handshake I/O, heartbeats, fragments; [`refusals`]: how
-//!   often a refused handshake is logged;
+//!   often a refused handshake is logged; [`tls`]: optional mutual TLS under the
+//!   handshake ([`certs`] makes a development CA for it);
 //! - [`membership`]: who is up, gossip for the full mesh, re-dial with backoff;
 //! - [`registry`]: one instance per worker name cluster-wide, calls by name;
 //! - [`control`]: the JSON control plane the CLI (a hidden node) talks to; [`http`]:
@@ -13,6 +14,7 @@
 //! - [`config`] and [`name`]: the topology file and node names; [`resolve`]: uncached DNS.
 
 pub mod admission;
+pub mod certs;
 pub mod config;
 pub mod control;
 pub mod dist;
@@ -29,3 +31,4 @@ pub mod resolve;
 pub mod runtime;
 pub mod sim;
 pub mod time;
+pub mod tls;

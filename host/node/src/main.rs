@@ -92,6 +92,17 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Make a development CA (once: DIR/ca.crt, DIR/ca.key) and, signed by it, a
+    /// certificate and key for each HOST (DIR/HOST.crt, DIR/HOST.key), for [node.tls].
+    /// HOST is the host part of a node name: an IP address, a DNS name, or a wildcard
+    /// such as '*.myapp-headless.default.svc.cluster.local'.
+    Certs {
+        /// Where the files go (made if missing; an existing CA there is reused).
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(required = true)]
+        hosts: Vec<String>,
+    },
     /// GET a URL of a node's HTTP port (e.g. http://127.0.0.1:9090/readyz) and print the
     /// body; exits 0 on a 2xx answer, 1 otherwise. The image has no curl: Docker's
     /// HEALTHCHECK and `docker exec` use this.
@@ -166,6 +177,16 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Probe { .. } => unreachable!("handled above"),
+            Command::Certs { dir, hosts } => {
+                let written = wasmnode::certs::write(&dir, &hosts).map_err(|e| anyhow!(e))?;
+                if !written.ca_created {
+                    println!("reused the CA in {}", dir.join("ca.crt").display());
+                }
+                for f in &written.files {
+                    println!("wrote {}", f.display());
+                }
+                Ok(())
+            }
         }
     });
     exit(result)
@@ -200,11 +221,18 @@ async fn connect_hidden(node: Option<String>, config: Option<PathBuf>) -> anyhow
         (None, Some(c)) => c.node.name.to_string(),
         (None, None) => return Err(anyhow!("which node? give --node NAME, or --config FILE to ask the node that file describes")),
     };
+    // With [node.tls], the CLI presents the node's own certificate, so it names itself
+    // under the node's host, which that certificate names.
+    let (tls, host) = match cfg.as_ref().and_then(|c| c.node.tls.clone().map(|t| (t, c.node.name.host.clone()))) {
+        Some((files, host)) => (Some(std::sync::Arc::new(wasmnode::tls::Tls::load(files, &host).map_err(|e| anyhow!(e))?)), host),
+        None => (None, "127.0.0.1".to_string()),
+    };
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
     let source = cfg.map(|c| c.node.cookie).unwrap_or_else(|| CookieSource::Env(DEFAULT_COOKIE_ENV.into()));
     let cookie = source.resolve().map_err(|e| anyhow!(e))?;
-    let me = format!("wasmnode-cli-{}@127.0.0.1", std::process::id());
+    let me = format!("wasmnode-cli-{}@{host}", std::process::id());
     let (tx, _rx) = mpsc::unbounded_channel();
-    let dist = Dist::new(DistConfig { hidden: true, ..DistConfig::new(me, cookie) }, tx);
+    let dist = Dist::new(DistConfig { hidden: true, tls, ..DistConfig::new(me, cookie) }, tx);
     // The events receiver is dropped: the CLI only reads replies, which dist routes itself.
     dist.connect(&node).await.with_context(|| format!("cannot connect to {node}"))
 }

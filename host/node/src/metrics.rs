@@ -28,7 +28,7 @@ const BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 
 /// Every reason a connection ends for (`DownReason::code`).
 pub const DOWN_REASONS: [&str; 6] = ["connection_closed", "heartbeat_timeout", "left", "protocol_error", "local_shutdown", "not_reading"];
 /// Every cause a handshake fails for (`DialError::cause`, and the accept loop's own).
-pub const HANDSHAKE_CAUSES: [&str; 8] = ["cookie_mismatch", "version", "refused", "protocol", "timeout", "io", "name_in_use", "dropped"];
+pub const HANDSHAKE_CAUSES: [&str; 9] = ["cookie_mismatch", "version", "refused", "protocol", "timeout", "io", "name_in_use", "dropped", "tls"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {

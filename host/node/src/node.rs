@@ -33,6 +33,9 @@ pub fn check(cfg: &Config) -> Vec<ConfigError> {
     if let Some(Err(e)) = cfg.http.token.as_ref().map(|t| t.resolve()) {
         errors.push(ConfigError { file: cfg.file.clone(), at: None, key: Some("http".into()), message: e });
     }
+    if let Some(Err(e)) = cfg.node.tls.as_ref().map(|files| crate::tls::Tls::load(files.clone(), &cfg.node.name.host)) {
+        errors.push(ConfigError { file: cfg.file.clone(), at: None, key: Some("node.tls".into()), message: e });
+    }
     let engine = match runtime::engine_with(cfg.pool()) {
         Ok(e) => e,
         Err(e) => {
@@ -93,6 +96,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let token = cfg.http.token.as_ref().map(|t| t.resolve()).transpose().map_err(|e| anyhow::anyhow!("{}: {e}", cfg.file.display()))?;
     let name = cfg.node.name.to_string();
+    let tls = match &cfg.node.tls {
+        None => None,
+        Some(files) => {
+            let tls = Arc::new(crate::tls::Tls::load(files.clone(), &cfg.node.name.host).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.file.display()))?);
+            crate::tls::spawn_reload(tls.clone());
+            Some(tls)
+        }
+    };
 
     // Load every plugin before listening: a bad plugin fails the start, loudly.
     let engine = runtime::engine_with(cfg.pool())?;
@@ -124,6 +135,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             source_ip: Some(cfg.node.listen.ip()).filter(|ip| !ip.is_unspecified()),
             nameserver: cfg.node.nameserver,
             max_backlog: cfg.node.max_backlog,
+            tls,
             ..DistConfig::new(name.clone(), cookie)
         },
         tx,

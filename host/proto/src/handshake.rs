@@ -137,6 +137,10 @@ pub enum Refusal {
     SimultaneousConnect,
     /// The dialer dialled another node's name (a stale address, a mistyped `--node`).
     WrongNode,
+    /// One side requires TLS (`[node.tls]`) and the other does not speak it.
+    ModeMismatch,
+    /// The dialer's TLS certificate does not name the host of the node name it claims.
+    Certificate,
     /// A code this version does not know (a newer peer's).
     Other(u8),
 }
@@ -152,6 +156,8 @@ impl Refusal {
             Refusal::NameInUse => 6,
             Refusal::SimultaneousConnect => 7,
             Refusal::WrongNode => 8,
+            Refusal::ModeMismatch => 9,
+            Refusal::Certificate => 10,
             Refusal::Other(c) => c,
         }
     }
@@ -166,6 +172,8 @@ impl Refusal {
             6 => Refusal::NameInUse,
             7 => Refusal::SimultaneousConnect,
             8 => Refusal::WrongNode,
+            9 => Refusal::ModeMismatch,
+            10 => Refusal::Certificate,
             c => Refusal::Other(c),
         }
     }
@@ -278,17 +286,23 @@ fn psk(cookie: &[u8]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
-/// What both sides hash in first: the protocol and the name of the node dialled.
-fn prologue(to: &str) -> Vec<u8> {
+/// What both sides hash in first: the protocol, the name of the node dialled and, inside
+/// TLS, the channel binding (a value exported from the TLS session, RFC 5705), which
+/// ties the cookie's proof to that one TLS connection.
+fn prologue(to: &str, binding: &[u8]) -> Vec<u8> {
     let mut p = b"wasmnode/3\0".to_vec();
     p.extend_from_slice(to.as_bytes());
+    if !binding.is_empty() {
+        p.extend_from_slice(b"\0tls\0");
+        p.extend_from_slice(binding);
+    }
     p
 }
 
-fn noise(cookie: &[u8], to: &str, initiator: bool) -> snow::HandshakeState {
+fn noise(cookie: &[u8], to: &str, binding: &[u8], initiator: bool) -> snow::HandshakeState {
     let params = NOISE_PATTERN.parse().expect("a pattern snow knows");
     let key = psk(cookie);
-    let prologue = prologue(to);
+    let prologue = prologue(to, binding);
     let builder = snow::Builder::new(params).psk(0, &key).and_then(|b| b.prologue(&prologue)).expect("valid Noise settings");
     if initiator { builder.build_initiator() } else { builder.build_responder() }.expect("valid Noise settings")
 }
@@ -310,7 +324,13 @@ pub struct Dialer {
 impl Dialer {
     /// Begins a handshake with the node named `to`; send the returned `Hello`.
     pub fn start(me: &Identity, to: &str, cookie: &[u8]) -> Result<(Dialer, Message), Error> {
-        let mut hs = noise(cookie, to, true);
+        Dialer::start_bound(me, to, cookie, &[])
+    }
+
+    /// [`Dialer::start`] inside a TLS connection: `binding` is the value both sides
+    /// export from that connection, so the handshake completes only across it.
+    pub fn start_bound(me: &Identity, to: &str, cookie: &[u8], binding: &[u8]) -> Result<(Dialer, Message), Error> {
+        let mut hs = noise(cookie, to, binding, true);
         let mut out = vec![0u8; MAX_HANDSHAKE_FRAME];
         let n = hs.write_message(&me.encode(), &mut out).map_err(|_| Error::PeerMisbehaved("own identity too long for a handshake"))?;
         out.truncate(n);
@@ -375,6 +395,11 @@ impl Acceptor {
     /// Noise's first message, which opens only with this cookie. Send the returned
     /// `Challenge`.
     pub fn on_hello(me: &Identity, cookie: &[u8], msg: Message) -> Result<(Acceptor, Message), Error> {
+        Acceptor::on_hello_bound(me, cookie, msg, &[])
+    }
+
+    /// [`Acceptor::on_hello`] inside a TLS connection (see [`Dialer::start_bound`]).
+    pub fn on_hello_bound(me: &Identity, cookie: &[u8], msg: Message, binding: &[u8]) -> Result<(Acceptor, Message), Error> {
         let Message::Hello { version, to, noise: first } = msg else {
             return Err(Error::PeerMisbehaved("expected hello"));
         };
@@ -382,7 +407,7 @@ impl Acceptor {
         if to != me.name {
             return Err(Error::WrongNode { dialled: to, answered: me.name.clone() });
         }
-        let mut hs = noise(cookie, &me.name, false);
+        let mut hs = noise(cookie, &me.name, binding, false);
         let mut payload = vec![0u8; first.len()];
         let n = hs.read_message(&first, &mut payload).map_err(|_| Error::CookieMismatch)?;
         let peer = Identity::decode(&payload[..n])?;
@@ -504,6 +529,18 @@ mod tests {
         assert_eq!(Acceptor::on_hello(&id("c@h"), COOKIE, forged).err(), Some(Error::CookieMismatch));
     }
 
+    /// Inside TLS, the handshake opens only with the same channel binding: a `Hello`
+    /// carried from one TLS connection into another does not open.
+    #[test]
+    fn a_bound_hello_opens_only_with_its_binding() {
+        let (d, hello) = Dialer::start_bound(&id("a@h"), "b@h", COOKIE, b"session one").unwrap();
+        assert_eq!(Acceptor::on_hello_bound(&id("b@h"), COOKIE, hello.clone(), b"session two").err(), Some(Error::CookieMismatch));
+        assert_eq!(Acceptor::on_hello(&id("b@h"), COOKIE, hello.clone()).err(), Some(Error::CookieMismatch));
+        let (a, ch) = Acceptor::on_hello_bound(&id("b@h"), COOKIE, hello, b"session one").unwrap();
+        let (_, proof) = d.on_challenge(ch).unwrap();
+        assert!(a.on_proof(proof).is_ok());
+    }
+
     /// A recorded `Hello` replayed gets a `Challenge`, but no `Proof` can follow
     /// without the dialer's ephemeral key: the acceptor never counts it connected.
     #[test]
@@ -565,6 +602,8 @@ mod tests {
             Refusal::NameInUse,
             Refusal::SimultaneousConnect,
             Refusal::WrongNode,
+            Refusal::ModeMismatch,
+            Refusal::Certificate,
             Refusal::Other(200),
         ];
         for code in all {

@@ -197,10 +197,13 @@ impl Membership {
                         Ok(_) => DialResult::Connected,
                         Err(e) if e.is_tie_break() || matches!(e, DialError::InProgress) => DialResult::Busy,
                         Err(e) => {
-                            if matches!(e, DialError::Handshake(_)) {
+                            // Refused (another cookie, another TLS setting or CA): a
+                            // misconfiguration, logged as a warning.
+                            let refused = matches!(e, DialError::Handshake(_) | DialError::Tls(_));
+                            if refused {
                                 crate::metrics::global().handshake_failed(e.cause());
                             }
-                            DialResult::Failed { error: e.to_string(), refused: matches!(e, DialError::Handshake(_)) }
+                            DialResult::Failed { error: e.to_string(), refused }
                         }
                     };
                     let now_ms = m.now_ms();
