@@ -508,24 +508,29 @@ async fn measure(figure: &str, pinned: bool, args: &Args, tls: bool) -> Value {
             for (label, size, count) in [("16b", 16usize, 3_000_000usize), ("1kib", 1024, 1_000_000), ("64kib", 65536, 40_000)] {
                 let count = if args.quick { count / 10 } else { count };
                 let payload = Bytes::from(vec![0x5au8; size]);
-                // Warm up, then stream `count` one-way messages; a ping after them
-                // returns once the node has read them all.
-                for _ in 0..count / 10 {
-                    peer.send(Frame::Send(payload.clone()));
-                }
-                peer.ping(Bytes::new()).await.unwrap();
-                let t = Instant::now();
-                let window = 50_000.min(count);
-                let mut sent = 0;
-                while sent < count {
-                    let batch = window.min(count - sent);
-                    for _ in 0..batch {
-                        peer.send(Frame::Send(payload.clone()));
+                // At most 64 MiB in flight: the client's connection, like a node's, ends
+                // when more than its backlog limit (128 MiB) waits to be written.
+                let window = 50_000.min(count).min((64 << 20) / size);
+                // Streams `n` one-way messages in windows, each ended by a ping whose
+                // pong returns once the node has read them all.
+                let stream = |n: usize| {
+                    let (peer, payload) = (peer.clone(), payload.clone());
+                    async move {
+                        let mut sent = 0;
+                        while sent < n {
+                            let batch = window.min(n - sent);
+                            for _ in 0..batch {
+                                peer.send(Frame::Send(payload.clone()));
+                            }
+                            sent += batch;
+                            peer.ping(Bytes::new()).await.unwrap();
+                        }
                     }
-                    sent += batch;
-                    // Bound the queue: wait for the node to catch up every window.
-                    peer.ping(Bytes::new()).await.unwrap();
-                }
+                };
+                // Warm up, then time `count`.
+                stream(count / 10).await;
+                let t = Instant::now();
+                stream(count).await;
                 let secs = t.elapsed().as_secs_f64();
                 out.insert(format!("oneway_{label}_msgs_per_s"), json!(count as f64 / secs));
                 out.insert(format!("oneway_{label}_gb_per_s"), json!(count as f64 * size as f64 / secs / 1e9));

@@ -1320,6 +1320,25 @@ mod tests {
                 break;
             }
         }
+        // Many small frames, queued, between round trips that their senders write
+        // themselves: every one arrives, in order, through one TLS stream.
+        for window in 0..20u32 {
+            for i in 0..5_000u32 {
+                peer.send(Frame::Send(Bytes::from((window * 5_000 + i).to_be_bytes().to_vec())));
+            }
+            peer.ping(Bytes::from_static(b"window")).await.expect("the connection lives");
+        }
+        let mut next = 0u32;
+        while next < 100_000 {
+            match b_events.recv().await {
+                Some(DistEvent::Frame(_, Frame::Send(p))) => {
+                    assert_eq!(p.as_ref(), next.to_be_bytes(), "in order");
+                    next += 1;
+                }
+                Some(DistEvent::Down(_, reason)) => panic!("down: {reason}"),
+                _ => {}
+            }
+        }
         // The same certificate, claiming a name on 127.0.0.2.
         let (tx, _rx) = mpsc::unbounded_channel();
         let liar = Dist::new(DistConfig { tls: Some(config.clone()), ..DistConfig::new("m@127.0.0.2:1", b"cookie".to_vec()) }, tx);
