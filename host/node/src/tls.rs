@@ -226,6 +226,10 @@ pub fn open(conn: &mut Connection, raw: &mut BytesMut, plain: &mut BytesMut) -> 
         if !raw.is_empty() {
             let mut rd: &[u8] = raw;
             let n = conn.read_tls(&mut rd).map_err(|e| rustls::Error::General(e.to_string()))?;
+            if n == 0 {
+                // Never expected with bytes to give; an error, not a loop without end.
+                return Err(rustls::Error::General("TLS took none of the bytes read".into()));
+            }
             raw.advance(n);
         }
         let state = conn.process_new_packets()?;
