@@ -84,10 +84,6 @@ impl Tls {
         Ok(Tls { files, host: host.to_string(), current: RwLock::new(Arc::new(configs)), loaded: Mutex::new(digest) })
     }
 
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
-    }
-
     /// Reads the files again; when their contents changed and still make a valid
     /// setting, new connections use it. `Ok(true)` when it changed; an error (a file
     /// half written, a certificate that does not name this host) keeps the old setting.
