@@ -1,5 +1,5 @@
 // worker-counter-c: seed 002's Counter in C, built with clang for wasm32-wasi against
-// the C bindings wit-bindgen generates from wit/worker@0.1.0, then wrapped into a
+// the C bindings wit-bindgen generates from wit/worker@0.1.0 (world durable-worker), then wrapped into a
 // component with the WASI preview1 reactor adapter (see build.sh).
 //
 //   value      -> the value, as decimal text
@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker.h"
+#include "durable_worker.h"
 
 static uint64_t value = 0;
 
@@ -28,7 +28,7 @@ static bool parse_u64(const uint8_t *p, size_t n, uint64_t *out) {
     return true;
 }
 
-static void put_number(worker_list_u8_t *out, uint64_t v) {
+static void put_number(durable_worker_list_u8_t *out, uint64_t v) {
     char buf[24];
     int n = snprintf(buf, sizeof buf, "%llu", (unsigned long long)v);
     out->ptr = malloc((size_t)n);
@@ -36,50 +36,55 @@ static void put_number(worker_list_u8_t *out, uint64_t v) {
     out->len = (size_t)n;
 }
 
-static bool is(const worker_list_u8_t *m, const char *word) {
+static bool is(const durable_worker_list_u8_t *m, const char *word) {
     size_t n = strlen(word);
     return m->len == n && memcmp(m->ptr, word, n) == 0;
 }
 
-bool exports_wasmnode_worker_handler_init(worker_list_u8_t *args, worker_list_u8_t *handoff, worker_string_t *err) {
+bool exports_wasmnode_worker_handler_init(durable_worker_list_u8_t *args, durable_worker_list_u8_t *handoff, durable_worker_string_t *err) {
     bool ok = true;
     value = 0;
     if (handoff != NULL) {
         ok = parse_u64(handoff->ptr, handoff->len, &value);
-        worker_list_u8_free(handoff);
+        durable_worker_list_u8_free(handoff);
     } else if (args->len > 0) {
         ok = parse_u64(args->ptr, args->len, &value);
     }
-    worker_list_u8_free(args);
-    if (!ok) worker_string_dup(err, "the start value is not a decimal number");
+    durable_worker_list_u8_free(args);
+    if (!ok) durable_worker_string_dup(err, "the start value is not a decimal number");
     return ok;
 }
 
-bool exports_wasmnode_worker_handler_handle_call(worker_list_u8_t *msg, worker_list_u8_t *ret, worker_string_t *err) {
+bool exports_wasmnode_worker_handler_handle_call(durable_worker_list_u8_t *msg, durable_worker_list_u8_t *ret, durable_worker_string_t *err) {
     bool ok = true;
     if (is(msg, "value")) {
         put_number(ret, value);
     } else if (is(msg, "increment")) {
         put_number(ret, ++value);
     } else {
-        worker_string_dup(err, "unknown message: send `value` or `increment`");
+        durable_worker_string_dup(err, "unknown message: send `value` or `increment`");
         ok = false;
     }
-    worker_list_u8_free(msg);
+    durable_worker_list_u8_free(msg);
     return ok;
 }
 
-void exports_wasmnode_worker_handler_handle_cast(worker_list_u8_t *msg) {
+void exports_wasmnode_worker_handler_handle_cast(durable_worker_list_u8_t *msg) {
     if (is(msg, "increment")) value++;
-    worker_list_u8_free(msg);
+    durable_worker_list_u8_free(msg);
 }
 
 void exports_wasmnode_worker_handler_handle_info(exports_wasmnode_worker_handler_info_t *event) {
     exports_wasmnode_worker_handler_info_free(event);
 }
 
-bool exports_wasmnode_worker_handler_terminate(worker_string_t *reason, worker_list_u8_t *ret) {
-    worker_string_free(reason);
+bool exports_wasmnode_worker_handler_terminate(durable_worker_string_t *reason, durable_worker_list_u8_t *ret) {
+    durable_worker_string_free(reason);
     put_number(ret, value);
     return true;
+}
+
+// Durable kinds: the state copied to replicas after each message, as `terminate` gives it.
+void exports_wasmnode_worker_snapshot_snapshot(durable_worker_list_u8_t *ret) {
+    put_number(ret, value);
 }

@@ -3,7 +3,7 @@
     value      -> the value, as decimal text
     increment  -> the new value (also as a cast)
 
-Build: componentize-py -d wit/worker@0.1.0 -w worker componentize -p plugins/worker-counter-py app -o worker_counter_py.wasm
+Build: componentize-py -d wit/worker@0.1.0 -w durable-worker componentize -p plugins/worker-counter-py app -o worker_counter_py.wasm
 """
 
 from typing import Optional
@@ -50,4 +50,9 @@ class Handler(exports.Handler):
         pass
 
     def terminate(self, reason: str) -> Optional[bytes]:
+        return str(value).encode()
+
+
+class Snapshot(exports.Snapshot):
+    def snapshot(self) -> bytes:
         return str(value).encode()

@@ -205,6 +205,9 @@ pub struct WorkerConfig {
     /// Deadline of one message, counting the guest's own time.
     pub call_timeout: Duration,
     pub memory_limit: usize,
+    /// How many other nodes hold each instance's state after every message it handles
+    /// (`durability = "replicated"`, `replicas = N`); 0 for `durability = "none"`.
+    pub replicas: usize,
     /// Where `component` is written, for errors found when loading it.
     pub component_at: (usize, usize),
 }
@@ -221,6 +224,7 @@ impl WorkerConfig {
             restart: Default::default(),
             call_timeout: Duration::from_millis(DEFAULT_WORKER_CALL_TIMEOUT_MS),
             memory_limit: (DEFAULT_WORKER_MEMORY_MB as usize) << 20,
+            replicas: 0,
             component_at: (0, 0),
         }
     }
@@ -228,6 +232,8 @@ impl WorkerConfig {
 
 /// `[worker.KIND] call_timeout_ms` when not set.
 const DEFAULT_WORKER_CALL_TIMEOUT_MS: u64 = 5000;
+/// The most replicas a durable kind can ask for.
+const MAX_REPLICAS: i64 = 3;
 /// `[worker.KIND] memory_limit_mb` when not set.
 const DEFAULT_WORKER_MEMORY_MB: u64 = 64;
 
@@ -316,6 +322,8 @@ struct RawWorker {
     restart: Option<Spanned<String>>,
     call_timeout_ms: Option<u64>,
     memory_limit_mb: Option<u64>,
+    durability: Option<Spanned<String>>,
+    replicas: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -593,7 +601,28 @@ impl Config {
                     ))
                 }
             };
+            let replicas = match (w.durability.as_ref().map(|d| (d.get_ref().as_str(), d.span())), &w.replicas) {
+                (None | Some(("none", _)), None) => 0,
+                (None | Some(("none", _)), Some(r)) => {
+                    return Err(err(Some(r.span()), Some(format!("worker.{kind}.replicas")), "replicas needs `durability = \"replicated\"`".into()))
+                }
+                (Some(("replicated", _)), None) => 1,
+                (Some(("replicated", _)), Some(r)) => match *r.get_ref() {
+                    n @ 1..=MAX_REPLICAS => n as usize,
+                    n => {
+                        return Err(err(
+                            Some(r.span()),
+                            Some(format!("worker.{kind}.replicas")),
+                            format!("{n} replicas: give 1 to {MAX_REPLICAS} (each is a node that holds every instance's state)"),
+                        ))
+                    }
+                },
+                (Some((other, span)), _) => {
+                    return Err(err(Some(span), Some(format!("worker.{kind}.durability")), format!("`{other}` is not a durability: none or replicated")))
+                }
+            };
             workers.push(WorkerConfig {
+                replicas,
                 component_at: line_col(text, w.component.span().start),
                 kind,
                 component,
@@ -826,6 +855,24 @@ mod tests {
         assert!(e.starts_with("t.toml:5:22: key `node.tls.reload_interval_ms`: must be above 0"), "{e}");
         let e = parse("[node.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\ncrt = \"d\"\n").unwrap_err();
         assert!(e.contains("unknown field `crt`"), "{e}");
+    }
+
+    #[test]
+    fn durability_and_replicas_are_checked_and_named() {
+        // `component` must be a file: this crate's manifest stands in (tests run in its folder).
+        let w = |rest: &str| parse(&format!("[worker.c]\ncomponent = \"Cargo.toml\"\n{rest}"));
+        assert_eq!(w("").unwrap().workers[0].replicas, 0, "durability is none by default");
+        assert_eq!(w("durability = \"none\"\n").unwrap().workers[0].replicas, 0);
+        assert_eq!(w("durability = \"replicated\"\n").unwrap().workers[0].replicas, 1, "one replica by default");
+        assert_eq!(w("durability = \"replicated\"\nreplicas = 3\n").unwrap().workers[0].replicas, 3);
+        let e = w("durability = \"replicated\"\nreplicas = 4\n").unwrap_err();
+        assert!(e.starts_with("t.toml:4:12: key `worker.c.replicas`: 4 replicas: give 1 to 3"), "{e}");
+        let e = w("durability = \"replicated\"\nreplicas = 0\n").unwrap_err();
+        assert!(e.contains("key `worker.c.replicas`: 0 replicas"), "{e}");
+        let e = w("replicas = 2\n").unwrap_err();
+        assert!(e.starts_with("t.toml:3:12: key `worker.c.replicas`: replicas needs `durability = \"replicated\"`"), "{e}");
+        let e = w("durability = \"raft\"\n").unwrap_err();
+        assert!(e.starts_with("t.toml:3:14: key `worker.c.durability`: `raft` is not a durability: none or replicated"), "{e}");
     }
 
     #[test]

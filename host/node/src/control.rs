@@ -7,7 +7,7 @@
 //! | `{"op":"watch"}` | the `nodes` answer, then one [`MemberEvent`] per reply until the connection closes |
 //! | `{"op":"start","kind","key","args"}` | `{"started": NODE}`, or `{"error":"already_started","node"}` … |
 //! | `{"op":"call","kind","key","msg","timeout_ms"}` | `{"reply": TEXT}` (or `reply_hex` when not UTF-8), or `{"error": "not_found" \| "timeout" \| "failed" \| "unavailable", "reason"}` |
-//! | `{"op":"workers"}` | `{"nodes": [{"node", "workers": ["kind/key", …]}]}` |
+//! | `{"op":"workers"}` | `{"nodes": [{"node", "workers": ["kind/key", …]}], "durable": [{"name", "owner", "copy", "replicas": [{"node", "copy", "bytes", "current"}]}]}` |
 //!
 //! Worker messages and replies are text here (the CLI's); the HTTP gateway and workers
 //! themselves carry bytes.
@@ -106,7 +106,8 @@ pub fn handle(m: &Membership, registry: &Registry, peer: Peer, id: u64, body: By
             let registry = registry.clone();
             tokio::spawn(async move {
                 let nodes: Vec<_> = registry.list_all().await.into_iter().map(|(node, workers)| json!({ "node": node, "workers": workers })).collect();
-                reply(&peer, json!({ "nodes": nodes }));
+                let durable = registry.durable_all().await;
+                reply(&peer, json!({ "nodes": nodes, "durable": durable }));
             });
         }
         Ok(Request::Nodes) => {

@@ -173,6 +173,16 @@ fn main() -> ExitCode {
                         let workers: Vec<&str> = n["workers"].as_array().into_iter().flatten().filter_map(|w| w.as_str()).collect();
                         println!("{} ({}): {}", n["node"].as_str().unwrap_or("?"), workers.len(), workers.join(", "));
                     }
+                    let durable = v["durable"].as_array().map(Vec::len).unwrap_or(0);
+                    if durable > 0 {
+                        let behind = v["durable"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|d| d["replicas"].as_array().is_none_or(|r| r.is_empty() || r.iter().any(|r| r["current"] != true)))
+                            .count();
+                        println!("durable: {durable} names, {behind} without a current replica (--json for each name's replicas)");
+                    }
                 }
                 Ok(())
             }

@@ -66,6 +66,9 @@ pub struct Metrics {
     call_errors: Counter,
     handoffs: Counter,
     restarts: Counter,
+    replicated_copies: Counter,
+    replicated_bytes: Counter,
+    replication_failures: Counter,
     cpu_seconds: Counter<f64, AtomicU64>,
     resident: Gauge,
     virtual_memory: Gauge,
@@ -106,6 +109,9 @@ impl Metrics {
             call_errors: Counter::default(),
             handoffs: Counter::default(),
             restarts: Counter::default(),
+            replicated_copies: Counter::default(),
+            replicated_bytes: Counter::default(),
+            replication_failures: Counter::default(),
             cpu_seconds: Counter::default(),
             resident: Gauge::default(),
             virtual_memory: Gauge::default(),
@@ -126,6 +132,9 @@ impl Metrics {
         registry.register("wasmnode_call_errors", "Worker calls through this node that failed", m.call_errors.clone());
         registry.register("wasmnode_handoffs", "Instances this node handed to another with their state", m.handoffs.clone());
         registry.register("wasmnode_restarts", "Instances this node restarted after their node went down", m.restarts.clone());
+        registry.register("wasmnode_replicated_copies", "Copies of durable instances' states a replica took from this node", m.replicated_copies.clone());
+        registry.register("wasmnode_replicated_bytes", "State bytes (whole states and deltas) in those copies", m.replicated_bytes.clone());
+        registry.register("wasmnode_replication_failures", "Copies a replica did not take (down, or no answer in time)", m.replication_failures.clone());
         registry.register("wasmnode_build", "The wasmnode version running", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         registry.register("process_cpu_seconds", "User and system CPU time spent, in seconds", m.cpu_seconds.clone());
         registry.register("process_resident_memory_bytes", "Resident memory size, in bytes", m.resident.clone());
@@ -189,6 +198,15 @@ impl Metrics {
     }
     pub fn handed_off(&self) {
         self.handoffs.inc();
+    }
+    /// A copy of a durable state went to a replica: `bytes` of state, taken or not.
+    pub fn replicated(&self, bytes: usize, held: bool) {
+        if held {
+            self.replicated_copies.inc();
+            self.replicated_bytes.inc_by(bytes as u64);
+        } else {
+            self.replication_failures.inc();
+        }
     }
     pub fn restarted(&self) {
         self.restarts.inc();

@@ -6,7 +6,8 @@
 //! | `increment` | the new value (also accepted as a cast) |
 //!
 //! `init` takes an optional start value (decimal text); the state handed over between
-//! nodes is the value as decimal text.
+//! nodes, and copied to replicas when the kind is durable (`snapshot`), is the value as
+//! decimal text.
 //!
 //! ```toml
 //! [worker.counter]
@@ -17,7 +18,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-wit_bindgen::generate!({ world: "worker", path: "../../wit/worker@0.1.0", generate_all });
+wit_bindgen::generate!({ world: "durable-worker", path: "../../wit/worker@0.1.0", generate_all });
 
 use exports::wasmnode::worker::handler::Guest;
 use wasmnode::worker::types::Info;
@@ -59,6 +60,12 @@ impl Guest for Counter {
 
     fn terminate(_reason: String) -> Option<Vec<u8>> {
         Some(VALUE.load(Relaxed).to_string().into_bytes())
+    }
+}
+
+impl exports::wasmnode::worker::snapshot::Guest for Counter {
+    fn snapshot() -> Vec<u8> {
+        VALUE.load(Relaxed).to_string().into_bytes()
     }
 }
 

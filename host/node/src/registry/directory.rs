@@ -6,7 +6,7 @@
 use tracing::{info, warn};
 
 use super::placement::{stays, Lineage};
-use super::table::{Claim, Effect, Orphan, Slot, StopWhy, Table};
+use super::table::{Claim, Effect, Grace, Orphan, Slot, StopWhy, Table};
 use super::wire::Msg;
 use super::WorkerName;
 
@@ -21,6 +21,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             self.directory.insert(name.clone(), Claim { node: from.clone(), conn, args, lineage });
         }
         self.orphans.remove(&name);
+        self.forget_stale_replica(&name, &from);
         // Where the name runs now is what its node says, not where this one once sent it.
         self.moved.remove(&name);
         self.out.push(Effect::Changed);
@@ -46,7 +47,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         if runs || self.orphans.contains_key(&name) {
             return;
         }
-        self.orphans.insert(name, Orphan { args, lineage, told: None });
+        self.orphans.insert(name, Orphan { args, lineage, told: None, grace: Grace::Unasked });
         self.replan();
     }
 }

@@ -19,10 +19,12 @@
 
 mod actor;
 mod directory;
+pub mod durable;
 mod error;
 mod handoff;
 mod name;
 pub mod placement;
+mod replica;
 pub mod route;
 mod supervise;
 pub mod table;
@@ -43,12 +45,14 @@ pub use actor::{start_apart, BoxFuture, Envelope, Info, Mailbox, RemoteReply, Re
 pub use error::{CallError, SpawnError, StartError};
 pub use name::WorkerName;
 pub use placement::owner;
+pub use wire::DurableReport;
 
 use crate::dist::{DownReason, Peer};
 use crate::membership::{MemberChange, Membership};
+use durable::Replicator;
 use route::Route;
 use table::{Effect, Event, Table};
-use wire::{CallFields, CastFields, Msg, Rpc, RpcReply, RPC_CALL, RPC_CAST};
+use wire::{CallFields, CastFields, Msg, Replicate, Rpc, RpcReply, RPC_CALL, RPC_CAST};
 
 /// How long a call or start waits for members that came up to list their names.
 const SYNC_WAIT: Duration = Duration::from_secs(2);
@@ -56,6 +60,9 @@ const SYNC_WAIT: Duration = Duration::from_secs(2);
 const READY_WAIT: Duration = Duration::from_secs(10);
 /// How many nodes a call follows a moving name through before giving up.
 const MAX_HOPS: usize = 4;
+/// How long a durable instance waits for a replica to take a copy of its state before
+/// it no longer counts that replica (a replica that went down fails at once).
+const REPLICATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whom the table's answer to a start or a stop goes to.
 #[derive(Debug)]
@@ -489,6 +496,79 @@ impl Registry {
         }
     }
 
+    // ---- durable kinds ----
+
+    /// Copies `state`, the new state of the durable instance of `name` running here, to
+    /// its `replicas` (the members that rank next for it) and waits until every one
+    /// that is up holds it: a delta to a replica that holds the previous copy, the whole
+    /// state to one that does not. A node that is down or does not answer within
+    /// [`REPLICATE_TIMEOUT`] is not counted (it gets the whole state next time); nodes
+    /// that are no longer among the replicas are told to drop their copy.
+    pub async fn replicate(&self, name: &WorkerName, replicas: usize, rep: &mut Replicator, state: Vec<u8>) {
+        let Some((targets, args, lineage)) = self.0.table.lock().unwrap().replication_of(name, replicas) else { return };
+        let Some((seq, sends)) = rep.plan(&targets, &state) else { return };
+        let copies = sends.into_iter().map(|(to, update)| {
+            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: targets.clone() };
+            let state = &state;
+            async move {
+                let bytes = copy.update.payload_len();
+                let mut held = matches!(self.rpc(&to, &Rpc::Replicate(Box::new(copy.clone())), REPLICATE_TIMEOUT).await, Ok(RpcReply::Done));
+                if !held && matches!(copy.update, durable::Update::Delta { .. }) {
+                    // Most likely a replica that lost the previous copy: the whole state.
+                    let full = Replicate { update: durable::Update::Full(state.clone()), ..copy };
+                    held = matches!(self.rpc(&to, &Rpc::Replicate(Box::new(full)), REPLICATE_TIMEOUT).await, Ok(RpcReply::Done));
+                }
+                crate::metrics::global().replicated(bytes, held);
+                if !held {
+                    debug!(worker = %name, peer = %to, "{to} did not take the copy of {name}'s state");
+                }
+                (to, held)
+            }
+        });
+        let results = futures_util::future::join_all(copies).await;
+        let acked: Vec<String> = results.into_iter().filter(|(_, held)| *held).map(|(to, _)| to).collect();
+        self.0.table.lock().unwrap().copied(name, seq, acked.clone());
+        for dropped in rep.done(seq, state, &targets, &acked) {
+            self.send(&dropped, &Msg::ReplicaDropped { name: name.clone() });
+        }
+    }
+
+    /// What this node knows of durable names: the copies it holds (name, the node that
+    /// runs it, copy number, size) and, for those running here, the last copy's number
+    /// and which replicas hold it.
+    pub fn durable_here(&self) -> DurableReport {
+        let t = self.0.table.lock().unwrap();
+        DurableReport { held: t.replicas_held(), sent: t.copies_sent() }
+    }
+
+    /// [`Registry::durable_here`] of every member, this node included, for `workers
+    /// --json`: each durable name with where it runs, the replicas that hold its state,
+    /// and whether each holds the latest copy.
+    pub async fn durable_all(&self) -> Vec<serde_json::Value> {
+        let mut reports = Vec::new();
+        for m in self.0.membership.members() {
+            if m.is_self {
+                reports.push((m.name, self.durable_here()));
+            } else if let Ok(RpcReply::Durable(r)) = self.rpc(&m.name, &Rpc::Durable, Duration::from_secs(5)).await {
+                reports.push((m.name, r));
+            }
+        }
+        let mut out = Vec::new();
+        for (owner, report) in &reports {
+            for (name, seq, acked) in &report.sent {
+                let replicas: Vec<serde_json::Value> = reports
+                    .iter()
+                    .filter_map(|(node, r)| {
+                        let (_, _, held, bytes) = r.held.iter().find(|(n, from, _, _)| n == name && from == owner)?;
+                        Some(serde_json::json!({ "node": node, "copy": held, "bytes": bytes, "current": held == seq && acked.contains(node) }))
+                    })
+                    .collect();
+                out.push(serde_json::json!({ "name": name.to_string(), "owner": owner, "copy": seq, "replicas": replicas }));
+            }
+        }
+        out
+    }
+
     // ---- requests from other nodes ----
 
     /// Answers, on the reader of the connection it came on, a call or cast from another
@@ -550,6 +630,15 @@ impl Registry {
                 self.apply(Event::Received { from: peer.name().to_string(), msg }, false);
                 return;
             }
+            // In the connection's order, with nothing to wait for: answered at once.
+            Ok(Rpc::Replicate(copy)) => {
+                let reply = match self.0.table.lock().unwrap().replica_in(peer.name(), *copy) {
+                    Ok(()) => RpcReply::Done,
+                    Err(replica::NotHeld::NeedFull) => RpcReply::NeedFull,
+                };
+                peer.send(Frame::Reply { id, body: wire::encode_reply(&reply) });
+                return;
+            }
             Ok(rpc) => rpc,
             Err(e) => {
                 debug!(peer = %peer.name(), "bad registry request: {e}");
@@ -587,7 +676,8 @@ impl Registry {
                     Err(e) => RpcReply::CallFailed(e),
                 },
                 Rpc::List => RpcReply::List(registry.local_names()),
-                Rpc::Tell(_) => return,
+                Rpc::Durable => RpcReply::Durable(registry.durable_here()),
+                Rpc::Tell(_) | Rpc::Replicate(_) => return,
             };
             peer.send(Frame::Reply { id, body: wire::encode_reply(&reply) });
         });

@@ -14,6 +14,14 @@ pub fn owner<'a>(members: impl IntoIterator<Item = &'a str>, name: &WorkerName) 
     members.into_iter().max_by_key(|m| (score(m, name), std::cmp::Reverse(*m)))
 }
 
+/// `members` from the name's owner down, by the same scores: the owner first, then the
+/// nodes that would own it next, in order (a durable name's replicas).
+pub fn ranked<'a>(members: impl IntoIterator<Item = &'a str>, name: &WorkerName) -> Vec<&'a str> {
+    let mut all: Vec<(u64, &str)> = members.into_iter().map(|m| (score(m, name), m)).collect();
+    all.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    all.into_iter().map(|(_, m)| m).collect()
+}
+
 fn score(member: &str, name: &WorkerName) -> u64 {
     // The bytes of `member \0 kind/key`, as when names were strings.
     hash(member.bytes().chain([0u8]).chain(name.kind.bytes()).chain([b'/']).chain(name.key.bytes()))
@@ -97,6 +105,21 @@ mod tests {
         let b = ["c@h", "a@h", "b@h"];
         for i in 0..1000 {
             assert_eq!(owner(a, &n(i)), owner(b, &n(i)));
+        }
+    }
+
+    #[test]
+    fn the_ranking_starts_with_the_owner_and_drops_a_member_in_place() {
+        let four = ["a@h", "b@h", "c@h", "d@h"];
+        for i in 0..500 {
+            let r = ranked(four, &n(i));
+            assert_eq!(r.len(), 4);
+            assert_eq!(Some(r[0]), owner(four, &n(i)));
+            // Without its owner, the name's next owner is the ranking's second: a
+            // durable name's first replica.
+            let rest: Vec<&str> = four.iter().copied().filter(|m| *m != r[0]).collect();
+            assert_eq!(owner(rest.iter().copied(), &n(i)), Some(r[1]));
+            assert_eq!(ranked(rest.iter().copied(), &n(i)), r[1..].to_vec());
         }
     }
 

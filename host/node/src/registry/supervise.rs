@@ -5,7 +5,7 @@
 
 use tracing::info;
 
-use super::table::{Effect, Orphan, Slot, StartWhy, Table, Timer, LEAVER_GRACE};
+use super::table::{Effect, Grace, Orphan, Slot, StartWhy, Table, Timer, LEAVER_GRACE, REPLICA_GRACE};
 use super::wire::Msg;
 use super::Restart;
 
@@ -85,7 +85,17 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 info!(worker = %name, peer = %node, "not restarting {name} after {node} went down: its kind is temporary");
                 continue;
             }
-            self.orphans.insert(name, Orphan { args: claim.args, lineage: claim.lineage, told: None });
+            self.orphans.insert(name, Orphan { args: claim.args, lineage: claim.lineage, told: None, grace: Grace::Unasked });
+        }
+        // Durable names it ran that this node holds a copy of, should its announcement
+        // not have arrived: lost too.
+        let copied: Vec<_> = self.replicas.iter().filter(|(n, r)| r.from == node && !self.orphans.contains_key(*n)).map(|(n, _)| n.clone()).collect();
+        for name in copied {
+            if self.local.contains_key(&name) || self.directory.get(&name).is_some_and(|c| c.node != node) {
+                continue;
+            }
+            let r = &self.replicas[&name];
+            self.orphans.insert(name, Orphan { args: r.args.clone(), lineage: r.lineage, told: None, grace: Grace::Unasked });
         }
         // Names handed to it and not yet acknowledged go to the next owner.
         let stranded: Vec<_> = self.local.iter().filter(|(_, s)| matches!(s, Slot::Moving { to, .. } if to == node)).map(|(n, _)| n.clone()).collect();
@@ -109,12 +119,32 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 continue;
             }
             let owner = self.owner_of(&name).to_string();
-            let orphan = self.orphans.get_mut(&name).expect("listed above");
             if owner == self.me && self.leaving {
                 // Leaving, with nobody left to own it: nothing to restart it on.
                 continue;
             }
-            if owner == self.me {
+            // A copy of its state held here, from the node that lost it: this node starts
+            // it from that when it owns it now, or when the owner holds no copy (it joined
+            // since the last one) and this node is the first live holder.
+            let copy = self.replicas.get(&name).filter(|r| !self.connected(&r.from));
+            let takes_over = copy.is_some_and(|r| {
+                owner == self.me || (!r.holders.iter().any(|h| h == &owner) && r.holders.iter().find(|h| *h == &self.me || self.connected(h)) == Some(&self.me))
+            });
+            if takes_over && !self.leaving {
+                let r = self.replicas.remove(&name).expect("found above");
+                self.spawn(name, r.args, r.lineage.moved(), StartWhy::Failover, Some(r.state), Vec::new());
+                continue;
+            }
+            let durable = self.kinds.replicas(&name.kind) > 0;
+            let orphan = self.orphans.get_mut(&name).expect("listed above");
+            if owner == self.me && durable && orphan.grace != Grace::Over {
+                // A node that holds a copy may start it (this one joined since the last
+                // copy went out): that beats an empty start, which waits for it.
+                if orphan.grace == Grace::Unasked {
+                    orphan.grace = Grace::Waiting;
+                    self.out.push(Effect::SetTimer { after: REPLICA_GRACE, timer: Timer::ReplicaGrace { name } });
+                }
+            } else if owner == self.me {
                 let (args, lineage) = (orphan.args.clone(), orphan.lineage.restarted());
                 self.spawn(name, args, lineage, StartWhy::Restart, None, Vec::new());
             } else if orphan.told.as_deref() != Some(owner.as_str()) {

@@ -31,6 +31,10 @@ pub trait Kinds: Send + Sync {
     fn restart(&self, kind: &str) -> Restart;
     /// Whether instances move to a node that joins and owns them.
     fn rebalance_on_join(&self) -> bool;
+    /// How many other nodes hold each instance's state of `kind` (0: not durable).
+    fn replicas(&self, _kind: &str) -> usize {
+        0
+    }
 }
 
 /// How long a leaving node may take to hand its names over before the names it still
@@ -93,11 +97,17 @@ pub enum Effect<M, R> {
     Changed,
 }
 
+/// How long the owner of a lost durable name that holds no copy of its state waits for
+/// a node that holds one to start it, before it starts the name empty.
+pub const REPLICA_GRACE: Duration = Duration::from_secs(1);
+
 /// The timers the state machine sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Timer {
     /// A leaving member's grace is over: what it still holds is lost.
     LeaverGone { node: String, conn: u64 },
+    /// Nobody started this lost durable name from a copy in time: its owner may start it empty.
+    ReplicaGrace { name: WorkerName },
 }
 
 /// Where a name stands on this node.
@@ -151,6 +161,8 @@ pub enum StartWhy<R> {
     Handoff { from: String },
     /// It ran nowhere when another instance's state arrived for it: started from that.
     Adopted,
+    /// Its node went down and this node, its replica, starts it from the copied state.
+    Failover,
 }
 
 #[derive(Debug)]
@@ -185,6 +197,30 @@ pub struct Orphan {
     pub lineage: Lineage,
     /// The member last told that it owns this orphan (so it is told once per owner).
     pub told: Option<String>,
+    /// For a durable kind whose copy this node (its owner) does not hold: the wait,
+    /// [`REPLICA_GRACE`] long, for a node that holds one to start it.
+    pub grace: Grace,
+}
+
+/// Where an owner without a copy of a lost durable name stands in its wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grace {
+    Unasked,
+    Waiting,
+    Over,
+}
+
+/// A copy of a durable instance's state that this node holds as its replica.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// The node that runs the instance and sends the copies.
+    pub from: String,
+    pub args: Vec<u8>,
+    pub lineage: Lineage,
+    pub seq: u64,
+    pub state: Vec<u8>,
+    /// Every node the last copy went to, in ranking order.
+    pub holders: Vec<String>,
 }
 
 /// One node's registry state.
@@ -204,6 +240,10 @@ pub struct Table<M, R> {
     pub(super) orphans: BTreeMap<WorkerName, Orphan>,
     /// Names this node handed over, and to whom: calls follow them.
     pub(super) moved: BTreeMap<WorkerName, String>,
+    /// Copies of durable instances' states that run elsewhere, held here as a replica.
+    pub(super) replicas: BTreeMap<WorkerName, Replica>,
+    /// For each durable instance here: its last copy's number and the replicas that hold it.
+    pub(super) copied: BTreeMap<WorkerName, (u64, Vec<String>)>,
     /// Set by [`Event::Leave`]: no new instances here.
     pub(super) leaving: bool,
     /// Whether a leaving node waits for a member to hand names to (it had members when
@@ -239,6 +279,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             directory: BTreeMap::new(),
             orphans: BTreeMap::new(),
             moved: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            copied: BTreeMap::new(),
             leaving: false,
             wait_to_hand_over: false,
             next_id: 1,
@@ -265,6 +307,12 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     self.member_down(&node, conn);
                 }
             }
+            Event::Timer(Timer::ReplicaGrace { name }) => {
+                if let Some(o) = self.orphans.get_mut(&name) {
+                    o.grace = Grace::Over;
+                    self.replan();
+                }
+            }
         }
         std::mem::take(&mut self.out)
     }
@@ -273,6 +321,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         match msg {
             Msg::Registered { name, args, lineage } => self.registered(from, name, args, lineage),
             Msg::Unregistered { name } => {
+                if self.replicas.get(&name).is_some_and(|r| r.from == from) {
+                    self.replicas.remove(&name);
+                }
                 if self.directory.get(&name).is_some_and(|c| c.node == from) {
                     self.directory.remove(&name);
                     self.out.push(Effect::Changed);
@@ -285,6 +336,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Msg::Handoff { name, args, lineage, state, merges, yielding } => self.handoff_in(from, name, args, lineage, state, merges, yielding),
             Msg::HandoffAck { name, at } => self.handoff_ack(from, name, at),
             Msg::Orphan { name, args, lineage } => self.orphan_in(name, args, lineage),
+            Msg::ReplicaDropped { name } => {
+                if self.replicas.get(&name).is_some_and(|r| r.from == from) {
+                    self.replicas.remove(&name);
+                }
+            }
         }
     }
 
@@ -441,7 +497,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                         warn!(worker = %name, peer = %from, "could not start {name} from its handed-over state: {e}");
                         self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name, at: None } });
                     }
-                    StartWhy::Restart | StartWhy::Adopted => warn!(worker = %name, "could not restart {name}: {e}"),
+                    StartWhy::Restart | StartWhy::Adopted | StartWhy::Failover => warn!(worker = %name, "could not restart {name}: {e}"),
                 }
                 return;
             }
@@ -465,6 +521,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 warn!(worker = %name, "restarted {name} on {} after node down: no handoff state", self.me)
             }
             StartWhy::Adopted => warn!(worker = %name, "started {name} on {} from the state of an instance that stopped elsewhere", self.me),
+            StartWhy::Failover => {
+                crate::metrics::global().restarted();
+                warn!(worker = %name, "took over {name} on {} after node down, from its replicated state", self.me)
+            }
             StartWhy::Handoff { from } => {
                 info!(worker = %name, peer = %from, "started {name} from the state {from} handed over");
                 self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name: name.clone(), at: Some(self.me.clone()) } });

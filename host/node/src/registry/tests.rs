@@ -15,7 +15,7 @@ struct TestKinds {
 
 impl Kinds for TestKinds {
     fn has_kind(&self, kind: &str) -> bool {
-        kind == "counter" || kind == "once"
+        kind == "counter" || kind == "once" || kind == "durable"
     }
     fn activate_on_call(&self, kind: &str) -> bool {
         kind == "counter"
@@ -29,6 +29,9 @@ impl Kinds for TestKinds {
     }
     fn rebalance_on_join(&self) -> bool {
         self.rebalance
+    }
+    fn replicas(&self, kind: &str) -> usize {
+        usize::from(kind == "durable")
     }
 }
 
@@ -576,4 +579,109 @@ fn a_trapped_instance_is_forgotten_and_not_restarted() {
     assert!(sends(&fx).contains(&("b@h".into(), Msg::Unregistered { name: n.clone() })));
     assert!(spawn_of(&fx).is_none());
     assert_eq!(a.local_count(), 0);
+}
+
+// ---- durable kinds: replicas ----
+
+/// A durable name whose ranking among `members` is `order`.
+fn durable_ranked(order: &[&str]) -> WorkerName {
+    (0..5000).map(|i| WorkerName::new("durable", format!("d{i}"))).find(|n| super::placement::ranked(order.iter().copied(), n) == order).expect("some key")
+}
+
+fn copy(n: &WorkerName, seq: u64, update: super::durable::Update, holders: &[&str]) -> super::wire::Replicate {
+    super::wire::Replicate { name: n.clone(), args: vec![], lineage: Lineage::default(), seq, update, holders: holders.iter().map(|h| h.to_string()).collect() }
+}
+
+#[test]
+fn the_first_replica_starts_a_lost_durable_name_from_its_copy() {
+    let n = durable_ranked(&["a@h", "b@h", "c@h"]);
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    up(&mut b, "c@h", 2);
+    recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    b.replica_in("a@h", copy(&n, 1, super::durable::Update::Full(b"41".to_vec()), &["b@h"])).unwrap();
+    // A delta against copy 1 turns it into copy 2.
+    let delta = super::durable::Update::Delta { base: 1, len: 2, runs: vec![(1, b"2".to_vec())] };
+    b.replica_in("a@h", copy(&n, 2, delta, &["b@h"])).unwrap();
+    assert_eq!(b.replica_of(&n), Some(("a@h", 2)));
+    let fx = b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    let (sn, id, state) = spawn_of(&fx).expect("started from the copy");
+    assert_eq!((sn, state.as_deref()), (n.clone(), Some(&b"42"[..])), "never from an empty init while a copy is here");
+    assert_eq!(b.replica_of(&n), None, "the copy is the instance now");
+    let fx = b.handle(Event::Spawned { name: n.clone(), id, result: Ok(5) });
+    assert!(sends(&fx).contains(&("c@h".into(), Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default().moved() })), "{fx:?}");
+}
+
+#[test]
+fn a_delta_for_a_copy_not_held_asks_for_the_whole_state() {
+    let n = durable_ranked(&["a@h", "b@h"]);
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    let delta = |base| super::durable::Update::Delta { base, len: 2, runs: vec![] };
+    assert_eq!(b.replica_in("a@h", copy(&n, 2, delta(1), &["b@h"])), Err(super::replica::NotHeld::NeedFull));
+    b.replica_in("a@h", copy(&n, 1, super::durable::Update::Full(b"xy".to_vec()), &["b@h"])).unwrap();
+    assert_eq!(b.replica_in("a@h", copy(&n, 3, delta(2), &["b@h"])), Err(super::replica::NotHeld::NeedFull), "another base");
+    // Another node's drop does not touch a's copy; a's own does.
+    recv(&mut b, "c@h", Msg::ReplicaDropped { name: n.clone() });
+    assert_eq!(b.replica_of(&n), Some(("a@h", 1)));
+    recv(&mut b, "a@h", Msg::ReplicaDropped { name: n.clone() });
+    assert_eq!(b.replica_of(&n), None);
+}
+
+#[test]
+fn an_owner_without_a_copy_waits_for_the_holder_to_start_the_name() {
+    // c joined after a's last copy went to b: c owns the name once a is down, but
+    // only b holds its state.
+    let n = durable_ranked(&["a@h", "c@h", "b@h"]);
+    let mut c = table("c@h", false);
+    up(&mut c, "a@h", 1);
+    up(&mut c, "b@h", 2);
+    recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    let fx = c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    assert!(spawn_of(&fx).is_none(), "no empty start while a holder may start it: {fx:?}");
+    let timer = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::SetTimer { timer: t @ Timer::ReplicaGrace { .. }, .. } => Some(t.clone()),
+            _ => None,
+        })
+        .expect("a grace timer");
+
+    // The holder, b, starts it from its copy.
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    up(&mut b, "c@h", 2);
+    recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    b.replica_in("a@h", copy(&n, 1, super::durable::Update::Full(b"7".to_vec()), &["b@h"])).unwrap();
+    let fx = b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    assert_eq!(spawn_of(&fx).map(|s| s.2), Some(Some(b"7".to_vec())));
+
+    // Its announcement reaches c before the grace is over: c starts nothing.
+    recv(&mut c, "b@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default().moved() });
+    let fx = c.handle(Event::Timer(timer.clone()));
+    assert!(spawn_of(&fx).is_none(), "{fx:?}");
+
+    // Without any holder, the owner starts it empty once the grace is over.
+    let mut c2 = table("c@h", false);
+    up(&mut c2, "a@h", 1);
+    up(&mut c2, "b@h", 2);
+    recv(&mut c2, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    c2.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    let fx = c2.handle(Event::Timer(timer));
+    assert_eq!(spawn_of(&fx).map(|s| s.2), Some(None));
+}
+
+#[test]
+fn a_copy_from_a_node_the_name_left_is_dropped() {
+    let n = durable_ranked(&["a@h", "b@h", "c@h"]);
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    up(&mut b, "c@h", 2);
+    b.replica_in("a@h", copy(&n, 1, super::durable::Update::Full(b"1".to_vec()), &["b@h"])).unwrap();
+    // The name moved to c (a handoff): a's copy is out of date, and is not started
+    // from when a goes down.
+    recv(&mut b, "c@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default().moved() });
+    assert_eq!(b.replica_of(&n), None);
+    let fx = b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    assert!(spawn_of(&fx).is_none(), "{fx:?}");
 }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::durable::Update;
 use super::placement::Lineage;
 use super::{CallError, StartError, WorkerName};
 
@@ -29,6 +30,34 @@ pub enum Rpc {
     List,
     /// One-way (request id 0): a message for the receiver's state machine.
     Tell(Msg),
+    /// Hold this copy of a durable instance's state (the sender runs it): answered
+    /// [`RpcReply::Done`] once held, [`RpcReply::NeedFull`] for a delta from a copy the
+    /// receiver does not hold.
+    Replicate(Box<Replicate>),
+    /// What the receiver knows of durable names ([`DurableReport`]).
+    Durable,
+}
+
+/// What one node knows of durable names: the copies it holds (name, the node that runs
+/// it, copy number, size in bytes) and, for the durable instances it runs, the last
+/// copy's number and the replicas that acknowledged it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DurableReport {
+    pub held: Vec<(WorkerName, String, u64, usize)>,
+    pub sent: Vec<(WorkerName, u64, Vec<String>)>,
+}
+
+/// A copy of a durable instance's state, from the node that runs it to a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replicate {
+    pub name: WorkerName,
+    pub args: Vec<u8>,
+    pub lineage: Lineage,
+    /// The copy's number (deltas name the copy they apply to).
+    pub seq: u64,
+    pub update: Update,
+    /// Every node this copy goes to, in the name's ranking order.
+    pub holders: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,6 +70,9 @@ pub enum RpcReply {
     List(Vec<String>),
     /// The name runs on this node now: send the call there (it was not handled here).
     Moved(String),
+    /// A delta for a copy this replica does not hold: send the whole state.
+    NeedFull,
+    Durable(DurableReport),
 }
 
 /// A one-way message between two registries' state machines
@@ -66,6 +98,9 @@ pub enum Msg {
     HandoffAck { name: WorkerName, at: Option<String> },
     /// This name runs nowhere since its node went down: the receiver owns it now.
     Orphan { name: WorkerName, args: Vec<u8>, lineage: Lineage },
+    /// Drop the copy of this durable name's state the sender replicated here: the
+    /// receiver is no longer one of its replicas (or the name stopped or moved).
+    ReplicaDropped { name: WorkerName },
 }
 
 /// postcard's variant indexes of [`Rpc::Call`] and [`Rpc::Cast`] (a body's first byte),
@@ -129,7 +164,8 @@ mod tests {
                 yielding: true,
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
-            Msg::Orphan { name, args: vec![], lineage: Lineage::default() },
+            Msg::Orphan { name: name.clone(), args: vec![], lineage: Lineage::default() },
+            Msg::ReplicaDropped { name: name.clone() },
         ];
         for m in msgs {
             match decode(&encode(&Rpc::Tell(m.clone()))).unwrap() {
@@ -137,6 +173,15 @@ mod tests {
                 other => panic!("{m:?} came back as {other:?}"),
             }
         }
+        let copy = Replicate {
+            name,
+            args: vec![1],
+            lineage: Lineage::default(),
+            seq: 9,
+            update: Update::Delta { base: 8, len: 3, runs: vec![(1, vec![2])] },
+            holders: vec!["b@h".into()],
+        };
+        assert!(matches!(decode(&encode(&Rpc::Replicate(Box::new(copy.clone())))).unwrap(), Rpc::Replicate(back) if *back == copy));
         assert!(decode(&[0xff]).is_err(), "an unknown request is an error, not a guess");
     }
 }

@@ -28,8 +28,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::{describe_trap, first_line, LoadError};
 use crate::config::WorkerConfig;
 use crate::mailbox;
+use crate::registry::durable::Replicator;
 use crate::registry::table::Kinds;
-use crate::registry::{BoxFuture, CallError, Envelope, Info, Mailbox, Registry, Restart, SpawnError, Spawner, WorkerName};
+use crate::registry::{BoxFuture, CallError, Envelope, Info, Mailbox, Registry, ReplyTo, Restart, SpawnError, Spawner, WorkerName};
 
 /// The generated bindings; the one `bindgen!` of this world.
 pub mod bindings {
@@ -54,6 +55,9 @@ pub struct WorkerKind {
     /// The optional `wasmnode:worker/conflict` export's `resolve-conflict`, when the
     /// component has it.
     conflict: Option<ComponentExportIndex>,
+    /// The `wasmnode:worker/snapshot` export's `snapshot`, for a durable kind (which
+    /// must have it).
+    snapshot: Option<ComponentExportIndex>,
 }
 
 /// Everything an instance's store holds: WASI for the guest's std, the memory limiter,
@@ -191,7 +195,7 @@ impl WorkerRuntime {
         let mut store = new_store(k, registry.clone(), "bench".into(), tx, "bench");
         let store_made = t.elapsed();
         let t = Instant::now();
-        let (worker, _) = instantiate(k, &mut store).await.map_err(|e| e.to_string())?;
+        let (worker, ..) = instantiate(k, &mut store).await.map_err(|e| e.to_string())?;
         let instantiated = t.elapsed();
         let t = Instant::now();
         begin(&mut store);
@@ -253,7 +257,23 @@ impl WorkerKind {
         let pre = WorkerPre::new(pre).map_err(not_a_worker)?;
         let conflict =
             component.get_export_index(None, "wasmnode:worker/conflict@0.1.0").and_then(|iface| component.get_export_index(Some(&iface), "resolve-conflict"));
-        Ok(WorkerKind { name: w.kind.clone(), config: w.clone(), pre, indices, conflict })
+        let snapshot = match component.get_export_index(None, "wasmnode:worker/snapshot@0.1.0").and_then(|i| component.get_export_index(Some(&i), "snapshot")) {
+            Some(s) => Some(s),
+            None if w.replicas > 0 => {
+                return Err(LoadError::WrongWorld {
+                    path,
+                    world: "durable-worker",
+                    wit: "wasmnode:worker/durable-worker@0.1.0",
+                    why: format!(
+                        "`durability = \"replicated\"` needs the snapshot export (wasmnode:worker/snapshot), which {} lacks (it exports {})",
+                        w.kind,
+                        component.component_type().exports(engine).map(|(n, _)| n.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                })
+            }
+            None => None,
+        };
+        Ok(WorkerKind { name: w.kind.clone(), config: w.clone(), pre, indices, conflict, snapshot })
     }
 }
 
@@ -272,6 +292,10 @@ impl Kinds for WorkerRuntime {
 
     fn rebalance_on_join(&self) -> bool {
         self.rebalance
+    }
+
+    fn replicas(&self, kind: &str) -> usize {
+        self.kinds.get(kind).map_or(0, |k| k.config.replicas)
     }
 }
 
@@ -300,17 +324,33 @@ struct Instance {
     store: Store<WorkerState>,
     worker: Worker,
     resolve_conflict: Option<ResolveConflict>,
+    /// For a durable kind: its state copied to its replicas after every message.
+    durable: Option<Durable>,
     budget: Duration,
     memory_limit: usize,
 }
 
+/// A durable instance's `snapshot` export and the record of its copies.
+struct Durable {
+    replicas: usize,
+    snapshot: Snapshot,
+    replicator: Replicator,
+}
+
+/// The `wasmnode:worker/snapshot` export.
+type Snapshot = wasmtime::component::TypedFunc<(), (Vec<u8>,)>;
+
 /// The component instantiated in `store`, and its exports: the world's, found and
 /// checked once at load (here only fetched), and the optional `resolve-conflict`.
-async fn instantiate(kind: &WorkerKind, store: &mut Store<WorkerState>) -> wasmtime::Result<(Worker, Option<ResolveConflict>)> {
+async fn instantiate(kind: &WorkerKind, store: &mut Store<WorkerState>) -> wasmtime::Result<(Worker, Option<ResolveConflict>, Option<Snapshot>)> {
     let instance = kind.pre.instance_pre().instantiate_async(&mut *store).await?;
     let worker = kind.indices.load(&mut *store, &instance)?;
     let resolve_conflict = kind.conflict.as_ref().and_then(|i| instance.get_typed_func(&mut *store, i).ok());
-    Ok((worker, resolve_conflict))
+    let snapshot = match &kind.snapshot {
+        Some(i) if kind.config.replicas > 0 => Some(instance.get_typed_func(&mut *store, i)?),
+        _ => None,
+    };
+    Ok((worker, resolve_conflict, snapshot))
 }
 
 /// What to do when instantiation could not reserve memory. Without `[node]
@@ -355,7 +395,7 @@ impl Instance {
         let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
 
         begin(&mut store);
-        let (worker, resolve_conflict) = instantiate(&kind, &mut store)
+        let (worker, resolve_conflict, snapshot) = instantiate(&kind, &mut store)
             .await
             .map_err(|e| SpawnError::Instantiate { name: name.clone(), why: format!("{}{}", trap(&e), address_space_hint(&e)) })?;
         begin(&mut store);
@@ -364,7 +404,27 @@ impl Instance {
             Ok(Err(reason)) => return Err(SpawnError::Refused { name, reason }),
             Err(e) => return Err(SpawnError::Trapped { why: trap(&e), name }),
         }
-        Ok(Instance { name, id, store, worker, resolve_conflict, budget, memory_limit })
+        let durable = snapshot.map(|snapshot| Durable { replicas: kind.config.replicas, snapshot, replicator: Replicator::default() });
+        let mut instance = Instance { name, id, store, worker, resolve_conflict, durable, budget, memory_limit };
+        // A durable instance's replicas hold its first state before it takes messages.
+        if let Err(End::Trapped(why)) = instance.replicate().await {
+            return Err(SpawnError::Trapped { why, name: instance.name });
+        }
+        Ok(instance)
+    }
+
+    /// For a durable kind: asks the instance for its state and copies it to its
+    /// replicas, waiting until they hold it. A trap in `snapshot` ends the instance.
+    async fn replicate(&mut self) -> Result<(), End> {
+        let Some(d) = &mut self.durable else { return Ok(()) };
+        begin(&mut self.store);
+        let state = match Box::pin(d.snapshot.call_async(&mut self.store, ())).await {
+            Ok((state,)) => state,
+            Err(e) => return Err(End::Trapped(format!("in snapshot: {}", describe_trap(&e, self.budget, self.memory_limit)))),
+        };
+        let registry = self.store.data().cluster.registry.clone();
+        registry.replicate(&self.name, d.replicas, &mut d.replicator, state).await;
+        Ok(())
     }
 
     /// Handles the mailbox's messages one at a time until a stop, a trap, or every
@@ -374,8 +434,26 @@ impl Instance {
     async fn serve(mut self, mut rx: mailbox::Receiver<Envelope>) {
         let mut stopped = None;
         while let Some(envelope) = rx.recv().await {
-            match self.handle(envelope).await {
-                Ok(()) => {}
+            let handled = match self.handle(envelope).await {
+                // A durable instance's replicas hold the state this message made before
+                // a call's reply goes out: an acknowledged call outlives this node.
+                Ok(reply) if self.durable.is_some() => match self.replicate().await {
+                    Ok(()) => Ok(reply),
+                    Err(end) => {
+                        if let Some((to, _)) = reply {
+                            to.send(Err(CallError::Failed(format!("{} trapped while its state was copied", self.name))));
+                        }
+                        Err(end)
+                    }
+                },
+                other => other,
+            };
+            match handled {
+                Ok(reply) => {
+                    if let Some((to, r)) = reply {
+                        to.send(r);
+                    }
+                }
                 Err(End::Trapped(why)) => {
                     warn!("worker {} trapped: {why}; instance stopped, its waiting callers get an error", self.name);
                     break;
@@ -399,36 +477,34 @@ impl Instance {
     ///
     /// Every guest call's future is boxed: it exists only while the call runs, so the
     /// task an idle instance keeps stays small.
-    async fn handle(&mut self, envelope: Envelope) -> Result<(), End> {
+    async fn handle(&mut self, envelope: Envelope) -> Result<Option<(ReplyTo, Result<Vec<u8>, CallError>)>, End> {
         let Instance { name, store, worker, resolve_conflict, budget, memory_limit, .. } = self;
         let trap = |e: &wasmtime::Error| End::Trapped(describe_trap(e, *budget, *memory_limit));
         let handler = worker.wasmnode_worker_handler();
         begin(store);
         match envelope {
             Envelope::Call { msg, reply } => match Box::pin(handler.call_handle_call(&mut *store, &msg)).await {
-                Ok(r) => {
-                    reply.send(r.map_err(CallError::Failed));
-                    Ok(())
-                }
+                // Sent by the caller of `handle`, once a durable state is copied.
+                Ok(r) => Ok(Some((reply, r.map_err(CallError::Failed)))),
                 Err(e) => {
                     let why = describe_trap(&e, *budget, *memory_limit);
                     reply.send(Err(CallError::Failed(format!("{name} trapped: {why}"))));
                     Err(End::Trapped(why))
                 }
             },
-            Envelope::Cast { msg } => Box::pin(handler.call_handle_cast(&mut *store, &msg)).await.map_err(|e| trap(&e)),
-            Envelope::Info(i) => Box::pin(handler.call_handle_info(&mut *store, &to_wit_info(*i))).await.map_err(|e| trap(&e)),
+            Envelope::Cast { msg } => Box::pin(handler.call_handle_cast(&mut *store, &msg)).await.map(|()| None).map_err(|e| trap(&e)),
+            Envelope::Info(i) => Box::pin(handler.call_handle_info(&mut *store, &to_wit_info(*i))).await.map(|()| None).map_err(|e| trap(&e)),
             Envelope::Conflict(conflict) => match (&*resolve_conflict, *conflict) {
                 (Some(f), (from, state)) => {
                     let r = Box::pin(f.call_async(&mut *store, (state,))).await.map_err(|e| trap(&e));
                     if r.is_ok() {
                         info!("merged the state of {name} from {from} (resolve-conflict)");
                     }
-                    r
+                    r.map(|()| None)
                 }
                 (None, (from, _)) => {
                     warn!("dropped the state of {name} from {from}: the worker exports no resolve-conflict");
-                    Ok(())
+                    Ok(None)
                 }
             },
             Envelope::Stop { reason, reply } => {

@@ -1,0 +1,81 @@
+//! Replicas: the copies of durable instances' states this node holds for the nodes
+//! that run them, and which nodes an instance running here copies its state to.
+//!
+//! A durable name's replicas are the members that rank next for it after the node
+//! that runs it ([`placement::ranked`]): when that node goes down, the first live
+//! replica is the name's owner by the same ranking, and starts it from the copy it
+//! holds (`supervise.rs`, `replan`) instead of from an empty `init`.
+
+use super::durable::Update;
+use super::placement::{ranked, Lineage};
+use super::table::{Replica, Slot, Table};
+use super::wire::Replicate;
+use super::WorkerName;
+
+/// Why a copy was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotHeld {
+    /// A delta from a copy this node does not hold: the sender sends the whole state.
+    NeedFull,
+}
+
+impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
+    /// `from` sends a copy of the state of a durable instance it runs.
+    pub fn replica_in(&mut self, from: &str, copy: Replicate) -> Result<(), NotHeld> {
+        let Replicate { name, args, lineage, seq, update, holders } = copy;
+        let old = self.replicas.get(&name).filter(|r| r.from == from).map(|r| (r.seq, r.state.as_slice()));
+        let is_full = matches!(update, Update::Full(_));
+        let Some(state) = update.apply(old) else { return Err(NotHeld::NeedFull) };
+        debug_assert!(is_full || old.is_some());
+        self.replicas.insert(name, Replica { from: from.to_string(), args, lineage, seq, state, holders });
+        Ok(())
+    }
+
+    /// Where the instance of `name` running here copies its state (the `n` members that
+    /// rank next for it, this node excluded), with its args and lineage; `None` when no
+    /// instance of it is here.
+    pub fn replication_of(&self, name: &WorkerName, n: usize) -> Option<(Vec<String>, Vec<u8>, Lineage)> {
+        let (args, lineage) = match self.local.get(name)? {
+            Slot::Starting { args, lineage, .. } | Slot::Running { args, lineage, .. } => (args.clone(), *lineage),
+            _ => return None,
+        };
+        let targets = ranked(self.members.keys().map(String::as_str), name).into_iter().take(n).map(str::to_string).collect();
+        Some((targets, args, lineage))
+    }
+
+    /// The copy of `name` held here, if any: which node it is from and its number.
+    pub fn replica_of(&self, name: &WorkerName) -> Option<(&str, u64)> {
+        self.replicas.get(name).map(|r| (r.from.as_str(), r.seq))
+    }
+
+    /// The instance of `name` here sent copy `seq` of its state, which `acked` hold now.
+    pub fn copied(&mut self, name: &WorkerName, seq: u64, acked: Vec<String>) {
+        if self.local.contains_key(name) {
+            self.copied.insert(name.clone(), (seq, acked));
+        }
+        if self.copied.len() > 2 * self.local.len() + 64 {
+            // Instances that stopped or moved since.
+            let local = &self.local;
+            self.copied.retain(|n, _| local.contains_key(n));
+        }
+    }
+
+    /// The durable instances running here: name, last copy's number, the replicas
+    /// that hold it.
+    pub fn copies_sent(&self) -> Vec<(WorkerName, u64, Vec<String>)> {
+        self.copied.iter().filter(|(n, _)| matches!(self.local.get(*n), Some(Slot::Running { .. }))).map(|(n, (s, a))| (n.clone(), *s, a.clone())).collect()
+    }
+
+    /// Every copy held here: name, the node it is from, its number and size.
+    pub fn replicas_held(&self) -> Vec<(WorkerName, String, u64, usize)> {
+        self.replicas.iter().map(|(n, r)| (n.clone(), r.from.clone(), r.seq, r.state.len())).collect()
+    }
+
+    /// A copy held here whose instance is known to run on another node than the one
+    /// that sent it is out of date: that node sends its own copies.
+    pub(super) fn forget_stale_replica(&mut self, name: &WorkerName, runs_on: &str) {
+        if self.replicas.get(name).is_some_and(|r| r.from != runs_on) {
+            self.replicas.remove(name);
+        }
+    }
+}
