@@ -3,6 +3,8 @@
 //! replica of each of its names starts it from the state it holds.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmnode_testkit::*;
@@ -121,4 +123,199 @@ fn a_durable_kind_without_snapshot_is_refused_by_check() {
     let text = output_text(&out);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("needs the snapshot export (wasmnode:worker/snapshot), which order lacks"), "{text}");
+}
+
+/// What the clients saw of each counter: increments acknowledged (200 with the new
+/// value), and increments in doubt (sent, then no answer: the node went down, or
+/// `unavailable`), which may or may not have been applied.
+#[derive(Default)]
+struct Tally {
+    acked: BTreeMap<String, u64>,
+    doubt: BTreeMap<String, u64>,
+}
+
+/// A tiny deterministic generator (the tests take no `rand`).
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// `clients` threads incrementing random counters through random live gateways as fast
+/// as they can, until `stop`; each answer counted in `tally`.
+fn clients(
+    clients: usize,
+    names: Arc<Vec<String>>,
+    gateways: Arc<Vec<String>>,
+    down: Arc<Mutex<Vec<bool>>>,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (names, gateways, down, stop, tally) = (names.clone(), gateways.clone(), down.clone(), stop.clone(), tally.clone());
+            std::thread::spawn(move || {
+                let mut seed = 0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1);
+                while !stop.load(Ordering::Relaxed) {
+                    let name = &names[next(&mut seed) as usize % names.len()];
+                    let g = next(&mut seed) as usize % gateways.len();
+                    if down.lock().unwrap()[g] {
+                        continue;
+                    }
+                    // A connection refused sent nothing: not in doubt.
+                    let Ok(conn) = std::net::TcpStream::connect(&gateways[g]) else { continue };
+                    let key = name.trim_start_matches("counter/");
+                    let answer = increment(conn, &gateways[g], key);
+                    let mut t = tally.lock().unwrap();
+                    match answer {
+                        Some(200) => *t.acked.entry(name.clone()).or_default() += 1,
+                        _ => *t.doubt.entry(name.clone()).or_default() += 1,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// `POST …/call` of `increment` to counter `key` on `conn`; the status, or `None` when
+/// the connection failed before an answer.
+fn increment(mut conn: std::net::TcpStream, addr: &str, key: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let req = format!("POST /v1/workers/counter/{key}/call HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 9\r\nConnection: close\r\n\r\nincrement");
+    conn.write_all(req.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).ok()?;
+    String::from_utf8_lossy(&raw).split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether every one of `names` runs once and has `replicas` replicas that hold its
+/// owner's last copy, as `via` sees the cluster.
+fn replicated(via: &str, names: &[String], replicas: usize) -> Result<(), String> {
+    let out = cli(&["workers", "--node", via, "--json"], COOKIE);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("workers --json through {via}: {e}"))?;
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in v["durable"].as_array().into_iter().flatten() {
+        let current = d["replicas"].as_array().into_iter().flatten().filter(|r| r["current"] == true).count();
+        if current < replicas {
+            return Err(format!("{d}"));
+        }
+        *seen.entry(d["name"].as_str().unwrap_or_default()).or_default() += 1;
+    }
+    match names.iter().find(|n| seen.get(n.as_str()) != Some(&1)) {
+        Some(n) => Err(format!("{n} listed {:?} times", seen.get(n.as_str()))),
+        None => Ok(()),
+    }
+}
+
+/// Five nodes, 300 durable counters, clients incrementing through every node as fast
+/// as they can; `rounds` times, `kill` random nodes are killed with SIGKILL at the same
+/// instant, every name is waited for until replicated again, and the nodes are started
+/// again. Then every counter holds every acknowledged increment, and none more than
+/// acknowledged plus in doubt: lost = 0, doubled = 0.
+fn kill_rounds(tag: &str, subnet: u8, replicas: usize, kill: usize, rounds: usize) {
+    let extra = format!("durability = \"replicated\"\nreplicas = {replicas}");
+    let hosts: Vec<String> = (1..=5).map(|i| format!("n{i}@127.0.{subnet}.{i}")).collect();
+    let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let gateways: Vec<String> = (1..=5).map(|i| format!("127.0.{subnet}.{i}:8080")).collect();
+    let dir = TempDir::new(tag);
+    let mut nodes: Vec<Node> = hosts
+        .iter()
+        .zip(&gateways)
+        .enumerate()
+        .map(|(i, (h, g))| Node::start(h, &dir.write(&format!("{i}.toml"), &worker_topology(&refs, &[("counter", "worker_counter.wasm", &extra)], Some(g)))))
+        .collect();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, SETTLE);
+    let names: Vec<String> = (0..300).map(|k| format!("counter/c{k}")).collect();
+    for (k, n) in names.iter().enumerate() {
+        let key = n.trim_start_matches("counter/");
+        let (status, body) = http(&gateways[k % 5], "POST", &format!("/v1/workers/counter/{key}"), b"");
+        assert_eq!(status, 201, "start {n}: {body}");
+    }
+    wait_until(
+        SETTLE,
+        "every counter replicated",
+        || replicated(&hosts[0], &names, replicas).is_ok(),
+        || format!("{:?}", replicated(&hosts[0], &names, replicas)),
+    );
+
+    let (names, gw) = (Arc::new(names), Arc::new(gateways));
+    let down = Arc::new(Mutex::new(vec![false; 5]));
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Tally::default())));
+    let threads = clients(6, names.clone(), gw.clone(), down.clone(), stop.clone(), tally.clone());
+    let mut seed = 0x5eed_u64 + subnet as u64;
+    let mut took_over = 0;
+    for round in 0..rounds {
+        std::thread::sleep(Duration::from_millis(700)); // load before the kill
+        let mut victims: Vec<usize> = Vec::new();
+        while victims.len() < kill {
+            let v = next(&mut seed) as usize % 5;
+            if !victims.contains(&v) {
+                victims.push(v);
+            }
+        }
+        for &v in &victims {
+            down.lock().unwrap()[v] = true;
+        }
+        for &v in &victims {
+            nodes[v].signal(libc::SIGKILL);
+        }
+        let live = (0..5).find(|i| !victims.contains(i)).unwrap();
+        let alive: Vec<&str> = (0..5).filter(|i| !victims.contains(i)).map(|i| refs[i]).collect();
+        nodes[live].wait_members(&alive, SETTLE);
+        wait_until(
+            SETTLE,
+            &format!("round {round}: every counter replicated again after {victims:?} were killed"),
+            || replicated(&hosts[live], &names, replicas).is_ok(),
+            || format!("{:?}", replicated(&hosts[live], &names, replicas)),
+        );
+        for &v in &victims {
+            nodes[v].restart();
+        }
+        wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, SETTLE);
+        for &v in &victims {
+            down.lock().unwrap()[v] = false;
+        }
+        took_over = nodes.iter().map(|n| n.count("took over counter/")).sum::<usize>();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let t = tally.lock().unwrap();
+    let (mut lost, mut doubled, mut acked, mut doubt) = (0, 0, 0, 0);
+    let mut report = Vec::new();
+    for n in names.iter() {
+        let (a, d) = (t.acked.get(n).copied().unwrap_or(0), t.doubt.get(n).copied().unwrap_or(0));
+        let (ok, out) = call(&hosts[0], n, "value");
+        assert!(ok, "{n}: {out}");
+        let value: u64 = out.parse().unwrap();
+        acked += a;
+        doubt += d;
+        if value < a {
+            lost += a - value;
+            report.push(format!("{n}: value {value}, acknowledged {a}, in doubt {d}"));
+        } else if value > a + d {
+            doubled += value - a - d;
+            report.push(format!("{n}: value {value}, acknowledged {a}, in doubt {d}"));
+        }
+    }
+    assert!(acked > 1000, "the clients made too few calls to tell anything: {acked}");
+    assert!(took_over > 0, "no name was taken over from a replica");
+    assert_eq!((lost, doubled), (0, 0), "{acked} increments acknowledged, {doubt} in doubt, over {rounds} rounds:\n{}", report.join("\n"));
+    let restarted: usize = nodes.iter().map(|n| n.count("restarted counter/")).sum();
+    assert_eq!(restarted, 0, "a counter restarted empty");
+    eprintln!("{tag}: {acked} increments acknowledged, {doubt} in doubt, {took_over} names taken over, lost 0, doubled 0");
+}
+
+#[test]
+fn five_nodes_300_counters_ten_kills_lose_nothing() {
+    kill_rounds("d-kill", 104, 1, 1, 10);
+}
+
+#[test]
+fn two_replicas_survive_two_nodes_killed_at_once() {
+    kill_rounds("d-kill2", 105, 2, 2, 3);
 }

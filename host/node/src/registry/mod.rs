@@ -560,7 +560,9 @@ impl Registry {
                     .iter()
                     .filter_map(|(node, r)| {
                         let (_, _, held, bytes) = r.held.iter().find(|(n, from, _, _)| n == name && from == owner)?;
-                        Some(serde_json::json!({ "node": node, "copy": held, "bytes": bytes, "current": held == seq && acked.contains(node) }))
+                        // Current: it took the owner's last copy (the owner may have sent another
+                        // since this node was asked).
+                        Some(serde_json::json!({ "node": node, "copy": held, "bytes": bytes, "current": acked.contains(node) && held <= seq }))
                     })
                     .collect();
                 out.push(serde_json::json!({ "name": name.to_string(), "owner": owner, "copy": seq, "replicas": replicas }));
