@@ -87,6 +87,9 @@ pub fn runtime_threads() -> usize {
 
 /// Runs a node until SIGTERM or SIGINT, on the runtime [`runtime_for`] made.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // From the start: a SIGTERM while the node boots is a leave once it has booted, not
+    // the default action's kill.
+    let shutdown = shutdown_signal();
     for w in &cfg.warnings {
         warn!("{w}");
     }
@@ -173,7 +176,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(settle_then_boot(membership.clone(), registry.clone(), topologies, boot));
 
-    let signal = shutdown_signal().await;
+    let signal = shutdown.await;
     info!("{signal}: leaving the cluster");
     membership.announce_leave();
     registry.hand_off_all(cfg.node.handoff_deadline).await;
@@ -202,12 +205,15 @@ async fn settle_then_boot(membership: Membership, registry: Registry, topologies
     }
 }
 
-async fn shutdown_signal() -> &'static str {
+/// Handles SIGTERM and SIGINT from now on; resolves with the first that arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }

@@ -21,7 +21,6 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             self.directory.insert(name.clone(), Claim { node: from.clone(), conn, args, lineage });
         }
         self.orphans.remove(&name);
-        self.forget_stale_replica(&name, &from);
         // Where the name runs now is what its node says, not where this one once sent it.
         self.moved.remove(&name);
         self.out.push(Effect::Changed);

@@ -91,16 +91,23 @@ pub struct Replicator {
     pub last: Vec<u8>,
     /// The number of that copy; 0 before the first.
     pub seq: u64,
-    /// The copy each replica acknowledged.
-    pub holds: BTreeMap<String, u64>,
+    /// The copy each replica acknowledged, and on which connection to it: a node that
+    /// restarted (a new connection) holds nothing, whatever its previous life took.
+    pub holds: BTreeMap<String, (u64, u64)>,
 }
 
+/// A replica: a node, and the connection to it that the copies go on.
+pub type Target = (String, u64);
+
 impl Replicator {
+    fn current(&self, (node, conn): &Target) -> bool {
+        self.holds.get(node) == Some(&(*conn, self.seq))
+    }
+
     /// What to send each of `targets` so that they hold `state`, and its number; `None`
     /// when every target holds it already (a message that changed nothing).
-    pub fn plan(&self, targets: &[String], state: &[u8]) -> Option<(u64, Vec<(String, Update)>)> {
-        let current = |t: &String| self.holds.get(t) == Some(&self.seq);
-        if self.seq > 0 && state == self.last.as_slice() && targets.iter().all(current) {
+    pub fn plan(&self, targets: &[Target], state: &[u8]) -> Option<(u64, Vec<(String, Update)>)> {
+        if self.seq > 0 && state == self.last.as_slice() && targets.iter().all(|t| self.current(t)) {
             return None;
         }
         let seq = self.seq + 1;
@@ -109,26 +116,27 @@ impl Replicator {
             .iter()
             .map(|t| {
                 let update = match &delta {
-                    Some(d) if current(t) => d.clone(),
+                    Some(d) if self.current(t) => d.clone(),
                     _ => Update::Full(state.to_vec()),
                 };
-                (t.clone(), update)
+                (t.0.clone(), update)
             })
             .collect();
         Some((seq, sends))
     }
 
-    /// Copy `seq` of `state` went out and `acked` hold it now; nodes that held an
+    /// Copy `seq` of `state` went to `sent` and `acked` hold it now; nodes that held an
     /// earlier copy and were not sent this one are no longer counted (returned, to be
     /// told to drop theirs).
-    pub fn done(&mut self, seq: u64, state: Vec<u8>, sent: &[String], acked: &[String]) -> Vec<String> {
+    pub fn done(&mut self, seq: u64, state: Vec<u8>, sent: &[Target], acked: &[String]) -> Vec<String> {
         self.last = state;
         self.seq = seq;
-        let dropped: Vec<String> = self.holds.keys().filter(|n| !sent.contains(n)).cloned().collect();
-        self.holds.retain(|n, _| sent.contains(n));
-        for n in sent {
+        let was_sent = |n: &str| sent.iter().any(|(t, _)| t == n);
+        let dropped: Vec<String> = self.holds.keys().filter(|n| !was_sent(n)).cloned().collect();
+        self.holds.retain(|n, _| was_sent(n));
+        for (n, conn) in sent {
             if acked.contains(n) {
-                self.holds.insert(n.clone(), seq);
+                self.holds.insert(n.clone(), (*conn, seq));
             } else {
                 self.holds.remove(n);
             }
@@ -189,30 +197,36 @@ mod tests {
 
     #[test]
     fn the_replicator_sends_deltas_to_current_replicas_and_whole_states_to_new_ones() {
+        let t = |n: &str, conn: u64| (n.to_string(), conn);
         let mut r = Replicator::default();
-        let targets = vec!["b".to_string(), "c".to_string()];
+        let targets = vec![t("b", 1), t("c", 2)];
+        let names = |ts: &[Target]| ts.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
         let s1 = vec![0u8; 4096];
         let (seq, sends) = r.plan(&targets, &s1).unwrap();
         assert_eq!(seq, 1);
         assert!(sends.iter().all(|(_, u)| matches!(u, Update::Full(_))), "nobody holds anything yet");
-        assert!(r.done(seq, s1.clone(), &targets, &targets).is_empty());
+        assert!(r.done(seq, s1.clone(), &targets, &names(&targets)).is_empty());
         assert!(r.plan(&targets, &s1).is_none(), "nothing changed: nothing to send");
         let mut s2 = s1.clone();
         s2[100] = 9;
         // c did not acknowledge copy 2: it gets the whole state next time.
         let (seq, sends) = r.plan(&targets, &s2).unwrap();
         assert!(sends.iter().all(|(_, u)| matches!(u, Update::Delta { base: 1, .. })));
-        r.done(seq, s2.clone(), &targets, &targets[..1]);
+        r.done(seq, s2.clone(), &targets, &["b".to_string()]);
         let mut s3 = s2.clone();
         s3[200] = 9;
         let (_, sends) = r.plan(&targets, &s3).unwrap();
         assert!(matches!(sends[0].1, Update::Delta { base: 2, .. }));
         assert!(matches!(sends[1].1, Update::Full(_)));
         // b leaves the targets for d: d gets the whole state, b is to drop its copy.
-        let moved = vec!["c".to_string(), "d".to_string()];
+        let moved = vec![t("c", 2), t("d", 3)];
         let (seq, sends) = r.plan(&moved, &s3).unwrap();
         assert!(sends.iter().all(|(_, u)| matches!(u, Update::Full(_))));
-        assert_eq!(r.done(seq, s3, &moved, &moved), vec!["b".to_string()]);
-        assert_eq!(r.holds.keys().cloned().collect::<Vec<_>>(), moved);
+        assert_eq!(r.done(seq, s3.clone(), &moved, &names(&moved)), vec!["b".to_string()]);
+        assert_eq!(r.holds.keys().cloned().collect::<Vec<_>>(), names(&moved));
+        // d restarted (a new connection): it holds nothing, though nothing changed.
+        let restarted = vec![t("c", 2), t("d", 4)];
+        let (_, sends) = r.plan(&restarted, &s3).expect("a copy for the restarted node");
+        assert!(matches!(sends[1].1, Update::Full(_)), "{sends:?}");
     }
 }

@@ -157,6 +157,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name, at: None } });
             return;
         }
+        // A copy `from` sent of this name is superseded by the state it hands over now
+        // (and must not merge into it again when `from` goes).
+        if self.replicas.get(&name).is_some_and(|r| r.from == from) {
+            self.replicas.remove(&name);
+        }
         let ack = |at: &str| Msg::HandoffAck { name: name.clone(), at: Some(at.to_string()) };
         let mut states: States = state.clone().map(|s| (from.clone(), s)).into_iter().collect();
         states.extend(merges.iter().cloned());
@@ -250,6 +255,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             crate::metrics::global().handed_off();
             info!(worker = %name, peer = %at, "moved {name} to {at} (handoff {})", human_bytes(size));
         }
+        self.drop_copies(&name);
         self.moved.insert(name, at);
         self.out.push(Effect::Changed);
     }

@@ -507,8 +507,9 @@ impl Registry {
     pub async fn replicate(&self, name: &WorkerName, replicas: usize, rep: &mut Replicator, state: Vec<u8>) {
         let Some((targets, args, lineage)) = self.0.table.lock().unwrap().replication_of(name, replicas) else { return };
         let Some((seq, sends)) = rep.plan(&targets, &state) else { return };
+        let holders: Vec<String> = targets.iter().map(|(t, _)| t.clone()).collect();
         let copies = sends.into_iter().map(|(to, update)| {
-            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: targets.clone() };
+            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone() };
             let state = &state;
             async move {
                 let bytes = copy.update.payload_len();

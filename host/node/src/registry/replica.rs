@@ -6,9 +6,10 @@
 //! replica is the name's owner by the same ranking, and starts it from the copy it
 //! holds (`supervise.rs`, `replan`) instead of from an empty `init`.
 
-use super::durable::Update;
+use super::durable::{Target, Update};
 use super::placement::{ranked, Lineage};
-use super::table::{Replica, Slot, Table};
+use super::table::{Effect, Replica, Slot, Table};
+use super::wire::Msg;
 use super::wire::Replicate;
 use super::WorkerName;
 
@@ -32,14 +33,16 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     }
 
     /// Where the instance of `name` running here copies its state (the `n` members that
-    /// rank next for it, this node excluded), with its args and lineage; `None` when no
-    /// instance of it is here.
-    pub fn replication_of(&self, name: &WorkerName, n: usize) -> Option<(Vec<String>, Vec<u8>, Lineage)> {
+    /// rank next for it, this node excluded, each with the connection to it), with its
+    /// args and lineage; `None` when no instance of it is here.
+    pub fn replication_of(&self, name: &WorkerName, n: usize) -> Option<(Vec<Target>, Vec<u8>, Lineage)> {
         let (args, lineage) = match self.local.get(name)? {
-            Slot::Starting { args, lineage, .. } | Slot::Running { args, lineage, .. } => (args.clone(), *lineage),
+            // Stopping too: it handles what its mailbox holds ahead of the stop, and
+            // those calls are answered only once their state is copied.
+            Slot::Starting { args, lineage, .. } | Slot::Running { args, lineage, .. } | Slot::Stopping { args, lineage, .. } => (args.clone(), *lineage),
             _ => return None,
         };
-        let targets = ranked(self.members.keys().map(String::as_str), name).into_iter().take(n).map(str::to_string).collect();
+        let targets = ranked(self.members.keys().map(String::as_str), name).into_iter().take(n).map(|m| (m.to_string(), self.members[m])).collect();
         Some((targets, args, lineage))
     }
 
@@ -71,11 +74,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.replicas.iter().map(|(n, r)| (n.clone(), r.from.clone(), r.seq, r.state.len())).collect()
     }
 
-    /// A copy held here whose instance is known to run on another node than the one
-    /// that sent it is out of date: that node sends its own copies.
-    pub(super) fn forget_stale_replica(&mut self, name: &WorkerName, runs_on: &str) {
-        if self.replicas.get(name).is_some_and(|r| r.from != runs_on) {
-            self.replicas.remove(name);
+    /// The instance of `name` left this node (moved with its state, or stopped in
+    /// favour of another): the replicas holding its copies are told to drop them, since
+    /// its next node copies to its own.
+    pub(super) fn drop_copies(&mut self, name: &WorkerName) {
+        if let Some((_, holders)) = self.copied.remove(name) {
+            for to in holders {
+                self.out.push(Effect::Send { to, msg: Msg::ReplicaDropped { name: name.clone() } });
+            }
         }
     }
 }

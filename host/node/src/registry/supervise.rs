@@ -87,6 +87,50 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
             self.orphans.insert(name, Orphan { args: claim.args, lineage: claim.lineage, told: None, grace: Grace::Unasked });
         }
+        // Copies it sent of names that run here too (two instances since a partition or
+        // a pause): its instance is gone, its state merges into the one here.
+        let merging: Vec<_> = self.replicas.iter().filter(|(n, r)| r.from == node && self.local.contains_key(*n)).map(|(n, _)| n.clone()).collect();
+        for name in merging {
+            let r = self.replicas.remove(&name).expect("listed above");
+            info!(worker = %name, peer = %node, "{node} went down with an instance of {name} that runs here too: its copied state merges into this one");
+            match self.local.get_mut(&name).expect("listed above") {
+                Slot::Running { handle, .. } => {
+                    let handle = handle.clone();
+                    self.out.push(Effect::Merge { name, handle, from: node.to_string(), state: r.state });
+                }
+                Slot::Starting { merges, .. } | Slot::Stopping { merges, .. } | Slot::Moving { merges, .. } => merges.push((node.to_string(), r.state)),
+            }
+        }
+        // Copies it sent of names that run on another node now: from an instance that
+        // continued its line there (taken over from a copy, or handed over), nothing to
+        // do; from a duplicate (both sides of a partition ran the name), its state goes
+        // to that instance to merge, as a duplicate that stops would send it.
+        let elsewhere: Vec<_> = self
+            .replicas
+            .iter()
+            .filter(|(n, r)| r.from == node && !self.local.contains_key(*n))
+            .filter_map(|(n, r)| {
+                self.directory.get(n).filter(|c| c.node != node && self.connected(&c.node)).map(|c| (n.clone(), c.node.clone(), c.lineage != r.lineage.moved()))
+            })
+            .collect();
+        for (name, at, duplicate) in elsewhere {
+            let r = self.replicas.remove(&name).expect("listed above");
+            if duplicate {
+                info!(worker = %name, peer = %node, "{node} went down with a duplicate instance of {name}: its copied state goes to the one on {at} to merge");
+                let slot = Slot::Moving {
+                    to: at,
+                    args: r.args,
+                    lineage: r.lineage,
+                    state: Some(r.state),
+                    merges: Vec::new(),
+                    sent: 0,
+                    yielding: true,
+                    refused: Default::default(),
+                };
+                self.local.insert(name.clone(), slot);
+                self.send_handoff(name, None);
+            }
+        }
         // Durable names it ran that this node holds a copy of, should its announcement
         // not have arrived: lost too.
         let copied: Vec<_> = self.replicas.iter().filter(|(n, r)| r.from == node && !self.orphans.contains_key(*n)).map(|(n, _)| n.clone()).collect();

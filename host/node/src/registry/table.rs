@@ -385,7 +385,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// Whether this node knows anything of `name`: an instance, a claim, a move, or that
     /// it is lost and waits for a restart.
     pub fn remembers(&self, name: &WorkerName) -> bool {
-        self.knows(name) || self.orphans.contains_key(name)
+        self.knows(name) || self.orphans.contains_key(name) || self.replicas.contains_key(name)
     }
 
     /// Whether every member has told this node the names it runs.

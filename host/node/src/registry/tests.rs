@@ -679,9 +679,20 @@ fn a_copy_from_a_node_the_name_left_is_dropped() {
     up(&mut b, "c@h", 2);
     b.replica_in("a@h", copy(&n, 1, super::durable::Update::Full(b"1".to_vec()), &["b@h"])).unwrap();
     // The name moved to c (a handoff): a's copy is out of date, and is not started
-    // from when a goes down.
+    // from when a goes down, since the name runs on c.
     recv(&mut b, "c@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default().moved() });
-    assert_eq!(b.replica_of(&n), None);
     let fx = b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
     assert!(spawn_of(&fx).is_none(), "{fx:?}");
+    // a, once its handoff is acknowledged, tells its replicas to drop their copies.
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    up(&mut a, "c@h", 2);
+    let fx = run_here(&mut a, &n, 1);
+    assert!(spawn_of(&fx).is_none());
+    a.copied(&n, 1, vec!["b@h".into()]);
+    a.handle(Event::Leave);
+    let fx = a.handle(Event::Stopped { name: n.clone(), id: 1, state: Some(b"1".to_vec()) });
+    let to = sends(&fx).into_iter().find_map(|(to, m)| matches!(m, Msg::Handoff { .. }).then_some(to)).expect("a handoff");
+    let fx = recv(&mut a, &to, Msg::HandoffAck { name: n.clone(), at: Some(to.clone()) });
+    assert!(sends(&fx).contains(&("b@h".into(), Msg::ReplicaDropped { name: n.clone() })), "{fx:?}");
 }
