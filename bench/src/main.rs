@@ -180,7 +180,9 @@ fn run_all(args: &Args) {
     let wants = |f: &str| args.only.as_deref().is_none_or(|o| o == f);
     let mut results = serde_json::Map::new();
     let mut table: Vec<(String, String, String)> = Vec::new();
-    for figure in ["rtt", "throughput", "connect", "rtt-tls", "throughput-tls", "connect-tls", "workers", "workers-pooled", "workers-nowasi", "remote-call"] {
+    for figure in
+        ["rtt", "throughput", "connect", "rtt-tls", "throughput-tls", "connect-tls", "workers", "workers-pooled", "workers-nowasi", "remote-call", "durable"]
+    {
         if !wants(figure) {
             continue;
         }
@@ -670,6 +672,39 @@ async fn measure(figure: &str, pinned: bool, args: &Args, tls: bool) -> Value {
                 "remote_call_over_baseline": (median / base_median * 100.0).round() / 100.0,
             })
         }
+        "durable" => {
+            // A durable counter's `increment` against a plain one's, called from a probe
+            // on the other node: the durable call also copies the new state to its replica
+            // (the caller's node, the only other one) before it answers.
+            let names = ["d1@127.0.36.1".to_string(), "d2@127.0.36.2".to_string()];
+            let (probe, counter) = (args.plugin("worker_probe.wasm"), args.plugin("worker_counter.wasm"));
+            let base = args.static_topology(&names);
+            let kinds = format!(
+                "{base}\n[worker.probe]\ncomponent = \"{}\"\n[worker.plain]\ncomponent = \"{}\"\n[worker.durable]\ncomponent = \"{}\"\ndurability = \"replicated\"\n",
+                probe.display(),
+                counter.display(),
+                counter.display()
+            );
+            let config_path = args.config("durable", &kinds);
+            let n1 = args.node(&names[0], &config_path, pinned);
+            let n2 = args.node(&names[1], &config_path, pinned);
+            for n in [&n1, &n2] {
+                n.wait_line("members (2):", Duration::from_secs(30));
+            }
+            let ctl = client("benchctl@127.0.36.9", &names[0]).await;
+            let n = if args.quick { 5_000 } else { 20_000 };
+            let mut out = serde_json::Map::new();
+            // Alternated, two rounds each.
+            for round in 0..2 {
+                for kind in ["plain", "durable"] {
+                    let (median, p99) = call_from_probe(&ctl, &names, kind, "increment", n).await;
+                    out.insert(format!("{kind}_increment_median_us_round{round}"), json!(median));
+                    out.insert(format!("{kind}_increment_p99_us_round{round}"), json!(p99));
+                }
+            }
+            drop((n1, n2));
+            Value::Object(out)
+        }
         "gateway" => gateway(args).await,
         "handoff" => {
             let mut out = serde_json::Map::new();
@@ -690,6 +725,40 @@ async fn measure(figure: &str, pinned: bool, args: &Args, tls: bool) -> Value {
         }
         other => panic!("unknown figure {other}"),
     }
+}
+
+/// Median and p99, in µs, of `n` calls of `msg` from a probe on `names[0]` to a worker
+/// of `kind` on `names[1]`, timed in the guest.
+async fn call_from_probe(ctl: &Peer, names: &[String], kind: &str, msg: &str, n: usize) -> (f64, f64) {
+    let ask = |v: Value| {
+        let ctl = ctl.clone();
+        async move {
+            let body = ctl.request(Service::Control, Bytes::from(v.to_string()), Duration::from_secs(600)).await.expect("control request");
+            serde_json::from_slice::<Value>(&body).unwrap()
+        }
+    };
+    let mut caller = None;
+    for i in 0..200 {
+        let v = ask(json!({"op":"start","kind":"probe","key":format!("p{i}")})).await;
+        if v["started"].as_str() == Some(names[0].as_str()) {
+            caller = Some(format!("p{i}"));
+            break;
+        }
+    }
+    let mut callee = None;
+    for i in 0..200 {
+        let v = ask(json!({"op":"start","kind":kind,"key":format!("c{i}")})).await;
+        if v["started"].as_str() == Some(names[1].as_str()) {
+            callee = Some(format!("c{i}"));
+            break;
+        }
+    }
+    let (caller, callee) = (caller.expect("a probe on the first node"), callee.expect("a callee on the second node"));
+    ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench 2000 {kind}/{callee} {msg}"),"timeout_ms":600000})).await;
+    let v = ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {n} {kind}/{callee} {msg}"),"timeout_ms":600000})).await;
+    let reply = v["reply"].as_str().unwrap_or_else(|| panic!("bench call failed: {v}")).to_string();
+    let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
+    (it.next().unwrap(), it.next().unwrap())
 }
 
 /// What wrk measured: requests per second, and the 99th percentile of latency in µs.

@@ -8,7 +8,7 @@
 //! | `call KIND/KEY MSG` | calls that worker (2 s timeout) and replies its reply, or `error: …` |
 //! | `start KIND/KEY ARGS` | starts that worker (`cluster.start`); replies `started on NODE` or `error: …` |
 //! | `timer MS PAYLOAD` | sets a timer; replies `ok` |
-//! | `bench N KIND/KEY` | makes N 16-byte calls to that worker, replies `MEDIAN_NS P99_NS` |
+//! | `bench N KIND/KEY [MSG]` | makes N calls to that worker (16 bytes, or MSG), replies `MEDIAN_NS P99_NS` |
 //! | `crash` | traps |
 //! | `bomb` | allocates until the host's memory cap stops it |
 //! | `spin` | logs `spinning`, then loops until the host's deadline stops it |
@@ -70,9 +70,12 @@ impl Guest for Probe {
             "bench" => {
                 // bench N KIND/KEY: N sequential 16-byte calls, timed here, in the guest.
                 let n: usize = words.next().and_then(|w| w.parse().ok()).ok_or("bench N KIND/KEY")?;
-                let (kind, key) = words.next().unwrap_or("").split_once('/').ok_or("bench N KIND/KEY")?;
+                // The rest of the words: `KIND/KEY` or `KIND/KEY MSG`.
+                let rest = words.next().unwrap_or("");
+                let (target, msg) = rest.split_once(' ').unwrap_or((rest, "0123456789abcdef"));
+                let (kind, key) = target.split_once('/').ok_or("bench N KIND/KEY")?;
                 let target = Name { kind: kind.into(), key: key.into() };
-                let msg = b"0123456789abcdef";
+                let msg = msg.as_bytes();
                 let mut ns: Vec<u64> = Vec::with_capacity(n);
                 for _ in 0..n {
                     let t = std::time::Instant::now();
