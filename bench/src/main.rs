@@ -697,7 +697,7 @@ async fn measure(figure: &str, pinned: bool, args: &Args, tls: bool) -> Value {
             // Alternated, two rounds each.
             for round in 0..2 {
                 for kind in ["plain", "durable"] {
-                    let (median, p99) = call_from_probe(&ctl, &names, kind, "increment", n).await;
+                    let (median, p99) = call_from_probe(&ctl, &names, kind, "increment", n, 2_000).await;
                     out.insert(format!("{kind}_increment_median_us_round{round}"), json!(median));
                     out.insert(format!("{kind}_increment_p99_us_round{round}"), json!(p99));
                 }
@@ -728,8 +728,8 @@ async fn measure(figure: &str, pinned: bool, args: &Args, tls: bool) -> Value {
 }
 
 /// Median and p99, in µs, of `n` calls of `msg` from a probe on `names[0]` to a worker
-/// of `kind` on `names[1]`, timed in the guest.
-async fn call_from_probe(ctl: &Peer, names: &[String], kind: &str, msg: &str, n: usize) -> (f64, f64) {
+/// of `kind` on `names[1]`, timed in the guest after `warmup` calls.
+async fn call_from_probe(ctl: &Peer, names: &[String], kind: &str, msg: &str, n: usize, warmup: usize) -> (f64, f64) {
     let ask = |v: Value| {
         let ctl = ctl.clone();
         async move {
@@ -754,7 +754,7 @@ async fn call_from_probe(ctl: &Peer, names: &[String], kind: &str, msg: &str, n:
         }
     }
     let (caller, callee) = (caller.expect("a probe on the first node"), callee.expect("a callee on the second node"));
-    ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench 2000 {kind}/{callee} {msg}"),"timeout_ms":600000})).await;
+    ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {warmup} {kind}/{callee} {msg}"),"timeout_ms":600000})).await;
     let v = ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {n} {kind}/{callee} {msg}"),"timeout_ms":600000})).await;
     let reply = v["reply"].as_str().unwrap_or_else(|| panic!("bench call failed: {v}")).to_string();
     let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
@@ -766,33 +766,7 @@ async fn call_from_probe(ctl: &Peer, names: &[String], kind: &str, msg: &str, n:
 /// `names[1]`, timed in the guest (both nodes run the probe kind); `ctl` is connected to
 /// `names[0]`.
 async fn remote_call(ctl: &Peer, names: &[String], n: usize) -> (f64, f64) {
-    let ask = |v: Value| {
-        let ctl = ctl.clone();
-        async move {
-            let body = ctl.request(Service::Control, Bytes::from(v.to_string()), Duration::from_secs(600)).await.expect("control request");
-            serde_json::from_slice::<Value>(&body).unwrap()
-        }
-    };
-    // Place a caller on the first node and a callee on the second.
-    let mut caller = None;
-    let mut callee = None;
-    for i in 0..200 {
-        let v = ask(json!({"op":"start","kind":"probe","key":format!("k{i}")})).await;
-        match v["started"].as_str() {
-            Some(n) if n == names[0] && caller.is_none() => caller = Some(format!("k{i}")),
-            Some(n) if n == names[1] && callee.is_none() => callee = Some(format!("k{i}")),
-            _ => {}
-        }
-        if caller.is_some() && callee.is_some() {
-            break;
-        }
-    }
-    let (caller, callee) = (caller.expect("a probe on the first node (are the nodes connected?)"), callee.expect("a probe on the second node"));
-    ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench 10000 probe/{callee}"),"timeout_ms":600000})).await;
-    let v = ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {n} probe/{callee}"),"timeout_ms":600000})).await;
-    let reply = v["reply"].as_str().unwrap_or_else(|| panic!("bench call failed: {v}")).to_string();
-    let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
-    (it.next().unwrap(), it.next().unwrap())
+    call_from_probe(ctl, names, "probe", "0123456789abcdef", n, 10_000).await
 }
 
 fn wrk(url: &str, connections: usize, seconds: u64, script: &Path) -> (f64, f64) {

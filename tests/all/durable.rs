@@ -12,37 +12,6 @@ use wasmnode_testkit::*;
 const SETTLE: Duration = Duration::from_secs(30);
 const DURABLE: &str = "durability = \"replicated\"";
 
-/// Where each name runs, as `via` lists the cluster (a name may be listed twice).
-fn placement(via: &str) -> BTreeMap<String, Vec<String>> {
-    let mut at: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (node, names) in workers_by_node(via) {
-        for n in names {
-            at.entry(n).or_default().push(node.clone());
-        }
-    }
-    at
-}
-
-/// Waits until every name of `want` runs exactly once and answers `want`'s value.
-fn wait_exactly_once_with(via: &str, want: &BTreeMap<String, u64>, what: &str) {
-    wait_until(
-        SETTLE,
-        what,
-        || {
-            let at = placement(via);
-            want.keys().all(|n| at.get(n).is_some_and(|nodes| nodes.len() == 1)) && want.iter().all(|(n, v)| call(via, n, "value") == (true, v.to_string()))
-        },
-        || {
-            let at = placement(via);
-            want.iter()
-                .filter(|(n, v)| call(via, n, "value") != (true, v.to_string()))
-                .map(|(n, v)| format!("{n}: on {:?}, value {:?}, want {v}", at.get(n), call(via, n, "value")))
-                .collect::<Vec<_>>()
-                .join("\n")
-        },
-    );
-}
-
 /// Increments each counter of `want` through `via` K % 3 + 1 times (each acknowledged).
 fn increment_all(via: &str, want: &mut BTreeMap<String, u64>) {
     for (i, (name, value)) in want.iter_mut().enumerate() {
@@ -84,7 +53,7 @@ fn a_killed_node_loses_no_acknowledged_increment(tag: &str, subnet: u8, file: &s
         let emptied: usize = nodes.iter().map(|n| n.count("restarted counter/")).sum();
 
         nodes[victim].signal(libc::SIGKILL);
-        wait_exactly_once_with(via, &want, &format!("round {round}: every counter once, with every increment, after {} was killed", names[victim]));
+        wait_exactly_once_with(via, &want, SETTLE, &format!("round {round}: every counter once, with every increment, after {} was killed", names[victim]));
         let now: usize = nodes.iter().map(|n| n.count("took over counter/")).sum();
         assert_eq!(now - took_over, on_victim, "round {round}: each of the killed node's counters taken over from its replica once");
         assert_eq!(nodes.iter().map(|n| n.count("restarted counter/")).sum::<usize>(), emptied, "no counter restarted empty");
@@ -94,7 +63,7 @@ fn a_killed_node_loses_no_acknowledged_increment(tag: &str, subnet: u8, file: &s
         wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, SETTLE);
         // The restarted node takes its names back (with their state) and becomes a
         // replica again: the next round's kill finds every state copied.
-        wait_exactly_once_with(via, &want, &format!("round {round}: every counter once after {} came back", names[victim]));
+        wait_exactly_once_with(via, &want, SETTLE, &format!("round {round}: every counter once after {} came back", names[victim]));
     }
 }
 
@@ -247,7 +216,10 @@ fn kill_rounds(tag: &str, subnet: u8, replicas: usize, kill: usize, rounds: usiz
     let mut seed = 0x5eed_u64 + subnet as u64;
     let mut took_over = 0;
     for round in 0..rounds {
-        std::thread::sleep(Duration::from_millis(700)); // load before the kill
+        // Load before the kill: the clients acknowledge 1,000 more increments.
+        let acked = |t: &Mutex<Tally>| t.lock().unwrap().acked.values().sum::<u64>();
+        let before = acked(&tally);
+        wait_until(SETTLE, &format!("round {round}: 1,000 increments before the kill"), || acked(&tally) >= before + 1000, String::new);
         let mut victims: Vec<usize> = Vec::new();
         while victims.len() < kill {
             let v = next(&mut seed) as usize % 5;
@@ -279,7 +251,9 @@ fn kill_rounds(tag: &str, subnet: u8, replicas: usize, kill: usize, rounds: usiz
         }
         took_over = nodes.iter().map(|n| n.count("took over counter/")).sum::<usize>();
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Load after the last restart too, through every node.
+    let before: u64 = tally.lock().unwrap().acked.values().sum();
+    wait_until(SETTLE, "500 increments after the last restart", || tally.lock().unwrap().acked.values().sum::<u64>() >= before + 500, String::new);
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();

@@ -28,33 +28,6 @@ fn counters(via: &str, n: usize) -> BTreeMap<String, u64> {
     want
 }
 
-/// Where each name runs, as `via` lists the cluster (a name may be listed twice).
-fn placement(via: &str) -> BTreeMap<String, Vec<String>> {
-    let mut at: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (node, names) in workers_by_node(via) {
-        for n in names {
-            at.entry(n).or_default().push(node.clone());
-        }
-    }
-    at
-}
-
-/// Waits until every name of `want` runs exactly once and answers `want`'s value.
-fn wait_exactly_once_with(via: &str, want: &BTreeMap<String, u64>, what: &str) {
-    wait_until(
-        SETTLE,
-        what,
-        || {
-            let at = placement(via);
-            want.keys().all(|n| at.get(n).is_some_and(|nodes| nodes.len() == 1)) && want.iter().all(|(n, v)| call(via, n, "value") == (true, v.to_string()))
-        },
-        || {
-            let at = placement(via);
-            want.iter().map(|(n, v)| format!("{n}: on {:?}, value {:?}, want {v}", at.get(n), call(via, n, "value"))).collect::<Vec<_>>().join("\n")
-        },
-    );
-}
-
 /// The node with the smallest name is paused until its peers declare it down, then
 /// woken. Before, it declared its peers down on waking, restarted their names empty,
 /// and its empty instances won over the healthy ones: counters went back to 0. Now it
@@ -75,7 +48,7 @@ fn a_paused_node_wakes_without_wiping_anyones_state() {
     wait_until(FORM, "the paused node's counters to answer elsewhere", || want.keys().all(|n| call(&names[1], n, "value").0), String::new);
     nodes[0].signal(libc::SIGCONT);
     wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names.iter().map(String::as_str).collect::<Vec<_>>(), SETTLE);
-    wait_exactly_once_with(&names[2], &want, "every counter once, with its value, after the wake-up");
+    wait_exactly_once_with(&names[2], &want, SETTLE, "every counter once, with its value, after the wake-up");
     // It heard its peers close the connections they timed out; it never timed them out.
     assert_eq!(nodes[0].count("heartbeat timeout"), 0, "the woken node declared its live peers down:\n{}", nodes[0].log());
 }
@@ -95,7 +68,7 @@ fn two_nodes_killed_at_once_leave_every_name_running_on_the_survivor() {
         // What ran on the killed nodes restarts empty; what ran on the survivor keeps its value.
         *v = kept.get(n).copied().unwrap_or(0);
     }
-    wait_exactly_once_with(&names[0], &after, "every counter restarted on the survivor");
+    wait_exactly_once_with(&names[0], &after, SETTLE, "every counter restarted on the survivor");
     let restarted = nodes[0].count("restarted counter/");
     assert_eq!(restarted, want.len() - kept.len(), "each lost counter restarted once:\n{}", nodes[0].log());
 }

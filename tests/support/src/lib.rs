@@ -307,6 +307,39 @@ pub fn workers_by_node(node: &str) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// Where each name runs, as `via` lists the cluster (a name may be listed twice).
+pub fn placement(via: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut at: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for (node, names) in workers_by_node(via) {
+        for n in names {
+            at.entry(n).or_default().push(node.clone());
+        }
+    }
+    at
+}
+
+/// Waits (up to `timeout`) until every name of `want` runs exactly once and answers
+/// `value` with `want`'s value; on failure, names each that does not, where it runs and
+/// what it answers.
+pub fn wait_exactly_once_with(via: &str, want: &std::collections::BTreeMap<String, u64>, timeout: Duration, what: &str) {
+    wait_until(
+        timeout,
+        what,
+        || {
+            let at = placement(via);
+            want.keys().all(|n| at.get(n).is_some_and(|nodes| nodes.len() == 1)) && want.iter().all(|(n, v)| call(via, n, "value") == (true, v.to_string()))
+        },
+        || {
+            let at = placement(via);
+            want.iter()
+                .filter(|(n, v)| at.get(*n).is_none_or(|nodes| nodes.len() != 1) || call(via, n, "value") != (true, v.to_string()))
+                .map(|(n, v)| format!("{n}: on {:?}, value {:?}, want {v}", at.get(n), call(via, n, "value")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
+}
+
 /// Every running name in the cluster, sorted (duplicates kept), as `node` lists them.
 pub fn all_workers(node: &str) -> Vec<String> {
     let mut all: Vec<String> = workers_by_node(node).into_iter().flat_map(|(_, w)| w).collect();
