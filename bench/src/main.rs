@@ -96,7 +96,7 @@ fn parse_args() -> (Option<(String, String)>, Args) {
             }
             "measure" => measure = Some((it.next().expect("measure FIGURE"), it.next().expect("measure FIGURE PLACEMENT"))),
             "-h" | "--help" => {
-                println!("wasmnode-bench [--bin WASMNODE] [--plugins DIR] [--json FILE] [--quick] [--only rtt|throughput|connect|workers|workers-pooled|workers-nowasi|remote-call|mesh|down|rss|handoff|gateway]");
+                println!("wasmnode-bench [--bin WASMNODE] [--plugins DIR] [--json FILE] [--quick] [--only rtt|throughput|connect|workers|workers-pooled|workers-nowasi|remote-call|durable|mesh|down|rss|handoff|gateway|failover]");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -203,7 +203,7 @@ fn run_all(args: &Args) {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    for figure in ["mesh", "down", "rss", "handoff", "gateway"] {
+    for figure in ["mesh", "down", "rss", "handoff", "gateway", "failover"] {
         if !wants(figure) {
             continue;
         }
@@ -241,6 +241,8 @@ fn fmt_value(key: &str, v: &Value) -> String {
         format!("{f:.0} /s")
     } else if key.ends_with("_mib") {
         format!("{f:.1} MiB")
+    } else if key.ends_with("_bytes_per_call") {
+        format!("{f:.0} B/call")
     } else {
         v.to_string()
     }
@@ -702,10 +704,20 @@ async fn measure(figure: &str, pinned: bool, args: &Args, tls: bool) -> Value {
                     out.insert(format!("{kind}_increment_p99_us_round{round}"), json!(p99));
                 }
             }
+            // Throughput: 1 and 16 probes on the first node calling as fast as they can,
+            // each its own counter on the second.
+            for callers in [1usize, 16] {
+                for kind in ["plain", "durable"] {
+                    let per = n / callers.max(4);
+                    let rate = calls_per_second(&ctl, &names, kind, "increment", callers, per).await;
+                    out.insert(format!("{kind}_increment_{callers}_callers_per_s"), json!(rate));
+                }
+            }
             drop((n1, n2));
             Value::Object(out)
         }
         "gateway" => gateway(args).await,
+        "failover" => failover(args).await,
         "handoff" => {
             let mut out = serde_json::Map::new();
             for n in [1_000usize, 10_000] {
@@ -761,7 +773,6 @@ async fn call_from_probe(ctl: &Peer, names: &[String], kind: &str, msg: &str, n:
     (it.next().unwrap(), it.next().unwrap())
 }
 
-/// What wrk measured: requests per second, and the 99th percentile of latency in µs.
 /// Median and p99, in µs, of `n` calls from a probe worker on `names[0]` to one on
 /// `names[1]`, timed in the guest (both nodes run the probe kind); `ctl` is connected to
 /// `names[0]`.
@@ -769,6 +780,27 @@ async fn remote_call(ctl: &Peer, names: &[String], n: usize) -> (f64, f64) {
     call_from_probe(ctl, names, "probe", "0123456789abcdef", n, 10_000).await
 }
 
+/// Calls per second of `callers` probes on `names[0]`, each making `per` calls of `msg`
+/// to its own worker of `kind` on `names[1]`, all at once.
+async fn calls_per_second(ctl: &Peer, names: &[String], kind: &str, msg: &str, callers: usize, per: usize) -> f64 {
+    let probes = start_on(ctl, "probe", &format!("tp-{kind}-{callers}-"), &names[0], callers).await;
+    let callees = start_on(ctl, kind, &format!("tc-{callers}-"), &names[1], callers).await;
+    let run = |calls: usize| {
+        futures_util::future::join_all(probes.iter().zip(&callees).map(|(p, c)| {
+            let v = json!({"op": "call", "kind": "probe", "key": p, "msg": format!("bench {calls} {kind}/{c} {msg}"), "timeout_ms": 600000});
+            async move {
+                let v = ask(ctl, v).await;
+                assert!(v["reply"].is_string(), "bench call failed: {v}");
+            }
+        }))
+    };
+    run(per / 10 + 1).await;
+    let t = Instant::now();
+    run(per).await;
+    (callers * per) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// What wrk measured: requests per second, and the 99th percentile of latency in µs.
 fn wrk(url: &str, connections: usize, seconds: u64, script: &Path) -> (f64, f64) {
     let threads = connections.min(2);
     let out = Command::new("wrk")
@@ -797,6 +829,140 @@ fn wrk(url: &str, connections: usize, seconds: u64, script: &Path) -> (f64, f64)
         })
         .unwrap_or(f64::NAN);
     (rps, p99)
+}
+
+/// A control request to the node `ctl` is connected to; its JSON answer.
+async fn ask(ctl: &Peer, v: Value) -> Value {
+    let body = ctl.request(Service::Control, Bytes::from(v.to_string()), Duration::from_secs(600)).await.expect("control request");
+    serde_json::from_slice::<Value>(&body).unwrap()
+}
+
+/// A counter of a node's `/metrics` at `addr` (its `_total` sample).
+fn metric(addr: &str, name: &str) -> f64 {
+    let (status, body) = http(addr, "GET", "/metrics", b"");
+    assert_eq!(status, 200, "{body}");
+    let prefix = format!("{name}_total ");
+    body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("no {name} in\n{body}"))
+}
+
+/// Starts `kind/{prefix}{i}` for i = 0, 1, … until `want` run on `node`; their keys.
+async fn start_on(ctl: &Peer, kind: &str, prefix: &str, node: &str, want: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    for i in 0.. {
+        let key = format!("{prefix}{i}");
+        let v = ask(ctl, json!({"op": "start", "kind": kind, "key": key})).await;
+        let on = v["started"].as_str().unwrap_or_else(|| panic!("start {kind}/{key}: {v}"));
+        if on == node {
+            keys.push(key);
+            if keys.len() == want {
+                break;
+            }
+        }
+    }
+    keys
+}
+
+/// Durable kinds around a kill -9, on three nodes (replicas = 1): the bytes a call
+/// copies to the replica (the Rust and the Python counter, a worker holding 10 MiB), how
+/// long after a kill -9 of its node a name holding 10 MiB answers again (its state
+/// restored from the replica's copy), and how long each of 1,000 durable names on the
+/// killed node takes to answer its first call again.
+async fn failover(args: &Args) -> Value {
+    let names: Vec<String> = (1..=3).map(|i| format!("f{i}@127.0.38.{i}")).collect();
+    let base = args.static_topology(&names);
+    let durable = "durability = \"replicated\"";
+    let kinds = format!(
+        "[worker.counter]\ncomponent = \"{}\"\n{durable}\n[worker.counterpy]\ncomponent = \"{}\"\n{durable}\n\
+         [worker.big]\ncomponent = \"{}\"\n{durable}\nmemory_limit_mb = 256\ncall_timeout_ms = 20000\n",
+        args.plugin("worker_counter.wasm").display(),
+        args.plugin("worker_counter_py.wasm").display(),
+        args.plugin("worker_probe.wasm").display(),
+    );
+    let config = |i: usize| args.config(&format!("failover{i}"), &format!("{base}\n{kinds}\n[http]\nlisten = \"127.0.38.{}:9090\"\n", i + 1));
+    let mut nodes: Vec<Node> = (0..3).map(|i| args.node(&names[i], &config(i), false)).collect();
+    for n in &nodes {
+        n.wait_line("members (3):", Duration::from_secs(120));
+    }
+    let ctl = client("failoverctl@127.0.38.9", &names[0]).await;
+    let metrics = |node: usize| format!("127.0.38.{}:9090", node + 1);
+    let mut out = serde_json::Map::new();
+
+    // Bytes per call: names on node 1 (index 1), called from node 0.
+    let calls = if args.quick { 200 } else { 1_000 };
+    for (kind, label, msg) in [("counter", "rust_counter", "increment"), ("counterpy", "python_counter", "increment"), ("big", "10mib_worker", "slow-add 0")] {
+        // Each call of the 10 MiB worker snapshots and compares 10 MiB: fewer of them.
+        let calls = if kind == "big" { calls / 10 } else { calls };
+        let key = start_on(&ctl, kind, "bytes", &names[1], 1).await.remove(0);
+        if kind == "big" {
+            let v = ask(&ctl, json!({"op": "call", "kind": kind, "key": key, "msg": "ballast 10", "timeout_ms": 60000})).await;
+            assert_eq!(v["reply"], "ok", "{v}");
+        }
+        let before = metric(&metrics(1), "wasmnode_replicated_bytes");
+        for _ in 0..calls {
+            let v = ask(&ctl, json!({"op": "call", "kind": kind, "key": key, "msg": msg})).await;
+            assert!(v["reply"].is_string(), "{kind}/{key}: {v}");
+        }
+        let after = metric(&metrics(1), "wasmnode_replicated_bytes");
+        out.insert(format!("durable_{label}_replicated_bytes_per_call"), json!((after - before) / calls as f64));
+    }
+
+    // A 10 MiB state restored: kill -9 of the node running it, to its first answer.
+    let key = start_on(&ctl, "big", "restore", &names[2], 1).await.remove(0);
+    let v = ask(&ctl, json!({"op": "call", "kind": "big", "key": key, "msg": "ballast 10", "timeout_ms": 60000})).await;
+    assert_eq!(v["reply"], "ok", "{v}");
+    let t = Instant::now();
+    nodes[2].signal(libc::SIGKILL);
+    loop {
+        let v = ask(&ctl, json!({"op": "call", "kind": "big", "key": key, "msg": "count", "timeout_ms": 2000})).await;
+        if v["reply"].is_string() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "big/{key} did not come back: {v}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    out.insert("durable_10mib_kill9_to_first_call_ms".into(), json!(t.elapsed().as_secs_f64() * 1e3));
+    nodes[2].restart();
+    for n in &nodes {
+        n.wait_line("members (3):", Duration::from_secs(60));
+    }
+    // Every name copied to its replicas again (the restarted node among them) before the
+    // next kill.
+    let settled = Instant::now();
+    loop {
+        let v = ask(&ctl, json!({"op": "workers"})).await;
+        let behind =
+            v["durable"].as_array().into_iter().flatten().filter(|d| d["replicas"].as_array().is_none_or(|r| r.iter().all(|r| r["current"] != true))).count();
+        if behind == 0 {
+            break;
+        }
+        assert!(settled.elapsed() < Duration::from_secs(60), "{behind} durable names without a current replica");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 1,000 durable names on node 2, killed: each name's first answer after the kill.
+    let n = if args.quick { 200 } else { 1_000 };
+    let keys = start_on(&ctl, "counter", "f", &names[2], n).await;
+    let t = Instant::now();
+    nodes[2].signal(libc::SIGKILL);
+    let waits = keys.into_iter().map(|key| {
+        let ctl = ctl.clone();
+        async move {
+            loop {
+                let v = ask(&ctl, json!({"op": "call", "kind": "counter", "key": key, "msg": "value", "timeout_ms": 2000})).await;
+                if v["reply"].is_string() {
+                    return t.elapsed();
+                }
+                assert!(t.elapsed() < Duration::from_secs(60), "counter/{key} did not come back: {v}");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let mut times = futures_util::future::join_all(waits).await;
+    times.sort();
+    out.insert(format!("durable_failover_{n}_names_median_ms"), json!(percentile(&times, 0.5) / 1e3));
+    out.insert(format!("durable_failover_{n}_names_p99_ms"), json!(percentile(&times, 0.99) / 1e3));
+    drop(nodes);
+    Value::Object(out)
 }
 
 /// The worker gateway on keep-alive connections against nginx's `return 200` on the same

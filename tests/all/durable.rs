@@ -293,3 +293,114 @@ fn five_nodes_300_counters_ten_kills_lose_nothing() {
 fn two_replicas_survive_two_nodes_killed_at_once() {
     kill_rounds("d-kill2", 105, 2, 2, 3);
 }
+
+/// `wasmnode call --id ID` through `via`; (success, stdout or stderr).
+fn call_once(via: &str, id: &str, name: &str, msg: &str) -> (bool, String) {
+    let out = cli(&["call", "--node", via, "--id", id, "--timeout-ms", "15000", name, msg], COOKIE);
+    let text = if out.status.success() { out.stdout } else { out.stderr };
+    (out.status.success(), String::from_utf8_lossy(&text).trim().to_string())
+}
+
+/// `POST …/call` of `msg` to `name` through the gateway at `addr`, with an
+/// `Idempotency-Key`; (status, body).
+fn http_call_once(addr: &str, key: &str, name: &str, msg: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!(
+        "POST /v1/workers/{name}/call HTTP/1.1\r\nHost: {addr}\r\nIdempotency-Key: {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+        msg.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// A call with an id is applied once, however it is retried: through another node,
+/// after the caller's node was killed during the call (applied, its reply lost), after
+/// the owner was killed during the call (in doubt: `unavailable`, then applied by the
+/// retry on the new owner), and after a failover (the ids came with the replicated
+/// state). Through the CLI (`--id`), the gateway (`Idempotency-Key`) and a worker
+/// (`cluster.call-once`).
+#[test]
+fn a_retried_call_with_an_id_is_applied_once() {
+    let kind = [("probe", "worker_probe.wasm", "durability = \"replicated\"\ncall_timeout_ms = 10000")];
+    let (_dir, names, mut nodes) = three_nodes("d-once", 106, &kind, true);
+    let (ok, out) = start_worker(&names[0], "probe", "x");
+    assert!(ok, "{out}");
+    let owner = names.iter().position(|n| *n == started_on(&out)).unwrap();
+    let (p, q) = ((owner + 1) % 3, (owner + 2) % 3);
+    let count = |via: &str| call(via, "probe/x", "count");
+
+    // Retried through another node: the first reply, applied once.
+    assert_eq!(call_once(&names[p], "k1", "probe/x", "slow-add 0"), (true, "1".into()));
+    assert_eq!(call_once(&names[q], "k1", "probe/x", "slow-add 0"), (true, "1".into()), "k1's retry through {}", names[q]);
+    assert_eq!(count(&names[q]), (true, "1".into()));
+    assert_eq!(nodes[owner].count("was applied before: answered from the call log"), 1, "{}", nodes[owner].log());
+    // Without an id a retry applies again: the id is what makes the difference.
+    assert_eq!(call(&names[p], "probe/x", "slow-add 0"), (true, "2".into()));
+
+    // The caller's node killed during the call: applied there, the reply lost with the
+    // node; the retry through another node gets it.
+    let caller = names[p].clone();
+    let during = std::thread::spawn(move || call_once(&caller, "k2", "probe/x", "slow-add 2000"));
+    nodes[owner].wait_log("slow-add 3 applied", Duration::from_secs(10));
+    nodes[p].signal(libc::SIGKILL);
+    let (ok, out) = during.join().unwrap();
+    assert!(!ok, "the call through the killed node answered: {out}");
+    assert_eq!(call_once(&names[q], "k2", "probe/x", "slow-add 2000"), (true, "3".into()), "k2's retry");
+    assert_eq!(count(&names[q]), (true, "3".into()));
+    nodes[p].restart();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, SETTLE);
+    wait_until(
+        SETTLE,
+        "probe/x replicated again",
+        || replicated(&names[q], &["probe/x".to_string()], 1).is_ok(),
+        || format!("{:?}", replicated(&names[q], &["probe/x".to_string()], 1)),
+    );
+
+    // The owner killed during the call: in doubt (`unavailable`); the retry, once the
+    // replica has taken over, applies it once — and the ids of earlier calls came with
+    // the replicated state.
+    let caller = names[q].clone();
+    let during = std::thread::spawn(move || call_once(&caller, "k3", "probe/x", "slow-add 2000"));
+    nodes[owner].wait_log("slow-add 4 applied", Duration::from_secs(10));
+    nodes[owner].signal(libc::SIGKILL);
+    let (ok, out) = during.join().unwrap();
+    assert!(!ok && out.contains("unavailable"), "the call in flight at the kill: {out}");
+    let mut retried = (false, String::new());
+    let retry = || call_once(&names[q], "k3", "probe/x", "slow-add 0");
+    wait_every(
+        Duration::from_millis(100),
+        SETTLE,
+        "k3's retry answers",
+        || {
+            retried = retry();
+            retried.0
+        },
+        || format!("{:?}", retry()),
+    );
+    assert_eq!(retried.1, "4", "k3 applied once by its retry");
+    assert_eq!(call_once(&names[p], "k1", "probe/x", "slow-add 0"), (true, "1".into()), "k1 after the failover");
+    assert_eq!(call_once(&names[p], "k2", "probe/x", "slow-add 0"), (true, "3".into()), "k2 after the failover");
+    assert_eq!(count(&names[p]), (true, "4".into()));
+    assert!(nodes.iter().any(|n| n.count("took over probe/x") == 1), "probe/x taken over from its replica");
+
+    // The gateway's Idempotency-Key and a worker's cluster.call-once are call ids too.
+    let gateway = format!("127.0.106.{}:8080", q + 1);
+    assert_eq!(http_call_once(&gateway, "h1", "probe/x", "slow-add 0"), (200, "5".into()));
+    assert_eq!(http_call_once(&gateway, "h1", "probe/x", "slow-add 0"), (200, "5".into()), "h1's retry");
+    assert_eq!(http_call_once(&gateway, "k1", "probe/x", "slow-add 0"), (200, "1".into()), "the CLI's k1 through the gateway");
+    let (status, body) = http_call_once(&gateway, &"x".repeat(257), "probe/x", "slow-add 0");
+    assert_eq!(status, 400, "{body}");
+    let (ok, out) = start_worker(&names[q], "probe", "caller");
+    assert!(ok, "{out}");
+    for _ in 0..2 {
+        assert_eq!(call(&names[p], "probe/caller", "call-once w1 probe/x slow-add 0"), (true, "6".into()));
+    }
+    assert_eq!(count(&names[p]), (true, "6".into()));
+}

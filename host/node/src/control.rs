@@ -43,6 +43,9 @@ enum Request {
         msg: String,
         #[serde(default = "default_timeout")]
         timeout_ms: u64,
+        /// A call id: applied once however often the call is retried with it.
+        #[serde(default)]
+        id: Option<String>,
     },
     Workers,
 }
@@ -88,11 +91,16 @@ pub fn handle(m: &Membership, registry: &Registry, peer: Peer, id: u64, body: By
                 reply(&peer, v);
             });
         }
-        Ok(Request::Call { kind, key, msg, timeout_ms }) => {
+        Ok(Request::Call { kind, key, msg, timeout_ms, id }) => {
             let registry = registry.clone();
             tokio::spawn(async move {
                 let name = WorkerName::new(&kind, &key).to_string();
-                let v = match registry.call(&kind, &key, msg.into_bytes(), Duration::from_millis(timeout_ms)).await {
+                let timeout = Duration::from_millis(timeout_ms);
+                let result = match &id {
+                    Some(id) => registry.call_once(&kind, &key, msg.into_bytes(), id, timeout).await,
+                    None => registry.call(&kind, &key, msg.into_bytes(), timeout).await,
+                };
+                let v = match result {
                     Ok(r) => match String::from_utf8(r) {
                         Ok(text) => json!({ "reply": text }),
                         Err(e) => json!({ "reply_hex": e.as_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>() }),

@@ -9,11 +9,13 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `POST /v1/workers/{kind}/{key}/call[?timeout_ms=N]`, body = message | 200 with the reply as body; 404 `not_found`, 504 `timeout`, 500 `failed`, 503 `unavailable` (JSON) |
+//! | `POST /v1/workers/{kind}/{key}/call[?timeout_ms=N]`, body = message, optional `Idempotency-Key` | 200 with the reply as body; 404 `not_found`, 504 `timeout`, 500 `failed`, 503 `unavailable` (JSON); 400 for a bad key |
 //! | `POST /v1/workers/{kind}/{key}`, body = args | 201 `{"node"}`; 409 `{"error":"already_started","node"}`; 400 `unknown_kind`; 500 `failed` |
 //! | `GET /v1/workers` | 200 `{"nodes": [{"node", "workers"}]}` |
 //!
-//! The call is answered by the instance wherever it runs in the cluster. Path segments
+//! The call is answered by the instance wherever it runs in the cluster. A call with an
+//! `Idempotency-Key` header is applied once by the worker however often it is retried
+//! with that key (the key is the call id of `wasmnode call --id`). Path segments
 //! are percent-decoded (`/v1/workers/order/a%2Fb/call` calls `order/a/b`); a known path
 //! with the wrong method is 405 with `Allow`. With a token configured, gateway requests
 //! must carry `Authorization: Bearer TOKEN` (401 otherwise); probes and metrics never
@@ -308,23 +310,37 @@ async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, lim
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis)
         .unwrap_or(Duration::from_secs(5));
+    let call_id = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(id)) => match crate::registry::calls::check_id(id) {
+            Ok(()) => Some(id.to_string()),
+            Err(why) => return json_response(400, json!({ "error": "bad Idempotency-Key", "reason": why })),
+        },
+        Some(Err(_)) => return json_response(400, json!({ "error": "bad Idempotency-Key", "reason": "not visible ASCII" })),
+    };
     let body = match read_body(req.into_body(), limits).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     match segments.as_slice() {
-        ["v1", "workers", kind, key, "call"] => match registry.call(kind, key, body.to_vec(), timeout).await {
-            Ok(reply) => response(200, "application/octet-stream", reply),
-            Err(e) => {
-                let status = match e {
-                    CallError::NotFound => 404,
-                    CallError::Timeout => 504,
-                    CallError::Unavailable(_) => 503,
-                    CallError::Failed(_) => 500,
-                };
-                json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()))
+        ["v1", "workers", kind, key, "call"] => {
+            let result = match &call_id {
+                Some(id) => registry.call_once(kind, key, body.to_vec(), id, timeout).await,
+                None => registry.call(kind, key, body.to_vec(), timeout).await,
+            };
+            match result {
+                Ok(reply) => response(200, "application/octet-stream", reply),
+                Err(e) => {
+                    let status = match e {
+                        CallError::NotFound => 404,
+                        CallError::Timeout => 504,
+                        CallError::Unavailable(_) => 503,
+                        CallError::Failed(_) => 500,
+                    };
+                    json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()))
+                }
             }
-        },
+        }
         ["v1", "workers", kind, key] => match registry.start_worker(kind, key, body.to_vec()).await {
             Ok(node) => json_response(201, json!({ "name": WorkerName::new(*kind, *key).to_string(), "node": node })),
             Err(e) => {

@@ -79,6 +79,10 @@ enum Command {
         msg: String,
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+        /// A call id: the worker applies a call with this id once, however often it is
+        /// retried (after a timeout or `unavailable`, retry with the same id).
+        #[arg(long)]
+        id: Option<String>,
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -154,9 +158,10 @@ fn main() -> ExitCode {
                     None => Err(anyhow!("{kind}/{key}: {}", describe(&v))),
                 }
             }
-            Command::Call { node, name, msg, timeout_ms, config } => {
+            Command::Call { node, name, msg, timeout_ms, id, config } => {
                 let (kind, key) = name.split_once('/').ok_or_else(|| anyhow!("`{name}` is not KIND/KEY"))?;
-                let v = ask(node, config, serde_json::json!({ "op": "call", "kind": kind, "key": key, "msg": msg, "timeout_ms": timeout_ms })).await?;
+                let request = serde_json::json!({ "op": "call", "kind": kind, "key": key, "msg": msg, "timeout_ms": timeout_ms, "id": id });
+                let v = ask(node, config, request).await?;
                 match (v["reply"].as_str(), v["reply_hex"].as_str()) {
                     (Some(text), _) => println!("{text}"),
                     (None, Some(hex)) => println!("{hex}"),

@@ -28,6 +28,9 @@ pub enum Envelope {
         msg: Vec<u8>,
         reply: ReplyTo,
     },
+    /// A call with an id ([`super::calls`]): applied once, its retries answered from
+    /// the instance's log.
+    CallOnce(Box<CallOnce>),
     Cast {
         msg: Vec<u8>,
     },
@@ -39,6 +42,13 @@ pub enum Envelope {
     },
     /// The state of another instance of this name that stopped in favour of this one.
     Conflict(Box<(String, Vec<u8>)>),
+}
+
+/// A call that carries an id.
+pub struct CallOnce {
+    pub id: String,
+    pub msg: Vec<u8>,
+    pub reply: ReplyTo,
 }
 
 /// Where a call's reply goes.

@@ -18,6 +18,7 @@
 //! - Node-up and node-down reach every local instance as `info` events.
 
 mod actor;
+pub mod calls;
 mod directory;
 pub mod durable;
 mod error;
@@ -41,7 +42,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use wasmnode_proto::{Frame, Service};
 
-pub use actor::{start_apart, BoxFuture, Envelope, Info, Mailbox, RemoteReply, ReplyTo, Restart, Spawner};
+pub use actor::{start_apart, BoxFuture, CallOnce, Envelope, Info, Mailbox, RemoteReply, ReplyTo, Restart, Spawner};
 pub use error::{CallError, SpawnError, StartError};
 pub use name::WorkerName;
 pub use placement::owner;
@@ -98,10 +99,18 @@ enum Target {
     Remote(String),
 }
 
+/// The envelope of a call, with its id when it has one.
+fn call_envelope(msg: Vec<u8>, id: Option<String>, reply: ReplyTo) -> Envelope {
+    match id {
+        None => Envelope::Call { msg, reply },
+        Some(id) => Envelope::CallOnce(Box::new(CallOnce { id, msg, reply })),
+    }
+}
+
 /// Queues a call in an instance's mailbox and waits for its reply, until `deadline`.
-async fn call_mailbox(name: &WorkerName, mailbox: Mailbox, msg: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, CallError> {
+async fn call_mailbox(name: &WorkerName, mailbox: Mailbox, msg: Vec<u8>, id: Option<String>, deadline: Instant) -> Result<Vec<u8>, CallError> {
     let (tx, rx) = oneshot::channel();
-    if mailbox.tx.send(Envelope::Call { msg, reply: ReplyTo::Local(tx) }).is_err() {
+    if mailbox.tx.send(call_envelope(msg, id, ReplyTo::Local(tx))).is_err() {
         return Err(CallError::Failed(format!("{name} stopped")));
     }
     match tokio::time::timeout_at(deadline, rx).await {
@@ -376,16 +385,27 @@ impl Registry {
 
     /// Calls `kind/key` wherever it runs; its reply.
     pub async fn call(&self, kind: &str, key: &str, msg: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        self.call_with_id(kind, key, msg, None, timeout).await
+    }
+
+    /// [`Registry::call`] with a call id: applied once by the name however often it
+    /// is retried with that id (see [`calls`]); a retry gets the first outcome.
+    pub async fn call_once(&self, kind: &str, key: &str, msg: Vec<u8>, id: &str, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        calls::check_id(id).map_err(CallError::Failed)?;
+        self.call_with_id(kind, key, msg, Some(id.to_string()), timeout).await
+    }
+
+    async fn call_with_id(&self, kind: &str, key: &str, msg: Vec<u8>, id: Option<String>, timeout: Duration) -> Result<Vec<u8>, CallError> {
         let started = std::time::Instant::now();
         let name = WorkerName::new(kind, key);
         let deadline = Instant::now() + timeout;
         // The common case first, with one lookup: the instance runs here.
         let running = self.0.table.lock().unwrap().handle_of(&name).cloned();
         let result = match running {
-            Some(mailbox) => call_mailbox(&name, mailbox, msg, deadline).await,
+            Some(mailbox) => call_mailbox(&name, mailbox, msg, id, deadline).await,
             None => {
                 self.wait_synced_unless_known(&name).await;
-                self.call_routed(&name, msg, deadline).await
+                self.call_routed(&name, msg, id, deadline).await
             }
         };
         crate::metrics::global().called(started.elapsed(), result.is_ok());
@@ -394,18 +414,18 @@ impl Registry {
 
     /// Follows the table's answers for `name` (and the nodes' `moved` answers), at most
     /// [`MAX_HOPS`] nodes.
-    async fn call_routed(&self, name: &WorkerName, msg: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, CallError> {
+    async fn call_routed(&self, name: &WorkerName, msg: Vec<u8>, id: Option<String>, deadline: Instant) -> Result<Vec<u8>, CallError> {
         let mut next = None;
         for _ in 0..MAX_HOPS {
             let node = match next.take() {
                 Some(node) if node != self.node() => node,
                 _ => match self.resolve(name, None, deadline).await? {
-                    Target::Here(mailbox) => return call_mailbox(name, mailbox, msg, deadline).await,
+                    Target::Here(mailbox) => return call_mailbox(name, mailbox, msg, id, deadline).await,
                     Target::Remote(node) => node,
                 },
             };
             let timeout_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
-            let rpc = Rpc::Call { name: name.clone(), msg: msg.clone(), timeout_ms };
+            let rpc = Rpc::Call { name: name.clone(), msg: msg.clone(), timeout_ms, call_id: id.clone() };
             // The caller's deadline bounds the call: an instance running on `node` answers
             // from its mailbox with no timer of its own (`handle_rpc_fast`).
             match self.rpc(&node, &rpc, deadline.saturating_duration_since(Instant::now())).await {
@@ -584,13 +604,13 @@ impl Registry {
     /// they reach its mailbox in the order they were sent. The callee sets no timer of
     /// its own: the caller's deadline bounds the call.
     pub fn handle_rpc_fast(&self, peer: &Peer, id: u64, body: &Bytes) -> bool {
-        let (kind, key, msg, call) = match body.first().copied() {
+        let (kind, key, msg, call, call_id) = match body.first().copied() {
             Some(RPC_CALL) => match postcard::from_bytes::<CallFields<'_>>(&body[1..]) {
-                Ok((kind, key, msg, _timeout_ms)) => (kind, key, msg, true),
+                Ok((kind, key, msg, _timeout_ms, call_id)) => (kind, key, msg, true, call_id),
                 Err(_) => return false,
             },
             Some(RPC_CAST) => match postcard::from_bytes::<CastFields<'_>>(&body[1..]) {
-                Ok((kind, key, msg)) => (kind, key, msg, false),
+                Ok((kind, key, msg)) => (kind, key, msg, false, None),
                 Err(_) => return false,
             },
             _ => return false,
@@ -600,7 +620,7 @@ impl Registry {
         let Some(mb) = table.handle_of(&name) else { return false };
         let envelope = if call {
             let reply = RemoteReply { peer: peer.clone(), id, name, sent: false };
-            Envelope::Call { msg: msg.to_vec(), reply: ReplyTo::Remote(Box::new(reply)) }
+            call_envelope(msg.to_vec(), call_id.map(str::to_string), ReplyTo::Remote(Box::new(reply)))
         } else {
             Envelope::Cast { msg: msg.to_vec() }
         };
@@ -609,6 +629,12 @@ impl Registry {
             // The instance is gone: this request takes the ordered path, unanswered here.
             Err(Envelope::Call { reply: ReplyTo::Remote(mut r), .. }) => {
                 r.sent = true;
+                false
+            }
+            Err(Envelope::CallOnce(mut c)) => {
+                if let ReplyTo::Remote(r) = &mut c.reply {
+                    r.sent = true;
+                }
                 false
             }
             Err(_) => false,
@@ -657,13 +683,13 @@ impl Registry {
                     Ok(node) => RpcReply::Started(node),
                     Err(e) => RpcReply::StartFailed(e),
                 },
-                Rpc::Call { name, msg, timeout_ms } => {
+                Rpc::Call { name, msg, timeout_ms, call_id } => {
                     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
                     match registry.resolve(&name, Some(peer.name()), deadline).await {
                         // Not relayed (this node may be about to close): the caller is
                         // told where it went and calls there itself.
                         Ok(Target::Remote(node)) => RpcReply::Moved(node),
-                        Ok(Target::Here(mailbox)) => match call_mailbox(&name, mailbox, msg, deadline).await {
+                        Ok(Target::Here(mailbox)) => match call_mailbox(&name, mailbox, msg, call_id, deadline).await {
                             Ok(r) => RpcReply::Reply(r),
                             Err(e) => RpcReply::CallFailed(e),
                         },

@@ -21,6 +21,8 @@ pub enum Rpc {
         name: WorkerName,
         msg: Vec<u8>,
         timeout_ms: u64,
+        /// The call's id: applied once by the name, whatever the retries.
+        call_id: Option<String>,
     },
     Cast {
         name: WorkerName,
@@ -107,8 +109,8 @@ pub enum Msg {
 /// read by the connection's fast path with their fields borrowed.
 pub const RPC_CALL: u8 = 1;
 pub const RPC_CAST: u8 = 2;
-/// `Rpc::Call`'s fields, borrowed: kind, key, message, timeout.
-pub type CallFields<'a> = (&'a str, &'a str, &'a [u8], u64);
+/// `Rpc::Call`'s fields, borrowed: kind, key, message, timeout, call id.
+pub type CallFields<'a> = (&'a str, &'a str, &'a [u8], u64, Option<&'a str>);
 /// `Rpc::Cast`'s fields, borrowed: kind, key, message.
 pub type CastFields<'a> = (&'a str, &'a str, &'a [u8]);
 
@@ -135,9 +137,11 @@ mod tests {
     #[test]
     fn the_fast_path_reads_calls_and_casts_as_rpc_writes_them() {
         let name = WorkerName::new("order", "John");
-        let call = encode(&Rpc::Call { name: name.clone(), msg: b"contents".to_vec(), timeout_ms: 1234 });
+        let call = encode(&Rpc::Call { name: name.clone(), msg: b"contents".to_vec(), timeout_ms: 1234, call_id: None });
         assert_eq!(call[0], RPC_CALL);
-        assert_eq!(postcard::from_bytes::<CallFields<'_>>(&call[1..]).unwrap(), ("order", "John", &b"contents"[..], 1234));
+        assert_eq!(postcard::from_bytes::<CallFields<'_>>(&call[1..]).unwrap(), ("order", "John", &b"contents"[..], 1234, None));
+        let once = encode(&Rpc::Call { name: name.clone(), msg: b"x".to_vec(), timeout_ms: 1, call_id: Some("id-1".into()) });
+        assert_eq!(postcard::from_bytes::<CallFields<'_>>(&once[1..]).unwrap(), ("order", "John", &b"x"[..], 1, Some("id-1")));
         let cast = encode(&Rpc::Cast { name: WorkerName::new("counter", "c1"), msg: b"increment".to_vec() });
         assert_eq!(cast[0], RPC_CAST);
         assert_eq!(postcard::from_bytes::<CastFields<'_>>(&cast[1..]).unwrap(), ("counter", "c1", &b"increment"[..]));

@@ -28,9 +28,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::{describe_trap, first_line, LoadError};
 use crate::config::WorkerConfig;
 use crate::mailbox;
+use crate::registry::calls::CallLog;
 use crate::registry::durable::Replicator;
 use crate::registry::table::Kinds;
-use crate::registry::{BoxFuture, CallError, Envelope, Info, Mailbox, Registry, ReplyTo, Restart, SpawnError, Spawner, WorkerName};
+use crate::registry::{BoxFuture, CallError, CallOnce, Envelope, Info, Mailbox, Registry, ReplyTo, Restart, SpawnError, Spawner, WorkerName};
 
 /// The generated bindings; the one `bindgen!` of this world.
 pub mod bindings {
@@ -131,6 +132,12 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
         let registry = self.registry.clone();
         let timeout = Duration::from_millis(timeout_ms as u64);
         self.timed(registry.call(&target.kind, &target.key, msg, timeout)).await.map_err(to_wit_error)
+    }
+
+    async fn call_once(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32, id: String) -> Result<Vec<u8>, wit::CallError> {
+        let registry = self.registry.clone();
+        let timeout = Duration::from_millis(timeout_ms as u64);
+        self.timed(registry.call_once(&target.kind, &target.key, msg, &id, timeout)).await.map_err(to_wit_error)
     }
 
     async fn cast(&mut self, target: wit::Name, msg: Vec<u8>) -> Result<(), wit::CallError> {
@@ -326,6 +333,8 @@ struct Instance {
     resolve_conflict: Option<ResolveConflict>,
     /// For a durable kind: its state copied to its replicas after every message.
     durable: Option<Durable>,
+    /// The outcomes of its last calls with ids; they move with its state.
+    calls: CallLog,
     budget: Duration,
     memory_limit: usize,
 }
@@ -398,6 +407,8 @@ impl Instance {
         let (worker, resolve_conflict, snapshot) = instantiate(&kind, &mut store)
             .await
             .map_err(|e| SpawnError::Instantiate { name: name.clone(), why: format!("{}{}", trap(&e), address_space_hint(&e)) })?;
+        // The state that moved carries the call log behind the worker's own state.
+        let (handoff, calls) = CallLog::split(handoff);
         begin(&mut store);
         match worker.wasmnode_worker_handler().call_init(&mut store, args, handoff).await {
             Ok(Ok(())) => {}
@@ -405,7 +416,7 @@ impl Instance {
             Err(e) => return Err(SpawnError::Trapped { why: trap(&e), name }),
         }
         let durable = snapshot.map(|snapshot| Durable { replicas: kind.config.replicas, snapshot, replicator: Replicator::default() });
-        let mut instance = Instance { name, id, store, worker, resolve_conflict, durable, budget, memory_limit };
+        let mut instance = Instance { name, id, store, worker, resolve_conflict, durable, calls, budget, memory_limit };
         // A durable instance's replicas hold its first state before it takes messages.
         if let Err(End::Trapped(why)) = instance.replicate().await {
             return Err(SpawnError::Trapped { why, name: instance.name });
@@ -422,6 +433,7 @@ impl Instance {
             Ok((state,)) => state,
             Err(e) => return Err(End::Trapped(format!("in snapshot: {}", describe_trap(&e, self.budget, self.memory_limit)))),
         };
+        let state = self.calls.wrap(Some(state)).unwrap_or_default();
         let registry = self.store.data().cluster.registry.clone();
         registry.replicate(&self.name, d.replicas, &mut d.replicator, state).await;
         Ok(())
@@ -478,7 +490,7 @@ impl Instance {
     /// Every guest call's future is boxed: it exists only while the call runs, so the
     /// task an idle instance keeps stays small.
     async fn handle(&mut self, envelope: Envelope) -> Result<Option<(ReplyTo, Result<Vec<u8>, CallError>)>, End> {
-        let Instance { name, store, worker, resolve_conflict, budget, memory_limit, .. } = self;
+        let Instance { name, store, worker, resolve_conflict, calls, budget, memory_limit, .. } = self;
         let trap = |e: &wasmtime::Error| End::Trapped(describe_trap(e, *budget, *memory_limit));
         let handler = worker.wasmnode_worker_handler();
         begin(store);
@@ -492,21 +504,47 @@ impl Instance {
                     Err(End::Trapped(why))
                 }
             },
+            Envelope::CallOnce(call) => {
+                let CallOnce { id, msg, reply } = *call;
+                if let Some(first) = calls.get(&id) {
+                    info!(worker = %name, call_id = %id, "call {id} to {name} was applied before: answered from the call log");
+                    return Ok(Some((reply, first.clone().map_err(CallError::Failed))));
+                }
+                match Box::pin(handler.call_handle_call(&mut *store, &msg)).await {
+                    Ok(r) => {
+                        calls.record(id, r.clone());
+                        Ok(Some((reply, r.map_err(CallError::Failed))))
+                    }
+                    Err(e) => {
+                        let why = describe_trap(&e, *budget, *memory_limit);
+                        reply.send(Err(CallError::Failed(format!("{name} trapped: {why}"))));
+                        Err(End::Trapped(why))
+                    }
+                }
+            }
             Envelope::Cast { msg } => Box::pin(handler.call_handle_cast(&mut *store, &msg)).await.map(|()| None).map_err(|e| trap(&e)),
             Envelope::Info(i) => Box::pin(handler.call_handle_info(&mut *store, &to_wit_info(*i))).await.map(|()| None).map_err(|e| trap(&e)),
-            Envelope::Conflict(conflict) => match (&*resolve_conflict, *conflict) {
-                (Some(f), (from, state)) => {
-                    let r = Box::pin(f.call_async(&mut *store, (state,))).await.map_err(|e| trap(&e));
-                    if r.is_ok() {
-                        info!("merged the state of {name} from {from} (resolve-conflict)");
+            Envelope::Conflict(conflict) => {
+                // The other instance's call log joins this one's: neither's calls apply twice.
+                let (from, state) = *conflict;
+                let (state, log) = CallLog::split(Some(&state));
+                calls.merge(log);
+                match (&*resolve_conflict, state) {
+                    // Only a call log came (the other instance's terminate returned no state).
+                    (_, None) => Ok(None),
+                    (Some(f), Some(state)) => {
+                        let r = Box::pin(f.call_async(&mut *store, (state.to_vec(),))).await.map_err(|e| trap(&e));
+                        if r.is_ok() {
+                            info!("merged the state of {name} from {from} (resolve-conflict)");
+                        }
+                        r.map(|()| None)
                     }
-                    r.map(|()| None)
+                    (None, Some(_)) => {
+                        warn!("dropped the state of {name} from {from}: the worker exports no resolve-conflict");
+                        Ok(None)
+                    }
                 }
-                (None, (from, _)) => {
-                    warn!("dropped the state of {name} from {from}: the worker exports no resolve-conflict");
-                    Ok(None)
-                }
-            },
+            }
             Envelope::Stop { reason, reply } => {
                 let state = match Box::pin(handler.call_terminate(&mut *store, &reason)).await {
                     Ok(s) => s,
@@ -516,7 +554,7 @@ impl Instance {
                     }
                 };
                 info!("stopped {name}: {reason}");
-                Err(End::Stopped { reply, state })
+                Err(End::Stopped { reply, state: calls.wrap(state) })
             }
         }
     }

@@ -12,11 +12,16 @@
 //! | `crash` | traps |
 //! | `bomb` | allocates until the host's memory cap stops it |
 //! | `spin` | logs `spinning`, then loops until the host's deadline stops it |
+//! | `slow-add MS` | adds one to its count, logs `slow-add N applied`, sleeps MS ms, replies N |
+//! | `count` | replies its count (the state `snapshot` copies: `COUNT`, then `\n` and the ballast if any) |
+//! | `ballast MIB` | holds MIB MiB of bytes in its state (what `snapshot` copies); replies `ok` |
+//! | `call-once ID KIND/KEY MSG` | calls that worker with call id ID (`cluster.call-once`, 15 s timeout), replies as `call` |
 //! | anything else | replies it back |
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
-wit_bindgen::generate!({ world: "worker", path: "../../../wit/worker@0.1.0", generate_all });
+wit_bindgen::generate!({ world: "durable-worker", path: "../../../wit/worker@0.1.0", generate_all });
 
 use exports::wasmnode::worker::handler::Guest;
 use wasmnode::worker::cluster;
@@ -24,11 +29,30 @@ use wasmnode::worker::log::{log, Level};
 use wasmnode::worker::types::{CallError, Info, Name, StartError};
 
 static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static COUNT: AtomicU64 = AtomicU64::new(0);
+static BALLAST: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+fn reply_text(r: Result<Vec<u8>, CallError>) -> String {
+    match r {
+        Ok(r) => String::from_utf8_lossy(&r).to_string(),
+        Err(CallError::NotFound) => "error: not found".into(),
+        Err(CallError::Timeout) => "error: timeout".into(),
+        Err(CallError::Failed(f)) => format!("error: failed: {f}"),
+        Err(CallError::Unavailable(u)) => format!("error: unavailable: {u}"),
+    }
+}
 
 struct Probe;
 
 impl Guest for Probe {
-    fn init(args: Vec<u8>, _handoff_state: Option<Vec<u8>>) -> Result<(), String> {
+    fn init(args: Vec<u8>, handoff_state: Option<Vec<u8>>) -> Result<(), String> {
+        let state = handoff_state.unwrap_or_default();
+        let (count, ballast) = match state.iter().position(|b| *b == b'\n') {
+            Some(at) => (&state[..at], &state[at + 1..]),
+            None => (&state[..], &[][..]),
+        };
+        COUNT.store(std::str::from_utf8(count).ok().and_then(|c| c.parse().ok()).unwrap_or(0), Relaxed);
+        *BALLAST.lock().unwrap() = ballast.to_vec();
         match args.as_slice() {
             b"refuse" => Err("refusing to start on purpose".into()),
             b"trap" => panic!("trapping in init on purpose"),
@@ -50,13 +74,35 @@ impl Guest for Probe {
                 let target = words.next().unwrap_or("");
                 let (kind, key) = target.split_once('/').ok_or("call KIND/KEY MSG")?;
                 let msg = words.next().unwrap_or("").as_bytes().to_vec();
-                match cluster::call(&Name { kind: kind.into(), key: key.into() }, &msg, 2000) {
-                    Ok(r) => String::from_utf8_lossy(&r).to_string(),
-                    Err(CallError::NotFound) => "error: not found".into(),
-                    Err(CallError::Timeout) => "error: timeout".into(),
-                    Err(CallError::Failed(f)) => format!("error: failed: {f}"),
-                    Err(CallError::Unavailable(u)) => format!("error: unavailable: {u}"),
-                }
+                reply_text(cluster::call(&Name { kind: kind.into(), key: key.into() }, &msg, 2000))
+            }
+            "call-once" => {
+                let id = words.next().unwrap_or("");
+                let (target, msg) = words.next().unwrap_or("").split_once(' ').ok_or("call-once ID KIND/KEY MSG")?;
+                let (kind, key) = target.split_once('/').ok_or("call-once ID KIND/KEY MSG")?;
+                reply_text(cluster::call_once(&Name { kind: kind.into(), key: key.into() }, msg.as_bytes(), 15000, id))
+            }
+            "slow-add" => {
+                let ms: u64 = words.next().and_then(|w| w.parse().ok()).ok_or("slow-add MS")?;
+                let n = COUNT.fetch_add(1, Relaxed) + 1;
+                log(Level::Info, &format!("slow-add {n} applied"));
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                n.to_string()
+            }
+            "count" => COUNT.load(Relaxed).to_string(),
+            "ballast" => {
+                let mib: usize = words.next().and_then(|w| w.parse().ok()).ok_or("ballast MIB")?;
+                let mut x = 0x9e37_79b9_7f4a_7c15u64;
+                let bytes = (0..mib << 20)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                *BALLAST.lock().unwrap() = bytes;
+                "ok".into()
             }
             "start" => {
                 let (kind, key) = words.next().unwrap_or("").split_once('/').ok_or("start KIND/KEY ARGS")?;
@@ -123,6 +169,18 @@ impl Guest for Probe {
 
     fn terminate(_reason: String) -> Option<Vec<u8>> {
         None
+    }
+}
+
+impl exports::wasmnode::worker::snapshot::Guest for Probe {
+    fn snapshot() -> Vec<u8> {
+        let mut state = COUNT.load(Relaxed).to_string().into_bytes();
+        let ballast = BALLAST.lock().unwrap();
+        if !ballast.is_empty() {
+            state.push(b'\n');
+            state.extend_from_slice(&ballast);
+        }
+        state
     }
 }
 

@@ -1,0 +1,200 @@
+//! Call ids: a call that carries an id is applied at most once by a name.
+//!
+//! A caller that did not hear back (a timeout, the node that ran the name killed in
+//! the middle, a lost connection) cannot tell whether its call was applied; retried with
+//! the same id, it gets the first outcome back instead of a second application. Each
+//! instance keeps the outcomes of its last [`REMEMBERED`] calls that carried an id, and
+//! the log travels with the name's state: in every copy a durable kind replicates, and
+//! in the state a handoff moves. So a call applied and acknowledged by the replicas
+//! before its node died answers its retry from the log on the new owner, and a call
+//! whose state died with the node (never acknowledged) is applied by its retry.
+//!
+//! The log rides behind the worker's own state, which stays byte for byte what the
+//! worker wrote (a worker never sees the log, and a delta of the worker's part is the
+//! same as without it): `state ‖ log ‖ log length (u32, little-endian) ‖ MARK`. A state
+//! without the mark is the worker's alone, as every state was before call ids.
+
+use serde::{Deserialize, Serialize};
+
+/// How many calls with ids an instance remembers (the oldest is forgotten first).
+pub const REMEMBERED: usize = 256;
+/// The longest id a call may carry, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+/// Ends a state that carries a call log.
+const MARK: &[u8; 8] = b"\xffwncall1";
+
+/// What a call returned: its reply, or the worker's error.
+pub type Outcome = Result<Vec<u8>, String>;
+
+/// The outcomes of an instance's last calls with ids.
+///
+/// A ring in slot order: recording one outcome rewrites one slot, so a replica's delta
+/// carries that slot, not the whole log shifted by one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallLog {
+    /// The slot the next id takes once all [`REMEMBERED`] are used.
+    next: u32,
+    slots: Vec<(String, Outcome)>,
+}
+
+/// Why a call id is refused.
+pub fn check_id(id: &str) -> Result<(), String> {
+    match id.len() {
+        0 => Err("a call id is empty".into()),
+        n if n > MAX_ID_LEN => Err(format!("a call id is {n} bytes; at most {MAX_ID_LEN}")),
+        _ => Ok(()),
+    }
+}
+
+impl CallLog {
+    /// The outcome of the call with this id, when it was applied here.
+    pub fn get(&self, id: &str) -> Option<&Outcome> {
+        self.slots.iter().find(|(i, _)| i == id).map(|(_, o)| o)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Remembers the outcome of the call with this id (forgetting the oldest when full).
+    pub fn record(&mut self, id: String, outcome: Outcome) {
+        if self.slots.len() < REMEMBERED {
+            self.slots.push((id, outcome));
+        } else {
+            self.slots[self.next as usize] = (id, outcome);
+            self.next = (self.next + 1) % REMEMBERED as u32;
+        }
+    }
+
+    /// Takes in another instance's log (one that stopped in favour of this one): the
+    /// ids this one does not know, so that neither instance's calls apply twice.
+    pub fn merge(&mut self, other: CallLog) {
+        for (id, outcome) in other.in_order() {
+            if self.get(&id).is_none() {
+                self.record(id, outcome);
+            }
+        }
+    }
+
+    /// Oldest first.
+    fn in_order(self) -> impl Iterator<Item = (String, Outcome)> {
+        let next = if self.slots.len() < REMEMBERED { 0 } else { self.next as usize };
+        let mut slots = self.slots;
+        slots.rotate_left(next);
+        slots.into_iter()
+    }
+
+    /// The state that moves (a replicated copy, a handoff): the worker's `state` with
+    /// this log behind it; the worker's state unchanged while the log is empty.
+    pub fn wrap(&self, state: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        if self.is_empty() {
+            return state;
+        }
+        let present = state.is_some();
+        let mut out = state.unwrap_or_default();
+        let start = out.len();
+        out = postcard::to_extend(&(present, self), out).expect("a call log serializes");
+        let len = (out.len() - start) as u32;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(MARK);
+        Some(out)
+    }
+
+    /// The worker's state and the call log out of a state that moved ([`CallLog::wrap`]);
+    /// a state without a log is the worker's alone.
+    pub fn split(state: Option<&[u8]>) -> (Option<&[u8]>, CallLog) {
+        let Some(bytes) = state else { return (None, CallLog::default()) };
+        let alone = (Some(bytes), CallLog::default());
+        let Some(log_end) = bytes.len().checked_sub(MARK.len() + 4) else { return alone };
+        if &bytes[log_end + 4..] != MARK {
+            return alone;
+        }
+        let len = u32::from_le_bytes(bytes[log_end..log_end + 4].try_into().expect("four bytes")) as usize;
+        let Some(start) = log_end.checked_sub(len) else { return alone };
+        match postcard::from_bytes::<(bool, CallLog)>(&bytes[start..log_end]) {
+            Ok((present, log)) => (present.then_some(&bytes[..start]), log),
+            Err(_) => alone,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_applied_call_answers_its_retry_from_the_log() {
+        let mut log = CallLog::default();
+        assert_eq!(log.get("a"), None);
+        log.record("a".into(), Ok(b"1".to_vec()));
+        log.record("b".into(), Err("no".into()));
+        assert_eq!(log.get("a"), Some(&Ok(b"1".to_vec())));
+        assert_eq!(log.get("b"), Some(&Err("no".into())));
+        assert_eq!(log.get("c"), None);
+    }
+
+    #[test]
+    fn the_oldest_id_is_forgotten_first_and_one_slot_changes_per_call() {
+        let mut log = CallLog::default();
+        for i in 0..REMEMBERED + 3 {
+            log.record(format!("id-{i:04}"), Ok(vec![1]));
+        }
+        assert_eq!(log.len(), REMEMBERED);
+        for i in 0..3 {
+            assert_eq!(log.get(&format!("id-{i:04}")), None, "id-{i} is forgotten");
+        }
+        assert!(log.get("id-0003").is_some() && log.get(&format!("id-{:04}", REMEMBERED + 2)).is_some());
+        // A call rewrites one slot: the bytes of the log differ in one place only (a
+        // replica's delta is that slot), not shifted.
+        let before = log.wrap(Some(vec![0; 100])).unwrap();
+        log.record(format!("id-{:04}", REMEMBERED + 3), Ok(vec![1]));
+        let after = log.wrap(Some(vec![0; 100])).unwrap();
+        assert_eq!(before.len(), after.len());
+        let differ: Vec<usize> = (0..before.len()).filter(|&i| before[i] != after[i]).collect();
+        assert!(!differ.is_empty() && differ.len() <= 8, "{} bytes changed: {differ:?}", differ.len());
+    }
+
+    #[test]
+    fn a_state_carries_its_log_and_splits_back() {
+        let mut log = CallLog::default();
+        // Nothing is added while the log is empty.
+        assert_eq!(log.wrap(Some(b"state".to_vec())), Some(b"state".to_vec()));
+        assert_eq!(log.wrap(None), None);
+        log.record("a".into(), Ok(b"7".to_vec()));
+        let wrapped = log.wrap(Some(b"state".to_vec())).unwrap();
+        assert!(wrapped.starts_with(b"state"), "the worker's part leads, unchanged");
+        assert_eq!(CallLog::split(Some(&wrapped)), (Some(&b"state"[..]), log.clone()));
+        // No state from the worker (terminate returned none), a log all the same.
+        assert_eq!(CallLog::split(log.wrap(None).as_deref()), (None, log.clone()));
+        assert_eq!(CallLog::split(log.wrap(Some(vec![])).as_deref()), (Some(&[][..]), log));
+        // Worker states without a log, however they end, are the worker's alone.
+        for raw in [vec![], b"x".to_vec(), MARK.to_vec(), [&[9, 0, 0, 0][..], MARK].concat(), [&[0, 0, 0, 0][..], MARK].concat()] {
+            assert_eq!(CallLog::split(Some(&raw)), (Some(&raw[..]), CallLog::default()));
+        }
+        assert_eq!(CallLog::split(None), (None, CallLog::default()));
+    }
+
+    #[test]
+    fn merging_keeps_both_instances_ids_and_this_ones_outcomes() {
+        let mut mine = CallLog::default();
+        mine.record("a".into(), Ok(b"mine".to_vec()));
+        let mut theirs = CallLog::default();
+        theirs.record("a".into(), Ok(b"theirs".to_vec()));
+        theirs.record("b".into(), Ok(b"2".to_vec()));
+        mine.merge(theirs);
+        assert_eq!(mine.get("a"), Some(&Ok(b"mine".to_vec())));
+        assert_eq!(mine.get("b"), Some(&Ok(b"2".to_vec())));
+        assert_eq!(mine.len(), 2);
+    }
+
+    #[test]
+    fn ids_are_bounded() {
+        assert!(check_id("").is_err());
+        assert!(check_id(&"x".repeat(MAX_ID_LEN)).is_ok());
+        assert!(check_id(&"x".repeat(MAX_ID_LEN + 1)).unwrap_err().contains("at most 256"));
+    }
+}
