@@ -26,11 +26,13 @@
 //! [`Replicator`]) after each increment, on each membership change and when it starts,
 //! and a call is answered only once every live replica took the copy; the replicas hold
 //! the copies in their real tables, and the table starts a lost name from its copy. In
-//! those seeds kills and leaves together are never more than the replicas at once (each
-//! counting until [`KILL_WINDOW`] after it ends), and a kill taints nothing: every
-//! acknowledged increment of every name must survive. Durable seeds do not partition or
-//! pause nodes yet: combined with kills, a duplicate's copied state can still be lost
-//! (seeds 88, 176, 389, 671, 818 and 923 of the first 1,000 with both; docs/durability.md).
+//! those seeds kills, pauses and leaves together are never more than the replicas at
+//! once (each counting until [`KILL_WINDOW`] after it ends, and each process short of
+//! `replicas + 1` counting as one), and a kill taints nothing: every acknowledged
+//! increment of every name must survive. Durable seeds do not partition nodes yet: a
+//! name taken over from a copy on one side, while its instance on the other side keeps
+//! counting and is then killed before the two meet, can lose what that instance counted
+//! since the copy (seed 11 of the first 2,000 with partitions; docs/durability.md).
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
@@ -162,6 +164,11 @@ enum Pending {
     Spawned {
         name: WorkerName,
         id: u64,
+    },
+    /// A handoff's answer, sent once a copy holding the state it merged is held.
+    Tell {
+        to: String,
+        msg: Msg,
     },
 }
 
@@ -623,7 +630,7 @@ impl Sim {
                 }
             }
             // A pause (SIGSTOP … SIGCONT), longer or shorter than the heartbeat timeout.
-            1 if !steady.is_empty() && self.may_fail(1) && self.replicas == 0 => {
+            1 if !steady.is_empty() && self.may_fail(1) => {
                 let n = steady[self.rng.below(steady.len() as u64) as usize];
                 let d = self.rng.range(200, 4000);
                 self.hard_fault = true;
@@ -680,9 +687,12 @@ impl Sim {
     /// kill, a pause or a partition counts from its start until [`KILL_WINDOW`] after
     /// it ends (a pause or partition of a node that runs names is, to the others, a
     /// node that went down, and comes back with another state); a leave counts too.
+    /// A cluster with fewer than `replicas + 1` processes cannot hold `replicas` copies
+    /// of a name besides its instance: each process missing counts as a failure too.
     fn may_fail(&self, count: usize) -> bool {
         let current = self.failures.iter().filter(|end| **end > self.now).count();
-        self.replicas == 0 || current + count <= self.replicas
+        let processes = self.nodes.iter().filter(|n| n.is_some()).count();
+        self.replicas == 0 || current + count <= self.replicas.min(processes.saturating_sub(1))
     }
 
     fn kill(&mut self, n: Node) {
@@ -984,10 +994,13 @@ impl Sim {
                         self.send_to(n, to, Wire::Msg(msg));
                     }
                 }
-                Effect::Spawn { name, id, args: _, state } => {
+                Effect::Spawn { name, id, args: _, state, merges } => {
                     let inst = self.next_inst;
                     self.next_inst += 1;
-                    let counts = state.as_deref().map(decode).unwrap_or_default();
+                    let mut counts = state.as_deref().map(decode).unwrap_or_default();
+                    for (_, s) in &merges {
+                        merge(&mut counts, &decode(s));
+                    }
                     let restarts = self.nodes[n].as_ref().and_then(|l| l.table.lineage_of(&name)).map(|l| l.restarts).unwrap_or(0);
                     let instance = Instance {
                         name: name.clone(),
@@ -1030,10 +1043,16 @@ impl Sim {
                         _ => self.stop_instance(n, handle, name, id),
                     }
                 }
-                Effect::Merge { name, handle, state, .. } => match self.insts.get_mut(&handle) {
+                Effect::Merge { name, handle, state, ack, .. } => match self.insts.get_mut(&handle) {
                     Some(i) if !i.stopping => {
                         merge(&mut i.counts, &decode(&state));
-                        self.copy_again(n, handle);
+                        match ack {
+                            // Behind the copy in flight (which lacks the merge): the next
+                            // copy carries it, and the answer goes once that is held.
+                            Some((to, msg)) if i.round.is_some() => i.queue.push_back(Pending::Tell { to, msg }),
+                            Some((to, msg)) => self.start_round(n, handle, Pending::Tell { to, msg }),
+                            None => self.copy_again(n, handle),
+                        }
                     }
                     _ => self.violations.push(format!("n{n}: the state merged into {name} had no instance to go to")),
                 },
@@ -1316,10 +1335,15 @@ impl Sim {
         if i.round.is_some() {
             return;
         }
-        if let Some(Pending::Queued { call, to }) = i.queue.pop_front() {
-            if self.apply_call(inst) == CallResult::Ok {
-                self.calls[call].applied = Some(inst);
-                self.start_round(n, inst, Pending::Reply { call, to });
+        if let Some(next) = i.queue.pop_front() {
+            match next {
+                Pending::Queued { call, to } => {
+                    if self.apply_call(inst) == CallResult::Ok {
+                        self.calls[call].applied = Some(inst);
+                        self.start_round(n, inst, Pending::Reply { call, to });
+                    }
+                }
+                other => self.start_round(n, inst, other),
             }
         } else if let Some((name, id)) = i.stop.take() {
             self.stop_instance(n, inst, name, id);
@@ -1349,6 +1373,11 @@ impl Sim {
             Pending::Spawned { name, id } => {
                 let d = self.rng.range(0, 2);
                 self.after(d, Ev::Table(n, Event::Spawned { name, id, result: Ok(inst) }));
+            }
+            Pending::Tell { to, msg } => {
+                if let Some(m) = self.node_ix(&to) {
+                    self.send_to(n, m, Wire::Msg(msg));
+                }
             }
         }
     }

@@ -41,7 +41,16 @@ pub enum Envelope {
         reply: oneshot::Sender<Option<Vec<u8>>>,
     },
     /// The state of another instance of this name that stopped in favour of this one.
-    Conflict(Box<(String, Vec<u8>)>),
+    Conflict(Box<Conflict>),
+}
+
+/// Another instance's state to merge (from that instance's node); `done` is answered
+/// once it is merged and, for a durable kind, copied to the replicas (or dropped, when
+/// the instance ended first).
+pub struct Conflict {
+    pub from: String,
+    pub state: Vec<u8>,
+    pub done: Option<oneshot::Sender<()>>,
 }
 
 /// A call that carries an id.
@@ -116,14 +125,26 @@ impl std::fmt::Debug for Mailbox {
     }
 }
 
+/// Other instances' states to merge into one, with the node each came from.
+pub type Merges = Vec<(String, Vec<u8>)>;
+
 /// A boxed future, for the object-safe [`Spawner`].
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// How the registry creates instances; implemented by the runtime.
 pub trait Spawner: Kinds + 'static {
-    /// Starts an instance with mailbox id `id`; resolves when its `init` has returned.
+    /// Starts an instance with mailbox id `id`; resolves when its `init` has returned
+    /// and the states in `merges` (other instances', by node) are merged into it.
     /// Instantiation and `init` run on the task that awaits this.
-    fn spawn(&self, registry: super::Registry, name: WorkerName, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, SpawnError>>;
+    fn spawn(
+        &self,
+        registry: super::Registry,
+        name: WorkerName,
+        args: Vec<u8>,
+        handoff: Option<Vec<u8>>,
+        merges: Merges,
+        id: u64,
+    ) -> BoxFuture<Result<Mailbox, SpawnError>>;
 }
 
 pub use crate::config::Restart;

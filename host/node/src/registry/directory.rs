@@ -23,6 +23,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.orphans.remove(&name);
         // Where the name runs now is what its node says, not where this one once sent it.
         self.moved.remove(&name);
+        // A copy held here from a duplicate that is gone merges into this instance.
+        self.settle_dead_copy(&name, Some((&from, lineage)));
         self.out.push(Effect::Changed);
         let Some(Slot::Running { id, handle, args, lineage: mine }) = self.local.get(&name) else { return };
         if stays((lineage, &from), (*mine, &self.me)) {

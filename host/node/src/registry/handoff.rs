@@ -159,9 +159,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
         // A copy `from` sent of this name is superseded by the state it hands over now
         // (and must not merge into it again when `from` goes).
-        if self.replicas.get(&name).is_some_and(|r| r.from == from) {
-            self.replicas.remove(&name);
-        }
+        self.take_copy(&name, &from);
         let ack = |at: &str| Msg::HandoffAck { name: name.clone(), at: Some(at.to_string()) };
         let mut states: States = state.clone().map(|s| (from.clone(), s)).into_iter().collect();
         states.extend(merges.iter().cloned());
@@ -182,10 +180,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 }
                 info!(worker = %name, peer = %from, "{name} runs here: the state {from} handed over merges into it");
                 self.local.insert(name.clone(), Slot::Running { id, handle: handle.clone(), args: my_args, lineage: mine });
-                for (f, s) in states {
-                    self.out.push(Effect::Merge { name: name.clone(), handle: handle.clone(), from: f, state: s });
-                }
-                self.out.push(Effect::Send { to: from.clone(), msg: ack(&self.me) });
+                let answer = (from.clone(), ack(&self.me));
+                self.merge_then_ack(&name, &handle, states, Some(answer));
                 // The sender's instance is gone: this one is the name's, and may move on.
                 if self.directory.get(&name).is_some_and(|c| c.node == from) {
                     self.directory.remove(&name);

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use wasmnode_proto::{Frame, Service};
 
-pub use actor::{start_apart, BoxFuture, CallOnce, Envelope, Info, Mailbox, RemoteReply, ReplyTo, Restart, Spawner};
+pub use actor::{start_apart, BoxFuture, CallOnce, Conflict, Envelope, Info, Mailbox, Merges, RemoteReply, ReplyTo, Restart, Spawner};
 pub use error::{CallError, SpawnError, StartError};
 pub use name::WorkerName;
 pub use placement::owner;
@@ -195,10 +195,10 @@ impl Registry {
         for effect in effects {
             match effect {
                 Effect::Send { to, msg } => self.send(&to, &msg),
-                Effect::Spawn { name, id, args, state } => {
+                Effect::Spawn { name, id, args, state, merges } => {
                     let r = self.clone();
                     let job: BoxFuture<()> = Box::pin(async move {
-                        let result = r.0.spawner.spawn(r.clone(), name.clone(), args, state, id).await;
+                        let result = r.0.spawner.spawn(r.clone(), name.clone(), args, state, merges, id).await;
                         r.apply(Event::Spawned { name, id, result }, false);
                     });
                     if inline {
@@ -219,8 +219,18 @@ impl Registry {
                         });
                     }
                 }
-                Effect::Merge { handle, from, state, .. } => {
-                    let _ = handle.tx.send(Envelope::Conflict(Box::new((from, state))));
+                Effect::Merge { handle, from, state, ack, .. } => {
+                    // The handoff's answer waits until the merged state is safe.
+                    let done = ack.map(|(to, msg)| {
+                        let (tx, rx) = oneshot::channel();
+                        let r = self.clone();
+                        tokio::spawn(async move {
+                            let _ = rx.await;
+                            r.send(&to, &msg);
+                        });
+                        tx
+                    });
+                    let _ = handle.tx.send(Envelope::Conflict(Box::new(Conflict { from, state, done })));
                 }
                 Effect::ForwardStart { to, name, args, reply } => {
                     let r = self.clone();

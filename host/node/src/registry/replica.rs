@@ -24,12 +24,39 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// `from` sends a copy of the state of a durable instance it runs.
     pub fn replica_in(&mut self, from: &str, copy: Replicate) -> Result<(), NotHeld> {
         let Replicate { name, args, lineage, seq, update, holders } = copy;
-        let old = self.replicas.get(&name).filter(|r| r.from == from).map(|r| (r.seq, r.state.as_slice()));
+        // Copies held here from duplicates that are gone merge into the sender's instance.
+        if self.replicas.get(&name).is_some_and(|rs| rs.iter().any(|r| r.from != from && !self.connected(&r.from))) {
+            self.settle_dead_copy(&name, Some((from, lineage)));
+        }
+        let old = self.copy_from(&name, from).map(|r| (r.seq, r.state.as_slice()));
         let is_full = matches!(update, Update::Full(_));
         let Some(state) = update.apply(old) else { return Err(NotHeld::NeedFull) };
         debug_assert!(is_full || old.is_some());
-        self.replicas.insert(name, Replica { from: from.to_string(), args, lineage, seq, state, holders });
+        let copies = self.replicas.entry(name).or_default();
+        copies.retain(|r| r.from != from);
+        copies.push(Replica { from: from.to_string(), args, lineage, seq, state, holders });
         Ok(())
+    }
+
+    /// The copy of `name` that `from` sent, held here.
+    pub(super) fn copy_from(&self, name: &WorkerName, from: &str) -> Option<&Replica> {
+        self.replicas.get(name)?.iter().find(|r| r.from == from)
+    }
+
+    /// Removes and returns the copy of `name` that `from` sent.
+    pub(super) fn take_copy(&mut self, name: &WorkerName, from: &str) -> Option<Replica> {
+        let copies = self.replicas.get_mut(name)?;
+        let at = copies.iter().position(|r| r.from == from)?;
+        let r = copies.remove(at);
+        if copies.is_empty() {
+            self.replicas.remove(name);
+        }
+        Some(r)
+    }
+
+    /// The nodes that sent the copies of `name` held here and are gone.
+    pub(super) fn dead_copies(&self, name: &WorkerName) -> Vec<String> {
+        self.replicas.get(name).into_iter().flatten().filter(|r| !self.connected(&r.from)).map(|r| r.from.clone()).collect()
     }
 
     /// Where the instance of `name` running here copies its state (the `n` members that
@@ -46,9 +73,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         Some((targets, args, lineage))
     }
 
-    /// The copy of `name` held here, if any: which node it is from and its number.
+    /// The copy of `name` held here, if any (the first, should two instances copy
+    /// here): which node it is from and its number.
     pub fn replica_of(&self, name: &WorkerName) -> Option<(&str, u64)> {
-        self.replicas.get(name).map(|r| (r.from.as_str(), r.seq))
+        self.replicas.get(name)?.first().map(|r| (r.from.as_str(), r.seq))
     }
 
     /// The instance of `name` here sent copy `seq` of its state, which `acked` hold now.
@@ -71,7 +99,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
 
     /// Every copy held here: name, the node it is from, its number and size.
     pub fn replicas_held(&self) -> Vec<(WorkerName, String, u64, usize)> {
-        self.replicas.iter().map(|(n, r)| (n.clone(), r.from.clone(), r.seq, r.state.len())).collect()
+        self.replicas.iter().flat_map(|(n, rs)| rs.iter().map(move |r| (n.clone(), r.from.clone(), r.seq, r.state.len()))).collect()
     }
 
     /// The instance of `name` left this node (moved with its state, or stopped in

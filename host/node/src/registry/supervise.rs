@@ -5,9 +5,11 @@
 
 use tracing::info;
 
+use super::placement::Lineage;
 use super::table::{Effect, Grace, Orphan, Slot, StartWhy, Table, Timer, LEAVER_GRACE, REPLICA_GRACE};
 use super::wire::Msg;
 use super::Restart;
+use super::WorkerName;
 
 impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     pub(super) fn member_up(&mut self, node: String, conn: u64) {
@@ -87,59 +89,23 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
             self.orphans.insert(name, Orphan { args: claim.args, lineage: claim.lineage, told: None, grace: Grace::Unasked });
         }
-        // Copies it sent of names that run here too (two instances since a partition or
-        // a pause): its instance is gone, its state merges into the one here.
-        let merging: Vec<_> = self.replicas.iter().filter(|(n, r)| r.from == node && self.local.contains_key(*n)).map(|(n, _)| n.clone()).collect();
-        for name in merging {
-            let r = self.replicas.remove(&name).expect("listed above");
-            info!(worker = %name, peer = %node, "{node} went down with an instance of {name} that runs here too: its copied state merges into this one");
-            match self.local.get_mut(&name).expect("listed above") {
-                Slot::Running { handle, .. } => {
-                    let handle = handle.clone();
-                    self.out.push(Effect::Merge { name, handle, from: node.to_string(), state: r.state });
-                }
-                Slot::Starting { merges, .. } | Slot::Stopping { merges, .. } | Slot::Moving { merges, .. } => merges.push((node.to_string(), r.state)),
-            }
-        }
-        // Copies it sent of names that run on another node now: from an instance that
-        // continued its line there (taken over from a copy, or handed over), nothing to
-        // do; from a duplicate (both sides of a partition ran the name), its state goes
-        // to that instance to merge, as a duplicate that stops would send it.
-        let elsewhere: Vec<_> = self
-            .replicas
-            .iter()
-            .filter(|(n, r)| r.from == node && !self.local.contains_key(*n))
-            .filter_map(|(n, r)| {
-                self.directory.get(n).filter(|c| c.node != node && self.connected(&c.node)).map(|c| (n.clone(), c.node.clone(), c.lineage != r.lineage.moved()))
-            })
-            .collect();
-        for (name, at, duplicate) in elsewhere {
-            let r = self.replicas.remove(&name).expect("listed above");
-            if duplicate {
-                info!(worker = %name, peer = %node, "{node} went down with a duplicate instance of {name}: its copied state goes to the one on {at} to merge");
-                let slot = Slot::Moving {
-                    to: at,
-                    args: r.args,
-                    lineage: r.lineage,
-                    state: Some(r.state),
-                    merges: Vec::new(),
-                    sent: 0,
-                    yielding: true,
-                    refused: Default::default(),
-                };
-                self.local.insert(name.clone(), slot);
-                self.send_handoff(name, None);
-            }
+        // Copies it sent of names that run here, or on another live node, too (two
+        // instances since a partition or a pause): its instance is gone, its state merges
+        // into the one that runs on.
+        let from_it: Vec<_> = self.replicas.iter().filter(|(_, rs)| rs.iter().any(|r| r.from == node)).map(|(n, _)| n.clone()).collect();
+        for name in &from_it {
+            self.settle_dead_copy(name, None);
         }
         // Durable names it ran that this node holds a copy of, should its announcement
         // not have arrived: lost too.
-        let copied: Vec<_> = self.replicas.iter().filter(|(n, r)| r.from == node && !self.orphans.contains_key(*n)).map(|(n, _)| n.clone()).collect();
-        for name in copied {
-            if self.local.contains_key(&name) || self.directory.get(&name).is_some_and(|c| c.node != node) {
+        for name in from_it {
+            if self.orphans.contains_key(&name) || self.local.contains_key(&name) || self.directory.get(&name).is_some_and(|c| c.node != node) {
                 continue;
             }
-            let r = &self.replicas[&name];
-            self.orphans.insert(name, Orphan { args: r.args.clone(), lineage: r.lineage, told: None, grace: Grace::Unasked });
+            if let Some(r) = self.copy_from(&name, node) {
+                let orphan = Orphan { args: r.args.clone(), lineage: r.lineage, told: None, grace: Grace::Unasked };
+                self.orphans.insert(name, orphan);
+            }
         }
         // Names handed to it and not yet acknowledged go to the next owner.
         let stranded: Vec<_> = self.local.iter().filter(|(_, s)| matches!(s, Slot::Moving { to, .. } if to == node)).map(|(n, _)| n.clone()).collect();
@@ -150,6 +116,65 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.moved.retain(|_, to| to != node);
         self.replan();
         self.out.push(Effect::Changed);
+    }
+
+    /// The copy held here of `name`, when the node it came from is gone and the name
+    /// runs on elsewhere: on this node, its state merges into the instance here; on a
+    /// live node (`runner`, the node and its instance's lineage, or else where the
+    /// directory says, or else a node that copies it here), it goes there to merge when it is a duplicate's copy — two
+    /// instances since a partition or a pause, this one gone before the two met — and
+    /// not the copy the instance there continues from. Whether it went.
+    pub(super) fn settle_dead_copy(&mut self, name: &WorkerName, runner: Option<(&str, Lineage)>) -> bool {
+        let dead = self.dead_copies(name);
+        if dead.is_empty() {
+            return false;
+        }
+        if self.local.contains_key(name) {
+            for node in dead {
+                let r = self.take_copy(name, &node).expect("listed above");
+                info!(worker = %name, peer = %node, "{node} went down with an instance of {name} that runs here too: its copied state merges into this one");
+                match self.local.get_mut(name).expect("found above") {
+                    Slot::Running { handle, .. } => {
+                        let handle = handle.clone();
+                        self.out.push(Effect::Merge { name: name.clone(), handle, from: node, state: r.state, ack: None });
+                    }
+                    Slot::Starting { merges, .. } | Slot::Stopping { merges, .. } | Slot::Moving { merges, .. } => merges.push((node, r.state)),
+                }
+            }
+            return true;
+        }
+        // Where it runs: as `runner` says; else as the directory says; else where a copy
+        // still comes from (the directory kept the instance that went down, of two).
+        let runner = match runner {
+            Some((at, lineage)) => Some((at.to_string(), lineage)),
+            None => self
+                .directory
+                .get(name)
+                .filter(|c| self.connected(&c.node))
+                .map(|c| (c.node.clone(), c.lineage))
+                .or_else(|| self.replicas.get(name)?.iter().find(|r| self.connected(&r.from)).map(|r| (r.from.clone(), r.lineage))),
+        };
+        let Some((at, lineage)) = runner.filter(|(at, _)| self.connected(at)) else { return false };
+        // A copy whose line the instance there continues (it took the name over from a
+        // copy like it) has nothing to merge.
+        let duplicates: Vec<String> = dead.into_iter().filter(|node| self.copy_from(name, node).is_some_and(|r| lineage != r.lineage.moved())).collect();
+        let mut copies = duplicates.iter().map(|node| self.take_copy(name, node).expect("listed above")).collect::<Vec<_>>().into_iter();
+        let Some(first) = copies.next() else { return false };
+        let merges = copies.map(|r| (r.from, r.state)).collect();
+        info!(worker = %name, peer = %first.from, "{} went down with a duplicate instance of {name}: its copied state goes to the one on {at} to merge", first.from);
+        let slot = Slot::Moving {
+            to: at,
+            args: first.args,
+            lineage: first.lineage,
+            state: Some(first.state),
+            merges,
+            sent: 0,
+            yielding: true,
+            refused: Default::default(),
+        };
+        self.local.insert(name.clone(), slot);
+        self.send_handoff(name.clone(), None);
+        true
     }
 
     /// Plans every orphan again: restarted here when this node owns it now; else its
@@ -170,13 +195,20 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             // A copy of its state held here, from the node that lost it: this node starts
             // it from that when it owns it now, or when the owner holds no copy (it joined
             // since the last one) and this node is the first live holder.
-            let copy = self.replicas.get(&name).filter(|r| !self.connected(&r.from));
+            let dead = self.dead_copies(&name);
+            // Of two copies from nodes that are gone (two instances since a partition or
+            // a pause, both gone), the one of the instance this node last knew starts
+            // it, and the other merges into it.
+            let lineage = self.orphans[&name].lineage;
+            let first = dead.iter().find(|n| self.copy_from(&name, n).is_some_and(|r| r.lineage == lineage)).or(dead.first()).cloned();
+            let copy = first.as_deref().and_then(|n| self.copy_from(&name, n));
             let takes_over = copy.is_some_and(|r| {
                 owner == self.me || (!r.holders.iter().any(|h| h == &owner) && r.holders.iter().find(|h| *h == &self.me || self.connected(h)) == Some(&self.me))
             });
             if takes_over && !self.leaving {
-                let r = self.replicas.remove(&name).expect("found above");
-                self.spawn(name, r.args, r.lineage.moved(), StartWhy::Failover, Some(r.state), Vec::new());
+                let r = self.take_copy(&name, first.as_deref().expect("found above")).expect("found above");
+                let merges = dead.iter().filter(|n| **n != r.from).filter_map(|n| self.take_copy(&name, n)).map(|c| (c.from, c.state)).collect();
+                self.spawn(name, r.args, r.lineage.moved(), StartWhy::Failover, Some(r.state), merges);
                 continue;
             }
             let durable = self.kinds.replicas(&name.kind) > 0;

@@ -77,12 +77,16 @@ pub enum Effect<M, R> {
     Send { to: String, msg: Msg },
     /// Create instance `id` of `name` and run its `init(args, state)`; answer with
     /// [`Event::Spawned`].
-    Spawn { name: WorkerName, id: u64, args: Vec<u8>, state: Option<Vec<u8>> },
+    /// `merges`: other instances' states, merged (`resolve-conflict`) before the
+    /// instance takes messages or, for a durable kind, copies its first state.
+    Spawn { name: WorkerName, id: u64, args: Vec<u8>, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)> },
     /// Stop an instance after `terminate(reason)`; answer with [`Event::Stopped`].
     Stop { name: WorkerName, id: u64, handle: M, reason: String },
     /// Give a running instance the state of another instance of its name that stopped
-    /// in its favour (`resolve-conflict`).
-    Merge { name: WorkerName, handle: M, from: String, state: Vec<u8> },
+    /// in its favour (`resolve-conflict`). With `ack`, send that message to that node
+    /// once the instance has merged the state and, for a durable kind, its replicas hold
+    /// the result (a handoff is acknowledged only once the state it carried is safe).
+    Merge { name: WorkerName, handle: M, from: String, state: Vec<u8>, ack: Option<(String, Msg)> },
     /// Ask `to` to start `name` (its owner); the answer goes to `reply`.
     ForwardStart { to: String, name: WorkerName, args: Vec<u8>, reply: R },
     /// Answer a start.
@@ -240,8 +244,10 @@ pub struct Table<M, R> {
     pub(super) orphans: BTreeMap<WorkerName, Orphan>,
     /// Names this node handed over, and to whom: calls follow them.
     pub(super) moved: BTreeMap<WorkerName, String>,
-    /// Copies of durable instances' states that run elsewhere, held here as a replica.
-    pub(super) replicas: BTreeMap<WorkerName, Replica>,
+    /// Copies of durable instances' states that run elsewhere, held here as a replica:
+    /// one per node that sends them (two, while two instances of a name run, since a
+    /// partition or a pause, and both copy here).
+    pub(super) replicas: BTreeMap<WorkerName, Vec<Replica>>,
     /// For each durable instance here: its last copy's number and the replicas that hold it.
     pub(super) copied: BTreeMap<WorkerName, (u64, Vec<String>)>,
     /// Set by [`Event::Leave`]: no new instances here.
@@ -321,9 +327,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         match msg {
             Msg::Registered { name, args, lineage } => self.registered(from, name, args, lineage),
             Msg::Unregistered { name } => {
-                if self.replicas.get(&name).is_some_and(|r| r.from == from) {
-                    self.replicas.remove(&name);
-                }
+                self.take_copy(&name, &from);
                 if self.directory.get(&name).is_some_and(|c| c.node == from) {
                     self.directory.remove(&name);
                     self.out.push(Effect::Changed);
@@ -337,9 +341,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Msg::HandoffAck { name, at } => self.handoff_ack(from, name, at),
             Msg::Orphan { name, args, lineage } => self.orphan_in(name, args, lineage),
             Msg::ReplicaDropped { name } => {
-                if self.replicas.get(&name).is_some_and(|r| r.from == from) {
-                    self.replicas.remove(&name);
-                }
+                self.take_copy(&name, &from);
             }
         }
     }
@@ -445,8 +447,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     ) {
         let id = self.next_id();
         self.orphans.remove(&name);
-        self.local.insert(name.clone(), Slot::Starting { id, args: args.clone(), lineage, why, merges });
-        self.out.push(Effect::Spawn { name, id, args, state });
+        // The states known now merge as the instance starts, before its first copy; the
+        // slot gathers those that arrive while it starts.
+        self.local.insert(name.clone(), Slot::Starting { id, args: args.clone(), lineage, why, merges: Vec::new() });
+        self.out.push(Effect::Spawn { name, id, args, state, merges });
     }
 
     fn start(&mut self, name: WorkerName, args: Vec<u8>, here: bool, reply: R) {
@@ -511,6 +515,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.directory.remove(&name);
         self.orphans.remove(&name);
         self.moved.remove(&name);
+        let mut handoff_ack = None;
         match why {
             StartWhy::Asked(reply) => {
                 info!(worker = %name, "started {name}");
@@ -527,18 +532,35 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
             StartWhy::Handoff { from } => {
                 info!(worker = %name, peer = %from, "started {name} from the state {from} handed over");
-                self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name: name.clone(), at: Some(self.me.clone()) } });
+                handoff_ack = Some((from, Msg::HandoffAck { name: name.clone(), at: Some(self.me.clone()) }));
             }
         }
+        self.merge_then_ack(&name, &handle, merges, handoff_ack);
         self.tell_all(Msg::Registered { name: name.clone(), args, lineage });
-        for (from, state) in merges {
-            self.out.push(Effect::Merge { name: name.clone(), handle: handle.clone(), from, state });
-        }
         if self.leaving {
             // Started while this node leaves (a handoff that crossed the leave): move on.
             self.begin_move(&name);
         } else {
             self.place_running(&name);
+        }
+    }
+
+    /// Merges `states` into the instance of `name` running here, and sends `ack` (a
+    /// handoff's answer) once they are safe: at once when nothing is to merge or the
+    /// kind is not durable, else once the instance has merged the last of them and its
+    /// replicas hold the result (the sender drops its state on the ack).
+    pub(super) fn merge_then_ack(&mut self, name: &WorkerName, handle: &M, states: Vec<(String, Vec<u8>)>, ack: Option<(String, Msg)>) {
+        let durable = self.kinds.replicas(&name.kind) > 0;
+        let mut ack = ack;
+        if !durable || states.is_empty() {
+            if let Some((to, msg)) = ack.take() {
+                self.out.push(Effect::Send { to, msg });
+            }
+        }
+        let last = states.len().saturating_sub(1);
+        for (k, (from, state)) in states.into_iter().enumerate() {
+            let ack = if k == last { ack.take() } else { None };
+            self.out.push(Effect::Merge { name: name.clone(), handle: handle.clone(), from, state, ack });
         }
     }
 

@@ -341,10 +341,10 @@ fn a_yielded_state_with_fewer_empty_restarts_replaces_the_running_instance() {
     let fx = recv(&mut z, "a@h", handoff);
     assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
     let fx = z.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
-    let (_, nid, state) = spawn_of(&fx).expect("the yielded state starts here");
+    let (_, _, state) = spawn_of(&fx).expect("the yielded state starts here");
     assert_eq!(state, Some(vec![3]));
-    let fx = z.handle(Event::Spawned { name: n, id: nid, result: Ok(8) });
-    assert!(fx.iter().any(|e| matches!(e, Effect::Merge { handle: 8, state, .. } if *state == vec![1])));
+    // This one's state merges as it starts, before its first copy.
+    assert!(fx.iter().any(|e| matches!(e, Effect::Spawn { merges, .. } if merges.iter().any(|(_, s)| *s == vec![1]))), "{fx:?}");
 }
 
 #[test]
@@ -516,8 +516,11 @@ fn a_handoff_into_a_copy_that_is_stopping_for_it_takes_its_place() {
     let fx = t.handle(Event::Stopped { name: n.clone(), id: sid, state: Some(vec![4]) });
     let (_, nid, state) = spawn_of(&fx).expect("the handed instance starts here");
     assert_eq!(state, Some(vec![9]));
+    assert!(
+        fx.iter().any(|e| matches!(e, Effect::Spawn { merges, .. } if merges.iter().any(|(_, s)| *s == vec![4]))),
+        "b's own state merges as it starts: {fx:?}"
+    );
     let fx = t.handle(Event::Spawned { name: n.clone(), id: nid, result: Ok(2) });
-    assert!(fx.iter().any(|e| matches!(e, Effect::Merge { handle: 2, state, .. } if *state == vec![4])), "b's own state merges: {fx:?}");
     assert!(sends(&fx).contains(&("a@h".into(), Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) })));
     assert_eq!(t.route(&n, None), Route::Here(2));
 }
@@ -695,4 +698,48 @@ fn a_copy_from_a_node_the_name_left_is_dropped() {
     let to = sends(&fx).into_iter().find_map(|(to, m)| matches!(m, Msg::Handoff { .. }).then_some(to)).expect("a handoff");
     let fx = recv(&mut a, &to, Msg::HandoffAck { name: n.clone(), at: Some(to.clone()) });
     assert!(sends(&fx).contains(&("b@h".into(), Msg::ReplicaDropped { name: n.clone() })), "{fx:?}");
+}
+
+#[test]
+fn a_replica_keeps_both_duplicates_copies_and_a_dead_ones_goes_to_the_other_to_merge() {
+    // After a pause, a@h and b@h both run the name and both copy to c@h.
+    let n = durable_ranked(&["a@h", "c@h", "b@h"]);
+    let mut c = table("c@h", false);
+    up(&mut c, "a@h", 1);
+    up(&mut c, "b@h", 2);
+    recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    c.replica_in("a@h", copy(&n, 5, super::durable::Update::Full(b"a-state".to_vec()), &["c@h"])).unwrap();
+    let taken =
+        super::wire::Replicate { lineage: Lineage { restarts: 1, moves: 1 }, ..copy(&n, 1, super::durable::Update::Full(b"b-state".to_vec()), &["c@h"]) };
+    c.replica_in("b@h", taken).unwrap();
+    let held: Vec<String> = c.replicas_held().into_iter().map(|(_, from, _, _)| from).collect();
+    assert_eq!(held, ["a@h", "b@h"], "one copy per sender: neither overwrites the other");
+    // a@h dies before the two met: its state goes to b@h's instance to merge.
+    let fx = c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    let handoff = sends(&fx).into_iter().find(|(to, m)| to == "b@h" && matches!(m, Msg::Handoff { .. }));
+    match handoff {
+        Some((_, Msg::Handoff { state, yielding, .. })) => assert_eq!((state.as_deref(), yielding), (Some(&b"a-state"[..]), true)),
+        other => panic!("a@h's copy was not sent to b@h to merge: {other:?} in {fx:?}"),
+    }
+    assert_eq!(c.replica_of(&n), Some(("b@h", 1)), "b@h's own copy stays");
+    assert!(spawn_of(&fx).is_none(), "not started here: it runs on b@h");
+}
+
+#[test]
+fn a_state_handed_into_a_running_durable_instance_is_answered_once_merged_and_copied() {
+    let n = durable_ranked(&["b@h", "a@h"]);
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    let fx = b.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 0 });
+    let (_, id, _) = spawn_of(&fx).unwrap();
+    b.handle(Event::Spawned { name: n.clone(), id, result: Ok(3) });
+    let handoff =
+        Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 0, moves: 1 }, state: Some(vec![7]), merges: vec![], yielding: true };
+    let fx = recv(&mut b, "a@h", handoff);
+    assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::HandoffAck { .. })), "not answered before the merge is copied: {fx:?}");
+    let ack = Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) };
+    assert!(
+        fx.iter().any(|e| matches!(e, Effect::Merge { handle: 3, state, ack: Some((to, m)), .. } if *state == vec![7] && to == "a@h" && *m == ack)),
+        "the answer rides on the merge: {fx:?}"
+    );
 }

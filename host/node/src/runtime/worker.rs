@@ -31,7 +31,7 @@ use crate::mailbox;
 use crate::registry::calls::CallLog;
 use crate::registry::durable::Replicator;
 use crate::registry::table::Kinds;
-use crate::registry::{BoxFuture, CallError, CallOnce, Envelope, Info, Mailbox, Registry, ReplyTo, Restart, SpawnError, Spawner, WorkerName};
+use crate::registry::{BoxFuture, CallError, CallOnce, Conflict, Envelope, Info, Mailbox, Merges, Registry, ReplyTo, Restart, SpawnError, Spawner, WorkerName};
 
 /// The generated bindings; the one `bindgen!` of this world.
 pub mod bindings {
@@ -307,7 +307,15 @@ impl Kinds for WorkerRuntime {
 }
 
 impl Spawner for WorkerRuntime {
-    fn spawn(&self, registry: Registry, name: WorkerName, args: Vec<u8>, handoff: Option<Vec<u8>>, id: u64) -> BoxFuture<Result<Mailbox, SpawnError>> {
+    fn spawn(
+        &self,
+        registry: Registry,
+        name: WorkerName,
+        args: Vec<u8>,
+        handoff: Option<Vec<u8>>,
+        merges: Merges,
+        id: u64,
+    ) -> BoxFuture<Result<Mailbox, SpawnError>> {
         let Some(k) = self.kinds.get(&name.kind).cloned() else {
             return Box::pin(async move { Err(SpawnError::UnknownKind(name.kind)) });
         };
@@ -317,7 +325,7 @@ impl Spawner for WorkerRuntime {
         // two wake-ups across threads per spawn (the task's start, then `init`'s answer).
         Box::pin(async move {
             let (tx, rx) = mailbox::channel();
-            let instance = Instance::start(k, registry, name, &args, handoff.as_deref(), id, tx.clone()).await?;
+            let instance = Instance::start(k, registry, name, &args, handoff.as_deref(), merges, id, tx.clone()).await?;
             runtime.spawn(instance.serve(rx));
             Ok(Mailbox { tx, id })
         })
@@ -388,18 +396,22 @@ fn begin(store: &mut Store<WorkerState>) {
 }
 
 impl Instance {
-    /// A new store, the component instantiated in it, and `init` run: ready for messages.
+    /// A new store, the component instantiated in it, `init` run and `merges` merged:
+    /// ready for messages.
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         kind: Arc<WorkerKind>,
         registry: Registry,
         name: WorkerName,
         args: &[u8],
         handoff: Option<&[u8]>,
+        merges: Merges,
         id: u64,
         own: mailbox::Sender<Envelope>,
     ) -> Result<Instance, SpawnError> {
         let budget = kind.config.call_timeout;
         let memory_limit = kind.config.memory_limit;
+        let began = Instant::now();
         let mut store = new_store(&kind, registry, name.key.clone(), own, &name.to_string());
         let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
 
@@ -415,8 +427,19 @@ impl Instance {
             Ok(Err(reason)) => return Err(SpawnError::Refused { name, reason }),
             Err(e) => return Err(SpawnError::Trapped { why: trap(&e), name }),
         }
+        if let Some(state) = handoff.filter(|s| s.len() >= 1 << 20) {
+            let (mib, ms) = (state.len() as f64 / (1 << 20) as f64, began.elapsed().as_secs_f64() * 1e3);
+            info!(worker = %name, "restored {name} from {mib:.1} MiB of state in {ms:.1} ms");
+        }
         let durable = snapshot.map(|snapshot| Durable { replicas: kind.config.replicas, snapshot, replicator: Replicator::default() });
         let mut instance = Instance { name, id, store, worker, resolve_conflict, durable, calls, budget, memory_limit };
+        // Other instances' states merge in before the first copy: a replica never holds
+        // a state of this instance without them.
+        for (from, state) in merges {
+            if let Err(End::Trapped(why)) = instance.handle(Envelope::Conflict(Box::new(Conflict { from, state, done: None }))).await {
+                return Err(SpawnError::Trapped { why, name: instance.name });
+            }
+        }
         // A durable instance's replicas hold its first state before it takes messages.
         if let Err(End::Trapped(why)) = instance.replicate().await {
             return Err(SpawnError::Trapped { why, name: instance.name });
@@ -445,7 +468,12 @@ impl Instance {
     /// starts an instance next, knowing this one gone, finds its slot free.
     async fn serve(mut self, mut rx: mailbox::Receiver<Envelope>) {
         let mut stopped = None;
-        while let Some(envelope) = rx.recv().await {
+        while let Some(mut envelope) = rx.recv().await {
+            // A merge's sender hears once the merged state is copied (below).
+            let merged = match &mut envelope {
+                Envelope::Conflict(c) => c.done.take(),
+                _ => None,
+            };
             let handled = match self.handle(envelope).await {
                 // A durable instance's replicas hold the state this message made before
                 // a call's reply goes out: an acknowledged call outlives this node.
@@ -464,6 +492,9 @@ impl Instance {
                 Ok(reply) => {
                     if let Some((to, r)) = reply {
                         to.send(r);
+                    }
+                    if let Some(done) = merged {
+                        let _ = done.send(());
                     }
                 }
                 Err(End::Trapped(why)) => {
@@ -526,7 +557,7 @@ impl Instance {
             Envelope::Info(i) => Box::pin(handler.call_handle_info(&mut *store, &to_wit_info(*i))).await.map(|()| None).map_err(|e| trap(&e)),
             Envelope::Conflict(conflict) => {
                 // The other instance's call log joins this one's: neither's calls apply twice.
-                let (from, state) = *conflict;
+                let Conflict { from, state, .. } = *conflict;
                 let (state, log) = CallLog::split(Some(&state));
                 calls.merge(log);
                 match (&*resolve_conflict, state) {
