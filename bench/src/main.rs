@@ -921,6 +921,13 @@ async fn failover(args: &Args) -> Value {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     out.insert("durable_10mib_kill9_to_first_call_ms".into(), json!(t.elapsed().as_secs_f64() * 1e3));
+    // The restore itself, as the node that took the name over timed it: a new instance,
+    // and its `init` with the 10 MiB copy.
+    let line = format!("restored big/{key} from ");
+    let restored =
+        nodes[..2].iter().find_map(|n| n.log().lines().find(|l| l.contains(&line)).map(str::to_string)).unwrap_or_else(|| panic!("no node logged {line:?}"));
+    let ms: f64 = restored.split(" in ").last().and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{restored}"));
+    out.insert("durable_10mib_restore_ms".into(), json!(ms));
     nodes[2].restart();
     for n in &nodes {
         n.wait_line("members (3):", Duration::from_secs(60));

@@ -174,12 +174,14 @@ impl Guest for Probe {
 
 impl exports::wasmnode::worker::snapshot::Guest for Probe {
     fn snapshot() -> Vec<u8> {
-        let mut state = COUNT.load(Relaxed).to_string().into_bytes();
         let ballast = BALLAST.lock().unwrap();
-        if !ballast.is_empty() {
-            state.push(b'\n');
-            state.extend_from_slice(&ballast);
+        if ballast.is_empty() {
+            return COUNT.load(Relaxed).to_string().into_bytes();
         }
+        // Fixed width: a count that gains a digit does not shift the ballast (a replica
+        // gets the block that changed, not the whole state).
+        let mut state = format!("{:020}\n", COUNT.load(Relaxed)).into_bytes();
+        state.extend_from_slice(&ballast);
         state
     }
 }
