@@ -404,3 +404,59 @@ fn a_retried_call_with_an_id_is_applied_once() {
     }
     assert_eq!(count(&names[p]), (true, "6".into()));
 }
+
+/// A durable kind through a SIGTERM and a healed partition: the leaving node hands each
+/// counter over with its state and the new owners copy it to their replicas; when the
+/// node comes back the names rebalance, state and replicas with them; during a
+/// partition both sides serve, and after the heal one instance of each name is left,
+/// copied to its replica, with every acknowledged increment.
+#[test]
+fn durable_counters_go_through_sigterm_and_a_healed_partition() {
+    let kind = [("counter", "worker_counter.wasm", DURABLE)];
+    let (_dir, names, mut nodes) = three_nodes("d-term", 107, &kind, false);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut want = BTreeMap::new();
+    for k in 0..12 {
+        let (ok, out) = start_worker(&names[k % 3], "counter", &format!("c{k}"));
+        assert!(ok, "{out}");
+        want.insert(format!("counter/c{k}"), 0);
+    }
+    let all: Vec<String> = want.keys().cloned().collect();
+    let copied = |via: &str, what: &str| {
+        wait_until(SETTLE, what, || replicated(via, &all, 1).is_ok(), || format!("{:?}", replicated(via, &all, 1)));
+    };
+    increment_all(&names[0], &mut want);
+
+    // SIGTERM: every counter of c is handed over with its state, and copied again.
+    let on_c = placement(&names[0]).values().filter(|at| at.contains(&names[2])).count();
+    assert!(on_c > 0, "c runs no counter");
+    nodes[2].signal(libc::SIGTERM);
+    assert_eq!(nodes[2].wait_exit(SETTLE), Some(0), "{}", nodes[2].log());
+    wait_exactly_once_with(&names[0], &want, SETTLE, "every counter once, with every increment, after c left");
+    copied(&names[0], "every counter copied to a replica on the two nodes left");
+    assert_eq!(nodes.iter().map(|n| n.count("restarted counter/")).sum::<usize>(), 0, "no counter restarted empty");
+
+    // Back: the names it owns move back to it, with their state.
+    nodes[2].restart();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, SETTLE);
+    increment_all(&names[1], &mut want);
+    wait_exactly_once_with(&names[1], &want, SETTLE, "every counter once after c came back");
+    copied(&names[1], "every counter copied after c came back");
+
+    // A partition: c cut off from a and b; both sides serve every counter.
+    let cut = Cut::new("127.0.107.3", &["127.0.107.1", "127.0.107.2"]);
+    nodes[0].wait_log("node down c@127.0.107.3: heartbeat timeout", SETTLE);
+    nodes[2].wait_log("node down a@127.0.107.1: heartbeat timeout", SETTLE);
+    wait_until(
+        SETTLE,
+        "every counter served on both sides",
+        || all.iter().all(|n| call(&names[0], n, "value").0 && call(&names[2], n, "value").0),
+        String::new,
+    );
+    drop(cut);
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, SETTLE);
+    // One instance of each is left, with every increment acknowledged before the cut
+    // (none was made during it), copied to its replica.
+    wait_exactly_once_with(&names[0], &want, SETTLE, "every counter once, with every increment, after the heal");
+    copied(&names[0], "every counter copied after the heal");
+}
