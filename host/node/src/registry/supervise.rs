@@ -156,8 +156,12 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         };
         let Some((at, lineage)) = runner.filter(|(at, _)| self.connected(at)) else { return false };
         // A copy whose line the instance there continues (it took the name over from a
-        // copy like it) has nothing to merge.
-        let duplicates: Vec<String> = dead.into_iter().filter(|node| self.copy_from(name, node).is_some_and(|r| lineage != r.lineage.moved())).collect();
+        // copy like it) has nothing to merge: dropped, so that it never merges later.
+        let (continued, duplicates): (Vec<String>, Vec<String>) =
+            dead.into_iter().partition(|node| self.copy_from(name, node).is_some_and(|r| lineage == r.lineage.moved()));
+        for node in continued {
+            self.take_copy(name, &node);
+        }
         let mut copies = duplicates.iter().map(|node| self.take_copy(name, node).expect("listed above")).collect::<Vec<_>>().into_iter();
         let Some(first) = copies.next() else { return false };
         let merges = copies.map(|r| (r.from, r.state)).collect();
@@ -207,7 +211,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             });
             if takes_over && !self.leaving {
                 let r = self.take_copy(&name, first.as_deref().expect("found above")).expect("found above");
-                let merges = dead.iter().filter(|n| **n != r.from).filter_map(|n| self.take_copy(&name, n)).map(|c| (c.from, c.state)).collect();
+                // Another line's copy merges; one of the same line (either continued the
+                // other) would count its updates twice.
+                let merges = dead
+                    .iter()
+                    .filter(|n| **n != r.from)
+                    .filter_map(|n| self.take_copy(&name, n))
+                    .filter(|c| c.lineage.moved() != r.lineage && r.lineage.moved() != c.lineage)
+                    .map(|c| (c.from, c.state))
+                    .collect();
                 self.spawn(name, r.args, r.lineage.moved(), StartWhy::Failover, Some(r.state), merges);
                 continue;
             }
