@@ -167,6 +167,14 @@ def variant(dirpath, version, dump):
         if wl["kind"] == "StatefulSet":
             check(wl["spec"].get("serviceName") == h["metadata"]["name"], f"{name}: serviceName is the headless Service")
 
+    # A drain evicts one pod at a time, and the pods spread over machines and zones.
+    pdbs = by_kind.get("PodDisruptionBudget", [])
+    check(any(p["spec"].get("maxUnavailable") == 1 and all(labels.get(k) == v for k, v in p["spec"]["selector"].get("matchLabels", {}).items()) for p in pdbs),
+          f"{name}: a PodDisruptionBudget with maxUnavailable 1 selects the pods")
+    spread = {t.get("topologyKey") for t in pod.get("topologySpreadConstraints", [])
+              if all(labels.get(k) == v for k, v in t.get("labelSelector", {}).get("matchLabels", {}).items())}
+    check({"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= spread, f"{name}: the pods spread over hostname and zone")
+
     # RBAC: the ServiceAccount the pods use, and no more rights than discovery needs.
     sa = pod.get("serviceAccountName")
     check(any(s["metadata"]["name"] == sa for s in by_kind.get("ServiceAccount", [])), f"{name}: ServiceAccount {sa} is defined")
