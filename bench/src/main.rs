@@ -742,32 +742,10 @@ async fn measure(figure: &str, pinned: bool, args: &Args, tls: bool) -> Value {
 /// Median and p99, in µs, of `n` calls of `msg` from a probe on `names[0]` to a worker
 /// of `kind` on `names[1]`, timed in the guest after `warmup` calls.
 async fn call_from_probe(ctl: &Peer, names: &[String], kind: &str, msg: &str, n: usize, warmup: usize) -> (f64, f64) {
-    let ask = |v: Value| {
-        let ctl = ctl.clone();
-        async move {
-            let body = ctl.request(Service::Control, Bytes::from(v.to_string()), Duration::from_secs(600)).await.expect("control request");
-            serde_json::from_slice::<Value>(&body).unwrap()
-        }
-    };
-    let mut caller = None;
-    for i in 0..200 {
-        let v = ask(json!({"op":"start","kind":"probe","key":format!("p{i}")})).await;
-        if v["started"].as_str() == Some(names[0].as_str()) {
-            caller = Some(format!("p{i}"));
-            break;
-        }
-    }
-    let mut callee = None;
-    for i in 0..200 {
-        let v = ask(json!({"op":"start","kind":kind,"key":format!("c{i}")})).await;
-        if v["started"].as_str() == Some(names[1].as_str()) {
-            callee = Some(format!("c{i}"));
-            break;
-        }
-    }
-    let (caller, callee) = (caller.expect("a probe on the first node"), callee.expect("a callee on the second node"));
-    ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {warmup} {kind}/{callee} {msg}"),"timeout_ms":600000})).await;
-    let v = ask(json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {n} {kind}/{callee} {msg}"),"timeout_ms":600000})).await;
+    let caller = start_on(ctl, "probe", "p", &names[0], 1).await.remove(0);
+    let callee = start_on(ctl, kind, "c", &names[1], 1).await.remove(0);
+    ask(ctl, json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {warmup} {kind}/{callee} {msg}"),"timeout_ms":600000})).await;
+    let v = ask(ctl, json!({"op":"call","kind":"probe","key":caller,"msg":format!("bench {n} {kind}/{callee} {msg}"),"timeout_ms":600000})).await;
     let reply = v["reply"].as_str().unwrap_or_else(|| panic!("bench call failed: {v}")).to_string();
     let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
     (it.next().unwrap(), it.next().unwrap())

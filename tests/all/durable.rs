@@ -304,19 +304,7 @@ fn call_once(via: &str, id: &str, name: &str, msg: &str) -> (bool, String) {
 /// `POST …/call` of `msg` to `name` through the gateway at `addr`, with an
 /// `Idempotency-Key`; (status, body).
 fn http_call_once(addr: &str, key: &str, name: &str, msg: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!(
-        "POST /v1/workers/{name}/call HTTP/1.1\r\nHost: {addr}\r\nIdempotency-Key: {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
-        msg.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    http_with(addr, "POST", &format!("/v1/workers/{name}/call"), &[("Idempotency-Key", key)], msg.as_bytes())
 }
 
 /// A call with an id is applied once, however it is retried: through another node,

@@ -96,11 +96,7 @@ pub fn handle(m: &Membership, registry: &Registry, peer: Peer, id: u64, body: By
             tokio::spawn(async move {
                 let name = WorkerName::new(&kind, &key).to_string();
                 let timeout = Duration::from_millis(timeout_ms);
-                let result = match &id {
-                    Some(id) => registry.call_once(&kind, &key, msg.into_bytes(), id, timeout).await,
-                    None => registry.call(&kind, &key, msg.into_bytes(), timeout).await,
-                };
-                let v = match result {
+                let v = match registry.call_with_id(&kind, &key, msg.into_bytes(), id.as_deref(), timeout).await {
                     Ok(r) => match String::from_utf8(r) {
                         Ok(text) => json!({ "reply": text }),
                         Err(e) => json!({ "reply_hex": e.as_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>() }),

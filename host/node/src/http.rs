@@ -323,24 +323,18 @@ async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, lim
         Err(r) => return r,
     };
     match segments.as_slice() {
-        ["v1", "workers", kind, key, "call"] => {
-            let result = match &call_id {
-                Some(id) => registry.call_once(kind, key, body.to_vec(), id, timeout).await,
-                None => registry.call(kind, key, body.to_vec(), timeout).await,
-            };
-            match result {
-                Ok(reply) => response(200, "application/octet-stream", reply),
-                Err(e) => {
-                    let status = match e {
-                        CallError::NotFound => 404,
-                        CallError::Timeout => 504,
-                        CallError::Unavailable(_) => 503,
-                        CallError::Failed(_) => 500,
-                    };
-                    json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()))
-                }
+        ["v1", "workers", kind, key, "call"] => match registry.call_with_id(kind, key, body.to_vec(), call_id.as_deref(), timeout).await {
+            Ok(reply) => response(200, "application/octet-stream", reply),
+            Err(e) => {
+                let status = match e {
+                    CallError::NotFound => 404,
+                    CallError::Timeout => 504,
+                    CallError::Unavailable(_) => 503,
+                    CallError::Failed(_) => 500,
+                };
+                json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()))
             }
-        }
+        },
         ["v1", "workers", kind, key] => match registry.start_worker(kind, key, body.to_vec()).await {
             Ok(node) => json_response(201, json!({ "name": WorkerName::new(*kind, *key).to_string(), "node": node })),
             Err(e) => {

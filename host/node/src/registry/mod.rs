@@ -398,14 +398,14 @@ impl Registry {
         self.call_with_id(kind, key, msg, None, timeout).await
     }
 
-    /// [`Registry::call`] with a call id: applied once by the name however often it
-    /// is retried with that id (see [`calls`]); a retry gets the first outcome.
-    pub async fn call_once(&self, kind: &str, key: &str, msg: Vec<u8>, id: &str, timeout: Duration) -> Result<Vec<u8>, CallError> {
-        calls::check_id(id).map_err(CallError::Failed)?;
-        self.call_with_id(kind, key, msg, Some(id.to_string()), timeout).await
-    }
-
-    async fn call_with_id(&self, kind: &str, key: &str, msg: Vec<u8>, id: Option<String>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+    /// [`Registry::call`], with a call id when one is given: applied once by the name
+    /// however often it is retried with that id (see [`calls`]); a retry gets the first
+    /// outcome.
+    pub async fn call_with_id(&self, kind: &str, key: &str, msg: Vec<u8>, id: Option<&str>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        if let Some(id) = id {
+            calls::check_id(id).map_err(CallError::Failed)?;
+        }
+        let id = id.map(str::to_string);
         let started = std::time::Instant::now();
         let name = WorkerName::new(kind, key);
         let deadline = Instant::now() + timeout;

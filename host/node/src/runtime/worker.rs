@@ -137,7 +137,7 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
     async fn call_once(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32, id: String) -> Result<Vec<u8>, wit::CallError> {
         let registry = self.registry.clone();
         let timeout = Duration::from_millis(timeout_ms as u64);
-        self.timed(registry.call_once(&target.kind, &target.key, msg, &id, timeout)).await.map_err(to_wit_error)
+        self.timed(registry.call_with_id(&target.kind, &target.key, msg, Some(&id), timeout)).await.map_err(to_wit_error)
     }
 
     async fn cast(&mut self, target: wit::Name, msg: Vec<u8>) -> Result<(), wit::CallError> {
@@ -525,34 +525,36 @@ impl Instance {
         let trap = |e: &wasmtime::Error| End::Trapped(describe_trap(e, *budget, *memory_limit));
         let handler = worker.wasmnode_worker_handler();
         begin(store);
-        match envelope {
-            Envelope::Call { msg, reply } => match Box::pin(handler.call_handle_call(&mut *store, &msg)).await {
-                // Sent by the caller of `handle`, once a durable state is copied.
-                Ok(r) => Ok(Some((reply, r.map_err(CallError::Failed)))),
-                Err(e) => {
-                    let why = describe_trap(&e, *budget, *memory_limit);
-                    reply.send(Err(CallError::Failed(format!("{name} trapped: {why}"))));
-                    Err(End::Trapped(why))
-                }
-            },
+        // A call with an id is a call whose outcome the call log keeps (and answers its
+        // retries from).
+        let (call_id, envelope) = match envelope {
             Envelope::CallOnce(call) => {
                 let CallOnce { id, msg, reply } = *call;
                 if let Some(first) = calls.get(&id) {
                     info!(worker = %name, call_id = %id, "call {id} to {name} was applied before: answered from the call log");
                     return Ok(Some((reply, first.clone().map_err(CallError::Failed))));
                 }
-                match Box::pin(handler.call_handle_call(&mut *store, &msg)).await {
-                    Ok(r) => {
-                        calls.record(id, r.clone());
-                        Ok(Some((reply, r.map_err(CallError::Failed))))
-                    }
-                    Err(e) => {
-                        let why = describe_trap(&e, *budget, *memory_limit);
-                        reply.send(Err(CallError::Failed(format!("{name} trapped: {why}"))));
-                        Err(End::Trapped(why))
-                    }
-                }
+                (Some(id), Envelope::Call { msg, reply })
             }
+            other => (None, other),
+        };
+        match envelope {
+            Envelope::Call { msg, reply } => match Box::pin(handler.call_handle_call(&mut *store, &msg)).await {
+                // Sent by the caller of `handle`, once a durable state is copied.
+                Ok(r) => {
+                    if let Some(id) = call_id {
+                        calls.record(id, r.clone());
+                    }
+                    Ok(Some((reply, r.map_err(CallError::Failed))))
+                }
+                Err(e) => {
+                    let why = describe_trap(&e, *budget, *memory_limit);
+                    reply.send(Err(CallError::Failed(format!("{name} trapped: {why}"))));
+                    Err(End::Trapped(why))
+                }
+            },
+            // Turned into a call above.
+            Envelope::CallOnce(_) => unreachable!("a call with an id is handled as a call"),
             Envelope::Cast { msg } => Box::pin(handler.call_handle_cast(&mut *store, &msg)).await.map(|()| None).map_err(|e| trap(&e)),
             Envelope::Info(i) => Box::pin(handler.call_handle_info(&mut *store, &to_wit_info(*i))).await.map(|()| None).map_err(|e| trap(&e)),
             Envelope::Conflict(conflict) => {
