@@ -424,6 +424,14 @@ impl Peer {
         (id, rx)
     }
 
+    /// Completes this node's request `id` on this connection with `body`, as if the
+    /// peer's reply frame had come: for a reply the peer carried inside another request
+    /// (a durable call's reply, riding with the copy of its state). An id nobody waits
+    /// for any more is ignored, as a late reply is.
+    pub fn deliver_reply(&self, id: u64, body: Bytes) {
+        self.route_reply(id, Frame::Reply { id, body });
+    }
+
     fn route_reply(&self, id: u64, frame: Frame) {
         let mut pending = self.0.pending.lock().unwrap();
         match pending.get(&id) {

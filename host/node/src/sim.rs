@@ -24,7 +24,8 @@
 //! Two seeds in three make the counter kind durable, with 1 or 2 replicas: an instance
 //! copies its state to its replicas (the table's `replication_of`, the real
 //! [`Replicator`]) after each increment, on each membership change and when it starts,
-//! and a call is answered only once every live replica took the copy; the replicas hold
+//! and a call is answered only once every live replica took the copy (by that replica,
+//! when it is the caller's node and the only one: the answer rides with the copy); the replicas hold
 //! the copies in their real tables, and the table starts a lost name from its copy. In
 //! those seeds kills, pauses and leaves together are never more than the replicas at
 //! once (each counting until [`KILL_WINDOW`] after it ends, and each process short of
@@ -145,6 +146,10 @@ struct Round {
     waiting: BTreeSet<Node>,
     /// What is released once every live replica took it.
     then: Pending,
+    /// The call answer in `then` rides with the copy to its caller's node, the one
+    /// replica (the driver's `Rpc::ReplicateThenReply`): that node answers it on taking
+    /// the copy, and the owner only if it did not.
+    ride: Option<(usize, u32)>,
 }
 
 /// What waits for a copy: a call's answer, or the instance's start.
@@ -229,10 +234,12 @@ enum Wire {
     Leaving,
     Close,
     Members(Names),
-    /// A copy of instance `inst`'s state for the receiver to hold.
+    /// A copy of instance `inst`'s state for the receiver to hold; with the answer to
+    /// the receiver's call `(call, hop)`, which it takes once it holds the copy.
     Replicate {
         inst: Inst,
         copy: Box<Replicate>,
+        ride: Option<(usize, u32)>,
     },
     ReplicateRep {
         inst: Inst,
@@ -942,11 +949,14 @@ impl Sim {
             }
             Wire::StartRep { req, result } => self.start_answered(to, req, result),
             Wire::CallReq { call, hop, name } => self.serve_call(to, call, hop, from, conn, name),
-            Wire::Replicate { inst, copy } => {
+            Wire::Replicate { inst, copy, ride } => {
                 let seq = copy.seq;
                 let from_name = self.names[from].clone();
                 let held = self.nodes[to].as_mut().unwrap().table.replica_in(&from_name, *copy).is_ok();
                 self.send_wire(to, from, conn, Wire::ReplicateRep { inst, seq, held });
+                if let Some((call, hop)) = ride.filter(|_| held) {
+                    self.deliver(from, to, conn, Wire::CallRep { call, hop, result: CallResult::Ok });
+                }
             }
             Wire::ReplicateRep { inst, seq, held } => self.copy_answered(to, from, inst, seq, held),
             Wire::CallRep { call, hop, result } => {
@@ -1268,17 +1278,25 @@ impl Sim {
         };
         let mut waiting = BTreeSet::new();
         let holders: Vec<String> = targets.iter().map(|(t, _)| t.clone()).collect();
+        let ride = match (&then, sends.as_slice()) {
+            (Pending::Reply { call, to: ReplyTo::Remote { from, conn, hop } }, [(to, _)])
+                if *to == self.names[*from] && targets.iter().any(|(t, c)| t == to && c == conn) =>
+            {
+                Some((*call, *hop))
+            }
+            _ => None,
+        };
         for (to, update) in sends {
             let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone() };
             if let Some(m) = self.node_ix(&to) {
-                if self.send_to(n, m, Wire::Replicate { inst, copy: Box::new(copy) }) {
+                if self.send_to(n, m, Wire::Replicate { inst, copy: Box::new(copy), ride }) {
                     waiting.insert(m);
                 }
             }
         }
         self.log(|| format!("n{n} copies {name} #{seq} to {holders:?}"));
         let empty = waiting.is_empty();
-        self.insts.get_mut(&inst).unwrap().round = Some(Round { seq, state, sent: targets, acked: Vec::new(), waiting, then });
+        self.insts.get_mut(&inst).unwrap().round = Some(Round { seq, state, sent: targets, acked: Vec::new(), waiting, then, ride });
         if empty {
             self.finish_round(n, inst);
         }
@@ -1296,7 +1314,8 @@ impl Sim {
             let holders = round.sent.iter().map(|(t, _)| t.clone()).collect();
             let Some((_, args, lineage)) = self.nodes[n].as_ref().unwrap().table.replication_of(&name, self.replicas) else { return };
             let copy = Replicate { name, args, lineage, seq, update: full, holders };
-            if !self.send_to(n, m, Wire::Replicate { inst, copy: Box::new(copy) }) {
+            let ride = round.ride;
+            if !self.send_to(n, m, Wire::Replicate { inst, copy: Box::new(copy), ride }) {
                 let round = self.insts.get_mut(&inst).unwrap().round.as_mut().unwrap();
                 round.waiting.remove(&m);
                 if round.waiting.is_empty() {
@@ -1324,7 +1343,9 @@ impl Sim {
                 self.send_to(n, m, Wire::Msg(Msg::ReplicaDropped { name: name.clone() }));
             }
         }
-        self.release(n, inst, round.then);
+        // A reply that rode with a copy its replica took was answered there.
+        let then = if round.ride.is_some() && !round.acked.is_empty() { Pending::Nothing } else { round.then };
+        self.release(n, inst, then);
         self.advance(n, inst);
     }
 

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 use wasmnode_proto::Frame;
 
@@ -81,12 +82,20 @@ pub struct RemoteReply {
 
 impl RemoteReply {
     fn send(&mut self, reply: Result<Vec<u8>, CallError>) {
-        self.sent = true;
-        let reply = match reply {
+        self.send_encoded(Self::encode(reply));
+    }
+
+    /// The reply frame's body for `reply`.
+    pub(super) fn encode(reply: Result<Vec<u8>, CallError>) -> Bytes {
+        encode_reply(&match reply {
             Ok(r) => RpcReply::Reply(r),
             Err(e) => RpcReply::CallFailed(e),
-        };
-        self.peer.send(Frame::Reply { id: self.id, body: encode_reply(&reply) });
+        })
+    }
+
+    pub(super) fn send_encoded(&mut self, body: Bytes) {
+        self.sent = true;
+        self.peer.send(Frame::Reply { id: self.id, body });
     }
 }
 

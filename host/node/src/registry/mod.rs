@@ -48,6 +48,9 @@ pub use name::WorkerName;
 pub use placement::owner;
 pub use wire::DurableReport;
 
+/// A reply owed to a caller, with where it goes.
+pub type Reply = (ReplyTo, Result<Vec<u8>, CallError>);
+
 use crate::dist::{DownReason, Peer};
 use crate::membership::{MemberChange, Membership};
 use durable::Replicator;
@@ -534,20 +537,39 @@ impl Registry {
     /// state to one that does not. A node that is down or does not answer within
     /// [`REPLICATE_TIMEOUT`] is not counted (it gets the whole state next time); nodes
     /// that are no longer among the replicas are told to drop their copy.
-    pub async fn replicate(&self, name: &WorkerName, replicas: usize, rep: &mut Replicator, state: Vec<u8>) {
-        let Some((targets, args, lineage)) = self.0.table.lock().unwrap().replication_of(name, replicas) else { return };
-        let Some((seq, sends)) = rep.plan(&targets, &state) else { return };
+    ///
+    /// `reply` is the reply this state answers, if any. When its caller is on the one
+    /// node the copy goes to, it rides with the copy ([`Rpc::ReplicateThenReply`]): that
+    /// node takes the copy and then answers its own caller, one hop instead of two
+    /// (copy, acknowledgement, reply). Returned when it did not ride, for the caller of
+    /// this to send; a reply that rode but was not delivered (the replica refused the
+    /// copy or did not answer) is sent here, the usual way.
+    pub async fn replicate(&self, name: &WorkerName, replicas: usize, rep: &mut Replicator, state: Vec<u8>, reply: Option<Reply>) -> Option<Reply> {
+        let Some((targets, args, lineage)) = self.0.table.lock().unwrap().replication_of(name, replicas) else { return reply };
+        let Some((seq, sends)) = rep.plan(&targets, &state) else { return reply };
         let holders: Vec<String> = targets.iter().map(|(t, _)| t.clone()).collect();
+        let (mut riding, reply) = match (reply, sends.as_slice()) {
+            (Some((ReplyTo::Remote(r), result)), [(to, _)]) if r.peer.name() == to && targets.iter().any(|(t, conn)| t == to && *conn == r.peer.conn_id()) => {
+                (Some((r, RemoteReply::encode(result))), None)
+            }
+            (reply, _) => (None, reply),
+        };
+        let carried = riding.as_ref().map(|(r, body)| (r.id, body.to_vec()));
         let copies = sends.into_iter().map(|(to, update)| {
             let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone() };
             let state = &state;
+            let carried = &carried;
+            let rpc = move |copy: Replicate| match carried {
+                Some((id, reply)) => Rpc::ReplicateThenReply { copy: Box::new(copy), id: *id, reply: reply.clone() },
+                None => Rpc::Replicate(Box::new(copy)),
+            };
             async move {
                 let bytes = copy.update.payload_len();
-                let mut held = matches!(self.rpc(&to, &Rpc::Replicate(Box::new(copy.clone())), REPLICATE_TIMEOUT).await, Ok(RpcReply::Done));
+                let mut held = matches!(self.rpc(&to, &rpc(copy.clone()), REPLICATE_TIMEOUT).await, Ok(RpcReply::Done));
                 if !held && matches!(copy.update, durable::Update::Delta { .. }) {
                     // Most likely a replica that lost the previous copy: the whole state.
                     let full = Replicate { update: durable::Update::Full(state.clone()), ..copy };
-                    held = matches!(self.rpc(&to, &Rpc::Replicate(Box::new(full)), REPLICATE_TIMEOUT).await, Ok(RpcReply::Done));
+                    held = matches!(self.rpc(&to, &rpc(full), REPLICATE_TIMEOUT).await, Ok(RpcReply::Done));
                 }
                 crate::metrics::global().replicated(bytes, held);
                 if !held {
@@ -558,10 +580,19 @@ impl Registry {
         });
         let results = futures_util::future::join_all(copies).await;
         let acked: Vec<String> = results.into_iter().filter(|(_, held)| *held).map(|(to, _)| to).collect();
+        if let Some((mut r, body)) = riding.take() {
+            if acked.is_empty() {
+                // Not delivered with the copy: answered as any reply is.
+                r.send_encoded(body);
+            } else {
+                r.sent = true;
+            }
+        }
         self.0.table.lock().unwrap().copied(name, seq, acked.clone());
         for dropped in rep.done(seq, state, &targets, &acked) {
             self.send(&dropped, &Msg::ReplicaDropped { name: name.clone() });
         }
+        reply
     }
 
     /// What this node knows of durable names: the copies it holds (name, the node that
@@ -656,6 +687,17 @@ impl Registry {
         queued
     }
 
+    /// Takes a copy `peer` sent as request `id` and answers it; true when it is held.
+    fn replica_in(&self, peer: &Peer, id: u64, copy: Replicate) -> bool {
+        let held = self.0.table.lock().unwrap().replica_in(peer.name(), copy);
+        let reply = match held {
+            Ok(()) => RpcReply::Done,
+            Err(replica::NotHeld::NeedFull) => RpcReply::NeedFull,
+        };
+        peer.send(Frame::Reply { id, body: wire::encode_reply(&reply) });
+        held.is_ok()
+    }
+
     /// Answers a registry request from another node.
     ///
     /// Called for each request in the order the connections delivered them. The
@@ -671,11 +713,14 @@ impl Registry {
             }
             // In the connection's order, with nothing to wait for: answered at once.
             Ok(Rpc::Replicate(copy)) => {
-                let reply = match self.0.table.lock().unwrap().replica_in(peer.name(), *copy) {
-                    Ok(()) => RpcReply::Done,
-                    Err(replica::NotHeld::NeedFull) => RpcReply::NeedFull,
-                };
-                peer.send(Frame::Reply { id, body: wire::encode_reply(&reply) });
+                self.replica_in(&peer, id, *copy);
+                return;
+            }
+            // The same, then this node's caller has its reply: it is acknowledged.
+            Ok(Rpc::ReplicateThenReply { copy, id: call, reply }) => {
+                if self.replica_in(&peer, id, *copy) {
+                    peer.deliver_reply(call, Bytes::from(reply));
+                }
                 return;
             }
             Ok(rpc) => rpc,
@@ -716,7 +761,7 @@ impl Registry {
                 },
                 Rpc::List => RpcReply::List(registry.local_names()),
                 Rpc::Durable => RpcReply::Durable(registry.durable_here()),
-                Rpc::Tell(_) | Rpc::Replicate(_) => return,
+                Rpc::Tell(_) | Rpc::Replicate(_) | Rpc::ReplicateThenReply { .. } => return,
             };
             peer.send(Frame::Reply { id, body: wire::encode_reply(&reply) });
         });

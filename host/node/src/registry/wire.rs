@@ -38,6 +38,15 @@ pub enum Rpc {
     Replicate(Box<Replicate>),
     /// What the receiver knows of durable names ([`DurableReport`]).
     Durable,
+    /// [`Rpc::Replicate`] for a call that the receiver made: once the copy is held, the
+    /// receiver answers it and then hands `reply` (an encoded [`RpcReply`]) to its own
+    /// request `id` on this connection, as if it had come as that request's reply. The
+    /// caller has its answer one hop after the copy is held, not two.
+    ReplicateThenReply {
+        copy: Box<Replicate>,
+        id: u64,
+        reply: Vec<u8>,
+    },
 }
 
 /// What one node knows of durable names: the copies it holds (name, the node that runs
@@ -186,6 +195,14 @@ mod tests {
             holders: vec!["b@h".into()],
         };
         assert!(matches!(decode(&encode(&Rpc::Replicate(Box::new(copy.clone())))).unwrap(), Rpc::Replicate(back) if *back == copy));
+        let with_reply = Rpc::ReplicateThenReply { copy: Box::new(copy.clone()), id: 9, reply: encode_reply(&RpcReply::Reply(b"7".to_vec())).to_vec() };
+        match decode(&encode(&with_reply)).unwrap() {
+            Rpc::ReplicateThenReply { copy: back, id: 9, reply } => {
+                assert_eq!(*back, copy);
+                assert!(matches!(postcard::from_bytes(&reply).unwrap(), RpcReply::Reply(r) if r == b"7"));
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(decode(&[0xff]).is_err(), "an unknown request is an error, not a guess");
     }
 }

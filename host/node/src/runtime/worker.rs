@@ -31,7 +31,7 @@ use crate::mailbox;
 use crate::registry::calls::CallLog;
 use crate::registry::durable::Replicator;
 use crate::registry::table::Kinds;
-use crate::registry::{BoxFuture, CallError, CallOnce, Conflict, Envelope, Info, Mailbox, Merges, Registry, ReplyTo, Restart, SpawnError, Spawner, WorkerName};
+use crate::registry::{BoxFuture, CallError, CallOnce, Conflict, Envelope, Info, Mailbox, Merges, Registry, Reply, Restart, SpawnError, Spawner, WorkerName};
 
 /// The generated bindings; the one `bindgen!` of this world.
 pub mod bindings {
@@ -441,25 +441,31 @@ impl Instance {
             }
         }
         // A durable instance's replicas hold its first state before it takes messages.
-        if let Err(End::Trapped(why)) = instance.replicate().await {
+        if let Err(End::Trapped(why)) = instance.replicate(None).await {
             return Err(SpawnError::Trapped { why, name: instance.name });
         }
         Ok(instance)
     }
 
     /// For a durable kind: asks the instance for its state and copies it to its
-    /// replicas, waiting until they hold it. A trap in `snapshot` ends the instance.
-    async fn replicate(&mut self) -> Result<(), End> {
-        let Some(d) = &mut self.durable else { return Ok(()) };
+    /// replicas, waiting until they hold it, with `reply`, the reply that state answers
+    /// (see [`Registry::replicate`]); returns the reply when it is still to be sent. A
+    /// trap in `snapshot` ends the instance, and the reply's caller is told.
+    async fn replicate(&mut self, reply: Option<Reply>) -> Result<Option<Reply>, End> {
+        let Some(d) = &mut self.durable else { return Ok(reply) };
         begin(&mut self.store);
         let state = match Box::pin(d.snapshot.call_async(&mut self.store, ())).await {
             Ok((state,)) => state,
-            Err(e) => return Err(End::Trapped(format!("in snapshot: {}", describe_trap(&e, self.budget, self.memory_limit)))),
+            Err(e) => {
+                if let Some((to, _)) = reply {
+                    to.send(Err(CallError::Failed(format!("{} trapped while its state was copied", self.name))));
+                }
+                return Err(End::Trapped(format!("in snapshot: {}", describe_trap(&e, self.budget, self.memory_limit))));
+            }
         };
         let state = self.calls.wrap(Some(state)).unwrap_or_default();
         let registry = self.store.data().cluster.registry.clone();
-        registry.replicate(&self.name, d.replicas, &mut d.replicator, state).await;
-        Ok(())
+        Ok(registry.replicate(&self.name, d.replicas, &mut d.replicator, state, reply).await)
     }
 
     /// Handles the mailbox's messages one at a time until a stop, a trap, or every
@@ -477,15 +483,7 @@ impl Instance {
             let handled = match self.handle(envelope).await {
                 // A durable instance's replicas hold the state this message made before
                 // a call's reply goes out: an acknowledged call outlives this node.
-                Ok(reply) if self.durable.is_some() => match self.replicate().await {
-                    Ok(()) => Ok(reply),
-                    Err(end) => {
-                        if let Some((to, _)) = reply {
-                            to.send(Err(CallError::Failed(format!("{} trapped while its state was copied", self.name))));
-                        }
-                        Err(end)
-                    }
-                },
+                Ok(reply) if self.durable.is_some() => self.replicate(reply).await,
                 other => other,
             };
             match handled {
@@ -498,7 +496,7 @@ impl Instance {
                     }
                 }
                 Err(End::Trapped(why)) => {
-                    warn!("worker {} trapped: {why}; instance stopped, its waiting callers get an error", self.name);
+                    warn!(worker = %self.name, reason = %why, "worker {} trapped: {why}; instance stopped, its waiting callers get an error", self.name);
                     break;
                 }
                 Err(End::Stopped { reply, state }) => {
@@ -520,7 +518,7 @@ impl Instance {
     ///
     /// Every guest call's future is boxed: it exists only while the call runs, so the
     /// task an idle instance keeps stays small.
-    async fn handle(&mut self, envelope: Envelope) -> Result<Option<(ReplyTo, Result<Vec<u8>, CallError>)>, End> {
+    async fn handle(&mut self, envelope: Envelope) -> Result<Option<Reply>, End> {
         let Instance { name, store, worker, resolve_conflict, calls, budget, memory_limit, .. } = self;
         let trap = |e: &wasmtime::Error| End::Trapped(describe_trap(e, *budget, *memory_limit));
         let handler = worker.wasmnode_worker_handler();
@@ -568,12 +566,12 @@ impl Instance {
                     (Some(f), Some(state)) => {
                         let r = Box::pin(f.call_async(&mut *store, (state.to_vec(),))).await.map_err(|e| trap(&e));
                         if r.is_ok() {
-                            info!("merged the state of {name} from {from} (resolve-conflict)");
+                            info!(worker = %name, peer = %from, "merged the state of {name} from {from} (resolve-conflict)");
                         }
                         r.map(|()| None)
                     }
                     (None, Some(_)) => {
-                        warn!("dropped the state of {name} from {from}: the worker exports no resolve-conflict");
+                        warn!(worker = %name, peer = %from, "dropped the state of {name} from {from}: the worker exports no resolve-conflict");
                         Ok(None)
                     }
                 }
@@ -582,11 +580,11 @@ impl Instance {
                 let state = match Box::pin(handler.call_terminate(&mut *store, &reason)).await {
                     Ok(s) => s,
                     Err(e) => {
-                        warn!("worker {name} trapped in terminate: {}", describe_trap(&e, *budget, *memory_limit));
+                        warn!(worker = %name, "worker {name} trapped in terminate: {}", describe_trap(&e, *budget, *memory_limit));
                         None
                     }
                 };
-                info!("stopped {name}: {reason}");
+                info!(worker = %name, reason = %reason, "stopped {name}: {reason}");
                 Err(End::Stopped { reply, state: calls.wrap(state) })
             }
         }
