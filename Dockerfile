@@ -1,8 +1,12 @@
 # The wasmnode image: FROM scratch around the static (musl) binary, the built-in plugins,
 # the example topologies, their compiled code and a CA bundle. Nothing is pulled.
 #
-# Build it with `./dev image`, which builds the binary and the plugins, lays them out in a
-# context folder (rootfs/) and runs `docker build` on it. Layout inside the image:
+# Build it with `./dev image`, not `docker build .`: the script builds the binary and the
+# plugins, lays them out in a context folder (rootfs/ and cache/) and runs `docker build`
+# on that folder. The repository is not a build context (its .dockerignore sends nothing),
+# so `docker build .` here stops at once at the first COPY: rootfs/ is not found.
+#
+# Layout inside the image:
 #
 #   /usr/local/bin/wasmnode          the host (also the CLI: `docker exec C wasmnode nodes ...`)
 #   /wasmnode/plugins/dist/*.wasm    built-in strategies and the example workers
@@ -10,8 +14,18 @@
 #   /wasmnode/cache/                 compiled code of the built-in plugins (no compile at start)
 #   /etc/ssl/certs/ca-certificates.crt
 FROM scratch
+# `docker build .` from the repository stops here, rootfs/ not found: run `./dev image`.
 COPY rootfs/ /
 COPY --chown=10001:10001 cache/ /wasmnode/cache/
+# OCI annotations, read with `docker image inspect -f '{{json .Config.Labels}}' IMAGE`.
+# VERSION's default is Cargo.toml's version (tools/validate-k8s.py checks that they agree).
+ARG VERSION=0.1.0
+ARG SOURCE=https://github.com/wasmnode/wasmnode
+LABEL org.opencontainers.image.title="wasmnode" \
+      org.opencontainers.image.description="A node host for WebAssembly applications: discovery, distribution and workers" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 ENV PATH=/usr/local/bin \
     WASMNODE_CACHE_DIR=/wasmnode/cache \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
