@@ -70,10 +70,57 @@ fn wrong_cookie_never_joins() {
     let out = cli(&["nodes", "--node", names[2], "--json"], "another-cookie-5e9d");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["members"].as_array().unwrap().len(), 1, "{v}");
-    // And the CLI with the wrong cookie is refused too.
+    // And the CLI with the wrong cookie is refused too, saying so once, with the code
+    // of a node it cannot reach.
     let out = cli(&["nodes", "--node", names[0]], "another-cookie-5e9d");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cookie mismatch"), "{out:?}");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("cookie mismatch").count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// The CLI's exit codes follow the table in docs/operations.md, and its names are
+/// KIND/KEY everywhere.
+#[test]
+fn the_cli_exit_codes_say_what_went_wrong() {
+    let dir = TempDir::new("exit-codes");
+    let names = ["a@127.0.10.11"];
+    let kinds = [("counter", "worker_counter.wasm", ""), ("probe", "worker_probe.wasm", "activate_on_call = true")];
+    let config = dir.write("t.toml", &worker_topology(&names, &kinds, None));
+    let a = Node::start(names[0], &config);
+    a.wait_members(&names, FORM);
+    let code = |args: &[&str]| {
+        let out = cli(args, COOKIE);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (c, e) = code(&["start", "--node", names[0], "counter/x1"]);
+    assert_eq!(c, Some(0), "{e}");
+    // Usage: the old `start KIND KEY` form, a name that is not KIND/KEY, a missing argument.
+    for args in [&["start", "--node", names[0], "counter", "x1"][..], &["call", "--node", names[0], "counter", "value"], &["call"]] {
+        let (c, e) = code(args);
+        assert_eq!(c, Some(2), "{args:?}: {e}");
+    }
+    // Refused by the cluster: started already, an unknown kind, no such worker.
+    for args in
+        [&["start", "--node", names[0], "counter/x1"][..], &["start", "--node", names[0], "nokind/k"], &["call", "--node", names[0], "nokind/k", "value"]]
+    {
+        let (c, e) = code(args);
+        assert_eq!(c, Some(4), "{args:?}: {e}");
+    }
+    // The worker failed (it traps); timed out (it answers after 3 s, the CLI waits 300 ms).
+    let (c, e) = code(&["call", "--node", names[0], "probe/p1", "crash"]);
+    assert_eq!(c, Some(5), "{e}");
+    let (c, e) = code(&["call", "--node", names[0], "--timeout-ms", "300", "probe/p2", "slow-add 3000"]);
+    assert_eq!(c, Some(6), "{e}");
+    // Cannot reach the node: nobody listens there.
+    let (c, e) = code(&["nodes", "--node", "z@127.0.10.19"]);
+    assert_eq!(c, Some(3), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    // Completions for a shell name the subcommands.
+    let out = cli(&["completions", "bash"], COOKIE);
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete") && script.contains("workers"), "{script}");
 }
 
 /// Five nodes, each told about one other, end as a full mesh (transitive connect).

@@ -44,3 +44,54 @@ fn probes_and_metrics_follow_what_happens() {
     assert_eq!(metric(&scrape(), "wasmnode_members "), Some(1));
     drop(c);
 }
+
+/// `WASMNODE_LOG_FORMAT=json`: every line a node writes is one JSON object, and the
+/// node, the peer, the worker and the reason stand as fields of their own.
+#[test]
+fn json_logs_carry_node_peer_worker_and_reason_as_fields() {
+    let dir = TempDir::new("json-logs");
+    let names = ["a@127.0.10.21", "b@127.0.10.22"];
+    let config = dir.write("t.toml", &worker_topology(&names, &[("probe", "worker_probe.wasm", "activate_on_call = true")], None));
+    let a = Node::start_with(names[0], &config, &[], &[("WASMNODE_LOG_FORMAT", "json")]);
+    let mut b = Node::start(names[1], &config);
+    a.wait_members(&names, FORM);
+    b.wait_members(&names, FORM);
+    // Traps: the instances that ran on a log `worker … trapped` there (placement is a
+    // hash of the names, so which do is the same every run).
+    for k in 0..10 {
+        let (ok, out) = call(names[0], &format!("probe/p{k}"), "crash");
+        assert!(!ok, "{out}");
+    }
+    b.signal(libc::SIGKILL);
+    a.wait_log("node down b@127.0.10.22", FORM);
+    let _ = b.wait_exit(FORM);
+    // The node's own lines are JSON. The worker's own stderr (Rust's panic message, three
+    // lines per trap) is still written as the guest wrote it.
+    let log = a.log();
+    let guest = |l: &str| l.starts_with("thread '<unnamed>'") || l == "crashing on purpose" || l.starts_with("note: run with `RUST_BACKTRACE=1`");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !guest(l))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().all(|v| v["level"].is_string() && v["message"].is_string() && v["timestamp"].is_string()), "{lines:?}");
+    let down = lines.iter().find(|v| v["message"].as_str().is_some_and(|m| m.starts_with("node down b@"))).expect("a node-down line");
+    assert_eq!(down["node"], names[0], "{down}");
+    assert_eq!(down["peer"], names[1], "{down}");
+    assert!(down["reason"].as_str().is_some_and(|r| !r.is_empty()), "{down}");
+    let trap = lines.iter().find(|v| v["message"].as_str().is_some_and(|m| m.contains("trapped"))).expect("a trap line");
+    assert!(trap["worker"].as_str().is_some_and(|w| w.starts_with("probe/p")), "{trap}");
+    assert!(trap["reason"].as_str().is_some_and(|r| !r.is_empty()), "{trap}");
+    assert!(lines.iter().any(|v| v["peer"] == names[1] && v["message"].as_str().is_some_and(|m| m.starts_with("connected to"))), "{lines:?}");
+    // A bad format is refused, naming the ones there are.
+    let out = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--name", "c@127.0.10.23"])
+        .env("WASMNODE_COOKIE", COOKIE)
+        .env("WASMNODE_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the log formats are `text` and `json`"), "{}", output_text(&out));
+}

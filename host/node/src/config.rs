@@ -385,26 +385,33 @@ struct RawTopology {
 pub struct Overrides {
     pub name: Option<String>,
     pub listen: Option<String>,
+    /// Validate without the environment only a running node has (`check --offline`):
+    /// an unset `${VAR}` stands for a placeholder ([`placeholder`]) instead of an error.
+    pub offline: bool,
 }
 
 impl Config {
     /// Reads and validates a topology file (plugins are checked separately, by loading them).
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let text = crate::files::read_text(path, crate::files::CONFIG_LIMIT).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            at: None,
-            key: None,
-            message: e.to_string(),
-        })?;
+        Config::load_all(path, overrides).map_err(|mut all| all.remove(0))
+    }
+
+    /// [`Config::load`], with every error found (`wasmnode check`), not only the first.
+    pub fn load_all(path: &Path, overrides: &Overrides) -> Result<Config, Vec<ConfigError>> {
+        let text = crate::files::read_text(path, crate::files::CONFIG_LIMIT)
+            .map_err(|e| ConfigError { file: path.to_path_buf(), at: None, key: None, message: e.to_string() })
+            .map_err(|e| vec![e])?;
         Config::parse_with(&text, path, overrides)
     }
 
     /// Parses a topology from text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        Config::parse_with(text, path, &Overrides::default())
+        Config::parse_with(text, path, &Overrides::default()).map_err(|mut all| all.remove(0))
     }
 
-    fn parse_with(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+    /// Every error found, in file order within each section; the parse goes on past an
+    /// error with a stand-in value, so that one run reports them all.
+    fn parse_with(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, Vec<ConfigError>> {
         let err = |span: Option<Range<usize>>, key: Option<String>, message: String| ConfigError {
             file: path.to_path_buf(),
             at: span.map(|s| line_col(text, s.start)),
@@ -413,8 +420,23 @@ impl Config {
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let key = e.span().and_then(|s| key_at(text, s.clone()));
-            err(e.span(), key, e.message().trim().to_string())
+            vec![err(e.span(), key, e.message().trim().to_string())]
         })?;
+        let mut errors: Vec<ConfigError> = Vec::new();
+        // The value, or the error noted and `$fallback` in its place.
+        macro_rules! noted {
+            ($r:expr, $fallback:expr) => {
+                match $r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        errors.push(e);
+                        $fallback
+                    }
+                }
+            };
+        }
+        let offline = overrides.offline;
+        let expand = |s: &str| expand_with(s, offline);
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let node_span = raw.node.as_ref().map(|n| n.span());
         let rn = raw.node.map(Spanned::into_inner).unwrap_or_default();
@@ -422,16 +444,22 @@ impl Config {
         // Name: --name, else [node].name (expanded), else detected.
         let (name_text, name_span) = match (&overrides.name, &rn.name) {
             (Some(n), _) => (n.clone(), None),
-            (None, Some(n)) => (expand(n.get_ref()).map_err(|m| err(Some(n.span()), Some("node.name".into()), m))?, Some(n.span())),
+            (None, Some(n)) => {
+                (noted!(expand(n.get_ref()).map_err(|m| err(Some(n.span()), Some("node.name".into()), m)), "wasmnode".to_string()), Some(n.span()))
+            }
             (None, None) => ("wasmnode".to_string(), None),
         };
-        let name = NodeName::parse_or_detect(&name_text).map_err(|m| err(name_span.clone(), Some("node.name".into()), m.to_string()))?;
+        let name = noted!(
+            NodeName::parse_or_detect(&name_text).map_err(|m| err(name_span.clone(), Some("node.name".into()), m.to_string())),
+            NodeName::parse_or_detect("wasmnode").expect("the default name parses")
+        );
+        let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), name.port);
 
         let listen = match (&overrides.listen, &rn.listen) {
-            (Some(l), _) => l.parse().map_err(|e| err(None, Some("--listen".into()), format!("`{l}` is not ip:port: {e}")))?,
+            (Some(l), _) => noted!(l.parse().map_err(|e| err(None, Some("--listen".into()), format!("`{l}` is not ip:port: {e}"))), any),
             (None, Some(l)) => {
-                let s = expand(l.get_ref()).map_err(|m| err(Some(l.span()), Some("node.listen".into()), m))?;
-                s.parse().map_err(|e| err(Some(l.span()), Some("node.listen".into()), format!("`{s}` is not ip:port: {e}")))?
+                let s = noted!(expand(l.get_ref()).map_err(|m| err(Some(l.span()), Some("node.listen".into()), m)), "0.0.0.0:0".into());
+                noted!(s.parse().map_err(|e| err(Some(l.span()), Some("node.listen".into()), format!("`{s}` is not ip:port: {e}"))), any)
             }
             (None, None) => match name.host.parse::<IpAddr>() {
                 Ok(ip) => SocketAddr::new(ip, name.port),
@@ -442,11 +470,11 @@ impl Config {
         let mut warnings = Vec::new();
         let sources = [rn.cookie_env.is_some(), rn.cookie_file.is_some(), rn.cookie.is_some()];
         if sources.iter().filter(|s| **s).count() > 1 {
-            return Err(err(node_span, Some("node".into()), "give only one of cookie_env, cookie_file, cookie".into()));
+            errors.push(err(node_span.clone(), Some("node".into()), "give only one of cookie_env, cookie_file, cookie".into()));
         }
         let cookie = if let Some(c) = &rn.cookie {
             if !rn.allow_insecure_cookie {
-                return Err(err(
+                errors.push(err(
                     Some(c.span()),
                     Some("node.cookie".into()),
                     "a literal cookie in the config is refused: use cookie_env or cookie_file, or set allow_insecure_cookie = true for local experiments"
@@ -456,7 +484,7 @@ impl Config {
             warnings.push(format!("{}: the cookie is a literal in the config (allow_insecure_cookie = true); do not use this in production", path.display()));
             CookieSource::Literal(c.get_ref().clone())
         } else if let Some(f) = &rn.cookie_file {
-            let p = expand(f.get_ref()).map_err(|m| err(Some(f.span()), Some("node.cookie_file".into()), m))?;
+            let p = noted!(expand(f.get_ref()).map_err(|m| err(Some(f.span()), Some("node.cookie_file".into()), m)), f.get_ref().clone());
             CookieSource::File(base.join(p))
         } else if let Some(v) = &rn.cookie_env {
             CookieSource::Env(v.get_ref().clone())
@@ -469,27 +497,39 @@ impl Config {
             .find_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), Some(line_col(text, v.span().start)))))
             .unwrap_or_else(|| ("node".to_string(), node_span.as_ref().map(|s| line_col(text, s.start))));
 
-        let hb_interval = rn.heartbeat_interval_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(250);
-        let hb_timeout = rn.heartbeat_timeout_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(1500);
+        let mut hb_interval = rn.heartbeat_interval_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(250);
+        let mut hb_timeout = rn.heartbeat_timeout_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(1500);
         if hb_interval == 0 || hb_timeout <= hb_interval {
             let span = rn.heartbeat_timeout_ms.as_ref().or(rn.heartbeat_interval_ms.as_ref()).map(|s| s.span());
-            return Err(err(
+            errors.push(err(
                 span,
                 Some("node.heartbeat_timeout_ms".into()),
                 format!("heartbeat_timeout_ms ({hb_timeout}) must be larger than heartbeat_interval_ms ({hb_interval}), which must be above 0"),
             ));
+            (hb_interval, hb_timeout) = (250, 1500);
         }
 
-        let nameserver =
-            rn.nameserver.as_ref().map(|ns| parse_nameserver(ns.get_ref()).map_err(|m| err(Some(ns.span()), Some("node.nameserver".into()), m))).transpose()?;
+        let nameserver = noted!(
+            rn.nameserver
+                .as_ref()
+                .map(|ns| parse_nameserver(ns.get_ref(), offline).map_err(|m| err(Some(ns.span()), Some("node.nameserver".into()), m)))
+                .transpose(),
+            None
+        );
         let rebalance_on_join = match rn.rebalance.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
             None | Some(("move", _)) => true,
             Some(("stay", _)) => false,
-            Some((other, span)) => return Err(err(Some(span), Some("node.rebalance".into()), format!("`{other}` is not `move` or `stay`"))),
+            Some((other, span)) => {
+                errors.push(err(Some(span), Some("node.rebalance".into()), format!("`{other}` is not `move` or `stay`")));
+                true
+            }
         };
         let max_backlog = match &rn.max_backlog_mb {
             None => crate::dist::DEFAULT_MAX_BACKLOG,
-            Some(m) if *m.get_ref() == 0 => return Err(err(Some(m.span()), Some("node.max_backlog_mb".into()), "must be above 0".into())),
+            Some(m) if *m.get_ref() == 0 => {
+                errors.push(err(Some(m.span()), Some("node.max_backlog_mb".into()), "must be above 0".into()));
+                crate::dist::DEFAULT_MAX_BACKLOG
+            }
             Some(m) => (*m.get_ref() as usize).saturating_mul(1 << 20),
         };
         let tls = match &rn.tls {
@@ -500,13 +540,16 @@ impl Config {
                     |k: &str, v: &Spanned<String>| expand(v.get_ref()).map(|p| base.join(p)).map_err(|m| err(Some(v.span()), Some(format!("node.tls.{k}")), m));
                 let reload = match &t.reload_interval_ms {
                     None => 10_000,
-                    Some(r) if *r.get_ref() == 0 => return Err(err(Some(r.span()), Some("node.tls.reload_interval_ms".into()), "must be above 0".into())),
+                    Some(r) if *r.get_ref() == 0 => {
+                        errors.push(err(Some(r.span()), Some("node.tls.reload_interval_ms".into()), "must be above 0".into()));
+                        10_000
+                    }
                     Some(r) => *r.get_ref(),
                 };
                 Some(crate::tls::TlsFiles {
-                    cert: file("cert", &t.cert)?,
-                    key: file("key", &t.key)?,
-                    ca: file("ca", &t.ca)?,
+                    cert: noted!(file("cert", &t.cert), PathBuf::new()),
+                    key: noted!(file("key", &t.key), PathBuf::new()),
+                    ca: noted!(file("ca", &t.ca), PathBuf::new()),
                     reload_interval: Duration::from_millis(reload),
                 })
             }
@@ -531,14 +574,15 @@ impl Config {
         let mut topologies = Vec::new();
         for (tname, t) in raw.topology {
             let t = t.into_inner();
+            let before = errors.len();
             let key = |k: &str| Some(format!("topology.{tname}.{k}"));
             let strategy = base.join(t.strategy.get_ref());
             if !strategy.is_file() {
-                return Err(err(Some(t.strategy.span()), key("strategy"), format!("strategy component {}", not_a_component(&strategy))));
+                errors.push(err(Some(t.strategy.span()), key("strategy"), format!("strategy component {}", not_a_component(&strategy))));
             }
             let interval = t.polling_interval_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(5000);
             if interval == 0 {
-                return Err(err(t.polling_interval_ms.map(|s| s.span()), key("polling_interval_ms"), "must be above 0".into()));
+                errors.push(err(t.polling_interval_ms.as_ref().map(|s| s.span()), key("polling_interval_ms"), "must be above 0".into()));
             }
             let (config_span, table) = match t.config {
                 Some(c) => (c.span(), c.into_inner()),
@@ -547,25 +591,32 @@ impl Config {
             let mut config = Vec::new();
             for (k, v) in table {
                 let at = || find_key(text, config_span.clone(), &k).or(Some(config_span.clone()));
-                let value = plugin_value(&v).ok_or_else(|| {
-                    err(
+                let Some(value) = plugin_value(&v) else {
+                    errors.push(err(
                         at(),
                         key(&format!("config.{k}")),
                         format!("plugin config values must be strings, integers, floats, booleans or lists of strings, not {}", v.type_str()),
-                    )
-                })?;
+                    ));
+                    continue;
+                };
                 // `${VAR}` expands in plugin strings too (`kubernetes_namespace = "${NAMESPACE}"`).
                 let value = match value {
-                    PluginValue::Text(t) => PluginValue::Text(expand(&t).map_err(|m| err(at(), key(&format!("config.{k}")), m))?),
-                    PluginValue::TextList(l) => {
-                        PluginValue::TextList(l.iter().map(|t| expand(t)).collect::<Result<_, _>>().map_err(|m| err(at(), key(&format!("config.{k}")), m))?)
-                    }
+                    PluginValue::Text(t) => PluginValue::Text(noted!(expand(&t).map_err(|m| err(at(), key(&format!("config.{k}")), m)), t)),
+                    PluginValue::TextList(l) => PluginValue::TextList(noted!(
+                        l.iter().map(|t| expand(t)).collect::<Result<_, _>>().map_err(|m| err(at(), key(&format!("config.{k}")), m)),
+                        l
+                    )),
                     other => other,
                 };
                 config.push((k, value));
             }
-            let nameserver =
-                t.nameserver.as_ref().map(|ns| parse_nameserver(ns.get_ref()).map_err(|m| err(Some(ns.span()), key("nameserver"), m))).transpose()?;
+            let nameserver = noted!(
+                t.nameserver.as_ref().map(|ns| parse_nameserver(ns.get_ref(), offline).map_err(|m| err(Some(ns.span()), key("nameserver"), m))).transpose(),
+                None
+            );
+            if errors.len() > before {
+                continue;
+            }
             topologies.push(TopologyConfig {
                 strategy_at: line_col(text, t.strategy.span().start),
                 name: tname,
@@ -581,9 +632,10 @@ impl Config {
         let mut workers = Vec::new();
         for (kind, w) in raw.worker {
             let w = w.into_inner();
+            let before = errors.len();
             let component = base.join(w.component.get_ref());
             if !component.is_file() {
-                return Err(err(
+                errors.push(err(
                     Some(w.component.span()),
                     Some(format!("worker.{kind}.component")),
                     format!("worker component {}", not_a_component(&component)),
@@ -594,33 +646,40 @@ impl Config {
                 Some(("transient", _)) => Restart::Transient,
                 Some(("temporary", _)) => Restart::Temporary,
                 Some((other, span)) => {
-                    return Err(err(
+                    errors.push(err(
                         Some(span),
                         Some(format!("worker.{kind}.restart")),
                         format!("`{other}` is not a restart policy: permanent, transient or temporary"),
-                    ))
+                    ));
+                    Restart::Permanent
                 }
             };
             let replicas = match (w.durability.as_ref().map(|d| (d.get_ref().as_str(), d.span())), &w.replicas) {
                 (None | Some(("none", _)), None) => 0,
                 (None | Some(("none", _)), Some(r)) => {
-                    return Err(err(Some(r.span()), Some(format!("worker.{kind}.replicas")), "replicas needs `durability = \"replicated\"`".into()))
+                    errors.push(err(Some(r.span()), Some(format!("worker.{kind}.replicas")), "replicas needs `durability = \"replicated\"`".into()));
+                    0
                 }
                 (Some(("replicated", _)), None) => 1,
                 (Some(("replicated", _)), Some(r)) => match *r.get_ref() {
                     n @ 1..=MAX_REPLICAS => n as usize,
                     n => {
-                        return Err(err(
+                        errors.push(err(
                             Some(r.span()),
                             Some(format!("worker.{kind}.replicas")),
                             format!("{n} replicas: give 1 to {MAX_REPLICAS} (each is a node that holds every instance's state)"),
-                        ))
+                        ));
+                        0
                     }
                 },
                 (Some((other, span)), _) => {
-                    return Err(err(Some(span), Some(format!("worker.{kind}.durability")), format!("`{other}` is not a durability: none or replicated")))
+                    errors.push(err(Some(span), Some(format!("worker.{kind}.durability")), format!("`{other}` is not a durability: none or replicated")));
+                    0
                 }
             };
+            if errors.len() > before {
+                continue;
+            }
             workers.push(WorkerConfig {
                 replicas,
                 component_at: line_col(text, w.component.span().start),
@@ -641,13 +700,16 @@ impl Config {
                     let s = expand(l.get_ref()).map_err(|m| err(Some(l.span()), Some(key.into()), m))?;
                     Ok(Some(s.parse().map_err(|e| err(Some(l.span()), Some(key.into()), format!("`{s}` is not ip:port: {e}")))?))
                 };
-                let listen = addr(&h.listen, "http.listen")?;
-                let gateway_listen = addr(&h.gateway_listen, "http.gateway_listen")?;
+                let listen = noted!(addr(&h.listen, "http.listen"), None);
+                let gateway_listen = noted!(addr(&h.gateway_listen, "http.gateway_listen"), None);
                 let token = match (&h.token_env, &h.token_file) {
-                    (Some(_), Some(f)) => return Err(err(Some(f.span()), Some("http.token_file".into()), "give only one of token_env, token_file".into())),
+                    (Some(v), Some(f)) => {
+                        errors.push(err(Some(f.span()), Some("http.token_file".into()), "give only one of token_env, token_file".into()));
+                        Some(TokenSource::Env(v.get_ref().clone()))
+                    }
                     (Some(v), None) => Some(TokenSource::Env(v.get_ref().clone())),
                     (None, Some(f)) => {
-                        let p = expand(f.get_ref()).map_err(|m| err(Some(f.span()), Some("http.token_file".into()), m))?;
+                        let p = noted!(expand(f.get_ref()).map_err(|m| err(Some(f.span()), Some("http.token_file".into()), m)), f.get_ref().clone());
                         Some(TokenSource::File(base.join(p)))
                     }
                     (None, None) => None,
@@ -655,14 +717,14 @@ impl Config {
                 let http = HttpConfig { listen, gateway: h.gateway.as_ref().is_some_and(|g| *g.get_ref()), gateway_listen, token };
                 if let Some(g) = &h.gateway_listen {
                     if !http.gateway {
-                        return Err(err(Some(g.span()), Some("http.gateway_listen".into()), "gateway_listen is set but gateway is not true".into()));
+                        errors.push(err(Some(g.span()), Some("http.gateway_listen".into()), "gateway_listen is set but gateway is not true".into()));
                     }
                 }
                 // Anyone who reaches the gateway can start and call any worker: beyond
                 // loopback, only with a token.
                 if let Some(a) = http.gateway_addr().filter(|a| !a.ip().is_loopback()) {
                     if http.token.is_none() {
-                        return Err(err(
+                        errors.push(err(
                             h.gateway.as_ref().map(|g| g.span()),
                             Some("http.gateway".into()),
                             format!("the worker gateway listens beyond loopback ({a}): set token_env or token_file in [http] (clients send `Authorization: Bearer TOKEN`)"),
@@ -672,6 +734,9 @@ impl Config {
                 http
             }
         };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         Ok(Config { file: path.to_path_buf(), node, topologies, workers, http, warnings, cookie_at })
     }
 
@@ -719,13 +784,29 @@ fn plugin_value(v: &toml::Value) -> Option<PluginValue> {
 }
 
 /// `ip`, `ip:port` or `[v6]:port` (port 53 when absent), after `${VAR}` expansion.
-fn parse_nameserver(raw: &str) -> Result<SocketAddr, String> {
-    let text = expand(raw)?;
+fn parse_nameserver(raw: &str, offline: bool) -> Result<SocketAddr, String> {
+    let text = expand_with(raw, offline)?;
     text.parse::<SocketAddr>().or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53))).map_err(|_| format!("`{text}` is not ip or ip:port"))
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`; an unset variable without default is an error.
 pub fn expand(s: &str) -> Result<String, String> {
+    expand_with(s, false)
+}
+
+/// What an unset `${VAR}` stands for in an offline check: `127.0.0.1` for a variable
+/// named for an address (`POD_IP`, `HOST_IP`), else the variable's name in lower case
+/// with dashes (`POD_NAME` → `pod-name`), which is a valid DNS label.
+pub fn placeholder(var: &str) -> String {
+    if var.ends_with("IP") {
+        "127.0.0.1".into()
+    } else {
+        var.to_ascii_lowercase().replace('_', "-")
+    }
+}
+
+/// [`expand`]; `offline`, an unset variable without default takes its [`placeholder`].
+fn expand_with(s: &str, offline: bool) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -740,6 +821,7 @@ pub fn expand(s: &str) -> Result<String, String> {
         match (std::env::var(var).ok().filter(|v| !v.is_empty()), default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
+            (None, None) if offline => out.push_str(&placeholder(var)),
             (None, None) => return Err(format!("environment variable {var} is not set (used in `{s}`)")),
         }
         rest = &after[end + 1..];

@@ -20,6 +20,7 @@ pub mod control;
 pub mod dist;
 pub mod files;
 pub mod http;
+pub mod logging;
 pub mod mailbox;
 pub mod membership;
 pub mod metrics;

@@ -1,13 +1,15 @@
 //! `wasmnode`: run a node, check a topology, or act on a running cluster as a hidden
 //! node authenticated by the cookie (Erlang's remote console).
+//!
+//! Every command exits with one of [`Exit`]'s codes (docs/operations.md has the table).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use bytes::Bytes;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio::sync::mpsc;
 use wasmnode::config::{Config, CookieSource, Overrides, DEFAULT_COOKIE_ENV};
 use wasmnode::dist::{Dist, DistConfig, Peer};
@@ -15,16 +17,75 @@ use wasmnode::time::rfc3339;
 use wasmnode_proto::{Frame, Service};
 
 #[derive(Parser)]
-#[command(name = "wasmnode", version, about = "A node host for WebAssembly applications")]
+#[command(
+    name = "wasmnode",
+    version,
+    about = "A node host for WebAssembly applications",
+    after_help = "Exit codes: 0 done, 1 other failure (a bad topology, a failed check), 2 usage error, \
+                  3 cannot reach the node, 4 refused by the cluster, 5 the worker failed, 6 timed out."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// How a command ends: its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// Anything else: a topology that does not load, a check that found problems.
+    Failure = 1,
+    /// A command line that does not parse (clap's own code), or a malformed argument.
+    Usage = 2,
+    /// The node could not be reached: no connection, a refused handshake (cookie), or
+    /// the node running the worker went down.
+    Unreachable = 3,
+    /// The cluster refused the request: no such worker or kind, already started, a bad request.
+    Refused = 4,
+    /// The worker failed: it trapped, returned an error, or refused to start.
+    WorkerFailed = 5,
+    /// No answer in time.
+    Timeout = 6,
+}
+
+/// An error that knows its exit code.
+#[derive(Debug)]
+struct Coded(Exit, String);
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+fn coded(exit: Exit, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Coded(exit, message.into()))
+}
+
+/// The exit code of a control-plane error answer (`{"error": …}`).
+fn exit_of(v: &serde_json::Value) -> Exit {
+    match v["error"].as_str() {
+        Some("timeout") => Exit::Timeout,
+        Some("failed") => Exit::WorkerFailed,
+        Some("unavailable") => Exit::Unreachable,
+        _ => Exit::Refused,
+    }
+}
+
+/// `KIND/KEY`, e.g. `counter/c1`.
+fn worker_name(name: &str) -> anyhow::Result<(&str, &str)> {
+    match name.split_once('/') {
+        Some((kind, key)) if !kind.is_empty() && !key.is_empty() => Ok((kind, key)),
+        _ => Err(coded(Exit::Usage, format!("`{name}` is not KIND/KEY (for example counter/c1)"))),
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run a node from a topology file.
     Run {
+        /// The topology file (TOML).
         #[arg(long)]
         config: PathBuf,
         /// Node name (basename@host[:port]); overrides [node].name.
@@ -36,8 +97,15 @@ enum Command {
     },
     /// Validate a topology and its plugins without starting.
     Check {
+        /// The topology file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Without what only a running node has: an unset ${VAR} stands for a
+        /// placeholder (127.0.0.1 for *IP, else the name in lower case), a plugin's unset
+        /// env variable is empty, and the cookie, the gateway token and the TLS files are
+        /// not read. For CI.
+        #[arg(long)]
+        offline: bool,
     },
     /// Print a running node's members, or stream its node-up / node-down events.
     Nodes {
@@ -60,11 +128,13 @@ enum Command {
         /// The node to ask (default: the one --config describes).
         #[arg(long)]
         node: Option<String>,
-        kind: String,
-        key: String,
+        /// KIND/KEY, e.g. counter/c1.
+        name: String,
         /// Arguments handed to the worker's init (text).
         #[arg(default_value = "")]
         args: String,
+        /// Take the cookie source (and, without --node, the node) from this topology file
+        /// instead of WASMNODE_COOKIE.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -77,12 +147,15 @@ enum Command {
         name: String,
         /// The message (text).
         msg: String,
+        /// How long to wait for the reply, in milliseconds.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
         /// A call id: the worker applies a call with this id once, however often it is
         /// retried (after a timeout or `unavailable`, retry with the same id).
         #[arg(long)]
         id: Option<String>,
+        /// Take the cookie source (and, without --node, the node) from this topology file
+        /// instead of WASMNODE_COOKIE.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -91,8 +164,11 @@ enum Command {
         /// The node to ask (default: the one --config describes).
         #[arg(long)]
         node: Option<String>,
+        /// Print JSON (with each durable name's owner and replicas) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Take the cookie source (and, without --node, the node) from this topology file
+        /// instead of WASMNODE_COOKIE.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -104,24 +180,35 @@ enum Command {
         /// Where the files go (made if missing; an existing CA there is reused).
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
+        /// The hosts to make certificates for.
         #[arg(required = true)]
         hosts: Vec<String>,
     },
     /// GET a URL of a node's HTTP port (e.g. http://127.0.0.1:9090/readyz) and print the
-    /// body; exits 0 on a 2xx answer, 1 otherwise. The image has no curl: Docker's
-    /// HEALTHCHECK and `docker exec` use this.
+    /// body; exits 0 on a 2xx answer, 1 on another answer, 3 with no answer. The image has
+    /// no curl: Docker's HEALTHCHECK and `docker exec` use this.
     Probe {
+        /// The URL (http://HOST:PORT/PATH).
         url: String,
+        /// How long to wait for the answer, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+    },
+    /// Print shell completions for SHELL (e.g. `wasmnode completions bash > /etc/bash_completion.d/wasmnode`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Run { config, name, listen } = cli.command {
-        init_logging();
-        let result = Config::load(&config, &Overrides { name, listen })
+        if let Err(e) = wasmnode::logging::init() {
+            eprintln!("error: {e}");
+            return ExitCode::from(Exit::Usage as u8);
+        }
+        let result = Config::load(&config, &Overrides { name, listen, offline: false })
             .map_err(|e| anyhow!("{e}"))
             .and_then(|cfg| Ok((wasmnode::node::runtime_for(&cfg)?, cfg)))
             .and_then(|(runtime, cfg)| runtime.block_on(wasmnode::node::run(cfg)));
@@ -131,12 +218,31 @@ fn main() -> ExitCode {
     if let Command::Probe { url, timeout_ms } = &cli.command {
         return probe(&runtime, url, *timeout_ms);
     }
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "wasmnode", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run { .. } => unreachable!("handled above"),
-            Command::Check { config } => {
-                let cfg = Config::load(&config, &Overrides::default()).map_err(|e| anyhow!("{e}"))?;
-                let errors = tokio::task::spawn_blocking(move || wasmnode::node::check(&cfg)).await?;
+            Command::Check { config, offline } => {
+                let overrides = Overrides { offline, ..Overrides::default() };
+                let errors = match Config::load_all(&config, &overrides) {
+                    Ok(cfg) => {
+                        if offline {
+                            // A variable a topology hands its plugin (`env = [...]`) that only
+                            // a running pod sets is handed over empty.
+                            for var in cfg.topologies.iter().flat_map(|t| &t.env) {
+                                if std::env::var_os(var).is_none() {
+                                    std::env::set_var(var, "");
+                                }
+                            }
+                        }
+                        tokio::task::spawn_blocking(move || wasmnode::node::check(&cfg, offline)).await?
+                    }
+                    Err(errors) => errors,
+                };
+                println!("{}", wasmnode::runtime::cache::describe());
                 if errors.is_empty() {
                     println!("{}: ok", config.display());
                     Ok(())
@@ -148,24 +254,25 @@ fn main() -> ExitCode {
                 }
             }
             Command::Nodes { node, json, watch, config } => nodes(node, json, watch, config).await,
-            Command::Start { node, kind, key, args, config } => {
+            Command::Start { node, name, args, config } => {
+                let (kind, key) = worker_name(&name)?;
                 let v = ask(node, config, serde_json::json!({ "op": "start", "kind": kind, "key": key, "args": args })).await?;
                 match v["started"].as_str() {
                     Some(on) => {
-                        println!("started {kind}/{key} on {on}");
+                        println!("started {name} on {on}");
                         Ok(())
                     }
-                    None => Err(anyhow!("{kind}/{key}: {}", describe(&v))),
+                    None => Err(coded(exit_of(&v), format!("{name}: {}", describe(&v)))),
                 }
             }
             Command::Call { node, name, msg, timeout_ms, id, config } => {
-                let (kind, key) = name.split_once('/').ok_or_else(|| anyhow!("`{name}` is not KIND/KEY"))?;
+                let (kind, key) = worker_name(&name)?;
                 let request = serde_json::json!({ "op": "call", "kind": kind, "key": key, "msg": msg, "timeout_ms": timeout_ms, "id": id });
                 let v = ask(node, config, request).await?;
                 match (v["reply"].as_str(), v["reply_hex"].as_str()) {
                     (Some(text), _) => println!("{text}"),
                     (None, Some(hex)) => println!("{hex}"),
-                    _ => return Err(anyhow!("{name}: {}", describe(&v))),
+                    _ => return Err(coded(exit_of(&v), format!("{name}: {}", describe(&v)))),
                 }
                 Ok(())
             }
@@ -191,7 +298,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
-            Command::Probe { .. } => unreachable!("handled above"),
+            Command::Probe { .. } | Command::Completions { .. } => unreachable!("handled above"),
             Command::Certs { dir, hosts } => {
                 let written = wasmnode::certs::write(&dir, &hosts).map_err(|e| anyhow!(e))?;
                 if !written.ca_created {
@@ -211,17 +318,29 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            eprintln!("error: {}", once(&e));
+            let code = e.chain().find_map(|c| c.downcast_ref::<Coded>()).map_or(Exit::Failure, |c| c.0);
+            ExitCode::from(code as u8)
         }
     }
 }
 
-fn init_logging() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();
+/// An error and its causes in one line, each said once: a cause whose text its
+/// context already contains (an I/O error that wraps the handshake's refusal, say) is
+/// not repeated.
+fn once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Connects as a hidden node with the cookie to `node`, or, without it, to the node the
@@ -234,7 +353,7 @@ async fn connect_hidden(node: Option<String>, config: Option<PathBuf>) -> anyhow
     let node = match (node, &cfg) {
         (Some(n), _) => n,
         (None, Some(c)) => c.node.name.to_string(),
-        (None, None) => return Err(anyhow!("which node? give --node NAME, or --config FILE to ask the node that file describes")),
+        (None, None) => return Err(coded(Exit::Usage, "which node? give --node NAME, or --config FILE to ask the node that file describes")),
     };
     // With [node.tls], the CLI presents the node's own certificate, so it names itself
     // under the node's host, which that certificate names.
@@ -249,15 +368,23 @@ async fn connect_hidden(node: Option<String>, config: Option<PathBuf>) -> anyhow
     let (tx, _rx) = mpsc::unbounded_channel();
     let dist = Dist::new(DistConfig { hidden: true, tls, ..DistConfig::new(me, cookie) }, tx);
     // The events receiver is dropped: the CLI only reads replies, which dist routes itself.
-    dist.connect(&node).await.with_context(|| format!("cannot connect to {node}"))
+    dist.connect(&node).await.map_err(|e| coded(Exit::Unreachable, format!("cannot connect to {node}: {e}")))
 }
 
 /// One control-plane request as a hidden node; the JSON answer.
 async fn ask(node: Option<String>, config: Option<PathBuf>, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
     let peer = connect_hidden(node, config).await?;
     let timeout = Duration::from_millis(request["timeout_ms"].as_u64().unwrap_or(5000)) + Duration::from_secs(30);
-    let body = peer.request(Service::Control, Bytes::from(request.to_string()), timeout).await?;
+    let body = peer.request(Service::Control, Bytes::from(request.to_string()), timeout).await.map_err(request_failed(&peer))?;
     Ok(serde_json::from_slice(&body)?)
+}
+
+/// A control request that got no answer: timed out, or the connection closed.
+fn request_failed(peer: &Peer) -> impl Fn(std::io::Error) -> anyhow::Error + '_ {
+    move |e| match e.kind() {
+        std::io::ErrorKind::TimedOut => coded(Exit::Timeout, format!("{} did not answer in time", peer.name())),
+        _ => coded(Exit::Unreachable, format!("{}: {e}", peer.name())),
+    }
 }
 
 /// An error answer in words: `not_found`, `already_started on b@…`, `timeout`, …
@@ -275,7 +402,7 @@ fn describe(v: &serde_json::Value) -> String {
 async fn nodes(node: Option<String>, json: bool, watch: bool, config: Option<PathBuf>) -> anyhow::Result<()> {
     let peer = connect_hidden(node, config).await?;
     if !watch {
-        let body = peer.request(Service::Control, Bytes::from_static(br#"{"op":"nodes"}"#), Duration::from_secs(5)).await?;
+        let body = peer.request(Service::Control, Bytes::from_static(br#"{"op":"nodes"}"#), Duration::from_secs(5)).await.map_err(request_failed(&peer))?;
         let v: serde_json::Value = serde_json::from_slice(&body)?;
         if json {
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -303,7 +430,7 @@ async fn nodes(node: Option<String>, json: bool, watch: bool, config: Option<Pat
         }
         first = false;
     }
-    Err(anyhow!("connection to {} closed", peer.name()))
+    Err(coded(Exit::Unreachable, format!("connection to {} closed", peer.name())))
 }
 
 fn print_members(v: &serde_json::Value) {
@@ -317,7 +444,7 @@ fn print_members(v: &serde_json::Value) {
     }
 }
 
-/// `wasmnode probe URL`: 0 when the answer is 2xx, 1 for any other answer, 2 when there is none.
+/// `wasmnode probe URL`: 0 when the answer is 2xx, 1 for any other answer, 3 when there is none.
 fn probe(runtime: &tokio::runtime::Runtime, url: &str, timeout_ms: u64) -> ExitCode {
     let answer = runtime.block_on(async { tokio::time::timeout(Duration::from_millis(timeout_ms), wasmnode::http::get(url)).await });
     match answer {
@@ -332,11 +459,52 @@ fn probe(runtime: &tokio::runtime::Runtime, url: &str, timeout_ms: u64) -> ExitC
         }
         Ok(Err(e)) => {
             eprintln!("error: {url}: {e}");
-            ExitCode::from(2)
+            ExitCode::from(Exit::Unreachable as u8)
         }
         Err(_) => {
             eprintln!("error: {url}: no answer within {timeout_ms} ms");
-            ExitCode::from(2)
+            ExitCode::from(Exit::Unreachable as u8)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_and_argument_has_help() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(sub.get_name().to_string());
+            }
+            for arg in sub.get_arguments().filter(|a| !["help", "version"].contains(&a.get_id().as_str())) {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{} {}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn errors_are_said_once_with_their_code() {
+        let inner = std::io::Error::other("cookie mismatch");
+        let e = anyhow::Error::new(inner).context("cannot connect to a@h: cookie mismatch");
+        assert_eq!(once(&e), "cannot connect to a@h: cookie mismatch");
+        let e = coded(Exit::Timeout, "b@h did not answer in time").context("nodes");
+        assert_eq!(once(&e), "nodes: b@h did not answer in time");
+        assert_eq!(e.chain().find_map(|c| c.downcast_ref::<Coded>()).map(|c| c.0), Some(Exit::Timeout));
+        assert!(matches!(worker_name("counter/c1"), Ok(("counter", "c1"))));
+        for bad in ["counter", "counter/", "/c1"] {
+            let e = worker_name(bad).unwrap_err();
+            assert_eq!(e.downcast_ref::<Coded>().map(|c| c.0), Some(Exit::Usage), "{bad}");
+        }
+        assert_eq!(exit_of(&serde_json::json!({"error": "not_found"})), Exit::Refused);
+        assert_eq!(exit_of(&serde_json::json!({"error": "failed"})), Exit::WorkerFailed);
     }
 }

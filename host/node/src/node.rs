@@ -25,16 +25,22 @@ const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
 const BOOT_SETTLE_MAX: Duration = Duration::from_secs(10);
 
 /// Checks a topology and its plugins without starting anything; every problem found.
-pub fn check(cfg: &Config) -> Vec<ConfigError> {
+/// `offline`: the secrets a running node reads (cookie, gateway token, TLS files) are
+/// not read, since only the pod or container that runs it has them.
+pub fn check(cfg: &Config, offline: bool) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    if let Err(e) = cfg.node.cookie.resolve_for_node(cfg.node.allow_insecure_cookie) {
-        errors.push(cfg.cookie_error(e));
-    }
-    if let Some(Err(e)) = cfg.http.token.as_ref().map(|t| t.resolve()) {
-        errors.push(ConfigError { file: cfg.file.clone(), at: None, key: Some("http".into()), message: e });
-    }
-    if let Some(Err(e)) = cfg.node.tls.as_ref().map(|files| crate::tls::Tls::load(files.clone(), &cfg.node.name.host)) {
-        errors.push(ConfigError { file: cfg.file.clone(), at: None, key: Some("node.tls".into()), message: e });
+    if offline {
+        // Nothing of the node's own secrets: see above.
+    } else {
+        if let Err(e) = cfg.node.cookie.resolve_for_node(cfg.node.allow_insecure_cookie) {
+            errors.push(cfg.cookie_error(e));
+        }
+        if let Some(Err(e)) = cfg.http.token.as_ref().map(|t| t.resolve()) {
+            errors.push(ConfigError { file: cfg.file.clone(), at: None, key: Some("http".into()), message: e });
+        }
+        if let Some(Err(e)) = cfg.node.tls.as_ref().map(|files| crate::tls::Tls::load(files.clone(), &cfg.node.name.host)) {
+            errors.push(ConfigError { file: cfg.file.clone(), at: None, key: Some("node.tls".into()), message: e });
+        }
     }
     let engine = match runtime::engine_with(cfg.pool()) {
         Ok(e) => e,
@@ -90,6 +96,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // From the start: a SIGTERM while the node boots is a leave once it has booted, not
     // the default action's kill.
     let shutdown = shutdown_signal();
+    crate::logging::set_node(&cfg.node.name.to_string());
     for w in &cfg.warnings {
         warn!("{w}");
     }
@@ -199,8 +206,10 @@ async fn settle_then_boot(membership: Membership, registry: Registry, topologies
     for (kind, key) in boot {
         match registry.start_worker(&kind, &key, Vec::new()).await {
             Ok(node) => info!(worker = %WorkerName::new(&kind, &key), "boot worker {kind}/{key} runs on {node}"),
-            Err(StartError::AlreadyStarted(node)) => info!("boot worker {kind}/{key} already runs on {node}"),
-            Err(e) => warn!("boot worker {kind}/{key} did not start: {e}"),
+            Err(StartError::AlreadyStarted(node)) => {
+                info!(worker = %WorkerName::new(&kind, &key), peer = %node, "boot worker {kind}/{key} already runs on {node}")
+            }
+            Err(e) => warn!(worker = %WorkerName::new(&kind, &key), reason = %e, "boot worker {kind}/{key} did not start: {e}"),
         }
     }
 }

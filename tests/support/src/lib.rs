@@ -228,7 +228,7 @@ pub fn call(node: &str, name: &str, msg: &str) -> (bool, String) {
 
 /// `wasmnode start` through `node`; (success, stdout or stderr).
 pub fn start_worker(node: &str, kind: &str, key: &str) -> (bool, String) {
-    let out = cli(&["start", "--node", node, kind, key], COOKIE);
+    let out = cli(&["start", "--node", node, &format!("{kind}/{key}")], COOKIE);
     let text = if out.status.success() { out.stdout } else { out.stderr };
     (out.status.success(), String::from_utf8_lossy(&text).trim().to_string())
 }
