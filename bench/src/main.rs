@@ -824,12 +824,17 @@ fn metric(addr: &str, name: &str) -> f64 {
 }
 
 /// Starts `kind/{prefix}{i}` for i = 0, 1, … until `want` run on `node`; their keys.
+/// A name started before (by an earlier round) counts where it runs.
 async fn start_on(ctl: &Peer, kind: &str, prefix: &str, node: &str, want: usize) -> Vec<String> {
     let mut keys = Vec::new();
     for i in 0.. {
         let key = format!("{prefix}{i}");
         let v = ask(ctl, json!({"op": "start", "kind": kind, "key": key})).await;
-        let on = v["started"].as_str().unwrap_or_else(|| panic!("start {kind}/{key}: {v}"));
+        let on = match (v["started"].as_str(), v["error"].as_str()) {
+            (Some(on), _) => on,
+            (None, Some("already_started")) => v["node"].as_str().unwrap_or_default(),
+            _ => panic!("start {kind}/{key}: {v}"),
+        };
         if on == node {
             keys.push(key);
             if keys.len() == want {
