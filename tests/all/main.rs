@@ -14,6 +14,7 @@ mod handoff;
 mod http;
 mod kubernetes;
 mod ops;
+mod outbound;
 mod partition;
 mod tls;
 mod wire;

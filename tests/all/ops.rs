@@ -65,15 +65,10 @@ fn json_logs_carry_node_peer_worker_and_reason_as_fields() {
     b.signal(libc::SIGKILL);
     a.wait_log("node down b@127.0.10.22", FORM);
     let _ = b.wait_exit(FORM);
-    // The node's own lines are JSON. The worker's own stderr (Rust's panic message, three
-    // lines per trap) is still written as the guest wrote it.
+    // Every line, the worker's own stderr (Rust's panic message) included, is JSON.
     let log = a.log();
-    let guest = |l: &str| l.starts_with("thread '<unnamed>'") || l == "crashing on purpose" || l.starts_with("note: run with `RUST_BACKTRACE=1`");
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !guest(l))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object ({e}): {l}")))
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        log.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object ({e}): {l}"))).collect();
     assert!(lines.iter().all(|v| v["level"].is_string() && v["message"].is_string() && v["timestamp"].is_string()), "{lines:?}");
     let down = lines.iter().find(|v| v["message"].as_str().is_some_and(|m| m.starts_with("node down b@"))).expect("a node-down line");
     assert_eq!(down["node"], names[0], "{down}");
@@ -82,6 +77,9 @@ fn json_logs_carry_node_peer_worker_and_reason_as_fields() {
     let trap = lines.iter().find(|v| v["message"].as_str().is_some_and(|m| m.contains("trapped"))).expect("a trap line");
     assert!(trap["worker"].as_str().is_some_and(|w| w.starts_with("probe/p")), "{trap}");
     assert!(trap["reason"].as_str().is_some_and(|r| !r.is_empty()), "{trap}");
+    let panic =
+        lines.iter().find(|v| v["stream"] == "stderr" && v["message"].as_str().is_some_and(|m| m.contains("crashing on purpose"))).expect("the guest's stderr");
+    assert!(panic["worker"].as_str().is_some_and(|w| w.starts_with("probe/p")), "{panic}");
     assert!(lines.iter().any(|v| v["peer"] == names[1] && v["message"].as_str().is_some_and(|m| m.starts_with("connected to"))), "{lines:?}");
     // A bad format is refused, naming the ones there are.
     let out = std::process::Command::new(bin())

@@ -210,6 +210,16 @@ pub struct WorkerConfig {
     pub replicas: usize,
     /// Where `component` is written, for errors found when loading it.
     pub component_at: (usize, usize),
+    /// What its instances may reach outside the cluster (`allowed_outbound_hosts`):
+    /// nothing unless granted.
+    pub grants: crate::outbound::Grants,
+    /// How long one outbound request may take, from connect to the last byte.
+    pub outbound_timeout: Duration,
+    /// Outbound requests of all its instances on this node at once; one more waits.
+    pub outbound_max_in_flight: usize,
+    /// `[worker.KIND.config]`: what `wasi:config/store` answers its instances, `${VAR}`
+    /// expanded (secrets come from the environment, not the file).
+    pub config: Vec<(String, String)>,
 }
 
 impl WorkerConfig {
@@ -226,9 +236,18 @@ impl WorkerConfig {
             memory_limit: (DEFAULT_WORKER_MEMORY_MB as usize) << 20,
             replicas: 0,
             component_at: (0, 0),
+            grants: Default::default(),
+            outbound_timeout: Duration::from_millis(DEFAULT_OUTBOUND_TIMEOUT_MS),
+            outbound_max_in_flight: DEFAULT_OUTBOUND_MAX_IN_FLIGHT,
+            config: Vec::new(),
         }
     }
 }
+
+/// `[worker.KIND] outbound_timeout_ms` when not set.
+const DEFAULT_OUTBOUND_TIMEOUT_MS: u64 = 30_000;
+/// `[worker.KIND] outbound_max_in_flight` when not set.
+const DEFAULT_OUTBOUND_MAX_IN_FLIGHT: usize = 64;
 
 /// `[worker.KIND] call_timeout_ms` when not set.
 const DEFAULT_WORKER_CALL_TIMEOUT_MS: u64 = 5000;
@@ -324,6 +343,10 @@ struct RawWorker {
     memory_limit_mb: Option<u64>,
     durability: Option<Spanned<String>>,
     replicas: Option<Spanned<i64>>,
+    allowed_outbound_hosts: Option<Spanned<Vec<String>>>,
+    outbound_timeout_ms: Option<Spanned<u64>>,
+    outbound_max_in_flight: Option<Spanned<u64>>,
+    config: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize)]
@@ -677,10 +700,50 @@ impl Config {
                     0
                 }
             };
+            let mut grants = Vec::new();
+            if let Some(hosts) = &w.allowed_outbound_hosts {
+                for h in hosts.get_ref() {
+                    match crate::outbound::HostPattern::parse(h) {
+                        Ok(p) => grants.push(p),
+                        Err(m) => errors.push(err(Some(hosts.span()), Some(format!("worker.{kind}.allowed_outbound_hosts")), m)),
+                    }
+                }
+            }
+            let positive = |v: &Option<Spanned<u64>>, key: &str, default: u64| match v {
+                Some(v) if *v.get_ref() == 0 => Err(err(Some(v.span()), Some(format!("worker.{kind}.{key}")), "must be above 0".into())),
+                Some(v) => Ok(*v.get_ref()),
+                None => Ok(default),
+            };
+            let outbound_timeout = noted!(positive(&w.outbound_timeout_ms, "outbound_timeout_ms", DEFAULT_OUTBOUND_TIMEOUT_MS), 1);
+            let outbound_max_in_flight =
+                noted!(positive(&w.outbound_max_in_flight, "outbound_max_in_flight", DEFAULT_OUTBOUND_MAX_IN_FLIGHT as u64), 1) as usize;
+            let mut config = Vec::new();
+            if let Some(table) = &w.config {
+                let span = table.span();
+                for (k, v) in table.get_ref() {
+                    let at = find_key(text, span.clone(), k).or(Some(span.clone()));
+                    let key = Some(format!("worker.{kind}.config.{k}"));
+                    let value = match v {
+                        toml::Value::String(s) => noted!(expand(s).map_err(|m| err(at.clone(), key.clone(), m)), s.clone()),
+                        toml::Value::Integer(i) => i.to_string(),
+                        toml::Value::Float(f) => f.to_string(),
+                        toml::Value::Boolean(b) => b.to_string(),
+                        other => {
+                            errors.push(err(at, key, format!("config values are strings, numbers or booleans, not {}", other.type_str())));
+                            continue;
+                        }
+                    };
+                    config.push((k.clone(), value));
+                }
+            }
             if errors.len() > before {
                 continue;
             }
             workers.push(WorkerConfig {
+                grants: crate::outbound::Grants(grants),
+                outbound_timeout: Duration::from_millis(outbound_timeout),
+                outbound_max_in_flight,
+                config,
                 replicas,
                 component_at: line_col(text, w.component.span().start),
                 kind,
@@ -906,6 +969,35 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_kinds_outbound_grants_and_config_are_read_and_checked() {
+        // A component path that is a file: this source file stands in for it.
+        let component = concat!(env!("CARGO_MANIFEST_DIR"), "/src/config.rs");
+        std::env::set_var("WASMNODE_TEST_ORDER_KEY", "s3cret");
+        let c = parse(&format!(
+            "[worker.order]\ncomponent = \"{component}\"\nallowed_outbound_hosts = [\"http://127.0.0.1:8089\", \"https://*.example.com\"]\n\
+             outbound_timeout_ms = 2500\n[worker.order.config]\nwebhook = \"http://127.0.0.1:8089/deliveries\"\nquiet_ms = 5000\nkey = \"${{WASMNODE_TEST_ORDER_KEY}}\"\n"
+        ))
+        .unwrap();
+        let w = &c.workers[0];
+        assert!(w.grants.allows("http", "127.0.0.1", 8089) && w.grants.allows("https", "a.example.com", 443));
+        assert!(!w.grants.allows("http", "127.0.0.1", 8090));
+        assert_eq!(w.outbound_timeout, Duration::from_millis(2500));
+        assert_eq!(w.outbound_max_in_flight, DEFAULT_OUTBOUND_MAX_IN_FLIGHT);
+        let config: BTreeMap<_, _> = w.config.iter().cloned().collect();
+        assert_eq!(config["webhook"], "http://127.0.0.1:8089/deliveries");
+        assert_eq!(config["quiet_ms"], "5000");
+        assert_eq!(config["key"], "s3cret", "${{VAR}} expands");
+        // Nothing granted: nothing allowed.
+        let c = parse(&format!("[worker.plain]\ncomponent = \"{component}\"\n")).unwrap();
+        assert!(!c.workers[0].grants.allows("http", "127.0.0.1", 80) && c.workers[0].config.is_empty());
+        // A malformed pattern names file, line and key.
+        let e = parse(&format!("[worker.order]\ncomponent = \"{component}\"\nallowed_outbound_hosts = [\"api.example.com\"]\n")).unwrap_err();
+        assert!(e.starts_with("t.toml:3:26: key `worker.order.allowed_outbound_hosts`: `api.example.com` is not an outbound host pattern (no scheme)"), "{e}");
+        let e = parse(&format!("[worker.order]\ncomponent = \"{component}\"\n[worker.order.config]\nlist = [1]\n")).unwrap_err();
+        assert!(e.contains("key `worker.order.config.list`: config values are strings, numbers or booleans, not array"), "{e}");
     }
 
     #[test]

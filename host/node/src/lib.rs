@@ -26,6 +26,7 @@ pub mod membership;
 pub mod metrics;
 pub mod name;
 pub mod node;
+pub mod outbound;
 pub mod refusals;
 pub mod registry;
 pub mod resolve;

@@ -15,6 +15,7 @@
 pub mod cache;
 pub mod discovery;
 pub mod dns;
+pub mod egress;
 pub mod kubernetes;
 pub mod log;
 pub mod worker;

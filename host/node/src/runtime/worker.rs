@@ -20,10 +20,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use wasmtime::component::{ComponentExportIndex, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::egress::{Egress, LineLog, Reach};
 
 use super::{describe_trap, first_line, LoadError};
 use crate::config::WorkerConfig;
@@ -59,21 +64,36 @@ pub struct WorkerKind {
     /// The `wasmnode:worker/snapshot` export's `snapshot`, for a durable kind (which
     /// must have it).
     snapshot: Option<ComponentExportIndex>,
+    /// Its outbound HTTP grants, timeout and cap on requests in flight.
+    reach: Reach,
+    /// `[worker.KIND.config]`, for `wasi:config/store`.
+    config_vars: Arc<WasiConfigVariables>,
 }
 
 /// Everything an instance's store holds: WASI for the guest's std, the memory limiter,
-/// the `cluster` and `log` capabilities, and the clock of the current message.
+/// the `cluster` and `log` capabilities, and the clock of the current message; outbound
+/// HTTP to its kind's granted hosts and its kind's configuration.
 pub struct WorkerState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
     pub cluster: ClusterCtx,
     pub log: super::log::LogCtx,
+    http: WasiHttpCtx,
+    egress: Egress,
+    config: Arc<WasiConfigVariables>,
 }
 
 impl WasiView for WorkerState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for WorkerState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        // The same table as WASI's: bodies are wasi:io streams.
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
     }
 }
 
@@ -215,11 +235,16 @@ impl WorkerRuntime {
 /// epoch callback that makes it yield, and stop at its deadline.
 fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::Sender<Envelope>, name: &str) -> Store<WorkerState> {
     let budget = kind.config.call_timeout;
+    let worker: Arc<str> = name.into();
+    let yielded: Arc<AtomicU64> = Arc::default();
     let state = WorkerState {
-        wasi: WasiCtx::builder().inherit_stderr().build(),
+        wasi: WasiCtx::builder().stdout(LineLog::new(worker.clone(), false)).stderr(LineLog::new(worker.clone(), true)).build(),
+        http: WasiHttpCtx::new(),
+        egress: Egress { worker, reach: kind.reach.clone(), waited: yielded.clone() },
+        config: kind.config_vars.clone(),
         table: ResourceTable::new(),
         limits: StoreLimitsBuilder::new().memory_size(kind.config.memory_limit).trap_on_grow_failure(true).build(),
-        cluster: ClusterCtx { registry, kind: kind.name.clone(), key, mailbox: own, started: Instant::now(), waited: Duration::ZERO, yielded: Arc::default() },
+        cluster: ClusterCtx { registry, kind: kind.name.clone(), key, mailbox: own, started: Instant::now(), waited: Duration::ZERO, yielded },
         log: super::log::LogCtx { label: format!("worker {name}").into() },
     };
     let mut store = Store::new(kind.pre.engine(), state);
@@ -254,6 +279,8 @@ impl WorkerKind {
         let component = super::cache::load(engine, &w.component).map_err(|e| LoadError::NotAComponent { path: path.clone(), why: first_line(&e) })?;
         let mut linker: Linker<WorkerState> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::host)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(LoadError::host)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut WorkerState| WasiConfig::new(&s.config)).map_err(LoadError::host)?;
         bindings::wasmnode::worker::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(LoadError::host)?;
         bindings::wasmnode::worker::cluster::add_to_linker::<_, HasSelf<ClusterCtx>>(&mut linker, |s| &mut s.cluster).map_err(LoadError::host)?;
         super::log::add_worker_log_to_linker(&mut linker).map_err(LoadError::host)?;
@@ -280,7 +307,9 @@ impl WorkerKind {
             }
             None => None,
         };
-        Ok(WorkerKind { name: w.kind.clone(), config: w.clone(), pre, indices, conflict, snapshot })
+        let reach = Reach { grants: Arc::new(w.grants.clone()), in_flight: Arc::new(Semaphore::new(w.outbound_max_in_flight)), timeout: w.outbound_timeout };
+        let config_vars = Arc::new(w.config.iter().cloned().collect::<WasiConfigVariables>());
+        Ok(WorkerKind { name: w.kind.clone(), config: w.clone(), pre, indices, conflict, snapshot, reach, config_vars })
     }
 }
 

@@ -16,12 +16,21 @@
 //! | `count` | replies its count (the state `snapshot` copies: `COUNT`, then `\n` and the ballast if any) |
 //! | `ballast MIB` | holds MIB MiB of bytes in its state (what `snapshot` copies); replies `ok` |
 //! | `call-once ID KIND/KEY MSG` | calls that worker with call id ID (`cluster.call-once`, 15 s timeout), replies as `call` |
+//! | `http-get URL` | GETs URL through `wasi:http`; replies `STATUS BODY`, or `error: …` (the error code) |
+//! | `http-post URL BODY` | the same with a POST of BODY |
+//! | `config KEY` | replies the kind's `[worker.KIND.config]` value of KEY (`wasi:config/store`), or `none` |
+//! | `print TEXT` | writes TEXT and a newline to stdout and to stderr; replies `ok` |
 //! | anything else | replies it back |
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 wit_bindgen::generate!({ world: "durable-worker", path: "../../../wit/worker@0.1.0", generate_all });
+
+/// `wasi:config/store`, the kind's configuration.
+mod config {
+    wit_bindgen::generate!({ world: "imports", path: "../../../wit/wasi-config@0.2.0-rc.1" });
+}
 
 use exports::wasmnode::worker::handler::Guest;
 use wasmnode::worker::cluster;
@@ -90,6 +99,19 @@ impl Guest for Probe {
                 n.to_string()
             }
             "count" => COUNT.load(Relaxed).to_string(),
+            "http-get" => http("GET", words.next().unwrap_or(""), b""),
+            "http-post" => http("POST", words.next().unwrap_or(""), words.next().unwrap_or("").as_bytes()),
+            "config" => match config::wasi::config::store::get(words.next().unwrap_or("")) {
+                Ok(Some(v)) => v,
+                Ok(None) => "none".into(),
+                Err(e) => format!("error: {e:?}"),
+            },
+            "print" => {
+                let text = words.collect::<Vec<_>>().join(" ");
+                println!("{text}");
+                eprintln!("{text}");
+                "ok".into()
+            }
             "ballast" => {
                 let mib: usize = words.next().and_then(|w| w.parse().ok()).ok_or("ballast MIB")?;
                 let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -187,3 +209,51 @@ impl exports::wasmnode::worker::snapshot::Guest for Probe {
 }
 
 export!(Probe);
+
+/// One request through `wasi:http`: `STATUS BODY`, or `error: …`.
+fn http(method: &str, url: &str, body: &[u8]) -> String {
+    match try_http(method, url, body) {
+        Ok((status, body)) => format!("{status} {}", String::from_utf8_lossy(&body)),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+fn try_http(method: &str, url: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+    let (scheme, rest) = url.split_once("://").ok_or("give scheme://host[:port]/path")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    // With its length, so the body goes as one (not chunked).
+    let headers = Fields::from_list(&[("content-length".to_string(), body.len().to_string().into_bytes())]).map_err(|e| format!("{e:?}"))?;
+    let request = OutgoingRequest::new(headers);
+    request.set_method(&if method == "POST" { Method::Post } else { Method::Get }).map_err(|()| "method")?;
+    request.set_scheme(Some(&if scheme == "https" { Scheme::Https } else { Scheme::Http })).map_err(|()| "scheme")?;
+    request.set_authority(Some(authority)).map_err(|()| "authority")?;
+    request.set_path_with_query(Some(path)).map_err(|()| "path")?;
+    let out = request.body().map_err(|()| "body")?;
+    {
+        let stream = out.write().map_err(|()| "body stream")?;
+        if !body.is_empty() {
+            stream.blocking_write_and_flush(body).map_err(|e| format!("writing the body: {e:?}"))?;
+        }
+    }
+    OutgoingBody::finish(out, None).map_err(|e| format!("{e:?}"))?;
+    let response = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    response.subscribe().block();
+    let response = response.get().ok_or("no response")?.map_err(|()| "response taken")?.map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let incoming = response.consume().map_err(|()| "consume")?;
+    let stream = incoming.stream().map_err(|()| "response stream")?;
+    let mut bytes = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(wasi::io::streams::StreamError::Closed) => break,
+            Err(e) => return Err(format!("reading the body: {e:?}")),
+        }
+    }
+    Ok((status, bytes))
+}

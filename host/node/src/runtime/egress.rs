@@ -1,0 +1,210 @@
+//! A worker's reach outside the cluster: outbound HTTP (`wasi:http`) only to the hosts
+//! its kind is granted, each request bounded in time and the kind's requests in flight
+//! capped; and its stdout and stderr, into the node's log under its name.
+//!
+//! A request to a host that is not granted is refused before anything is dialled: the
+//! guest gets `HTTP-request-denied` from the response future, and the log a line naming
+//! the worker and the host.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi_http::{default_send_request, Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::outbound::Grants;
+
+type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+
+/// What one kind may do outside: shared by its instances on this node.
+#[derive(Debug, Clone)]
+pub struct Reach {
+    pub grants: Arc<Grants>,
+    /// Requests in flight, all instances of the kind together.
+    pub in_flight: Arc<Semaphore>,
+    /// From the request to the last byte of the response.
+    pub timeout: Duration,
+}
+
+/// One instance's outbound HTTP: its name and its kind's [`Reach`].
+pub struct Egress {
+    pub worker: Arc<str>,
+    pub reach: Reach,
+    /// Nanoseconds the instance spent waiting for answers: its deadline counts only its
+    /// own time (the same counter as its yields).
+    pub waited: Arc<AtomicU64>,
+}
+
+impl WasiHttpHooks for Egress {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _io: IoFuture,
+    ) -> Box<dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, IoFuture)>> + Send> {
+        let uri = request.uri().clone();
+        let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+        let host = uri.host().unwrap_or("").to_string();
+        let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+        if !self.reach.grants.allows(&scheme, &host, port) {
+            let to = format!("{scheme}://{host}:{port}");
+            warn!(worker = %self.worker, host = %to, "worker {} may not reach {to}: refused (not in its kind's allowed_outbound_hosts)", self.worker);
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        // hyper's connection does not add the Host header, and the guest may not set it.
+        if !request.headers().contains_key(http::header::HOST) {
+            if let Some(v) = uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
+                request.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        let Reach { in_flight, timeout, .. } = self.reach.clone();
+        let cap = |t: Option<Duration>| Some(t.map_or(timeout, |t| t.min(timeout)));
+        let o = options.unwrap_or_default();
+        let options = RequestOptions {
+            connect_timeout: cap(o.connect_timeout),
+            first_byte_timeout: cap(o.first_byte_timeout),
+            between_bytes_timeout: cap(o.between_bytes_timeout),
+        };
+        let (worker, waited) = (self.worker.clone(), self.waited.clone());
+        Box::new(async move {
+            let began = tokio::time::Instant::now();
+            let deadline = began + timeout;
+            let sent = tokio::time::timeout_at(deadline, async {
+                // One more than the cap waits for a slot, within the same deadline.
+                let permit = in_flight.acquire_owned().await.map_err(|_| HttpError::ConnectionLimitReached)?;
+                let (response, io) = default_send_request(request, Some(options)).await?;
+                Ok::<_, HttpError>((permit, response, io))
+            })
+            .await;
+            waited.fetch_add(began.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let (permit, response, io) = match sent {
+                Ok(r) => r?,
+                Err(_) => {
+                    info!(worker = %worker, host = %uri, "outbound request of {worker} to {uri} timed out after {} ms", timeout.as_millis());
+                    return Err(HttpError::ConnectionTimeout);
+                }
+            };
+            // The connection (and the slot) lasts until the body is read, within the deadline.
+            let io: IoFuture = Box::new(async move {
+                let _permit = permit;
+                tokio::time::timeout_at(deadline, io).await.map_err(|_| HttpError::ConnectionReadTimeout)?
+            });
+            Ok((response.map(BodyExt::boxed_unsync), io))
+        })
+    }
+}
+
+/// A guest's stdout or stderr: each line becomes one log line with the worker's name
+/// (stdout at INFO, stderr at WARN; a line over 16 KiB is cut there).
+#[derive(Clone)]
+pub struct LineLog(Arc<Lines>);
+
+struct Lines {
+    worker: Arc<str>,
+    stderr: bool,
+    buf: Mutex<Vec<u8>>,
+}
+
+/// The longest line kept before it is logged in pieces.
+const MAX_LINE: usize = 16 * 1024;
+
+impl Lines {
+    fn emit(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        if self.stderr {
+            warn!(worker = %self.worker, stream = "stderr", "[{}] {text}", self.worker);
+        } else {
+            info!(worker = %self.worker, stream = "stdout", "[{}] {text}", self.worker);
+        }
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut buf = self.buf.lock().unwrap();
+        buf.extend_from_slice(bytes);
+        while let Some(i) = buf.iter().position(|&c| c == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            self.emit(&line[..i]);
+        }
+        if buf.len() > MAX_LINE {
+            let line = std::mem::take(&mut *buf);
+            self.emit(&line);
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let rest = std::mem::take(self.buf.get_mut().unwrap());
+        if !rest.is_empty() {
+            self.emit(&rest);
+        }
+    }
+}
+
+impl LineLog {
+    pub fn new(worker: Arc<str>, stderr: bool) -> LineLog {
+        LineLog(Arc::new(Lines { worker, stderr, buf: Mutex::default() }))
+    }
+}
+
+impl IsTerminal for LineLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LineLog {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LineLog {
+    async fn ready(&mut self) {}
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for LineLog {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.0.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for LineLog {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.0.push(bytes);
+        Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

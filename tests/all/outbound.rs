@@ -1,0 +1,295 @@
+//! Workers that reach the world: outbound HTTP only to the hosts their kind is granted,
+//! their kind's configuration, their stdout and stderr in the node's log, and a slow
+//! server that holds nothing but the waiting worker's own mailbox.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmnode_testkit::*;
+
+const FORM: Duration = Duration::from_secs(10);
+
+/// A request a [`Server`] took: method, path, `Host` header, body.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    host: String,
+    body: String,
+}
+
+/// A real HTTP/1.1 server on `addr`: it counts connections, records each request and
+/// answers `200 got BODY` after `delay` (the first `fail_first` requests get a 500).
+struct Server {
+    connections: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Server {
+    fn start(addr: &str, delay: Duration) -> Server {
+        Server::start_failing(addr, delay, 0)
+    }
+
+    fn start_failing(addr: &str, delay: Duration, fail_first: usize) -> Server {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let (connections, seen) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let (c, s) = (connections.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+                    let (mut length, mut host) = (0usize, String::new());
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            match k.trim().to_ascii_lowercase().as_str() {
+                                "content-length" => length = v.trim().parse().unwrap_or(0),
+                                "host" => host = v.trim().to_string(),
+                                _ => {}
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    let body = String::from_utf8_lossy(&body).to_string();
+                    let nth = {
+                        let mut seen = s.lock().unwrap();
+                        seen.push(Seen { method, path, host, body: body.clone() });
+                        seen.len()
+                    };
+                    std::thread::sleep(delay);
+                    let (status, reply) =
+                        if nth <= fail_first { ("500 Internal Server Error", "failing on purpose".to_string()) } else { ("200 OK", format!("got {body}")) };
+                    let mut conn = conn;
+                    let _ = write!(conn, "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}", reply.len());
+                });
+            }
+        });
+        Server { connections, seen }
+    }
+}
+
+fn probe_kind(extra: &str) -> String {
+    format!("activate_on_call = true\n{extra}")
+}
+
+#[test]
+fn a_worker_reaches_only_the_hosts_its_kind_is_granted() {
+    let dir = TempDir::new("outbound");
+    let granted = Server::start("127.0.108.10:8089", Duration::ZERO);
+    let other = Server::start("127.0.108.11:8089", Duration::ZERO);
+    let names = ["a@127.0.108.1"];
+    let extra = probe_kind(
+        "allowed_outbound_hosts = [\"http://127.0.108.10:8089\"]\n[worker.probe.config]\nwebhook = \"http://127.0.108.10:8089/hook\"\nsecret = \"${WASMNODE_TEST_SECRET}\"\n",
+    );
+    let config = dir.write("t.toml", &worker_topology(&names, &[("probe", "worker_probe.wasm", &extra)], None));
+    let a = Node::start_with(names[0], &config, &[], &[("WASMNODE_TEST_SECRET", "s3cret-from-env")]);
+    a.wait_members(&names, FORM);
+
+    // Granted: the request arrives, with its Host header, and the answer comes back.
+    let (ok, out) = call(names[0], "probe/p1", "http-post http://127.0.108.10:8089/hook hello");
+    assert!(ok, "{out}");
+    assert_eq!(out, "200 got hello");
+    let seen = granted.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str(), seen[0].host.as_str(), seen[0].body.as_str()), ("POST", "/hook", "127.0.108.10:8089", "hello"));
+
+    // Not granted (another host; the granted host on another port; https): refused at
+    // once, nothing dialled, and the log names the worker and the host.
+    for url in ["http://127.0.108.11:8089/", "http://127.0.108.10:8090/", "https://127.0.108.10:8089/"] {
+        let t = Instant::now();
+        let (ok, out) = call(names[0], "probe/p1", &format!("http-get {url}"));
+        assert!(ok && out.starts_with("error: ") && out.contains("HttpRequestDenied"), "{url}: {out}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{url}: refused after {:?}", t.elapsed());
+    }
+    a.wait_log("worker probe/p1 may not reach http://127.0.108.11:8089: refused", FORM);
+    assert_eq!(other.connections.load(Ordering::SeqCst), 0, "a refused request must not connect");
+    assert_eq!(granted.connections.load(Ordering::SeqCst), 1, "only the granted request connected");
+
+    // Another kind with no grants reaches nothing.
+    // (The probe kind is the only one here; its config answers through wasi:config/store.)
+    assert_eq!(call(names[0], "probe/p1", "config webhook"), (true, "http://127.0.108.10:8089/hook".to_string()));
+    assert_eq!(call(names[0], "probe/p1", "config secret"), (true, "s3cret-from-env".to_string()), "${{VAR}} expands");
+    assert_eq!(call(names[0], "probe/p1", "config missing"), (true, "none".to_string()));
+
+    // The worker's stdout and stderr are log lines under its name.
+    assert_eq!(call(names[0], "probe/p1", "print hello from the guest"), (true, "ok".to_string()));
+    a.wait_log_count("[probe/p1] hello from the guest", 2, FORM);
+    let log = a.log();
+    assert!(log.lines().any(|l| l.contains("INFO") && l.contains("[probe/p1] hello from the guest") && l.contains("stream=\"stdout\"")), "{log}");
+    assert!(log.lines().any(|l| l.contains("WARN") && l.contains("[probe/p1] hello from the guest") && l.contains("stream=\"stderr\"")), "{log}");
+}
+
+#[test]
+fn a_worker_without_grants_reaches_nothing() {
+    let dir = TempDir::new("outbound-none");
+    let server = Server::start("127.0.108.20:8089", Duration::ZERO);
+    let names = ["a@127.0.108.2"];
+    let config = dir.write("t.toml", &worker_topology(&names, &[("probe", "worker_probe.wasm", &probe_kind(""))], None));
+    let a = Node::start(names[0], &config);
+    a.wait_members(&names, FORM);
+    let (ok, out) = call(names[0], "probe/p1", "http-get http://127.0.108.20:8089/");
+    assert!(ok && out.contains("HttpRequestDenied"), "{out}");
+    a.wait_log("worker probe/p1 may not reach http://127.0.108.20:8089: refused", FORM);
+    assert_eq!(server.connections.load(Ordering::SeqCst), 0);
+}
+
+/// A worker waiting 10 s on a slow server holds only its own mailbox: other instances
+/// on its node answer at once, the nodes stay members, and its answer then arrives. A
+/// kind whose timeout is shorter gets a timeout instead.
+#[test]
+fn a_worker_waiting_on_a_slow_server_holds_only_its_own_mailbox() {
+    let dir = TempDir::new("outbound-slow");
+    let slow = Server::start("127.0.108.30:8089", Duration::from_secs(10));
+    let names = ["a@127.0.108.3", "b@127.0.108.4"];
+    let grant = "allowed_outbound_hosts = [\"http://127.0.108.30:8089\"]";
+    let kinds = [("probe", "worker_probe.wasm", probe_kind(grant)), ("hasty", "worker_probe.wasm", probe_kind(&format!("{grant}\noutbound_timeout_ms = 500")))];
+    let kinds: Vec<(&str, &str, &str)> = kinds.iter().map(|(k, f, e)| (*k, *f, e.as_str())).collect();
+    let config = dir.write("t.toml", &worker_topology(&names, &kinds, None));
+    let nodes = [Node::start(names[0], &config), Node::start(names[1], &config)];
+    for n in &nodes {
+        n.wait_members(&names, FORM);
+    }
+    // Start the slow one where we can see it, then the fast ones beside it.
+    let (ok, out) = start_worker(names[0], "probe", "slow");
+    assert!(ok, "{out}");
+    let on = started_on(&out);
+    let node = nodes.iter().find(|n| n.name == on).unwrap();
+    let t = Instant::now();
+    let waiting = {
+        let on = on.clone();
+        std::thread::spawn(move || cli(&["call", "--node", &on, "--timeout-ms", "20000", "probe/slow", "http-get http://127.0.108.30:8089/slow"], COOKIE))
+    };
+    wait_until(FORM, "the slow request to arrive", || !slow.seen.lock().unwrap().is_empty(), String::new);
+    // Meanwhile, everything else goes on: other instances on the same node answer.
+    for i in 0..20 {
+        let key = format!("fast{i}");
+        let (ok, out) = call(&on, &format!("probe/{key}"), "hello");
+        assert!(ok && out == "hello", "{key}: {out}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(8), "the other calls waited for the slow one ({:?})", t.elapsed());
+    let out = waiting.join().unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success() && text.trim() == "200 got", "{text}");
+    assert!(t.elapsed() >= Duration::from_secs(10), "answered before the server did");
+    for n in &nodes {
+        assert_eq!(n.count("node down"), 0, "{}", n.log());
+    }
+    assert_eq!(node.count("trapped"), 0, "waiting is not the worker's own time: {}", node.log());
+    // A kind with a 500 ms timeout gets a timeout error, not a hang.
+    let t = Instant::now();
+    let (ok, out) = call(&on, "hasty/h1", "http-get http://127.0.108.30:8089/hasty");
+    assert!(ok && out.starts_with("error: ") && out.contains("Timeout"), "{out}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+/// The deliveries a webhook took, by customer: (customer, items).
+fn deliveries(server: &Server) -> Vec<(String, serde_json::Value)> {
+    server
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|s| serde_json::from_str::<serde_json::Value>(&s.body).ok())
+        .map(|v| (v["customer"].as_str().unwrap_or("").to_string(), v["items"].clone()))
+        .collect()
+}
+
+fn order_kind(kind: &str, webhook: &str, quiet_ms: u64) -> (String, String) {
+    let host = webhook.split('/').take(3).collect::<Vec<_>>().join("/");
+    (
+        kind.to_string(),
+        format!("activate_on_call = true\nallowed_outbound_hosts = [\"{host}\"]\n[worker.{kind}.config]\nwebhook = \"{webhook}\"\nquiet_ms = {quiet_ms}\n"),
+    )
+}
+
+/// Orders collect items per customer and deliver them all in one POST once nothing was
+/// added for the quiet period; a pending delivery moves with its order on SIGTERM and is
+/// sent once, by the new owner; a failing webhook is tried again with backoff.
+#[test]
+fn orders_deliver_once_per_customer_after_a_quiet_period() {
+    let dir = TempDir::new("orders");
+    let hook = Server::start("127.0.108.40:8089", Duration::ZERO);
+    let flaky = Server::start_failing("127.0.108.40:8090", Duration::ZERO, 2);
+    let names = ["a@127.0.108.41", "b@127.0.108.42", "c@127.0.108.43"];
+    let kinds = [
+        order_kind("order", "http://127.0.108.40:8089/deliveries", 600),
+        order_kind("slow_order", "http://127.0.108.40:8089/deliveries", 4000),
+        order_kind("flaky_order", "http://127.0.108.40:8090/deliveries", 300),
+    ];
+    let kinds: Vec<(&str, &str, &str)> = kinds.iter().map(|(k, e)| (k.as_str(), "worker_order.wasm", e.as_str())).collect();
+    let config = dir.write("t.toml", &worker_topology(&names, &kinds, None));
+    let mut nodes: Vec<Node> = names.iter().map(|n| Node::start(n, &config)).collect();
+    for n in &nodes {
+        n.wait_members(&names, FORM);
+    }
+
+    // Three customers, items added through every node.
+    for (i, (who, items)) in [("John", "[1,2]"), ("Mary", "[\"tea\"]"), ("Ann", "[7]"), ("John", "[3]"), ("Mary", "[\"milk\"]")].iter().enumerate() {
+        let (ok, out) = call(names[i % 3], &format!("order/{who}"), &format!("{{\"add\":{items}}}"));
+        assert!(ok, "{out}");
+    }
+    wait_until(FORM, "three deliveries", || deliveries(&hook).len() >= 3, || format!("{:?}", deliveries(&hook)));
+    let mut got = deliveries(&hook);
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        vec![
+            ("Ann".to_string(), serde_json::json!([7])),
+            ("John".to_string(), serde_json::json!([1, 2, 3])),
+            ("Mary".to_string(), serde_json::json!(["tea", "milk"])),
+        ]
+    );
+    // Delivered and cleared: nothing is left to be delivered twice.
+    for who in ["John", "Mary", "Ann"] {
+        assert_eq!(call(names[0], &format!("order/{who}"), "contents"), (true, "[]".to_string()), "{who}");
+    }
+    assert!(hook.seen.lock().unwrap().iter().all(|s| s.method == "POST" && s.path == "/deliveries"));
+
+    // SIGTERM with a delivery pending: the order and its timer move; the new owner sends it, once.
+    let (ok, out) = start_worker(names[0], "slow_order", "Zed");
+    assert!(ok, "{out}");
+    let owner = started_on(&out);
+    let at = names.iter().position(|n| *n == owner).unwrap();
+    let via = names[(at + 1) % 3];
+    assert_eq!(call(via, "slow_order/Zed", "{\"add\":[\"a\",\"b\"]}"), (true, "[\"a\",\"b\"]".to_string()));
+    nodes[at].signal(libc::SIGTERM);
+    assert_eq!(nodes[at].wait_exit(FORM), Some(0), "{}", nodes[at].log());
+    assert_eq!(deliveries(&hook).iter().filter(|d| d.0 == "Zed").count(), 0, "delivered before its quiet period");
+    wait_until(FORM, "Zed's delivery", || deliveries(&hook).iter().any(|d| d.0 == "Zed"), || format!("{:?}", deliveries(&hook)));
+    let zed: Vec<_> = deliveries(&hook).into_iter().filter(|d| d.0 == "Zed").collect();
+    assert_eq!(zed, vec![("Zed".to_string(), serde_json::json!(["a", "b"]))]);
+    assert_eq!(nodes[at].count("delivered 2 items for Zed"), 0, "the old owner must not send it");
+    assert_eq!(nodes.iter().map(|n| n.count("delivered 2 items for Zed")).sum::<usize>(), 1);
+    assert_eq!(call(via, "slow_order/Zed", "contents"), (true, "[]".to_string()));
+
+    // A failing webhook: tried again with backoff, logged, delivered once it answers.
+    let live: Vec<&str> = names.iter().enumerate().filter(|(i, _)| *i != at).map(|(_, n)| *n).collect();
+    assert!(call(live[0], "flaky_order/Bob", "{\"add\":[42]}").0);
+    wait_until(
+        Duration::from_secs(20),
+        "Bob's delivery after two failures",
+        || flaky.seen.lock().unwrap().len() >= 3,
+        || format!("{:?}", flaky.seen.lock().unwrap()),
+    );
+    let logs: String = nodes.iter().map(|n| n.log()).collect();
+    assert!(logs.contains("delivery of 1 items for Bob to http://127.0.108.40:8090/deliveries failed (HTTP 500); try 2 in 1000 ms"), "{logs}");
+    assert!(logs.contains("failed (HTTP 500); try 3 in 2000 ms"), "{logs}");
+    wait_until(FORM, "Bob's order to clear", || call(live[1], "flaky_order/Bob", "contents") == (true, "[]".to_string()), String::new);
+    assert_eq!(flaky.seen.lock().unwrap().len(), 3, "two failures, one success, nothing after");
+}
