@@ -14,6 +14,7 @@ const FORM: Duration = Duration::from_secs(10);
 /// within the heartbeat timeout; both come back.
 #[test]
 fn local_toml_mesh_kill_stop_and_rejoin() {
+    let _g = local_toml_cluster();
     let config = repo_root().join("config/local.toml");
     let names = ["a@127.0.0.1", "b@127.0.0.2", "c@127.0.0.3"];
     let a = Node::start(names[0], &config);

@@ -8,6 +8,7 @@ mod cluster;
 mod containers;
 mod discovery;
 mod dns;
+mod docs;
 mod durable;
 mod faults;
 mod handoff;

@@ -71,6 +71,13 @@ pub fn wait_every(every: Duration, timeout: Duration, what: &str, mut cond: impl
     }
 }
 
+/// Held by every test that runs config/local.toml's cluster itself (a@127.0.0.1,
+/// b@127.0.0.2, c@127.0.0.3 on port 4370): one at a time.
+pub fn local_toml_cluster() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A folder for one test's files, removed when dropped.
 pub struct TempDir(pub PathBuf);
 
