@@ -203,7 +203,7 @@ fn run_all(args: &Args) {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    for figure in ["mesh", "down", "rss", "handoff", "gateway", "failover"] {
+    for figure in ["mesh", "down", "rss", "handoff", "gateway", "failover", "outbound"] {
         if !wants(figure) {
             continue;
         }
@@ -717,6 +717,7 @@ async fn measure(figure: &str, pinned: bool, args: &Args, tls: bool) -> Value {
             Value::Object(out)
         }
         "gateway" => gateway(args).await,
+        "outbound" => outbound(args).await,
         "failover" => failover(args).await,
         "handoff" => {
             let mut out = serde_json::Map::new();
@@ -1025,7 +1026,10 @@ async fn gateway(args: &Args) -> Value {
     let (_, nginx_p99) = wrk("http://127.0.39.9:8080/", 1, secs, &script);
     let (_, local_p99) = wrk(&url(&local), 1, secs, &script);
     let (_, remote_p99) = wrk(&url(&remote), 1, secs, &script);
-    let _ = nginx.kill();
+    // SIGTERM: nginx's master stops its worker too (SIGKILL left the worker running,
+    // holding the bench's stdout open).
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
     let _ = nginx.wait();
     // The allowance for a gateway call that crosses to another node: nginx's p99 plus
     // three remote calls between these two nodes, measured now (their p99).
@@ -1044,4 +1048,83 @@ async fn gateway(args: &Args) -> Value {
         "worker_remote_call_p99_us": call_p99,
         "gateway_remote_c1_p99_allowance_us": nginx_p99 + 3.0 * call_p99,
     })
+}
+
+/// A local HTTP server for the outbound figure: answers every request `200 ok` and
+/// closes the connection (what the worker's client and the host's both expect: one
+/// connection per request).
+async fn ok_server(addr: &str) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().keep_alive(false).serve_connection(hyper_util::rt::TokioIo::new(conn), service).await;
+            });
+        }
+    });
+}
+
+/// One GET of `http://{addr}/` by the host itself, on a new connection (hyper's client),
+/// its body read to the end.
+async fn host_get(addr: &str) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).ok();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("handshake");
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/").header("host", addr).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let response = sender.send_request(request).await.expect("send");
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.expect("body");
+}
+
+/// Outbound HTTP: N GETs of a local server by a worker (`wasi:http`, timed in the
+/// guest) against the same GETs made by the host directly (hyper's client, timed in the
+/// bench), one connection per request both ways.
+async fn outbound(args: &Args) -> Value {
+    let server = "127.0.31.9:8089";
+    ok_server(server).await;
+    let names = ["o1@127.0.31.1".to_string()];
+    let kinds = format!(
+        "{}\n[worker.probe]\ncomponent = \"{}\"\nallowed_outbound_hosts = [\"http://{server}\"]\n",
+        args.static_topology(&names),
+        args.plugin("worker_probe.wasm").display()
+    );
+    let config = args.config("outbound", &kinds);
+    let node = args.node(&names[0], &config, false);
+    node.wait_line("listening on", Duration::from_secs(60));
+    let ctl = client("benchctl@127.0.31.8", &names[0]).await;
+    let n = if args.quick { 500 } else { 2_000 };
+    let url = format!("http://{server}/");
+    let mut out = serde_json::Map::new();
+    let v = ask(&ctl, json!({"op": "start", "kind": "probe", "key": "o"})).await;
+    assert!(v["started"].is_string(), "start probe/o: {v}");
+    // Alternated, two rounds each, after a warm-up of each.
+    let v = ask(&ctl, json!({"op":"call","kind":"probe","key":"o","msg":format!("http-bench 200 {url}"),"timeout_ms":600000})).await;
+    assert!(v["reply"].is_string(), "warm-up: {v}");
+    for _ in 0..200 {
+        host_get(server).await;
+    }
+    for round in 0..2 {
+        let v = ask(&ctl, json!({"op":"call","kind":"probe","key":"o","msg":format!("http-bench {n} {url}"),"timeout_ms":600000})).await;
+        let reply = v["reply"].as_str().unwrap_or_else(|| panic!("http-bench failed: {v}")).to_string();
+        let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
+        out.insert(format!("worker_get_median_us_round{round}"), json!(it.next().unwrap()));
+        out.insert(format!("worker_get_p99_us_round{round}"), json!(it.next().unwrap()));
+        let mut ns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            host_get(server).await;
+            ns.push(t.elapsed().as_nanos() as f64);
+        }
+        ns.sort_by(|a, b| a.total_cmp(b));
+        out.insert(format!("host_get_median_us_round{round}"), json!(ns[n / 2] / 1000.0));
+        out.insert(format!("host_get_p99_us_round{round}"), json!(ns[n * 99 / 100] / 1000.0));
+    }
+    drop(node);
+    Value::Object(out)
 }

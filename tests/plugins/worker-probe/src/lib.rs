@@ -18,6 +18,7 @@
 //! | `call-once ID KIND/KEY MSG` | calls that worker with call id ID (`cluster.call-once`, 15 s timeout), replies as `call` |
 //! | `http-get URL` | GETs URL through `wasi:http`; replies `STATUS BODY`, or `error: …` (the error code) |
 //! | `http-post URL BODY` | the same with a POST of BODY |
+//! | `http-bench N URL` | N sequential GETs of URL, replies `MEDIAN_NS P99_NS` |
 //! | `config KEY` | replies the kind's `[worker.KIND.config]` value of KEY (`wasi:config/store`), or `none` |
 //! | `print TEXT` | writes TEXT and a newline to stdout and to stderr; replies `ok` |
 //! | anything else | replies it back |
@@ -100,6 +101,22 @@ impl Guest for Probe {
             }
             "count" => COUNT.load(Relaxed).to_string(),
             "http-get" => http("GET", words.next().unwrap_or(""), b""),
+            "http-bench" => {
+                // http-bench N URL: N sequential GETs, timed here, in the guest.
+                let n: usize = words.next().and_then(|w| w.parse().ok()).ok_or("http-bench N URL")?;
+                let url = words.next().unwrap_or("");
+                let mut ns: Vec<u64> = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let t = std::time::Instant::now();
+                    let (status, _) = try_http("GET", url, b"")?;
+                    if status != 200 {
+                        return Err(format!("HTTP {status}"));
+                    }
+                    ns.push(t.elapsed().as_nanos() as u64);
+                }
+                ns.sort_unstable();
+                format!("{} {}", ns[n / 2], ns[n * 99 / 100])
+            }
             "http-post" => http("POST", words.next().unwrap_or(""), words.next().unwrap_or("").as_bytes()),
             "config" => match config::wasi::config::store::get(words.next().unwrap_or("")) {
                 Ok(Some(v)) => v,
