@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -292,4 +293,73 @@ fn orders_deliver_once_per_customer_after_a_quiet_period() {
     assert!(logs.contains("failed (HTTP 500); try 3 in 2000 ms"), "{logs}");
     wait_until(FORM, "Bob's order to clear", || call(live[1], "flaky_order/Bob", "contents") == (true, "[]".to_string()), String::new);
     assert_eq!(flaky.seen.lock().unwrap().len(), 3, "two failures, one success, nothing after");
+}
+
+/// A TLS web server (Python's `http.server` under `ssl`) on `host:port` with the
+/// certificate `wasmnode certs` made for `host` in `dir`; answers `200 secure`.
+struct TlsServer(std::process::Child);
+
+impl TlsServer {
+    fn start(host: &str, port: u16, dir: &std::path::Path) -> TlsServer {
+        const SERVER: &str = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"secure"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", SERVER, host, &port.to_string()])
+            .arg(dir.join(format!("{host}.crt")))
+            .arg(dir.join(format!("{host}.key")))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (./dev test installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the TLS server did not start");
+        TlsServer(child)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HTTPS from a worker trusts the host's CA bundle (`SSL_CERT_FILE`): a server whose
+/// certificate that bundle's CA signed answers; one signed by another CA is refused.
+#[test]
+fn https_from_a_worker_trusts_the_hosts_ca_bundle() {
+    let dir = TempDir::new("outbound-tls");
+    let (trusted, other) = (dir.0.join("trusted"), dir.0.join("other"));
+    for (d, host) in [(&trusted, "127.0.108.50"), (&other, "127.0.108.51")] {
+        let out = Command::new(bin()).args(["certs", "--dir"]).arg(d).arg(host).output().unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let _good = TlsServer::start("127.0.108.50", 8443, &trusted);
+    let _bad = TlsServer::start("127.0.108.51", 8443, &other);
+    let names = ["a@127.0.108.5"];
+    let extra = probe_kind("allowed_outbound_hosts = [\"https://127.0.108.50:8443\", \"https://127.0.108.51:8443\"]");
+    let config = dir.write("t.toml", &worker_topology(&names, &[("probe", "worker_probe.wasm", &extra)], None));
+    let ca = trusted.join("ca.crt");
+    let a = Node::start_with(names[0], &config, &[], &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    a.wait_members(&names, FORM);
+    assert_eq!(call(names[0], "probe/p1", "http-get https://127.0.108.50:8443/"), (true, "200 secure".to_string()));
+    let (ok, out) = call(names[0], "probe/p1", "http-get https://127.0.108.51:8443/");
+    assert!(ok && out.starts_with("error: ") && out.contains("Tls"), "a certificate from another CA must be refused: {out}");
+    a.wait_log("outbound TLS of probe/p1 failed", FORM);
 }

@@ -4,12 +4,14 @@
 //!
 //! A request to a host that is not granted is refused before anything is dialled: the
 //! guest gets `HTTP-request-denied` from the response future, and the log a line naming
-//! the worker and the host.
+//! the worker and the host. HTTPS trusts the host's CA bundle (`$SSL_CERT_FILE`, which
+//! the image sets, else the system's), so an operator's private CA works as it does for
+//! every other program on the machine.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{default_send_request, Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::outbound::Grants;
@@ -45,6 +48,18 @@ pub struct Egress {
 }
 
 impl WasiHttpHooks for Egress {
+    // The errors of a request, logged with the worker's name (the defaults log them
+    // without it).
+    fn p2_error_from_tls(&mut self, err: &std::io::Error) -> ErrorCode {
+        warn!(worker = %self.worker, reason = %err, "outbound TLS of {} failed: {err}", self.worker);
+        ErrorCode::TlsProtocolError
+    }
+
+    fn p2_error_from_connect(&mut self, err: &std::io::Error) -> ErrorCode {
+        info!(worker = %self.worker, reason = %err, "outbound connection of {} failed: {err}", self.worker);
+        ErrorCode::ConnectionRefused
+    }
+
     fn send_request(
         &mut self,
         mut request: http::Request<WasiBody>,
@@ -81,7 +96,12 @@ impl WasiHttpHooks for Egress {
             let sent = tokio::time::timeout_at(deadline, async {
                 // One more than the cap waits for a slot, within the same deadline.
                 let permit = in_flight.acquire_owned().await.map_err(|_| HttpError::ConnectionLimitReached)?;
-                let (response, io) = default_send_request(request, Some(options)).await?;
+                let (response, io): (http::Response<WasiBody>, IoFuture) = if scheme == "https" {
+                    send_https(request, options).await?
+                } else {
+                    let (response, io) = default_send_request(request, Some(options)).await?;
+                    (response.map(BodyExt::boxed_unsync), Box::new(io))
+                };
                 Ok::<_, HttpError>((permit, response, io))
             })
             .await;
@@ -96,11 +116,103 @@ impl WasiHttpHooks for Egress {
             // The connection (and the slot) lasts until the body is read, within the deadline.
             let io: IoFuture = Box::new(async move {
                 let _permit = permit;
-                tokio::time::timeout_at(deadline, io).await.map_err(|_| HttpError::ConnectionReadTimeout)?
+                tokio::time::timeout_at(deadline, Box::into_pin(io)).await.map_err(|_| HttpError::ConnectionReadTimeout)?
             });
-            Ok((response.map(BodyExt::boxed_unsync), io))
+            Ok((response, io))
         })
     }
+}
+
+/// What outbound HTTPS trusts: the certificates of the bundle at `$SSL_CERT_FILE`, else
+/// `/etc/ssl/certs/ca-certificates.crt`; read once, on the first HTTPS request.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::CertificateDer;
+            let path = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from).unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+            let pem = crate::files::read_limited(&path, 16 << 20).map_err(|e| format!("the CA bundle {} {e}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("the CA bundle {}: {e}", path.display()))?;
+                // A bundle may carry certificates rustls cannot use; the rest still count.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(format!("the CA bundle {} holds no certificate", path.display()));
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
+/// An HTTPS request on a new connection, TLS trusting [`tls_config`]: the response and
+/// the future that drives the connection until the body is read (as wasmtime-wasi-http's
+/// own sender, which trusts only the roots compiled into it).
+async fn send_https(mut request: http::Request<WasiBody>, options: RequestOptions) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
+    use std::future::poll_fn;
+    let uri = request.uri().clone();
+    let host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?.trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let connect = options.connect_timeout.unwrap_or(Duration::from_secs(600));
+    let tcp = tokio::time::timeout(connect, tokio::net::TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let config = tls_config().map_err(|e| {
+        warn!("outbound HTTPS: {e}");
+        HttpError::Tls(std::io::Error::other(e))
+    })?;
+    let name = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => rustls::pki_types::ServerName::from(ip),
+        Err(_) => rustls::pki_types::ServerName::try_from(host.clone())?,
+    };
+    let stream = tokio::time::timeout(connect, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+        .map_err(HttpError::Tls)?;
+    let (mut sender, conn) = tokio::time::timeout(connect, hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)))
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)??;
+    // Origin form on the wire: the path alone (the authority is in the Host header).
+    *request.uri_mut() =
+        http::Uri::builder().path_and_query(uri.path_and_query().map_or("/", |p| p.as_str())).build().map_err(|_| HttpError::HttpRequestUriInvalid)?;
+    let first_byte = options.first_byte_timeout.unwrap_or(Duration::from_secs(600));
+    let mut send = std::pin::pin!(async move { tokio::time::timeout(first_byte, sender.send_request(request)).await });
+    let mut conn = Some(conn);
+    // The response, while driving the connection's I/O.
+    let response = poll_fn(|cx| match send.as_mut().poll(cx) {
+        Poll::Ready(r) => Poll::Ready(r.map_err(|_| HttpError::ConnectionReadTimeout).and_then(|r| r.map_err(HttpError::from))),
+        Poll::Pending => {
+            let Some(c) = conn.as_mut() else { return Poll::Pending };
+            match Pin::new(c).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(done) => {
+                    conn = None;
+                    match done {
+                        Ok(()) => send.as_mut().poll(cx).map(|r| r.map_err(|_| HttpError::ConnectionReadTimeout).and_then(|r| r.map_err(HttpError::from))),
+                        Err(e) => Poll::Ready(Err(HttpError::from(e))),
+                    }
+                }
+            }
+        }
+    })
+    .await?;
+    let io: IoFuture = Box::new(async move {
+        match conn {
+            Some(c) => c.await.map_err(HttpError::from),
+            None => Ok(()),
+        }
+    });
+    Ok((response.map(|body| body.map_err(HttpError::from).boxed_unsync()), io))
 }
 
 /// A guest's stdout or stderr: each line becomes one log line with the worker's name
