@@ -119,6 +119,11 @@ fn a_worker_reaches_only_the_hosts_its_kind_is_granted() {
         assert!(t.elapsed() < Duration::from_secs(3), "{url}: refused after {:?}", t.elapsed());
     }
     a.wait_log("worker probe/p1 may not reach http://127.0.108.11:8089: refused", FORM);
+    // A worker that keeps trying costs the log one line per host per window.
+    for _ in 0..5 {
+        assert!(call(names[0], "probe/p1", "http-get http://127.0.108.11:8089/again").1.contains("HttpRequestDenied"));
+    }
+    assert_eq!(a.count("may not reach http://127.0.108.11:8089"), 1, "{}", a.log());
     assert_eq!(other.connections.load(Ordering::SeqCst), 0, "a refused request must not connect");
     assert_eq!(granted.connections.load(Ordering::SeqCst), 1, "only the granted request connected");
 

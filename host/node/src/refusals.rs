@@ -14,9 +14,17 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// attacker with many addresses gets a line each, no memory).
 pub const MAX_ADDRESSES: usize = 4096;
 
-#[derive(Debug, Default)]
-pub struct RefusalLog {
-    by_ip: HashMap<IpAddr, Window>,
+/// Refusals by source: an address (handshakes), or anything else that repeats (a
+/// worker's denied outbound requests, by worker kind and host).
+#[derive(Debug)]
+pub struct RefusalLog<K = IpAddr> {
+    by_ip: HashMap<K, Window>,
+}
+
+impl<K> Default for RefusalLog<K> {
+    fn default() -> Self {
+        RefusalLog { by_ip: HashMap::new() }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -25,11 +33,11 @@ struct Window {
     left_out: u64,
 }
 
-impl RefusalLog {
+impl<K: std::hash::Hash + Eq> RefusalLog<K> {
     /// A refusal from `ip` at `now`: `Some(n)` when it is to be logged, `n` being how
     /// many refusals from `ip` were left out since the last logged one; `None` to count it
     /// and stay quiet.
-    pub fn refused(&mut self, ip: IpAddr, now: Instant) -> Option<u64> {
+    pub fn refused(&mut self, ip: K, now: Instant) -> Option<u64> {
         if let Some(w) = self.by_ip.get_mut(&ip) {
             if now.duration_since(w.opened) < WINDOW {
                 w.left_out += 1;

@@ -36,6 +36,8 @@ pub struct Reach {
     pub in_flight: Arc<Semaphore>,
     /// From the request to the last byte of the response.
     pub timeout: Duration,
+    /// Denied requests, logged once per worker and host per window with a count.
+    pub denied: Arc<Mutex<crate::refusals::RefusalLog<String>>>,
 }
 
 /// One instance's outbound HTTP: its name and its kind's [`Reach`].
@@ -72,7 +74,14 @@ impl WasiHttpHooks for Egress {
         let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
         if !self.reach.grants.allows(&scheme, &host, port) {
             let to = format!("{scheme}://{host}:{port}");
-            warn!(worker = %self.worker, host = %to, "worker {} may not reach {to}: refused (not in its kind's allowed_outbound_hosts)", self.worker);
+            let logged = self.reach.denied.lock().unwrap().refused(format!("{} {to}", self.worker), std::time::Instant::now());
+            if let Some(n) = logged {
+                let more = match n {
+                    0 => String::new(),
+                    n => format!(" ({n} more since the last line, not logged)"),
+                };
+                warn!(worker = %self.worker, host = %to, "worker {} may not reach {to}: refused (not in its kind's allowed_outbound_hosts){more}", self.worker);
+            }
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         // hyper's connection does not add the Host header, and the guest may not set it.

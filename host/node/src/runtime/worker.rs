@@ -307,7 +307,12 @@ impl WorkerKind {
             }
             None => None,
         };
-        let reach = Reach { grants: Arc::new(w.grants.clone()), in_flight: Arc::new(Semaphore::new(w.outbound_max_in_flight)), timeout: w.outbound_timeout };
+        let reach = Reach {
+            grants: Arc::new(w.grants.clone()),
+            in_flight: Arc::new(Semaphore::new(w.outbound_max_in_flight)),
+            timeout: w.outbound_timeout,
+            denied: Arc::default(),
+        };
         let config_vars = Arc::new(w.config.iter().cloned().collect::<WasiConfigVariables>());
         Ok(WorkerKind { name: w.kind.clone(), config: w.clone(), pre, indices, conflict, snapshot, reach, config_vars })
     }
