@@ -62,10 +62,17 @@ fn doc_files() -> Vec<std::path::PathBuf> {
     files
 }
 
+/// A line's command and its comment (after ` # `), if any.
+fn split_comment(line: &str) -> (&str, Option<&str>) {
+    match line.split_once(" # ") {
+        Some((command, comment)) => (command.trim_end(), Some(comment.trim())),
+        None => (line, None),
+    }
+}
+
 /// What a line must print, from its `# → TEXT` comment.
 fn expected(line: &str) -> Option<String> {
-    let (_, comment) = line.split_once(" # ")?;
-    Some(comment.trim().strip_prefix('→')?.trim().to_string())
+    Some(split_comment(line).1?.strip_prefix('→')?.trim().to_string())
 }
 
 /// Every block says how it is tested, and a test it names exists.
@@ -119,7 +126,7 @@ fn the_docs_commands_do_what_they_say_against_a_local_cluster() {
                     continue;
                 }
                 // The command without its comment (which would swallow the brace after it).
-                let command = trimmed.split_once(" # ").map_or(trimmed, |(c, _)| c).trim_end();
+                let command = split_comment(trimmed).0;
                 // A stream that runs until interrupted: two seconds of it.
                 let cmd = if command.contains("--watch") { format!("timeout 2 {command}; [ $? = 124 ]") } else { command.to_string() };
                 // `cmd &` (a job in the background) takes no `;` before the brace.
@@ -140,9 +147,10 @@ fn the_docs_commands_do_what_they_say_against_a_local_cluster() {
                 .unwrap();
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             for (i, line, want) in checks {
-                let section = text.split(&format!("@@@ {i}\n")).nth(1).and_then(|s| s.split("@@@ rc=").next().map(str::to_string)).unwrap_or_default();
-                let rc =
-                    text.split(&format!("@@@ {i}\n")).nth(1).and_then(|s| s.split("@@@ rc=").nth(1)).and_then(|s| s.lines().next()).unwrap_or("?").to_string();
+                // What the line printed, and its exit code: between its marker and the next.
+                let after = text.split(&format!("@@@ {i}\n")).nth(1).unwrap_or("");
+                let (section, rest) = after.split_once("@@@ rc=").unwrap_or((after, "?"));
+                let rc = rest.lines().next().unwrap_or("?");
                 let must_fail = want.as_deref().is_some_and(|w| w.starts_with("error:"));
                 assert_eq!(
                     rc == "0",

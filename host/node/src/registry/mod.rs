@@ -548,19 +548,19 @@ impl Registry {
         let Some((targets, args, lineage)) = self.0.table.lock().unwrap().replication_of(name, replicas) else { return reply };
         let Some((seq, sends)) = rep.plan(&targets, &state) else { return reply };
         let holders: Vec<String> = targets.iter().map(|(t, _)| t.clone()).collect();
-        let (mut riding, reply) = match (reply, sends.as_slice()) {
+        let (riding, reply) = match (reply, sends.as_slice()) {
             (Some((ReplyTo::Remote(r), result)), [(to, _)]) if r.peer.name() == to && targets.iter().any(|(t, conn)| t == to && *conn == r.peer.conn_id()) => {
                 (Some((r, RemoteReply::encode(result))), None)
             }
             (reply, _) => (None, reply),
         };
-        let carried = riding.as_ref().map(|(r, body)| (r.id, body.to_vec()));
+        let carried = riding.as_ref().map(|(r, body)| (r.id, body.clone()));
         let copies = sends.into_iter().map(|(to, update)| {
             let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone() };
             let state = &state;
             let carried = &carried;
             let rpc = move |copy: Replicate| match carried {
-                Some((id, reply)) => Rpc::ReplicateThenReply { copy: Box::new(copy), id: *id, reply: reply.clone() },
+                Some((id, reply)) => Rpc::ReplicateThenReply { copy: Box::new(copy), id: *id, reply: reply.to_vec() },
                 None => Rpc::Replicate(Box::new(copy)),
             };
             async move {
@@ -580,7 +580,7 @@ impl Registry {
         });
         let results = futures_util::future::join_all(copies).await;
         let acked: Vec<String> = results.into_iter().filter(|(_, held)| *held).map(|(to, _)| to).collect();
-        if let Some((mut r, body)) = riding.take() {
+        if let Some((mut r, body)) = riding {
             if acked.is_empty() {
                 // Not delivered with the copy: answered as any reply is.
                 r.send_encoded(body);
