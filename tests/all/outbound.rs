@@ -368,3 +368,46 @@ fn https_from_a_worker_trusts_the_hosts_ca_bundle() {
     assert!(ok && out.starts_with("error: ") && out.contains("Tls"), "a certificate from another CA must be refused: {out}");
     a.wait_log("outbound TLS of probe/p1 failed", FORM);
 }
+
+/// The same outbound call from a C worker and a Python worker (plugins/worker-notify-c,
+/// plugins/worker-notify-py, built against wit/worker-outbound@0.1.0): each call POSTs
+/// its message to the webhook in the kind's config and replies the status; a webhook
+/// the kind is not granted is refused with `HttpRequestDenied`, nothing dialled.
+#[test]
+fn c_and_python_workers_post_to_their_kinds_webhook() {
+    let dir = TempDir::new("outbound-polyglot");
+    let granted = Server::start("127.0.108.60:8089", Duration::ZERO);
+    let other = Server::start("127.0.108.61:8089", Duration::ZERO);
+    let names = ["a@127.0.108.6"];
+    let kind = |name: &str, webhook: &str| {
+        format!("activate_on_call = true\ncall_timeout_ms = 10000\nallowed_outbound_hosts = [\"http://127.0.108.60:8089\"]\n[worker.{name}.config]\nwebhook = \"{webhook}\"\n")
+    };
+    let kinds: Vec<(String, &str, String)> = [("c", "worker_notify_c.wasm"), ("py", "worker_notify_py.wasm")]
+        .into_iter()
+        .flat_map(|(lang, file)| {
+            let (granted, denied) = (format!("notify{lang}"), format!("denied{lang}"));
+            [
+                (granted.clone(), file, kind(&granted, &format!("http://127.0.108.60:8089/{lang}"))),
+                (denied.clone(), file, kind(&denied, "http://127.0.108.61:8089/nope")),
+            ]
+        })
+        .collect();
+    let kinds: Vec<(&str, &str, &str)> = kinds.iter().map(|(k, f, e)| (k.as_str(), *f, e.as_str())).collect();
+    let config = dir.write("t.toml", &worker_topology(&names, &kinds, None));
+    let a = Node::start(names[0], &config);
+    a.wait_members(&names, FORM);
+
+    for lang in ["c", "py"] {
+        let (ok, out) = call(names[0], &format!("notify{lang}/n1"), &format!("hello from {lang}"));
+        assert!(ok && out == "200", "{lang}: {out}\n{}", a.log());
+        let t = Instant::now();
+        let (ok, out) = call(names[0], &format!("denied{lang}/n1"), "never sent");
+        assert!(!ok && out.contains("POST http://127.0.108.61:8089/nope: HttpRequestDenied"), "{lang}: {out}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{lang}: refused after {:?}", t.elapsed());
+        a.wait_log(&format!("worker denied{lang}/n1 may not reach http://127.0.108.61:8089: refused"), FORM);
+    }
+    let seen = granted.seen.lock().unwrap().clone();
+    let got: Vec<(&str, &str, &str)> = seen.iter().map(|s| (s.method.as_str(), s.path.as_str(), s.body.as_str())).collect();
+    assert_eq!(got, [("POST", "/c", "hello from c"), ("POST", "/py", "hello from py")], "{seen:?}");
+    assert_eq!(other.connections.load(Ordering::SeqCst), 0, "a refused request must not connect");
+}
