@@ -18,5 +18,6 @@ mod ops;
 mod outbound;
 mod partition;
 mod tls;
+mod traces;
 mod wire;
 mod workers;

@@ -25,6 +25,7 @@ use std::time::Duration;
 use crate::dist::Peer;
 use crate::membership::Membership;
 use crate::registry::{CallError, Registry, StartError, WorkerName};
+use crate::telemetry::{self, TraceContext};
 
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -78,7 +79,9 @@ fn nodes(m: &Membership) -> Bytes {
 }
 
 /// Answers one request from `peer`.
-pub fn handle(m: &Membership, registry: &Registry, peer: Peer, id: u64, body: Bytes) {
+/// A call under `trace` (the CLI's `TRACEPARENT`) is a server span of that trace, and a
+/// new trace's root without one, when tracing is on.
+pub fn handle(m: &Membership, registry: &Registry, peer: Peer, id: u64, trace: Option<TraceContext>, body: Bytes) {
     let reply = move |peer: &Peer, v: serde_json::Value| peer.send(Frame::Reply { id, body: Bytes::from(v.to_string()) });
     match serde_json::from_slice::<Request>(&body) {
         Ok(Request::Start { kind, key, args }) => {
@@ -96,7 +99,13 @@ pub fn handle(m: &Membership, registry: &Registry, peer: Peer, id: u64, body: By
             tokio::spawn(async move {
                 let name = WorkerName::new(&kind, &key).to_string();
                 let timeout = Duration::from_millis(timeout_ms);
-                let v = match registry.call_with_id(&kind, &key, msg.into_bytes(), id.as_deref(), timeout).await {
+                let mut span = telemetry::span("call", telemetry::Kind::Server, trace, Some(&name), None);
+                let result = registry.call_traced(&kind, &key, msg.into_bytes(), id.as_deref(), span.as_ref().map(telemetry::Span::context), timeout).await;
+                if let (Some(span), Err(e)) = (span.as_mut(), &result) {
+                    span.fail(e.to_string());
+                }
+                drop(span);
+                let v = match result {
                     Ok(r) => match String::from_utf8(r) {
                         Ok(text) => json!({ "reply": text }),
                         Err(e) => json!({ "reply_hex": e.as_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>() }),

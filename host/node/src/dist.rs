@@ -46,7 +46,7 @@ use tracing::{debug, warn};
 use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MAX_MESSAGE};
 use wasmnode_proto::handshake::{Acceptor, Dialer, Identity, Message, Refusal};
 use wasmnode_proto::seal::{Opener, Sealer, RECORD_HEADER, TAG_LEN};
-use wasmnode_proto::{Error as ProtoError, Frame, Service};
+use wasmnode_proto::{Error as ProtoError, Frame, Service, TraceContext};
 
 use crate::admission::{self, HalfOpen};
 use crate::refusals::{self, RefusalLog};
@@ -236,7 +236,7 @@ enum Waiting {
 /// once without waiting (true: handled; false: it goes on as a [`DistEvent::Frame`]).
 /// Calls to workers running here take this path: the ordered event channel and the
 /// task it would spawn are two hops a remote call does not need.
-pub type FastRequests = Arc<dyn Fn(&Peer, u64, &Bytes) -> bool + Send + Sync>;
+pub type FastRequests = Arc<dyn Fn(&Peer, u64, Option<TraceContext>, &Bytes) -> bool + Send + Sync>;
 
 /// A connected peer: a cheap handle to its connection.
 #[derive(Clone)]
@@ -385,8 +385,13 @@ impl Peer {
 
     /// Sends a request and waits for its reply.
     pub async fn request(&self, service: Service, body: Bytes, timeout: Duration) -> std::io::Result<Bytes> {
+        self.request_traced(service, body, None, timeout).await
+    }
+
+    /// [`Peer::request`], carrying the caller's trace context when it has one.
+    pub async fn request_traced(&self, service: Service, body: Bytes, trace: Option<TraceContext>, timeout: Duration) -> std::io::Result<Bytes> {
         let (id, rx) = self.expect_reply();
-        self.send(Frame::Request { id, service, body });
+        self.send(Frame::Request { id, service, trace, body });
         let got = tokio::time::timeout(timeout, rx).await;
         if got.is_err() {
             self.0.pending.lock().unwrap().remove(&id);
@@ -403,7 +408,7 @@ impl Peer {
         let id = self.0.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         self.0.pending.lock().unwrap().insert(id, Waiting::Stream(tx));
-        self.send(Frame::Request { id, service, body });
+        self.send(Frame::Request { id, service, trace: None, body });
         rx
     }
 
@@ -1047,7 +1052,7 @@ async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut raw: Byt
                     peer.send(Frame::Pong { id, payload });
                 }
                 Frame::Pong { id, .. } | Frame::Reply { id, .. } => peer.route_reply(id, frame),
-                Frame::Request { id, service: Service::Registry, ref body } if dist.0.fast_requests.get().is_some_and(|f| f(peer, id, body)) => {}
+                Frame::Request { id, service: Service::Registry, trace, ref body } if dist.0.fast_requests.get().is_some_and(|f| f(peer, id, trace, body)) => {}
                 // One-way messages have no consumer yet (workers use requests): dropped,
                 // unless a consumer asked for them.
                 Frame::Send(_) if !dist.0.cfg.deliver_sends => {}

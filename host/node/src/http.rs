@@ -46,6 +46,7 @@ use tracing::{debug, warn};
 use crate::control::{call_error_json, start_error_json};
 use crate::refusals::{left_out, RefusalLog};
 use crate::registry::{CallError, Registry, StartError, WorkerName};
+use crate::telemetry::{self, TraceContext};
 
 /// How much of a port's resources one client may hold.
 #[derive(Debug, Clone, Copy)]
@@ -318,23 +319,40 @@ async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, lim
         },
         Some(Err(_)) => return json_response(400, json!({ "error": "bad Idempotency-Key", "reason": "not visible ASCII" })),
     };
+    // A caller's W3C `traceparent` makes the call part of its trace (when tracing is on);
+    // a malformed one is ignored, as the spec says.
+    let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::from_traceparent);
     let body = match read_body(req.into_body(), limits).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     match segments.as_slice() {
-        ["v1", "workers", kind, key, "call"] => match registry.call_with_id(kind, key, body.to_vec(), call_id.as_deref(), timeout).await {
-            Ok(reply) => response(200, "application/octet-stream", reply),
-            Err(e) => {
-                let status = match e {
-                    CallError::NotFound => 404,
-                    CallError::Timeout => 504,
-                    CallError::Unavailable(_) => 503,
-                    CallError::Failed(_) => 500,
-                };
-                json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()))
+        ["v1", "workers", kind, key, "call"] => {
+            let mut span = telemetry::span(
+                "POST /v1/workers/{kind}/{key}/call",
+                telemetry::Kind::Server,
+                traceparent,
+                Some(&WorkerName::new(*kind, *key).to_string()),
+                None,
+            );
+            let result = registry.call_traced(kind, key, body.to_vec(), call_id.as_deref(), span.as_ref().map(telemetry::Span::context), timeout).await;
+            if let (Some(span), Err(e)) = (span.as_mut(), &result) {
+                span.fail(e.to_string());
             }
-        },
+            drop(span);
+            match result {
+                Ok(reply) => response(200, "application/octet-stream", reply),
+                Err(e) => {
+                    let status = match e {
+                        CallError::NotFound => 404,
+                        CallError::Timeout => 504,
+                        CallError::Unavailable(_) => 503,
+                        CallError::Failed(_) => 500,
+                    };
+                    json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()))
+                }
+            }
+        }
         ["v1", "workers", kind, key] => match registry.start_worker(kind, key, body.to_vec()).await {
             Ok(node) => json_response(201, json!({ "name": WorkerName::new(*kind, *key).to_string(), "node": node })),
             Err(e) => {

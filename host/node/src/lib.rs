@@ -11,7 +11,8 @@
 //!   the HTTP port (worker gateway);
 //! - [`runtime`]: wasmtime, one module per WIT package (strategies, workers) and per capability;
 //! - [`node`]: puts them together for `wasmnode run` and `wasmnode check`;
-//! - [`config`] and [`name`]: the topology file and node names; [`resolve`]: uncached DNS.
+//! - [`config`] and [`name`]: the topology file and node names; [`resolve`]: uncached DNS;
+//!   [`logging`] and [`telemetry`]: log lines, and traces over OTLP (off by default).
 
 pub mod admission;
 pub mod certs;
@@ -32,5 +33,6 @@ pub mod registry;
 pub mod resolve;
 pub mod runtime;
 pub mod sim;
+pub mod telemetry;
 pub mod time;
 pub mod tls;

@@ -375,7 +375,10 @@ async fn connect_hidden(node: Option<String>, config: Option<PathBuf>) -> anyhow
 async fn ask(node: Option<String>, config: Option<PathBuf>, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
     let peer = connect_hidden(node, config).await?;
     let timeout = Duration::from_millis(request["timeout_ms"].as_u64().unwrap_or(5000)) + Duration::from_secs(30);
-    let body = peer.request(Service::Control, Bytes::from(request.to_string()), timeout).await.map_err(request_failed(&peer))?;
+    // A script's trace (the OpenTelemetry convention for processes: `TRACEPARENT`) goes
+    // with the request, so the node's spans of a call join it.
+    let trace = std::env::var("TRACEPARENT").ok().and_then(|t| wasmnode_proto::TraceContext::from_traceparent(&t));
+    let body = peer.request_traced(Service::Control, Bytes::from(request.to_string()), trace, timeout).await.map_err(request_failed(&peer))?;
     Ok(serde_json::from_slice(&body)?)
 }
 

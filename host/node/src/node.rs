@@ -97,6 +97,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // the default action's kill.
     let shutdown = shutdown_signal();
     crate::logging::set_node(&cfg.node.name.to_string());
+    crate::telemetry::init(&cfg.node.name.to_string(), tokio::runtime::Handle::current())?;
     for w in &cfg.warnings {
         warn!("{w}");
     }
@@ -153,12 +154,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let membership = Membership::start(dist.clone(), rx, cfg.node.full_mesh);
     let registry = Registry::start(membership.clone(), Arc::new(workers));
     let (m, r) = (membership.clone(), registry.clone());
-    membership.set_request_handler(Arc::new(move |peer, id, service, body| match service {
-        Service::Registry => r.handle_rpc(peer, id, body),
-        Service::Control => control::handle(&m, &r, peer, id, body),
+    membership.set_request_handler(Arc::new(move |peer, id, service, trace, body| match service {
+        Service::Registry => r.handle_rpc(peer, id, trace, body),
+        Service::Control => control::handle(&m, &r, peer, id, trace, body),
     }));
     let fast = registry.clone();
-    dist.set_fast_requests(Arc::new(move |peer, id, body| fast.handle_rpc_fast(peer, id, body)));
+    dist.set_fast_requests(Arc::new(move |peer, id, trace, body| fast.handle_rpc_fast(peer, id, trace, body)));
     tokio::spawn(dist.serve(listener));
     info!("node {name} listening on {}", cfg.node.listen);
     let drain = crate::http::Drain::default();
@@ -190,6 +191,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Calls under way through this node finish (they follow moved names) before it goes.
     drain.close(cfg.node.handoff_deadline).await;
     membership.leave(LEAVE_DEADLINE).await;
+    crate::telemetry::shutdown().await;
     info!("node {name} stopped");
     Ok(())
 }

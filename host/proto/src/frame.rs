@@ -12,7 +12,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use crate::Error;
+use crate::{Error, TraceContext};
 
 /// Bytes of length prefix in front of every frame.
 pub const HEADER_LEN: usize = 4;
@@ -33,6 +33,8 @@ const TAG_PONG: u8 = 0x06;
 const TAG_REQUEST: u8 = 0x07;
 const TAG_REPLY: u8 = 0x08;
 const TAG_FRAGMENT: u8 = 0x09;
+/// A request that carries its caller's trace context ([`TraceContext`]).
+const TAG_TRACED_REQUEST: u8 = 0x0a;
 pub(crate) const TAG_HELLO: u8 = 0x10;
 pub(crate) const TAG_CHALLENGE: u8 = 0x11;
 pub(crate) const TAG_PROOF: u8 = 0x12;
@@ -83,8 +85,10 @@ pub enum Frame {
     /// Echo answer.
     Pong { id: u64, payload: Bytes },
     /// A request for one of the node's services (the registry's, or the control plane's
-    /// of the CLI's `nodes`, `nodes --watch`); id 0 wants no reply.
-    Request { id: u64, service: Service, body: Bytes },
+    /// of the CLI's `nodes`, `nodes --watch`); id 0 wants no reply. With `trace`, the
+    /// caller's trace context travels with it (another tag, 25 bytes more); without,
+    /// the frame is what it was before traces.
+    Request { id: u64, service: Service, trace: Option<TraceContext>, body: Bytes },
     /// An answer to a request; a watch answers many times with the same id.
     Reply { id: u64, body: Bytes },
     /// A piece of a large frame: the pieces of one `stream` concatenated (in order)
@@ -115,7 +119,7 @@ impl Frame {
             Frame::Members(names) => 2 + names.iter().map(|n| 2 + n.len()).sum::<usize>(),
             Frame::Send(p) => p.len(),
             Frame::Ping { payload, .. } | Frame::Pong { payload, .. } => 8 + payload.len(),
-            Frame::Request { body, .. } => 9 + body.len(),
+            Frame::Request { body, trace, .. } => 9 + trace.map_or(0, |_| TraceContext::LEN) + body.len(),
             Frame::Reply { body, .. } => 8 + body.len(),
             Frame::Fragment { chunk, .. } => 5 + chunk.len(),
         }
@@ -165,11 +169,7 @@ impl Frame {
                 });
                 out.put_u64(*id);
             }
-            Frame::Request { id, service, .. } => {
-                out.put_u8(TAG_REQUEST);
-                out.put_u64(*id);
-                out.put_u8(service.code());
-            }
+            Frame::Request { id, service, trace, .. } => put_request_head(out, *id, *service, trace),
             Frame::Fragment { stream, last, .. } => {
                 out.put_u8(TAG_FRAGMENT);
                 out.put_u32(*stream);
@@ -201,10 +201,8 @@ impl Frame {
                 out.put_u64(*id);
                 out.put_slice(payload);
             }
-            Frame::Request { id, service, body } => {
-                out.put_u8(TAG_REQUEST);
-                out.put_u64(*id);
-                out.put_u8(service.code());
+            Frame::Request { id, service, trace, body } => {
+                put_request_head(out, *id, *service, trace);
                 out.put_slice(body);
             }
             Frame::Reply { id, body } => {
@@ -244,14 +242,24 @@ impl Frame {
                 expect_empty(body, what, Frame::Members(names))?
             }
             TAG_SEND => Frame::Send(body),
-            TAG_PING | TAG_PONG | TAG_REQUEST | TAG_REPLY => {
+            TAG_PING | TAG_PONG | TAG_REQUEST | TAG_TRACED_REQUEST | TAG_REPLY => {
                 let id = get_u64(&mut body, "request")?;
                 match tag {
                     TAG_PING => Frame::Ping { id, payload: body },
                     TAG_PONG => Frame::Pong { id, payload: body },
                     TAG_REQUEST => {
                         let service = Service::from_code(get_u8(&mut body, "request")?)?;
-                        Frame::Request { id, service, body }
+                        Frame::Request { id, service, trace: None, body }
+                    }
+                    TAG_TRACED_REQUEST => {
+                        let service = Service::from_code(get_u8(&mut body, "request")?)?;
+                        let Some(raw) = body.get(..TraceContext::LEN) else {
+                            return Err(Error::Malformed { what: "request", why: "trace context cut short" });
+                        };
+                        let trace = TraceContext::from_bytes(raw.try_into().expect("25 bytes"))
+                            .ok_or(Error::Malformed { what: "request", why: "invalid trace context" })?;
+                        body.advance(TraceContext::LEN);
+                        Frame::Request { id, service, trace: Some(trace), body }
                     }
                     _ => Frame::Reply { id, body },
                 }
@@ -267,6 +275,15 @@ impl Frame {
             }
             other => return Err(Error::UnknownTag(other)),
         })
+    }
+}
+
+fn put_request_head<B: BufMut>(out: &mut B, id: u64, service: Service, trace: &Option<TraceContext>) {
+    out.put_u8(if trace.is_some() { TAG_TRACED_REQUEST } else { TAG_REQUEST });
+    out.put_u64(id);
+    out.put_u8(service.code());
+    if let Some(t) = trace {
+        out.put_slice(&t.to_bytes());
     }
 }
 
@@ -464,13 +481,33 @@ mod tests {
     #[test]
     fn a_request_names_its_service_and_an_unknown_service_is_malformed() {
         for service in [Service::Control, Service::Registry] {
-            roundtrip(Frame::Request { id: 7, service, body: Bytes::from_static(b"x") });
+            roundtrip(Frame::Request { id: 7, service, trace: None, body: Bytes::from_static(b"x") });
         }
         let mut v = Vec::new();
-        Frame::Request { id: 7, service: Service::Registry, body: Bytes::new() }.encode(&mut v);
+        Frame::Request { id: 7, service: Service::Registry, trace: None, body: Bytes::new() }.encode(&mut v);
         let last = v.len() - 1;
         v[last] = 0x99;
         assert_eq!(decode(&v, DEFAULT_MAX_FRAME).err(), Some(Error::Malformed { what: "request", why: "unknown service" }));
+    }
+
+    const TRACE: TraceContext = TraceContext { trace_id: [7; 16], span_id: [9; 8], flags: 1 };
+
+    #[test]
+    fn a_traced_request_carries_its_context_and_a_cut_or_invalid_one_is_malformed() {
+        let mut plain = Vec::new();
+        Frame::Request { id: 7, service: Service::Registry, trace: None, body: Bytes::from_static(b"x") }.encode(&mut plain);
+        let mut traced = Vec::new();
+        Frame::Request { id: 7, service: Service::Registry, trace: Some(TRACE), body: Bytes::from_static(b"x") }.encode(&mut traced);
+        assert_eq!(traced.len(), plain.len() + TraceContext::LEN, "the context costs its 25 bytes and nothing more");
+        // The body cut inside the context: malformed, not a panic.
+        let mut cut = traced[..HEADER_LEN + 1 + 8 + 1 + 10].to_vec();
+        let len = (cut.len() - HEADER_LEN) as u32;
+        cut[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(decode(&cut, DEFAULT_MAX_FRAME).err(), Some(Error::Malformed { what: "request", why: "trace context cut short" }));
+        // An all-zero trace id is invalid (W3C).
+        let mut zero = traced.clone();
+        zero[HEADER_LEN + 10..HEADER_LEN + 26].fill(0);
+        assert_eq!(decode(&zero, DEFAULT_MAX_FRAME).err(), Some(Error::Malformed { what: "request", why: "invalid trace context" }));
     }
 
     fn roundtrip(f: Frame) {
@@ -490,7 +527,8 @@ mod tests {
         roundtrip(Frame::Send(Bytes::from_static(b"0123456789abcdef")));
         roundtrip(Frame::Ping { id: 7, payload: Bytes::from_static(b"x") });
         roundtrip(Frame::Pong { id: u64::MAX, payload: Bytes::new() });
-        roundtrip(Frame::Request { id: 1, service: Service::Control, body: Bytes::from_static(b"{}") });
+        roundtrip(Frame::Request { id: 1, service: Service::Control, trace: None, body: Bytes::from_static(b"{}") });
+        roundtrip(Frame::Request { id: 1, service: Service::Registry, trace: Some(TRACE), body: Bytes::from_static(b"{}") });
         roundtrip(Frame::Reply { id: 2, body: Bytes::from_static(b"[]") });
         roundtrip(Frame::Fragment { stream: 3, last: true, chunk: Bytes::from_static(b"abc") });
     }
@@ -501,6 +539,8 @@ mod tests {
             Frame::Send(Bytes::from_static(b"abc")),
             Frame::Ping { id: 1, payload: Bytes::from_static(b"p") },
             Frame::Reply { id: 2, body: Bytes::from_static(b"{}") },
+            Frame::Request { id: 4, service: Service::Registry, trace: None, body: Bytes::from_static(b"q") },
+            Frame::Request { id: 5, service: Service::Registry, trace: Some(TRACE), body: Bytes::from_static(b"q") },
             Frame::Fragment { stream: 3, last: false, chunk: Bytes::from_static(b"xyz") },
             Frame::Members(vec!["a@h".into()]),
             Frame::Heartbeat,

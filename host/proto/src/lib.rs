@@ -12,6 +12,7 @@
 //!   keyed by the cookie); the cookie itself never leaves the process.
 //! - [`seal`]: the records every frame travels in after the handshake, encrypted and
 //!   authenticated with the connection's own keys.
+//! - [`trace`]: the W3C trace context a traced request carries.
 //! - [`Error`]: what can go wrong, grouped by who is at fault.
 //!
 //! # Example
@@ -27,9 +28,11 @@
 pub mod frame;
 pub mod handshake;
 pub mod seal;
+pub mod trace;
 
 pub use frame::{Frame, Service};
 pub use handshake::Refusal;
+pub use trace::TraceContext;
 
 /// The protocol version both sides must speak; a mismatch refuses the handshake.
 /// Version 2: requests name their service; refusals carry a code. Version 3: the

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MAX_MESSAGE};
 use wasmnode_proto::handshake::{Message, Refusal};
-use wasmnode_proto::{Error, Frame, Service, PROTOCOL_VERSION};
+use wasmnode_proto::{Error, Frame, Service, TraceContext, PROTOCOL_VERSION};
 
 fn arb_bytes(max: usize) -> impl Strategy<Value = Bytes> {
     prop::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
@@ -22,10 +22,16 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         arb_bytes(300).prop_map(Frame::Send),
         (any::<u64>(), arb_bytes(64)).prop_map(|(id, payload)| Frame::Ping { id, payload }),
         (any::<u64>(), arb_bytes(64)).prop_map(|(id, payload)| Frame::Pong { id, payload }),
-        (any::<u64>(), any::<bool>(), arb_bytes(64)).prop_map(|(id, registry, body)| Frame::Request {
-            id,
-            service: if registry { Service::Registry } else { Service::Control },
-            body
+        (any::<u64>(), any::<bool>(), any::<Option<([u8; 16], [u8; 8], u8)>>(), arb_bytes(64)).prop_map(|(id, registry, trace, body)| {
+            Frame::Request {
+                id,
+                service: if registry { Service::Registry } else { Service::Control },
+                // Only valid contexts encode (a zero id is refused on decode).
+                trace: trace
+                    .map(|(trace_id, span_id, flags)| TraceContext { trace_id, span_id, flags })
+                    .filter(|t| t.span_id != [0; 8] && t.trace_id != [0; 16]),
+                body,
+            }
         }),
         (any::<u64>(), arb_bytes(64)).prop_map(|(id, body)| Frame::Reply { id, body }),
         (any::<u32>(), any::<bool>(), arb_bytes(64)).prop_map(|(stream, last, chunk)| Frame::Fragment { stream, last, chunk }),

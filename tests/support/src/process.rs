@@ -126,9 +126,15 @@ impl Launch {
         n
     }
 
-    /// Runs the CLI (`wasmnode ARGS…`) to completion with this cookie.
+    /// Runs the CLI (`wasmnode ARGS…`) to completion with this cookie and environment.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.bin).args(args).env("WASMNODE_COOKIE", &self.cookie).stdin(Stdio::null()).output().expect("run wasmnode")
+        Command::new(&self.bin)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("WASMNODE_COOKIE", &self.cookie)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wasmnode")
     }
 }
 

@@ -66,7 +66,7 @@ pub struct MemberInfo {
 }
 
 /// Answers `Request` frames: the layers above (control plane, registry) install it.
-pub type RequestHandler = Arc<dyn Fn(Peer, u64, Service, bytes::Bytes) + Send + Sync>;
+pub type RequestHandler = Arc<dyn Fn(Peer, u64, Service, Option<wasmnode_proto::TraceContext>, bytes::Bytes) + Send + Sync>;
 
 struct Shared {
     dist: Dist,
@@ -267,8 +267,8 @@ impl Membership {
                 DistEvent::Frame(peer, Frame::Members(names)) if !peer.hidden() => {
                     self.apply(Input::Gossip { from: peer.name().to_string(), names: names.into() })
                 }
-                DistEvent::Frame(peer, Frame::Request { id, service, body }) => match self.0.requests.get() {
-                    Some(handle) => handle(peer, id, service, body),
+                DistEvent::Frame(peer, Frame::Request { id, service, trace, body }) => match self.0.requests.get() {
+                    Some(handle) => handle(peer, id, service, trace, body),
                     None => {
                         peer.send(Frame::Reply { id, body: bytes::Bytes::from_static(br#"{"error":"this node answers no requests yet"}"#) });
                     }

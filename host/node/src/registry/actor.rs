@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
-use wasmnode_proto::Frame;
+use wasmnode_proto::{Frame, TraceContext};
 
 use super::table::Kinds;
 use super::wire::{encode_reply, RpcReply};
@@ -29,9 +29,9 @@ pub enum Envelope {
         msg: Vec<u8>,
         reply: ReplyTo,
     },
-    /// A call with an id ([`super::calls`]): applied once, its retries answered from
-    /// the instance's log.
-    CallOnce(Box<CallOnce>),
+    /// A call with an id ([`super::calls`]: applied once, its retries answered from
+    /// the instance's log) or a trace context, or both.
+    CallWith(Box<CallWith>),
     Cast {
         msg: Vec<u8>,
     },
@@ -54,11 +54,20 @@ pub struct Conflict {
     pub done: Option<oneshot::Sender<()>>,
 }
 
-/// A call that carries an id.
-pub struct CallOnce {
-    pub id: String,
+/// A call that carries an id, a trace context, or both.
+pub struct CallWith {
+    pub id: Option<String>,
     pub msg: Vec<u8>,
     pub reply: ReplyTo,
+    pub trace: Option<Traced>,
+}
+
+/// The trace a call belongs to: its parent span's context, and whether that span is on
+/// another node (the instance's span is then the server side of the hop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traced {
+    pub parent: TraceContext,
+    pub remote: bool,
 }
 
 /// Where a call's reply goes.

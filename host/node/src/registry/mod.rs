@@ -40,9 +40,9 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tracing::{debug, warn};
-use wasmnode_proto::{Frame, Service};
+use wasmnode_proto::{Frame, Service, TraceContext};
 
-pub use actor::{start_apart, BoxFuture, CallOnce, Conflict, Envelope, Info, Mailbox, Merges, RemoteReply, ReplyTo, Restart, Spawner};
+pub use actor::{start_apart, BoxFuture, CallWith, Conflict, Envelope, Info, Mailbox, Merges, RemoteReply, ReplyTo, Restart, Spawner, Traced};
 pub use error::{CallError, SpawnError, StartError};
 pub use name::WorkerName;
 pub use placement::owner;
@@ -53,6 +53,7 @@ pub type Reply = (ReplyTo, Result<Vec<u8>, CallError>);
 
 use crate::dist::{DownReason, Peer};
 use crate::membership::{MemberChange, Membership};
+use crate::telemetry;
 use durable::Replicator;
 use route::Route;
 use table::{Effect, Event, Table};
@@ -103,17 +104,24 @@ enum Target {
 }
 
 /// The envelope of a call, with its id when it has one.
-fn call_envelope(msg: Vec<u8>, id: Option<String>, reply: ReplyTo) -> Envelope {
-    match id {
-        None => Envelope::Call { msg, reply },
-        Some(id) => Envelope::CallOnce(Box::new(CallOnce { id, msg, reply })),
+fn call_envelope(msg: Vec<u8>, id: Option<String>, trace: Option<Traced>, reply: ReplyTo) -> Envelope {
+    match (id, trace) {
+        (None, None) => Envelope::Call { msg, reply },
+        (id, trace) => Envelope::CallWith(Box::new(CallWith { id, msg, reply, trace })),
     }
 }
 
 /// Queues a call in an instance's mailbox and waits for its reply, until `deadline`.
-async fn call_mailbox(name: &WorkerName, mailbox: Mailbox, msg: Vec<u8>, id: Option<String>, deadline: Instant) -> Result<Vec<u8>, CallError> {
+async fn call_mailbox(
+    name: &WorkerName,
+    mailbox: Mailbox,
+    msg: Vec<u8>,
+    id: Option<String>,
+    trace: Option<Traced>,
+    deadline: Instant,
+) -> Result<Vec<u8>, CallError> {
     let (tx, rx) = oneshot::channel();
-    if mailbox.tx.send(call_envelope(msg, id, ReplyTo::Local(tx))).is_err() {
+    if mailbox.tx.send(call_envelope(msg, id, trace, ReplyTo::Local(tx))).is_err() {
         return Err(CallError::Failed(format!("{name} stopped")));
     }
     match tokio::time::timeout_at(deadline, rx).await {
@@ -290,7 +298,7 @@ impl Registry {
 
     fn send(&self, to: &str, msg: &Msg) {
         if let Some(peer) = self.0.membership.dist().peer(to) {
-            peer.send(Frame::Request { id: 0, service: Service::Registry, body: wire::encode(&Rpc::Tell(msg.clone())) });
+            peer.send(Frame::Request { id: 0, service: Service::Registry, trace: None, body: wire::encode(&Rpc::Tell(msg.clone())) });
         }
     }
 
@@ -405,6 +413,21 @@ impl Registry {
     /// however often it is retried with that id (see [`calls`]); a retry gets the first
     /// outcome.
     pub async fn call_with_id(&self, kind: &str, key: &str, msg: Vec<u8>, id: Option<&str>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        self.call_traced(kind, key, msg, id, None, timeout).await
+    }
+
+    /// [`Registry::call_with_id`] as part of the trace whose span is `trace` (see
+    /// [`crate::telemetry`]): the call's spans, here and on the nodes it crosses, are
+    /// that span's descendants.
+    pub async fn call_traced(
+        &self,
+        kind: &str,
+        key: &str,
+        msg: Vec<u8>,
+        id: Option<&str>,
+        trace: Option<TraceContext>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
         if let Some(id) = id {
             calls::check_id(id).map_err(CallError::Failed)?;
         }
@@ -415,10 +438,10 @@ impl Registry {
         // The common case first, with one lookup: the instance runs here.
         let running = self.0.table.lock().unwrap().handle_of(&name).cloned();
         let result = match running {
-            Some(mailbox) => call_mailbox(&name, mailbox, msg, id, deadline).await,
+            Some(mailbox) => call_mailbox(&name, mailbox, msg, id, trace.map(|parent| Traced { parent, remote: false }), deadline).await,
             None => {
                 self.wait_synced_unless_known(&name).await;
-                self.call_routed(&name, msg, id, deadline).await
+                self.call_routed(&name, msg, id, trace, deadline).await
             }
         };
         crate::metrics::global().called(started.elapsed(), result.is_ok());
@@ -427,21 +450,36 @@ impl Registry {
 
     /// Follows the table's answers for `name` (and the nodes' `moved` answers), at most
     /// [`MAX_HOPS`] nodes.
-    async fn call_routed(&self, name: &WorkerName, msg: Vec<u8>, id: Option<String>, deadline: Instant) -> Result<Vec<u8>, CallError> {
+    async fn call_routed(
+        &self,
+        name: &WorkerName,
+        msg: Vec<u8>,
+        id: Option<String>,
+        trace: Option<TraceContext>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, CallError> {
         let mut next = None;
         for _ in 0..MAX_HOPS {
             let node = match next.take() {
                 Some(node) if node != self.node() => node,
                 _ => match self.resolve(name, None, deadline).await? {
-                    Target::Here(mailbox) => return call_mailbox(name, mailbox, msg, id, deadline).await,
+                    Target::Here(mailbox) => return call_mailbox(name, mailbox, msg, id, trace.map(|parent| Traced { parent, remote: false }), deadline).await,
                     Target::Remote(node) => node,
                 },
             };
             let timeout_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
             let rpc = Rpc::Call { name: name.clone(), msg: msg.clone(), timeout_ms, call_id: id.clone() };
+            // Each node the call is sent to is a client span, whose context the request carries.
+            let mut span =
+                trace.and_then(|t| telemetry::span(format!("call {}", name.kind), telemetry::Kind::Client, Some(t), Some(&name.to_string()), Some(&node)));
             // The caller's deadline bounds the call: an instance running on `node` answers
             // from its mailbox with no timer of its own (`handle_rpc_fast`).
-            match self.rpc(&node, &rpc, deadline.saturating_duration_since(Instant::now())).await {
+            let answer = self.rpc_traced(&node, &rpc, span.as_ref().map(telemetry::Span::context), deadline.saturating_duration_since(Instant::now())).await;
+            if let (Some(span), Ok(RpcReply::CallFailed(e)) | Err(e)) = (span.as_mut(), &answer) {
+                span.fail(e.to_string());
+            }
+            drop(span);
+            match answer {
                 Ok(RpcReply::Reply(r)) => return Ok(r),
                 Ok(RpcReply::CallFailed(e)) => return Err(e),
                 Ok(RpcReply::Moved(to)) => next = Some(to),
@@ -521,8 +559,12 @@ impl Registry {
     }
 
     async fn rpc(&self, node: &str, rpc: &Rpc, timeout: Duration) -> Result<RpcReply, CallError> {
+        self.rpc_traced(node, rpc, None, timeout).await
+    }
+
+    async fn rpc_traced(&self, node: &str, rpc: &Rpc, trace: Option<TraceContext>, timeout: Duration) -> Result<RpcReply, CallError> {
         let peer = self.0.membership.dist().peer(node).ok_or_else(|| CallError::Unavailable(format!("{node} is not connected")))?;
-        match peer.request(Service::Registry, wire::encode(rpc), timeout).await {
+        match peer.request_traced(Service::Registry, wire::encode(rpc), trace, timeout).await {
             Ok(reply) => postcard::from_bytes(&reply).map_err(|e| CallError::Failed(format!("bad reply from {node}: {e}"))),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(CallError::Timeout),
             Err(_) => Err(CallError::Unavailable(format!("{node} went down"))),
@@ -644,7 +686,7 @@ impl Registry {
     /// A call and a cast from one node to one running instance both come this way, so
     /// they reach its mailbox in the order they were sent. The callee sets no timer of
     /// its own: the caller's deadline bounds the call.
-    pub fn handle_rpc_fast(&self, peer: &Peer, id: u64, body: &Bytes) -> bool {
+    pub fn handle_rpc_fast(&self, peer: &Peer, id: u64, trace: Option<TraceContext>, body: &Bytes) -> bool {
         let (kind, key, msg, call, call_id) = match body.first().copied() {
             Some(RPC_CALL) => match postcard::from_bytes::<CallFields<'_>>(&body[1..]) {
                 Ok((kind, key, msg, _timeout_ms, call_id)) => (kind, key, msg, true, call_id),
@@ -661,7 +703,7 @@ impl Registry {
         let Some(mb) = table.handle_of(&name) else { return false };
         let envelope = if call {
             let reply = RemoteReply { peer: peer.clone(), id, name, sent: false };
-            call_envelope(msg.to_vec(), call_id.map(str::to_string), ReplyTo::Remote(Box::new(reply)))
+            call_envelope(msg.to_vec(), call_id.map(str::to_string), trace.map(|parent| Traced { parent, remote: true }), ReplyTo::Remote(Box::new(reply)))
         } else {
             Envelope::Cast { msg: msg.to_vec() }
         };
@@ -672,7 +714,7 @@ impl Registry {
                 r.sent = true;
                 false
             }
-            Err(Envelope::CallOnce(mut c)) => {
+            Err(Envelope::CallWith(mut c)) => {
                 if let ReplyTo::Remote(r) = &mut c.reply {
                     r.sent = true;
                 }
@@ -705,7 +747,7 @@ impl Registry {
     /// order: a task each could run them out of order on the multi-threaded runtime, and
     /// a `Registered` overtaken by the `Handoff` its node sent next would stop the
     /// instance just handed over. Everything that waits runs in a task.
-    pub fn handle_rpc(&self, peer: Peer, id: u64, body: Bytes) {
+    pub fn handle_rpc(&self, peer: Peer, id: u64, trace: Option<TraceContext>, body: Bytes) {
         let rpc = match wire::decode(&body) {
             Ok(Rpc::Tell(msg)) => {
                 self.apply(Event::Received { from: peer.name().to_string(), msg }, false);
@@ -744,10 +786,12 @@ impl Registry {
                         // Not relayed (this node may be about to close): the caller is
                         // told where it went and calls there itself.
                         Ok(Target::Remote(node)) => RpcReply::Moved(node),
-                        Ok(Target::Here(mailbox)) => match call_mailbox(&name, mailbox, msg, call_id, deadline).await {
-                            Ok(r) => RpcReply::Reply(r),
-                            Err(e) => RpcReply::CallFailed(e),
-                        },
+                        Ok(Target::Here(mailbox)) => {
+                            match call_mailbox(&name, mailbox, msg, call_id, trace.map(|parent| Traced { parent, remote: true }), deadline).await {
+                                Ok(r) => RpcReply::Reply(r),
+                                Err(e) => RpcReply::CallFailed(e),
+                            }
+                        }
                         Err(e) => RpcReply::CallFailed(e),
                     }
                 }

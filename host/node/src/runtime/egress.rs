@@ -134,7 +134,7 @@ impl WasiHttpHooks for Egress {
 
 /// What outbound HTTPS trusts: the certificates of the bundle at `$SSL_CERT_FILE`, else
 /// `/etc/ssl/certs/ca-certificates.crt`; read once, on the first HTTPS request.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {

@@ -36,7 +36,8 @@ use crate::mailbox;
 use crate::registry::calls::CallLog;
 use crate::registry::durable::Replicator;
 use crate::registry::table::Kinds;
-use crate::registry::{BoxFuture, CallError, CallOnce, Conflict, Envelope, Info, Mailbox, Merges, Registry, Reply, Restart, SpawnError, Spawner, WorkerName};
+use crate::registry::{BoxFuture, CallError, CallWith, Conflict, Envelope, Info, Mailbox, Merges, Registry, Reply, Restart, SpawnError, Spawner, WorkerName};
+use crate::telemetry::{self, TraceContext};
 
 /// The generated bindings; the one `bindgen!` of this world.
 pub mod bindings {
@@ -109,6 +110,9 @@ pub struct ClusterCtx {
     started: Instant,
     waited: Duration,
     yielded: Arc<AtomicU64>,
+    /// The span of the message being handled, when it is traced: the calls the guest
+    /// makes meanwhile are its children.
+    trace: Option<TraceContext>,
 }
 
 impl ClusterCtx {
@@ -151,13 +155,13 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
     async fn call(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32) -> Result<Vec<u8>, wit::CallError> {
         let registry = self.registry.clone();
         let timeout = Duration::from_millis(timeout_ms as u64);
-        self.timed(registry.call(&target.kind, &target.key, msg, timeout)).await.map_err(to_wit_error)
+        self.timed(registry.call_traced(&target.kind, &target.key, msg, None, self.trace, timeout)).await.map_err(to_wit_error)
     }
 
     async fn call_once(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32, id: String) -> Result<Vec<u8>, wit::CallError> {
         let registry = self.registry.clone();
         let timeout = Duration::from_millis(timeout_ms as u64);
-        self.timed(registry.call_with_id(&target.kind, &target.key, msg, Some(&id), timeout)).await.map_err(to_wit_error)
+        self.timed(registry.call_traced(&target.kind, &target.key, msg, Some(&id), self.trace, timeout)).await.map_err(to_wit_error)
     }
 
     async fn cast(&mut self, target: wit::Name, msg: Vec<u8>) -> Result<(), wit::CallError> {
@@ -244,7 +248,7 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
         config: kind.config_vars.clone(),
         table: ResourceTable::new(),
         limits: StoreLimitsBuilder::new().memory_size(kind.config.memory_limit).trap_on_grow_failure(true).build(),
-        cluster: ClusterCtx { registry, kind: kind.name.clone(), key, mailbox: own, started: Instant::now(), waited: Duration::ZERO, yielded },
+        cluster: ClusterCtx { registry, kind: kind.name.clone(), key, mailbox: own, started: Instant::now(), waited: Duration::ZERO, yielded, trace: None },
         log: super::log::LogCtx { label: format!("worker {name}").into() },
     };
     let mut store = Store::new(kind.pre.engine(), state);
@@ -559,21 +563,32 @@ impl Instance {
         begin(store);
         // A call with an id is a call whose outcome the call log keeps (and answers its
         // retries from).
-        let (call_id, envelope) = match envelope {
-            Envelope::CallOnce(call) => {
-                let CallOnce { id, msg, reply } = *call;
-                if let Some(first) = calls.get(&id) {
+        let (call_id, trace, envelope) = match envelope {
+            Envelope::CallWith(call) => {
+                let CallWith { id, msg, reply, trace } = *call;
+                if let Some(first) = id.as_deref().and_then(|id| calls.get(id)) {
+                    let id = id.as_deref().unwrap_or_default();
                     info!(worker = %name, call_id = %id, "call {id} to {name} was applied before: answered from the call log");
                     return Ok(Some((reply, first.clone().map_err(CallError::Failed))));
                 }
-                (Some(id), Envelope::Call { msg, reply })
+                (id, trace, Envelope::Call { msg, reply })
             }
-            other => (None, other),
+            other => (None, None, other),
         };
+        // A traced call is a span of its own (the server side when it came from another
+        // node); the calls the guest makes while handling it are its children.
+        let mut span = trace.and_then(|t| {
+            let kind = if t.remote { telemetry::Kind::Server } else { telemetry::Kind::Internal };
+            telemetry::span(format!("handle_call {}", name.kind), kind, Some(t.parent), Some(&name.to_string()), None)
+        });
+        store.data_mut().cluster.trace = span.as_ref().map(telemetry::Span::context);
         match envelope {
             Envelope::Call { msg, reply } => match Box::pin(handler.call_handle_call(&mut *store, &msg)).await {
                 // Sent by the caller of `handle`, once a durable state is copied.
                 Ok(r) => {
+                    if let (Some(span), Err(why)) = (span.as_mut(), &r) {
+                        span.fail(why.clone());
+                    }
                     if let Some(id) = call_id {
                         calls.record(id, r.clone());
                     }
@@ -581,12 +596,15 @@ impl Instance {
                 }
                 Err(e) => {
                     let why = describe_trap(&e, *budget, *memory_limit);
+                    if let Some(span) = span.as_mut() {
+                        span.fail(format!("trapped: {why}"));
+                    }
                     reply.send(Err(CallError::Failed(format!("{name} trapped: {why}"))));
                     Err(End::Trapped(why))
                 }
             },
             // Turned into a call above.
-            Envelope::CallOnce(_) => unreachable!("a call with an id is handled as a call"),
+            Envelope::CallWith(_) => unreachable!("a call with an id or a trace is handled as a call"),
             Envelope::Cast { msg } => Box::pin(handler.call_handle_cast(&mut *store, &msg)).await.map(|()| None).map_err(|e| trap(&e)),
             Envelope::Info(i) => Box::pin(handler.call_handle_info(&mut *store, &to_wit_info(*i))).await.map(|()| None).map_err(|e| trap(&e)),
             Envelope::Conflict(conflict) => {
