@@ -13,8 +13,11 @@
 #   /wasmnode/config/*.toml          the repository's config/ (compose.toml is the default)
 #   /wasmnode/cache/                 compiled code of the built-in plugins (no compile at start)
 #   /etc/ssl/certs/ca-certificates.crt
+# `docker build .` from the repository stops at the first COPY, rootfs/ not found: run
+# `./dev image`. (The classic builder prints this ARG as its first step; BuildKit shows it
+# with the error.)
+ARG HOW_TO_BUILD="run ./dev image: docker build . in the repository stops at the first COPY"
 FROM scratch
-# `docker build .` from the repository stops here, rootfs/ not found: run `./dev image`.
 COPY rootfs/ /
 COPY --chown=10001:10001 cache/ /wasmnode/cache/
 # OCI annotations, read with `docker image inspect -f '{{json .Config.Labels}}' IMAGE`.

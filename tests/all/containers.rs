@@ -203,6 +203,18 @@ fn the_image_is_small_static_and_runs_as_non_root() {
     assert!(help.contains("Usage"), "{help}");
 }
 
+/// `docker build .` in the repository fails at once (nothing is sent: .dockerignore) and
+/// its output says to build with `./dev image`, with the classic builder and BuildKit.
+#[test]
+fn docker_build_in_the_repository_says_to_run_dev_image() {
+    let _g = exclusive();
+    let out = run(Command::new("docker").args(["build", "."]).current_dir(repo_root()));
+    let text = output_text(&out);
+    assert!(!out.status.success(), "docker build . in the repository built something:\n{text}");
+    assert!(text.contains("run ./dev image"), "docker build . does not say how to build the image:\n{text}");
+    assert!(text.contains("rootfs"), "it should stop at the first COPY:\n{text}");
+}
+
 /// Three containers mesh through Docker's DNS; scaled to 5 and back to 3 the mesh follows
 /// (the two that stop leave); a `docker kill`ed one is reported down with its reason, in
 /// the log and in /metrics; probes answer from inside the network.
