@@ -103,7 +103,7 @@ enum Target {
     Remote(String),
 }
 
-/// The envelope of a call, with its id when it has one.
+/// The envelope of a call, with its id and its trace when it has them (boxed: rare).
 fn call_envelope(msg: Vec<u8>, id: Option<String>, trace: Option<Traced>, reply: ReplyTo) -> Envelope {
     match (id, trace) {
         (None, None) => Envelope::Call { msg, reply },
