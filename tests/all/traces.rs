@@ -109,6 +109,40 @@ fn collector(addr: &str) -> Arc<Mutex<Vec<Got>>> {
     spans
 }
 
+/// An HTTP server on `addr` that answers `200 ok` and keeps each request's
+/// `traceparent` header.
+fn traceparents(addr: &str) -> Arc<Mutex<Vec<String>>> {
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let (mut length, mut traceparent) = (0usize, String::new());
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "content-length" => length = v.trim().parse().unwrap_or(0),
+                        "traceparent" => traceparent = v.trim().to_string(),
+                        _ => {}
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            keep.lock().unwrap().push(traceparent);
+            let mut conn = conn;
+            let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    seen
+}
+
 /// The span of `trace` named `name` on `node`, once the collector has it.
 fn find(spans: &Arc<Mutex<Vec<Got>>>, trace: &str, node: &str, name: &str, parent: &str) -> Got {
     let pick = || spans.lock().unwrap().iter().find(|s| s.trace == trace && s.node == node && s.name == name && s.parent == parent).cloned();
@@ -124,7 +158,8 @@ fn a_call_across_nodes_is_one_trace_at_the_collector() {
     let dir = TempDir::new("traces");
     let spans = collector("127.0.109.100:4318");
     let names = ["a@127.0.109.1", "b@127.0.109.2"];
-    let kinds = [("probe", "worker_probe.wasm", "activate_on_call = true")];
+    let kinds = [("probe", "worker_probe.wasm", "activate_on_call = true\nallowed_outbound_hosts = [\"http://127.0.109.102:8089\"]")];
+    let server = traceparents("127.0.109.102:8089");
     // The gateway on a only.
     let config_a = dir.write("a.toml", &worker_topology(&names, &kinds, Some("127.0.109.1:8080")));
     let config_b = dir.write("b.toml", &worker_topology(&names, &kinds, None));
@@ -162,6 +197,24 @@ fn a_call_across_nodes_is_one_trace_at_the_collector() {
     let on_a = find(&spans, root, names[0], "handle_call probe", &back.span);
     assert_eq!((on_a.kind, on_a.worker.as_str()), (SpanKind::Server, format!("probe/{near}").as_str()));
     assert!(![&gateway, &to_b, &on_b, &back, &on_a].iter().any(|s| s.failed), "{:#?}", spans.lock().unwrap());
+
+    // A worker's outbound HTTP request is a client span of its call, and the server gets
+    // the trace in a `traceparent` header.
+    let out = Launch::test().env(&[("TRACEPARENT", "00-33333333333333333333333333333333-4444444444444444-01")]).cli(&[
+        "call",
+        "--node",
+        names[0],
+        &format!("probe/{far}"),
+        "http-post http://127.0.109.102:8089/hook hi",
+    ]);
+    assert_eq!(output_text(&out).trim(), "200 ok", "{}", output_text(&out));
+    let entry = find(&spans, "33333333333333333333333333333333", names[0], "call", "4444444444444444");
+    let hop = find(&spans, "33333333333333333333333333333333", names[0], "call probe", &entry.span);
+    let handled = find(&spans, "33333333333333333333333333333333", names[1], "handle_call probe", &hop.span);
+    let post = find(&spans, "33333333333333333333333333333333", names[1], "POST", &handled.span);
+    assert_eq!(post.kind, SpanKind::Client);
+    let seen = server.lock().unwrap().clone();
+    assert_eq!(seen, [format!("00-33333333333333333333333333333333-{}-01", post.span)], "the server's traceparent names the POST span");
 
     // The CLI's call joins the trace its TRACEPARENT names; a failing call's spans say so.
     let script = "11111111111111111111111111111111";

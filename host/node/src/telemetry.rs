@@ -12,7 +12,9 @@
 //!   context rides in the request frame ([`TraceContext`]);
 //! - `handle_call KIND` on the node that runs the instance (server when the call came
 //!   from another node), for the time the worker handled it; a call the worker makes
-//!   meanwhile (`cluster.call`) is its child.
+//!   meanwhile (`cluster.call`) is its child, and so is each outbound HTTP request it
+//!   makes (a client span named after the method), which carries a `traceparent`
+//!   header to the server unless the worker set one.
 //!
 //! With tracing off nothing is created and requests carry no context: the frames are
 //! byte for byte what they were. `OTEL_SERVICE_NAME` names the service (default
@@ -130,11 +132,42 @@ impl Span {
     pub fn fail(&mut self, why: impl Into<Cow<'static, str>>) {
         self.0.set_status(Status::error(why));
     }
+
+    /// Adds an attribute.
+    pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        self.0.set_attribute(KeyValue::new(key, value));
+    }
 }
 
 /// A span named `name` under `parent` (a new trace without one), with `worker` and
 /// `peer` (another node) as attributes when given; `None` when tracing is off.
 pub fn span(name: impl Into<Cow<'static, str>>, kind: Kind, parent: Option<TraceContext>, worker: Option<&str>, peer: Option<&str>) -> Option<Span> {
+    TRACING.get()?;
+    let mut attributes = vec![KeyValue::new("rpc.system", "wasmnode")];
+    if let Some(w) = worker {
+        attributes.push(KeyValue::new("wasmnode.worker", w.to_string()));
+    }
+    if let Some(p) = peer {
+        attributes.push(KeyValue::new("wasmnode.peer", p.to_string()));
+    }
+    start(name.into(), kind, parent, attributes)
+}
+
+/// A worker's outbound HTTP request (a client span named after the method, with the
+/// semantic conventions' attributes), under the span of the message it handles.
+pub fn http_span(method: &str, url: &str, host: &str, port: u16, parent: TraceContext, worker: &str) -> Option<Span> {
+    TRACING.get()?;
+    let attributes = vec![
+        KeyValue::new("http.request.method", method.to_string()),
+        KeyValue::new("url.full", url.to_string()),
+        KeyValue::new("server.address", host.to_string()),
+        KeyValue::new("server.port", i64::from(port)),
+        KeyValue::new("wasmnode.worker", worker.to_string()),
+    ];
+    start(method.to_string().into(), Kind::Client, Some(parent), attributes)
+}
+
+fn start(name: Cow<'static, str>, kind: Kind, parent: Option<TraceContext>, attributes: Vec<KeyValue>) -> Option<Span> {
     let t = TRACING.get()?;
     let cx = match parent {
         Some(p) => Context::new().with_remote_span_context(SpanContext::new(
@@ -146,13 +179,6 @@ pub fn span(name: impl Into<Cow<'static, str>>, kind: Kind, parent: Option<Trace
         )),
         None => Context::new(),
     };
-    let mut attributes = vec![KeyValue::new("rpc.system", "wasmnode")];
-    if let Some(w) = worker {
-        attributes.push(KeyValue::new("wasmnode.worker", w.to_string()));
-    }
-    if let Some(p) = peer {
-        attributes.push(KeyValue::new("wasmnode.peer", p.to_string()));
-    }
     let kind = match kind {
         Kind::Server => SpanKind::Server,
         Kind::Client => SpanKind::Client,

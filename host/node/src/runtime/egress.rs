@@ -25,6 +25,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{default_send_request, Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::outbound::Grants;
+use crate::telemetry::{self, TraceContext};
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 
@@ -47,6 +48,9 @@ pub struct Egress {
     /// Nanoseconds the instance spent waiting for answers: its deadline counts only its
     /// own time (the same counter as its yields).
     pub waited: Arc<AtomicU64>,
+    /// The span of the message being handled, when it is traced: each request is a
+    /// client span under it, and tells the server with a `traceparent` header.
+    pub trace: Option<TraceContext>,
 }
 
 impl WasiHttpHooks for Egress {
@@ -90,6 +94,14 @@ impl WasiHttpHooks for Egress {
                 request.headers_mut().insert(http::header::HOST, v);
             }
         }
+        let mut span = self.trace.and_then(|parent| telemetry::http_span(request.method().as_str(), &uri.to_string(), &host, port, parent, &self.worker));
+        if let Some(span) = &span {
+            if !request.headers().contains_key("traceparent") {
+                if let Ok(v) = http::HeaderValue::from_str(&span.context().to_traceparent()) {
+                    request.headers_mut().insert("traceparent", v);
+                }
+            }
+        }
         let Reach { in_flight, timeout, .. } = self.reach.clone();
         let cap = |t: Option<Duration>| Some(t.map_or(timeout, |t| t.min(timeout)));
         let o = options.unwrap_or_default();
@@ -115,13 +127,27 @@ impl WasiHttpHooks for Egress {
             })
             .await;
             waited.fetch_add(began.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            // The request's span ends with the response's head (or its failure).
             let (permit, response, io) = match sent {
-                Ok(r) => r?,
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    if let Some(span) = span.as_mut() {
+                        span.fail(e.to_string());
+                    }
+                    return Err(e);
+                }
                 Err(_) => {
+                    if let Some(span) = span.as_mut() {
+                        span.fail("timed out");
+                    }
                     info!(worker = %worker, host = %uri, "outbound request of {worker} to {uri} timed out after {} ms", timeout.as_millis());
                     return Err(HttpError::ConnectionTimeout);
                 }
             };
+            if let Some(span) = span.as_mut() {
+                span.set("http.response.status_code", i64::from(response.status().as_u16()));
+            }
+            drop(span);
             // The connection (and the slot) lasts until the body is read, within the deadline.
             let io: IoFuture = Box::new(async move {
                 let _permit = permit;

@@ -244,7 +244,7 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
     let state = WorkerState {
         wasi: WasiCtx::builder().stdout(LineLog::new(worker.clone(), false)).stderr(LineLog::new(worker.clone(), true)).build(),
         http: WasiHttpCtx::new(),
-        egress: Egress { worker, reach: kind.reach.clone(), waited: yielded.clone() },
+        egress: Egress { worker, reach: kind.reach.clone(), waited: yielded.clone(), trace: None },
         config: kind.config_vars.clone(),
         table: ResourceTable::new(),
         limits: StoreLimitsBuilder::new().memory_size(kind.config.memory_limit).trap_on_grow_failure(true).build(),
@@ -581,7 +581,9 @@ impl Instance {
             let kind = if t.remote { telemetry::Kind::Server } else { telemetry::Kind::Internal };
             telemetry::span(format!("handle_call {}", name.kind), kind, Some(t.parent), Some(&name.to_string()), None)
         });
-        store.data_mut().cluster.trace = span.as_ref().map(telemetry::Span::context);
+        let context = span.as_ref().map(telemetry::Span::context);
+        store.data_mut().cluster.trace = context;
+        store.data_mut().egress.trace = context;
         match envelope {
             Envelope::Call { msg, reply } => match Box::pin(handler.call_handle_call(&mut *store, &msg)).await {
                 // Sent by the caller of `handle`, once a durable state is copied.
