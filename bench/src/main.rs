@@ -1053,7 +1053,7 @@ async fn gateway(args: &Args) -> Value {
 /// A local HTTP server for the outbound figure: answers every request `200 ok` and
 /// closes the connection (what the worker's client and the host's both expect: one
 /// connection per request).
-async fn ok_server(addr: &str) {
+async fn ok_server(addr: &str, keep_alive: bool) {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     tokio::spawn(async move {
         loop {
@@ -1062,7 +1062,7 @@ async fn ok_server(addr: &str) {
                 let service = hyper::service::service_fn(|_req| async {
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))))
                 });
-                let _ = hyper::server::conn::http1::Builder::new().keep_alive(false).serve_connection(hyper_util::rt::TokioIo::new(conn), service).await;
+                let _ = hyper::server::conn::http1::Builder::new().keep_alive(keep_alive).serve_connection(hyper_util::rt::TokioIo::new(conn), service).await;
             });
         }
     });
@@ -1082,15 +1082,39 @@ async fn host_get(addr: &str) {
     response.into_body().collect().await.expect("body");
 }
 
+/// GETs of `http://{addr}/` by the host on one kept-alive connection (hyper's client),
+/// each timed, its body read to the end.
+async fn host_gets_kept(addr: &str, n: usize) -> Vec<f64> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).ok();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("handshake");
+    tokio::spawn(conn);
+    let mut ns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        sender.ready().await.expect("ready");
+        let request = hyper::Request::get("/").header("host", addr).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        let response = sender.send_request(request).await.expect("send");
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.expect("body");
+        ns.push(t.elapsed().as_nanos() as f64);
+    }
+    ns
+}
+
 /// Outbound HTTP: N GETs of a local server by a worker (`wasi:http`, timed in the
 /// guest) against the same GETs made by the host directly (hyper's client, timed in the
-/// bench), one connection per request both ways.
+/// bench): to a server that closes each connection (a connection per request both
+/// ways), then to one that keeps them (the worker's kind reuses its pooled connection,
+/// the host one connection).
 async fn outbound(args: &Args) -> Value {
-    let server = "127.0.31.9:8089";
-    ok_server(server).await;
+    let (server, kept) = ("127.0.31.9:8089", "127.0.31.9:8090");
+    ok_server(server, false).await;
+    ok_server(kept, true).await;
     let names = ["o1@127.0.31.1".to_string()];
     let kinds = format!(
-        "{}\n[worker.probe]\ncomponent = \"{}\"\nallowed_outbound_hosts = [\"http://{server}\"]\n",
+        "{}\n[worker.probe]\ncomponent = \"{}\"\nallowed_outbound_hosts = [\"http://{server}\", \"http://{kept}\"]\n",
         args.static_topology(&names),
         args.plugin("worker_probe.wasm").display()
     );
@@ -1124,6 +1148,22 @@ async fn outbound(args: &Args) -> Value {
         ns.sort_by(|a, b| a.total_cmp(b));
         out.insert(format!("host_get_median_us_round{round}"), json!(ns[n / 2] / 1000.0));
         out.insert(format!("host_get_p99_us_round{round}"), json!(ns[n * 99 / 100] / 1000.0));
+    }
+    // Kept-alive connections, the same way.
+    let url = format!("http://{kept}/");
+    let v = ask(&ctl, json!({"op":"call","kind":"probe","key":"o","msg":format!("http-bench 200 {url}"),"timeout_ms":600000})).await;
+    assert!(v["reply"].is_string(), "warm-up: {v}");
+    host_gets_kept(kept, 200).await;
+    for round in 0..2 {
+        let v = ask(&ctl, json!({"op":"call","kind":"probe","key":"o","msg":format!("http-bench {n} {url}"),"timeout_ms":600000})).await;
+        let reply = v["reply"].as_str().unwrap_or_else(|| panic!("http-bench failed: {v}")).to_string();
+        let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
+        out.insert(format!("worker_get_kept_median_us_round{round}"), json!(it.next().unwrap()));
+        out.insert(format!("worker_get_kept_p99_us_round{round}"), json!(it.next().unwrap()));
+        let mut ns = host_gets_kept(kept, n).await;
+        ns.sort_by(|a, b| a.total_cmp(b));
+        out.insert(format!("host_get_kept_median_us_round{round}"), json!(ns[n / 2] / 1000.0));
+        out.insert(format!("host_get_kept_p99_us_round{round}"), json!(ns[n * 99 / 100] / 1000.0));
     }
     drop(node);
     Value::Object(out)

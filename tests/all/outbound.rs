@@ -411,3 +411,65 @@ fn c_and_python_workers_post_to_their_kinds_webhook() {
     assert_eq!(got, [("POST", "/c", "hello from c"), ("POST", "/py", "hello from py")], "{seen:?}");
     assert_eq!(other.connections.load(Ordering::SeqCst), 0, "a refused request must not connect");
 }
+
+/// A kind keeps its connections alive: five requests to a server that keeps
+/// connections open take one connection; another kind granted the same server makes
+/// its own (kinds never share a connection).
+#[test]
+fn a_kind_keeps_its_connections_alive_and_to_itself() {
+    let dir = TempDir::new("outbound-pool");
+    let listener = TcpListener::bind("127.0.108.70:8089").unwrap();
+    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, r) = (connections.clone(), requests.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                // Requests one after another on the same connection, until the client closes it.
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.trim().eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    r.fetch_add(1, Ordering::SeqCst);
+                    if write!(conn, "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nkept").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let names = ["a@127.0.108.7"];
+    let grant = "allowed_outbound_hosts = [\"http://127.0.108.70:8089\"]";
+    let kinds = [("probe", "worker_probe.wasm", probe_kind(grant)), ("other", "worker_probe.wasm", probe_kind(grant))];
+    let kinds: Vec<(&str, &str, &str)> = kinds.iter().map(|(k, f, e)| (*k, *f, e.as_str())).collect();
+    let config = dir.write("t.toml", &worker_topology(&names, &kinds, None));
+    let a = Node::start(names[0], &config);
+    a.wait_members(&names, FORM);
+    for i in 0..5 {
+        // From two instances of the kind: the pool is the kind's, not an instance's.
+        assert_eq!(call(names[0], &format!("probe/p{}", i % 2), "http-get http://127.0.108.70:8089/again"), (true, "200 kept".to_string()));
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 5);
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "the kind's five requests should share one kept connection");
+    assert_eq!(call(names[0], "other/o1", "http-get http://127.0.108.70:8089/mine"), (true, "200 kept".to_string()));
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "another kind makes its own connection");
+}

@@ -7,6 +7,10 @@
 //! the worker and the host. HTTPS trusts the host's CA bundle (`$SSL_CERT_FILE`, which
 //! the image sets, else the system's), so an operator's private CA works as it does for
 //! every other program on the machine.
+//!
+//! Each kind keeps its connections alive between requests ([`Pool`], hyper's pooled
+//! client): a worker that calls one API again and again pays the connection (and the TLS
+//! handshake) once, not per request. A kind never uses another kind's connections.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,12 +21,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use tokio::sync::Semaphore;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
-use wasmtime_wasi_http::{default_send_request, Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::outbound::Grants;
 use crate::telemetry::{self, TraceContext};
@@ -30,8 +37,10 @@ use crate::telemetry::{self, TraceContext};
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 
 /// What one kind may do outside: shared by its instances on this node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Reach {
+    /// The kind's kept-alive connections.
+    pub pool: Pool,
     pub grants: Arc<Grants>,
     /// Requests in flight, all instances of the kind together.
     pub in_flight: Arc<Semaphore>,
@@ -102,7 +111,7 @@ impl WasiHttpHooks for Egress {
                 }
             }
         }
-        let Reach { in_flight, timeout, .. } = self.reach.clone();
+        let Reach { in_flight, timeout, pool, .. } = self.reach.clone();
         let cap = |t: Option<Duration>| Some(t.map_or(timeout, |t| t.min(timeout)));
         let o = options.unwrap_or_default();
         let options = RequestOptions {
@@ -117,18 +126,16 @@ impl WasiHttpHooks for Egress {
             let sent = tokio::time::timeout_at(deadline, async {
                 // One more than the cap waits for a slot, within the same deadline.
                 let permit = in_flight.acquire_owned().await.map_err(|_| HttpError::ConnectionLimitReached)?;
-                let (response, io): (http::Response<WasiBody>, IoFuture) = if scheme == "https" {
-                    send_https(request, options).await?
-                } else {
-                    let (response, io) = default_send_request(request, Some(options)).await?;
-                    (response.map(BodyExt::boxed_unsync), Box::new(io))
-                };
-                Ok::<_, HttpError>((permit, response, io))
+                // Connecting (when no kept connection is free) and the first byte of the
+                // answer, each within its own timeout: their sum bounds the wait.
+                let head = options.connect_timeout.unwrap_or(timeout) + options.first_byte_timeout.unwrap_or(timeout);
+                let response = tokio::time::timeout(head, pool.send(scheme == "https", request)).await.map_err(|_| HttpError::ConnectionReadTimeout)??;
+                Ok::<_, HttpError>((permit, response))
             })
             .await;
             waited.fetch_add(began.elapsed().as_nanos() as u64, Ordering::Relaxed);
             // The request's span ends with the response's head (or its failure).
-            let (permit, response, io) = match sent {
+            let (permit, response) = match sent {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     if let Some(span) = span.as_mut() {
@@ -148,11 +155,11 @@ impl WasiHttpHooks for Egress {
                 span.set("http.response.status_code", i64::from(response.status().as_u16()));
             }
             drop(span);
-            // The connection (and the slot) lasts until the body is read, within the deadline.
-            let io: IoFuture = Box::new(async move {
-                let _permit = permit;
-                tokio::time::timeout_at(deadline, Box::into_pin(io)).await.map_err(|_| HttpError::ConnectionReadTimeout)?
-            });
+            // The slot is held until the body is read (or dropped), within the deadline;
+            // the pool drives the connection.
+            let between = options.between_bytes_timeout.unwrap_or(timeout).max(Duration::from_nanos(1));
+            let response = response.map(|body| Held::new(body, permit, deadline, between).boxed_unsync());
+            let io: IoFuture = Box::new(async { Ok(()) });
             Ok((response, io))
         })
     }
@@ -188,66 +195,153 @@ pub(crate) fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
         .clone()
 }
 
-/// An HTTPS request on a new connection, TLS trusting [`tls_config`]: the response and
-/// the future that drives the connection until the body is read (as wasmtime-wasi-http's
-/// own sender, which trusts only the roots compiled into it).
-async fn send_https(mut request: http::Request<WasiBody>, options: RequestOptions) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
-    use std::future::poll_fn;
-    let uri = request.uri().clone();
-    let host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?.trim_start_matches('[').trim_end_matches(']').to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let connect = options.connect_timeout.unwrap_or(Duration::from_secs(600));
-    let tcp = tokio::time::timeout(connect, tokio::net::TcpStream::connect((host.as_str(), port)))
-        .await
-        .map_err(|_| HttpError::ConnectionTimeout)?
-        .map_err(HttpError::Connect)?;
-    let _ = tcp.set_nodelay(true);
-    let config = tls_config().map_err(|e| {
-        warn!("outbound HTTPS: {e}");
-        HttpError::Tls(std::io::Error::other(e))
-    })?;
-    let name = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => rustls::pki_types::ServerName::from(ip),
-        Err(_) => rustls::pki_types::ServerName::try_from(host.clone())?,
-    };
-    let stream = tokio::time::timeout(connect, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
-        .await
-        .map_err(|_| HttpError::ConnectionTimeout)?
-        .map_err(HttpError::Tls)?;
-    let (mut sender, conn) = tokio::time::timeout(connect, hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)))
-        .await
-        .map_err(|_| HttpError::ConnectionTimeout)??;
-    // Origin form on the wire: the path alone (the authority is in the Host header).
-    *request.uri_mut() =
-        http::Uri::builder().path_and_query(uri.path_and_query().map_or("/", |p| p.as_str())).build().map_err(|_| HttpError::HttpRequestUriInvalid)?;
-    let first_byte = options.first_byte_timeout.unwrap_or(Duration::from_secs(600));
-    let mut send = std::pin::pin!(async move { tokio::time::timeout(first_byte, sender.send_request(request)).await });
-    let mut conn = Some(conn);
-    // The response, while driving the connection's I/O.
-    let response = poll_fn(|cx| match send.as_mut().poll(cx) {
-        Poll::Ready(r) => Poll::Ready(r.map_err(|_| HttpError::ConnectionReadTimeout).and_then(|r| r.map_err(HttpError::from))),
-        Poll::Pending => {
-            let Some(c) = conn.as_mut() else { return Poll::Pending };
-            match Pin::new(c).poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(done) => {
-                    conn = None;
-                    match done {
-                        Ok(()) => send.as_mut().poll(cx).map(|r| r.map_err(|_| HttpError::ConnectionReadTimeout).and_then(|r| r.map_err(HttpError::from))),
-                        Err(e) => Poll::Ready(Err(HttpError::from(e))),
-                    }
+type Pooled<C> = hyper_util::client::legacy::Client<C, WasiBody>;
+
+/// A kind's connections, kept alive between requests: plain HTTP, and HTTPS trusting
+/// [`tls_config`] (made on the first HTTPS request, when the CA bundle is first read).
+#[derive(Clone)]
+pub struct Pool {
+    http: Pooled<HttpConnector>,
+    https: Arc<OnceLock<Result<Pooled<HttpsConnector<HttpConnector>>, String>>>,
+    connect_timeout: Duration,
+}
+
+/// How long an unused connection stays open, and how many a kind keeps per host.
+const IDLE: Duration = Duration::from_secs(30);
+const IDLE_PER_HOST: usize = 32;
+
+impl Pool {
+    /// A pool whose connections are made within `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Pool {
+        Pool { http: pooled(connector(connect_timeout)), https: Arc::default(), connect_timeout }
+    }
+
+    fn https(&self) -> Result<&Pooled<HttpsConnector<HttpConnector>>, HttpError> {
+        let client = self.https.get_or_init(|| {
+            let config = tls_config()?;
+            let mut http = connector(self.connect_timeout);
+            http.enforce_http(false);
+            let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*config).clone()).https_only().enable_http1().wrap_connector(http);
+            Ok(pooled(https))
+        });
+        client.as_ref().map_err(|e| {
+            warn!("outbound HTTPS: {e}");
+            HttpError::Tls(std::io::Error::other(e.clone()))
+        })
+    }
+
+    /// Sends `request` (absolute URI, `Host` set) on a kept connection or a new one.
+    async fn send(&self, https: bool, request: http::Request<WasiBody>) -> Result<http::Response<hyper::body::Incoming>, HttpError> {
+        let sent = if https { self.https()?.request(request).await } else { self.http.request(request).await };
+        sent.map_err(classify)
+    }
+}
+
+fn connector(connect_timeout: Duration) -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    c.set_connect_timeout(Some(connect_timeout));
+    c
+}
+
+fn pooled<C>(connector: C) -> Pooled<C>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(IDLE)
+        .pool_max_idle_per_host(IDLE_PER_HOST)
+        .build(connector)
+}
+
+/// The pooled client's error as `wasi:http`'s: TLS (a rustls error anywhere in its
+/// chain), connecting, or the connection ending before the answer.
+fn classify(e: hyper_util::client::legacy::Error) -> HttpError {
+    let mut chain = Vec::new();
+    let mut tls = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        tls |= is_rustls(s);
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    chain.dedup();
+    let why = std::io::Error::other(chain.join(": "));
+    if tls {
+        HttpError::Tls(why)
+    } else if e.is_connect() {
+        HttpError::Connect(why)
+    } else {
+        info!(reason = %why, "outbound request failed: {why}");
+        HttpError::ConnectionTerminated
+    }
+}
+
+/// Whether `e` is a rustls error, itself or inside io::Errors (whose `source` skips the
+/// error they wrap; the TLS connector wraps rustls' error in two).
+fn is_rustls(mut e: &(dyn std::error::Error + 'static)) -> bool {
+    loop {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => e = inner,
+            None => return false,
+        }
+    }
+}
+
+/// A pooled response's body: holds the kind's in-flight slot until it ends (or is
+/// dropped), and fails once the kind's deadline passes or the server is silent longer
+/// than the between-bytes timeout.
+struct Held {
+    body: hyper::body::Incoming,
+    permit: Option<OwnedSemaphorePermit>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    between: tokio::time::Interval,
+}
+
+impl Held {
+    fn new(body: hyper::body::Incoming, permit: OwnedSemaphorePermit, deadline: tokio::time::Instant, between: Duration) -> Held {
+        let mut between = tokio::time::interval(between);
+        between.reset();
+        Held { body, permit: Some(permit), deadline: Box::pin(tokio::time::sleep_until(deadline)), between }
+    }
+}
+
+impl hyper::body::Body for Held {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.permit = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(frame)) => {
+                this.between.reset();
+                Poll::Ready(Some(frame.map_err(HttpError::from)))
+            }
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_ready() || this.between.poll_tick(cx).is_ready() {
+                    this.permit = None;
+                    return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
                 }
+                Poll::Pending
             }
         }
-    })
-    .await?;
-    let io: IoFuture = Box::new(async move {
-        match conn {
-            Some(c) => c.await.map_err(HttpError::from),
-            None => Ok(()),
-        }
-    });
-    Ok((response.map(|body| body.map_err(HttpError::from).boxed_unsync()), io))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A guest's stdout or stderr: each line becomes one log line with the worker's name

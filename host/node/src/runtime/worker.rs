@@ -312,6 +312,7 @@ impl WorkerKind {
             None => None,
         };
         let reach = Reach {
+            pool: super::egress::Pool::new(w.outbound_timeout),
             grants: Arc::new(w.grants.clone()),
             in_flight: Arc::new(Semaphore::new(w.outbound_max_in_flight)),
             timeout: w.outbound_timeout,
