@@ -473,3 +473,32 @@ fn a_kind_keeps_its_connections_alive_and_to_itself() {
     assert_eq!(call(names[0], "other/o1", "http-get http://127.0.108.70:8089/mine"), (true, "200 kept".to_string()));
     assert_eq!(connections.load(Ordering::SeqCst), 2, "another kind makes its own connection");
 }
+
+/// `outbound_max_in_flight` caps a kind's requests in flight: with a cap of one, two
+/// instances' requests to a server that answers after 1 s go one after the other (the
+/// second waits for the first's answer, then goes), and both succeed.
+#[test]
+fn a_kinds_requests_in_flight_are_capped() {
+    let dir = TempDir::new("outbound-cap");
+    let server = Server::start("127.0.108.80:8089", Duration::from_secs(1));
+    let names = ["a@127.0.108.8"];
+    let extra = probe_kind("allowed_outbound_hosts = [\"http://127.0.108.80:8089\"]\noutbound_max_in_flight = 1");
+    let config = dir.write("t.toml", &worker_topology(&names, &[("probe", "worker_probe.wasm", &extra)], None));
+    let a = Node::start(names[0], &config);
+    a.wait_members(&names, FORM);
+    for key in ["p1", "p2"] {
+        assert_eq!(call(names[0], &format!("probe/{key}"), "hello"), (true, "hello".to_string()), "start {key} first");
+    }
+    let t = Instant::now();
+    let calls: Vec<_> = ["p1", "p2"]
+        .map(|key| std::thread::spawn(move || (call("a@127.0.108.8", &format!("probe/{key}"), "http-get http://127.0.108.80:8089/slow"), t.elapsed())))
+        .into_iter()
+        .collect();
+    let done: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    for ((ok, out), _) in &done {
+        assert!(*ok && out == "200 got", "{out}");
+    }
+    let last = done.iter().map(|(_, took)| *took).max().unwrap();
+    assert!(last >= Duration::from_secs(2), "the second request went before the first was answered ({last:?})");
+    assert_eq!(server.seen.lock().unwrap().len(), 2);
+}

@@ -155,11 +155,18 @@ impl WasiHttpHooks for Egress {
                 span.set("http.response.status_code", i64::from(response.status().as_u16()));
             }
             drop(span);
-            // The slot is held until the body is read (or dropped), within the deadline;
-            // the pool drives the connection.
+            // The slot is held until the body is read or dropped, and at most until the
+            // deadline: the returned future (which wasmtime runs while the response
+            // lives) frees it then, even from a guest that never reads the body. The
+            // pool drives the connection.
             let between = options.between_bytes_timeout.unwrap_or(timeout).max(Duration::from_nanos(1));
-            let response = response.map(|body| Held::new(body, permit, deadline, between).boxed_unsync());
-            let io: IoFuture = Box::new(async { Ok(()) });
+            let slot = Arc::new(Mutex::new(Some(permit)));
+            let response = response.map(|body| Held::new(body, slot.clone(), deadline, between).boxed_unsync());
+            let io: IoFuture = Box::new(async move {
+                tokio::time::sleep_until(deadline).await;
+                slot.lock().unwrap().take();
+                Ok(())
+            });
             Ok((response, io))
         })
     }
@@ -293,20 +300,28 @@ fn is_rustls(mut e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// A pooled response's body: holds the kind's in-flight slot until it ends (or is
-/// dropped), and fails once the kind's deadline passes or the server is silent longer
-/// than the between-bytes timeout.
+/// dropped, or the deadline frees it), and fails once the kind's deadline passes or the
+/// server is silent longer than the between-bytes timeout.
 struct Held {
     body: hyper::body::Incoming,
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Slot,
     deadline: Pin<Box<tokio::time::Sleep>>,
     between: tokio::time::Interval,
 }
 
+/// A kind's in-flight slot, shared by a response's body and the timer that frees it at
+/// the deadline: whichever comes first frees it.
+type Slot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
+
 impl Held {
-    fn new(body: hyper::body::Incoming, permit: OwnedSemaphorePermit, deadline: tokio::time::Instant, between: Duration) -> Held {
+    fn new(body: hyper::body::Incoming, slot: Slot, deadline: tokio::time::Instant, between: Duration) -> Held {
         let mut between = tokio::time::interval(between);
         between.reset();
-        Held { body, permit: Some(permit), deadline: Box::pin(tokio::time::sleep_until(deadline)), between }
+        Held { body, slot, deadline: Box::pin(tokio::time::sleep_until(deadline)), between }
+    }
+
+    fn free(&self) {
+        self.slot.lock().unwrap().take();
     }
 }
 
@@ -318,7 +333,7 @@ impl hyper::body::Body for Held {
         let this = &mut *self;
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(None) => {
-                this.permit = None;
+                this.free();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(frame)) => {
@@ -327,7 +342,7 @@ impl hyper::body::Body for Held {
             }
             Poll::Pending => {
                 if this.deadline.as_mut().poll(cx).is_ready() || this.between.poll_tick(cx).is_ready() {
-                    this.permit = None;
+                    this.free();
                     return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
                 }
                 Poll::Pending
