@@ -97,7 +97,7 @@ impl WasiHttpHooks for Egress {
             }
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
-        // hyper's connection does not add the Host header, and the guest may not set it.
+        // The guest may not set the Host header: it is the URI's authority.
         if !request.headers().contains_key(http::header::HOST) {
             if let Some(v) = uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
                 request.headers_mut().insert(http::header::HOST, v);
