@@ -3,7 +3,7 @@
 //! stand-in that speaks OTLP/HTTP as a real one does (protobuf `ExportTraceServiceRequest`
 //! on `POST /v1/traces`), decoded with the OpenTelemetry project's own message types.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,29 +45,10 @@ fn collector(addr: &str) -> Arc<Mutex<Vec<Got>>> {
             let keep = keep.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    assert!(line.starts_with("POST /v1/traces "), "the exporter posts to /v1/traces: {line}");
-                    let (mut length, mut content_type) = (0usize, String::new());
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            match k.trim().to_ascii_lowercase().as_str() {
-                                "content-length" => length = v.trim().parse().unwrap_or(0),
-                                "content-type" => content_type = v.trim().to_string(),
-                                _ => {}
-                            }
-                        }
-                    }
-                    assert_eq!(content_type, "application/x-protobuf");
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
+                while let Some(http) = read_http_request(&mut reader) {
+                    assert!(http.line.starts_with("POST /v1/traces "), "the exporter posts to /v1/traces: {}", http.line);
+                    assert_eq!(http.header("content-type"), Some("application/x-protobuf"));
+                    let body = http.body;
                     let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP trace export");
                     let mut got = keep.lock().unwrap();
                     for rs in request.resource_spans {
@@ -119,22 +100,8 @@ fn traceparents(addr: &str) -> Arc<Mutex<Vec<String>>> {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
             let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let (mut length, mut traceparent) = (0usize, String::new());
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    match k.trim().to_ascii_lowercase().as_str() {
-                        "content-length" => length = v.trim().parse().unwrap_or(0),
-                        "traceparent" => traceparent = v.trim().to_string(),
-                        _ => {}
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
+            let Some(request) = read_http_request(&mut reader) else { continue };
+            let traceparent = request.header("traceparent").unwrap_or("").to_string();
             keep.lock().unwrap().push(traceparent);
             let mut conn = conn;
             let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");

@@ -391,3 +391,47 @@ impl Drop for Cut {
         }
     }
 }
+
+/// One HTTP/1.1 request as a test's server read it: the request line, the headers (names
+/// lower-cased) and the body (`Content-Length` bytes).
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub line: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The request line's method and path.
+    pub fn method_and_path(&self) -> (String, String) {
+        let mut parts = self.line.split_whitespace();
+        (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string())
+    }
+}
+
+/// Reads the next request from a connection; `None` once the client has closed it.
+pub fn read_http_request(reader: &mut impl std::io::BufRead) -> Option<HttpRequest> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    Some(HttpRequest { line: line.trim_end().to_string(), headers, body })
+}
