@@ -1068,31 +1068,32 @@ async fn ok_server(addr: &str, keep_alive: bool) {
     });
 }
 
-/// One GET of `http://{addr}/` by the host itself, on a new connection (hyper's client),
-/// its body read to the end.
-async fn host_get(addr: &str) {
-    use http_body_util::BodyExt;
+/// An HTTP/1.1 connection to `addr` (hyper's client), driven on a task of its own.
+async fn http_connection(addr: &str) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).ok();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("handshake");
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("handshake");
     tokio::spawn(conn);
-    let request = hyper::Request::get("/").header("host", addr).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
-    let response = sender.send_request(request).await.expect("send");
-    assert_eq!(response.status(), 200);
-    response.into_body().collect().await.expect("body");
+    sender
 }
 
-/// GETs of `http://{addr}/` by the host on one kept-alive connection (hyper's client),
-/// each timed, its body read to the end.
-async fn host_gets_kept(addr: &str, n: usize) -> Vec<f64> {
+/// `n` GETs of `http://{addr}/` by the host itself, each timed with its body read to the
+/// end: on one kept-alive connection (`kept`, made before the first is timed), or on a
+/// new connection each (its connecting timed with it).
+async fn host_gets(addr: &str, n: usize, kept: bool) -> Vec<f64> {
     use http_body_util::BodyExt;
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tcp.set_nodelay(true).ok();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.expect("handshake");
-    tokio::spawn(conn);
+    let mut one = if kept { Some(http_connection(addr).await) } else { None };
     let mut ns = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
+        let mut fresh;
+        let sender = match one.as_mut() {
+            Some(s) => s,
+            None => {
+                fresh = http_connection(addr).await;
+                &mut fresh
+            }
+        };
         sender.ready().await.expect("ready");
         let request = hyper::Request::get("/").header("host", addr).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
         let response = sender.send_request(request).await.expect("send");
@@ -1101,6 +1102,14 @@ async fn host_gets_kept(addr: &str, n: usize) -> Vec<f64> {
         ns.push(t.elapsed().as_nanos() as f64);
     }
     ns
+}
+
+/// A worker's `n` GETs of `url` (`http-bench`, timed in the guest): median and p99, µs.
+async fn worker_gets(ctl: &Peer, n: usize, url: &str) -> (f64, f64) {
+    let v = ask(ctl, json!({"op":"call","kind":"probe","key":"o","msg":format!("http-bench {n} {url}"),"timeout_ms":600000})).await;
+    let reply = v["reply"].as_str().unwrap_or_else(|| panic!("http-bench failed: {v}")).to_string();
+    let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
+    (it.next().unwrap(), it.next().unwrap())
 }
 
 /// Outbound HTTP: N GETs of a local server by a worker (`wasi:http`, timed in the
@@ -1123,47 +1132,23 @@ async fn outbound(args: &Args) -> Value {
     node.wait_line("listening on", Duration::from_secs(60));
     let ctl = client("benchctl@127.0.31.8", &names[0]).await;
     let n = if args.quick { 500 } else { 2_000 };
-    let url = format!("http://{server}/");
     let mut out = serde_json::Map::new();
     let v = ask(&ctl, json!({"op": "start", "kind": "probe", "key": "o"})).await;
     assert!(v["started"].is_string(), "start probe/o: {v}");
-    // Alternated, two rounds each, after a warm-up of each.
-    let v = ask(&ctl, json!({"op":"call","kind":"probe","key":"o","msg":format!("http-bench 200 {url}"),"timeout_ms":600000})).await;
-    assert!(v["reply"].is_string(), "warm-up: {v}");
-    for _ in 0..200 {
-        host_get(server).await;
-    }
-    for round in 0..2 {
-        let v = ask(&ctl, json!({"op":"call","kind":"probe","key":"o","msg":format!("http-bench {n} {url}"),"timeout_ms":600000})).await;
-        let reply = v["reply"].as_str().unwrap_or_else(|| panic!("http-bench failed: {v}")).to_string();
-        let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
-        out.insert(format!("worker_get_median_us_round{round}"), json!(it.next().unwrap()));
-        out.insert(format!("worker_get_p99_us_round{round}"), json!(it.next().unwrap()));
-        let mut ns = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = Instant::now();
-            host_get(server).await;
-            ns.push(t.elapsed().as_nanos() as f64);
+    for (addr, label, keep) in [(server, "", false), (kept, "_kept", true)] {
+        let url = format!("http://{addr}/");
+        // Alternated, two rounds each, after a warm-up of each.
+        worker_gets(&ctl, 200, &url).await;
+        host_gets(addr, 200, keep).await;
+        for round in 0..2 {
+            let (median, p99) = worker_gets(&ctl, n, &url).await;
+            out.insert(format!("worker_get{label}_median_us_round{round}"), json!(median));
+            out.insert(format!("worker_get{label}_p99_us_round{round}"), json!(p99));
+            let mut ns = host_gets(addr, n, keep).await;
+            ns.sort_by(|a, b| a.total_cmp(b));
+            out.insert(format!("host_get{label}_median_us_round{round}"), json!(ns[n / 2] / 1000.0));
+            out.insert(format!("host_get{label}_p99_us_round{round}"), json!(ns[n * 99 / 100] / 1000.0));
         }
-        ns.sort_by(|a, b| a.total_cmp(b));
-        out.insert(format!("host_get_median_us_round{round}"), json!(ns[n / 2] / 1000.0));
-        out.insert(format!("host_get_p99_us_round{round}"), json!(ns[n * 99 / 100] / 1000.0));
-    }
-    // Kept-alive connections, the same way.
-    let url = format!("http://{kept}/");
-    let v = ask(&ctl, json!({"op":"call","kind":"probe","key":"o","msg":format!("http-bench 200 {url}"),"timeout_ms":600000})).await;
-    assert!(v["reply"].is_string(), "warm-up: {v}");
-    host_gets_kept(kept, 200).await;
-    for round in 0..2 {
-        let v = ask(&ctl, json!({"op":"call","kind":"probe","key":"o","msg":format!("http-bench {n} {url}"),"timeout_ms":600000})).await;
-        let reply = v["reply"].as_str().unwrap_or_else(|| panic!("http-bench failed: {v}")).to_string();
-        let mut it = reply.split_whitespace().map(|x| x.parse::<f64>().unwrap() / 1000.0);
-        out.insert(format!("worker_get_kept_median_us_round{round}"), json!(it.next().unwrap()));
-        out.insert(format!("worker_get_kept_p99_us_round{round}"), json!(it.next().unwrap()));
-        let mut ns = host_gets_kept(kept, n).await;
-        ns.sort_by(|a, b| a.total_cmp(b));
-        out.insert(format!("host_get_kept_median_us_round{round}"), json!(ns[n / 2] / 1000.0));
-        out.insert(format!("host_get_kept_p99_us_round{round}"), json!(ns[n * 99 / 100] / 1000.0));
     }
     drop(node);
     Value::Object(out)

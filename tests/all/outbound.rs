@@ -2,8 +2,7 @@
 //! their kind's configuration, their stdout and stderr in the node's log, and a slow
 //! server that holds nothing but the waiting worker's own mailbox.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,31 +34,23 @@ impl Server {
     }
 
     fn start_failing(addr: &str, delay: Duration, fail_first: usize) -> Server {
-        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-        let (connections, seen) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::new())));
-        let (c, s) = (connections.clone(), seen.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                c.fetch_add(1, Ordering::SeqCst);
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(conn.try_clone().unwrap());
-                    let Some(request) = read_http_request(&mut reader) else { return };
-                    let (method, path) = request.method_and_path();
-                    let host = request.header("host").unwrap_or("").to_string();
-                    let body = String::from_utf8_lossy(&request.body).to_string();
-                    let nth = {
-                        let mut seen = s.lock().unwrap();
-                        seen.push(Seen { method, path, host, body: body.clone() });
-                        seen.len()
-                    };
-                    std::thread::sleep(delay);
-                    let (status, reply) =
-                        if nth <= fail_first { ("500 Internal Server Error", "failing on purpose".to_string()) } else { ("200 OK", format!("got {body}")) };
-                    let mut conn = conn;
-                    let _ = write!(conn, "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}", reply.len());
-                });
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let connections = http_server(addr, false, move |request| {
+            let (method, path) = request.method_and_path();
+            let host = request.header("host").unwrap_or("").to_string();
+            let body = String::from_utf8_lossy(&request.body).to_string();
+            let nth = {
+                let mut seen = s.lock().unwrap();
+                seen.push(Seen { method, path, host, body: body.clone() });
+                seen.len()
+            };
+            // The server is slow on purpose (what the tests measure), not the test waiting.
+            std::thread::sleep(delay);
+            if nth <= fail_first {
+                ("500 Internal Server Error", "text/plain", b"failing on purpose".to_vec())
+            } else {
+                ("200 OK", "text/plain", format!("got {body}").into_bytes())
             }
         });
         Server { connections, seen }
@@ -402,26 +393,11 @@ fn c_and_python_workers_post_to_their_kinds_webhook() {
 #[test]
 fn a_kind_keeps_its_connections_alive_and_to_itself() {
     let dir = TempDir::new("outbound-pool");
-    let listener = TcpListener::bind("127.0.108.70:8089").unwrap();
-    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (c, r) = (connections.clone(), requests.clone());
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            c.fetch_add(1, Ordering::SeqCst);
-            let r = r.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut conn = conn;
-                // Requests one after another on the same connection, until the client closes it.
-                while read_http_request(&mut reader).is_some() {
-                    r.fetch_add(1, Ordering::SeqCst);
-                    if write!(conn, "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nkept").is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+    let requests = Arc::new(AtomicUsize::new(0));
+    let r = requests.clone();
+    let connections = http_server("127.0.108.70:8089", true, move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+        ("200 OK", "text/plain", b"kept".to_vec())
     });
     let names = ["a@127.0.108.7"];
     let grant = "allowed_outbound_hosts = [\"http://127.0.108.70:8089\"]";

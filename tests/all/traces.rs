@@ -3,8 +3,6 @@
 //! stand-in that speaks OTLP/HTTP as a real one does (protobuf `ExportTraceServiceRequest`
 //! on `POST /v1/traces`), decoded with the OpenTelemetry project's own message types.
 
-use std::io::{BufReader, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,56 +34,44 @@ fn hex(b: &[u8]) -> String {
 
 /// An OTLP/HTTP collector on `addr`: decodes every export and keeps its spans.
 fn collector(addr: &str) -> Arc<Mutex<Vec<Got>>> {
-    let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     let spans = Arc::new(Mutex::new(Vec::new()));
     let keep = spans.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let keep = keep.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                while let Some(http) = read_http_request(&mut reader) {
-                    assert!(http.line.starts_with("POST /v1/traces "), "the exporter posts to /v1/traces: {}", http.line);
-                    assert_eq!(http.header("content-type"), Some("application/x-protobuf"));
-                    let body = http.body;
-                    let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP trace export");
-                    let mut got = keep.lock().unwrap();
-                    for rs in request.resource_spans {
-                        let attr = |attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue], key: &str| {
-                            attrs
-                                .iter()
-                                .find(|kv| kv.key == key)
-                                .and_then(|kv| kv.value.as_ref()?.value.clone())
-                                .map(|v| match v {
-                                    Value::StringValue(s) => s,
-                                    other => format!("{other:?}"),
-                                })
-                                .unwrap_or_default()
-                        };
-                        let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
-                        assert_eq!(attr(&resource, "service.name"), "wasmnode");
-                        let node = attr(&resource, "service.instance.id");
-                        for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
-                            got.push(Got {
-                                node: node.clone(),
-                                kind: SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified),
-                                trace: hex(&span.trace_id),
-                                span: hex(&span.span_id),
-                                parent: hex(&span.parent_span_id),
-                                worker: attr(&span.attributes, "wasmnode.worker"),
-                                peer: attr(&span.attributes, "wasmnode.peer"),
-                                failed: span.status.is_some_and(|s| s.code == 2),
-                                name: span.name,
-                            });
-                        }
-                    }
-                    drop(got);
-                    let mut conn = reader.get_ref();
-                    let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
-                }
-            });
+    http_server(addr, true, move |http| {
+        assert!(http.line.starts_with("POST /v1/traces "), "the exporter posts to /v1/traces: {}", http.line);
+        assert_eq!(http.header("content-type"), Some("application/x-protobuf"));
+        let body = http.body;
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP trace export");
+        let mut got = keep.lock().unwrap();
+        for rs in request.resource_spans {
+            let attr = |attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue], key: &str| {
+                attrs
+                    .iter()
+                    .find(|kv| kv.key == key)
+                    .and_then(|kv| kv.value.as_ref()?.value.clone())
+                    .map(|v| match v {
+                        Value::StringValue(s) => s,
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default()
+            };
+            let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
+            assert_eq!(attr(&resource, "service.name"), "wasmnode");
+            let node = attr(&resource, "service.instance.id");
+            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                got.push(Got {
+                    node: node.clone(),
+                    kind: SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified),
+                    trace: hex(&span.trace_id),
+                    span: hex(&span.span_id),
+                    parent: hex(&span.parent_span_id),
+                    worker: attr(&span.attributes, "wasmnode.worker"),
+                    peer: attr(&span.attributes, "wasmnode.peer"),
+                    failed: span.status.is_some_and(|s| s.code == 2),
+                    name: span.name,
+                });
+            }
         }
+        ("200 OK", "application/x-protobuf", Vec::new())
     });
     spans
 }
@@ -93,19 +79,11 @@ fn collector(addr: &str) -> Arc<Mutex<Vec<Got>>> {
 /// An HTTP server on `addr` that answers `200 ok` and keeps each request's
 /// `traceparent` header.
 fn traceparents(addr: &str) -> Arc<Mutex<Vec<String>>> {
-    let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let keep = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let Some(request) = read_http_request(&mut reader) else { continue };
-            let traceparent = request.header("traceparent").unwrap_or("").to_string();
-            keep.lock().unwrap().push(traceparent);
-            let mut conn = conn;
-            let _ = write!(conn, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
+    http_server(addr, false, move |request| {
+        keep.lock().unwrap().push(request.header("traceparent").unwrap_or("").to_string());
+        ("200 OK", "text/plain", b"ok".to_vec())
     });
     seen
 }

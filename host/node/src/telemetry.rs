@@ -55,11 +55,6 @@ struct Tracing {
 
 static TRACING: OnceLock<Tracing> = OnceLock::new();
 
-/// True once [`init`] has configured an exporter.
-pub fn enabled() -> bool {
-    TRACING.get().is_some()
-}
-
 /// Where traces go, from the environment: the traces endpoint, or `None` when tracing
 /// is off (no endpoint, or `OTEL_SDK_DISABLED=true`, or `OTEL_TRACES_EXPORTER=none`).
 pub fn endpoint_from_env() -> Option<String> {

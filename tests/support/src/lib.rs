@@ -435,3 +435,42 @@ pub fn read_http_request(reader: &mut impl std::io::BufRead) -> Option<HttpReque
     let _ = reader.read_exact(&mut body);
     Some(HttpRequest { line: line.trim_end().to_string(), headers, body })
 }
+
+/// What a test's HTTP server answers: status line (`200 OK`), content type, body.
+pub type HttpAnswer = (&'static str, &'static str, Vec<u8>);
+
+/// A real HTTP/1.1 server for tests on `addr`, a thread per connection; `answer` turns
+/// each request into the response. With `keep_alive` a connection serves requests until
+/// the client closes it; without, it answers one with `connection: close`. Returns the
+/// count of connections accepted.
+pub fn http_server(
+    addr: &str,
+    keep_alive: bool,
+    answer: impl Fn(HttpRequest) -> HttpAnswer + Send + Sync + 'static,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let (connections, answer) = (Arc::new(AtomicUsize::new(0)), Arc::new(answer));
+    let count = connections.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                while let Some(request) = read_http_request(&mut reader) {
+                    let (status, content_type, body) = answer(request);
+                    let close = if keep_alive { "" } else { "connection: close\r\n" };
+                    let head = format!("HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{close}\r\n", body.len());
+                    if conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(&body)).is_err() || !keep_alive {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    connections
+}
