@@ -37,8 +37,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::buf::UninitSlice;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -46,7 +45,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 use wasmnode_proto::frame::{self, Fragmenter, Reassembler, DEFAULT_MAX_FRAME, MAX_MESSAGE};
 use wasmnode_proto::handshake::{Acceptor, Dialer, Identity, Message, Refusal};
-use wasmnode_proto::seal::{Opener, Records, Sealer, RECORD_HEADER, TAG_LEN};
+use wasmnode_proto::seal::{Opener, Sealer, RECORD_HEADER, TAG_LEN};
 use wasmnode_proto::{Error as ProtoError, Frame, Service, TraceContext};
 
 use crate::admission::{self, HalfOpen};
@@ -317,10 +316,10 @@ impl Peer {
         let direct = self.0.direct.lock().unwrap();
         if let Some(wr) = direct.as_ref().filter(|_| awaited) {
             if self.0.queued.load(Ordering::Acquire) == 0 && frame.payload_len() < ZERO_COPY_MIN {
-                let mut buf = BytesMut::with_capacity(frame::HEADER_LEN + 32 + frame.payload_len() + RECORD_HEADER + TAG_LEN);
-                // Under TLS only: the frame before rustls seals it.
-                let mut plain = BytesMut::new();
-                frame.encode(&mut self.0.sealer.outgoing(&mut buf, &mut plain));
+                let mut plain = BytesMut::with_capacity(frame::HEADER_LEN + 32 + frame.payload_len());
+                frame.encode(&mut plain);
+                let mut buf = BytesMut::with_capacity(plain.len() + RECORD_HEADER + TAG_LEN);
+                self.0.sealer.seal(&plain, &mut buf);
                 match wr.try_write(&buf) {
                     Ok(n) if n == buf.len() => {
                         self.wrote();
@@ -887,81 +886,10 @@ enum Seal {
 }
 
 impl Seal {
-    /// A writer of frames onto the end of `out`, sealed when it is dropped. Noise seals
-    /// its records in place as frames fill them; under TLS the frames gather in `plain`
-    /// and rustls seals them.
-    fn outgoing<'a>(&'a self, out: &'a mut BytesMut, plain: &'a mut BytesMut) -> Outgoing<'a> {
+    fn seal(&self, plain: &[u8], out: &mut BytesMut) {
         match self {
-            Seal::Noise(s) => Outgoing::Noise(s.records(out)),
-            Seal::Tls(link) => Outgoing::Tls { link, plain, out },
-        }
-    }
-}
-
-/// Frames on their way to the socket (see [`Seal::outgoing`]): frames encode into it.
-enum Outgoing<'a> {
-    Noise(Records<'a>),
-    Tls { link: &'a tls::Link, plain: &'a mut BytesMut, out: &'a mut BytesMut },
-}
-
-impl Outgoing<'_> {
-    /// Seals what was put so far, so that bytes after it go out as they are.
-    fn close(&mut self) {
-        match self {
-            Outgoing::Noise(records) => records.close(),
-            Outgoing::Tls { link, plain, out } => {
-                if !plain.is_empty() {
-                    link.seal(plain, out);
-                    plain.clear();
-                }
-            }
-        }
-    }
-
-    /// Appends bytes sealed already: the rest of a record a sender began writing.
-    fn put_sealed(&mut self, sealed: &[u8]) {
-        self.close();
-        match self {
-            Outgoing::Noise(records) => records.put_sealed(sealed),
-            Outgoing::Tls { out, .. } => out.extend_from_slice(sealed),
-        }
-    }
-}
-
-impl Drop for Outgoing<'_> {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-// SAFETY: each method hands over to the `BufMut` underneath, unchanged.
-unsafe impl BufMut for Outgoing<'_> {
-    fn remaining_mut(&self) -> usize {
-        match self {
-            Outgoing::Noise(records) => records.remaining_mut(),
-            Outgoing::Tls { plain, .. } => plain.remaining_mut(),
-        }
-    }
-
-    unsafe fn advance_mut(&mut self, cnt: usize) {
-        // SAFETY: as the caller promised us.
-        match self {
-            Outgoing::Noise(records) => unsafe { records.advance_mut(cnt) },
-            Outgoing::Tls { plain, .. } => unsafe { plain.advance_mut(cnt) },
-        }
-    }
-
-    fn chunk_mut(&mut self) -> &mut UninitSlice {
-        match self {
-            Outgoing::Noise(records) => records.chunk_mut(),
-            Outgoing::Tls { plain, .. } => plain.chunk_mut(),
-        }
-    }
-
-    fn put_slice(&mut self, src: &[u8]) {
-        match self {
-            Outgoing::Noise(records) => records.put_slice(src),
-            Outgoing::Tls { plain, .. } => plain.put_slice(src),
+            Seal::Noise(s) => s.seal(plain, out),
+            Seal::Tls(link) => link.seal(plain, out),
         }
     }
 }
@@ -1187,10 +1115,9 @@ const ZERO_COPY_MIN: usize = 2048;
 /// writing; it comes down only when this task is idle, so a sender writes a frame itself
 /// only when everything sent before it is on the wire.
 async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration) -> DownReason {
-    // The next write's sealed bytes; frames are encoded straight into it (see `Outgoing`).
+    // The frames of the next write, sealed into `buf` just before it.
+    let mut plain = BytesMut::with_capacity(64 * 1024);
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    // Under TLS only: the frames before rustls seals them.
-    let mut plain = BytesMut::new();
     let mut batch = Vec::with_capacity(256);
     let mut bulk: VecDeque<(Fragmenter, usize)> = VecDeque::new();
     let mut next_stream = 0u32;
@@ -1200,7 +1127,6 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
     let quiet = tokio::time::sleep(heartbeat);
     tokio::pin!(quiet);
     loop {
-        let mut heartbeat_due = false;
         if bulk.is_empty() {
             if taken > 0 {
                 peer.0.queued.fetch_sub(taken, Ordering::AcqRel);
@@ -1222,7 +1148,7 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
                         let _direct = peer.0.direct.lock().unwrap();
                         peer.0.queued.fetch_add(1, Ordering::AcqRel);
                         taken += 1;
-                        heartbeat_due = true;
+                        Frame::Heartbeat.encode(&mut plain);
                         quiet.as_mut().reset((Instant::now() + heartbeat).into());
                     } else {
                         quiet.as_mut().reset((Instant::now() + (heartbeat - silent)).into());
@@ -1243,10 +1169,6 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
             }
         }
         let mut close = None;
-        let mut sink = peer.0.sealer.outgoing(&mut buf, &mut plain);
-        if heartbeat_due {
-            Frame::Heartbeat.encode(&mut sink);
-        }
         for out in batch.drain(..) {
             match out {
                 // A large message leaves the backlog once its last fragment is written.
@@ -1256,10 +1178,14 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
                 }
                 Out::Frame(f) => {
                     peer.0.backlog.fetch_sub(f.payload_len(), Ordering::AcqRel);
-                    f.encode(&mut sink)
+                    f.encode(&mut plain)
                 }
-                // Sealed already: the end of a record a sender began writing.
-                Out::Raw(rest) => sink.put_sealed(&rest),
+                Out::Raw(rest) => {
+                    // Sealed already: the end of a record a sender began writing.
+                    peer.0.sealer.seal(&plain, &mut buf);
+                    plain.clear();
+                    buf.extend_from_slice(&rest);
+                }
                 Out::Close(reason) => {
                     close = Some(reason);
                     break;
@@ -1269,7 +1195,7 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
         if close.is_none() {
             if let Some((fragments, len)) = bulk.front_mut() {
                 match fragments.next() {
-                    Some(piece) => piece.encode(&mut sink),
+                    Some(piece) => piece.encode(&mut plain),
                     None => {
                         peer.0.backlog.fetch_sub(*len, Ordering::AcqRel);
                         bulk.pop_front();
@@ -1277,8 +1203,10 @@ async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::Unbounded
                 }
             }
         }
-        // Seals what is still open.
-        drop(sink);
+        if !plain.is_empty() {
+            peer.0.sealer.seal(&plain, &mut buf);
+            plain.clear();
+        }
         if !buf.is_empty() {
             if write_all(&wr, &mut buf).await.is_err() {
                 return DownReason::ConnectionClosed;

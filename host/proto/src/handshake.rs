@@ -299,7 +299,7 @@ fn prologue(to: &str, binding: &[u8]) -> Vec<u8> {
     p
 }
 
-pub(crate) fn noise(cookie: &[u8], to: &str, binding: &[u8], initiator: bool) -> snow::HandshakeState {
+fn noise(cookie: &[u8], to: &str, binding: &[u8], initiator: bool) -> snow::HandshakeState {
     let params = NOISE_PATTERN.parse().expect("a pattern snow knows");
     let key = psk(cookie);
     let prologue = prologue(to, binding);
@@ -352,7 +352,7 @@ impl Dialer {
         if peer.name != self.to {
             return Err(Error::WrongNode { dialled: self.to, answered: peer.name });
         }
-        let session = Session::new(&mut self.hs)?;
+        let session = Session::new(self.hs.into_stateless_transport_mode().map_err(|_| Error::PeerMisbehaved("handshake not finished"))?);
         let proof = Message::Proof(session.sealer.seal_vec(&[]));
         Ok((Proven { peer, session }, proof))
     }
@@ -426,11 +426,11 @@ impl Acceptor {
     /// Checks the dialer's `Proof`: the first record sealed with this handshake's keys.
     /// Then send [`Session::accept`] — unless the node refuses the peer for another
     /// reason (name in use, simultaneous connect): then a `Refuse`.
-    pub fn on_proof(mut self, msg: Message) -> Result<(Identity, Session), Error> {
+    pub fn on_proof(self, msg: Message) -> Result<(Identity, Session), Error> {
         let Message::Proof(sealed) = msg else {
             return Err(Error::PeerMisbehaved("expected proof"));
         };
-        let mut session = Session::new(&mut self.hs)?;
+        let mut session = Session::new(self.hs.into_stateless_transport_mode().map_err(|_| Error::PeerMisbehaved("handshake not finished"))?);
         session.opener.open_vec(&sealed)?;
         Ok((self.peer, session))
     }
