@@ -446,6 +446,34 @@ async fn handoff_run(args: &Args, n: usize, run: usize) -> (Duration, Duration) 
     (term, kill)
 }
 
+/// Seals `n` messages of `size` bytes into a connection's records and opens them again,
+/// in this thread: GB/s of plaintext sealed, and opened.
+fn record_layer_rates(size: usize, n: usize) -> (f64, f64) {
+    use wasmnode_proto::handshake::{Acceptor, Dialer, Identity};
+    let cookie = COOKIE.as_bytes();
+    let (me, you) = (Identity { name: "a@h".into(), flags: 0, creation: 1 }, Identity { name: "b@h".into(), flags: 0, creation: 2 });
+    let (dialer, hello) = Dialer::start(&me, "b@h", cookie).unwrap();
+    let (acceptor, challenge) = Acceptor::on_hello(&you, cookie, hello).unwrap();
+    let (proven, proof) = dialer.on_challenge(challenge).unwrap();
+    let (_, mut receiving) = acceptor.on_proof(proof).unwrap();
+    let (_, sending) = proven.on_accept(receiving.accept()).unwrap();
+    let plain = vec![0x5au8; size];
+    let (mut wire, mut opened) = (bytes::BytesMut::new(), bytes::BytesMut::new());
+    let (mut sealing, mut opening) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..n {
+        let t = Instant::now();
+        sending.sealer.seal(&plain, &mut wire);
+        sealing += t.elapsed();
+        let t = Instant::now();
+        receiving.opener.open(&mut wire, &mut opened).unwrap();
+        opening += t.elapsed();
+        assert_eq!(opened.len(), size);
+        opened.clear();
+    }
+    let bytes = (size * n) as f64 / 1e9;
+    (bytes / sealing.as_secs_f64(), bytes / opening.as_secs_f64())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e6
@@ -538,6 +566,13 @@ async fn measure(figure: &str, pinned: bool, args: &Args, tls: bool) -> Value {
                 let secs = t.elapsed().as_secs_f64();
                 out.insert(format!("oneway_{label}_msgs_per_s"), json!(count as f64 / secs));
                 out.insert(format!("oneway_{label}_gb_per_s"), json!(count as f64 * size as f64 / secs / 1e9));
+            }
+            if !tls {
+                // The record layer alone on this core, no socket: the ceiling the encrypted
+                // one-way figures sit under (docs/benchmarks.md does the arithmetic).
+                let (seal, open) = record_layer_rates(65_536, if args.quick { 2_000 } else { 20_000 });
+                out.insert("seal_64kib_gb_per_s".into(), json!(seal));
+                out.insert("open_64kib_gb_per_s".into(), json!(open));
             }
             Value::Object(out)
         }
