@@ -6,7 +6,7 @@
 //! the CLI, whose handshake takes a millisecond, is never the oldest for long enough to
 //! be dropped. A connection leaves the set once it has proved the cookie.
 //!
-//! No I/O: the driver (`dist.rs`) keeps a handle `H` per entry (an abort handle) and
+//! No I/O: the driver (`dist/listener.rs`) keeps a handle `H` per entry (an abort handle) and
 //! cancels the ones [`HalfOpen::admit`] returns.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -39,7 +39,7 @@ pub fn check(cfg: &Config, offline: bool) -> Vec<ConfigError> {
             errors.push(ConfigError { file: cfg.file.clone(), at: None, key: Some("http".into()), message: e });
         }
         if let Some(Err(e)) = cfg.node.tls.as_ref().map(|files| crate::tls::Tls::load(files.clone(), &cfg.node.name.host)) {
-            errors.push(ConfigError { file: cfg.file.clone(), at: None, key: Some("node.tls".into()), message: e });
+            errors.push(ConfigError { file: cfg.file.clone(), at: None, key: Some("node.tls".into()), message: e.to_string() });
         }
     }
     let engine = match runtime::engine_with(cfg.pool()) {

@@ -41,6 +41,43 @@ pub const PEM_LIMIT: u64 = 1 << 20;
 /// The label of the value both sides export from the TLS session into the handshake.
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-wasmnode-cookie-binding";
 
+/// Why TLS settings could not be made from the files, or a peer's certificate was not
+/// accepted. The first group is the operator's to fix (the files), the second the peer's.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read: missing, a directory or device, too large.
+    #[error("[node.tls] {what} {} {why}", path.display())]
+    Read { what: &'static str, path: PathBuf, why: String },
+    /// A file's PEM, or a certificate in it, is malformed or unusable.
+    #[error("[node.tls] {what} {}: {why}", path.display())]
+    Invalid { what: &'static str, path: PathBuf, why: String },
+    /// A certificate or CA file holds no certificate.
+    #[error("[node.tls] {what} {}: no CERTIFICATE in it", path.display())]
+    NoCertificate { what: &'static str, path: PathBuf },
+    /// This node's own certificate does not name the host of its node name.
+    #[error("[node.tls] cert {} does not name {host}, the host of this node's name (add it as a subject alternative name)", cert.display())]
+    OwnHostNotNamed { cert: PathBuf, host: String },
+    /// The key is not the certificate's.
+    #[error("[node.tls] key {} does not go with cert {}: {why}", key.display(), cert.display())]
+    KeyMismatch { key: PathBuf, cert: PathBuf, why: String },
+    /// A host no certificate can name (the node name's host is malformed).
+    #[error("{0} is neither an IP address nor a DNS name a certificate can carry")]
+    BadHost(String),
+    /// The peer presented no certificate.
+    #[error("no certificate was presented")]
+    NoPeerCertificate,
+    /// The peer's certificate does not parse.
+    #[error("the certificate does not parse: {0}")]
+    Unparsable(String),
+    /// The peer's certificate does not name the host of the node name it claims.
+    #[error("its certificate does not name {0}, the host of the node name it claims")]
+    HostNotNamed(String),
+    /// rustls refused a setting or a connection.
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+}
+
 /// Where a node's certificate, key and CA come from (`[node.tls]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -78,7 +115,7 @@ impl std::fmt::Debug for Tls {
 
 impl Tls {
     /// Reads and checks the files for a node whose name has host `host`.
-    pub fn load(files: TlsFiles, host: &str) -> Result<Tls, String> {
+    pub fn load(files: TlsFiles, host: &str) -> Result<Tls, TlsError> {
         let (contents, digest) = read_files(&files)?;
         let configs = build(&files, &contents, host)?;
         Ok(Tls { files, host: host.to_string(), current: RwLock::new(Arc::new(configs)), loaded: Mutex::new(digest) })
@@ -87,7 +124,7 @@ impl Tls {
     /// Reads the files again; when their contents changed and still make a valid
     /// setting, new connections use it. `Ok(true)` when it changed; an error (a file
     /// half written, a certificate that does not name this host) keeps the old setting.
-    pub fn reload(&self) -> Result<bool, String> {
+    pub fn reload(&self) -> Result<bool, TlsError> {
         let (contents, digest) = read_files(&self.files)?;
         if *self.loaded.lock().unwrap() == digest {
             return Ok(false);
@@ -99,10 +136,10 @@ impl Tls {
     }
 
     /// A dialer's side of a new connection to the node whose name has host `host`.
-    pub fn client(&self, host: &str) -> Result<Connection, String> {
+    pub fn client(&self, host: &str) -> Result<Connection, TlsError> {
         let name = server_name(host)?;
         let config = self.current.read().unwrap().client.clone();
-        let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+        let mut conn = rustls::ClientConnection::new(config, name)?;
         conn.set_buffer_limit(None);
         Ok(Connection::Client(conn))
     }
@@ -145,26 +182,27 @@ pub fn spawn_reload(tls: Arc<Tls>) {
 }
 
 /// The name a certificate must carry for `host` (an IP address or a DNS name).
-pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(bare.to_string()).map_err(|_| format!("{host} is neither an IP address nor a DNS name a certificate can carry"))
+    ServerName::try_from(bare.to_string()).map_err(|_| TlsError::BadHost(host.to_string()))
 }
 
 /// Whether the leaf of `certs` names `host` (its chain was verified by the TLS handshake).
-pub fn check_names(certs: Option<&[CertificateDer<'static>]>, host: &str) -> Result<(), String> {
-    let leaf = certs.and_then(|c| c.first()).ok_or("no certificate was presented")?;
-    let parsed = rustls::server::ParsedCertificate::try_from(leaf).map_err(|e| format!("the certificate does not parse: {e}"))?;
-    rustls::client::verify_server_name(&parsed, &server_name(host)?)
-        .map_err(|_| format!("its certificate does not name {host}, the host of the node name it claims"))
+pub fn check_names(certs: Option<&[CertificateDer<'static>]>, host: &str) -> Result<(), TlsError> {
+    let leaf = certs.and_then(|c| c.first()).ok_or(TlsError::NoPeerCertificate)?;
+    let parsed = rustls::server::ParsedCertificate::try_from(leaf).map_err(|e| TlsError::Unparsable(e.to_string()))?;
+    rustls::client::verify_server_name(&parsed, &server_name(host)?).map_err(|_| TlsError::HostNotNamed(host.to_string()))
 }
 
 /// The value both sides of `conn` export into the handshake (see the module's docs).
-pub fn binding(conn: &Connection) -> Result<[u8; 32], String> {
-    conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None).map_err(|e| e.to_string())
+pub fn binding(conn: &Connection) -> Result<[u8; 32], TlsError> {
+    Ok(conn.export_keying_material([0u8; 32], EXPORTER_LABEL, None)?)
 }
 
-fn read_files(files: &TlsFiles) -> Result<([Vec<u8>; 3], [u8; 32]), String> {
-    let read = |what: &str, path: &Path| crate::files::read_limited(path, PEM_LIMIT).map_err(|e| format!("[node.tls] {what} {} {e}", path.display()));
+fn read_files(files: &TlsFiles) -> Result<([Vec<u8>; 3], [u8; 32]), TlsError> {
+    let read = |what: &'static str, path: &Path| {
+        crate::files::read_limited(path, PEM_LIMIT).map_err(|e| TlsError::Read { what, path: path.to_path_buf(), why: e.to_string() })
+    };
     let contents = [read("cert", &files.cert)?, read("key", &files.key)?, read("ca", &files.ca)?];
     let mut h = Sha256::new();
     for c in &contents {
@@ -174,43 +212,38 @@ fn read_files(files: &TlsFiles) -> Result<([Vec<u8>; 3], [u8; 32]), String> {
     Ok((contents, h.finalize().into()))
 }
 
-fn build(files: &TlsFiles, [cert, key, ca]: &[Vec<u8>; 3], host: &str) -> Result<Configs, String> {
-    let pem_err = |what: &str, path: &Path, e: rustls::pki_types::pem::Error| format!("[node.tls] {what} {}: {e}", path.display());
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert).collect::<Result<_, _>>().map_err(|e| pem_err("cert", &files.cert, e))?;
+fn build(files: &TlsFiles, [cert, key, ca]: &[Vec<u8>; 3], host: &str) -> Result<Configs, TlsError> {
+    let invalid = |what: &'static str, path: &Path, why: &dyn std::fmt::Display| TlsError::Invalid { what, path: path.to_path_buf(), why: why.to_string() };
+    let key_mismatch = |e: rustls::Error| TlsError::KeyMismatch { key: files.key.clone(), cert: files.cert.clone(), why: e.to_string() };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert).collect::<Result<_, _>>().map_err(|e| invalid("cert", &files.cert, &e))?;
     if chain.is_empty() {
-        return Err(format!("[node.tls] cert {}: no CERTIFICATE in it", files.cert.display()));
+        return Err(TlsError::NoCertificate { what: "cert", path: files.cert.clone() });
     }
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| pem_err("key", &files.key, e))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid("key", &files.key, &e))?;
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca) {
-        let c = c.map_err(|e| pem_err("ca", &files.ca, e))?;
-        roots.add(c).map_err(|e| format!("[node.tls] ca {}: {e}", files.ca.display()))?;
+        let c = c.map_err(|e| invalid("ca", &files.ca, &e))?;
+        roots.add(c).map_err(|e| invalid("ca", &files.ca, &e))?;
     }
     if roots.is_empty() {
-        return Err(format!("[node.tls] ca {}: no CERTIFICATE in it", files.ca.display()));
+        return Err(TlsError::NoCertificate { what: "ca", path: files.ca.clone() });
     }
-    check_names(Some(&chain), host).map_err(|_| {
-        format!("[node.tls] cert {} does not name {host}, the host of this node's name (add it as a subject alternative name)", files.cert.display())
-    })?;
+    check_names(Some(&chain), host).map_err(|_| TlsError::OwnHostNotNamed { cert: files.cert.clone(), host: host.to_string() })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = Arc::new(roots);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-        .build()
-        .map_err(|e| format!("[node.tls] ca {}: {e}", files.ca.display()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build().map_err(|e| invalid("ca", &files.ca, &e))?;
     let mut server = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(|e| format!("[node.tls] key {} does not go with cert {}: {e}", files.key.display(), files.cert.display()))?;
+        .map_err(key_mismatch)?;
     // Nodes reconnect with a full handshake: no tickets to keep or to steal.
     server.send_tls13_tickets = 0;
     let mut client = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("[node.tls] key {} does not go with cert {}: {e}", files.key.display(), files.cert.display()))?;
+        .map_err(key_mismatch)?;
     client.resumption = rustls::client::Resumption::disabled();
     Ok(Configs { client: Arc::new(client), server: Arc::new(server) })
 }
@@ -273,7 +306,7 @@ impl Link {
     }
 
     /// Whether the peer's certificate names `host` (see [`check_names`]).
-    pub fn check_names(&self, host: &str) -> Result<(), String> {
+    pub fn check_names(&self, host: &str) -> Result<(), TlsError> {
         check_names(self.0.lock().unwrap().peer_certificates(), host)
     }
 }
@@ -417,7 +450,8 @@ mod tests {
         assert!(pair(&a, &b, "c.example").is_err());
         // A node's own certificate must name its host.
         let err = Tls::load(files(&d, &ca, "c", &["c.example"]), "d.example").unwrap_err();
-        assert!(err.contains("does not name d.example"), "{err}");
+        assert!(matches!(&err, TlsError::OwnHostNotNamed { host, .. } if host == "d.example"), "{err:?}");
+        assert!(err.to_string().contains("does not name d.example"), "{err}");
         let _ = std::fs::remove_dir_all(&d);
         let _ = std::fs::remove_dir_all(&d2);
     }

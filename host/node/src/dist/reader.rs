@@ -1,0 +1,109 @@
+//! A connection's reader task: opens records, decodes frames without copying payloads,
+//! reassembles fragments, answers pings, routes replies, and judges the peer's silence.
+
+use std::fmt;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tracing::{debug, warn};
+use wasmnode_proto::frame::{self, Reassembler, MAX_MESSAGE};
+use wasmnode_proto::{Frame, Service};
+
+use super::{Dist, DistEvent, DownReason, Open, Peer};
+
+pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut raw: BytesMut, plain: BytesMut, mut opener: Open) -> DownReason {
+    let timeout = dist.0.cfg.heartbeat_timeout;
+    let max_frame = dist.0.cfg.max_frame;
+    let mut reassembler = Reassembler::new(MAX_MESSAGE);
+    let mut left = false;
+    let mut last_read = Instant::now();
+    let silence = tokio::time::sleep(timeout);
+    tokio::pin!(silence);
+    // Frames' bytes, opened from the sealed records in `raw`.
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    buf.extend_from_slice(&plain);
+    loop {
+        if let Err(e) = opener.open(&mut raw, &mut buf) {
+            return protocol_error(peer, e);
+        }
+        loop {
+            let len = match frame::frame_len(&buf, max_frame) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => return protocol_error(peer, e),
+            };
+            buf.advance(frame::HEADER_LEN);
+            let body = buf.split_to(len).freeze();
+            let frame = match Frame::decode_body(body) {
+                Ok(Frame::Fragment { stream, last, chunk }) => match reassembler.push(stream, last, chunk) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => continue,
+                    Err(e) => return protocol_error(peer, e),
+                },
+                Ok(f) => f,
+                Err(e) => return protocol_error(peer, e),
+            };
+            match frame {
+                Frame::Heartbeat => {}
+                Frame::Leaving => {
+                    if !left {
+                        let _ = dist.0.events.send(DistEvent::Leaving(peer.clone()));
+                    }
+                    left = true;
+                }
+                Frame::Ping { id, payload } => {
+                    peer.send(Frame::Pong { id, payload });
+                }
+                Frame::Pong { id, .. } | Frame::Reply { id, .. } => peer.route_reply(id, frame),
+                Frame::Request { id, service: Service::Registry, trace, ref body } if dist.0.fast_requests.get().is_some_and(|f| f(peer, id, trace, body)) => {}
+                // One-way messages have no consumer yet (workers use requests): dropped,
+                // unless a consumer asked for them.
+                Frame::Send(_) if !dist.0.cfg.deliver_sends => {}
+                other => {
+                    let _ = dist.0.events.send(DistEvent::Frame(peer.clone(), other));
+                }
+            }
+        }
+        if raw.capacity() - raw.len() < 16 * 1024 {
+            raw.reserve(64 * 1024);
+        }
+        // One timer for the connection's life, moved only when it fires: cheaper than a
+        // new timeout around every read.
+        loop {
+            tokio::select! {
+                biased;
+                r = rd.read_buf(&mut raw) => match r {
+                    Ok(0) | Err(_) => return if left { DownReason::Left } else { DownReason::ConnectionClosed },
+                    Ok(_) => {
+                        last_read = Instant::now();
+                        break;
+                    }
+                },
+                _ = &mut silence => {
+                    // Fired long after it was due: this process was paused (SIGSTOP, a VM
+                    // steal, a debugger) or starved, and the bytes that arrived meanwhile
+                    // may be unread. Read before judging: a live peer's heartbeats are
+                    // there, or arrive within an interval.
+                    let late = Instant::now().saturating_duration_since(silence.deadline().into_std());
+                    if late >= dist.0.cfg.heartbeat_interval {
+                        debug!("woke {late:?} late; reading from {} before trusting its silence", peer.name());
+                        last_read = Instant::now();
+                        silence.as_mut().reset((last_read + dist.0.cfg.heartbeat_interval * 2).into());
+                        continue;
+                    }
+                    if last_read.elapsed() >= timeout {
+                        return if left { DownReason::Left } else { DownReason::HeartbeatTimeout };
+                    }
+                    silence.as_mut().reset((last_read + timeout).into());
+                }
+            }
+        }
+    }
+}
+
+fn protocol_error(peer: &Peer, e: impl fmt::Display) -> DownReason {
+    warn!("closing connection to {} ({}): {e}", peer.name(), peer.addr());
+    DownReason::ProtocolError(e.to_string())
+}

@@ -1,0 +1,166 @@
+//! The distribution layer between endpoints in one process, over real loopback TCP.
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use wasmnode_proto::handshake::Dialer;
+
+use super::wire::{read_message, write_message};
+use super::*;
+use crate::tls;
+
+/// A listening endpoint on 127.0.0.1 with an OS-chosen port (in its name).
+async fn listening(base: &str) -> (Dist, mpsc::UnboundedReceiver<DistEvent>) {
+    listening_with(base, |c| c).await
+}
+
+async fn listening_with(base: &str, f: impl FnOnce(DistConfig) -> DistConfig) -> (Dist, mpsc::UnboundedReceiver<DistEvent>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let name = format!("{base}@127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let dist = Dist::new(f(DistConfig { deliver_sends: true, ..DistConfig::new(name, b"cookie".to_vec()) }), tx);
+    tokio::spawn(dist.clone().serve(listener));
+    (dist, rx)
+}
+
+/// Small frames sent after a large message arrive before it: the writer interleaves
+/// them between the large message's fragments (what keeps heartbeats on time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_frames_overtake_a_large_message() {
+    let (a, _a_events) = listening("a").await;
+    let (b, mut b_events) = listening("b").await;
+    let peer = a.connect(b.name()).await.unwrap();
+    let big = Bytes::from(vec![7u8; 16 << 20]);
+    peer.send(Frame::Send(big.clone()));
+    peer.send(Frame::Send(Bytes::from_static(b"small")));
+    let mut order = Vec::new();
+    while order.len() < 2 {
+        if let Some(DistEvent::Frame(_, Frame::Send(p))) = b_events.recv().await {
+            order.push(p);
+        }
+    }
+    assert_eq!(order[0], Bytes::from_static(b"small"));
+    assert_eq!(order[1], big, "the large message arrives whole");
+}
+
+/// Both sides dial at once, 20 times: each time exactly one connection comes up
+/// and neither side sees a node-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dials_end_with_one_connection() {
+    for _ in 0..20 {
+        let (a, mut a_events) = listening("a").await;
+        let (b, mut b_events) = listening("b").await;
+        let (ra, rb) = tokio::join!(a.connect(b.name()), b.connect(a.name()));
+        assert!(ra.is_ok() || rb.is_ok(), "{ra:?} {rb:?}");
+        let pa = a.peer(b.name()).expect("a is connected to b");
+        let pb = b.peer(a.name()).expect("b is connected to a");
+        assert_eq!(a.peers().len(), 1);
+        assert_eq!(b.peers().len(), 1);
+        // Exactly one connection came up on each side and none went down: the
+        // losing dial was refused during its handshake, before anyone saw it.
+        for events in [&mut a_events, &mut b_events] {
+            let (mut ups, mut downs) = (0, 0);
+            while let Ok(ev) = events.try_recv() {
+                match ev {
+                    DistEvent::Up(_) => ups += 1,
+                    DistEvent::Down(..) => downs += 1,
+                    DistEvent::Frame(..) | DistEvent::Leaving(_) => {}
+                }
+            }
+            assert_eq!((ups, downs), (1, 0));
+        }
+        // The connection works both ways.
+        assert_eq!(pa.ping(Bytes::from_static(b"x")).await.unwrap(), Bytes::from_static(b"x"));
+        assert_eq!(pb.ping(Bytes::from_static(b"y")).await.unwrap(), Bytes::from_static(b"y"));
+    }
+}
+
+/// Under `[node.tls]`: nodes whose certificates name their host connect, and a
+/// large message and a round trip go through TLS records; a dialer with a good
+/// certificate that claims a name on another host is refused (code 10); a dialer of
+/// the other kind is refused in words, both ways (code 9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_tls_a_name_needs_a_certificate_that_names_its_host() {
+    let dir = std::env::temp_dir().join(format!("wasmnode-dist-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::certs::write(&dir, &["127.0.0.1".into()]).unwrap();
+    let files =
+        tls::TlsFiles { cert: dir.join("127.0.0.1.crt"), key: dir.join("127.0.0.1.key"), ca: dir.join("ca.crt"), reload_interval: Duration::from_secs(10) };
+    let config = Arc::new(Tls::load(files, "127.0.0.1").unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+    let (a, _a_events) = listening_with("a", |c| DistConfig { tls: Some(config.clone()), ..c }).await;
+    let (b, mut b_events) = listening_with("b", |c| DistConfig { tls: Some(config.clone()), ..c }).await;
+    let peer = a.connect(b.name()).await.unwrap();
+    assert_eq!(peer.ping(Bytes::from_static(b"over tls")).await.unwrap(), Bytes::from_static(b"over tls"));
+    let big = Bytes::from((0..5_000_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    peer.send(Frame::Send(big.clone()));
+    loop {
+        if let Some(DistEvent::Frame(_, Frame::Send(p))) = b_events.recv().await {
+            assert_eq!(p, big, "the large message arrives whole");
+            break;
+        }
+    }
+    // Many small frames, queued, between round trips that their senders write
+    // themselves: every one arrives, in order, through one TLS stream.
+    for window in 0..20u32 {
+        for i in 0..5_000u32 {
+            peer.send(Frame::Send(Bytes::from((window * 5_000 + i).to_be_bytes().to_vec())));
+        }
+        peer.ping(Bytes::from_static(b"window")).await.expect("the connection lives");
+    }
+    let mut next = 0u32;
+    while next < 100_000 {
+        match b_events.recv().await {
+            Some(DistEvent::Frame(_, Frame::Send(p))) => {
+                assert_eq!(p.as_ref(), next.to_be_bytes(), "in order");
+                next += 1;
+            }
+            Some(DistEvent::Down(_, reason)) => panic!("down: {reason}"),
+            _ => {}
+        }
+    }
+    // The same certificate, claiming a name on 127.0.0.2.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let liar = Dist::new(DistConfig { tls: Some(config.clone()), ..DistConfig::new("m@127.0.0.2:1", b"cookie".to_vec()) }, tx);
+    match liar.connect(b.name()).await {
+        Err(DialError::Handshake(ProtoError::Refused { code: Refusal::Certificate, .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    // The other kind, both ways.
+    let (plain, _p_events) = listening("p").await;
+    for r in [plain.connect(b.name()).await, a.connect(plain.name()).await] {
+        match r {
+            Err(DialError::Handshake(ProtoError::Refused { code: Refusal::ModeMismatch, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(b.peers().len(), 1, "only a got in");
+}
+
+/// A peer that stops sending is declared down after the heartbeat timeout, with
+/// that reason (and not before the timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_timeout_is_a_node_down_with_its_reason() {
+    let timeout = Duration::from_millis(300);
+    let (b, mut b_events) = listening_with("b", |c| DistConfig { heartbeat_interval: Duration::from_millis(100), heartbeat_timeout: timeout, ..c }).await;
+    // A raw peer that completes the handshake and then says nothing.
+    let mut stream = TcpStream::connect(b.name().split('@').nth(1).unwrap()).await.unwrap();
+    let mut buf = BytesMut::new();
+    let me = Identity { name: "quiet@127.0.0.1".into(), flags: 0, creation: 1 };
+    let (d, hello) = Dialer::start(&me, b.name(), b"cookie").unwrap();
+    write_message(&mut stream, &hello).await.unwrap();
+    let challenge = read_message(&mut stream, &mut buf).await.unwrap();
+    let (d, proof) = d.on_challenge(challenge).unwrap();
+    // The connection cannot be up (nor its silence counted) before `b` has the proof.
+    let up_at = Instant::now();
+    write_message(&mut stream, &proof).await.unwrap();
+    let answer = read_message(&mut stream, &mut buf).await.unwrap();
+    d.on_accept(answer).unwrap();
+    let down = loop {
+        match b_events.recv().await.unwrap() {
+            DistEvent::Down(p, reason) => break (p.name().to_string(), reason),
+            _ => continue,
+        }
+    };
+    assert_eq!(down, ("quiet@127.0.0.1".to_string(), DownReason::HeartbeatTimeout));
+    assert!(up_at.elapsed() >= timeout, "declared down after {:?}", up_at.elapsed());
+}

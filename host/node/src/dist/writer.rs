@@ -1,0 +1,153 @@
+//! A connection's writer task: batches what senders queued into one sealed write,
+//! interleaves a large message's fragments with small frames, and fills silences with
+//! heartbeats.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use wasmnode_proto::frame::Fragmenter;
+use wasmnode_proto::Frame;
+
+use super::{DownReason, Out, Peer};
+
+/// Frames with payloads at least this large go to the writer task, even when nothing is
+/// queued (their sender does not seal and write them itself).
+pub(super) const ZERO_COPY_MIN: usize = 2048;
+
+/// The connection's writer task: writes what senders queued (see [`Peer::send`]), large
+/// messages one fragment at a time between small frames, and a heartbeat when the
+/// connection has been quiet for a heartbeat interval.
+///
+/// `peer.queued` counts frames the senders handed over and this task has not finished
+/// writing; it comes down only when this task is idle, so a sender writes a frame itself
+/// only when everything sent before it is on the wire.
+pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration) -> DownReason {
+    // The frames of the next write, sealed into `buf` just before it.
+    let mut plain = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut batch = Vec::with_capacity(256);
+    let mut bulk: VecDeque<(Fragmenter, usize)> = VecDeque::new();
+    let mut next_stream = 0u32;
+    // Frames taken from the queue (or heartbeats this task queued itself) and not yet written.
+    let mut taken = 0usize;
+    // Fires when the connection may have been quiet for a heartbeat interval.
+    let quiet = tokio::time::sleep(heartbeat);
+    tokio::pin!(quiet);
+    loop {
+        if bulk.is_empty() {
+            if taken > 0 {
+                peer.0.queued.fetch_sub(taken, Ordering::AcqRel);
+                taken = 0;
+            }
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, 256) => {
+                    if n == 0 {
+                        return DownReason::LocalShutdown;
+                    }
+                    taken += n;
+                }
+                _ = &mut quiet => {
+                    let silent = peer.quiet_for();
+                    if silent >= heartbeat {
+                        // Counted as queued, under the senders' lock, so that no sender
+                        // writes while this task does.
+                        let _direct = peer.0.direct.lock().unwrap();
+                        peer.0.queued.fetch_add(1, Ordering::AcqRel);
+                        taken += 1;
+                        Frame::Heartbeat.encode(&mut plain);
+                        quiet.as_mut().reset((Instant::now() + heartbeat).into());
+                    } else {
+                        quiet.as_mut().reset((Instant::now() + (heartbeat - silent)).into());
+                        continue;
+                    }
+                }
+            }
+        } else {
+            // A large message is in flight: take whatever small frames wait, then one fragment.
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Ok(out) => {
+                        batch.push(out);
+                        taken += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut close = None;
+        for out in batch.drain(..) {
+            match out {
+                // A large message leaves the backlog once its last fragment is written.
+                Out::Frame(f) if Fragmenter::needed(&f) => {
+                    next_stream = next_stream.wrapping_add(1);
+                    bulk.push_back((Fragmenter::new(next_stream, &f), f.payload_len()));
+                }
+                Out::Frame(f) => {
+                    peer.0.backlog.fetch_sub(f.payload_len(), Ordering::AcqRel);
+                    f.encode(&mut plain)
+                }
+                Out::Raw(rest) => {
+                    // Sealed already: the end of a record a sender began writing.
+                    peer.0.sealer.seal(&plain, &mut buf);
+                    plain.clear();
+                    buf.extend_from_slice(&rest);
+                }
+                Out::Close(reason) => {
+                    close = Some(reason);
+                    break;
+                }
+            }
+        }
+        if close.is_none() {
+            if let Some((fragments, len)) = bulk.front_mut() {
+                match fragments.next() {
+                    Some(piece) => piece.encode(&mut plain),
+                    None => {
+                        peer.0.backlog.fetch_sub(*len, Ordering::AcqRel);
+                        bulk.pop_front();
+                    }
+                }
+            }
+        }
+        if !plain.is_empty() {
+            peer.0.sealer.seal(&plain, &mut buf);
+            plain.clear();
+        }
+        if !buf.is_empty() {
+            if write_all(&wr, &mut buf).await.is_err() {
+                return DownReason::ConnectionClosed;
+            }
+            peer.wrote();
+        }
+        if let Some(reason) = close {
+            // SAFETY: shutdown(2) on the socket's own descriptor, which `wr` keeps open.
+            unsafe {
+                libc::shutdown(AsRef::<TcpStream>::as_ref(&*wr).as_raw_fd(), libc::SHUT_WR);
+            }
+            return reason;
+        }
+    }
+}
+
+/// Writes all of `buf` (sealed records, in order), leaving it empty for the next batch
+/// with its memory kept.
+async fn write_all(wr: &OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match wr.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wr.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    buf.clear();
+    Ok(())
+}
