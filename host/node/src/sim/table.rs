@@ -1,0 +1,146 @@
+//! Each node's registry table (the real state machine) fed its events, and its effects
+//! carried out on the simulated network and instances.
+
+use super::*;
+
+impl Sim {
+    pub(super) fn new_req(&mut self, r: Requester) -> Req {
+        let id = self.next_req;
+        self.next_req += 1;
+        self.reqs.insert(id, r);
+        id
+    }
+
+    // ---- the state machine and its effects ----
+
+    pub(super) fn feed(&mut self, n: Node, event: Event<Inst, Req>) {
+        let Some(live) = self.nodes[n].as_mut() else { return };
+        if let Some(t) = &mut self.trace {
+            t.push(format!("{:>6} ms  n{n} event {event:?}", self.now));
+        }
+        let member_event = matches!(event, Event::MemberUp { .. } | Event::MemberDown { .. } | Event::MemberLeaving { .. });
+        let effects = live.table.handle(event);
+        let mut changed = false;
+        for e in effects {
+            if let Some(t) = &mut self.trace {
+                if !matches!(e, Effect::Changed) {
+                    t.push(format!("{:>6} ms  n{n}   effect {e:?}", self.now));
+                }
+            }
+            match e {
+                Effect::Send { to, msg } => {
+                    if let Some(to) = self.node_ix(&to) {
+                        self.send_to(n, to, Wire::Msg(msg));
+                    }
+                }
+                Effect::Spawn { name, id, args: _, state, merges } => {
+                    let inst = self.next_inst;
+                    self.next_inst += 1;
+                    let mut counts = state.as_deref().map(decode).unwrap_or_default();
+                    for (_, s) in &merges {
+                        merge(&mut counts, &decode(s));
+                    }
+                    let restarts = self.nodes[n].as_ref().and_then(|l| l.table.lineage_of(&name)).map(|l| l.restarts).unwrap_or(0);
+                    let instance = Instance {
+                        name: name.clone(),
+                        node: n,
+                        restarts,
+                        counts,
+                        stopping: false,
+                        rep: Replicator::default(),
+                        round: None,
+                        queue: Default::default(),
+                        dirty: false,
+                        stop: None,
+                    };
+                    self.insts.insert(inst, instance);
+                    if self.replicas > 0 {
+                        // Its replicas hold its first state before it counts as started.
+                        self.start_round(n, inst, Pending::Spawned { name, id });
+                    } else {
+                        let d = self.rng.range(0, 2);
+                        self.after(d, Ev::Table(n, Event::Spawned { name, id, result: Ok(inst) }));
+                    }
+                }
+                Effect::Stop { name, id, handle, reason } => {
+                    if reason == "duplicate" {
+                        // The instance it stops for, as claimed, must not be one restarted
+                        // without state more often than this one. (A claim can be stale: the
+                        // winner's node replaces a worse instance when the state arrives.)
+                        let mine = self.insts.get(&handle).map(|i| i.restarts);
+                        let other = self.nodes[n].as_ref().and_then(|l| l.table.claim_of(&name)).map(|l| l.restarts);
+                        if let (Some(m), Some(o)) = (mine, other) {
+                            if m < o {
+                                self.violations.push(format!("n{n} stopped its {name} (restarted {m} times) for one restarted empty {o} times"));
+                            }
+                        }
+                    }
+                    match self.insts.get_mut(&handle) {
+                        // The stop waits in the mailbox behind the calls there and the copy
+                        // in flight, as the driver's instance handles one message at a time.
+                        Some(i) if i.round.is_some() || !i.queue.is_empty() => i.stop = Some((name, id)),
+                        _ => self.stop_instance(n, handle, name, id),
+                    }
+                }
+                Effect::Merge { name, handle, state, ack, .. } => match self.insts.get_mut(&handle) {
+                    Some(i) if !i.stopping => {
+                        merge(&mut i.counts, &decode(&state));
+                        match ack {
+                            // Behind the copy in flight (which lacks the merge): the next
+                            // copy carries it, and the answer goes once that is held.
+                            Some((to, msg)) if i.round.is_some() => i.queue.push_back(Pending::Tell { to, msg }),
+                            Some((to, msg)) => self.start_round(n, handle, Pending::Tell { to, msg }),
+                            None => self.copy_again(n, handle),
+                        }
+                    }
+                    _ => self.violations.push(format!("n{n}: the state merged into {name} had no instance to go to")),
+                },
+                Effect::ForwardStart { to, name, args, reply } => {
+                    let sent = self.node_ix(&to).is_some_and(|to| self.send_to(n, to, Wire::StartReq { req: reply, name, args }));
+                    if !sent {
+                        self.reqs.remove(&reply);
+                    }
+                }
+                Effect::Started { reply, result } => self.start_answered(n, reply, result),
+                Effect::StopDone { .. } => {}
+                Effect::Lost { name } => {
+                    self.tainted.insert(name);
+                }
+                Effect::SetTimer { after, timer } => {
+                    self.after(after.as_millis() as u64, Ev::Table(n, Event::Timer(timer)));
+                }
+                Effect::Changed => changed = true,
+            }
+        }
+        if changed {
+            self.after(0, Ev::Retry(n));
+        }
+        if member_event && self.replicas > 0 {
+            // Members changed: every durable instance here copies its state to its
+            // replicas now (the whole state to new ones).
+            let here: Vec<Inst> = self.insts.iter().filter(|(_, i)| i.node == n && !i.stopping).map(|(id, _)| *id).collect();
+            for inst in here {
+                self.copy_again(n, inst);
+            }
+        }
+        let done_leaving = self.nodes[n].as_ref().is_some_and(|l| l.leaving && l.table.local_count() == 0);
+        if done_leaving {
+            self.finish_leave(n);
+        }
+    }
+
+    pub(super) fn start_answered(&mut self, n: Node, req: Req, result: Result<String, StartError>) {
+        match self.reqs.remove(&req) {
+            Some(Requester::Client(name)) => {
+                if matches!(result, Ok(_) | Err(StartError::AlreadyStarted(_))) {
+                    self.started.insert(name);
+                }
+            }
+            // Answered on the connection it came on, if that is still up.
+            Some(Requester::Forwarded { origin, conn, req }) if self.nodes[n].as_ref().and_then(|l| l.view.get(&origin)) == Some(&conn) => {
+                self.send_wire(n, origin, conn, Wire::StartRep { req, result });
+            }
+            Some(Requester::Forwarded { .. }) | None => {}
+        }
+    }
+}
