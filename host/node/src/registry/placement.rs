@@ -43,23 +43,43 @@ fn hash(bytes: impl Iterator<Item = u8>) -> u64 {
 }
 
 /// Where an instance comes from: how often its line of instances was restarted without
-/// state (a node went down under it), and how often it moved with its state (handoffs).
+/// state (a node went down under it), how often it moved with its state (handoffs,
+/// failovers), and how much of the previous instance's state it started from.
 /// Every instance announces its lineage with its name.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lineage {
     pub restarts: u32,
     pub moves: u32,
+    /// Started from a replica's copy of the previous instance's state (a failover): that
+    /// copy's number. The previous instance may have gone on after it, cut off or paused
+    /// while this one started: its later copies hold updates this one lacks, and merge
+    /// into it; copies up to this number hold nothing it lacks. [`u64::MAX`] when the
+    /// whole state was handed over (a handoff), 0 when none was.
+    pub from_copy: u64,
 }
 
 impl Lineage {
     /// The lineage of an instance restarted without state after this one was lost.
     pub fn restarted(self) -> Lineage {
-        Lineage { restarts: self.restarts + 1, moves: self.moves + 1 }
+        Lineage { restarts: self.restarts + 1, moves: self.moves + 1, from_copy: 0 }
     }
 
-    /// The lineage of an instance started from this one's state.
+    /// The lineage of an instance started from this one's whole state (handed over).
     pub fn moved(self) -> Lineage {
-        Lineage { restarts: self.restarts, moves: self.moves + 1 }
+        Lineage { restarts: self.restarts, moves: self.moves + 1, from_copy: u64::MAX }
+    }
+
+    /// The lineage of an instance started from copy `seq` of this one's state, which a
+    /// replica held when this one's node went down.
+    pub fn failed_over(self, seq: u64) -> Lineage {
+        Lineage { restarts: self.restarts, moves: self.moves + 1, from_copy: seq }
+    }
+
+    /// Whether an instance of this lineage holds everything copy `seq` of an instance of
+    /// `line` held: it was started from that copy or a later one of that instance (or
+    /// from its whole state). A copy it does not hold all of merges into it.
+    pub fn continues(self, line: Lineage, seq: u64) -> bool {
+        self.restarts == line.restarts && self.moves == line.moves + 1 && seq <= self.from_copy
     }
 
     /// The lineage of an instance that absorbed `handed`'s state through a handoff (it

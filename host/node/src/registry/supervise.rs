@@ -6,7 +6,7 @@
 use tracing::info;
 
 use super::placement::Lineage;
-use super::table::{Effect, Grace, Orphan, Slot, StartWhy, Table, Timer, LEAVER_GRACE, REPLICA_GRACE};
+use super::table::{Effect, Grace, Orphan, Replica, Slot, StartWhy, Table, Timer, LEAVER_GRACE, REPLICA_GRACE};
 use super::wire::Msg;
 use super::Restart;
 use super::WorkerName;
@@ -158,7 +158,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         // A copy whose line the instance there continues (it took the name over from a
         // copy like it) has nothing to merge: dropped, so that it never merges later.
         let (continued, duplicates): (Vec<String>, Vec<String>) =
-            dead.into_iter().partition(|node| self.copy_from(name, node).is_some_and(|r| lineage == r.lineage.moved()));
+            dead.into_iter().partition(|node| self.copy_from(name, node).is_some_and(|r| lineage.continues(r.lineage, r.seq)));
         for node in continued {
             self.take_copy(name, &node);
         }
@@ -210,17 +210,19 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 owner == self.me || (!r.holders.iter().any(|h| h == &owner) && r.holders.iter().find(|h| *h == &self.me || self.connected(h)) == Some(&self.me))
             });
             if takes_over && !self.leaving {
-                let r = self.take_copy(&name, first.as_deref().expect("found above")).expect("found above");
-                // Another line's copy merges; one of the same line (either continued the
-                // other) would count its updates twice.
-                let merges = dead
-                    .iter()
-                    .filter(|n| **n != r.from)
-                    .filter_map(|n| self.take_copy(&name, n))
-                    .filter(|c| c.lineage.moved() != r.lineage && r.lineage.moved() != c.lineage)
-                    .map(|c| (c.from, c.state))
-                    .collect();
-                self.spawn(name, r.args, r.lineage.moved(), StartWhy::Failover, Some(r.state), merges);
+                let first = first.expect("found above");
+                let copies: Vec<Replica> =
+                    std::iter::once(&first).chain(dead.iter().filter(|n| **n != first)).filter_map(|n| self.take_copy(&name, n)).collect();
+                // A copy that another one's instance continues holds nothing that one
+                // lacks: merged, it would count its updates twice. The rest merge, into
+                // the first that is left (the one this node last knew, unless another
+                // continued it).
+                let held = |c: &Replica, by: &[Replica]| by.iter().any(|o| o.from != c.from && o.lineage.continues(c.lineage, c.seq));
+                let kept: Vec<bool> = copies.iter().map(|c| !held(c, &copies)).collect();
+                let mut copies = copies.into_iter().zip(kept).filter_map(|(c, keep)| keep.then_some(c));
+                let r = copies.next().expect("a copy no other continues: continuing is one move later, so it has no cycles");
+                let merges = copies.map(|c| (c.from, c.state)).collect();
+                self.spawn(name, r.args, r.lineage.failed_over(r.seq), StartWhy::Failover, Some(r.state), merges);
                 continue;
             }
             let durable = self.kinds.replicas(&name.kind) > 0;

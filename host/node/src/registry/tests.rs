@@ -97,7 +97,7 @@ fn run_here(t: &mut T, n: &WorkerName, handle: u32) -> Fx {
 }
 
 fn registered(n: &WorkerName, restarts: u32, moves: u32) -> Msg {
-    Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage { restarts, moves } }
+    Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage { restarts, moves, from_copy: 0 } }
 }
 
 // ---- starts ----
@@ -290,8 +290,14 @@ fn the_losing_instance_hands_its_state_to_the_winner_acknowledged() {
     assert_eq!((stop_id, reason.as_str()), (id, "duplicate"));
     assert_eq!(a.route(&n, None), Route::Remote("z@h".into()), "calls go to the winner meanwhile");
     let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![3]) });
-    let handoff =
-        Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 1, moves: 1 }, state: Some(vec![3]), merges: vec![], yielding: true };
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage { restarts: 1, moves: 1, from_copy: 0 },
+        state: Some(vec![3]),
+        merges: vec![],
+        yielding: true,
+    };
     assert_eq!(sends(&fx), vec![("z@h".to_string(), handoff.clone())]);
     // The winner goes down before answering: the state is kept and goes to the next one.
     let fx = a.handle(Event::MemberDown { node: "z@h".into(), conn: 3 });
@@ -307,7 +313,7 @@ fn a_yielded_state_merges_into_the_running_instance() {
     let handoff = Msg::Handoff {
         name: n.clone(),
         args: vec![],
-        lineage: Lineage { restarts: 1, moves: 1 },
+        lineage: Lineage { restarts: 1, moves: 1, from_copy: 0 },
         state: Some(vec![3]),
         merges: vec![("b@h".into(), vec![4])],
         yielding: true,
@@ -336,8 +342,14 @@ fn a_yielded_state_with_fewer_empty_restarts_replaces_the_running_instance() {
     let (_, id, _) = spawn_of(&fx).expect("restarted here");
     z.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
     up(&mut z, "a@h", 2);
-    let handoff =
-        Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 1, moves: 1 }, state: Some(vec![3]), merges: vec![], yielding: true };
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage { restarts: 1, moves: 1, from_copy: 0 },
+        state: Some(vec![3]),
+        merges: vec![],
+        yielding: true,
+    };
     let fx = recv(&mut z, "a@h", handoff);
     assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
     let fx = z.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
@@ -612,7 +624,10 @@ fn the_first_replica_starts_a_lost_durable_name_from_its_copy() {
     assert_eq!((sn, state.as_deref()), (n.clone(), Some(&b"42"[..])), "never from an empty init while a copy is here");
     assert_eq!(b.replica_of(&n), None, "the copy is the instance now");
     let fx = b.handle(Event::Spawned { name: n.clone(), id, result: Ok(5) });
-    assert!(sends(&fx).contains(&("c@h".into(), Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default().moved() })), "{fx:?}");
+    // Announced as continuing a@h's instance from copy 2: a later copy of it, should one
+    // turn up (a@h was only cut off), holds updates this one lacks.
+    let lineage = Lineage::default().failed_over(2);
+    assert!(sends(&fx).contains(&("c@h".into(), Msg::Registered { name: n.clone(), args: vec![], lineage })), "{fx:?}");
 }
 
 #[test]
@@ -709,8 +724,10 @@ fn a_replica_keeps_both_duplicates_copies_and_a_dead_ones_goes_to_the_other_to_m
     up(&mut c, "b@h", 2);
     recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
     c.replica_in("a@h", copy(&n, 5, super::durable::Update::Full(b"a-state".to_vec()), &["c@h"])).unwrap();
-    let taken =
-        super::wire::Replicate { lineage: Lineage { restarts: 1, moves: 1 }, ..copy(&n, 1, super::durable::Update::Full(b"b-state".to_vec()), &["c@h"]) };
+    let taken = super::wire::Replicate {
+        lineage: Lineage { restarts: 1, moves: 1, from_copy: 0 },
+        ..copy(&n, 1, super::durable::Update::Full(b"b-state".to_vec()), &["c@h"])
+    };
     c.replica_in("b@h", taken).unwrap();
     let held: Vec<String> = c.replicas_held().into_iter().map(|(_, from, _, _)| from).collect();
     assert_eq!(held, ["a@h", "b@h"], "one copy per sender: neither overwrites the other");
@@ -725,6 +742,37 @@ fn a_replica_keeps_both_duplicates_copies_and_a_dead_ones_goes_to_the_other_to_m
     assert!(spawn_of(&fx).is_none(), "not started here: it runs on b@h");
 }
 
+/// b@h was paused while a@h ran the name: b@h timed a@h out and started the name from
+/// its own copy (number 2) while a@h went on copying to c@h (up to number 5); then a@h
+/// dies. c@h's copy holds updates b@h's instance lacks: it goes there to merge. A copy
+/// b@h's instance started from, or an older one, would count its updates twice: dropped.
+#[test]
+fn a_dead_instances_copy_newer_than_the_one_a_failover_started_from_merges_into_it() {
+    let n = durable_ranked(&["a@h", "c@h", "b@h"]);
+    for (started_from, merges) in [(2, true), (5, false), (7, false)] {
+        let mut c = table("c@h", false);
+        up(&mut c, "a@h", 1);
+        up(&mut c, "b@h", 2);
+        recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+        c.replica_in("a@h", copy(&n, 5, super::durable::Update::Full(b"a-state".to_vec()), &["c@h"])).unwrap();
+        let lineage = Lineage::default().failed_over(started_from);
+        let theirs = super::wire::Replicate { lineage, ..copy(&n, 1, super::durable::Update::Full(b"b-state".to_vec()), &["c@h"]) };
+        c.replica_in("b@h", theirs).unwrap();
+        let fx = c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+        let handoff = sends(&fx).into_iter().find_map(|(to, m)| match m {
+            Msg::Handoff { state, yielding: true, .. } if to == "b@h" => Some(state),
+            _ => None,
+        });
+        if merges {
+            assert_eq!(handoff, Some(Some(b"a-state".to_vec())), "started from copy {started_from}: copy 5 merges, in {fx:?}");
+        } else {
+            assert_eq!(handoff, None, "started from copy {started_from}: copy 5 holds nothing more, in {fx:?}");
+        }
+        assert_eq!(c.replica_of(&n), Some(("b@h", 1)), "a@h's copy is gone either way; b@h's stays");
+        assert!(spawn_of(&fx).is_none(), "not started here: it runs on b@h");
+    }
+}
+
 #[test]
 fn a_state_handed_into_a_running_durable_instance_is_answered_once_merged_and_copied() {
     let n = durable_ranked(&["b@h", "a@h"]);
@@ -733,8 +781,14 @@ fn a_state_handed_into_a_running_durable_instance_is_answered_once_merged_and_co
     let fx = b.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 0 });
     let (_, id, _) = spawn_of(&fx).unwrap();
     b.handle(Event::Spawned { name: n.clone(), id, result: Ok(3) });
-    let handoff =
-        Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage { restarts: 0, moves: 1 }, state: Some(vec![7]), merges: vec![], yielding: true };
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage { restarts: 0, moves: 1, from_copy: 0 },
+        state: Some(vec![7]),
+        merges: vec![],
+        yielding: true,
+    };
     let fx = recv(&mut b, "a@h", handoff);
     assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::HandoffAck { .. })), "not answered before the merge is copied: {fx:?}");
     let ack = Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) };

@@ -165,7 +165,7 @@ mod tests {
     fn every_message_round_trips() {
         let name = WorkerName::new("order", "John");
         let msgs = [
-            Msg::Registered { name: name.clone(), args: vec![1], lineage: Lineage { restarts: 2, moves: 3 } },
+            Msg::Registered { name: name.clone(), args: vec![1], lineage: Lineage { restarts: 2, moves: 3, from_copy: 7 } },
             Msg::Unregistered { name: name.clone() },
             Msg::Synced,
             Msg::Handoff {
