@@ -78,6 +78,15 @@ impl Args {
         (self.config(&format!("tls-{host}"), &body), Some(std::sync::Arc::new(client)))
     }
 
+    /// Two nodes named `names` on one config, once each counts the other a member.
+    fn pair(&self, names: &[String; 2], config: &Path, pinned: bool) -> (Node, Node) {
+        let (a, b) = (self.node(&names[0], config, pinned), self.node(&names[1], config, pinned));
+        for n in [&a, &b] {
+            n.wait_line("members (2):", Duration::from_secs(30));
+        }
+        (a, b)
+    }
+
     /// Topology `local`: the static strategy listing `hosts`, polled every 5 s.
     fn static_topology(&self, hosts: &[String]) -> String {
         let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();

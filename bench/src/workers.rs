@@ -145,11 +145,7 @@ pub async fn remote(args: &Args, pinned: bool) -> Value {
     let probe = args.plugin("worker_probe.wasm");
     let base = args.static_topology(&names);
     let config_path = args.config("remote", &format!("{base}\n[worker.probe]\ncomponent = \"{}\"\n", probe.display()));
-    let n1 = args.node(&names[0], &config_path, pinned);
-    let n2 = args.node(&names[1], &config_path, pinned);
-    for n in [&n1, &n2] {
-        n.wait_line("members (2):", Duration::from_secs(30));
-    }
+    let (n1, n2) = args.pair(&names, &config_path, pinned);
     let ctl = client("benchctl@127.0.35.9", &names[0]).await;
     let n = if args.quick { 20_000 } else { 100_000 };
     let (median, p99) = remote_call(&ctl, &names, n).await;
@@ -182,11 +178,7 @@ pub async fn durable(args: &Args, pinned: bool) -> Value {
         counter.display()
     );
     let config_path = args.config("durable", &kinds);
-    let n1 = args.node(&names[0], &config_path, pinned);
-    let n2 = args.node(&names[1], &config_path, pinned);
-    for n in [&n1, &n2] {
-        n.wait_line("members (2):", Duration::from_secs(30));
-    }
+    let (n1, n2) = args.pair(&names, &config_path, pinned);
     let ctl = client("benchctl@127.0.36.9", &names[0]).await;
     let n = if args.quick { 5_000 } else { 20_000 };
     let mut out = serde_json::Map::new();

@@ -290,14 +290,7 @@ fn the_losing_instance_hands_its_state_to_the_winner_acknowledged() {
     assert_eq!((stop_id, reason.as_str()), (id, "duplicate"));
     assert_eq!(a.route(&n, None), Route::Remote("z@h".into()), "calls go to the winner meanwhile");
     let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![3]) });
-    let handoff = Msg::Handoff {
-        name: n.clone(),
-        args: vec![],
-        lineage: Lineage { restarts: 1, moves: 1, from_copy: 0 },
-        state: Some(vec![3]),
-        merges: vec![],
-        yielding: true,
-    };
+    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage::default().restarted(), state: Some(vec![3]), merges: vec![], yielding: true };
     assert_eq!(sends(&fx), vec![("z@h".to_string(), handoff.clone())]);
     // The winner goes down before answering: the state is kept and goes to the next one.
     let fx = a.handle(Event::MemberDown { node: "z@h".into(), conn: 3 });
@@ -313,7 +306,7 @@ fn a_yielded_state_merges_into_the_running_instance() {
     let handoff = Msg::Handoff {
         name: n.clone(),
         args: vec![],
-        lineage: Lineage { restarts: 1, moves: 1, from_copy: 0 },
+        lineage: Lineage::default().restarted(),
         state: Some(vec![3]),
         merges: vec![("b@h".into(), vec![4])],
         yielding: true,
@@ -342,14 +335,7 @@ fn a_yielded_state_with_fewer_empty_restarts_replaces_the_running_instance() {
     let (_, id, _) = spawn_of(&fx).expect("restarted here");
     z.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
     up(&mut z, "a@h", 2);
-    let handoff = Msg::Handoff {
-        name: n.clone(),
-        args: vec![],
-        lineage: Lineage { restarts: 1, moves: 1, from_copy: 0 },
-        state: Some(vec![3]),
-        merges: vec![],
-        yielding: true,
-    };
+    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage::default().restarted(), state: Some(vec![3]), merges: vec![], yielding: true };
     let fx = recv(&mut z, "a@h", handoff);
     assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
     let fx = z.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
@@ -724,10 +710,7 @@ fn a_replica_keeps_both_duplicates_copies_and_a_dead_ones_goes_to_the_other_to_m
     up(&mut c, "b@h", 2);
     recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
     c.replica_in("a@h", copy(&n, 5, super::durable::Update::Full(b"a-state".to_vec()), &["c@h"])).unwrap();
-    let taken = super::wire::Replicate {
-        lineage: Lineage { restarts: 1, moves: 1, from_copy: 0 },
-        ..copy(&n, 1, super::durable::Update::Full(b"b-state".to_vec()), &["c@h"])
-    };
+    let taken = super::wire::Replicate { lineage: Lineage::default().restarted(), ..copy(&n, 1, super::durable::Update::Full(b"b-state".to_vec()), &["c@h"]) };
     c.replica_in("b@h", taken).unwrap();
     let held: Vec<String> = c.replicas_held().into_iter().map(|(_, from, _, _)| from).collect();
     assert_eq!(held, ["a@h", "b@h"], "one copy per sender: neither overwrites the other");
