@@ -54,7 +54,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -323,6 +323,7 @@ impl Dist {
             born: Instant::now(),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
+            ended: OnceLock::new(),
         }));
         st.peers.insert(id.name.clone(), peer.clone());
         self.0.live.send_modify(|n| *n += 1);
@@ -342,12 +343,26 @@ impl Dist {
             let wr = Arc::new(wr);
             *peer.0.direct.lock().unwrap() = Some(wr.clone());
             let mut writer = tokio::spawn(write_loop(peer.clone(), wr, rx, dist.0.cfg.heartbeat_interval));
-            let reason = tokio::select! {
-                r = read_loop(&dist, &peer, rd, raw, plain, opener) => r,
-                w = &mut writer => w.unwrap_or(DownReason::ConnectionClosed),
+            let reason = {
+                let read = read_loop(&dist, &peer, rd, raw, plain, opener);
+                tokio::pin!(read);
+                tokio::select! {
+                    r = &mut read => r,
+                    w = &mut writer => match w.unwrap_or(DownReason::ConnectionClosed) {
+                        DownReason::LocalShutdown => {
+                            // This side closed (its last bytes and a FIN are out): read until the
+                            // peer closes too, briefly, so that the socket ends without a reset,
+                            // which could cut off what this side wrote last.
+                            let _ = tokio::time::timeout(dist.0.cfg.heartbeat_interval, &mut read).await;
+                            DownReason::LocalShutdown
+                        }
+                        other => other,
+                    },
+                }
             };
             writer.abort();
             let reason = if peer.0.overflowed.load(Ordering::Acquire) { DownReason::NotReading(peer.0.max_backlog) } else { reason };
+            let _ = peer.0.ended.set(reason.clone());
             // Senders write no more; the socket closes once the writer task has let go.
             *peer.0.direct.lock().unwrap() = None;
             {

@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -75,6 +75,8 @@ pub(super) struct PeerInner {
     pub(super) born: Instant,
     /// Callers waiting for `Reply`/`Pong` frames, by request id.
     pub(super) pending: Mutex<HashMap<u64, Waiting>>,
+    /// Why the connection ended, set before the callers still waiting are woken.
+    pub(super) ended: OnceLock<DownReason>,
     pub(super) next_request: AtomicU64,
 }
 
@@ -173,6 +175,13 @@ impl Peer {
     /// Time since bytes last went out on this connection.
     pub(super) fn quiet_for(&self) -> Duration {
         self.0.born.elapsed().saturating_sub(Duration::from_nanos(self.0.last_write.load(Ordering::Relaxed)))
+    }
+
+    /// Whether the connection ended in the peer's orderly close as it left: behind its
+    /// last `Leaving`, so after every reply it wrote. A request unanswered then was not
+    /// handled there (see `Dist::leave`); after any other end it may have been.
+    pub fn closed_in_order(&self) -> bool {
+        self.0.ended.get() == Some(&DownReason::Left)
     }
 
     /// Closes the connection after what is queued; the down event carries `reason`.

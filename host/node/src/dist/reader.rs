@@ -18,6 +18,9 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
     let max_frame = dist.0.cfg.max_frame;
     let mut reassembler = Reassembler::new(MAX_MESSAGE);
     let mut left = false;
+    // The last frame was `Leaving`: the stream ending now is the peer's orderly close,
+    // which it sends behind everything else it wrote (`Dist::leave`).
+    let mut closing = false;
     let mut last_read = Instant::now();
     let silence = tokio::time::sleep(timeout);
     tokio::pin!(silence);
@@ -45,6 +48,7 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
                 Ok(f) => f,
                 Err(e) => return protocol_error(peer, e),
             };
+            closing = matches!(frame, Frame::Leaving);
             match frame {
                 Frame::Heartbeat => {}
                 Frame::Leaving => {
@@ -75,7 +79,10 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
             tokio::select! {
                 biased;
                 r = rd.read_buf(&mut raw) => match r {
-                    Ok(0) | Err(_) => return if left { DownReason::Left } else { DownReason::ConnectionClosed },
+                    // Only an end right behind its last `Leaving` tells that the peer
+                    // sent everything: a reset or an end elsewhere may have cut replies off.
+                    Ok(0) if closing => return DownReason::Left,
+                    Ok(0) | Err(_) => return DownReason::ConnectionClosed,
                     Ok(_) => {
                         last_read = Instant::now();
                         break;
@@ -94,7 +101,7 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
                         continue;
                     }
                     if last_read.elapsed() >= timeout {
-                        return if left { DownReason::Left } else { DownReason::HeartbeatTimeout };
+                        return DownReason::HeartbeatTimeout;
                     }
                     silence.as_mut().reset((last_read + timeout).into());
                 }

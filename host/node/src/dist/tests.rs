@@ -164,3 +164,35 @@ async fn heartbeat_timeout_is_a_node_down_with_its_reason() {
     assert_eq!(down, ("quiet@127.0.0.1".to_string(), DownReason::HeartbeatTimeout));
     assert!(up_at.elapsed() >= timeout, "declared down after {:?}", up_at.elapsed());
 }
+
+/// A leaver's orderly close (its last `Leaving`, then the end of the stream) is a
+/// node-down for `Left`, and its connection says it closed in order: a request it left
+/// unanswered was not handled. A connection that ends anywhere else, even from a node
+/// that said it is leaving, is `ConnectionClosed`: a reply may have been cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_end_right_behind_leaving_is_an_orderly_close() {
+    async fn down_of(events: &mut mpsc::UnboundedReceiver<DistEvent>) -> (Peer, DownReason) {
+        loop {
+            if let DistEvent::Down(p, reason) = events.recv().await.unwrap() {
+                return (p, reason);
+            }
+        }
+    }
+    let (a, _a_events) = listening("a").await;
+    let (b, mut b_events) = listening("b").await;
+    a.connect(b.name()).await.unwrap();
+    a.leave(Duration::from_secs(5)).await;
+    let (peer, reason) = down_of(&mut b_events).await;
+    assert_eq!((peer.name(), reason), (a.name(), DownReason::Left));
+    assert!(peer.closed_in_order());
+
+    let (c, _c_events) = listening("c").await;
+    let to_b = c.connect(b.name()).await.unwrap();
+    c.announce_leaving();
+    // Something after its `Leaving`, then the end: not the orderly close of a leaver.
+    to_b.send(Frame::Send(Bytes::from_static(b"after")));
+    to_b.close(DownReason::LocalShutdown);
+    let (peer, reason) = down_of(&mut b_events).await;
+    assert_eq!((peer.name(), reason), (c.name(), DownReason::ConnectionClosed));
+    assert!(!peer.closed_in_order());
+}

@@ -474,7 +474,11 @@ impl Registry {
                 trace.and_then(|t| telemetry::span(format!("call {}", name.kind), telemetry::Kind::Client, Some(t), Some(&name.to_string()), Some(&node)));
             // The caller's deadline bounds the call: an instance running on `node` answers
             // from its mailbox with no timer of its own (`handle_rpc_fast`).
-            let answer = self.rpc_traced(&node, &rpc, span.as_ref().map(telemetry::Span::context), deadline.saturating_duration_since(Instant::now())).await;
+            let peer = self.0.membership.dist().peer(&node);
+            let answer = match &peer {
+                Some(peer) => self.rpc_on(peer, &rpc, span.as_ref().map(telemetry::Span::context), deadline.saturating_duration_since(Instant::now())).await,
+                None => Err(CallError::Unavailable(format!("{node} is not connected"))),
+            };
             if let (Some(span), Ok(RpcReply::CallFailed(e)) | Err(e)) = (span.as_mut(), &answer) {
                 span.fail(e.to_string());
             }
@@ -484,12 +488,15 @@ impl Registry {
                 Ok(RpcReply::CallFailed(e)) => return Err(e),
                 Ok(RpcReply::Moved(to)) => next = Some(to),
                 Ok(_) => return Err(CallError::Failed("unexpected reply".into())),
-                // `node` said it is leaving and closed before answering: the call was not
+                // `node` left and closed in order before answering: the call was not
                 // handled there. (A call its instance handled was answered before the
                 // instance stopped for the handoff, and the node closes only once the
                 // handoff is acknowledged, so that reply is ahead of the close on the
-                // wire.) It goes where the name is now.
-                Err(CallError::Unavailable(_)) if self.0.membership.has_left(&node) => {}
+                // wire.) It goes where the name is now. A connection that ended any other
+                // way (a reset, a heartbeat timeout: this node may have been paused while
+                // the reply was due) may have cut off a reply to a call that was handled:
+                // `unavailable`, for the caller to retry with an id.
+                Err(CallError::Unavailable(_)) if peer.as_ref().is_some_and(Peer::closed_in_order) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -564,6 +571,11 @@ impl Registry {
 
     async fn rpc_traced(&self, node: &str, rpc: &Rpc, trace: Option<TraceContext>, timeout: Duration) -> Result<RpcReply, CallError> {
         let peer = self.0.membership.dist().peer(node).ok_or_else(|| CallError::Unavailable(format!("{node} is not connected")))?;
+        self.rpc_on(&peer, rpc, trace, timeout).await
+    }
+
+    async fn rpc_on(&self, peer: &Peer, rpc: &Rpc, trace: Option<TraceContext>, timeout: Duration) -> Result<RpcReply, CallError> {
+        let node = peer.name();
         match peer.request_traced(Service::Registry, wire::encode(rpc), trace, timeout).await {
             Ok(reply) => postcard::from_bytes(&reply).map_err(|e| CallError::Failed(format!("bad reply from {node}: {e}"))),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(CallError::Timeout),

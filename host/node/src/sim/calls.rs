@@ -4,10 +4,16 @@
 use super::*;
 
 impl Sim {
-    pub(super) fn apply_call(&mut self, inst: Inst) -> CallResult {
+    /// Call `c` reaches instance `inst`: counted, unless the instance is stopping. A
+    /// call is sent to one instance at a time, so one applied twice is a violation.
+    pub(super) fn apply_call(&mut self, inst: Inst, c: usize) -> CallResult {
         match self.insts.get_mut(&inst) {
             Some(i) if !i.stopping => {
                 *i.counts.entry(inst).or_insert(0) += 1;
+                self.log(|| format!("call {c} applied by instance {inst}"));
+                if let Some(before) = self.calls[c].applied.replace(inst) {
+                    self.violations.push(format!("call {c} to {} applied twice, by instances {before} and {inst}", self.calls[c].name));
+                }
                 CallResult::Ok
             }
             _ => CallResult::Failed,

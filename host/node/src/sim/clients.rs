@@ -112,11 +112,7 @@ impl Sim {
     /// in flight, as a mailbox would hold it).
     fn call_instance(&mut self, n: Node, inst: Inst, c: usize, to: ReplyTo) -> Option<CallResult> {
         if self.replicas == 0 {
-            let r = self.apply_call(inst);
-            if r == CallResult::Ok {
-                self.calls[c].applied = Some(inst);
-            }
-            return Some(r);
+            return Some(self.apply_call(inst, c));
         }
         let busy = match self.insts.get(&inst) {
             Some(i) if !i.stopping => i.round.is_some(),
@@ -126,8 +122,7 @@ impl Sim {
             self.insts.get_mut(&inst).unwrap().queue.push_back(Pending::Queued { call: c, to });
             return None;
         }
-        self.apply_call(inst);
-        self.calls[c].applied = Some(inst);
+        self.apply_call(inst, c);
         self.start_round(n, inst, Pending::Reply { call: c, to });
         None
     }

@@ -26,14 +26,16 @@ impl Sim {
             self.after(d, Ev::ConnDown { node: peer, peer: node, conn, reason: DownReason::ConnectionClosed });
         }
         self.log(|| format!("n{node} sees conn {conn} to n{peer} gone ({reason})"));
+        let orderly = reason == DownReason::Left;
         self.member_input(node, Input::Disconnected { node: self.names[peer].clone(), conn, reason });
         // Calls waiting for an answer on that connection get none.
         let waiting: Vec<usize> =
             self.calls.iter().enumerate().filter(|(_, c)| c.done.is_none() && c.origin == node && c.awaiting == Some((peer, conn))).map(|(i, _)| i).collect();
         for c in waiting {
             self.calls[c].awaiting = None;
-            let left = self.nodes[node].as_ref().is_some_and(|l| l.members.has_left(&self.names[peer]));
-            if left {
+            // Only an orderly close tells that the call was not handled there (the
+            // driver's `call_routed`).
+            if orderly {
                 self.call_step(node, c, None);
             } else {
                 self.finish_call(c, CallResult::Failed);
@@ -163,7 +165,9 @@ impl Sim {
         match what {
             Wire::Msg(msg) => self.feed(to, Event::Received { from: self.names[from].clone(), msg }),
             Wire::Leaving => self.member_input(to, Input::Leaving { node: self.names[from].clone(), conn }),
-            Wire::Close => self.conn_down(to, from, conn, DownReason::ConnectionClosed),
+            // A leaver's orderly close, behind everything it sent (the driver's last
+            // `Leaving` and the stream's end).
+            Wire::Close => self.conn_down(to, from, conn, DownReason::Left),
             Wire::Members(names) => self.member_input(to, Input::Gossip { from: self.names[from].clone(), names }),
             Wire::StartReq { req, name, args } => {
                 let local = self.new_req(Requester::Forwarded { origin: from, conn, req });

@@ -117,8 +117,7 @@ impl Sim {
         if let Some(next) = i.queue.pop_front() {
             match next {
                 Pending::Queued { call, to } => {
-                    if self.apply_call(inst) == CallResult::Ok {
-                        self.calls[call].applied = Some(inst);
+                    if self.apply_call(inst, call) == CallResult::Ok {
                         self.start_round(n, inst, Pending::Reply { call, to });
                     }
                 }
