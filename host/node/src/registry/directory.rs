@@ -17,6 +17,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         // Of two instances announced, the directory keeps the one that stays, whatever
         // order the announcements arrived in: every node ends with the same.
         let keep = self.directory.get(&name).is_some_and(|c| c.node != from && self.connected(&c.node) && stays((c.lineage, &c.node), (lineage, &from)));
+        self.lacking.remove(&name);
         if !keep {
             self.directory.insert(name.clone(), Claim { node: from.clone(), conn, args, lineage });
         }

@@ -50,6 +50,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let r = copies.remove(at);
         if copies.is_empty() {
             self.replicas.remove(name);
+            self.lacking.remove(name);
         }
         Some(r)
     }

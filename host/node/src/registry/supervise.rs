@@ -189,6 +189,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             let runs = self.local.contains_key(&name) || self.directory.get(&name).is_some_and(|c| self.connected(&c.node));
             if runs {
                 self.orphans.remove(&name);
+                self.lacking.remove(&name);
                 continue;
             }
             let owner = self.owner_of(&name).to_string();
@@ -206,8 +207,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             let lineage = self.orphans[&name].lineage;
             let first = dead.iter().find(|n| self.copy_from(&name, n).is_some_and(|r| r.lineage == lineage)).or(dead.first()).cloned();
             let copy = first.as_deref().and_then(|n| self.copy_from(&name, n));
+            // The copy's holders, less those that said they hold none (they came up
+            // after it went out: a listed owner without it would wait for nobody).
+            let lacking = self.lacking.get(&name);
+            let holds = |h: &&String| lacking.is_none_or(|l| !l.contains(*h));
             let takes_over = copy.is_some_and(|r| {
-                owner == self.me || (!r.holders.iter().any(|h| h == &owner) && r.holders.iter().find(|h| *h == &self.me || self.connected(h)) == Some(&self.me))
+                owner == self.me
+                    || (!r.holders.iter().filter(holds).any(|h| h == &owner)
+                        && r.holders.iter().filter(holds).find(|h| *h == &self.me || self.connected(h)) == Some(&self.me))
             });
             if takes_over && !self.leaving {
                 let first = first.expect("found above");
@@ -222,6 +229,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let mut copies = copies.into_iter().zip(kept).filter_map(|(c, keep)| keep.then_some(c));
                 let r = copies.next().expect("a copy no other continues: continuing is one move later, so it has no cycles");
                 let merges = copies.map(|c| (c.from, c.state)).collect();
+                self.lacking.remove(&name);
                 self.spawn(name, r.args, r.lineage.failed_over(r.seq), StartWhy::Failover, Some(r.state), merges);
                 continue;
             }
@@ -232,7 +240,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // copy went out): that beats an empty start, which waits for it.
                 if orphan.grace == Grace::Unasked {
                     orphan.grace = Grace::Waiting;
-                    self.out.push(Effect::SetTimer { after: REPLICA_GRACE, timer: Timer::ReplicaGrace { name } });
+                    self.out.push(Effect::SetTimer { after: REPLICA_GRACE, timer: Timer::ReplicaGrace { name: name.clone() } });
+                    // The copy may list this node as a holder all the same (it was sent
+                    // one it did not take): the holders are told not to wait for it.
+                    self.tell_all(Msg::NoCopy { name });
                 }
             } else if owner == self.me {
                 let (args, lineage) = (orphan.args.clone(), orphan.lineage.restarted());

@@ -248,6 +248,10 @@ pub struct Table<M, R> {
     /// one per node that sends them (two, while two instances of a name run, since a
     /// partition or a pause, and both copy here).
     pub(super) replicas: BTreeMap<WorkerName, Vec<Replica>>,
+    /// Lost durable names whose copy held here lists among its holders nodes that said
+    /// they hold none ([`Msg::NoCopy`]): those do not wait for them. Kept while the copy
+    /// is held and the name runs nowhere.
+    pub(super) lacking: BTreeMap<WorkerName, BTreeSet<String>>,
     /// For each durable instance here: its last copy's number and the replicas that hold it.
     pub(super) copied: BTreeMap<WorkerName, (u64, Vec<String>)>,
     /// Set by [`Event::Leave`]: no new instances here.
@@ -286,6 +290,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             orphans: BTreeMap::new(),
             moved: BTreeMap::new(),
             replicas: BTreeMap::new(),
+            lacking: BTreeMap::new(),
             copied: BTreeMap::new(),
             leaving: false,
             wait_to_hand_over: false,
@@ -342,6 +347,12 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Msg::Orphan { name, args, lineage } => self.orphan_in(name, args, lineage),
             Msg::ReplicaDropped { name } => {
                 self.take_copy(&name, &from);
+            }
+            Msg::NoCopy { name } => {
+                if self.replicas.contains_key(&name) {
+                    self.lacking.entry(name).or_default().insert(from);
+                    self.replan();
+                }
             }
         }
     }

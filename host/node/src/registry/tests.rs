@@ -676,6 +676,39 @@ fn an_owner_without_a_copy_waits_for_the_holder_to_start_the_name() {
 }
 
 #[test]
+fn an_owner_listed_as_a_holder_without_the_copy_says_so_and_the_holder_starts_the_name() {
+    // c came up as a new process just before a went down: a's last copy listed c among
+    // its holders (c ranks next), but c never took it. b holds it.
+    let n = durable_ranked(&["a@h", "c@h", "b@h"]);
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    up(&mut b, "c@h", 2);
+    recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    b.replica_in("a@h", copy(&n, 9, super::durable::Update::Full(b"9".to_vec()), &["c@h", "b@h"])).unwrap();
+    let fx = b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    assert!(spawn_of(&fx).is_none(), "c, the owner, is listed as holding the copy: b waits for it: {fx:?}");
+
+    // c owns it and holds no copy: it waits for a holder, and says it holds none.
+    let mut c = table("c@h", false);
+    up(&mut c, "a@h", 1);
+    up(&mut c, "b@h", 2);
+    recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    let fx = c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    assert!(spawn_of(&fx).is_none(), "{fx:?}");
+    assert!(sends(&fx).contains(&("b@h".to_string(), Msg::NoCopy { name: n.clone() })), "{fx:?}");
+
+    // b, told, starts it from its copy at once rather than c starting it empty.
+    let fx = recv(&mut b, "c@h", Msg::NoCopy { name: n.clone() });
+    assert_eq!(spawn_of(&fx).map(|s| s.2), Some(Some(b"9".to_vec())), "{fx:?}");
+    assert!(b.lacking.is_empty(), "nothing kept once the name runs again");
+
+    // A node that holds no copy of the name keeps nothing from the message.
+    let mut d = table("d@h", false);
+    recv(&mut d, "c@h", Msg::NoCopy { name: n.clone() });
+    assert!(d.lacking.is_empty());
+}
+
+#[test]
 fn a_copy_from_a_node_the_name_left_is_dropped() {
     let n = durable_ranked(&["a@h", "b@h", "c@h"]);
     let mut b = table("b@h", false);

@@ -112,6 +112,11 @@ pub enum Msg {
     /// Drop the copy of this durable name's state the sender replicated here: the
     /// receiver is no longer one of its replicas (or the name stopped or moved).
     ReplicaDropped { name: WorkerName },
+    /// The sender owns this lost durable name and holds no copy of its state (it came
+    /// up after the last copy went out), though the copy may list it among its holders:
+    /// a node that holds one starts it. Appended last, so a node that predates it fails
+    /// to read only this message.
+    NoCopy { name: WorkerName },
 }
 
 /// postcard's variant indexes of [`Rpc::Call`] and [`Rpc::Cast`] (a body's first byte),
