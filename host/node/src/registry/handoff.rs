@@ -39,7 +39,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     pub(super) fn begin_move(&mut self, name: &WorkerName) {
         let Some(Slot::Running { id, handle, args, lineage }) = self.local.remove(name) else { return };
         let reason = if self.handoff_target(name, "", &BTreeSet::new()).is_some() { "handoff" } else { "shutdown" };
-        self.local.insert(name.clone(), Slot::Stopping { id, args, lineage, why: StopWhy::Handoff, merges: Vec::new() });
+        self.local.insert(name.clone(), Slot::Stopping { id, args, lineage, why: StopWhy::Handoff { yielders: Vec::new() }, merges: Vec::new() });
         self.out.push(Effect::Stop { name: name.clone(), id, handle, reason: reason.into() });
     }
 
@@ -67,7 +67,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
         let Some(Slot::Stopping { args, lineage, why, merges, .. }) = self.local.remove(&name) else { unreachable!() };
         self.out.push(Effect::Changed);
-        let moving = |to: String, yielding: bool| Slot::Moving {
+        let moving = |to: String, yielding: bool, yielders: Vec<String>| Slot::Moving {
             to,
             args: args.clone(),
             lineage,
@@ -76,14 +76,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             sent: 0,
             yielding,
             refused: BTreeSet::new(),
+            yielders,
         };
         match why {
-            StopWhy::Handoff => {
-                self.local.insert(name.clone(), moving(String::new(), false));
+            StopWhy::Handoff { yielders } => {
+                self.local.insert(name.clone(), moving(String::new(), false, yielders));
                 self.send_handoff(name, None);
             }
             StopWhy::Duplicate { winner } => {
-                self.local.insert(name.clone(), moving(winner, true));
+                self.local.insert(name.clone(), moving(winner, true, Vec::new()));
                 self.send_handoff(name, None);
             }
             StopWhy::Replaced { from, args: new_args, lineage: new_lineage, state: handed, merges: handed_merges } => {
@@ -122,8 +123,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
             None if !self.leaving => {
                 // Nobody else can take it: it runs here again, from its own state.
-                let Some(Slot::Moving { args, lineage, state, merges, .. }) = self.local.remove(&name) else { unreachable!() };
-                self.spawn(name, args, lineage, StartWhy::Adopted, state, merges);
+                let Some(Slot::Moving { args, lineage, state, merges, yielders, .. }) = self.local.remove(&name) else { unreachable!() };
+                self.spawn(name.clone(), args, lineage, StartWhy::Adopted, state, merges);
+                // The yielders hear once it has merged their states here.
+                if let Some(Slot::Starting { acks, .. }) = self.local.get_mut(&name) {
+                    let at = Some(self.me.clone());
+                    acks.extend(yielders.into_iter().map(|y| (y, Msg::HandoffAck { name: name.clone(), at: at.clone() })));
+                }
             }
             // Cut off (every peer gone, none of them leaving): one may be back in time.
             None if self.wait_to_hand_over && self.leavers.is_empty() => {
@@ -132,7 +138,12 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
             None => {
                 warn!(worker = %name, "no other node to hand {name} to; stopped (its state is lost)");
-                self.local.remove(&name);
+                if let Some(Slot::Moving { yielders, .. }) = self.local.remove(&name) {
+                    // Refused: they keep their states and hand them on.
+                    for y in yielders {
+                        self.out.push(Effect::Send { to: y, msg: Msg::HandoffAck { name: name.clone(), at: None } });
+                    }
+                }
                 self.tell_all(Msg::Unregistered { name: name.clone() });
                 self.out.push(Effect::Lost { name });
                 self.out.push(Effect::Changed);
@@ -181,7 +192,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 info!(worker = %name, peer = %from, "{name} runs here: the state {from} handed over merges into it");
                 self.local.insert(name.clone(), Slot::Running { id, handle: handle.clone(), args: my_args, lineage: mine });
                 let answer = (from.clone(), ack(&self.me));
-                self.merge_then_ack(&name, &handle, states, Some(answer));
+                self.merge_then_ack(&name, &handle, states, vec![answer]);
                 // The sender's instance is gone: this one is the name's, and may move on.
                 if self.directory.get(&name).is_some_and(|c| c.node == from) {
                     self.directory.remove(&name);
@@ -194,18 +205,38 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let why = StopWhy::Replaced { from, args, lineage, state, merges };
                 self.local.insert(name, Slot::Stopping { id, args: my_args, lineage: mine, why, merges: mine_merges });
             }
-            Some(mut slot @ (Slot::Starting { .. } | Slot::Stopping { why: StopWhy::Handoff, .. })) => {
+            Some(mut slot @ (Slot::Starting { .. } | Slot::Stopping { why: StopWhy::Handoff { .. }, .. })) => {
                 // The states ride along with this node's instance: merged once it has
                 // started, or sent on with its own state when it moves. The instance
                 // that ends up with them is the sender's successor, and its lineage says
                 // so: else the sender's announcement, late at a third node, could win
                 // that node's directory over it (and a name run nowhere once it dies).
-                if let Slot::Starting { merges, lineage: mine, .. } | Slot::Stopping { merges, lineage: mine, .. } = &mut slot {
-                    merges.extend(states);
-                    *mine = mine.absorbing(lineage);
+                let durable = self.kinds.replicas(&name.kind) > 0;
+                let mut answer = Some((from, ack(&self.me)));
+                match &mut slot {
+                    Slot::Starting { merges, lineage: mine, acks, .. } => {
+                        // A durable kind's sender hears once the merged state is copied:
+                        // it drops its state on the answer.
+                        if durable && !states.is_empty() {
+                            acks.extend(answer.take());
+                        }
+                        merges.extend(states);
+                        *mine = mine.absorbing(lineage);
+                    }
+                    Slot::Stopping { merges, lineage: mine, why: StopWhy::Handoff { yielders }, .. } => {
+                        // Answered once the handoff that carries the states on is.
+                        if durable && !states.is_empty() {
+                            yielders.extend(answer.take().map(|(to, _)| to));
+                        }
+                        merges.extend(states);
+                        *mine = mine.absorbing(lineage);
+                    }
+                    _ => unreachable!("matched above"),
                 }
                 self.local.insert(name.clone(), slot);
-                self.out.push(Effect::Send { to: from, msg: ack(&self.me) });
+                if let Some((to, msg)) = answer {
+                    self.out.push(Effect::Send { to, msg });
+                }
             }
             Some(slot) => {
                 // Moving away, or ending: refused, so the sender tries elsewhere (two nodes
@@ -218,7 +249,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
 
     /// `from` answered a handoff of `name`: it runs at `at` now, or `from` refused.
     pub(super) fn handoff_ack(&mut self, from: String, name: WorkerName, at: Option<String>) {
-        let Some(Slot::Moving { to, merges, sent, .. }) = self.local.get_mut(&name) else { return };
+        let Some(Slot::Moving { to, .. }) = self.local.get_mut(&name) else { return };
         if *to != from {
             return;
         }
@@ -226,6 +257,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             self.send_handoff(name, Some(from));
             return;
         };
+        // The states that yielded to this instance went with it (they came before it
+        // stopped, so in the first handoff): their senders hear where they are now.
+        let Some(Slot::Moving { yielders, .. }) = self.local.get_mut(&name) else { unreachable!() };
+        for y in std::mem::take(yielders) {
+            self.out.push(Effect::Send { to: y, msg: Msg::HandoffAck { name: name.clone(), at: Some(at.clone()) } });
+        }
+        let Some(Slot::Moving { merges, sent, .. }) = self.local.get_mut(&name) else { unreachable!() };
         if merges.len() > *sent {
             // States that arrived after the handoff went: after it, acknowledged too.
             let rest: States = merges.split_off(*sent);

@@ -230,14 +230,16 @@ impl Registry {
                         });
                     }
                 }
-                Effect::Merge { handle, from, state, ack, .. } => {
-                    // The handoff's answer waits until the merged state is safe.
-                    let done = ack.map(|(to, msg)| {
+                Effect::Merge { handle, from, state, acks, .. } => {
+                    // The handoffs' answers wait until the merged state is safe.
+                    let done = (!acks.is_empty()).then(|| {
                         let (tx, rx) = oneshot::channel();
                         let r = self.clone();
                         tokio::spawn(async move {
                             let _ = rx.await;
-                            r.send(&to, &msg);
+                            for (to, msg) in acks {
+                                r.send(&to, &msg);
+                            }
                         });
                         tx
                     });

@@ -136,7 +136,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 match self.local.get_mut(name).expect("found above") {
                     Slot::Running { handle, .. } => {
                         let handle = handle.clone();
-                        self.out.push(Effect::Merge { name: name.clone(), handle, from: node, state: r.state, ack: None });
+                        self.out.push(Effect::Merge { name: name.clone(), handle, from: node, state: r.state, acks: Vec::new() });
                     }
                     Slot::Starting { merges, .. } | Slot::Stopping { merges, .. } | Slot::Moving { merges, .. } => merges.push((node, r.state)),
                 }
@@ -175,6 +175,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             sent: 0,
             yielding: true,
             refused: Default::default(),
+            yielders: Vec::new(),
         };
         self.local.insert(name.clone(), slot);
         self.send_handoff(name.clone(), None);

@@ -86,7 +86,7 @@ pub enum Effect<M, R> {
     /// in its favour (`resolve-conflict`). With `ack`, send that message to that node
     /// once the instance has merged the state and, for a durable kind, its replicas hold
     /// the result (a handoff is acknowledged only once the state it carried is safe).
-    Merge { name: WorkerName, handle: M, from: String, state: Vec<u8>, ack: Option<(String, Msg)> },
+    Merge { name: WorkerName, handle: M, from: String, state: Vec<u8>, acks: Vec<(String, Msg)> },
     /// Ask `to` to start `name` (its owner); the answer goes to `reply`.
     ForwardStart { to: String, name: WorkerName, args: Vec<u8>, reply: R },
     /// Answer a start.
@@ -124,6 +124,9 @@ pub enum Slot<M, R> {
         lineage: Lineage,
         why: StartWhy<R>,
         merges: Vec<(String, Vec<u8>)>,
+        /// Answers to handoffs whose states wait in `merges` (a durable kind's: sent once
+        /// the merged state is copied, see [`Table::merge_then_ack`]).
+        acks: Vec<(String, Msg)>,
     },
     Running {
         id: u64,
@@ -152,6 +155,9 @@ pub enum Slot<M, R> {
         sent: usize,
         yielding: bool,
         refused: BTreeSet<String>,
+        /// Nodes waiting for the answer to their yielding handoffs, whose states are in
+        /// `merges` (see [`StopWhy::Handoff`]).
+        yielders: Vec<String>,
     },
 }
 
@@ -172,7 +178,10 @@ pub enum StartWhy<R> {
 #[derive(Debug)]
 pub enum StopWhy<R> {
     /// Moving to its next owner (this node leaves, or another joined and owns it).
-    Handoff,
+    /// `yielders`: nodes whose instances yielded to this one meanwhile, their states in
+    /// the slot's `merges` (a durable kind's): answered once the handoff that carries
+    /// those states on is acknowledged, since they drop their states on the answer.
+    Handoff { yielders: Vec<String> },
     /// Another instance of the name stays, on `winner`: this one's state goes there.
     Duplicate { winner: String },
     /// A handoff from `from` brought an instance that stays: it starts here from
@@ -460,7 +469,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.orphans.remove(&name);
         // The states known now merge as the instance starts, before its first copy; the
         // slot gathers those that arrive while it starts.
-        self.local.insert(name.clone(), Slot::Starting { id, args: args.clone(), lineage, why, merges: Vec::new() });
+        self.local.insert(name.clone(), Slot::Starting { id, args: args.clone(), lineage, why, merges: Vec::new(), acks: Vec::new() });
         self.out.push(Effect::Spawn { name, id, args, state, merges });
     }
 
@@ -505,7 +514,12 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let handle = match result {
             Ok(handle) => handle,
             Err(e) => {
-                let Some(Slot::Starting { why, .. }) = self.local.remove(&name) else { unreachable!() };
+                let Some(Slot::Starting { why, acks, .. }) = self.local.remove(&name) else { unreachable!() };
+                // Handoffs whose states were to merge into it: refused, their senders keep
+                // them and hand them on.
+                for (to, _) in acks {
+                    self.out.push(Effect::Send { to, msg: Msg::HandoffAck { name: name.clone(), at: None } });
+                }
                 match why {
                     StartWhy::Asked(reply) => self.out.push(Effect::Started { reply, result: Err(StartError::Failed(e.to_string())) }),
                     StartWhy::Handoff { from } => {
@@ -518,7 +532,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
         };
         let running = Slot::Running { id, handle: handle.clone(), args: Vec::new(), lineage: Lineage::default() };
-        let Slot::Starting { args, lineage, why, merges, .. } = std::mem::replace(slot, running) else { unreachable!() };
+        let Slot::Starting { args, lineage, why, merges, mut acks, .. } = std::mem::replace(slot, running) else { unreachable!() };
         if let Slot::Running { args: a, lineage: l, .. } = slot {
             a.clone_from(&args);
             *l = lineage;
@@ -526,7 +540,6 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.directory.remove(&name);
         self.orphans.remove(&name);
         self.moved.remove(&name);
-        let mut handoff_ack = None;
         match why {
             StartWhy::Asked(reply) => {
                 info!(worker = %name, "started {name}");
@@ -543,10 +556,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
             StartWhy::Handoff { from } => {
                 info!(worker = %name, peer = %from, "started {name} from the state {from} handed over");
-                handoff_ack = Some((from, Msg::HandoffAck { name: name.clone(), at: Some(self.me.clone()) }));
+                acks.push((from, Msg::HandoffAck { name: name.clone(), at: Some(self.me.clone()) }));
             }
         }
-        self.merge_then_ack(&name, &handle, merges, handoff_ack);
+        self.merge_then_ack(&name, &handle, merges, acks);
         self.tell_all(Msg::Registered { name: name.clone(), args, lineage });
         if self.leaving {
             // Started while this node leaves (a handoff that crossed the leave): move on.
@@ -556,22 +569,22 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
     }
 
-    /// Merges `states` into the instance of `name` running here, and sends `ack` (a
-    /// handoff's answer) once they are safe: at once when nothing is to merge or the
+    /// Merges `states` into the instance of `name` running here, and sends `acks`
+    /// (handoffs' answers) once they are safe: at once when nothing is to merge or the
     /// kind is not durable, else once the instance has merged the last of them and its
-    /// replicas hold the result (the sender drops its state on the ack).
-    pub(super) fn merge_then_ack(&mut self, name: &WorkerName, handle: &M, states: Vec<(String, Vec<u8>)>, ack: Option<(String, Msg)>) {
+    /// replicas hold the result (the senders drop their states on the ack).
+    pub(super) fn merge_then_ack(&mut self, name: &WorkerName, handle: &M, states: Vec<(String, Vec<u8>)>, acks: Vec<(String, Msg)>) {
         let durable = self.kinds.replicas(&name.kind) > 0;
-        let mut ack = ack;
+        let mut acks = acks;
         if !durable || states.is_empty() {
-            if let Some((to, msg)) = ack.take() {
+            for (to, msg) in acks.drain(..) {
                 self.out.push(Effect::Send { to, msg });
             }
         }
         let last = states.len().saturating_sub(1);
         for (k, (from, state)) in states.into_iter().enumerate() {
-            let ack = if k == last { ack.take() } else { None };
-            self.out.push(Effect::Merge { name: name.clone(), handle: handle.clone(), from, state, ack });
+            let acks = if k == last { std::mem::take(&mut acks) } else { Vec::new() };
+            self.out.push(Effect::Merge { name: name.clone(), handle: handle.clone(), from, state, acks });
         }
     }
 

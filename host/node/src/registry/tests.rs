@@ -809,7 +809,81 @@ fn a_state_handed_into_a_running_durable_instance_is_answered_once_merged_and_co
     assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::HandoffAck { .. })), "not answered before the merge is copied: {fx:?}");
     let ack = Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) };
     assert!(
-        fx.iter().any(|e| matches!(e, Effect::Merge { handle: 3, state, ack: Some((to, m)), .. } if *state == vec![7] && to == "a@h" && *m == ack)),
+        fx.iter().any(|e| matches!(e, Effect::Merge { handle: 3, state, acks, .. } if *state == vec![7] && acks == &vec![("a@h".to_string(), ack.clone())])),
         "the answer rides on the merge: {fx:?}"
     );
+}
+
+#[test]
+fn a_state_handed_into_a_starting_durable_instance_is_answered_once_merged_and_copied() {
+    // b's instance is still starting (it took the name over from a copy) when a's
+    // duplicate yields to it: a drops its state on the answer, so the answer waits for
+    // the merge into b's instance and the copy of the result.
+    let n = durable_ranked(&["b@h", "a@h"]);
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    let fx = b.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 0 });
+    let (_, id, _) = spawn_of(&fx).unwrap();
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage { restarts: 0, moves: 1, from_copy: 0 },
+        state: Some(vec![7]),
+        merges: vec![],
+        yielding: true,
+    };
+    let fx = recv(&mut b, "a@h", handoff.clone());
+    assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::HandoffAck { .. })), "not answered while starting: {fx:?}");
+    let fx = b.handle(Event::Spawned { name: n.clone(), id, result: Ok(3) });
+    assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::HandoffAck { .. })), "not answered before the merge is copied: {fx:?}");
+    let ack = Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) };
+    assert!(
+        fx.iter().any(|e| matches!(e, Effect::Merge { handle: 3, state, acks, .. } if *state == vec![7] && acks == &vec![("a@h".to_string(), ack.clone())])),
+        "the answer rides on the merge: {fx:?}"
+    );
+
+    // Its start fails instead: the sender is refused, and keeps its state to hand on.
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    let fx = b.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 0 });
+    let (_, id, _) = spawn_of(&fx).unwrap();
+    recv(&mut b, "a@h", handoff);
+    let fx = b.handle(Event::Spawned { name: n.clone(), id, result: Err(SpawnError::UnknownKind("durable".into())) });
+    assert!(sends(&fx).contains(&("a@h".to_string(), Msg::HandoffAck { name: n.clone(), at: None })), "{fx:?}");
+}
+
+#[test]
+fn a_state_handed_into_a_durable_instance_that_is_moving_on_is_answered_once_it_arrived_there() {
+    // b's instance stops to move on (c, its owner, came up) when a's duplicate yields
+    // to it: the state rides on with b's, and a hears only once c took them both.
+    let n = durable_ranked(&["c@h", "b@h", "a@h"]);
+    let mut b = table("b@h", true);
+    up(&mut b, "a@h", 1);
+    let fx = b.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 0 });
+    let (_, id, _) = spawn_of(&fx).unwrap();
+    b.handle(Event::Spawned { name: n.clone(), id, result: Ok(3) });
+    let fx = up(&mut b, "c@h", 2);
+    assert_eq!(stop_of(&fx), Some((id, "handoff".to_string())));
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage { restarts: 0, moves: 1, from_copy: 0 },
+        state: Some(vec![7]),
+        merges: vec![],
+        yielding: true,
+    };
+    let fx = recv(&mut b, "a@h", handoff);
+    assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::HandoffAck { .. })), "not answered while it stops: {fx:?}");
+    let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
+    let (to, merges) = sends(&fx)
+        .into_iter()
+        .find_map(|(to, m)| match m {
+            Msg::Handoff { merges, .. } => Some((to, merges)),
+            _ => None,
+        })
+        .expect("a handoff");
+    assert_eq!(merges, vec![("a@h".to_string(), vec![7])], "a's state goes on with b's");
+    assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::HandoffAck { .. })), "not answered before it arrives: {fx:?}");
+    let fx = recv(&mut b, &to, Msg::HandoffAck { name: n.clone(), at: Some(to.clone()) });
+    assert!(sends(&fx).contains(&("a@h".to_string(), Msg::HandoffAck { name: n.clone(), at: Some(to.clone()) })), "{fx:?}");
 }

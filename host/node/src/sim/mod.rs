@@ -184,11 +184,8 @@ enum Pending {
         name: WorkerName,
         id: u64,
     },
-    /// A handoff's answer, sent once a copy holding the state it merged is held.
-    Tell {
-        to: String,
-        msg: Msg,
-    },
+    /// Handoffs' answers, sent once a copy holding the states they merged is held.
+    Tell(Vec<(String, Msg)>),
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -152,9 +152,11 @@ impl Sim {
                 let d = self.rng.range(0, 2);
                 self.after(d, Ev::Table(n, Event::Spawned { name, id, result: Ok(inst) }));
             }
-            Pending::Tell { to, msg } => {
-                if let Some(m) = self.node_ix(&to) {
-                    self.send_to(n, m, Wire::Msg(msg));
+            Pending::Tell(acks) => {
+                for (to, msg) in acks {
+                    if let Some(m) = self.node_ix(&to) {
+                        self.send_to(n, m, Wire::Msg(msg));
+                    }
                 }
             }
         }

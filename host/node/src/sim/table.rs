@@ -82,15 +82,15 @@ impl Sim {
                         _ => self.stop_instance(n, handle, name, id),
                     }
                 }
-                Effect::Merge { name, handle, state, ack, .. } => match self.insts.get_mut(&handle) {
+                Effect::Merge { name, handle, state, acks, .. } => match self.insts.get_mut(&handle) {
                     Some(i) if !i.stopping => {
                         merge(&mut i.counts, &decode(&state));
-                        match ack {
+                        match acks {
+                            acks if acks.is_empty() => self.copy_again(n, handle),
                             // Behind the copy in flight (which lacks the merge): the next
-                            // copy carries it, and the answer goes once that is held.
-                            Some((to, msg)) if i.round.is_some() => i.queue.push_back(Pending::Tell { to, msg }),
-                            Some((to, msg)) => self.start_round(n, handle, Pending::Tell { to, msg }),
-                            None => self.copy_again(n, handle),
+                            // copy carries it, and the answers go once that is held.
+                            acks if i.round.is_some() => i.queue.push_back(Pending::Tell(acks)),
+                            acks => self.start_round(n, handle, Pending::Tell(acks)),
                         }
                     }
                     _ => self.violations.push(format!("n{n}: the state merged into {name} had no instance to go to")),
