@@ -176,7 +176,19 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         states.extend(merges.iter().cloned());
         match self.local.remove(&name) {
             // Acknowledged once it has started (a failed start sends the states back).
-            None => self.spawn(name, args, lineage.moved(), StartWhy::Handoff { from }, state, merges),
+            None => {
+                // Copies held here from instances of the name whose nodes are gone may
+                // hold updates the handed state lacks (it can be a stale duplicate's):
+                // they merge into it, unless it continues them.
+                let mut merges = merges;
+                for node in self.dead_copies(&name) {
+                    let r = self.take_copy(&name, &node).expect("listed above");
+                    if !lineage.continues(r.lineage, r.seq) {
+                        merges.push((node, r.state));
+                    }
+                }
+                self.spawn(name, args, lineage.moved(), StartWhy::Handoff { from }, state, merges)
+            }
             Some(Slot::Running { id, handle, args: my_args, lineage: mine }) => {
                 // A yielding sender decided on what it knew of this node's instance; this
                 // node knows better: one restarted empty more often than the yielder's

@@ -887,3 +887,43 @@ fn a_state_handed_into_a_durable_instance_that_is_moving_on_is_answered_once_it_
     let fx = recv(&mut b, &to, Msg::HandoffAck { name: n.clone(), at: Some(to.clone()) });
     assert!(sends(&fx).contains(&("a@h".to_string(), Msg::HandoffAck { name: n.clone(), at: Some(to.clone()) })), "{fx:?}");
 }
+
+#[test]
+fn a_state_handed_to_a_node_holding_a_dead_instances_later_copy_starts_with_that_copy_merged() {
+    // c holds a's last copy (a ran the name and is gone; d owns it now and holds one
+    // too); b hands c the state of a stale duplicate (started from an older copy of
+    // a's). c starts the name from b's state with a's copy merged in: a's updates since
+    // are not lost.
+    let n = durable_ranked(&["a@h", "d@h", "c@h", "b@h"]);
+    let mut c = table("c@h", false);
+    up(&mut c, "a@h", 1);
+    up(&mut c, "b@h", 2);
+    up(&mut c, "d@h", 3);
+    let a_line = Lineage::default().moved();
+    let newer = super::wire::Replicate { lineage: a_line, ..copy(&n, 9, super::durable::Update::Full(b"a-9".to_vec()), &["d@h", "c@h"]) };
+    c.replica_in("a@h", newer).unwrap();
+    c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    let handoff = |lineage| Msg::Handoff { name: n.clone(), args: vec![], lineage, state: Some(b"b".to_vec()), merges: vec![], yielding: true };
+    let fx = recv(&mut c, "b@h", handoff(Lineage::default().failed_over(3)));
+    let merges = fx.iter().find_map(|e| match e {
+        Effect::Spawn { merges, .. } => Some(merges.clone()),
+        _ => None,
+    });
+    assert_eq!(merges, Some(vec![("a@h".to_string(), b"a-9".to_vec())]), "{fx:?}");
+    assert_eq!(c.replica_of(&n), None, "the copy went into the instance");
+
+    // A handed state that continues that copy (started from it) holds all of it.
+    let mut c = table("c@h", false);
+    up(&mut c, "a@h", 1);
+    up(&mut c, "b@h", 2);
+    up(&mut c, "d@h", 3);
+    let newer = super::wire::Replicate { lineage: a_line, ..copy(&n, 9, super::durable::Update::Full(b"a-9".to_vec()), &["d@h", "c@h"]) };
+    c.replica_in("a@h", newer).unwrap();
+    c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    let fx = recv(&mut c, "b@h", handoff(a_line.failed_over(9)));
+    let merges = fx.iter().find_map(|e| match e {
+        Effect::Spawn { merges, .. } => Some(merges.clone()),
+        _ => None,
+    });
+    assert_eq!(merges, Some(vec![]), "{fx:?}");
+}
