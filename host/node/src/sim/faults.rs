@@ -93,11 +93,24 @@ impl Sim {
     /// it ends (a pause or partition of a node that runs names is, to the others, a
     /// node that went down, and comes back with another state); a leave counts too.
     /// A cluster with fewer than `replicas + 1` processes cannot hold `replicas` copies
-    /// of a name besides its instance: each process missing counts as a failure too.
+    /// of a name besides its instance: each process missing counts as a failure too. So
+    /// does one that is back but not yet connected to every running node: it holds no
+    /// copies until it is a member (a kill of two others then is three failures).
     fn may_fail(&self, count: usize) -> bool {
+        if self.replicas == 0 {
+            return true;
+        }
         let current = self.failures.iter().filter(|end| **end > self.now).count();
         let processes = self.nodes.iter().filter(|n| n.is_some()).count();
-        self.replicas == 0 || current + count <= self.replicas.min(processes.saturating_sub(1))
+        let running: Vec<Node> = (0..self.nodes.len()).filter(|n| self.running(*n)).collect();
+        let joining = running
+            .iter()
+            .filter(|n| {
+                let view = &self.nodes[**n].as_ref().expect("running").view;
+                running.iter().any(|m| m != *n && !view.contains_key(m))
+            })
+            .count();
+        current + joining + count <= self.replicas.min(processes.saturating_sub(1))
     }
 
     pub(super) fn kill(&mut self, n: Node) {
