@@ -40,11 +40,15 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
             buf.advance(frame::HEADER_LEN);
             let body = buf.split_to(len).freeze();
             let frame = match Frame::decode_body(body) {
-                Ok(Frame::Fragment { stream, last, chunk }) => match reassembler.push(stream, last, chunk) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => continue,
-                    Err(e) => return protocol_error(peer, e),
-                },
+                Ok(Frame::Fragment { stream, last, chunk }) => {
+                    // Even a piece of a message: the stream did not end behind `Leaving`.
+                    closing = false;
+                    match reassembler.push(stream, last, chunk) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => continue,
+                        Err(e) => return protocol_error(peer, e),
+                    }
+                }
                 Ok(f) => f,
                 Err(e) => return protocol_error(peer, e),
             };
@@ -79,9 +83,10 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
             tokio::select! {
                 biased;
                 r = rd.read_buf(&mut raw) => match r {
-                    // Only an end right behind its last `Leaving` tells that the peer
-                    // sent everything: a reset or an end elsewhere may have cut replies off.
-                    Ok(0) if closing => return DownReason::Left,
+                    // Only an end right behind its last `Leaving` (no part of a record or
+                    // frame after it) tells that the peer sent everything: a reset or an
+                    // end elsewhere may have cut replies off.
+                    Ok(0) if closing && raw.is_empty() && buf.is_empty() => return DownReason::Left,
                     Ok(0) | Err(_) => return DownReason::ConnectionClosed,
                     Ok(_) => {
                         last_read = Instant::now();
