@@ -94,8 +94,9 @@ impl Sim {
     /// node that went down, and comes back with another state); a leave counts too.
     /// A cluster with fewer than `replicas + 1` processes cannot hold `replicas` copies
     /// of a name besides its instance: each process missing counts as a failure too. So
-    /// does one that is back but not yet connected to every running node: it holds no
-    /// copies until it is a member (a kill of two others then is three failures).
+    /// does one that is back but not yet connected to every running node, or for less
+    /// than [`KILL_WINDOW`] since it came back: it holds no copies until it is a member
+    /// and they have reached it (a kill of two others then is three failures).
     fn may_fail(&self, count: usize) -> bool {
         if self.replicas == 0 {
             return true;
@@ -106,8 +107,8 @@ impl Sim {
         let joining = running
             .iter()
             .filter(|n| {
-                let view = &self.nodes[**n].as_ref().expect("running").view;
-                running.iter().any(|m| m != *n && !view.contains_key(m))
+                let live = self.nodes[**n].as_ref().expect("running");
+                (live.booted > 0 && self.now < live.booted + KILL_WINDOW) || running.iter().any(|m| m != *n && !live.view.contains_key(m))
             })
             .count();
         current + joining + count <= self.replicas.min(processes.saturating_sub(1))
