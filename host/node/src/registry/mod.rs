@@ -497,8 +497,9 @@ impl Registry {
                 // wire.) It goes where the name is now. A connection that ended any other
                 // way (a reset, a heartbeat timeout: this node may have been paused while
                 // the reply was due) may have cut off a reply to a call that was handled:
-                // `unavailable`, for the caller to retry with an id.
-                Err(CallError::Unavailable(_)) if peer.as_ref().is_some_and(Peer::closed_in_order) => {}
+                // `unavailable`, for the caller to retry with an id. Not connected to a
+                // node that left: the call was never sent, and goes on too.
+                Err(CallError::Unavailable(_)) if peer.as_ref().map_or_else(|| self.0.membership.has_left(&node), Peer::closed_in_order) => {}
                 Err(e) => return Err(e),
             }
         }
