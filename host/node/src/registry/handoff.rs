@@ -223,13 +223,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // that ends up with them is the sender's successor, and its lineage says
                 // so: else the sender's announcement, late at a third node, could win
                 // that node's directory over it (and a name run nowhere once it dies).
-                let durable = self.kinds.replicas(&name.kind) > 0;
+                // A durable kind's sender drops its state on the answer: it waits until
+                // the state is safe.
+                let wait = self.kinds.replicas(&name.kind) > 0 && !states.is_empty();
                 let mut answer = Some((from, ack(&self.me)));
                 match &mut slot {
                     Slot::Starting { merges, lineage: mine, acks, .. } => {
-                        // A durable kind's sender hears once the merged state is copied:
-                        // it drops its state on the answer.
-                        if durable && !states.is_empty() {
+                        // Answered once the merged state is copied.
+                        if wait {
                             acks.extend(answer.take());
                         }
                         merges.extend(states);
@@ -237,7 +238,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     }
                     Slot::Stopping { merges, lineage: mine, why: StopWhy::Handoff { yielders }, .. } => {
                         // Answered once the handoff that carries the states on is.
-                        if durable && !states.is_empty() {
+                        if wait {
                             yielders.extend(answer.take().map(|(to, _)| to));
                         }
                         merges.extend(states);

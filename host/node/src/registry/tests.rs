@@ -789,6 +789,18 @@ fn a_dead_instances_copy_newer_than_the_one_a_failover_started_from_merges_into_
     }
 }
 
+/// A duplicate on another node yields to the instance of `n` here, its state `[7]`.
+fn yielded_7(n: &WorkerName) -> Msg {
+    Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage { restarts: 0, moves: 1, from_copy: 0 },
+        state: Some(vec![7]),
+        merges: vec![],
+        yielding: true,
+    }
+}
+
 #[test]
 fn a_state_handed_into_a_running_durable_instance_is_answered_once_merged_and_copied() {
     let n = durable_ranked(&["b@h", "a@h"]);
@@ -797,14 +809,7 @@ fn a_state_handed_into_a_running_durable_instance_is_answered_once_merged_and_co
     let fx = b.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 0 });
     let (_, id, _) = spawn_of(&fx).unwrap();
     b.handle(Event::Spawned { name: n.clone(), id, result: Ok(3) });
-    let handoff = Msg::Handoff {
-        name: n.clone(),
-        args: vec![],
-        lineage: Lineage { restarts: 0, moves: 1, from_copy: 0 },
-        state: Some(vec![7]),
-        merges: vec![],
-        yielding: true,
-    };
+    let handoff = yielded_7(&n);
     let fx = recv(&mut b, "a@h", handoff);
     assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::HandoffAck { .. })), "not answered before the merge is copied: {fx:?}");
     let ack = Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) };
@@ -824,14 +829,7 @@ fn a_state_handed_into_a_starting_durable_instance_is_answered_once_merged_and_c
     up(&mut b, "a@h", 1);
     let fx = b.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 0 });
     let (_, id, _) = spawn_of(&fx).unwrap();
-    let handoff = Msg::Handoff {
-        name: n.clone(),
-        args: vec![],
-        lineage: Lineage { restarts: 0, moves: 1, from_copy: 0 },
-        state: Some(vec![7]),
-        merges: vec![],
-        yielding: true,
-    };
+    let handoff = yielded_7(&n);
     let fx = recv(&mut b, "a@h", handoff.clone());
     assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::HandoffAck { .. })), "not answered while starting: {fx:?}");
     let fx = b.handle(Event::Spawned { name: n.clone(), id, result: Ok(3) });
@@ -864,14 +862,7 @@ fn a_state_handed_into_a_durable_instance_that_is_moving_on_is_answered_once_it_
     b.handle(Event::Spawned { name: n.clone(), id, result: Ok(3) });
     let fx = up(&mut b, "c@h", 2);
     assert_eq!(stop_of(&fx), Some((id, "handoff".to_string())));
-    let handoff = Msg::Handoff {
-        name: n.clone(),
-        args: vec![],
-        lineage: Lineage { restarts: 0, moves: 1, from_copy: 0 },
-        state: Some(vec![7]),
-        merges: vec![],
-        yielding: true,
-    };
+    let handoff = yielded_7(&n);
     let fx = recv(&mut b, "a@h", handoff);
     assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::HandoffAck { .. })), "not answered while it stops: {fx:?}");
     let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
