@@ -277,12 +277,16 @@ pub fn open(conn: &mut Connection, raw: &mut BytesMut, plain: &mut BytesMut) -> 
 /// Encrypts `plain` with `conn` and appends the records (and anything else `conn` has
 /// to send, such as a key update) to `out`.
 pub fn seal(conn: &mut Connection, plain: &[u8], out: &mut BytesMut) {
+    seal_to(conn, plain, &mut out.writer());
+}
+
+/// [`seal`], into any buffer.
+pub fn seal_to(conn: &mut Connection, plain: &[u8], out: &mut impl Write) {
     if !plain.is_empty() {
         conn.writer().write_all(plain).expect("rustls buffers without limit");
     }
-    let mut w = out.writer();
     while conn.wants_write() {
-        conn.write_tls(&mut w).expect("writing to memory");
+        conn.write_tls(out).expect("writing to memory");
     }
 }
 
@@ -298,6 +302,11 @@ impl Link {
     /// See [`seal`]; whoever seals writes next (records keep their order on the wire).
     pub fn seal(&self, plain: &[u8], out: &mut BytesMut) {
         seal(&mut self.0.lock().unwrap(), plain, out);
+    }
+
+    /// See [`seal_to`].
+    pub fn seal_to(&self, plain: &[u8], out: &mut impl Write) {
+        seal_to(&mut self.0.lock().unwrap(), plain, out);
     }
 
     /// See [`open`].

@@ -9,10 +9,12 @@
 //!   … every frame after this in sealed records ([`crate::seal`]) …
 //! ```
 //! The pattern is `Noise_NNpsk0_25519_AESGCM_SHA256` (the Noise Protocol Framework, via
-//! the `snow` crate): both sides make a fresh X25519 key pair per connection, and the
-//! pre-shared key is an HMAC-SHA256 of the cookie, so the connection's keys can be
-//! derived only by a holder of the cookie who took part in this very handshake. The
-//! prologue, which both sides hash into the handshake, is the protocol label and the
+//! the `snow` crate; the records after it are sealed with AEGIS-128X4 under the keys of
+//! its `Split()`, see [`crate::seal`]): both sides make a fresh X25519 key pair per
+//! connection, and the pre-shared key is an HMAC-SHA256 of the cookie, so the
+//! connection's keys can be derived only by a holder of the cookie who took part in
+//! this very handshake.
+//! The prologue, which both sides hash into the handshake, is the protocol label and the
 //! name the dialer dialled (`to`): the acceptor uses its own name there, so a `Hello`
 //! meant for one node cannot be opened by another — a relay that forwards a dial to
 //! some other member gets a refusal, and the dialer has proven nothing to anyone but the
@@ -57,7 +59,7 @@ pub const FLAG_HIDDEN: u32 = 1;
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 /// Longest node name accepted.
 pub const MAX_NAME_LEN: usize = 255;
-/// The Noise protocol of the handshake and of every sealed record after it.
+/// The Noise protocol of the handshake, whose `Split()` keys every record after it.
 pub const NOISE_PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 
 /// Who a side says it is.
@@ -290,7 +292,7 @@ fn psk(cookie: &[u8]) -> [u8; 32] {
 /// TLS, the channel binding (a value exported from the TLS session, RFC 5705), which
 /// ties the cookie's proof to that one TLS connection.
 fn prologue(to: &str, binding: &[u8]) -> Vec<u8> {
-    let mut p = b"wasmnode/3\0".to_vec();
+    let mut p = b"wasmnode/4\0".to_vec();
     p.extend_from_slice(to.as_bytes());
     if !binding.is_empty() {
         p.extend_from_slice(b"\0tls\0");
@@ -352,7 +354,7 @@ impl Dialer {
         if peer.name != self.to {
             return Err(Error::WrongNode { dialled: self.to, answered: peer.name });
         }
-        let session = Session::new(self.hs.into_stateless_transport_mode().map_err(|_| Error::PeerMisbehaved("handshake not finished"))?);
+        let session = Session::new(&mut self.hs)?;
         let proof = Message::Proof(session.sealer.seal_vec(&[]));
         Ok((Proven { peer, session }, proof))
     }
@@ -426,11 +428,11 @@ impl Acceptor {
     /// Checks the dialer's `Proof`: the first record sealed with this handshake's keys.
     /// Then send [`Session::accept`] — unless the node refuses the peer for another
     /// reason (name in use, simultaneous connect): then a `Refuse`.
-    pub fn on_proof(self, msg: Message) -> Result<(Identity, Session), Error> {
+    pub fn on_proof(mut self, msg: Message) -> Result<(Identity, Session), Error> {
         let Message::Proof(sealed) = msg else {
             return Err(Error::PeerMisbehaved("expected proof"));
         };
-        let mut session = Session::new(self.hs.into_stateless_transport_mode().map_err(|_| Error::PeerMisbehaved("handshake not finished"))?);
+        let mut session = Session::new(&mut self.hs)?;
         session.opener.open_vec(&sealed)?;
         Ok((self.peer, session))
     }

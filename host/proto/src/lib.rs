@@ -37,7 +37,8 @@ pub use trace::TraceContext;
 /// The protocol version both sides must speak; a mismatch refuses the handshake.
 /// Version 2: requests name their service; refusals carry a code. Version 3: the
 /// handshake is Noise `NNpsk0` keyed by the cookie and every frame after it is sealed.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 4: records are sealed with AEGIS-128X4 instead of AES-256-GCM.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Everything that can go wrong while reading the wire, by who is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

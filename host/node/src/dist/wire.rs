@@ -7,7 +7,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wasmnode_proto::handshake::Message;
-use wasmnode_proto::seal::{Opener, Sealer};
+use wasmnode_proto::seal::{Opener, Plain, Sealed, Sealer};
 
 use super::DialError;
 use crate::tls;
@@ -23,6 +23,14 @@ impl Seal {
         match self {
             Seal::Noise(s) => s.seal(plain, out),
             Seal::Tls(link) => link.seal(plain, out),
+        }
+    }
+
+    /// Seals frames gathered in a [`Plain`], large payloads read where they lie.
+    pub(super) fn seal_plain(&self, plain: &Plain, out: &mut Sealed) {
+        match self {
+            Seal::Noise(s) => s.seal_plain(plain, out),
+            Seal::Tls(link) => plain.pieces().for_each(|piece| link.seal_to(piece, out)),
         }
     }
 }

@@ -8,18 +8,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use wasmnode_proto::frame::Fragmenter;
+use wasmnode_proto::seal::{Plain, Sealed};
 use wasmnode_proto::Frame;
 
 use super::{DownReason, Out, Peer};
 
 /// Frames with payloads at least this large go to the writer task, even when nothing is
-/// queued (their sender does not seal and write them itself).
-pub(super) const ZERO_COPY_MIN: usize = 2048;
+/// queued (their sender does not seal and write them itself); the writer seals their
+/// payloads from their own buffers.
+pub(super) const ZERO_COPY_MIN: usize = wasmnode_proto::seal::BY_REFERENCE;
+
+/// The most plaintext the writer seals before it writes.
+const SEAL_AHEAD: usize = 256 * 1024;
 
 /// The connection's writer task: writes what senders queued (see [`Peer::send`]), large
 /// messages one fragment at a time between small frames, and a heartbeat when the
@@ -29,9 +33,10 @@ pub(super) const ZERO_COPY_MIN: usize = 2048;
 /// writing; it comes down only when this task is idle, so a sender writes a frame itself
 /// only when everything sent before it is on the wire.
 pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration) -> DownReason {
-    // The frames of the next write, sealed into `buf` just before it.
-    let mut plain = BytesMut::with_capacity(64 * 1024);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // The frames of the next write, sealed into `buf` just before it (large payloads
+    // are read from their own buffers as they are sealed).
+    let mut plain = Plain::with_capacity(16 * 1024);
+    let mut buf = Sealed::default();
     let mut batch = Vec::with_capacity(256);
     let mut bulk: VecDeque<(Fragmenter, usize)> = VecDeque::new();
     let mut next_stream = 0u32;
@@ -62,7 +67,7 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
                         let _direct = peer.0.direct.lock().unwrap();
                         peer.0.queued.fetch_add(1, Ordering::AcqRel);
                         taken += 1;
-                        Frame::Heartbeat.encode(&mut plain);
+                        plain.push(&Frame::Heartbeat);
                         quiet.as_mut().reset((Instant::now() + heartbeat).into());
                     } else {
                         quiet.as_mut().reset((Instant::now() + (heartbeat - silent)).into());
@@ -92,11 +97,21 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
                 }
                 Out::Frame(f) => {
                     peer.0.backlog.fetch_sub(f.payload_len(), Ordering::AcqRel);
-                    f.encode(&mut plain)
+                    plain.push(&f);
+                    // A long batch goes out a slice at a time: what was sealed is still in
+                    // the cache when the kernel copies it, and the buffer stays small.
+                    if plain.len() >= SEAL_AHEAD {
+                        peer.0.sealer.seal_plain(&plain, &mut buf);
+                        plain.clear();
+                        if write_all(&wr, &mut buf).await.is_err() {
+                            return DownReason::ConnectionClosed;
+                        }
+                        peer.wrote();
+                    }
                 }
                 Out::Raw(rest) => {
                     // Sealed already: the end of a record a sender began writing.
-                    peer.0.sealer.seal(&plain, &mut buf);
+                    peer.0.sealer.seal_plain(&plain, &mut buf);
                     plain.clear();
                     buf.extend_from_slice(&rest);
                 }
@@ -109,7 +124,7 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
         if close.is_none() {
             if let Some((fragments, len)) = bulk.front_mut() {
                 match fragments.next() {
-                    Some(piece) => piece.encode(&mut plain),
+                    Some(piece) => plain.push(&piece),
                     None => {
                         peer.0.backlog.fetch_sub(*len, Ordering::AcqRel);
                         bulk.pop_front();
@@ -118,7 +133,7 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
             }
         }
         if !plain.is_empty() {
-            peer.0.sealer.seal(&plain, &mut buf);
+            peer.0.sealer.seal_plain(&plain, &mut buf);
             plain.clear();
         }
         if !buf.is_empty() {
@@ -139,15 +154,14 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
 
 /// Writes all of `buf` (sealed records, in order), leaving it empty for the next batch
 /// with its memory kept.
-async fn write_all(wr: &OwnedWriteHalf, buf: &mut BytesMut) -> std::io::Result<()> {
+async fn write_all(wr: &OwnedWriteHalf, buf: &mut Sealed) -> std::io::Result<()> {
     while !buf.is_empty() {
-        match wr.try_write(buf) {
+        match wr.try_write(buf.bytes()) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => buf.advance(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wr.writable().await?,
             Err(e) => return Err(e),
         }
     }
-    buf.clear();
     Ok(())
 }
