@@ -51,7 +51,7 @@ use sha2::Sha256;
 
 use crate::frame::{self, get_str, get_u16, get_u32, get_u64, put_str, HEADER_LEN};
 use crate::seal::{Opener, Sealer, Session};
-use crate::{Error, PROTOCOL_VERSION};
+use crate::{Error, OLDEST_VERSION, PROTOCOL_VERSION};
 
 /// Flag: the node is hidden (a CLI or tool): it is never listed as a member.
 pub const FLAG_HIDDEN: u32 = 1;
@@ -238,7 +238,7 @@ impl Message {
         let msg = match tag {
             frame::TAG_HELLO => {
                 let version = get_u16(&mut b, what)?;
-                if version != PROTOCOL_VERSION {
+                if !(OLDEST_VERSION..=PROTOCOL_VERSION).contains(&version) {
                     // Another version's layout: only its number matters, for the refusal.
                     return Ok(Message::Hello { version, to: String::new(), noise: Vec::new() });
                 }
@@ -291,8 +291,8 @@ fn psk(cookie: &[u8]) -> [u8; 32] {
 /// What both sides hash in first: the protocol, the name of the node dialled and, inside
 /// TLS, the channel binding (a value exported from the TLS session, RFC 5705), which
 /// ties the cookie's proof to that one TLS connection.
-fn prologue(to: &str, binding: &[u8]) -> Vec<u8> {
-    let mut p = b"wasmnode/4\0".to_vec();
+fn prologue(version: u16, to: &str, binding: &[u8]) -> Vec<u8> {
+    let mut p = format!("wasmnode/{version}\0").into_bytes();
     p.extend_from_slice(to.as_bytes());
     if !binding.is_empty() {
         p.extend_from_slice(b"\0tls\0");
@@ -301,16 +301,16 @@ fn prologue(to: &str, binding: &[u8]) -> Vec<u8> {
     p
 }
 
-fn noise(cookie: &[u8], to: &str, binding: &[u8], initiator: bool) -> snow::HandshakeState {
+fn noise(version: u16, cookie: &[u8], to: &str, binding: &[u8], initiator: bool) -> snow::HandshakeState {
     let params = NOISE_PATTERN.parse().expect("a pattern snow knows");
     let key = psk(cookie);
-    let prologue = prologue(to, binding);
+    let prologue = prologue(version, to, binding);
     let builder = snow::Builder::new(params).psk(0, &key).and_then(|b| b.prologue(&prologue)).expect("valid Noise settings");
     if initiator { builder.build_initiator() } else { builder.build_responder() }.expect("valid Noise settings")
 }
 
 fn check_version(theirs: u16) -> Result<(), Error> {
-    if theirs == PROTOCOL_VERSION {
+    if (OLDEST_VERSION..=PROTOCOL_VERSION).contains(&theirs) {
         Ok(())
     } else {
         Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs })
@@ -321,6 +321,7 @@ fn check_version(theirs: u16) -> Result<(), Error> {
 pub struct Dialer {
     hs: snow::HandshakeState,
     to: String,
+    version: u16,
 }
 
 impl Dialer {
@@ -332,12 +333,19 @@ impl Dialer {
     /// [`Dialer::start`] inside a TLS connection: `binding` is the value both sides
     /// export from that connection, so the handshake completes only across it.
     pub fn start_bound(me: &Identity, to: &str, cookie: &[u8], binding: &[u8]) -> Result<(Dialer, Message), Error> {
-        let mut hs = noise(cookie, to, binding, true);
+        Dialer::start_version(me, to, cookie, binding, PROTOCOL_VERSION)
+    }
+
+    /// [`Dialer::start_bound`] speaking an older wire `version` (at least
+    /// [`OLDEST_VERSION`]): for a node that refused this one's as a version mismatch.
+    pub fn start_version(me: &Identity, to: &str, cookie: &[u8], binding: &[u8], version: u16) -> Result<(Dialer, Message), Error> {
+        check_version(version)?;
+        let mut hs = noise(version, cookie, to, binding, true);
         let mut out = vec![0u8; MAX_HANDSHAKE_FRAME];
         let n = hs.write_message(&me.encode(), &mut out).map_err(|_| Error::PeerMisbehaved("own identity too long for a handshake"))?;
         out.truncate(n);
-        let hello = Message::Hello { version: PROTOCOL_VERSION, to: to.to_string(), noise: out };
-        Ok((Dialer { hs, to: to.to_string() }, hello))
+        let hello = Message::Hello { version, to: to.to_string(), noise: out };
+        Ok((Dialer { hs, to: to.to_string(), version }, hello))
     }
 
     /// Handles the acceptor's `Challenge`: it must open with this handshake's keys and
@@ -354,7 +362,7 @@ impl Dialer {
         if peer.name != self.to {
             return Err(Error::WrongNode { dialled: self.to, answered: peer.name });
         }
-        let session = Session::new(&mut self.hs)?;
+        let session = Session::new(self.hs, self.version)?;
         let proof = Message::Proof(session.sealer.seal_vec(&[]));
         Ok((Proven { peer, session }, proof))
     }
@@ -390,6 +398,7 @@ impl Proven {
 pub struct Acceptor {
     hs: snow::HandshakeState,
     peer: Identity,
+    version: u16,
 }
 
 impl Acceptor {
@@ -409,14 +418,14 @@ impl Acceptor {
         if to != me.name {
             return Err(Error::WrongNode { dialled: to, answered: me.name.clone() });
         }
-        let mut hs = noise(cookie, &me.name, binding, false);
+        let mut hs = noise(version, cookie, &me.name, binding, false);
         let mut payload = vec![0u8; first.len()];
         let n = hs.read_message(&first, &mut payload).map_err(|_| Error::CookieMismatch)?;
         let peer = Identity::decode(&payload[..n])?;
         let mut out = vec![0u8; MAX_HANDSHAKE_FRAME];
         let n = hs.write_message(&me.encode(), &mut out).map_err(|_| Error::PeerMisbehaved("own identity too long for a handshake"))?;
         out.truncate(n);
-        Ok((Acceptor { hs, peer }, Message::Challenge(out)))
+        Ok((Acceptor { hs, peer, version }, Message::Challenge(out)))
     }
 
     /// Who the dialer claims to be (it holds the cookie, but has not yet shown it is
@@ -428,11 +437,11 @@ impl Acceptor {
     /// Checks the dialer's `Proof`: the first record sealed with this handshake's keys.
     /// Then send [`Session::accept`] — unless the node refuses the peer for another
     /// reason (name in use, simultaneous connect): then a `Refuse`.
-    pub fn on_proof(mut self, msg: Message) -> Result<(Identity, Session), Error> {
+    pub fn on_proof(self, msg: Message) -> Result<(Identity, Session), Error> {
         let Message::Proof(sealed) = msg else {
             return Err(Error::PeerMisbehaved("expected proof"));
         };
-        let mut session = Session::new(&mut self.hs)?;
+        let mut session = Session::new(self.hs, self.version)?;
         session.opener.open_vec(&sealed)?;
         Ok((self.peer, session))
     }
@@ -488,6 +497,28 @@ mod tests {
         Ok((dialer, (peer, acceptor), bytes))
     }
 
+    /// A node of wire version 3 (records in AES-256-GCM, before AEGIS) is answered in
+    /// version 3: the handshake completes and records go both ways in that version's.
+    #[test]
+    fn a_version_3_dialer_is_answered_in_version_3() {
+        let (d, hello) = Dialer::start_version(&id("a@h"), "b@h", COOKIE, &[], 3).unwrap();
+        let hello = Message::decode(&wire(&hello)).unwrap().unwrap().0;
+        assert!(matches!(hello, Message::Hello { version: 3, .. }));
+        let (a, challenge) = Acceptor::on_hello(&id("b@h"), COOKIE, hello).unwrap();
+        let (d, proof) = d.on_challenge(challenge).unwrap();
+        let (_, mut acceptor) = a.on_proof(proof).unwrap();
+        let (_, dialer) = d.on_accept(acceptor.accept()).unwrap();
+        assert_eq!((dialer.sealer.version(), acceptor.sealer.version()), (3, 3));
+        let (dialer, acceptor) = (dialer.split(), acceptor.split());
+        for (sealer, mut opener) in [(dialer.0, acceptor.1), (acceptor.0, dialer.1)] {
+            let (mut records, mut plain) = (BytesMut::new(), BytesMut::new());
+            sealer.seal(b"both ways", &mut records);
+            opener.open(&mut records, &mut plain).unwrap();
+            assert_eq!(&plain[..], b"both ways");
+        }
+        // A version this node never spoke is refused.
+        assert_eq!(Dialer::start_version(&id("a@h"), "b@h", COOKIE, &[], 2).err(), Some(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 2 }));
+    }
     #[test]
     fn full_handshake_and_the_cookie_never_on_the_wire() {
         let ((b, mut dialer), (a, mut acceptor), bytes) = handshake(COOKIE, COOKIE).unwrap();

@@ -40,6 +40,11 @@ pub use trace::TraceContext;
 /// Version 4: records are sealed with AEGIS-128X4 instead of AES-256-GCM.
 pub const PROTOCOL_VERSION: u16 = 4;
 
+/// The oldest version a node still speaks, so that a rolling update from it hands workers
+/// over: a node of version 3 is answered in version 3 (its records in AES-256-GCM), and a
+/// node that refuses version 4 is dialled again in version 3.
+pub const OLDEST_VERSION: u16 = 3;
+
 /// Everything that can go wrong while reading the wire, by who is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

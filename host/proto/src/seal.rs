@@ -16,6 +16,7 @@
 //! opened straight into the frames' buffer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use aegis::aegis128x4::{Aegis128X4, Key, Nonce};
 use bytes::{Buf, Bytes, BytesMut};
@@ -49,26 +50,46 @@ pub struct Session {
 }
 
 impl Session {
-    /// The keys of a finished handshake: Noise's `Split()`, the initiator sending with the
-    /// first.
-    pub(crate) fn new(hs: &mut snow::HandshakeState) -> Result<Session, Error> {
+    /// The keys of a finished handshake of wire `version`: Noise's `Split()`, the
+    /// initiator sending with the first. Version 3 (a node from before AEGIS, spoken
+    /// with for rolling updates) seals with Noise's own AES-256-GCM transport.
+    pub(crate) fn new(mut hs: snow::HandshakeState, version: u16) -> Result<Session, Error> {
         if !hs.is_handshake_finished() {
             return Err(Error::PeerMisbehaved("handshake not finished"));
         }
+        if version == 3 {
+            let keys = Arc::new(hs.into_stateless_transport_mode().map_err(|_| Error::PeerMisbehaved("handshake not finished"))?);
+            let (send, recv) = (Keys::AesGcm(keys.clone()), Keys::AesGcm(keys));
+            return Ok(Session { sealer: Sealer { keys: send, next: AtomicU64::new(0) }, opener: Opener { keys: recv, next: 0 } });
+        }
         let (mut first, mut second) = hs.dangerously_get_raw_split();
         // AEGIS-128X4 takes 128-bit keys: the first half of each 256-bit key.
-        let key = |k: &[u8; 32]| -> Key { k[..16].try_into().expect("16 of 32 bytes") };
+        let key = |k: &[u8; 32]| Keys::Aegis(k[..16].try_into().expect("16 of 32 bytes"));
         let (send, recv) = if hs.is_initiator() { (key(&first), key(&second)) } else { (key(&second), key(&first)) };
         first.zeroize();
         second.zeroize();
-        Ok(Session { sealer: Sealer { key: send, next: AtomicU64::new(0) }, opener: Opener { key: recv, next: 0 } })
+        Ok(Session { sealer: Sealer { keys: send, next: AtomicU64::new(0) }, opener: Opener { keys: recv, next: 0 } })
+    }
+}
+
+/// One direction's key: AEGIS-128X4 (wire 4), or Noise's AES-256-GCM transport (wire 3).
+enum Keys {
+    Aegis(Key),
+    AesGcm(Arc<snow::StatelessTransportState>),
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        if let Keys::Aegis(key) = self {
+            key.zeroize();
+        }
     }
 }
 
 /// Seals what this side sends. Shared by a connection's writers: whoever writes next
 /// seals next (the caller keeps records on the wire in the order they were sealed).
 pub struct Sealer {
-    key: Key,
+    keys: Keys,
     next: AtomicU64,
 }
 
@@ -92,8 +113,12 @@ impl Sealer {
     /// the pieces' bounds (an empty stream is one empty record).
     fn seal_into<'p>(&self, pieces: impl Iterator<Item = &'p [u8]>, len: usize, out: &mut [u8]) {
         assert_eq!(out.len(), sealed_len(len), "room for the records");
+        let key = match &self.keys {
+            Keys::Aegis(key) => key,
+            Keys::AesGcm(keys) => return self.seal_v3(keys, &pieces.collect::<Vec<_>>().concat(), out),
+        };
         if len == 0 {
-            let record = self.begin(0, &mut out[..RECORD_HEADER]);
+            let record = self.begin(key, 0, &mut out[..RECORD_HEADER]);
             out[RECORD_HEADER..].copy_from_slice(&record.finalize());
             return;
         }
@@ -105,7 +130,7 @@ impl Sealer {
                 let (record, room) = open.get_or_insert_with(|| {
                     let n = left.min(MAX_RECORD_PLAIN);
                     at += RECORD_HEADER;
-                    (self.begin(n, &mut out[at - RECORD_HEADER..at]), n)
+                    (self.begin(key, n, &mut out[at - RECORD_HEADER..at]), n)
                 });
                 let n = piece.len().min(*room);
                 record.update(&piece[..n], &mut out[at..at + n]);
@@ -121,9 +146,29 @@ impl Sealer {
     }
 
     /// Writes the length of a record of `n` plaintext bytes and starts sealing it.
-    fn begin(&self, n: usize, length: &mut [u8]) -> aegis::aegis128x4::Encryptor<TAG_LEN> {
+    fn begin(&self, key: &Key, n: usize, length: &mut [u8]) -> aegis::aegis128x4::Encryptor<TAG_LEN> {
         length.copy_from_slice(&((n + TAG_LEN) as u16).to_be_bytes());
-        Cipher::new(&self.key, &nonce(self.next.fetch_add(1, Ordering::Relaxed))).encryptor(&[])
+        Cipher::new(key, &nonce(self.next.fetch_add(1, Ordering::Relaxed))).encryptor(&[])
+    }
+
+    /// Wire 3's records: Noise's transport messages, sealed from one contiguous plaintext.
+    fn seal_v3(&self, keys: &snow::StatelessTransportState, plain: &[u8], out: &mut [u8]) {
+        let mut at = 0;
+        for chunk in plain.chunks(MAX_RECORD_PLAIN).chain(plain.is_empty().then_some(&[][..])) {
+            let end = at + RECORD_HEADER + chunk.len() + TAG_LEN;
+            out[at..at + RECORD_HEADER].copy_from_slice(&((chunk.len() + TAG_LEN) as u16).to_be_bytes());
+            let nonce = self.next.fetch_add(1, Ordering::Relaxed);
+            keys.write_message(nonce, chunk, &mut out[at + RECORD_HEADER..end]).expect("a record within Noise's limit");
+            at = end;
+        }
+    }
+
+    /// The wire version whose records this seals.
+    pub fn version(&self) -> u16 {
+        match self.keys {
+            Keys::Aegis(_) => 4,
+            Keys::AesGcm(_) => 3,
+        }
     }
 
     /// One record's ciphertext, without its length (the handshake's `Proof` and `Accept`).
@@ -193,15 +238,9 @@ impl std::io::Write for Sealed {
     }
 }
 
-impl Drop for Sealer {
-    fn drop(&mut self) {
-        self.key.zeroize();
-    }
-}
-
 /// Opens what the peer sent, in order.
 pub struct Opener {
-    key: Key,
+    keys: Keys,
     next: u64,
 }
 
@@ -233,8 +272,12 @@ impl Opener {
 
     /// Opens the next record's ciphertext and tag into `out` (as long as its plaintext).
     fn open_into(&self, sealed: &[u8], out: &mut [u8]) -> Result<(), Error> {
+        let key = match &self.keys {
+            Keys::Aegis(key) => key,
+            Keys::AesGcm(keys) => return keys.read_message(self.next, sealed, out).map(drop).map_err(|_| Error::Decrypt),
+        };
         let (ciphertext, tag) = sealed.split_at(sealed.len() - TAG_LEN);
-        let cipher = Cipher::new(&self.key, &nonce(self.next));
+        let cipher = Cipher::new(key, &nonce(self.next));
         let mut record = cipher.decryptor(&[], out);
         record.update(ciphertext).map_err(|_| Error::Decrypt)?;
         record.finalize(tag.try_into().expect("a tag's length")).map_err(|_| Error::Decrypt)?;
@@ -250,12 +293,6 @@ impl Opener {
         self.open_into(sealed, &mut out)?;
         self.next += 1;
         Ok(out)
-    }
-}
-
-impl Drop for Opener {
-    fn drop(&mut self) {
-        self.key.zeroize();
     }
 }
 
@@ -446,7 +483,7 @@ mod tests {
     #[test]
     fn a_record_is_one_aegis_128x4_message() {
         let key = [9u8; 16];
-        let sealer = Sealer { key, next: AtomicU64::new(0) };
+        let sealer = Sealer { keys: Keys::Aegis(key), next: AtomicU64::new(0) };
         let mut plain = Plain::default();
         plain.push(&Frame::Send(Bytes::from(vec![6u8; 3_000])));
         plain.push(&Frame::Heartbeat);

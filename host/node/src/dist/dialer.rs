@@ -5,8 +5,10 @@
 use std::net::SocketAddr;
 
 use tokio::net::{TcpSocket, TcpStream};
+use tracing::info;
 use wasmnode_proto::handshake::Dialer;
-use wasmnode_proto::Error as ProtoError;
+use wasmnode_proto::handshake::Refusal;
+use wasmnode_proto::{Error as ProtoError, OLDEST_VERSION, PROTOCOL_VERSION};
 
 use super::wire::Wire;
 use super::{DialError, Dist, Peer};
@@ -36,6 +38,18 @@ impl Dist {
     }
 
     async fn dial(&self, name: &str) -> Result<Peer, DialError> {
+        match self.dial_version(name, PROTOCOL_VERSION).await {
+            // A node of the previous wire version (a rolling update under way): speak its,
+            // so that workers can still be handed over to and from it.
+            Err(DialError::Handshake(ProtoError::Refused { code: Refusal::VersionMismatch, reason })) => {
+                info!(node = %self.name(), peer = name, %reason, "{name} refused wire version {PROTOCOL_VERSION}: dialling it again in version {OLDEST_VERSION}");
+                self.dial_version(name, OLDEST_VERSION).await
+            }
+            other => other,
+        }
+    }
+
+    async fn dial_version(&self, name: &str, version: u16) -> Result<Peer, DialError> {
         let target = crate::name::NodeName::parse(name).map_err(DialError::BadName)?;
         let addr = self.resolve(&target).await?;
         let mut stream = self.open(addr).await.map_err(|e| DialError::Connect(addr, e))?;
@@ -51,7 +65,7 @@ impl Dist {
                 Wire::tls(conn)?
             }
         };
-        let (dialer, hello) = Dialer::start_bound(&self.identity(), name, &self.0.cfg.cookie, &wire.binding)?;
+        let (dialer, hello) = Dialer::start_version(&self.identity(), name, &self.0.cfg.cookie, &wire.binding, version)?;
         wire.write(&mut stream, &hello).await?;
         let challenge = wire.read(&mut stream).await?;
         // Checked before anything more is sent: the answer opens with this handshake's

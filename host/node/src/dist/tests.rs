@@ -196,3 +196,56 @@ async fn only_an_end_right_behind_leaving_is_an_orderly_close() {
     assert_eq!((peer.name(), reason), (c.name(), DownReason::ConnectionClosed));
     assert!(!peer.closed_in_order());
 }
+
+/// A node of the previous wire version (a rolling update from it) refuses version 4's
+/// `Hello` as a version mismatch; the dialer dials it again in version 3, and frames
+/// reach it in version 3's records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_wire_version_3_is_dialled_again_in_version_3() {
+    use bytes::Buf;
+    use tokio::io::AsyncReadExt;
+    use wasmnode_proto::frame;
+    use wasmnode_proto::handshake::{Acceptor, Message, Refusal};
+
+    let (a, _a_events) = listening("a").await;
+    // Stands in for a version-3 node: it refuses any other version, as such a node does.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let name = format!("old@127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let me = Identity { name: name.clone(), flags: 0, creation: 7 };
+    let old = tokio::spawn(async move {
+        let mut versions = Vec::new();
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            let hello = read_message(&mut stream, &mut buf).await.unwrap();
+            let Message::Hello { version, .. } = &hello else { panic!("expected a hello, got {hello:?}") };
+            versions.push(*version);
+            if *version != 3 {
+                let refuse = Message::Refuse { code: Refusal::VersionMismatch, reason: "version mismatch".into() };
+                write_message(&mut stream, &refuse).await.unwrap();
+                continue;
+            }
+            let (acceptor, challenge) = Acceptor::on_hello(&me, b"cookie", hello).unwrap();
+            write_message(&mut stream, &challenge).await.unwrap();
+            let proof = read_message(&mut stream, &mut buf).await.unwrap();
+            let (_, mut session) = acceptor.on_proof(proof).unwrap();
+            write_message(&mut stream, &session.accept()).await.unwrap();
+            let mut plain = BytesMut::new();
+            loop {
+                session.opener.open(&mut buf, &mut plain).unwrap();
+                while let Some((frame, used)) = frame::decode(&plain, frame::DEFAULT_MAX_FRAME).unwrap() {
+                    plain.advance(used);
+                    if let Frame::Send(payload) = frame {
+                        return (versions, payload);
+                    }
+                }
+                assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "the dialer closed");
+            }
+        }
+    });
+    let peer = a.connect(&name).await.unwrap();
+    peer.send(Frame::Send(Bytes::from_static(b"in version 3")));
+    let (versions, payload) = tokio::time::timeout(Duration::from_secs(10), old).await.unwrap().unwrap();
+    assert_eq!(versions, vec![4, 3], "version 4 first, then version 3");
+    assert_eq!(payload, Bytes::from_static(b"in version 3"));
+}
