@@ -13,7 +13,9 @@
 //! the plaintext, as a byte stream: one record may hold many small frames, and a large
 //! frame spans records. Each byte is read once, where it lies, and written once,
 //! encrypted: a large payload is sealed from its own buffer ([`Plain`]) and a record is
-//! opened straight into the frames' buffer.
+//! opened straight into the frames' buffer. With a node of wire version 3 (from before
+//! AEGIS, during a rolling update) the records are Noise's own AES-256-GCM transport
+//! messages in the same framing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
