@@ -238,7 +238,7 @@ impl Message {
         let msg = match tag {
             frame::TAG_HELLO => {
                 let version = get_u16(&mut b, what)?;
-                if !(OLDEST_VERSION..=PROTOCOL_VERSION).contains(&version) {
+                if check_version(version).is_err() {
                     // Another version's layout: only its number matters, for the refusal.
                     return Ok(Message::Hello { version, to: String::new(), noise: Vec::new() });
                 }

@@ -166,7 +166,8 @@ impl Sealer {
     }
 
     /// The wire version whose records this seals.
-    pub fn version(&self) -> u16 {
+    #[cfg(test)]
+    pub(crate) fn version(&self) -> u16 {
         match self.keys {
             Keys::Aegis(_) => 4,
             Keys::AesGcm(_) => 3,
