@@ -70,7 +70,7 @@ impl Raw {
     fn frame(&mut self) -> Option<Frame> {
         loop {
             let mut raw = BytesMut::from(&self.buf[..]);
-            self.session.as_mut().expect("a handshake first").opener.open(&mut raw, &mut self.plain).expect("records open");
+            while self.session.as_mut().expect("a handshake first").opener.open(&mut raw, &mut self.plain).expect("records open") {}
             self.buf = raw.to_vec();
             if let Some((f, used)) = frame::decode(&self.plain, DEFAULT_MAX_FRAME).unwrap() {
                 let _ = self.plain.split_to(used);
@@ -207,7 +207,7 @@ fn bad_frames_close_only_their_connection() {
         ("oversized", (1u32 << 30).to_be_bytes().to_vec(), true, "exceeds the maximum"),
         ("malformed", vec![0, 0, 0, 4, 0x02, 0, 9, 0], true, "malformed members frame"),
         ("unknown service", vec![0, 0, 0, 10, 0x07, 0, 0, 0, 0, 0, 0, 0, 1, 0x99], true, "malformed request frame: unknown service"),
-        ("injected", [&[0u8, 21][..], &[0, 0, 0, 1, 0x01], &[0; 16]].concat(), false, "failed authentication"),
+        ("injected", [&[0u8, 0, 0, 21][..], &[0, 0, 0, 1, 0x01], &[0; 16]].concat(), false, "failed authentication"),
         ("a frame in the clear", vec![0, 0, 0, 1, 0x01], false, "malformed record"),
     ];
     for (i, (what, bytes, sealed, reason)) in cases.iter().enumerate() {

@@ -51,7 +51,7 @@ use sha2::Sha256;
 
 use crate::frame::{self, get_str, get_u16, get_u32, get_u64, put_str, HEADER_LEN};
 use crate::seal::{Opener, Sealer, Session};
-use crate::{Error, OLDEST_VERSION, PROTOCOL_VERSION};
+use crate::{Error, PROTOCOL_VERSION};
 
 /// Flag: the node is hidden (a CLI or tool): it is never listed as a member.
 pub const FLAG_HIDDEN: u32 = 1;
@@ -310,7 +310,7 @@ fn noise(version: u16, cookie: &[u8], to: &str, binding: &[u8], initiator: bool)
 }
 
 fn check_version(theirs: u16) -> Result<(), Error> {
-    if (OLDEST_VERSION..=PROTOCOL_VERSION).contains(&theirs) {
+    if crate::speaks(theirs) {
         Ok(())
     } else {
         Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs })
@@ -337,7 +337,7 @@ impl Dialer {
     }
 
     /// [`Dialer::start_bound`] speaking an older wire `version` (at least
-    /// [`OLDEST_VERSION`]): for a node that refused this one's as a version mismatch.
+    /// [`crate::OLDEST_VERSION`]): for a node that refused this one's as a version mismatch.
     pub fn start_version(me: &Identity, to: &str, cookie: &[u8], binding: &[u8], version: u16) -> Result<(Dialer, Message), Error> {
         check_version(version)?;
         let mut hs = noise(version, cookie, to, binding, true);
@@ -516,8 +516,15 @@ mod tests {
             opener.open(&mut records, &mut plain).unwrap();
             assert_eq!(&plain[..], b"both ways");
         }
-        // A version this node never spoke is refused.
+        // A version this node never spoke is refused, and so is version 4 (never released:
+        // a node of it refuses this one's version too, and both go on in version 3).
         assert_eq!(Dialer::start_version(&id("a@h"), "b@h", COOKIE, &[], 2).err(), Some(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 2 }));
+        let (_, hello) = Dialer::start_version(&id("a@h"), "b@h", COOKIE, &[], 3).unwrap();
+        let Message::Hello { to, noise, .. } = hello else { unreachable!() };
+        let mut bytes = Vec::new();
+        Message::Hello { version: 4, to, noise }.encode(&mut bytes);
+        let v4 = Message::decode(&bytes).unwrap().unwrap().0;
+        assert_eq!(Acceptor::on_hello(&id("b@h"), COOKIE, v4).err(), Some(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 4 }));
     }
     #[test]
     fn full_handshake_and_the_cookie_never_on_the_wire() {

@@ -1,6 +1,6 @@
 //! Sealed records: every byte of a connection after its handshake.
 //!
-//! A record is a 2-byte big-endian length, then that many bytes of AEGIS-128X4
+//! A record is a 4-byte big-endian length, then that many bytes of AEGIS-128X4
 //! ciphertext with its 16-byte tag. This is Noise's transport phase with AEGIS-128X4 as
 //! its cipher function: each direction has its own key from the handshake's `Split()`
 //! (fresh per connection, derivable only by its two ends) and counts its records from 0;
@@ -12,10 +12,12 @@
 //! where the CPU has it, AVX2 or AES-NI otherwise). Frames ([`crate::frame`]) are
 //! the plaintext, as a byte stream: one record may hold many small frames, and a large
 //! frame spans records. Each byte is read once, where it lies, and written once,
-//! encrypted: a large payload is sealed from its own buffer ([`Plain`]) and a record is
-//! opened straight into the frames' buffer. With a node of wire version 3 (from before
-//! AEGIS, during a rolling update) the records are Noise's own AES-256-GCM transport
-//! messages in the same framing.
+//! encrypted: a large payload is sealed from its own buffer ([`Plain`]), and a record is
+//! opened in place, where it arrived, its frames then taken from there without a copy.
+//! A writer seals each batch of frames as one record (up to [`MAX_RECORD_PLAIN`]), so a
+//! frame rarely spans two records; one that does is copied together. With a node of wire
+//! version 3 (from before AEGIS, during a rolling update) the records are Noise's own
+//! AES-256-GCM transport messages behind a 2-byte length, opened into a separate buffer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,11 +29,16 @@ use zeroize::Zeroize;
 use crate::{Error, Frame};
 
 /// Bytes before each record: its length.
-pub const RECORD_HEADER: usize = 2;
+pub const RECORD_HEADER: usize = 4;
 /// The authentication tag at the end of each record.
 pub const TAG_LEN: usize = 16;
-/// The most plaintext one record holds (Noise's 65,535-byte message, less the tag).
-pub const MAX_RECORD_PLAIN: usize = 65_535 - TAG_LEN;
+/// The most plaintext one record holds: a writer's whole batch (256 KiB sealed ahead,
+/// and the frame that passed that mark) fits in one. A receiver holds at most this much
+/// of a record before it can open it.
+pub const MAX_RECORD_PLAIN: usize = 512 * 1024;
+/// Wire 3's records: a 2-byte length, and Noise's 65,535-byte message at most.
+const RECORD_HEADER_V3: usize = 2;
+const MAX_RECORD_PLAIN_V3: usize = 65_535 - TAG_LEN;
 
 type Cipher = Aegis128X4<TAG_LEN>;
 
@@ -99,22 +106,31 @@ impl Sealer {
     /// Appends `plain` to `out` as sealed records, one per [`MAX_RECORD_PLAIN`] bytes.
     pub fn seal(&self, plain: &[u8], out: &mut BytesMut) {
         let at = out.len();
-        out.resize(at + sealed_len(plain.len()), 0);
+        out.resize(at + self.sealed_len(plain.len()), 0);
         self.seal_into(std::iter::once(plain), plain.len(), &mut out[at..]);
     }
 
     /// Appends `plain`'s frames to `out` as sealed records, reading each large payload
     /// from its own buffer.
     pub fn seal_plain(&self, plain: &Plain, out: &mut Sealed) {
-        let room = out.extend(sealed_len(plain.len()));
+        let room = out.extend(self.sealed_len(plain.len()));
         self.seal_into(plain.pieces(), plain.len(), room);
     }
 
+    /// Bytes on the wire for `len` bytes of plaintext: the records' lengths and tags added.
+    pub fn sealed_len(&self, len: usize) -> usize {
+        let (header, max) = match self.keys {
+            Keys::Aegis(_) => (RECORD_HEADER, MAX_RECORD_PLAIN),
+            Keys::AesGcm(_) => (RECORD_HEADER_V3, MAX_RECORD_PLAIN_V3),
+        };
+        len + len.div_ceil(max).max(1) * (header + TAG_LEN)
+    }
+
     /// Seals `len` bytes given in pieces as one stream into `out`, which is exactly
-    /// [`sealed_len`]`(len)` long: records of up to [`MAX_RECORD_PLAIN`] bytes, whatever
-    /// the pieces' bounds (an empty stream is one empty record).
+    /// [`Sealer::sealed_len`]`(len)` long: records of up to [`MAX_RECORD_PLAIN`] bytes,
+    /// whatever the pieces' bounds (an empty stream is one empty record).
     fn seal_into<'p>(&self, pieces: impl Iterator<Item = &'p [u8]>, len: usize, out: &mut [u8]) {
-        assert_eq!(out.len(), sealed_len(len), "room for the records");
+        assert_eq!(out.len(), self.sealed_len(len), "room for the records");
         let key = match &self.keys {
             Keys::Aegis(key) => key,
             Keys::AesGcm(keys) => return self.seal_v3(keys, &pieces.collect::<Vec<_>>().concat(), out),
@@ -149,18 +165,18 @@ impl Sealer {
 
     /// Writes the length of a record of `n` plaintext bytes and starts sealing it.
     fn begin(&self, key: &Key, n: usize, length: &mut [u8]) -> aegis::aegis128x4::Encryptor<TAG_LEN> {
-        length.copy_from_slice(&((n + TAG_LEN) as u16).to_be_bytes());
+        length.copy_from_slice(&((n + TAG_LEN) as u32).to_be_bytes());
         Cipher::new(key, &nonce(self.next.fetch_add(1, Ordering::Relaxed))).encryptor(&[])
     }
 
     /// Wire 3's records: Noise's transport messages, sealed from one contiguous plaintext.
     fn seal_v3(&self, keys: &snow::StatelessTransportState, plain: &[u8], out: &mut [u8]) {
         let mut at = 0;
-        for chunk in plain.chunks(MAX_RECORD_PLAIN).chain(plain.is_empty().then_some(&[][..])) {
-            let end = at + RECORD_HEADER + chunk.len() + TAG_LEN;
-            out[at..at + RECORD_HEADER].copy_from_slice(&((chunk.len() + TAG_LEN) as u16).to_be_bytes());
+        for chunk in plain.chunks(MAX_RECORD_PLAIN_V3).chain(plain.is_empty().then_some(&[][..])) {
+            let end = at + RECORD_HEADER_V3 + chunk.len() + TAG_LEN;
+            out[at..at + RECORD_HEADER_V3].copy_from_slice(&((chunk.len() + TAG_LEN) as u16).to_be_bytes());
             let nonce = self.next.fetch_add(1, Ordering::Relaxed);
-            keys.write_message(nonce, chunk, &mut out[at + RECORD_HEADER..end]).expect("a record within Noise's limit");
+            keys.write_message(nonce, chunk, &mut out[at + RECORD_HEADER_V3..end]).expect("a record within Noise's limit");
             at = end;
         }
     }
@@ -169,7 +185,7 @@ impl Sealer {
     #[cfg(test)]
     pub(crate) fn version(&self) -> u16 {
         match self.keys {
-            Keys::Aegis(_) => 4,
+            Keys::Aegis(_) => 5,
             Keys::AesGcm(_) => 3,
         }
     }
@@ -178,13 +194,12 @@ impl Sealer {
     pub fn seal_vec(&self, plain: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
         self.seal(plain, &mut out);
-        out[RECORD_HEADER..].to_vec()
+        let header = match self.keys {
+            Keys::Aegis(_) => RECORD_HEADER,
+            Keys::AesGcm(_) => RECORD_HEADER_V3,
+        };
+        out[header..].to_vec()
     }
-}
-
-/// Bytes on the wire for `len` bytes of plaintext: the records' lengths and tags added.
-pub fn sealed_len(len: usize) -> usize {
-    len + len.div_ceil(MAX_RECORD_PLAIN).max(1) * (RECORD_HEADER + TAG_LEN)
 }
 
 /// Sealed bytes waiting to be written. Its memory stays initialized from one batch to the
@@ -248,29 +263,78 @@ pub struct Opener {
 }
 
 impl Opener {
-    /// Opens every whole record at the start of `raw`, consuming it, and appends the
-    /// plaintext to `plain`; a partial record stays in `raw`. A record that does not
-    /// open is [`Error::Decrypt`]: the connection must close.
-    pub fn open(&mut self, raw: &mut BytesMut, plain: &mut BytesMut) -> Result<(), Error> {
-        while raw.len() >= RECORD_HEADER {
+    /// Opens the next whole record at the start of `raw`, consuming it, and adds its
+    /// plaintext to `plain`; true if it opened one (call again once the frames are taken
+    /// from `plain`), false if `raw` holds no whole record. A record is opened in place,
+    /// where it arrived, and handed over without a copy when `plain` is empty (its frames
+    /// then share `raw`'s memory). A record that does not open is [`Error::Decrypt`]: the
+    /// connection must close. Wire 3's records are all opened at once, into `plain`.
+    pub fn open(&mut self, raw: &mut BytesMut, plain: &mut BytesMut) -> Result<bool, Error> {
+        let key = match &self.keys {
+            Keys::Aegis(key) => key,
+            Keys::AesGcm(_) => return self.open_v3(raw, plain),
+        };
+        let Some(len) = self.record_len(raw)? else { return Ok(false) };
+        if raw.len() < RECORD_HEADER + len {
+            return Ok(false);
+        }
+        let (body, tag) = raw[RECORD_HEADER..RECORD_HEADER + len].split_at_mut(len - TAG_LEN);
+        let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("a tag's length");
+        Cipher::new(key, &nonce(self.next)).decrypt_in_place(body, tag, &[]).map_err(|_| Error::Decrypt)?;
+        self.next += 1;
+        raw.advance(RECORD_HEADER);
+        let record = raw.split_to(len - TAG_LEN);
+        raw.advance(TAG_LEN);
+        // Without a copy when `plain` is empty; a frame that spans records is copied.
+        plain.unsplit(record);
+        Ok(true)
+    }
+
+    /// How many more bytes `raw` needs before the record at its start is whole (0 when
+    /// that is not known yet, or it is whole): the room a read should make.
+    pub fn missing(&self, raw: &[u8]) -> usize {
+        match (&self.keys, self.record_len(raw)) {
+            (Keys::Aegis(_), Ok(Some(len))) => (RECORD_HEADER + len).saturating_sub(raw.len()),
+            _ => 0,
+        }
+    }
+
+    /// The length after the header of the record at the start of `raw`, once its header
+    /// has arrived.
+    fn record_len(&self, raw: &[u8]) -> Result<Option<usize>, Error> {
+        let Some(header) = raw.first_chunk::<RECORD_HEADER>() else { return Ok(None) };
+        let len = u32::from_be_bytes(*header) as usize;
+        if len < TAG_LEN {
+            return Err(Error::Malformed { what: "record", why: "shorter than its tag" });
+        }
+        if len > MAX_RECORD_PLAIN + TAG_LEN {
+            return Err(Error::Malformed { what: "record", why: "longer than the largest record" });
+        }
+        Ok(Some(len))
+    }
+
+    /// Opens every whole wire-3 record at the start of `raw` into `plain`.
+    fn open_v3(&mut self, raw: &mut BytesMut, plain: &mut BytesMut) -> Result<bool, Error> {
+        let mut opened = false;
+        while raw.len() >= RECORD_HEADER_V3 {
             let len = u16::from_be_bytes([raw[0], raw[1]]) as usize;
             if len < TAG_LEN {
                 return Err(Error::Malformed { what: "record", why: "shorter than its tag" });
             }
-            if raw.len() < RECORD_HEADER + len {
+            if raw.len() < RECORD_HEADER_V3 + len {
                 break;
             }
-            // Opened straight from where it arrived into the frames' buffer.
             let start = plain.len();
             plain.resize(start + len - TAG_LEN, 0);
-            if self.open_into(&raw[RECORD_HEADER..RECORD_HEADER + len], &mut plain[start..]).is_err() {
+            if self.open_into(&raw[RECORD_HEADER_V3..RECORD_HEADER_V3 + len], &mut plain[start..]).is_err() {
                 plain.truncate(start);
                 return Err(Error::Decrypt);
             }
             self.next += 1;
-            raw.advance(RECORD_HEADER + len);
+            raw.advance(RECORD_HEADER_V3 + len);
+            opened = true;
         }
-        Ok(())
+        Ok(opened)
     }
 
     /// Opens the next record's ciphertext and tag into `out` (as long as its plaintext).
@@ -289,7 +353,7 @@ impl Opener {
 
     /// Opens one record's ciphertext given without its length (see [`Sealer::seal_vec`]).
     pub fn open_vec(&mut self, sealed: &[u8]) -> Result<Vec<u8>, Error> {
-        if sealed.len() < TAG_LEN || sealed.len() > 65_535 {
+        if sealed.len() < TAG_LEN || sealed.len() > MAX_RECORD_PLAIN + TAG_LEN {
             return Err(Error::Decrypt);
         }
         let mut out = vec![0u8; sealed.len() - TAG_LEN];
@@ -387,16 +451,17 @@ mod tests {
     #[test]
     fn records_round_trip_however_the_bytes_arrive() {
         let (d, mut a) = pair();
-        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        // Three records: the largest record twice, and some.
+        let big: Vec<u8> = (0..1_200_000u32).map(|i| i as u8).collect();
         let mut wire = BytesMut::new();
         d.sealer.seal(b"small", &mut wire);
         d.sealer.seal(&big, &mut wire);
         d.sealer.seal(b"", &mut wire);
         let mut raw = BytesMut::new();
         let mut plain = BytesMut::new();
-        for piece in wire.chunks(777) {
+        for piece in wire.chunks(7_777) {
             raw.extend_from_slice(piece);
-            a.opener.open(&mut raw, &mut plain).unwrap();
+            while a.opener.open(&mut raw, &mut plain).unwrap() {}
         }
         assert!(raw.is_empty());
         assert_eq!(&plain[..5], b"small");
@@ -419,8 +484,8 @@ mod tests {
 
         // In order, they open.
         let (mut a, one, two) = records();
-        assert_eq!(open(&mut a, &one), Ok(()));
-        assert_eq!(open(&mut a, &two), Ok(()));
+        assert_eq!(open(&mut a, &one), Ok(true));
+        assert_eq!(open(&mut a, &two), Ok(true));
         // Altered: one flipped bit.
         let (mut a, mut one, _) = records();
         one[4] ^= 1;
@@ -430,7 +495,7 @@ mod tests {
         assert_eq!(open(&mut a, &two), Err(Error::Decrypt));
         // Replayed: the first record twice.
         let (mut a, one, _) = records();
-        assert_eq!(open(&mut a, &one), Ok(()));
+        assert_eq!(open(&mut a, &one), Ok(true));
         assert_eq!(open(&mut a, &one), Err(Error::Decrypt));
         // From another connection: other keys.
         let (mut a, _, _) = records();
@@ -439,7 +504,7 @@ mod tests {
         // Injected: a record made without the keys.
         let (mut a, _, _) = records();
         let mut forged = BytesMut::new();
-        forged.put_u16(3 + TAG_LEN as u16);
+        forged.put_u32(3 + TAG_LEN as u32);
         forged.extend_from_slice(&[0u8; 3 + TAG_LEN]);
         assert_eq!(open(&mut a, &forged), Err(Error::Decrypt));
     }
@@ -456,6 +521,8 @@ mod tests {
             Frame::Send(Bytes::from(vec![3u8; 5])),
             Frame::Send(Bytes::from(vec![4u8; 9_000])),
             Frame::Send(Bytes::from(vec![5u8; 2_048])),
+            Frame::Send(Bytes::from(vec![6u8; 600_000])),
+            Frame::Heartbeat,
         ];
         let mut plain = Plain::default();
         let mut expected = BytesMut::new();
@@ -463,7 +530,7 @@ mod tests {
             plain.push(f);
             f.encode(&mut expected);
         }
-        assert_eq!(plain.big.len(), 3, "the three large payloads are held by reference");
+        assert_eq!(plain.big.len(), 4, "the four large payloads are held by reference");
         assert_eq!(plain.len(), expected.len());
         assert_eq!(plain.pieces().collect::<Vec<_>>().concat(), expected);
         // Twice into the same buffer, written out in between: the second batch's records
@@ -475,7 +542,11 @@ mod tests {
             sealed.advance(wire.len());
             assert!(sealed.is_empty());
             let mut opened = BytesMut::new();
-            a.opener.open(&mut wire, &mut opened).unwrap();
+            let mut records = 0;
+            while a.opener.open(&mut wire, &mut opened).unwrap() {
+                records += 1;
+            }
+            assert_eq!(records, 2, "the largest record, then the rest");
             assert!(wire.is_empty());
             assert_eq!(opened, expected);
         }
@@ -496,7 +567,7 @@ mod tests {
         let mut second = Sealed::default();
         sealer.seal_plain(&plain, &mut second);
         for (n, (record, expected)) in [(&first[..], &b"first"[..]), (second.bytes(), &stream[..])].into_iter().enumerate() {
-            let len = u16::from_be_bytes([record[0], record[1]]) as usize;
+            let len = u32::from_be_bytes(record[..4].try_into().unwrap()) as usize;
             assert_eq!(len + RECORD_HEADER, record.len());
             let (ciphertext, tag) = record[RECORD_HEADER..].split_at(len - TAG_LEN);
             let opened = Cipher::new(&key, &nonce(n as u64)).decrypt(ciphertext, tag.try_into().unwrap(), &[]).unwrap();
@@ -507,7 +578,42 @@ mod tests {
     #[test]
     fn a_record_shorter_than_its_tag_is_malformed() {
         let (_, mut a) = pair();
-        let mut raw = BytesMut::from(&[0u8, 3, 1, 2, 3][..]);
+        let mut raw = BytesMut::from(&[0u8, 0, 0, 3, 1, 2, 3][..]);
         assert!(matches!(a.opener.open(&mut raw, &mut BytesMut::new()), Err(Error::Malformed { .. })));
+    }
+
+    /// A record announced longer than the largest is refused from its header alone,
+    /// before its bytes are waited for: a peer cannot make the reader hold more.
+    #[test]
+    fn a_record_longer_than_the_largest_is_refused_from_its_header() {
+        let (_, mut a) = pair();
+        let mut raw = BytesMut::new();
+        raw.put_u32((MAX_RECORD_PLAIN + TAG_LEN + 1) as u32);
+        assert_eq!(a.opener.open(&mut raw, &mut BytesMut::new()), Err(Error::Malformed { what: "record", why: "longer than the largest record" }));
+        // The largest itself is waited for, and the reader is told how much to make room for.
+        let mut raw = BytesMut::new();
+        raw.put_u32((MAX_RECORD_PLAIN + TAG_LEN) as u32);
+        assert_eq!(a.opener.open(&mut raw, &mut BytesMut::new()), Ok(false));
+        assert_eq!(a.opener.missing(&raw), MAX_RECORD_PLAIN + TAG_LEN);
+    }
+
+    /// A record is opened where it arrived: its plaintext is handed over in `raw`'s own
+    /// memory, not copied; a second record joins the first's frames by a copy.
+    #[test]
+    fn a_record_is_opened_in_place() {
+        let (d, mut a) = pair();
+        let mut raw = BytesMut::new();
+        d.sealer.seal(&[1u8; 40_000], &mut raw);
+        d.sealer.seal(&[2u8; 3], &mut raw);
+        let at = raw.as_ptr();
+        let mut plain = BytesMut::new();
+        assert_eq!(a.opener.open(&mut raw, &mut plain), Ok(true));
+        assert_eq!(plain.as_ptr(), at.wrapping_add(RECORD_HEADER), "the plaintext is where the ciphertext was");
+        assert_eq!(&plain[..], &[1u8; 40_000][..]);
+        assert_eq!(a.opener.open(&mut raw, &mut plain), Ok(true));
+        assert_eq!(plain.len(), 40_003);
+        assert_eq!(&plain[40_000..], &[2u8; 3]);
+        assert_eq!(a.opener.open(&mut raw, &mut plain), Ok(false));
+        assert!(raw.is_empty());
     }
 }

@@ -28,13 +28,16 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
     let mut buf = BytesMut::with_capacity(64 * 1024);
     buf.extend_from_slice(&plain);
     loop {
-        if let Err(e) = opener.open(&mut raw, &mut buf) {
-            return protocol_error(peer, e);
-        }
+        // A record at a time: each is opened where it arrived, and its frames are taken
+        // from there before the next is opened.
         loop {
             let len = match frame::frame_len(&buf, max_frame) {
                 Ok(Some(len)) => len,
-                Ok(None) => break,
+                Ok(None) => match opener.open(&mut raw, &mut buf) {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => return protocol_error(peer, e),
+                },
                 Err(e) => return protocol_error(peer, e),
             };
             buf.advance(frame::HEADER_LEN);
@@ -74,8 +77,11 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
                 }
             }
         }
-        if raw.capacity() - raw.len() < 16 * 1024 {
-            raw.reserve(64 * 1024);
+        // Room for the rest of the record being read (records run up to 512 KiB), and
+        // for at least 16 KiB more.
+        let room = opener.missing(&raw).max(16 * 1024);
+        if raw.capacity() - raw.len() < room {
+            raw.reserve(room.max(64 * 1024));
         }
         // One timer for the connection's life, moved only when it fires: cheaper than a
         // new timeout around every read.

@@ -197,7 +197,7 @@ async fn only_an_end_right_behind_leaving_is_an_orderly_close() {
     assert!(!peer.closed_in_order());
 }
 
-/// A node of the previous wire version (a rolling update from it) refuses version 4's
+/// A node of the previous wire version (a rolling update from it) refuses version 5's
 /// `Hello` as a version mismatch; the dialer dials it again in version 3, and frames
 /// reach it in version 3's records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,6 +246,6 @@ async fn a_node_of_wire_version_3_is_dialled_again_in_version_3() {
     let peer = a.connect(&name).await.unwrap();
     peer.send(Frame::Send(Bytes::from_static(b"in version 3")));
     let (versions, payload) = tokio::time::timeout(Duration::from_secs(10), old).await.unwrap().unwrap();
-    assert_eq!(versions, vec![4, 3], "version 4 first, then version 3");
+    assert_eq!(versions, vec![5, 3], "version 5 first, then version 3");
     assert_eq!(payload, Bytes::from_static(b"in version 3"));
 }

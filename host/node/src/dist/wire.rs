@@ -42,10 +42,24 @@ pub(super) enum Open {
 }
 
 impl Open {
-    pub(super) fn open(&mut self, raw: &mut BytesMut, plain: &mut BytesMut) -> Result<(), String> {
+    /// Opens what `raw` holds into `plain`: true if it opened anything (call again once
+    /// the frames are taken), false if nothing whole is there yet.
+    pub(super) fn open(&mut self, raw: &mut BytesMut, plain: &mut BytesMut) -> Result<bool, String> {
         match self {
             Open::Noise(o) => o.open(raw, plain).map_err(|e| e.to_string()),
-            Open::Tls(link) => link.open(raw, plain).map_err(|e| format!("TLS: {e}")),
+            Open::Tls(link) => {
+                let before = plain.len();
+                link.open(raw, plain).map_err(|e| format!("TLS: {e}"))?;
+                Ok(plain.len() > before)
+            }
+        }
+    }
+
+    /// Bytes `raw` still needs for the record at its start to be whole (0 if unknown).
+    pub(super) fn missing(&self, raw: &[u8]) -> usize {
+        match self {
+            Open::Noise(o) => o.missing(raw),
+            Open::Tls(_) => 0,
         }
     }
 }
