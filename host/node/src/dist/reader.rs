@@ -77,6 +77,12 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
                 }
             }
         }
+        // Once its frames are all taken, the frames' buffer lets go of the record they
+        // came from: `raw`, then the only owner of its memory (unless a frame is still
+        // held elsewhere), reads into that memory again instead of fresh pages.
+        if buf.is_empty() {
+            buf = BytesMut::new();
+        }
         // Room for the rest of the record being read (records run up to 512 KiB), and
         // for at least 16 KiB more.
         let room = opener.missing(&raw).max(16 * 1024);
