@@ -83,10 +83,21 @@ impl Session {
     }
 }
 
-/// One direction's key: AEGIS-128X4 (wire 4), or Noise's AES-256-GCM transport (wire 3).
+/// One direction's key: AEGIS-128X4 (wire 5), or Noise's AES-256-GCM transport (wire 3).
 enum Keys {
     Aegis(Key),
     AesGcm(Arc<snow::StatelessTransportState>),
+}
+
+impl Keys {
+    /// The records' framing under these keys: the length's bytes, and the most
+    /// plaintext a record holds.
+    fn framing(&self) -> (usize, usize) {
+        match self {
+            Keys::Aegis(_) => (RECORD_HEADER, MAX_RECORD_PLAIN),
+            Keys::AesGcm(_) => (RECORD_HEADER_V3, MAX_RECORD_PLAIN_V3),
+        }
+    }
 }
 
 impl Drop for Keys {
@@ -121,10 +132,7 @@ impl Sealer {
 
     /// Bytes on the wire for `len` bytes of plaintext: the records' lengths and tags added.
     pub fn sealed_len(&self, len: usize) -> usize {
-        let (header, max) = match self.keys {
-            Keys::Aegis(_) => (RECORD_HEADER, MAX_RECORD_PLAIN),
-            Keys::AesGcm(_) => (RECORD_HEADER_V3, MAX_RECORD_PLAIN_V3),
-        };
+        let (header, max) = self.keys.framing();
         len + len.div_ceil(max).max(1) * (header + TAG_LEN)
     }
 
@@ -196,11 +204,7 @@ impl Sealer {
     pub fn seal_vec(&self, plain: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
         self.seal(plain, &mut out);
-        let header = match self.keys {
-            Keys::Aegis(_) => RECORD_HEADER,
-            Keys::AesGcm(_) => RECORD_HEADER_V3,
-        };
-        out[header..].to_vec()
+        out[self.keys.framing().0..].to_vec()
     }
 }
 
