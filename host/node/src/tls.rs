@@ -19,7 +19,7 @@
 //!
 //! The record layer ([`Link`]) is sans-I/O: bytes in, bytes out, like [`wasmnode_proto::seal`].
 
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -277,13 +277,17 @@ pub fn open(conn: &mut Connection, raw: &mut BytesMut, plain: &mut BytesMut) -> 
 /// Encrypts `plain` with `conn` and appends the records (and anything else `conn` has
 /// to send, such as a key update) to `out`.
 pub fn seal(conn: &mut Connection, plain: &[u8], out: &mut BytesMut) {
-    seal_to(conn, plain, &mut out.writer());
+    seal_pieces(conn, &[plain], &mut out.writer());
 }
 
-/// [`seal`], into any buffer.
-pub fn seal_to(conn: &mut Connection, plain: &[u8], out: &mut impl Write) {
-    if !plain.is_empty() {
-        conn.writer().write_all(plain).expect("rustls buffers without limit");
+/// Seals `pieces` as one byte stream (rustls packs them into records whatever their
+/// bounds), then appends the records to `out`.
+pub fn seal_pieces(conn: &mut Connection, pieces: &[&[u8]], out: &mut impl Write) {
+    let slices: Vec<IoSlice<'_>> = pieces.iter().filter(|p| !p.is_empty()).map(|p| IoSlice::new(p)).collect();
+    if !slices.is_empty() {
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        let n = conn.writer().write_vectored(&slices).expect("writing to memory");
+        assert_eq!(n, len, "rustls buffers without limit");
     }
     while conn.wants_write() {
         conn.write_tls(out).expect("writing to memory");
@@ -304,9 +308,9 @@ impl Link {
         seal(&mut self.0.lock().unwrap(), plain, out);
     }
 
-    /// See [`seal_to`].
-    pub fn seal_to(&self, plain: &[u8], out: &mut impl Write) {
-        seal_to(&mut self.0.lock().unwrap(), plain, out);
+    /// See [`seal_pieces`].
+    pub fn seal_pieces(&self, pieces: &[&[u8]], out: &mut impl Write) {
+        seal_pieces(&mut self.0.lock().unwrap(), pieces, out);
     }
 
     /// See [`open`].

@@ -13,7 +13,7 @@ use wasmnode_proto::{Frame, Service};
 
 use super::{Dist, DistEvent, DownReason, Open, Peer};
 
-pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut raw: BytesMut, plain: BytesMut, mut opener: Open) -> DownReason {
+pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut raw: BytesMut, mut buf: BytesMut, mut opener: Open) -> DownReason {
     let timeout = dist.0.cfg.heartbeat_timeout;
     let max_frame = dist.0.cfg.max_frame;
     let mut reassembler = Reassembler::new(MAX_MESSAGE);
@@ -24,9 +24,8 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
     let mut last_read = Instant::now();
     let silence = tokio::time::sleep(timeout);
     tokio::pin!(silence);
-    // Frames' bytes, opened from the sealed records in `raw`.
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    buf.extend_from_slice(&plain);
+    // `buf` holds frames' bytes, opened from the sealed records in `raw` (at first, those
+    // opened with the handshake's last message).
     loop {
         // A record at a time: each is opened where it arrived, and its frames are taken
         // from there before the next is opened.
