@@ -55,7 +55,9 @@ pub fn baseline_rtt(pinned: bool, n: usize) -> (f64, f64) {
 fn record_layer_rates(size: usize, n: usize) -> (f64, f64) {
     use wasmnode_proto::handshake::{Acceptor, Dialer, Identity};
     let cookie = COOKIE.as_bytes();
-    let (me, you) = (Identity { name: "a@h".into(), flags: 0, creation: 1 }, Identity { name: "b@h".into(), flags: 0, creation: 2 });
+    // With this CPU's cipher flags on both sides: the variant two nodes here would use.
+    let flags = wasmnode_proto::seal::cipher_flags();
+    let (me, you) = (Identity { name: "a@h".into(), flags, creation: 1 }, Identity { name: "b@h".into(), flags, creation: 2 });
     let (dialer, hello) = Dialer::start(&me, "b@h", cookie).unwrap();
     let (acceptor, challenge) = Acceptor::on_hello(&you, cookie, hello).unwrap();
     let (proven, proof) = dialer.on_challenge(challenge).unwrap();

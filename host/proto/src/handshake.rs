@@ -9,8 +9,8 @@
 //!   … every frame after this in sealed records ([`crate::seal`]) …
 //! ```
 //! The pattern is `Noise_NNpsk0_25519_AESGCM_SHA256` (the Noise Protocol Framework, via
-//! the `snow` crate; the records after it are sealed with AEGIS-128X4 under the keys of
-//! its `Split()`, see [`crate::seal`]): both sides make a fresh X25519 key pair per
+//! the `snow` crate; the records after it are sealed with AEGIS-128X2 or X4, as the two
+//! identities' flags choose, under the keys of its `Split()`, see [`crate::seal`]): both sides make a fresh X25519 key pair per
 //! connection, and the pre-shared key is an HMAC-SHA256 of the cookie, so the
 //! connection's keys can be derived only by a holder of the cookie who took part in
 //! this very handshake.
@@ -50,11 +50,17 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::frame::{self, get_str, get_u16, get_u32, get_u64, put_str, HEADER_LEN};
-use crate::seal::{Opener, Sealer, Session};
+use crate::seal::{Opener, Sealer, Session, Width};
 use crate::{Error, PROTOCOL_VERSION};
 
 /// Flag: the node is hidden (a CLI or tool): it is never listed as a member.
 pub const FLAG_HIDDEN: u32 = 1;
+/// Flag: the node picks its records' AEGIS-128 variant with its peer's flags
+/// ([`crate::seal::Width::between`]). A node without it (from before 2026-12-02) seals
+/// with AEGIS-128X4, and so does every connection with it.
+pub const FLAG_CIPHER_CHOICE: u32 = 1 << 1;
+/// Flag: the node's CPU runs AEGIS-128X4 at full speed (512-bit AES instructions).
+pub const FLAG_WIDE_AES: u32 = 1 << 2;
 /// Largest handshake message accepted.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 /// Longest node name accepted.
@@ -67,7 +73,7 @@ pub const NOISE_PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 pub struct Identity {
     /// `basename@host[:port]`.
     pub name: String,
-    /// [`FLAG_HIDDEN`] and future capabilities.
+    /// [`FLAG_HIDDEN`] and capabilities ([`crate::seal::cipher_flags`] for a node's own).
     pub flags: u32,
     /// Random per process start: tells a restarted node from its previous life.
     pub creation: u64,
@@ -322,6 +328,8 @@ pub struct Dialer {
     hs: snow::HandshakeState,
     to: String,
     version: u16,
+    /// This side's flags, which with the peer's choose the records' cipher.
+    flags: u32,
 }
 
 impl Dialer {
@@ -345,7 +353,7 @@ impl Dialer {
         let n = hs.write_message(&me.encode(), &mut out).map_err(|_| Error::PeerMisbehaved("own identity too long for a handshake"))?;
         out.truncate(n);
         let hello = Message::Hello { version, to: to.to_string(), noise: out };
-        Ok((Dialer { hs, to: to.to_string(), version }, hello))
+        Ok((Dialer { hs, to: to.to_string(), version, flags: me.flags }, hello))
     }
 
     /// Handles the acceptor's `Challenge`: it must open with this handshake's keys and
@@ -362,7 +370,7 @@ impl Dialer {
         if peer.name != self.to {
             return Err(Error::WrongNode { dialled: self.to, answered: peer.name });
         }
-        let session = Session::new(self.hs, self.version)?;
+        let session = Session::new(self.hs, self.version, Width::between(self.flags, peer.flags))?;
         let proof = Message::Proof(session.sealer.seal_vec(&[]));
         Ok((Proven { peer, session }, proof))
     }
@@ -399,6 +407,7 @@ pub struct Acceptor {
     hs: snow::HandshakeState,
     peer: Identity,
     version: u16,
+    flags: u32,
 }
 
 impl Acceptor {
@@ -425,7 +434,7 @@ impl Acceptor {
         let mut out = vec![0u8; MAX_HANDSHAKE_FRAME];
         let n = hs.write_message(&me.encode(), &mut out).map_err(|_| Error::PeerMisbehaved("own identity too long for a handshake"))?;
         out.truncate(n);
-        Ok((Acceptor { hs, peer, version }, Message::Challenge(out)))
+        Ok((Acceptor { hs, peer, version, flags: me.flags }, Message::Challenge(out)))
     }
 
     /// Who the dialer claims to be (it holds the cookie, but has not yet shown it is
@@ -441,7 +450,7 @@ impl Acceptor {
         let Message::Proof(sealed) = msg else {
             return Err(Error::PeerMisbehaved("expected proof"));
         };
-        let mut session = Session::new(self.hs, self.version)?;
+        let mut session = Session::new(self.hs, self.version, Width::between(self.flags, self.peer.flags))?;
         session.opener.open_vec(&sealed)?;
         Ok((self.peer, session))
     }

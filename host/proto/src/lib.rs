@@ -39,7 +39,9 @@ pub use trace::TraceContext;
 /// handshake is Noise `NNpsk0` keyed by the cookie and every frame after it is sealed.
 /// Version 4: records are sealed with AEGIS-128X4 instead of AES-256-GCM. Version 5: a
 /// record's length takes 4 bytes and a record up to 512 KiB, so that a writer's batch is
-/// one record, opened in place.
+/// one record, opened in place; two nodes that both set [`handshake::FLAG_CIPHER_CHOICE`]
+/// seal with AEGIS-128X2 unless both CPUs have 512-bit AES instructions (a flag, not a
+/// version: a node without it gets AEGIS-128X4, as before).
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The oldest version a node still speaks, so that a rolling update from it hands workers

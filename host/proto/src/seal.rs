@@ -1,8 +1,8 @@
 //! Sealed records: every byte of a connection after its handshake.
 //!
-//! A record is a 4-byte big-endian length, then that many bytes of AEGIS-128X4 ciphertext
-//! with its 16-byte tag. This is Noise's transport phase with AEGIS-128X4 as its cipher
-//! function, and records longer than Noise's 65,535-byte messages (AEGIS takes messages
+//! A record is a 4-byte big-endian length, then that many bytes of AEGIS-128X4 (or X2,
+//! below) ciphertext with its 16-byte tag. This is Noise's transport phase with AEGIS-128
+//! as its cipher function, and records longer than Noise's 65,535-byte messages (AEGIS takes messages
 //! up to 2^61 bytes under one nonce): each direction has its own key from the handshake's
 //! `Split()` (fresh per connection, derivable only by its two ends) and counts its
 //! records from 0; the count is the nonce and never crosses the wire, so a record
@@ -10,7 +10,9 @@
 //! ends. AEGIS-128X4 is the CFRG's AEGIS family (draft-irtf-cfrg-aegis-aead), through the
 //! `aegis` crate's libaegis: an AES-round construction that seals several times faster
 //! than AES-GCM on CPUs with AES instructions; the X4 variant runs four AES lanes at once
-//! (AVX-512 VAES where the CPU has it, AVX2 or AES-NI otherwise). Frames
+//! (AVX-512 VAES where the CPU has it, AVX2 or AES-NI otherwise); where either end's CPU
+//! lacks 512-bit AES instructions the two ends agree on AEGIS-128X2, which runs twice as
+//! fast there ([`Width`], chosen from the flags in the handshake's identities). Frames
 //! ([`crate::frame`]) are the plaintext, as a byte stream: one record may hold many
 //! frames, and a frame may span records. Each byte is read once, where it lies, and
 //! written once, encrypted: a large payload is sealed from its own buffer ([`Plain`]),
@@ -24,10 +26,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use aegis::aegis128x2::Aegis128X2;
 use aegis::aegis128x4::{Aegis128X4, Key, Nonce};
 use bytes::{Buf, Bytes, BytesMut};
 use zeroize::Zeroize;
 
+use crate::handshake::{FLAG_CIPHER_CHOICE, FLAG_WIDE_AES};
 use crate::{Error, Frame};
 
 /// Bytes before each record: its length.
@@ -42,7 +46,89 @@ pub const MAX_RECORD_PLAIN: usize = 512 * 1024;
 const RECORD_HEADER_V3: usize = 2;
 const MAX_RECORD_PLAIN_V3: usize = 65_535 - TAG_LEN;
 
-type Cipher = Aegis128X4<TAG_LEN>;
+/// Which AEGIS-128 variant seals a connection's records. Both take the same key and
+/// nonce and are as strong; they differ in how many AES lanes run at once. AEGIS-128X4
+/// wants 512-bit vector registers: where the CPU has only 256-bit ones (AVX2 with VAES:
+/// AMD Zen 2 and 3, Intel's client cores, many cloud VMs that hide AVX-512), its state
+/// no longer fits in registers and AEGIS-128X2 seals twice as fast (on a Zen 3 VM,
+/// 20–28 GB/s against 10–14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    X2,
+    X4,
+}
+
+/// This node's cipher flags, for its handshake [`crate::handshake::Identity`]: that it
+/// chooses the records' variant by [`Width::between`], and whether its CPU runs
+/// AEGIS-128X4 at full speed (AVX-512 with VAES, as libaegis dispatches it).
+pub fn cipher_flags() -> u32 {
+    FLAG_CIPHER_CHOICE | if wide_aes() { FLAG_WIDE_AES } else { 0 }
+}
+
+fn wide_aes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("vaes")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+impl Width {
+    /// The variant for a connection between nodes with handshake flags `a` and `b`
+    /// (either order): AEGIS-128X4 when both run it at full speed, or when either is from
+    /// before the choice (it seals with AEGIS-128X4 only); AEGIS-128X2 otherwise.
+    pub fn between(a: u32, b: u32) -> Width {
+        let both = a & b;
+        if both & FLAG_CIPHER_CHOICE == 0 || both & FLAG_WIDE_AES != 0 {
+            Width::X4
+        } else {
+            Width::X2
+        }
+    }
+}
+
+/// A record being sealed, in either variant. One at a time, on the stack of the seal: a
+/// box would cost an allocation per record.
+#[allow(clippy::large_enum_variant)]
+enum Encryptor {
+    X2(aegis::aegis128x2::Encryptor<TAG_LEN>),
+    X4(aegis::aegis128x4::Encryptor<TAG_LEN>),
+}
+
+impl Encryptor {
+    fn new(width: Width, key: &Key, nonce: &Nonce) -> Encryptor {
+        match width {
+            Width::X2 => Encryptor::X2(Aegis128X2::<TAG_LEN>::new(key, nonce).encryptor(&[])),
+            Width::X4 => Encryptor::X4(Aegis128X4::<TAG_LEN>::new(key, nonce).encryptor(&[])),
+        }
+    }
+
+    fn update(&mut self, plain: &[u8], out: &mut [u8]) {
+        match self {
+            Encryptor::X2(e) => e.update(plain, out),
+            Encryptor::X4(e) => e.update(plain, out),
+        }
+    }
+
+    fn finalize(self) -> [u8; TAG_LEN] {
+        match self {
+            Encryptor::X2(e) => e.finalize(),
+            Encryptor::X4(e) => e.finalize(),
+        }
+    }
+}
+
+/// Opens one record's ciphertext in place, checking its tag.
+fn open_in_place(width: Width, key: &Key, nonce: &Nonce, body: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), Error> {
+    let opened = match width {
+        Width::X2 => Aegis128X2::<TAG_LEN>::new(key, nonce).decrypt_in_place(body, tag, &[]),
+        Width::X4 => Aegis128X4::<TAG_LEN>::new(key, nonce).decrypt_in_place(body, tag, &[]),
+    };
+    opened.map_err(|_| Error::Decrypt)
+}
 
 /// Record `n`'s nonce: the count, big-endian, in the nonce's last 8 bytes (as Noise
 /// places it). A connection would need 2^64 records to run out.
@@ -63,8 +149,9 @@ pub struct Session {
 impl Session {
     /// The keys of a finished handshake of wire `version`: Noise's `Split()`, the
     /// initiator sending with the first. Version 3 (a node from before AEGIS, spoken
-    /// with for rolling updates) seals with Noise's own AES-256-GCM transport.
-    pub(crate) fn new(mut hs: snow::HandshakeState, version: u16) -> Result<Session, Error> {
+    /// with for rolling updates) seals with Noise's own AES-256-GCM transport; later
+    /// versions with AEGIS-128 of the `width` the two sides' flags chose.
+    pub(crate) fn new(mut hs: snow::HandshakeState, version: u16, width: Width) -> Result<Session, Error> {
         if !hs.is_handshake_finished() {
             return Err(Error::PeerMisbehaved("handshake not finished"));
         }
@@ -74,8 +161,8 @@ impl Session {
             return Ok(Session { sealer: Sealer { keys: send, next: AtomicU64::new(0) }, opener: Opener { keys: recv, next: 0 } });
         }
         let (mut first, mut second) = hs.dangerously_get_raw_split();
-        // AEGIS-128X4 takes 128-bit keys: the first half of each 256-bit key.
-        let key = |k: &[u8; 32]| Keys::Aegis(k[..16].try_into().expect("16 of 32 bytes"));
+        // AEGIS-128 takes 128-bit keys: the first half of each 256-bit key.
+        let key = |k: &[u8; 32]| Keys::Aegis(k[..16].try_into().expect("16 of 32 bytes"), width);
         let (send, recv) = if hs.is_initiator() { (key(&first), key(&second)) } else { (key(&second), key(&first)) };
         first.zeroize();
         second.zeroize();
@@ -83,9 +170,9 @@ impl Session {
     }
 }
 
-/// One direction's key: AEGIS-128X4 (wire 5), or Noise's AES-256-GCM transport (wire 3).
+/// One direction's key: AEGIS-128X2 or X4 (wire 5), or Noise's AES-256-GCM transport (wire 3).
 enum Keys {
-    Aegis(Key),
+    Aegis(Key, Width),
     AesGcm(Arc<snow::StatelessTransportState>),
 }
 
@@ -94,7 +181,7 @@ impl Keys {
     /// plaintext a record holds.
     fn framing(&self) -> (usize, usize) {
         match self {
-            Keys::Aegis(_) => (RECORD_HEADER, MAX_RECORD_PLAIN),
+            Keys::Aegis(..) => (RECORD_HEADER, MAX_RECORD_PLAIN),
             Keys::AesGcm(_) => (RECORD_HEADER_V3, MAX_RECORD_PLAIN_V3),
         }
     }
@@ -102,7 +189,7 @@ impl Keys {
 
 impl Drop for Keys {
     fn drop(&mut self) {
-        if let Keys::Aegis(key) = self {
+        if let Keys::Aegis(key, _) = self {
             key.zeroize();
         }
     }
@@ -141,12 +228,12 @@ impl Sealer {
     /// whatever the pieces' bounds (an empty stream is one empty record).
     fn seal_into<'p>(&self, pieces: impl Iterator<Item = &'p [u8]>, len: usize, out: &mut [u8]) {
         assert_eq!(out.len(), self.sealed_len(len), "room for the records");
-        let key = match &self.keys {
-            Keys::Aegis(key) => key,
+        let (key, width) = match &self.keys {
+            Keys::Aegis(key, width) => (key, *width),
             Keys::AesGcm(keys) => return self.seal_v3(keys, &pieces.collect::<Vec<_>>().concat(), out),
         };
         if len == 0 {
-            let record = self.begin(key, 0, &mut out[..RECORD_HEADER]);
+            let record = self.begin(key, width, 0, &mut out[..RECORD_HEADER]);
             out[RECORD_HEADER..].copy_from_slice(&record.finalize());
             return;
         }
@@ -158,7 +245,7 @@ impl Sealer {
                 let (record, room) = open.get_or_insert_with(|| {
                     let n = left.min(MAX_RECORD_PLAIN);
                     at += RECORD_HEADER;
-                    (self.begin(key, n, &mut out[at - RECORD_HEADER..at]), n)
+                    (self.begin(key, width, n, &mut out[at - RECORD_HEADER..at]), n)
                 });
                 let n = piece.len().min(*room);
                 record.update(&piece[..n], &mut out[at..at + n]);
@@ -174,9 +261,9 @@ impl Sealer {
     }
 
     /// Writes the length of a record of `n` plaintext bytes and starts sealing it.
-    fn begin(&self, key: &Key, n: usize, length: &mut [u8]) -> aegis::aegis128x4::Encryptor<TAG_LEN> {
+    fn begin(&self, key: &Key, width: Width, n: usize, length: &mut [u8]) -> Encryptor {
         length.copy_from_slice(&((n + TAG_LEN) as u32).to_be_bytes());
-        Cipher::new(key, &nonce(self.next.fetch_add(1, Ordering::Relaxed))).encryptor(&[])
+        Encryptor::new(width, key, &nonce(self.next.fetch_add(1, Ordering::Relaxed)))
     }
 
     /// Wire 3's records: Noise's transport messages, sealed from one contiguous plaintext.
@@ -191,11 +278,20 @@ impl Sealer {
         }
     }
 
+    /// The AEGIS variant this seals with (None under wire 3).
+    #[cfg(test)]
+    pub(crate) fn width(&self) -> Option<Width> {
+        match self.keys {
+            Keys::Aegis(_, width) => Some(width),
+            Keys::AesGcm(_) => None,
+        }
+    }
+
     /// The wire version whose records this seals.
     #[cfg(test)]
     pub(crate) fn version(&self) -> u16 {
         match self.keys {
-            Keys::Aegis(_) => 5,
+            Keys::Aegis(..) => 5,
             Keys::AesGcm(_) => 3,
         }
     }
@@ -276,8 +372,8 @@ impl Opener {
     /// then share `raw`'s memory). A record that does not open is [`Error::Decrypt`]: the
     /// connection must close. Wire 3's records are all opened at once, into `plain`.
     pub fn open(&mut self, raw: &mut BytesMut, plain: &mut BytesMut) -> Result<bool, Error> {
-        let key = match &self.keys {
-            Keys::Aegis(key) => key,
+        let (key, width) = match &self.keys {
+            Keys::Aegis(key, width) => (key, *width),
             Keys::AesGcm(_) => return self.open_v3(raw, plain),
         };
         let Some(len) = self.record_len(raw)? else { return Ok(false) };
@@ -286,7 +382,7 @@ impl Opener {
         }
         let (body, tag) = raw[RECORD_HEADER..RECORD_HEADER + len].split_at_mut(len - TAG_LEN);
         let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("a tag's length");
-        Cipher::new(key, &nonce(self.next)).decrypt_in_place(body, tag, &[]).map_err(|_| Error::Decrypt)?;
+        open_in_place(width, key, &nonce(self.next), body, tag)?;
         self.next += 1;
         raw.advance(RECORD_HEADER);
         let record = raw.split_to(len - TAG_LEN);
@@ -300,7 +396,7 @@ impl Opener {
     /// that is not known yet, or it is whole): the room a read should make.
     pub fn missing(&self, raw: &[u8]) -> usize {
         match (&self.keys, self.record_len(raw)) {
-            (Keys::Aegis(_), Ok(Some(len))) => (RECORD_HEADER + len).saturating_sub(raw.len()),
+            (Keys::Aegis(..), Ok(Some(len))) => (RECORD_HEADER + len).saturating_sub(raw.len()),
             _ => 0,
         }
     }
@@ -345,16 +441,13 @@ impl Opener {
 
     /// Opens the next record's ciphertext and tag into `out` (as long as its plaintext).
     fn open_into(&self, sealed: &[u8], out: &mut [u8]) -> Result<(), Error> {
-        let key = match &self.keys {
-            Keys::Aegis(key) => key,
+        let (key, width) = match &self.keys {
+            Keys::Aegis(key, width) => (key, *width),
             Keys::AesGcm(keys) => return keys.read_message(self.next, sealed, out).map(drop).map_err(|_| Error::Decrypt),
         };
         let (ciphertext, tag) = sealed.split_at(sealed.len() - TAG_LEN);
-        let cipher = Cipher::new(key, &nonce(self.next));
-        let mut record = cipher.decryptor(&[], out);
-        record.update(ciphertext).map_err(|_| Error::Decrypt)?;
-        record.finalize(tag.try_into().expect("a tag's length")).map_err(|_| Error::Decrypt)?;
-        Ok(())
+        out.copy_from_slice(ciphertext);
+        open_in_place(width, key, &nonce(self.next), out, tag.try_into().expect("a tag's length"))
     }
 
     /// Opens one record's ciphertext given without its length (see [`Sealer::seal_vec`]).
@@ -440,9 +533,15 @@ mod tests {
     use bytes::BufMut;
 
     fn pair() -> (Session, Session) {
+        pair_with(0, 0)
+    }
+
+    /// The sessions of a handshake between identities with these flags: the dialer's,
+    /// then the acceptor's.
+    fn pair_with(mine: u32, yours: u32) -> (Session, Session) {
         let cookie = b"0123456789abcdef";
-        let me = Identity { name: "a@h".into(), flags: 0, creation: 1 };
-        let you = Identity { name: "b@h".into(), flags: 0, creation: 2 };
+        let me = Identity { name: "a@h".into(), flags: mine, creation: 1 };
+        let you = Identity { name: "b@h".into(), flags: yours, creation: 2 };
         let (d, hello) = Dialer::start(&me, "b@h", cookie).unwrap();
         let (a, ch) = Acceptor::on_hello(&you, cookie, hello).unwrap();
         let (d, proof) = d.on_challenge(ch).unwrap();
@@ -558,12 +657,24 @@ mod tests {
         }
     }
 
-    /// Each record is one AEGIS-128X4 message, under the direction's key with the record's
-    /// count as its nonce and no associated data, however its plaintext was gathered.
+    /// Each record is one AEGIS-128X4 (or X2) message, under the direction's key with the
+    /// record's count as its nonce and no associated data, however its plaintext was gathered.
     #[test]
-    fn a_record_is_one_aegis_128x4_message() {
-        let key = [9u8; 16];
-        let sealer = Sealer { keys: Keys::Aegis(key), next: AtomicU64::new(0) };
+    fn a_record_is_one_aegis_128_message_of_its_width() {
+        for width in [Width::X4, Width::X2] {
+            let key = [9u8; 16];
+            let sealer = Sealer { keys: Keys::Aegis(key, width), next: AtomicU64::new(0) };
+            let stream = sealed_records_open_as(&sealer, |n, ciphertext, tag| match width {
+                Width::X4 => Aegis128X4::<TAG_LEN>::new(&key, &nonce(n)).decrypt(ciphertext, tag, &[]).unwrap(),
+                Width::X2 => Aegis128X2::<TAG_LEN>::new(&key, &nonce(n)).decrypt(ciphertext, tag, &[]).unwrap(),
+            });
+            assert!(stream.is_ok(), "{width:?}: {stream:?}");
+        }
+    }
+
+    /// Seals a short record, then a gathered one, and opens each with `open`: Err names
+    /// what did not come back.
+    fn sealed_records_open_as(sealer: &Sealer, open: impl Fn(u64, &[u8], &[u8; TAG_LEN]) -> Vec<u8>) -> Result<(), String> {
         let mut plain = Plain::default();
         plain.push(&Frame::Send(Bytes::from(vec![6u8; 3_000])));
         plain.push(&Frame::Heartbeat);
@@ -574,11 +685,59 @@ mod tests {
         sealer.seal_plain(&plain, &mut second);
         for (n, (record, expected)) in [(&first[..], &b"first"[..]), (second.bytes(), &stream[..])].into_iter().enumerate() {
             let len = u32::from_be_bytes(record[..4].try_into().unwrap()) as usize;
-            assert_eq!(len + RECORD_HEADER, record.len());
+            if len + RECORD_HEADER != record.len() {
+                return Err(format!("record {n}: length {len} in a record of {}", record.len()));
+            }
             let (ciphertext, tag) = record[RECORD_HEADER..].split_at(len - TAG_LEN);
-            let opened = Cipher::new(&key, &nonce(n as u64)).decrypt(ciphertext, tag.try_into().unwrap(), &[]).unwrap();
-            assert_eq!(opened, expected);
+            if open(n as u64, ciphertext, tag.try_into().unwrap()) != expected {
+                return Err(format!("record {n} opened to other bytes"));
+            }
         }
+        Ok(())
+    }
+
+    /// Two nodes that both choose take AEGIS-128X2 unless both CPUs run X4 at full
+    /// speed; a node from before the choice (no flag) gets X4, as it always did.
+    #[test]
+    fn the_variant_is_x2_unless_both_run_x4_at_full_speed_or_one_predates_the_choice() {
+        let (choose, wide, hidden) = (FLAG_CIPHER_CHOICE, FLAG_WIDE_AES, crate::handshake::FLAG_HIDDEN);
+        for (a, b, width) in [
+            (choose, choose, Width::X2),
+            (choose | wide, choose, Width::X2),
+            (choose | wide, choose | wide | hidden, Width::X4),
+            (0, choose, Width::X4),
+            (wide, choose | wide, Width::X4),
+            (hidden, hidden, Width::X4),
+        ] {
+            assert_eq!(Width::between(a, b), width, "{a:#b} and {b:#b}");
+            assert_eq!(Width::between(b, a), width, "{b:#b} and {a:#b}");
+        }
+    }
+
+    /// The handshake gives both ends the same variant from the flags of both identities,
+    /// and records of one variant do not open as the other's.
+    #[test]
+    fn both_ends_of_a_handshake_seal_with_the_variant_their_flags_chose() {
+        let wide = FLAG_CIPHER_CHOICE | FLAG_WIDE_AES;
+        for (mine, yours, width) in [(FLAG_CIPHER_CHOICE, wide, Width::X2), (wide, wide, Width::X4), (FLAG_CIPHER_CHOICE, 0, Width::X4)] {
+            let (mut d, mut a) = pair_with(mine, yours);
+            assert_eq!((d.sealer.width(), a.sealer.width()), (Some(width), Some(width)), "{mine:#b} and {yours:#b}");
+            let mut wire = BytesMut::new();
+            d.sealer.seal(b"to the acceptor", &mut wire);
+            let mut plain = BytesMut::new();
+            assert!(a.opener.open(&mut wire, &mut plain).unwrap());
+            assert_eq!(&plain[..], b"to the acceptor");
+            a.sealer.seal(b"to the dialer", &mut wire);
+            let mut plain = BytesMut::new();
+            assert!(d.opener.open(&mut wire, &mut plain).unwrap());
+            assert_eq!(&plain[..], b"to the dialer");
+        }
+        let key = [3u8; 16];
+        let sealer = Sealer { keys: Keys::Aegis(key, Width::X2), next: AtomicU64::new(0) };
+        let mut opener = Opener { keys: Keys::Aegis(key, Width::X4), next: 0 };
+        let mut wire = BytesMut::new();
+        sealer.seal(b"x2", &mut wire);
+        assert_eq!(opener.open(&mut wire, &mut BytesMut::new()), Err(Error::Decrypt));
     }
 
     #[test]

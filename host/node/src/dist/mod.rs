@@ -281,7 +281,8 @@ impl Dist {
     }
 
     fn identity(&self) -> Identity {
-        Identity { name: self.0.cfg.name.clone(), flags: if self.0.cfg.hidden { wasmnode_proto::handshake::FLAG_HIDDEN } else { 0 }, creation: self.0.creation }
+        let hidden = if self.0.cfg.hidden { wasmnode_proto::handshake::FLAG_HIDDEN } else { 0 };
+        Identity { name: self.0.cfg.name.clone(), flags: hidden | wasmnode_proto::seal::cipher_flags(), creation: self.0.creation }
     }
 
     /// Sets the handler requests are offered to first, on their connection's reader.
