@@ -10,10 +10,10 @@
 //! ```
 //! The pattern is `Noise_NNpsk0_25519_AESGCM_SHA256` (the Noise Protocol Framework, via
 //! the `snow` crate; the records after it are sealed with AEGIS-128X2 or X4, as the two
-//! identities' flags choose, under the keys of its `Split()`, see [`crate::seal`]): both sides make a fresh X25519 key pair per
-//! connection, and the pre-shared key is an HMAC-SHA256 of the cookie, so the
-//! connection's keys can be derived only by a holder of the cookie who took part in
-//! this very handshake.
+//! identities' flags choose, under the keys of its `Split()`, see [`crate::seal`]): both
+//! sides make a fresh X25519 key pair per connection, and the pre-shared key is an
+//! HMAC-SHA256 of the cookie, so the connection's keys can be derived only by a holder
+//! of the cookie who took part in this very handshake.
 //! The prologue, which both sides hash into the handshake, is the protocol label and the
 //! name the dialer dialled (`to`): the acceptor uses its own name there, so a `Hello`
 //! meant for one node cannot be opened by another — a relay that forwards a dial to
@@ -56,8 +56,8 @@ use crate::{Error, PROTOCOL_VERSION};
 /// Flag: the node is hidden (a CLI or tool): it is never listed as a member.
 pub const FLAG_HIDDEN: u32 = 1;
 /// Flag: the node picks its records' AEGIS-128 variant with its peer's flags
-/// ([`crate::seal::Width::between`]). A node without it (from before 2026-12-02) seals
-/// with AEGIS-128X4, and so does every connection with it.
+/// ([`crate::seal::Width::between`]). A node without it (wire 5 up to commit 8127e8e)
+/// seals with AEGIS-128X4, and so does every connection with it.
 pub const FLAG_CIPHER_CHOICE: u32 = 1 << 1;
 /// Flag: the node's CPU runs AEGIS-128X4 at full speed (512-bit AES instructions).
 pub const FLAG_WIDE_AES: u32 = 1 << 2;
