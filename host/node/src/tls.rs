@@ -277,15 +277,15 @@ pub fn open(conn: &mut Connection, raw: &mut BytesMut, plain: &mut BytesMut) -> 
 /// Encrypts `plain` with `conn` and appends the records (and anything else `conn` has
 /// to send, such as a key update) to `out`.
 pub fn seal(conn: &mut Connection, plain: &[u8], out: &mut BytesMut) {
-    seal_pieces(conn, &[plain], &mut out.writer());
+    seal_pieces(conn, [plain], &mut out.writer());
 }
 
 /// Seals `pieces` as one byte stream (rustls packs them into records whatever their
 /// bounds), then appends the records to `out`.
-pub fn seal_pieces(conn: &mut Connection, pieces: &[&[u8]], out: &mut impl Write) {
-    let slices: Vec<IoSlice<'_>> = pieces.iter().filter(|p| !p.is_empty()).map(|p| IoSlice::new(p)).collect();
+pub fn seal_pieces<'p>(conn: &mut Connection, pieces: impl IntoIterator<Item = &'p [u8]>, out: &mut impl Write) {
+    let slices: Vec<IoSlice<'_>> = pieces.into_iter().filter(|p| !p.is_empty()).map(IoSlice::new).collect();
     if !slices.is_empty() {
-        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        let len: usize = slices.iter().map(|p| p.len()).sum();
         let n = conn.writer().write_vectored(&slices).expect("writing to memory");
         assert_eq!(n, len, "rustls buffers without limit");
     }
@@ -309,7 +309,7 @@ impl Link {
     }
 
     /// See [`seal_pieces`].
-    pub fn seal_pieces(&self, pieces: &[&[u8]], out: &mut impl Write) {
+    pub fn seal_pieces<'p>(&self, pieces: impl IntoIterator<Item = &'p [u8]>, out: &mut impl Write) {
         seal_pieces(&mut self.0.lock().unwrap(), pieces, out);
     }
 

@@ -2,8 +2,8 @@
 //!
 //! A record is a 4-byte big-endian length, then that many bytes of AEGIS-128X4 (or X2,
 //! below) ciphertext with its 16-byte tag. This is Noise's transport phase with AEGIS-128
-//! as its cipher function, and records longer than Noise's 65,535-byte messages (AEGIS takes messages
-//! up to 2^61 bytes under one nonce): each direction has its own key from the handshake's
+//! as its cipher function, and records longer than Noise's 65,535-byte messages (AEGIS
+//! takes messages up to 2^61 bytes under one nonce): each direction has its own key from the handshake's
 //! `Split()` (fresh per connection, derivable only by its two ends) and counts its
 //! records from 0; the count is the nonce and never crosses the wire, so a record
 //! altered, replayed, dropped, reordered or injected fails to open and the connection
@@ -664,36 +664,25 @@ mod tests {
         for width in [Width::X4, Width::X2] {
             let key = [9u8; 16];
             let sealer = Sealer { keys: Keys::Aegis(key, width), next: AtomicU64::new(0) };
-            let stream = sealed_records_open_as(&sealer, |n, ciphertext, tag| match width {
+            let open = |n: u64, ciphertext: &[u8], tag: &[u8; TAG_LEN]| match width {
                 Width::X4 => Aegis128X4::<TAG_LEN>::new(&key, &nonce(n)).decrypt(ciphertext, tag, &[]).unwrap(),
                 Width::X2 => Aegis128X2::<TAG_LEN>::new(&key, &nonce(n)).decrypt(ciphertext, tag, &[]).unwrap(),
-            });
-            assert!(stream.is_ok(), "{width:?}: {stream:?}");
-        }
-    }
-
-    /// Seals a short record, then a gathered one, and opens each with `open`: Err names
-    /// what did not come back.
-    fn sealed_records_open_as(sealer: &Sealer, open: impl Fn(u64, &[u8], &[u8; TAG_LEN]) -> Vec<u8>) -> Result<(), String> {
-        let mut plain = Plain::default();
-        plain.push(&Frame::Send(Bytes::from(vec![6u8; 3_000])));
-        plain.push(&Frame::Heartbeat);
-        let stream = plain.pieces().collect::<Vec<_>>().concat();
-        let mut first = BytesMut::new();
-        sealer.seal(b"first", &mut first);
-        let mut second = Sealed::default();
-        sealer.seal_plain(&plain, &mut second);
-        for (n, (record, expected)) in [(&first[..], &b"first"[..]), (second.bytes(), &stream[..])].into_iter().enumerate() {
-            let len = u32::from_be_bytes(record[..4].try_into().unwrap()) as usize;
-            if len + RECORD_HEADER != record.len() {
-                return Err(format!("record {n}: length {len} in a record of {}", record.len()));
-            }
-            let (ciphertext, tag) = record[RECORD_HEADER..].split_at(len - TAG_LEN);
-            if open(n as u64, ciphertext, tag.try_into().unwrap()) != expected {
-                return Err(format!("record {n} opened to other bytes"));
+            };
+            let mut plain = Plain::default();
+            plain.push(&Frame::Send(Bytes::from(vec![6u8; 3_000])));
+            plain.push(&Frame::Heartbeat);
+            let stream = plain.pieces().collect::<Vec<_>>().concat();
+            let mut first = BytesMut::new();
+            sealer.seal(b"first", &mut first);
+            let mut second = Sealed::default();
+            sealer.seal_plain(&plain, &mut second);
+            for (n, (record, expected)) in [(&first[..], &b"first"[..]), (second.bytes(), &stream[..])].into_iter().enumerate() {
+                let len = u32::from_be_bytes(record[..4].try_into().unwrap()) as usize;
+                assert_eq!(len + RECORD_HEADER, record.len(), "{width:?}");
+                let (ciphertext, tag) = record[RECORD_HEADER..].split_at(len - TAG_LEN);
+                assert_eq!(open(n as u64, ciphertext, tag.try_into().unwrap()), expected, "{width:?}");
             }
         }
-        Ok(())
     }
 
     /// Two nodes that both choose take AEGIS-128X2 unless both CPUs run X4 at full

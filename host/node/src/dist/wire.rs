@@ -30,7 +30,7 @@ impl Seal {
     pub(super) fn seal_plain(&self, plain: &Plain, out: &mut Sealed) {
         match self {
             Seal::Noise(s) => s.seal_plain(plain, out),
-            Seal::Tls(link) => link.seal_pieces(&plain.pieces().collect::<Vec<_>>(), out),
+            Seal::Tls(link) => link.seal_pieces(plain.pieces(), out),
         }
     }
 }
