@@ -3,21 +3,21 @@
 //! A record is a 4-byte big-endian length, then that many bytes of AEGIS-128X4 (or X2,
 //! below) ciphertext with its 16-byte tag. This is Noise's transport phase with AEGIS-128
 //! as its cipher function, and records longer than Noise's 65,535-byte messages (AEGIS
-//! takes messages up to 2^61 bytes under one nonce): each direction has its own key from the handshake's
-//! `Split()` (fresh per connection, derivable only by its two ends) and counts its
-//! records from 0; the count is the nonce and never crosses the wire, so a record
-//! altered, replayed, dropped, reordered or injected fails to open and the connection
-//! ends. AEGIS-128X4 is the CFRG's AEGIS family (draft-irtf-cfrg-aegis-aead), through the
-//! `aegis` crate's libaegis: an AES-round construction that seals several times faster
-//! than AES-GCM on CPUs with AES instructions; the X4 variant runs four AES lanes at once
-//! (AVX-512 VAES where the CPU has it, AVX2 or AES-NI otherwise); where either end's CPU
-//! lacks 512-bit AES instructions the two ends agree on AEGIS-128X2, which runs twice as
-//! fast there ([`Width`], chosen from the flags in the handshake's identities). Frames
-//! ([`crate::frame`]) are the plaintext, as a byte stream: one record may hold many
-//! frames, and a frame may span records. Each byte is read once, where it lies, and
-//! written once, encrypted: a large payload is sealed from its own buffer ([`Plain`]),
-//! and a record is opened in place, where it arrived, its frames then taken from there
-//! without a copy. A writer seals each batch of frames as one record (up to
+//! takes messages up to 2^61 bytes under one nonce): each direction has its own key from
+//! the handshake's `Split()` (fresh per connection, derivable only by its two ends) and
+//! counts its records from 0; the count is the nonce and never crosses the wire, so a
+//! record altered, replayed, dropped, reordered or injected fails to open and the
+//! connection ends. AEGIS-128X4 is the CFRG's AEGIS family (draft-irtf-cfrg-aegis-aead),
+//! through the `aegis` crate's libaegis: an AES-round construction that seals several
+//! times faster than AES-GCM on CPUs with AES instructions; the X4 variant runs four AES
+//! lanes at once (AVX-512 VAES where the CPU has it, AVX2 or AES-NI otherwise); where
+//! either end's CPU lacks 512-bit AES instructions the two ends agree on AEGIS-128X2,
+//! which runs twice as fast there ([`Width`], chosen from the flags in the handshake's
+//! identities). Frames ([`crate::frame`]) are the plaintext, as a byte stream: one record
+//! may hold many frames, and a frame may span records. Each byte is read once, where it
+//! lies, and written once, encrypted: a large payload is sealed from its own buffer
+//! ([`Plain`]), and a record is opened in place, where it arrived, its frames then taken
+//! from there without a copy. A writer seals each batch of frames as one record (up to
 //! [`MAX_RECORD_PLAIN`]), so a frame rarely spans two records; one that does is copied
 //! together. With a node of wire version 3 (from before AEGIS, during a rolling update)
 //! the records are Noise's own AES-256-GCM transport messages behind a 2-byte length,
