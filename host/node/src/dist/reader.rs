@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tracing::{debug, warn};
@@ -83,21 +83,25 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
             buf = BytesMut::new();
         }
         // Room for the rest of the record being read (records run up to 512 KiB), and
-        // for at least 16 KiB more.
-        let room = opener.missing(&raw).max(16 * 1024);
+        // for at least 16 KiB more. A read stops at the end of a record in progress, so
+        // that once it is opened and its frames taken, `raw` is empty and its memory is
+        // read into again from the start: no part of the next record to move there first.
+        let missing = opener.missing(&raw);
+        let room = missing.max(16 * 1024);
         if raw.capacity() - raw.len() < room {
             raw.reserve(room.max(64 * 1024));
         }
+        let mut into = (&mut raw).limit(if missing > 0 { missing } else { usize::MAX });
         // One timer for the connection's life, moved only when it fires: cheaper than a
         // new timeout around every read.
         loop {
             tokio::select! {
                 biased;
-                r = rd.read_buf(&mut raw) => match r {
+                r = rd.read_buf(&mut into) => match r {
                     // Only an end right behind its last `Leaving` (no part of a record or
                     // frame after it) tells that the peer sent everything: a reset or an
                     // end elsewhere may have cut replies off.
-                    Ok(0) if closing && raw.is_empty() && buf.is_empty() => return DownReason::Left,
+                    Ok(0) if closing && into.get_ref().is_empty() && buf.is_empty() => return DownReason::Left,
                     Ok(0) | Err(_) => return DownReason::ConnectionClosed,
                     Ok(_) => {
                         last_read = Instant::now();
