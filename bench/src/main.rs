@@ -13,6 +13,7 @@
 //! (spawns, remote and durable calls) and `web` (the gateway and outbound HTTP); this
 //! file holds the command line, the runner and what every figure shares.
 
+mod against;
 mod cluster;
 mod web;
 mod wire;
@@ -134,6 +135,30 @@ enum Child {
     /// The baseline's far end: a blocking echo server.
     #[command(hide = true)]
     EchoServer { addr: String },
+    /// The connection's figures (round trip, one-way throughput, connect) of this
+    /// build against another's, in alternated rounds: medians, the ratio each keeps,
+    /// and the record layer's ceiling on one-way throughput pinned.
+    /// (`./dev bench-against REV` builds REV and runs this.)
+    Against {
+        /// The other build's wasmnode-bench.
+        #[arg(long)]
+        before_bench: PathBuf,
+        /// The other build's wasmnode.
+        #[arg(long)]
+        before_bin: PathBuf,
+        /// What to call the other build in the table.
+        #[arg(long, default_value = "before")]
+        before_label: String,
+        /// Rounds, each measuring every figure with both builds in both placements.
+        #[arg(long, default_value_t = 8)]
+        rounds: usize,
+        /// Only this figure.
+        #[arg(long, value_name = "FIGURE", value_parser = clap::builder::PossibleValuesParser::new(against::FIGURES))]
+        only: Option<String>,
+        /// Where every round's figures and the summary go, as JSON.
+        #[arg(long, default_value = "bench-results/against.json")]
+        json: PathBuf,
+    },
 }
 
 fn main() {
@@ -142,6 +167,12 @@ fn main() {
     let measure = match cli.child {
         Some(Child::EchoServer { addr }) => return wire::echo_server(&addr),
         Some(Child::Measure { figure, placement }) => Some((figure, placement)),
+        Some(Child::Against { before_bench, before_bin, before_label, rounds, only, json }) => {
+            let before = against::Build { label: before_label, bench: before_bench, bin: before_bin };
+            let after = against::Build { label: "this".into(), bench: std::env::current_exe().unwrap(), bin: args.bin.clone() };
+            let figures: Vec<&str> = against::FIGURES.into_iter().filter(|f| only.as_deref().is_none_or(|o| o == *f)).collect();
+            return against::run(&before, &after, &args.plugins, &figures, rounds, args.quick, &json);
+        }
         None => None,
     };
     if let Some((figure, placement)) = measure {

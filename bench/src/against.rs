@@ -1,0 +1,284 @@
+//! `wasmnode-bench against`: the connection's figures of this tree against another
+//! build's, in alternated rounds, with the ratio each figure keeps and, for one-way
+//! throughput on one core, the ceiling the record layer puts on that ratio.
+//!
+//! Each round measures every figure in both placements with both builds, one right
+//! after the other (the order swapped every round, so neither always runs on a warmer
+//! machine), each in a child process of its own bench binary (`measure FIGURE
+//! PLACEMENT`, which every bench since the first has). A round's two runs are minutes
+//! apart at most, so the summary is the median of the rounds' own ratios (on a VM whose
+//! neighbours come and go, a ratio of the two builds' medians mixes rounds measured at
+//! different speeds), with their range beside it: a range that straddles 1 is noise. `./dev bench-against REV` builds REV's binaries and runs
+//! this; docs/benchmarks.md has the method and the arithmetic of the ceiling.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::*;
+
+/// The figures a comparison can take: those of the connection, which every build has.
+pub const FIGURES: [&str; 3] = ["rtt", "throughput", "connect"];
+
+/// One build: its bench binary and the `wasmnode` its nodes run.
+pub struct Build {
+    pub label: String,
+    pub bench: PathBuf,
+    pub bin: PathBuf,
+}
+
+/// Every round's figures, by placement and key, for the build before and after.
+#[derive(Default)]
+pub struct Rounds {
+    /// (placement, key) → the value in each round, before and after.
+    values: BTreeMap<(String, String), (Vec<f64>, Vec<f64>)>,
+}
+
+impl Rounds {
+    /// Adds one child's figures (a JSON object of numbers) for `placement`.
+    pub fn add(&mut self, placement: &str, after: bool, figures: &Value) {
+        for (key, v) in figures.as_object().into_iter().flatten() {
+            // A count of samples is not a figure.
+            let (Some(v), false) = (v.as_f64(), key.ends_with("_samples")) else { continue };
+            let slot = self.values.entry((placement.to_string(), key.clone())).or_default();
+            if after { &mut slot.1 } else { &mut slot.0 }.push(v);
+        }
+    }
+
+    fn median_of(&self, placement: &str, key: &str, after: bool) -> Option<f64> {
+        let (b, a) = self.values.get(&(placement.to_string(), key.to_string()))?;
+        median(if after { a } else { b })
+    }
+
+    /// One row per figure both builds measured, in key order within each placement.
+    pub fn summary(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for ((placement, key), (before, after)) in &self.values {
+            let (Some(b), Some(a)) = (median(before), median(after)) else { continue };
+            let latency = key.ends_with("_us");
+            // A latency compares as the difference, anything else as the ratio.
+            let change = |b: f64, a: f64| if latency { a - b } else { a / b };
+            let paired: Vec<f64> = before.iter().zip(after).map(|(&b, &a)| change(b, a)).collect();
+            let low = paired.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = paired.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let cap = self.cap(placement, key, b);
+            rows.push(Row {
+                placement: placement.clone(),
+                key: key.clone(),
+                before: b,
+                after: a,
+                change: median(&paired).unwrap_or(f64::NAN),
+                range: (low, high),
+                cap,
+                target: target(placement, key, b, a),
+            });
+        }
+        rows
+    }
+
+    /// On one core (`pinned`), the ratio a one-way figure cannot pass whatever the
+    /// code around the cipher does: that core spends 1/P a byte for the build before
+    /// (P its GB/s), and the build after adds sealing and opening each byte at the
+    /// rates its record layer alone reaches on that core (s, o): 1 / (1 + P (1/s + 1/o)).
+    /// Free, the two ends run on two cores and no such sum holds: none.
+    fn cap(&self, placement: &str, key: &str, plain: f64) -> Option<f64> {
+        if placement != "pinned" || !(key.starts_with("oneway_") && key.ends_with("_gb_per_s")) {
+            return None;
+        }
+        let seal = self.median_of(placement, "seal_64kib_gb_per_s", true)?;
+        let open = self.median_of(placement, "open_64kib_gb_per_s", true)?;
+        Some(record_layer_cap(plain, seal, open))
+    }
+}
+
+/// The cap of [`Rounds::cap`]: plaintext at `plain` GB/s on one core, against sealing
+/// at `seal` and opening at `open` GB/s on that core.
+pub fn record_layer_cap(plain: f64, seal: f64, open: f64) -> f64 {
+    1.0 / (1.0 + plain * (1.0 / seal + 1.0 / open))
+}
+
+/// The figure of merit of one key in one placement over the rounds.
+pub struct Row {
+    pub placement: String,
+    pub key: String,
+    pub before: f64,
+    pub after: f64,
+    /// The median of the rounds' after ÷ before, or after − before for a latency (µs).
+    pub change: f64,
+    /// The least and greatest change of any one round.
+    pub range: (f64, f64),
+    /// For one-way throughput pinned: the record layer's ceiling on `change`.
+    pub cap: Option<f64>,
+    /// Issue 15's target for this figure, and whether it holds.
+    pub target: Option<(&'static str, bool)>,
+}
+
+/// The targets the encrypted connection was given against plaintext: one-way 1 KiB and
+/// 64 KiB at 90 % of it, the round trip at most 3 µs more at the median pinned, and a
+/// connect with its handshake within 1 ms.
+fn target(placement: &str, key: &str, before: f64, after: f64) -> Option<(&'static str, bool)> {
+    match key {
+        "oneway_1kib_gb_per_s" | "oneway_64kib_gb_per_s" => Some(("≥ 0.90", after / before >= 0.9)),
+        "rtt_16b_median_us" if placement == "pinned" => Some(("≤ +3 µs", after - before <= 3.0)),
+        "connect_handshake_median_us" => Some(("≤ 1000 µs", after <= 1000.0)),
+        _ => None,
+    }
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
+}
+
+/// Runs `rounds` rounds of `figures` with `before` and `after`, printing a line as each
+/// measurement ends (a round of all three figures takes about two minutes), then the
+/// table; writes every value and the summary to `json`.
+pub fn run(before: &Build, after: &Build, plugins: &Path, figures: &[&str], rounds: usize, quick: bool, json_path: &Path) {
+    let mut all = Rounds::default();
+    let mut log = Vec::new();
+    for round in 0..rounds {
+        for figure in figures {
+            for placement in ["free", "pinned"] {
+                let order = if round % 2 == 0 { [before, after] } else { [after, before] };
+                for build in order {
+                    let t = Instant::now();
+                    let v = measure_with(build, figure, placement, plugins, quick);
+                    eprintln!("round {}/{rounds}: {figure} {placement} {} ({:.0} s)", round + 1, build.label, t.elapsed().as_secs_f64());
+                    all.add(placement, std::ptr::eq(build, after), &v);
+                    log.push(json!({ "round": round, "figure": figure, "placement": placement, "build": build.label, "values": v }));
+                }
+            }
+        }
+    }
+    let rows = all.summary();
+    print_table(before, after, rounds, &rows);
+    let summary: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({ "placement": r.placement, "key": r.key, "before": r.before, "after": r.after, "change": r.change,
+                    "range": [r.range.0, r.range.1], "cap": r.cap, "target": r.target.map(|t| t.0), "holds": r.target.map(|t| t.1) })
+        })
+        .collect();
+    let doc = json!({
+        "machine": machine(),
+        "before": { "bench": before.bench, "bin": before.bin },
+        "after": { "bench": after.bench, "bin": after.bin },
+        "rounds": rounds,
+        "summary": summary,
+        "measurements": log,
+    });
+    if let Some(dir) = json_path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(json_path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    println!("\nwrote {}", json_path.display());
+}
+
+fn measure_with(build: &Build, figure: &str, placement: &str, plugins: &Path, quick: bool) -> Value {
+    let mut cmd = Command::new(&build.bench);
+    cmd.args(["measure", figure, placement, "--bin"]).arg(&build.bin).arg("--plugins").arg(plugins);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd.stderr(Stdio::inherit()).output().unwrap_or_else(|e| panic!("run {}: {e}", build.bench.display()));
+    assert!(out.status.success(), "{} measuring {figure} ({placement}) failed", build.label);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{} measuring {figure} ({placement}) printed no JSON: {e}", build.label))
+}
+
+fn print_table(before: &Build, after: &Build, rounds: usize, rows: &[Row]) {
+    let (b, a) = (&before.label, &after.label);
+    println!("\n{b} = {}\n{a} = {}", before.bin.display(), after.bin.display());
+    println!("{rounds} rounds: each build's median, and the median of the rounds' own {a} ÷ {b} (a latency: {a} − {b}) with their range");
+    println!("\n| figure | placement | {b} | {a} | change (rounds) | cap | of cap | target |\n|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let latency = r.key.ends_with("_us");
+        let change = if latency {
+            format!("{:+.1} µs ({:+.1} … {:+.1})", r.change, r.range.0, r.range.1)
+        } else {
+            format!("{:.2} ({:.2} … {:.2})", r.change, r.range.0, r.range.1)
+        };
+        let (cap, of_cap) = match r.cap {
+            Some(c) => (format!("{c:.2}"), format!("{:.2}", r.change / c)),
+            None => (String::new(), String::new()),
+        };
+        let target = r.target.map(|(t, ok)| format!("{t} {}", if ok { "✔" } else { "✘" })).unwrap_or_default();
+        println!("| {} | {} | {} | {} | {change} | {cap} | {of_cap} | {target} |", r.key, r.placement, value(&r.key, r.before), value(&r.key, r.after));
+    }
+}
+
+/// A figure with its unit, as the bench's table prints it; a bare number (a ratio) to
+/// two decimals.
+fn value(key: &str, v: f64) -> String {
+    let s = fmt_value(key, &json!(v));
+    if s.parse::<f64>().is_ok() {
+        format!("{v:.2}")
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rounds(pairs: &[(&str, &str, f64, f64)]) -> Rounds {
+        let mut r = Rounds::default();
+        for &(placement, key, b, a) in pairs {
+            r.add(placement, false, &json!({ key: b }));
+            r.add(placement, true, &json!({ key: a }));
+        }
+        r
+    }
+
+    #[test]
+    fn the_cap_is_what_one_core_has_left_after_sealing_and_opening() {
+        // Plaintext at 3 GB/s; sealing and opening at 30 GB/s each add 0.2 of its cost.
+        assert!((record_layer_cap(3.0, 30.0, 30.0) - 1.0 / 1.2).abs() < 1e-12);
+        // A record layer infinitely fast costs nothing.
+        assert_eq!(record_layer_cap(3.0, f64::INFINITY, f64::INFINITY), 1.0);
+    }
+
+    #[test]
+    fn throughput_compares_as_a_ratio_with_its_cap_pinned_only() {
+        let mut r = rounds(&[
+            ("pinned", "oneway_64kib_gb_per_s", 3.0, 2.4),
+            ("pinned", "oneway_64kib_gb_per_s", 3.2, 2.8),
+            ("pinned", "oneway_64kib_gb_per_s", 2.8, 2.5),
+            ("free", "oneway_64kib_gb_per_s", 5.0, 3.0),
+        ]);
+        r.add("pinned", true, &json!({ "seal_64kib_gb_per_s": 30.0, "open_64kib_gb_per_s": 30.0 }));
+        let rows = r.summary();
+        let pinned = rows.iter().find(|r| r.placement == "pinned" && r.key == "oneway_64kib_gb_per_s").unwrap();
+        assert_eq!((pinned.before, pinned.after), (3.0, 2.5));
+        // The median of the rounds' ratios (0.8, 0.875, 0.893), not the ratio of medians (0.833).
+        assert!((pinned.change - 2.8 / 3.2).abs() < 1e-12);
+        assert!((pinned.range.0 - 0.8).abs() < 1e-12 && (pinned.range.1 - 2.5 / 2.8).abs() < 1e-12);
+        assert!((pinned.cap.unwrap() - 1.0 / 1.2).abs() < 1e-12);
+        assert_eq!(pinned.target, Some(("≥ 0.90", false)));
+        let free = rows.iter().find(|r| r.placement == "free").unwrap();
+        assert_eq!(free.cap, None, "two cores: no sum of costs caps the ratio");
+        // The record layer's own rates were measured by one build only: no row.
+        assert!(rows.iter().all(|r| !r.key.starts_with("seal_")));
+    }
+
+    #[test]
+    fn latency_compares_as_a_difference_against_its_target() {
+        let rows = rounds(&[
+            ("pinned", "rtt_16b_median_us", 8.0, 9.5),
+            ("pinned", "rtt_16b_median_us", 8.4, 12.0),
+            ("free", "connect_handshake_median_us", 300.0, 1200.0),
+        ])
+        .summary();
+        let rtt = rows.iter().find(|r| r.key == "rtt_16b_median_us").unwrap();
+        assert!((rtt.before - 8.2).abs() < 1e-9 && (rtt.after - 10.75).abs() < 1e-9, "the median of two is their mean");
+        assert!((rtt.change - 2.55).abs() < 1e-9);
+        assert!((rtt.range.0 - 1.5).abs() < 1e-9 && (rtt.range.1 - 3.6).abs() < 1e-9);
+        assert_eq!(rtt.target, Some(("≤ +3 µs", true)));
+        let connect = rows.iter().find(|r| r.key == "connect_handshake_median_us").unwrap();
+        assert_eq!(connect.target, Some(("≤ 1000 µs", false)));
+    }
+}
