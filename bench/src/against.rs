@@ -5,11 +5,12 @@
 //! Each round measures every figure in both placements with both builds, one right
 //! after the other (the order swapped every round, so neither always runs on a warmer
 //! machine), each in a child process of its own bench binary (`measure FIGURE
-//! PLACEMENT`, which every bench since the first has). A round's two runs are minutes
-//! apart at most, so the summary is the median of the rounds' own ratios (on a VM whose
-//! neighbours come and go, a ratio of the two builds' medians mixes rounds measured at
-//! different speeds), with their range beside it: a range that straddles 1 is noise. `./dev bench-against REV` builds REV's binaries and runs
-//! this; docs/benchmarks.md has the method and the arithmetic of the ceiling.
+//! PLACEMENT`, which every bench since the first has). A round's two runs of a figure
+//! are seconds apart, so the summary is the median of the rounds' own ratios (on a VM
+//! whose neighbours come and go, a ratio of the two builds' medians mixes rounds
+//! measured at different speeds), with their range beside it: a range that straddles 1
+//! is noise. `./dev bench-against REV` builds REV's binaries and runs this;
+//! docs/benchmarks.md has the method and the arithmetic of the ceiling.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -60,26 +61,27 @@ impl Rounds {
             let paired: Vec<f64> = before.iter().zip(after).map(|(&b, &a)| change(b, a)).collect();
             let low = paired.iter().copied().fold(f64::INFINITY, f64::min);
             let high = paired.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let cap = self.cap(placement, key, b);
+            let change = median(&paired).unwrap_or(f64::NAN);
             rows.push(Row {
                 placement: placement.clone(),
                 key: key.clone(),
                 before: b,
                 after: a,
-                change: median(&paired).unwrap_or(f64::NAN),
+                change,
                 range: (low, high),
-                cap,
-                target: target(placement, key, b, a),
+                cap: self.cap(placement, key, b),
+                target: target(placement, key, change, a),
             });
         }
         rows
     }
 
-    /// On one core (`pinned`), the ratio a one-way figure cannot pass whatever the
-    /// code around the cipher does: that core spends 1/P a byte for the build before
-    /// (P its GB/s), and the build after adds sealing and opening each byte at the
-    /// rates its record layer alone reaches on that core (s, o): 1 / (1 + P (1/s + 1/o)).
-    /// Free, the two ends run on two cores and no such sum holds: none.
+    /// On one core (`pinned`), the ratio a one-way figure keeps if the code around the
+    /// cipher costs what the build before's does: that core spends 1/P a byte for the
+    /// build before (P its GB/s), and the build after adds sealing and opening each byte
+    /// at the rates its record layer alone reaches on that core (s, o):
+    /// 1 / (1 + P (1/s + 1/o)). Free, the two ends run on two cores and no such sum
+    /// holds: none.
     fn cap(&self, placement: &str, key: &str, plain: f64) -> Option<f64> {
         if placement != "pinned" || !(key.starts_with("oneway_") && key.ends_with("_gb_per_s")) {
             return None;
@@ -114,11 +116,12 @@ pub struct Row {
 
 /// The targets the encrypted connection was given against plaintext: one-way 1 KiB and
 /// 64 KiB at 90 % of it, the round trip at most 3 µs more at the median pinned, and a
-/// connect with its handshake within 1 ms.
-fn target(placement: &str, key: &str, before: f64, after: f64) -> Option<(&'static str, bool)> {
+/// connect with its handshake within 1 ms. Judged on the row's `change` (as the table
+/// shows it) and, for the connect, the build after's median.
+fn target(placement: &str, key: &str, change: f64, after: f64) -> Option<(&'static str, bool)> {
     match key {
-        "oneway_1kib_gb_per_s" | "oneway_64kib_gb_per_s" => Some(("≥ 0.90", after / before >= 0.9)),
-        "rtt_16b_median_us" if placement == "pinned" => Some(("≤ +3 µs", after - before <= 3.0)),
+        "oneway_1kib_gb_per_s" | "oneway_64kib_gb_per_s" => Some(("≥ 0.90", change >= 0.9)),
+        "rtt_16b_median_us" if placement == "pinned" => Some(("≤ +3 µs", change <= 3.0)),
         "connect_handshake_median_us" => Some(("≤ 1000 µs", after <= 1000.0)),
         _ => None,
     }
@@ -259,6 +262,12 @@ mod tests {
         assert!((pinned.range.0 - 0.8).abs() < 1e-12 && (pinned.range.1 - 2.5 / 2.8).abs() < 1e-12);
         assert!((pinned.cap.unwrap() - 1.0 / 1.2).abs() < 1e-12);
         assert_eq!(pinned.target, Some(("≥ 0.90", false)));
+        // Judged on the change the table shows, the rounds' own ratios (0.95, 0.80, 0.95
+        // → 0.95), though the ratio of the medians (2.4 ÷ 3.0 = 0.80) would fail it.
+        let rows =
+            rounds(&[("free", "oneway_1kib_gb_per_s", 2.0, 1.9), ("free", "oneway_1kib_gb_per_s", 3.0, 2.4), ("free", "oneway_1kib_gb_per_s", 4.0, 3.8)])
+                .summary();
+        assert_eq!(rows[0].target, Some(("≥ 0.90", true)));
         let free = rows.iter().find(|r| r.placement == "free").unwrap();
         assert_eq!(free.cap, None, "two cores: no sum of costs caps the ratio");
         // The record layer's own rates were measured by one build only: no row.
