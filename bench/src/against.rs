@@ -149,7 +149,7 @@ pub fn run(before: &Build, after: &Build, plugins: &Path, figures: &[&str], roun
                 let order = if round % 2 == 0 { [before, after] } else { [after, before] };
                 for build in order {
                     let t = Instant::now();
-                    let v = measure_with(build, figure, placement, plugins, quick);
+                    let v = measure_in_child(&build.bench, &build.bin, plugins, figure, placement, quick);
                     eprintln!("round {}/{rounds}: {figure} {placement} {} ({:.0} s)", round + 1, build.label, t.elapsed().as_secs_f64());
                     all.add(placement, std::ptr::eq(build, after), &v);
                     log.push(json!({ "round": round, "figure": figure, "placement": placement, "build": build.label, "values": v }));
@@ -179,17 +179,6 @@ pub fn run(before: &Build, after: &Build, plugins: &Path, figures: &[&str], roun
     }
     std::fs::write(json_path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("\nwrote {}", json_path.display());
-}
-
-fn measure_with(build: &Build, figure: &str, placement: &str, plugins: &Path, quick: bool) -> Value {
-    let mut cmd = Command::new(&build.bench);
-    cmd.args(["measure", figure, placement, "--bin"]).arg(&build.bin).arg("--plugins").arg(plugins);
-    if quick {
-        cmd.arg("--quick");
-    }
-    let out = cmd.stderr(Stdio::inherit()).output().unwrap_or_else(|e| panic!("run {}: {e}", build.bench.display()));
-    assert!(out.status.success(), "{} measuring {figure} ({placement}) failed", build.label);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{} measuring {figure} ({placement}) printed no JSON: {e}", build.label))
 }
 
 fn print_table(before: &Build, after: &Build, rounds: usize, rows: &[Row]) {

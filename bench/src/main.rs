@@ -206,15 +206,7 @@ fn run_all(args: &Args) {
             continue;
         }
         for placement in ["free", "pinned"] {
-            let me = std::env::current_exe().unwrap();
-            let mut cmd = Command::new(me);
-            cmd.args(["measure", figure, placement, "--bin"]).arg(&args.bin).arg("--plugins").arg(&args.plugins);
-            if args.quick {
-                cmd.arg("--quick");
-            }
-            let out = cmd.stderr(Stdio::inherit()).output().expect("run the measuring child");
-            assert!(out.status.success(), "measuring {figure} ({placement}) failed");
-            let v: Value = serde_json::from_slice(&out.stdout).expect("child prints JSON");
+            let v = measure_in_child(&std::env::current_exe().unwrap(), &args.bin, &args.plugins, figure, placement, args.quick);
             for (k, val) in v.as_object().unwrap() {
                 table.push((k.clone(), placement.to_string(), fmt_value(k, val)));
             }
@@ -242,6 +234,19 @@ fn run_all(args: &Args) {
     let doc = json!({ "machine": machine(), "results": results });
     std::fs::write(&args.json, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("\nwrote {}", args.json.display());
+}
+
+/// Runs `bench measure FIGURE PLACEMENT` (this bench, or another build's: every bench
+/// has that subcommand) with nodes running `bin`, and returns the figures it prints.
+fn measure_in_child(bench: &Path, bin: &Path, plugins: &Path, figure: &str, placement: &str, quick: bool) -> Value {
+    let mut cmd = Command::new(bench);
+    cmd.args(["measure", figure, placement, "--bin"]).arg(bin).arg("--plugins").arg(plugins);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd.stderr(Stdio::inherit()).output().unwrap_or_else(|e| panic!("run {}: {e}", bench.display()));
+    assert!(out.status.success(), "{} measuring {figure} ({placement}) failed", bin.display());
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{} measuring {figure} ({placement}) printed no JSON: {e}", bin.display()))
 }
 
 fn fmt_value(key: &str, v: &Value) -> String {
