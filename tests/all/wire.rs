@@ -343,7 +343,20 @@ fn two_thousand_hostile_connections_keep_neither_a_member_nor_the_cli_out() {
             }
         })
     };
-    wait_until(FORM, "the flood to open 2,000 connections", || opened.load(Ordering::Relaxed) >= 2000, String::new);
+    let overflows = listen_overflows();
+    wait_until(
+        FORM,
+        "the flood to open 2,000 connections",
+        || opened.load(Ordering::Relaxed) >= 2000,
+        || {
+            format!(
+                "opened {}; SYNs the kernel dropped meanwhile, its queue of connections to accept being full (TcpExt ListenOverflows, machine-wide): {}\n{}",
+                opened.load(Ordering::Relaxed),
+                listen_overflows() - overflows,
+                a.log()
+            )
+        },
+    );
 
     // The CLI, through the flooded node.
     let t0 = Instant::now();
@@ -363,6 +376,56 @@ fn two_thousand_hostile_connections_keep_neither_a_member_nor_the_cli_out() {
     assert!(opened.load(Ordering::Relaxed) > 2000, "the node dropped none of the flood's connections");
     assert!(a.count("too many handshakes in progress") <= 20, "dropped handshakes are logged once per interval:\n{}", a.log());
     eprintln!("flood: {} connections opened; CLI {took:?}; rejoined {rejoined:?} after listening", opened.load(Ordering::Relaxed));
+}
+
+/// The kernel's count of connections dropped because a listener's accept queue was full
+/// (`TcpExt ListenOverflows` in /proc/net/netstat), machine-wide.
+fn listen_overflows() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .chunks(2)
+        .filter(|pair| pair.len() == 2 && pair[0].starts_with("TcpExt:"))
+        .find_map(|pair| pair[0].split_whitespace().zip(pair[1].split_whitespace()).find(|(k, _)| *k == "ListenOverflows").and_then(|(_, v)| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// While a node is paused (a stalled VM, a machine out of CPU for a moment), the kernel
+/// queues the connections made to it: a burst of 1,000 from one address each completes
+/// at once instead of waiting for a dropped SYN's retransmission, and once the node
+/// resumes it drops the burst and the CLI answers within 2 s.
+#[test]
+fn a_paused_node_queues_a_burst_of_connections_and_answers_after_it() {
+    use std::time::Instant;
+    let name = "a@127.0.97.1";
+    let (_dir, a) = lone_node("wire-burst", name);
+    let target: std::net::SocketAddr = "127.0.97.1:4370".parse().unwrap();
+    a.signal(libc::SIGSTOP);
+    let mut burst = Vec::new();
+    for i in 0..1000 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&"127.0.97.66:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        let t0 = Instant::now();
+        if let Err(e) = s.connect_timeout(&target.into(), Duration::from_millis(500)) {
+            let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap_or_default();
+            panic!(
+                "connect {} of the burst to the paused node failed after {:?}: {e}; the node's listen queue is full \
+                 (net.core.somaxconn = {}; `ss -ltn 'sport = :4370'` shows the queue's depth as Send-Q)",
+                i + 1,
+                t0.elapsed(),
+                somaxconn.trim()
+            );
+        }
+        burst.push(s);
+    }
+    a.signal(libc::SIGCONT);
+    let t0 = Instant::now();
+    let out = cli(&["nodes", "--node", name], COOKIE);
+    let took = t0.elapsed();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(took < Duration::from_secs(2), "the CLI took {took:?} after the burst");
+    a.wait_log("too many handshakes in progress", FORM);
+    drop(burst);
 }
 
 /// A peer with the cookie that sends pings and never reads the pongs: the node queues

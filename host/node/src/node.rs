@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 use wasmnode_proto::Service;
@@ -136,7 +135,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut workers = workers;
     workers.rebalance = cfg.node.rebalance_on_join;
 
-    let listener = TcpListener::bind(cfg.node.listen).await.with_context(|| format!("cannot listen on {}", cfg.node.listen))?;
+    let listener = crate::dist::listen(cfg.node.listen).with_context(|| format!("cannot listen on {}", cfg.node.listen))?;
     let (tx, rx) = mpsc::unbounded_channel();
     let dist = Dist::new(
         DistConfig {
@@ -166,14 +165,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let token: Option<Arc<str>> = token.map(Into::into);
     let apart = cfg.http.gateway_listen.filter(|_| cfg.http.gateway);
     if let Some(addr) = cfg.http.listen {
-        let http = TcpListener::bind(addr).await.with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+        let http = crate::dist::listen(addr).with_context(|| format!("cannot listen for HTTP on {addr}"))?;
         let gateway = cfg.http.gateway && apart.is_none();
         info!("HTTP on {addr}{}", if gateway { " (worker gateway on)" } else { "" });
         let routes = crate::http::Routes { probes: true, gateway, token: token.clone() };
         tokio::spawn(crate::http::serve(http, registry.clone(), routes, drain.clone(), Default::default()));
     }
     if let Some(addr) = apart {
-        let http = TcpListener::bind(addr).await.with_context(|| format!("cannot listen for the worker gateway on {addr}"))?;
+        let http = crate::dist::listen(addr).with_context(|| format!("cannot listen for the worker gateway on {addr}"))?;
         info!("worker gateway on {addr}");
         let routes = crate::http::Routes { probes: false, gateway: true, token };
         tokio::spawn(crate::http::serve(http, registry.clone(), routes, drain.clone(), Default::default()));

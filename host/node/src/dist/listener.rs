@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, warn};
 use wasmnode_proto::handshake::{Acceptor, Message, Refusal};
 
@@ -16,6 +16,24 @@ use super::{DialError, Dist};
 use crate::admission::{self, HalfOpen};
 use crate::refusals::{self, RefusalLog};
 use crate::tls;
+
+/// The depth of the kernel's queue of connections waiting for `accept`, asked for every
+/// listener the node opens (Linux caps it at `net.core.somaxconn`, 4096 by default since
+/// 5.4). Tokio's `TcpListener::bind` asks for 128, the standard library's value: a burst
+/// of 128 connects while the node is busy for a moment (a flood of connections, or a
+/// moment without a CPU on a loaded machine) fills it, and the kernel then drops every
+/// SYN, a member's and the CLI's too, whose connect then waits a second for its
+/// retransmission, then two more. nginx asks for 511, Go for `somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`, as
+/// `TcpListener::bind` does save for the queue's depth.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 impl Dist {
     /// Accepts connections until the listener fails; spawn it.
