@@ -20,7 +20,7 @@ use crate::tls;
 /// The depth of the kernel's queue of connections waiting for `accept`, asked for every
 /// listener the node opens (Linux caps it at `net.core.somaxconn`, 4096 by default since
 /// 5.4). Tokio's `TcpListener::bind` asks for 128, the standard library's value: a burst
-/// of 128 connects while the node is busy for a moment (a flood of connections, or a
+/// of 129 connects while the node is busy for a moment (a flood of connections, or a
 /// moment without a CPU on a loaded machine) fills it, and the kernel then drops every
 /// SYN, a member's and the CLI's too, whose connect then waits a second for its
 /// retransmission, then two more. nginx asks for 511, Go for `somaxconn`.
