@@ -352,7 +352,7 @@ fn two_thousand_hostile_connections_keep_neither_a_member_nor_the_cli_out() {
             format!(
                 "opened {}; SYNs the kernel dropped meanwhile, its queue of connections to accept being full (TcpExt ListenOverflows, machine-wide): {}\n{}",
                 opened.load(Ordering::Relaxed),
-                listen_overflows() - overflows,
+                listen_overflows().saturating_sub(overflows),
                 a.log()
             )
         },

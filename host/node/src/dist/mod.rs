@@ -44,7 +44,7 @@ mod tests;
 mod wire;
 mod writer;
 
-pub use listener::{listen, LISTEN_BACKLOG};
+pub use listener::listen;
 pub use peer::{FastRequests, Peer};
 use peer::{Out, PeerInner};
 use reader::read_loop;
