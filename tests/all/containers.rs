@@ -34,28 +34,50 @@ fn ok(cmd: &mut Command) -> String {
 
 /// One container test at a time (they share the two cores with the rest of the suite),
 /// after leftovers of an interrupted earlier run are removed and the image is checked.
-fn exclusive() -> MutexGuard<'static, ()> {
+/// Held until the test ends, after its containers are down.
+struct Exclusive {
+    _in_process: MutexGuard<'static, ()>,
+    // Unlocked when closed. Locks across processes too: `cargo nextest` runs each test
+    // in a process of its own, where the mutex alone would let two run at once and one
+    // take the other's containers for leftovers.
+    _across_processes: std::fs::File,
+}
+
+fn exclusive() -> Exclusive {
     static LOCK: Mutex<()> = Mutex::new(());
     static CLEAN: Once = Once::new();
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let in_process = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = std::env::temp_dir().join("wasmnode-container-tests.lock");
+    let file = std::fs::File::options().create(true).truncate(false).write(true).open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    file.lock().unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
     CLEAN.call_once(|| {
         let info = run(Command::new("docker").arg("info"));
         assert!(info.status.success(), "the Docker daemon does not answer `docker info`: start it (systemctl start docker)");
         let img = run(Command::new("docker").args(["image", "inspect", &image()]));
         assert!(img.status.success(), "image {} is missing: build it with ./dev image (./dev test does)", image());
-        // Leftovers of an interrupted run (its process is gone, its project name stays).
+        // Leftovers of an interrupted run: its process is gone, its project name (which
+        // ends in that process's id) stays.
         let format = ["--format", "{{.ID}} {{.Label \"com.docker.compose.project\"}}"];
         for (list, remove) in [(vec!["ps", "-a"], vec!["rm", "-f"]), (vec!["network", "ls"], vec!["network", "rm"])] {
             for line in ok(Command::new("docker").args(&list).args(format)).lines() {
                 if let Some((id, project)) = line.split_once(' ') {
-                    if project.starts_with("wasmnode-test-") {
+                    if leftover(project) {
                         let _ = run(Command::new("docker").args(&remove).arg(id));
                     }
                 }
             }
         }
     });
-    guard
+    Exclusive { _in_process: in_process, _across_processes: file }
+}
+
+/// Whether a Compose project is a test's whose process has ended (see [`Compose::up`]).
+fn leftover(project: &str) -> bool {
+    let Some(rest) = project.strip_prefix("wasmnode-test-") else { return false };
+    match rest.rsplit('-').next().and_then(|pid| pid.parse::<u32>().ok()) {
+        Some(pid) => !std::path::Path::new("/proc").join(pid.to_string()).exists(),
+        None => true,
+    }
 }
 
 /// A docker-compose project of the repository's docker-compose.yml on its own subnet,
