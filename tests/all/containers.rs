@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::Once;
 use std::time::Duration;
 
 use wasmnode_testkit::*;
@@ -34,19 +34,11 @@ fn ok(cmd: &mut Command) -> String {
 
 /// One container test at a time (they share the two cores with the rest of the suite),
 /// after leftovers of an interrupted earlier run are removed and the image is checked.
-/// Held until the test ends, after its containers are down.
-struct Exclusive {
-    _in_process: MutexGuard<'static, ()>,
-    // Unlocked when closed. Locks across processes too: `cargo nextest` runs each test
-    // in a process of its own, where the mutex alone would let two run at once and one
-    // take the other's containers for leftovers.
-    _across_processes: std::fs::File,
-}
-
-fn exclusive() -> Exclusive {
-    static LOCK: Mutex<()> = Mutex::new(());
+/// Held until the test ends, after its containers are down: a lock on a file, which
+/// serialises the tests' threads and processes alike (`cargo nextest` runs each test in
+/// a process of its own), and is let go when the file closes.
+fn exclusive() -> std::fs::File {
     static CLEAN: Once = Once::new();
-    let in_process = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = std::env::temp_dir().join("wasmnode-container-tests.lock");
     let file = std::fs::File::options().create(true).truncate(false).write(true).open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
     file.lock().unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
@@ -68,7 +60,7 @@ fn exclusive() -> Exclusive {
             }
         }
     });
-    Exclusive { _in_process: in_process, _across_processes: file }
+    file
 }
 
 /// Whether a Compose project is a test's whose process has ended (see [`Compose::up`]).
