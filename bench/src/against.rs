@@ -55,9 +55,9 @@ impl Rounds {
         let mut rows = Vec::new();
         for ((placement, key), (before, after)) in &self.values {
             let (Some(b), Some(a)) = (median(before), median(after)) else { continue };
-            let latency = key.ends_with("_us");
-            // A latency compares as the difference, anything else as the ratio.
-            let change = |b: f64, a: f64| if latency { a - b } else { a / b };
+            // A latency or a share compares as the difference, anything else as the ratio.
+            let additive = is_additive(key);
+            let change = |b: f64, a: f64| if additive { a - b } else { a / b };
             let paired: Vec<f64> = before.iter().zip(after).map(|(&b, &a)| change(b, a)).collect();
             let low = paired.iter().copied().fold(f64::INFINITY, f64::min);
             let high = paired.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -127,6 +127,12 @@ fn target(placement: &str, key: &str, change: f64, after: f64) -> Option<(&'stat
     }
 }
 
+/// Whether a figure compares as after − before (a latency in µs, a share in percent)
+/// rather than after ÷ before.
+fn is_additive(key: &str) -> bool {
+    key.ends_with("_us") || key.ends_with("_pct")
+}
+
 fn median(v: &[f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -150,7 +156,8 @@ pub fn run(before: &Build, after: &Build, plugins: &Path, figures: &[&str], roun
                 for build in order {
                     let t = Instant::now();
                     let v = measure_in_child(&build.bench, &build.bin, plugins, figure, placement, quick);
-                    eprintln!("round {}/{rounds}: {figure} {placement} {} ({:.0} s)", round + 1, build.label, t.elapsed().as_secs_f64());
+                    let steal = v.get("hypervisor_steal_pct").and_then(Value::as_f64).map(|p| format!(", {p:.1} % stolen")).unwrap_or_default();
+                    eprintln!("round {}/{rounds}: {figure} {placement} {} ({:.0} s{steal})", round + 1, build.label, t.elapsed().as_secs_f64());
                     all.add(placement, std::ptr::eq(build, after), &v);
                     log.push(json!({ "round": round, "figure": figure, "placement": placement, "build": build.label, "values": v }));
                 }
@@ -184,12 +191,13 @@ pub fn run(before: &Build, after: &Build, plugins: &Path, figures: &[&str], roun
 fn print_table(before: &Build, after: &Build, rounds: usize, rows: &[Row]) {
     let (b, a) = (&before.label, &after.label);
     println!("\n{b} = {}\n{a} = {}", before.bin.display(), after.bin.display());
-    println!("{rounds} rounds: each build's median, and the median of the rounds' own {a} ÷ {b} (a latency: {a} − {b}) with their range");
+    println!("{rounds} rounds: each build's median, and the median of the rounds' own {a} ÷ {b} (a latency or a share: {a} − {b}) with their range");
     println!("\n| figure | placement | {b} | {a} | change (rounds) | cap | of cap | target |\n|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let latency = r.key.ends_with("_us");
-        let change = if latency {
+        let change = if r.key.ends_with("_us") {
             format!("{:+.1} µs ({:+.1} … {:+.1})", r.change, r.range.0, r.range.1)
+        } else if r.key.ends_with("_pct") {
+            format!("{:+.1} points ({:+.1} … {:+.1})", r.change, r.range.0, r.range.1)
         } else {
             format!("{:.2} ({:.2} … {:.2})", r.change, r.range.0, r.range.1)
         };
@@ -279,5 +287,13 @@ mod tests {
         assert_eq!(rtt.target, Some(("≤ +3 µs", true)));
         let connect = rows.iter().find(|r| r.key == "connect_handshake_median_us").unwrap();
         assert_eq!(connect.target, Some(("≤ 1000 µs", false)));
+    }
+
+    #[test]
+    fn the_hypervisors_steal_compares_as_a_difference_with_no_target() {
+        let rows = rounds(&[("pinned", "hypervisor_steal_pct", 1.0, 4.0), ("pinned", "hypervisor_steal_pct", 2.0, 2.5)]).summary();
+        let steal = &rows[0];
+        assert!((steal.change - 1.75).abs() < 1e-9, "the median of +3.0 and +0.5 points, not a ratio");
+        assert_eq!((steal.range, steal.cap, steal.target), ((0.5, 3.0), None, None));
     }
 }

@@ -218,7 +218,8 @@ fn run_all(args: &Args) {
         if !wants(figure) {
             continue;
         }
-        let v = rt.block_on(measure_figure(figure, "free", args));
+        let steal = Steal::start();
+        let v = steal.add_to(rt.block_on(measure_figure(figure, "free", args)));
         for (k, val) in v.as_object().unwrap() {
             table.push((k.clone(), "free".into(), fmt_value(k, val)));
         }
@@ -237,8 +238,10 @@ fn run_all(args: &Args) {
 }
 
 /// Runs `bench measure FIGURE PLACEMENT` (this bench, or another build's: every bench
-/// has that subcommand) with nodes running `bin`, and returns the figures it prints.
+/// has that subcommand) with nodes running `bin`, and returns the figures it prints,
+/// with the hypervisor's steal while it ran ([`Steal`]).
 fn measure_in_child(bench: &Path, bin: &Path, plugins: &Path, figure: &str, placement: &str, quick: bool) -> Value {
+    let steal = Steal::start();
     let mut cmd = Command::new(bench);
     cmd.args(["measure", figure, placement, "--bin"]).arg(bin).arg("--plugins").arg(plugins);
     if quick {
@@ -246,7 +249,52 @@ fn measure_in_child(bench: &Path, bin: &Path, plugins: &Path, figure: &str, plac
     }
     let out = cmd.stderr(Stdio::inherit()).output().unwrap_or_else(|e| panic!("run {}: {e}", bench.display()));
     assert!(out.status.success(), "{} measuring {figure} ({placement}) failed", bin.display());
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{} measuring {figure} ({placement}) printed no JSON: {e}", bin.display()))
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{} measuring {figure} ({placement}) printed no JSON: {e}", bin.display()));
+    steal.add_to(v)
+}
+
+/// The share of this machine's CPU time its hypervisor took while a figure ran (the
+/// `steal` of `/proc/stat`): on a VM whose neighbours come and go, the figure that
+/// says which runs were disturbed. Every figure gets it as `hypervisor_steal_pct`,
+/// percent of all vCPUs' time; none where the kernel does not count steal.
+struct Steal {
+    ticks: Option<u64>,
+    at: Instant,
+}
+
+impl Steal {
+    fn start() -> Steal {
+        Steal { ticks: read_steal_ticks(), at: Instant::now() }
+    }
+
+    /// Percent of every vCPU's time since [`Steal::start`] that the hypervisor took.
+    fn pct(&self) -> Option<f64> {
+        let stolen = read_steal_ticks()?.saturating_sub(self.ticks?);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let all = self.at.elapsed().as_secs_f64() * cpus as f64;
+        (hz > 0 && all > 0.0).then(|| stolen as f64 / hz as f64 / all * 100.0)
+    }
+
+    /// `figures` with `hypervisor_steal_pct` added (when the kernel counts it).
+    fn add_to(&self, mut figures: Value) -> Value {
+        if let (Some(pct), Some(map)) = (self.pct(), figures.as_object_mut()) {
+            map.insert("hypervisor_steal_pct".into(), json!((pct * 100.0).round() / 100.0));
+        }
+        figures
+    }
+}
+
+fn read_steal_ticks() -> Option<u64> {
+    steal_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The steal of all CPUs, in clock ticks, from `/proc/stat`'s text: the eighth number
+/// of its `cpu` line (user nice system idle iowait irq softirq steal …).
+fn steal_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.split_whitespace().next() == Some("cpu"))?;
+    line.split_whitespace().nth(8)?.parse().ok()
 }
 
 fn fmt_value(key: &str, v: &Value) -> String {
@@ -263,6 +311,8 @@ fn fmt_value(key: &str, v: &Value) -> String {
         format!("{f:.1} KiB")
     } else if key.ends_with("_per_s") {
         format!("{f:.0} /s")
+    } else if key.ends_with("_pct") {
+        format!("{f:.1} %")
     } else if key.ends_with("_mib") {
         format!("{f:.1} MiB")
     } else if key.ends_with("_bytes_per_call") {
@@ -382,4 +432,33 @@ async fn start_on(ctl: &Peer, kind: &str, prefix: &str, node: &str, want: usize)
         }
     }
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_number_of_the_cpu_line() {
+        let stat = "cpu  584257 0 93332 251170 2451 0 33621 41446 0 0\ncpu0 292128 0 46666 125585 1225 0 16810 20723 0 0\nintr 1 2\n";
+        assert_eq!(steal_ticks(stat), Some(41446));
+        // A kernel without the steal column (before 2.6.11), or no cpu line at all.
+        assert_eq!(steal_ticks("cpu  1 2 3 4 5 6 7\n"), None);
+        assert_eq!(steal_ticks("intr 1 2\n"), None);
+    }
+
+    #[test]
+    fn steal_is_a_share_of_every_vcpus_time_added_to_the_figures() {
+        let steal = Steal { ticks: read_steal_ticks(), at: Instant::now() - Duration::from_secs(1) };
+        let v = steal.add_to(json!({ "x_us": 1.0 }));
+        match steal.pct() {
+            Some(p) => {
+                assert!((0.0..=100.0).contains(&p), "{p}");
+                assert!(v["hypervisor_steal_pct"].as_f64().is_some());
+            }
+            None => assert!(v.get("hypervisor_steal_pct").is_none()),
+        }
+        assert_eq!(v["x_us"], 1.0);
+        assert_eq!(fmt_value("hypervisor_steal_pct", &json!(2.345)), "2.3 %");
+    }
 }
