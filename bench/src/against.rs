@@ -20,6 +20,9 @@ use crate::*;
 /// The figures a comparison can take: those of the connection, which every build has.
 pub const FIGURES: [&str; 3] = ["rtt", "throughput", "connect"];
 
+/// Where a figure's two ends run: on both vCPUs, or both on CPU 0.
+pub const PLACEMENTS: [&str; 2] = ["free", "pinned"];
+
 /// One build: its bench binary and the `wasmnode` its nodes run.
 pub struct Build {
     pub label: String,
@@ -143,15 +146,15 @@ fn median(v: &[f64]) -> Option<f64> {
     Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
 }
 
-/// Runs `rounds` rounds of `figures` with `before` and `after`, printing a line as each
+/// Runs `rounds` rounds of `figures` in `placements` with `before` and `after`, printing a line as each
 /// measurement ends (a round of all three figures takes about two minutes), then the
 /// table; writes every value and the summary to `json`.
-pub fn run(before: &Build, after: &Build, plugins: &Path, figures: &[&str], rounds: usize, quick: bool, json_path: &Path) {
+pub fn run(before: &Build, after: &Build, plugins: &Path, figures: &[&str], placements: &[&str], rounds: usize, quick: bool, json_path: &Path) {
     let mut all = Rounds::default();
     let mut log = Vec::new();
     for round in 0..rounds {
         for figure in figures {
-            for placement in ["free", "pinned"] {
+            for &placement in placements {
                 let order = if round % 2 == 0 { [before, after] } else { [after, before] };
                 for build in order {
                     let t = Instant::now();
@@ -295,5 +298,30 @@ mod tests {
         let steal = &rows[0];
         assert!((steal.change - 1.75).abs() < 1e-9, "the median of +3.0 and +0.5 points, not a ratio");
         assert_eq!((steal.range, steal.cap, steal.target), ((0.5, 3.0), None, None));
+    }
+
+    #[test]
+    fn a_placement_given_is_the_only_one_measured() {
+        use std::os::unix::fs::PermissionsExt;
+        // Two stand-ins for a build's bench: each prints, for the placement it is asked
+        // for, a figure that says which build and placement measured it.
+        let dir = TempDir::new("against-placement");
+        let bench = |name: &str, us: u32| {
+            let path = dir.0.join(name);
+            let script = format!("#!/bin/sh\n[ \"$1\" = measure ] || exit 1\ncase \"$3\" in pinned) echo '{{\"rtt_16b_median_us\": {us}}}' ;; *) echo '{{\"rtt_16b_median_us\": 1000}}' ;; esac\n");
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            Build { label: name.into(), bench: path, bin: PathBuf::from("/bin/true") }
+        };
+        let (before, after) = (bench("before", 20), bench("after", 22));
+        let json_path = dir.0.join("against.json");
+        run(&before, &after, &dir.0, &["rtt"], &["pinned"], 3, true, &json_path);
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        let measured = doc["measurements"].as_array().unwrap();
+        assert_eq!(measured.len(), 6, "3 rounds × 2 builds, pinned only: {measured:?}");
+        assert!(measured.iter().all(|m| m["placement"] == "pinned"), "{measured:?}");
+        let rows: Vec<&Value> = doc["summary"].as_array().unwrap().iter().filter(|r| r["key"] == "rtt_16b_median_us").collect();
+        assert_eq!(rows.len(), 1, "one row, the pinned one: {rows:?}");
+        assert_eq!((rows[0]["placement"].as_str(), rows[0]["change"].as_f64(), rows[0]["holds"].as_bool()), (Some("pinned"), Some(2.0), Some(true)));
     }
 }

@@ -155,6 +155,10 @@ enum Child {
         /// Only this figure.
         #[arg(long, value_name = "FIGURE", value_parser = clap::builder::PossibleValuesParser::new(against::FIGURES))]
         only: Option<String>,
+        /// Only this placement: `pinned` re-runs the figures the targets judge without
+        /// the free runs' minutes (a round of `rtt` free takes about two).
+        #[arg(long, value_name = "PLACEMENT", value_parser = clap::builder::PossibleValuesParser::new(against::PLACEMENTS))]
+        placement: Option<String>,
         /// Where every round's figures and the summary go, as JSON.
         #[arg(long, default_value = "bench-results/against.json")]
         json: PathBuf,
@@ -167,11 +171,12 @@ fn main() {
     let measure = match cli.child {
         Some(Child::EchoServer { addr }) => return wire::echo_server(&addr),
         Some(Child::Measure { figure, placement }) => Some((figure, placement)),
-        Some(Child::Against { before_bench, before_bin, before_label, rounds, only, json }) => {
+        Some(Child::Against { before_bench, before_bin, before_label, rounds, only, placement, json }) => {
             let before = against::Build { label: before_label, bench: before_bench, bin: before_bin };
             let after = against::Build { label: "this".into(), bench: std::env::current_exe().unwrap(), bin: args.bin.clone() };
             let figures: Vec<&str> = against::FIGURES.into_iter().filter(|f| only.as_deref().is_none_or(|o| o == *f)).collect();
-            return against::run(&before, &after, &args.plugins, &figures, rounds, args.quick, &json);
+            let placements: Vec<&str> = against::PLACEMENTS.into_iter().filter(|p| placement.as_deref().is_none_or(|o| o == *p)).collect();
+            return against::run(&before, &after, &args.plugins, &figures, &placements, rounds, args.quick, &json);
         }
         None => None,
     };
