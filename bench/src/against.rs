@@ -146,10 +146,20 @@ fn median(v: &[f64]) -> Option<f64> {
     Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
 }
 
-/// Runs `rounds` rounds of `figures` in `placements` with `before` and `after`, printing a line as each
-/// measurement ends (a round of all three figures takes about two minutes), then the
-/// table; writes every value and the summary to `json`.
-pub fn run(before: &Build, after: &Build, plugins: &Path, figures: &[&str], placements: &[&str], rounds: usize, quick: bool, json_path: &Path) {
+/// What a comparison measures: which figures, in which placements, how many rounds, and
+/// whether with fewer samples (`--quick`).
+pub struct Plan<'a> {
+    pub figures: &'a [&'a str],
+    pub placements: &'a [&'a str],
+    pub rounds: usize,
+    pub quick: bool,
+}
+
+/// Runs the plan's rounds of its figures in its placements with `before` and `after`,
+/// printing a line as each measurement ends (a round of all three figures takes about
+/// two minutes), then the table; writes every value and the summary to `json`.
+pub fn run(before: &Build, after: &Build, plugins: &Path, plan: &Plan<'_>, json_path: &Path) {
+    let &Plan { figures, placements, rounds, quick } = plan;
     let mut all = Rounds::default();
     let mut log = Vec::new();
     for round in 0..rounds {
@@ -315,7 +325,7 @@ mod tests {
         };
         let (before, after) = (bench("before", 20), bench("after", 22));
         let json_path = dir.0.join("against.json");
-        run(&before, &after, &dir.0, &["rtt"], &["pinned"], 3, true, &json_path);
+        run(&before, &after, &dir.0, &Plan { figures: &["rtt"], placements: &["pinned"], rounds: 3, quick: true }, &json_path);
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
         let measured = doc["measurements"].as_array().unwrap();
         assert_eq!(measured.len(), 6, "3 rounds × 2 builds, pinned only: {measured:?}");

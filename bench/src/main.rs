@@ -176,7 +176,8 @@ fn main() {
             let after = against::Build { label: "this".into(), bench: std::env::current_exe().unwrap(), bin: args.bin.clone() };
             let figures: Vec<&str> = against::FIGURES.into_iter().filter(|f| only.as_deref().is_none_or(|o| o == *f)).collect();
             let placements: Vec<&str> = against::PLACEMENTS.into_iter().filter(|p| placement.as_deref().is_none_or(|o| o == *p)).collect();
-            return against::run(&before, &after, &args.plugins, &figures, &placements, rounds, args.quick, &json);
+            let plan = against::Plan { figures: &figures, placements: &placements, rounds, quick: args.quick };
+            return against::run(&before, &after, &args.plugins, &plan, &json);
         }
         None => None,
     };
