@@ -149,7 +149,8 @@ enum Child {
         /// What to call the other build in the table.
         #[arg(long, default_value = "before")]
         before_label: String,
-        /// Rounds, each measuring every figure with both builds in both placements.
+        /// Rounds, each measuring every figure with both builds in both placements (or
+        /// the one `--placement` names).
         #[arg(long, default_value_t = 8)]
         rounds: usize,
         /// Only this figure.
