@@ -23,6 +23,12 @@ pub const FIGURES: [&str; 3] = ["rtt", "throughput", "connect"];
 /// Where a figure's two ends run: on both vCPUs, or both on CPU 0.
 pub const PLACEMENTS: [&str; 2] = ["free", "pinned"];
 
+/// Those of `all` that `only` names (all of them when it names none): the figures or
+/// placements a comparison takes from `--only` and `--placement`.
+pub fn chosen<const N: usize>(all: [&'static str; N], only: Option<&str>) -> Vec<&'static str> {
+    all.into_iter().filter(|x| only.is_none_or(|o| o == *x)).collect()
+}
+
 /// One build: its bench binary and the `wasmnode` its nodes run.
 pub struct Build {
     pub label: String,
@@ -308,6 +314,13 @@ mod tests {
         let steal = &rows[0];
         assert!((steal.change - 1.75).abs() < 1e-9, "the median of +3.0 and +0.5 points, not a ratio");
         assert_eq!((steal.range, steal.cap, steal.target), ((0.5, 3.0), None, None));
+    }
+
+    #[test]
+    fn only_what_the_options_name_is_chosen() {
+        assert_eq!(chosen(PLACEMENTS, Some("pinned")), ["pinned"]);
+        assert_eq!(chosen(FIGURES, Some("rtt")), ["rtt"]);
+        assert_eq!(chosen(PLACEMENTS, None), PLACEMENTS);
     }
 
     #[test]

@@ -175,8 +175,7 @@ fn main() {
         Some(Child::Against { before_bench, before_bin, before_label, rounds, only, placement, json }) => {
             let before = against::Build { label: before_label, bench: before_bench, bin: before_bin };
             let after = against::Build { label: "this".into(), bench: std::env::current_exe().unwrap(), bin: args.bin.clone() };
-            let figures: Vec<&str> = against::FIGURES.into_iter().filter(|f| only.as_deref().is_none_or(|o| o == *f)).collect();
-            let placements: Vec<&str> = against::PLACEMENTS.into_iter().filter(|p| placement.as_deref().is_none_or(|o| o == *p)).collect();
+            let (figures, placements) = (against::chosen(against::FIGURES, only.as_deref()), against::chosen(against::PLACEMENTS, placement.as_deref()));
             let plan = against::Plan { figures: &figures, placements: &placements, rounds, quick: args.quick };
             return against::run(&before, &after, &args.plugins, &plan, &json);
         }
