@@ -53,12 +53,12 @@ pub fn baseline_rtt(pinned: bool, n: usize) -> (f64, f64) {
 /// Seals `n` messages of `size` bytes into a connection's records and opens them again,
 /// in this thread, the way a connection's writer and reader do (the payload sealed from
 /// its own buffer into memory kept from one record to the next; each record opened in
-/// place): GB/s of payload sealed, and opened.
-fn record_layer_rates(size: usize, n: usize) -> (f64, f64) {
+/// place), both ends with the cipher flags `flags` (the AEGIS variant they choose): the
+/// time all the seals took, and all the opens. Records are sealed `batch` at a time and
+/// then opened, so that a small record's seal or open is timed many at once.
+fn record_layer_times(flags: u32, size: usize, n: usize, batch: usize) -> (Duration, Duration) {
     use wasmnode_proto::handshake::{Acceptor, Dialer, Identity};
     let cookie = COOKIE.as_bytes();
-    // With this CPU's cipher flags on both sides: the variant two nodes here would use.
-    let flags = wasmnode_proto::seal::cipher_flags();
     let (me, you) = (Identity { name: "a@h".into(), flags, creation: 1 }, Identity { name: "b@h".into(), flags, creation: 2 });
     let (dialer, hello) = Dialer::start(&me, "b@h", cookie).unwrap();
     let (acceptor, challenge) = Acceptor::on_hello(&you, cookie, hello).unwrap();
@@ -70,22 +70,27 @@ fn record_layer_rates(size: usize, n: usize) -> (f64, f64) {
     let mut sealed = wasmnode_proto::seal::Sealed::default();
     let (mut wire, mut opened) = (bytes::BytesMut::new(), bytes::BytesMut::new());
     let (mut sealing, mut opening) = (Duration::ZERO, Duration::ZERO);
-    for _ in 0..n {
+    for _ in 0..n.div_ceil(batch) {
         let t = Instant::now();
-        sending.sealer.seal_plain(&plain, &mut sealed);
+        for _ in 0..batch {
+            sending.sealer.seal_plain(&plain, &mut sealed);
+        }
         sealing += t.elapsed();
         // What the socket would carry from the writer's buffer to the reader's.
         wire.extend_from_slice(sealed.bytes());
         sealed.advance(sealed.bytes().len());
         let t = Instant::now();
-        receiving.opener.open(&mut wire, &mut opened).unwrap();
+        for _ in 0..batch {
+            receiving.opener.open(&mut wire, &mut opened).unwrap();
+            // Taken, so that the next record is handed over without a copy too.
+            drop(opened.split());
+        }
         opening += t.elapsed();
-        assert_eq!(opened.len(), plain.len());
-        // Dropped, so that `wire`'s memory, which the opened record shares, is reused.
+        assert!(wire.is_empty(), "every record opened");
+        // Dropped, so that `wire`'s memory, which the opened records shared, is reused.
         opened = bytes::BytesMut::new();
     }
-    let bytes = (size * n) as f64 / 1e9;
-    (bytes / sealing.as_secs_f64(), bytes / opening.as_secs_f64())
+    (sealing, opening)
 }
 
 /// Round trips of 16 bytes to a node alone, against the blocking baseline.
@@ -160,9 +165,26 @@ pub async fn throughput(args: &Args, pinned: bool, tls: bool) -> Value {
     if !tls {
         // The record layer alone on this core, no socket: the ceiling the encrypted
         // one-way figures sit under (docs/benchmarks.md does the arithmetic).
-        let (seal, open) = record_layer_rates(65_536, if args.quick { 2_000 } else { 20_000 });
-        out.insert("seal_64kib_gb_per_s".into(), json!(seal));
-        out.insert("open_64kib_gb_per_s".into(), json!(open));
+        use wasmnode_proto::handshake::{FLAG_CIPHER_CHOICE, FLAG_WIDE_AES};
+        let n = if args.quick { 2_000 } else { 20_000 };
+        let gb_per_s = |t: Duration| (65_536 * n) as f64 / t.as_secs_f64() / 1e9;
+        // With this CPU's cipher flags on both sides: the variant two nodes here use.
+        let (seal, open) = record_layer_times(wasmnode_proto::seal::cipher_flags(), 65_536, n, 1);
+        out.insert("seal_64kib_gb_per_s".into(), json!(gb_per_s(seal)));
+        out.insert("open_64kib_gb_per_s".into(), json!(gb_per_s(open)));
+        // Each variant, whichever this CPU would choose: whether `Width::between` picks
+        // the faster one here, and what a small record costs in each (a round trip
+        // seals and opens two).
+        for (variant, flags) in [("x2", FLAG_CIPHER_CHOICE), ("x4", FLAG_CIPHER_CHOICE | FLAG_WIDE_AES)] {
+            let (seal, open) = record_layer_times(flags, 65_536, n, 1);
+            out.insert(format!("{variant}_seal_64kib_gb_per_s"), json!(gb_per_s(seal)));
+            out.insert(format!("{variant}_open_64kib_gb_per_s"), json!(gb_per_s(open)));
+            let small = n * 50;
+            let (seal, open) = record_layer_times(flags, 16, small, 1_000);
+            let ns = |t: Duration| t.as_nanos() as f64 / small as f64;
+            out.insert(format!("{variant}_seal_16b_ns"), json!(ns(seal)));
+            out.insert(format!("{variant}_open_16b_ns"), json!(ns(open)));
+        }
     }
     Value::Object(out)
 }
