@@ -251,7 +251,9 @@ impl Sealer {
             // pieces copied together where its ciphertext goes, and sealed there in one
             // call, as a record is opened. Through the streaming encryptor, most of a
             // small record's seal would be that encryptor's fixed cost: it wipes its
-            // state when dropped, a byte at a time (832 bytes for X4).
+            // state when dropped, a byte at a time (832 bytes for X4). The one call,
+            // like an open, leaves its state on the stack unwiped; the key that state
+            // derives from stays in this sealer for the connection's life either way.
             let (length, rest) = out.split_at_mut(RECORD_HEADER);
             let nonce = self.next_record(len, length);
             let (body, tag) = rest.split_at_mut(len);
