@@ -19,9 +19,9 @@
 //! ([`Plain`]), and a record is opened in place, where it arrived, its frames then taken
 //! from there without a copy. A record of at most 16 KiB (a round trip's, a request's
 //! of a few KiB, a short batch) is the exception: it is copied together and sealed in
-//! one call, which costs less than sealing it piece by piece. A writer seals each batch of frames as one record (up to
-//! [`MAX_RECORD_PLAIN`]), so a frame rarely spans two records; one that does is copied
-//! together. With a node of wire version 3 (from before AEGIS, during a rolling update)
+//! one call, which costs less than sealing it piece by piece. A writer seals each batch
+//! of frames as one record (up to [`MAX_RECORD_PLAIN`]), so a frame rarely spans two
+//! records; one that does is copied together. With a node of wire version 3 (from before AEGIS, during a rolling update)
 //! the records are Noise's own AES-256-GCM transport messages behind a 2-byte length,
 //! opened into a separate buffer.
 
@@ -48,9 +48,9 @@ pub const MAX_RECORD_PLAIN: usize = 512 * 1024;
 /// ciphertext goes; a larger one is sealed piece by piece from where its pieces lie.
 /// Up to here the copy and the plaintext it is read from stay within a 32 KiB L1 data
 /// cache, and copying costs less than the streaming encryptor's fixed cost and its
-/// slower pass (on an Intel Xeon with AVX-512: 4 KiB sealed at 28 GB/s copied, 16 through the
-/// encryptor; 16 KiB at 40 against 35); beyond it, where the two no longer fit, copying
-/// costs more (64 KiB: 24 against 41).
+/// slower pass (on an Intel Xeon with AVX-512: 4 KiB sealed at 28 GB/s copied, 16
+/// through the encryptor; 16 KiB at 40 against 35); beyond it, where the two no longer
+/// fit, copying costs more (64 KiB: 24 against 41).
 const ONE_CALL_MAX: usize = 16 * 1024;
 /// Wire 3's records: a 2-byte length, and Noise's 65,535-byte message at most.
 const RECORD_HEADER_V3: usize = 2;
