@@ -168,7 +168,7 @@ pub async fn throughput(args: &Args, pinned: bool, tls: bool) -> Value {
         use wasmnode_proto::handshake::{FLAG_CIPHER_CHOICE, FLAG_WIDE_AES};
         use wasmnode_proto::seal::{cipher_flags, Width};
         let n = if args.quick { 2_000 } else { 20_000 };
-        let gb_per_s = |t: Duration| (65_536 * n) as f64 / t.as_secs_f64() / 1e9;
+        let gb_per_s = |bytes: usize, t: Duration| bytes as f64 / t.as_secs_f64() / 1e9;
         // The variant two nodes here use (this CPU's cipher flags on both sides).
         let here = Width::between(cipher_flags(), cipher_flags());
         // Each variant, whichever this CPU would choose: whether `Width::between` picks
@@ -177,17 +177,16 @@ pub async fn throughput(args: &Args, pinned: bool, tls: bool) -> Value {
         for (variant, width, flags) in [("x2", Width::X2, FLAG_CIPHER_CHOICE), ("x4", Width::X4, FLAG_CIPHER_CHOICE | FLAG_WIDE_AES)] {
             let (seal, open) = record_layer_times(flags, 65_536, n, 1);
             if width == here {
-                out.insert("seal_64kib_gb_per_s".into(), json!(gb_per_s(seal)));
-                out.insert("open_64kib_gb_per_s".into(), json!(gb_per_s(open)));
+                out.insert("seal_64kib_gb_per_s".into(), json!(gb_per_s(65_536 * n, seal)));
+                out.insert("open_64kib_gb_per_s".into(), json!(gb_per_s(65_536 * n, open)));
             }
-            out.insert(format!("{variant}_seal_64kib_gb_per_s"), json!(gb_per_s(seal)));
-            out.insert(format!("{variant}_open_64kib_gb_per_s"), json!(gb_per_s(open)));
+            out.insert(format!("{variant}_seal_64kib_gb_per_s"), json!(gb_per_s(65_536 * n, seal)));
+            out.insert(format!("{variant}_open_64kib_gb_per_s"), json!(gb_per_s(65_536 * n, open)));
             // A record of 4 KiB, a request's of a few KiB: its payload held by reference.
             let mid = n * 16;
             let (seal, open) = record_layer_times(flags, 4_096, mid, 4);
-            let mid_gb_per_s = |t: Duration| (4_096 * mid) as f64 / t.as_secs_f64() / 1e9;
-            out.insert(format!("{variant}_seal_4kib_gb_per_s"), json!(mid_gb_per_s(seal)));
-            out.insert(format!("{variant}_open_4kib_gb_per_s"), json!(mid_gb_per_s(open)));
+            out.insert(format!("{variant}_seal_4kib_gb_per_s"), json!(gb_per_s(4_096 * mid, seal)));
+            out.insert(format!("{variant}_open_4kib_gb_per_s"), json!(gb_per_s(4_096 * mid, open)));
             let small = n * 50;
             let (seal, open) = record_layer_times(flags, 16, small, 1_000);
             let ns = |t: Duration| t.as_nanos() as f64 / small as f64;
