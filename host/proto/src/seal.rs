@@ -21,9 +21,9 @@
 //! of a few KiB, a short batch) is the exception: it is copied together and sealed in
 //! one call, which costs less than sealing it piece by piece. A writer seals each batch
 //! of frames as one record (up to [`MAX_RECORD_PLAIN`]), so a frame rarely spans two
-//! records; one that does is copied together. With a node of wire version 3 (from before AEGIS, during a rolling update)
-//! the records are Noise's own AES-256-GCM transport messages behind a 2-byte length,
-//! opened into a separate buffer.
+//! records; one that does is copied together. With a node of wire version 3 (from
+//! before AEGIS, during a rolling update) the records are Noise's own AES-256-GCM
+//! transport messages behind a 2-byte length, opened into a separate buffer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
