@@ -229,8 +229,13 @@ impl Sealer {
     }
 
     /// Appends `plain`'s frames to `out` as sealed records, reading each large payload
-    /// from its own buffer.
+    /// from its own buffer. An empty `plain` adds nothing: no empty record, which would
+    /// land in the middle of a record a sender began writing itself (the writer seals
+    /// what it holds before the rest of such a record).
     pub fn seal_plain(&self, plain: &Plain, out: &mut Sealed) {
+        if plain.is_empty() {
+            return;
+        }
         let room = out.extend(self.sealed_len(plain.len()));
         self.seal_into(plain.pieces(), plain.len(), room);
     }
@@ -845,6 +850,8 @@ mod tests {
         }
         assert!(plain.is_empty());
         assert_eq!(frames, [5, 5, 70_000, 70_000, 300, 300, 120_000, 120_000, 2_048, 2_048]);
+        d.sealer.seal_plain(&Plain::default(), &mut sealed);
+        assert!(sealed.is_empty(), "nothing to seal adds nothing");
     }
 
     /// A record is opened where it arrived: its plaintext is handed over in `raw`'s own

@@ -249,3 +249,74 @@ async fn a_node_of_wire_version_3_is_dialled_again_in_version_3() {
     assert_eq!(versions, vec![5, 3], "version 5 first, then version 3");
     assert_eq!(payload, Bytes::from_static(b"in version 3"));
 }
+
+/// When the socket takes only part of a record a sender writes itself, the writer task
+/// sends the rest right behind it, with nothing sealed in between, and the frames queued
+/// after it follow: the peer opens every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_of_a_record_a_sender_began_follows_it_unbroken() {
+    use bytes::Buf;
+    use tokio::io::AsyncReadExt;
+    use wasmnode_proto::frame;
+    use wasmnode_proto::handshake::Acceptor;
+
+    let (a, _a_events) = listening("a").await;
+    // Stands in for a node: it takes the handshake, then reads and opens records.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let name = format!("far@127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let me = Identity { name: name.clone(), flags: wasmnode_proto::seal::cipher_flags(), creation: 7 };
+    let far = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let hello = read_message(&mut stream, &mut buf).await.unwrap();
+        let (acceptor, challenge) = Acceptor::on_hello(&me, b"cookie", hello).unwrap();
+        write_message(&mut stream, &challenge).await.unwrap();
+        let proof = read_message(&mut stream, &mut buf).await.unwrap();
+        let (_, mut session) = acceptor.on_proof(proof).unwrap();
+        write_message(&mut stream, &session.accept()).await.unwrap();
+        let (mut plain, mut replies) = (BytesMut::new(), Vec::new());
+        loop {
+            while session.opener.open(&mut buf, &mut plain).map_err(|e| format!("record {}: {e}", replies.len()))? {
+                while let Some((frame, used)) = frame::decode(&plain, frame::DEFAULT_MAX_FRAME).unwrap() {
+                    plain.advance(used);
+                    if let Frame::Reply { body, .. } = frame {
+                        replies.push(body);
+                        if replies.len() == 3 {
+                            return Ok(replies);
+                        }
+                    }
+                }
+            }
+            if stream.read_buf(&mut buf).await.unwrap() == 0 {
+                return Err("the connection closed".to_string());
+            }
+        }
+    });
+    let peer = a.connect(&name).await.unwrap();
+    let reply = |n: u8| Frame::Reply { id: n as u64, body: Bytes::from(vec![n; 1_000]) };
+    // What `Peer::send` does when the socket takes only the first 100 bytes of a record:
+    // with nothing queued (under the senders' lock), the rest queued for the writer task.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let direct = peer.0.direct.lock().unwrap();
+        if let Some(wr) = direct.as_ref().filter(|_| peer.0.queued.load(Ordering::Acquire) == 0) {
+            let mut plain = BytesMut::new();
+            reply(1).encode(&mut plain);
+            let mut record = BytesMut::new();
+            peer.0.sealer.seal(&plain, &mut record);
+            assert_eq!(wr.try_write(&record[..100]).unwrap(), 100);
+            peer.0.queued.fetch_add(1, Ordering::AcqRel);
+            peer.0.tx.send(Out::Raw(record.split_off(100).freeze())).unwrap();
+            break;
+        }
+        drop(direct);
+        assert!(Instant::now() < deadline, "a sender may write itself within 10 s");
+        tokio::task::yield_now().await;
+    }
+    // Then more: queued behind the rest while it waits, or written by their sender once
+    // the writer task has sent it.
+    assert!(peer.send(reply(2)));
+    assert!(peer.send(reply(3)));
+    let replies = tokio::time::timeout(Duration::from_secs(10), far).await.unwrap().unwrap().unwrap();
+    assert_eq!(replies, [1u8, 2, 3].map(|n| Bytes::from(vec![n; 1_000])));
+}
