@@ -297,19 +297,19 @@ async fn the_rest_of_a_record_a_sender_began_follows_it_unbroken() {
     // What `Peer::send` does when the socket takes only the first 100 bytes of a record:
     // with nothing queued (under the senders' lock), the rest queued for the writer task.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let began = || {
         let direct = peer.0.direct.lock().unwrap();
-        if let Some(wr) = direct.as_ref().filter(|_| peer.0.queued.load(Ordering::Acquire) == 0) {
-            let mut plain = BytesMut::new();
-            reply(1).encode(&mut plain);
-            let mut record = BytesMut::new();
-            peer.0.sealer.seal(&plain, &mut record);
-            assert_eq!(wr.try_write(&record[..100]).unwrap(), 100);
-            peer.0.queued.fetch_add(1, Ordering::AcqRel);
-            peer.0.tx.send(Out::Raw(record.split_off(100).freeze())).unwrap();
-            break;
-        }
-        drop(direct);
+        let Some(wr) = direct.as_ref().filter(|_| peer.0.queued.load(Ordering::Acquire) == 0) else { return false };
+        let mut plain = BytesMut::new();
+        reply(1).encode(&mut plain);
+        let mut record = BytesMut::new();
+        peer.0.sealer.seal(&plain, &mut record);
+        assert_eq!(wr.try_write(&record[..100]).unwrap(), 100);
+        peer.0.queued.fetch_add(1, Ordering::AcqRel);
+        peer.0.tx.send(Out::Raw(record.split_off(100).freeze())).unwrap();
+        true
+    };
+    while !began() {
         assert!(Instant::now() < deadline, "a sender may write itself within 10 s");
         tokio::task::yield_now().await;
     }
