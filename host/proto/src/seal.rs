@@ -17,13 +17,15 @@
 //! may hold many frames, and a frame may span records. Each byte is read once, where it
 //! lies, and written once, encrypted: a large payload is sealed from its own buffer
 //! ([`Plain`]), and a record is opened in place, where it arrived, its frames then taken
-//! from there without a copy. A record of at most 16 KiB (a round trip's, a request's
-//! of a few KiB, a short batch) is the exception: it is copied together and sealed in
-//! one call, which costs less than sealing it piece by piece. A writer seals each batch
-//! of frames as one record (up to [`MAX_RECORD_PLAIN`]), so a frame rarely spans two
-//! records; one that does is copied together. With a node of wire version 3 (from
-//! before AEGIS, during a rolling update) the records are Noise's own AES-256-GCM
-//! transport messages behind a 2-byte length, opened into a separate buffer.
+//! from there without a copy. Small frames a writer batches are encoded straight into
+//! the buffer it writes from and sealed there in one call ([`Sealer::gather`]). A record
+//! of at most 16 KiB sealed from elsewhere (a round trip's, a request's of a few KiB) is
+//! copied together and sealed in one call, which costs less than sealing it piece by
+//! piece. A writer seals each batch of frames as one record (up to [`MAX_RECORD_PLAIN`]),
+//! so a frame rarely spans two records; one that does is copied together. With a node
+//! of wire version 3 (from before AEGIS, during a rolling update) the records are
+//! Noise's own AES-256-GCM transport messages behind a 2-byte length, opened into a
+//! separate buffer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -236,8 +238,49 @@ impl Sealer {
         if plain.is_empty() {
             return;
         }
+        assert!(out.record.is_none(), "a gathered record is sealed before what follows it");
         let room = out.extend(self.sealed_len(plain.len()));
         self.seal_into(plain.pieces(), plain.len(), room);
+    }
+
+    /// Whether [`Sealer::gather`] can take frames: under AEGIS (wire 5), not wire 3.
+    pub fn gathers(&self) -> bool {
+        matches!(self.keys, Keys::Aegis(..))
+    }
+
+    /// Encodes `frame` at the end of `out`, into the record being gathered there (begun
+    /// here if none is), to be sealed where it lies by [`Sealer::seal_gathered`]: a small
+    /// frame is then written once, where its ciphertext goes, rather than encoded into a
+    /// [`Plain`] and copied from there. A record that would pass [`MAX_RECORD_PLAIN`]
+    /// with this frame is sealed first and the frame begins the next. Only where
+    /// [`Sealer::gathers`].
+    pub fn gather(&self, frame: &Frame, out: &mut Sealed) {
+        assert!(self.gathers(), "gathering is AEGIS's");
+        let len = crate::frame::HEADER_LEN + frame.body_len();
+        if out.gathered() + len > MAX_RECORD_PLAIN {
+            self.seal_gathered(out);
+        }
+        if out.record.is_none() {
+            // Read after `extend`, which places an empty buffer's first record.
+            out.extend(RECORD_HEADER);
+            out.record = Some(out.end - RECORD_HEADER);
+        }
+        let mut room = out.extend(len);
+        frame.encode(&mut room);
+        assert!(room.is_empty(), "a frame encodes to its length");
+    }
+
+    /// Seals the record [`Sealer::gather`] began in `out`, where its frames lie, in one
+    /// call; nothing if none is open.
+    pub fn seal_gathered(&self, out: &mut Sealed) {
+        let Some(at) = out.record.take() else { return };
+        let Keys::Aegis(key, width) = &self.keys else { unreachable!("only AEGIS gathers") };
+        let len = out.end - at - RECORD_HEADER;
+        out.extend(TAG_LEN);
+        let (length, rest) = out.buf[at..out.end].split_at_mut(RECORD_HEADER);
+        let nonce = self.next_record(len, length);
+        let (body, tag) = rest.split_at_mut(len);
+        tag.copy_from_slice(&seal_in_place(*width, key, &nonce, body));
     }
 
     /// Bytes on the wire for `len` bytes of plaintext: the records' lengths and tags added.
@@ -358,12 +401,21 @@ pub struct Sealed {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Where the record [`Sealer::gather`] is filling begins, until it is sealed.
+    record: Option<usize>,
 }
 
 impl Sealed {
-    /// What is still to be written.
+    /// What is still to be written. Not while a gathered record is open: its bytes are
+    /// still plaintext.
     pub fn bytes(&self) -> &[u8] {
+        assert!(self.record.is_none(), "a gathered record is sealed before it is written");
         &self.buf[self.start..self.end]
+    }
+
+    /// Plaintext bytes in the record being gathered (0 if none is open).
+    pub fn gathered(&self) -> usize {
+        self.record.map_or(0, |at| self.end - at - RECORD_HEADER)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -376,7 +428,9 @@ impl Sealed {
         self.start += n;
     }
 
+    /// Appends bytes sealed already. Not while a gathered record is open.
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        assert!(self.record.is_none(), "a gathered record is sealed before what follows it");
         self.extend(bytes.len()).copy_from_slice(bytes);
     }
 
@@ -384,7 +438,9 @@ impl Sealed {
     /// Into an empty buffer they go where a record's first sealed byte, after its
     /// length, starts a cache line: the cipher then stores each 64-byte block of the
     /// record whole into one line (on an Intel Xeon with AVX-512, the bench's record
-    /// layer sealed 16 % faster than with blocks straddling two lines).
+    /// layer sealed 16 % faster than with blocks straddling two lines). Where the
+    /// buffer grows and moves (a record [`Sealer::gather`] fills grows a frame at a
+    /// time), its bytes are moved back to where they were within a cache line.
     fn extend(&mut self, n: usize) -> &mut [u8] {
         if self.start == self.end {
             if self.buf.len() < n + ALIGN {
@@ -393,10 +449,18 @@ impl Sealed {
             let lead = (ALIGN - (self.buf.as_ptr() as usize + RECORD_HEADER) % ALIGN) % ALIGN;
             (self.start, self.end) = (lead, lead);
         }
-        let (at, end) = (self.end, self.end + n);
-        if self.buf.len() < end {
-            self.buf.resize(end, 0);
+        if self.buf.len() < self.end + n {
+            let was = self.buf.as_ptr() as usize;
+            self.buf.resize(self.end + n + ALIGN, 0);
+            let shift = (was % ALIGN + ALIGN - self.buf.as_ptr() as usize % ALIGN) % ALIGN;
+            if shift != 0 {
+                self.buf.copy_within(self.start..self.end, self.start + shift);
+                self.start += shift;
+                self.end += shift;
+                self.record = self.record.map(|at| at + shift);
+            }
         }
+        let (at, end) = (self.end, self.end + n);
         self.end = end;
         &mut self.buf[at..end]
     }
@@ -852,6 +916,72 @@ mod tests {
         assert_eq!(frames, [5, 5, 70_000, 70_000, 300, 300, 120_000, 120_000, 2_048, 2_048]);
         d.sealer.seal_plain(&Plain::default(), &mut sealed);
         assert!(sealed.is_empty(), "nothing to seal adds nothing");
+    }
+
+    /// Small frames encoded straight into [`Sealed`] and sealed there open as the frames
+    /// they were, in order with records sealed before and after them; a record that
+    /// would pass [`MAX_RECORD_PLAIN`] is sealed first, the frame beginning the next.
+    #[test]
+    fn gathered_frames_are_sealed_in_place_before_what_follows_them() {
+        let (d, mut a) = pair();
+        assert!(d.sealer.gathers());
+        let send = |size: usize| Frame::Send(Bytes::from(vec![size as u8; size]));
+        let mut sealed = Sealed::default();
+        let mut wire = BytesMut::new();
+        let mut sent = Vec::new();
+        for size in [0usize, 16, 1_000] {
+            d.sealer.gather(&send(size), &mut sealed);
+            sent.push(size);
+        }
+        assert_eq!(sealed.gathered(), 3 * 5 + 16 + 1_000);
+        d.sealer.seal_gathered(&mut sealed);
+        assert_eq!(sealed.gathered(), 0);
+        assert_eq!(sealed.bytes().len(), d.sealer.sealed_len(3 * 5 + 16 + 1_000));
+        assert_eq!((sealed.bytes().as_ptr() as usize + RECORD_HEADER) % ALIGN, 0, "the first record's body starts a cache line");
+        let mut plain = Plain::default();
+        plain.push(&send(70_000));
+        d.sealer.seal_plain(&plain, &mut sealed);
+        sent.push(70_000);
+        // Written in part: what is gathered next follows the rest.
+        let half = sealed.bytes().len() / 2;
+        wire.extend_from_slice(&sealed.bytes()[..half]);
+        sealed.advance(half);
+        let before = sealed.bytes().len();
+        // 600 frames of 1,000 bytes pass one record's cap: two records.
+        for _ in 0..600 {
+            d.sealer.gather(&send(1_000), &mut sealed);
+            assert!(sealed.gathered() <= MAX_RECORD_PLAIN);
+            sent.push(1_000);
+        }
+        d.sealer.seal_gathered(&mut sealed);
+        d.sealer.seal_gathered(&mut sealed);
+        assert_eq!(sealed.bytes().len() - before, 600 * 1_005 + 2 * (RECORD_HEADER + TAG_LEN), "two records, and nothing more for a second seal");
+        sealed.extend_from_slice(b"");
+        wire.extend_from_slice(sealed.bytes());
+        sealed.advance(sealed.bytes().len());
+        let mut opened = BytesMut::new();
+        while a.opener.open(&mut wire, &mut opened).unwrap() {}
+        assert!(wire.is_empty());
+        let mut frames = Vec::new();
+        while let Some((frame, used)) = crate::frame::decode(&opened, crate::frame::DEFAULT_MAX_FRAME).unwrap() {
+            let Frame::Send(p) = &frame else { panic!("a send frame") };
+            assert!(p.iter().all(|&b| b == p.len() as u8), "a {}-byte payload intact", p.len());
+            frames.push(frame.payload_len());
+            opened.advance(used);
+        }
+        assert!(opened.is_empty());
+        assert_eq!(frames, sent);
+    }
+
+    /// A gathered record's bytes are plaintext until it is sealed: they cannot be written,
+    /// nor can anything sealed be put behind them.
+    #[test]
+    #[should_panic(expected = "a gathered record is sealed before it is written")]
+    fn an_open_gathered_record_is_not_written() {
+        let (d, _) = pair();
+        let mut sealed = Sealed::default();
+        d.sealer.gather(&Frame::Heartbeat, &mut sealed);
+        let _ = sealed.bytes();
     }
 
     /// A record is opened where it arrived: its plaintext is handed over in `raw`'s own

@@ -26,6 +26,27 @@ impl Seal {
         }
     }
 
+    /// Whether small frames can be encoded straight into the writer's buffer and sealed
+    /// there ([`Sealer::gather`]): Noise's records can, TLS's cannot.
+    pub(super) fn gathers(&self) -> bool {
+        matches!(self, Seal::Noise(s) if s.gathers())
+    }
+
+    /// See [`Sealer::gather`]; only where [`Seal::gathers`].
+    pub(super) fn gather(&self, frame: &wasmnode_proto::Frame, out: &mut Sealed) {
+        match self {
+            Seal::Noise(s) => s.gather(frame, out),
+            Seal::Tls(_) => unreachable!("TLS does not gather"),
+        }
+    }
+
+    /// Seals the record [`Seal::gather`] began, if any.
+    pub(super) fn seal_gathered(&self, out: &mut Sealed) {
+        if let Seal::Noise(s) = self {
+            s.seal_gathered(out);
+        }
+    }
+
     /// Seals frames gathered in a [`Plain`], large payloads read where they lie.
     pub(super) fn seal_plain(&self, plain: &Plain, out: &mut Sealed) {
         match self {

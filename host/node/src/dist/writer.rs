@@ -15,6 +15,7 @@ use wasmnode_proto::frame::Fragmenter;
 use wasmnode_proto::seal::{Plain, Sealed};
 use wasmnode_proto::Frame;
 
+use super::wire::Seal;
 use super::{DownReason, Out, Peer};
 
 /// Frames with payloads at least this large go to the writer task, even when nothing is
@@ -79,7 +80,7 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
                         let _direct = peer.0.direct.lock().unwrap();
                         peer.0.queued.fetch_add(1, Ordering::AcqRel);
                         taken += 1;
-                        plain.push(&Frame::Heartbeat);
+                        add(&peer.0.sealer, &Frame::Heartbeat, &mut plain, &mut buf);
                         quiet.as_mut().reset((Instant::now() + heartbeat).into());
                     } else {
                         quiet.as_mut().reset((Instant::now() + (heartbeat - silent)).into());
@@ -109,12 +110,11 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
                 }
                 Out::Frame(f) => {
                     peer.0.backlog.fetch_sub(f.payload_len(), Ordering::AcqRel);
-                    plain.push(&f);
+                    add(&peer.0.sealer, &f, &mut plain, &mut buf);
                     // A long batch goes out a slice at a time: what was sealed is still in
                     // the cache when the kernel copies it, and the buffer stays small.
-                    if plain.len() >= SEAL_AHEAD {
-                        peer.0.sealer.seal_plain(&plain, &mut buf);
-                        plain.clear();
+                    if plain.len() + buf.gathered() >= SEAL_AHEAD {
+                        seal(&peer.0.sealer, &mut plain, &mut buf);
                         if write_all(&wr, &mut buf).await.is_err() {
                             return DownReason::ConnectionClosed;
                         }
@@ -123,8 +123,7 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
                 }
                 Out::Raw(rest) => {
                     // Sealed already: the end of a record a sender began writing.
-                    peer.0.sealer.seal_plain(&plain, &mut buf);
-                    plain.clear();
+                    seal(&peer.0.sealer, &mut plain, &mut buf);
                     buf.extend_from_slice(&rest);
                 }
                 Out::Close(reason) => {
@@ -136,7 +135,7 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
         if close.is_none() {
             if let Some((fragments, len)) = bulk.front_mut() {
                 match fragments.next() {
-                    Some(piece) => plain.push(&piece),
+                    Some(piece) => add(&peer.0.sealer, &piece, &mut plain, &mut buf),
                     None => {
                         peer.0.backlog.fetch_sub(*len, Ordering::AcqRel);
                         bulk.pop_front();
@@ -144,10 +143,7 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
                 }
             }
         }
-        if !plain.is_empty() {
-            peer.0.sealer.seal_plain(&plain, &mut buf);
-            plain.clear();
-        }
+        seal(&peer.0.sealer, &mut plain, &mut buf);
         if !buf.is_empty() {
             if write_all(&wr, &mut buf).await.is_err() {
                 return DownReason::ConnectionClosed;
@@ -162,6 +158,27 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
             return reason;
         }
     }
+}
+
+/// Adds a frame to the next write. A small one is encoded straight into `buf`, into the
+/// record gathered there, and sealed in place with it ([`Seal::gather`]), so its bytes
+/// are written once before the kernel copies them; one with a large payload goes to
+/// `plain`, which seals that payload from its own buffer, and so does every frame after
+/// it in this write, to keep them in order. Under TLS, every frame goes to `plain`.
+fn add(sealer: &Seal, frame: &Frame, plain: &mut Plain, buf: &mut Sealed) {
+    if plain.is_empty() && frame.payload_len() < ZERO_COPY_MIN && sealer.gathers() {
+        sealer.gather(frame, buf);
+    } else {
+        plain.push(frame);
+    }
+}
+
+/// Seals what the next write holds, in the order it was added: the gathered record,
+/// then `plain`'s frames.
+fn seal(sealer: &Seal, plain: &mut Plain, buf: &mut Sealed) {
+    sealer.seal_gathered(buf);
+    sealer.seal_plain(plain, buf);
+    plain.clear();
 }
 
 /// Writes all of `buf` (sealed records, in order), leaving it empty for the next batch
