@@ -273,10 +273,14 @@ impl Sealer {
     /// Seals the record [`Sealer::gather`] began in `out`, where its frames lie, in one
     /// call; nothing if none is open.
     pub fn seal_gathered(&self, out: &mut Sealed) {
-        let Some(at) = out.record.take() else { return };
+        if out.record.is_none() {
+            return;
+        }
         let Keys::Aegis(key, width) = &self.keys else { unreachable!("only AEGIS gathers") };
-        let len = out.end - at - RECORD_HEADER;
+        let len = out.gathered();
+        // Room for the tag first: where the buffer moves, the record moves with it.
         out.extend(TAG_LEN);
+        let at = out.record.take().expect("a record is open");
         let (length, rest) = out.buf[at..out.end].split_at_mut(RECORD_HEADER);
         let nonce = self.next_record(len, length);
         let (body, tag) = rest.split_at_mut(len);
@@ -970,6 +974,35 @@ mod tests {
             opened.advance(used);
         }
         assert!(opened.is_empty());
+        assert_eq!(frames, sent);
+    }
+
+    /// A record gathered into a fresh buffer, which grows (and may move) with each frame
+    /// and again for the tag, opens intact whatever its size.
+    #[test]
+    fn a_gathered_record_opens_wherever_its_buffer_grew() {
+        let (d, mut a) = pair();
+        let mut wire = BytesMut::new();
+        let mut sent = Vec::new();
+        for size in 0..600usize {
+            let mut sealed = Sealed::default();
+            for _ in 0..1 + size % 3 {
+                d.sealer.gather(&Frame::Send(Bytes::from(vec![size as u8; size])), &mut sealed);
+                sent.push(size);
+            }
+            d.sealer.seal_gathered(&mut sealed);
+            wire.extend_from_slice(sealed.bytes());
+        }
+        let mut opened = BytesMut::new();
+        while a.opener.open(&mut wire, &mut opened).unwrap() {}
+        assert!(wire.is_empty());
+        let mut frames = Vec::new();
+        while let Some((frame, used)) = crate::frame::decode(&opened, crate::frame::DEFAULT_MAX_FRAME).unwrap() {
+            let Frame::Send(p) = &frame else { panic!("a send frame") };
+            assert!(p.iter().all(|&b| b == p.len() as u8), "a {}-byte payload intact", p.len());
+            frames.push(p.len());
+            opened.advance(used);
+        }
         assert_eq!(frames, sent);
     }
 
