@@ -960,21 +960,26 @@ mod tests {
         d.sealer.seal_gathered(&mut sealed);
         d.sealer.seal_gathered(&mut sealed);
         assert_eq!(sealed.bytes().len() - before, 600 * 1_005 + 2 * (RECORD_HEADER + TAG_LEN), "two records, and nothing more for a second seal");
-        sealed.extend_from_slice(b"");
         wire.extend_from_slice(sealed.bytes());
         sealed.advance(sealed.bytes().len());
+        assert_eq!(open_sends(&mut a, wire), sent);
+    }
+
+    /// Opens every record in `wire` and returns the lengths of the `Send` frames they
+    /// hold, each payload checked to be its length's byte repeated.
+    fn open_sends(a: &mut Session, mut wire: BytesMut) -> Vec<usize> {
         let mut opened = BytesMut::new();
         while a.opener.open(&mut wire, &mut opened).unwrap() {}
-        assert!(wire.is_empty());
-        let mut frames = Vec::new();
+        assert!(wire.is_empty(), "every record whole and opened");
+        let mut sizes = Vec::new();
         while let Some((frame, used)) = crate::frame::decode(&opened, crate::frame::DEFAULT_MAX_FRAME).unwrap() {
             let Frame::Send(p) = &frame else { panic!("a send frame") };
             assert!(p.iter().all(|&b| b == p.len() as u8), "a {}-byte payload intact", p.len());
-            frames.push(frame.payload_len());
+            sizes.push(p.len());
             opened.advance(used);
         }
-        assert!(opened.is_empty());
-        assert_eq!(frames, sent);
+        assert!(opened.is_empty(), "no frame cut short");
+        sizes
     }
 
     /// A record gathered into a fresh buffer, which grows (and may move) with each frame
@@ -993,21 +998,11 @@ mod tests {
             d.sealer.seal_gathered(&mut sealed);
             wire.extend_from_slice(sealed.bytes());
         }
-        let mut opened = BytesMut::new();
-        while a.opener.open(&mut wire, &mut opened).unwrap() {}
-        assert!(wire.is_empty());
-        let mut frames = Vec::new();
-        while let Some((frame, used)) = crate::frame::decode(&opened, crate::frame::DEFAULT_MAX_FRAME).unwrap() {
-            let Frame::Send(p) = &frame else { panic!("a send frame") };
-            assert!(p.iter().all(|&b| b == p.len() as u8), "a {}-byte payload intact", p.len());
-            frames.push(p.len());
-            opened.advance(used);
-        }
-        assert_eq!(frames, sent);
+        assert_eq!(open_sends(&mut a, wire), sent);
     }
 
-    /// A gathered record's bytes are plaintext until it is sealed: they cannot be written,
-    /// nor can anything sealed be put behind them.
+    /// A gathered record's bytes are plaintext until it is sealed: they cannot be taken
+    /// to be written.
     #[test]
     #[should_panic(expected = "a gathered record is sealed before it is written")]
     fn an_open_gathered_record_is_not_written() {
