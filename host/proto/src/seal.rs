@@ -281,10 +281,17 @@ impl Sealer {
         // Room for the tag first: where the buffer moves, the record moves with it.
         out.extend(TAG_LEN);
         let at = out.record.take().expect("a record is open");
-        let (length, rest) = out.buf[at..out.end].split_at_mut(RECORD_HEADER);
-        let nonce = self.next_record(len, length);
-        let (body, tag) = rest.split_at_mut(len);
-        tag.copy_from_slice(&seal_in_place(*width, key, &nonce, body));
+        debug_assert_eq!(out.end - at, RECORD_HEADER + len + TAG_LEN);
+        self.seal_record(key, *width, &mut out.buf[at..out.end]);
+    }
+
+    /// Seals one record in place, in one call: `record` is its length's bytes, its
+    /// plaintext, and room for its tag.
+    fn seal_record(&self, key: &Key, width: Width, record: &mut [u8]) {
+        let (length, rest) = record.split_at_mut(RECORD_HEADER);
+        let nonce = self.next_record(rest.len() - TAG_LEN, length);
+        let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+        tag.copy_from_slice(&seal_in_place(width, key, &nonce, body));
     }
 
     /// Bytes on the wire for `len` bytes of plaintext: the records' lengths and tags added.
@@ -311,16 +318,13 @@ impl Sealer {
             // pass runs slower than the copy and the one call together. The one call,
             // like an open, leaves its state on the stack unwiped; the key that state
             // derives from stays in this sealer for the connection's life either way.
-            let (length, rest) = out.split_at_mut(RECORD_HEADER);
-            let nonce = self.next_record(len, length);
-            let (body, tag) = rest.split_at_mut(len);
-            let mut at = 0;
+            let mut at = RECORD_HEADER;
             for piece in pieces {
-                body[at..at + piece.len()].copy_from_slice(piece);
+                out[at..at + piece.len()].copy_from_slice(piece);
                 at += piece.len();
             }
-            assert_eq!(at, len, "the pieces add up to the length given");
-            tag.copy_from_slice(&seal_in_place(width, key, &nonce, body));
+            assert_eq!(at, RECORD_HEADER + len, "the pieces add up to the length given");
+            self.seal_record(key, width, out);
             return;
         }
         let (mut at, mut left) = (0, len);
