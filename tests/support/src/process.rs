@@ -10,6 +10,17 @@ use std::time::{Duration, Instant};
 
 use crate::{bin, member_names, wait_every, wait_until, COOKIE};
 
+/// The state letter (`R`, `S`, `T`, …) of each thread of `pid`, from
+/// `/proc/<pid>/task/*/stat`; a thread that exits while it is read is left out.
+fn thread_states(pid: i32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        // The name in parentheses may hold spaces and parentheses: the state follows the last `)`.
+        .filter_map(|stat| stat.rsplit_once(')')?.1.trim_start().chars().next())
+        .collect()
+}
+
 /// `program` as a command, on CPU 0 only when `cpu0` (through `taskset -c 0`, so that
 /// every thread it starts is pinned from its start).
 pub fn command(program: impl AsRef<std::ffi::OsStr>, cpu0: bool) -> Command {
@@ -195,10 +206,24 @@ impl Node {
         self.child.as_ref().expect("running").id() as i32
     }
 
+    /// Sends `sig`. For SIGSTOP it returns only once every thread of the process has
+    /// stopped: kill(2) returns before they do (a thread must be scheduled to take the
+    /// stop), and on a busy machine a thread not yet stopped would still answer a
+    /// message sent just after.
     pub fn signal(&self, sig: i32) {
+        let pid = self.pid();
         // SAFETY: kill(2) on our own child's pid.
-        let r = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(r, 0, "kill({}, {sig})", self.pid());
+        let r = unsafe { libc::kill(pid, sig) };
+        assert_eq!(r, 0, "kill({pid}, {sig})");
+        if sig == libc::SIGSTOP {
+            wait_every(
+                Duration::from_millis(1),
+                Duration::from_secs(5),
+                &format!("every thread of {} to stop", self.name),
+                || thread_states(pid).iter().all(|s| *s == 'T'),
+                || format!("thread states {:?}", thread_states(pid)),
+            );
+        }
     }
 
     /// Waits (up to `timeout`) for the process to exit; its exit code. It looks every
