@@ -174,11 +174,14 @@ fn add(sealer: &Seal, frame: &Frame, plain: &mut Plain, buf: &mut Sealed) {
 }
 
 /// Seals what the next write holds, in the order it was added: the gathered record,
-/// then `plain`'s frames.
+/// then `plain`'s frames. An empty `plain` is left alone: under TLS, sealing nothing
+/// would still take the connection's lock.
 fn seal(sealer: &Seal, plain: &mut Plain, buf: &mut Sealed) {
     sealer.seal_gathered(buf);
-    sealer.seal_plain(plain, buf);
-    plain.clear();
+    if !plain.is_empty() {
+        sealer.seal_plain(plain, buf);
+        plain.clear();
+    }
 }
 
 /// Writes all of `buf` (sealed records, in order), leaving it empty for the next batch
