@@ -265,6 +265,19 @@ fn the_http_gateway_answers_calls_with_status_codes() {
     let (status, body) = http(gb, "POST", "/v1/workers/probe/slow/call?timeout_ms=300", b"spin");
     assert_eq!(status, 504, "{body}");
     assert!(body.contains(r#""error":"timeout""#), "{body}");
+    // A name that would break a log line is refused before anything starts or logs it
+    // (order activates on call: it would start, and say so in the log).
+    let forging = "/v1/workers/order/x%0A2026-12-04T00:00:00.000000Z%20%20INFO%20started%20order%2Fforged/call";
+    let (status, body) = http(ga, "POST", forging, b"\"contents\"");
+    assert_eq!(status, 400, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "bad worker name", "{body}");
+    assert!(v["reason"].as_str().unwrap().starts_with(r"`x\n2026"), "the reason shows the key escaped: {body}");
+    assert!(!a.log().contains("forged"), "{}", a.log());
+    // A timeout that is not whole milliseconds is refused, not replaced by the default.
+    let (status, body) = http(gb, "POST", "/v1/workers/probe/slow/call?timeout_ms=2s", b"spin");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(r#""error":"bad timeout_ms""#) && body.contains("`2s`"), "{body}");
 
     let (status, body) = http(gb, "GET", "/v1/workers", b"");
     assert_eq!(status, 200);

@@ -29,6 +29,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::name::NodeName;
+use crate::registry::WorkerName;
 
 /// Environment variable the cookie comes from unless the config says otherwise.
 pub const DEFAULT_COOKIE_ENV: &str = "WASMNODE_COOKIE";
@@ -335,7 +336,7 @@ struct RawConfig {
 struct RawWorker {
     component: Spanned<String>,
     #[serde(default)]
-    boot: Vec<String>,
+    boot: Vec<Spanned<String>>,
     #[serde(default)]
     activate_on_call: bool,
     restart: Option<Spanned<String>>,
@@ -654,8 +655,19 @@ impl Config {
         }
         let mut workers = Vec::new();
         for (kind, w) in raw.worker {
-            let w = w.into_inner();
             let before = errors.len();
+            if let Err(e) = crate::registry::check_kind(&kind) {
+                errors.push(err(Some(w.span()), Some("worker".into()), e.to_string()));
+                continue;
+            }
+            let w = w.into_inner();
+            let mut boot = Vec::new();
+            for key in &w.boot {
+                match WorkerName::check(&kind, key.get_ref()) {
+                    Ok(()) => boot.push(key.get_ref().clone()),
+                    Err(e) => errors.push(err(Some(key.span()), Some(format!("worker.{kind}.boot")), e.to_string())),
+                }
+            }
             let component = base.join(w.component.get_ref());
             if !component.is_file() {
                 errors.push(err(
@@ -748,7 +760,7 @@ impl Config {
                 component_at: line_col(text, w.component.span().start),
                 kind,
                 component,
-                boot: w.boot,
+                boot,
                 activate_on_call: w.activate_on_call,
                 restart,
                 call_timeout: Duration::from_millis(w.call_timeout_ms.unwrap_or(DEFAULT_WORKER_CALL_TIMEOUT_MS)),
@@ -1047,6 +1059,16 @@ mod tests {
         assert!(e.starts_with("t.toml:3:12: key `worker.c.replicas`: replicas needs `durability = \"replicated\"`"), "{e}");
         let e = w("durability = \"raft\"\n").unwrap_err();
         assert!(e.starts_with("t.toml:3:14: key `worker.c.durability`: `raft` is not a durability: none or replicated"), "{e}");
+    }
+
+    #[test]
+    fn worker_kinds_and_boot_keys_are_names_that_cannot_break_a_log_line() {
+        let c = parse("[worker.order-2]\ncomponent = \"Cargo.toml\"\nboot = [\"a/b\", \"Jöhn\"]\n").unwrap();
+        assert_eq!((c.workers[0].kind.as_str(), c.workers[0].boot.clone()), ("order-2", vec!["a/b".to_string(), "Jöhn".to_string()]));
+        let e = parse("[worker.order]\ncomponent = \"Cargo.toml\"\nboot = [\"ok\", \"x\\n2026-12-04 INFO forged\"]\n").unwrap_err();
+        assert!(e.starts_with("t.toml:3:15: key `worker.order.boot`: `x\\n2026-12-04 INFO forged`: a worker key is 1 to 1024 bytes"), "{e}");
+        let e = parse("[worker.\"a/b\"]\ncomponent = \"Cargo.toml\"\n").unwrap_err();
+        assert!(e.starts_with("t.toml:1:1: key `worker`: `a/b`: a worker kind is 1 to 64 letters, digits"), "{e}");
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `POST /v1/workers/{kind}/{key}/call[?timeout_ms=N]`, body = message, optional `Idempotency-Key` | 200 with the reply as body; 404 `not_found`, 504 `timeout`, 500 `failed`, 503 `unavailable` (JSON); 400 for a bad key |
-//! | `POST /v1/workers/{kind}/{key}`, body = args | 201 `{"node"}`; 409 `{"error":"already_started","node"}`; 400 `unknown_kind`; 500 `failed` |
+//! | `POST /v1/workers/{kind}/{key}/call[?timeout_ms=N]`, body = message, optional `Idempotency-Key` | 200 with the reply as body; 404 `not_found`, 504 `timeout` (after `timeout_ms`, 5 s without one), 500 `failed`, 503 `unavailable` (JSON); 400 for a bad worker name (see [`WorkerName::check`]), `Idempotency-Key` or `timeout_ms` (not whole milliseconds) |
+//! | `POST /v1/workers/{kind}/{key}`, body = args | 201 `{"node"}`; 409 `{"error":"already_started","node"}`; 400 `unknown_kind` or a bad worker name; 500 `failed` |
 //! | `GET /v1/workers` | 200 `{"nodes": [{"node", "workers"}]}` |
 //!
 //! The call is answered by the instance wherever it runs in the cluster. A call with an
@@ -302,15 +302,15 @@ async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, lim
             return r;
         }
     }
-    let timeout = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("timeout_ms="))
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(5));
+    if let ["v1", "workers", kind, key, ..] = segments.as_slice() {
+        if let Err(e) = WorkerName::check(kind, key) {
+            return json_response(400, json!({ "error": "bad worker name", "reason": e.to_string() }));
+        }
+    }
+    let timeout = match call_timeout(req.uri().query()) {
+        Ok(t) => t,
+        Err(reason) => return json_response(400, json!({ "error": "bad timeout_ms", "reason": reason })),
+    };
     let call_id = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
         None => None,
         Some(Ok(id)) => match crate::registry::calls::check_id(id) {
@@ -371,6 +371,21 @@ async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, lim
     }
 }
 
+/// A call's timeout from the query: `timeout_ms=N` (the first, if given twice), or 5 s
+/// without one. A value that is not a whole number of milliseconds is refused rather
+/// than quietly replaced by the default, as Kubernetes refuses a bad `timeoutSeconds`.
+fn call_timeout(query: Option<&str>) -> Result<Duration, String> {
+    match query.unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("timeout_ms=")) {
+        None => Ok(Duration::from_secs(5)),
+        Some(v) => v.parse::<u64>().map(Duration::from_millis).map_err(|e| {
+            // The value is echoed back, but no more of it than a person needs to see it.
+            let shown: String = v.chars().take(32).collect();
+            let more = if shown.len() < v.len() { "…" } else { "" };
+            format!("`{shown}{more}`: {e}; give whole milliseconds, e.g. timeout_ms=2000")
+        }),
+    }
+}
+
 /// A plain HTTP/1.1 GET of `url` (`http://host:port/path`): the status and the body as
 /// text. The client side of `wasmnode probe`, for images that have no curl.
 pub async fn get(url: &str) -> std::io::Result<(u16, String)> {
@@ -396,4 +411,25 @@ pub async fn get(url: &str) -> std::io::Result<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {}", head.lines().next().unwrap_or(""))))?;
     Ok((status, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_timeout_is_whole_milliseconds_or_the_default_and_anything_else_is_refused() {
+        assert_eq!(call_timeout(None), Ok(Duration::from_secs(5)));
+        assert_eq!(call_timeout(Some("")), Ok(Duration::from_secs(5)));
+        assert_eq!(call_timeout(Some("x=1&y")), Ok(Duration::from_secs(5)));
+        assert_eq!(call_timeout(Some("timeout_ms=300")), Ok(Duration::from_millis(300)));
+        assert_eq!(call_timeout(Some("a=b&timeout_ms=0&timeout_ms=9")), Ok(Duration::ZERO));
+        assert_eq!(call_timeout(Some("timeout_ms=18446744073709551615")), Ok(Duration::from_millis(u64::MAX)));
+        for bad in ["timeout_ms=", "timeout_ms=abc", "timeout_ms=1.5", "timeout_ms=-1", "timeout_ms=2s", "timeout_ms=18446744073709551616"] {
+            let why = call_timeout(Some(bad)).expect_err(bad);
+            assert!(why.contains("whole milliseconds"), "{bad}: {why}");
+        }
+        let why = call_timeout(Some(&format!("timeout_ms={}", "9".repeat(10_000)))).unwrap_err();
+        assert!(why.len() < 200 && why.contains("…`"), "{why}");
+    }
 }

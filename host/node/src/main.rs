@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tokio::sync::mpsc;
 use wasmnode::config::{Config, CookieSource, Overrides, DEFAULT_COOKIE_ENV};
 use wasmnode::dist::{Dist, DistConfig, Peer};
+use wasmnode::registry::WorkerName;
 use wasmnode::time::rfc3339;
 use wasmnode_proto::{Frame, Service};
 
@@ -76,8 +77,11 @@ fn exit_of(v: &serde_json::Value) -> Exit {
 /// `KIND/KEY`, e.g. `counter/c1`.
 fn worker_name(name: &str) -> anyhow::Result<(&str, &str)> {
     match name.split_once('/') {
-        Some((kind, key)) if !kind.is_empty() && !key.is_empty() => Ok((kind, key)),
-        _ => Err(coded(Exit::Usage, format!("`{name}` is not KIND/KEY (for example counter/c1)"))),
+        Some((kind, key)) => match WorkerName::check(kind, key) {
+            Ok(()) => Ok((kind, key)),
+            Err(e) => Err(coded(Exit::Usage, e.to_string())),
+        },
+        None => Err(coded(Exit::Usage, format!("`{}` is not KIND/KEY (for example counter/c1)", name.escape_debug()))),
     }
 }
 
@@ -503,7 +507,7 @@ mod tests {
         assert_eq!(once(&e), "nodes: b@h did not answer in time");
         assert_eq!(e.chain().find_map(|c| c.downcast_ref::<Coded>()).map(|c| c.0), Some(Exit::Timeout));
         assert!(matches!(worker_name("counter/c1"), Ok(("counter", "c1"))));
-        for bad in ["counter", "counter/", "/c1"] {
+        for bad in ["counter", "counter/", "/c1", "counter/c\n1", "a b/c1"] {
             let e = worker_name(bad).unwrap_err();
             assert_eq!(e.downcast_ref::<Coded>().map(|c| c.0), Some(Exit::Usage), "{bad}");
         }

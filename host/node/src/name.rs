@@ -20,6 +20,10 @@ pub enum NameError {
     BadHost(String),
     #[error("`{0}` is not a worker name: expected kind/key")]
     NotAWorkerName(String),
+    #[error("`{0}`: a worker kind is 1 to {max} letters, digits, `-`, `_` or `.`", max = crate::registry::MAX_KIND_BYTES)]
+    BadWorkerKind(String),
+    #[error("`{0}`: a worker key is 1 to {max} bytes with no control characters or line breaks", max = crate::registry::MAX_KEY_BYTES)]
+    BadWorkerKey(String),
 }
 
 /// The distribution port every node uses unless its name says otherwise.

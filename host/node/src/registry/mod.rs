@@ -44,7 +44,7 @@ use wasmnode_proto::{Frame, Service, TraceContext};
 
 pub use actor::{start_apart, BoxFuture, CallWith, Conflict, Envelope, Info, Mailbox, Merges, RemoteReply, ReplyTo, Restart, Spawner, Traced};
 pub use error::{CallError, SpawnError, StartError};
-pub use name::WorkerName;
+pub use name::{check_kind, WorkerName, MAX_KEY_BYTES, MAX_KIND_BYTES};
 pub use placement::owner;
 pub use wire::DurableReport;
 
@@ -325,14 +325,15 @@ impl Registry {
 
     /// Starts `kind/key` on its owner; the node it runs on.
     pub async fn start_worker(&self, kind: &str, key: &str, args: Vec<u8>) -> Result<String, StartError> {
-        let name = WorkerName::new(kind, key);
+        let name = WorkerName::checked(kind, key).map_err(|e| StartError::Failed(e.to_string()))?;
         self.wait_synced_unless_known(&name).await;
         self.start_with(name, args, false).await
     }
 
     /// Starts `kind/key` here, whoever owns it.
     pub async fn start_local(&self, kind: &str, key: &str, args: Vec<u8>) -> Result<String, StartError> {
-        self.start_with(WorkerName::new(kind, key), args, true).await
+        let name = WorkerName::checked(kind, key).map_err(|e| StartError::Failed(e.to_string()))?;
+        self.start_with(name, args, true).await
     }
 
     async fn start_with(&self, name: WorkerName, args: Vec<u8>, here: bool) -> Result<String, StartError> {
@@ -433,9 +434,9 @@ impl Registry {
         if let Some(id) = id {
             calls::check_id(id).map_err(CallError::Failed)?;
         }
+        let name = WorkerName::checked(kind, key).map_err(|e| CallError::Failed(e.to_string()))?;
         let id = id.map(str::to_string);
         let started = std::time::Instant::now();
-        let name = WorkerName::new(kind, key);
         let deadline = Instant::now() + timeout;
         // The common case first, with one lookup: the instance runs here.
         let running = self.0.table.lock().unwrap().handle_of(&name).cloned();
@@ -541,7 +542,7 @@ impl Registry {
 
     /// Sends `msg` to `kind/key` without waiting for it to be handled.
     pub async fn cast(&self, kind: &str, key: &str, msg: Vec<u8>) -> Result<(), CallError> {
-        let name = WorkerName::new(kind, key);
+        let name = WorkerName::checked(kind, key).map_err(|e| CallError::Failed(e.to_string()))?;
         self.wait_synced_unless_known(&name).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         match self.resolve(&name, None, deadline).await? {
