@@ -45,9 +45,9 @@ pub enum CallError {
 pub enum StartError {
     /// The name runs already, on this node.
     #[error("already started on {0}")]
-    AlreadyStarted(String),
+    AlreadyStarted(#[serde(deserialize_with = "super::wire::checked::node")] String),
     #[error("unknown worker kind {0}")]
-    UnknownKind(String),
+    UnknownKind(#[serde(deserialize_with = "super::wire::checked::kind")] String),
     /// `init` refused or trapped, or the node could not start it.
     #[error("failed: {0}")]
     Failed(String),

@@ -705,6 +705,8 @@ impl Registry {
     pub fn handle_rpc_fast(&self, peer: &Peer, id: u64, trace: Option<TraceContext>, body: &Bytes) -> bool {
         let (kind, key, msg, call, call_id) = match body.first().copied() {
             Some(RPC_CALL) => match postcard::from_bytes::<CallFields<'_>>(&body[1..]) {
+                // A call id the ordered path would refuse is refused there, with its reason.
+                Ok((_, _, _, _, Some(id))) if calls::check_id(id).is_err() => return false,
                 Ok((kind, key, msg, _timeout_ms, call_id)) => (kind, key, msg, true, call_id),
                 Err(_) => return false,
             },

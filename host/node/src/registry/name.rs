@@ -71,7 +71,7 @@ pub fn check_kind(kind: &str) -> Result<(), NameError> {
 }
 
 /// Control characters (C0, DEL, C1) and Unicode's line and paragraph separators.
-fn breaks_a_line(c: char) -> bool {
+pub(crate) fn breaks_a_line(c: char) -> bool {
     c.is_control() || c == '\u{2028}' || c == '\u{2029}'
 }
 

@@ -22,6 +22,7 @@ pub enum Rpc {
         msg: Vec<u8>,
         timeout_ms: u64,
         /// The call's id: applied once by the name, whatever the retries.
+        #[serde(deserialize_with = "checked::call_id")]
         call_id: Option<String>,
     },
     Cast {
@@ -54,9 +55,16 @@ pub enum Rpc {
 /// copy's number and the replicas that acknowledged it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DurableReport {
-    pub held: Vec<(WorkerName, String, u64, usize)>,
-    pub sent: Vec<(WorkerName, u64, Vec<String>)>,
+    #[serde(deserialize_with = "checked::held")]
+    pub held: Vec<Held>,
+    #[serde(deserialize_with = "checked::sent")]
+    pub sent: Vec<Sent>,
 }
+
+/// A copy held: its name, the node that runs it, the copy's number, its size in bytes.
+pub type Held = (WorkerName, String, u64, usize);
+/// A copy sent: its name, its number, the replicas that acknowledged it.
+pub type Sent = (WorkerName, u64, Vec<String>);
 
 /// A copy of a durable instance's state, from the node that runs it to a replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,19 +76,20 @@ pub struct Replicate {
     pub seq: u64,
     pub update: Update,
     /// Every node this copy goes to, in the name's ranking order.
+    #[serde(deserialize_with = "checked::nodes")]
     pub holders: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RpcReply {
-    Started(String),
+    Started(#[serde(deserialize_with = "checked::node")] String),
     StartFailed(StartError),
     Reply(Vec<u8>),
     CallFailed(CallError),
     Done,
-    List(Vec<String>),
+    List(#[serde(deserialize_with = "checked::worker_names")] Vec<String>),
     /// The name runs on this node now: send the call there (it was not handled here).
-    Moved(String),
+    Moved(#[serde(deserialize_with = "checked::node")] String),
     /// A delta for a copy this replica does not hold: send the whole state.
     NeedFull,
     Durable(DurableReport),
@@ -103,10 +112,22 @@ pub enum Msg {
     /// With `yielding`, the sender's instance stopped in favour of the receiver's: its
     /// state merges into the instance running there. Answered with
     /// [`Msg::HandoffAck`]; until then the sender keeps every state it sent.
-    Handoff { name: WorkerName, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)>, yielding: bool },
+    Handoff {
+        name: WorkerName,
+        args: Vec<u8>,
+        lineage: Lineage,
+        state: Option<Vec<u8>>,
+        #[serde(deserialize_with = "checked::node_keyed")]
+        merges: Vec<(String, Vec<u8>)>,
+        yielding: bool,
+    },
     /// The answer to a handoff: where the name runs now, or `None` when the receiver
     /// could not take it (leaving, or its start failed).
-    HandoffAck { name: WorkerName, at: Option<String> },
+    HandoffAck {
+        name: WorkerName,
+        #[serde(deserialize_with = "checked::node_opt")]
+        at: Option<String>,
+    },
     /// This name runs nowhere since its node went down: the receiver owns it now.
     Orphan { name: WorkerName, args: Vec<u8>, lineage: Lineage },
     /// Drop the copy of this durable name's state the sender replicated here: the
@@ -127,6 +148,69 @@ pub const RPC_CAST: u8 = 2;
 pub type CallFields<'a> = (&'a str, &'a str, &'a [u8], u64, Option<&'a str>);
 /// `Rpc::Cast`'s fields, borrowed: kind, key, message.
 pub type CastFields<'a> = (&'a str, &'a str, &'a [u8]);
+
+/// Deserializers for the fields that carry node names, worker names as text and call
+/// ids: a message that holds one no node could have sent (one that would break a log
+/// line, say) is not decoded, and so nothing logs it. (Worker names as [`WorkerName`]
+/// are checked by their own type.)
+pub(super) mod checked {
+    use serde::de::{Deserializer, Error};
+    use serde::Deserialize;
+
+    use super::{Held, Sent};
+    use crate::name::NodeName;
+    use crate::registry::WorkerName;
+
+    fn node_name<E: Error>(s: String) -> Result<String, E> {
+        NodeName::parse(&s).map(|_| s).map_err(E::custom)
+    }
+
+    pub fn node<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        node_name(String::deserialize(d)?)
+    }
+
+    pub fn node_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Option::<String>::deserialize(d)?.map(node_name).transpose()
+    }
+
+    pub fn nodes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Vec::<String>::deserialize(d)?.into_iter().map(node_name).collect()
+    }
+
+    pub fn node_keyed<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, Vec<u8>)>, D::Error> {
+        Vec::<(String, Vec<u8>)>::deserialize(d)?.into_iter().map(|(n, v)| Ok((node_name(n)?, v))).collect()
+    }
+
+    pub fn held<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Held>, D::Error> {
+        Vec::<Held>::deserialize(d)?.into_iter().map(|(w, n, seq, len)| Ok((w, node_name(n)?, seq, len))).collect()
+    }
+
+    pub fn sent<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Sent>, D::Error> {
+        Vec::<Sent>::deserialize(d)?.into_iter().map(|(w, seq, acked)| Ok((w, seq, acked.into_iter().map(node_name).collect::<Result<_, _>>()?))).collect()
+    }
+
+    pub fn kind<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let kind = String::deserialize(d)?;
+        crate::registry::check_kind(&kind).map_err(D::Error::custom)?;
+        Ok(kind)
+    }
+
+    pub fn worker_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        for n in &names {
+            n.parse::<WorkerName>().map_err(D::Error::custom)?;
+        }
+        Ok(names)
+    }
+
+    pub fn call_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let id = Option::<String>::deserialize(d)?;
+        if let Some(id) = &id {
+            crate::registry::calls::check_id(id).map_err(D::Error::custom)?;
+        }
+        Ok(id)
+    }
+}
 
 /// A request body: the request in postcard.
 pub fn encode(rpc: &Rpc) -> Bytes {
@@ -209,5 +293,191 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(decode(&[0xff]).is_err(), "an unknown request is an error, not a guess");
+    }
+
+    /// What a peer could send, one of every request and reply, with good names.
+    fn samples() -> Vec<Vec<u8>> {
+        let name = WorkerName::new("order", "John/1");
+        let copy = Replicate {
+            name: name.clone(),
+            args: vec![1],
+            lineage: Lineage::default(),
+            seq: 9,
+            update: Update::Delta { base: 8, len: 3, runs: vec![(1, vec![2])] },
+            holders: vec!["b@h".into(), "c@[::1]:4371".into()],
+        };
+        let msgs = [
+            Msg::Registered { name: name.clone(), args: vec![1], lineage: Lineage::default() },
+            Msg::Handoff {
+                name: name.clone(),
+                args: vec![],
+                lineage: Lineage::default(),
+                state: Some(vec![7]),
+                merges: vec![("c@h".into(), vec![1])],
+                yielding: true,
+            },
+            Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
+            Msg::NoCopy { name: name.clone() },
+        ];
+        let mut out: Vec<Vec<u8>> = msgs.into_iter().map(|m| encode(&Rpc::Tell(m)).to_vec()).collect();
+        for rpc in [
+            Rpc::Start { name: name.clone(), args: vec![3] },
+            Rpc::Call { name: name.clone(), msg: b"m".to_vec(), timeout_ms: 5, call_id: Some("id-1".into()) },
+            Rpc::Cast { name: name.clone(), msg: vec![] },
+            Rpc::Replicate(Box::new(copy.clone())),
+            Rpc::ReplicateThenReply { copy: Box::new(copy), id: 3, reply: vec![2, 1] },
+        ] {
+            out.push(encode(&rpc).to_vec());
+        }
+        let report = DurableReport { held: vec![(name.clone(), "a@h".into(), 1, 2)], sent: vec![(name, 3, vec!["b@h".into()])] };
+        for reply in [
+            RpcReply::Started("a@h".into()),
+            RpcReply::StartFailed(StartError::AlreadyStarted("a@h".into())),
+            RpcReply::StartFailed(StartError::UnknownKind("order".into())),
+            RpcReply::List(vec!["order/John".into()]),
+            RpcReply::Moved("b@h:4371".into()),
+            RpcReply::Durable(report),
+        ] {
+            out.push(encode_reply(&reply).to_vec());
+        }
+        out
+    }
+
+    /// Every name and call id in a decoded request or reply is one a node could send.
+    fn all_checked(rpc: Option<&Rpc>, reply: Option<&RpcReply>) -> Result<(), String> {
+        let (mut workers, mut nodes, mut ids): (Vec<&WorkerName>, Vec<&str>, Vec<&str>) = Default::default();
+        let mut owned = Vec::new();
+        match rpc {
+            Some(Rpc::Start { name, .. } | Rpc::Cast { name, .. }) => workers.push(name),
+            Some(Rpc::Call { name, call_id, .. }) => {
+                workers.push(name);
+                ids.extend(call_id.as_deref());
+            }
+            Some(Rpc::Replicate(c) | Rpc::ReplicateThenReply { copy: c, .. }) => owned.push((c.name.clone(), c.holders.clone())),
+            Some(Rpc::Tell(m)) => match m {
+                Msg::Registered { name, .. } | Msg::Unregistered { name } | Msg::Orphan { name, .. } | Msg::ReplicaDropped { name } | Msg::NoCopy { name } => {
+                    workers.push(name)
+                }
+                Msg::Handoff { name, merges, .. } => {
+                    workers.push(name);
+                    nodes.extend(merges.iter().map(|(n, _)| n.as_str()));
+                }
+                Msg::HandoffAck { name, at } => {
+                    workers.push(name);
+                    nodes.extend(at.as_deref());
+                }
+                Msg::Synced => {}
+            },
+            Some(Rpc::List | Rpc::Durable) | None => {}
+        }
+        for (name, holders) in &owned {
+            workers.push(name);
+            nodes.extend(holders.iter().map(String::as_str));
+        }
+        let listed: Vec<WorkerName>;
+        match reply {
+            Some(RpcReply::Started(n) | RpcReply::Moved(n) | RpcReply::StartFailed(StartError::AlreadyStarted(n))) => nodes.push(n),
+            Some(RpcReply::StartFailed(StartError::UnknownKind(k))) => crate::registry::check_kind(k).map_err(|e| e.to_string())?,
+            Some(RpcReply::List(names)) => {
+                listed = names.iter().map(|n| n.parse::<WorkerName>()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+                workers.extend(&listed);
+            }
+            Some(RpcReply::Durable(r)) => {
+                for (name, node, ..) in &r.held {
+                    workers.push(name);
+                    nodes.push(node);
+                }
+                for (name, _, acked) in &r.sent {
+                    workers.push(name);
+                    nodes.extend(acked.iter().map(String::as_str));
+                }
+            }
+            _ => {}
+        }
+        for w in workers {
+            WorkerName::check(&w.kind, &w.key).map_err(|e| e.to_string())?;
+        }
+        for n in nodes {
+            crate::name::NodeName::parse(n).map_err(|e| e.to_string())?;
+        }
+        for id in ids {
+            super::super::calls::check_id(id)?;
+        }
+        Ok(())
+    }
+
+    /// Whatever a peer sends, decoding it does not panic, and what decodes holds only
+    /// names and ids that could not break a log line, and encodes back to itself.
+    fn check_decoding(body: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        if let Ok(rpc) = decode(body) {
+            proptest::prop_assert!(all_checked(Some(&rpc), None).is_ok(), "{rpc:?}: {:?}", all_checked(Some(&rpc), None));
+            let again = encode(&rpc);
+            proptest::prop_assert_eq!(encode(&decode(&again).unwrap()), again);
+        }
+        if let Ok(reply) = postcard::from_bytes::<RpcReply>(body) {
+            proptest::prop_assert!(all_checked(None, Some(&reply)).is_ok(), "{reply:?}: {:?}", all_checked(None, Some(&reply)));
+        }
+        if body.first() == Some(&RPC_CALL) {
+            // The fast path reads a call only where the ordered path would.
+            if let Ok((kind, key, _, _, id)) = postcard::from_bytes::<CallFields<'_>>(&body[1..]) {
+                let fast_takes = id.is_none_or(|id| super::super::calls::check_id(id).is_ok());
+                let ordered_takes = decode(body).is_ok();
+                proptest::prop_assert!(!fast_takes || ordered_takes || WorkerName::check(kind, key).is_err(), "fast path took what the ordered path refuses");
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2048, ..Default::default() })]
+
+        #[test]
+        fn arbitrary_bytes_from_a_peer_decode_to_checked_names_or_not_at_all(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            check_decoding(&body)?;
+        }
+
+        /// Good messages with bytes changed or put in: names grow control characters,
+        /// lengths go wrong.
+        #[test]
+        fn altered_messages_decode_to_checked_names_or_not_at_all(
+            pick in 0usize..64,
+            edits in proptest::collection::vec((0usize..512, proptest::prelude::any::<u8>(), proptest::prelude::any::<bool>()), 1..4),
+        ) {
+            let samples = samples();
+            let mut body = samples[pick % samples.len()].clone();
+            for (at, byte, insert) in edits {
+                let at = at % (body.len() + 1);
+                if insert || at == body.len() { body.insert(at, byte) } else { body[at] = byte }
+            }
+            check_decoding(&body)?;
+        }
+    }
+
+    #[test]
+    fn a_peer_message_with_a_name_that_would_break_a_log_line_is_not_decoded() {
+        for good in samples() {
+            check_decoding(&good).unwrap();
+            assert!(decode(&good).is_ok() || postcard::from_bytes::<RpcReply>(&good).is_ok());
+        }
+        let bad = "b@h\n2026-12-04T00:00:00Z  INFO forged";
+        let name = WorkerName::new("order", "John");
+        for rpc in [
+            Rpc::Tell(Msg::HandoffAck { name: name.clone(), at: Some(bad.into()) }),
+            Rpc::Tell(Msg::Handoff {
+                name: name.clone(),
+                args: vec![],
+                lineage: Lineage::default(),
+                state: None,
+                merges: vec![(bad.into(), vec![])],
+                yielding: false,
+            }),
+            Rpc::Call { name: name.clone(), msg: vec![], timeout_ms: 1, call_id: Some("id\nforged".into()) },
+            Rpc::Cast { name: WorkerName::new("order", "x\rforged"), msg: vec![] },
+        ] {
+            assert!(decode(&encode(&rpc)).is_err(), "{rpc:?}");
+        }
+        for reply in [RpcReply::Moved(bad.into()), RpcReply::Started(bad.into()), RpcReply::List(vec!["order/a\nb".into()])] {
+            assert!(postcard::from_bytes::<RpcReply>(&encode_reply(&reply)).is_err(), "{reply:?}");
+        }
     }
 }
