@@ -1071,6 +1071,60 @@ mod tests {
         assert!(e.starts_with("t.toml:1:1: key `worker`: `a/b`: a worker kind is 1 to 64 letters, digits"), "{e}");
     }
 
+    /// A topology with every section, as a starting point for altered ones.
+    const EVERY_SECTION: &str = "[node]\nname = \"${WASMNODE_T_NAME:-a@127.0.0.1}\"\nheartbeat_interval_ms = 250\nfull_mesh = true\n\
+        [node.tls]\ncert = \"a.crt\"\nkey = \"a.key\"\nca = \"ca.crt\"\n\
+        [topology.local]\nstrategy = \"Cargo.toml\"\npolling_interval_ms = 5000\n[topology.local.config]\nhosts = [\"a@127.0.0.1\", \"b@[::1]:4371\"]\n\
+        [worker.order]\ncomponent = \"Cargo.toml\"\nboot = [\"John\"]\nactivate_on_call = true\ndurability = \"replicated\"\nreplicas = 2\n\
+        allowed_outbound_hosts = [\"http://127.0.0.1:8089\"]\n[worker.order.config]\nwebhook = \"${WASMNODE_T_HOOK:-http://x/y}\"\n\
+        [http]\nlisten = \"127.0.0.1:9090\"\ngateway = true\n";
+
+    /// However a topology is garbled, reading it answers a config or errors that name
+    /// the file, at a line the file has; it never panics.
+    fn reads_or_names_the_place(text: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        let lines = text.split('\n').count();
+        if let Err(errors) = Config::parse_with(text, Path::new("t.toml"), &Overrides { offline: true, ..Overrides::default() }) {
+            proptest::prop_assert!(!errors.is_empty());
+            for e in errors {
+                proptest::prop_assert_eq!(&e.file, Path::new("t.toml"));
+                proptest::prop_assert!(e.at.is_none_or(|(line, col)| line >= 1 && line <= lines && col >= 1), "{e} in {lines} lines");
+                proptest::prop_assert!(!e.message.is_empty() && e.to_string().starts_with("t.toml"), "{e}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_topology_garbled_below_reads_as_it_stands() {
+        Config::parse_with(EVERY_SECTION, Path::new("t.toml"), &Overrides { offline: true, ..Overrides::default() }).unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        #[test]
+        fn a_garbled_topology_is_refused_with_its_place_named_never_a_panic(
+            edits in proptest::collection::vec((0usize..2048, proptest::sample::select(vec!['"', '[', ']', '=', '{', '}', '.', ',', '#', '\n', '\\', '$', '@', ':', '\'', ' ', '0', 'a', '-', '/', 'é', '\u{0}']), 0u8..3), 1..6),
+        ) {
+            let mut text: Vec<char> = EVERY_SECTION.chars().collect();
+            for (at, c, how) in edits {
+                let at = at % (text.len() + 1);
+                match how {
+                    0 => text.insert(at, c),
+                    1 if at < text.len() => text[at] = c,
+                    _ if at < text.len() => { text.remove(at); }
+                    _ => text.push(c),
+                }
+            }
+            reads_or_names_the_place(&text.into_iter().collect::<String>())?;
+        }
+
+        #[test]
+        fn arbitrary_text_is_refused_with_its_place_named_never_a_panic(text in "[\\[\\]a-z_.=\"'{},#\n0-9@:$ ]{0,200}") {
+            reads_or_names_the_place(&text)?;
+        }
+    }
+
     #[test]
     fn a_directory_given_as_a_strategy_is_named_a_directory() {
         let e = parse("[topology.k]\nstrategy = \"/tmp\"\n").unwrap_err();
