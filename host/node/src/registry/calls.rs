@@ -43,7 +43,7 @@ pub fn check_id(id: &str) -> Result<(), String> {
         0 => Err("a call id is empty".into()),
         n if n > MAX_ID_LEN => Err(format!("a call id is {n} bytes; at most {MAX_ID_LEN}")),
         // It is logged when a retry is answered from the log: it may not break the line.
-        _ if id.chars().any(super::name::breaks_a_line) => Err("a call id may not hold control characters or line breaks".into()),
+        _ if !super::name::fits_a_line(id) => Err("a call id may not hold control characters or line breaks".into()),
         _ => Ok(()),
     }
 }

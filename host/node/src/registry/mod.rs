@@ -434,15 +434,17 @@ impl Registry {
         if let Some(id) = id {
             calls::check_id(id).map_err(CallError::Failed)?;
         }
-        let name = WorkerName::checked(kind, key).map_err(|e| CallError::Failed(e.to_string()))?;
+        let name = WorkerName::new(kind, key);
         let id = id.map(str::to_string);
         let started = std::time::Instant::now();
         let deadline = Instant::now() + timeout;
-        // The common case first, with one lookup: the instance runs here.
+        // The common case first, with one lookup: the instance runs here (and so its
+        // name was checked when it started).
         let running = self.0.table.lock().unwrap().handle_of(&name).cloned();
         let result = match running {
             Some(mailbox) => call_mailbox(&name, mailbox, msg, id, trace.map(|parent| Traced { parent, remote: false }), deadline).await,
             None => {
+                WorkerName::check(kind, key).map_err(|e| CallError::Failed(e.to_string()))?;
                 self.wait_synced_unless_known(&name).await;
                 self.call_routed(&name, msg, id, trace, deadline).await
             }
