@@ -77,11 +77,11 @@ fn exit_of(v: &serde_json::Value) -> Exit {
 /// `KIND/KEY`, e.g. `counter/c1`.
 fn worker_name(name: &str) -> anyhow::Result<(&str, &str)> {
     match name.split_once('/') {
-        Some((kind, key)) => match WorkerName::check(kind, key) {
+        Some((kind, key)) if !kind.is_empty() && !key.is_empty() => match WorkerName::check(kind, key) {
             Ok(()) => Ok((kind, key)),
             Err(e) => Err(coded(Exit::Usage, e.to_string())),
         },
-        None => Err(coded(Exit::Usage, format!("`{}` is not KIND/KEY (for example counter/c1)", name.escape_debug()))),
+        _ => Err(coded(Exit::Usage, format!("`{}` is not KIND/KEY (for example counter/c1)", name.escape_debug()))),
     }
 }
 
