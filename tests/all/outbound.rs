@@ -111,6 +111,14 @@ fn a_worker_reaches_only_the_hosts_its_kind_is_granted() {
     let log = a.log();
     assert!(log.lines().any(|l| l.contains("INFO") && l.contains("[probe/p1] hello from the guest") && l.contains("stream=\"stdout\"")), "{log}");
     assert!(log.lines().any(|l| l.contains("WARN") && l.contains("[probe/p1] hello from the guest") && l.contains("stream=\"stderr\"")), "{log}");
+    // Whatever a line holds, it stays one line of the log: a carriage return (which on a
+    // terminal writes over what came before it), a vertical tab, a line separator.
+    let forged = "a\r2026-12-05T00:00:00.000000Z  INFO started order/forged\u{b}b\u{2028}c";
+    assert_eq!(call(names[0], "probe/p1", &format!("print {forged}")), (true, "ok".to_string()));
+    let escaped = r"[probe/p1] a\r2026-12-05T00:00:00.000000Z  INFO started order/forged\x0bb\u{2028}c";
+    a.wait_log_count(escaped, 2, FORM);
+    let log = a.log();
+    assert!(!log.contains(['\r', '\u{b}', '\u{2028}']), "{log:?}");
 }
 
 #[test]

@@ -1,7 +1,13 @@
 //! The node's log: text for a terminal, or one JSON object per line
 //! (`WASMNODE_LOG_FORMAT=json`) for a log pipeline, with the node and every field of the
 //! event (`peer`, `worker`, `reason`, …) at the top level beside `message`.
+//!
+//! Either way an event is one line: JSON escapes what it carries, and the text format
+//! is written through [`OneLine`], which escapes any line break or control character
+//! inside an event (a guest's `\r`, a reason a peer or a server sent), so no text from
+//! outside can start a line of its own or, on a terminal, write over one.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,7 +16,7 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
@@ -30,13 +36,68 @@ pub fn set_node(name: &str) {
 pub fn init() -> Result<(), String> {
     use std::io::IsTerminal;
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match std::env::var(FORMAT_ENV).as_deref() {
-        Ok("json") => builder.event_format(Json).init(),
-        Ok("text") | Err(_) => builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).init(),
+        Ok("json") => builder.with_writer(std::io::stderr).event_format(Json).init(),
+        Ok("text") | Err(_) => builder.with_writer(OneLine).with_target(false).with_ansi(std::io::stderr().is_terminal()).init(),
         Ok(other) => return Err(format!("{FORMAT_ENV}={other}: the log formats are `text` and `json`")),
     }
     Ok(())
+}
+
+/// Stderr, one line per event: the formatter hands over each event whole, and
+/// [`one_line`] escapes what would break it.
+pub struct OneLine;
+
+impl<'a> MakeWriter<'a> for OneLine {
+    type Writer = OneLine;
+    fn make_writer(&'a self) -> OneLine {
+        OneLine
+    }
+}
+
+impl std::io::Write for OneLine {
+    fn write(&mut self, event: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().lock().write_all(&one_line(event))?;
+        Ok(event.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// `event` (one formatted event, ending in its newline) with every line break and
+/// control character before that newline escaped: `\r`, `\n`, `\x0b`, `\u{2028}`, ….
+/// Tabs stay, and so does ESC: the formatter's own colours use it, and it escapes an
+/// ESC in a field itself. Text with nothing to escape is not copied.
+pub fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
+    let body = event.strip_suffix(b"\n").unwrap_or(event);
+    // C0 controls but tab and ESC, and DEL; and U+0085 (C2 85), U+2028 and U+2029
+    // (E2 80 A8/A9), which some readers take for line breaks.
+    let control = |c: u8| (c < 0x20 && c != b'\t' && c != 0x1b) || c == 0x7f;
+    let separator = |w: &[u8]| w.starts_with(&[0xc2, 0x85]) || w.starts_with(&[0xe2, 0x80, 0xa8]) || w.starts_with(&[0xe2, 0x80, 0xa9]);
+    if !body.iter().enumerate().any(|(i, &c)| control(c) || ((c == 0xc2 || c == 0xe2) && separator(&body[i..]))) {
+        return Cow::Borrowed(event);
+    }
+    let mut out = Vec::with_capacity(event.len() + 16);
+    let mut i = 0;
+    while i < body.len() {
+        let rest = &body[i..];
+        if let Some(sep) = ["\u{85}", "\u{2028}", "\u{2029}"].into_iter().find(|sep| rest.starts_with(sep.as_bytes())) {
+            out.extend_from_slice(sep.escape_unicode().to_string().as_bytes());
+            i += sep.len();
+            continue;
+        }
+        match body[i] {
+            b'\r' => out.extend_from_slice(br"\r"),
+            b'\n' => out.extend_from_slice(br"\n"),
+            c if control(c) => out.extend_from_slice(format!(r"\x{c:02x}").as_bytes()),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&event[body.len()..]);
+    Cow::Owned(out)
 }
 
 /// One JSON object per event: `timestamp`, `level`, `node`, `target`, `message` and the
@@ -103,6 +164,20 @@ mod tests {
         fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
             self.0.lock().unwrap().push(json_fields(event));
         }
+    }
+
+    #[test]
+    fn an_event_is_one_line_whatever_its_text_holds() {
+        let plain = b"2026-12-05T01:00:00Z  INFO worker=\"probe/p1\" [probe/p1] hello\tthere \xe2\x80\x94 \x1b[0m\n";
+        assert!(matches!(one_line(plain), Cow::Borrowed(_)), "nothing to escape: not copied");
+        let forged = "INFO [probe/p1] a\r2026-12-05T00:00:00Z  INFO forged\nWARN b\u{2028}c\u{85}d\u{2029}e\x0b\x00\x7f\u{2026}\n";
+        let out = String::from_utf8(one_line(forged.as_bytes()).into_owned()).unwrap();
+        assert_eq!(out, "INFO [probe/p1] a\\r2026-12-05T00:00:00Z  INFO forged\\nWARN b\\u{2028}c\\u{85}d\\u{2029}e\\x0b\\x00\\x7f\u{2026}\n");
+        assert_eq!(out.lines().count(), 1);
+        // Without the final newline, and nothing but escapes.
+        assert_eq!(one_line(b"\r\n\r").as_ref(), br"\r\n\r");
+        assert_eq!(one_line(b"\n").as_ref(), b"\n");
+        assert_eq!(one_line(b"").as_ref(), b"");
     }
 
     #[test]
