@@ -448,3 +448,72 @@ fn durable_counters_go_through_sigterm_and_a_healed_partition() {
     wait_exactly_once_with(&names[0], &want, SETTLE, "every counter once, with every increment, after the heal");
     copied(&names[0], "every counter copied after the heal");
 }
+
+/// One message between nodes carries at most 64 MiB, and what is larger is not sent: a
+/// reply over it fails its call with the reason, a state over it is neither copied nor
+/// handed over (the node says so, and keeps it), and start args over 1 MiB are refused.
+/// None of it costs a connection: the peer would close one that carried such a message,
+/// and every call on it would fail with it.
+#[test]
+fn what_is_too_large_for_one_message_costs_no_connection() {
+    let kind = [("probe", "worker_probe.wasm", "durability = \"replicated\"\nmemory_limit_mb = 512\ncall_timeout_ms = 30000")];
+    let dir = TempDir::new("d-large");
+    let names: Vec<String> = (1..=3).map(|i| format!("{}@127.0.110.{i}", ["a", "b", "c"][i - 1])).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let topology = worker_topology(&refs, &kind, Some(&format!("127.0.110.{}:8080", i + 1)));
+            // A short handoff deadline: the leave below waits it out.
+            let topology = topology.replacen("[node]\n", "[node]\nhandoff_deadline_ms = 3000\n", 1);
+            Node::start(&names[i], &dir.write(&format!("{i}.toml"), &topology))
+        })
+        .collect();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, SETTLE);
+    let (ok, out) = start_worker(&names[0], "probe", "big");
+    assert!(ok, "{out}");
+    let owner = names.iter().position(|n| *n == started_on(&out)).unwrap();
+    let other = (owner + 1) % 3;
+    let limit = "over the 64 MiB one message between nodes may carry";
+
+    // A 70 MiB reply, to a caller on another node and to the CLI on the owner itself.
+    for via in [other, owner] {
+        let (ok, out) = call(&names[via], "probe/big", "big 70");
+        assert!(!ok && out.contains("failed") && out.contains(limit), "through {}: {out}", names[via]);
+    }
+    assert_eq!(call(&names[other], "probe/big", "big 1").1.len(), 1 << 20, "a 1 MiB reply goes");
+
+    // A 70 MiB state: the call is answered, and the copy is not made (said once, not at
+    // every call).
+    assert_eq!(call(&names[other], "probe/big", "ballast 70"), (true, "ok".into()));
+    assert_eq!(call(&names[other], "probe/big", "slow-add 0"), (true, "1".into()));
+    nodes[owner].wait_log("cannot copy probe/big's state", SETTLE);
+    assert_eq!(nodes[owner].count("cannot copy probe/big's state"), 1, "{}", nodes[owner].log());
+
+    // Start args: 1 MiB is taken, one byte more is refused, through the gateway (413)
+    // and the registry alike.
+    let gateway = format!("127.0.110.{}:8080", other + 1);
+    let (status, body) = http(&gateway, "POST", "/v1/workers/probe/args1", &vec![b'a'; 1 << 20]);
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(&gateway, "POST", "/v1/workers/probe/args2", &vec![b'a'; (1 << 20) + 1]);
+    assert!(status == 413 && body.contains("args too large"), "{status} {body}");
+
+    // Nothing of it closed a connection.
+    for n in &nodes {
+        assert_eq!(n.count("node down"), 0, "{}", n.log());
+        n.wait_members(&refs, SETTLE);
+    }
+
+    // The owner leaves: each other node is tried, neither can take the state, and the
+    // node keeps it until its deadline; the connections close as a leave closes them.
+    nodes[owner].signal(libc::SIGTERM);
+    assert_eq!(nodes[owner].wait_exit(SETTLE), Some(0), "{}", nodes[owner].log());
+    for (i, name) in names.iter().enumerate().filter(|(i, _)| *i != owner) {
+        assert!(nodes[owner].count(&format!("cannot hand probe/big to {name}")) >= 1, "{}", nodes[owner].log());
+        let log = nodes[i].log();
+        assert!(!log.contains("exceeds the maximum") && !log.contains("protocol_error"), "{name}: {log}");
+        assert_eq!(nodes[i].count(&format!("node left {}", names[owner])), 1, "{log}");
+    }
+    let (p, q) = (other, 3 - owner - other);
+    nodes[p].wait_members(&[&names[p], &names[q]], SETTLE);
+    wait_until(SETTLE, "probe/big runs again once its node left", || call(&names[p], "probe/big", "count").0, || nodes[p].log());
+}

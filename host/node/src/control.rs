@@ -82,7 +82,14 @@ fn nodes(m: &Membership) -> Bytes {
 /// A call under `trace` (the CLI's `TRACEPARENT`) is a server span of that trace, and a
 /// new trace's root without one, when tracing is on.
 pub fn handle(m: &Membership, registry: &Registry, peer: Peer, id: u64, trace: Option<TraceContext>, body: Bytes) {
-    let reply = move |peer: &Peer, v: serde_json::Value| peer.send(Frame::Reply { id, body: Bytes::from(v.to_string()) });
+    let reply = move |peer: &Peer, v: serde_json::Value| {
+        let mut body = v.to_string();
+        if body.len() > crate::dist::MAX_BODY {
+            // Too large for one message (a worker's reply, hex-encoded doubles): said instead.
+            body = json!({ "error": "failed", "reason": crate::dist::too_large("the answer", body.len()) }).to_string();
+        }
+        peer.send(Frame::Reply { id, body: Bytes::from(body) })
+    };
     match serde_json::from_slice::<Request>(&body) {
         Ok(Request::Start { kind, key, args }) => {
             let registry = registry.clone();

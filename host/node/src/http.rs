@@ -10,7 +10,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `POST /v1/workers/{kind}/{key}/call[?timeout_ms=N]`, body = message, optional `Idempotency-Key` | 200 with the reply as body; 404 `not_found`, 504 `timeout` (after `timeout_ms`, 5 s without one), 500 `failed`, 503 `unavailable` (JSON); 400 for a bad worker name (see [`WorkerName::check`]), `Idempotency-Key` or `timeout_ms` (not whole milliseconds) |
-//! | `POST /v1/workers/{kind}/{key}`, body = args | 201 `{"node"}`; 409 `{"error":"already_started","node"}`; 400 `unknown_kind` or a bad worker name; 500 `failed` |
+//! | `POST /v1/workers/{kind}/{key}`, body = args | 201 `{"node"}`; 409 `{"error":"already_started","node"}`; 400 `unknown_kind` or a bad worker name; 413 `args too large` (over [`crate::registry::MAX_ARGS`], 1 MiB); 500 `failed` |
 //! | `GET /v1/workers` | 200 `{"nodes": [{"node", "workers"}]}` |
 //!
 //! The call is answered by the instance wherever it runs in the cluster. A call with an
@@ -326,6 +326,12 @@ async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, lim
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let ["v1", "workers", _, _] = segments.as_slice() {
+        if body.len() > crate::registry::MAX_ARGS {
+            let reason = crate::registry::args_too_large(body.len());
+            return json_response(413, json!({ "error": "args too large", "reason": reason, "max": crate::registry::MAX_ARGS }));
+        }
+    }
     match segments.as_slice() {
         ["v1", "workers", kind, key, "call"] => {
             let mut span = telemetry::span(

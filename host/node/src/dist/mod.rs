@@ -25,6 +25,9 @@
 //!   Requests are first offered to the [`FastRequests`] hook (a call to a worker running
 //!   here goes straight to its mailbox); the rest go up the ordered event channel.
 //!   A malformed or oversized frame closes this connection only, with the reason.
+//! - Size: a node never sends a message its peer would refuse. A request or reply body
+//!   over [`MAX_BODY`] is not sent (the layers above turn it into an error for whoever
+//!   made it, [`too_large`]), so one oversized reply or state costs no connection.
 //!
 //! Connection ups, downs (with their [`DownReason`]) and the frames the layer above
 //! cares about go out on one ordered channel of [`DistEvent`]s; `membership` consumes it.
@@ -212,6 +215,16 @@ pub struct DistConfig {
     pub max_backlog: usize,
     /// Mutual TLS under the handshake (`[node.tls]`); without it, Noise alone.
     pub tls: Option<Arc<Tls>>,
+}
+
+/// The largest body of a request, reply or ping a node sends: one message between
+/// nodes carries at most [`MAX_MESSAGE`] bytes, and this leaves room for the frame's
+/// own fields (tag, id, trace context).
+pub const MAX_BODY: usize = MAX_MESSAGE - 64;
+
+/// Why a body of `len` bytes cannot go to another node, for the error its sender gets.
+pub fn too_large(what: &str, len: usize) -> String {
+    format!("{what} is {len} bytes, over the {} MiB one message between nodes may carry", MAX_MESSAGE >> 20)
 }
 
 /// [`DistConfig::max_backlog`] unless configured: a whole largest message, and then some.

@@ -105,7 +105,11 @@ impl Peer {
         self.0.id
     }
 
-    /// Sends a frame; false when the connection is gone.
+    /// Sends a frame; false when the connection is gone, or when the frame is larger
+    /// than the peer takes ([`super::MAX_BODY`]): such a frame is logged and dropped,
+    /// and the connection stays (the peer would close it on reading the frame, and every
+    /// request on it would fail with it). Layers above check sizes first and give their
+    /// caller the reason; this is what holds when one does not.
     ///
     /// A frame someone waits for (a request with an id, a reply, a ping or pong) is
     /// written here, by its sender, with one non-blocking write when nothing is waiting
@@ -115,6 +119,10 @@ impl Peer {
     /// Everything else, and every frame while others are queued (a large message in
     /// fragments, a full socket buffer), queues for the writer, which batches them.
     pub fn send(&self, frame: Frame) -> bool {
+        if frame.payload_len() > super::MAX_BODY {
+            warn!(peer = %self.0.name, bytes = frame.payload_len(), "not sending a message to {}: {}", self.0.name, super::too_large("it", frame.payload_len()));
+            return false;
+        }
         let awaited = match frame {
             Frame::Request { id, .. } => id != 0,
             Frame::Reply { .. } | Frame::Ping { .. } | Frame::Pong { .. } => true,
@@ -203,7 +211,13 @@ impl Peer {
     }
 
     /// [`Peer::request`], carrying the caller's trace context when it has one.
+    ///
+    /// A body over [`super::MAX_BODY`] is not sent: an [`std::io::ErrorKind::InvalidInput`]
+    /// error at once says so.
     pub async fn request_traced(&self, service: Service, body: Bytes, trace: Option<TraceContext>, timeout: Duration) -> std::io::Result<Bytes> {
+        if body.len() > super::MAX_BODY {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, super::too_large("the message", body.len())));
+        }
         let (id, rx) = self.expect_reply();
         self.send(Frame::Request { id, service, trace, body });
         let got = tokio::time::timeout(timeout, rx).await;

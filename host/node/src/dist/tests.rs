@@ -42,6 +42,41 @@ async fn small_frames_overtake_a_large_message() {
     assert_eq!(order[1], big, "the large message arrives whole");
 }
 
+/// A message larger than a peer takes is not sent, and the connection carries on: a
+/// request fails at once with the reason, a one-way frame is dropped; what follows
+/// arrives, and neither side sees a node-down. (Sent, it would close the connection at
+/// the peer: that is what the limit there is for.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_for_the_peer_is_not_sent_and_costs_no_connection() {
+    let (a, mut a_events) = listening("a").await;
+    let (b, mut b_events) = listening("b").await;
+    let peer = a.connect(b.name()).await.unwrap();
+    let over = Bytes::from(vec![1u8; MAX_BODY + 1]);
+    let t = Instant::now();
+    let e = peer.request(wasmnode_proto::Service::Registry, over.clone(), Duration::from_secs(30)).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains(&format!("is {} bytes, over the 64 MiB", MAX_BODY + 1)), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "failed at once, not at the timeout: {:?}", t.elapsed());
+    assert!(!peer.send(Frame::Send(over)), "a frame too large is not sent");
+    // The largest that may go, goes.
+    let most = Bytes::from(vec![2u8; MAX_BODY]);
+    assert!(peer.send(Frame::Send(most.clone())));
+    assert!(peer.send(Frame::Send(Bytes::from_static(b"after"))));
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match b_events.recv().await {
+            Some(DistEvent::Frame(_, Frame::Send(p))) => got.push(p),
+            Some(DistEvent::Down(..)) => panic!("b saw the connection end"),
+            _ => {}
+        }
+    }
+    assert!(got.contains(&most) && got.contains(&Bytes::from_static(b"after")));
+    assert_eq!(peer.ping(Bytes::from_static(b"x")).await.unwrap(), Bytes::from_static(b"x"));
+    while let Ok(ev) = a_events.try_recv() {
+        assert!(!matches!(ev, DistEvent::Down(..)), "a saw the connection end");
+    }
+}
+
 /// Both sides dial at once, 20 times: each time exactly one connection comes up
 /// and neither side sees a node-down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,16 @@ const MAX_HOPS: usize = 4;
 /// it no longer counts that replica (a replica that went down fails at once).
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most bytes of start args a worker may have. They go to every member with the
+/// name's registration and with every copy and handoff of its state, so they are held
+/// once per member (a Kubernetes object is capped at 1.5 MiB for the same reason).
+pub const MAX_ARGS: usize = 1 << 20;
+
+/// Why start args of `len` bytes are refused.
+pub fn args_too_large(len: usize) -> String {
+    format!("start args are {len} bytes, over the {} MiB a worker's args may be (every member holds them)", MAX_ARGS >> 20)
+}
+
 /// Whom the table's answer to a start or a stop goes to.
 #[derive(Debug)]
 pub enum Waiter {
@@ -91,6 +101,8 @@ struct Inner {
     /// Opened once this node has found its cluster: before that, alone, it would own
     /// every name and answer `not-found` for names running elsewhere.
     ready: tokio::sync::watch::Sender<bool>,
+    /// Durable instances whose state is too large to copy: logged once per window each.
+    too_large: Mutex<crate::refusals::RefusalLog<WorkerName>>,
 }
 
 /// This node's part of the cluster-wide registry.
@@ -144,6 +156,7 @@ impl Registry {
             changed: Notify::new(),
             drained: Notify::new(),
             ready: tokio::sync::watch::Sender::new(false),
+            too_large: Mutex::default(),
         }));
         let weak = Arc::downgrade(&r.0);
         membership.set_member_hook(Arc::new(move |change: &MemberChange| {
@@ -205,7 +218,18 @@ impl Registry {
         let mut spawns = Vec::new();
         for effect in effects {
             match effect {
-                Effect::Send { to, msg } => self.send(&to, &msg),
+                Effect::Send { to, msg } => {
+                    if let Err(why) = self.send(&to, &msg) {
+                        // A handoff too large to send is refused, as if by its target: the
+                        // next target is tried, and with none the instance runs here again.
+                        if let Msg::Handoff { name, .. } = msg {
+                            warn!(worker = %name, peer = %to, reason = "too_large", "cannot hand {name} to {to}: {why}");
+                            later.push(Event::Received { from: to, msg: Msg::HandoffAck { name, at: None } });
+                        } else {
+                            warn!(peer = %to, reason = "too_large", "not sending a registry message to {to}: {why}");
+                        }
+                    }
+                }
                 Effect::Spawn { name, id, args, state, merges } => {
                     let r = self.clone();
                     let job: BoxFuture<()> = Box::pin(async move {
@@ -238,7 +262,7 @@ impl Registry {
                         tokio::spawn(async move {
                             let _ = rx.await;
                             for (to, msg) in acks {
-                                r.send(&to, &msg);
+                                let _ = r.send(&to, &msg);
                             }
                         });
                         tx
@@ -298,10 +322,17 @@ impl Registry {
         }
     }
 
-    fn send(&self, to: &str, msg: &Msg) {
-        if let Some(peer) = self.0.membership.dist().peer(to) {
-            peer.send(Frame::Request { id: 0, service: Service::Registry, trace: None, body: wire::encode(&Rpc::Tell(msg.clone())) });
+    /// Sends `msg` to `to` if it is connected; an error, and nothing sent, when the
+    /// message is too large for one message between nodes.
+    fn send(&self, to: &str, msg: &Msg) -> Result<(), String> {
+        let body = wire::encode(&Rpc::Tell(msg.clone()));
+        if body.len() > crate::dist::MAX_BODY {
+            return Err(crate::dist::too_large("the message", body.len()));
         }
+        if let Some(peer) = self.0.membership.dist().peer(to) {
+            peer.send(Frame::Request { id: 0, service: Service::Registry, trace: None, body });
+        }
+        Ok(())
     }
 
     /// A membership change: to the table, and to every local instance as `info`.
@@ -326,6 +357,9 @@ impl Registry {
     /// Starts `kind/key` on its owner; the node it runs on.
     pub async fn start_worker(&self, kind: &str, key: &str, args: Vec<u8>) -> Result<String, StartError> {
         let name = WorkerName::checked(kind, key).map_err(|e| StartError::Failed(e.to_string()))?;
+        if args.len() > MAX_ARGS {
+            return Err(StartError::Failed(args_too_large(args.len())));
+        }
         self.wait_synced_unless_known(&name).await;
         self.start_with(name, args, false).await
     }
@@ -333,6 +367,9 @@ impl Registry {
     /// Starts `kind/key` here, whoever owns it.
     pub async fn start_local(&self, kind: &str, key: &str, args: Vec<u8>) -> Result<String, StartError> {
         let name = WorkerName::checked(kind, key).map_err(|e| StartError::Failed(e.to_string()))?;
+        if args.len() > MAX_ARGS {
+            return Err(StartError::Failed(args_too_large(args.len())));
+        }
         self.start_with(name, args, true).await
     }
 
@@ -581,10 +618,23 @@ impl Registry {
     }
 
     async fn rpc_on(&self, peer: &Peer, rpc: &Rpc, trace: Option<TraceContext>, timeout: Duration) -> Result<RpcReply, CallError> {
+        self.rpc_body(peer, wire::encode(rpc), trace, timeout).await
+    }
+
+    /// [`Registry::rpc_body`] to `node` by name.
+    async fn rpc_body_to(&self, node: &str, body: Bytes, timeout: Duration) -> Result<RpcReply, CallError> {
+        let peer = self.0.membership.dist().peer(node).ok_or_else(|| CallError::Unavailable(format!("{node} is not connected")))?;
+        self.rpc_body(&peer, body, None, timeout).await
+    }
+
+    /// [`Registry::rpc_on`] with the request already encoded.
+    async fn rpc_body(&self, peer: &Peer, body: Bytes, trace: Option<TraceContext>, timeout: Duration) -> Result<RpcReply, CallError> {
         let node = peer.name();
-        match peer.request_traced(Service::Registry, wire::encode(rpc), trace, timeout).await {
+        match peer.request_traced(Service::Registry, body, trace, timeout).await {
             Ok(reply) => postcard::from_bytes(&reply).map_err(|e| CallError::Failed(format!("bad reply from {node}: {e}"))),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(CallError::Timeout),
+            // Too large to send: not sent, and the connection is fine.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(CallError::Failed(e.to_string())),
             Err(_) => Err(CallError::Unavailable(format!("{node} went down"))),
         }
     }
@@ -625,16 +675,33 @@ impl Registry {
             };
             async move {
                 let bytes = copy.update.payload_len();
-                let mut held = matches!(self.rpc(&to, &rpc(copy.clone()), REPLICATE_TIMEOUT).await, Ok(RpcReply::Done));
-                if !held && matches!(copy.update, durable::Update::Delta { .. }) {
+                // One try: `Err` when the copy is too large to send (nothing is sent).
+                let to_ref = &to;
+                let send = |copy: Replicate| async move {
+                    let body = wire::encode(&rpc(copy));
+                    if body.len() > crate::dist::MAX_BODY {
+                        return Err(body.len());
+                    }
+                    Ok(matches!(self.rpc_body_to(to_ref, body, REPLICATE_TIMEOUT).await, Ok(RpcReply::Done)))
+                };
+                let mut held = send(copy.clone()).await;
+                if held != Ok(true) && matches!(copy.update, durable::Update::Delta { .. }) {
                     // Most likely a replica that lost the previous copy: the whole state.
                     let full = Replicate { update: durable::Update::Full(state.clone()), ..copy };
-                    held = matches!(self.rpc(&to, &rpc(full), REPLICATE_TIMEOUT).await, Ok(RpcReply::Done));
+                    held = send(full).await;
                 }
-                crate::metrics::global().replicated(bytes, held);
-                if !held {
-                    debug!(worker = %name, peer = %to, "{to} did not take the copy of {name}'s state");
+                crate::metrics::global().replicated(bytes, held == Ok(true));
+                match held {
+                    Ok(true) => {}
+                    Ok(false) => debug!(worker = %name, peer = %to, "{to} did not take the copy of {name}'s state"),
+                    Err(len) => {
+                        if let Some(left_out) = self.0.too_large.lock().unwrap().refused(name.clone(), std::time::Instant::now()) {
+                            let why = crate::dist::too_large("the copy", len);
+                            warn!(worker = %name, peer = %to, reason = "too_large", left_out, "cannot copy {name}'s state ({} bytes) to {to}: {why}; it is not durable until it fits", state.len());
+                        }
+                    }
                 }
+                let held = held == Ok(true);
                 (to, held)
             }
         });
@@ -650,7 +717,7 @@ impl Registry {
         }
         self.0.table.lock().unwrap().copied(name, seq, acked.clone());
         for dropped in rep.done(seq, state, &targets, &acked) {
-            self.send(&dropped, &Msg::ReplicaDropped { name: name.clone() });
+            let _ = self.send(&dropped, &Msg::ReplicaDropped { name: name.clone() });
         }
         reply
     }

@@ -222,8 +222,14 @@ pub fn decode(body: &[u8]) -> Result<Rpc, postcard::Error> {
     postcard::from_bytes(body)
 }
 
+/// A reply's body. One too large for a message between nodes (a worker's reply, a
+/// listing) is answered as a failure that says so, and the connection carries on.
 pub fn encode_reply(reply: &RpcReply) -> Bytes {
-    Bytes::from(postcard::to_stdvec(reply).expect("registry replies serialize"))
+    let body = postcard::to_stdvec(reply).expect("registry replies serialize");
+    if body.len() > crate::dist::MAX_BODY {
+        return encode_reply(&RpcReply::CallFailed(CallError::Failed(crate::dist::too_large("the reply", body.len()))));
+    }
+    Bytes::from(body)
 }
 
 #[cfg(test)]
@@ -248,6 +254,26 @@ mod tests {
         assert!(![RPC_CALL, RPC_CAST].contains(&start[0]));
         let tell = encode(&Rpc::Tell(Msg::Synced));
         assert!(![RPC_CALL, RPC_CAST].contains(&tell[0]));
+    }
+
+    /// A reply too large for one message between nodes is answered as a failure that
+    /// says so; the largest that fits goes as it is.
+    #[test]
+    fn a_reply_too_large_to_send_is_a_failure_that_says_so() {
+        // A `Reply`'s encoding is its bytes, their varint length and the variant.
+        let fits = vec![7u8; crate::dist::MAX_BODY - 5];
+        let body = encode_reply(&RpcReply::Reply(fits.clone()));
+        assert!(body.len() <= crate::dist::MAX_BODY);
+        assert!(matches!(postcard::from_bytes::<RpcReply>(&body).unwrap(), RpcReply::Reply(r) if r == fits));
+        let over = crate::dist::MAX_BODY - 3;
+        let body = encode_reply(&RpcReply::Reply(vec![7u8; over]));
+        assert!(body.len() < 200, "{}", body.len());
+        match postcard::from_bytes::<RpcReply>(&body).unwrap() {
+            RpcReply::CallFailed(CallError::Failed(why)) => {
+                assert_eq!(why, format!("the reply is {} bytes, over the 64 MiB one message between nodes may carry", over + 5));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

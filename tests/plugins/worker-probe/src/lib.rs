@@ -14,7 +14,8 @@
 //! | `spin` | logs `spinning`, then loops until the host's deadline stops it |
 //! | `slow-add MS` | adds one to its count, logs `slow-add N applied`, sleeps MS ms, replies N |
 //! | `count` | replies its count (the state `snapshot` copies: `COUNT`, then `\n` and the ballast if any) |
-//! | `ballast MIB` | holds MIB MiB of bytes in its state (what `snapshot` copies); replies `ok` |
+//! | `big MIB` | replies MIB MiB of `x` |
+//! | `ballast MIB` | holds MIB MiB of bytes in its state (what `snapshot` copies, and `terminate` hands over: without a ballast it hands over nothing); replies `ok` |
 //! | `call-once ID KIND/KEY MSG` | calls that worker with call id ID (`cluster.call-once`, 15 s timeout), replies as `call` |
 //! | `http-get URL` | GETs URL through `wasi:http`; replies `STATUS BODY`, or `error: …` (the error code) |
 //! | `http-post URL BODY` | the same with a POST of BODY |
@@ -129,6 +130,10 @@ impl Guest for Probe {
                 eprintln!("{text}");
                 "ok".into()
             }
+            "big" => {
+                let mib: usize = words.next().and_then(|w| w.parse().ok()).ok_or("big MIB")?;
+                "x".repeat(mib << 20)
+            }
             "ballast" => {
                 let mib: usize = words.next().and_then(|w| w.parse().ok()).ok_or("ballast MIB")?;
                 let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -207,7 +212,9 @@ impl Guest for Probe {
     }
 
     fn terminate(_reason: String) -> Option<Vec<u8>> {
-        None
+        // Hands over no state, unless it holds a ballast: then its whole state.
+        let ballast = !BALLAST.lock().unwrap().is_empty();
+        ballast.then(<Probe as exports::wasmnode::worker::snapshot::Guest>::snapshot)
     }
 }
 
