@@ -67,25 +67,31 @@ impl std::io::Write for OneLine {
 }
 
 /// `event` (one formatted event, ending in its newline) with every line break and
-/// control character before that newline escaped: `\r`, `\n`, `\x0b`, `\u{2028}`, ….
+/// control character before that newline escaped: `\r`, `\n`, `\x0b`, `\u{9b}`, `\u{2028}`, ….
 /// Tabs stay, and so does ESC: the formatter's own colours use it, and it escapes an
 /// ESC in a field itself. Text with nothing to escape is not copied.
 pub fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
     let body = event.strip_suffix(b"\n").unwrap_or(event);
-    // C0 controls but tab and ESC, and DEL; and U+0085 (C2 85), U+2028 and U+2029
-    // (E2 80 A8/A9), which some readers take for line breaks.
+    // C0 controls but tab and ESC, and DEL, one byte each; the C1 controls U+0080 to
+    // U+009F (C2 80 to C2 9F: NEL, and CSI, which some terminals take as ESC [) and the
+    // line and paragraph separators U+2028 and U+2029 (E2 80 A8/A9), two and three.
     let control = |c: u8| (c < 0x20 && c != b'\t' && c != 0x1b) || c == 0x7f;
-    let separator = |w: &[u8]| w.starts_with(&[0xc2, 0x85]) || w.starts_with(&[0xe2, 0x80, 0xa8]) || w.starts_with(&[0xe2, 0x80, 0xa9]);
-    if !body.iter().enumerate().any(|(i, &c)| control(c) || ((c == 0xc2 || c == 0xe2) && separator(&body[i..]))) {
+    let wide = |w: &[u8]| match w {
+        [0xc2, 0x80..=0x9f, ..] => 2,
+        [0xe2, 0x80, 0xa8 | 0xa9, ..] => 3,
+        _ => 0,
+    };
+    if !body.iter().enumerate().any(|(i, &c)| control(c) || ((c == 0xc2 || c == 0xe2) && wide(&body[i..]) > 0)) {
         return Cow::Borrowed(event);
     }
     let mut out = Vec::with_capacity(event.len() + 16);
     let mut i = 0;
     while i < body.len() {
-        let rest = &body[i..];
-        if let Some(sep) = ["\u{85}", "\u{2028}", "\u{2029}"].into_iter().find(|sep| rest.starts_with(sep.as_bytes())) {
-            out.extend_from_slice(sep.escape_unicode().to_string().as_bytes());
-            i += sep.len();
+        let n = wide(&body[i..]);
+        if n > 0 {
+            let ch = std::str::from_utf8(&body[i..i + n]).expect("a whole UTF-8 sequence").chars().next().expect("one char");
+            out.extend_from_slice(ch.escape_unicode().to_string().as_bytes());
+            i += n;
             continue;
         }
         match body[i] {
@@ -178,6 +184,23 @@ mod tests {
         assert_eq!(one_line(b"\r\n\r").as_ref(), br"\r\n\r");
         assert_eq!(one_line(b"\n").as_ref(), b"\n");
         assert_eq!(one_line(b"").as_ref(), b"");
+        assert_eq!(one_line("a\u{9b}31mb\u{80}\u{9f}\u{a0}\n".as_bytes()).as_ref(), "a\\u{9b}31mb\\u{80}\\u{9f}\u{a0}\n".as_bytes());
+    }
+
+    proptest::proptest! {
+        /// Whatever an event's text holds, it is written as one line, with nothing a
+        /// terminal or a reader could take for a line break or a control sequence but
+        /// the formatter's own ESC; and text without any of them is written unchanged.
+        #[test]
+        fn whatever_an_event_holds_it_is_written_as_one_line(text in proptest::prelude::any::<String>()) {
+            let out = String::from_utf8(one_line(format!("{text}\n").as_bytes()).into_owned()).unwrap();
+            let body = out.strip_suffix('\n').expect("the newline stays");
+            let breaks = |c: char| (c.is_control() && c != '\t' && c != '\u{1b}') || c == '\u{2028}' || c == '\u{2029}';
+            proptest::prop_assert!(!body.contains(breaks), "{body:?}");
+            if !text.contains(breaks) {
+                proptest::prop_assert_eq!(body, text.as_str());
+            }
+        }
     }
 
     #[test]
