@@ -48,10 +48,16 @@ fn sigkill_restarts_elsewhere_without_state_and_says_so() {
     let victim = nodes.iter().find(|n| n.name == owner).unwrap();
     victim.signal(libc::SIGKILL);
     let others: Vec<&Node> = nodes.iter().filter(|n| n.name != owner).collect();
+    // Both others must have seen the node go down, not only the one that restarts the
+    // name: a call through one that has not yet would still go to the dead node (and be
+    // `unavailable`, as a call in flight at a kill is).
     wait_until(
         FORM,
-        "order/John to be restarted on its new owner",
-        || others.iter().any(|n| n.count("restarted order/John on ") > 0 && n.log().contains("after node down: no handoff state")),
+        "order/John to be restarted on its new owner, and every other node to see its old one down",
+        || {
+            others.iter().any(|n| n.count("restarted order/John on ") > 0 && n.log().contains("after node down: no handoff state"))
+                && others.iter().all(|n| n.count(&format!("node down {owner}")) > 0)
+        },
         || others.iter().map(|n| n.log()).collect::<Vec<_>>().join("\n"),
     );
     for n in &others {
