@@ -240,8 +240,12 @@ impl Peer {
         rx
     }
 
-    /// Round trip: sends `Ping` and returns the peer's `Pong` payload.
+    /// Round trip: sends `Ping` and returns the peer's `Pong` payload (a payload over
+    /// [`super::MAX_BODY`] fails at once, as a request's does).
     pub async fn ping(&self, payload: Bytes) -> std::io::Result<Bytes> {
+        if payload.len() > super::MAX_BODY {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, super::too_large("the ping", payload.len())));
+        }
         let (id, rx) = self.expect_reply();
         self.send(Frame::Ping { id, payload });
         match rx.await {

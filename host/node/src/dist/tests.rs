@@ -57,7 +57,8 @@ async fn a_message_too_large_for_the_peer_is_not_sent_and_costs_no_connection() 
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     assert!(e.to_string().contains(&format!("is {} bytes, over the 64 MiB", MAX_BODY + 1)), "{e}");
     assert!(t.elapsed() < Duration::from_secs(5), "failed at once, not at the timeout: {:?}", t.elapsed());
-    assert!(!peer.send(Frame::Send(over)), "a frame too large is not sent");
+    assert!(!peer.send(Frame::Send(over.clone())), "a frame too large is not sent");
+    assert_eq!(peer.ping(over).await.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
     // The largest that may go, goes.
     let most = Bytes::from(vec![2u8; MAX_BODY]);
     assert!(peer.send(Frame::Send(most.clone())));
