@@ -613,8 +613,7 @@ impl Registry {
     }
 
     async fn rpc_traced(&self, node: &str, rpc: &Rpc, trace: Option<TraceContext>, timeout: Duration) -> Result<RpcReply, CallError> {
-        let peer = self.0.membership.dist().peer(node).ok_or_else(|| CallError::Unavailable(format!("{node} is not connected")))?;
-        self.rpc_on(&peer, rpc, trace, timeout).await
+        self.rpc_body_to(node, wire::encode(rpc), trace, timeout).await
     }
 
     async fn rpc_on(&self, peer: &Peer, rpc: &Rpc, trace: Option<TraceContext>, timeout: Duration) -> Result<RpcReply, CallError> {
@@ -622,9 +621,9 @@ impl Registry {
     }
 
     /// [`Registry::rpc_body`] to `node` by name.
-    async fn rpc_body_to(&self, node: &str, body: Bytes, timeout: Duration) -> Result<RpcReply, CallError> {
+    async fn rpc_body_to(&self, node: &str, body: Bytes, trace: Option<TraceContext>, timeout: Duration) -> Result<RpcReply, CallError> {
         let peer = self.0.membership.dist().peer(node).ok_or_else(|| CallError::Unavailable(format!("{node} is not connected")))?;
-        self.rpc_body(&peer, body, None, timeout).await
+        self.rpc_body(&peer, body, trace, timeout).await
     }
 
     /// [`Registry::rpc_on`] with the request already encoded.
@@ -682,7 +681,7 @@ impl Registry {
                     if body.len() > crate::dist::MAX_BODY {
                         return Err(body.len());
                     }
-                    Ok(matches!(self.rpc_body_to(to_ref, body, REPLICATE_TIMEOUT).await, Ok(RpcReply::Done)))
+                    Ok(matches!(self.rpc_body_to(to_ref, body, None, REPLICATE_TIMEOUT).await, Ok(RpcReply::Done)))
                 };
                 let mut held = send(copy.clone()).await;
                 if held != Ok(true) && matches!(copy.update, durable::Update::Delta { .. }) {
