@@ -129,10 +129,32 @@ fn an_insecure_literal_cookie_is_allowed_only_when_asked_and_warned_about() {
     let config = dir.write("t.toml", "[node]\nname = \"a@127.0.23.1\"\ncookie = \"dev\"\nallow_insecure_cookie = true\n");
     let out = Command::new(bin()).args(["check", "--config"]).arg(&config).env_remove("WASMNODE_COOKIE").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: ") && stderr.contains("t.toml: the cookie is a literal in the config"), "check passes, and says so: {stderr}");
     let mut node = Node::start("a@127.0.23.1", &config);
     node.wait_log("the cookie is a literal in the config", std::time::Duration::from_secs(10));
     node.signal(libc::SIGTERM);
     assert_eq!(node.wait_exit(std::time::Duration::from_secs(5)), Some(0));
+}
+
+/// A durable kind whose state could outgrow the one message a copy goes in passes
+/// `check` with a warning at the key that allows it, and the node says the same at start.
+#[test]
+fn a_durable_kind_that_can_outgrow_a_copy_is_warned_about_by_check_and_at_start() {
+    let dir = TempDir::new("check-big-state");
+    let name = "a@127.0.23.2";
+    let kinds = [("counter", "worker_counter.wasm", "durability = \"replicated\"\nmemory_limit_mb = 128")];
+    let config = dir.write("t.toml", &worker_topology(&[name], &kinds, None));
+    let line = std::fs::read_to_string(&config).unwrap().lines().position(|l| l.starts_with("memory_limit_mb")).unwrap() + 1;
+    let want = format!("t.toml:{line}:19: key `worker.counter.memory_limit_mb`: a durable instance's state may grow to 128 MiB here");
+    let out = Command::new(bin()).args(["check", "--config"]).arg(&config).env("WASMNODE_COOKIE", COOKIE).output().unwrap();
+    assert!(out.status.success(), "a warning, not an error: {}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: ") && stderr.contains(&want), "{stderr}");
+    let a = Node::start(name, &config);
+    a.wait_log(&want, Duration::from_secs(10));
+    a.wait_log("listening on", Duration::from_secs(10));
+    assert!(start_worker(name, "counter", "c").0, "{}", a.log());
 }
 
 /// The compiled-code cache runs only what it compiled from a component: with its entries

@@ -341,7 +341,7 @@ struct RawWorker {
     activate_on_call: bool,
     restart: Option<Spanned<String>>,
     call_timeout_ms: Option<u64>,
-    memory_limit_mb: Option<u64>,
+    memory_limit_mb: Option<Spanned<u64>>,
     durability: Option<Spanned<String>>,
     replicas: Option<Spanned<i64>>,
     allowed_outbound_hosts: Option<Spanned<Vec<String>>>,
@@ -748,6 +748,23 @@ impl Config {
                     config.push((k.clone(), value));
                 }
             }
+            let memory_limit_mb = w.memory_limit_mb.as_ref().map_or(DEFAULT_WORKER_MEMORY_MB, |m| *m.get_ref());
+            let most = wasmnode_proto::frame::MAX_MESSAGE >> 20;
+            if let Some(m) = w.memory_limit_mb.as_ref().filter(|_| replicas > 0 && memory_limit_mb > most as u64) {
+                // Not an error: such a state is still served, only not copied. But whoever
+                // asked for durability should hear it before it happens, not at the first copy.
+                warnings.push(
+                    err(
+                        Some(m.span()),
+                        Some(format!("worker.{kind}.memory_limit_mb")),
+                        format!(
+                            "a durable instance's state may grow to {memory_limit_mb} MiB here, but one copy between nodes carries at most {most} MiB: \
+                             a larger state is neither copied to replicas nor handed over, so it is not durable until it fits (keep this at {most} or less)"
+                        ),
+                    )
+                    .to_string(),
+                );
+            }
             if errors.len() > before {
                 continue;
             }
@@ -764,7 +781,7 @@ impl Config {
                 activate_on_call: w.activate_on_call,
                 restart,
                 call_timeout: Duration::from_millis(w.call_timeout_ms.unwrap_or(DEFAULT_WORKER_CALL_TIMEOUT_MS)),
-                memory_limit: (w.memory_limit_mb.unwrap_or(DEFAULT_WORKER_MEMORY_MB) as usize) << 20,
+                memory_limit: (memory_limit_mb as usize) << 20,
             });
         }
         let http = match raw.http {
@@ -1059,6 +1076,24 @@ mod tests {
         assert!(e.starts_with("t.toml:3:12: key `worker.c.replicas`: replicas needs `durability = \"replicated\"`"), "{e}");
         let e = w("durability = \"raft\"\n").unwrap_err();
         assert!(e.starts_with("t.toml:3:14: key `worker.c.durability`: `raft` is not a durability: none or replicated"), "{e}");
+    }
+
+    #[test]
+    fn a_durable_kind_whose_state_can_outgrow_one_copy_is_warned_about_where_it_is_set() {
+        let w = |rest: &str| parse(&format!("[worker.c]\ncomponent = \"Cargo.toml\"\n{rest}")).unwrap();
+        // The default (64 MiB) and anything up to it: no warning, since a state lives in
+        // the instance's memory and so is smaller than it.
+        assert!(w("durability = \"replicated\"\n").warnings.is_empty());
+        assert!(w("durability = \"replicated\"\nmemory_limit_mb = 64\n").warnings.is_empty());
+        // Larger, but not durable: nothing is copied, so nothing to warn about.
+        assert!(w("memory_limit_mb = 512\n").warnings.is_empty());
+        let c = w("durability = \"replicated\"\nmemory_limit_mb = 65\n");
+        assert_eq!(c.workers[0].memory_limit, 65 << 20, "a warning, not an error: the limit holds");
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let want = "t.toml:4:19: key `worker.c.memory_limit_mb`: a durable instance's state may grow to 65 MiB here, \
+                    but one copy between nodes carries at most 64 MiB";
+        assert!(c.warnings[0].starts_with(want), "{}", c.warnings[0]);
+        assert!(c.warnings[0].ends_with("so it is not durable until it fits (keep this at 64 or less)"), "{}", c.warnings[0]);
     }
 
     #[test]

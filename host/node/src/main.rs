@@ -233,6 +233,14 @@ fn main() -> ExitCode {
                 let overrides = Overrides { offline, ..Overrides::default() };
                 let errors = match Config::load_all(&config, &overrides) {
                     Ok(cfg) => {
+                        // What the node would warn about at start, said now: it passes, but
+                        // the operator should read it before deploying.
+                        for w in &cfg.warnings {
+                            eprintln!("warning: {w}");
+                        }
+                        if let Some(p) = cfg.node.cookie.world_readable().filter(|_| !offline) {
+                            eprintln!("warning: the cookie file {} can be read by every user of this machine: chmod o-r it", p.display());
+                        }
                         if offline {
                             // A variable a topology hands its plugin (`env = [...]`) that only
                             // a running pod sets is handed over empty.
