@@ -174,3 +174,56 @@ fn slow_idle_and_oversized_clients_cost_the_port_nothing() {
     let after = node.rss_mib();
     assert!(after < before + 32.0, "RSS grew from {before:.1} MiB to {after:.1} MiB");
 }
+
+/// A client that pipelines requests and reads none of the answers keeps its connection,
+/// and a slot of the port's 1,024, only until the send timeout: once the node's writes
+/// have stalled for 10 s it closes the connection and says why. Before, hyper's header
+/// timer never ran while it waited to write, so such clients held the port for good.
+#[test]
+fn a_client_that_reads_none_of_its_answers_is_closed_after_the_send_timeout() {
+    let (_dir, node, probes, _gateway) = node("http-no-read", 111);
+    let scrape = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        // A small receive window (set before connecting, so it is what the node is offered).
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&probes.parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        let mut s = TcpStream::from(s);
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        // Up to 5,000 scrapes (over 20 MB of answers, more than the buffers on both ends
+        // hold), until the node stops reading them.
+        let mut sent = 0;
+        while sent < 5000 * scrape.len() {
+            match s.write(&scrape[sent % scrape.len()..]) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        assert!(sent >= 1000 * scrape.len(), "only {sent} bytes of requests went out");
+        clients.push(s);
+    }
+    let t0 = Instant::now();
+    let answer = exchange(&probes, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(status(&answer), 200, "others are served meanwhile: {answer}");
+    node.wait_log("it read none of its answers for 10 s", Duration::from_secs(30));
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(8), "closed after {took:?}, before the send timeout");
+    assert!(node.log().contains("reason=\"not_reading\""), "{}", node.log());
+    // Each connection is closed: reading what is left ends (at its end, or reset, since the
+    // node dropped the requests it never read), rather than waiting for more.
+    for mut s in clients {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let end = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        assert!(matches!(&end, Ok(())) || matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset), "the connection is still open: {end:?}");
+    }
+    let answer = exchange(&probes, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(status(&answer), 200, "{answer}");
+}

@@ -1,7 +1,9 @@
 //! The node's HTTP port, served by hyper (HTTP/1.1, keep-alive, chunked and
 //! `Content-Length` bodies) with limits that keep one client from taking it: headers
-//! within 16 KiB and 10 s, bodies within 16 MiB and 30 s, at most 1,024 connections per
-//! port (one past that is answered 503 and closed; accepting never stops). It serves `GET /healthz` (the process answers), `GET /readyz` (200 once the
+//! within 16 KiB and 10 s, bodies within 16 MiB and 30 s, no write left waiting more than
+//! 10 s on a client that reads nothing of its answers (it is closed), at most 1,024
+//! connections per port (one past that is answered 503 and closed; accepting never
+//! stops). It serves `GET /healthz` (the process answers), `GET /readyz` (200 once the
 //! node has found its cluster — config loaded, listening, first discovery poll done and
 //! its peers connected or tried — and 503 before, and while leaving) and `GET /metrics`
 //! (Prometheus text, see [`crate::metrics`]). With `[http] gateway = true` it also lets
@@ -23,6 +25,7 @@
 //! metrics answer whatever the gateway's clients do.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,6 +65,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Connections open at once on the port.
     pub max_connections: usize,
+    /// The time an answer may wait on a client that reads none of it (its receive
+    /// window shut): the connection is closed after it, as nginx's `send_timeout` does.
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -72,6 +78,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            send_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -165,6 +172,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let port = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let refusals = Arc::new(Mutex::new(RefusalLog::default()));
+    let stalls = Arc::new(Mutex::new(RefusalLog::default()));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -183,10 +191,11 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
             }
             continue;
         };
-        let (registry, routes, drain) = (registry.clone(), routes.clone(), drain.clone());
+        let (registry, routes, drain, stalls, port) = (registry.clone(), routes.clone(), drain.clone(), stalls.clone(), port.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let _ = stream.set_nodelay(true);
+            let stream = SendDeadline::new(stream, limits.send_timeout);
             let service = service_fn(move |req| {
                 let (registry, routes, drain) = (registry.clone(), routes.clone(), drain.clone());
                 async move { Ok::<_, Infallible>(handle(req, &registry, &routes, &drain, &limits).await) }
@@ -197,11 +206,118 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 .max_buf_size(limits.max_header.max(8192))
                 .max_headers(100)
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                debug!(peer = %addr, "HTTP connection from {addr}: {e}");
+                .serve_connection(stream, service);
+            match conn.await {
+                Err(e) if stalled(&e) => {
+                    if let Some(n) = stalls.lock().unwrap().refused(addr.ip(), Instant::now()) {
+                        let more = if n == 0 { String::new() } else { format!(" ({n} more closed from this address in the last 10 s, not logged)") };
+                        warn!(
+                            %port,
+                            peer = %addr,
+                            reason = "not_reading",
+                            "HTTP port {port}: closed the connection from {addr}: it read none of its answers for {} s{more}",
+                            limits.send_timeout.as_secs()
+                        );
+                    }
+                }
+                Err(e) => debug!(peer = %addr, "HTTP connection from {addr}: {e}"),
+                Ok(()) => {}
             }
         });
+    }
+}
+
+/// A connection whose writes must make progress. hyper's own timer covers reading a
+/// request's headers only: a client that pipelines requests and reads none of the
+/// answers would keep its connection (and a slot of the port's cap) for as long as it
+/// likes. Here a write the socket takes nothing of for `timeout` fails, which closes
+/// the connection. The timer is armed only while a write waits, so an answer the socket
+/// takes at once costs nothing.
+struct SendDeadline {
+    io: TcpStream,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The error a stalled write ends its connection with.
+#[derive(Debug)]
+struct Stalled;
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client read none of its answers for the send timeout")
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+/// Whether hyper ended a connection because of [`Stalled`].
+fn stalled(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        // (An `io::Error`'s own `source` skips the error it wraps: look inside.)
+        if s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).is_some_and(|inner| inner.is::<Stalled>()) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+impl SendDeadline {
+    fn new(io: TcpStream, timeout: Duration) -> TokioIo<SendDeadline> {
+        TokioIo::new(SendDeadline { io, timeout, stalled: None })
+    }
+
+    /// What a write that the socket took or refused comes to: progress disarms the
+    /// timer; waiting arms it, and fails once it has run out.
+    fn progress<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, Stalled))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for SendDeadline {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SendDeadline {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.progress(cx, polled)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.progress(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.progress(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.progress(cx, polled)
     }
 }
 
