@@ -137,6 +137,30 @@ fn an_insecure_literal_cookie_is_allowed_only_when_asked_and_warned_about() {
     assert_eq!(node.wait_exit(std::time::Duration::from_secs(5)), Some(0));
 }
 
+/// A cookie file every user of the machine can read: `check` passes and says so, the
+/// node says so when it starts, and with the file made private neither does.
+#[test]
+fn a_cookie_file_others_can_read_is_warned_about_by_check_and_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("check-readable-cookie");
+    let cookie = dir.write("cookie", COOKIE);
+    std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let name = "a@127.0.23.3";
+    let config = dir.write("t.toml", &format!("[node]\nname = \"{name}\"\ncookie_file = \"cookie\"\n"));
+    let want = format!("the cookie file {} can be read by every user of this machine: chmod o-r it", cookie.display());
+    let check = || Command::new(bin()).args(["check", "--config"]).arg(&config).env_remove("WASMNODE_COOKIE").output().unwrap();
+    let out = check();
+    assert!(out.status.success(), "a warning, not an error: {}", output_text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("warning: {want}")), "{}", output_text(&out));
+    let mut node = Node::start(name, &config);
+    node.wait_log(&want, Duration::from_secs(10));
+    node.signal(libc::SIGTERM);
+    assert_eq!(node.wait_exit(Duration::from_secs(5)), Some(0));
+    std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = check();
+    assert!(out.status.success() && !output_text(&out).contains("can be read by every user"), "{}", output_text(&out));
+}
+
 /// A durable kind whose state could outgrow the one message a copy goes in passes
 /// `check` with a warning at the key that allows it, and the node says the same at start.
 #[test]

@@ -118,6 +118,11 @@ impl CookieSource {
         }
     }
 
+    /// The warning for a [`world_readable`](Self::world_readable) cookie file, if it is one.
+    pub fn readable_warning(&self) -> Option<String> {
+        self.world_readable().map(|p| format!("the cookie file {} can be read by every user of this machine: chmod o-r it", p.display()))
+    }
+
     fn describe(&self) -> String {
         match self {
             CookieSource::Env(v) => format!("environment variable {v}"),

@@ -210,7 +210,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
             match conn.await {
                 Err(e) if stalled(&e) => {
                     if let Some(n) = stalls.lock().unwrap().refused(addr.ip(), Instant::now()) {
-                        let more = if n == 0 { String::new() } else { format!(" ({n} more closed from this address in the last 10 s, not logged)") };
+                        let more = crate::refusals::left_out_as(n, "closed");
                         warn!(
                             %port,
                             peer = %addr,

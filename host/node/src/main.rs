@@ -238,8 +238,8 @@ fn main() -> ExitCode {
                         for w in &cfg.warnings {
                             eprintln!("warning: {w}");
                         }
-                        if let Some(p) = cfg.node.cookie.world_readable().filter(|_| !offline) {
-                            eprintln!("warning: the cookie file {} can be read by every user of this machine: chmod o-r it", p.display());
+                        if let Some(w) = cfg.node.cookie.readable_warning().filter(|_| !offline) {
+                            eprintln!("warning: {w}");
                         }
                         if offline {
                             // A variable a topology hands its plugin (`env = [...]`) that only

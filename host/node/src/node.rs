@@ -101,8 +101,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         warn!("{w}");
     }
     let cookie = cfg.node.cookie.resolve_for_node(cfg.node.allow_insecure_cookie).map_err(|e| anyhow::anyhow!("{}", cfg.cookie_error(e)))?;
-    if let Some(p) = cfg.node.cookie.world_readable() {
-        warn!(file = %p.display(), "the cookie file {} can be read by every user of this machine: chmod o-r it", p.display());
+    if let (Some(p), Some(w)) = (cfg.node.cookie.world_readable(), cfg.node.cookie.readable_warning()) {
+        warn!(file = %p.display(), "{w}");
     }
     let token = cfg.http.token.as_ref().map(|t| t.resolve()).transpose().map_err(|e| anyhow::anyhow!("{}: {e}", cfg.file.display()))?;
     let name = cfg.node.name.to_string();

@@ -60,9 +60,14 @@ impl<K: std::hash::Hash + Eq> RefusalLog<K> {
 
 /// The words a logged refusal ends with: nothing, or how many were left out.
 pub fn left_out(n: u64) -> String {
+    left_out_as(n, "refused")
+}
+
+/// [`left_out`] for another kind of event (`closed`, say).
+pub fn left_out_as(n: u64, what: &str) -> String {
     match n {
         0 => String::new(),
-        n => format!(" ({n} more refused from this address in the last {} s, not logged)", WINDOW.as_secs()),
+        n => format!(" ({n} more {what} from this address in the last {} s, not logged)", WINDOW.as_secs()),
     }
 }
 
