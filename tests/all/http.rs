@@ -184,6 +184,8 @@ fn a_client_that_reads_none_of_its_answers_is_closed_after_the_send_timeout() {
     let (_dir, node, probes, _gateway) = node("http-no-read", 111);
     let scrape = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
     let mut clients = Vec::new();
+    // Before the first connection, so no write can have stalled earlier.
+    let t0 = Instant::now();
     for _ in 0..4 {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         // A small receive window (set before connecting, so it is what the node is offered).
@@ -203,7 +205,6 @@ fn a_client_that_reads_none_of_its_answers_is_closed_after_the_send_timeout() {
         assert!(sent >= 1000 * scrape.len(), "only {sent} bytes of requests went out");
         clients.push(s);
     }
-    let t0 = Instant::now();
     let answer = exchange(&probes, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(status(&answer), 200, "others are served meanwhile: {answer}");
     node.wait_log("it read none of its answers for 10 s", Duration::from_secs(30));
