@@ -5,7 +5,7 @@
 //! disconnections by reason and handshake failures by cause; discovery polls, errors and
 //! traps per topology; the registry calls (a latency histogram), handoffs and restarts.
 //! Gauges (members, instances per kind, the process's CPU, memory and descriptors) are
-//! read when rendered. Every labelled family starts with its known labels at 0 (reasons,
+//! read when rendered, the process's at most once a second. Every labelled family starts with its known labels at 0 (reasons,
 //! causes, the configured topologies and kinds), so a rate over them works from the
 //! first scrape. The crate escapes label values (`"`, `\` and newlines in a topology's name).
 
