@@ -118,9 +118,9 @@ impl CookieSource {
         }
     }
 
-    /// The warning for a [`world_readable`](Self::world_readable) cookie file, if it is one.
-    pub fn readable_warning(&self) -> Option<String> {
-        self.world_readable().map(|p| format!("the cookie file {} can be read by every user of this machine: chmod o-r it", p.display()))
+    /// The warning for a cookie file that [`world_readable`](Self::world_readable) found.
+    pub fn readable_warning(file: &Path) -> String {
+        format!("the cookie file {} can be read by every user of this machine: chmod o-r it", file.display())
     }
 
     fn describe(&self) -> String {

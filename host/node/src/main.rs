@@ -238,8 +238,8 @@ fn main() -> ExitCode {
                         for w in &cfg.warnings {
                             eprintln!("warning: {w}");
                         }
-                        if let Some(w) = cfg.node.cookie.readable_warning().filter(|_| !offline) {
-                            eprintln!("warning: {w}");
+                        if let Some(p) = cfg.node.cookie.world_readable().filter(|_| !offline) {
+                            eprintln!("warning: {}", CookieSource::readable_warning(p));
                         }
                         if offline {
                             // A variable a topology hands its plugin (`env = [...]`) that only

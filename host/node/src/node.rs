@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 use wasmnode_proto::Service;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, CookieSource};
 use crate::control;
 use crate::dist::{Dist, DistConfig};
 use crate::membership::Membership;
@@ -101,8 +101,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         warn!("{w}");
     }
     let cookie = cfg.node.cookie.resolve_for_node(cfg.node.allow_insecure_cookie).map_err(|e| anyhow::anyhow!("{}", cfg.cookie_error(e)))?;
-    if let (Some(p), Some(w)) = (cfg.node.cookie.world_readable(), cfg.node.cookie.readable_warning()) {
-        warn!(file = %p.display(), "{w}");
+    if let Some(p) = cfg.node.cookie.world_readable() {
+        warn!(file = %p.display(), "{}", CookieSource::readable_warning(p));
     }
     let token = cfg.http.token.as_ref().map(|t| t.resolve()).transpose().map_err(|e| anyhow::anyhow!("{}: {e}", cfg.file.display()))?;
     let name = cfg.node.name.to_string();
