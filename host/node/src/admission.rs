@@ -8,6 +8,11 @@
 //!
 //! No I/O: the driver (`dist/listener.rs`) keeps a handle `H` per entry (an abort handle) and
 //! cancels the ones [`HalfOpen::admit`] returns.
+//!
+//! The HTTP port follows the same rule with [`longest_waiting`]: when its connections are
+//! as many as its cap, a new one closes the one that has waited longest on its client
+//! (for a request, a body, or to read an answer), so that holding connections open costs
+//! an attacker as much as it costs the port.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -92,6 +97,21 @@ impl<H> HalfOpen<H> {
     }
 }
 
+/// A connection's state as [`longest_waiting`] sees it: the node is answering it (a call
+/// to a worker under way), or has waited on its client since `t` (nanoseconds since any
+/// fixed instant).
+pub const ANSWERING: u64 = u64::MAX;
+/// A connection already chosen to be closed.
+pub const CLOSING: u64 = u64::MAX - 1;
+
+/// Of `(id, state)` pairs, the connection that has waited longest on its client, with its
+/// state: the one to close when the port is full. `None` when every connection is being
+/// answered (or closed): then the newcomer is the one refused, and no call under way is
+/// cut off.
+pub fn longest_waiting(conns: impl IntoIterator<Item = (u64, u64)>) -> Option<(u64, u64)> {
+    conns.into_iter().filter(|&(_, since)| since < CLOSING).min_by_key(|&(id, since)| (since, id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +173,17 @@ mod tests {
         }
         assert_eq!(h.len(), PER_SOURCE + 1);
         assert!(h.finish(member));
+    }
+
+    #[test]
+    fn a_full_port_closes_the_connection_that_waited_longest_and_never_one_being_answered() {
+        // 7 is answered (a call under way) though it came first; 3 waits since 20, 9 since 10.
+        let conns = [(7, ANSWERING), (3, 20), (9, 10), (4, CLOSING), (5, 30)];
+        assert_eq!(longest_waiting(conns), Some((9, 10)));
+        // Equal waits: the older connection (smaller id) goes first.
+        assert_eq!(longest_waiting([(6, 10), (2, 10)]), Some((2, 10)));
+        // All answered, or already closing: none is closed, the newcomer is refused.
+        assert_eq!(longest_waiting([(1, ANSWERING), (2, CLOSING)]), None);
+        assert_eq!(longest_waiting([]), None);
     }
 }

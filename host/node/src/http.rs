@@ -2,8 +2,9 @@
 //! `Content-Length` bodies) with limits that keep one client from taking it: headers
 //! within 16 KiB and 10 s, bodies within 16 MiB and 30 s, no write left waiting more than
 //! 10 s on a client that reads nothing of its answers (it is closed), at most 1,024
-//! connections per port (one past that is answered 503 and closed; accepting never
-//! stops). It serves `GET /healthz` (the process answers), `GET /readyz` (200 once the
+//! connections per port (one past that closes the connection that has waited longest on
+//! its client; only when all are being answered is it answered 503 and closed; accepting
+//! never stops). It serves `GET /healthz` (the process answers), `GET /readyz` (200 once the
 //! node has found its cluster — config loaded, listening, first discovery poll done and
 //! its peers connected or tried — and 503 before, and while leaving) and `GET /metrics`
 //! (Prometheus text, see [`crate::metrics`]). With `[http] gateway = true` it also lets
@@ -24,10 +25,12 @@
 //! need it. `gateway_listen` puts the gateway on a port of its own, so that probes and
 //! metrics answer whatever the gateway's clients do.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -43,9 +46,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use crate::admission::{longest_waiting, ANSWERING, CLOSING};
 use crate::control::{call_error_json, start_error_json};
 use crate::refusals::{left_out, RefusalLog};
 use crate::registry::{CallError, Registry, StartError, WorkerName};
@@ -167,11 +171,93 @@ fn text(status: u16, body: &'static str) -> Response {
     response(status, "text/plain; charset=utf-8", body)
 }
 
+/// The port's open connections. At the cap a new one closes the one that has waited
+/// longest on its client (see [`longest_waiting`]), as nginx reuses its idle keep-alive
+/// connections when it runs out: a client that keeps many connections open, idle or
+/// trickling, gets its own closed as others arrive. Only when every connection is being
+/// answered is the newcomer refused.
+struct Open {
+    cap: usize,
+    epoch: Instant,
+    next: u64,
+    conns: HashMap<u64, Arc<Slot>>,
+}
+
+/// What [`Open::admit`] made room with: the connection it closed, from `peer`, which had
+/// waited `waited` on its client.
+struct Closed {
+    peer: SocketAddr,
+    waited: Duration,
+}
+
+impl Open {
+    fn new(cap: usize) -> Open {
+        Open { cap, epoch: Instant::now(), next: 0, conns: HashMap::new() }
+    }
+
+    /// A place for a connection from `peer`, closing another when the port is full; `None`
+    /// when every open connection is being answered.
+    fn admit(&mut self, peer: SocketAddr) -> Option<(u64, Arc<Slot>, Option<Closed>)> {
+        let mut closed = None;
+        if self.conns.len() >= self.cap {
+            loop {
+                let (id, since) = longest_waiting(self.conns.iter().map(|(id, slot)| (*id, slot.state.load(Ordering::SeqCst))))?;
+                let slot = &self.conns[&id];
+                // Unless it began being answered meanwhile: then look again.
+                if slot.state.compare_exchange(since, CLOSING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                    slot.closing.notify_one();
+                    closed = Some(Closed { peer: slot.peer, waited: slot.since_epoch().saturating_sub(Duration::from_nanos(since)) });
+                    self.conns.remove(&id);
+                    break;
+                }
+            }
+        }
+        let id = self.next;
+        self.next += 1;
+        let slot = Arc::new(Slot { state: AtomicU64::new(0), closing: Notify::new(), epoch: self.epoch, peer });
+        slot.waiting();
+        self.conns.insert(id, slot.clone());
+        Some((id, slot, closed))
+    }
+}
+
+/// One connection's place on the port: whether the node is answering it or waits on its
+/// client, and since when.
+struct Slot {
+    /// [`ANSWERING`], [`CLOSING`], or when the node began waiting on the client (in
+    /// nanoseconds since `epoch`).
+    state: AtomicU64,
+    /// Told when the connection is chosen to be closed.
+    closing: Notify,
+    epoch: Instant,
+    peer: SocketAddr,
+}
+
+impl Slot {
+    fn since_epoch(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// The node starts on an answer that takes time (a call to a worker): the connection
+    /// is not closed to make room until it is answered. `false` when it was chosen to be
+    /// closed before: then nothing is to be done.
+    fn answering(&self) -> bool {
+        self.state.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| (s != CLOSING).then_some(ANSWERING)).is_ok()
+    }
+
+    /// The node waits on the client again (for its next request), from now.
+    fn waiting(&self) {
+        let now = (self.since_epoch().as_nanos() as u64).min(CLOSING - 1);
+        let _ = self.state.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| (s != CLOSING).then_some(now));
+    }
+}
+
 /// Serves HTTP on `listener` until the node stops.
 pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, drain: Drain, limits: Limits) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(Mutex::new(Open::new(limits.max_connections)));
     let port = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let refusals = Arc::new(Mutex::new(RefusalLog::default()));
+    let closes = Arc::new(Mutex::new(RefusalLog::default()));
     let stalls = Arc::new(Mutex::new(RefusalLog::default()));
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -183,22 +269,36 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // At the cap: told so and closed, at once; the clients already in are served.
+        let admitted = open.lock().unwrap().admit(addr);
+        let Some((id, slot, closed)) = admitted else {
+            // Every connection is being answered: this one is told so and closed, at once.
             let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             if let Some(n) = refusals.lock().unwrap().refused(addr.ip(), Instant::now()) {
-                warn!(%port, peer = %addr, "HTTP port {port}: {} connections open, refusing {addr}{}", limits.max_connections, left_out(n));
+                warn!(%port, peer = %addr, reason = "port_full", "HTTP port {port}: {} connections open, all being answered, refusing {addr}{}", limits.max_connections, left_out(n));
             }
             continue;
         };
-        let (registry, routes, drain, stalls, port) = (registry.clone(), routes.clone(), drain.clone(), stalls.clone(), port.clone());
+        if let Some(Closed { peer, waited }) = closed {
+            if let Some(n) = closes.lock().unwrap().refused(peer.ip(), Instant::now()) {
+                let more = crate::refusals::left_out_as(n, "closed");
+                warn!(
+                    %port,
+                    %peer,
+                    reason = "port_full",
+                    "HTTP port {port}: {} connections open: closed the one from {peer}, which had waited {:.1} s on its client, to admit {addr}{more}",
+                    limits.max_connections,
+                    waited.as_secs_f64()
+                );
+            }
+        }
+        let (registry, routes, drain, stalls, port, open) = (registry.clone(), routes.clone(), drain.clone(), stalls.clone(), port.clone(), open.clone());
         tokio::spawn(async move {
-            let _permit = permit;
             let _ = stream.set_nodelay(true);
             let stream = SendDeadline::new(stream, limits.send_timeout);
+            let conn_slot = slot.clone();
             let service = service_fn(move |req| {
-                let (registry, routes, drain) = (registry.clone(), routes.clone(), drain.clone());
-                async move { Ok::<_, Infallible>(handle(req, &registry, &routes, &drain, &limits).await) }
+                let (registry, routes, drain, slot) = (registry.clone(), routes.clone(), drain.clone(), conn_slot.clone());
+                async move { Ok::<_, Infallible>(handle(req, &registry, &routes, &drain, &limits, &slot).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -207,8 +307,14 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 .max_headers(100)
                 .keep_alive(true)
                 .serve_connection(stream, service);
-            match conn.await {
-                Err(e) if stalled(&e) => {
+            // Closed to make room: dropping the connection closes its socket.
+            let ended = tokio::select! {
+                ended = conn => Some(ended),
+                () = slot.closing.notified() => None,
+            };
+            open.lock().unwrap().conns.remove(&id);
+            match ended {
+                Some(Err(e)) if stalled(&e) => {
                     if let Some(n) = stalls.lock().unwrap().refused(addr.ip(), Instant::now()) {
                         let more = crate::refusals::left_out_as(n, "closed");
                         warn!(
@@ -220,8 +326,8 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                         );
                     }
                 }
-                Err(e) => debug!(peer = %addr, "HTTP connection from {addr}: {e}"),
-                Ok(()) => {}
+                Some(Err(e)) => debug!(peer = %addr, "HTTP connection from {addr}: {e}"),
+                Some(Ok(())) | None => {}
             }
         });
     }
@@ -321,15 +427,16 @@ impl tokio::io::AsyncWrite for SendDeadline {
     }
 }
 
-async fn handle(req: Request<Incoming>, registry: &Registry, routes: &Routes, drain: &Drain, limits: &Limits) -> Response {
+async fn handle(req: Request<Incoming>, registry: &Registry, routes: &Routes, drain: &Drain, limits: &Limits, slot: &Slot) -> Response {
     let in_flight = drain.enter();
     let mut r = if drain.closing.load(Ordering::SeqCst) {
         let mut r = json_response(503, json!({ "error": "leaving", "reason": "this node is leaving the cluster; nothing was done" }));
         r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         r
     } else {
-        route(req, registry, routes, limits).await
+        route(req, registry, routes, limits, slot).await
     };
+    slot.waiting();
     r.body_mut()._in_flight = Some(in_flight);
     r
 }
@@ -377,7 +484,7 @@ async fn read_body(body: Incoming, limits: &Limits) -> Result<Bytes, Response> {
     }
 }
 
-async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, limits: &Limits) -> Response {
+async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, limits: &Limits, slot: &Slot) -> Response {
     let path = req.uri().path().to_string();
     let get = req.method() == Method::GET;
     if routes.probes {
@@ -447,6 +554,13 @@ async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, lim
             let reason = crate::registry::args_too_large(body.len());
             return json_response(413, json!({ "error": "args too large", "reason": reason, "max": crate::registry::MAX_ARGS }));
         }
+    }
+    if !slot.answering() {
+        // Closed to make room while its request arrived: nothing is started.
+        let reason = "the port was full and this connection waited longest on its client; nothing was done";
+        let mut r = json_response(503, json!({ "error": "unavailable", "reason": reason }));
+        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        return r;
     }
     match segments.as_slice() {
         ["v1", "workers", kind, key, "call"] => {
