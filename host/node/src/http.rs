@@ -31,7 +31,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::admission::{longest_waiting, ANSWERING, CLOSING};
@@ -183,11 +182,12 @@ struct Open {
     conns: HashMap<u64, Arc<Slot>>,
 }
 
-/// What [`Open::admit`] made room with: the connection it closed, from `peer`, which had
-/// waited `waited` on its client.
+/// What [`Open::admit`] made room with: the connection from `peer`, which had waited
+/// `waited` on its client; aborting its `task` (once the port's lock is let go) closes it.
 struct Closed {
     peer: SocketAddr,
     waited: Duration,
+    task: Option<tokio::task::AbortHandle>,
 }
 
 impl Open {
@@ -205,8 +205,8 @@ impl Open {
                 let slot = &self.conns[&id];
                 // Unless it began being answered meanwhile: then look again.
                 if slot.state.compare_exchange(since, CLOSING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                    slot.closing.notify_one();
-                    closed = Some(Closed { peer: slot.peer, waited: slot.since_epoch().saturating_sub(Duration::from_nanos(since)) });
+                    let waited = slot.since_epoch().saturating_sub(Duration::from_nanos(since));
+                    closed = Some(Closed { peer: slot.peer, waited, task: slot.task.get().cloned() });
                     self.conns.remove(&id);
                     break;
                 }
@@ -214,7 +214,7 @@ impl Open {
         }
         let id = self.next;
         self.next += 1;
-        let slot = Arc::new(Slot { state: AtomicU64::new(0), closing: Notify::new(), epoch: self.epoch, peer });
+        let slot = Arc::new(Slot { state: AtomicU64::new(0), task: OnceLock::new(), epoch: self.epoch, peer });
         slot.waiting();
         self.conns.insert(id, slot.clone());
         Some((id, slot, closed))
@@ -227,8 +227,8 @@ struct Slot {
     /// [`ANSWERING`], [`CLOSING`], or when the node began waiting on the client (in
     /// nanoseconds since `epoch`).
     state: AtomicU64,
-    /// Told when the connection is chosen to be closed.
-    closing: Notify,
+    /// The connection's task, aborted (which drops its socket) to close it.
+    task: OnceLock<tokio::task::AbortHandle>,
     epoch: Instant,
     peer: SocketAddr,
 }
@@ -278,7 +278,10 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
             }
             continue;
         };
-        if let Some(Closed { peer, waited }) = closed {
+        if let Some(Closed { peer, waited, task }) = closed {
+            if let Some(task) = task {
+                task.abort();
+            }
             if let Some(n) = closes.lock().unwrap().refused(peer.ip(), Instant::now()) {
                 let more = crate::refusals::left_out_as(n, "closed");
                 warn!(
@@ -291,11 +294,13 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 );
             }
         }
-        let (registry, routes, drain, stalls, port, open) = (registry.clone(), routes.clone(), drain.clone(), stalls.clone(), port.clone(), open.clone());
-        tokio::spawn(async move {
+        let (registry, routes, drain, stalls, port, open, conn_slot) =
+            (registry.clone(), routes.clone(), drain.clone(), stalls.clone(), port.clone(), open.clone(), slot.clone());
+        let task = tokio::spawn(async move {
+            // Leaves the port's open connections however the task ends, aborted included.
+            let _leave = Leave(open, id);
             let _ = stream.set_nodelay(true);
             let stream = SendDeadline::new(stream, limits.send_timeout);
-            let conn_slot = slot.clone();
             let service = service_fn(move |req| {
                 let (registry, routes, drain, slot) = (registry.clone(), routes.clone(), drain.clone(), conn_slot.clone());
                 async move { Ok::<_, Infallible>(handle(req, &registry, &routes, &drain, &limits, &slot).await) }
@@ -307,14 +312,8 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 .max_headers(100)
                 .keep_alive(true)
                 .serve_connection(stream, service);
-            // Closed to make room: dropping the connection closes its socket.
-            let ended = tokio::select! {
-                ended = conn => Some(ended),
-                () = slot.closing.notified() => None,
-            };
-            open.lock().unwrap().conns.remove(&id);
-            match ended {
-                Some(Err(e)) if stalled(&e) => {
+            match conn.await {
+                Err(e) if stalled(&e) => {
                     if let Some(n) = stalls.lock().unwrap().refused(addr.ip(), Instant::now()) {
                         let more = crate::refusals::left_out_as(n, "closed");
                         warn!(
@@ -326,10 +325,21 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                         );
                     }
                 }
-                Some(Err(e)) => debug!(peer = %addr, "HTTP connection from {addr}: {e}"),
-                Some(Ok(())) | None => {}
+                Err(e) => debug!(peer = %addr, "HTTP connection from {addr}: {e}"),
+                Ok(()) => {}
             }
         });
+        // (Set before the loop can admit another, so before this one can be chosen.)
+        let _ = slot.task.set(task.abort_handle());
+    }
+}
+
+/// A connection's task's place among the port's open connections, given up on drop.
+struct Leave(Arc<Mutex<Open>>, u64);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().conns.remove(&self.1);
     }
 }
 
