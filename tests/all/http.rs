@@ -306,3 +306,70 @@ fn a_client_holding_every_connection_cannot_keep_others_out() {
     let answer = read_answer(&mut busy).expect("the call under way is answered");
     assert_eq!((status(&answer), body(&answer)), (200, "1"), "{answer}");
 }
+
+/// Clients that each send a large body and stall before its last byte hold at most the
+/// port's budget of request bodies (64 MiB): past it, a request is answered 503 with
+/// `Retry-After` before its body is read, and the budget comes back when the clients go.
+/// Before, each held its 16 MiB for the 30 s body timeout: 200 such clients grew the
+/// node by 3.3 GB, and 30 were enough to pass a 512 MiB pod's limit.
+#[test]
+fn clients_that_stall_large_bodies_hold_at_most_the_ports_budget() {
+    let (_dir, node, _probes, gateway) = node("http-bodies", 113);
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small", ""));
+    assert_eq!(status(&answer), 201, "{answer}");
+    let before = node.rss_mib();
+    let size = 16 << 20;
+    let head = |i: usize| format!("POST /v1/workers/counter/c{i}/call HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {size}\r\n\r\n");
+    let part = vec![b'x'; 1 << 20];
+    let mut stalled = Vec::new();
+    let mut busy = 0;
+    for i in 0..12 {
+        let mut s = TcpStream::connect(&gateway).expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.write_all(head(i).as_bytes()).unwrap();
+        // All of the body but its last byte (a refused one stops taking it, or resets).
+        for j in 0..16 {
+            let n = if j == 15 { part.len() - 1 } else { part.len() };
+            if s.write_all(&part[..n]).is_err() {
+                break;
+            }
+        }
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert_eq!(status(&answer), 503, "connection {i}: {answer}");
+                assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+                busy += 1;
+            }
+            Ok(_) => panic!("connection {i} was closed without an answer"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => stalled.push(s),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => busy += 1,
+            Err(e) => panic!("connection {i}: {e}"),
+        }
+    }
+    assert_eq!((stalled.len(), busy), (4, 8), "4 bodies of 16 MiB fill the 64 MiB budget");
+    let held = node.rss_mib();
+    assert!(held < before + 150.0, "RSS grew from {before:.1} MiB to {held:.1} MiB with 12 stalled 16 MiB bodies");
+    // Meanwhile a call with a body waits for the budget: refused, nothing done.
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
+    assert_eq!(status(&answer), 503, "{answer}");
+    assert!(body(&answer).contains("busy"), "{answer}");
+
+    // The stalled clients go: their bodies' bytes come back, and calls are served; the
+    // refused call did nothing.
+    drop(stalled);
+    let last = std::cell::RefCell::new(String::new());
+    wait_until(
+        Duration::from_secs(10),
+        "a call once the stalled clients have gone",
+        || {
+            *last.borrow_mut() = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
+            status(&last.borrow()) != 503
+        },
+        || last.borrow().clone(),
+    );
+    let answer = last.into_inner();
+    assert_eq!((status(&answer), body(&answer)), (200, "1"), "{answer}");
+}

@@ -1,6 +1,7 @@
 //! The node's HTTP port, served by hyper (HTTP/1.1, keep-alive, chunked and
 //! `Content-Length` bodies) with limits that keep one client from taking it: headers
-//! within 16 KiB and 10 s, bodies within 16 MiB and 30 s, no write left waiting more than
+//! within 16 KiB and 10 s, bodies within 16 MiB and 30 s and at most 64 MiB of them held
+//! at once (past that: 503 with `Retry-After`), no write left waiting more than
 //! 10 s on a client that reads nothing of its answers (it is closed), at most 1,024
 //! connections per port (one past that closes the connection that has waited longest on
 //! its client; only when all are being answered is it answered 503 and closed; accepting
@@ -36,9 +37,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
@@ -71,6 +72,9 @@ pub struct Limits {
     /// The time an answer may wait on a client that reads none of it (its receive
     /// window shut): the connection is closed after it, as nginx's `send_timeout` does.
     pub send_timeout: Duration,
+    /// Bytes of request bodies held at once on the port, from their first byte until
+    /// their requests are answered (past it: 503 with `Retry-After`).
+    pub max_bodies_held: usize,
 }
 
 impl Default for Limits {
@@ -82,6 +86,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(30),
             max_connections: 1024,
             send_timeout: Duration::from_secs(10),
+            max_bodies_held: 64 << 20,
         }
     }
 }
@@ -254,6 +259,7 @@ impl Slot {
 
 /// Serves HTTP on `listener` until the node stops.
 pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, drain: Drain, limits: Limits) {
+    let shared = Arc::new(Port { registry, routes, drain, limits, bodies: Bodies::new(limits.max_bodies_held) });
     let open = Arc::new(Mutex::new(Open::new(limits.max_connections)));
     let port = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let refusals = Arc::new(Mutex::new(RefusalLog::default()));
@@ -294,16 +300,15 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 );
             }
         }
-        let (registry, routes, drain, stalls, port, open, conn_slot) =
-            (registry.clone(), routes.clone(), drain.clone(), stalls.clone(), port.clone(), open.clone(), slot.clone());
+        let (shared, stalls, port, open, conn_slot) = (shared.clone(), stalls.clone(), port.clone(), open.clone(), slot.clone());
         let task = tokio::spawn(async move {
             // Leaves the port's open connections however the task ends, aborted included.
             let _leave = Leave(open, id);
             let _ = stream.set_nodelay(true);
             let stream = SendDeadline::new(stream, limits.send_timeout);
             let service = service_fn(move |req| {
-                let (registry, routes, drain, slot) = (registry.clone(), routes.clone(), drain.clone(), conn_slot.clone());
-                async move { Ok::<_, Infallible>(handle(req, &registry, &routes, &drain, &limits, &slot).await) }
+                let (shared, slot) = (shared.clone(), conn_slot.clone());
+                async move { Ok::<_, Infallible>(handle(req, &shared, &slot).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -437,14 +442,15 @@ impl tokio::io::AsyncWrite for SendDeadline {
     }
 }
 
-async fn handle(req: Request<Incoming>, registry: &Registry, routes: &Routes, drain: &Drain, limits: &Limits, slot: &Slot) -> Response {
+async fn handle(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
+    let drain = &port.drain;
     let in_flight = drain.enter();
     let mut r = if drain.closing.load(Ordering::SeqCst) {
         let mut r = json_response(503, json!({ "error": "leaving", "reason": "this node is leaving the cluster; nothing was done" }));
         r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         r
     } else {
-        route(req, registry, routes, limits, slot).await
+        route(req, port, slot).await
     };
     slot.waiting();
     r.body_mut()._in_flight = Some(in_flight);
@@ -471,30 +477,117 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The body, whole: 413 past the limit, 408 past the timeout.
-async fn read_body(body: Incoming, limits: &Limits) -> Result<Bytes, Response> {
+/// The body, whole, with its bytes counted against the port's budget: 413 past the limit,
+/// 408 past the timeout, 503 while other requests' bodies hold the budget.
+async fn read_body<'a>(mut body: Incoming, limits: &Limits, bodies: &'a Bodies) -> Result<(Bytes, Held<'a>), Response> {
     let too_large = || {
         let mut r = json_response(413, json!({ "error": "body too large", "max": limits.max_body }));
         r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         r
     };
-    // A `Content-Length` past the limit is refused before any of the body is read.
-    if body.size_hint().lower() > limits.max_body as u64 {
+    let busy = || {
+        let reason = format!("request bodies already hold this port's {} MiB; nothing was done, retry", limits.max_bodies_held >> 20);
+        let mut r = json_response(503, json!({ "error": "busy", "reason": reason }));
+        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        r
+    };
+    // A `Content-Length` past the limit is refused before any of the body is read, and
+    // one the budget cannot hold is refused before it is read too.
+    let declared = body.size_hint().lower();
+    if declared > limits.max_body as u64 {
         return Err(too_large());
     }
-    match tokio::time::timeout(limits.body_timeout, Limited::new(body, limits.max_body).collect()).await {
+    let mut held = bodies.hold();
+    if !held.grow(declared as usize) {
+        return Err(busy());
+    }
+    let read = async {
+        let mut parts = Vec::new();
+        let mut len = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| json_response(400, json!({ "error": format!("bad request body: {e}") })))?;
+            let Ok(data) = frame.into_data() else { continue };
+            len += data.len();
+            if len > limits.max_body {
+                return Err(too_large());
+            }
+            // (A chunked body declares nothing: it is counted as it comes.)
+            if len > held.bytes && !held.grow(len - held.bytes) {
+                return Err(busy());
+            }
+            parts.push(data);
+        }
+        Ok(match parts.len() {
+            1 => parts.pop().expect("one part"),
+            _ => Bytes::from(parts.concat()),
+        })
+    };
+    match tokio::time::timeout(limits.body_timeout, read).await {
         Err(_) => {
             let mut r = json_response(408, json!({ "error": "the request body did not arrive in time" }));
             r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             Err(r)
         }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => Err(json_response(400, json!({ "error": format!("bad request body: {e}") }))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(r)) => Err(r),
+        Ok(Ok(bytes)) => Ok((bytes, held)),
     }
 }
 
-async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, limits: &Limits, slot: &Slot) -> Response {
+/// What a port's handlers share.
+struct Port {
+    registry: Registry,
+    routes: Routes,
+    drain: Drain,
+    limits: Limits,
+    bodies: Bodies,
+}
+
+/// Bytes of request bodies a port holds at once, counted from their first byte until
+/// their requests are answered: so many clients sending large bodies slowly cannot grow
+/// the node's memory past it (each could hold 16 MiB for 30 s before).
+struct Bodies {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl Bodies {
+    fn new(max: usize) -> Bodies {
+        Bodies { held: AtomicUsize::new(0), max }
+    }
+
+    /// A body's count, at nothing yet.
+    fn hold(&self) -> Held<'_> {
+        Held { bodies: self, bytes: 0 }
+    }
+}
+
+/// One body's bytes in [`Bodies`], given back on drop.
+struct Held<'a> {
+    bodies: &'a Bodies,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    /// Counts `more` bytes, unless the budget cannot take them.
+    fn grow(&mut self, more: usize) -> bool {
+        let max = self.bodies.max;
+        let grown = self.bodies.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| h.checked_add(more).filter(|t| *t <= max)).is_ok();
+        if grown {
+            self.bytes += more;
+        }
+        grown
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.bodies.held.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
+    let Port { registry, routes, limits, bodies, .. } = port;
     let path = req.uri().path().to_string();
     let get = req.method() == Method::GET;
     if routes.probes {
@@ -555,7 +648,8 @@ async fn route(req: Request<Incoming>, registry: &Registry, routes: &Routes, lim
     // A caller's W3C `traceparent` makes the call part of its trace (when tracing is on);
     // a malformed one is ignored, as the spec says.
     let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::from_traceparent);
-    let body = match read_body(req.into_body(), limits).await {
+    // The body counts against the port's budget until the request is answered.
+    let (body, _held) = match read_body(req.into_body(), limits, bodies).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -662,6 +756,22 @@ pub async fn get(url: &str) -> std::io::Result<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_count_against_the_budget_until_their_requests_are_answered() {
+        let bodies = Bodies::new(100);
+        let mut a = bodies.hold();
+        assert!(a.grow(60));
+        let mut b = bodies.hold();
+        assert!(!b.grow(50), "60 + 50 is past 100");
+        assert!(b.grow(40));
+        assert!(!a.grow(1), "full");
+        drop(a);
+        assert_eq!(bodies.held.load(Ordering::SeqCst), 40, "a's 60 given back");
+        assert!(b.grow(60));
+        drop(b);
+        assert_eq!(bodies.held.load(Ordering::SeqCst), 0);
+    }
 
     #[test]
     fn a_call_timeout_is_whole_milliseconds_or_the_default_and_anything_else_is_refused() {
