@@ -54,6 +54,12 @@ fn read_answer(s: &mut TcpStream) -> std::io::Result<String> {
     }
 }
 
+/// The value of the series `series` (name and labels) in the node's `/metrics`.
+fn metric(probes: &str, series: &str) -> Option<f64> {
+    let answer = exchange(probes, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    body(&answer).lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 fn status(answer: &str) -> u16 {
     answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
@@ -187,6 +193,7 @@ fn slow_idle_and_oversized_clients_cost_the_port_nothing() {
     assert!(first < Duration::from_secs(8), "the 76 oldest were closed by {first:?}, not at once to admit the newest");
     assert!(rest >= Duration::from_secs(8), "a newer idle connection was closed after {rest:?}, before the header timeout");
     assert!(node.log().contains("reason=\"port_full\""), "{}", node.log());
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"port_full\"}"), Some(76.0));
     let answer = exchange(&gateway, &authed("GET", "/v1/workers", ""));
     assert_eq!(status(&answer), 200, "{answer}");
 
@@ -249,6 +256,7 @@ fn a_client_that_reads_none_of_its_answers_is_closed_after_the_send_timeout() {
         };
         assert!(matches!(&end, Ok(())) || matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset), "the connection is still open: {end:?}");
     }
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"not_reading\"}"), Some(4.0), "each closed connection is counted");
     let answer = exchange(&probes, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(status(&answer), 200, "{answer}");
 }
@@ -261,7 +269,7 @@ fn a_client_that_reads_none_of_its_answers_is_closed_after_the_send_timeout() {
 /// timeout: the kubelet's probes failed while one client liked.
 #[test]
 fn a_client_holding_every_connection_cannot_keep_others_out() {
-    let (_dir, node, _probes, gateway) = node("http-hold", 112);
+    let (_dir, node, probes, gateway) = node("http-hold", 112);
     let answer = exchange(&gateway, &authed("POST", "/v1/workers/probe/slow", ""));
     assert_eq!(status(&answer), 201, "{answer}");
     // The oldest connection: a call that takes 8 s.
@@ -291,6 +299,7 @@ fn a_client_holding_every_connection_cannot_keep_others_out() {
     assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
     node.wait_log("which had waited", Duration::from_secs(5));
     assert!(node.log().contains("reason=\"port_full\""), "{}", node.log());
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"port_full\"}"), Some(1.0));
 
     // The one closed was the held connection that had waited longest, and only it.
     let mut buf = [0u8; 64];
@@ -314,7 +323,7 @@ fn a_client_holding_every_connection_cannot_keep_others_out() {
 /// node by 3.3 GB, and 30 were enough to pass a 512 MiB pod's limit.
 #[test]
 fn clients_that_stall_large_bodies_hold_at_most_the_ports_budget() {
-    let (_dir, node, _probes, gateway) = node("http-bodies", 113);
+    let (_dir, node, probes, gateway) = node("http-bodies", 113);
     let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small", ""));
     assert_eq!(status(&answer), 201, "{answer}");
     let before = node.rss_mib();
@@ -356,6 +365,7 @@ fn clients_that_stall_large_bodies_hold_at_most_the_ports_budget() {
     let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
     assert_eq!(status(&answer), 503, "{answer}");
     assert!(body(&answer).contains("busy"), "{answer}");
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(busy as f64 + 1.0));
 
     // The stalled clients go: their bodies' bytes come back, and calls are served; the
     // refused call did nothing.

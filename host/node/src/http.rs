@@ -278,6 +278,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
         let admitted = open.lock().unwrap().admit(addr);
         let Some((id, slot, closed)) = admitted else {
             // Every connection is being answered: this one is told so and closed, at once.
+            crate::metrics::global().http_shed("all_answering");
             let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             if let Some(n) = refusals.lock().unwrap().refused(addr.ip(), Instant::now()) {
                 warn!(%port, peer = %addr, reason = "port_full", "HTTP port {port}: {} connections open, all being answered, refusing {addr}{}", limits.max_connections, left_out(n));
@@ -285,6 +286,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
             continue;
         };
         if let Some(Closed { peer, waited, task }) = closed {
+            crate::metrics::global().http_shed("port_full");
             if let Some(task) = task {
                 task.abort();
             }
@@ -319,6 +321,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 .serve_connection(stream, service);
             match conn.await {
                 Err(e) if stalled(&e) => {
+                    crate::metrics::global().http_shed("not_reading");
                     if let Some(n) = stalls.lock().unwrap().refused(addr.ip(), Instant::now()) {
                         let more = crate::refusals::left_out_as(n, "closed");
                         warn!(
@@ -486,6 +489,7 @@ async fn read_body<'a>(mut body: Incoming, limits: &Limits, bodies: &'a Bodies) 
         r
     };
     let busy = || {
+        crate::metrics::global().http_shed("bodies_full");
         let reason = format!("request bodies already hold this port's {} MiB; nothing was done, retry", limits.max_bodies_held >> 20);
         let mut r = json_response(503, json!({ "error": "busy", "reason": reason }));
         r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));

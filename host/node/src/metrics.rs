@@ -2,7 +2,8 @@
 //! which Prometheus reads).
 //!
 //! One process-wide registry: each layer counts what it sees — `dist` connections,
-//! disconnections by reason and handshake failures by cause; discovery polls, errors and
+//! disconnections by reason and handshake failures by cause; the HTTP ports' shed
+//! connections and requests by reason; discovery polls, errors and
 //! traps per topology; the registry calls (a latency histogram), handoffs and restarts.
 //! Gauges (members, instances per kind, the process's CPU, memory and descriptors) are
 //! read when rendered, the process's at most once a second. Every labelled family starts with its known labels at 0 (reasons,
@@ -27,6 +28,11 @@ const BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 
 
 /// Every reason a connection ends for (`DownReason::code`).
 pub const DOWN_REASONS: [&str; 6] = ["connection_closed", "heartbeat_timeout", "left", "protocol_error", "local_shutdown", "not_reading"];
+/// Every reason the HTTP ports shed a connection or a request for: a connection closed to
+/// make room on a full port, a newcomer refused because every connection is being
+/// answered, a connection closed after its client read none of its answers for the send
+/// timeout, a request refused because request bodies hold the port's budget.
+pub const HTTP_SHED_REASONS: [&str; 4] = ["port_full", "all_answering", "not_reading", "bodies_full"];
 /// Every cause a handshake fails for (`DialError::cause`, and the accept loop's own).
 pub const HANDSHAKE_CAUSES: [&str; 9] = ["cookie_mismatch", "version", "refused", "protocol", "timeout", "io", "name_in_use", "dropped", "tls"];
 
@@ -58,6 +64,7 @@ pub struct Metrics {
     connects: Counter,
     disconnects: Family<Reason, Counter>,
     handshake_failures: Family<Cause, Counter>,
+    http_shed: Family<Reason, Counter>,
     polls: Family<Topology, Counter>,
     poll_errors: Family<Topology, Counter>,
     poll_traps: Family<Topology, Counter>,
@@ -109,6 +116,7 @@ impl Metrics {
             connects: Counter::default(),
             disconnects: Family::default(),
             handshake_failures: Family::default(),
+            http_shed: Family::default(),
             polls: Family::default(),
             poll_errors: Family::default(),
             poll_traps: Family::default(),
@@ -133,6 +141,11 @@ impl Metrics {
         registry.register("wasmnode_connects", "Connections to cluster members (not tools) that passed the handshake", m.connects.clone());
         registry.register("wasmnode_disconnects", "Connections to cluster members that ended, by reason", m.disconnects.clone());
         registry.register("wasmnode_handshake_failures", "Handshakes that failed, by cause", m.handshake_failures.clone());
+        registry.register(
+            "wasmnode_http_shed",
+            "Connections the HTTP ports closed, and requests they refused, to keep serving others, by reason",
+            m.http_shed.clone(),
+        );
         registry.register("wasmnode_strategy_polls", "Polls of each topology's strategy", m.polls.clone());
         registry.register("wasmnode_strategy_errors", "Polls that returned an error", m.poll_errors.clone());
         registry.register("wasmnode_strategy_traps", "Polls that trapped (deadline, memory cap, guest trap)", m.poll_traps.clone());
@@ -153,6 +166,9 @@ impl Metrics {
         registry.register("process_start_time_seconds", "Start time of the process since the Unix epoch, in seconds", m.start_time.clone());
         for reason in DOWN_REASONS {
             let _ = m.disconnects.get_or_create(&Reason { reason: reason.into() });
+        }
+        for reason in HTTP_SHED_REASONS {
+            let _ = m.http_shed.get_or_create(&Reason { reason: reason.into() });
         }
         for cause in HANDSHAKE_CAUSES {
             let _ = m.handshake_failures.get_or_create(&Cause { cause: cause.into() });
@@ -182,6 +198,10 @@ impl Metrics {
     }
     pub fn disconnected(&self, reason: &'static str) {
         self.disconnects.get_or_create(&Reason { reason: reason.into() }).inc();
+    }
+    /// An HTTP port shed a connection or a request, for one of [`HTTP_SHED_REASONS`].
+    pub fn http_shed(&self, reason: &'static str) {
+        self.http_shed.get_or_create(&Reason { reason: reason.into() }).inc();
     }
     pub fn handshake_failed(&self, cause: &'static str) {
         self.handshake_failures.get_or_create(&Cause { cause: cause.into() }).inc();
@@ -338,6 +358,7 @@ mod tests {
             "wasmnode_members 1",
             "wasmnode_disconnects_total{reason=\"not_reading\"} 0",
             "wasmnode_handshake_failures_total{cause=\"cookie_mismatch\"} 0",
+            "wasmnode_http_shed_total{reason=\"bodies_full\"} 0",
             "wasmnode_worker_instances{kind=\"counter\"} 0",
             "wasmnode_build_info{version=\"",
             "# TYPE wasmnode_calls_seconds histogram",
