@@ -156,9 +156,10 @@ fn slow_idle_and_oversized_clients_cost_the_port_nothing() {
     // which the gateway serves again.
     let t0 = Instant::now();
     let mut idle: Vec<Option<TcpStream>> = (0..1100).map(|_| Some(TcpStream::connect(&gateway).expect("connect"))).collect();
+    let probed = Instant::now();
     let answer = exchange(&probes, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(status(&answer), 200, "probes answer while the gateway is flooded: {answer}");
-    assert!(t0.elapsed() < Duration::from_secs(4), "probe took {:?}", t0.elapsed());
+    assert!(probed.elapsed() < Duration::from_secs(2), "probe took {:?}", probed.elapsed());
     for s in idle.iter().flatten() {
         s.set_nonblocking(true).unwrap();
     }
@@ -242,6 +243,17 @@ fn a_client_that_reads_none_of_its_answers_is_closed_after_the_send_timeout() {
     let took = t0.elapsed();
     assert!(took >= Duration::from_secs(8), "closed after {took:?}, before the send timeout");
     assert!(node.log().contains("reason=\"not_reading\""), "{}", node.log());
+    // Each of the four is closed for it, and counted (the log says so once per address).
+    let shed = std::cell::Cell::new(None);
+    wait_until(
+        Duration::from_secs(20),
+        "the four stalled connections counted as shed",
+        || {
+            shed.set(metric(&probes, "wasmnode_http_shed_total{reason=\"not_reading\"}"));
+            shed.get() == Some(4.0)
+        },
+        || format!("{:?}", shed.get()),
+    );
     // Each connection is closed: reading what is left ends (at its end, or reset, since the
     // node dropped the requests it never read), rather than waiting for more.
     for mut s in clients {
@@ -256,7 +268,6 @@ fn a_client_that_reads_none_of_its_answers_is_closed_after_the_send_timeout() {
         };
         assert!(matches!(&end, Ok(())) || matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset), "the connection is still open: {end:?}");
     }
-    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"not_reading\"}"), Some(4.0), "each closed connection is counted");
     let answer = exchange(&probes, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(status(&answer), 200, "{answer}");
 }

@@ -220,6 +220,7 @@ impl Open {
         let id = self.next;
         self.next += 1;
         let slot = Arc::new(Slot { state: AtomicU64::new(0), task: OnceLock::new(), epoch: self.epoch, peer });
+        // It waits on its client from now: for its first request.
         slot.waiting();
         self.conns.insert(id, slot.clone());
         Some((id, slot, closed))
@@ -281,7 +282,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
             crate::metrics::global().http_shed("all_answering");
             let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             if let Some(n) = refusals.lock().unwrap().refused(addr.ip(), Instant::now()) {
-                warn!(%port, peer = %addr, reason = "port_full", "HTTP port {port}: {} connections open, all being answered, refusing {addr}{}", limits.max_connections, left_out(n));
+                warn!(%port, peer = %addr, reason = "all_answering", "HTTP port {port}: {} connections open, all being answered, refusing {addr}{}", limits.max_connections, left_out(n));
             }
             continue;
         };
