@@ -576,6 +576,10 @@ struct Held<'a> {
 impl Held<'_> {
     /// Counts `more` bytes, unless the budget cannot take them.
     fn grow(&mut self, more: usize) -> bool {
+        if more == 0 {
+            // (A request without a body touches nothing shared.)
+            return true;
+        }
         let max = self.bodies.max;
         let grown = self.bodies.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| h.checked_add(more).filter(|t| *t <= max)).is_ok();
         if grown {
@@ -587,7 +591,9 @@ impl Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.bodies.held.fetch_sub(self.bytes, Ordering::SeqCst);
+        if self.bytes > 0 {
+            self.bodies.held.fetch_sub(self.bytes, Ordering::SeqCst);
+        }
     }
 }
 
