@@ -328,69 +328,91 @@ fn a_client_holding_every_connection_cannot_keep_others_out() {
 }
 
 /// Clients that each send a large body and stall before its last byte hold at most the
-/// port's budget of request bodies (64 MiB): past it, a request is answered 503 with
-/// `Retry-After` before its body is read, and the budget comes back when the clients go.
-/// Before, each held its 16 MiB for the 30 s body timeout: 200 such clients grew the
-/// node by 3.3 GB, and 30 were enough to pass a 512 MiB pod's limit.
+/// port's budget of request bodies (64 MiB): past it, the body that has waited longest on
+/// its client is closed to make room, so a client that sends its body at once is served
+/// however many stall theirs. Only bodies of requests being answered (calls under way)
+/// keep others out: then a body is answered 503 with `Retry-After`, nothing done. Before
+/// the budget, each stalled client held its 16 MiB for the 30 s body timeout (200 grew
+/// the node by 3.3 GB); with the budget alone, four of them kept every call with a body
+/// out for as long as they liked.
 #[test]
 fn clients_that_stall_large_bodies_hold_at_most_the_ports_budget() {
     let (_dir, node, probes, gateway) = node("http-bodies", 113);
-    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small", ""));
-    assert_eq!(status(&answer), 201, "{answer}");
+    for name in ["counter/small", "probe/s0", "probe/s1", "probe/s2", "probe/s3"] {
+        let answer = exchange(&gateway, &authed("POST", &format!("/v1/workers/{name}"), ""));
+        assert_eq!(status(&answer), 201, "{name}: {answer}");
+    }
     let before = node.rss_mib();
     let size = 16 << 20;
-    let head = |i: usize| format!("POST /v1/workers/counter/c{i}/call HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {size}\r\n\r\n");
+    let head = |path: &str| format!("POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {size}\r\n\r\n");
     let part = vec![b'x'; 1 << 20];
+    // Whether the node closed `s` without an answer (`false`: it still waits on it).
+    let closed = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        match s.read(&mut [0u8; 512]) {
+            Ok(0) => true,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+            other => panic!("an answer to a body that has not all arrived: {other:?}"),
+        }
+    };
+
+    // Twelve clients, one after another, each send all of a 16 MiB body but its last byte.
     let mut stalled = Vec::new();
-    let mut busy = 0;
     for i in 0..12 {
         let mut s = TcpStream::connect(&gateway).expect("connect");
-        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-        s.write_all(head(i).as_bytes()).unwrap();
-        // All of the body but its last byte (a refused one stops taking it, or resets).
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(head(&format!("/v1/workers/counter/c{i}/call")).as_bytes()).unwrap();
         for j in 0..16 {
             let n = if j == 15 { part.len() - 1 } else { part.len() };
-            if s.write_all(&part[..n]).is_err() {
-                break;
-            }
+            s.write_all(&part[..n]).unwrap_or_else(|e| panic!("client {i}'s body was not taken: {e}"));
         }
-        let mut buf = [0u8; 512];
-        match s.read(&mut buf) {
-            Ok(n) if n > 0 => {
-                let answer = String::from_utf8_lossy(&buf[..n]).to_string();
-                assert_eq!(status(&answer), 503, "connection {i}: {answer}");
-                assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
-                busy += 1;
-            }
-            Ok(_) => panic!("connection {i} was closed without an answer"),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => stalled.push(s),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => busy += 1,
-            Err(e) => panic!("connection {i}: {e}"),
-        }
+        stalled.push(s);
     }
-    assert_eq!((stalled.len(), busy), (4, 8), "4 bodies of 16 MiB fill the 64 MiB budget");
+    // Each was taken whole: the four latest hold the budget, and each newcomer closed
+    // the one that had waited longest.
+    let open: Vec<bool> = stalled.iter_mut().map(|s| !closed(s)).collect();
+    assert_eq!(open, (0..12).map(|i| i >= 8).collect::<Vec<_>>(), "which stalled clients are still open");
     let held = node.rss_mib();
     assert!(held < before + 150.0, "RSS grew from {before:.1} MiB to {held:.1} MiB with 12 stalled 16 MiB bodies");
-    // Meanwhile a call with a body waits for the budget: refused, nothing done.
-    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
-    assert_eq!(status(&answer), 503, "{answer}");
-    assert!(body(&answer).contains("busy"), "{answer}");
-    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(busy as f64 + 1.0));
+    node.wait_log_count("whose body had waited", 1, FORM);
+    assert!(node.log().contains("reason=\"bodies_full\""), "{}", node.log());
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(8.0));
 
-    // The stalled clients go: their bodies' bytes come back, and calls are served; the
-    // refused call did nothing.
-    drop(stalled);
-    let last = std::cell::RefCell::new(String::new());
-    wait_until(
-        Duration::from_secs(10),
-        "a call once the stalled clients have gone",
-        || {
-            *last.borrow_mut() = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
-            status(&last.borrow()) != 503
-        },
-        || last.borrow().clone(),
-    );
-    let answer = last.into_inner();
+    // A call with a small body is served at once: the longest-waiting stalled body makes room.
+    let t = Instant::now();
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
     assert_eq!((status(&answer), body(&answer)), (200, "1"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(9.0));
+    assert!(closed(&mut stalled[8]) && !closed(&mut stalled[9]), "the oldest stalled body, and only it, made room");
+    drop(stalled);
+
+    // Four calls under way, each with a 16 MiB body, hold the whole budget: those are
+    // never closed, and a body is refused until one is answered.
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        let mut s = TcpStream::connect(&gateway).expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(head(&format!("/v1/workers/probe/s{i}/call?timeout_ms=20000")).as_bytes()).unwrap();
+        let mut message = b"slow-add 6000 ".to_vec();
+        message.resize(size, b'x');
+        s.write_all(&message).unwrap();
+        calls.push(s);
+    }
+    node.wait_log_count("slow-add 1 applied", 4, FORM);
+    let refused = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
+    assert_eq!(status(&refused), 503, "{refused}");
+    assert!(body(&refused).contains("busy") && body(&refused).contains("requests being answered"), "{refused}");
+    assert!(refused.to_ascii_lowercase().contains("retry-after: 1"), "{refused}");
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_answering\"}"), Some(1.0));
+    assert!(node.log().contains("reason=\"bodies_answering\""), "{}", node.log());
+    for (i, s) in calls.iter_mut().enumerate() {
+        let answer = read_answer(s).unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!((status(&answer), body(&answer)), (200, "1"), "call {i}: {answer}");
+    }
+    // Their bodies came back with their answers; the refused call did nothing.
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
+    assert_eq!((status(&answer), body(&answer)), (200, "2"), "{answer}");
 }

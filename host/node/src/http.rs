@@ -1,7 +1,9 @@
 //! The node's HTTP port, served by hyper (HTTP/1.1, keep-alive, chunked and
 //! `Content-Length` bodies) with limits that keep one client from taking it: headers
 //! within 16 KiB and 10 s, bodies within 16 MiB and 30 s and at most 64 MiB of them held
-//! at once (past that: 503 with `Retry-After`), no write left waiting more than
+//! at once (past that the body that has waited longest on its client is closed, and only
+//! when all are being answered is a body refused: 503 with `Retry-After`), no write left
+//! waiting more than
 //! 10 s on a client that reads nothing of its answers (it is closed), at most 1,024
 //! connections per port (one past that closes the connection that has waited longest on
 //! its client; only when all are being answered is it answered 503 and closed; accepting
@@ -29,7 +31,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -187,12 +189,12 @@ struct Open {
     conns: HashMap<u64, Arc<Slot>>,
 }
 
-/// What [`Open::admit`] made room with: the connection from `peer`, which had waited
-/// `waited` on its client; aborting its `task` (once the port's lock is let go) closes it.
+/// What [`Open::admit`] or [`hold_more`] made room with: the connection in `slot`, which
+/// had waited `waited` on its client; aborting its task (once the port's lock is let go)
+/// closes it.
 struct Closed {
-    peer: SocketAddr,
+    slot: Arc<Slot>,
     waited: Duration,
-    task: Option<tokio::task::AbortHandle>,
 }
 
 impl Open {
@@ -205,25 +207,41 @@ impl Open {
     fn admit(&mut self, peer: SocketAddr) -> Option<(u64, Arc<Slot>, Option<Closed>)> {
         let mut closed = None;
         if self.conns.len() >= self.cap {
-            loop {
-                let (id, since) = longest_waiting(self.conns.iter().map(|(id, slot)| (*id, slot.state.load(Ordering::SeqCst))))?;
-                let slot = &self.conns[&id];
-                // Unless it began being answered meanwhile: then look again.
-                if slot.state.compare_exchange(since, CLOSING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                    let waited = slot.since_epoch().saturating_sub(Duration::from_nanos(since));
-                    closed = Some(Closed { peer: slot.peer, waited, task: slot.task.get().cloned() });
-                    self.conns.remove(&id);
-                    break;
-                }
-            }
+            closed = Some(self.close_longest_waiting(|_| true)?);
         }
         let id = self.next;
         self.next += 1;
-        let slot = Arc::new(Slot { state: AtomicU64::new(0), task: OnceLock::new(), epoch: self.epoch, peer });
+        let slot = Arc::new(Slot { state: AtomicU64::new(0), body: AtomicUsize::new(0), task: OnceLock::new(), epoch: self.epoch, peer });
         // It waits on its client from now: for its first request.
         slot.waiting();
         self.conns.insert(id, slot.clone());
         Some((id, slot, closed))
+    }
+
+    /// Marks the connection that has waited longest on its client, of those `eligible`,
+    /// as closing and forgets it; `None` when each is being answered.
+    fn close_longest_waiting(&mut self, eligible: impl Fn(&Slot) -> bool) -> Option<Closed> {
+        loop {
+            let waiting = self.conns.iter().filter(|(_, slot)| eligible(slot)).map(|(id, slot)| (*id, slot.state.load(Ordering::SeqCst)));
+            let (id, since) = longest_waiting(waiting)?;
+            let slot = &self.conns[&id];
+            // Unless it began being answered meanwhile: then look again.
+            if slot.state.compare_exchange(since, CLOSING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                let waited = slot.since_epoch().saturating_sub(Duration::from_nanos(since));
+                let slot = self.conns.remove(&id).expect("chosen from the map");
+                return Some(Closed { slot, waited });
+            }
+        }
+    }
+}
+
+impl Closed {
+    /// Closes the connection: its task is aborted, which drops its socket and gives back
+    /// what its request held.
+    fn close(&self) {
+        if let Some(task) = self.slot.task.get() {
+            task.abort();
+        }
     }
 }
 
@@ -233,6 +251,8 @@ struct Slot {
     /// [`ANSWERING`], [`CLOSING`], or when the node began waiting on the client (in
     /// nanoseconds since `epoch`).
     state: AtomicU64,
+    /// Bytes of its request's body counted in the port's [`Bodies`].
+    body: AtomicUsize,
     /// The connection's task, aborted (which drops its socket) to close it.
     task: OnceLock<tokio::task::AbortHandle>,
     epoch: Instant,
@@ -251,7 +271,7 @@ impl Slot {
         self.state.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| (s != CLOSING).then_some(ANSWERING)).is_ok()
     }
 
-    /// The node waits on the client again (for its next request), from now.
+    /// The node waits on the client (for its next request, or more of a body), from now.
     fn waiting(&self) {
         let now = (self.since_epoch().as_nanos() as u64).min(CLOSING - 1);
         let _ = self.state.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| (s != CLOSING).then_some(now));
@@ -260,58 +280,63 @@ impl Slot {
 
 /// Serves HTTP on `listener` until the node stops.
 pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, drain: Drain, limits: Limits) {
-    let shared = Arc::new(Port { registry, routes, drain, limits, bodies: Bodies::new(limits.max_bodies_held) });
-    let open = Arc::new(Mutex::new(Open::new(limits.max_connections)));
-    let port = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let refusals = Arc::new(Mutex::new(RefusalLog::default()));
-    let closes = Arc::new(Mutex::new(RefusalLog::default()));
-    let stalls = Arc::new(Mutex::new(RefusalLog::default()));
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let port = Arc::new(Port {
+        registry,
+        routes,
+        drain,
+        limits,
+        addr,
+        open: Mutex::new(Open::new(limits.max_connections)),
+        bodies: Bodies::new(limits.max_bodies_held),
+        shed: Mutex::default(),
+    });
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, most often: wait a little rather than spin.
-                warn!(%port, "HTTP port {port}: cannot accept: {e}");
+                warn!(port = %port.addr, "HTTP port {}: cannot accept: {e}", port.addr);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let admitted = open.lock().unwrap().admit(addr);
+        let admitted = port.open.lock().unwrap().admit(addr);
         let Some((id, slot, closed)) = admitted else {
             // Every connection is being answered: this one is told so and closed, at once.
             crate::metrics::global().http_shed("all_answering");
             let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            if let Some(n) = refusals.lock().unwrap().refused(addr.ip(), Instant::now()) {
-                warn!(%port, peer = %addr, reason = "all_answering", "HTTP port {port}: {} connections open, all being answered, refusing {addr}{}", limits.max_connections, left_out(n));
+            if let Some(n) = port.shed.lock().unwrap().refused((addr.ip(), "all_answering"), Instant::now()) {
+                let p = &port.addr;
+                warn!(port = %p, peer = %addr, reason = "all_answering", "HTTP port {p}: {} connections open, all being answered, refusing {addr}{}", limits.max_connections, left_out(n));
             }
             continue;
         };
-        if let Some(Closed { peer, waited, task }) = closed {
+        if let Some(closed) = closed {
+            closed.close();
             crate::metrics::global().http_shed("port_full");
-            if let Some(task) = task {
-                task.abort();
-            }
-            if let Some(n) = closes.lock().unwrap().refused(peer.ip(), Instant::now()) {
-                let more = crate::refusals::left_out_as(n, "closed");
+            let peer = closed.slot.peer;
+            if let Some(n) = port.shed.lock().unwrap().refused((peer.ip(), "port_full"), Instant::now()) {
+                let (p, more) = (&port.addr, crate::refusals::left_out_as(n, "closed"));
                 warn!(
-                    %port,
+                    port = %p,
                     %peer,
                     reason = "port_full",
-                    "HTTP port {port}: {} connections open: closed the one from {peer}, which had waited {:.1} s on its client, to admit {addr}{more}",
+                    "HTTP port {p}: {} connections open: closed the one from {peer}, which had waited {:.1} s on its client, to admit {addr}{more}",
                     limits.max_connections,
-                    waited.as_secs_f64()
+                    closed.waited.as_secs_f64()
                 );
             }
         }
-        let (shared, stalls, port, open, conn_slot) = (shared.clone(), stalls.clone(), port.clone(), open.clone(), slot.clone());
+        let (port, conn_slot) = (port.clone(), slot.clone());
         let task = tokio::spawn(async move {
             // Leaves the port's open connections however the task ends, aborted included.
-            let _leave = Leave(open, id);
+            let _leave = Leave(port.clone(), id);
             let _ = stream.set_nodelay(true);
             let stream = SendDeadline::new(stream, limits.send_timeout);
-            let service = service_fn(move |req| {
-                let (shared, slot) = (shared.clone(), conn_slot.clone());
-                async move { Ok::<_, Infallible>(handle(req, &shared, &slot).await) }
+            let service = service_fn(|req| {
+                let (port, slot) = (port.clone(), conn_slot.clone());
+                async move { Ok::<_, Infallible>(handle(req, &port, &slot).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -323,13 +348,13 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
             match conn.await {
                 Err(e) if stalled(&e) => {
                     crate::metrics::global().http_shed("not_reading");
-                    if let Some(n) = stalls.lock().unwrap().refused(addr.ip(), Instant::now()) {
-                        let more = crate::refusals::left_out_as(n, "closed");
+                    if let Some(n) = port.shed.lock().unwrap().refused((addr.ip(), "not_reading"), Instant::now()) {
+                        let (p, more) = (&port.addr, crate::refusals::left_out_as(n, "closed"));
                         warn!(
-                            %port,
+                            port = %p,
                             peer = %addr,
                             reason = "not_reading",
-                            "HTTP port {port}: closed the connection from {addr}: it read none of its answers for {} s{more}",
+                            "HTTP port {p}: closed the connection from {addr}: it read none of its answers for {} s{more}",
                             limits.send_timeout.as_secs()
                         );
                     }
@@ -344,11 +369,11 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
 }
 
 /// A connection's task's place among the port's open connections, given up on drop.
-struct Leave(Arc<Mutex<Open>>, u64);
+struct Leave(Arc<Port>, u64);
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.0.lock().unwrap().conns.remove(&self.1);
+        self.0.open.lock().unwrap().conns.remove(&self.1);
     }
 }
 
@@ -482,28 +507,42 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
 }
 
 /// The body, whole, with its bytes counted against the port's budget: 413 past the limit,
-/// 408 past the timeout, 503 while other requests' bodies hold the budget.
-async fn read_body<'a>(mut body: Incoming, limits: &Limits, bodies: &'a Bodies) -> Result<(Bytes, Held<'a>), Response> {
+/// 408 past the timeout, 503 while other requests being answered hold the budget.
+async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Result<(Bytes, Held<'a>), Response> {
+    let limits = &port.limits;
     let too_large = || {
         let mut r = json_response(413, json!({ "error": "body too large", "max": limits.max_body }));
         r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         r
     };
     let busy = || {
-        crate::metrics::global().http_shed("bodies_full");
-        let reason = format!("request bodies already hold this port's {} MiB; nothing was done, retry", limits.max_bodies_held >> 20);
+        crate::metrics::global().http_shed("bodies_answering");
+        let (p, peer) = (&port.addr, slot.peer);
+        if let Some(n) = port.shed.lock().unwrap().refused((peer.ip(), "bodies_answering"), Instant::now()) {
+            warn!(
+                port = %p,
+                %peer,
+                reason = "bodies_answering",
+                "HTTP port {p}: requests being answered hold its {} MiB of request bodies, refusing a body from {peer}{}",
+                limits.max_bodies_held >> 20,
+                left_out(n)
+            );
+        }
+        let reason = format!("requests being answered hold this port's {} MiB of request bodies; nothing was done, retry", limits.max_bodies_held >> 20);
         let mut r = json_response(503, json!({ "error": "busy", "reason": reason }));
         r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         r
     };
+    // The client sent the request's headers just now.
+    slot.waiting();
     // A `Content-Length` past the limit is refused before any of the body is read, and
     // one the budget cannot hold is refused before it is read too.
     let declared = body.size_hint().lower();
     if declared > limits.max_body as u64 {
         return Err(too_large());
     }
-    let mut held = bodies.hold();
+    let mut held = Held { port, slot, bytes: 0 };
     if !held.grow(declared as usize) {
         return Err(busy());
     }
@@ -513,6 +552,9 @@ async fn read_body<'a>(mut body: Incoming, limits: &Limits, bodies: &'a Bodies) 
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| json_response(400, json!({ "error": format!("bad request body: {e}") })))?;
             let Ok(data) = frame.into_data() else { continue };
+            // The node waits on the client for the rest from now (what makes room in a
+            // full budget is the body that has waited longest).
+            slot.waiting();
             len += data.len();
             if len > limits.max_body {
                 return Err(too_large());
@@ -545,12 +587,19 @@ struct Port {
     routes: Routes,
     drain: Drain,
     limits: Limits,
+    /// The address it listens on, for logs.
+    addr: String,
+    open: Mutex<Open>,
     bodies: Bodies,
+    /// What it shed, logged once per address and reason per window.
+    shed: Mutex<RefusalLog<(IpAddr, &'static str)>>,
 }
 
-/// Bytes of request bodies a port holds at once, counted from their first byte until
-/// their requests are answered: so many clients sending large bodies slowly cannot grow
-/// the node's memory past it (each could hold 16 MiB for 30 s before).
+/// Bytes of request bodies a port holds at once, counted from their first byte (or their
+/// `Content-Length`) until their requests are answered: so many clients sending large
+/// bodies slowly cannot grow the node's memory past it (each could hold 16 MiB for 30 s
+/// before). When a body does not fit, the body that has waited longest on its client is
+/// closed to make room (see [`hold_more`]).
 struct Bodies {
     held: AtomicUsize,
     max: usize,
@@ -561,27 +610,83 @@ impl Bodies {
         Bodies { held: AtomicUsize::new(0), max }
     }
 
-    /// A body's count, at nothing yet.
-    fn hold(&self) -> Held<'_> {
-        Held { bodies: self, bytes: 0 }
+    /// Counts `more` bytes of `slot`'s body, unless the budget cannot take them.
+    fn grow(&self, slot: &Slot, more: usize) -> bool {
+        let max = self.max;
+        let grown = self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| h.checked_add(more).filter(|t| *t <= max)).is_ok();
+        if grown {
+            slot.body.fetch_add(more, Ordering::SeqCst);
+        }
+        grown
+    }
+
+    /// Gives back what `slot`'s body holds: once, whoever calls it first (the request's
+    /// [`Held`] when it is answered, or whoever closed the connection to make room).
+    fn release(&self, slot: &Slot) -> usize {
+        let bytes = slot.body.swap(0, Ordering::SeqCst);
+        if bytes > 0 {
+            self.held.fetch_sub(bytes, Ordering::SeqCst);
+        }
+        bytes
     }
 }
 
-/// One body's bytes in [`Bodies`], given back on drop.
+/// Counts `more` bytes of `slot`'s body in the port's budget. When they do not fit, the
+/// connection whose body has waited longest on its client is closed and its bytes given
+/// back, until they do (each closed one is pushed on `closed`, for the caller to abort
+/// and log): a client that sends its body as fast as it can is never held up by ones
+/// that stall theirs. `false` when the bodies left all belong to requests being answered
+/// (calls to workers under way), or `slot` itself was closed to make room.
+fn hold_more(open: &Mutex<Open>, bodies: &Bodies, slot: &Slot, more: usize, closed: &mut Vec<Closed>) -> bool {
+    loop {
+        if slot.state.load(Ordering::SeqCst) == CLOSING {
+            return false;
+        }
+        if bodies.grow(slot, more) {
+            return true;
+        }
+        let eligible = |s: &Slot| s.body.load(Ordering::SeqCst) > 0 && !std::ptr::eq(s, slot);
+        let Some(c) = open.lock().unwrap().close_longest_waiting(eligible) else { return false };
+        bodies.release(&c.slot);
+        closed.push(c);
+    }
+}
+
+/// One request's body in [`Bodies`], given back on drop.
 struct Held<'a> {
-    bodies: &'a Bodies,
+    port: &'a Port,
+    slot: &'a Slot,
+    /// Bytes counted so far (as the request's reader sees them).
     bytes: usize,
 }
 
 impl Held<'_> {
-    /// Counts `more` bytes, unless the budget cannot take them.
+    /// Counts `more` bytes, closing stalled bodies to make room; `false` when the budget
+    /// cannot take them.
     fn grow(&mut self, more: usize) -> bool {
         if more == 0 {
             // (A request without a body touches nothing shared.)
             return true;
         }
-        let max = self.bodies.max;
-        let grown = self.bodies.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| h.checked_add(more).filter(|t| *t <= max)).is_ok();
+        let Held { port, slot, .. } = *self;
+        let mut closed = Vec::new();
+        let grown = hold_more(&port.open, &port.bodies, slot, more, &mut closed);
+        for c in closed {
+            c.close();
+            crate::metrics::global().http_shed("bodies_full");
+            let (p, peer, at) = (&port.addr, c.slot.peer, slot.peer);
+            if let Some(n) = port.shed.lock().unwrap().refused((peer.ip(), "bodies_full"), Instant::now()) {
+                let more = crate::refusals::left_out_as(n, "closed");
+                warn!(
+                    port = %p,
+                    %peer,
+                    reason = "bodies_full",
+                    "HTTP port {p}: request bodies hold its {} MiB: closed the connection from {peer}, whose body had waited {:.1} s on its client, to take one from {at}{more}",
+                    port.limits.max_bodies_held >> 20,
+                    c.waited.as_secs_f64()
+                );
+            }
+        }
         if grown {
             self.bytes += more;
         }
@@ -592,13 +697,13 @@ impl Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.bodies.held.fetch_sub(self.bytes, Ordering::SeqCst);
+            self.port.bodies.release(self.slot);
         }
     }
 }
 
 async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
-    let Port { registry, routes, limits, bodies, .. } = port;
+    let Port { registry, routes, .. } = port;
     let path = req.uri().path().to_string();
     let get = req.method() == Method::GET;
     if routes.probes {
@@ -660,7 +765,7 @@ async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
     // a malformed one is ignored, as the spec says.
     let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::from_traceparent);
     // The body counts against the port's budget until the request is answered.
-    let (body, _held) = match read_body(req.into_body(), limits, bodies).await {
+    let (body, _held) = match read_body(req.into_body(), port, slot).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -768,20 +873,47 @@ pub async fn get(url: &str) -> std::io::Result<(u16, String)> {
 mod tests {
     use super::*;
 
+    /// A connection's place, waiting on its client since `since` ns (or [`ANSWERING`]).
+    fn conn(open: &mut Open, since: u64) -> Arc<Slot> {
+        let (_, slot, _) = open.admit("127.0.0.1:1".parse().unwrap()).expect("room");
+        slot.state.store(since, Ordering::SeqCst);
+        slot
+    }
+
     #[test]
-    fn bodies_count_against_the_budget_until_their_requests_are_answered() {
+    fn bodies_count_until_answered_and_the_longest_waiting_body_makes_room() {
+        let open = Mutex::new(Open::new(100));
         let bodies = Bodies::new(100);
-        let mut a = bodies.hold();
-        assert!(a.grow(60));
-        let mut b = bodies.hold();
-        assert!(!b.grow(50), "60 + 50 is past 100");
-        assert!(b.grow(40));
-        assert!(!a.grow(1), "full");
-        drop(a);
-        assert_eq!(bodies.held.load(Ordering::SeqCst), 40, "a's 60 given back");
-        assert!(b.grow(60));
-        drop(b);
+        let (a, b, c, d) = {
+            let mut o = open.lock().unwrap();
+            (conn(&mut o, 10), conn(&mut o, 30), conn(&mut o, ANSWERING), conn(&mut o, 50))
+        };
+        let mut closed = Vec::new();
+        assert!(
+            hold_more(&open, &bodies, &a, 30, &mut closed) && hold_more(&open, &bodies, &b, 30, &mut closed) && hold_more(&open, &bodies, &c, 30, &mut closed)
+        );
+        assert_eq!(bodies.held.load(Ordering::SeqCst), 90);
+        // d's 20 do not fit: a's body has waited longest (since 10) and is closed; b's
+        // (since 30) is kept.
+        assert!(hold_more(&open, &bodies, &d, 20, &mut closed));
+        assert_eq!(closed.len(), 1);
+        assert!(Arc::ptr_eq(&closed[0].slot, &a));
+        assert_eq!(a.state.load(Ordering::SeqCst), CLOSING);
+        assert_eq!((a.body.load(Ordering::SeqCst), bodies.held.load(Ordering::SeqCst)), (0, 80), "a's 30 given back");
+        assert!(!hold_more(&open, &bodies, &a, 1, &mut closed), "a closed connection takes no more");
+        // 60 more for d: b goes too; then c's body, being answered, is all that is left.
+        assert!(!hold_more(&open, &bodies, &d, 60, &mut closed));
+        assert_eq!(closed.len(), 2);
+        assert!(Arc::ptr_eq(&closed[1].slot, &b));
+        assert_eq!(c.state.load(Ordering::SeqCst), ANSWERING, "a request being answered keeps its body");
+        assert_eq!(bodies.held.load(Ordering::SeqCst), 50);
+        // Given back once, whoever gives it back first.
+        assert_eq!(bodies.release(&c), 30);
+        assert_eq!(bodies.release(&c), 0);
+        assert_eq!(bodies.release(&a), 0);
+        assert_eq!(bodies.release(&d), 20);
         assert_eq!(bodies.held.load(Ordering::SeqCst), 0);
+        assert_eq!(open.lock().unwrap().conns.len(), 2, "a and b left the port");
     }
 
     #[test]

@@ -31,8 +31,9 @@ pub const DOWN_REASONS: [&str; 6] = ["connection_closed", "heartbeat_timeout", "
 /// Every reason the HTTP ports shed a connection or a request for: a connection closed to
 /// make room on a full port, a newcomer refused because every connection is being
 /// answered, a connection closed after its client read none of its answers for the send
-/// timeout, a request refused because request bodies hold the port's budget.
-pub const HTTP_SHED_REASONS: [&str; 4] = ["port_full", "all_answering", "not_reading", "bodies_full"];
+/// timeout, a connection whose request body was closed to make room in the port's budget
+/// for request bodies, a request refused because requests being answered hold that budget.
+pub const HTTP_SHED_REASONS: [&str; 5] = ["port_full", "all_answering", "not_reading", "bodies_full", "bodies_answering"];
 /// Every cause a handshake fails for (`DialError::cause`, and the accept loop's own).
 pub const HANDSHAKE_CAUSES: [&str; 9] = ["cookie_mismatch", "version", "refused", "protocol", "timeout", "io", "name_in_use", "dropped", "tls"];
 
