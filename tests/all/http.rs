@@ -14,12 +14,17 @@ const FORM: Duration = Duration::from_secs(10);
 /// A node on 127.0.`subnet`.1 with the counter and probe kinds, probes and metrics on
 /// :8080 and the gateway apart on :8081, which needs [`TOKEN`].
 fn node(tag: &str, subnet: u8) -> (TempDir, Node, String, String) {
+    node_with(tag, subnet, "")
+}
+
+/// [`node`], with `more` lines in its `[http]` section.
+fn node_with(tag: &str, subnet: u8, more: &str) -> (TempDir, Node, String, String) {
     let dir = TempDir::new(tag);
     let name = format!("a@127.0.{subnet}.1");
     let (probes, gateway) = (format!("127.0.{subnet}.1:8080"), format!("127.0.{subnet}.1:8081"));
     let kinds = [("counter", "worker_counter.wasm", ""), ("probe", "worker_probe.wasm", "call_timeout_ms = 30000")];
     let mut config = worker_topology(&[&name], &kinds, None);
-    config.push_str(&format!("\n[http]\nlisten = \"{probes}\"\ngateway = true\ngateway_listen = \"{gateway}\"\ntoken_env = \"GATEWAY_TOKEN\"\n"));
+    config.push_str(&format!("\n[http]\nlisten = \"{probes}\"\ngateway = true\ngateway_listen = \"{gateway}\"\ntoken_env = \"GATEWAY_TOKEN\"\n{more}"));
     let node = Node::start_with(&name, &dir.write("t.toml", &config), &[], &[("GATEWAY_TOKEN", TOKEN)]);
     node.wait_log(&format!("worker gateway on {gateway}"), FORM);
     (dir, node, probes, gateway)
@@ -415,4 +420,32 @@ fn clients_that_stall_large_bodies_hold_at_most_the_ports_budget() {
     // Their bodies came back with their answers; the refused call did nothing.
     let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
     assert_eq!((status(&answer), body(&answer)), (200, "2"), "{answer}");
+}
+
+/// `[http] max_body_mb` and `bodies_held_mb` are the limits the ports serve with.
+#[test]
+fn a_ports_body_limits_are_the_configured_ones() {
+    let (_dir, _node, probes, gateway) = node_with("http-limits", 114, "max_body_mb = 1\nbodies_held_mb = 1\n");
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/c", ""));
+    assert_eq!(status(&answer), 201, "{answer}");
+    let head = |len: usize, more: &str| {
+        format!("POST /v1/workers/counter/c/call HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {len}\r\n{more}\r\n")
+    };
+    let answer = exchange(&gateway, head((1 << 20) + 1, "").as_bytes());
+    assert_eq!(status(&answer), 413, "{answer}");
+    assert!(body(&answer).contains("\"max\":1048576"), "{answer}");
+
+    // A body of 1 MiB fills the budget (the node asks for it once it is counted)…
+    let mut stalled = TcpStream::connect(&gateway).unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stalled.write_all(head(1 << 20, "Expect: 100-continue\r\n").as_bytes()).unwrap();
+    let mut buf = [0u8; 256];
+    let n = stalled.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"), "{}", String::from_utf8_lossy(&buf[..n]));
+    // …so a call's 9 bytes close it to make room.
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/c/call", "increment"));
+    assert_eq!((status(&answer), body(&answer)), (200, "1"), "{answer}");
+    let end = stalled.read(&mut buf);
+    assert!(matches!(end, Ok(0)) || matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset), "the stalled body is still open: {end:?}");
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(1.0));
 }

@@ -274,6 +274,10 @@ pub struct HttpConfig {
     /// The bearer token gateway requests must carry; required when the gateway listens
     /// beyond loopback.
     pub token: Option<TokenSource>,
+    /// `max_body_mb`: a request's body, at most (larger: 413); `None` for the default.
+    pub max_body_mb: Option<u64>,
+    /// `bodies_held_mb`: request bodies each port holds at once; `None` for the default.
+    pub bodies_held_mb: Option<u64>,
 }
 
 impl HttpConfig {
@@ -284,7 +288,17 @@ impl HttpConfig {
         }
         self.gateway_listen.or(self.listen)
     }
+
+    /// The limits each HTTP port serves with: the defaults, with the configured sizes.
+    pub fn limits(&self) -> crate::http::Limits {
+        let d = crate::http::Limits::default();
+        let mib = |v: Option<u64>, default: usize| v.map_or(default, |m| (m as usize) << 20);
+        crate::http::Limits { max_body: mib(self.max_body_mb, d.max_body), max_bodies_held: mib(self.bodies_held_mb, d.max_bodies_held), ..d }
+    }
 }
+
+/// The largest `[http] bodies_held_mb`.
+const MAX_BODIES_HELD_MB: u64 = 1 << 16;
 
 /// Where the gateway's bearer token comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,6 +377,8 @@ struct RawHttp {
     gateway_listen: Option<Spanned<String>>,
     token_env: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
+    max_body_mb: Option<Spanned<u64>>,
+    bodies_held_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -811,7 +827,29 @@ impl Config {
                     }
                     (None, None) => None,
                 };
-                let http = HttpConfig { listen, gateway: h.gateway.as_ref().is_some_and(|g| *g.get_ref()), gateway_listen, token };
+                // A body crosses between nodes in one message: a larger one could never be
+                // called with. The budget must hold at least one body of the largest size.
+                let most = (wasmnode_proto::frame::MAX_MESSAGE >> 20) as u64;
+                let max_body_mb = match &h.max_body_mb {
+                    Some(m) if !(1..=most).contains(m.get_ref()) => {
+                        let why =
+                            format!("{} MiB: give 1 to {most} (a call's message crosses between nodes in one message of at most {most} MiB)", m.get_ref());
+                        errors.push(err(Some(m.span()), Some("http.max_body_mb".into()), why));
+                        None
+                    }
+                    m => m.as_ref().map(|m| *m.get_ref()),
+                };
+                let body = max_body_mb.map_or(crate::http::Limits::default().max_body as u64 >> 20, |m| m);
+                let bodies_held_mb = match &h.bodies_held_mb {
+                    Some(m) if !(body..=MAX_BODIES_HELD_MB).contains(m.get_ref()) => {
+                        let why = format!("{} MiB: give {body} (max_body_mb: one body of the largest size) to {MAX_BODIES_HELD_MB}", m.get_ref());
+                        errors.push(err(Some(m.span()), Some("http.bodies_held_mb".into()), why));
+                        None
+                    }
+                    m => m.as_ref().map(|m| *m.get_ref()),
+                };
+                let gateway = h.gateway.as_ref().is_some_and(|g| *g.get_ref());
+                let http = HttpConfig { listen, gateway, gateway_listen, token, max_body_mb, bodies_held_mb };
                 if let Some(g) = &h.gateway_listen {
                     if !http.gateway {
                         errors.push(err(Some(g.span()), Some("http.gateway_listen".into()), "gateway_listen is set but gateway is not true".into()));
@@ -1050,6 +1088,25 @@ mod tests {
         assert!(e.contains("key `http.token_file`: give only one of token_env, token_file"), "{e}");
         let e = parse("[node]\nname = \"a@127.0.0.1\"\n[http]\ngateway_listen = \"127.0.0.1:8081\"\n").unwrap_err();
         assert!(e.contains("key `http.gateway_listen`: gateway_listen is set but gateway is not true"), "{e}");
+    }
+
+    #[test]
+    fn http_body_sizes_default_to_16_and_64_mib_and_are_checked() {
+        let limits = |extra: &str| parse(&format!("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"127.0.0.1:9090\"\n{extra}")).map(|c| c.http.limits());
+        let d = limits("").unwrap();
+        assert_eq!((d.max_body, d.max_bodies_held), (16 << 20, 64 << 20));
+        let l = limits("max_body_mb = 32\nbodies_held_mb = 256\n").unwrap();
+        assert_eq!((l.max_body, l.max_bodies_held, l.max_connections), (32 << 20, 256 << 20, d.max_connections));
+        let e = limits("max_body_mb = 0\n").unwrap_err();
+        assert!(e.starts_with("t.toml:5:15: key `http.max_body_mb`: 0 MiB: give 1 to 64"), "{e}");
+        let e = limits("max_body_mb = 65\n").unwrap_err();
+        assert!(e.contains("key `http.max_body_mb`: 65 MiB: give 1 to 64 (a call's message"), "{e}");
+        let e = limits("max_body_mb = 32\nbodies_held_mb = 16\n").unwrap_err();
+        assert!(e.starts_with("t.toml:6:18: key `http.bodies_held_mb`: 16 MiB: give 32 (max_body_mb"), "{e}");
+        let e = limits("bodies_held_mb = 8\n").unwrap_err();
+        assert!(e.contains("key `http.bodies_held_mb`: 8 MiB: give 16 (max_body_mb"), "{e}");
+        let e = limits("max_body_mb = -1\n").unwrap_err();
+        assert!(e.contains("max_body_mb"), "{e}");
     }
 
     #[test]

@@ -164,18 +164,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let drain = crate::http::Drain::default();
     let token: Option<Arc<str>> = token.map(Into::into);
     let apart = cfg.http.gateway_listen.filter(|_| cfg.http.gateway);
+    let limits = cfg.http.limits();
     if let Some(addr) = cfg.http.listen {
         let http = crate::dist::listen(addr).with_context(|| format!("cannot listen for HTTP on {addr}"))?;
         let gateway = cfg.http.gateway && apart.is_none();
         info!("HTTP on {addr}{}", if gateway { " (worker gateway on)" } else { "" });
         let routes = crate::http::Routes { probes: true, gateway, token: token.clone() };
-        tokio::spawn(crate::http::serve(http, registry.clone(), routes, drain.clone(), Default::default()));
+        tokio::spawn(crate::http::serve(http, registry.clone(), routes, drain.clone(), limits));
     }
     if let Some(addr) = apart {
         let http = crate::dist::listen(addr).with_context(|| format!("cannot listen for the worker gateway on {addr}"))?;
         info!("worker gateway on {addr}");
         let routes = crate::http::Routes { probes: false, gateway: true, token };
-        tokio::spawn(crate::http::serve(http, registry.clone(), routes, drain.clone(), Default::default()));
+        tokio::spawn(crate::http::serve(http, registry.clone(), routes, drain.clone(), limits));
     }
     let topologies = strategies.len();
     for (c, interval) in strategies {
