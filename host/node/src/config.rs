@@ -839,7 +839,7 @@ impl Config {
                     }
                     m => m.as_ref().map(|m| *m.get_ref()),
                 };
-                let body = max_body_mb.map_or(crate::http::Limits::default().max_body as u64 >> 20, |m| m);
+                let body = max_body_mb.unwrap_or(crate::http::Limits::default().max_body as u64 >> 20);
                 let bodies_held_mb = match &h.bodies_held_mb {
                     Some(m) if !(body..=MAX_BODIES_HELD_MB).contains(m.get_ref()) => {
                         let why = format!("{} MiB: give {body} (max_body_mb: one body of the largest size) to {MAX_BODIES_HELD_MB}", m.get_ref());
