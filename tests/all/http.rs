@@ -81,7 +81,7 @@ fn authed(method: &str, path: &str, body: &str) -> Vec<u8> {
 
 #[test]
 fn the_gateway_takes_well_formed_requests_that_carry_its_token() {
-    let (_dir, _node, probes, gateway) = node("http-token", 90);
+    let (_dir, node, probes, gateway) = node("http-token", 90);
 
     // Without the token, or with another one: 401, and nothing started.
     let start = "POST /v1/workers/counter/a%2Fb HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
@@ -89,7 +89,13 @@ fn the_gateway_takes_well_formed_requests_that_carry_its_token() {
     assert_eq!(status(&answer), 401, "{answer}");
     assert!(answer.to_ascii_lowercase().contains("www-authenticate: bearer"), "{answer}");
     let wrong = start.replace("Host: t\r\n", "Host: t\r\nAuthorization: Bearer gateway-token-for-testz\r\n");
-    assert_eq!(status(&exchange(&gateway, wrong.as_bytes())), 401);
+    for _ in 0..3 {
+        assert_eq!(status(&exchange(&gateway, wrong.as_bytes())), 401);
+    }
+    // Each is counted; the log has one line for the address, however many it sends.
+    assert_eq!(metric(&probes, "wasmnode_gateway_unauthorized_total"), Some(4.0));
+    node.wait_log("without the right bearer token", FORM);
+    assert_eq!(node.count("reason=\"unauthorized\""), 1, "{}", node.log());
 
     // With it: the path is percent-decoded (the key is `a/b`).
     let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/a%2Fb", ""));

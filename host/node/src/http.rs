@@ -591,7 +591,7 @@ struct Port {
     addr: String,
     open: Mutex<Open>,
     bodies: Bodies,
-    /// What it shed, logged once per address and reason per window.
+    /// What it shed or refused, logged once per address and reason per window.
     shed: Mutex<RefusalLog<(IpAddr, &'static str)>>,
 }
 
@@ -739,6 +739,11 @@ async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
     }
     if let Some(token) = &routes.token {
         if !authorized(&req, token) {
+            crate::metrics::global().gateway_unauthorized();
+            let (p, peer) = (&port.addr, slot.peer);
+            if let Some(n) = port.shed.lock().unwrap().refused((peer.ip(), "unauthorized"), Instant::now()) {
+                warn!(port = %p, %peer, reason = "unauthorized", "HTTP port {p}: refused a gateway request from {peer} without the right bearer token{}", left_out(n));
+            }
             let mut r = json_response(401, json!({ "error": "unauthorized", "reason": "this gateway needs `Authorization: Bearer TOKEN`" }));
             r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;

@@ -66,6 +66,7 @@ pub struct Metrics {
     disconnects: Family<Reason, Counter>,
     handshake_failures: Family<Cause, Counter>,
     http_shed: Family<Reason, Counter>,
+    gateway_unauthorized: Counter,
     polls: Family<Topology, Counter>,
     poll_errors: Family<Topology, Counter>,
     poll_traps: Family<Topology, Counter>,
@@ -115,6 +116,7 @@ impl Metrics {
             registry: Registry::default(),
             members: Gauge::default(),
             connects: Counter::default(),
+            gateway_unauthorized: Counter::default(),
             disconnects: Family::default(),
             handshake_failures: Family::default(),
             http_shed: Family::default(),
@@ -147,6 +149,7 @@ impl Metrics {
             "Connections the HTTP ports closed, and requests they refused, to keep serving others, by reason",
             m.http_shed.clone(),
         );
+        registry.register("wasmnode_gateway_unauthorized", "Gateway requests refused for want of the right bearer token", m.gateway_unauthorized.clone());
         registry.register("wasmnode_strategy_polls", "Polls of each topology's strategy", m.polls.clone());
         registry.register("wasmnode_strategy_errors", "Polls that returned an error", m.poll_errors.clone());
         registry.register("wasmnode_strategy_traps", "Polls that trapped (deadline, memory cap, guest trap)", m.poll_traps.clone());
@@ -203,6 +206,10 @@ impl Metrics {
     /// An HTTP port shed a connection or a request, for one of [`HTTP_SHED_REASONS`].
     pub fn http_shed(&self, reason: &'static str) {
         self.http_shed.get_or_create(&Reason { reason: reason.into() }).inc();
+    }
+    /// A gateway request came without the right bearer token.
+    pub fn gateway_unauthorized(&self) {
+        self.gateway_unauthorized.inc();
     }
     pub fn handshake_failed(&self, cause: &'static str) {
         self.handshake_failures.get_or_create(&Cause { cause: cause.into() }).inc();
@@ -360,6 +367,7 @@ mod tests {
             "wasmnode_disconnects_total{reason=\"not_reading\"} 0",
             "wasmnode_handshake_failures_total{cause=\"cookie_mismatch\"} 0",
             "wasmnode_http_shed_total{reason=\"bodies_full\"} 0",
+            "wasmnode_gateway_unauthorized_total 0",
             "wasmnode_worker_instances{kind=\"counter\"} 0",
             "wasmnode_build_info{version=\"",
             "# TYPE wasmnode_calls_seconds histogram",
