@@ -314,6 +314,8 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
         };
         if let Some(closed) = closed {
             closed.close();
+            // (What its request's body held is given back now, not once its task ends.)
+            port.bodies.release(&closed.slot);
             crate::metrics::global().http_shed("port_full");
             let peer = closed.slot.peer;
             if let Some(n) = port.shed.lock().unwrap().refused((peer.ip(), "port_full"), Instant::now()) {
