@@ -289,7 +289,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
         addr,
         open: Mutex::new(Open::new(limits.max_connections)),
         bodies: Bodies::new(limits.max_bodies_held),
-        shed: Mutex::default(),
+        logs: Mutex::default(),
     });
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -304,9 +304,8 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
         let admitted = port.open.lock().unwrap().admit(addr);
         let Some((id, slot, closed)) = admitted else {
             // Every connection is being answered: this one is told so and closed, at once.
-            crate::metrics::global().http_shed("all_answering");
             let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            if let Some(n) = port.shed.lock().unwrap().refused((addr.ip(), "all_answering"), Instant::now()) {
+            if let Some(n) = port.shed("all_answering", addr.ip()) {
                 let p = &port.addr;
                 warn!(port = %p, peer = %addr, reason = "all_answering", "HTTP port {p}: {} connections open, all being answered, refusing {addr}{}", limits.max_connections, left_out(n));
             }
@@ -316,9 +315,8 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
             closed.close();
             // (What its request's body held is given back now, not once its task ends.)
             port.bodies.release(&closed.slot);
-            crate::metrics::global().http_shed("port_full");
             let peer = closed.slot.peer;
-            if let Some(n) = port.shed.lock().unwrap().refused((peer.ip(), "port_full"), Instant::now()) {
+            if let Some(n) = port.shed("port_full", peer.ip()) {
                 let (p, more) = (&port.addr, crate::refusals::left_out_as(n, "closed"));
                 warn!(
                     port = %p,
@@ -349,8 +347,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 .serve_connection(stream, service);
             match conn.await {
                 Err(e) if stalled(&e) => {
-                    crate::metrics::global().http_shed("not_reading");
-                    if let Some(n) = port.shed.lock().unwrap().refused((addr.ip(), "not_reading"), Instant::now()) {
+                    if let Some(n) = port.shed("not_reading", addr.ip()) {
                         let (p, more) = (&port.addr, crate::refusals::left_out_as(n, "closed"));
                         warn!(
                             port = %p,
@@ -518,9 +515,8 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
         r
     };
     let busy = || {
-        crate::metrics::global().http_shed("bodies_answering");
         let (p, peer) = (&port.addr, slot.peer);
-        if let Some(n) = port.shed.lock().unwrap().refused((peer.ip(), "bodies_answering"), Instant::now()) {
+        if let Some(n) = port.shed("bodies_answering", peer.ip()) {
             warn!(
                 port = %p,
                 %peer,
@@ -594,7 +590,24 @@ struct Port {
     open: Mutex<Open>,
     bodies: Bodies,
     /// What it shed or refused, logged once per address and reason per window.
-    shed: Mutex<RefusalLog<(IpAddr, &'static str)>>,
+    logs: Mutex<RefusalLog<(IpAddr, &'static str)>>,
+}
+
+impl Port {
+    /// Counts a connection or request shed for `reason` (one of
+    /// [`crate::metrics::HTTP_SHED_REASONS`]) from `from`, and says whether to log it:
+    /// see [`Port::logged`].
+    fn shed(&self, reason: &'static str, from: IpAddr) -> Option<u64> {
+        crate::metrics::global().http_shed(reason);
+        self.logged(reason, from)
+    }
+
+    /// `Some(n)` when a refusal for `reason` from `from` is to be logged, `n` being how
+    /// many were left out since the last logged one: once per address and reason per
+    /// window.
+    fn logged(&self, reason: &'static str, from: IpAddr) -> Option<u64> {
+        self.logs.lock().unwrap().refused((from, reason), Instant::now())
+    }
 }
 
 /// Bytes of request bodies a port holds at once, counted from their first byte (or their
@@ -675,9 +688,8 @@ impl Held<'_> {
         let grown = hold_more(&port.open, &port.bodies, slot, more, &mut closed);
         for c in closed {
             c.close();
-            crate::metrics::global().http_shed("bodies_full");
             let (p, peer, at) = (&port.addr, c.slot.peer, slot.peer);
-            if let Some(n) = port.shed.lock().unwrap().refused((peer.ip(), "bodies_full"), Instant::now()) {
+            if let Some(n) = port.shed("bodies_full", peer.ip()) {
                 let more = crate::refusals::left_out_as(n, "closed");
                 warn!(
                     port = %p,
@@ -743,7 +755,7 @@ async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
         if !authorized(&req, token) {
             crate::metrics::global().gateway_unauthorized();
             let (p, peer) = (&port.addr, slot.peer);
-            if let Some(n) = port.shed.lock().unwrap().refused((peer.ip(), "unauthorized"), Instant::now()) {
+            if let Some(n) = port.logged("unauthorized", peer.ip()) {
                 warn!(port = %p, %peer, reason = "unauthorized", "HTTP port {p}: refused a gateway request from {peer} without the right bearer token{}", left_out(n));
             }
             let mut r = json_response(401, json!({ "error": "unauthorized", "reason": "this gateway needs `Authorization: Bearer TOKEN`" }));
