@@ -3,11 +3,10 @@
 //! within 16 KiB and 10 s, bodies within 16 MiB and 30 s and at most 64 MiB of them held
 //! at once (past that the body that has waited longest on its client is closed, and only
 //! when all are being answered is a body refused: 503 with `Retry-After`), no write left
-//! waiting more than
-//! 10 s on a client that reads nothing of its answers (it is closed), at most 1,024
-//! connections per port (one past that closes the connection that has waited longest on
-//! its client; only when all are being answered is it answered 503 and closed; accepting
-//! never stops). It serves `GET /healthz` (the process answers), `GET /readyz` (200 once the
+//! waiting more than 10 s on a client that reads nothing of its answers (it is closed),
+//! at most 1,024 connections per port (one past that closes the connection that has
+//! waited longest on its client; only when all are being answered is it answered 503 and
+//! closed; accepting never stops). It serves `GET /healthz` (the process answers), `GET /readyz` (200 once the
 //! node has found its cluster — config loaded, listening, first discovery poll done and
 //! its peers connected or tried — and 503 before, and while leaving) and `GET /metrics`
 //! (Prometheus text, see [`crate::metrics`]). With `[http] gateway = true` it also lets
@@ -74,8 +73,9 @@ pub struct Limits {
     /// The time an answer may wait on a client that reads none of it (its receive
     /// window shut): the connection is closed after it, as nginx's `send_timeout` does.
     pub send_timeout: Duration,
-    /// Bytes of request bodies held at once on the port, from their first byte until
-    /// their requests are answered (past it: 503 with `Retry-After`).
+    /// Bytes of request bodies held at once on the port, from their `Content-Length` (or
+    /// first byte) until their requests are answered (past it, the body that has waited
+    /// longest on its client is closed; see [`hold_more`]).
     pub max_bodies_held: usize,
 }
 
