@@ -75,7 +75,7 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// Bytes of request bodies held at once on the port, from their `Content-Length` (or
     /// first byte) until their requests are answered (past it, the body that has waited
-    /// longest on its client is closed; see [`hold_more`]).
+    /// longest on its client is closed).
     pub max_bodies_held: usize,
 }
 
