@@ -455,3 +455,43 @@ fn a_ports_body_limits_are_the_configured_ones() {
     assert!(matches!(end, Ok(0)) || matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset), "the stalled body is still open: {end:?}");
     assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(1.0));
 }
+
+/// `[http] max_connections`, `header_timeout_ms` and `body_timeout_ms` are the limits the
+/// ports serve with (their defaults are 1,024, 10 s and 30 s).
+#[test]
+fn a_ports_connection_cap_and_timeouts_are_the_configured_ones() {
+    let (_dir, node, probes, gateway) = node_with("http-timeouts", 115, "max_connections = 2\nheader_timeout_ms = 2000\nbody_timeout_ms = 1000\n");
+    let mut buf = [0u8; 256];
+
+    // Two connections fill the port (they are accepted in order, before the third): the
+    // third closes the one that has waited longest, at once.
+    let mut first = TcpStream::connect(&gateway).unwrap();
+    let _second = TcpStream::connect(&gateway).unwrap();
+    let answer = exchange(&gateway, &authed("GET", "/v1/workers", ""));
+    assert_eq!(status(&answer), 200, "{answer}");
+    first.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let end = first.read(&mut buf);
+    assert!(matches!(end, Ok(0)) || matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset), "the oldest connection is still open: {end:?}");
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"port_full\"}"), Some(1.0));
+    node.wait_log("2 connections open: closed the one from", FORM);
+
+    // A connection that sends nothing is closed once the header timeout passes.
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(&gateway).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let end = idle.read(&mut buf);
+    let waited = started.elapsed();
+    assert!(matches!(end, Ok(0)), "an idle connection is still open after {waited:?}: {end:?}");
+    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6), "closed after {waited:?}, not 2 s");
+
+    // A body that stops arriving is answered 408 once the body timeout passes.
+    let mut slow = TcpStream::connect(&gateway).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let started = Instant::now();
+    slow.write_all(format!("POST /v1/workers/counter/c/call HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 9\r\n\r\nincr").as_bytes())
+        .unwrap();
+    let answer = read_answer(&mut slow).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(status(&answer), 408, "{answer}");
+    assert!(waited >= Duration::from_millis(700) && waited < Duration::from_secs(5), "answered after {waited:?}, not 1 s");
+}

@@ -274,10 +274,10 @@ pub struct HttpConfig {
     /// The bearer token gateway requests must carry; required when the gateway listens
     /// beyond loopback.
     pub token: Option<TokenSource>,
-    /// `max_body_mb`: a request's body, at most (larger: 413); `None` for the default.
-    pub max_body_mb: Option<u64>,
-    /// `bodies_held_mb`: request bodies each port holds at once; `None` for the default.
-    pub bodies_held_mb: Option<u64>,
+    /// What each HTTP port serves with: the defaults, with what `max_connections`,
+    /// `header_timeout_ms`, `body_timeout_ms`, `send_timeout_ms`, `max_header_kb`,
+    /// `max_body_mb` and `bodies_held_mb` set.
+    pub limits: crate::http::Limits,
 }
 
 impl HttpConfig {
@@ -288,17 +288,16 @@ impl HttpConfig {
         }
         self.gateway_listen.or(self.listen)
     }
-
-    /// The limits each HTTP port serves with: the defaults, with the configured sizes.
-    pub fn limits(&self) -> crate::http::Limits {
-        let d = crate::http::Limits::default();
-        let mib = |v: Option<u64>, default: usize| v.map_or(default, |m| (m as usize) << 20);
-        crate::http::Limits { max_body: mib(self.max_body_mb, d.max_body), max_bodies_held: mib(self.bodies_held_mb, d.max_bodies_held), ..d }
-    }
 }
 
 /// The largest `[http] bodies_held_mb`.
 const MAX_BODIES_HELD_MB: u64 = 1 << 16;
+/// The largest `[http] max_connections`.
+const MAX_HTTP_CONNECTIONS: u64 = 1 << 20;
+/// `[http]` timeouts, in ms: at least a tenth of a second, at most an hour.
+const HTTP_TIMEOUTS_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+/// `[http] max_header_kb`: hyper reads headers into a buffer of at least 8 KiB.
+const HTTP_MAX_HEADER_KB: std::ops::RangeInclusive<u64> = 8..=1024;
 
 /// Where the gateway's bearer token comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,6 +378,11 @@ struct RawHttp {
     token_file: Option<Spanned<String>>,
     max_body_mb: Option<Spanned<u64>>,
     bodies_held_mb: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+    header_timeout_ms: Option<Spanned<u64>>,
+    body_timeout_ms: Option<Spanned<u64>>,
+    send_timeout_ms: Option<Spanned<u64>>,
+    max_header_kb: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -830,26 +834,38 @@ impl Config {
                 // A body crosses between nodes in one message: a larger one could never be
                 // called with. The budget must hold at least one body of the largest size.
                 let most = (wasmnode_proto::frame::MAX_MESSAGE >> 20) as u64;
-                let max_body_mb = match &h.max_body_mb {
-                    Some(m) if !(1..=most).contains(m.get_ref()) => {
-                        let why =
-                            format!("{} MiB: give 1 to {most} (a call's message crosses between nodes in one message of at most {most} MiB)", m.get_ref());
-                        errors.push(err(Some(m.span()), Some("http.max_body_mb".into()), why));
-                        None
+                let why = format!(" (a call's message crosses between nodes in one message of at most {most} MiB)");
+                let d = crate::http::Limits::default();
+                // A number that must lie in `range`: `None` when not set. The error names
+                // the key and what to give (`unit` follows the value, `why` the range).
+                let ranged = |v: &Option<Spanned<u64>>, key: &str, range: std::ops::RangeInclusive<u64>, unit: &str, why: &str| match v {
+                    Some(m) if !range.contains(m.get_ref()) => {
+                        let (lo, hi) = (range.start(), range.end());
+                        Err(err(Some(m.span()), Some(format!("http.{key}")), format!("{}{unit}: give {lo} to {hi}{why}", m.get_ref())))
                     }
-                    m => m.as_ref().map(|m| *m.get_ref()),
+                    m => Ok(m.as_ref().map(|m| *m.get_ref())),
                 };
-                let body = max_body_mb.unwrap_or(crate::http::Limits::default().max_body as u64 >> 20);
-                let bodies_held_mb = match &h.bodies_held_mb {
-                    Some(m) if !(body..=MAX_BODIES_HELD_MB).contains(m.get_ref()) => {
-                        let why = format!("{} MiB: give {body} (max_body_mb: one body of the largest size) to {MAX_BODIES_HELD_MB}", m.get_ref());
-                        errors.push(err(Some(m.span()), Some("http.bodies_held_mb".into()), why));
-                        None
-                    }
-                    m => m.as_ref().map(|m| *m.get_ref()),
+                let max_body_mb = noted!(ranged(&h.max_body_mb, "max_body_mb", 1..=most, " MiB", &why), None);
+                let body = max_body_mb.unwrap_or(d.max_body as u64 >> 20);
+                let why = " (max_body_mb: one body of the largest size)";
+                let bodies_held_mb = noted!(ranged(&h.bodies_held_mb, "bodies_held_mb", body..=MAX_BODIES_HELD_MB, " MiB", why), None);
+                let max_connections = noted!(ranged(&h.max_connections, "max_connections", 1..=MAX_HTTP_CONNECTIONS, " connections", ""), None);
+                let max_header_kb = noted!(ranged(&h.max_header_kb, "max_header_kb", HTTP_MAX_HEADER_KB, " KiB", ""), None);
+                let ms = |v: &Option<Spanned<u64>>, key: &str| ranged(v, key, HTTP_TIMEOUTS_MS, " ms", " (a tenth of a second to an hour)");
+                let header_timeout_ms = noted!(ms(&h.header_timeout_ms, "header_timeout_ms"), None);
+                let body_timeout_ms = noted!(ms(&h.body_timeout_ms, "body_timeout_ms"), None);
+                let send_timeout_ms = noted!(ms(&h.send_timeout_ms, "send_timeout_ms"), None);
+                let limits = crate::http::Limits {
+                    max_header: max_header_kb.map_or(d.max_header, |k| (k as usize) << 10),
+                    max_body: max_body_mb.map_or(d.max_body, |m| (m as usize) << 20),
+                    header_timeout: header_timeout_ms.map_or(d.header_timeout, Duration::from_millis),
+                    body_timeout: body_timeout_ms.map_or(d.body_timeout, Duration::from_millis),
+                    max_connections: max_connections.map_or(d.max_connections, |n| n as usize),
+                    send_timeout: send_timeout_ms.map_or(d.send_timeout, Duration::from_millis),
+                    max_bodies_held: bodies_held_mb.map_or(d.max_bodies_held, |m| (m as usize) << 20),
                 };
                 let gateway = h.gateway.as_ref().is_some_and(|g| *g.get_ref());
-                let http = HttpConfig { listen, gateway, gateway_listen, token, max_body_mb, bodies_held_mb };
+                let http = HttpConfig { listen, gateway, gateway_listen, token, limits };
                 if let Some(g) = &h.gateway_listen {
                     if !http.gateway {
                         errors.push(err(Some(g.span()), Some("http.gateway_listen".into()), "gateway_listen is set but gateway is not true".into()));
@@ -1092,7 +1108,7 @@ mod tests {
 
     #[test]
     fn http_body_sizes_default_to_16_and_64_mib_and_are_checked() {
-        let limits = |extra: &str| parse(&format!("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"127.0.0.1:9090\"\n{extra}")).map(|c| c.http.limits());
+        let limits = |extra: &str| parse(&format!("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"127.0.0.1:9090\"\n{extra}")).map(|c| c.http.limits);
         let d = limits("").unwrap();
         assert_eq!((d.max_body, d.max_bodies_held), (16 << 20, 64 << 20));
         let l = limits("max_body_mb = 32\nbodies_held_mb = 256\n").unwrap();
@@ -1102,11 +1118,43 @@ mod tests {
         let e = limits("max_body_mb = 65\n").unwrap_err();
         assert!(e.contains("key `http.max_body_mb`: 65 MiB: give 1 to 64 (a call's message"), "{e}");
         let e = limits("max_body_mb = 32\nbodies_held_mb = 16\n").unwrap_err();
-        assert!(e.starts_with("t.toml:6:18: key `http.bodies_held_mb`: 16 MiB: give 32 (max_body_mb"), "{e}");
+        assert!(e.starts_with("t.toml:6:18: key `http.bodies_held_mb`: 16 MiB: give 32 to 65536 (max_body_mb"), "{e}");
         let e = limits("bodies_held_mb = 8\n").unwrap_err();
-        assert!(e.contains("key `http.bodies_held_mb`: 8 MiB: give 16 (max_body_mb"), "{e}");
+        assert!(e.contains("key `http.bodies_held_mb`: 8 MiB: give 16 to 65536 (max_body_mb"), "{e}");
         let e = limits("max_body_mb = -1\n").unwrap_err();
         assert!(e.contains("max_body_mb"), "{e}");
+    }
+
+    #[test]
+    fn http_timeouts_and_connection_cap_are_configurable_and_checked() {
+        let limits = |extra: &str| parse(&format!("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"127.0.0.1:9090\"\n{extra}")).map(|c| c.http.limits);
+        let d = limits("").unwrap();
+        assert_eq!((d.max_connections, d.max_header), (1024, 16 << 10));
+        assert_eq!((d.header_timeout, d.body_timeout, d.send_timeout), (Duration::from_secs(10), Duration::from_secs(30), Duration::from_secs(10)));
+        let l = limits("max_connections = 64\nheader_timeout_ms = 2500\nbody_timeout_ms = 100\nsend_timeout_ms = 3600000\nmax_header_kb = 64\n").unwrap();
+        assert_eq!((l.max_connections, l.max_header, l.max_body), (64, 64 << 10, d.max_body));
+        assert_eq!((l.header_timeout, l.body_timeout, l.send_timeout), (Duration::from_millis(2500), Duration::from_millis(100), Duration::from_secs(3600)));
+        let e = limits("max_connections = 0\n").unwrap_err();
+        assert!(e.starts_with("t.toml:5:19: key `http.max_connections`: 0 connections: give 1 to 1048576"), "{e}");
+        let e = limits("header_timeout_ms = 99\n").unwrap_err();
+        assert!(e.starts_with("t.toml:5:21: key `http.header_timeout_ms`: 99 ms: give 100 to 3600000 (a tenth of a second to an hour)"), "{e}");
+        let e = limits("body_timeout_ms = 3600001\n").unwrap_err();
+        assert!(e.contains("key `http.body_timeout_ms`: 3600001 ms: give 100 to 3600000"), "{e}");
+        let e = limits("send_timeout_ms = 0\n").unwrap_err();
+        assert!(e.contains("key `http.send_timeout_ms`: 0 ms: give 100"), "{e}");
+        let e = limits("max_header_kb = 4\n").unwrap_err();
+        assert!(e.contains("key `http.max_header_kb`: 4 KiB: give 8 to 1024"), "{e}");
+        let e = limits("idle_timeout_ms = 5\n").unwrap_err();
+        assert!(e.contains("idle_timeout_ms"), "{e}");
+        // Every bad key is reported in one run.
+        let all = Config::parse_with(
+            "[node]\nname = \"a@127.0.0.1\"\n[http]\nmax_connections = 0\nsend_timeout_ms = 1\n",
+            Path::new("t.toml"),
+            &Overrides::default(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(all.len(), 2, "{all:?}");
     }
 
     #[test]

@@ -353,8 +353,8 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                             port = %p,
                             peer = %addr,
                             reason = "not_reading",
-                            "HTTP port {p}: closed the connection from {addr}: it read none of its answers for {} s{more}",
-                            limits.send_timeout.as_secs()
+                            "HTTP port {p}: closed the connection from {addr}: it read none of its answers for {:.1} s{more}",
+                            limits.send_timeout.as_secs_f64()
                         );
                     }
                 }

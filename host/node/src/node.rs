@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use wasmnode_proto::Service;
 
 use crate::config::{Config, ConfigError, CookieSource};
@@ -100,6 +100,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     for w in &cfg.warnings {
         warn!("{w}");
     }
+    open_files_for(&cfg);
     let cookie = cfg.node.cookie.resolve_for_node(cfg.node.allow_insecure_cookie).map_err(|e| anyhow::anyhow!("{}", cfg.cookie_error(e)))?;
     if let Some(p) = cfg.node.cookie.world_readable() {
         warn!(file = %p.display(), "{}", CookieSource::readable_warning(p));
@@ -164,7 +165,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let drain = crate::http::Drain::default();
     let token: Option<Arc<str>> = token.map(Into::into);
     let apart = cfg.http.gateway_listen.filter(|_| cfg.http.gateway);
-    let limits = cfg.http.limits();
+    let limits = cfg.http.limits;
     if let Some(addr) = cfg.http.listen {
         let http = crate::dist::listen(addr).with_context(|| format!("cannot listen for HTTP on {addr}"))?;
         let gateway = cfg.http.gateway && apart.is_none();
@@ -194,6 +195,56 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::telemetry::shutdown().await;
     info!("node {name} stopped");
     Ok(())
+}
+
+/// File descriptors the node needs beside its HTTP connections: handshakes in
+/// progress, peers, plugin and config files, with room to spare.
+const OTHER_FILES: u64 = 1024;
+
+/// Raises the node's soft limit on open files to its hard limit, as Go's runtime and
+/// nginx's `worker_rlimit_nofile` do: shells and systemd often start a process at 1,024,
+/// below what the HTTP ports' `max_connections` admit, and a process out of descriptors
+/// refuses probes, peers and the CLI alike. Warns, naming both numbers, if even the
+/// hard limit is below what the ports may hold.
+fn open_files_for(cfg: &Config) {
+    let ports = u64::from(cfg.http.listen.is_some()) + u64::from(cfg.http.gateway_listen.is_some() && cfg.http.gateway);
+    let wanted = ports * cfg.http.limits.max_connections as u64 + OTHER_FILES;
+    match raise_open_files() {
+        Ok((before, now)) => {
+            if now > before {
+                debug!(before, now, "open files: soft limit raised from {before} to {now}");
+            }
+            if now < wanted {
+                warn!(
+                    limit = now,
+                    wanted,
+                    "open files are limited to {now} (ulimit -n), below the {wanted} that [http] max_connections on {ports} port(s) and the node's own files may take: raise the limit or lower max_connections"
+                );
+            }
+        }
+        Err(e) => warn!("open files: cannot read or raise the limit: {e}"),
+    }
+}
+
+/// Sets the soft `RLIMIT_NOFILE` to the hard one (at most 2^20, what Linux's default
+/// `nr_open` allows): the limits before and after.
+fn raise_open_files() -> std::io::Result<(u64, u64)> {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `l` is a valid rlimit for the call to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = l.rlim_cur;
+    let target = l.rlim_max.min(1 << 20);
+    if l.rlim_cur >= target {
+        return Ok((before, before));
+    }
+    l.rlim_cur = target;
+    // SAFETY: `l` is a valid rlimit whose soft limit is at most its hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((before, target))
 }
 
 /// Once the cluster as discovery sees it has formed (or after [`BOOT_SETTLE_MAX`]):
@@ -226,5 +277,32 @@ fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_files() -> libc::rlimit {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: `l` is a valid rlimit for the call to fill.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+        l
+    }
+
+    #[test]
+    fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
+        let l = open_files();
+        let target = l.rlim_max.min(1 << 20);
+        // Lowered first (not below what other tests may hold open), then raised.
+        let lowered = libc::rlimit { rlim_cur: target.min(4096).max(target / 2), rlim_max: l.rlim_max };
+        // SAFETY: `lowered` is a valid rlimit whose soft limit is at most its hard one.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+        let (before, now) = raise_open_files().unwrap();
+        assert_eq!((before, now), (lowered.rlim_cur, target));
+        assert_eq!(open_files().rlim_cur, target);
+        // Raised already: nothing to do.
+        assert_eq!(raise_open_files().unwrap(), (target, target));
     }
 }
