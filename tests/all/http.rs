@@ -250,7 +250,7 @@ fn a_client_that_reads_none_of_its_answers_is_closed_after_the_send_timeout() {
     }
     let answer = exchange(&probes, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(status(&answer), 200, "others are served meanwhile: {answer}");
-    node.wait_log("it read none of its answers for 10 s", Duration::from_secs(30));
+    node.wait_log("it read none of its answers for 10.0 s", Duration::from_secs(30));
     let took = t0.elapsed();
     assert!(took >= Duration::from_secs(8), "closed after {took:?}, before the send timeout");
     assert!(node.log().contains("reason=\"not_reading\""), "{}", node.log());
