@@ -349,7 +349,7 @@ fn a_client_holding_every_connection_cannot_keep_others_out() {
 #[test]
 fn clients_that_stall_large_bodies_hold_at_most_the_ports_budget() {
     let (_dir, node, probes, gateway) = node("http-bodies", 113);
-    for name in ["counter/small", "probe/s0", "probe/s1", "probe/s2", "probe/s3"] {
+    for name in ["counter/small", "probe/s0", "probe/s1", "probe/s2", "probe/s3", "probe/m"] {
         let answer = exchange(&gateway, &authed("POST", &format!("/v1/workers/{name}"), ""));
         assert_eq!(status(&answer), 201, "{name}: {answer}");
     }
@@ -357,14 +357,20 @@ fn clients_that_stall_large_bodies_hold_at_most_the_ports_budget() {
     let size = 16 << 20;
     let head = |path: &str| format!("POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {size}\r\n\r\n");
     let part = vec![b'x'; 1 << 20];
-    // Whether the node closed `s` without an answer (`false`: it still waits on it).
+    // Whether the node closed `s` to make room (`false`: it still waits on it): it then
+    // answers 503 `busy` with `Retry-After`, and closes.
     let closed = |s: &mut TcpStream| {
         s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-        match s.read(&mut [0u8; 512]) {
-            Ok(0) => true,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
+        match read_answer(s) {
+            Ok(answer) => {
+                assert_eq!(status(&answer), 503, "{answer}");
+                assert!(body(&answer).contains("\"busy\"") && body(&answer).contains("needed room"), "{answer}");
+                assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+                assert!(matches!(s.read(&mut [0u8; 64]), Ok(0)), "still open after its 503");
+                true
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
-            other => panic!("an answer to a body that has not all arrived: {other:?}"),
+            Err(e) => panic!("closed without its 503: {e}"),
         }
     };
 
@@ -381,7 +387,7 @@ fn clients_that_stall_large_bodies_hold_at_most_the_ports_budget() {
         stalled.push(s);
     }
     // Each was taken whole: the four latest hold the budget, and each newcomer closed
-    // the one that had waited longest.
+    // the one that had waited longest, answering it 503.
     let open: Vec<bool> = stalled.iter_mut().map(|s| !closed(s)).collect();
     assert_eq!(open, (0..12).map(|i| i >= 8).collect::<Vec<_>>(), "which stalled clients are still open");
     let held = node.rss_mib();
@@ -390,9 +396,26 @@ fn clients_that_stall_large_bodies_hold_at_most_the_ports_budget() {
     assert!(node.log().contains("reason=\"bodies_full\""), "{}", node.log());
     assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(8.0));
 
-    // A call with a small body is served at once: the longest-waiting stalled body makes room.
+    // A call with a small body (up to 64 KiB) is served at once, and closes nothing: small
+    // bodies are not counted in the budget.
     let t = Instant::now();
     let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
+    assert_eq!((status(&answer), body(&answer)), (200, "1"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(8.0));
+    // A call with a 1 MiB body is served at once too: the longest-waiting stalled body makes room.
+    let mut message = b"slow-add 0 ".to_vec();
+    message.resize(1 << 20, b'x');
+    let large = |path: &str| {
+        [
+            format!("POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", message.len())
+                .into_bytes(),
+            message.clone(),
+        ]
+        .concat()
+    };
+    let t = Instant::now();
+    let answer = exchange(&gateway, &large("/v1/workers/probe/m/call"));
     assert_eq!((status(&answer), body(&answer)), (200, "1"), "{answer}");
     assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
     assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(9.0));
@@ -412,19 +435,24 @@ fn clients_that_stall_large_bodies_hold_at_most_the_ports_budget() {
         s.write_all(&message).unwrap();
         calls.push(s);
     }
-    node.wait_log_count("slow-add 1 applied", 4, FORM);
-    let refused = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
+    node.wait_log_count("slow-add 1 applied", 5, FORM);
+    let refused = exchange(&gateway, &large("/v1/workers/probe/m/call"));
     assert_eq!(status(&refused), 503, "{refused}");
     assert!(body(&refused).contains("busy") && body(&refused).contains("requests being answered"), "{refused}");
     assert!(refused.to_ascii_lowercase().contains("retry-after: 1"), "{refused}");
     assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_answering\"}"), Some(1.0));
     assert!(node.log().contains("reason=\"bodies_answering\""), "{}", node.log());
+    // A small body is still served meanwhile.
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
+    assert_eq!((status(&answer), body(&answer)), (200, "2"), "{answer}");
     for (i, s) in calls.iter_mut().enumerate() {
         let answer = read_answer(s).unwrap_or_else(|e| panic!("call {i}: {e}"));
         assert_eq!((status(&answer), body(&answer)), (200, "1"), "call {i}: {answer}");
     }
     // Their bodies came back with their answers; the refused call did nothing.
-    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/small/call", "increment"));
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/probe/m/call", "count"));
+    assert_eq!((status(&answer), body(&answer)), (200, "1"), "{answer}");
+    let answer = exchange(&gateway, &large("/v1/workers/probe/m/call"));
     assert_eq!((status(&answer), body(&answer)), (200, "2"), "{answer}");
 }
 
@@ -448,11 +476,15 @@ fn a_ports_body_limits_are_the_configured_ones() {
     let mut buf = [0u8; 256];
     let n = stalled.read(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"), "{}", String::from_utf8_lossy(&buf[..n]));
-    // …so a call's 9 bytes close it to make room.
-    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/c/call", "increment"));
+    // …so a call's 100 KiB close it to make room (it is told so: 503, retry).
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/probe/p", ""));
+    assert_eq!(status(&answer), 201, "{answer}");
+    let message = format!("slow-add 0 {}", "x".repeat(100 << 10));
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/probe/p/call", &message));
     assert_eq!((status(&answer), body(&answer)), (200, "1"), "{answer}");
-    let end = stalled.read(&mut buf);
-    assert!(matches!(end, Ok(0)) || matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset), "the stalled body is still open: {end:?}");
+    let answer = read_answer(&mut stalled).unwrap();
+    assert_eq!(status(&answer), 503, "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
     assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(1.0));
 }
 
@@ -494,4 +526,32 @@ fn a_ports_connection_cap_and_timeouts_are_the_configured_ones() {
     let waited = started.elapsed();
     assert_eq!(status(&answer), 408, "{answer}");
     assert!(waited >= Duration::from_millis(700) && waited < Duration::from_secs(5), "answered after {waited:?}, not 1 s");
+}
+
+/// A request refused before its body is read (413 by its `Content-Length`) reaches a
+/// client that sends its body regardless: the node reads and discards what follows before
+/// it closes, so the client's writes do not fail on a reset socket before it can read the
+/// answer.
+#[test]
+fn a_client_that_sends_a_refused_body_regardless_gets_its_answer() {
+    let (_dir, _node, probes, gateway) = node("http-linger", 116);
+    let size = 20 << 20;
+    let mut s = TcpStream::connect(&gateway).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!("POST /v1/workers/counter/c/call HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {size}\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let part = vec![b'x'; 1 << 20];
+    for i in 0..20 {
+        s.write_all(&part).unwrap_or_else(|e| panic!("the body's MiB {i} could not be sent: {e}"));
+    }
+    let answer = read_answer(&mut s).unwrap();
+    assert_eq!(status(&answer), 413, "{answer}");
+    assert!(body(&answer).contains("\"max\":16777216"), "{answer}");
+    // The node closes once the client has stopped sending.
+    assert!(matches!(s.read(&mut [0u8; 64]), Ok(0)), "still open after its 413");
+    // Nothing was done, and the port goes on serving.
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/c/call", "increment"));
+    assert_eq!(status(&answer), 404, "{answer}");
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(0.0));
 }

@@ -93,6 +93,20 @@ impl Default for Limits {
     }
 }
 
+/// Request bodies up to this size are not counted in a port's budget, so never closed to
+/// make room nor refused for it: a call with a small body is served however many clients
+/// stall large ones (they are bounded by `max_connections` instead, 64 MiB at the
+/// default 1,024). Counted from the first byte past it.
+const SMALL_BODY: usize = 64 << 10;
+
+/// How long a connection closed to make room while its body arrived has to send its 503
+/// and end, before its task is aborted.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// After refusing a request whose body it did not read, how long the node goes on reading
+/// (and discarding) what the client sends, at most, and how long it waits for each part.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What a port serves: probes and metrics, the worker gateway, or both.
 #[derive(Clone)]
 pub struct Routes {
@@ -190,7 +204,7 @@ struct Open {
 }
 
 /// What [`Open::admit`] or [`hold_more`] made room with: the connection in `slot`, which
-/// had waited `waited` on its client; aborting its task (once the port's lock is let go)
+/// had waited `waited` on its client; [`Closed::close`] (once the port's lock is let go)
 /// closes it.
 struct Closed {
     slot: Arc<Slot>,
@@ -211,7 +225,17 @@ impl Open {
         }
         let id = self.next;
         self.next += 1;
-        let slot = Arc::new(Slot { state: AtomicU64::new(0), body: AtomicUsize::new(0), task: OnceLock::new(), epoch: self.epoch, peer });
+        let slot = Arc::new(Slot {
+            state: AtomicU64::new(0),
+            body: AtomicUsize::new(0),
+            in_body: AtomicBool::new(false),
+            made_room: tokio::sync::Notify::new(),
+            closing: tokio::sync::Notify::new(),
+            linger: AtomicBool::new(false),
+            task: OnceLock::new(),
+            epoch: self.epoch,
+            peer,
+        });
         // It waits on its client from now: for its first request.
         slot.waiting();
         self.conns.insert(id, slot.clone());
@@ -236,10 +260,17 @@ impl Open {
 }
 
 impl Closed {
-    /// Closes the connection: its task is aborted, which drops its socket and gives back
-    /// what its request held.
+    /// Closes the connection. One whose request's body is arriving is answered 503 with
+    /// `Retry-After` by its body's reader, which drops the body at once and ends the
+    /// connection (aborted after [`CLOSE_GRACE`] should it not have ended: a client that
+    /// reads nothing keeps no closed connection open); any other has its task aborted,
+    /// which drops its socket. Either way what its request held is given back.
     fn close(&self) {
-        if let Some(task) = self.slot.task.get() {
+        let slot = &self.slot;
+        if slot.in_body.load(Ordering::SeqCst) {
+            slot.made_room.notify_one();
+            slot.closing.notify_one();
+        } else if let Some(task) = slot.task.get() {
             task.abort();
         }
     }
@@ -253,6 +284,15 @@ struct Slot {
     state: AtomicU64,
     /// Bytes of its request's body counted in the port's [`Bodies`].
     body: AtomicUsize,
+    /// Whether its request's body is being read: then [`Closed::close`] has the reader
+    /// answer 503 (told through `made_room`) rather than the socket be dropped.
+    in_body: AtomicBool,
+    made_room: tokio::sync::Notify,
+    /// Told with `made_room`: the connection's task ends [`CLOSE_GRACE`] later at most.
+    closing: tokio::sync::Notify,
+    /// Whether a request was refused before its body was read: the connection then ends
+    /// with a [`linger`].
+    linger: AtomicBool,
     /// The connection's task, aborted (which drops its socket) to close it.
     task: OnceLock<tokio::task::AbortHandle>,
     epoch: Instant,
@@ -328,7 +368,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 );
             }
         }
-        let (port, conn_slot) = (port.clone(), slot.clone());
+        let (port, conn_slot, ended) = (port.clone(), slot.clone(), slot.clone());
         let task = tokio::spawn(async move {
             // Leaves the port's open connections however the task ends, aborted included.
             let _leave = Leave(port.clone(), id);
@@ -344,8 +384,20 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 .max_buf_size(limits.max_header.max(8192))
                 .max_headers(100)
                 .keep_alive(true)
-                .serve_connection(stream, service);
-            match conn.await {
+                .serve_connection(stream, service)
+                .without_shutdown();
+            // Closed to make room while its body arrived: it has a while to answer 503.
+            let grace = async {
+                ended.closing.notified().await;
+                tokio::time::sleep(CLOSE_GRACE).await;
+            };
+            let ended_as = tokio::select! {
+                biased;
+                ended_as = conn => ended_as,
+                () = grace => return,
+            };
+            match ended_as {
+                Ok(parts) if ended.linger.load(Ordering::SeqCst) => linger(parts.io.into_inner().io).await,
                 Err(e) if stalled(&e) => {
                     if let Some(n) = port.shed("not_reading", addr.ip()) {
                         let (p, more) = (&port.addr, crate::refusals::left_out_as(n, "closed"));
@@ -359,7 +411,8 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                     }
                 }
                 Err(e) => debug!(peer = %addr, "HTTP connection from {addr}: {e}"),
-                Ok(()) => {}
+                // (Dropping the socket closes it.)
+                Ok(_) => {}
             }
         });
         // (Set before the loop can admit another, so before this one can be chosen.)
@@ -373,6 +426,25 @@ struct Leave(Arc<Port>, u64);
 impl Drop for Leave {
     fn drop(&mut self) {
         self.0.open.lock().unwrap().conns.remove(&self.1);
+    }
+}
+
+/// Ends a connection whose request was refused before its body was read, as nginx's
+/// lingering close does: closed at once with the client's bytes unread, the socket would
+/// be reset, and the client, still sending its body, could lose the answer (a 413 would
+/// reach curl as "connection reset"). So the node sends the end of its answers, then
+/// reads and discards what the client still sends until it stops (a second without a
+/// byte) or for [`LINGER_TIME`] at most, and only then closes.
+async fn linger(mut io: TcpStream) {
+    let _ = io.shutdown().await;
+    let until = tokio::time::Instant::now() + LINGER_TIME;
+    let mut discard = vec![0u8; 16 << 10];
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left.min(LINGER_TIMEOUT), io.read(&mut discard)).await {
+            Ok(Ok(n)) if n > 0 && !left.is_zero() => continue,
+            _ => return,
+        }
     }
 }
 
@@ -505,6 +577,17 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The answer to a request whose connection was closed to make room (the port's
+/// connections or request bodies were full, and it had waited longest on its client):
+/// nothing was done, and a retry may well be served.
+fn made_room() -> Response {
+    let reason = "this port needed room and this connection had waited longest on its client; nothing was done, retry";
+    let mut r = json_response(503, json!({ "error": "busy", "reason": reason }));
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 /// The body, whole, with its bytes counted against the port's budget: 413 past the limit,
 /// 408 past the timeout, 503 while other requests being answered hold the budget.
 async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Result<(Bytes, Held<'a>), Response> {
@@ -541,13 +624,19 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
         return Err(too_large());
     }
     let mut held = Held { port, slot, bytes: 0 };
-    if !held.grow(declared as usize) {
-        return Err(busy());
+    if declared > SMALL_BODY as u64 && !held.grow(declared as usize) {
+        return Err(if slot.state.load(Ordering::SeqCst) == CLOSING { made_room() } else { busy() });
     }
     let read = async {
         let mut parts = Vec::new();
         let mut len = 0usize;
-        while let Some(frame) = body.frame().await {
+        loop {
+            let frame = tokio::select! {
+                // Closed to make room (see `Closed::close`): answered now, the body dropped.
+                _ = slot.made_room.notified() => return Err(made_room()),
+                frame = body.frame() => frame,
+            };
+            let Some(frame) = frame else { break };
             let frame = frame.map_err(|e| json_response(400, json!({ "error": format!("bad request body: {e}") })))?;
             let Ok(data) = frame.into_data() else { continue };
             // The node waits on the client for the rest from now (what makes room in a
@@ -557,9 +646,10 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
             if len > limits.max_body {
                 return Err(too_large());
             }
-            // (A chunked body declares nothing: it is counted as it comes.)
-            if len > held.bytes && !held.grow(len - held.bytes) {
-                return Err(busy());
+            // (A chunked body declares nothing: it is counted as it comes, once past
+            // `SMALL_BODY`, and then whole.)
+            if len > SMALL_BODY.max(held.bytes) && !held.grow(len - held.bytes) {
+                return Err(if slot.state.load(Ordering::SeqCst) == CLOSING { made_room() } else { busy() });
             }
             parts.push(data);
         }
@@ -568,7 +658,10 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
             _ => Bytes::from(parts.concat()),
         })
     };
-    match tokio::time::timeout(limits.body_timeout, read).await {
+    slot.in_body.store(true, Ordering::SeqCst);
+    let read = tokio::time::timeout(limits.body_timeout, read).await;
+    slot.in_body.store(false, Ordering::SeqCst);
+    match read {
         Err(_) => {
             let mut r = json_response(408, json!({ "error": "the request body did not arrive in time" }));
             r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
@@ -786,7 +879,14 @@ async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
     // The body counts against the port's budget until the request is answered.
     let (body, _held) = match read_body(req.into_body(), port, slot).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => {
+            // Refused with its body not read whole: the connection ends with a linger once
+            // its answer is sent (not one closed to make room: that one ends at once).
+            if slot.state.load(Ordering::SeqCst) != CLOSING {
+                slot.linger.store(true, Ordering::SeqCst);
+            }
+            return r;
+        }
     };
     if let ["v1", "workers", _, _] = segments.as_slice() {
         if body.len() > crate::registry::MAX_ARGS {
@@ -796,10 +896,7 @@ async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
     }
     if !slot.answering() {
         // Closed to make room while its request arrived: nothing is started.
-        let reason = "the port was full and this connection waited longest on its client; nothing was done";
-        let mut r = json_response(503, json!({ "error": "unavailable", "reason": reason }));
-        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-        return r;
+        return made_room();
     }
     match segments.as_slice() {
         ["v1", "workers", kind, key, "call"] => {
