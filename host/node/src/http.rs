@@ -73,9 +73,9 @@ pub struct Limits {
     /// The time an answer may wait on a client that reads none of it (its receive
     /// window shut): the connection is closed after it, as nginx's `send_timeout` does.
     pub send_timeout: Duration,
-    /// Bytes of request bodies held at once on the port, from their `Content-Length` (or
-    /// first byte) until their requests are answered (past it, the body that has waited
-    /// longest on its client is closed).
+    /// Bytes of request bodies over 64 KiB held at once on the port, from their
+    /// `Content-Length` (or first byte) until their requests are answered (past it, the
+    /// body that has waited longest on its client is answered 503 and closed).
     pub max_bodies_held: usize,
 }
 
@@ -589,7 +589,8 @@ fn made_room() -> Response {
 }
 
 /// The body, whole, with its bytes counted against the port's budget: 413 past the limit,
-/// 408 past the timeout, 503 while other requests being answered hold the budget.
+/// 408 past the timeout, 503 while other requests being answered hold the budget or when
+/// its connection was closed to make room. Every refusal closes the connection.
 async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Result<(Bytes, Held<'a>), Response> {
     let limits = &port.limits;
     let too_large = || {
@@ -637,7 +638,11 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
                 frame = body.frame() => frame,
             };
             let Some(frame) = frame else { break };
-            let frame = frame.map_err(|e| json_response(400, json!({ "error": format!("bad request body: {e}") })))?;
+            let frame = frame.map_err(|e| {
+                let mut r = json_response(400, json!({ "error": format!("bad request body: {e}") }));
+                r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                r
+            })?;
             let Ok(data) = frame.into_data() else { continue };
             // The node waits on the client for the rest from now (what makes room in a
             // full budget is the body that has waited longest).
@@ -703,11 +708,11 @@ impl Port {
     }
 }
 
-/// Bytes of request bodies a port holds at once, counted from their first byte (or their
-/// `Content-Length`) until their requests are answered: so many clients sending large
-/// bodies slowly cannot grow the node's memory past it (each could hold 16 MiB for 30 s
-/// before). When a body does not fit, the body that has waited longest on its client is
-/// closed to make room (see [`hold_more`]).
+/// Bytes of request bodies over [`SMALL_BODY`] a port holds at once, counted from their
+/// first byte (or their `Content-Length`) until their requests are answered: so many
+/// clients sending large bodies slowly cannot grow the node's memory past it (each could
+/// hold 16 MiB for 30 s before). When a body does not fit, the body that has waited
+/// longest on its client is closed to make room (see [`hold_more`]).
 struct Bodies {
     held: AtomicUsize,
     max: usize,
