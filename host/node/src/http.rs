@@ -38,7 +38,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use futures_util::task::AtomicWaker;
+use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
@@ -99,8 +100,8 @@ impl Default for Limits {
 /// default 1,024). Counted from the first byte past it.
 const SMALL_BODY: usize = 64 << 10;
 
-/// How long a connection closed to make room while its body arrived has to send its 503
-/// and end, before its task is aborted.
+/// How long a connection closed to make room while its body arrived may wait on its
+/// client to take its 503, before it is closed.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// After refusing a request whose body it did not read, how long the node goes on reading
 /// (and discarding) what the client sends, at most, and how long it waits for each part.
@@ -229,8 +230,7 @@ impl Open {
             state: AtomicU64::new(0),
             body: AtomicUsize::new(0),
             in_body: AtomicBool::new(false),
-            made_room: tokio::sync::Notify::new(),
-            closing: tokio::sync::Notify::new(),
+            reader: AtomicWaker::new(),
             linger: AtomicBool::new(false),
             task: OnceLock::new(),
             epoch: self.epoch,
@@ -262,14 +262,14 @@ impl Open {
 impl Closed {
     /// Closes the connection. One whose request's body is arriving is answered 503 with
     /// `Retry-After` by its body's reader, which drops the body at once and ends the
-    /// connection (aborted after [`CLOSE_GRACE`] should it not have ended: a client that
-    /// reads nothing keeps no closed connection open); any other has its task aborted,
-    /// which drops its socket. Either way what its request held is given back.
+    /// connection (a client that reads nothing of the answer has [`CLOSE_GRACE`] before
+    /// it is closed, not the send timeout: see [`SendDeadline`]); any other has its task
+    /// aborted, which drops its socket. Either way what its request held is given back.
     fn close(&self) {
         let slot = &self.slot;
         if slot.in_body.load(Ordering::SeqCst) {
-            slot.made_room.notify_one();
-            slot.closing.notify_one();
+            // (Its state is CLOSING already: the reader sees it once woken.)
+            slot.reader.wake();
         } else if let Some(task) = slot.task.get() {
             task.abort();
         }
@@ -284,12 +284,10 @@ struct Slot {
     state: AtomicU64,
     /// Bytes of its request's body counted in the port's [`Bodies`].
     body: AtomicUsize,
-    /// Whether its request's body is being read: then [`Closed::close`] has the reader
-    /// answer 503 (told through `made_room`) rather than the socket be dropped.
+    /// Whether its request's body is being read: then [`Closed::close`] wakes the reader
+    /// (through `reader`) to answer 503, rather than drop the socket.
     in_body: AtomicBool,
-    made_room: tokio::sync::Notify,
-    /// Told with `made_room`: the connection's task ends [`CLOSE_GRACE`] later at most.
-    closing: tokio::sync::Notify,
+    reader: AtomicWaker,
     /// Whether a request was refused before its body was read: the connection then ends
     /// with a [`linger`].
     linger: AtomicBool,
@@ -373,7 +371,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
             // Leaves the port's open connections however the task ends, aborted included.
             let _leave = Leave(port.clone(), id);
             let _ = stream.set_nodelay(true);
-            let stream = SendDeadline::new(stream, limits.send_timeout);
+            let stream = SendDeadline::new(stream, limits.send_timeout, ended.clone());
             let service = service_fn(|req| {
                 let (port, slot) = (port.clone(), conn_slot.clone());
                 async move { Ok::<_, Infallible>(handle(req, &port, &slot).await) }
@@ -386,19 +384,9 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 .keep_alive(true)
                 .serve_connection(stream, service)
                 .without_shutdown();
-            // Closed to make room while its body arrived: it has a while to answer 503.
-            let grace = async {
-                ended.closing.notified().await;
-                tokio::time::sleep(CLOSE_GRACE).await;
-            };
-            let ended_as = tokio::select! {
-                biased;
-                ended_as = conn => ended_as,
-                () = grace => return,
-            };
-            match ended_as {
+            match conn.await {
                 Ok(parts) if ended.linger.load(Ordering::SeqCst) => linger(parts.io.into_inner().io).await,
-                Err(e) if stalled(&e) => {
+                Err(e) if stalled(&e) && ended.state.load(Ordering::SeqCst) != CLOSING => {
                     if let Some(n) = port.shed("not_reading", addr.ip()) {
                         let (p, more) = (&port.addr, crate::refusals::left_out_as(n, "closed"));
                         warn!(
@@ -458,6 +446,9 @@ struct SendDeadline {
     io: TcpStream,
     timeout: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The connection's place on the port: once it is chosen to be closed (and told so
+    /// with a 503), a write waits [`CLOSE_GRACE`] at most.
+    slot: Arc<Slot>,
 }
 
 /// The error a stalled write ends its connection with.
@@ -486,8 +477,8 @@ fn stalled(e: &hyper::Error) -> bool {
 }
 
 impl SendDeadline {
-    fn new(io: TcpStream, timeout: Duration) -> TokioIo<SendDeadline> {
-        TokioIo::new(SendDeadline { io, timeout, stalled: None })
+    fn new(io: TcpStream, timeout: Duration, slot: Arc<Slot>) -> TokioIo<SendDeadline> {
+        TokioIo::new(SendDeadline { io, timeout, stalled: None, slot })
     }
 
     /// What a write that the socket took or refused comes to: progress disarms the
@@ -497,7 +488,7 @@ impl SendDeadline {
             self.stalled = None;
             return polled;
         }
-        let timeout = self.timeout;
+        let timeout = if self.slot.state.load(Ordering::SeqCst) == CLOSING { self.timeout.min(CLOSE_GRACE) } else { self.timeout };
         let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, Stalled))),
@@ -632,11 +623,19 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
         let mut parts = Vec::new();
         let mut len = 0usize;
         loop {
-            let frame = tokio::select! {
-                // Closed to make room (see `Closed::close`): answered now, the body dropped.
-                _ = slot.made_room.notified() => return Err(made_room()),
-                frame = body.frame() => frame,
-            };
+            // The next part, unless the connection was closed to make room (see
+            // `Closed::close`): then it is answered now, and the body dropped.
+            let next = std::future::poll_fn(|cx| {
+                if slot.state.load(Ordering::SeqCst) == CLOSING {
+                    return Poll::Ready(None);
+                }
+                slot.reader.register(cx.waker());
+                if slot.state.load(Ordering::SeqCst) == CLOSING {
+                    return Poll::Ready(None);
+                }
+                Pin::new(&mut body).poll_frame(cx).map(Some)
+            });
+            let Some(frame) = next.await else { return Err(made_room()) };
             let Some(frame) = frame else { break };
             let frame = frame.map_err(|e| {
                 let mut r = json_response(400, json!({ "error": format!("bad request body: {e}") }));
