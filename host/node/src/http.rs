@@ -419,8 +419,8 @@ impl Drop for Leave {
 
 /// Ends a connection whose request was refused before its body was read, as nginx's
 /// lingering close does: closed at once with the client's bytes unread, the socket would
-/// be reset, and the client, still sending its body, could lose the answer (a 413 would
-/// reach curl as "connection reset"). So the node sends the end of its answers, then
+/// be reset, and the client, still sending its body, could lose the answer (Python's
+/// urllib reported a 413 as "Broken pipe"). So the node sends the end of its answers, then
 /// reads and discards what the client still sends until it stops (a second without a
 /// byte) or for [`LINGER_TIME`] at most, and only then closes.
 async fn linger(mut io: TcpStream) {
