@@ -309,6 +309,11 @@ impl Slot {
         self.state.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| (s != CLOSING).then_some(ANSWERING)).is_ok()
     }
 
+    /// Whether it was chosen to be closed to make room.
+    fn closing(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == CLOSING
+    }
+
     /// The node waits on the client (for its next request, or more of a body), from now.
     fn waiting(&self) {
         let now = (self.since_epoch().as_nanos() as u64).min(CLOSING - 1);
@@ -386,7 +391,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
                 .without_shutdown();
             match conn.await {
                 Ok(parts) if ended.linger.load(Ordering::SeqCst) => linger(parts.io.into_inner().io).await,
-                Err(e) if stalled(&e) && ended.state.load(Ordering::SeqCst) != CLOSING => {
+                Err(e) if stalled(&e) && !ended.closing() => {
                     if let Some(n) = port.shed("not_reading", addr.ip()) {
                         let (p, more) = (&port.addr, crate::refusals::left_out_as(n, "closed"));
                         warn!(
@@ -488,7 +493,7 @@ impl SendDeadline {
             self.stalled = None;
             return polled;
         }
-        let timeout = if self.slot.state.load(Ordering::SeqCst) == CLOSING { self.timeout.min(CLOSE_GRACE) } else { self.timeout };
+        let timeout = if self.slot.closing() { self.timeout.min(CLOSE_GRACE) } else { self.timeout };
         let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, Stalled))),
@@ -589,7 +594,12 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
         r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         r
     };
-    let busy = || {
+    // The budget cannot take the body: this connection was closed to make room, or
+    // requests being answered hold the whole budget.
+    let no_room = || {
+        if slot.closing() {
+            return made_room();
+        }
         let (p, peer) = (&port.addr, slot.peer);
         if let Some(n) = port.shed("bodies_answering", peer.ip()) {
             warn!(
@@ -617,7 +627,7 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
     }
     let mut held = Held { port, slot, bytes: 0 };
     if declared > SMALL_BODY as u64 && !held.grow(declared as usize) {
-        return Err(if slot.state.load(Ordering::SeqCst) == CLOSING { made_room() } else { busy() });
+        return Err(no_room());
     }
     let read = async {
         let mut parts = Vec::new();
@@ -626,11 +636,11 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
             // The next part, unless the connection was closed to make room (see
             // `Closed::close`): then it is answered now, and the body dropped.
             let next = std::future::poll_fn(|cx| {
-                if slot.state.load(Ordering::SeqCst) == CLOSING {
+                if slot.closing() {
                     return Poll::Ready(None);
                 }
                 slot.reader.register(cx.waker());
-                if slot.state.load(Ordering::SeqCst) == CLOSING {
+                if slot.closing() {
                     return Poll::Ready(None);
                 }
                 Pin::new(&mut body).poll_frame(cx).map(Some)
@@ -653,7 +663,7 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
             // (A chunked body declares nothing: it is counted as it comes, once past
             // `SMALL_BODY`, and then whole.)
             if len > SMALL_BODY.max(held.bytes) && !held.grow(len - held.bytes) {
-                return Err(if slot.state.load(Ordering::SeqCst) == CLOSING { made_room() } else { busy() });
+                return Err(no_room());
             }
             parts.push(data);
         }
@@ -751,7 +761,7 @@ impl Bodies {
 /// (calls to workers under way), or `slot` itself was closed to make room.
 fn hold_more(open: &Mutex<Open>, bodies: &Bodies, slot: &Slot, more: usize, closed: &mut Vec<Closed>) -> bool {
     loop {
-        if slot.state.load(Ordering::SeqCst) == CLOSING {
+        if slot.closing() {
             return false;
         }
         if bodies.grow(slot, more) {
@@ -886,7 +896,7 @@ async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
         Err(r) => {
             // Refused with its body not read whole: the connection ends with a linger once
             // its answer is sent (not one closed to make room: that one ends at once).
-            if slot.state.load(Ordering::SeqCst) != CLOSING {
+            if !slot.closing() {
                 slot.linger.store(true, Ordering::SeqCst);
             }
             return r;
