@@ -288,6 +288,11 @@ impl HttpConfig {
         }
         self.gateway_listen.or(self.listen)
     }
+
+    /// The gateway's own port, when it is on and listens apart from probes and metrics.
+    pub fn gateway_apart(&self) -> Option<SocketAddr> {
+        self.gateway_listen.filter(|_| self.gateway)
+    }
 }
 
 /// The largest `[http] bodies_held_mb`.
@@ -1059,6 +1064,12 @@ mod tests {
         Config::parse(text, Path::new("t.toml")).map_err(|e| e.to_string())
     }
 
+    /// The HTTP limits of a node whose `[http]` holds a listen address and `extra`, from
+    /// line 5 (error positions in the tests count on it).
+    fn limits(extra: &str) -> Result<crate::http::Limits, String> {
+        parse(&format!("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"127.0.0.1:9090\"\n{extra}")).map(|c| c.http.limits)
+    }
+
     #[test]
     fn a_kinds_outbound_grants_and_config_are_read_and_checked() {
         // A component path that is a file: this source file stands in for it.
@@ -1108,7 +1119,6 @@ mod tests {
 
     #[test]
     fn http_body_sizes_default_to_16_and_64_mib_and_are_checked() {
-        let limits = |extra: &str| parse(&format!("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"127.0.0.1:9090\"\n{extra}")).map(|c| c.http.limits);
         let d = limits("").unwrap();
         assert_eq!((d.max_body, d.max_bodies_held), (16 << 20, 64 << 20));
         let l = limits("max_body_mb = 32\nbodies_held_mb = 256\n").unwrap();
@@ -1127,7 +1137,6 @@ mod tests {
 
     #[test]
     fn http_timeouts_and_connection_cap_are_configurable_and_checked() {
-        let limits = |extra: &str| parse(&format!("[node]\nname = \"a@127.0.0.1\"\n[http]\nlisten = \"127.0.0.1:9090\"\n{extra}")).map(|c| c.http.limits);
         let d = limits("").unwrap();
         assert_eq!((d.max_connections, d.max_header), (1024, 16 << 10));
         assert_eq!((d.header_timeout, d.body_timeout, d.send_timeout), (Duration::from_secs(10), Duration::from_secs(30), Duration::from_secs(10)));

@@ -164,7 +164,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     info!("node {name} listening on {}", cfg.node.listen);
     let drain = crate::http::Drain::default();
     let token: Option<Arc<str>> = token.map(Into::into);
-    let apart = cfg.http.gateway_listen.filter(|_| cfg.http.gateway);
+    let apart = cfg.http.gateway_apart();
     let limits = cfg.http.limits;
     if let Some(addr) = cfg.http.listen {
         let http = crate::dist::listen(addr).with_context(|| format!("cannot listen for HTTP on {addr}"))?;
@@ -207,7 +207,7 @@ const OTHER_FILES: u64 = 1024;
 /// refuses probes, peers and the CLI alike. Warns, naming both numbers, if even the
 /// hard limit is below what the ports may hold.
 fn open_files_for(cfg: &Config) {
-    let ports = u64::from(cfg.http.listen.is_some()) + u64::from(cfg.http.gateway_listen.is_some() && cfg.http.gateway);
+    let ports = u64::from(cfg.http.listen.is_some()) + u64::from(cfg.http.gateway_apart().is_some());
     let wanted = ports * cfg.http.limits.max_connections as u64 + OTHER_FILES;
     match raise_open_files() {
         Ok((before, now)) => {
