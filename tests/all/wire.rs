@@ -461,3 +461,131 @@ fn a_peer_that_does_not_read_is_disconnected_past_its_backlog() {
     let out = cli(&["nodes", "--node", name], COOKIE);
     assert!(out.status.success(), "{}", output_text(&out));
 }
+
+/// postcard's unsigned varint, for hand-encoding registry requests the way a peer would.
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn postcard_bytes(b: &[u8], out: &mut Vec<u8>) {
+    varint(b.len() as u64, out);
+    out.extend_from_slice(b);
+}
+
+/// A registry request `Replicate` of `counter/forged`'s state, copy `seq`: the whole
+/// state (`delta` `None`), or a delta from copy `seq - 1` claiming the state's new
+/// length and carrying no bytes.
+fn replicate(seq: u64, delta: Option<u64>) -> Vec<u8> {
+    let mut out = vec![5]; // Rpc::Replicate
+    postcard_bytes(b"counter", &mut out);
+    postcard_bytes(b"forged", &mut out);
+    postcard_bytes(b"", &mut out); // args
+    out.extend_from_slice(&[0, 0, 0]); // lineage: restarts, moves, from_copy
+    varint(seq, &mut out);
+    match delta {
+        None => {
+            out.push(0); // Update::Full
+            postcard_bytes(b"state", &mut out);
+        }
+        Some(len) => {
+            out.push(1); // Update::Delta { base, len, runs }
+            varint(seq - 1, &mut out);
+            varint(len, &mut out);
+            out.push(0);
+        }
+    }
+    out.push(0); // holders
+    out
+}
+
+/// A peer with the cookie that sends a replica a few bytes of delta claiming a state of
+/// a terabyte (or of more than memory can address) is told to send the whole state, as
+/// for any delta the replica cannot apply: the node allocates nothing for it, aborts
+/// nothing, and serves everyone after.
+#[test]
+fn a_forged_delta_claiming_a_huge_state_is_refused_without_allocating_it() {
+    let name = "a@127.0.117.1";
+    let (_dir, a) = lone_node("wire-delta", name);
+    let before = a.rss_mib();
+    let mut raw = Raw::connect(name);
+    raw.handshake("forger@127.0.117.9", FLAG_HIDDEN, COOKIE.as_bytes()).unwrap();
+    let mut ask = |id: u64, body: Vec<u8>| -> Vec<u8> {
+        let mut plain = BytesMut::new();
+        Frame::Request { id, service: wasmnode_proto::frame::Service::Registry, trace: None, body: body.into() }.encode(&mut plain);
+        raw.send_sealed(&plain);
+        loop {
+            match raw.frame() {
+                Some(Frame::Reply { id: got, body }) if got == id => return body.to_vec(),
+                Some(_) => continue,
+                None => panic!("the node closed the connection instead of answering request {id}:\n{}", a.log()),
+            }
+        }
+    };
+    // RpcReply::Done is postcard variant 4, RpcReply::NeedFull variant 7.
+    assert_eq!(ask(1, replicate(1, None)), vec![4], "the whole state is held");
+    assert_eq!(ask(2, replicate(2, Some(1 << 40))), vec![7], "a delta claiming 1 TiB");
+    assert_eq!(ask(3, replicate(2, Some(u64::MAX))), vec![7], "a delta claiming 2^64 - 1 bytes");
+    // An honest delta after them still applies: the copy held was not disturbed.
+    assert_eq!(ask(4, replicate(2, Some(3))), vec![4], "a delta shrinking the state to 3 bytes");
+    let after = a.rss_mib();
+    assert!(after < before + 64.0, "RSS grew from {before:.1} MiB to {after:.1} MiB");
+    let out = cli(&["nodes", "--node", name], COOKIE);
+    assert!(out.status.success(), "{}", output_text(&out));
+}
+
+/// A state that claims to carry a call log (the host's framing: `log ‖ length ‖ mark`)
+/// whose ring is not one the host could have written: 256 slots and the next one at 1000.
+fn state_with_forged_call_log(state: &[u8]) -> Vec<u8> {
+    let mut log = vec![1]; // (present: true, CallLog { next, slots })
+    varint(1000, &mut log);
+    varint(256, &mut log);
+    for i in 0..256 {
+        postcard_bytes(format!("id-{i}").as_bytes(), &mut log);
+        log.push(0); // Ok(reply)
+        postcard_bytes(b"1", &mut log);
+    }
+    let len = (log.len() as u32).to_le_bytes();
+    [state, &log, &len, b"\xffwncall1"].concat()
+}
+
+/// A peer with the cookie that hands a running name a state with a forged call log
+/// (see `state_with_forged_call_log`) and a lineage that keeps the running instance: the
+/// node takes the state as the worker's own (the log is not one it could have written)
+/// and the instance goes on answering, instead of its task dying on an index past the
+/// ring and the name answering "stopped" ever after.
+#[test]
+fn a_forged_call_log_handed_to_a_running_name_does_not_stop_it() {
+    let name = "a@127.0.118.1";
+    let dir = TempDir::new("wire-calllog");
+    let a = Node::start(name, &dir.write("t.toml", &worker_topology(&[name], &[("counter", "worker_counter.wasm", "")], None)));
+    a.wait_log("listening on", FORM);
+    wait_until(FORM, "counter/c1 started", || start_worker(name, "counter", "c1").0, || a.log());
+    assert_eq!(call(name, "counter/c1", "increment"), (true, "1".into()));
+
+    let mut raw = Raw::connect(name);
+    raw.handshake("forger@127.0.118.9", FLAG_HIDDEN, COOKIE.as_bytes()).unwrap();
+    let mut tell = vec![4, 3]; // Rpc::Tell(Msg::Handoff { .. })
+    postcard_bytes(b"counter", &mut tell);
+    postcard_bytes(b"c1", &mut tell);
+    postcard_bytes(b"", &mut tell); // args
+    varint(1000, &mut tell); // lineage: restarts, moves, from_copy
+    tell.extend_from_slice(&[0, 0]);
+    tell.push(1); // state: Some(..)
+    postcard_bytes(&state_with_forged_call_log(b"41"), &mut tell);
+    tell.push(0); // merges
+    tell.push(0); // yielding: false
+    let mut plain = BytesMut::new();
+    Frame::Request { id: 0, service: wasmnode_proto::frame::Service::Registry, trace: None, body: tell.into() }.encode(&mut plain);
+    raw.send_sealed(&plain);
+    a.wait_log("counter/c1 runs here: the state forger@127.0.118.9 handed over merges into it", FORM);
+
+    // The instance answers, now and with a call id (which records into its log).
+    wait_until(FORM, "counter/c1 answers after the forged handoff", || call(name, "counter/c1", "value").0, || a.log());
+    let out = cli(&["call", "--node", name, "--id", "after-the-forgery", "counter/c1", "increment"], COOKIE);
+    assert!(out.status.success(), "{}\n{}", output_text(&out), a.log());
+    assert!(!a.log().contains("panicked"), "{}", a.log());
+}

@@ -82,6 +82,14 @@ impl CallLog {
         }
     }
 
+    /// Whether this log could have been written by [`CallLog::record`]: at most
+    /// [`REMEMBERED`] slots, the next one among them, ids that [`check_id`] takes. A log
+    /// read from a state that moved is taken only then (one from a peer or a worker could
+    /// say anything, and an index past the ring would stop the instance at its next call).
+    fn fits(&self) -> bool {
+        self.slots.len() <= REMEMBERED && (self.next as usize) < REMEMBERED && self.slots.iter().all(|(id, _)| check_id(id).is_ok())
+    }
+
     /// Oldest first.
     fn in_order(self) -> impl Iterator<Item = (String, Outcome)> {
         let next = if self.slots.len() < REMEMBERED { 0 } else { self.next as usize };
@@ -118,8 +126,10 @@ impl CallLog {
         let len = u32::from_le_bytes(bytes[log_end..log_end + 4].try_into().expect("four bytes")) as usize;
         let Some(start) = log_end.checked_sub(len) else { return alone };
         match postcard::from_bytes::<(bool, CallLog)>(&bytes[start..log_end]) {
-            Ok((present, log)) => (present.then_some(&bytes[..start]), log),
-            Err(_) => alone,
+            Ok((present, log)) if log.fits() => (present.then_some(&bytes[..start]), log),
+            // Not a log this host wrote (a forged copy, or a worker's own state that
+            // happens to end like one): the state is the worker's alone.
+            _ => alone,
         }
     }
 }
@@ -191,6 +201,56 @@ mod tests {
         assert_eq!(mine.get("a"), Some(&Ok(b"mine".to_vec())));
         assert_eq!(mine.get("b"), Some(&Ok(b"2".to_vec())));
         assert_eq!(mine.len(), 2);
+    }
+
+    #[test]
+    fn a_log_no_instance_could_have_written_is_not_taken() {
+        // Wrapped by hand as `wrap` does, but with what `record` never writes.
+        let forge = |log: &CallLog| {
+            let mut out = postcard::to_stdvec(&(true, log)).unwrap();
+            out.extend_from_slice(&(out.len() as u32).to_le_bytes());
+            out.extend_from_slice(MARK);
+            [b"state".to_vec(), out].concat()
+        };
+        let full: Vec<(String, Outcome)> = (0..REMEMBERED).map(|i| (format!("id-{i}"), Ok(vec![]))).collect();
+        let forged = [
+            CallLog { next: 1000, slots: full.clone() },
+            CallLog { next: REMEMBERED as u32, slots: full.clone() },
+            CallLog { next: 0, slots: [full.clone(), full.clone()].concat() },
+            CallLog { next: 0, slots: vec![("a\nforged log line".into(), Ok(vec![]))] },
+            CallLog { next: 0, slots: vec![(String::new(), Ok(vec![]))] },
+        ];
+        for log in forged {
+            let bytes = forge(&log);
+            assert_eq!(CallLog::split(Some(&bytes)), (Some(&bytes[..]), CallLog::default()), "next {}, {} slots", log.next, log.slots.len());
+        }
+        // What `record` writes is taken: a full ring whose next slot is its last.
+        let ring = CallLog { next: REMEMBERED as u32 - 1, slots: full };
+        let (_, mut back) = CallLog::split(Some(&forge(&ring)));
+        assert_eq!(back, ring);
+        back.record("new".into(), Ok(vec![]));
+        back.merge(ring);
+        assert_eq!(back.len(), REMEMBERED);
+    }
+
+    proptest::proptest! {
+        /// Whatever ring a moved state claims (any next slot, any number of slots), the
+        /// log taken from it records and merges without a panic, and holds at most
+        /// [`REMEMBERED`] outcomes after.
+        #[test]
+        fn any_claimed_log_records_and_merges(next in proptest::prelude::any::<u32>(), slots in 0usize..600, id_len in 0usize..300) {
+            let id = |i: usize| format!("{i:0>width$}", width = id_len);
+            let log = CallLog { next, slots: (0..slots).map(|i| (id(i), Ok(vec![1]))).collect() };
+            let mut wrapped = postcard::to_stdvec(&(true, &log)).unwrap();
+            wrapped.extend_from_slice(&(wrapped.len() as u32).to_le_bytes());
+            wrapped.extend_from_slice(MARK);
+            let (_, mut back) = CallLog::split(Some(&wrapped));
+            let other = back.clone();
+            back.record("new".into(), Ok(vec![]));
+            back.merge(other.clone());
+            back.merge(other);
+            proptest::prop_assert!(back.len() <= REMEMBERED);
+        }
     }
 
     #[test]

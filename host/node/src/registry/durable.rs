@@ -39,7 +39,15 @@ impl Update {
                 if seq != base {
                     return None;
                 }
+                // A state grows only by the bytes a delta carries ([`diff`] sends every
+                // byte past the old length): a length beyond that, or a run past it, is
+                // not a copy any owner made, and is refused before anything is allocated
+                // for it (a few bytes on the wire must not reserve a terabyte).
                 let len = usize::try_from(len).ok()?;
+                let carried: usize = runs.iter().map(|(_, r)| r.len()).sum();
+                if len > old.len().saturating_add(carried) {
+                    return None;
+                }
                 let mut state = old.to_vec();
                 state.resize(len, 0);
                 for (at, run) in runs {
@@ -193,6 +201,15 @@ mod tests {
         // A run past the state's end is refused, not a panic.
         let bad = Update::Delta { base: 3, len: 4, runs: vec![(2, vec![1, 2, 3])] };
         assert_eq!(bad.apply(Some((3, &old))), None);
+        // A length the delta's bytes cannot make is refused before any of it is
+        // allocated: a few bytes asking for a terabyte (or for more than usize holds).
+        for len in [1 << 40, u64::MAX, 4096 + 2] {
+            let huge = Update::Delta { base: 3, len, runs: vec![(4096, vec![7])] };
+            assert_eq!(huge.apply(Some((3, &old))), None, "len {len}");
+        }
+        // Growing by exactly the bytes carried is what a real delta does.
+        let grown = Update::Delta { base: 3, len: 4097, runs: vec![(4096, vec![7])] };
+        assert_eq!(grown.apply(Some((3, &old))).map(|s| (s.len(), s[4096])), Some((4097, 7)));
     }
 
     #[test]

@@ -61,25 +61,25 @@ pub struct Lineage {
 impl Lineage {
     /// The lineage of an instance restarted without state after this one was lost.
     pub fn restarted(self) -> Lineage {
-        Lineage { restarts: self.restarts + 1, moves: self.moves + 1, from_copy: 0 }
+        Lineage { restarts: self.restarts.saturating_add(1), moves: self.moves.saturating_add(1), from_copy: 0 }
     }
 
     /// The lineage of an instance started from this one's whole state (handed over).
     pub fn moved(self) -> Lineage {
-        Lineage { restarts: self.restarts, moves: self.moves + 1, from_copy: u64::MAX }
+        Lineage { restarts: self.restarts, moves: self.moves.saturating_add(1), from_copy: u64::MAX }
     }
 
     /// The lineage of an instance started from copy `seq` of this one's state, which a
     /// replica held when this one's node went down.
     pub fn failed_over(self, seq: u64) -> Lineage {
-        Lineage { restarts: self.restarts, moves: self.moves + 1, from_copy: seq }
+        Lineage { restarts: self.restarts, moves: self.moves.saturating_add(1), from_copy: seq }
     }
 
     /// Whether an instance of this lineage holds everything copy `seq` of an instance of
     /// `line` held: it was started from that copy or a later one of that instance (or
     /// from its whole state). A copy it does not hold all of merges into it.
     pub fn continues(self, line: Lineage, seq: u64) -> bool {
-        self.restarts == line.restarts && self.moves == line.moves + 1 && seq <= self.from_copy
+        self.restarts == line.restarts && line.moves.checked_add(1) == Some(self.moves) && seq <= self.from_copy
     }
 
     /// The lineage of an instance that absorbed `handed`'s state through a handoff (it

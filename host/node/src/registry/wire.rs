@@ -432,11 +432,48 @@ mod tests {
         Ok(())
     }
 
+    /// What a replica or a handoff's receiver does with the bytes a decoded message
+    /// carries, short of running a worker: a copy applied to the copy it names (held here
+    /// at 100 bytes), and every state split into the worker's part and a call log, which
+    /// then records an outcome and merges another. None of it may panic, and a copy
+    /// grows a state by the bytes it carries at most (a delta claiming a terabyte must not
+    /// be allocated).
+    fn take_in(rpc: &Rpc) -> Result<(), proptest::test_runner::TestCaseError> {
+        let mut states = Vec::new();
+        match rpc {
+            Rpc::Replicate(c) | Rpc::ReplicateThenReply { copy: c, .. } => {
+                let old = vec![0u8; 100];
+                let base = match &c.update {
+                    Update::Delta { base, .. } => *base,
+                    Update::Full(_) => 0,
+                };
+                if let Some(state) = c.update.clone().apply(Some((base, &old))) {
+                    let most = old.len() + c.update.payload_len();
+                    proptest::prop_assert!(state.len() <= most, "a copy of {} bytes made a state of {}", c.update.payload_len(), state.len());
+                    states.push(state);
+                }
+            }
+            Rpc::Tell(Msg::Handoff { state, merges, .. }) => {
+                states.extend(state.iter().cloned());
+                states.extend(merges.iter().map(|(_, s)| s.clone()));
+            }
+            _ => {}
+        }
+        for state in states {
+            let (_, mut log) = crate::registry::calls::CallLog::split(Some(&state));
+            let other = log.clone();
+            log.record("after".into(), Ok(vec![]));
+            log.merge(other);
+        }
+        Ok(())
+    }
+
     /// Whatever a peer sends, decoding it does not panic, and what decodes holds only
     /// names and ids that could not break a log line, and encodes back to itself.
     fn check_decoding(body: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
         if let Ok(rpc) = decode(body) {
             proptest::prop_assert!(all_checked(Some(&rpc), None).is_ok(), "{rpc:?}: {:?}", all_checked(Some(&rpc), None));
+            take_in(&rpc)?;
             let again = encode(&rpc);
             proptest::prop_assert_eq!(encode(&decode(&again).unwrap()), again);
         }
