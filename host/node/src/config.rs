@@ -299,6 +299,15 @@ impl HttpConfig {
 const MAX_BODIES_HELD_MB: u64 = 1 << 16;
 /// The largest `[http] max_connections`.
 const MAX_HTTP_CONNECTIONS: u64 = 1 << 20;
+/// Every other time in the file, in ms: at least a millisecond, at most an hour (the
+/// node's timers take no longer, and zero would mean never waiting at all).
+const TIMES_MS: std::ops::RangeInclusive<u64> = 1..=3_600_000;
+const TIMES_WHY: &str = " (a millisecond to an hour)";
+/// An instance's memory, in MiB: a WebAssembly (32-bit) memory holds at most 4 GiB.
+const MEMORY_MB: std::ops::RangeInclusive<u64> = 1..=4096;
+const MEMORY_WHY: &str = " (a 32-bit WebAssembly memory holds at most 4 GiB)";
+/// `[worker.KIND] outbound_max_in_flight`.
+const OUTBOUND_IN_FLIGHT: std::ops::RangeInclusive<u64> = 1..=1 << 20;
 /// `[http]` timeouts, in ms: at least a tenth of a second, at most an hour.
 const HTTP_TIMEOUTS_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 /// `[http] max_header_kb`: hyper reads headers into a buffer of at least 8 KiB.
@@ -363,7 +372,7 @@ struct RawWorker {
     #[serde(default)]
     activate_on_call: bool,
     restart: Option<Spanned<String>>,
-    call_timeout_ms: Option<u64>,
+    call_timeout_ms: Option<Spanned<u64>>,
     memory_limit_mb: Option<Spanned<u64>>,
     durability: Option<Spanned<String>>,
     replicas: Option<Spanned<i64>>,
@@ -403,10 +412,10 @@ struct RawNode {
     heartbeat_interval_ms: Option<Spanned<u64>>,
     heartbeat_timeout_ms: Option<Spanned<u64>>,
     full_mesh: Option<bool>,
-    connect_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<Spanned<u64>>,
     nameserver: Option<Spanned<String>>,
     instance_pool: Option<u32>,
-    handoff_deadline_ms: Option<u64>,
+    handoff_deadline_ms: Option<Spanned<u64>>,
     max_backlog_mb: Option<Spanned<u64>>,
     rebalance: Option<Spanned<String>>,
     tls: Option<Spanned<RawTls>>,
@@ -426,8 +435,8 @@ struct RawTls {
 struct RawTopology {
     strategy: Spanned<String>,
     polling_interval_ms: Option<Spanned<u64>>,
-    call_timeout_ms: Option<u64>,
-    memory_limit_mb: Option<u64>,
+    call_timeout_ms: Option<Spanned<u64>>,
+    memory_limit_mb: Option<Spanned<u64>>,
     nameserver: Option<Spanned<String>>,
     #[serde(default)]
     env: Vec<String>,
@@ -489,6 +498,16 @@ impl Config {
                 }
             };
         }
+        // A number that must lie in `range`: `None` when not set. The error names the key
+        // and what to give (`unit` follows the value, `why` the range).
+        let ranged = |v: &Option<Spanned<u64>>, key: &str, range: std::ops::RangeInclusive<u64>, unit: &str, why: &str| match v {
+            Some(m) if !range.contains(m.get_ref()) => {
+                let (lo, hi) = (range.start(), range.end());
+                Err(err(Some(m.span()), Some(key.to_string()), format!("{}{unit}: give {lo} to {hi}{why}", m.get_ref())))
+            }
+            m => Ok(m.as_ref().map(|m| *m.get_ref())),
+        };
+        let ms = |v: &Option<Spanned<u64>>, key: &str| ranged(v, key, TIMES_MS, " ms", TIMES_WHY);
         let offline = overrides.offline;
         let expand = |s: &str| expand_with(s, offline);
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -551,14 +570,14 @@ impl Config {
             .find_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), Some(line_col(text, v.span().start)))))
             .unwrap_or_else(|| ("node".to_string(), node_span.as_ref().map(|s| line_col(text, s.start))));
 
-        let mut hb_interval = rn.heartbeat_interval_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(250);
-        let mut hb_timeout = rn.heartbeat_timeout_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(1500);
-        if hb_interval == 0 || hb_timeout <= hb_interval {
+        let mut hb_interval = noted!(ms(&rn.heartbeat_interval_ms, "node.heartbeat_interval_ms"), None).unwrap_or(250);
+        let mut hb_timeout = noted!(ms(&rn.heartbeat_timeout_ms, "node.heartbeat_timeout_ms"), None).unwrap_or(1500);
+        if hb_timeout <= hb_interval {
             let span = rn.heartbeat_timeout_ms.as_ref().or(rn.heartbeat_interval_ms.as_ref()).map(|s| s.span());
             errors.push(err(
                 span,
                 Some("node.heartbeat_timeout_ms".into()),
-                format!("heartbeat_timeout_ms ({hb_timeout}) must be larger than heartbeat_interval_ms ({hb_interval}), which must be above 0"),
+                format!("heartbeat_timeout_ms ({hb_timeout}) must be larger than heartbeat_interval_ms ({hb_interval})"),
             ));
             (hb_interval, hb_timeout) = (250, 1500);
         }
@@ -592,14 +611,7 @@ impl Config {
                 let t = t.get_ref();
                 let file =
                     |k: &str, v: &Spanned<String>| expand(v.get_ref()).map(|p| base.join(p)).map_err(|m| err(Some(v.span()), Some(format!("node.tls.{k}")), m));
-                let reload = match &t.reload_interval_ms {
-                    None => 10_000,
-                    Some(r) if *r.get_ref() == 0 => {
-                        errors.push(err(Some(r.span()), Some("node.tls.reload_interval_ms".into()), "must be above 0".into()));
-                        10_000
-                    }
-                    Some(r) => *r.get_ref(),
-                };
+                let reload = noted!(ms(&t.reload_interval_ms, "node.tls.reload_interval_ms"), None).unwrap_or(10_000);
                 Some(crate::tls::TlsFiles {
                     cert: noted!(file("cert", &t.cert), PathBuf::new()),
                     key: noted!(file("key", &t.key), PathBuf::new()),
@@ -617,10 +629,10 @@ impl Config {
             heartbeat_interval: Duration::from_millis(hb_interval),
             heartbeat_timeout: Duration::from_millis(hb_timeout),
             full_mesh: rn.full_mesh.unwrap_or(true),
-            connect_timeout: Duration::from_millis(rn.connect_timeout_ms.unwrap_or(3000)),
+            connect_timeout: Duration::from_millis(noted!(ms(&rn.connect_timeout_ms, "node.connect_timeout_ms"), None).unwrap_or(3000)),
             nameserver,
             instance_pool: rn.instance_pool.filter(|n| *n > 0),
-            handoff_deadline: Duration::from_millis(rn.handoff_deadline_ms.unwrap_or(25_000)),
+            handoff_deadline: Duration::from_millis(noted!(ms(&rn.handoff_deadline_ms, "node.handoff_deadline_ms"), None).unwrap_or(25_000)),
             max_backlog,
             rebalance_on_join,
         };
@@ -634,10 +646,9 @@ impl Config {
             if !strategy.is_file() {
                 errors.push(err(Some(t.strategy.span()), key("strategy"), format!("strategy component {}", not_a_component(&strategy))));
             }
-            let interval = t.polling_interval_ms.as_ref().map(|s| *s.get_ref()).unwrap_or(5000);
-            if interval == 0 {
-                errors.push(err(t.polling_interval_ms.as_ref().map(|s| s.span()), key("polling_interval_ms"), "must be above 0".into()));
-            }
+            let interval = noted!(ms(&t.polling_interval_ms, &format!("topology.{tname}.polling_interval_ms")), None).unwrap_or(5000);
+            let call_timeout = noted!(ms(&t.call_timeout_ms, &format!("topology.{tname}.call_timeout_ms")), None).unwrap_or(2000);
+            let memory_mb = noted!(ranged(&t.memory_limit_mb, &format!("topology.{tname}.memory_limit_mb"), MEMORY_MB, " MiB", MEMORY_WHY), None).unwrap_or(64);
             let (config_span, table) = match t.config {
                 Some(c) => (c.span(), c.into_inner()),
                 None => (0..0, toml::Table::new()),
@@ -676,8 +687,8 @@ impl Config {
                 name: tname,
                 strategy,
                 polling_interval: Duration::from_millis(interval),
-                call_timeout: Duration::from_millis(t.call_timeout_ms.unwrap_or(2000)),
-                memory_limit: (t.memory_limit_mb.unwrap_or(64) as usize) << 20,
+                call_timeout: Duration::from_millis(call_timeout),
+                memory_limit: (memory_mb as usize) << 20,
                 config,
                 nameserver,
                 env: t.env,
@@ -751,14 +762,14 @@ impl Config {
                     }
                 }
             }
-            let positive = |v: &Option<Spanned<u64>>, key: &str, default: u64| match v {
-                Some(v) if *v.get_ref() == 0 => Err(err(Some(v.span()), Some(format!("worker.{kind}.{key}")), "must be above 0".into())),
-                Some(v) => Ok(*v.get_ref()),
-                None => Ok(default),
-            };
-            let outbound_timeout = noted!(positive(&w.outbound_timeout_ms, "outbound_timeout_ms", DEFAULT_OUTBOUND_TIMEOUT_MS), 1);
+            let call_timeout = noted!(ms(&w.call_timeout_ms, &format!("worker.{kind}.call_timeout_ms")), None).unwrap_or(DEFAULT_WORKER_CALL_TIMEOUT_MS);
+            let memory_limit_mb = noted!(ranged(&w.memory_limit_mb, &format!("worker.{kind}.memory_limit_mb"), MEMORY_MB, " MiB", MEMORY_WHY), None)
+                .unwrap_or(DEFAULT_WORKER_MEMORY_MB);
+            let outbound_timeout =
+                noted!(ms(&w.outbound_timeout_ms, &format!("worker.{kind}.outbound_timeout_ms")), None).unwrap_or(DEFAULT_OUTBOUND_TIMEOUT_MS);
             let outbound_max_in_flight =
-                noted!(positive(&w.outbound_max_in_flight, "outbound_max_in_flight", DEFAULT_OUTBOUND_MAX_IN_FLIGHT as u64), 1) as usize;
+                noted!(ranged(&w.outbound_max_in_flight, &format!("worker.{kind}.outbound_max_in_flight"), OUTBOUND_IN_FLIGHT, " requests", ""), None)
+                    .map_or(DEFAULT_OUTBOUND_MAX_IN_FLIGHT, |n| n as usize);
             let mut config = Vec::new();
             if let Some(table) = &w.config {
                 let span = table.span();
@@ -778,7 +789,6 @@ impl Config {
                     config.push((k.clone(), value));
                 }
             }
-            let memory_limit_mb = w.memory_limit_mb.as_ref().map_or(DEFAULT_WORKER_MEMORY_MB, |m| *m.get_ref());
             let most = wasmnode_proto::frame::MAX_MESSAGE >> 20;
             if let Some(m) = w.memory_limit_mb.as_ref().filter(|_| replicas > 0 && memory_limit_mb > most as u64) {
                 // Not an error: such a state is still served, only not copied. But whoever
@@ -810,7 +820,7 @@ impl Config {
                 boot,
                 activate_on_call: w.activate_on_call,
                 restart,
-                call_timeout: Duration::from_millis(w.call_timeout_ms.unwrap_or(DEFAULT_WORKER_CALL_TIMEOUT_MS)),
+                call_timeout: Duration::from_millis(call_timeout),
                 memory_limit: (memory_limit_mb as usize) << 20,
             });
         }
@@ -841,14 +851,8 @@ impl Config {
                 let most = (wasmnode_proto::frame::MAX_MESSAGE >> 20) as u64;
                 let why = format!(" (a call's message crosses between nodes in one message of at most {most} MiB)");
                 let d = crate::http::Limits::default();
-                // A number that must lie in `range`: `None` when not set. The error names
-                // the key and what to give (`unit` follows the value, `why` the range).
-                let ranged = |v: &Option<Spanned<u64>>, key: &str, range: std::ops::RangeInclusive<u64>, unit: &str, why: &str| match v {
-                    Some(m) if !range.contains(m.get_ref()) => {
-                        let (lo, hi) = (range.start(), range.end());
-                        Err(err(Some(m.span()), Some(format!("http.{key}")), format!("{}{unit}: give {lo} to {hi}{why}", m.get_ref())))
-                    }
-                    m => Ok(m.as_ref().map(|m| *m.get_ref())),
+                let ranged = |v: &Option<Spanned<u64>>, key: &str, range: std::ops::RangeInclusive<u64>, unit: &str, why: &str| {
+                    ranged(v, &format!("http.{key}"), range, unit, why)
                 };
                 let max_body_mb = noted!(ranged(&h.max_body_mb, "max_body_mb", 1..=most, " MiB", &why), None);
                 let body = max_body_mb.unwrap_or(d.max_body as u64 >> 20);
@@ -1136,6 +1140,51 @@ mod tests {
     }
 
     #[test]
+    fn every_time_memory_and_permit_count_is_within_its_range() {
+        let node = |line: &str| parse(&format!("[node]\n{line}\n"));
+        let worker = |line: &str| parse(&format!("[worker.c]\ncomponent = \"Cargo.toml\"\n{line}\n"));
+        // Each end of each range is taken, with what it says.
+        let c = node("connect_timeout_ms = 1\nhandoff_deadline_ms = 3600000\nheartbeat_interval_ms = 1\nheartbeat_timeout_ms = 3600000").unwrap();
+        assert_eq!((c.node.connect_timeout, c.node.handoff_deadline), (Duration::from_millis(1), Duration::from_secs(3600)));
+        assert_eq!((c.node.heartbeat_interval, c.node.heartbeat_timeout), (Duration::from_millis(1), Duration::from_secs(3600)));
+        let w = worker("call_timeout_ms = 3600000\nmemory_limit_mb = 4096\noutbound_timeout_ms = 1\noutbound_max_in_flight = 1048576").unwrap();
+        let w = &w.workers[0];
+        assert_eq!(
+            (w.call_timeout, w.memory_limit, w.outbound_timeout, w.outbound_max_in_flight),
+            (Duration::from_secs(3600), 4 << 30, Duration::from_millis(1), 1 << 20)
+        );
+        // One past either end is refused where it is written, never wrapped or run with:
+        // 2^44 MiB shifted to bytes would be a memory limit of 0, and 2^62 permits panic
+        // the semaphore that holds them.
+        let cases = [
+            (node("connect_timeout_ms = 0"), "t.toml:2:22: key `node.connect_timeout_ms`: 0 ms: give 1 to 3600000 (a millisecond to an hour)"),
+            (node("handoff_deadline_ms = 3600001"), "t.toml:2:23: key `node.handoff_deadline_ms`: 3600001 ms: give 1 to 3600000"),
+            (node("heartbeat_timeout_ms = 9223372036854775807"), "t.toml:2:24: key `node.heartbeat_timeout_ms`: 9223372036854775807 ms"),
+            (node("[node.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\nreload_interval_ms = 3600001"), "key `node.tls.reload_interval_ms`: 3600001 ms"),
+            (worker("call_timeout_ms = 0"), "t.toml:3:19: key `worker.c.call_timeout_ms`: 0 ms: give 1 to 3600000"),
+            (
+                worker("memory_limit_mb = 0"),
+                "t.toml:3:19: key `worker.c.memory_limit_mb`: 0 MiB: give 1 to 4096 (a 32-bit WebAssembly memory holds at most 4 GiB)",
+            ),
+            (worker("memory_limit_mb = 17592186044416"), "t.toml:3:19: key `worker.c.memory_limit_mb`: 17592186044416 MiB: give 1 to 4096"),
+            (worker("outbound_timeout_ms = 0"), "t.toml:3:23: key `worker.c.outbound_timeout_ms`: 0 ms: give 1 to 3600000"),
+            (
+                worker("outbound_max_in_flight = 4611686018427387904"),
+                "t.toml:3:26: key `worker.c.outbound_max_in_flight`: 4611686018427387904 requests: give 1 to 1048576",
+            ),
+            (
+                parse("[topology.t]\nstrategy = \"Cargo.toml\"\nmemory_limit_mb = 4097\n"),
+                "t.toml:3:19: key `topology.t.memory_limit_mb`: 4097 MiB: give 1 to 4096",
+            ),
+            (parse("[topology.t]\nstrategy = \"Cargo.toml\"\ncall_timeout_ms = 0\n"), "t.toml:3:19: key `topology.t.call_timeout_ms`: 0 ms: give 1 to 3600000"),
+        ];
+        for (got, want) in cases {
+            let e = got.unwrap_err();
+            assert!(e.contains(want), "{e}\n  wanted: {want}");
+        }
+    }
+
+    #[test]
     fn http_timeouts_and_connection_cap_are_configurable_and_checked() {
         let d = limits("").unwrap();
         assert_eq!((d.max_connections, d.max_header), (1024, 16 << 10));
@@ -1174,7 +1223,7 @@ mod tests {
         let e = parse("[node]\nname = \"a@127.0.0.1\"\n[node.tls]\ncert = \"a.crt\"\nkey = \"a.key\"\n").unwrap_err();
         assert!(e.contains("missing field `ca`"), "{e}");
         let e = parse("[node.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\nreload_interval_ms = 0\n").unwrap_err();
-        assert!(e.starts_with("t.toml:5:22: key `node.tls.reload_interval_ms`: must be above 0"), "{e}");
+        assert!(e.starts_with("t.toml:5:22: key `node.tls.reload_interval_ms`: 0 ms: give 1 to 3600000 (a millisecond to an hour)"), "{e}");
         let e = parse("[node.tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\"\ncrt = \"d\"\n").unwrap_err();
         assert!(e.contains("unknown field `crt`"), "{e}");
     }
