@@ -31,6 +31,28 @@ pub fn set_node(name: &str) {
     let _ = NODE.set(name.to_string());
 }
 
+/// Panics go to the log as one ERROR line (where, and what, with `reason="panic"`), not
+/// as the standard library's lines on stderr that a log pipeline splits and leaves
+/// unparsed: an operator finds them with the rest. With `RUST_BACKTRACE` set, the
+/// standard report, backtrace included, follows the line.
+pub fn log_panics() {
+    let standard = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let at = info.location().map_or_else(|| "an unknown place".to_string(), |l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        let payload = info.payload();
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        tracing::error!(reason = "panic", %thread, "panicked at {at}: {what}");
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            standard(info);
+        }
+    }));
+}
+
 /// Installs the log on stderr, filtered by `RUST_LOG` (default `info`), in the format
 /// [`FORMAT_ENV`] names; an unknown format is an error naming the ones there are.
 pub fn init() -> Result<(), String> {

@@ -212,6 +212,7 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             return ExitCode::from(Exit::Usage as u8);
         }
+        wasmnode::logging::log_panics();
         let result = Config::load(&config, &Overrides { name, listen, offline: false })
             .map_err(|e| anyhow!("{e}"))
             .and_then(|cfg| Ok((wasmnode::node::runtime_for(&cfg)?, cfg)))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use wasmnode_proto::Service;
 
 use crate::config::{Config, ConfigError, CookieSource};
@@ -185,7 +185,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(settle_then_boot(membership.clone(), registry.clone(), topologies, boot));
 
-    let signal = shutdown.await;
+    let signal = tokio::select! {
+        signal = shutdown => signal,
+        why = membership.core_stopped() => {
+            // Not a node any more (see `CoreStop`): it goes, so that its peers take its
+            // workers over and its supervisor starts it again.
+            error!(reason = "core_stopped", "{why}: this node can track no member and answer no peer, so it exits (its peers take its workers over; its supervisor starts it again)");
+            anyhow::bail!("{why}");
+        }
+    };
     info!("{signal}: leaving the cluster");
     membership.announce_leave();
     registry.hand_off_all(cfg.node.handoff_deadline).await;

@@ -78,6 +78,53 @@ struct Shared {
     view: Mutex<View>,
     events: broadcast::Sender<MemberEvent>,
     kick: Notify,
+    /// Set when a loop of the node's core ends before the node leaves.
+    core: Arc<CoreStop>,
+}
+
+/// Whether one of the node's core loops (the membership's events, its re-dials) has
+/// stopped, and why. A panic there (or under a lock they take, which then panics them)
+/// would leave a node that still answers heartbeats and `/healthz` but tracks no member
+/// and answers no peer: its workers reachable by no one and taken over by no one. The
+/// node waits on this and exits instead, so its peers see it go and take its workers
+/// over, and its supervisor (Kubernetes, Docker) starts it again.
+#[derive(Default)]
+pub struct CoreStop {
+    why: std::sync::OnceLock<String>,
+    stopped: Notify,
+}
+
+impl CoreStop {
+    /// Marks `task` running until the returned guard drops: when the task returns, or
+    /// unwinds from a panic.
+    pub fn watch(self: &Arc<Self>, task: &'static str) -> CoreTask {
+        CoreTask { stop: self.clone(), task }
+    }
+
+    /// Resolves once a watched task has stopped: which, and how.
+    pub async fn stopped(&self) -> String {
+        loop {
+            let notified = self.stopped.notified();
+            if let Some(why) = self.why.get() {
+                return why.clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A watched task's guard (see [`CoreStop::watch`]).
+pub struct CoreTask {
+    stop: Arc<CoreStop>,
+    task: &'static str,
+}
+
+impl Drop for CoreTask {
+    fn drop(&mut self) {
+        let how = if std::thread::panicking() { "panicked" } else { "ended" };
+        let _ = self.stop.why.set(format!("the {} {how}", self.task));
+        self.stop.stopped.notify_waiters();
+    }
 }
 
 /// This node's view of the cluster.
@@ -100,10 +147,16 @@ impl Membership {
             epoch: Instant::now(),
             events: broadcast::channel(1024).0,
             kick: Notify::new(),
+            core: Arc::default(),
         }));
         tokio::spawn(m.clone().event_loop(events));
         tokio::spawn(m.clone().redial_loop());
         m
+    }
+
+    /// Resolves once a core loop has stopped (see [`CoreStop`]): which, and how.
+    pub async fn core_stopped(&self) -> String {
+        self.0.core.stopped().await
     }
 
     pub fn dist(&self) -> &Dist {
@@ -254,6 +307,7 @@ impl Membership {
     }
 
     async fn event_loop(self, mut events: mpsc::UnboundedReceiver<DistEvent>) {
+        let _running = self.0.core.watch("membership's event loop");
         while let Some(ev) = events.recv().await {
             match ev {
                 DistEvent::Up(peer) if peer.hidden() => debug!("hidden node {} connected from {}", peer.name(), peer.addr()),
@@ -279,6 +333,7 @@ impl Membership {
     }
 
     async fn redial_loop(self) {
+        let _running = self.0.core.watch("membership's re-dial loop");
         loop {
             tokio::select! {
                 _ = self.0.kick.notified() => {}

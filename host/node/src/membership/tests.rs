@@ -174,3 +174,36 @@ fn settled_waits_for_every_topology_and_a_try_of_every_name() {
     v.handle(Input::Dialled { node: "c@h".into(), result: failed("refused"), now_ms: 0 });
     assert!(v.settled(1));
 }
+
+/// A core loop that panics, or returns, is reported as stopped, with which one and how;
+/// one still running is not.
+#[tokio::test]
+async fn a_core_loop_that_panics_or_ends_is_reported_stopped() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::CoreStop;
+
+    let core = Arc::new(CoreStop::default());
+    let waiting = tokio::spawn({
+        let core = core.clone();
+        async move { core.stopped().await }
+    });
+    let running = core.watch("still running");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!waiting.is_finished(), "nothing has stopped yet");
+    let task = core.watch("event loop");
+    let panicked = tokio::spawn(async move {
+        let _task = task;
+        panic!("a bug under the table's lock");
+    });
+    assert!(panicked.await.unwrap_err().is_panic());
+    let why = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the waiter is woken").unwrap();
+    assert_eq!(why, "the event loop panicked");
+    // The first stop is the one reported; a loop that returns says it ended.
+    drop(running);
+    assert_eq!(core.stopped().await, "the event loop panicked");
+    let other = Arc::new(CoreStop::default());
+    drop(other.watch("re-dial loop"));
+    assert_eq!(other.stopped().await, "the re-dial loop ended");
+}
