@@ -33,6 +33,13 @@ polling_interval_ms = 100
 [topology.flaky.config]
 mode = "flaky"
 hosts = ["{c}"]
+
+# Writes a line break and a forged log line to its stderr at every poll.
+[topology.forging]
+strategy = "{broken}"
+polling_interval_ms = 100
+[topology.forging.config]
+mode = "forge"
 "#,
         static_part = static_topology(&names[..2], 100),
         broken = broken.display(),
@@ -50,6 +57,10 @@ hosts = ["{c}"]
     a.wait_log_count(&format!("strategy failing ({path}) returned an error: failing on purpose"), 3, FORM);
     a.wait_log_count(&format!("strategy trapping ({path}) trapped:"), 3, FORM);
     a.wait_log_count(&format!("strategy flaky ({path}) trapped:"), 3, FORM);
+    // A strategy's stderr goes through the log, line by line behind its label: what it
+    // wrote after its line break is not a line of its own.
+    a.wait_log_count(&format!("[topology forging ({path})] 2026-12-05T00:00:00.000000Z  INFO node forged@"), 3, FORM);
+    assert!(!a.log().lines().any(|l| l.starts_with("2026-12-05T00:00:00.000000Z")), "{}", a.log());
     // The static topology kept polling alongside.
     let polls = a.count("strategy local");
     a.wait_log_count("strategy local", polls + 5, FORM);

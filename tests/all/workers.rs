@@ -101,7 +101,8 @@ fn a_trap_stops_only_that_instance_and_fails_its_callers() {
     }
     // The trapping message is answered `failed`; the instance is gone; others go on.
     let (ok, out) = call(&names[1], "probe/p1", "crash");
-    assert!(!ok && out.contains("failed") && out.contains("trapped"), "{out}");
+    // It says which trap (not only that the guest has a backtrace).
+    assert!(!ok && out.contains("failed") && out.contains("trapped: wasm trap: wasm `unreachable` instruction executed"), "{out}");
     wait_until(FORM, "probe/p1 to be gone", || call(&names[2], "probe/p1", "hello").1.contains("not_found"), String::new);
     assert_eq!(call(&names[2], "probe/p2", "hello"), (true, "hello".to_string()));
     assert!(start_worker(&names[1], "probe", "p1").0, "the name can start again");
@@ -389,4 +390,33 @@ fn a_pooled_node_runs_workers_and_says_when_the_pool_is_full() {
     assert_eq!(call(name, fresh, "events"), (true, String::new()), "the new probe sees the old one's memory");
     assert_eq!(call(name, fresh, "timer 1 own"), (true, "ok".to_string()));
     wait_until(FORM, "the new probe's own timer event", || call(name, fresh, "events").1 == "timer own", || a.log());
+}
+
+/// A guest that sets timers in a loop is stopped and named at its cap (10,000 pending, or
+/// payloads past its memory limit) instead of growing the node's tasks and memory for as
+/// long as the timers' delays; timers within the cap fire as before.
+#[test]
+fn a_guest_that_sets_timers_without_end_is_stopped_at_its_cap() {
+    let name = "a@127.0.119.1";
+    let dir = TempDir::new("w-timers");
+    let a = Node::start(name, &dir.write("t.toml", &worker_topology(&[name], &[("probe", "worker_probe.wasm", "memory_limit_mb = 16")], None)));
+    a.wait_log("listening on", FORM);
+    wait_until(FORM, "probe/t1 started", || start_worker(name, "probe", "t1").0, || a.log());
+    let before = a.rss_mib();
+    // 10,000 pending timers are within the cap; one more is not.
+    assert_eq!(call(name, "probe/t1", "timers 10000 600000 8"), (true, "ok".into()));
+    let (ok, out) = call(name, "probe/t1", "timers 1 600000 8");
+    assert!(!ok && out.contains("set a timer past its cap: 10000 pending timers"), "{out}");
+    a.wait_log("worker probe/t1 trapped: set a timer past its cap", FORM);
+    // Payloads count too: two of 10 MiB pass an instance's 16 MiB (a fresh instance,
+    // started by the call; its predecessor's timers are its predecessor's).
+    wait_until(FORM, "probe/t2 started", || start_worker(name, "probe", "t2").0, || a.log());
+    let (ok, out) = call(name, "probe/t2", &format!("timers 2 600000 {}", 10 << 20));
+    assert!(!ok && out.contains("holding 10485760 bytes of payload, of 10000 timers and 16 MiB"), "{out}");
+    let after = a.rss_mib();
+    assert!(after < before + 64.0, "RSS grew from {before:.1} MiB to {after:.1} MiB");
+    // Timers within the cap fire as before.
+    wait_until(FORM, "probe/t3 started", || start_worker(name, "probe", "t3").0, || a.log());
+    assert_eq!(call(name, "probe/t3", "timers 3 10 4"), (true, "ok".into()));
+    wait_until(FORM, "three timers to fire", || call(name, "probe/t3", "events").1.matches("timer tttt").count() == 3, || call(name, "probe/t3", "events").1);
 }

@@ -359,13 +359,17 @@ impl hyper::body::Body for Held {
     }
 }
 
-/// A guest's stdout or stderr: each line becomes one log line with the worker's name
-/// (stdout at INFO, stderr at WARN; a line over 16 KiB is cut there).
+/// A guest's stdout or stderr: each line becomes one log line with the worker's name, or
+/// a strategy's label (stdout at INFO, stderr at WARN; a line over 16 KiB is cut there).
+/// Written through the node's log, a guest's line breaks and control characters never
+/// start a line of their own.
 #[derive(Clone)]
 pub struct LineLog(Arc<Lines>);
 
 struct Lines {
-    worker: Arc<str>,
+    /// The worker's name, or (`plugin`) the strategy's label.
+    label: Arc<str>,
+    plugin: bool,
     stderr: bool,
     buf: Mutex<Vec<u8>>,
 }
@@ -377,23 +381,46 @@ impl Lines {
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
-        if self.stderr {
-            warn!(worker = %self.worker, stream = "stderr", "[{}] {text}", self.worker);
-        } else {
-            info!(worker = %self.worker, stream = "stdout", "[{}] {text}", self.worker);
+        let label = &*self.label;
+        match (self.plugin, self.stderr) {
+            (false, true) => warn!(worker = label, stream = "stderr", "[{label}] {text}"),
+            (false, false) => info!(worker = label, stream = "stdout", "[{label}] {text}"),
+            (true, true) => warn!(plugin = label, stream = "stderr", "[{label}] {text}"),
+            (true, false) => info!(plugin = label, stream = "stdout", "[{label}] {text}"),
         }
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut buf = self.buf.lock().unwrap();
-        buf.extend_from_slice(bytes);
-        while let Some(i) = buf.iter().position(|&c| c == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            self.emit(&line[..i]);
+        cut_lines(&mut self.buf.lock().unwrap(), bytes, |line| self.emit(line));
+    }
+}
+
+/// Cuts a guest's output into lines: `held` (the unfinished line of earlier writes, at
+/// most [`MAX_LINE`] bytes) and then `bytes`; each whole line, and each [`MAX_LINE`]
+/// bytes of a longer one, goes to `emit`, and what is left unfinished stays in `held`.
+/// Every byte is looked at and copied once, however the writes are cut: a guest that
+/// writes 16 MiB of line breaks at once costs as much as one that writes them apart (the
+/// stream's `check_write` is advisory, so one write can be of any size).
+fn cut_lines(held: &mut Vec<u8>, bytes: &[u8], mut emit: impl FnMut(&[u8])) {
+    for piece in bytes.split_inclusive(|&c| c == b'\n') {
+        let (mut text, ends) = match piece.split_last() {
+            Some((b'\n', text)) => (text, true),
+            _ => (piece, false),
+        };
+        loop {
+            let room = MAX_LINE - held.len();
+            if text.len() <= room {
+                held.extend_from_slice(text);
+                break;
+            }
+            held.extend_from_slice(&text[..room]);
+            emit(held);
+            held.clear();
+            text = &text[room..];
         }
-        if buf.len() > MAX_LINE {
-            let line = std::mem::take(&mut *buf);
-            self.emit(&line);
+        if ends {
+            emit(held);
+            held.clear();
         }
     }
 }
@@ -409,7 +436,12 @@ impl Drop for Lines {
 
 impl LineLog {
     pub fn new(worker: Arc<str>, stderr: bool) -> LineLog {
-        LineLog(Arc::new(Lines { worker, stderr, buf: Mutex::default() }))
+        LineLog(Arc::new(Lines { label: worker, plugin: false, stderr, buf: Mutex::default() }))
+    }
+
+    /// A strategy's stderr, its lines tagged with its label (`topology NAME (path)`).
+    pub fn plugin(label: Arc<str>) -> LineLog {
+        LineLog(Arc::new(Lines { label, plugin: true, stderr: true, buf: Mutex::default() }))
     }
 }
 
@@ -462,5 +494,44 @@ impl tokio::io::AsyncWrite for LineLog {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(writes: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let (mut out, mut held) = (Vec::new(), Vec::new());
+        for w in writes {
+            cut_lines(&mut held, w, |l| out.push(l.to_vec()));
+        }
+        (out, held)
+    }
+
+    #[test]
+    fn output_is_cut_into_lines_across_writes_and_long_lines_into_pieces() {
+        assert_eq!(lines(&[b"a\nb", b"c\n\nd"]), (vec![b"a".to_vec(), b"bc".to_vec(), vec![]], b"d".to_vec()));
+        // A line longer than MAX_LINE goes out in pieces of MAX_LINE, however it was written.
+        let long = vec![b'x'; 2 * MAX_LINE + 5];
+        let (out, held) = lines(&[&long[..10], &long[10..], b"\n"]);
+        assert_eq!(out.iter().map(Vec::len).collect::<Vec<_>>(), vec![MAX_LINE, MAX_LINE, 5]);
+        assert!(held.is_empty());
+        let (out, held) = lines(&[&long]);
+        assert_eq!((out.len(), held.len()), (2, 5), "the unfinished rest is held, never more than MAX_LINE");
+    }
+
+    #[test]
+    fn a_huge_write_of_line_breaks_costs_one_pass() {
+        // 16 MiB of line breaks in one write: 16 Mi empty lines. Cut by moving the rest of
+        // the buffer after each line (as before), this was 128 TiB of byte moves.
+        let breaks = vec![b'\n'; 16 << 20];
+        let mut count = 0usize;
+        let mut held = b"start".to_vec();
+        cut_lines(&mut held, &breaks, |l| {
+            assert!(l.is_empty() || l == b"start");
+            count += 1;
+        });
+        assert_eq!((count, held.len()), (16 << 20, 0));
     }
 }

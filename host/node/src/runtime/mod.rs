@@ -23,7 +23,7 @@ pub mod worker;
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Granularity of plugin deadlines.
@@ -102,6 +102,77 @@ pub fn spawn_epoch_ticker(engine: Engine) {
         .expect("start the epoch ticker thread");
 }
 
+/// Table elements one instance may hold, over all its tables (16 MiB of references).
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Linear memories and tables one instance may declare (wasmtime's default is 10,000
+/// each, every memory reserving its own address space).
+const MAX_MEMORIES: usize = 64;
+const MAX_TABLES: usize = 1024;
+
+/// What one instance may hold: its memory limit over **all** its linear memories together
+/// (wasmtime's `StoreLimits` caps each memory alone, so a component that declares many
+/// could take the limit many times over), its tables' elements together, and how many
+/// memories and tables it declares. Growing past a limit traps — the instance is stopped
+/// and named (`exceeded its memory limit of N MiB`) — rather than failing the guest's
+/// `memory.grow` quietly.
+///
+/// What is held is counted from the growths allowed (a memory's creation is its first).
+/// One allowed that the system then fails to make (out of address space) stays counted:
+/// wasmtime's failure callback does not say which growth failed, and such an instance is
+/// near its end anyway.
+pub struct Limits {
+    memory: usize,
+    memory_held: usize,
+    elements_held: usize,
+}
+
+impl Limits {
+    pub fn new(memory: usize) -> Limits {
+        Limits { memory, memory_held: 0, elements_held: 0 }
+    }
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|m| desired > m) {
+            // Past the memory's own maximum: `memory.grow` fails (-1), as the spec says.
+            return Ok(false);
+        }
+        let more = desired.saturating_sub(current);
+        let total = self.memory_held.saturating_add(more);
+        if total > self.memory {
+            // (`describe_trap` knows a memory bomb by these words.)
+            wasmtime::bail!(
+                "forcing trap when growing memory to {desired} bytes: the instance's memories would hold {total} bytes, over its limit of {}",
+                self.memory
+            );
+        }
+        self.memory_held = total;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|m| desired > m) {
+            return Ok(false);
+        }
+        let more = desired.saturating_sub(current);
+        let total = self.elements_held.saturating_add(more);
+        if total > MAX_TABLE_ELEMENTS {
+            wasmtime::bail!("forcing trap when growing a table to {desired} elements: the instance's tables would hold {total}, over {MAX_TABLE_ELEMENTS}");
+        }
+        self.elements_held = total;
+        Ok(true)
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+}
+
 /// Epoch ticks in `timeout` (at least one).
 pub fn deadline_ticks(timeout: Duration) -> u64 {
     (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
@@ -114,7 +185,7 @@ pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     /// Caps linear memory; growing past it traps, so a memory bomb is named in the log.
-    pub limits: StoreLimits,
+    pub limits: Limits,
     pub log: log::LogCtx,
     pub dns: dns::DnsCtx,
     pub kubernetes: kubernetes::KubeCtx,
@@ -134,14 +205,16 @@ pub struct Capabilities {
 impl PluginState {
     pub fn new(caps: &Capabilities) -> PluginState {
         let mut wasi = WasiCtx::builder();
-        wasi.inherit_stderr();
+        // Through the node's log, line by line with the plugin's label: written to the
+        // node's stderr as is, a plugin's bytes could forge log lines of their own.
+        wasi.stderr(egress::LineLog::plugin(caps.log.label.clone()));
         for (k, v) in &caps.env {
             wasi.env(k, v);
         }
         PluginState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(caps.memory_limit).trap_on_grow_failure(true).build(),
+            limits: Limits::new(caps.memory_limit),
             log: caps.log.clone(),
             dns: caps.dns.clone(),
             kubernetes: caps.kubernetes.clone(),
@@ -206,10 +279,70 @@ pub fn describe_trap(e: &wasmtime::Error, timeout: Duration, memory_limit: usize
     if format!("{e:#}").contains("forcing trap when growing memory") {
         return format!("exceeded its memory limit of {} MiB", memory_limit >> 20);
     }
-    first_line(e)
+    what_stopped(e)
 }
 
-/// The first line of an error: the trap or failure and where, not the whole backtrace.
+/// The first line of an error: the failure and where, not the whole chain.
 pub(crate) fn first_line(e: &wasmtime::Error) -> String {
     format!("{e:#}").lines().next().unwrap_or("trap").to_string()
+}
+
+/// What stopped a running guest, in one line: the trap (`wasm trap: wasm `unreachable`
+/// instruction executed`) or the host's refusal (`set a timer past its cap: …`).
+/// wasmtime wraps either in the guest's backtrace, whose own first line says only that
+/// there is one (`error while executing at wasm backtrace:`): what happened is the
+/// innermost cause.
+fn what_stopped(e: &wasmtime::Error) -> String {
+    let cause = e.root_cause().to_string();
+    cause.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("trap").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A core module with two linear memories of one page each (no maximum) and two
+    /// functions, `grow0` and `grow1`, that grow one of them by N pages (`memory.grow`'s
+    /// answer: the old size, or -1). Assembled by hand: `wat` is not among the crate's
+    /// wasmtime features.
+    const TWO_MEMORIES: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x01, 0x06, 0x01, 0x60, 0x01, 0x7f, 0x01, 0x7f, // types: (i32) -> i32
+        0x03, 0x03, 0x02, 0x00, 0x00, // functions: two of type 0
+        0x05, 0x05, 0x02, 0x00, 0x01, 0x00, 0x01, // memories: two, min 1 page
+        0x07, 0x11, 0x02, 0x05, b'g', b'r', b'o', b'w', b'0', 0x00, 0x00, 0x05, b'g', b'r', b'o', b'w', b'1', 0x00, 0x01, // exports
+        0x0a, 0x0f, 0x02, // code: two bodies of 6 bytes
+        0x06, 0x00, 0x20, 0x00, 0x40, 0x00, 0x0b, // local.get 0; memory.grow 0; end
+        0x06, 0x00, 0x20, 0x00, 0x40, 0x01, 0x0b, // local.get 0; memory.grow 1; end
+    ];
+
+    #[test]
+    fn the_memory_limit_holds_over_all_of_an_instances_memories_together() {
+        let engine = Engine::default();
+        let module = wasmtime::Module::new(&engine, TWO_MEMORIES).expect("the module assembles");
+        let mut store = wasmtime::Store::new(&engine, Limits::new(4 << 20));
+        store.limiter(|l| l);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).expect("two pages fit in 4 MiB");
+        assert_eq!(store.data().memory_held, 2 << 16, "each memory's creation is counted");
+        let grow0 = instance.get_typed_func::<i32, i32>(&mut store, "grow0").unwrap();
+        let grow1 = instance.get_typed_func::<i32, i32>(&mut store, "grow1").unwrap();
+        // 40 pages more in the first: 2.6 MiB in two memories, under 4 MiB.
+        assert_eq!(grow0.call(&mut store, 40).unwrap(), 1);
+        // 40 more in the second would make 5.1 MiB together, though each memory alone
+        // (2.6 MiB) is under the limit, which is all wasmtime's StoreLimits looks at.
+        let e = grow1.call(&mut store, 40).unwrap_err();
+        assert!(describe_trap(&e, Duration::from_secs(1), 4 << 20).contains("exceeded its memory limit of 4 MiB"), "{e:#}");
+        assert_eq!(store.data().memory_held, (41 + 1) << 16, "a refused growth is not counted");
+    }
+
+    #[test]
+    fn a_growth_past_a_memorys_own_maximum_fails_as_the_spec_says_and_counts_nothing() {
+        let mut limits = Limits::new(64 << 20);
+        assert!(limits.memory_growing(0, 1 << 16, Some(2 << 16)).unwrap());
+        assert!(!limits.memory_growing(1 << 16, 3 << 16, Some(2 << 16)).unwrap());
+        assert_eq!(limits.memory_held, 1 << 16);
+        assert!(limits.table_growing(0, MAX_TABLE_ELEMENTS, None).unwrap());
+        assert!(limits.table_growing(0, 1, None).is_err(), "elements count over all tables");
+        assert!(!limits.table_growing(0, 10, Some(5)).unwrap());
+    }
 }

@@ -16,14 +16,14 @@
 //! error when the mailbox drops, and the registry forgets the name.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use wasmtime::component::{ComponentExportIndex, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -44,7 +44,8 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         world: "worker",
         path: "../../wit/worker@0.1.0",
-        imports: { default: async },
+        // `send-after` may trap: an instance past its timers' cap is stopped and named.
+        imports: { "wasmnode:worker/cluster.send-after": async | trappable, default: async },
         exports: { default: async },
     });
 }
@@ -77,7 +78,7 @@ pub struct WorkerKind {
 pub struct WorkerState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: super::Limits,
     pub cluster: ClusterCtx,
     pub log: super::log::LogCtx,
     http: WasiHttpCtx,
@@ -113,6 +114,27 @@ pub struct ClusterCtx {
     /// The span of the message being handled, when it is traced: the calls the guest
     /// makes meanwhile are its children.
     trace: Option<TraceContext>,
+    /// The timers this instance set that have not fired: dropped with the instance (its
+    /// mailbox goes with it), which aborts them.
+    timers: tokio::task::JoinSet<()>,
+    /// Their payloads' bytes.
+    timer_held: Arc<AtomicUsize>,
+    /// The most bytes of payload its pending timers may hold: its memory limit.
+    timer_bytes: usize,
+}
+
+/// Timers one instance may have pending at once. Each is a task holding its payload, so
+/// without a cap a guest that sets timers in a loop would grow the node's memory and
+/// tasks, not its own, for as long as the timers' delays (up to 49 days).
+pub const MAX_TIMERS: usize = 10_000;
+
+/// One pending timer's payload, counted until it fires or is aborted.
+struct Pending(Arc<AtomicUsize>, usize);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
 }
 
 impl ClusterCtx {
@@ -179,12 +201,25 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
         })
     }
 
-    async fn send_after(&mut self, delay_ms: u32, payload: Vec<u8>) {
+    async fn send_after(&mut self, delay_ms: u32, payload: Vec<u8>) -> wasmtime::Result<()> {
+        // (Fired timers' tasks are collected here, so what is left is pending.)
+        while self.timers.try_join_next().is_some() {}
+        let (count, bytes) = (self.timers.len(), self.timer_held.load(Ordering::Relaxed));
+        if count >= MAX_TIMERS || bytes.saturating_add(payload.len()) > self.timer_bytes {
+            wasmtime::bail!(
+                "set a timer past its cap: {count} pending timers holding {bytes} bytes of payload, of {MAX_TIMERS} timers and {} MiB (its memory limit) at most",
+                self.timer_bytes >> 20
+            );
+        }
+        self.timer_held.fetch_add(payload.len(), Ordering::Relaxed);
+        let pending = Pending(self.timer_held.clone(), payload.len());
         let mailbox = self.mailbox.clone();
-        tokio::spawn(async move {
+        self.timers.spawn(async move {
+            let _pending = pending;
             tokio::time::sleep(Duration::from_millis(delay_ms as u64)).await;
             let _ = mailbox.send(Envelope::Info(Box::new(Info::Timer(payload))));
         });
+        Ok(())
     }
 }
 
@@ -247,8 +282,20 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
         egress: Egress { worker, reach: kind.reach.clone(), waited: yielded.clone(), trace: None },
         config: kind.config_vars.clone(),
         table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new().memory_size(kind.config.memory_limit).trap_on_grow_failure(true).build(),
-        cluster: ClusterCtx { registry, kind: kind.name.clone(), key, mailbox: own, started: Instant::now(), waited: Duration::ZERO, yielded, trace: None },
+        limits: super::Limits::new(kind.config.memory_limit),
+        cluster: ClusterCtx {
+            registry,
+            kind: kind.name.clone(),
+            key,
+            mailbox: own,
+            started: Instant::now(),
+            waited: Duration::ZERO,
+            yielded,
+            trace: None,
+            timers: tokio::task::JoinSet::new(),
+            timer_held: Arc::default(),
+            timer_bytes: kind.config.memory_limit,
+        },
         log: super::log::LogCtx { label: format!("worker {name}").into() },
     };
     let mut store = Store::new(kind.pre.engine(), state);

@@ -7,6 +7,8 @@
 //! - `flaky`: polls alternate between the configured `hosts` and a trap;
 //! - `loop`: every poll spins forever (only the host's deadline ends it);
 //! - `bomb`: every poll allocates without bound (only the memory cap ends it);
+//! - `forge`: every poll writes a line break and a forged log line to stderr, then
+//!   returns `hosts`;
 //! - `init-error`: `init` refuses the config;
 //! - anything else: returns `hosts`.
 
@@ -42,6 +44,10 @@ impl Guest for Broken {
                 loop {
                     x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
                 }
+            }
+            "forge" => {
+                eprintln!("poll {n}\n2026-12-05T00:00:00.000000Z  INFO node forged@127.0.0.1 joined, says a strategy");
+                Ok(hosts)
             }
             "bomb" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();

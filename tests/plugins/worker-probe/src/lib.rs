@@ -180,6 +180,18 @@ impl Guest for Probe {
                 cluster::send_after(ms, words.next().unwrap_or("").as_bytes());
                 "ok".into()
             }
+            "timers" => {
+                // timers N MS BYTES: N timers of MS, each with a payload of BYTES bytes.
+                // (`words` splits off two words at most: the rest is split here.)
+                let args: Vec<usize> = words.flat_map(|w| w.split(' ')).map(|w| w.parse().map_err(|_| "timers N MS BYTES")).collect::<Result<_, _>>()?;
+                let [count, ms, bytes] = args[..] else { return Err("timers N MS BYTES".into()) };
+                let ms = ms as u32;
+                let payload = vec![b't'; bytes];
+                for _ in 0..count {
+                    cluster::send_after(ms, &payload);
+                }
+                "ok".into()
+            }
             "crash" => panic!("crashing on purpose"),
             "bomb" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
