@@ -40,6 +40,13 @@ strategy = "{broken}"
 polling_interval_ms = 100
 [topology.forging.config]
 mode = "forge"
+
+# Lists one name more than a poll may: nothing of it is dialled.
+[topology.crowd]
+strategy = "{broken}"
+polling_interval_ms = 100
+[topology.crowd.config]
+mode = "many"
 "#,
         static_part = static_topology(&names[..2], 100),
         broken = broken.display(),
@@ -61,6 +68,8 @@ mode = "forge"
     // wrote after its line break is not a line of its own.
     a.wait_log_count(&format!("[topology forging ({path})] 2026-12-05T00:00:00.000000Z  INFO node forged@"), 3, FORM);
     assert!(!a.log().lines().any(|l| l.starts_with("2026-12-05T00:00:00.000000Z")), "{}", a.log());
+    a.wait_log_count(&format!("strategy crowd ({path}) returned 10001 names, more than the 10000 a poll may list; connections kept"), 3, FORM);
+    assert_eq!(a.count("127.0.200.1"), 0, "a name of the crowd was dialled: {}", a.log());
     // The static topology kept polling alongside.
     let polls = a.count("strategy local");
     a.wait_log_count("strategy local", polls + 5, FORM);

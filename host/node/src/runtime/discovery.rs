@@ -43,6 +43,32 @@ impl bindings::wasmnode::discovery::types::Host for PluginState {}
 /// Longest pause between polls of a strategy that keeps trapping, in intervals.
 const MAX_TRAP_BACKOFF: u32 = 8;
 
+/// The most names one poll may return. Each new one is a connection to dial, so a list
+/// from a misbehaving plugin or an API that answers with every pod of a large cluster
+/// would have the node dial them all at once; no full mesh holds this many nodes.
+pub const MAX_NAMES: usize = 10_000;
+/// How many of a poll's malformed names its warning shows.
+const BAD_NAMES_SHOWN: usize = 3;
+
+/// A poll's names, screened: refused whole when there are more than [`MAX_NAMES`]
+/// (nothing changes: the last good answer's connections are kept), else the names that
+/// are `basename@host` and a warning about the others, showing a few of them.
+fn screen(names: Vec<String>) -> Result<(Vec<String>, Option<String>), String> {
+    if names.len() > MAX_NAMES {
+        return Err(format!("returned {} names, more than the {MAX_NAMES} a poll may list", names.len()));
+    }
+    let (good, bad): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| NodeName::parse(n).is_ok());
+    let warning = (!bad.is_empty()).then(|| {
+        // (Debug-quoted: a name's control characters are escaped, and only the start of
+        // a long one is shown.)
+        let shown: Vec<String> = bad.iter().take(BAD_NAMES_SHOWN).map(|n| format!("{:?}", n.chars().take(300).collect::<String>())).collect();
+        let more = bad.len().saturating_sub(BAD_NAMES_SHOWN);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        format!("returned {} names that are not basename@host, ignored: {}{more}", bad.len(), shown.join(", "))
+    });
+    Ok((good, warning))
+}
+
 /// A compiled, type-checked strategy component with its topology's settings.
 pub struct StrategyComponent {
     pub topology: String,
@@ -162,13 +188,17 @@ pub fn spawn_topology(component: StrategyComponent, interval: Duration, membersh
             let path = component.path.display();
             let topology = &component.topology;
             let mut pause = interval;
-            match result {
-                Ok(names) => {
+            match result.map(screen) {
+                Ok(Err(why)) => {
+                    crate::metrics::global().polled(topology, crate::metrics::Poll::Error);
+                    traps_in_a_row = 0;
+                    warn!("strategy {topology} ({path}) {why}; connections kept, polling again in {} ms", interval.as_millis());
+                }
+                Ok(Ok((good, warning))) => {
                     crate::metrics::global().polled(topology, crate::metrics::Poll::Ok);
                     traps_in_a_row = 0;
-                    let (good, bad): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| NodeName::parse(n).is_ok());
-                    if !bad.is_empty() {
-                        warn!("strategy {topology} ({path}) returned names that are not basename@host, ignored: {bad:?}");
+                    if let Some(w) = warning {
+                        warn!("strategy {topology} ({path}) {w}");
                     }
                     debug!("strategy {topology} ({path}) sees {} nodes: [{}]", good.len(), good.join(", "));
                     membership.discovered(topology, good);
@@ -192,4 +222,25 @@ pub fn spawn_topology(component: StrategyComponent, interval: Duration, membersh
             tokio::time::sleep(pause).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_is_screened_for_its_size_and_its_names() {
+        let (good, warning) = screen(vec!["a@h".into(), "b@[::1]:4371".into()]).unwrap();
+        assert_eq!((good.len(), warning), (2, None));
+        // Malformed names are left out; the warning shows three, escaped, and counts the rest.
+        let names = ["a@h", "nope", "x\ny@h", "", "also bad", "c@h"].map(String::from).to_vec();
+        let (good, warning) = screen(names).unwrap();
+        assert_eq!(good, vec!["a@h".to_string(), "c@h".to_string()]);
+        assert_eq!(warning.unwrap(), r#"returned 4 names that are not basename@host, ignored: "nope", "x\ny@h", "" and 1 more"#);
+        // More than a poll may list: refused whole (its good names too).
+        let many: Vec<String> = (0..=MAX_NAMES).map(|i| format!("n{i}@10.0.0.1")).collect();
+        assert_eq!(screen(many).unwrap_err(), "returned 10001 names, more than the 10000 a poll may list");
+        let most: Vec<String> = (0..MAX_NAMES).map(|i| format!("n{i}@10.0.0.1")).collect();
+        assert_eq!(screen(most).unwrap().0.len(), MAX_NAMES);
+    }
 }

@@ -9,6 +9,7 @@
 //! - `bomb`: every poll allocates without bound (only the memory cap ends it);
 //! - `forge`: every poll writes a line break and a forged log line to stderr, then
 //!   returns `hosts`;
+//! - `many`: every poll returns 10,001 names (one more than a poll may list);
 //! - `init-error`: `init` refuses the config;
 //! - anything else: returns `hosts`.
 
@@ -49,6 +50,7 @@ impl Guest for Broken {
                 eprintln!("poll {n}\n2026-12-05T00:00:00.000000Z  INFO node forged@127.0.0.1 joined, says a strategy");
                 Ok(hosts)
             }
+            "many" => Ok((0..=10_000).map(|i| format!("n{i}@127.0.200.1")).collect()),
             "bomb" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
