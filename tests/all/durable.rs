@@ -517,3 +517,28 @@ fn what_is_too_large_for_one_message_costs_no_connection() {
     nodes[p].wait_members(&[&names[p], &names[q]], SETTLE);
     wait_until(SETTLE, "probe/big runs again once its node left", || call(&names[p], "probe/big", "count").0, || nodes[p].log());
 }
+
+/// A call log keeps replies up to 64 KiB for retries: a larger one is remembered as
+/// applied without it, so callers that send large-reply calls with fresh ids (through
+/// the gateway, anyone with its token) cannot make an instance hold 256 of them. Its
+/// retry is still not applied again: it says so.
+#[test]
+fn a_call_log_keeps_large_replies_out_and_still_applies_their_retries_once() {
+    let name = "a@127.0.120.1";
+    let dir = TempDir::new("d-bigreply");
+    let a = Node::start(name, &dir.write("t.toml", &worker_topology(&[name], &[("probe", "worker_probe.wasm", "memory_limit_mb = 16")], None)));
+    a.wait_log("listening on", SETTLE);
+    wait_until(SETTLE, "probe/b started", || start_worker(name, "probe", "b").0, || a.log());
+    let before = a.rss_mib();
+    for i in 0..100 {
+        let (ok, out) = call_once(name, &format!("big-{i}"), "probe/b", "big 1");
+        assert!(ok && out.len() == 1 << 20, "call {i}: {} bytes: {}", out.len(), &out[..out.len().min(200)]);
+    }
+    let after = a.rss_mib();
+    assert!(after < before + 48.0, "100 replies of 1 MiB with ids took RSS from {before:.1} to {after:.1} MiB");
+    let (ok, out) = call_once(name, "big-7", "probe/b", "big 1");
+    assert!(!ok && out.contains("call big-7 was applied once already; its reply (1048576 bytes, over the 64 KiB"), "{out}");
+    // A small reply is still answered from the log.
+    assert_eq!(call_once(name, "small", "probe/b", "count"), (true, "0".into()));
+    assert_eq!(call_once(name, "small", "probe/b", "count"), (true, "0".into()));
+}

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 /// How many calls with ids an instance remembers (the oldest is forgotten first).
 pub const REMEMBERED: usize = 256;
+/// The largest reply (or error text) the log keeps for a retry: a larger one is
+/// remembered as applied without it, so an instance's log holds 16 MiB at most however
+/// large its replies (each one is copied to its replicas with its state, too).
+pub const MAX_KEPT_REPLY: usize = 64 << 10;
 /// The longest id a call may carry, in bytes.
 pub const MAX_ID_LEN: usize = 256;
 /// Ends a state that carries a call log.
@@ -62,8 +66,22 @@ impl CallLog {
         self.slots.len()
     }
 
-    /// Remembers the outcome of the call with this id (forgetting the oldest when full).
+    /// Remembers the outcome of the call with this id (forgetting the oldest when full);
+    /// one over [`MAX_KEPT_REPLY`] as applied, its reply not kept.
     pub fn record(&mut self, id: String, outcome: Outcome) {
+        let len = match &outcome {
+            Ok(reply) => reply.len(),
+            Err(why) => why.len(),
+        };
+        let outcome = if len > MAX_KEPT_REPLY {
+            Err(format!(
+                "call {id} was applied once already; its {} ({len} bytes, over the {} KiB a call log keeps for retries) was not kept",
+                if outcome.is_ok() { "reply" } else { "error" },
+                MAX_KEPT_REPLY >> 10
+            ))
+        } else {
+            outcome
+        };
         if self.slots.len() < REMEMBERED {
             self.slots.push((id, outcome));
         } else {
@@ -251,6 +269,24 @@ mod tests {
             back.merge(other);
             proptest::prop_assert!(back.len() <= REMEMBERED);
         }
+    }
+
+    #[test]
+    fn a_reply_too_large_to_keep_is_remembered_as_applied_without_it() {
+        let mut log = CallLog::default();
+        log.record("small".into(), Ok(vec![1; MAX_KEPT_REPLY]));
+        log.record("large".into(), Ok(vec![1; MAX_KEPT_REPLY + 1]));
+        log.record("wordy".into(), Err("e".repeat(1 << 20)));
+        assert_eq!(log.get("small"), Some(&Ok(vec![1; MAX_KEPT_REPLY])));
+        let why = log.get("large").unwrap().clone().unwrap_err();
+        assert!(why.starts_with("call large was applied once already; its reply (65537 bytes, over the 64 KiB"), "{why}");
+        assert!(log.get("wordy").unwrap().clone().unwrap_err().contains("its error (1048576 bytes"));
+        // However large the replies, a full log holds 256 of at most 64 KiB.
+        for i in 0..REMEMBERED {
+            log.record(format!("id-{i}"), Ok(vec![0; 1 << 20]));
+        }
+        let held: usize = log.slots.iter().map(|(_, o)| o.as_ref().map_or_else(String::len, Vec::len)).sum();
+        assert!(held <= REMEMBERED * 300, "{held} bytes held");
     }
 
     #[test]
