@@ -525,10 +525,7 @@ fn what_is_too_large_for_one_message_costs_no_connection() {
 #[test]
 fn a_call_log_keeps_large_replies_out_and_still_applies_their_retries_once() {
     let name = "a@127.0.120.1";
-    let dir = TempDir::new("d-bigreply");
-    let a = Node::start(name, &dir.write("t.toml", &worker_topology(&[name], &[("probe", "worker_probe.wasm", "memory_limit_mb = 16")], None)));
-    a.wait_log("listening on", SETTLE);
-    wait_until(SETTLE, "probe/b started", || start_worker(name, "probe", "b").0, || a.log());
+    let (_dir, a) = lone_worker("d-bigreply", name, ("probe", "worker_probe.wasm", "memory_limit_mb = 16"), "b");
     let before = a.rss_mib();
     for i in 0..100 {
         let (ok, out) = call_once(name, &format!("big-{i}"), "probe/b", "big 1");

@@ -560,10 +560,7 @@ fn state_with_forged_call_log(state: &[u8]) -> Vec<u8> {
 #[test]
 fn a_forged_call_log_handed_to_a_running_name_does_not_stop_it() {
     let name = "a@127.0.118.1";
-    let dir = TempDir::new("wire-calllog");
-    let a = Node::start(name, &dir.write("t.toml", &worker_topology(&[name], &[("counter", "worker_counter.wasm", "")], None)));
-    a.wait_log("listening on", FORM);
-    wait_until(FORM, "counter/c1 started", || start_worker(name, "counter", "c1").0, || a.log());
+    let (_dir, a) = lone_worker("wire-calllog", name, ("counter", "worker_counter.wasm", ""), "c1");
     assert_eq!(call(name, "counter/c1", "increment"), (true, "1".into()));
 
     let mut raw = Raw::connect(name);

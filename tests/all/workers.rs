@@ -398,10 +398,7 @@ fn a_pooled_node_runs_workers_and_says_when_the_pool_is_full() {
 #[test]
 fn a_guest_that_sets_timers_without_end_is_stopped_at_its_cap() {
     let name = "a@127.0.119.1";
-    let dir = TempDir::new("w-timers");
-    let a = Node::start(name, &dir.write("t.toml", &worker_topology(&[name], &[("probe", "worker_probe.wasm", "memory_limit_mb = 16")], None)));
-    a.wait_log("listening on", FORM);
-    wait_until(FORM, "probe/t1 started", || start_worker(name, "probe", "t1").0, || a.log());
+    let (_dir, a) = lone_worker("w-timers", name, ("probe", "worker_probe.wasm", "memory_limit_mb = 16"), "t1");
     let before = a.rss_mib();
     // 10,000 pending timers are within the cap; one more is not.
     assert_eq!(call(name, "probe/t1", "timers 10000 600000 8"), (true, "ok".into()));

@@ -298,6 +298,17 @@ pub fn three_nodes(tag: &str, subnet: u8, kinds: &[(&str, &str, &str)], gateway:
     (dir, names, nodes)
 }
 
+/// One node, `name`, alone, running `kind` (`(kind, plugin file, extra lines)`) with
+/// `KIND/key` started on it; its folder lives as long as the returned `TempDir`.
+pub fn lone_worker(tag: &str, name: &str, kind: (&str, &str, &str), key: &str) -> (TempDir, Node) {
+    let form = Duration::from_secs(30);
+    let dir = TempDir::new(tag);
+    let a = Node::start(name, &dir.write("t.toml", &worker_topology(&[name], &[kind], None)));
+    a.wait_log("listening on", form);
+    wait_until(form, &format!("{}/{key} started", kind.0), || start_worker(name, kind.0, key).0, || a.log());
+    (dir, a)
+}
+
 /// The node a `wasmnode start` answer names (`started K/K on NODE`, or the error's
 /// `already_started on NODE`).
 pub fn started_on(out: &str) -> String {

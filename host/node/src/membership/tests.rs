@@ -190,7 +190,10 @@ async fn a_core_loop_that_panics_or_ends_is_reported_stopped() {
         async move { core.stopped().await }
     });
     let running = core.watch("still running");
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // (The test's runtime has one thread: each yield lets the waiter run.)
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
     assert!(!waiting.is_finished(), "nothing has stopped yet");
     let task = core.watch("event loop");
     let panicked = tokio::spawn(async move {
