@@ -374,8 +374,8 @@ struct Lines {
     buf: Mutex<Vec<u8>>,
 }
 
-/// The longest line kept before it is logged in pieces.
-const MAX_LINE: usize = 16 * 1024;
+/// The longest line kept before it is logged in pieces (and the longest `log` message).
+pub(crate) const MAX_LINE: usize = 16 * 1024;
 
 impl Lines {
     fn emit(&self, line: &[u8]) {
@@ -385,8 +385,8 @@ impl Lines {
         match (self.plugin, self.stderr) {
             (false, true) => warn!(worker = label, stream = "stderr", "[{label}] {text}"),
             (false, false) => info!(worker = label, stream = "stdout", "[{label}] {text}"),
-            (true, true) => warn!(plugin = label, stream = "stderr", "[{label}] {text}"),
-            (true, false) => info!(plugin = label, stream = "stdout", "[{label}] {text}"),
+            // (A strategy's output is its stderr only: see `LineLog::plugin`.)
+            (true, _) => warn!(plugin = label, stream = "stderr", "[{label}] {text}"),
         }
     }
 

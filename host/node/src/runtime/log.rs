@@ -15,9 +15,10 @@ pub struct LogCtx {
     pub label: Arc<str>,
 }
 
-/// The most of one message a plugin's `log` writes: a longer one is cut there, with the
-/// count of what was left out (a guest's 60 MiB string is not a log line).
-pub const MAX_MESSAGE: usize = 16 * 1024;
+// The most of one message a plugin's `log` writes, as of a line of its output: a longer
+// one is cut there, with the count of what was left out (a guest's 60 MiB string is not
+// a log line).
+use super::egress::MAX_LINE as MAX_MESSAGE;
 
 /// `message`, cut to [`MAX_MESSAGE`] bytes (at a character's boundary) when longer.
 fn cut(mut message: String) -> String {
