@@ -1,7 +1,7 @@
 //! Workers and the registry, on real node processes: start, call and already-started
 //! from every node, a dead owner, trap isolation, busy guests and heartbeats, concurrent
 //! starts, starts and activations by a guest, member events and timers in `handle-info`,
-//! and the HTTP gateway.
+//! bounded mailboxes, and the HTTP gateway.
 
 use std::time::{Duration, Instant};
 
@@ -416,4 +416,81 @@ fn a_guest_that_sets_timers_without_end_is_stopped_at_its_cap() {
     wait_until(FORM, "probe/t3 started", || start_worker(name, "probe", "t3").0, || a.log());
     assert_eq!(call(name, "probe/t3", "timers 3 10 4"), (true, "ok".into()));
     wait_until(FORM, "three timers to fire", || call(name, "probe/t3", "events").1.matches("timer tttt").count() == 3, || call(name, "probe/t3", "events").1);
+}
+
+/// A worker's mailbox holds at most `mailbox_limit` calls and casts and `memory_limit_mb`
+/// of their messages: a sender faster than the worker is refused (`unavailable`, 503 at
+/// the gateway), on its own node and from another, instead of growing the node's memory
+/// without end; the refusals are logged once and counted, and once the worker has caught
+/// up it takes messages again.
+#[test]
+fn a_full_mailbox_refuses_what_comes_next_until_its_worker_catches_up() {
+    let dir = TempDir::new("w-mailbox");
+    let names = ["a@127.0.121.1", "b@127.0.121.2"];
+    let kinds = [("probe", "worker_probe.wasm", "mailbox_limit = 100\nmemory_limit_mb = 16\ncall_timeout_ms = 60000")];
+    let nodes: Vec<Node> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Node::start(n, &dir.write(&format!("{i}.toml"), &worker_topology(&names, &kinds, Some(&format!("127.0.121.{}:8080", i + 1))))))
+        .collect();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names, FORM);
+    // The slow worker on X, a sender beside it and one on the other node Y.
+    let (ok, out) = start_worker(names[0], "probe", "slow");
+    assert!(ok, "{out}");
+    let x = names.iter().position(|n| *n == started_on(&out)).expect("a node of the two");
+    let y = 1 - x;
+    let mut senders = [None, None];
+    for i in 0..64 {
+        let (ok, out) = start_worker(names[0], "probe", &format!("s{i}"));
+        assert!(ok, "{out}");
+        let at = names.iter().position(|n| *n == started_on(&out)).unwrap();
+        senders[at].get_or_insert(format!("probe/s{i}"));
+        if senders.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let [Some(s0), Some(s1)] = senders else { panic!("no sender on each node in 64 keys") };
+    let (near, far) = if x == 0 { (s0, s1) } else { (s1, s0) };
+    let metric = |node: usize| {
+        http(&format!("127.0.121.{}:8080", node + 1), "GET", "/metrics", b"")
+            .1
+            .lines()
+            .find(|l| l.starts_with("wasmnode_mailbox_refused_total{kind=\"probe\"}"))
+            .map(str::to_string)
+    };
+    assert_eq!(metric(x).as_deref(), Some("wasmnode_mailbox_refused_total{kind=\"probe\"} 0"), "present at 0");
+
+    // Busy for 8 s: what comes meanwhile waits in its mailbox.
+    let busy = |ms: u64| {
+        let node = names[x].to_string();
+        std::thread::spawn(move || cli(&["call", "--node", &node, "--timeout-ms", "60000", "probe/slow", &format!("slow-add {ms}")], COOKIE))
+    };
+    let slow = busy(8000);
+    nodes[x].wait_log("slow-add 1 applied", FORM);
+    let full = "probe/slow's mailbox is full: 100 calls and casts (1600 bytes) wait for it, and it holds at most 100 messages and 16 MiB; not delivered";
+    assert_eq!(call(names[x], &near, "casts 150 probe/slow 16"), (true, format!("sent 100, then: error: unavailable: {full}")));
+    // From the other node, through the connection's reader; a call likewise, through the
+    // gateway and through the CLI on the other node.
+    assert_eq!(call(names[y], &far, "casts 5 probe/slow 16"), (true, format!("sent 0, then: error: unavailable: {full}")));
+    let (status, body) = http(&format!("127.0.121.{}:8080", y + 1), "POST", "/v1/workers/probe/slow/call", b"count");
+    assert!(status == 503 && body.contains(full), "{status} {body}");
+    let (ok, out) = call(names[y], "probe/slow", "count");
+    assert!(!ok && out.contains(full), "{out}");
+    let out = slow.join().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // Caught up: every cast it took was handled, and it takes messages again.
+    wait_until(FORM, "the 100 casts handled", || call(names[x], "probe/slow", "casts-received").1 == "100", || nodes[x].log());
+    assert_eq!(call(names[y], &far, "casts 5 probe/slow 16"), (true, "sent 5".into()));
+    assert_eq!(metric(x).as_deref(), Some("wasmnode_mailbox_refused_total{kind=\"probe\"} 4"));
+    assert_eq!(nodes[x].count("calls and casts to it are refused until it catches up"), 1, "once per window: {}", nodes[x].log());
+    assert!(nodes[x].log().contains("reason=\"mailbox_full\""), "{}", nodes[x].log());
+
+    // Bytes count too: 16 messages of 1 MiB fill its 16 MiB.
+    let slow = busy(5000);
+    nodes[x].wait_log("slow-add 2 applied", FORM);
+    let (ok, out) = call(names[x], &near, &format!("casts 40 probe/slow {}", 1 << 20));
+    assert!(ok && out.starts_with("sent 16, then: error: unavailable: probe/slow's mailbox is full: 16 calls and casts (16777216 bytes)"), "{out}");
+    assert!(slow.join().unwrap().status.success());
+    wait_until(FORM, "the 16 large casts handled", || call(names[x], "probe/slow", "casts-received").1 == "121", || nodes[x].log());
 }

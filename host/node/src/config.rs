@@ -211,6 +211,9 @@ pub struct WorkerConfig {
     /// Deadline of one message, counting the guest's own time.
     pub call_timeout: Duration,
     pub memory_limit: usize,
+    /// Calls and casts waiting in one instance's mailbox at most; their messages' bytes
+    /// are bounded by `memory_limit`. One more is refused (`unavailable`).
+    pub mailbox_limit: usize,
     /// How many other nodes hold each instance's state after every message it handles
     /// (`durability = "replicated"`, `replicas = N`); 0 for `durability = "none"`.
     pub replicas: usize,
@@ -240,6 +243,7 @@ impl WorkerConfig {
             restart: Default::default(),
             call_timeout: Duration::from_millis(DEFAULT_WORKER_CALL_TIMEOUT_MS),
             memory_limit: (DEFAULT_WORKER_MEMORY_MB as usize) << 20,
+            mailbox_limit: DEFAULT_MAILBOX_LIMIT,
             replicas: 0,
             component_at: (0, 0),
             grants: Default::default(),
@@ -254,6 +258,9 @@ impl WorkerConfig {
 const DEFAULT_OUTBOUND_TIMEOUT_MS: u64 = 30_000;
 /// `[worker.KIND] outbound_max_in_flight` when not set.
 const DEFAULT_OUTBOUND_MAX_IN_FLIGHT: usize = 64;
+
+/// `[worker.KIND] mailbox_limit` when not set: the burst a worker may fall behind by.
+const DEFAULT_MAILBOX_LIMIT: usize = 10_000;
 
 /// `[worker.KIND] call_timeout_ms` when not set.
 const DEFAULT_WORKER_CALL_TIMEOUT_MS: u64 = 5000;
@@ -308,6 +315,8 @@ const MEMORY_MB: std::ops::RangeInclusive<u64> = 1..=4096;
 const MEMORY_WHY: &str = " (a 32-bit WebAssembly memory holds at most 4 GiB)";
 /// `[worker.KIND] outbound_max_in_flight`.
 const OUTBOUND_IN_FLIGHT: std::ops::RangeInclusive<u64> = 1..=1 << 20;
+/// `[worker.KIND] mailbox_limit`.
+const MAILBOX_LIMIT: std::ops::RangeInclusive<u64> = 1..=1 << 20;
 /// `[http]` timeouts, in ms: at least a tenth of a second, at most an hour.
 const HTTP_TIMEOUTS_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 /// `[http] max_header_kb`: hyper reads headers into a buffer of at least 8 KiB.
@@ -379,6 +388,7 @@ struct RawWorker {
     allowed_outbound_hosts: Option<Spanned<Vec<String>>>,
     outbound_timeout_ms: Option<Spanned<u64>>,
     outbound_max_in_flight: Option<Spanned<u64>>,
+    mailbox_limit: Option<Spanned<u64>>,
     config: Option<Spanned<toml::Table>>,
 }
 
@@ -770,6 +780,8 @@ impl Config {
             let outbound_max_in_flight =
                 noted!(ranged(&w.outbound_max_in_flight, &format!("worker.{kind}.outbound_max_in_flight"), OUTBOUND_IN_FLIGHT, " requests", ""), None)
                     .map_or(DEFAULT_OUTBOUND_MAX_IN_FLIGHT, |n| n as usize);
+            let mailbox_limit = noted!(ranged(&w.mailbox_limit, &format!("worker.{kind}.mailbox_limit"), MAILBOX_LIMIT, " messages", ""), None)
+                .map_or(DEFAULT_MAILBOX_LIMIT, |n| n as usize);
             let mut config = Vec::new();
             if let Some(table) = &w.config {
                 let span = table.span();
@@ -822,6 +834,7 @@ impl Config {
                 restart,
                 call_timeout: Duration::from_millis(call_timeout),
                 memory_limit: (memory_limit_mb as usize) << 20,
+                mailbox_limit,
             });
         }
         let http = match raw.http {
@@ -1089,6 +1102,7 @@ mod tests {
         assert!(!w.grants.allows("http", "127.0.0.1", 8090));
         assert_eq!(w.outbound_timeout, Duration::from_millis(2500));
         assert_eq!(w.outbound_max_in_flight, DEFAULT_OUTBOUND_MAX_IN_FLIGHT);
+        assert_eq!(w.mailbox_limit, DEFAULT_MAILBOX_LIMIT);
         let config: BTreeMap<_, _> = w.config.iter().cloned().collect();
         assert_eq!(config["webhook"], "http://127.0.0.1:8089/deliveries");
         assert_eq!(config["quiet_ms"], "5000");
@@ -1147,12 +1161,14 @@ mod tests {
         let c = node("connect_timeout_ms = 1\nhandoff_deadline_ms = 3600000\nheartbeat_interval_ms = 1\nheartbeat_timeout_ms = 3600000").unwrap();
         assert_eq!((c.node.connect_timeout, c.node.handoff_deadline), (Duration::from_millis(1), Duration::from_secs(3600)));
         assert_eq!((c.node.heartbeat_interval, c.node.heartbeat_timeout), (Duration::from_millis(1), Duration::from_secs(3600)));
-        let w = worker("call_timeout_ms = 3600000\nmemory_limit_mb = 4096\noutbound_timeout_ms = 1\noutbound_max_in_flight = 1048576").unwrap();
+        let w =
+            worker("call_timeout_ms = 3600000\nmemory_limit_mb = 4096\noutbound_timeout_ms = 1\noutbound_max_in_flight = 1048576\nmailbox_limit = 1").unwrap();
         let w = &w.workers[0];
         assert_eq!(
-            (w.call_timeout, w.memory_limit, w.outbound_timeout, w.outbound_max_in_flight),
-            (Duration::from_secs(3600), 4 << 30, Duration::from_millis(1), 1 << 20)
+            (w.call_timeout, w.memory_limit, w.outbound_timeout, w.outbound_max_in_flight, w.mailbox_limit),
+            (Duration::from_secs(3600), 4 << 30, Duration::from_millis(1), 1 << 20, 1)
         );
+        assert_eq!(worker("mailbox_limit = 1048576").unwrap().workers[0].mailbox_limit, 1 << 20);
         // One past either end is refused where it is written, never wrapped or run with:
         // 2^44 MiB shifted to bytes would be a memory limit of 0, and 2^62 permits panic
         // the semaphore that holds them.
@@ -1172,6 +1188,8 @@ mod tests {
                 worker("outbound_max_in_flight = 4611686018427387904"),
                 "t.toml:3:26: key `worker.c.outbound_max_in_flight`: 4611686018427387904 requests: give 1 to 1048576",
             ),
+            (worker("mailbox_limit = 0"), "t.toml:3:17: key `worker.c.mailbox_limit`: 0 messages: give 1 to 1048576"),
+            (worker("mailbox_limit = 1048577"), "t.toml:3:17: key `worker.c.mailbox_limit`: 1048577 messages: give 1 to 1048576"),
             (
                 parse("[topology.t]\nstrategy = \"Cargo.toml\"\nmemory_limit_mb = 4097\n"),
                 "t.toml:3:19: key `topology.t.memory_limit_mb`: 4097 MiB: give 1 to 4096",

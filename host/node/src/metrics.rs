@@ -71,6 +71,7 @@ pub struct Metrics {
     poll_errors: Family<Topology, Counter>,
     poll_traps: Family<Topology, Counter>,
     instances: Family<Kind, Gauge>,
+    mailbox_refused: Family<Kind, Counter>,
     calls: Histogram,
     call_errors: Counter,
     handoffs: Counter,
@@ -124,6 +125,7 @@ impl Metrics {
             poll_errors: Family::default(),
             poll_traps: Family::default(),
             instances: Family::default(),
+            mailbox_refused: Family::default(),
             calls: Histogram::new(BUCKETS),
             call_errors: Counter::default(),
             handoffs: Counter::default(),
@@ -154,6 +156,7 @@ impl Metrics {
         registry.register("wasmnode_strategy_errors", "Polls that returned an error", m.poll_errors.clone());
         registry.register("wasmnode_strategy_traps", "Polls that trapped (deadline, memory cap, guest trap)", m.poll_traps.clone());
         registry.register("wasmnode_worker_instances", "Worker instances running on this node, by kind", m.instances.clone());
+        registry.register("wasmnode_mailbox_refused", "Calls and casts refused because their instance's mailbox was full, by kind", m.mailbox_refused.clone());
         registry.register("wasmnode_calls_seconds", "Worker calls made through this node, by latency", m.calls.clone());
         registry.register("wasmnode_call_errors", "Worker calls through this node that failed", m.call_errors.clone());
         registry.register("wasmnode_handoffs", "Instances this node handed to another with their state", m.handoffs.clone());
@@ -191,10 +194,16 @@ impl Metrics {
         let mut seen = self.kinds_seen.lock().unwrap();
         for k in kinds {
             let _ = self.instances.get_or_create(&Kind { kind: k.clone() });
+            let _ = self.mailbox_refused.get_or_create(&Kind { kind: k.clone() });
             if !seen.contains(k) {
                 seen.push(k.clone());
             }
         }
+    }
+
+    /// A call or cast to an instance of `kind` refused: its mailbox was full.
+    pub fn mailbox_refused(&self, kind: &str) {
+        self.mailbox_refused.get_or_create(&Kind { kind: kind.to_string() }).inc();
     }
 
     pub fn connected(&self) {

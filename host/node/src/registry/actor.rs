@@ -45,6 +45,18 @@ pub enum Envelope {
     Conflict(Box<Conflict>),
 }
 
+impl crate::mailbox::Weigh for Envelope {
+    /// Calls and casts count against the mailbox's bounds, by their message; what the
+    /// host queues (stops, merges, events, timers) does not.
+    fn weight(&self) -> Option<usize> {
+        match self {
+            Envelope::Call { msg, .. } | Envelope::Cast { msg } => Some(msg.len()),
+            Envelope::CallWith(c) => Some(c.msg.len()),
+            Envelope::Info(_) | Envelope::Stop { .. } | Envelope::Conflict(_) => None,
+        }
+    }
+}
+
 /// Another instance's state to merge (from that instance's node); `done` is answered
 /// once it is merged and, for a durable kind, copied to the replicas (or dropped, when
 /// the instance ended first).

@@ -103,6 +103,8 @@ struct Inner {
     ready: tokio::sync::watch::Sender<bool>,
     /// Durable instances whose state is too large to copy: logged once per window each.
     too_large: Mutex<crate::refusals::RefusalLog<WorkerName>>,
+    /// Instances whose mailbox refused a call or cast: logged once per window each.
+    full: Mutex<crate::refusals::RefusalLog<WorkerName>>,
 }
 
 /// This node's part of the cluster-wide registry.
@@ -123,26 +125,6 @@ fn call_envelope(msg: Vec<u8>, id: Option<String>, trace: Option<Traced>, reply:
     }
 }
 
-/// Queues a call in an instance's mailbox and waits for its reply, until `deadline`.
-async fn call_mailbox(
-    name: &WorkerName,
-    mailbox: Mailbox,
-    msg: Vec<u8>,
-    id: Option<String>,
-    trace: Option<Traced>,
-    deadline: Instant,
-) -> Result<Vec<u8>, CallError> {
-    let (tx, rx) = oneshot::channel();
-    if mailbox.tx.send(call_envelope(msg, id, trace, ReplyTo::Local(tx))).is_err() {
-        return Err(CallError::Failed(format!("{name} stopped")));
-    }
-    match tokio::time::timeout_at(deadline, rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err(CallError::Failed(format!("{name} stopped before replying"))),
-        Err(_) => Err(CallError::Timeout),
-    }
-}
-
 impl Registry {
     /// A registry over `membership`, creating instances with `spawner`. It hears of
     /// membership changes in their order, from the membership's own task.
@@ -157,6 +139,7 @@ impl Registry {
             drained: Notify::new(),
             ready: tokio::sync::watch::Sender::new(false),
             too_large: Mutex::default(),
+            full: Mutex::default(),
         }));
         let weak = Arc::downgrade(&r.0);
         membership.set_member_hook(Arc::new(move |change: &MemberChange| {
@@ -165,6 +148,52 @@ impl Registry {
             }
         }));
         r
+    }
+
+    /// Queues a call in an instance's mailbox and waits for its reply, until `deadline`.
+    async fn call_mailbox(
+        &self,
+        name: &WorkerName,
+        mailbox: Mailbox,
+        msg: Vec<u8>,
+        id: Option<String>,
+        trace: Option<Traced>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, CallError> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(refused) = mailbox.tx.send(call_envelope(msg, id, trace, ReplyTo::Local(tx))) {
+            return Err(self.not_queued(name, &refused));
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(CallError::Failed(format!("{name} stopped before replying"))),
+            Err(_) => Err(CallError::Timeout),
+        }
+    }
+
+    /// Queues a cast in an instance's mailbox.
+    fn cast_mailbox(&self, name: &WorkerName, mailbox: &Mailbox, msg: Vec<u8>) -> Result<(), CallError> {
+        mailbox.tx.send(Envelope::Cast { msg }).map_err(|refused| self.not_queued(name, &refused))
+    }
+
+    /// What the sender of a call or cast that `name`'s mailbox refused hears: the
+    /// instance stopped, or its mailbox is full — `unavailable`, as for a node that
+    /// cannot be reached now: nothing was delivered, and a later try may be. A full
+    /// mailbox is logged once per window per name and counted by kind.
+    fn not_queued(&self, name: &WorkerName, refused: &crate::mailbox::Refused<Envelope>) -> CallError {
+        let &crate::mailbox::Refused::Full { messages, bytes, bounds, .. } = refused else {
+            return CallError::Failed(format!("{name} stopped"));
+        };
+        let why = format!(
+            "{name}'s mailbox is full: {messages} calls and casts ({bytes} bytes) wait for it, and it holds at most {} messages and {} MiB; not delivered",
+            bounds.messages,
+            bounds.bytes >> 20
+        );
+        crate::metrics::global().mailbox_refused(&name.kind);
+        if let Some(left_out) = self.0.full.lock().unwrap().refused(name.clone(), std::time::Instant::now()) {
+            warn!(worker = %name, reason = "mailbox_full", left_out, "{why}: calls and casts to it are refused until it catches up");
+        }
+        CallError::Unavailable(why)
     }
 
     pub fn node(&self) -> &str {
@@ -479,7 +508,7 @@ impl Registry {
         // name was checked when it started).
         let running = self.0.table.lock().unwrap().handle_of(&name).cloned();
         let result = match running {
-            Some(mailbox) => call_mailbox(&name, mailbox, msg, id, trace.map(|parent| Traced { parent, remote: false }), deadline).await,
+            Some(mailbox) => self.call_mailbox(&name, mailbox, msg, id, trace.map(|parent| Traced { parent, remote: false }), deadline).await,
             None => {
                 WorkerName::check(kind, key).map_err(|e| CallError::Failed(e.to_string()))?;
                 self.wait_synced_unless_known(&name).await;
@@ -505,7 +534,9 @@ impl Registry {
             let node = match next.take() {
                 Some(node) if node != self.node() => node,
                 _ => match self.resolve(name, None, deadline).await? {
-                    Target::Here(mailbox) => return call_mailbox(name, mailbox, msg, id, trace.map(|parent| Traced { parent, remote: false }), deadline).await,
+                    Target::Here(mailbox) => {
+                        return self.call_mailbox(name, mailbox, msg, id, trace.map(|parent| Traced { parent, remote: false }), deadline).await
+                    }
                     Target::Remote(node) => node,
                 },
             };
@@ -585,7 +616,7 @@ impl Registry {
         self.wait_synced_unless_known(&name).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         match self.resolve(&name, None, deadline).await? {
-            Target::Here(mailbox) => mailbox.tx.send(Envelope::Cast { msg }).map_err(|_| CallError::Failed(format!("{name} stopped"))),
+            Target::Here(mailbox) => self.cast_mailbox(&name, &mailbox, msg),
             Target::Remote(node) => match self.rpc(&node, &Rpc::Cast { name, msg }, Duration::from_secs(5)).await {
                 Ok(RpcReply::Done) => Ok(()),
                 Ok(RpcReply::CallFailed(e)) => Err(e),
@@ -793,26 +824,41 @@ impl Registry {
         } else {
             Envelope::Cast { msg: msg.to_vec() }
         };
-        let queued = match mb.tx.send(envelope) {
-            Ok(()) => true,
-            // The instance is gone: this request takes the ordered path, unanswered here.
-            Err(Envelope::Call { reply: ReplyTo::Remote(mut r), .. }) => {
-                r.sent = true;
-                false
+        let sent = mb.tx.send(envelope);
+        drop(table);
+        match sent {
+            Ok(()) => {
+                if !call {
+                    peer.send(Frame::Reply { id, body: wire::encode_reply(&RpcReply::Done) });
+                }
+                true
             }
-            Err(Envelope::CallWith(mut c)) => {
-                if let ReplyTo::Remote(r) = &mut c.reply {
-                    r.sent = true;
+            // The instance is gone: this request takes the ordered path, unanswered here.
+            Err(crate::mailbox::Refused::Closed(envelope)) => {
+                match envelope {
+                    Envelope::Call { reply: ReplyTo::Remote(mut r), .. } => r.sent = true,
+                    Envelope::CallWith(mut c) => {
+                        if let ReplyTo::Remote(r) = &mut c.reply {
+                            r.sent = true;
+                        }
+                    }
+                    _ => {}
                 }
                 false
             }
-            Err(_) => false,
-        };
-        drop(table);
-        if queued && !call {
-            peer.send(Frame::Reply { id, body: wire::encode_reply(&RpcReply::Done) });
+            // Full: answered here, as the ordered path would find it.
+            Err(full) => {
+                let e = self.not_queued(&WorkerName::new(kind, key), &full);
+                match full.into_inner() {
+                    Envelope::Call { reply, .. } => reply.send(Err(e)),
+                    Envelope::CallWith(c) => c.reply.send(Err(e)),
+                    _ => {
+                        peer.send(Frame::Reply { id, body: wire::encode_reply(&RpcReply::CallFailed(e)) });
+                    }
+                }
+                true
+            }
         }
-        queued
     }
 
     /// Takes a copy `peer` sent as request `id` and answers it; true when it is held.
@@ -873,7 +919,7 @@ impl Registry {
                         // told where it went and calls there itself.
                         Ok(Target::Remote(node)) => RpcReply::Moved(node),
                         Ok(Target::Here(mailbox)) => {
-                            match call_mailbox(&name, mailbox, msg, call_id, trace.map(|parent| Traced { parent, remote: true }), deadline).await {
+                            match registry.call_mailbox(&name, mailbox, msg, call_id, trace.map(|parent| Traced { parent, remote: true }), deadline).await {
                                 Ok(r) => RpcReply::Reply(r),
                                 Err(e) => RpcReply::CallFailed(e),
                             }
@@ -882,9 +928,9 @@ impl Registry {
                     }
                 }
                 Rpc::Cast { name, msg } => match registry.resolve(&name, Some(peer.name()), Instant::now() + Duration::from_secs(5)).await {
-                    Ok(Target::Here(mailbox)) => match mailbox.tx.send(Envelope::Cast { msg }) {
+                    Ok(Target::Here(mailbox)) => match registry.cast_mailbox(&name, &mailbox, msg) {
                         Ok(()) => RpcReply::Done,
-                        Err(_) => RpcReply::CallFailed(CallError::Failed(format!("{name} stopped"))),
+                        Err(e) => RpcReply::CallFailed(e),
                     },
                     Ok(Target::Remote(_)) => RpcReply::CallFailed(CallError::NotFound),
                     Err(e) => RpcReply::CallFailed(e),

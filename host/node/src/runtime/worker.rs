@@ -256,7 +256,7 @@ impl WorkerRuntime {
     /// for an instance of `kind` that is then dropped unregistered.
     pub async fn time_spawn_parts(&self, registry: &Registry, kind: &str) -> Result<[Duration; 3], String> {
         let k = self.kinds.get(kind).ok_or_else(|| format!("unknown worker kind {kind}"))?;
-        let (tx, _rx) = mailbox::channel();
+        let (tx, _rx) = mailbox::channel(mailbox::Bounds::NONE);
         let t = Instant::now();
         let mut store = new_store(k, registry.clone(), "bench".into(), tx, "bench");
         let store_made = t.elapsed();
@@ -410,7 +410,7 @@ impl Spawner for WorkerRuntime {
         // mailbox loop gets a task of its own. Handing the whole start to a new task cost
         // two wake-ups across threads per spawn (the task's start, then `init`'s answer).
         Box::pin(async move {
-            let (tx, rx) = mailbox::channel();
+            let (tx, rx) = mailbox::channel(mailbox::Bounds { messages: k.config.mailbox_limit, bytes: k.config.memory_limit });
             let instance = Instance::start(k, registry, name, &args, handoff.as_deref(), merges, id, tx.clone()).await?;
             runtime.spawn(instance.serve(rx));
             Ok(Mailbox { tx, id })

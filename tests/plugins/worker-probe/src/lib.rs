@@ -21,6 +21,8 @@
 //! | `http-post URL BODY` | the same with a POST of BODY |
 //! | `http-bench N URL` | N sequential GETs of URL, replies `MEDIAN_NS P99_NS` |
 //! | `config KEY` | replies the kind's `[worker.KIND.config]` value of KEY (`wasi:config/store`), or `none` |
+//! | `casts N KIND/KEY BYTES` | casts N messages of BYTES bytes to that worker; replies `sent S` when all went, or `sent S, then: error: …` at the first refused |
+//! | `casts-received` | replies how many casts it has handled |
 //! | `print TEXT` | writes TEXT and a newline to stdout and to stderr; replies `ok` |
 //! | anything else | replies it back |
 
@@ -41,6 +43,7 @@ use wasmnode::worker::types::{CallError, Info, Name, StartError};
 
 static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static COUNT: AtomicU64 = AtomicU64::new(0);
+static CASTS: AtomicU64 = AtomicU64::new(0);
 static BALLAST: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 fn reply_text(r: Result<Vec<u8>, CallError>) -> String {
@@ -192,6 +195,29 @@ impl Guest for Probe {
                 }
                 "ok".into()
             }
+            "casts" => {
+                let n: usize = words.next().and_then(|w| w.parse().ok()).ok_or("casts N KIND/KEY BYTES")?;
+                let (target, bytes) = words.next().unwrap_or("").split_once(' ').ok_or("casts N KIND/KEY BYTES")?;
+                let (kind, key) = target.split_once('/').ok_or("casts N KIND/KEY BYTES")?;
+                let bytes: usize = bytes.parse().map_err(|_| "casts N KIND/KEY BYTES")?;
+                let (target, payload) = (Name { kind: kind.into(), key: key.into() }, vec![b'c'; bytes]);
+                let mut sent = 0;
+                let mut refused = None;
+                for _ in 0..n {
+                    match cluster::cast(&target, &payload) {
+                        Ok(()) => sent += 1,
+                        Err(e) => {
+                            refused = Some(reply_text(Err(e)));
+                            break;
+                        }
+                    }
+                }
+                match refused {
+                    None => format!("sent {sent}"),
+                    Some(why) => format!("sent {sent}, then: {why}"),
+                }
+            }
+            "casts-received" => CASTS.load(Relaxed).to_string(),
             "crash" => panic!("crashing on purpose"),
             "bomb" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
@@ -212,7 +238,9 @@ impl Guest for Probe {
         Ok(reply.into_bytes())
     }
 
-    fn handle_cast(_msg: Vec<u8>) {}
+    fn handle_cast(_msg: Vec<u8>) {
+        CASTS.fetch_add(1, Relaxed);
+    }
 
     fn handle_info(event: Info) {
         let line = match event {
