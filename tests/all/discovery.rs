@@ -97,8 +97,10 @@ fn init_refusal_is_logged_and_the_node_runs() {
 }
 
 /// A plugin that loops forever is stopped at its deadline; one that allocates without
-/// bound is stopped at its memory cap. Each is named in the log and polled again, and
-/// the node keeps its connections and its other topology.
+/// bound is stopped at its memory cap; one that returns more bytes than its memory holds
+/// (100 names of 1 MiB that are the same bytes, each copied anew) is stopped at its
+/// memory cap too. Each is named in the log and polled again, and the node keeps its
+/// connections and its other topology.
 #[test]
 fn runaway_plugins_are_stopped_at_their_limits() {
     let dir = TempDir::new("runaway");
@@ -119,6 +121,13 @@ polling_interval_ms = 100
 memory_limit_mb = 16
 [topology.hog.config]
 mode = "bomb"
+
+[topology.aliasing]
+strategy = "{broken}"
+polling_interval_ms = 100
+memory_limit_mb = 16
+[topology.aliasing.config]
+mode = "alias"
 "#,
         static_part = static_topology(&names, 100),
         broken = broken.display(),
@@ -129,6 +138,7 @@ mode = "bomb"
     let path = broken.display().to_string();
     a.wait_log_count(&format!("strategy spinner ({path}) trapped: exceeded its deadline of 300 ms; stopped"), 2, FORM);
     a.wait_log_count(&format!("strategy hog ({path}) trapped: exceeded its memory limit of 16 MiB; stopped"), 2, FORM);
+    a.wait_log_count(&format!("strategy aliasing ({path}) trapped: had the host copy more than its memory limit of 16 MiB in one call"), 2, FORM);
     let polls = a.count("strategy local");
     a.wait_log_count("strategy local", polls + 5, FORM);
     assert_eq!(a.count("node down"), 0, "{}", a.log());

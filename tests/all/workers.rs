@@ -418,6 +418,23 @@ fn a_guest_that_sets_timers_without_end_is_stopped_at_its_cap() {
     wait_until(FORM, "three timers to fire", || call(name, "probe/t3", "events").1.matches("timer tttt").count() == 3, || call(name, "probe/t3", "events").1);
 }
 
+/// A guest that keeps host resources without end (here `wasi:http` header maps, as a
+/// worker that forgets to drop its handles does) is stopped at 10,000 and named, instead
+/// of growing the node's memory until it is killed with every other worker on it
+/// (wasmtime alone allows a million per instance); the node serves on.
+#[test]
+fn a_guest_that_holds_host_resources_without_end_is_stopped_at_its_cap() {
+    let name = "a@127.0.122.1";
+    let (_dir, a) = lone_worker("w-handles", name, ("probe", "worker_probe.wasm", ""), "h1");
+    assert_eq!(call(name, "probe/h1", "hold 9000 1"), (true, "held 9000".into()));
+    let (ok, out) = call(name, "probe/h1", "hold 2000 1");
+    assert!(!ok && out.contains("held more than 10000 host resources at once"), "{out}");
+    a.wait_log("worker probe/h1 trapped: held more than 10000 host resources at once", FORM);
+    // A fresh instance of the name starts and answers; so does the node.
+    wait_until(FORM, "probe/h1 started again", || start_worker(name, "probe", "h1").0, || a.log());
+    assert_eq!(call(name, "probe/h1", "hold 9000 1"), (true, "held 9000".into()));
+}
+
 /// A worker's mailbox holds at most `mailbox_limit` calls and casts and `memory_limit_mb`
 /// of their messages: a sender faster than the worker is refused (`unavailable`, 503 at
 /// the gateway), on its own node and from another, instead of growing the node's memory

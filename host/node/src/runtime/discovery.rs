@@ -126,6 +126,7 @@ impl StrategyComponent {
     pub fn instantiate(&self) -> Result<Running, PluginError> {
         let mut store = Store::new(self.pre.engine(), PluginState::new(&self.caps));
         store.limiter(|s| &mut s.limits);
+        super::limit_copies(&mut store, self.caps.memory_limit);
         store.set_epoch_deadline(deadline_ticks(self.call_timeout));
         let strategy = self.pre.instantiate(&mut store).map_err(|e| self.trapped(&e))?;
         store.set_epoch_deadline(deadline_ticks(self.call_timeout));

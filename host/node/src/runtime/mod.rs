@@ -22,7 +22,7 @@ pub mod worker;
 
 use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -178,6 +178,29 @@ pub fn deadline_ticks(timeout: Duration) -> u64 {
     (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
 }
 
+/// Host resources (`wasi:http` header maps, requests and bodies, streams, pollables) one
+/// instance may hold at once. wasmtime allows a million per store, and each may hold
+/// host memory the instance's `memory_limit_mb` does not count (a header map up to
+/// 128 KiB, a request body's buffer 1 MiB): a guest that leaks its handles — a
+/// forgotten drop is a common bug in C — would grow the node until it is killed with
+/// every other worker on it. One more past the cap traps the instance, which names it.
+pub const MAX_HANDLES: usize = 10_000;
+
+/// What a guest may have the host copy out of its memory in one call, its results
+/// included: what fits in its memory. wasmtime's own bound is 128 MiB a call, which a
+/// guest with less memory reaches only with list entries that point at the same bytes,
+/// each copied anew (a strategy's names, a header map's entries).
+pub fn limit_copies<T>(store: &mut wasmtime::Store<T>, memory_limit: usize) {
+    store.set_hostcall_fuel(memory_limit);
+}
+
+/// A resource table holding at most [`MAX_HANDLES`].
+pub fn handle_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HANDLES);
+    table
+}
+
 /// What every plugin store holds: WASI (Rust's std links a few interfaces even when
 /// unused: no files, no network, stderr, and only the environment variables the
 /// topology lists), the memory limiter, and one context per capability.
@@ -213,7 +236,7 @@ impl PluginState {
         }
         PluginState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table: handle_table(),
             limits: Limits::new(caps.memory_limit),
             log: caps.log.clone(),
             dns: caps.dns.clone(),
@@ -276,8 +299,15 @@ pub fn describe_trap(e: &wasmtime::Error, timeout: Duration, memory_limit: usize
     if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
         return format!("exceeded its deadline of {} ms", timeout.as_millis());
     }
-    if format!("{e:#}").contains("forcing trap when growing memory") {
+    let chain = format!("{e:#}");
+    if chain.contains("forcing trap when growing memory") {
         return format!("exceeded its memory limit of {} MiB", memory_limit >> 20);
+    }
+    if chain.contains("fuel allocated for hostcalls has been exhausted") {
+        return format!("had the host copy more than its memory limit of {} MiB in one call (list entries that point at the same bytes?)", memory_limit >> 20);
+    }
+    if matches!(e.root_cause().downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full)) {
+        return format!("held more than {MAX_HANDLES} host resources at once (handles it never dropped?), its cap");
     }
     what_stopped(e)
 }
@@ -344,5 +374,18 @@ mod tests {
         assert!(limits.table_growing(0, MAX_TABLE_ELEMENTS, None).unwrap());
         assert!(limits.table_growing(0, 1, None).is_err(), "elements count over all tables");
         assert!(!limits.table_growing(0, 10, Some(5)).unwrap());
+    }
+
+    #[test]
+    fn an_instance_holds_at_most_its_cap_of_host_resources_and_a_trap_past_it_says_so() {
+        let mut table = handle_table();
+        for _ in 0..MAX_HANDLES {
+            table.push(0u8).expect("within the cap");
+        }
+        let full = table.push(0u8).unwrap_err();
+        assert!(matches!(full, ResourceTableError::Full));
+        // As wasi:http's host functions hand it on: with context, as the trap's cause.
+        let e = wasmtime::Error::from(full).context("[new_fields] pushing fields");
+        assert_eq!(describe_trap(&e, Duration::from_secs(1), 1 << 20), "held more than 10000 host resources at once (handles it never dropped?), its cap");
     }
 }

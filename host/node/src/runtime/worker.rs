@@ -281,7 +281,7 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
         http: WasiHttpCtx::new(),
         egress: Egress { worker, reach: kind.reach.clone(), waited: yielded.clone(), trace: None },
         config: kind.config_vars.clone(),
-        table: ResourceTable::new(),
+        table: super::handle_table(),
         limits: super::Limits::new(kind.config.memory_limit),
         cluster: ClusterCtx {
             registry,
@@ -300,6 +300,7 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
     };
     let mut store = Store::new(kind.pre.engine(), state);
     store.limiter(|s| &mut s.limits);
+    super::limit_copies(&mut store, kind.config.memory_limit);
     // At every epoch tick while the guest runs: past its budget (its own time on this
     // message: waits in host calls such as cluster.call and for its turn after a yield
     // do not count) it stops; before that it yields, so that a guest that computes for

@@ -10,6 +10,8 @@
 //! - `forge`: every poll writes a line break and a forged log line to stderr, then
 //!   returns `hosts`;
 //! - `many`: every poll returns 10,001 names (one more than a poll may list);
+//! - `alias`: every poll returns 100 names of 1 MiB that are the same bytes in its
+//!   memory (100 MiB to copy out of 1 MiB);
 //! - `init-error`: `init` refuses the config;
 //! - anything else: returns `hosts`.
 
@@ -49,6 +51,14 @@ impl Guest for Broken {
             "forge" => {
                 eprintln!("poll {n}\n2026-12-05T00:00:00.000000Z  INFO node forged@127.0.0.1 joined, says a strategy");
                 Ok(hosts)
+            }
+            "alias" => {
+                // One buffer, owned a hundred times over: the list handed to the host
+                // points at it from each entry. (Undefined behaviour in Rust, on
+                // purpose: nothing reads these strings again but the host.)
+                let mut buf = std::mem::ManuallyDrop::new(vec![b'a'; 1 << 20]);
+                let (ptr, len, cap) = (buf.as_mut_ptr(), buf.len(), buf.capacity());
+                Ok((0..100).map(|_| unsafe { String::from_raw_parts(ptr, len, cap) }).collect())
             }
             "many" => Ok((0..=10_000).map(|i| format!("n{i}@127.0.200.1")).collect()),
             "bomb" => {

@@ -22,6 +22,7 @@
 //! | `http-bench N URL` | N sequential GETs of URL, replies `MEDIAN_NS P99_NS` |
 //! | `config KEY` | replies the kind's `[worker.KIND.config]` value of KEY (`wasi:config/store`), or `none` |
 //! | `casts N KIND/KEY BYTES` | casts N messages of BYTES bytes to that worker; replies `sent S` when all went, or `sent S, then: error: …` at the first refused |
+//! | `hold N KIB` | creates N `wasi:http` header maps of one KIB-KiB header each and keeps them (host resources it never drops); replies `held N`, or `error at I: …` |
 //! | `casts-received` | replies how many casts it has handled |
 //! | `print TEXT` | writes TEXT and a newline to stdout and to stderr; replies `ok` |
 //! | anything else | replies it back |
@@ -44,6 +45,7 @@ use wasmnode::worker::types::{CallError, Info, Name, StartError};
 static EVENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static COUNT: AtomicU64 = AtomicU64::new(0);
 static CASTS: AtomicU64 = AtomicU64::new(0);
+static HELD: Mutex<Vec<wasi::http::types::Fields>> = Mutex::new(Vec::new());
 static BALLAST: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 fn reply_text(r: Result<Vec<u8>, CallError>) -> String {
@@ -216,6 +218,19 @@ impl Guest for Probe {
                     None => format!("sent {sent}"),
                     Some(why) => format!("sent {sent}, then: {why}"),
                 }
+            }
+            "hold" => {
+                let n: usize = words.next().and_then(|w| w.parse().ok()).ok_or("hold N KIB")?;
+                let kib: usize = words.next().and_then(|w| w.parse().ok()).ok_or("hold N KIB")?;
+                let value = vec![b'v'; kib << 10];
+                let mut held = HELD.lock().unwrap();
+                for i in 0..n {
+                    match wasi::http::types::Fields::from_list(&[("x-hold".to_string(), value.clone())]) {
+                        Ok(f) => held.push(f),
+                        Err(e) => return Ok(format!("error at {i}: {e:?}").into_bytes()),
+                    }
+                }
+                format!("held {n}")
             }
             "casts-received" => CASTS.load(Relaxed).to_string(),
             "crash" => panic!("crashing on purpose"),
