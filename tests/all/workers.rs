@@ -418,6 +418,36 @@ fn a_guest_that_sets_timers_without_end_is_stopped_at_its_cap() {
     wait_until(FORM, "three timers to fire", || call(name, "probe/t3", "events").1.matches("timer tttt").count() == 3, || call(name, "probe/t3", "events").1);
 }
 
+/// A guest that writes without end (a `println!` in a loop) gets 500 lines a second
+/// into the node's log, its output and `log` together; the first line left out is said
+/// at once, and every line left out is counted in a later line, to the line.
+#[test]
+fn a_guest_that_floods_the_log_is_held_to_500_lines_a_second_and_told_what_was_left_out() {
+    let name = "a@127.0.123.1";
+    let (_dir, a) = lone_worker("w-flood", name, ("probe", "worker_probe.wasm", ""), "s1");
+    let started = Instant::now();
+    assert_eq!(call(name, "probe/s1", "spam 5000"), (true, "ok".into()));
+    let seconds = started.elapsed().as_secs() as usize;
+    a.wait_log("[probe/s1] wrote more than 500 lines in a second: the rest of this second's are left out, and counted", FORM);
+    let written = || a.count("spam line ") + a.count("spam log ");
+    assert!(written() <= 500 * (seconds + 2), "{} of 10000 lines written in {seconds} s", written());
+    // Each later line first says how many were left out before it: a tick now and then
+    // (two lines each, counted too while the window lasts) until every line it wrote is
+    // either in the log or in a count.
+    let left_out = || -> usize { a.log().lines().filter_map(|l| l.split("left out ").nth(1)?.split(' ').next()?.parse::<usize>().ok()).sum() };
+    let mut ticks = 0;
+    wait_until(
+        FORM,
+        "every line written or counted",
+        || {
+            assert!(call(name, "probe/s1", "print tick").0);
+            ticks += 1;
+            written() + a.count("[probe/s1] tick") + left_out() == 10_000 + 2 * ticks
+        },
+        || format!("{} spam lines and {} ticks written, {} counted", written(), a.count("[probe/s1] tick"), left_out()),
+    );
+}
+
 /// A guest that keeps host resources without end (here `wasi:http` header maps, as a
 /// worker that forgets to drop its handles does) is stopped at 10,000 and named, instead
 /// of growing the node's memory until it is killed with every other worker on it

@@ -18,7 +18,6 @@ use wasmtime::{Engine, Store};
 
 use super::dns::DnsCtx;
 use super::kubernetes::KubeCtx;
-use super::log::LogCtx;
 use super::{deadline_ticks, describe_trap, first_line, Capabilities, LoadError, PluginError, PluginState};
 use crate::config::{PluginValue, TopologyConfig};
 use crate::membership::Membership;
@@ -106,7 +105,7 @@ impl StrategyComponent {
         // Host calls (DNS, API) must end before the plugin call's own deadline does.
         let host_timeout = t.call_timeout * 3 / 4;
         let caps = Capabilities {
-            log: LogCtx { label: format!("topology {} ({})", t.name, t.strategy.display()).into() },
+            label: format!("topology {} ({})", t.name, t.strategy.display()).into(),
             dns: DnsCtx::new(t.nameserver, host_timeout),
             kubernetes: KubeCtx::new(host_timeout),
             env: t.env.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect(),

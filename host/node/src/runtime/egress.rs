@@ -372,6 +372,8 @@ struct Lines {
     plugin: bool,
     stderr: bool,
     buf: Mutex<Vec<u8>>,
+    /// The instance's lines a second, shared with its other stream and its `log`.
+    gate: Arc<super::log::Gate>,
 }
 
 /// The longest line kept before it is logged in pieces (and the longest `log` message).
@@ -379,6 +381,9 @@ pub(crate) const MAX_LINE: usize = 16 * 1024;
 
 impl Lines {
     fn emit(&self, line: &[u8]) {
+        if !self.gate.pass() {
+            return;
+        }
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
         let label = &*self.label;
@@ -435,13 +440,13 @@ impl Drop for Lines {
 }
 
 impl LineLog {
-    pub fn new(worker: Arc<str>, stderr: bool) -> LineLog {
-        LineLog(Arc::new(Lines { label: worker, plugin: false, stderr, buf: Mutex::default() }))
+    pub fn new(worker: Arc<str>, stderr: bool, gate: Arc<super::log::Gate>) -> LineLog {
+        LineLog(Arc::new(Lines { label: worker, plugin: false, stderr, buf: Mutex::default(), gate }))
     }
 
     /// A strategy's stderr, its lines tagged with its label (`topology NAME (path)`).
-    pub fn plugin(label: Arc<str>) -> LineLog {
-        LineLog(Arc::new(Lines { label, plugin: true, stderr: true, buf: Mutex::default() }))
+    pub fn plugin(label: Arc<str>, gate: Arc<super::log::Gate>) -> LineLog {
+        LineLog(Arc::new(Lines { label, plugin: true, stderr: true, buf: Mutex::default(), gate }))
     }
 }
 

@@ -1,6 +1,9 @@
-//! The `log` capability: a plugin's lines go to the node's log, tagged with the plugin.
+//! The `log` capability: a plugin's lines go to the node's log, tagged with the plugin;
+//! and the [`Gate`] every line of an instance's output and log passes, which keeps one
+//! instance from flooding the node's log.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, trace, warn};
 use wasmtime::component::{HasSelf, Linker};
@@ -8,11 +11,117 @@ use wasmtime::component::{HasSelf, Linker};
 use super::discovery::bindings::wasmnode::discovery::log::{self as wit, Level};
 use super::PluginState;
 
-/// Which plugin is speaking.
+/// Which plugin is speaking, and the gate its lines pass.
 #[derive(Clone)]
 pub struct LogCtx {
-    /// `topology NAME (path)`, written on every line the plugin emits.
+    /// `topology NAME (path)` or `worker KIND/KEY`, written on every line the plugin emits.
     pub label: Arc<str>,
+    pub gate: Arc<Gate>,
+}
+
+/// Lines of output and log one instance may write in a [`BURST_WINDOW`]; past them its
+/// lines are counted and left out until the next window, which starts by saying how
+/// many. Erlang's logger drops past 500 events a second per handler by default, for the
+/// same reason: one guest's `println!` in a loop wrote 550,000 lines (44 MB) a second to
+/// the node's log, filling the disk under it and burying every other line, and each
+/// line is a write to stderr on a thread the node's networking shares.
+pub const BURST_LINES: u32 = 500;
+/// See [`BURST_LINES`].
+pub const BURST_WINDOW: Duration = Duration::from_secs(1);
+
+/// Which of an instance's lines are written: at most [`BURST_LINES`] a window. No I/O
+/// and no clock: the caller passes the time.
+#[derive(Debug, Default)]
+pub struct Burst {
+    opened: Option<Instant>,
+    written: u32,
+    /// Whether this window's first line left out was said.
+    said: bool,
+    left_out: u64,
+}
+
+/// What becomes of one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Written, after saying that this many lines were left out before it (when any).
+    Write { left_out: u64 },
+    /// Left out, the first of its window: said once, so that the log shows at once
+    /// that lines are missing.
+    FirstLeftOut,
+    /// Left out and counted.
+    LeftOut,
+}
+
+impl Burst {
+    /// A line at `now`.
+    pub fn admit(&mut self, now: Instant) -> Admit {
+        if self.opened.is_none_or(|t| now.duration_since(t) >= BURST_WINDOW) {
+            self.opened = Some(now);
+            self.written = 0;
+            self.said = false;
+        }
+        if self.written >= BURST_LINES {
+            self.left_out += 1;
+            return if std::mem::replace(&mut self.said, true) { Admit::LeftOut } else { Admit::FirstLeftOut };
+        }
+        self.written += 1;
+        Admit::Write { left_out: std::mem::take(&mut self.left_out) }
+    }
+}
+
+/// One instance's [`Burst`], shared by its stdout, its stderr and its `log`; when the
+/// instance is gone it says how many of its last lines were left out, if any.
+pub struct Gate {
+    label: Arc<str>,
+    plugin: bool,
+    burst: Mutex<Burst>,
+}
+
+impl Gate {
+    /// A worker's, labelled with its name.
+    pub fn worker(name: Arc<str>) -> Arc<Gate> {
+        Arc::new(Gate { label: name, plugin: false, burst: Mutex::default() })
+    }
+
+    /// A strategy's, labelled `topology NAME (path)`.
+    pub fn plugin(label: Arc<str>) -> Arc<Gate> {
+        Arc::new(Gate { label, plugin: true, burst: Mutex::default() })
+    }
+
+    /// Whether a line may be written now.
+    pub fn pass(&self) -> bool {
+        let admitted = self.burst.lock().unwrap().admit(Instant::now());
+        match admitted {
+            Admit::Write { left_out: 0 } => true,
+            Admit::Write { left_out } => {
+                self.say(&format!("left out {left_out} lines of its output and log"), left_out);
+                true
+            }
+            Admit::FirstLeftOut => {
+                self.say(&format!("wrote more than {BURST_LINES} lines in a second: the rest of this second's are left out, and counted"), 0);
+                false
+            }
+            Admit::LeftOut => false,
+        }
+    }
+
+    fn say(&self, what: &str, left_out: u64) {
+        let label = &*self.label;
+        if self.plugin {
+            warn!(plugin = label, reason = "log_burst", left_out, "[{label}] {what}");
+        } else {
+            warn!(worker = label, reason = "log_burst", left_out, "[{label}] {what}");
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let left_out = self.burst.get_mut().unwrap().left_out;
+        if left_out > 0 {
+            self.say(&format!("left out {left_out} lines of its output and log"), left_out);
+        }
+    }
 }
 
 // The most of one message a plugin's `log` writes, as of a line of its output: a longer
@@ -33,6 +142,18 @@ fn cut(mut message: String) -> String {
 
 impl wit::Host for LogCtx {
     fn log(&mut self, level: Level, message: String) {
+        // Only what the node's log would write counts against the gate: a node at `info`
+        // drops a guest's debug lines at no cost.
+        let enabled = match level {
+            Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(tracing::Level::WARN),
+            Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        };
+        if !enabled || !self.gate.pass() {
+            return;
+        }
         let message = cut(message);
         let plugin = &*self.label;
         match level {
@@ -71,6 +192,28 @@ pub fn add_worker_log_to_linker(linker: &mut Linker<super::worker::WorkerState>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_writes_at_most_its_burst_a_window_and_the_next_window_says_what_was_left_out() {
+        let mut b = Burst::default();
+        let t0 = Instant::now();
+        for i in 0..BURST_LINES {
+            assert_eq!(b.admit(t0 + Duration::from_micros(i.into())), Admit::Write { left_out: 0 });
+        }
+        // The rest of the window is left out and counted; the first is said at once.
+        assert_eq!(b.admit(t0 + Duration::from_millis(500)), Admit::FirstLeftOut);
+        for _ in 1..1234 {
+            assert_eq!(b.admit(t0 + Duration::from_millis(999)), Admit::LeftOut);
+        }
+        // The next window's first line is written after saying how many, once.
+        assert_eq!(b.admit(t0 + BURST_WINDOW), Admit::Write { left_out: 1234 });
+        assert_eq!(b.admit(t0 + BURST_WINDOW), Admit::Write { left_out: 0 });
+        // A quiet instance is never held back: a window opens at its next line.
+        let mut quiet = Burst::default();
+        for i in 0..10 * BURST_LINES {
+            assert_eq!(quiet.admit(t0 + BURST_WINDOW * i / BURST_LINES), Admit::Write { left_out: 0 });
+        }
+    }
 
     #[test]
     fn a_long_message_is_cut_at_a_character_and_says_how_much_is_left_out() {

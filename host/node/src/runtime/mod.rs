@@ -217,7 +217,8 @@ pub struct PluginState {
 /// The capabilities one topology's plugin gets; cloned into each new instance.
 #[derive(Clone)]
 pub struct Capabilities {
-    pub log: log::LogCtx,
+    /// `topology NAME (path)`, on every line the plugin writes or logs.
+    pub label: std::sync::Arc<str>,
     pub dns: dns::DnsCtx,
     pub kubernetes: kubernetes::KubeCtx,
     /// Environment variables passed through to the plugin (the topology's `env`).
@@ -230,7 +231,9 @@ impl PluginState {
         let mut wasi = WasiCtx::builder();
         // Through the node's log, line by line with the plugin's label: written to the
         // node's stderr as is, a plugin's bytes could forge log lines of their own.
-        wasi.stderr(egress::LineLog::plugin(caps.log.label.clone()));
+        // One gate per instance, for its stderr and its `log` alike.
+        let gate = log::Gate::plugin(caps.label.clone());
+        wasi.stderr(egress::LineLog::plugin(caps.label.clone(), gate.clone()));
         for (k, v) in &caps.env {
             wasi.env(k, v);
         }
@@ -238,7 +241,7 @@ impl PluginState {
             wasi: wasi.build(),
             table: handle_table(),
             limits: Limits::new(caps.memory_limit),
-            log: caps.log.clone(),
+            log: log::LogCtx { label: caps.label.clone(), gate },
             dns: caps.dns.clone(),
             kubernetes: caps.kubernetes.clone(),
         }

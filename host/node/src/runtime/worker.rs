@@ -276,8 +276,9 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
     let budget = kind.config.call_timeout;
     let worker: Arc<str> = name.into();
     let yielded: Arc<AtomicU64> = Arc::default();
+    let gate = super::log::Gate::worker(worker.clone());
     let state = WorkerState {
-        wasi: WasiCtx::builder().stdout(LineLog::new(worker.clone(), false)).stderr(LineLog::new(worker.clone(), true)).build(),
+        wasi: WasiCtx::builder().stdout(LineLog::new(worker.clone(), false, gate.clone())).stderr(LineLog::new(worker.clone(), true, gate.clone())).build(),
         http: WasiHttpCtx::new(),
         egress: Egress { worker, reach: kind.reach.clone(), waited: yielded.clone(), trace: None },
         config: kind.config_vars.clone(),
@@ -296,7 +297,7 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
             timer_held: Arc::default(),
             timer_bytes: kind.config.memory_limit,
         },
-        log: super::log::LogCtx { label: format!("worker {name}").into() },
+        log: super::log::LogCtx { label: format!("worker {name}").into(), gate },
     };
     let mut store = Store::new(kind.pre.engine(), state);
     store.limiter(|s| &mut s.limits);

@@ -24,6 +24,7 @@
 //! | `casts N KIND/KEY BYTES` | casts N messages of BYTES bytes to that worker; replies `sent S` when all went, or `sent S, then: error: …` at the first refused |
 //! | `hold N KIB` | creates N `wasi:http` header maps of one KIB-KiB header each and keeps them (host resources it never drops); replies `held N`, or `error at I: …` |
 //! | `casts-received` | replies how many casts it has handled |
+//! | `spam N` | writes N numbered lines to stdout and logs N more at INFO; replies `ok` |
 //! | `print TEXT` | writes TEXT and a newline to stdout and to stderr; replies `ok` |
 //! | anything else | replies it back |
 
@@ -129,6 +130,14 @@ impl Guest for Probe {
                 Ok(None) => "none".into(),
                 Err(e) => format!("error: {e:?}"),
             },
+            "spam" => {
+                let n: usize = words.next().and_then(|w| w.parse().ok()).ok_or("spam N")?;
+                for i in 0..n {
+                    println!("spam line {i}");
+                    log(Level::Info, &format!("spam log {i}"));
+                }
+                "ok".into()
+            }
             "print" => {
                 let text = words.collect::<Vec<_>>().join(" ");
                 println!("{text}");
