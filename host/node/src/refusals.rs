@@ -1,7 +1,8 @@
-//! How often refused handshakes are logged: the first refusal from an address in a
-//! window is logged, the rest of that window only counted, and the next logged refusal
-//! says how many were left out. A wrong-cookie loop or a scanner costs the log one line
-//! per address per window, not one per attempt. No I/O and no clock: the caller passes
+//! How often repeated events are logged: the first refusal from an address in a window
+//! is logged, the rest of that window only counted, and the next logged refusal says how
+//! many were left out. A wrong-cookie loop or a scanner costs the log one line per
+//! address per window, not one per attempt. The same [`Window`], with more lines to a
+//! window, holds a guest's output to its rate. No I/O and no clock: the caller passes
 //! the time.
 
 use std::collections::HashMap;
@@ -27,10 +28,50 @@ impl<K> Default for RefusalLog<K> {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    opened: Instant,
+/// Events of one source in windows of a given length: the first `most` of a window
+/// pass, the rest are counted, and the next that passes carries the count.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Window {
+    opened: Option<Instant>,
+    passed: u32,
+    /// Whether this window's first event left out was told.
+    told: bool,
     left_out: u64,
+}
+
+/// What becomes of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// It passes, after saying that this many were left out before it (when any).
+    Pass { left_out: u64 },
+    /// Left out, the first of its window (for whoever says at once that some are).
+    FirstLeftOut,
+    /// Left out and counted.
+    LeftOut,
+}
+
+impl Window {
+    /// An event at `now`, in windows of `length` letting `most` pass.
+    pub fn admit(&mut self, now: Instant, length: Duration, most: u32) -> Admit {
+        if !self.is_open(now, length) {
+            *self = Window { opened: Some(now), left_out: self.left_out, ..Window::default() };
+        }
+        if self.passed >= most {
+            self.left_out += 1;
+            return if std::mem::replace(&mut self.told, true) { Admit::LeftOut } else { Admit::FirstLeftOut };
+        }
+        self.passed += 1;
+        Admit::Pass { left_out: std::mem::take(&mut self.left_out) }
+    }
+
+    /// Events left out since the last that passed.
+    pub fn left_out(&self) -> u64 {
+        self.left_out
+    }
+
+    fn is_open(&self, now: Instant, length: Duration) -> bool {
+        self.opened.is_some_and(|t| now.duration_since(t) < length)
+    }
 }
 
 impl<K: std::hash::Hash + Eq> RefusalLog<K> {
@@ -38,23 +79,16 @@ impl<K: std::hash::Hash + Eq> RefusalLog<K> {
     /// many refusals from `ip` were left out since the last logged one; `None` to count it
     /// and stay quiet.
     pub fn refused(&mut self, ip: K, now: Instant) -> Option<u64> {
-        if let Some(w) = self.by_ip.get_mut(&ip) {
-            if now.duration_since(w.opened) < WINDOW {
-                w.left_out += 1;
-                return None;
-            }
-            let left_out = w.left_out;
-            *w = Window { opened: now, left_out: 0 };
-            return Some(left_out);
-        }
-        if self.by_ip.len() >= MAX_ADDRESSES {
-            self.by_ip.retain(|_, w| now.duration_since(w.opened) < WINDOW);
+        if !self.by_ip.contains_key(&ip) && self.by_ip.len() >= MAX_ADDRESSES {
+            self.by_ip.retain(|_, w| w.is_open(now, WINDOW));
             if self.by_ip.len() >= MAX_ADDRESSES {
                 self.by_ip.clear();
             }
         }
-        self.by_ip.insert(ip, Window { opened: now, left_out: 0 });
-        Some(0)
+        match self.by_ip.entry(ip).or_default().admit(now, WINDOW, 1) {
+            Admit::Pass { left_out } => Some(left_out),
+            Admit::FirstLeftOut | Admit::LeftOut => None,
+        }
     }
 }
 

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, trace, warn};
+
+use crate::refusals::{Admit, Window};
 use wasmtime::component::{HasSelf, Linker};
 
 use super::discovery::bindings::wasmnode::discovery::log::{self as wit, Level};
@@ -29,52 +31,13 @@ pub const BURST_LINES: u32 = 500;
 /// See [`BURST_LINES`].
 pub const BURST_WINDOW: Duration = Duration::from_secs(1);
 
-/// Which of an instance's lines are written: at most [`BURST_LINES`] a window. No I/O
-/// and no clock: the caller passes the time.
-#[derive(Debug, Default)]
-pub struct Burst {
-    opened: Option<Instant>,
-    written: u32,
-    /// Whether this window's first line left out was said.
-    said: bool,
-    left_out: u64,
-}
-
-/// What becomes of one line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
-    /// Written, after saying that this many lines were left out before it (when any).
-    Write { left_out: u64 },
-    /// Left out, the first of its window: said once, so that the log shows at once
-    /// that lines are missing.
-    FirstLeftOut,
-    /// Left out and counted.
-    LeftOut,
-}
-
-impl Burst {
-    /// A line at `now`.
-    pub fn admit(&mut self, now: Instant) -> Admit {
-        if self.opened.is_none_or(|t| now.duration_since(t) >= BURST_WINDOW) {
-            self.opened = Some(now);
-            self.written = 0;
-            self.said = false;
-        }
-        if self.written >= BURST_LINES {
-            self.left_out += 1;
-            return if std::mem::replace(&mut self.said, true) { Admit::LeftOut } else { Admit::FirstLeftOut };
-        }
-        self.written += 1;
-        Admit::Write { left_out: std::mem::take(&mut self.left_out) }
-    }
-}
-
-/// One instance's [`Burst`], shared by its stdout, its stderr and its `log`; when the
-/// instance is gone it says how many of its last lines were left out, if any.
+/// One instance's lines in windows of [`BURST_WINDOW`], shared by its stdout, its stderr
+/// and its `log`; when the instance is gone it says how many of its last lines were left
+/// out, if any.
 pub struct Gate {
     label: Arc<str>,
     plugin: bool,
-    burst: Mutex<Burst>,
+    burst: Mutex<Window>,
 }
 
 impl Gate {
@@ -90,10 +53,10 @@ impl Gate {
 
     /// Whether a line may be written now.
     pub fn pass(&self) -> bool {
-        let admitted = self.burst.lock().unwrap().admit(Instant::now());
+        let admitted = self.burst.lock().unwrap().admit(Instant::now(), BURST_WINDOW, BURST_LINES);
         match admitted {
-            Admit::Write { left_out: 0 } => true,
-            Admit::Write { left_out } => {
+            Admit::Pass { left_out: 0 } => true,
+            Admit::Pass { left_out } => {
                 self.say(&format!("left out {left_out} lines of its output and log"), left_out);
                 true
             }
@@ -117,7 +80,7 @@ impl Gate {
 
 impl Drop for Gate {
     fn drop(&mut self) {
-        let left_out = self.burst.get_mut().unwrap().left_out;
+        let left_out = self.burst.get_mut().unwrap().left_out();
         if left_out > 0 {
             self.say(&format!("left out {left_out} lines of its output and log"), left_out);
         }
@@ -195,23 +158,24 @@ mod tests {
 
     #[test]
     fn an_instance_writes_at_most_its_burst_a_window_and_the_next_window_says_what_was_left_out() {
-        let mut b = Burst::default();
+        let admit = |w: &mut Window, at| w.admit(at, BURST_WINDOW, BURST_LINES);
+        let mut b = Window::default();
         let t0 = Instant::now();
         for i in 0..BURST_LINES {
-            assert_eq!(b.admit(t0 + Duration::from_micros(i.into())), Admit::Write { left_out: 0 });
+            assert_eq!(admit(&mut b, t0 + Duration::from_micros(i.into())), Admit::Pass { left_out: 0 });
         }
         // The rest of the window is left out and counted; the first is said at once.
-        assert_eq!(b.admit(t0 + Duration::from_millis(500)), Admit::FirstLeftOut);
+        assert_eq!(admit(&mut b, t0 + Duration::from_millis(500)), Admit::FirstLeftOut);
         for _ in 1..1234 {
-            assert_eq!(b.admit(t0 + Duration::from_millis(999)), Admit::LeftOut);
+            assert_eq!(admit(&mut b, t0 + Duration::from_millis(999)), Admit::LeftOut);
         }
         // The next window's first line is written after saying how many, once.
-        assert_eq!(b.admit(t0 + BURST_WINDOW), Admit::Write { left_out: 1234 });
-        assert_eq!(b.admit(t0 + BURST_WINDOW), Admit::Write { left_out: 0 });
+        assert_eq!(admit(&mut b, t0 + BURST_WINDOW), Admit::Pass { left_out: 1234 });
+        assert_eq!(admit(&mut b, t0 + BURST_WINDOW), Admit::Pass { left_out: 0 });
         // A quiet instance is never held back: a window opens at its next line.
-        let mut quiet = Burst::default();
+        let mut quiet = Window::default();
         for i in 0..10 * BURST_LINES {
-            assert_eq!(quiet.admit(t0 + BURST_WINDOW * i / BURST_LINES), Admit::Write { left_out: 0 });
+            assert_eq!(admit(&mut quiet, t0 + BURST_WINDOW * i / BURST_LINES), Admit::Pass { left_out: 0 });
         }
     }
 
