@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, trace, warn};
-
-use crate::refusals::{Admit, Window};
 use wasmtime::component::{HasSelf, Linker};
 
 use super::discovery::bindings::wasmnode::discovery::log::{self as wit, Level};
 use super::PluginState;
+use crate::refusals::{Admit, Window};
 
 /// Which plugin is speaking, and the gate its lines pass.
 #[derive(Clone)]
