@@ -367,12 +367,10 @@ impl hyper::body::Body for Held {
 pub struct LineLog(Arc<Lines>);
 
 struct Lines {
-    /// The worker's name, or (`plugin`) the strategy's label.
-    label: Arc<str>,
-    plugin: bool,
     stderr: bool,
     buf: Mutex<Vec<u8>>,
-    /// The instance's lines a second, shared with its other stream and its `log`.
+    /// The instance's label (a worker's name, or a strategy's `topology NAME (path)`)
+    /// and its lines a second, shared with its other stream and its `log`.
     gate: Arc<super::log::Gate>,
 }
 
@@ -386,8 +384,8 @@ impl Lines {
         }
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
-        let label = &*self.label;
-        match (self.plugin, self.stderr) {
+        let label = &*self.gate.label;
+        match (self.gate.plugin, self.stderr) {
             (false, true) => warn!(worker = label, stream = "stderr", "[{label}] {text}"),
             (false, false) => info!(worker = label, stream = "stdout", "[{label}] {text}"),
             // (A strategy's output is its stderr only: see `LineLog::plugin`.)
@@ -440,13 +438,15 @@ impl Drop for Lines {
 }
 
 impl LineLog {
-    pub fn new(worker: Arc<str>, stderr: bool, gate: Arc<super::log::Gate>) -> LineLog {
-        LineLog(Arc::new(Lines { label: worker, plugin: false, stderr, buf: Mutex::default(), gate }))
+    /// A worker's stdout or stderr, its lines tagged with the worker's name (its gate's).
+    pub fn new(stderr: bool, gate: Arc<super::log::Gate>) -> LineLog {
+        LineLog(Arc::new(Lines { stderr, buf: Mutex::default(), gate }))
     }
 
-    /// A strategy's stderr, its lines tagged with its label (`topology NAME (path)`).
-    pub fn plugin(label: Arc<str>, gate: Arc<super::log::Gate>) -> LineLog {
-        LineLog(Arc::new(Lines { label, plugin: true, stderr: true, buf: Mutex::default(), gate }))
+    /// A strategy's stderr, its lines tagged with its label (`topology NAME (path)`, its
+    /// gate's).
+    pub fn plugin(gate: Arc<super::log::Gate>) -> LineLog {
+        LineLog(Arc::new(Lines { stderr: true, buf: Mutex::default(), gate }))
     }
 }
 

@@ -34,8 +34,10 @@ pub const BURST_WINDOW: Duration = Duration::from_secs(1);
 /// and its `log`; when the instance is gone it says how many of its last lines were left
 /// out, if any.
 pub struct Gate {
-    label: Arc<str>,
-    plugin: bool,
+    /// A worker's name, or (`plugin`) a strategy's `topology NAME (path)`: what the
+    /// instance's lines are tagged with.
+    pub(super) label: Arc<str>,
+    pub(super) plugin: bool,
     burst: Mutex<Window>,
 }
 

@@ -233,7 +233,7 @@ impl PluginState {
         // node's stderr as is, a plugin's bytes could forge log lines of their own.
         // One gate per instance, for its stderr and its `log` alike.
         let gate = log::Gate::plugin(caps.label.clone());
-        wasi.stderr(egress::LineLog::plugin(caps.label.clone(), gate.clone()));
+        wasi.stderr(egress::LineLog::plugin(gate.clone()));
         for (k, v) in &caps.env {
             wasi.env(k, v);
         }

@@ -278,7 +278,7 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
     let yielded: Arc<AtomicU64> = Arc::default();
     let gate = super::log::Gate::worker(worker.clone());
     let state = WorkerState {
-        wasi: WasiCtx::builder().stdout(LineLog::new(worker.clone(), false, gate.clone())).stderr(LineLog::new(worker.clone(), true, gate.clone())).build(),
+        wasi: WasiCtx::builder().stdout(LineLog::new(false, gate.clone())).stderr(LineLog::new(true, gate.clone())).build(),
         http: WasiHttpCtx::new(),
         egress: Egress { worker, reach: kind.reach.clone(), waited: yielded.clone(), trace: None },
         config: kind.config_vars.clone(),
