@@ -529,10 +529,11 @@ fn a_ports_connection_cap_and_timeouts_are_the_configured_ones() {
     assert!(waited >= Duration::from_millis(700) && waited < Duration::from_secs(5), "answered after {waited:?}, not 1 s");
 }
 
-/// A request refused before its body is read (413 by its `Content-Length`) reaches a
-/// client that sends its body regardless: the node reads and discards what follows before
-/// it closes, so the client's writes do not fail on a reset socket before it can read the
-/// answer.
+/// A request refused before its body is read (413 by its `Content-Length`; 401, 400 or
+/// 404 by its headers) reaches a client that sends its body regardless: the node reads
+/// and discards what follows before it closes, so the client's writes do not fail on a
+/// reset socket before it can read the answer. (Before, only a 413 lingered: a retried
+/// call with a bad `Idempotency-Key` now and then came back as "connection reset".)
 #[test]
 fn a_client_that_sends_a_refused_body_regardless_gets_its_answer() {
     let (_dir, _node, probes, gateway) = node("http-linger", 116);
@@ -551,6 +552,27 @@ fn a_client_that_sends_a_refused_body_regardless_gets_its_answer() {
     assert!(body(&answer).contains("\"max\":16777216"), "{answer}");
     // The node closes once the client has stopped sending.
     assert!(matches!(s.read(&mut [0u8; 64]), Ok(0)), "still open after its 413");
+
+    // Refused by its headers: the client reads the answer first, then sends its body, as
+    // one that does not wait for `100 Continue` might be slow to.
+    let bad_key = "x".repeat(257);
+    let refused = [
+        ("Authorization: Bearer wrong", "", 401),
+        (&*format!("Authorization: Bearer {TOKEN}"), &*format!("Idempotency-Key: {bad_key}\r\n"), 400),
+        (&*format!("Authorization: Bearer {TOKEN}"), "X-Other: 1\r\n", 404),
+    ];
+    for (i, (auth, extra, want)) in refused.into_iter().enumerate() {
+        let path = if want == 404 { "/v1/nothing" } else { "/v1/workers/counter/c/call" };
+        let mut s = TcpStream::connect(&gateway).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("POST {path} HTTP/1.1\r\nHost: t\r\n{auth}\r\n{extra}Content-Length: {}\r\n\r\n", part.len()).as_bytes()).unwrap();
+        let answer = read_answer(&mut s).unwrap();
+        assert_eq!(status(&answer), want, "request {i}: {answer}");
+        s.write_all(&part).unwrap_or_else(|e| panic!("request {i}'s body, sent after its {want}, could not be sent: {e}"));
+        let end = s.read(&mut [0u8; 64]);
+        assert!(matches!(end, Ok(0)), "request {i}: after its {want} and its body, {end:?}, not closed");
+    }
     // Nothing was done, and the port goes on serving.
     let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/c/call", "increment"));
     assert_eq!(status(&answer), 404, "{answer}");

@@ -288,8 +288,9 @@ struct Slot {
     /// (through `reader`) to answer 503, rather than drop the socket.
     in_body: AtomicBool,
     reader: AtomicWaker,
-    /// Whether a request was refused before its body was read: the connection then ends
-    /// with a [`linger`].
+    /// Whether the latest request was answered before its body was read whole (refused
+    /// by its headers, or while its body arrived): the connection then ends with a
+    /// [`linger`].
     linger: AtomicBool,
     /// The connection's task, aborted (which drops its socket) to close it.
     task: OnceLock<tokio::task::AbortHandle>,
@@ -539,6 +540,10 @@ impl tokio::io::AsyncWrite for SendDeadline {
 }
 
 async fn handle(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
+    // Until [`read_body`] has all of it, the request's body is unread: any answer given
+    // before then (a 401, a 400 for a bad header, a 503 while leaving) ends the
+    // connection with a linger, or the client could lose it to a reset.
+    slot.linger.store(!req.body().is_end_stream(), Ordering::SeqCst);
     let drain = &port.drain;
     let in_flight = drain.enter();
     let mut r = if drain.closing.load(Ordering::SeqCst) {
@@ -548,6 +553,10 @@ async fn handle(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
     } else {
         route(req, port, slot).await
     };
+    if slot.closing() {
+        // Closed to make room: it ends at once, not with a linger.
+        slot.linger.store(false, Ordering::SeqCst);
+    }
     slot.waiting();
     r.body_mut()._in_flight = Some(in_flight);
     r
@@ -682,7 +691,10 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
             Err(r)
         }
         Ok(Err(r)) => Err(r),
-        Ok(Ok(bytes)) => Ok((bytes, held)),
+        Ok(Ok(bytes)) => {
+            slot.linger.store(false, Ordering::SeqCst);
+            Ok((bytes, held))
+        }
     }
 }
 
@@ -891,16 +903,10 @@ async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
     // a malformed one is ignored, as the spec says.
     let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::from_traceparent);
     // The body counts against the port's budget until the request is answered.
+    // (Refused with its body not read whole, the connection ends as `handle` says.)
     let (body, _held) = match read_body(req.into_body(), port, slot).await {
         Ok(b) => b,
-        Err(r) => {
-            // Refused with its body not read whole: the connection ends with a linger once
-            // its answer is sent (not one closed to make room: that one ends at once).
-            if !slot.closing() {
-                slot.linger.store(true, Ordering::SeqCst);
-            }
-            return r;
-        }
+        Err(r) => return r,
     };
     if let ["v1", "workers", _, _] = segments.as_slice() {
         if body.len() > crate::registry::MAX_ARGS {
