@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use crate::{bin, member_names, wait_every, wait_until, COOKIE};
 
+/// How many of a node's last log lines a failure's message shows (the whole log goes to
+/// a file).
+const DUMP_LINES: usize = 60;
+
 /// The state letter (`R`, `S`, `T`, …) of each thread of `pid`, from
 /// `/proc/<pid>/task/*/stat`; a thread that exits while it is read is left out.
 fn thread_states(pid: i32) -> Vec<char> {
@@ -271,8 +275,24 @@ impl Node {
         self.log.first(needle).expect("the line just seen")
     }
 
+    /// The log's last [`DUMP_LINES`] lines, for a failure's message. The whole log is
+    /// written to a file beside (named in the message): a test's failure then stays near
+    /// the top of what CI prints, not pushed out by its nodes' logs.
     fn dump(&self) -> String {
-        format!("---- log of {} ----\n{}", self.name, self.log())
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let left = lines.len().saturating_sub(DUMP_LINES);
+        if left == 0 {
+            return format!("---- log of {} ----\n{log}", self.name);
+        }
+        let dir = std::env::temp_dir().join("wasmnode-test-logs");
+        let path = dir.join(format!("{}-{}.log", self.name.replace(['@', ':'], "_"), self.pid()));
+        let saved = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &log));
+        let whole = match saved {
+            Ok(()) => format!("the whole log: {}", path.display()),
+            Err(e) => format!("the whole log could not be saved to {}: {e}", path.display()),
+        };
+        format!("---- log of {} (its last {DUMP_LINES} lines; {left} before them left out, {whole}) ----\n{}", self.name, lines[left..].join("\n"))
     }
 
     /// The process's resident memory (VmRSS) in MiB; NaN once it is gone.
