@@ -519,8 +519,9 @@ fn a_full_mailbox_refuses_what_comes_next_until_its_worker_catches_up() {
     // From the other node, through the connection's reader; a call likewise, through the
     // gateway and through the CLI on the other node.
     assert_eq!(call(names[y], &far, "casts 5 probe/slow 16"), (true, format!("sent 0, then: error: unavailable: {full}")));
-    let (status, body) = http(&format!("127.0.121.{}:8080", y + 1), "POST", "/v1/workers/probe/slow/call", b"count");
+    let (status, head, body) = http_answer(&format!("127.0.121.{}:8080", y + 1), "POST", "/v1/workers/probe/slow/call", &[], b"count");
     assert!(status == 503 && body.contains(full), "{status} {body}");
+    assert!(head.to_ascii_lowercase().contains("\r\nretry-after: 1"), "a 503 says when to try again: {head}");
     let (ok, out) = call(names[y], "probe/slow", "count");
     assert!(!ok && out.contains(full), "{out}");
     let out = slow.join().unwrap();

@@ -14,7 +14,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `POST /v1/workers/{kind}/{key}/call[?timeout_ms=N]`, body = message, optional `Idempotency-Key` | 200 with the reply as body; 404 `not_found`, 504 `timeout` (after `timeout_ms`, 5 s without one), 500 `failed`, 503 `unavailable` (JSON); 400 for a bad worker name (see [`WorkerName::check`]), `Idempotency-Key` or `timeout_ms` (not whole milliseconds) |
+//! | `POST /v1/workers/{kind}/{key}/call[?timeout_ms=N]`, body = message, optional `Idempotency-Key` | 200 with the reply as body; 404 `not_found`, 504 `timeout` (after `timeout_ms`, 5 s without one), 500 `failed`, 503 `unavailable` (JSON; with `Retry-After: 1`, as every 503 of the gateway's); 400 for a bad worker name (see [`WorkerName::check`]), `Idempotency-Key` or `timeout_ms` (not whole milliseconds) |
 //! | `POST /v1/workers/{kind}/{key}`, body = args | 201 `{"node"}`; 409 `{"error":"already_started","node"}`; 400 `unknown_kind` or a bad worker name; 413 `args too large` (over [`crate::registry::MAX_ARGS`], 1 MiB); 500 `failed` |
 //! | `GET /v1/workers` | 200 `{"nodes": [{"node", "workers"}]}` |
 //!
@@ -348,7 +348,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
         let admitted = port.open.lock().unwrap().admit(addr);
         let Some((id, slot, closed)) = admitted else {
             // Every connection is being answered: this one is told so and closed, at once.
-            let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n");
             if let Some(n) = port.shed("all_answering", addr.ip()) {
                 let p = &port.addr;
                 warn!(port = %p, peer = %addr, reason = "all_answering", "HTTP port {p}: {} connections open, all being answered, refusing {addr}{}", limits.max_connections, left_out(n));
@@ -549,6 +549,7 @@ async fn handle(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
     let mut r = if drain.closing.load(Ordering::SeqCst) {
         let mut r = json_response(503, json!({ "error": "leaving", "reason": "this node is leaving the cluster; nothing was done" }));
         r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         r
     } else {
         route(req, port, slot).await
@@ -941,7 +942,13 @@ async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
                         CallError::Unavailable(_) => 503,
                         CallError::Failed(_) => 500,
                     };
-                    json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()))
+                    let mut r = json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()));
+                    if status == 503 {
+                        // Nothing was delivered (a full mailbox, an owner out of reach): a
+                        // client's retry policy, or a proxy's, reads when to try again.
+                        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                    }
+                    r
                 }
             }
         }

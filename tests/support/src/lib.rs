@@ -247,6 +247,13 @@ pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) 
 
 /// [`http`] with extra request headers.
 pub fn http_with(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let (status, _head, body) = http_answer(addr, method, path, headers, body);
+    (status, body)
+}
+
+/// [`http_with`], with the answer's head too (its status line and headers); (status, head,
+/// body).
+pub fn http_answer(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -258,8 +265,8 @@ pub fn http_with(addr: &str, method: &str, path: &str, headers: &[(&str, &str)],
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw).to_string();
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or((text.clone(), String::new()));
+    (status, head, body)
 }
 
 /// Like [`http`], but `None` when the node does not accept the connection (it is down)
