@@ -299,6 +299,8 @@ fn a_client_holding_every_connection_cannot_keep_others_out() {
     busy.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     busy.write_all(&authed("POST", "/v1/workers/probe/slow/call?timeout_ms=20000", "slow-add 8000")).unwrap();
     node.wait_log("slow-add 1 applied", FORM);
+    let open = format!("wasmnode_http_connections{{port=\"{gateway}\"}}");
+    wait_until(FORM, "the call's connection the only one open", || metric(&probes, &open) == Some(1.0), || format!("{:?}", metric(&probes, &open)));
     let started = Instant::now();
 
     // 1,023 more, each kept alive after one answered request: the port is full.
@@ -313,6 +315,8 @@ fn a_client_holding_every_connection_cannot_keep_others_out() {
         held.push(s);
     }
     assert!(started.elapsed() < Duration::from_secs(6), "filling the port took {:?}: the call must still be under way", started.elapsed());
+    assert_eq!(metric(&probes, &open), Some(1024.0), "the port is full");
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"port_full\"}"), Some(0.0), "{}", node.log());
 
     // A newcomer is served, at once.
     let t = Instant::now();

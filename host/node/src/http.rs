@@ -46,6 +46,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -202,6 +203,8 @@ struct Open {
     epoch: Instant,
     next: u64,
     conns: HashMap<u64, Arc<Slot>>,
+    /// How many are open, for `wasmnode_http_connections`.
+    gauge: Gauge,
 }
 
 /// What [`Open::admit`] or [`hold_more`] made room with: the connection in `slot`, which
@@ -213,8 +216,16 @@ struct Closed {
 }
 
 impl Open {
-    fn new(cap: usize) -> Open {
-        Open { cap, epoch: Instant::now(), next: 0, conns: HashMap::new() }
+    fn new(cap: usize, gauge: Gauge) -> Open {
+        gauge.set(0);
+        Open { cap, epoch: Instant::now(), next: 0, conns: HashMap::new(), gauge }
+    }
+
+    /// Forgets connection `id` (closed to make room, or ended).
+    fn remove(&mut self, id: u64) -> Option<Arc<Slot>> {
+        let slot = self.conns.remove(&id);
+        self.gauge.set(self.conns.len() as i64);
+        slot
     }
 
     /// A place for a connection from `peer`, closing another when the port is full; `None`
@@ -239,6 +250,7 @@ impl Open {
         // It waits on its client from now: for its first request.
         slot.waiting();
         self.conns.insert(id, slot.clone());
+        self.gauge.set(self.conns.len() as i64);
         Some((id, slot, closed))
     }
 
@@ -252,7 +264,7 @@ impl Open {
             // Unless it began being answered meanwhile: then look again.
             if slot.state.compare_exchange(since, CLOSING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                 let waited = slot.since_epoch().saturating_sub(Duration::from_nanos(since));
-                let slot = self.conns.remove(&id).expect("chosen from the map");
+                let slot = self.remove(id).expect("chosen from the map");
                 return Some(Closed { slot, waited });
             }
         }
@@ -325,13 +337,14 @@ impl Slot {
 /// Serves HTTP on `listener` until the node stops.
 pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, drain: Drain, limits: Limits) {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let gauge = crate::metrics::global().http_connections(&addr);
     let port = Arc::new(Port {
         registry,
         routes,
         drain,
         limits,
         addr,
-        open: Mutex::new(Open::new(limits.max_connections)),
+        open: Mutex::new(Open::new(limits.max_connections, gauge)),
         bodies: Bodies::new(limits.max_bodies_held),
         logs: Mutex::default(),
     });
@@ -419,7 +432,7 @@ struct Leave(Arc<Port>, u64);
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.0.open.lock().unwrap().conns.remove(&self.1);
+        self.0.open.lock().unwrap().remove(self.1);
     }
 }
 
@@ -1025,7 +1038,7 @@ mod tests {
 
     #[test]
     fn bodies_count_until_answered_and_the_longest_waiting_body_makes_room() {
-        let open = Mutex::new(Open::new(100));
+        let open = Mutex::new(Open::new(100, Gauge::default()));
         let bodies = Bodies::new(100);
         let (a, b, c, d) = {
             let mut o = open.lock().unwrap();
@@ -1057,6 +1070,25 @@ mod tests {
         assert_eq!(bodies.release(&d), 20);
         assert_eq!(bodies.held.load(Ordering::SeqCst), 0);
         assert_eq!(open.lock().unwrap().conns.len(), 2, "a and b left the port");
+    }
+
+    #[test]
+    fn the_gauge_counts_what_is_open_as_connections_come_are_closed_for_room_and_end() {
+        let gauge = Gauge::default();
+        let mut open = Open::new(2, gauge.clone());
+        let a = conn(&mut open, 10);
+        let _b = conn(&mut open, 20);
+        assert_eq!(gauge.get(), 2);
+        // Full: the newcomer closes `a`, the longest waiting, and takes its place.
+        let (_, _c, closed) = open.admit("127.0.0.1:2".parse().unwrap()).expect("room made");
+        assert!(std::ptr::eq(&*closed.expect("one closed").slot, &*a));
+        assert_eq!(gauge.get(), 2);
+        let last = open.next - 1;
+        assert!(open.remove(last).is_some());
+        assert_eq!(gauge.get(), 1);
+        // (A connection already closed for room leaves nothing more when its task ends.)
+        assert!(open.remove(0).is_none());
+        assert_eq!(gauge.get(), 1);
     }
 
     #[test]

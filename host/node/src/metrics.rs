@@ -53,6 +53,11 @@ struct Topology {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Port {
+    port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
     kind: String,
 }
@@ -66,6 +71,7 @@ pub struct Metrics {
     disconnects: Family<Reason, Counter>,
     handshake_failures: Family<Cause, Counter>,
     http_shed: Family<Reason, Counter>,
+    http_connections: Family<Port, Gauge>,
     gateway_unauthorized: Counter,
     polls: Family<Topology, Counter>,
     poll_errors: Family<Topology, Counter>,
@@ -121,6 +127,7 @@ impl Metrics {
             disconnects: Family::default(),
             handshake_failures: Family::default(),
             http_shed: Family::default(),
+            http_connections: Family::default(),
             polls: Family::default(),
             poll_errors: Family::default(),
             poll_traps: Family::default(),
@@ -150,6 +157,11 @@ impl Metrics {
             "wasmnode_http_shed",
             "Connections the HTTP ports closed, and requests they refused, to keep serving others, by reason",
             m.http_shed.clone(),
+        );
+        registry.register(
+            "wasmnode_http_connections",
+            "Connections open on each HTTP port (at most its max_connections), by the port's address",
+            m.http_connections.clone(),
         );
         registry.register("wasmnode_gateway_unauthorized", "Gateway requests refused for want of the right bearer token", m.gateway_unauthorized.clone());
         registry.register("wasmnode_strategy_polls", "Polls of each topology's strategy", m.polls.clone());
@@ -215,6 +227,11 @@ impl Metrics {
     /// An HTTP port shed a connection or a request, for one of [`HTTP_SHED_REASONS`].
     pub fn http_shed(&self, reason: &'static str) {
         self.http_shed.get_or_create(&Reason { reason: reason.into() }).inc();
+    }
+    /// The gauge of connections open on the HTTP port at `port` (its address), which the
+    /// port keeps.
+    pub fn http_connections(&self, port: &str) -> Gauge {
+        self.http_connections.get_or_create(&Port { port: port.to_string() }).clone()
     }
     /// A gateway request came without the right bearer token.
     pub fn gateway_unauthorized(&self) {
