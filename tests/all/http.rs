@@ -557,8 +557,8 @@ fn a_client_that_sends_a_refused_body_regardless_gets_its_answer() {
     // The node closes once the client has stopped sending.
     assert!(matches!(s.read(&mut [0u8; 64]), Ok(0)), "still open after its 413");
 
-    // Refused by its headers: the client reads the answer first, then sends its body, as
-    // one that does not wait for `100 Continue` might be slow to.
+    // Refused by its headers: the client reads the answer, and only then sends its body
+    // (one that does not wait for `100 Continue` can be that late).
     let bad_key = "x".repeat(257);
     let refused = [
         ("Authorization: Bearer wrong", "", 401),
