@@ -254,36 +254,39 @@ pub fn http_with(addr: &str, method: &str, path: &str, headers: &[(&str, &str)],
 /// [`http_with`], with the answer's head too (its status line and headers); (status, head,
 /// body).
 pub fn http_answer(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP port");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or((text.clone(), String::new()));
-    (status, head, body)
+    let text = http_exchange(addr, method, path, headers, body).unwrap_or_else(|e| panic!("HTTP {method} {path} at {addr}: {e}"));
+    let (status, head, body) = split_answer(&text);
+    (status.unwrap_or(0), head, body)
 }
 
 /// Like [`http`], but `None` when the node does not accept the connection (it is down)
 /// or drops it before answering.
 pub fn try_http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    let text = http_exchange(addr, method, path, &[], body).ok()?;
+    let (status, _head, body) = split_answer(&text);
+    Some((status?, body))
+}
+
+/// One request with `Connection: close` on a new connection; what came back, until the
+/// node closed it.
+fn http_exchange(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok())?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
+    s.read_to_end(&mut raw)?;
+    Ok(String::from_utf8_lossy(&raw).to_string())
+}
+
+/// An answer's status (if it has one), head and body.
+fn split_answer(text: &str) -> (Option<u16>, String, String) {
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or((text.to_string(), String::new()));
+    (status, head, body)
 }
 
 /// Three nodes `a`, `b`, `c` on 127.0.`subnet`.1–3 with the static strategy over all
