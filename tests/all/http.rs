@@ -582,3 +582,52 @@ fn a_client_that_sends_a_refused_body_regardless_gets_its_answer() {
     assert_eq!(status(&answer), 404, "{answer}");
     assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"bodies_full\"}"), Some(0.0));
 }
+
+/// When every connection a port holds is being answered, a newcomer is answered 503 with
+/// `Retry-After`, nothing done — and gets that answer though it sent its request and a
+/// body at once: the node reads and discards what it sends before it closes. (Before, the
+/// 503 was written and the socket closed with the request unread, so the kernel reset it
+/// and the client could read "connection reset" instead of the answer.)
+#[test]
+fn a_newcomer_to_a_port_whose_connections_are_all_answered_gets_its_503() {
+    let (_dir, node, probes, gateway) = node_with("http-answering", 124, "max_connections = 2\n");
+    for name in ["probe/a", "probe/b"] {
+        let answer = exchange(&gateway, &authed("POST", &format!("/v1/workers/{name}"), ""));
+        assert_eq!(status(&answer), 201, "{name}: {answer}");
+    }
+    // Both of the port's connections carry a call that takes 6 s.
+    let mut busy = Vec::new();
+    for (i, name) in ["a", "b"].into_iter().enumerate() {
+        let mut s = TcpStream::connect(&gateway).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&authed("POST", &format!("/v1/workers/probe/{name}/call?timeout_ms=20000"), "slow-add 6000")).unwrap();
+        node.wait_log_count("slow-add 1 applied", i + 1, FORM);
+        busy.push(s);
+    }
+    let open = format!("wasmnode_http_connections{{port=\"{gateway}\"}}");
+    wait_until(FORM, "the calls' connections the only two open", || metric(&probes, &open) == Some(2.0), || format!("{:?}", metric(&probes, &open)));
+
+    // The newcomer sends its request and a 256 KiB body before reading anything.
+    let part = vec![b'x'; 256 << 10];
+    let mut s = TcpStream::connect(&gateway).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!("POST /v1/workers/counter/c/call HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n", part.len());
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&part).unwrap_or_else(|e| panic!("the body could not be sent: {e}\n{}", node.log()));
+    let answer = read_answer(&mut s).unwrap_or_else(|e| panic!("the newcomer's answer: {e}\n{}", node.log()));
+    assert_eq!(status(&answer), 503, "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"), "a 503 says when to try again: {answer}");
+    let end = s.read(&mut [0u8; 64]);
+    assert!(matches!(end, Ok(0)), "after its 503, {end:?}, not closed");
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"all_answering\"}"), Some(1.0));
+    assert!(node.log().contains("all being answered"), "{}", node.log());
+
+    // Nothing was done; both calls are answered, and then the port serves again.
+    for (i, s) in busy.iter_mut().enumerate() {
+        let answer = read_answer(s).unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!((status(&answer), body(&answer)), (200, "1"), "call {i}: {answer}");
+    }
+    let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/c", ""));
+    assert_eq!(status(&answer), 201, "{answer}");
+}

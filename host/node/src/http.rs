@@ -108,6 +108,12 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// (and discarding) what the client sends, at most, and how long it waits for each part.
 const LINGER_TIME: Duration = Duration::from_secs(5);
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many connections refused because every one the port holds is being answered may
+/// linger at once, beyond `max_connections` (each for [`LINGER_TIME`] at most); past it,
+/// one is closed at once.
+const REFUSED_LINGERING: usize = 64;
+/// The answer to a connection refused because every one the port holds is being answered.
+const ALL_ANSWERING: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n";
 
 /// What a port serves: probes and metrics, the worker gateway, or both.
 #[derive(Clone)]
@@ -347,6 +353,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
         open: Mutex::new(Open::new(limits.max_connections, gauge)),
         bodies: Bodies::new(limits.max_bodies_held),
         logs: Mutex::default(),
+        refused: Arc::new(tokio::sync::Semaphore::new(REFUSED_LINGERING)),
     });
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -360,8 +367,8 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
         };
         let admitted = port.open.lock().unwrap().admit(addr);
         let Some((id, slot, closed)) = admitted else {
-            // Every connection is being answered: this one is told so and closed, at once.
-            let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n");
+            // Every connection is being answered: this one is told so and closed.
+            port.refuse(stream);
             if let Some(n) = port.shed("all_answering", addr.ip()) {
                 let p = &port.addr;
                 warn!(port = %p, peer = %addr, reason = "all_answering", "HTTP port {p}: {} connections open, all being answered, refusing {addr}{}", limits.max_connections, left_out(n));
@@ -724,9 +731,26 @@ struct Port {
     bodies: Bodies,
     /// What it shed or refused, logged once per address and reason per window.
     logs: Mutex<RefusalLog<(IpAddr, &'static str)>>,
+    /// Connections refused (all being answered) that may still linger: [`REFUSED_LINGERING`].
+    refused: Arc<tokio::sync::Semaphore>,
 }
 
 impl Port {
+    /// Answers a connection it cannot admit (every one it holds is being answered) 503,
+    /// then closes it: after a [`linger`], so that a client that sent its request (and
+    /// a body) at once reads the answer rather than a reset, while fewer than
+    /// [`REFUSED_LINGERING`] do; at once past that.
+    fn refuse(&self, stream: TcpStream) {
+        // (A new socket's send buffer takes the whole answer.)
+        let _ = stream.try_write(ALL_ANSWERING);
+        if let Ok(permit) = self.refused.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                linger(stream).await;
+                drop(permit);
+            });
+        }
+    }
+
     /// Counts a connection or request shed for `reason` (one of
     /// [`crate::metrics::HTTP_SHED_REASONS`]) from `from`, and says whether to log it:
     /// see [`Port::logged`].
