@@ -595,12 +595,12 @@ fn a_newcomer_to_a_port_whose_connections_are_all_answered_gets_its_503() {
         let answer = exchange(&gateway, &authed("POST", &format!("/v1/workers/{name}"), ""));
         assert_eq!(status(&answer), 201, "{name}: {answer}");
     }
-    // Both of the port's connections carry a call that takes 6 s.
+    // Both of the port's connections carry a call that takes 10 s.
     let mut busy = Vec::new();
     for (i, name) in ["a", "b"].into_iter().enumerate() {
         let mut s = TcpStream::connect(&gateway).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(&authed("POST", &format!("/v1/workers/probe/{name}/call?timeout_ms=20000"), "slow-add 6000")).unwrap();
+        s.write_all(&authed("POST", &format!("/v1/workers/probe/{name}/call?timeout_ms=20000"), "slow-add 10000")).unwrap();
         node.wait_log_count("slow-add 1 applied", i + 1, FORM);
         busy.push(s);
     }
@@ -621,7 +621,7 @@ fn a_newcomer_to_a_port_whose_connections_are_all_answered_gets_its_503() {
     let end = s.read(&mut [0u8; 64]);
     assert!(matches!(end, Ok(0)), "after its 503, {end:?}, not closed");
     assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"all_answering\"}"), Some(1.0));
-    assert!(node.log().contains("all being answered"), "{}", node.log());
+    node.wait_log("all being answered, refusing", FORM);
 
     // Nothing was done; both calls are answered, and then the port serves again.
     for (i, s) in busy.iter_mut().enumerate() {
