@@ -184,6 +184,34 @@ fn a_worker_waiting_on_a_slow_server_holds_only_its_own_mailbox() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
+/// A worker that keeps a request in flight while it computes is charged for its
+/// computing: only the time it is stopped in a host call (blocked on an answer) is left
+/// out of its deadline. (Before, each request credited its own wait to the worker from
+/// the request's own task, so a worker that kept requests to a 100 ms server in flight
+/// while it spun was never stopped by its 1 s deadline.)
+#[test]
+fn a_worker_computing_while_its_requests_are_under_way_meets_its_deadline() {
+    let dir = TempDir::new("outbound-spin");
+    let server = Server::start("127.0.108.91:8089", Duration::from_millis(100));
+    let name = "a@127.0.108.90";
+    let kind = probe_kind("allowed_outbound_hosts = [\"http://127.0.108.91:8089\"]\ncall_timeout_ms = 1000");
+    let config = dir.write("t.toml", &worker_topology(&[name], &[("probe", "worker_probe.wasm", &kind)], None));
+    let node = Node::start(name, &config);
+    node.wait_members(&[name], FORM);
+    let t = Instant::now();
+    let (ok, out) = call(name, "probe/s", "http-spin 4000 http://127.0.108.91:8089/spin");
+    let took = t.elapsed();
+    assert!(!ok && out.contains("exceeded its deadline of 1000 ms"), "{out}\n{}", node.log());
+    assert!(took < Duration::from_secs(3), "stopped after {took:?}, not about 1 s");
+    assert!(!server.seen.lock().unwrap().is_empty(), "no request reached the server");
+    node.wait_log("worker probe/s trapped: exceeded its deadline of 1000 ms", FORM);
+    // Blocking on an answer is still not its own time: 20 GETs of 100 ms each, 2 s in
+    // all, within the same 1 s deadline.
+    let (ok, out) = call(name, "probe/w", "http-bench 20 http://127.0.108.91:8089/wait");
+    assert!(ok && out.split_whitespace().count() == 2, "{out}\n{}", node.log());
+    assert_eq!(node.count("trapped"), 1, "{}", node.log());
+}
+
 /// The deliveries a webhook took, by customer: (customer, items).
 fn deliveries(server: &Server) -> Vec<(String, serde_json::Value)> {
     server

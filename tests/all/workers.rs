@@ -162,8 +162,9 @@ fn guests_computing_on_every_thread_do_not_stop_heartbeats() {
             // Two guests a thread: 3 s of each one's own time take about 6 s.
             let (node, name) = (caller.clone(), format!("probe/{key}"));
             std::thread::spawn(move || {
+                let t = Instant::now();
                 let out = cli(&["call", "--node", &node, &name, "spin", "--timeout-ms", "20000"], COOKIE);
-                (out.status.success(), output_text(&out))
+                (out.status.success(), output_text(&out), t.elapsed())
             })
         })
         .collect();
@@ -173,8 +174,11 @@ fn guests_computing_on_every_thread_do_not_stop_heartbeats() {
     assert_eq!(call(&caller, &format!("probe/{}", keys[spinning]), "hello"), (true, "hello".to_string()));
     let answered = t.elapsed();
     for s in spinners {
-        let (ok, out) = s.join().unwrap();
+        let (ok, out, took) = s.join().unwrap();
         assert!(!ok && out.contains("exceeded its deadline of 3000 ms"), "{out}");
+        // Sharing a thread with another, each is paused half the time: the pauses are
+        // not its own time, so its 3 s take about 6.
+        assert!(took > Duration::from_millis(4500), "stopped after {took:?}: its pauses counted against its deadline");
     }
     assert!(answered < Duration::from_secs(2), "a call during the spin took {answered:?}");
     // About 6 s of spinning on every thread, heartbeat timeout 1.5 s: no node down.

@@ -14,7 +14,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,9 +53,6 @@ pub struct Reach {
 pub struct Egress {
     pub worker: Arc<str>,
     pub reach: Reach,
-    /// Nanoseconds the instance spent waiting for answers: its deadline counts only its
-    /// own time (the same counter as its yields).
-    pub waited: Arc<AtomicU64>,
     /// The span of the message being handled, when it is traced: each request is a
     /// client span under it, and tells the server with a `traceparent` header.
     pub trace: Option<TraceContext>,
@@ -119,7 +115,7 @@ impl WasiHttpHooks for Egress {
             first_byte_timeout: cap(o.first_byte_timeout),
             between_bytes_timeout: cap(o.between_bytes_timeout),
         };
-        let (worker, waited) = (self.worker.clone(), self.waited.clone());
+        let worker = self.worker.clone();
         Box::new(async move {
             let began = tokio::time::Instant::now();
             let deadline = began + timeout;
@@ -133,7 +129,6 @@ impl WasiHttpHooks for Egress {
                 Ok::<_, HttpError>((permit, response))
             })
             .await;
-            waited.fetch_add(began.elapsed().as_nanos() as u64, Ordering::Relaxed);
             // The request's span ends with the response's head (or its failure).
             let (permit, response) = match sent {
                 Ok(Ok(r)) => r,

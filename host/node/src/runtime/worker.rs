@@ -10,20 +10,21 @@
 //!
 //! Calls into the guest are async (wasmtime's async support), so a worker awaiting
 //! `cluster.call` gives its thread to others instead of blocking it. Every message
-//! runs under a deadline that counts the guest's own time, not time spent waiting in
-//! `cluster.call`, and the instance under a memory cap. A trap ends that instance only:
+//! runs under a deadline that counts the guest's own time ([`OwnTime`]), not time spent
+//! in host calls (waiting in `cluster.call`, for an outbound answer, for its turn after
+//! a yield), and the instance under a memory cap. A trap ends that instance only:
 //! the message that trapped is answered `failed`, the callers still queued get an
 //! error when the mailbox drops, and the registry forgets the name.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use wasmtime::component::{ComponentExportIndex, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -106,11 +107,8 @@ pub struct ClusterCtx {
     key: String,
     /// This instance's own mailbox, for timers.
     mailbox: mailbox::Sender<Envelope>,
-    /// When the current message started, and how long it has waited in host calls and,
-    /// in nanoseconds, for its turn after yielding: the deadline counts only the rest.
-    started: Instant,
-    waited: Duration,
-    yielded: Arc<AtomicU64>,
+    /// The guest's own time on the current message: what its deadline counts.
+    pub time: OwnTime,
     /// The span of the message being handled, when it is traced: the calls the guest
     /// makes meanwhile are its children.
     trace: Option<TraceContext>,
@@ -137,18 +135,52 @@ impl Drop for Pending {
     }
 }
 
-impl ClusterCtx {
-    /// The guest's own time on the current message so far.
-    fn busy(&self) -> Duration {
-        let yielded = Duration::from_nanos(self.yielded.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(self.waited).saturating_sub(yielded)
+/// The guest's own time on a message: the wall time since the message began, less what
+/// it spent in host calls — waiting in `cluster.call`, for an outbound answer or a WASI
+/// sleep, and for its turn after a yield (the epoch's yield is a host call too). Kept by
+/// the store's call hook, which sees every entry into the host and every return from
+/// it, so time is credited only while the guest itself is stopped: a guest that
+/// computes while its outbound request is under way is charged for all of it. (Before,
+/// each request credited its own wait from its own task, so a guest that kept one in
+/// flight while it computed was never stopped.) No I/O: the caller gives the time.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnTime {
+    started: Instant,
+    /// Time in host calls that have returned.
+    in_host: Duration,
+    /// When the guest entered the host call under way, if one is.
+    entered: Option<Instant>,
+    /// Host calls under way, nested (a host call that calls back into the guest).
+    depth: u32,
+}
+
+impl OwnTime {
+    pub fn new(now: Instant) -> OwnTime {
+        OwnTime { started: now, in_host: Duration::ZERO, entered: None, depth: 0 }
     }
 
-    async fn timed<T>(&mut self, f: impl std::future::Future<Output = T>) -> T {
-        let t = Instant::now();
-        let r = f.await;
-        self.waited += t.elapsed();
-        r
+    /// The guest calls into the host.
+    pub fn enter_host(&mut self, now: Instant) {
+        if self.depth == 0 {
+            self.entered = Some(now);
+        }
+        self.depth += 1;
+    }
+
+    /// A host call returns to the guest.
+    pub fn leave_host(&mut self, now: Instant) {
+        self.depth = self.depth.saturating_sub(1);
+        if self.depth == 0 {
+            if let Some(t) = self.entered.take() {
+                self.in_host += now.saturating_duration_since(t);
+            }
+        }
+    }
+
+    /// The guest's own time since the message began.
+    pub fn own(&self, now: Instant) -> Duration {
+        let current = self.entered.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        now.saturating_duration_since(self.started).saturating_sub(self.in_host).saturating_sub(current)
     }
 }
 
@@ -177,24 +209,24 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
     async fn call(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32) -> Result<Vec<u8>, wit::CallError> {
         let registry = self.registry.clone();
         let timeout = Duration::from_millis(timeout_ms as u64);
-        self.timed(registry.call_traced(&target.kind, &target.key, msg, None, self.trace, timeout)).await.map_err(to_wit_error)
+        registry.call_traced(&target.kind, &target.key, msg, None, self.trace, timeout).await.map_err(to_wit_error)
     }
 
     async fn call_once(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32, id: String) -> Result<Vec<u8>, wit::CallError> {
         let registry = self.registry.clone();
         let timeout = Duration::from_millis(timeout_ms as u64);
-        self.timed(registry.call_traced(&target.kind, &target.key, msg, Some(&id), self.trace, timeout)).await.map_err(to_wit_error)
+        registry.call_traced(&target.kind, &target.key, msg, Some(&id), self.trace, timeout).await.map_err(to_wit_error)
     }
 
     async fn cast(&mut self, target: wit::Name, msg: Vec<u8>) -> Result<(), wit::CallError> {
         let registry = self.registry.clone();
-        self.timed(registry.cast(&target.kind, &target.key, msg)).await.map_err(to_wit_error)
+        registry.cast(&target.kind, &target.key, msg).await.map_err(to_wit_error)
     }
 
     async fn start(&mut self, kind: String, key: String, args: Vec<u8>) -> Result<String, wit::StartError> {
         let registry = self.registry.clone();
         let start = crate::registry::start_apart(async move { registry.start_worker(&kind, &key, args).await });
-        self.timed(start).await.map_err(|e| match e {
+        start.await.map_err(|e| match e {
             crate::registry::StartError::AlreadyStarted(n) => wit::StartError::AlreadyStarted(n),
             crate::registry::StartError::UnknownKind(k) => wit::StartError::UnknownKind(k),
             crate::registry::StartError::Failed(f) => wit::StartError::Failed(f),
@@ -275,12 +307,11 @@ impl WorkerRuntime {
 fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::Sender<Envelope>, name: &str) -> Store<WorkerState> {
     let budget = kind.config.call_timeout;
     let worker: Arc<str> = name.into();
-    let yielded: Arc<AtomicU64> = Arc::default();
     let gate = super::log::Gate::worker(worker.clone());
     let state = WorkerState {
         wasi: WasiCtx::builder().stdout(LineLog::new(false, gate.clone())).stderr(LineLog::new(true, gate.clone())).build(),
         http: WasiHttpCtx::new(),
-        egress: Egress { worker, reach: kind.reach.clone(), waited: yielded.clone(), trace: None },
+        egress: Egress { worker, reach: kind.reach.clone(), trace: None },
         config: kind.config_vars.clone(),
         table: super::handle_table(),
         limits: super::Limits::new(kind.config.memory_limit),
@@ -289,9 +320,7 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
             kind: kind.name.clone(),
             key,
             mailbox: own,
-            started: Instant::now(),
-            waited: Duration::ZERO,
-            yielded,
+            time: OwnTime::new(Instant::now()),
             trace: None,
             timers: tokio::task::JoinSet::new(),
             timer_held: Arc::default(),
@@ -302,25 +331,26 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
     let mut store = Store::new(kind.pre.engine(), state);
     store.limiter(|s| &mut s.limits);
     super::limit_copies(&mut store, kind.config.memory_limit);
+    // Every entry into the host and return from it: what the guest's own time leaves out.
+    store.call_hook(|mut ctx, hook| {
+        let time = &mut ctx.data_mut().cluster.time;
+        match hook {
+            CallHook::CallingHost => time.enter_host(Instant::now()),
+            CallHook::ReturningFromHost => time.leave_host(Instant::now()),
+            CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
+        }
+        Ok(())
+    });
     // At every epoch tick while the guest runs: past its budget (its own time on this
-    // message: waits in host calls such as cluster.call and for its turn after a yield
-    // do not count) it stops; before that it yields, so that a guest that computes for
-    // long shares its thread with the networking (heartbeats) and other instances, as
-    // the BEAM's reductions make a process share its scheduler.
+    // message) it stops; before that it yields, so that a guest that computes for long
+    // shares its thread with the networking (heartbeats) and other instances, as the
+    // BEAM's reductions make a process share its scheduler. (The callback runs within
+    // the epoch's host call, so its yield is not the guest's own time.)
     store.epoch_deadline_callback(move |ctx| {
-        let c = &ctx.data().cluster;
-        if c.busy() >= budget {
+        if ctx.data().cluster.time.own(Instant::now()) >= budget {
             return Ok(UpdateDeadline::Interrupt);
         }
-        let yielded = c.yielded.clone();
-        Ok(UpdateDeadline::YieldCustom(
-            1,
-            Box::pin(async move {
-                let t = Instant::now();
-                tokio::task::yield_now().await;
-                yielded.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            }),
-        ))
+        Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
     });
     store
 }
@@ -476,10 +506,7 @@ type ResolveConflict = wasmtime::component::TypedFunc<(Vec<u8>,), ()>;
 
 /// Starts the clock of a message: the deadline counts the guest's time from here.
 fn begin(store: &mut Store<WorkerState>) {
-    let c = &mut store.data_mut().cluster;
-    c.started = Instant::now();
-    c.waited = Duration::ZERO;
-    c.yielded.store(0, Ordering::Relaxed);
+    store.data_mut().cluster.time = OwnTime::new(Instant::now());
     store.set_epoch_deadline(1);
 }
 
@@ -707,5 +734,64 @@ fn to_wit_info(i: Info) -> wit::Info {
         Info::NodeUp(n) => wit::Info::NodeUp(n),
         Info::NodeDown { node, reason } => wit::Info::NodeDown(wit::NodeDown { node, reason }),
         Info::Timer(p) => wit::Info::Timer(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OwnTime;
+    use std::time::{Duration, Instant};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn own_time_leaves_out_host_calls_and_only_them() {
+        let t0 = Instant::now();
+        let mut time = OwnTime::new(t0);
+        assert_eq!(time.own(t0 + 10 * MS), 10 * MS);
+        // 10 ms computing, 100 ms in a host call (a wait), 5 ms computing.
+        time.enter_host(t0 + 10 * MS);
+        assert_eq!(time.own(t0 + 60 * MS), 10 * MS, "a host call under way is not the guest's own time");
+        time.leave_host(t0 + 110 * MS);
+        assert_eq!(time.own(t0 + 115 * MS), 15 * MS);
+        // A host call within a host call (the host calling back into the guest) is
+        // left out once, from the outer entry to the outer return.
+        time.enter_host(t0 + 115 * MS);
+        time.enter_host(t0 + 120 * MS);
+        time.leave_host(t0 + 130 * MS);
+        assert_eq!(time.own(t0 + 140 * MS), 15 * MS);
+        time.leave_host(t0 + 150 * MS);
+        assert_eq!(time.own(t0 + 160 * MS), 25 * MS);
+        // A new message starts from nothing.
+        let time = OwnTime::new(t0 + 200 * MS);
+        assert_eq!(time.own(t0 + 203 * MS), 3 * MS);
+    }
+
+    #[test]
+    fn own_time_counts_computing_while_a_request_is_under_way() {
+        // What a request does in its own task is not the guest's: only the guest's own
+        // entries into the host are left out, so a guest that keeps a request in flight
+        // while it computes for 1 s, with only quick host calls to see if it is ready,
+        // is charged (nearly) the whole second.
+        let t0 = Instant::now();
+        let mut time = OwnTime::new(t0);
+        for i in 0..1000u32 {
+            let at = t0 + i * MS;
+            time.enter_host(at);
+            time.leave_host(at + Duration::from_micros(1));
+        }
+        let own = time.own(t0 + 1000 * MS);
+        assert!(own >= 998 * MS && own <= 1000 * MS, "{own:?}");
+    }
+
+    #[test]
+    fn a_return_without_an_entry_costs_nothing() {
+        let t0 = Instant::now();
+        let mut time = OwnTime::new(t0);
+        time.leave_host(t0 + MS);
+        assert_eq!(time.own(t0 + 2 * MS), 2 * MS);
+        time.enter_host(t0 + 2 * MS);
+        time.leave_host(t0 + 4 * MS);
+        assert_eq!(time.own(t0 + 5 * MS), 3 * MS);
     }
 }

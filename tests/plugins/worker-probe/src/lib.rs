@@ -19,6 +19,7 @@
 //! | `call-once ID KIND/KEY MSG` | calls that worker with call id ID (`cluster.call-once`, 15 s timeout), replies as `call` |
 //! | `http-get URL` | GETs URL through `wasi:http`; replies `STATUS BODY`, or `error: …` (the error code) |
 //! | `http-post URL BODY` | the same with a POST of BODY |
+//! | `http-spin MS URL` | for MS ms, keeps a GET of URL in flight while it computes, never blocking (it asks whether the answer came, then sends the next); replies `answered N` |
 //! | `http-bench N URL` | N sequential GETs of URL, replies `MEDIAN_NS P99_NS` |
 //! | `config KEY` | replies the kind's `[worker.KIND.config]` value of KEY (`wasi:config/store`), or `none` |
 //! | `casts N KIND/KEY BYTES` | casts N messages of BYTES bytes to that worker; replies `sent S` when all went, or `sent S, then: error: …` at the first refused |
@@ -123,6 +124,28 @@ impl Guest for Probe {
                 }
                 ns.sort_unstable();
                 format!("{} {}", ns[n / 2], ns[n * 99 / 100])
+            }
+            "http-spin" => {
+                // http-spin MS URL: for MS ms, keeps one GET of URL in flight and
+                // computes meanwhile, never blocking: it only asks whether the answer
+                // has come (each time it has, it sends the next).
+                let ms: u64 = words.next().and_then(|w| w.parse().ok()).ok_or("http-spin MS URL")?;
+                let url = words.next().unwrap_or("");
+                log(Level::Info, "computing while requests are under way");
+                let (t, mut answered, mut x) = (std::time::Instant::now(), 0u64, 1u64);
+                while t.elapsed() < std::time::Duration::from_millis(ms) {
+                    let response = send("GET", url, b"")?;
+                    let ready = response.subscribe();
+                    while !ready.ready() {
+                        for _ in 0..10_000 {
+                            x = std::hint::black_box(x.wrapping_mul(3).wrapping_add(1));
+                        }
+                    }
+                    drop(ready);
+                    response.get().ok_or("no response")?.map_err(|()| "response taken")?.map_err(|e| format!("{e:?}"))?;
+                    answered += 1;
+                }
+                format!("answered {answered}")
             }
             "http-post" => http("POST", words.next().unwrap_or(""), words.next().unwrap_or("").as_bytes()),
             "config" => match config::wasi::config::store::get(words.next().unwrap_or("")) {
@@ -307,6 +330,25 @@ fn http(method: &str, url: &str, body: &[u8]) -> String {
 }
 
 fn try_http(method: &str, url: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let response = send(method, url, body)?;
+    response.subscribe().block();
+    let response = response.get().ok_or("no response")?.map_err(|()| "response taken")?.map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let incoming = response.consume().map_err(|()| "consume")?;
+    let stream = incoming.stream().map_err(|()| "response stream")?;
+    let mut bytes = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(wasi::io::streams::StreamError::Closed) => break,
+            Err(e) => return Err(format!("reading the body: {e:?}")),
+        }
+    }
+    Ok((status, bytes))
+}
+
+/// Sends one request through `wasi:http`; its answer is to come.
+fn send(method: &str, url: &str, body: &[u8]) -> Result<wasi::http::types::FutureIncomingResponse, String> {
     use wasi::http::outgoing_handler;
     use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
     let (scheme, rest) = url.split_once("://").ok_or("give scheme://host[:port]/path")?;
@@ -329,19 +371,5 @@ fn try_http(method: &str, url: &str, body: &[u8]) -> Result<(u16, Vec<u8>), Stri
         }
     }
     OutgoingBody::finish(out, None).map_err(|e| format!("{e:?}"))?;
-    let response = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
-    response.subscribe().block();
-    let response = response.get().ok_or("no response")?.map_err(|()| "response taken")?.map_err(|e| format!("{e:?}"))?;
-    let status = response.status();
-    let incoming = response.consume().map_err(|()| "consume")?;
-    let stream = incoming.stream().map_err(|()| "response stream")?;
-    let mut bytes = Vec::new();
-    loop {
-        match stream.blocking_read(64 * 1024) {
-            Ok(chunk) => bytes.extend_from_slice(&chunk),
-            Err(wasi::io::streams::StreamError::Closed) => break,
-            Err(e) => return Err(format!("reading the body: {e:?}")),
-        }
-    }
-    Ok((status, bytes))
+    outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))
 }
