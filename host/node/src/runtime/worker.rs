@@ -140,10 +140,9 @@ impl Drop for Pending {
 /// sleep, and for its turn after a yield (the epoch's yield is a host call too). Kept by
 /// the store's call hook, which sees every entry into the host and every return from
 /// it, so time is credited only while the guest itself is stopped: a guest that
-/// computes while its outbound request is under way is charged for all of it. (Before,
-/// each request credited its own wait from its own task, so a guest that kept one in
-/// flight while it computed was never stopped.) No I/O: the caller gives the time.
-#[derive(Debug, Clone, Copy)]
+/// computes while its outbound request is under way is charged for all of it. No I/O:
+/// the caller gives the time.
+#[derive(Debug)]
 pub struct OwnTime {
     started: Instant,
     /// Time in host calls that have returned.
@@ -207,20 +206,17 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
     }
 
     async fn call(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32) -> Result<Vec<u8>, wit::CallError> {
-        let registry = self.registry.clone();
         let timeout = Duration::from_millis(timeout_ms as u64);
-        registry.call_traced(&target.kind, &target.key, msg, None, self.trace, timeout).await.map_err(to_wit_error)
+        self.registry.call_traced(&target.kind, &target.key, msg, None, self.trace, timeout).await.map_err(to_wit_error)
     }
 
     async fn call_once(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32, id: String) -> Result<Vec<u8>, wit::CallError> {
-        let registry = self.registry.clone();
         let timeout = Duration::from_millis(timeout_ms as u64);
-        registry.call_traced(&target.kind, &target.key, msg, Some(&id), self.trace, timeout).await.map_err(to_wit_error)
+        self.registry.call_traced(&target.kind, &target.key, msg, Some(&id), self.trace, timeout).await.map_err(to_wit_error)
     }
 
     async fn cast(&mut self, target: wit::Name, msg: Vec<u8>) -> Result<(), wit::CallError> {
-        let registry = self.registry.clone();
-        registry.cast(&target.kind, &target.key, msg).await.map_err(to_wit_error)
+        self.registry.cast(&target.kind, &target.key, msg).await.map_err(to_wit_error)
     }
 
     async fn start(&mut self, kind: String, key: String, args: Vec<u8>) -> Result<String, wit::StartError> {
