@@ -191,8 +191,15 @@ fn response(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> 
     r
 }
 
+/// A JSON answer. A 503 from the gateway says nothing was done and when to try again:
+/// `Retry-After: 1`, which a client's retry policy or a proxy reads. (`/readyz`'s 503 is
+/// a probe's answer, in text, without it.)
 fn json_response(status: u16, v: Value) -> Response {
-    response(status, "application/json", v.to_string())
+    let mut r = response(status, "application/json", v.to_string());
+    if status == 503 {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
 }
 
 fn text(status: u16, body: &'static str) -> Response {
@@ -569,7 +576,6 @@ async fn handle(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
     let mut r = if drain.closing.load(Ordering::SeqCst) {
         let mut r = json_response(503, json!({ "error": "leaving", "reason": "this node is leaving the cluster; nothing was done" }));
         r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         r
     } else {
         route(req, port, slot).await
@@ -610,7 +616,6 @@ fn made_room() -> Response {
     let reason = "this port needed room and this connection had waited longest on its client; nothing was done, retry";
     let mut r = json_response(503, json!({ "error": "busy", "reason": reason }));
     r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
 
@@ -644,7 +649,6 @@ async fn read_body<'a>(mut body: Incoming, port: &'a Port, slot: &'a Slot) -> Re
         let reason = format!("requests being answered hold this port's {} MiB of request bodies; nothing was done, retry", limits.max_bodies_held >> 20);
         let mut r = json_response(503, json!({ "error": "busy", "reason": reason }));
         r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         r
     };
     // The client sent the request's headers just now.
@@ -979,13 +983,7 @@ async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
                         CallError::Unavailable(_) => 503,
                         CallError::Failed(_) => 500,
                     };
-                    let mut r = json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()));
-                    if status == 503 {
-                        // Nothing was delivered (a full mailbox, an owner out of reach): a
-                        // client's retry policy, or a proxy's, reads when to try again.
-                        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                    }
-                    r
+                    json_response(status, call_error_json(&e, &WorkerName::new(*kind, *key).to_string()))
                 }
             }
         }
