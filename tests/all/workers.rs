@@ -1,7 +1,8 @@
 //! Workers and the registry, on real node processes: start, call and already-started
-//! from every node, a dead owner, trap isolation, busy guests and heartbeats, concurrent
-//! starts, starts and activations by a guest, member events and timers in `handle-info`,
-//! bounded mailboxes, and the HTTP gateway.
+//! from every node, a dead owner, trap isolation, busy guests and heartbeats, deadlines
+//! that count host calls doing a guest's work, concurrent starts, starts and
+//! activations by a guest, member events and timers in `handle-info`, bounded
+//! mailboxes, and the HTTP gateway.
 
 use std::time::{Duration, Instant};
 
@@ -185,6 +186,28 @@ fn guests_computing_on_every_thread_do_not_stop_heartbeats() {
     for n in &nodes {
         assert_eq!(n.count("node down"), 0, "{}", n.log());
     }
+}
+
+/// Time a guest spends in host calls that do the work for it, rather than wait, is its
+/// own: a guest that only asks the host for random bytes, 64 KiB at a time, meets its
+/// deadline as a guest that computes does. A sleep is still a wait, not its own time.
+/// (Before, every host call was left out of the deadline, so this guest ran on.)
+#[test]
+fn a_worker_whose_time_goes_to_host_calls_meets_its_deadline() {
+    let dir = TempDir::new("w-host-spin");
+    let name = "a@127.0.125.1";
+    let kinds = [("probe", "worker_probe.wasm", "activate_on_call = true\ncall_timeout_ms = 1000")];
+    let node = Node::start(name, &dir.write("t.toml", &worker_topology(&[name], &kinds, None)));
+    node.wait_members(&[name], FORM);
+    let t = Instant::now();
+    let (ok, out) = call(name, "probe/h", "host-spin 4000");
+    let took = t.elapsed();
+    assert!(!ok && out.contains("exceeded its deadline of 1000 ms"), "{out}\n{}", node.log());
+    assert!(took < Duration::from_secs(3), "stopped after {took:?}, not about 1 s");
+    node.wait_log("worker probe/h trapped: exceeded its deadline of 1000 ms", FORM);
+    // 2 s asleep within the same 1 s deadline.
+    assert_eq!(call(name, "probe/s", "slow-add 2000"), (true, "1".to_string()), "{}", node.log());
+    assert_eq!(node.count("trapped"), 1, "{}", node.log());
 }
 
 /// Every node starts the same ten names at once: each ends with exactly one instance,

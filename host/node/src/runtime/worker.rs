@@ -10,21 +10,22 @@
 //!
 //! Calls into the guest are async (wasmtime's async support), so a worker awaiting
 //! `cluster.call` gives its thread to others instead of blocking it. Every message
-//! runs under a deadline that counts the guest's own time ([`OwnTime`]), not time spent
-//! in host calls (waiting in `cluster.call`, for an outbound answer, for its turn after
-//! a yield), and the instance under a memory cap. A trap ends that instance only:
-//! the message that trapped is answered `failed`, the callers still queued get an
-//! error when the mailbox drops, and the registry forgets the name.
+//! runs under a deadline that counts the time it runs ([`OwnTime`]), its host calls'
+//! work included, not the time it waits (in `cluster.call`, for an outbound answer, in
+//! a sleep, for its turn after a yield), and the instance under a memory cap. A trap
+//! ends that instance only: the message that trapped is answered `failed`, the callers
+//! still queued get an error when the mailbox drops, and the registry forgets the name.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use wasmtime::component::{ComponentExportIndex, HasSelf, Linker, ResourceTable};
-use wasmtime::{CallHook, Engine, Store, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -107,8 +108,9 @@ pub struct ClusterCtx {
     key: String,
     /// This instance's own mailbox, for timers.
     mailbox: mailbox::Sender<Envelope>,
-    /// The guest's own time on the current message: what its deadline counts.
-    pub time: OwnTime,
+    /// The guest's own time on the current message: what its deadline counts. Shared
+    /// with [`timed`], which runs the guest's calls outside the store.
+    pub time: Clock,
     /// The span of the message being handled, when it is traced: the calls the guest
     /// makes meanwhile are its children.
     trace: Option<TraceContext>,
@@ -135,52 +137,60 @@ impl Drop for Pending {
     }
 }
 
-/// The guest's own time on a message: the wall time since the message began, less what
-/// it spent in host calls — waiting in `cluster.call`, for an outbound answer or a WASI
-/// sleep, and for its turn after a yield (the epoch's yield is a host call too). Kept by
-/// the store's call hook, which sees every entry into the host and every return from
-/// it, so time is credited only while the guest itself is stopped: a guest that
-/// computes while its outbound request is under way is charged for all of it. No I/O:
-/// the caller gives the time.
-#[derive(Debug)]
+/// The guest's own time on a message: the time the future that runs it was being polled
+/// since the message began, the host calls it made meanwhile included. A guest runs
+/// only within a poll (wasmtime resumes its fiber there), and a host call that does
+/// work for it — copies, random bytes, a header map — runs there too, so a guest cannot
+/// hand its computing to the host to escape its deadline; a host call that waits — for
+/// `cluster.call`'s answer, an outbound answer or body, a WASI sleep, its turn after a
+/// yield — suspends the fiber and ends the poll, and the time until the next poll is
+/// not counted. Kept by [`timed`]; no I/O: the caller gives the time.
+#[derive(Debug, Default)]
 pub struct OwnTime {
-    started: Instant,
-    /// Time in host calls that have returned.
-    in_host: Duration,
-    /// When the guest entered the host call under way, if one is.
-    entered: Option<Instant>,
-    /// Host calls under way, nested (a host call that calls back into the guest).
-    depth: u32,
+    /// Polls that have ended.
+    ran: Duration,
+    /// When the poll under way began, if one is.
+    since: Option<Instant>,
 }
 
 impl OwnTime {
-    pub fn new(now: Instant) -> OwnTime {
-        OwnTime { started: now, in_host: Duration::ZERO, entered: None, depth: 0 }
+    /// A poll of the guest's call begins.
+    pub fn resume(&mut self, now: Instant) {
+        self.since.get_or_insert(now);
     }
 
-    /// The guest calls into the host.
-    pub fn enter_host(&mut self, now: Instant) {
-        if self.depth == 0 {
-            self.entered = Some(now);
-        }
-        self.depth += 1;
-    }
-
-    /// A host call returns to the guest.
-    pub fn leave_host(&mut self, now: Instant) {
-        self.depth = self.depth.saturating_sub(1);
-        if self.depth == 0 {
-            if let Some(t) = self.entered.take() {
-                self.in_host += now.saturating_duration_since(t);
-            }
+    /// That poll ends: the guest finished, or waits.
+    pub fn pause(&mut self, now: Instant) {
+        if let Some(t) = self.since.take() {
+            self.ran += now.saturating_duration_since(t);
         }
     }
 
     /// The guest's own time since the message began.
     pub fn own(&self, now: Instant) -> Duration {
-        let current = self.entered.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        now.saturating_duration_since(self.started).saturating_sub(self.in_host).saturating_sub(current)
+        self.ran + self.since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
+}
+
+/// An instance's [`OwnTime`], shared by its store (whose epoch callback reads it) and
+/// [`timed`] (which keeps it, outside the store that the guest's call borrows).
+pub type Clock = Arc<Mutex<OwnTime>>;
+
+fn lock(clock: &Mutex<OwnTime>) -> std::sync::MutexGuard<'_, OwnTime> {
+    clock.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `call`, a call into the guest, keeping its time on `clock`: each poll of it is
+/// the guest's own time; the time between polls, while it waits, is not.
+async fn timed<F: Future>(clock: &Mutex<OwnTime>, call: F) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    std::future::poll_fn(|cx| {
+        lock(clock).resume(Instant::now());
+        let r = call.as_mut().poll(cx);
+        lock(clock).pause(Instant::now());
+        r
+    })
+    .await
 }
 
 fn to_wit_error(e: CallError) -> wit::CallError {
@@ -292,8 +302,8 @@ impl WorkerRuntime {
         let (worker, ..) = instantiate(k, &mut store).await.map_err(|e| e.to_string())?;
         let instantiated = t.elapsed();
         let t = Instant::now();
-        begin(&mut store);
-        worker.wasmnode_worker_handler().call_init(&mut store, &[], None).await.map_err(|e| e.to_string())??;
+        let clock = begin(&mut store);
+        timed(&clock, worker.wasmnode_worker_handler().call_init(&mut store, &[], None)).await.map_err(|e| e.to_string())??;
         Ok([store_made, instantiated, t.elapsed()])
     }
 }
@@ -316,7 +326,7 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
             kind: kind.name.clone(),
             key,
             mailbox: own,
-            time: OwnTime::new(Instant::now()),
+            time: Clock::default(),
             trace: None,
             timers: tokio::task::JoinSet::new(),
             timer_held: Arc::default(),
@@ -327,23 +337,13 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
     let mut store = Store::new(kind.pre.engine(), state);
     store.limiter(|s| &mut s.limits);
     super::limit_copies(&mut store, kind.config.memory_limit);
-    // Every entry into the host and return from it: what the guest's own time leaves out.
-    store.call_hook(|mut ctx, hook| {
-        let time = &mut ctx.data_mut().cluster.time;
-        match hook {
-            CallHook::CallingHost => time.enter_host(Instant::now()),
-            CallHook::ReturningFromHost => time.leave_host(Instant::now()),
-            CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
-        }
-        Ok(())
-    });
     // At every epoch tick while the guest runs: past its budget (its own time on this
     // message) it stops; before that it yields, so that a guest that computes for long
     // shares its thread with the networking (heartbeats) and other instances, as the
-    // BEAM's reductions make a process share its scheduler. (The callback runs within
-    // the epoch's host call, so its yield is not the guest's own time.)
+    // BEAM's reductions make a process share its scheduler. (The yield ends the poll
+    // that runs the guest, so its wait for its turn is not its own time.)
     store.epoch_deadline_callback(move |ctx| {
-        if ctx.data().cluster.time.own(Instant::now()) >= budget {
+        if lock(&ctx.data().cluster.time).own(Instant::now()) >= budget {
             return Ok(UpdateDeadline::Interrupt);
         }
         Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
@@ -500,10 +500,13 @@ fn address_space_hint(e: &wasmtime::Error) -> &'static str {
 /// The `wasmnode:worker/conflict` export.
 type ResolveConflict = wasmtime::component::TypedFunc<(Vec<u8>,), ()>;
 
-/// Starts the clock of a message: the deadline counts the guest's time from here.
-fn begin(store: &mut Store<WorkerState>) {
-    store.data_mut().cluster.time = OwnTime::new(Instant::now());
+/// Starts the clock of a message: the deadline counts the guest's time from here, in
+/// the calls run through [`timed`] with the clock returned.
+fn begin(store: &mut Store<WorkerState>) -> Clock {
     store.set_epoch_deadline(1);
+    let clock = store.data().cluster.time.clone();
+    *lock(&clock) = OwnTime::default();
+    clock
 }
 
 impl Instance {
@@ -526,14 +529,14 @@ impl Instance {
         let mut store = new_store(&kind, registry, name.key.clone(), own, &name.to_string());
         let trap = |e: &wasmtime::Error| describe_trap(e, budget, memory_limit);
 
-        begin(&mut store);
-        let (worker, resolve_conflict, snapshot) = instantiate(&kind, &mut store)
+        let clock = begin(&mut store);
+        let (worker, resolve_conflict, snapshot) = timed(&clock, instantiate(&kind, &mut store))
             .await
             .map_err(|e| SpawnError::Instantiate { name: name.clone(), why: format!("{}{}", trap(&e), address_space_hint(&e)) })?;
         // The state that moved carries the call log behind the worker's own state.
         let (handoff, calls) = CallLog::split(handoff);
-        begin(&mut store);
-        match worker.wasmnode_worker_handler().call_init(&mut store, args, handoff).await {
+        let clock = begin(&mut store);
+        match timed(&clock, worker.wasmnode_worker_handler().call_init(&mut store, args, handoff)).await {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => return Err(SpawnError::Refused { name, reason }),
             Err(e) => return Err(SpawnError::Trapped { why: trap(&e), name }),
@@ -564,8 +567,8 @@ impl Instance {
     /// trap in `snapshot` ends the instance, and the reply's caller is told.
     async fn replicate(&mut self, reply: Option<Reply>) -> Result<Option<Reply>, End> {
         let Some(d) = &mut self.durable else { return Ok(reply) };
-        begin(&mut self.store);
-        let state = match Box::pin(d.snapshot.call_async(&mut self.store, ())).await {
+        let clock = begin(&mut self.store);
+        let state = match timed(&clock, Box::pin(d.snapshot.call_async(&mut self.store, ()))).await {
             Ok((state,)) => state,
             Err(e) => {
                 if let Some((to, _)) = reply {
@@ -633,7 +636,7 @@ impl Instance {
         let Instance { name, store, worker, resolve_conflict, calls, budget, memory_limit, .. } = self;
         let trap = |e: &wasmtime::Error| End::Trapped(describe_trap(e, *budget, *memory_limit));
         let handler = worker.wasmnode_worker_handler();
-        begin(store);
+        let clock = begin(store);
         // A call with an id is a call whose outcome the call log keeps (and answers its
         // retries from).
         let (call_id, trace, envelope) = match envelope {
@@ -658,7 +661,7 @@ impl Instance {
         store.data_mut().cluster.trace = context;
         store.data_mut().egress.trace = context;
         match envelope {
-            Envelope::Call { msg, reply } => match Box::pin(handler.call_handle_call(&mut *store, &msg)).await {
+            Envelope::Call { msg, reply } => match timed(&clock, Box::pin(handler.call_handle_call(&mut *store, &msg))).await {
                 // Sent by the caller of `handle`, once a durable state is copied.
                 Ok(r) => {
                     if let (Some(span), Err(why)) = (span.as_mut(), &r) {
@@ -680,8 +683,8 @@ impl Instance {
             },
             // Turned into a call above.
             Envelope::CallWith(_) => unreachable!("a call with an id or a trace is handled as a call"),
-            Envelope::Cast { msg } => Box::pin(handler.call_handle_cast(&mut *store, &msg)).await.map(|()| None).map_err(|e| trap(&e)),
-            Envelope::Info(i) => Box::pin(handler.call_handle_info(&mut *store, &to_wit_info(*i))).await.map(|()| None).map_err(|e| trap(&e)),
+            Envelope::Cast { msg } => timed(&clock, Box::pin(handler.call_handle_cast(&mut *store, &msg))).await.map(|()| None).map_err(|e| trap(&e)),
+            Envelope::Info(i) => timed(&clock, Box::pin(handler.call_handle_info(&mut *store, &to_wit_info(*i)))).await.map(|()| None).map_err(|e| trap(&e)),
             Envelope::Conflict(conflict) => {
                 // The other instance's call log joins this one's: neither's calls apply twice.
                 let Conflict { from, state, .. } = *conflict;
@@ -691,7 +694,7 @@ impl Instance {
                     // Only a call log came (the other instance's terminate returned no state).
                     (_, None) => Ok(None),
                     (Some(f), Some(state)) => {
-                        let r = Box::pin(f.call_async(&mut *store, (state.to_vec(),))).await.map_err(|e| trap(&e));
+                        let r = timed(&clock, Box::pin(f.call_async(&mut *store, (state.to_vec(),)))).await.map_err(|e| trap(&e));
                         if r.is_ok() {
                             info!(worker = %name, peer = %from, "merged the state of {name} from {from} (resolve-conflict)");
                         }
@@ -704,7 +707,7 @@ impl Instance {
                 }
             }
             Envelope::Stop { reason, reply } => {
-                let state = match Box::pin(handler.call_terminate(&mut *store, &reason)).await {
+                let state = match timed(&clock, Box::pin(handler.call_terminate(&mut *store, &reason))).await {
                     Ok(s) => s,
                     Err(e) => {
                         warn!(worker = %name, "worker {name} trapped in terminate: {}", describe_trap(&e, *budget, *memory_limit));
@@ -741,53 +744,65 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn own_time_leaves_out_host_calls_and_only_them() {
+    fn own_time_counts_polls_and_not_the_waits_between_them() {
         let t0 = Instant::now();
-        let mut time = OwnTime::new(t0);
-        assert_eq!(time.own(t0 + 10 * MS), 10 * MS);
-        // 10 ms computing, 100 ms in a host call (a wait), 5 ms computing.
-        time.enter_host(t0 + 10 * MS);
-        assert_eq!(time.own(t0 + 60 * MS), 10 * MS, "a host call under way is not the guest's own time");
-        time.leave_host(t0 + 110 * MS);
-        assert_eq!(time.own(t0 + 115 * MS), 15 * MS);
-        // A host call within a host call (the host calling back into the guest) is
-        // left out once, from the outer entry to the outer return.
-        time.enter_host(t0 + 115 * MS);
-        time.enter_host(t0 + 120 * MS);
-        time.leave_host(t0 + 130 * MS);
-        assert_eq!(time.own(t0 + 140 * MS), 15 * MS);
-        time.leave_host(t0 + 150 * MS);
-        assert_eq!(time.own(t0 + 160 * MS), 25 * MS);
+        let mut time = OwnTime::default();
+        assert_eq!(time.own(t0), Duration::ZERO, "nothing before the first poll");
+        // 10 ms running (the guest, and host calls that work for it), 100 ms waiting
+        // (a host call that suspends it ends the poll), 5 ms running.
+        time.resume(t0);
+        assert_eq!(time.own(t0 + 4 * MS), 4 * MS, "the poll under way counts");
+        time.pause(t0 + 10 * MS);
+        assert_eq!(time.own(t0 + 60 * MS), 10 * MS, "a wait is not the guest's own time");
+        time.resume(t0 + 110 * MS);
+        time.pause(t0 + 115 * MS);
+        assert_eq!(time.own(t0 + 200 * MS), 15 * MS);
         // A new message starts from nothing.
-        let time = OwnTime::new(t0 + 200 * MS);
-        assert_eq!(time.own(t0 + 203 * MS), 3 * MS);
+        assert_eq!(OwnTime::default().own(t0 + 300 * MS), Duration::ZERO);
     }
 
     #[test]
-    fn own_time_counts_computing_while_a_request_is_under_way() {
-        // What a request does in its own task is not the guest's: only the guest's own
-        // entries into the host are left out, so a guest that keeps a request in flight
-        // while it computes for 1 s, with only quick host calls to see if it is ready,
-        // is charged (nearly) the whole second.
+    fn own_time_counts_a_guest_whose_time_goes_to_host_calls() {
+        // A guest that spends nearly all of a second in quick host calls that work for
+        // it, never waiting, runs within one poll: charged the whole second.
         let t0 = Instant::now();
-        let mut time = OwnTime::new(t0);
-        for i in 0..1000u32 {
-            let at = t0 + i * MS;
-            time.enter_host(at);
-            time.leave_host(at + Duration::from_micros(1));
-        }
-        let own = time.own(t0 + 1000 * MS);
-        assert!(own >= 998 * MS && own <= 1000 * MS, "{own:?}");
+        let mut time = OwnTime::default();
+        time.resume(t0);
+        assert_eq!(time.own(t0 + 1000 * MS), 1000 * MS);
     }
 
     #[test]
-    fn a_return_without_an_entry_costs_nothing() {
+    fn a_pause_without_a_resume_costs_nothing_and_a_second_resume_keeps_the_first() {
         let t0 = Instant::now();
-        let mut time = OwnTime::new(t0);
-        time.leave_host(t0 + MS);
-        assert_eq!(time.own(t0 + 2 * MS), 2 * MS);
-        time.enter_host(t0 + 2 * MS);
-        time.leave_host(t0 + 4 * MS);
-        assert_eq!(time.own(t0 + 5 * MS), 3 * MS);
+        let mut time = OwnTime::default();
+        time.pause(t0 + MS);
+        assert_eq!(time.own(t0 + 2 * MS), Duration::ZERO);
+        time.resume(t0 + 2 * MS);
+        time.resume(t0 + 3 * MS);
+        time.pause(t0 + 4 * MS);
+        assert_eq!(time.own(t0 + 5 * MS), 2 * MS);
+    }
+
+    #[tokio::test]
+    async fn timed_counts_the_polls_of_a_call_and_not_its_waits() {
+        // A call that computes 30 ms, waits 300 ms (a sleep: pending until woken), then
+        // computes 30 ms more.
+        let clock = super::Clock::default();
+        let busy = |ms: u64| {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(ms) {
+                std::hint::spin_loop();
+            }
+        };
+        let t = Instant::now();
+        super::timed(&clock, async {
+            busy(30);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            busy(30);
+        })
+        .await;
+        let (own, wall) = (super::lock(&clock).own(Instant::now()), t.elapsed());
+        assert!(wall >= 360 * MS, "{wall:?}");
+        assert!(own >= 60 * MS && own < 200 * MS, "own {own:?} of {wall:?}: the wait counted, or the work did not");
     }
 }

@@ -20,6 +20,7 @@
 //! | `http-get URL` | GETs URL through `wasi:http`; replies `STATUS BODY`, or `error: …` (the error code) |
 //! | `http-post URL BODY` | the same with a POST of BODY |
 //! | `http-spin MS URL` | for MS ms, keeps a GET of URL in flight while it computes, never blocking (it asks whether the answer came, then sends the next); replies `answered N` |
+//! | `host-spin MS` | for MS ms, has the host do the work: asks it for 64 KiB of random bytes at a time (`wasi:random`), computing nothing itself; replies `asked N` |
 //! | `http-bench N URL` | N sequential GETs of URL, replies `MEDIAN_NS P99_NS` |
 //! | `config KEY` | replies the kind's `[worker.KIND.config]` value of KEY (`wasi:config/store`), or `none` |
 //! | `casts N KIND/KEY BYTES` | casts N messages of BYTES bytes to that worker; replies `sent S` when all went, or `sent S, then: error: …` at the first refused |
@@ -146,6 +147,18 @@ impl Guest for Probe {
                     answered += 1;
                 }
                 format!("answered {answered}")
+            }
+            "host-spin" => {
+                // host-spin MS: for MS ms, only asks the host for random bytes, so
+                // that nearly all its time is spent in host calls that never wait.
+                let ms: u64 = words.next().and_then(|w| w.parse().ok()).ok_or("host-spin MS")?;
+                log(Level::Info, "having the host work");
+                let (t, mut asked) = (std::time::Instant::now(), 0u64);
+                while t.elapsed() < std::time::Duration::from_millis(ms) {
+                    std::hint::black_box(wasi::random::random::get_random_bytes(64 << 10));
+                    asked += 1;
+                }
+                format!("asked {asked}")
             }
             "http-post" => http("POST", words.next().unwrap_or(""), words.next().unwrap_or("").as_bytes()),
             "config" => match config::wasi::config::store::get(words.next().unwrap_or("")) {
