@@ -1,6 +1,7 @@
 //! The HTTP port as clients and attackers meet it: the gateway's token, percent-decoded
 //! paths, 405s, chunked and conflicting bodies, and clients that send too much, too
-//! slowly or nothing at all — with probes answering on their own port throughout.
+//! slowly or nothing at all, or read large answers slowly — with probes answering on
+//! their own port throughout.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -630,4 +631,54 @@ fn a_newcomer_to_a_port_whose_connections_are_all_answered_gets_its_503() {
     }
     let answer = exchange(&gateway, &authed("POST", "/v1/workers/counter/c", ""));
     assert_eq!(status(&answer), 201, "{answer}");
+}
+
+/// Answers over 64 KiB count against the port's `answers_held_mb` until the socket has
+/// taken them all, so clients that ask for large answers and read them slowly cannot grow
+/// the node's memory past it: when one more does not fit, the connection whose answer has
+/// waited longest on its client is closed and its answer dropped, and a client that reads
+/// its answer gets all of it. (Before, each such client held its whole answer, up to 64
+/// MiB, for as long as it read a little every 10 s, on each of 1,024 connections.)
+#[test]
+fn answers_read_slowly_are_held_within_the_ports_budget() {
+    let (_dir, node, probes, gateway) = node_with("http-answers", 126, "answers_held_mb = 64\n");
+    for key in ["a", "b", "c"] {
+        let answer = exchange(&gateway, &authed("POST", &format!("/v1/workers/probe/{key}"), ""));
+        assert_eq!(status(&answer), 201, "{key}: {answer}");
+    }
+    // Asks worker `key` for 24 MiB and reads only the answer's headers.
+    let ask = |key: &str| {
+        let mut s = TcpStream::connect(&gateway).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&authed("POST", &format!("/v1/workers/probe/{key}/call"), "big 24")).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap_or_else(|e| panic!("{key}'s answer: {e}\n{}", node.log())), 1, "{key}: {head:?}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert_eq!(status(&head), 200, "{head}");
+        s
+    };
+    // Two answers of 24 MiB wait on clients that read none of them: 48 of the 64 MiB.
+    let mut a = ask("a");
+    let mut b = ask("b");
+    // A third does not fit with both: a's, which has waited longest, is dropped, and
+    // c, reading its answer at once, gets all of it.
+    let mut c = ask("c");
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), 24 << 20, "c's answer");
+    // a gets what the sockets held of its answer, then the end.
+    let mut got = Vec::new();
+    let end = a.read_to_end(&mut got);
+    assert!(got.len() < 24 << 20, "a read all of its answer ({end:?}), not dropped\n{}", node.log());
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"answers_full\"}"), Some(1.0), "{}", node.log());
+    node.wait_log("answers being sent hold its 64 MiB: closed the connection to", FORM);
+    node.wait_log("reason=\"answers_full\"", FORM);
+    // b's fitted beside c's: it is there whole, read late.
+    let mut got = Vec::new();
+    b.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), 24 << 20, "b's answer");
 }

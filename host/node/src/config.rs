@@ -283,7 +283,7 @@ pub struct HttpConfig {
     pub token: Option<TokenSource>,
     /// What each HTTP port serves with: the defaults, with what `max_connections`,
     /// `header_timeout_ms`, `body_timeout_ms`, `send_timeout_ms`, `max_header_kb`,
-    /// `max_body_mb` and `bodies_held_mb` set.
+    /// `max_body_mb`, `bodies_held_mb` and `answers_held_mb` set.
     pub limits: crate::http::Limits,
 }
 
@@ -302,7 +302,7 @@ impl HttpConfig {
     }
 }
 
-/// The largest `[http] bodies_held_mb`.
+/// The largest `[http] bodies_held_mb` and `answers_held_mb`.
 const MAX_BODIES_HELD_MB: u64 = 1 << 16;
 /// The largest `[http] max_connections`.
 const MAX_HTTP_CONNECTIONS: u64 = 1 << 20;
@@ -402,6 +402,7 @@ struct RawHttp {
     token_file: Option<Spanned<String>>,
     max_body_mb: Option<Spanned<u64>>,
     bodies_held_mb: Option<Spanned<u64>>,
+    answers_held_mb: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u64>>,
     header_timeout_ms: Option<Spanned<u64>>,
     body_timeout_ms: Option<Spanned<u64>>,
@@ -871,6 +872,8 @@ impl Config {
                 let body = max_body_mb.unwrap_or(d.max_body as u64 >> 20);
                 let why = " (max_body_mb: one body of the largest size)";
                 let bodies_held_mb = noted!(ranged(&h.bodies_held_mb, "bodies_held_mb", body..=MAX_BODIES_HELD_MB, " MiB", why), None);
+                let why = format!(" (a reply crosses between nodes in one message of at most {most} MiB: one answer of the largest size)");
+                let answers_held_mb = noted!(ranged(&h.answers_held_mb, "answers_held_mb", most..=MAX_BODIES_HELD_MB, " MiB", &why), None);
                 let max_connections = noted!(ranged(&h.max_connections, "max_connections", 1..=MAX_HTTP_CONNECTIONS, " connections", ""), None);
                 let max_header_kb = noted!(ranged(&h.max_header_kb, "max_header_kb", HTTP_MAX_HEADER_KB, " KiB", ""), None);
                 let ms = |v: &Option<Spanned<u64>>, key: &str| ranged(v, key, HTTP_TIMEOUTS_MS, " ms", " (a tenth of a second to an hour)");
@@ -885,6 +888,7 @@ impl Config {
                     max_connections: max_connections.map_or(d.max_connections, |n| n as usize),
                     send_timeout: send_timeout_ms.map_or(d.send_timeout, Duration::from_millis),
                     max_bodies_held: bodies_held_mb.map_or(d.max_bodies_held, |m| (m as usize) << 20),
+                    max_answers_held: answers_held_mb.map_or(d.max_answers_held, |m| (m as usize) << 20),
                 };
                 let gateway = h.gateway.as_ref().is_some_and(|g| *g.get_ref());
                 let http = HttpConfig { listen, gateway, gateway_listen, token, limits };
@@ -1151,6 +1155,14 @@ mod tests {
         assert!(e.contains("key `http.bodies_held_mb`: 8 MiB: give 16 to 65536 (max_body_mb"), "{e}");
         let e = limits("max_body_mb = -1\n").unwrap_err();
         assert!(e.contains("max_body_mb"), "{e}");
+    }
+
+    #[test]
+    fn http_answers_held_default_to_256_mib_and_hold_at_least_the_largest_reply() {
+        assert_eq!(limits("").unwrap().max_answers_held, 256 << 20);
+        assert_eq!(limits("answers_held_mb = 64\n").unwrap().max_answers_held, 64 << 20);
+        let e = limits("answers_held_mb = 63\n").unwrap_err();
+        assert!(e.starts_with("t.toml:5:19: key `http.answers_held_mb`: 63 MiB: give 64 to 65536 (a reply crosses"), "{e}");
     }
 
     #[test]

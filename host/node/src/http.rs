@@ -2,7 +2,9 @@
 //! `Content-Length` bodies) with limits that keep one client from taking it: headers
 //! within 16 KiB and 10 s, bodies within 16 MiB and 30 s and at most 64 MiB of them held
 //! at once (past that the body that has waited longest on its client is closed, and only
-//! when all are being answered is a body refused: 503 with `Retry-After`), no write left
+//! when all are being answered is a body refused: 503 with `Retry-After`), answers over
+//! 64 KiB within 256 MiB held at once while they are sent (past that the answer that has
+//! waited longest on its client is dropped with its connection), no write left
 //! waiting more than 10 s on a client that reads nothing of its answers (it is closed),
 //! at most 1,024 connections per port (one past that closes the connection that has
 //! waited longest on its client; only when all are being answered is it answered 503 and
@@ -39,7 +41,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
@@ -79,6 +80,10 @@ pub struct Limits {
     /// `Content-Length` (or first byte) until their requests are answered (past it, the
     /// body that has waited longest on its client is answered 503 and closed).
     pub max_bodies_held: usize,
+    /// Bytes of answers over 64 KiB held at once on the port, from when they are made
+    /// until the socket has taken them all (past it, the connection whose answer has
+    /// waited longest on its client is closed, its answer dropped).
+    pub max_answers_held: usize,
 }
 
 impl Default for Limits {
@@ -91,6 +96,7 @@ impl Default for Limits {
             max_connections: 1024,
             send_timeout: Duration::from_secs(10),
             max_bodies_held: 64 << 20,
+            max_answers_held: 256 << 20,
         }
     }
 }
@@ -100,6 +106,10 @@ impl Default for Limits {
 /// stall large ones (they are bounded by `max_connections` instead, 64 MiB at the
 /// default 1,024). Counted from the first byte past it.
 const SMALL_BODY: usize = 64 << 10;
+
+/// Answers up to this size are not counted in a port's budget of answers held (they are
+/// bounded by `max_connections` instead, 64 MiB at the default 1,024).
+const SMALL_ANSWER: usize = 64 << 10;
 
 /// How long a connection closed to make room while its body arrived may wait on its
 /// client to take its 503, before it is closed.
@@ -161,31 +171,42 @@ impl Drop for InFlight {
 
 /// A whole answer body that keeps its request in flight while it exists.
 pub struct Answer {
-    body: Full<Bytes>,
+    /// Its bytes, until hyper takes them (none when empty).
+    data: Option<Bytes>,
     _in_flight: Option<InFlight>,
+}
+
+impl Answer {
+    fn new(data: Bytes) -> Answer {
+        Answer { data: (!data.is_empty()).then_some(data), _in_flight: None }
+    }
+
+    fn len(&self) -> usize {
+        self.data.as_ref().map_or(0, Bytes::len)
+    }
 }
 
 impl Body for Answer {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.get_mut().data.take().map(|d| Ok(Frame::data(d))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.data.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        SizeHint::with_exact(self.len() as u64)
     }
 }
 
 type Response = hyper::Response<Answer>;
 
 fn response(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Response {
-    let mut r = hyper::Response::new(Answer { body: Full::new(body.into()), _in_flight: None });
+    let mut r = hyper::Response::new(Answer::new(body.into()));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
@@ -253,6 +274,7 @@ impl Open {
         let slot = Arc::new(Slot {
             state: AtomicU64::new(0),
             body: AtomicUsize::new(0),
+            answer: AtomicUsize::new(0),
             in_body: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             linger: AtomicBool::new(false),
@@ -307,8 +329,10 @@ struct Slot {
     /// [`ANSWERING`], [`CLOSING`], or when the node began waiting on the client (in
     /// nanoseconds since `epoch`).
     state: AtomicU64,
-    /// Bytes of its request's body counted in the port's [`Bodies`].
+    /// Bytes of its request's body counted in the port's budget of bodies.
     body: AtomicUsize,
+    /// Bytes of its answer counted in the port's budget of answers, until sent.
+    answer: AtomicUsize,
     /// Whether its request's body is being read: then [`Closed::close`] wakes the reader
     /// (through `reader`) to answer 503, rather than drop the socket.
     in_body: AtomicBool,
@@ -342,8 +366,20 @@ impl Slot {
 
     /// The node waits on the client (for its next request, or more of a body), from now.
     fn waiting(&self) {
-        let now = (self.since_epoch().as_nanos() as u64).min(CLOSING - 1);
+        let now = self.now();
         let _ = self.state.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| (s != CLOSING).then_some(now));
+    }
+
+    /// The client took some of its answer: while the node waits on it, it waits from
+    /// now (a client that reads its answer is not the one that has waited longest). A
+    /// connection being answered or closing stays so.
+    fn progressed(&self) {
+        let now = self.now();
+        let _ = self.state.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| (s < CLOSING).then_some(now));
+    }
+
+    fn now(&self) -> u64 {
+        (self.since_epoch().as_nanos() as u64).min(CLOSING - 1)
     }
 }
 
@@ -358,7 +394,8 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
         limits,
         addr,
         open: Mutex::new(Open::new(limits.max_connections, gauge)),
-        bodies: Bodies::new(limits.max_bodies_held),
+        bodies: Budget::new(limits.max_bodies_held),
+        answers: Arc::new(Budget::new(limits.max_answers_held)),
         logs: Mutex::default(),
         refused: Arc::new(tokio::sync::Semaphore::new(REFUSED_LINGERING)),
     });
@@ -385,7 +422,7 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Routes, dr
         if let Some(closed) = closed {
             closed.close();
             // (What its request's body held is given back now, not once its task ends.)
-            port.bodies.release(&closed.slot);
+            port.bodies.release(&closed.slot.body);
             let peer = closed.slot.peer;
             if let Some(n) = port.shed("port_full", peer.ip()) {
                 let (p, more) = (&port.addr, crate::refusals::left_out_as(n, "closed"));
@@ -514,6 +551,13 @@ impl SendDeadline {
         TokioIo::new(SendDeadline { io, timeout, stalled: None, slot })
     }
 
+    /// The socket took some of an answer: the client is reading.
+    fn wrote(&self, polled: &Poll<std::io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.slot.progressed();
+        }
+    }
+
     /// What a write that the socket took or refused comes to: progress disarms the
     /// timer; waiting arms it, and fails once it has run out.
     fn progress<T>(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
@@ -540,12 +584,14 @@ impl tokio::io::AsyncWrite for SendDeadline {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(&polled);
         this.progress(cx, polled)
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(&polled);
         this.progress(cx, polled)
     }
 
@@ -566,7 +612,7 @@ impl tokio::io::AsyncWrite for SendDeadline {
     }
 }
 
-async fn handle(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
+async fn handle(req: Request<Incoming>, port: &Port, slot: &Arc<Slot>) -> Response {
     // Until [`read_body`] has all of it, the request's body is unread: any answer given
     // before then (a 401, a 400 for a bad header, a 503 while leaving) ends the
     // connection with a linger, or the client could lose it to a reset.
@@ -585,6 +631,7 @@ async fn handle(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
         slot.linger.store(false, Ordering::SeqCst);
     }
     slot.waiting();
+    hold_answer(port, slot, r.body_mut());
     r.body_mut()._in_flight = Some(in_flight);
     r
 }
@@ -732,7 +779,8 @@ struct Port {
     /// The address it listens on, for logs.
     addr: String,
     open: Mutex<Open>,
-    bodies: Bodies,
+    bodies: Budget,
+    answers: Arc<Budget>,
     /// What it shed or refused, logged once per address and reason per window.
     logs: Mutex<RefusalLog<(IpAddr, &'static str)>>,
     /// Connections refused (all being answered) that may still linger: [`REFUSED_LINGERING`].
@@ -771,39 +819,51 @@ impl Port {
     }
 }
 
-/// Bytes of request bodies over [`SMALL_BODY`] a port holds at once, counted from their
-/// first byte (or their `Content-Length`) until their requests are answered: so many
+/// Bytes a port holds at once of one kind, each connection's share counted in its
+/// [`Slot`] (`body` or `answer`): of request bodies over [`SMALL_BODY`], from their first
+/// byte (or their `Content-Length`) until their requests are answered, so that many
 /// clients sending large bodies slowly cannot grow the node's memory past it (each could
-/// hold 16 MiB for 30 s before). When a body does not fit, the body that has waited
-/// longest on its client is closed to make room (see [`hold_more`]).
-struct Bodies {
+/// hold 16 MiB for 30 s before); of answers over [`SMALL_ANSWER`], from when they are
+/// made until the socket has taken them, so that many clients reading large answers
+/// slowly cannot either (each could hold 64 MiB for as long as it read a little every
+/// 10 s). When one does not fit, the connection whose share has waited longest on its
+/// client is closed to make room (see [`hold_more`] and [`hold_answer`]).
+struct Budget {
     held: AtomicUsize,
     max: usize,
 }
 
-impl Bodies {
-    fn new(max: usize) -> Bodies {
-        Bodies { held: AtomicUsize::new(0), max }
+impl Budget {
+    fn new(max: usize) -> Budget {
+        Budget { held: AtomicUsize::new(0), max }
     }
 
-    /// Counts `more` bytes of `slot`'s body, unless the budget cannot take them.
-    fn grow(&self, slot: &Slot, more: usize) -> bool {
+    /// Counts `more` bytes of a connection's `share`, unless the budget cannot take them.
+    fn grow(&self, share: &AtomicUsize, more: usize) -> bool {
         let max = self.max;
         let grown = self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| h.checked_add(more).filter(|t| *t <= max)).is_ok();
         if grown {
-            slot.body.fetch_add(more, Ordering::SeqCst);
+            share.fetch_add(more, Ordering::SeqCst);
         }
         grown
     }
 
-    /// Gives back what `slot`'s body holds: once, whoever calls it first (the request's
-    /// [`Held`] when it is answered, or whoever closed the connection to make room).
-    fn release(&self, slot: &Slot) -> usize {
-        let bytes = slot.body.swap(0, Ordering::SeqCst);
+    /// Gives back a connection's whole `share`: once, whoever calls it first (its
+    /// request's [`Held`] or answer's [`Counted`] when done, or whoever closed the
+    /// connection to make room).
+    fn release(&self, share: &AtomicUsize) -> usize {
+        let bytes = share.swap(0, Ordering::SeqCst);
         if bytes > 0 {
             self.held.fetch_sub(bytes, Ordering::SeqCst);
         }
         bytes
+    }
+
+    /// Gives back `bytes` of a connection's `share`, or what is left of it (none, once
+    /// the connection was closed to make room).
+    fn give_back(&self, share: &AtomicUsize, bytes: usize) {
+        let Ok(had) = share.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| (h > 0).then(|| h - h.min(bytes))) else { return };
+        self.held.fetch_sub(had.min(bytes), Ordering::SeqCst);
     }
 }
 
@@ -813,22 +873,89 @@ impl Bodies {
 /// and log): a client that sends its body as fast as it can is never held up by ones
 /// that stall theirs. `false` when the bodies left all belong to requests being answered
 /// (calls to workers under way), or `slot` itself was closed to make room.
-fn hold_more(open: &Mutex<Open>, bodies: &Bodies, slot: &Slot, more: usize, closed: &mut Vec<Closed>) -> bool {
+fn hold_more(open: &Mutex<Open>, bodies: &Budget, slot: &Slot, more: usize, closed: &mut Vec<Closed>) -> bool {
     loop {
         if slot.closing() {
             return false;
         }
-        if bodies.grow(slot, more) {
+        if bodies.grow(&slot.body, more) {
             return true;
         }
         let eligible = |s: &Slot| s.body.load(Ordering::SeqCst) > 0 && !std::ptr::eq(s, slot);
         let Some(c) = open.lock().unwrap().close_longest_waiting(eligible) else { return false };
-        bodies.release(&c.slot);
+        bodies.release(&c.slot.body);
         closed.push(c);
     }
 }
 
-/// One request's body in [`Bodies`], given back on drop.
+/// Counts `answer`, over [`SMALL_ANSWER`], in the port's budget of answers until the
+/// socket has taken all of it (its bytes then carry the count, given back when hyper
+/// drops them). When it does not fit, the connection whose answer has waited longest on
+/// its client (since the socket last took some of it) is closed and its answer dropped,
+/// until it does: clients that read large answers slowly cannot keep one that reads at
+/// once from its own. The answer is sent whatever happens, since the call it answers was
+/// made: when no other connection holding an answer is left to close (those held are of
+/// connections already closing, which give them back as they end), it is counted over
+/// the budget.
+fn hold_answer(port: &Port, slot: &Arc<Slot>, answer: &mut Answer) {
+    let len = answer.len();
+    if len <= SMALL_ANSWER {
+        return;
+    }
+    loop {
+        if port.answers.grow(&slot.answer, len) {
+            break;
+        }
+        let eligible = |s: &Slot| s.answer.load(Ordering::SeqCst) > 0 && !std::ptr::eq(s, &**slot);
+        let Some(c) = port.open.lock().unwrap().close_longest_waiting(eligible) else {
+            port.answers.held.fetch_add(len, Ordering::SeqCst);
+            slot.answer.fetch_add(len, Ordering::SeqCst);
+            break;
+        };
+        let released = port.answers.release(&c.slot.answer);
+        c.close();
+        let (p, peer, to) = (&port.addr, c.slot.peer, slot.peer);
+        if let Some(n) = port.shed("answers_full", peer.ip()) {
+            let more = crate::refusals::left_out_as(n, "closed");
+            warn!(
+                port = %p,
+                %peer,
+                reason = "answers_full",
+                "HTTP port {p}: answers being sent hold its {} MiB: closed the connection to {peer}, whose answer of {:.1} MiB had waited {:.1} s on its client, to send one of {:.1} MiB to {to}{more}",
+                port.limits.max_answers_held >> 20,
+                released as f64 / (1 << 20) as f64,
+                c.waited.as_secs_f64(),
+                len as f64 / (1 << 20) as f64,
+            );
+        }
+    }
+    if let Some(data) = answer.data.take() {
+        answer.data = Some(Bytes::from_owner(Counted { data, budget: port.answers.clone(), slot: slot.clone(), bytes: len }));
+    }
+}
+
+/// An answer's bytes counted in the port's budget of answers, given back when hyper
+/// drops them: once the socket has taken them all, or with the connection.
+struct Counted {
+    data: Bytes,
+    budget: Arc<Budget>,
+    slot: Arc<Slot>,
+    bytes: usize,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.budget.give_back(&self.slot.answer, self.bytes);
+    }
+}
+
+/// One request's body in the port's budget of bodies, given back on drop.
 struct Held<'a> {
     port: &'a Port,
     slot: &'a Slot,
@@ -872,7 +999,7 @@ impl Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.port.bodies.release(self.slot);
+            self.port.bodies.release(&self.slot.body);
         }
     }
 }
@@ -1061,7 +1188,7 @@ mod tests {
     #[test]
     fn bodies_count_until_answered_and_the_longest_waiting_body_makes_room() {
         let open = Mutex::new(Open::new(100, Gauge::default()));
-        let bodies = Bodies::new(100);
+        let bodies = Budget::new(100);
         let (a, b, c, d) = {
             let mut o = open.lock().unwrap();
             (conn(&mut o, 10), conn(&mut o, 30), conn(&mut o, ANSWERING), conn(&mut o, 50))
@@ -1086,12 +1213,41 @@ mod tests {
         assert_eq!(c.state.load(Ordering::SeqCst), ANSWERING, "a request being answered keeps its body");
         assert_eq!(bodies.held.load(Ordering::SeqCst), 50);
         // Given back once, whoever gives it back first.
-        assert_eq!(bodies.release(&c), 30);
-        assert_eq!(bodies.release(&c), 0);
-        assert_eq!(bodies.release(&a), 0);
-        assert_eq!(bodies.release(&d), 20);
+        assert_eq!(bodies.release(&c.body), 30);
+        assert_eq!(bodies.release(&c.body), 0);
+        assert_eq!(bodies.release(&a.body), 0);
+        assert_eq!(bodies.release(&d.body), 20);
         assert_eq!(bodies.held.load(Ordering::SeqCst), 0);
         assert_eq!(open.lock().unwrap().conns.len(), 2, "a and b left the port");
+    }
+
+    #[test]
+    fn an_answer_is_given_back_once_by_its_bytes_or_by_whoever_closed_its_connection() {
+        let answers = Budget::new(100);
+        let (a, b) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        assert!(answers.grow(&a, 60) && !answers.grow(&b, 50), "60 + 50 do not fit in 100");
+        assert!(answers.grow(&b, 40));
+        // a's connection is closed to make room: its share is given back then, and its
+        // bytes, dropped later with the connection, give back nothing more.
+        assert_eq!(answers.release(&a), 60);
+        answers.give_back(&a, 60);
+        assert_eq!(answers.held.load(Ordering::SeqCst), 40);
+        // b's bytes are sent: given back by their own count.
+        answers.give_back(&b, 40);
+        assert_eq!((b.load(Ordering::SeqCst), answers.held.load(Ordering::SeqCst)), (0, 0));
+    }
+
+    #[test]
+    fn a_client_that_reads_waits_from_then_and_one_being_answered_or_closing_stays_so() {
+        let mut open = Open::new(10, Gauge::default());
+        let (waiting, answering, closing) = (conn(&mut open, 10), conn(&mut open, ANSWERING), conn(&mut open, CLOSING));
+        for slot in [&waiting, &answering, &closing] {
+            slot.progressed();
+        }
+        let since = waiting.state.load(Ordering::SeqCst);
+        assert!(since > 10 && since < CLOSING, "{since}");
+        assert_eq!(answering.state.load(Ordering::SeqCst), ANSWERING);
+        assert_eq!(closing.state.load(Ordering::SeqCst), CLOSING);
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub const DOWN_REASONS: [&str; 6] = ["connection_closed", "heartbeat_timeout", "
 /// answered, a connection closed after its client read none of its answers for the send
 /// timeout, a connection whose request body was closed to make room in the port's budget
 /// for request bodies, a request refused because requests being answered hold that budget.
-pub const HTTP_SHED_REASONS: [&str; 5] = ["port_full", "all_answering", "not_reading", "bodies_full", "bodies_answering"];
+pub const HTTP_SHED_REASONS: [&str; 6] = ["port_full", "all_answering", "not_reading", "bodies_full", "bodies_answering", "answers_full"];
 /// Every cause a handshake fails for (`DialError::cause`, and the accept loop's own).
 pub const HANDSHAKE_CAUSES: [&str; 9] = ["cookie_mismatch", "version", "refused", "protocol", "timeout", "io", "name_in_use", "dropped", "tls"];
 
