@@ -681,4 +681,8 @@ fn answers_read_slowly_are_held_within_the_ports_budget() {
     let mut got = Vec::new();
     b.read_to_end(&mut got).unwrap();
     assert_eq!(got.len(), 24 << 20, "b's answer");
+    // What was sent or dropped was given back: two more answers that wait on their
+    // clients fit together, closing nothing.
+    let (_d, _e) = (ask("a"), ask("b"));
+    assert_eq!(metric(&probes, "wasmnode_http_shed_total{reason=\"answers_full\"}"), Some(1.0), "{}", node.log());
 }

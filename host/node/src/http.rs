@@ -848,6 +848,13 @@ impl Budget {
         grown
     }
 
+    /// Counts `more` bytes of a connection's `share` whether the budget can take them or
+    /// not (what is already made and must be sent).
+    fn grow_past(&self, share: &AtomicUsize, more: usize) {
+        self.held.fetch_add(more, Ordering::SeqCst);
+        share.fetch_add(more, Ordering::SeqCst);
+    }
+
     /// Gives back a connection's whole `share`: once, whoever calls it first (its
     /// request's [`Held`] or answer's [`Counted`] when done, or whoever closed the
     /// connection to make room).
@@ -908,8 +915,7 @@ fn hold_answer(port: &Port, slot: &Arc<Slot>, answer: &mut Answer) {
         }
         let eligible = |s: &Slot| s.answer.load(Ordering::SeqCst) > 0 && !std::ptr::eq(s, &**slot);
         let Some(c) = port.open.lock().unwrap().close_longest_waiting(eligible) else {
-            port.answers.held.fetch_add(len, Ordering::SeqCst);
-            slot.answer.fetch_add(len, Ordering::SeqCst);
+            port.answers.grow_past(&slot.answer, len);
             break;
         };
         let released = port.answers.release(&c.slot.answer);
