@@ -261,6 +261,65 @@ fn a_relay_forwarding_a_dial_to_another_member_is_refused() {
     assert_eq!(b.members(), vec![names[0].to_string(), names[1].to_string()]);
 }
 
+/// A party on the path answers the first dial's `Hello` with a forged version refusal, to
+/// make two nodes speak the older version 3: the dialer falls back, the node dialled
+/// refuses the fallback and says why (both say inside the handshake that they speak 5),
+/// and the next dial, which the party lets through, connects in version 5.
+#[test]
+fn a_version_refusal_forged_on_the_path_is_caught() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let dir = TempDir::new("wire-downgrade");
+    let names = ["a@127.0.131.1", "b@127.0.131.2"];
+    let config = dir.write("t.toml", &static_topology(&names, 200));
+    // `b` listens on 4371; its name's address, 4370, is the party on the path.
+    let path = std::net::TcpListener::bind("127.0.131.2:4370").unwrap();
+    let forged = Arc::new(AtomicUsize::new(0));
+    let count = forged.clone();
+    std::thread::spawn(move || {
+        for mut inbound in path.incoming().flatten() {
+            if count.load(Ordering::SeqCst) == 0 {
+                // Read the dialer's Hello, then refuse its version in the acceptor's stead.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !matches!(Message::decode(&buf), Ok(Some(_))) {
+                    match inbound.read(&mut chunk) {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => break,
+                    }
+                }
+                let Ok(Some((Message::Hello { version: 5, .. }, _))) = Message::decode(&buf) else { continue };
+                let mut refuse = Vec::new();
+                Message::Refuse { code: Refusal::VersionMismatch, reason: "protocol version 5 is not supported (this node speaks 3)".into() }
+                    .encode(&mut refuse);
+                let _ = inbound.write_all(&refuse);
+                count.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            let Ok(outbound) = TcpStream::connect("127.0.131.2:4371") else { continue };
+            for (mut from, mut to) in [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    // `b` does not list `a`, so only `a` dials, through the path.
+    let b_config = dir.write("b.toml", &static_topology(&[names[1]], 200));
+    let b = Node::start_with(names[1], &b_config, &["--listen", "127.0.131.2:4371"], &[]);
+    let a = Node::start(names[0], &config);
+    a.wait_log("b@127.0.131.2 refused wire version 5: dialling it again in version 3", FORM);
+    b.wait_log("a@127.0.131.1 dialled in wire version 3, though both nodes speak 5: a party on the path forged the version refusal it fell back on", FORM);
+    a.wait_log("cannot connect to b@127.0.131.2: handshake failed: refused by peer: a@127.0.131.1 dialled in wire version 3", FORM);
+    wait_mesh(&[&a, &b], &names, FORM);
+    assert_eq!(forged.load(Ordering::SeqCst), 1);
+    // Once each: the dialer was never answered in version 3.
+    assert_eq!(a.count("dialling it again in version 3"), 1, "{}", a.log());
+    assert_eq!(a.count("connected to b@127.0.131.2"), 1, "{}", a.log());
+}
+
 /// A second node claiming a connected node's name is refused, even with the cookie.
 #[test]
 fn a_name_already_connected_is_refused() {

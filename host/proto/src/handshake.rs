@@ -61,6 +61,17 @@ pub const FLAG_HIDDEN: u32 = 1;
 pub const FLAG_CIPHER_CHOICE: u32 = 1 << 1;
 /// Flag: the node's CPU runs AEGIS-128X4 at full speed (512-bit AES instructions).
 pub const FLAG_WIDE_AES: u32 = 1 << 2;
+/// Where in the flags the newest wire version a node speaks is (bits 16 to 31; 0 from a
+/// node before they said it). They travel inside Noise's messages, which no party on
+/// the path can change, so an acceptor dialled in an older version than both sides
+/// speak knows the version refusal that sent the dialer there was forged on the way
+/// (as TLS 1.3's downgrade sentinel tells a client).
+pub const NEWEST_VERSION_SHIFT: u32 = 16;
+
+/// The flags that say this node's newest wire version, for its [`Identity`].
+pub fn version_flags() -> u32 {
+    u32::from(PROTOCOL_VERSION) << NEWEST_VERSION_SHIFT
+}
 /// Largest handshake message accepted.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 /// Longest node name accepted.
@@ -83,6 +94,11 @@ impl Identity {
     /// Whether this is a hidden (tool) node.
     pub fn hidden(&self) -> bool {
         self.flags & FLAG_HIDDEN != 0
+    }
+
+    /// The newest wire version the node says it speaks (0: it does not say).
+    pub fn newest_version(&self) -> u16 {
+        (self.flags >> NEWEST_VERSION_SHIFT) as u16
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -149,6 +165,9 @@ pub enum Refusal {
     ModeMismatch,
     /// The dialer's TLS certificate does not name the host of the node name it claims.
     Certificate,
+    /// The dialer speaks an older version than both sides do: a party on the path forged
+    /// the version refusal it fell back on.
+    Downgraded,
     /// A code this version does not know (a newer peer's).
     Other(u8),
 }
@@ -166,6 +185,7 @@ impl Refusal {
             Refusal::WrongNode => 8,
             Refusal::ModeMismatch => 9,
             Refusal::Certificate => 10,
+            Refusal::Downgraded => 11,
             Refusal::Other(c) => c,
         }
     }
@@ -182,6 +202,7 @@ impl Refusal {
             8 => Refusal::WrongNode,
             9 => Refusal::ModeMismatch,
             10 => Refusal::Certificate,
+            11 => Refusal::Downgraded,
             c => Refusal::Other(c),
         }
     }
@@ -192,6 +213,7 @@ impl Refusal {
             Error::CookieMismatch => Refusal::CookieMismatch,
             Error::VersionMismatch { .. } => Refusal::VersionMismatch,
             Error::WrongNode { .. } => Refusal::WrongNode,
+            Error::Downgraded { .. } => Refusal::Downgraded,
             _ => Refusal::ProtocolError,
         }
     }
@@ -431,6 +453,12 @@ impl Acceptor {
         let mut payload = vec![0u8; first.len()];
         let n = hs.read_message(&first, &mut payload).map_err(|_| Error::CookieMismatch)?;
         let peer = Identity::decode(&payload[..n])?;
+        // A dialer falls back to an older version only when refused its newest with a
+        // version mismatch, which this node, speaking it too, never sends.
+        let both = peer.newest_version().min(me.newest_version());
+        if version < both {
+            return Err(Error::Downgraded { name: peer.name, spoken: version, both });
+        }
         let mut out = vec![0u8; MAX_HANDSHAKE_FRAME];
         let n = hs.write_message(&me.encode(), &mut out).map_err(|_| Error::PeerMisbehaved("own identity too long for a handshake"))?;
         out.truncate(n);
@@ -504,6 +532,37 @@ mod tests {
         bytes.extend(wire(&acc));
         let dialer = d.on_accept(acc)?;
         Ok((dialer, (peer, acceptor), bytes))
+    }
+
+    /// A dialer that says it speaks this node's version but dials in version 3 was sent
+    /// there by a version refusal this node never sent: refused, and the refusal says so.
+    /// When either side does not say (a node before the flags carried it), version 3 is
+    /// answered as before.
+    #[test]
+    fn a_dialer_sent_to_an_older_version_by_a_forged_refusal_is_refused() {
+        let newer = Identity { flags: version_flags(), ..id("a@h") };
+        assert_eq!(newer.newest_version(), PROTOCOL_VERSION);
+        let acceptor = Identity { flags: version_flags(), ..id("b@h") };
+        let (_, hello) = Dialer::start_version(&newer, "b@h", COOKIE, &[], 3).unwrap();
+        let e = Acceptor::on_hello(&acceptor, COOKIE, hello).err().unwrap();
+        assert_eq!(e, Error::Downgraded { name: "a@h".into(), spoken: 3, both: PROTOCOL_VERSION });
+        assert_eq!(Refusal::for_error(&e), Refusal::Downgraded);
+        assert_eq!(e.to_string(), "a@h dialled in wire version 3, though both nodes speak 5: a party on the path forged the version refusal it fell back on");
+        // In its newest version, the same dialer is answered.
+        let (d, hello) = Dialer::start(&newer, "b@h", COOKIE).unwrap();
+        let (_, challenge) = Acceptor::on_hello(&acceptor, COOKIE, hello).unwrap();
+        let (proven, _) = d.on_challenge(challenge).unwrap();
+        assert_eq!(proven.peer().newest_version(), PROTOCOL_VERSION);
+        // A dialer that does not say its newest version falls back as before, and so does
+        // one dialling an acceptor that does not say its own.
+        let (_, hello) = Dialer::start_version(&id("a@h"), "b@h", COOKIE, &[], 3).unwrap();
+        assert!(Acceptor::on_hello(&acceptor, COOKIE, hello).is_ok());
+        let (_, hello) = Dialer::start_version(&newer, "b@h", COOKIE, &[], 3).unwrap();
+        assert!(Acceptor::on_hello(&id("b@h"), COOKIE, hello).is_ok());
+        // And one that says a newer version than this node's, in this node's newest, is answered.
+        let newest = Identity { flags: u32::from(PROTOCOL_VERSION + 1) << NEWEST_VERSION_SHIFT, ..id("a@h") };
+        let (_, hello) = Dialer::start(&newest, "b@h", COOKIE).unwrap();
+        assert!(Acceptor::on_hello(&acceptor, COOKIE, hello).is_ok());
     }
 
     /// A node of wire version 3 (records in AES-256-GCM, before AEGIS) is answered in
@@ -653,6 +712,7 @@ mod tests {
             Refusal::WrongNode,
             Refusal::ModeMismatch,
             Refusal::Certificate,
+            Refusal::Downgraded,
             Refusal::Other(200),
         ];
         for code in all {

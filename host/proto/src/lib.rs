@@ -88,6 +88,10 @@ pub enum Error {
     /// A sealed record did not open: altered, replayed, reordered or injected on the way.
     #[error("a sealed record failed authentication (altered, replayed, reordered or injected)")]
     Decrypt,
+    /// The dialer fell back to an older version than both sides speak: the version
+    /// refusal it fell back on came from a party on the path, not from this node.
+    #[error("{name} dialled in wire version {spoken}, though both nodes speak {both}: a party on the path forged the version refusal it fell back on")]
+    Downgraded { name: String, spoken: u16, both: u16 },
     /// The peer refused us: why, as a code and in words.
     #[error("refused by peer: {reason}")]
     Refused { code: Refusal, reason: String },

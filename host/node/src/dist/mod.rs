@@ -162,12 +162,12 @@ impl DialError {
         match self {
             DialError::Handshake(ProtoError::CookieMismatch) => "cookie_mismatch",
             DialError::Handshake(ProtoError::Refused { code: Refusal::CookieMismatch, .. }) => "cookie_mismatch",
-            DialError::Handshake(ProtoError::Refused { code: Refusal::VersionMismatch, .. }) => "version",
+            DialError::Handshake(ProtoError::Refused { code: Refusal::VersionMismatch | Refusal::Downgraded, .. }) => "version",
             DialError::Handshake(ProtoError::Refused { code: Refusal::ModeMismatch | Refusal::Certificate, .. })
             | DialError::Tls(_)
             | DialError::Certificate(_) => "tls",
             DialError::Handshake(ProtoError::Refused { .. }) => "refused",
-            DialError::Handshake(ProtoError::VersionMismatch { .. }) => "version",
+            DialError::Handshake(ProtoError::VersionMismatch { .. } | ProtoError::Downgraded { .. }) => "version",
             DialError::Handshake(_) | DialError::WrongNode { .. } => "protocol",
             DialError::Timeout => "timeout",
             _ => "io",
@@ -296,7 +296,8 @@ impl Dist {
 
     fn identity(&self) -> Identity {
         let hidden = if self.0.cfg.hidden { wasmnode_proto::handshake::FLAG_HIDDEN } else { 0 };
-        Identity { name: self.0.cfg.name.clone(), flags: hidden | wasmnode_proto::seal::cipher_flags(), creation: self.0.creation }
+        let flags = hidden | wasmnode_proto::seal::cipher_flags() | wasmnode_proto::handshake::version_flags();
+        Identity { name: self.0.cfg.name.clone(), flags, creation: self.0.creation }
     }
 
     /// Sets the handler requests are offered to first, on their connection's reader.
