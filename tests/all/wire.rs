@@ -521,6 +521,115 @@ fn a_peer_that_does_not_read_is_disconnected_past_its_backlog() {
     assert!(out.status.success(), "{}", output_text(&out));
 }
 
+/// Bursts a node makes itself, far over `max_backlog_mb` (4 MiB here), keep the
+/// connection and lose nothing: 2 MiB casts from every worker on one node at once, 2 MiB
+/// replies to as many callers at once, and a SIGTERM that hands over every worker's
+/// state together. Only answers to a peer's requests count against the limit, and the
+/// workers that reply wait for room among them; before, each burst disconnected the two
+/// nodes as "not reading", and the SIGTERM lost every state handed over.
+#[test]
+fn bursts_over_the_backlog_limit_keep_the_connection_and_lose_nothing() {
+    let dir = TempDir::new("wire-bursts");
+    let names = ["a@127.0.132.1", "b@127.0.132.2"];
+    let gateway = "127.0.132.1:8080";
+    let config = worker_topology(&names, &[("probe", "worker_probe.wasm", "activate_on_call = true\ncall_timeout_ms = 20000")], Some(gateway))
+        .replace("[node]\n", "[node]\nmax_backlog_mb = 4\n");
+    let a = Node::start(names[0], &dir.write("a.toml", &config));
+    let b = Node::start(names[1], &dir.write("b.toml", &config.replace("\n[http]\nlisten = \"127.0.132.1:8080\"\ngateway = true\n", "")));
+    wait_mesh(&[&a, &b], &names, FORM);
+    let call = |key: &str, msg: &str| http(gateway, "POST", &format!("/v1/workers/probe/{key}/call?timeout_ms=20000"), msg.as_bytes());
+    let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
+    for i in 0..40 {
+        let key = format!("k{i}");
+        let (status, body) = call(&key, "whoami");
+        assert_eq!(status, 200, "{body}");
+        if body.ends_with(names[0]) {
+            on_a.push(key)
+        } else {
+            on_b.push(key)
+        }
+    }
+    assert!(on_a.len() >= 8 && on_b.len() >= 8, "placed {} and {}", on_a.len(), on_b.len());
+    let all_at_once = |keys: &[String], msg: &str| -> Vec<(u16, String)> {
+        std::thread::scope(|s| {
+            let calls: Vec<_> = keys.iter().map(|k| s.spawn(move || call(k, msg))).collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        })
+    };
+
+    // Casts: every worker on `a` sends 3 of 2 MiB to one on `b` at once.
+    let sink = format!("probe/{}", on_b[0]);
+    for (status, body) in all_at_once(&on_a, &format!("casts 3 {sink} 2097152")) {
+        assert_eq!((status, body.as_str()), (200, "sent 3"), "{}{}", a.log(), b.log());
+    }
+    // Replies: as many callers at once ask workers on `b` for 2 MiB each.
+    for (status, body) in all_at_once(&on_b, "big 2") {
+        assert_eq!((status, body.len()), (200, 2 << 20), "{}", &body[..body.len().min(200)]);
+    }
+    // A SIGTERM hands over every worker of `b` at once, 1 MiB of state each.
+    for (status, body) in all_at_once(&on_b, "ballast 1") {
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+    for (status, body) in all_at_once(&on_b, "slow-add 0") {
+        assert_eq!((status, body.as_str()), (200, "1"));
+    }
+    assert_eq!(a.count("node down"), 0, "{}", a.log());
+    b.signal(libc::SIGTERM);
+    a.wait_log(&format!("node left {}", names[1]), FORM);
+    for key in &on_b {
+        let (status, body) = call(key, "count");
+        assert_eq!((status, body.lines().next()), (200, Some("1")), "{key} lost its state\n{}", a.log());
+    }
+    assert_eq!(a.count("no handoff state"), 0, "{}", a.log());
+    for node in [&a, &b] {
+        assert_eq!(node.count("does not read"), 0, "{}", node.log());
+    }
+}
+
+/// A peer that takes none of the bytes sent to it is disconnected after the heartbeat
+/// timeout, however few wait for it: here its pongs, under a limit on answers far above
+/// them (1 GiB).
+#[test]
+fn a_peer_that_takes_nothing_is_disconnected_after_the_heartbeat_timeout() {
+    let dir = TempDir::new("wire-stall");
+    let name = "a@127.0.133.1";
+    let config = static_topology(&[name], 5000).replace("[node]\n", "[node]\nmax_backlog_mb = 1024\n");
+    let a = Node::start(name, &dir.write("t.toml", &config));
+    a.wait_log("listening on", FORM);
+    let mut raw = Raw::connect(name);
+    raw.handshake("stalled@127.0.133.9", FLAG_HIDDEN, COOKIE.as_bytes()).unwrap();
+    raw.stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    // 32 MiB of pings: more than the sockets' buffers hold of the pongs.
+    let started = std::time::Instant::now();
+    let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+    for id in 1..=512u64 {
+        let mut plain = BytesMut::new();
+        Frame::Ping { id, payload: payload.clone() }.encode(&mut plain);
+        let mut sealed = BytesMut::new();
+        raw.session.as_ref().unwrap().sealer.seal(&plain, &mut sealed);
+        if raw.stream.write_all(&sealed).is_err() {
+            break;
+        }
+    }
+    // Heartbeats go on meanwhile: the peer is not silent, it only does not read.
+    let needle = "disconnecting stalled@127.0.133.9: it does not read (it took none of the bytes sent to it for 1500 ms)";
+    wait_until(
+        FORM,
+        needle,
+        || {
+            let mut plain = BytesMut::new();
+            Frame::Heartbeat.encode(&mut plain);
+            let mut sealed = BytesMut::new();
+            raw.session.as_ref().unwrap().sealer.seal(&plain, &mut sealed);
+            let _ = raw.stream.write_all(&sealed);
+            a.count(needle) > 0
+        },
+        || a.log(),
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500), "disconnected after {:?}", started.elapsed());
+    assert_eq!(a.count("heartbeat timeout"), 0, "{}", a.log());
+}
+
 /// postcard's unsigned varint, for hand-encoding registry requests the way a peer would.
 fn varint(mut v: u64, out: &mut Vec<u8>) {
     while v >= 0x80 {

@@ -155,8 +155,8 @@ pub struct NodeConfig {
     /// How long a leaving node may take to hand its workers to their next owners
     /// (default 25 s, under Kubernetes' 30 s grace period).
     pub handoff_deadline: Duration,
-    /// Bytes that may wait to be sent to one peer before it is disconnected as not
-    /// reading (`max_backlog_mb`, default 128).
+    /// Bytes of answers (replies, pongs) that may wait to be sent to one peer before it
+    /// is disconnected as not reading (`max_backlog_mb`, default 128).
     pub max_backlog: usize,
     /// When a node joins and owns some names: move them now (`move`, default) or leave
     /// them where they run until they next restart (`stay`).

@@ -84,8 +84,26 @@ pub enum DownReason {
     ProtocolError(String),
     /// This node closed the connection (it is leaving, or shutting down).
     LocalShutdown,
-    /// The peer did not read: more than this many bytes waited to be sent to it.
-    NotReading(usize),
+    /// The peer did not read what was sent to it.
+    NotReading(Unread),
+}
+
+/// How a peer showed it does not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unread {
+    /// More than this many bytes of answers (replies, pongs) waited to be sent to it.
+    Answers(usize),
+    /// It took none of the bytes written to it for this long (the heartbeat timeout).
+    Stalled(Duration),
+}
+
+impl fmt::Display for Unread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unread::Answers(limit) => write!(f, "more than {limit} bytes of answers to its requests waited to be sent to it"),
+            Unread::Stalled(t) => write!(f, "it took none of the bytes sent to it for {} ms", t.as_millis()),
+        }
+    }
 }
 
 impl DownReason {
@@ -110,7 +128,7 @@ impl fmt::Display for DownReason {
             DownReason::Left => write!(f, "left the cluster"),
             DownReason::ProtocolError(why) => write!(f, "protocol error: {why}"),
             DownReason::LocalShutdown => write!(f, "local shutdown"),
-            DownReason::NotReading(limit) => write!(f, "not reading: more than {limit} bytes waited to be sent to it"),
+            DownReason::NotReading(why) => write!(f, "not reading: {why}"),
         }
     }
 }
@@ -210,8 +228,9 @@ pub struct DistConfig {
     pub deliver_sends: bool,
     /// DNS server for peers' host names; the system resolver (getaddrinfo) when unset.
     pub nameserver: Option<SocketAddr>,
-    /// Bytes that may wait to be sent to one peer; past it the peer is disconnected as
-    /// not reading (OTP's `dist_buf_busy_limit`, there a point where senders block).
+    /// Bytes of answers (replies, pongs) that may wait to be sent to one peer; past it
+    /// the peer is disconnected as not reading. Senders of replies wait for room first,
+    /// as OTP's senders wait at `dist_buf_busy_limit` (see [`Peer::send_answer`]).
     pub max_backlog: usize,
     /// Mutual TLS under the handshake (`[node.tls]`); without it, Noise alone.
     pub tls: Option<Arc<Tls>>,
@@ -330,8 +349,10 @@ impl Dist {
             id: self.0.next_conn.fetch_add(1, Ordering::Relaxed),
             tx,
             queued: AtomicUsize::new(0),
-            backlog: AtomicUsize::new(0),
+            answers: AtomicUsize::new(0),
             max_backlog: self.0.cfg.max_backlog,
+            drained: Default::default(),
+            stall: self.0.cfg.heartbeat_timeout,
             overflowed: Default::default(),
             direct: Mutex::new(None),
             sealer,
@@ -358,7 +379,7 @@ impl Dist {
             let (rd, wr) = stream.into_split();
             let wr = Arc::new(wr);
             *peer.0.direct.lock().unwrap() = Some(wr.clone());
-            let mut writer = tokio::spawn(write_loop(peer.clone(), wr, rx, dist.0.cfg.heartbeat_interval));
+            let mut writer = tokio::spawn(write_loop(peer.clone(), wr, rx, dist.0.cfg.heartbeat_interval, dist.0.cfg.heartbeat_timeout));
             let reason = {
                 let read = read_loop(&dist, &peer, rd, raw, plain, opener);
                 tokio::pin!(read);
@@ -377,7 +398,7 @@ impl Dist {
                 }
             };
             writer.abort();
-            let reason = if peer.0.overflowed.load(Ordering::Acquire) { DownReason::NotReading(peer.0.max_backlog) } else { reason };
+            let reason = if peer.0.overflowed.load(Ordering::Acquire) { DownReason::NotReading(Unread::Answers(peer.0.max_backlog)) } else { reason };
             let _ = peer.0.ended.set(reason.clone());
             // Senders write no more; the socket closes once the writer task has let go.
             *peer.0.direct.lock().unwrap() = None;

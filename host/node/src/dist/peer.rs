@@ -1,6 +1,6 @@
 //! The handle to one connection that the layers above send on: direct writes for frames
-//! someone waits for, the queue to the writer task for the rest, the backlog limit, and
-//! the table of requests waiting for replies.
+//! someone waits for, the queue to the writer task for the rest, the limit on answers
+//! waiting for the peer, and the table of requests waiting for replies.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,20 +13,26 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::warn;
 use wasmnode_proto::frame;
 use wasmnode_proto::seal::{RECORD_HEADER, TAG_LEN};
 use wasmnode_proto::{Frame, Service, TraceContext};
 
 use super::writer::ZERO_COPY_MIN;
-use super::{DownReason, Seal};
+use super::{DownReason, Seal, Unread};
 
 pub(super) enum Out {
     Frame(Frame),
     /// The unwritten end of a frame a sender began writing itself (see [`Peer::send`]).
     Raw(Bytes),
     Close(DownReason),
+}
+
+/// Whether `frame` answers the peer (a reply or a pong: what it asked for), whose bytes
+/// waiting to be sent are limited ([`PeerInner::answers`]).
+pub(super) fn is_answer(frame: &Frame) -> bool {
+    matches!(frame, Frame::Reply { .. } | Frame::Pong { .. })
 }
 
 /// Who waits for the replies to one request.
@@ -57,11 +63,21 @@ pub(super) struct PeerInner {
     /// Frames handed to the writer task and not yet written by it. While there are
     /// any, a new frame queues behind them; when there are none, its sender writes it.
     pub(super) queued: AtomicUsize,
-    /// Payload bytes of the frames handed to the writer task and not yet taken into a
-    /// write; past `max_backlog` the connection ends ([`DownReason::NotReading`]).
-    pub(super) backlog: AtomicUsize,
+    /// Payload bytes of the answers (replies and pongs: what the peer asked for) handed
+    /// to the writer task and not yet taken into a write; past `max_backlog` the
+    /// connection ends ([`DownReason::NotReading`]). What this node sends of its own
+    /// accord (requests, one-way messages, handoffs, gossip) is not limited here: its
+    /// senders hold those bytes whether they wait or not, and a burst of them (every
+    /// worker handed over at a SIGTERM) must not look like a peer that does not read.
+    /// A peer that takes none of the bytes sent to it is found by the writer instead.
+    pub(super) answers: AtomicUsize,
     pub(super) max_backlog: usize,
-    /// Set when the backlog passed its limit: the reason the connection ended.
+    /// Woken when answers leave the queue, for senders waiting for room ([`Peer::send_answer`]).
+    pub(super) drained: Notify,
+    /// How long a write may wait on a peer that takes none of its bytes, and an answer
+    /// for room among the answers: the heartbeat timeout.
+    pub(super) stall: Duration,
+    /// Set when the answers passed their limit: the reason the connection ended.
     pub(super) overflowed: AtomicBool,
     /// The socket's write half while the connection runs. A sender holds this lock while
     /// it writes a frame itself or queues one, so frames keep the order they were sent in.
@@ -119,6 +135,57 @@ impl Peer {
     /// Everything else, and every frame while others are queued (a large message in
     /// fragments, a full socket buffer), queues for the writer, which batches them.
     pub fn send(&self, frame: Frame) -> bool {
+        self.send_counted(frame, false)
+    }
+
+    /// Sends an answer (a reply) the way [`Peer::send`] does, after waiting until the
+    /// answers queued for this peer leave room for it, for the heartbeat timeout at most
+    /// (a worker waits, as OTP suspends a process that sends to a busy connection). So a
+    /// burst of large replies to a peer that reads them goes at the pace it reads, and
+    /// only a peer that took none of them for that long is disconnected as not reading.
+    pub async fn send_answer(&self, frame: Frame) -> bool {
+        let n = frame.payload_len();
+        if n <= super::MAX_BODY && self.reserve(n).await {
+            self.send_counted(frame, true)
+        } else {
+            self.send(frame)
+        }
+    }
+
+    /// Counts `n` bytes of answers as queued once they fit under the limit (at once when
+    /// nothing waits: a larger one goes alone); false when they did not fit within the
+    /// stall time, or the connection ended.
+    async fn reserve(&self, n: usize) -> bool {
+        let max = self.0.max_backlog;
+        let fits = |a: usize| (a == 0 || a.saturating_add(n) <= max).then_some(a + n);
+        if self.0.answers.fetch_update(Ordering::AcqRel, Ordering::Acquire, fits).is_ok() {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + self.0.stall;
+        loop {
+            // Registered before the check, so a release between the two wakes it.
+            let drained = self.0.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.0.answers.fetch_update(Ordering::AcqRel, Ordering::Acquire, fits).is_ok() {
+                return true;
+            }
+            tokio::select! {
+                _ = &mut drained => {}
+                _ = tokio::time::sleep_until(deadline) => return false,
+                _ = self.closed() => return false,
+            }
+        }
+    }
+
+    /// Answers of `n` bytes left the queue: room for those waiting.
+    pub(super) fn release(&self, n: usize) {
+        self.0.answers.fetch_sub(n, Ordering::AcqRel);
+        self.0.drained.notify_waiters();
+    }
+
+    /// [`Peer::send`]; `counted`: an answer whose bytes [`Peer::reserve`] counted already.
+    fn send_counted(&self, frame: Frame, counted: bool) -> bool {
         if frame.payload_len() > super::MAX_BODY {
             warn!(peer = %self.0.name, bytes = frame.payload_len(), "not sending a message to {}: {}", self.0.name, super::too_large("it", frame.payload_len()));
             return false;
@@ -138,11 +205,17 @@ impl Peer {
                 match wr.try_write(&buf) {
                     Ok(n) if n == buf.len() => {
                         self.wrote();
+                        if counted {
+                            self.release(frame.payload_len());
+                        }
                         return true;
                     }
                     Ok(n) => {
                         // The socket took part of it: the writer sends the rest, before anything else.
                         self.wrote();
+                        if counted {
+                            self.release(frame.payload_len());
+                        }
                         self.0.queued.fetch_add(1, Ordering::AcqRel);
                         return self.0.tx.send(Out::Raw(buf.split_off(n).freeze())).is_ok();
                     }
@@ -152,8 +225,8 @@ impl Peer {
             }
         }
         let n = frame.payload_len();
-        if self.0.backlog.fetch_add(n, Ordering::AcqRel) + n > self.0.max_backlog {
-            self.0.backlog.fetch_sub(n, Ordering::AcqRel);
+        if is_answer(&frame) && !counted && self.0.answers.fetch_add(n, Ordering::AcqRel) + n > self.0.max_backlog {
+            self.0.answers.fetch_sub(n, Ordering::AcqRel);
             self.overflow(direct.as_ref());
             return false;
         }
@@ -161,13 +234,14 @@ impl Peer {
         self.0.tx.send(Out::Frame(frame)).is_ok()
     }
 
-    /// Ends a connection whose peer does not read what is sent to it: its socket shuts
-    /// down now (the writer may be stuck in a write to it), and the down says why.
+    /// Ends a connection whose peer does not read the answers it asked for: its socket
+    /// shuts down now (the writer may be stuck in a write to it), and the down says why.
     pub(super) fn overflow(&self, wr: Option<&Arc<OwnedWriteHalf>>) {
         if self.0.overflowed.swap(true, Ordering::AcqRel) {
             return;
         }
-        warn!(peer = %self.0.name, "disconnecting {}: it does not read (more than {} bytes waited to be sent to it)", self.0.name, self.0.max_backlog);
+        let why = Unread::Answers(self.0.max_backlog);
+        warn!(peer = %self.0.name, reason = "not_reading", "disconnecting {}: it does not read ({why})", self.0.name);
         if let Some(wr) = wr {
             // SAFETY: shutdown(2) on the socket's own descriptor, which `wr` keeps open.
             unsafe {

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tracing::warn;
 use wasmnode_proto::frame::Fragmenter;
 use wasmnode_proto::seal::{Plain, Sealed};
 use wasmnode_proto::Frame;
 
+use super::peer::is_answer;
 use super::wire::Seal;
-use super::{DownReason, Out, Peer};
+use super::{DownReason, Out, Peer, Unread};
 
 /// Frames with payloads at least this large go to the writer task, even when nothing is
 /// queued (their sender does not seal and write them itself); the writer seals their
@@ -39,19 +41,40 @@ const BETWEEN_FRAGMENTS: usize = 256;
 
 /// The connection's writer task: writes what senders queued (see [`Peer::send`]), large
 /// messages one fragment at a time between small frames, and a heartbeat when the
-/// connection has been quiet for a heartbeat interval.
+/// connection has been quiet for a heartbeat interval. A write the peer takes none of
+/// for `stall` (the heartbeat timeout) ends the connection: the peer does not read.
 ///
 /// `peer.queued` counts frames the senders handed over and this task has not finished
 /// writing; it comes down only when this task is idle, so a sender writes a frame itself
 /// only when everything sent before it is on the wire.
-pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration) -> DownReason {
+pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration, stall: Duration) -> DownReason {
+    match write_queued(&peer, &wr, rx, heartbeat, stall).await {
+        Ok(reason) => reason,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            let why = Unread::Stalled(stall);
+            warn!(peer = %peer.name(), reason = "not_reading", "disconnecting {}: it does not read ({why})", peer.name());
+            DownReason::NotReading(why)
+        }
+        Err(_) => DownReason::ConnectionClosed,
+    }
+}
+
+/// [`write_loop`], with the failed write's error.
+async fn write_queued(
+    peer: &Peer,
+    wr: &OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    heartbeat: Duration,
+    stall: Duration,
+) -> std::io::Result<DownReason> {
     // The frames of the next write, sealed into `buf` just before it (large payloads
     // are read from their own buffers as they are sealed).
     let mut plain = Plain::with_capacity(16 * 1024);
     let mut buf = Sealed::default();
     // Grows towards `BATCH` only on a connection whose senders queue that deep.
     let mut batch = Vec::new();
-    let mut bulk: VecDeque<(Fragmenter, usize)> = VecDeque::new();
+    // Large messages being sent, with their payload's length when they are answers.
+    let mut bulk: VecDeque<(Fragmenter, Option<usize>)> = VecDeque::new();
     let mut next_stream = 0u32;
     // Frames taken from the queue (or heartbeats this task queued itself) and not yet written.
     let mut taken = 0usize;
@@ -68,7 +91,7 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
                 biased;
                 n = rx.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
-                        return DownReason::LocalShutdown;
+                        return Ok(DownReason::LocalShutdown);
                     }
                     taken += n;
                 }
@@ -103,21 +126,21 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
         let mut close = None;
         for out in batch.drain(..) {
             match out {
-                // A large message leaves the backlog once its last fragment is written.
+                // A large answer leaves the count once its last fragment is written.
                 Out::Frame(f) if Fragmenter::needed(&f) => {
                     next_stream = next_stream.wrapping_add(1);
-                    bulk.push_back((Fragmenter::new(next_stream, &f), f.payload_len()));
+                    bulk.push_back((Fragmenter::new(next_stream, &f), is_answer(&f).then(|| f.payload_len())));
                 }
                 Out::Frame(f) => {
-                    peer.0.backlog.fetch_sub(f.payload_len(), Ordering::AcqRel);
+                    if is_answer(&f) {
+                        peer.release(f.payload_len());
+                    }
                     add(&peer.0.sealer, &f, &mut plain, &mut buf);
                     // A long batch goes out a slice at a time: what was sealed is still in
                     // the cache when the kernel copies it, and the buffer stays small.
                     if plain.len() + buf.gathered() >= SEAL_AHEAD {
                         seal(&peer.0.sealer, &mut plain, &mut buf);
-                        if write_all(&wr, &mut buf).await.is_err() {
-                            return DownReason::ConnectionClosed;
-                        }
+                        write_all(wr, &mut buf, stall).await?;
                         peer.wrote();
                     }
                 }
@@ -137,7 +160,9 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
                 match fragments.next() {
                     Some(piece) => add(&peer.0.sealer, &piece, &mut plain, &mut buf),
                     None => {
-                        peer.0.backlog.fetch_sub(*len, Ordering::AcqRel);
+                        if let Some(len) = *len {
+                            peer.release(len);
+                        }
                         bulk.pop_front();
                     }
                 }
@@ -145,17 +170,15 @@ pub(super) async fn write_loop(peer: Peer, wr: Arc<OwnedWriteHalf>, mut rx: mpsc
         }
         seal(&peer.0.sealer, &mut plain, &mut buf);
         if !buf.is_empty() {
-            if write_all(&wr, &mut buf).await.is_err() {
-                return DownReason::ConnectionClosed;
-            }
+            write_all(wr, &mut buf, stall).await?;
             peer.wrote();
         }
         if let Some(reason) = close {
             // SAFETY: shutdown(2) on the socket's own descriptor, which `wr` keeps open.
             unsafe {
-                libc::shutdown(AsRef::<TcpStream>::as_ref(&*wr).as_raw_fd(), libc::SHUT_WR);
+                libc::shutdown(AsRef::<TcpStream>::as_ref(wr).as_raw_fd(), libc::SHUT_WR);
             }
-            return reason;
+            return Ok(reason);
         }
     }
 }
@@ -185,13 +208,21 @@ fn seal(sealer: &Seal, plain: &mut Plain, buf: &mut Sealed) {
 }
 
 /// Writes all of `buf` (sealed records, in order), leaving it empty for the next batch
-/// with its memory kept.
-async fn write_all(wr: &OwnedWriteHalf, buf: &mut Sealed) -> std::io::Result<()> {
+/// with its memory kept; a [`std::io::ErrorKind::TimedOut`] error when the peer took
+/// none of it for `stall`.
+async fn write_all(wr: &OwnedWriteHalf, buf: &mut Sealed, stall: Duration) -> std::io::Result<()> {
+    let mut since = Instant::now();
     while !buf.is_empty() {
         match wr.try_write(buf.bytes()) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf.advance(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wr.writable().await?,
+            Ok(n) => {
+                buf.advance(n);
+                since = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match tokio::time::timeout_at((since + stall).into(), wr.writable()).await {
+                Ok(ready) => ready?,
+                Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            },
             Err(e) => return Err(e),
         }
     }

@@ -118,6 +118,13 @@ impl RemoteReply {
         self.sent = true;
         self.peer.send(Frame::Reply { id: self.id, body });
     }
+
+    /// [`RemoteReply::send_encoded`] once the answers waiting for its peer leave room
+    /// for it (see [`Peer::send_answer`]).
+    pub(super) async fn deliver_encoded(&mut self, body: Bytes) {
+        self.sent = true;
+        self.peer.send_answer(Frame::Reply { id: self.id, body }).await;
+    }
 }
 
 impl Drop for RemoteReply {
@@ -137,6 +144,18 @@ impl ReplyTo {
                 let _ = tx.send(reply);
             }
             ReplyTo::Remote(mut to) => to.send(reply),
+        }
+    }
+
+    /// [`ReplyTo::send`], by an instance, which waits while the answers already waiting
+    /// for a remote caller's node leave no room for this one (its next message waits
+    /// with it, as an Erlang process sending to a busy connection is suspended).
+    pub async fn deliver(self, reply: Result<Vec<u8>, CallError>) {
+        match self {
+            ReplyTo::Local(tx) => {
+                let _ = tx.send(reply);
+            }
+            ReplyTo::Remote(mut to) => to.deliver_encoded(RemoteReply::encode(reply)).await,
         }
     }
 }

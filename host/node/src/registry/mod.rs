@@ -740,7 +740,7 @@ impl Registry {
         if let Some((mut r, body)) = riding {
             if acked.is_empty() {
                 // Not delivered with the copy: answered as any reply is.
-                r.send_encoded(body);
+                r.deliver_encoded(body).await;
             } else {
                 r.sent = true;
             }
@@ -939,7 +939,7 @@ impl Registry {
                 Rpc::Durable => RpcReply::Durable(registry.durable_here()),
                 Rpc::Tell(_) | Rpc::Replicate(_) | Rpc::ReplicateThenReply { .. } => return,
             };
-            peer.send(Frame::Reply { id, body: wire::encode_reply(&reply) });
+            peer.send_answer(Frame::Reply { id, body: wire::encode_reply(&reply) }).await;
         });
     }
 }

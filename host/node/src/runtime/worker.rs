@@ -603,7 +603,7 @@ impl Instance {
             match handled {
                 Ok(reply) => {
                     if let Some((to, r)) = reply {
-                        to.send(r);
+                        to.deliver(r).await;
                     }
                     if let Some(done) = merged {
                         let _ = done.send(());
