@@ -612,7 +612,7 @@ fn a_peer_that_takes_nothing_is_disconnected_after_the_heartbeat_timeout() {
         }
     }
     // Heartbeats go on meanwhile: the peer is not silent, it only does not read.
-    let needle = "disconnecting stalled@127.0.133.9: it does not read (it took none of the bytes sent to it for 1500 ms)";
+    let needle = "disconnecting stalled@127.0.133.9: it does not read (a write to it did not go out within 1500 ms)";
     wait_until(
         FORM,
         needle,

@@ -93,7 +93,7 @@ pub enum DownReason {
 pub enum Unread {
     /// More than this many bytes of answers (replies, pongs) waited to be sent to it.
     Answers(usize),
-    /// It took none of the bytes written to it for this long (the heartbeat timeout).
+    /// A write to it did not go out within this long (the heartbeat timeout).
     Stalled(Duration),
 }
 
@@ -101,7 +101,7 @@ impl fmt::Display for Unread {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Unread::Answers(limit) => write!(f, "more than {limit} bytes of answers to its requests waited to be sent to it"),
-            Unread::Stalled(t) => write!(f, "it took none of the bytes sent to it for {} ms", t.as_millis()),
+            Unread::Stalled(t) => write!(f, "a write to it did not go out within {} ms", t.as_millis()),
         }
     }
 }
@@ -352,7 +352,6 @@ impl Dist {
             answers: AtomicUsize::new(0),
             max_backlog: self.0.cfg.max_backlog,
             drained: Default::default(),
-            stall: self.0.cfg.heartbeat_timeout,
             overflowed: Default::default(),
             direct: Mutex::new(None),
             sealer,

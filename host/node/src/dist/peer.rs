@@ -69,14 +69,11 @@ pub(super) struct PeerInner {
     /// accord (requests, one-way messages, handoffs, gossip) is not limited here: its
     /// senders hold those bytes whether they wait or not, and a burst of them (every
     /// worker handed over at a SIGTERM) must not look like a peer that does not read.
-    /// A peer that takes none of the bytes sent to it is found by the writer instead.
+    /// A peer that does not take what is written to it is found by the writer instead.
     pub(super) answers: AtomicUsize,
     pub(super) max_backlog: usize,
     /// Woken when answers leave the queue, for senders waiting for room ([`Peer::send_answer`]).
     pub(super) drained: Notify,
-    /// How long a write may wait on a peer that takes none of its bytes, and an answer
-    /// for room among the answers: the heartbeat timeout.
-    pub(super) stall: Duration,
     /// Set when the answers passed their limit: the reason the connection ended.
     pub(super) overflowed: AtomicBool,
     /// The socket's write half while the connection runs. A sender holds this lock while
@@ -139,10 +136,10 @@ impl Peer {
     }
 
     /// Sends an answer (a reply) the way [`Peer::send`] does, after waiting until the
-    /// answers queued for this peer leave room for it, for the heartbeat timeout at most
-    /// (a worker waits, as OTP suspends a process that sends to a busy connection). So a
-    /// burst of large replies to a peer that reads them goes at the pace it reads, and
-    /// only a peer that took none of them for that long is disconnected as not reading.
+    /// answers queued for this peer leave room for it (a worker waits, as OTP suspends a
+    /// process that sends to a busy connection). So a burst of large replies to a peer
+    /// goes at the pace it reads them. The wait ends with the connection: a peer that
+    /// does not take a write within the heartbeat timeout is disconnected by the writer.
     pub async fn send_answer(&self, frame: Frame) -> bool {
         let n = frame.payload_len();
         if n <= super::MAX_BODY && self.reserve(n).await {
@@ -153,15 +150,13 @@ impl Peer {
     }
 
     /// Counts `n` bytes of answers as queued once they fit under the limit (at once when
-    /// nothing waits: a larger one goes alone); false when they did not fit within the
-    /// stall time, or the connection ended.
+    /// nothing waits: a larger one goes alone); false when the connection ended first.
     async fn reserve(&self, n: usize) -> bool {
         let max = self.0.max_backlog;
         let fits = |a: usize| (a == 0 || a.saturating_add(n) <= max).then_some(a + n);
         if self.0.answers.fetch_update(Ordering::AcqRel, Ordering::Acquire, fits).is_ok() {
             return true;
         }
-        let deadline = tokio::time::Instant::now() + self.0.stall;
         loop {
             // Registered before the check, so a release between the two wakes it.
             let drained = self.0.drained.notified();
@@ -172,7 +167,6 @@ impl Peer {
             }
             tokio::select! {
                 _ = &mut drained => {}
-                _ = tokio::time::sleep_until(deadline) => return false,
                 _ = self.closed() => return false,
             }
         }

@@ -41,8 +41,10 @@ const BETWEEN_FRAGMENTS: usize = 256;
 
 /// The connection's writer task: writes what senders queued (see [`Peer::send`]), large
 /// messages one fragment at a time between small frames, and a heartbeat when the
-/// connection has been quiet for a heartbeat interval. A write the peer takes none of
-/// for `stall` (the heartbeat timeout) ends the connection: the peer does not read.
+/// connection has been quiet for a heartbeat interval. A write (a few hundred KiB at
+/// most) that has not gone out within `stall` (the heartbeat timeout) ends the
+/// connection: the peer does not read, or reads so little that every heartbeat this
+/// node sends it would be late.
 ///
 /// `peer.queued` counts frames the senders handed over and this task has not finished
 /// writing; it comes down only when this task is idle, so a sender writes a frame itself
@@ -208,18 +210,16 @@ fn seal(sealer: &Seal, plain: &mut Plain, buf: &mut Sealed) {
 }
 
 /// Writes all of `buf` (sealed records, in order), leaving it empty for the next batch
-/// with its memory kept; a [`std::io::ErrorKind::TimedOut`] error when the peer took
-/// none of it for `stall`.
+/// with its memory kept; a [`std::io::ErrorKind::TimedOut`] error when it has not all
+/// gone out within `stall` (a peer that takes a byte now and then does not hold it up
+/// for longer).
 async fn write_all(wr: &OwnedWriteHalf, buf: &mut Sealed, stall: Duration) -> std::io::Result<()> {
-    let mut since = Instant::now();
+    let deadline = tokio::time::Instant::now() + stall;
     while !buf.is_empty() {
         match wr.try_write(buf.bytes()) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                buf.advance(n);
-                since = Instant::now();
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match tokio::time::timeout_at((since + stall).into(), wr.writable()).await {
+            Ok(n) => buf.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match tokio::time::timeout_at(deadline, wr.writable()).await {
                 Ok(ready) => ready?,
                 Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
             },

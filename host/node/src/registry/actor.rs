@@ -120,10 +120,11 @@ impl RemoteReply {
     }
 
     /// [`RemoteReply::send_encoded`] once the answers waiting for its peer leave room
-    /// for it (see [`Peer::send_answer`]).
+    /// for it (see [`Peer::send_answer`]). Dropped while it waits, it answers as an
+    /// unsent reply does.
     pub(super) async fn deliver_encoded(&mut self, body: Bytes) {
-        self.sent = true;
         self.peer.send_answer(Frame::Reply { id: self.id, body }).await;
+        self.sent = true;
     }
 }
 
