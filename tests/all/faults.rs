@@ -139,3 +139,39 @@ fn wait_call(via: &str, name: &str, msg: &str) -> bool {
     );
     ok
 }
+
+/// A node cut off from its peers when it gets SIGTERM keeps what it cannot hand over
+/// and takes connections while it waits: once the cut heals, a peer connects, hears it
+/// leaving, and takes every name with its state (merged, by the order's
+/// `resolve-conflict`, with the instance the peer restarted meanwhile). Before, the
+/// node stopped them at once ("no other node to hand … to; stopped (its state is
+/// lost)"), and refused the peer.
+#[test]
+fn a_node_cut_off_when_it_gets_sigterm_hands_every_state_over_once_the_cut_heals() {
+    let dir = TempDir::new("faults-cut-leave");
+    let names = ["a@127.0.134.1", "b@127.0.134.2"];
+    let gateway = "127.0.134.1:8080";
+    let config = worker_topology(&names, &[("order", "worker_order.wasm", "activate_on_call = true")], Some(gateway));
+    let a = Node::start(names[0], &dir.write("a.toml", &config));
+    let b = Node::start(names[1], &dir.write("b.toml", &config.replace("\n[http]\nlisten = \"127.0.134.1:8080\"\ngateway = true\n", "")));
+    wait_mesh(&[&a, &b], &names, FORM);
+    let call = |key: &str, msg: &str| http(gateway, "POST", &format!("/v1/workers/order/{key}/call"), msg.as_bytes());
+    for i in 0..20 {
+        assert_eq!(call(&format!("o{i}"), &format!("{{\"add\":[{i}]}}")), (200, format!("[{i}]")));
+    }
+    let on_b = b.count("started order/");
+    assert!(on_b >= 3, "{on_b} names on b");
+
+    let cut = Cut::new("127.0.134.2", &["127.0.134.1"]);
+    b.wait_log("node down a@127.0.134.1: heartbeat timeout", FORM);
+    b.signal(libc::SIGTERM);
+    // Its own names and those it restarted for `a` while cut off.
+    b.wait_log_count("keeping its state until one connects", on_b, FORM);
+    drop(cut);
+    a.wait_log("node left b@127.0.134.2: it said it is leaving", FORM);
+    for i in 0..20 {
+        let (status, body) = call(&format!("o{i}"), "\"contents\"");
+        assert_eq!((status, body), (200, format!("[{i}]")), "order/o{i} lost its items\n{}\n{}", a.log(), b.log());
+    }
+    assert_eq!(b.count("its state is lost"), 0, "{}", b.log());
+}

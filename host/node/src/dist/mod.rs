@@ -272,6 +272,8 @@ impl DistConfig {
 struct State {
     peers: HashMap<String, Peer>,
     dialing: HashSet<String>,
+    /// Set by `announce_leaving`: each new connection hears it first thing.
+    leaving: bool,
     /// Set by `leave`: no new connections either way.
     closing: bool,
 }
@@ -301,7 +303,7 @@ impl Dist {
             cfg,
             creation: rand::random(),
             events,
-            state: Mutex::new(State { peers: HashMap::new(), dialing: HashSet::new(), closing: false }),
+            state: Mutex::new(State { peers: HashMap::new(), dialing: HashSet::new(), leaving: false, closing: false }),
             refusals: Mutex::new(RefusalLog::default()),
             next_conn: AtomicU64::new(1),
             live: watch::Sender::new(0),
@@ -361,6 +363,10 @@ impl Dist {
             next_request: AtomicU64::new(1),
             ended: OnceLock::new(),
         }));
+        if st.leaving {
+            // Queued before anything else: the writer sends it first.
+            peer.send(Frame::Leaving);
+        }
         st.peers.insert(id.name.clone(), peer.clone());
         self.0.live.send_modify(|n| *n += 1);
         if !peer.hidden() {
@@ -417,11 +423,17 @@ impl Dist {
         });
     }
 
-    /// Tells every peer this node is leaving and refuses new connections, but keeps the
-    /// existing ones (for handing work over); `leave` closes them.
+    /// Tells every peer this node is leaving, and every peer that connects from now on
+    /// as it connects; keeps the connections (for handing work over) until `leave`
+    /// closes them. A member cut off when this node began to leave can still connect
+    /// and take what this node holds for it.
     pub fn announce_leaving(&self) {
-        self.0.state.lock().unwrap().closing = true;
-        for peer in self.peers() {
+        let peers: Vec<Peer> = {
+            let mut st = self.0.state.lock().unwrap();
+            st.leaving = true;
+            st.peers.values().cloned().collect()
+        };
+        for peer in peers {
             peer.send(Frame::Leaving);
         }
     }

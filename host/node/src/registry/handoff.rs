@@ -24,9 +24,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     pub(super) fn leave(&mut self) {
         self.leaving = true;
         // A node that leaves a cluster (not the last one) keeps what it cannot hand over
-        // yet until a member connects: one cut off now may be back before its deadline.
-        // When every peer left is leaving too, there is nobody to wait for.
-        self.wait_to_hand_over = !self.members.is_empty() || !self.leavers.is_empty();
+        // yet until a member connects: one cut off now may be back before its deadline,
+        // and so may one that went down lately without saying it leaves (a partition
+        // or a pause: this node may be the one cut off). When every peer left is leaving
+        // too, there is nobody to wait for.
+        self.wait_to_hand_over = !self.members.is_empty() || !self.leavers.is_empty() || !self.gone.is_empty();
         for name in self.running() {
             self.begin_move(&name);
         }

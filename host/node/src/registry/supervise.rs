@@ -6,7 +6,7 @@
 use tracing::info;
 
 use super::placement::Lineage;
-use super::table::{Effect, Grace, Orphan, Replica, Slot, StartWhy, Table, Timer, LEAVER_GRACE, REPLICA_GRACE};
+use super::table::{Effect, Grace, Orphan, Replica, Slot, StartWhy, Table, Timer, GONE_GRACE, LEAVER_GRACE, REPLICA_GRACE};
 use super::wire::Msg;
 use super::Restart;
 use super::WorkerName;
@@ -14,6 +14,7 @@ use super::WorkerName;
 impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     pub(super) fn member_up(&mut self, node: String, conn: u64) {
         self.leavers.remove(&node);
+        self.gone.remove(&node);
         self.members.insert(node.clone(), conn);
         // It tells this node its names again on this connection.
         self.synced.remove(&node);
@@ -38,7 +39,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
 
     /// With rebalancing on, moves a running instance to its owner when the owner is
     /// another member that does not run it too (two instances meeting are a duplicate,
-    /// resolved first, not a move).
+    /// resolved first, not a move) and has told this node every name it runs: until
+    /// then this node knows neither all it runs nor whether it is leaving (a node that
+    /// connects while it leaves says so first thing, and its names go nowhere else).
     pub(super) fn place(&mut self, name: &super::WorkerName) {
         if matches!(self.local.get(name), Some(Slot::Running { .. })) {
             self.place_running(name);
@@ -52,7 +55,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             return;
         }
         let owner = self.owner_of(name);
-        if owner != self.me && self.directory.get(name).is_none_or(|c| c.node != owner) {
+        if owner != self.me && self.synced.contains(owner) && self.directory.get(name).is_none_or(|c| c.node != owner) {
             self.begin_move(name);
         }
     }
@@ -72,6 +75,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let current = self.members.get(node).or(self.leavers.get(node)).copied();
         if current != Some(conn) {
             return;
+        }
+        // Down without saying it leaves: it may be back (see `leave`).
+        if self.members.contains_key(node) {
+            self.gone.insert(node.to_string(), conn);
+            self.out.push(Effect::SetTimer { after: GONE_GRACE, timer: Timer::GoneForgotten { node: node.to_string(), conn } });
         }
         self.members.remove(node);
         self.leavers.remove(node);

@@ -41,6 +41,11 @@ pub trait Kinds: Send + Sync {
 /// holds are restarted elsewhere without state.
 pub const LEAVER_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a member whose connection ended without its saying it leaves counts as one
+/// that may be back: a node that begins to leave with no member up waits for it (until
+/// its handoff deadline) to hand its names over, rather than stop them with their state.
+pub const GONE_GRACE: Duration = Duration::from_secs(600);
+
 /// Something that happened, for the state machine to decide about. `M` is the driver's
 /// handle to a running instance (a mailbox), `R` its handle to a waiting requester.
 #[derive(Debug)]
@@ -110,6 +115,8 @@ pub const REPLICA_GRACE: Duration = Duration::from_secs(1);
 pub enum Timer {
     /// A leaving member's grace is over: what it still holds is lost.
     LeaverGone { node: String, conn: u64 },
+    /// A member that went down on connection `conn` is no longer waited for ([`GONE_GRACE`]).
+    GoneForgotten { node: String, conn: u64 },
     /// Nobody started this lost durable name from a copy in time: its owner may start it empty.
     ReplicaGrace { name: WorkerName },
 }
@@ -244,6 +251,9 @@ pub struct Table<M, R> {
     pub(super) members: BTreeMap<String, u64>,
     /// Members that announced they are leaving, still connected (handing names over).
     pub(super) leavers: BTreeMap<String, u64>,
+    /// Members whose connection ended without their saying they leave, and not back
+    /// since (for [`GONE_GRACE`]): cut off or paused, they may be back.
+    pub(super) gone: BTreeMap<String, u64>,
     /// Members that have told this node every name they run (since they came up).
     pub(super) synced: BTreeSet<String>,
     pub(super) local: BTreeMap<WorkerName, Slot<M, R>>,
@@ -265,8 +275,9 @@ pub struct Table<M, R> {
     pub(super) copied: BTreeMap<WorkerName, (u64, Vec<String>)>,
     /// Set by [`Event::Leave`]: no new instances here.
     pub(super) leaving: bool,
-    /// Whether a leaving node waits for a member to hand names to (it had members when
-    /// it began to leave) rather than stop them with their state.
+    /// Whether a leaving node waits for a member to hand names to (it had members, or
+    /// members gone that may be back, when it began to leave) rather than stop them
+    /// with their state.
     pub(super) wait_to_hand_over: bool,
     next_id: u64,
     pub(super) out: Vec<Effect<M, R>>,
@@ -293,6 +304,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             kinds,
             members: BTreeMap::new(),
             leavers: BTreeMap::new(),
+            gone: BTreeMap::new(),
             synced: BTreeSet::new(),
             local: BTreeMap::new(),
             directory: BTreeMap::new(),
@@ -327,6 +339,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     self.member_down(&node, conn);
                 }
             }
+            Event::Timer(Timer::GoneForgotten { node, conn }) => {
+                if self.gone.get(&node) == Some(&conn) {
+                    self.gone.remove(&node);
+                }
+            }
             Event::Timer(Timer::ReplicaGrace { name }) => {
                 if let Some(o) = self.orphans.get_mut(&name) {
                     o.grace = Grace::Over;
@@ -348,7 +365,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 }
             }
             Msg::Synced => {
+                // What it owns moves to it now (see `place_running`).
+                let owner_of_some = self.members.contains_key(&from);
                 self.synced.insert(from);
+                if owner_of_some {
+                    for name in self.running() {
+                        self.place(&name);
+                    }
+                }
                 self.out.push(Effect::Changed);
             }
             Msg::Handoff { name, args, lineage, state, merges, yielding } => self.handoff_in(from, name, args, lineage, state, merges, yielding),

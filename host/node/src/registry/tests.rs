@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::placement::{owner, Lineage};
 use super::route::Route;
-use super::table::{Effect, Event, Kinds, Table, Timer};
+use super::table::{Effect, Event, Kinds, Table, Timer, GONE_GRACE};
 use super::wire::Msg;
 use super::{Restart, SpawnError, StartError, WorkerName};
 
@@ -83,6 +83,13 @@ fn started(fx: &Fx) -> Option<Result<String, StartError>> {
 
 fn up(t: &mut T, node: &str, conn: u64) -> Fx {
     t.handle(Event::MemberUp { node: node.into(), conn })
+}
+
+/// A member comes up and tells this node every name it runs (none).
+fn joins(t: &mut T, node: &str, conn: u64) -> Fx {
+    let mut fx = up(t, node, conn);
+    fx.extend(recv(t, node, Msg::Synced));
+    fx
 }
 
 fn recv(t: &mut T, from: &str, msg: Msg) -> Fx {
@@ -430,7 +437,7 @@ fn a_name_moved_to_a_node_that_dies_before_announcing_it_is_restarted() {
     let mut a = table("a@h", true);
     let n = owned_by("b@h", &["a@h", "b@h"]);
     run_here(&mut a, &n, 1);
-    let fx = up(&mut a, "b@h", 1);
+    let fx = joins(&mut a, "b@h", 1);
     let (id, reason) = stop_of(&fx).expect("it moves to b@h, its owner");
     assert_eq!(reason, "handoff");
     a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
@@ -495,6 +502,49 @@ fn a_leaver_cut_off_keeps_the_state_until_a_member_connects() {
     assert!(sends(&fx).iter().any(|(to, m)| to == "b@h" && matches!(m, Msg::Handoff { state: Some(s), .. } if *s == vec![5])));
 }
 
+/// Cut off before it begins to leave (its member went down, not left): it keeps the
+/// state until the member connects again; once that member has been gone for
+/// `GONE_GRACE`, or had said it leaves, a node alone stops at once as the last one does.
+#[test]
+fn a_node_cut_off_before_it_leaves_keeps_the_state_until_a_member_connects() {
+    let n = name("x");
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    run_here(&mut a, &n, 1);
+    let fx = a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    assert!(fx.iter().any(|e| matches!(e, Effect::SetTimer { timer: Timer::GoneForgotten { conn: 1, .. }, after } if *after == GONE_GRACE)));
+    let fx = a.handle(Event::Leave);
+    let (id, reason) = stop_of(&fx).unwrap();
+    assert_eq!(reason, "shutdown", "nobody to hand it to yet");
+    let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![7]) });
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Lost { .. })), "{fx:?}");
+    assert_eq!(a.local_count(), 1, "kept");
+    let fx = up(&mut a, "b@h", 2);
+    assert!(sends(&fx).iter().any(|(to, m)| to == "b@h" && matches!(m, Msg::Handoff { state: Some(s), .. } if *s == vec![7])));
+
+    // Gone past its grace: not waited for.
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    run_here(&mut a, &n, 1);
+    a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    a.handle(Event::Timer(Timer::GoneForgotten { node: "b@h".into(), conn: 1 }));
+    let fx = a.handle(Event::Leave);
+    let (id, _) = stop_of(&fx).unwrap();
+    let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![7]) });
+    assert!(fx.iter().any(|e| matches!(e, Effect::Lost { .. })), "{fx:?}");
+
+    // A member that said it leaves, then closed: not waited for either.
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    run_here(&mut a, &n, 1);
+    a.handle(Event::MemberLeaving { node: "b@h".into(), conn: 1 });
+    a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    let fx = a.handle(Event::Leave);
+    let (id, _) = stop_of(&fx).unwrap();
+    let fx = a.handle(Event::Stopped { name: n, id, state: Some(vec![7]) });
+    assert!(fx.iter().any(|e| matches!(e, Effect::Lost { .. })), "{fx:?}");
+}
+
 #[test]
 fn a_handoff_into_a_copy_that_is_stopping_for_it_takes_its_place() {
     // b@h stops its copy in favour of a@h's; a@h meanwhile hands its copy to b@h (its
@@ -529,10 +579,19 @@ fn a_joining_owner_gets_its_names_when_rebalancing_is_on() {
     let n = owned_by("b@h", &["a@h", "b@h"]);
     run_here(&mut a, &n, 1);
     let fx = up(&mut a, "b@h", 1);
+    assert!(stop_of(&fx).is_none(), "not before b@h has told its names: {fx:?}");
+    let fx = recv(&mut a, "b@h", Msg::Synced);
     assert_eq!(stop_of(&fx).map(|s| s.1), Some("handoff".into()));
     let mut off = table("a@h", false);
     run_here(&mut off, &n, 1);
-    assert!(stop_of(&up(&mut off, "b@h", 1)).is_none(), "off: it stays where it runs");
+    assert!(stop_of(&joins(&mut off, "b@h", 1)).is_none(), "off: it stays where it runs");
+    // One that connects while it leaves says so before its names: nothing moves to it.
+    let mut a = table("a@h", true);
+    run_here(&mut a, &n, 1);
+    up(&mut a, "b@h", 1);
+    a.handle(Event::MemberLeaving { node: "b@h".into(), conn: 1 });
+    let fx = recv(&mut a, "b@h", Msg::Synced);
+    assert!(stop_of(&fx).is_none(), "{fx:?}");
 }
 
 // ---- routes and stops ----
@@ -860,7 +919,7 @@ fn a_state_handed_into_a_durable_instance_that_is_moving_on_is_answered_once_it_
     let fx = b.handle(Event::Start { name: n.clone(), args: vec![], here: true, reply: 0 });
     let (_, id, _) = spawn_of(&fx).unwrap();
     b.handle(Event::Spawned { name: n.clone(), id, result: Ok(3) });
-    let fx = up(&mut b, "c@h", 2);
+    let fx = joins(&mut b, "c@h", 2);
     assert_eq!(stop_of(&fx), Some((id, "handoff".to_string())));
     let handoff = yielded_7(&n);
     let fx = recv(&mut b, "a@h", handoff);
