@@ -48,6 +48,16 @@ impl Raw {
         self.stream.write_all(bytes).unwrap();
     }
 
+    /// Sends `frame` sealed, uncaptured; the error when the write fails (a peer that
+    /// closed, or a write that timed out).
+    fn try_send_frame(&mut self, frame: &Frame) -> std::io::Result<()> {
+        let mut plain = BytesMut::new();
+        frame.encode(&mut plain);
+        let mut sealed = BytesMut::new();
+        self.session.as_ref().expect("a handshake first").sealer.seal(&plain, &mut sealed);
+        self.stream.write_all(&sealed)
+    }
+
     fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 65536];
         let n = self.stream.read(&mut chunk).unwrap_or(0);
@@ -503,11 +513,7 @@ fn a_peer_that_does_not_read_is_disconnected_past_its_backlog() {
     let payload = bytes::Bytes::from(vec![7u8; 32 * 1024]);
     let mut sent = 0usize;
     for id in 1..=20_000u64 {
-        let mut plain = BytesMut::new();
-        Frame::Ping { id, payload: payload.clone() }.encode(&mut plain);
-        let mut sealed = BytesMut::new();
-        raw.session.as_ref().unwrap().sealer.seal(&plain, &mut sealed);
-        if raw.stream.write_all(&sealed).is_err() {
+        if raw.try_send_frame(&Frame::Ping { id, payload: payload.clone() }).is_err() {
             break;
         }
         sent += payload.len();
@@ -603,11 +609,7 @@ fn a_peer_that_takes_nothing_is_disconnected_after_the_heartbeat_timeout() {
     let started = std::time::Instant::now();
     let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
     for id in 1..=512u64 {
-        let mut plain = BytesMut::new();
-        Frame::Ping { id, payload: payload.clone() }.encode(&mut plain);
-        let mut sealed = BytesMut::new();
-        raw.session.as_ref().unwrap().sealer.seal(&plain, &mut sealed);
-        if raw.stream.write_all(&sealed).is_err() {
+        if raw.try_send_frame(&Frame::Ping { id, payload: payload.clone() }).is_err() {
             break;
         }
     }
@@ -617,11 +619,7 @@ fn a_peer_that_takes_nothing_is_disconnected_after_the_heartbeat_timeout() {
         FORM,
         needle,
         || {
-            let mut plain = BytesMut::new();
-            Frame::Heartbeat.encode(&mut plain);
-            let mut sealed = BytesMut::new();
-            raw.session.as_ref().unwrap().sealer.seal(&plain, &mut sealed);
-            let _ = raw.stream.write_all(&sealed);
+            let _ = raw.try_send_frame(&Frame::Heartbeat);
             a.count(needle) > 0
         },
         || a.log(),

@@ -365,10 +365,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 }
             }
             Msg::Synced => {
-                // What it owns moves to it now (see `place_running`).
-                let owner_of_some = self.members.contains_key(&from);
+                // What it owns moves to it now (see `place_running`); a leaver owns nothing.
+                let member = self.members.contains_key(&from);
                 self.synced.insert(from);
-                if owner_of_some {
+                if member {
                     for name in self.running() {
                         self.place(&name);
                     }
