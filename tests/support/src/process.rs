@@ -286,7 +286,9 @@ impl Node {
             return format!("---- log of {} ----\n{log}", self.name);
         }
         let dir = std::env::temp_dir().join("wasmnode-test-logs");
-        let path = dir.join(format!("{}-{}.log", self.name.replace(['@', ':'], "_"), self.pid()));
+        // An exited node (`wait_exit` reaped it) has no pid: its log is still dumped.
+        let pid = self.child.as_ref().map_or_else(|| "exited".to_string(), |c| c.id().to_string());
+        let path = dir.join(format!("{}-{pid}.log", self.name.replace(['@', ':'], "_")));
         let saved = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &log));
         let whole = match saved {
             Ok(()) => format!("the whole log: {}", path.display()),
