@@ -12,8 +12,9 @@ use std::collections::BTreeSet;
 
 use tracing::{info, warn};
 
+use super::origin::{self, Base, Keep, Origin};
 use super::placement::{owner, stays, Lineage};
-use super::table::{Claim, Effect, Slot, StartWhy, StopWhy, Table};
+use super::table::{Claim, Deferred, Effect, Slot, StartWhy, StopWhy, Table};
 use super::wire::Msg;
 use super::WorkerName;
 
@@ -69,6 +70,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
         let Some(Slot::Stopping { args, lineage, why, merges, .. }) = self.local.remove(&name) else { unreachable!() };
         self.out.push(Effect::Changed);
+        // Which state this instance stopped with, and which it holds (see origin.rs).
+        let base = self.bases.remove(&name).filter(|b| b.id == id).unwrap_or_else(|| Base::new(id, None, None));
+        let handing = base.handing(state.as_deref(), self.new_state_id());
+        let unchanged = base.unchanged(state.as_deref());
         let moving = |to: String, yielding: bool, yielders: Vec<String>| Slot::Moving {
             to,
             args: args.clone(),
@@ -79,6 +84,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             yielding,
             refused: BTreeSet::new(),
             yielders,
+            origin: handing.clone(),
         };
         match why {
             StopWhy::Handoff { yielders } => {
@@ -89,12 +95,29 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 self.local.insert(name.clone(), moving(winner, true, Vec::new()));
                 self.send_handoff(name, None);
             }
-            StopWhy::Replaced { from, args: new_args, lineage: new_lineage, state: handed, merges: handed_merges } => {
-                // The handed-over instance starts here; this one's state merges into it.
+            StopWhy::Replaced { from, args: new_args, lineage: new_lineage, state: handed, merges: handed_merges, origin: theirs } => {
+                // The name starts here again from the handed-over state, this one's state
+                // merged in; or from the one of the two that holds all the other does.
                 let mut all = handed_merges;
-                all.extend(state.map(|s| (self.me.clone(), s)));
+                let (start, origin, other) = match origin::keep(&base.holds, unchanged, theirs.as_ref()) {
+                    Keep::Mine => {
+                        info!(worker = %name, peer = %from, "{name}: this instance holds all of the state {from} handed over; it goes on from its own");
+                        (state, Some(handing), theirs)
+                    }
+                    Keep::Theirs => {
+                        info!(worker = %name, peer = %from, "{name}: the state {from} handed over holds all of this instance's; it goes on from that one");
+                        (handed, theirs, Some(handing))
+                    }
+                    Keep::Both => {
+                        all.extend(state.map(|s| (self.me.clone(), s)));
+                        (handed, theirs, Some(handing))
+                    }
+                };
                 all.extend(merges);
-                self.spawn(name, new_args, new_lineage.moved(), StartWhy::Handoff { from }, handed, all);
+                self.spawn(name.clone(), new_args, new_lineage, StartWhy::Handoff { from }, start, all, origin);
+                if let Some(b) = self.bases.get_mut(&name) {
+                    b.absorb(other.as_ref());
+                }
             }
             StopWhy::Asked(reply) => {
                 self.tell_all(Msg::Unregistered { name });
@@ -115,18 +138,26 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         *sent = 0;
         let (prefer, refused) = (to.clone(), refused.clone());
         let target = self.handoff_target(&name, &prefer, &refused);
-        let Some(Slot::Moving { to, args, lineage, state, merges, sent, yielding, .. }) = self.local.get_mut(&name) else { unreachable!() };
+        let Some(Slot::Moving { to, args, lineage, state, merges, sent, yielding, origin, .. }) = self.local.get_mut(&name) else { unreachable!() };
         match target {
             Some(t) => {
                 *to = t.clone();
                 *sent = merges.len();
-                let msg = Msg::Handoff { name, args: args.clone(), lineage: *lineage, state: state.clone(), merges: merges.clone(), yielding: *yielding };
+                let msg = Msg::Handoff {
+                    name,
+                    args: args.clone(),
+                    lineage: *lineage,
+                    state: state.clone(),
+                    merges: merges.clone(),
+                    yielding: *yielding,
+                    origin: Some(origin.clone()),
+                };
                 self.out.push(Effect::Send { to: t, msg });
             }
             None if !self.leaving => {
                 // Nobody else can take it: it runs here again, from its own state.
-                let Some(Slot::Moving { args, lineage, state, merges, yielders, .. }) = self.local.remove(&name) else { unreachable!() };
-                self.spawn(name.clone(), args, lineage, StartWhy::Adopted, state, merges);
+                let Some(Slot::Moving { args, lineage, state, merges, yielders, origin, .. }) = self.local.remove(&name) else { unreachable!() };
+                self.spawn(name.clone(), args, lineage, StartWhy::Adopted, state, merges, Some(origin));
                 // The yielders hear once it has merged their states here.
                 if let Some(Slot::Starting { acks, .. }) = self.local.get_mut(&name) {
                     let at = Some(self.me.clone());
@@ -165,10 +196,20 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         state: Option<Vec<u8>>,
         merges: States,
         yielding: bool,
+        theirs: Option<Origin>,
     ) {
         if self.leaving || !self.kinds.has_kind(&name.kind) {
             self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name, at: None } });
             return;
+        }
+        if let Some(Slot::Starting { id, .. }) = self.local.get(&name) {
+            let base = self.bases.get(&name).filter(|b| b.id == *id);
+            if base.is_some_and(|b| origin::related(&b.holds, b.start.map(|s| s.0), theirs.as_ref())) {
+                // One of the two may hold all of the other: decided once this one runs.
+                let d = Deferred { from, args, lineage, state, merges, yielding, origin: theirs };
+                self.deferred.entry(name).or_default().push(d);
+                return;
+            }
         }
         // A copy `from` sent of this name is superseded by the state it hands over now
         // (and must not merge into it again when `from` goes).
@@ -189,21 +230,33 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                         merges.push((node, r.state));
                     }
                 }
-                self.spawn(name, args, lineage.moved(), StartWhy::Handoff { from }, state, merges)
+                self.spawn(name, args, lineage.moved(), StartWhy::Handoff { from }, state, merges, theirs)
             }
             Some(Slot::Running { id, handle, args: my_args, lineage: mine }) => {
                 // A yielding sender decided on what it knew of this node's instance; this
                 // node knows better: one restarted empty more often than the yielder's
                 // is replaced by it all the same (the two states still merge).
                 let replace = if yielding { lineage.restarts < mine.restarts } else { stays((lineage.moved(), &from), (mine, &self.me)) };
-                if replace {
-                    // The handed-over instance stays: this one stops and merges into it.
-                    let why = StopWhy::Replaced { from, args, lineage, state, merges };
+                let (holds, start) = self.bases.get(&name).filter(|b| b.id == id).map(|b| (b.holds.clone(), b.start.map(|s| s.0))).unwrap_or_default();
+                if !replace && theirs.as_ref().is_some_and(|o| holds.contains(&o.state)) {
+                    // This instance holds all of the handed state already: it adds nothing.
+                    info!(worker = %name, peer = %from, "{name} runs here and holds all of the state {from} handed over; nothing to merge");
+                    states = merges.clone();
+                } else if replace || origin::related(&holds, start, theirs.as_ref()) {
+                    // The handed-over instance stays: this one stops and merges into it. So
+                    // too when the handed state went on from the one this instance started
+                    // from: this one's final state tells whether it went on as well.
+                    let (args, lineage) = if replace { (args, lineage.moved()) } else { (my_args.clone(), mine) };
+                    let why = StopWhy::Replaced { from, args, lineage, state, merges, origin: theirs };
                     self.local.insert(name.clone(), Slot::Stopping { id, args: my_args, lineage: mine, why, merges: Vec::new() });
                     self.out.push(Effect::Stop { name, id, handle, reason: "replaced".into() });
                     return;
+                } else {
+                    info!(worker = %name, peer = %from, "{name} runs here: the state {from} handed over merges into it");
+                    if let Some(b) = self.bases.get_mut(&name).filter(|b| b.id == id) {
+                        b.absorb(theirs.as_ref());
+                    }
                 }
-                info!(worker = %name, peer = %from, "{name} runs here: the state {from} handed over merges into it");
                 self.local.insert(name.clone(), Slot::Running { id, handle: handle.clone(), args: my_args, lineage: mine });
                 let answer = (from.clone(), ack(&self.me));
                 self.merge_then_ack(&name, &handle, states, vec![answer]);
@@ -216,7 +269,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Some(Slot::Stopping { id, args: my_args, lineage: mine, why: StopWhy::Duplicate { .. }, merges: mine_merges }) => {
                 // It was stopping in favour of an instance that has now been handed here:
                 // the handed one starts here once this stop is done, and absorbs this state.
-                let why = StopWhy::Replaced { from, args, lineage, state, merges };
+                let why = StopWhy::Replaced { from, args, lineage: lineage.moved(), state, merges, origin: theirs };
                 self.local.insert(name, Slot::Stopping { id, args: my_args, lineage: mine, why, merges: mine_merges });
             }
             Some(mut slot @ (Slot::Starting { .. } | Slot::Stopping { why: StopWhy::Handoff { .. }, .. })) => {
@@ -226,11 +279,23 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // so: else the sender's announcement, late at a third node, could win
                 // that node's directory over it (and a name run nowhere once it dies).
                 // A durable kind's sender drops its state on the answer: it waits until
-                // the state is safe.
+                // the state is safe. A state this instance holds all of adds nothing.
+                let sid = match &slot {
+                    Slot::Starting { id, .. } | Slot::Stopping { id, .. } => Some(*id),
+                    _ => None,
+                };
+                let holds = self.bases.get(&name).filter(|b| Some(b.id) == sid).map(|b| b.holds.clone()).unwrap_or_default();
+                if theirs.as_ref().is_some_and(|o| holds.contains(&o.state)) {
+                    info!(worker = %name, peer = %from, "{name} holds all of the state {from} handed over; nothing to merge");
+                    states = merges.clone();
+                }
                 let wait = self.kinds.replicas(&name.kind) > 0 && !states.is_empty();
                 let mut answer = Some((from, ack(&self.me)));
                 match &mut slot {
-                    Slot::Starting { merges, lineage: mine, acks, .. } => {
+                    Slot::Starting { id, merges, lineage: mine, acks, .. } => {
+                        if let Some(b) = self.bases.get_mut(&name).filter(|b| b.id == *id) {
+                            b.absorb(theirs.as_ref());
+                        }
                         // Answered once the merged state is copied.
                         if wait {
                             acks.extend(answer.take());

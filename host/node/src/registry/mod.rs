@@ -24,6 +24,7 @@ pub mod durable;
 mod error;
 mod handoff;
 mod name;
+mod origin;
 pub mod placement;
 mod replica;
 pub mod route;
@@ -134,7 +135,11 @@ impl Registry {
         let r = Registry(Arc::new(Inner {
             membership: membership.clone(),
             spawner,
-            table: Mutex::new(Table::new(me, kinds)),
+            table: Mutex::new({
+                let mut table = Table::new(me, kinds);
+                table.set_incarnation(rand::random());
+                table
+            }),
             changed: Notify::new(),
             drained: Notify::new(),
             ready: tokio::sync::watch::Sender::new(false),

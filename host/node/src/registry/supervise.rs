@@ -5,6 +5,7 @@
 
 use tracing::info;
 
+use super::origin::Origin;
 use super::placement::Lineage;
 use super::table::{Effect, Grace, Orphan, Replica, Slot, StartWhy, Table, Timer, GONE_GRACE, LEAVER_GRACE, REPLICA_GRACE};
 use super::wire::Msg;
@@ -174,6 +175,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let Some(first) = copies.next() else { return false };
         let merges = copies.map(|r| (r.from, r.state)).collect();
         info!(worker = %name, peer = %first.from, "{} went down with a duplicate instance of {name}: its copied state goes to the one on {at} to merge", first.from);
+        let id = self.new_state_id();
+        let origin = Origin { state: id, holds: vec![id] };
         let slot = Slot::Moving {
             to: at,
             args: first.args,
@@ -184,6 +187,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             yielding: true,
             refused: Default::default(),
             yielders: Vec::new(),
+            origin,
         };
         self.local.insert(name.clone(), slot);
         self.send_handoff(name.clone(), None);
@@ -239,7 +243,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let r = copies.next().expect("a copy no other continues: continuing is one move later, so it has no cycles");
                 let merges = copies.map(|c| (c.from, c.state)).collect();
                 self.lacking.remove(&name);
-                self.spawn(name, r.args, r.lineage.failed_over(r.seq), StartWhy::Failover, Some(r.state), merges);
+                self.spawn(name, r.args, r.lineage.failed_over(r.seq), StartWhy::Failover, Some(r.state), merges, None);
                 continue;
             }
             let durable = self.kinds.replicas(&name.kind) > 0;
@@ -256,7 +260,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 }
             } else if owner == self.me {
                 let (args, lineage) = (orphan.args.clone(), orphan.lineage.restarted());
-                self.spawn(name, args, lineage, StartWhy::Restart, None, Vec::new());
+                self.spawn(name, args, lineage, StartWhy::Restart, None, Vec::new(), None);
             } else if orphan.told.as_deref() != Some(owner.as_str()) {
                 orphan.told = Some(owner.clone());
                 let msg = Msg::Orphan { name, args: orphan.args.clone(), lineage: orphan.lineage };

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use super::origin::{self, Base, Origin};
 use super::placement::{owner, Lineage};
 use super::wire::Msg;
 use super::{Restart, SpawnError, StartError, WorkerName};
@@ -165,6 +166,8 @@ pub enum Slot<M, R> {
         /// Nodes waiting for the answer to their yielding handoffs, whose states are in
         /// `merges` (see [`StopWhy::Handoff`]).
         yielders: Vec<String>,
+        /// Which state `state` is, told to every node it goes to.
+        origin: Origin,
     },
 }
 
@@ -191,11 +194,25 @@ pub enum StopWhy<R> {
     Handoff { yielders: Vec<String> },
     /// Another instance of the name stays, on `winner`: this one's state goes there.
     Duplicate { winner: String },
-    /// A handoff from `from` brought an instance that stays: it starts here from
-    /// `state` once this one has stopped, and this one's state merges into it.
-    Replaced { from: String, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)> },
+    /// A handoff from `from` brought an instance that stays (or a state of the same
+    /// origin as this one's, see `origin.rs`): once this one has stopped, the name
+    /// starts here again with `args` and `lineage`, from `state` with this one's state
+    /// merged in, or from the one of the two that holds all the other does.
+    Replaced { from: String, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)>, origin: Option<Origin> },
     /// A stop request.
     Asked(R),
+}
+
+/// A handoff put off until the instance it meets has started ([`Table::deferred`]).
+#[derive(Debug)]
+pub struct Deferred {
+    pub from: String,
+    pub args: Vec<u8>,
+    pub lineage: Lineage,
+    pub state: Option<Vec<u8>>,
+    pub merges: Vec<(String, Vec<u8>)>,
+    pub yielding: bool,
+    pub origin: Option<Origin>,
 }
 
 /// Where another node says a name runs.
@@ -279,6 +296,16 @@ pub struct Table<M, R> {
     /// members gone that may be back, when it began to leave) rather than stop them
     /// with their state.
     pub(super) wait_to_hand_over: bool,
+    /// What each instance here holds ([`Base`]: the handed-over state it started from,
+    /// the states it merged), by name; the instance's id in it.
+    pub(super) bases: BTreeMap<WorkerName, Base>,
+    /// Handoffs that came while the name's instance here was starting, of a state it may
+    /// hold all of or be held by: decided once it runs (see `origin.rs`).
+    pub(super) deferred: BTreeMap<WorkerName, Vec<Deferred>>,
+    /// Random per process: the states this node hands over get ids unlike any other
+    /// node's ([`origin::state_id`]); `handed` counts them.
+    incarnation: u64,
+    handed: u64,
     next_id: u64,
     pub(super) out: Vec<Effect<M, R>>,
 }
@@ -315,9 +342,25 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             copied: BTreeMap::new(),
             leaving: false,
             wait_to_hand_over: false,
+            bases: BTreeMap::new(),
+            deferred: BTreeMap::new(),
+            incarnation: 0,
+            handed: 0,
             next_id: 1,
             out: Vec::new(),
         }
+    }
+
+    /// Sets this process's random incarnation, which the ids of the states it hands
+    /// over derive from (a node that restarts under the same name gets a new one).
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.incarnation = incarnation;
+    }
+
+    /// An id for a state this node hands over.
+    pub(super) fn new_state_id(&mut self) -> u64 {
+        self.handed += 1;
+        origin::state_id(self.incarnation, self.handed)
     }
 
     /// Applies one event; the effects it calls for, in order.
@@ -375,7 +418,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 }
                 self.out.push(Effect::Changed);
             }
-            Msg::Handoff { name, args, lineage, state, merges, yielding } => self.handoff_in(from, name, args, lineage, state, merges, yielding),
+            Msg::Handoff { name, args, lineage, state, merges, yielding, origin } => {
+                self.handoff_in(from, name, args, lineage, state, merges, yielding, origin)
+            }
             Msg::HandoffAck { name, at } => self.handoff_ack(from, name, at),
             Msg::Orphan { name, args, lineage } => self.orphan_in(name, args, lineage),
             Msg::ReplicaDropped { name } => {
@@ -480,6 +525,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     }
 
     /// Puts a new instance of `name` in `Starting` and asks the driver to create it.
+    /// `origin`: `state`'s, when it is a handed-over state.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn spawn(
         &mut self,
         name: WorkerName,
@@ -488,9 +535,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         why: StartWhy<R>,
         state: Option<Vec<u8>>,
         merges: Vec<(String, Vec<u8>)>,
+        origin: Option<Origin>,
     ) {
         let id = self.next_id();
         self.orphans.remove(&name);
+        self.bases.insert(name.clone(), Base::new(id, state.as_deref(), origin.as_ref()));
         // The states known now merge as the instance starts, before its first copy; the
         // slot gathers those that arrive while it starts.
         self.local.insert(name.clone(), Slot::Starting { id, args: args.clone(), lineage, why, merges: Vec::new(), acks: Vec::new() });
@@ -524,7 +573,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             self.out.push(Effect::Started { reply, result: Err(e) });
             return;
         }
-        self.spawn(name, args, Lineage::default(), StartWhy::Asked(reply), None, Vec::new());
+        self.spawn(name, args, Lineage::default(), StartWhy::Asked(reply), None, Vec::new(), None);
     }
 
     fn spawned(&mut self, name: WorkerName, id: u64, result: Result<M, SpawnError>) {
@@ -541,7 +590,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let Some(Slot::Starting { why, acks, .. }) = self.local.remove(&name) else { unreachable!() };
                 // Handoffs whose states were to merge into it: refused, their senders keep
                 // them and hand them on.
-                for (to, _) in acks {
+                let put_off = self.deferred.remove(&name).unwrap_or_default().into_iter().map(|d| (d.from, ()));
+                for (to, _) in acks.into_iter().map(|(to, _)| (to, ())).chain(put_off) {
                     self.out.push(Effect::Send { to, msg: Msg::HandoffAck { name: name.clone(), at: None } });
                 }
                 match why {
@@ -591,6 +641,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         } else {
             self.place_running(&name);
         }
+        for d in self.deferred.remove(&name).unwrap_or_default() {
+            self.handoff_in(d.from, name.clone(), d.args, d.lineage, d.state, d.merges, d.yielding, d.origin);
+        }
     }
 
     /// Merges `states` into the instance of `name` running here, and sends `acks`
@@ -615,6 +668,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     fn exited(&mut self, name: WorkerName, id: u64) {
         if matches!(self.local.get(&name), Some(Slot::Running { id: rid, .. }) if *rid == id) {
             self.local.remove(&name);
+            self.bases.remove(&name);
             self.tell_all(Msg::Unregistered { name });
             self.out.push(Effect::Changed);
         }

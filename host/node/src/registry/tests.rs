@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::origin::Origin;
 use super::placement::{owner, Lineage};
 use super::route::Route;
 use super::table::{Effect, Event, Kinds, Table, Timer, GONE_GRACE};
@@ -90,6 +91,18 @@ fn joins(t: &mut T, node: &str, conn: u64) -> Fx {
     let mut fx = up(t, node, conn);
     fx.extend(recv(t, node, Msg::Synced));
     fx
+}
+
+/// `sent`, its handoffs' origins left out (ids drawn as they go).
+fn without_origins(sent: Vec<(String, Msg)>) -> Vec<(String, Msg)> {
+    sent.into_iter()
+        .map(|(to, mut m)| {
+            if let Msg::Handoff { origin, .. } = &mut m {
+                *origin = None;
+            }
+            (to, m)
+        })
+        .collect()
 }
 
 fn recv(t: &mut T, from: &str, msg: Msg) -> Fx {
@@ -297,8 +310,16 @@ fn the_losing_instance_hands_its_state_to_the_winner_acknowledged() {
     assert_eq!((stop_id, reason.as_str()), (id, "duplicate"));
     assert_eq!(a.route(&n, None), Route::Remote("z@h".into()), "calls go to the winner meanwhile");
     let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![3]) });
-    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage::default().restarted(), state: Some(vec![3]), merges: vec![], yielding: true };
-    assert_eq!(sends(&fx), vec![("z@h".to_string(), handoff.clone())]);
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage::default().restarted(),
+        state: Some(vec![3]),
+        merges: vec![],
+        yielding: true,
+        origin: None,
+    };
+    assert_eq!(without_origins(sends(&fx)), vec![("z@h".to_string(), handoff.clone())]);
     // The winner goes down before answering: the state is kept and goes to the next one.
     let fx = a.handle(Event::MemberDown { node: "z@h".into(), conn: 3 });
     assert!(matches!(spawn_of(&fx), Some((_, _, Some(s))) if s == vec![3]), "alone, it runs here again from its own state: {fx:?}");
@@ -317,6 +338,7 @@ fn a_yielded_state_merges_into_the_running_instance() {
         state: Some(vec![3]),
         merges: vec![("b@h".into(), vec![4])],
         yielding: true,
+        origin: None,
     };
     let fx = recv(&mut z, "a@h", handoff);
     let merged: Vec<Vec<u8>> = fx
@@ -342,7 +364,15 @@ fn a_yielded_state_with_fewer_empty_restarts_replaces_the_running_instance() {
     let (_, id, _) = spawn_of(&fx).expect("restarted here");
     z.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
     up(&mut z, "a@h", 2);
-    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage::default().restarted(), state: Some(vec![3]), merges: vec![], yielding: true };
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage::default().restarted(),
+        state: Some(vec![3]),
+        merges: vec![],
+        yielding: true,
+        origin: None,
+    };
     let fx = recv(&mut z, "a@h", handoff);
     assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
     let fx = z.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
@@ -380,7 +410,7 @@ fn an_instance_starting_when_a_handoff_arrives_is_announced_as_its_successor() {
     let fx = recv(&mut z, "b@h", Msg::Orphan { name: n.clone(), args: vec![], lineage: Lineage::default() });
     let (_, id, _) = spawn_of(&fx).expect("z@h owns it and restarts it");
     let restart = Lineage::default().restarted();
-    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: restart, state: Some(vec![5]), merges: vec![], yielding: false };
+    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: restart, state: Some(vec![5]), merges: vec![], yielding: false, origin: None };
     let fx = recv(&mut z, "b@h", handoff);
     assert!(sends(&fx).contains(&("b@h".into(), Msg::HandoffAck { name: n.clone(), at: Some("z@h".into()) })));
     let fx = z.handle(Event::Spawned { name: n.clone(), id, result: Ok(3) });
@@ -558,7 +588,8 @@ fn a_handoff_into_a_copy_that_is_stopping_for_it_takes_its_place() {
     // An original on a@h announces itself: b's copy (same rank, larger name) stops.
     let fx = recv(&mut t, "a@h", registered(&n, 0, 0));
     let (sid, _) = stop_of(&fx).expect("b's copy stops");
-    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage::default(), state: Some(vec![9]), merges: vec![], yielding: false };
+    let handoff =
+        Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage::default(), state: Some(vec![9]), merges: vec![], yielding: false, origin: None };
     let fx = recv(&mut t, "a@h", handoff);
     assert!(sends(&fx).is_empty(), "answered once the handed one runs");
     let fx = t.handle(Event::Stopped { name: n.clone(), id: sid, state: Some(vec![4]) });
@@ -857,6 +888,7 @@ fn yielded_7(n: &WorkerName) -> Msg {
         state: Some(vec![7]),
         merges: vec![],
         yielding: true,
+        origin: None,
     }
 }
 
@@ -953,7 +985,7 @@ fn a_state_handed_to_a_node_holding_a_dead_instances_later_copy_starts_with_that
     let newer = super::wire::Replicate { lineage: a_line, ..copy(&n, 9, super::durable::Update::Full(b"a-9".to_vec()), &["d@h", "c@h"]) };
     c.replica_in("a@h", newer).unwrap();
     c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
-    let handoff = |lineage| Msg::Handoff { name: n.clone(), args: vec![], lineage, state: Some(b"b".to_vec()), merges: vec![], yielding: true };
+    let handoff = |lineage| Msg::Handoff { name: n.clone(), args: vec![], lineage, state: Some(b"b".to_vec()), merges: vec![], yielding: true, origin: None };
     let fx = recv(&mut c, "b@h", handoff(Lineage::default().failed_over(3)));
     let merges = fx.iter().find_map(|e| match e {
         Effect::Spawn { merges, .. } => Some(merges.clone()),
@@ -976,4 +1008,68 @@ fn a_state_handed_to_a_node_holding_a_dead_instances_later_copy_starts_with_that
         _ => None,
     });
     assert_eq!(merges, Some(vec![]), "{fx:?}");
+}
+
+// ---- one state handed to two nodes ----
+
+/// A handoff of `n` from `from` with `state`, as one of the sibling tests sends it.
+fn handed(n: &WorkerName, state: &[u8], origin: Origin, yielding: bool) -> Msg {
+    Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage::default().moved(),
+        state: Some(state.to_vec()),
+        merges: vec![],
+        yielding,
+        origin: Some(origin),
+    }
+}
+
+/// `b@h` runs `n` from the state `a@h` handed it (id 5, bytes `[1]`).
+fn runs_handed_state(n: &WorkerName) -> (T, u64) {
+    let mut b = table("b@h", false);
+    joins(&mut b, "a@h", 1);
+    joins(&mut b, "c@h", 2);
+    let fx = recv(&mut b, "a@h", handed(n, &[1], Origin { state: 5, holds: vec![5] }, false));
+    let (_, id, state) = spawn_of(&fx).expect("started from the handed state");
+    assert_eq!(state, Some(vec![1]));
+    b.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
+    (b, id)
+}
+
+/// The same state reached two nodes (its first target was paused past the heartbeat
+/// timeout, then read it): the copy that went on is kept whole, and the one that stood
+/// still adds nothing, whichever of the two stays.
+#[test]
+fn of_two_instances_started_from_one_state_the_one_that_stood_still_adds_nothing() {
+    let n = name("x");
+    // The other one stood still: nothing merges, and nothing stops here.
+    let (mut b, _) = runs_handed_state(&n);
+    let fx = recv(&mut b, "c@h", handed(&n, &[1], Origin { state: 5, holds: vec![5] }, true));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Merge { .. } | Effect::Stop { .. })), "{fx:?}");
+    assert!(sends(&fx).contains(&("c@h".into(), Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) })), "{fx:?}");
+
+    // The other one went on from it (its state [1, 2], id 9), and this one did not:
+    // this one stops and the name goes on from the other's state alone.
+    let (mut b, id) = runs_handed_state(&n);
+    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5] }, true));
+    assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
+    let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
+    assert!(fx.iter().any(|e| matches!(e, Effect::Spawn { state: Some(s), merges, .. } if *s == vec![1, 2] && merges.is_empty())), "{fx:?}");
+
+    // Both went on: the two merge, as any two instances do.
+    let (mut b, id) = runs_handed_state(&n);
+    recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5] }, true));
+    let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1, 3]) });
+    assert!(
+        fx.iter().any(|e| matches!(e, Effect::Spawn { state: Some(s), merges, .. } if *s == vec![1, 2] && *merges == vec![("b@h".to_string(), vec![1, 3])])),
+        "{fx:?}"
+    );
+
+    // What this node hands on says what it holds: the id of the state it stood still
+    // on, or a new one once it went on.
+    let (mut b, id) = runs_handed_state(&n);
+    b.handle(Event::Leave);
+    let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
+    assert!(sends(&fx).iter().any(|(_, m)| matches!(m, Msg::Handoff { origin: Some(o), .. } if *o == Origin { state: 5, holds: vec![5] })), "{fx:?}");
 }

@@ -120,6 +120,10 @@ pub enum Msg {
         #[serde(deserialize_with = "checked::node_keyed")]
         merges: Vec<(String, Vec<u8>)>,
         yielding: bool,
+        /// Which state `state` is ([`Origin`]). Last, and read as `None` when absent,
+        /// so that nodes before it and after it read each other's handoffs.
+        #[serde(deserialize_with = "checked::origin")]
+        origin: Option<Origin>,
     },
     /// The answer to a handoff: where the name runs now, or `None` when the receiver
     /// could not take it (leaving, or its start failed).
@@ -138,6 +142,28 @@ pub enum Msg {
     /// a node that holds one starts it. Appended last, so a node that predates it fails
     /// to read only this message.
     NoCopy { name: WorkerName },
+}
+
+/// Which state a handoff carries. A handoff that goes unanswered goes to the next node
+/// when its target is declared down; a target that was only paused (or cut off) may
+/// still read the first one when it wakes, and start a second instance from the same
+/// state. When the two meet, a state that one of them started from and left as it was
+/// adds nothing to the other: it is not merged, so a worker whose merge appends (an
+/// order's items) does not hold it twice, and one without a merge keeps the state that
+/// went on rather than the one that stood still.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The handed state's id: random, and the same to every node the state goes to.
+    pub state: u64,
+    /// The ids of the states this one holds all of, `state` first: those its instance
+    /// started from or merged, and theirs (the latest [`Origin::HOLDS`]).
+    pub holds: Vec<u64>,
+}
+
+impl Origin {
+    /// How many ids [`Origin::holds`] keeps: two instances of one state meet within
+    /// seconds of the handoff that made them, a few moves later at most.
+    pub const HOLDS: usize = 32;
 }
 
 /// postcard's variant indexes of [`Rpc::Call`] and [`Rpc::Cast`] (a body's first byte),
@@ -201,6 +227,20 @@ pub(super) mod checked {
             n.parse::<WorkerName>().map_err(D::Error::custom)?;
         }
         Ok(names)
+    }
+
+    /// A field added last to a message: `None` when the message ends before it (a
+    /// node that predates the field sent it) or holds no valid one.
+    pub fn trailing<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+        Ok(Option::<T>::deserialize(d).unwrap_or(None))
+    }
+
+    /// [`trailing`] for an [`Origin`](super::Origin), its list held to its length.
+    pub fn origin<'de, D: Deserializer<'de>>(d: D) -> Result<Option<super::Origin>, D::Error> {
+        Ok(trailing::<D, super::Origin>(d)?.map(|mut o| {
+            o.holds.truncate(super::Origin::HOLDS);
+            o
+        }))
     }
 
     pub fn call_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -276,6 +316,28 @@ mod tests {
         }
     }
 
+    /// A node from before [`Origin`] sends handoffs without it and reads ours as its
+    /// own: the field is a handoff's last bytes, which postcard leaves unread.
+    #[test]
+    fn handoffs_read_across_the_origin_field() {
+        let m = |origin| Msg::Handoff {
+            name: WorkerName::new("order", "John"),
+            args: vec![1],
+            lineage: Lineage::default(),
+            state: Some(vec![7]),
+            merges: vec![],
+            yielding: false,
+            origin,
+        };
+        let without = encode(&Rpc::Tell(m(None))).to_vec();
+        // `None` is the last byte: without it, the handoff as an older node sends it.
+        let older = &without[..without.len() - 1];
+        assert!(matches!(decode(older).unwrap(), Rpc::Tell(back) if back == m(None)));
+        let with = encode(&Rpc::Tell(m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5] })))).to_vec();
+        assert!(with.starts_with(older), "an older node reads the fields it knows first");
+        assert_eq!(postcard::from_bytes::<(u8, u8)>(&[3, 4, 9, 9]).unwrap(), (3, 4), "postcard leaves what follows unread");
+    }
+
     #[test]
     fn every_message_round_trips() {
         let name = WorkerName::new("order", "John");
@@ -290,6 +352,7 @@ mod tests {
                 state: Some(vec![7; 3]),
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
+                origin: Some(Origin { state: 7, holds: vec![7, 3] }),
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::Orphan { name: name.clone(), args: vec![], lineage: Lineage::default() },
@@ -341,6 +404,7 @@ mod tests {
                 state: Some(vec![7]),
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
+                origin: Some(Origin { state: 7, holds: vec![7, 3] }),
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::NoCopy { name: name.clone() },
@@ -533,6 +597,7 @@ mod tests {
                 state: None,
                 merges: vec![(bad.into(), vec![])],
                 yielding: false,
+                origin: None,
             }),
             Rpc::Call { name: name.clone(), msg: vec![], timeout_ms: 1, call_id: Some("id\nforged".into()) },
             Rpc::Cast { name: WorkerName::new("order", "x\rforged"), msg: vec![] },

@@ -38,7 +38,9 @@ impl Sim {
                     self.next_inst += 1;
                     let mut counts = state.as_deref().map(decode).unwrap_or_default();
                     for (_, s) in &merges {
-                        merge(&mut counts, &decode(s));
+                        let other = decode(s);
+                        self.check_shared(n, &name, &counts, &other);
+                        merge(&mut counts, &other);
                     }
                     let restarts = self.nodes[n].as_ref().and_then(|l| l.table.lineage_of(&name)).map(|l| l.restarts).unwrap_or(0);
                     let instance = Instance {
@@ -84,7 +86,11 @@ impl Sim {
                 }
                 Effect::Merge { name, handle, state, acks, .. } => match self.insts.get_mut(&handle) {
                     Some(i) if !i.stopping => {
-                        merge(&mut i.counts, &decode(&state));
+                        let other = decode(&state);
+                        let into = i.counts.clone();
+                        self.check_shared(n, &name, &into, &other);
+                        let Some(i) = self.insts.get_mut(&handle) else { unreachable!() };
+                        merge(&mut i.counts, &other);
                         match acks {
                             acks if acks.is_empty() => self.copy_again(n, handle),
                             // Behind the copy in flight (which lacks the merge): the next
@@ -126,6 +132,23 @@ impl Sim {
         let done_leaving = self.nodes[n].as_ref().is_some_and(|l| l.leaving && l.table.local_count() == 0);
         if done_leaving {
             self.finish_leave(n);
+        }
+    }
+
+    /// A state merging into an instance when one of the two holds all of the other's
+    /// counts (and they share some): the merge adds nothing, and a worker whose merge
+    /// appends (an order's items) would hold the shared part twice. Two instances
+    /// started from one handed-over state meet so (a handoff that went on to the next
+    /// node, its first target only paused); the table knows them by their states'
+    /// origins. Not for durable kinds: a copy that merges shares the history of the
+    /// instance it was copied from, by design (docs/durability.md).
+    fn check_shared(&mut self, n: Node, name: &WorkerName, into: &BTreeMap<u64, u64>, other: &BTreeMap<u64, u64>) {
+        let holds = |a: &BTreeMap<u64, u64>, b: &BTreeMap<u64, u64>| b.iter().all(|(k, v)| a.get(k).is_some_and(|w| w >= v));
+        let shared = other.iter().find(|(k, v)| **v > 0 && into.get(*k).is_some_and(|w| *w > 0));
+        if let Some((k, v)) = shared.filter(|_| self.replicas == 0 && (holds(into, other) || holds(other, into))) {
+            let w = into[k];
+            self.violations
+                .push(format!("n{n}: a state of {name} merged into an instance when one of the two held all of the other (instance {k}: {v} and {w})"));
         }
     }
 
