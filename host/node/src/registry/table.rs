@@ -590,8 +590,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let Some(Slot::Starting { why, acks, .. }) = self.local.remove(&name) else { unreachable!() };
                 // Handoffs whose states were to merge into it: refused, their senders keep
                 // them and hand them on.
-                let put_off = self.deferred.remove(&name).unwrap_or_default().into_iter().map(|d| (d.from, ()));
-                for (to, _) in acks.into_iter().map(|(to, _)| (to, ())).chain(put_off) {
+                self.bases.remove(&name);
+                let put_off = self.deferred.remove(&name).unwrap_or_default().into_iter().map(|d| d.from);
+                for to in acks.into_iter().map(|(to, _)| to).chain(put_off) {
                     self.out.push(Effect::Send { to, msg: Msg::HandoffAck { name: name.clone(), at: None } });
                 }
                 match why {

@@ -105,6 +105,11 @@ fn without_origins(sent: Vec<(String, Msg)>) -> Vec<(String, Msg)> {
         .collect()
 }
 
+/// An instance of `n` of this lineage on another node yields its `state` to this one.
+fn yielded(n: &WorkerName, lineage: Lineage, state: &[u8]) -> Msg {
+    Msg::Handoff { name: n.clone(), args: vec![], lineage, state: Some(state.to_vec()), merges: vec![], yielding: true, origin: None }
+}
+
 fn recv(t: &mut T, from: &str, msg: Msg) -> Fx {
     t.handle(Event::Received { from: from.into(), msg })
 }
@@ -310,15 +315,7 @@ fn the_losing_instance_hands_its_state_to_the_winner_acknowledged() {
     assert_eq!((stop_id, reason.as_str()), (id, "duplicate"));
     assert_eq!(a.route(&n, None), Route::Remote("z@h".into()), "calls go to the winner meanwhile");
     let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![3]) });
-    let handoff = Msg::Handoff {
-        name: n.clone(),
-        args: vec![],
-        lineage: Lineage::default().restarted(),
-        state: Some(vec![3]),
-        merges: vec![],
-        yielding: true,
-        origin: None,
-    };
+    let handoff = yielded(&n, Lineage::default().restarted(), &[3]);
     assert_eq!(without_origins(sends(&fx)), vec![("z@h".to_string(), handoff.clone())]);
     // The winner goes down before answering: the state is kept and goes to the next one.
     let fx = a.handle(Event::MemberDown { node: "z@h".into(), conn: 3 });
@@ -364,15 +361,7 @@ fn a_yielded_state_with_fewer_empty_restarts_replaces_the_running_instance() {
     let (_, id, _) = spawn_of(&fx).expect("restarted here");
     z.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
     up(&mut z, "a@h", 2);
-    let handoff = Msg::Handoff {
-        name: n.clone(),
-        args: vec![],
-        lineage: Lineage::default().restarted(),
-        state: Some(vec![3]),
-        merges: vec![],
-        yielding: true,
-        origin: None,
-    };
+    let handoff = yielded(&n, Lineage::default().restarted(), &[3]);
     let fx = recv(&mut z, "a@h", handoff);
     assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
     let fx = z.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
@@ -881,15 +870,7 @@ fn a_dead_instances_copy_newer_than_the_one_a_failover_started_from_merges_into_
 
 /// A duplicate on another node yields to the instance of `n` here, its state `[7]`.
 fn yielded_7(n: &WorkerName) -> Msg {
-    Msg::Handoff {
-        name: n.clone(),
-        args: vec![],
-        lineage: Lineage { restarts: 0, moves: 1, from_copy: 0 },
-        state: Some(vec![7]),
-        merges: vec![],
-        yielding: true,
-        origin: None,
-    }
+    yielded(n, Lineage { restarts: 0, moves: 1, from_copy: 0 }, &[7])
 }
 
 #[test]

@@ -20,7 +20,8 @@
 //! deadline. Checked as it runs: an instance that stops in favour of another never had
 //! fewer restarts without state; while only leaves and joins have happened, every call
 //! succeeds; in non-durable seeds, no state merges into an instance when one of the two
-//! holds all of the other (one state handed to two nodes must not merge into itself). `./dev sim --seed N --trace` replays one run with its events.
+//! holds all of the other (one state handed to two nodes must not merge into itself).
+//! `./dev sim --seed N --trace` replays one run with its events.
 //!
 //! Two seeds in three make the counter kind durable, with 1 or 2 replicas: an instance
 //! copies its state to its replicas (the table's `replication_of`, the real
