@@ -53,6 +53,21 @@ fn a_paused_node_wakes_without_wiping_anyones_state() {
     assert_eq!(nodes[0].count("heartbeat timeout"), 0, "the woken node declared its live peers down:\n{}", nodes[0].log());
 }
 
+/// A pause that ends just after the heartbeat timeout: the woken node's timers fire
+/// before its runtime has heard what its sockets hold (its peers' closes, their last
+/// heartbeats). It asks the kernel before it declares a peer silent, and so learns of
+/// the closes as closes. Before, it timed both peers out and restarted their names.
+#[test]
+fn a_node_woken_just_after_the_heartbeat_timeout_reads_before_it_judges() {
+    let (_dir, names, nodes) = three_nodes("f-pause-edge", 137, &[("counter", "worker_counter.wasm", "")], false);
+    counters(&names[0], 12);
+    nodes[1].signal(libc::SIGSTOP);
+    nodes[2].wait_log(&format!("node down {}: heartbeat timeout", names[1]), FORM);
+    nodes[1].signal(libc::SIGCONT);
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names.iter().map(String::as_str).collect::<Vec<_>>(), SETTLE);
+    assert_eq!(nodes[1].count("heartbeat timeout"), 0, "the woken node timed its peers out unread:\n{}", nodes[1].log());
+}
+
 /// Two of three nodes are killed within milliseconds: the survivor restarts every name
 /// the two ran, including those whose next owner was the other dead node.
 #[test]
@@ -177,9 +192,8 @@ fn a_node_cut_off_when_it_gets_sigterm_hands_every_state_over_once_the_cut_heals
 }
 
 /// The pause of the tests below: 3 s from `paused`, twice the heartbeat timeout, so
-/// that the node's timers are long overdue when it wakes and it reads what its sockets
-/// hold before it judges its peers. (A pause that ends within a heartbeat interval of
-/// the timeout is judged by the timer: the node may time its peers out unread.)
+/// that the leaver and the third node have both timed the paused node out and moved on
+/// well before it wakes.
 fn wake_after(node: &Node, paused: Instant) {
     std::thread::sleep(Duration::from_secs(3).saturating_sub(paused.elapsed()));
     node.signal(libc::SIGCONT);

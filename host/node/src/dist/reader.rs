@@ -121,6 +121,14 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
                         continue;
                     }
                     if last_read.elapsed() >= timeout {
+                        // Woken from a pause that ended soon after the deadline, this task
+                        // may not have heard yet of bytes (or the end) the socket holds:
+                        // the runtime learns of them on its next poll. Ask the kernel.
+                        if waiting(&rd) {
+                            debug!("{} was silent past the timeout, but its bytes are waiting; reading them", peer.name());
+                            silence.as_mut().reset((Instant::now() + dist.0.cfg.heartbeat_interval * 2).into());
+                            continue;
+                        }
                         return DownReason::HeartbeatTimeout;
                     }
                     silence.as_mut().reset((last_read + timeout).into());
@@ -133,4 +141,14 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
 fn protocol_error(peer: &Peer, e: impl fmt::Display) -> DownReason {
     warn!("closing connection to {} ({}): {e}", peer.name(), peer.addr());
     DownReason::ProtocolError(e.to_string())
+}
+
+/// Whether the connection's socket holds something to read: bytes, its end, or an
+/// error (a peek that takes nothing and does not wait).
+fn waiting(rd: &OwnedReadHalf) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a peek of at most one byte into `byte`, on this connection's open socket.
+    let n = unsafe { libc::recv(rd.as_ref().as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
 }
