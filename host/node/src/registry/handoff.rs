@@ -72,8 +72,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.out.push(Effect::Changed);
         // Which state this instance stopped with, and which it holds (see origin.rs).
         let base = self.bases.remove(&name).filter(|b| b.id == id).unwrap_or_else(|| Base::new(id, None, None));
-        let handing = base.handing(state.as_deref(), self.new_state_id());
         let unchanged = base.unchanged(state.as_deref());
+        let handing = base.handing(unchanged, self.new_state_id());
         let moving = |to: String, yielding: bool, yielders: Vec<String>| Slot::Moving {
             to,
             args: args.clone(),

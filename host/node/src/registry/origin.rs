@@ -51,10 +51,11 @@ impl Base {
         }
     }
 
-    /// The origin of the instance's final `state`, as it hands it over: the id of the
-    /// state it started from when it is still that, else `fresh`.
-    pub fn handing(&self, state: Option<&[u8]>, fresh: u64) -> Origin {
-        let id = self.unchanged(state).unwrap_or(fresh);
+    /// The origin of the instance's final state, as it hands it over: `unchanged` (what
+    /// [`Base::unchanged`] said of it) when it is still the state it started from, else
+    /// `fresh`.
+    pub fn handing(&self, unchanged: Option<u64>, fresh: u64) -> Origin {
+        let id = unchanged.unwrap_or(fresh);
         let mut holds = vec![id];
         holds.extend(self.holds.iter().filter(|h| **h != id));
         holds.truncate(Origin::HOLDS);
@@ -134,9 +135,9 @@ mod tests {
         let handed = Origin { state: 5, holds: vec![5, 3] };
         let mut b = Base::new(1, Some(b"s"), Some(&handed));
         // Stopped as it started: the same state, by the same id.
-        assert_eq!(b.handing(Some(b"s"), 77), handed);
+        assert_eq!(b.handing(b.unchanged(Some(b"s")), 77), handed);
         // Changed: a new id, holding what it held.
-        assert_eq!(b.handing(Some(b"t"), 77), Origin { state: 77, holds: vec![77, 5, 3] });
+        assert_eq!(b.handing(b.unchanged(Some(b"t")), 77), Origin { state: 77, holds: vec![77, 5, 3] });
         b.absorb(Some(&Origin { state: 8, holds: vec![8, 3] }));
         assert_eq!(b.holds, vec![8, 3, 5]);
         // Held to its length, the latest first.
