@@ -294,13 +294,6 @@ fn two_replicas_survive_two_nodes_killed_at_once() {
     kill_rounds("d-kill2", 105, 2, 2, 3);
 }
 
-/// `wasmnode call --id ID` through `via`; (success, stdout or stderr).
-fn call_once(via: &str, id: &str, name: &str, msg: &str) -> (bool, String) {
-    let out = cli(&["call", "--node", via, "--id", id, "--timeout-ms", "15000", name, msg], COOKIE);
-    let text = if out.status.success() { out.stdout } else { out.stderr };
-    (out.status.success(), String::from_utf8_lossy(&text).trim().to_string())
-}
-
 /// `POST …/call` of `msg` to `name` through the gateway at `addr`, with an
 /// `Idempotency-Key`; (status, body).
 fn http_call_once(addr: &str, key: &str, name: &str, msg: &str) -> (u16, String) {

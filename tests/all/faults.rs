@@ -264,3 +264,63 @@ fn a_handoff_to_a_paused_node_that_wakes_after_it_went_elsewhere_keeps_every_inc
     let handed: BTreeMap<String, u64> = want.into_iter().filter(|(n, _)| on_a.contains(n)).collect();
     wait_exactly_once_with(&names[2], &handed, SETTLE, "every counter a handed over once, with every increment");
 }
+
+/// A node cut off from the other two keeps serving the callers that reach it (its
+/// durable counters take increments), while the other two take its counters over from
+/// their copies and leave them as they were. Once the cut heals, the instances that
+/// went on are kept: every increment acknowledged during the cut is there. Before, the
+/// take-overs stayed (they rank as the later instance) and the cut-off side's
+/// increments were dropped, the counter having no `resolve-conflict`.
+#[test]
+fn a_node_cut_off_keeps_what_it_acknowledged_when_the_take_overs_changed_nothing() {
+    let kind = [("counter", "worker_counter.wasm", "durability = \"replicated\"")];
+    let (_dir, names, nodes) = three_nodes("f-cutoff", 140, &kind, false);
+    let mut want = counters(&names[0], 24);
+    let on_c: Vec<String> = placement(&names[0]).into_iter().filter(|(_, at)| at == &vec![names[2].clone()]).map(|(n, _)| n).collect();
+    assert!(on_c.len() >= 4, "{} counters on c", on_c.len());
+    let ips: Vec<&str> = names.iter().map(|n| &n[2..]).collect();
+    {
+        let _cut = Cut::new(ips[2], &[ips[0], ips[1]]);
+        nodes[0].wait_log(&format!("node down {}: heartbeat timeout", names[2]), FORM);
+        nodes[2].wait_log(&format!("node down {}: heartbeat timeout", names[0]), FORM);
+        // a and b took c's counters over from their copies (and changed nothing).
+        wait_until(FORM, "c's counters answering on a", || on_c.iter().all(|n| call(&names[0], n, "value") == (true, want[n].to_string())), String::new);
+        // c's own instances go on: two increments each, acknowledged.
+        for n in &on_c {
+            for _ in 0..2 {
+                let v = want.get_mut(n).unwrap();
+                *v += 1;
+                assert_eq!(call(&names[2], n, "increment"), (true, v.to_string()), "{n} through c");
+            }
+        }
+    }
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names.iter().map(String::as_str).collect::<Vec<_>>(), SETTLE);
+    wait_exactly_once_with(&names[0], &want, SETTLE, "every counter once, with what c acknowledged during the cut");
+}
+
+/// A one-way cut: what a sends to b is lost, what b sends to a arrives, for 15 s. a and
+/// b lose their link (each times the other out, or hears it close) and cannot dial it
+/// again, while both stay linked to c: a partition that is not transitive. Counters are
+/// incremented through c meanwhile. Once the cut ends, every counter runs once and
+/// holds every increment.
+#[test]
+fn a_one_way_cut_between_two_nodes_loses_no_increment() {
+    let (_dir, names, nodes) = three_nodes("f-oneway", 139, &[("counter", "worker_counter.wasm", "")], false);
+    let mut want = counters(&names[2], 24);
+    {
+        let _cut = Cut::one_way(&names[0][2..], &[&names[1][2..]]);
+        nodes[1].wait_log(&format!("node down {}", names[0]), FORM);
+        nodes[0].wait_log(&format!("node down {}", names[1]), FORM);
+        for round in 0..3 {
+            for (n, v) in want.iter_mut() {
+                let (ok, out) = call(&names[2], n, "increment");
+                assert!(ok, "round {round}, {n}: {out}");
+                *v += 1;
+                assert_eq!(out, v.to_string(), "round {round}, {n}");
+            }
+        }
+        eprintln!("during the cut, c sees {:?}", workers_by_node(&names[2]));
+    }
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names.iter().map(String::as_str).collect::<Vec<_>>(), SETTLE);
+    wait_exactly_once_with(&names[2], &want, SETTLE, "every counter once, with every increment, after the cut");
+}

@@ -233,6 +233,14 @@ pub fn call(node: &str, name: &str, msg: &str) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&text).trim().to_string())
 }
 
+/// `wasmnode call --id ID` of `msg` to `name` through `via` (applied once however
+/// often it is retried with the same id); (success, stdout or stderr).
+pub fn call_once(via: &str, id: &str, name: &str, msg: &str) -> (bool, String) {
+    let out = cli(&["call", "--node", via, "--id", id, "--timeout-ms", "15000", name, msg], COOKIE);
+    let text = if out.status.success() { out.stdout } else { out.stderr };
+    (out.status.success(), String::from_utf8_lossy(&text).trim().to_string())
+}
+
 /// `wasmnode start` through `node`; (success, stdout or stderr).
 pub fn start_worker(node: &str, kind: &str, key: &str) -> (bool, String) {
     let out = cli(&["start", "--node", node, &format!("{kind}/{key}")], COOKIE);
@@ -385,20 +393,33 @@ pub fn all_workers(node: &str) -> Vec<String> {
 /// removed when dropped, even if the test fails. Needs root and iptables; it fails (never
 /// skips) otherwise.
 pub struct Cut {
-    rules: Vec<(String, String)>,
+    rules: Vec<Vec<String>>,
 }
 
 impl Cut {
+    /// Every packet between `island` and each of `others` is dropped, both ways.
     pub fn new(island: &str, others: &[&str]) -> Cut {
+        Cut::with(island, others, true)
+    }
+
+    /// A one-way cut: packets from `from` to each of `to` are dropped; the other way
+    /// goes through.
+    pub fn one_way(from: &str, to: &[&str]) -> Cut {
+        Cut::with(from, to, false)
+    }
+
+    fn with(island: &str, others: &[&str], both: bool) -> Cut {
         let mut cut = Cut { rules: Vec::new() };
         for o in others {
-            for (src, dst) in [(island, *o), (*o, island)] {
-                let status = std::process::Command::new("iptables").args(["-I", "INPUT", "-s", src, "-d", dst, "-j", "DROP"]).status();
+            let ways: &[(&str, &str)] = if both { &[(island, *o), (*o, island)] } else { &[(island, *o)] };
+            for (src, dst) in ways {
+                let rule: Vec<String> = ["INPUT", "-s", src, "-d", dst, "-j", "DROP"].iter().map(|s| s.to_string()).collect();
+                let status = std::process::Command::new("iptables").arg("-I").args(&rule).status();
                 assert!(
                     status.as_ref().is_ok_and(|s| s.success()),
                     "cannot add an iptables rule ({status:?}): this test needs root and iptables (apt-get install iptables)"
                 );
-                cut.rules.push((src.to_string(), dst.to_string()));
+                cut.rules.push(rule);
             }
         }
         cut
@@ -407,8 +428,8 @@ impl Cut {
 
 impl Drop for Cut {
     fn drop(&mut self) {
-        for (src, dst) in self.rules.drain(..) {
-            let _ = std::process::Command::new("iptables").args(["-D", "INPUT", "-s", &src, "-d", &dst, "-j", "DROP"]).status();
+        for rule in self.rules.drain(..) {
+            let _ = std::process::Command::new("iptables").arg("-D").args(&rule).status();
         }
     }
 }

@@ -71,7 +71,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let Some(Slot::Stopping { args, lineage, why, merges, .. }) = self.local.remove(&name) else { unreachable!() };
         self.out.push(Effect::Changed);
         // Which state this instance stopped with, and which it holds (see origin.rs).
-        let base = self.bases.remove(&name).filter(|b| b.id == id).unwrap_or_else(|| Base::new(id, None, None));
+        let base = self.bases.remove(&name).filter(|b| b.id == id).unwrap_or_else(|| Base::new(id, self.new_state_id(), None, None));
         let unchanged = base.unchanged(state.as_deref());
         let handing = base.handing(unchanged, self.new_state_id());
         let moving = |to: String, yielding: bool, yielders: Vec<String>| Slot::Moving {
@@ -99,7 +99,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // The name starts here again from the handed-over state, this one's state
                 // merged in; or from the one of the two that holds all the other does.
                 let mut all = handed_merges;
-                let (start, origin, other) = match origin::keep(&base.holds, unchanged, theirs.as_ref()) {
+                let (start, origin, other) = match origin::keep(&base, unchanged, theirs.as_ref()) {
                     Keep::Mine => {
                         info!(worker = %name, peer = %from, "{name}: this instance holds all of the state {from} handed over; it goes on from its own");
                         (state, Some(handing), theirs)
@@ -150,14 +150,18 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     state: state.clone(),
                     merges: merges.clone(),
                     yielding: *yielding,
-                    origin: Some(origin.clone()),
+                    // Which state it is: none when the state went before (these are
+                    // states that rode along since), else the receiver would count
+                    // that state as held by what it starts from these alone.
+                    origin: state.is_some().then(|| origin.clone()),
                 };
                 self.out.push(Effect::Send { to: t, msg });
             }
             None if !self.leaving => {
                 // Nobody else can take it: it runs here again, from its own state.
                 let Some(Slot::Moving { args, lineage, state, merges, yielders, origin, .. }) = self.local.remove(&name) else { unreachable!() };
-                self.spawn(name.clone(), args, lineage, StartWhy::Adopted, state, merges, Some(origin));
+                let origin = state.is_some().then_some(origin);
+                self.spawn(name.clone(), args, lineage, StartWhy::Adopted, state, merges, origin);
                 // The yielders hear once it has merged their states here.
                 if let Some(Slot::Starting { acks, .. }) = self.local.get_mut(&name) {
                     let at = Some(self.me.clone());
@@ -204,7 +208,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
         if let Some(Slot::Starting { id, .. }) = self.local.get(&name) {
             let base = self.bases.get(&name).filter(|b| b.id == *id);
-            if base.is_some_and(|b| origin::related(&b.holds, b.start.map(|s| s.0), theirs.as_ref())) {
+            if base.is_some_and(|b| origin::related(b, theirs.as_ref())) {
                 // One of the two may hold all of the other: decided once this one runs.
                 let d = Deferred { from, args, lineage, state, merges, yielding, origin: theirs };
                 self.deferred.entry(name).or_default().push(d);
@@ -237,12 +241,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // node knows better: one restarted empty more often than the yielder's
                 // is replaced by it all the same (the two states still merge).
                 let replace = if yielding { lineage.restarts < mine.restarts } else { stays((lineage.moved(), &from), (mine, &self.me)) };
-                let (holds, start) = self.bases.get(&name).filter(|b| b.id == id).map(|b| (b.holds.clone(), b.start.map(|s| s.0))).unwrap_or_default();
-                if !replace && theirs.as_ref().is_some_and(|o| holds.contains(&o.state)) {
+                let base = self.bases.get(&name).filter(|b| b.id == id).cloned();
+                let holds_theirs = base.as_ref().is_some_and(|b| origin::keep(b, None, theirs.as_ref()) == Keep::Mine);
+                if !replace && holds_theirs {
                     // This instance holds all of the handed state already: it adds nothing.
                     info!(worker = %name, peer = %from, "{name} runs here and holds all of the state {from} handed over; nothing to merge");
                     states = merges.clone();
-                } else if replace || origin::related(&holds, start, theirs.as_ref()) {
+                } else if replace || base.as_ref().is_some_and(|b| origin::related(b, theirs.as_ref())) {
                     // The handed-over instance stays: this one stops and merges into it. So
                     // too when the handed state went on from the one this instance started
                     // from: this one's final state tells whether it went on as well.
@@ -284,8 +289,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     Slot::Starting { id, .. } | Slot::Stopping { id, .. } => Some(*id),
                     _ => None,
                 };
-                let holds = self.bases.get(&name).filter(|b| Some(b.id) == sid).map(|b| b.holds.clone()).unwrap_or_default();
-                if theirs.as_ref().is_some_and(|o| holds.contains(&o.state)) {
+                if self.bases.get(&name).filter(|b| Some(b.id) == sid).is_some_and(|b| origin::keep(b, None, theirs.as_ref()) == Keep::Mine) {
                     info!(worker = %name, peer = %from, "{name} holds all of the state {from} handed over; nothing to merge");
                     states = merges.clone();
                 }

@@ -690,7 +690,11 @@ impl Registry {
     /// this to send; a reply that rode but was not delivered (the replica refused the
     /// copy or did not answer) is sent here, the usual way.
     pub async fn replicate(&self, name: &WorkerName, replicas: usize, rep: &mut Replicator, state: Vec<u8>, reply: Option<Reply>) -> Option<Reply> {
-        let Some((targets, args, lineage)) = self.0.table.lock().unwrap().replication_of(name, replicas) else { return reply };
+        let (of, line) = {
+            let table = self.0.table.lock().unwrap();
+            (table.replication_of(name, replicas), table.line_of(name))
+        };
+        let Some((targets, args, lineage)) = of else { return reply };
         let Some((seq, sends)) = rep.plan(&targets, &state) else { return reply };
         let holders: Vec<String> = targets.iter().map(|(t, _)| t.clone()).collect();
         let (riding, reply) = match (reply, sends.as_slice()) {
@@ -701,7 +705,7 @@ impl Registry {
         };
         let carried = riding.as_ref().map(|(r, body)| (r.id, body.clone()));
         let copies = sends.into_iter().map(|(to, update)| {
-            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone() };
+            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone(), line };
             let state = &state;
             let carried = &carried;
             let rpc = move |copy: Replicate| match carried {

@@ -17,21 +17,30 @@ use sha2::{Digest, Sha256};
 
 pub use super::wire::Origin;
 
-/// What this node knows of the states an instance here holds: its id on this node,
-/// the handed-over state it started from (its id and a digest of its bytes), and the
-/// ids of every state it holds all of (that one, those merged into it, and theirs).
+/// What this node knows of the states an instance here holds: its id on this node, its
+/// line (an id of its own, unlike any other instance's: every copy it sends its replicas
+/// carries it), the handed-over state it started from (its id and a digest of its
+/// bytes), the ids of every state it holds all of (that one, those merged into it, and
+/// theirs, and the lines of the instances whose final states those were), and, when it
+/// started from a replica's copy of an instance's state, that instance's line.
 #[derive(Debug, Clone)]
 pub struct Base {
     pub id: u64,
+    pub line: u64,
     pub start: Option<(u64, [u8; 32])>,
     pub holds: Vec<u64>,
+    pub copy_of: Option<u64>,
 }
 
 impl Base {
-    /// An instance `id` started from `state`, whose origin is `origin` (if known).
-    pub fn new(id: u64, state: Option<&[u8]>, origin: Option<&Origin>) -> Base {
+    /// An instance `id` of line `line` started from `state`, whose origin is `origin` (if
+    /// known).
+    pub fn new(id: u64, line: u64, state: Option<&[u8]>, origin: Option<&Origin>) -> Base {
         let start = origin.zip(state).map(|(o, s)| (o.state, digest(s)));
-        Base { id, start, holds: origin.map(|o| o.holds.clone()).unwrap_or_default() }
+        // Without the state, the origin says nothing of what the instance holds.
+        let origin = origin.filter(|_| state.is_some());
+        let copy_of = origin.and_then(|o| o.copy_of);
+        Base { id, line, start, holds: origin.map(|o| o.holds.clone()).unwrap_or_default(), copy_of }
     }
 
     /// Whether `state`, the instance's final state, is the very state it started from:
@@ -39,6 +48,12 @@ impl Base {
     pub fn unchanged(&self, state: Option<&[u8]>) -> Option<u64> {
         let (id, d) = self.start?;
         (digest(state?) == d).then_some(id)
+    }
+
+    /// Whether this instance holds all of the state `id` (or all of every state of the
+    /// instance whose line is `id`): its own line, or one it took in.
+    fn holds_all(&self, id: u64) -> bool {
+        self.line == id || self.holds.contains(&id)
     }
 
     /// The instance took in the state `theirs` (merged, or it started again from it).
@@ -53,13 +68,20 @@ impl Base {
 
     /// The origin of the instance's final state, as it hands it over: `unchanged` (what
     /// [`Base::unchanged`] said of it) when it is still the state it started from, else
-    /// `fresh`.
+    /// `fresh`. It holds all of this instance's line (every copy it sent); unchanged, it
+    /// is still the copy it started from, if it started from one.
     pub fn handing(&self, unchanged: Option<u64>, fresh: u64) -> Origin {
         let id = unchanged.unwrap_or(fresh);
-        let mut holds = vec![id];
-        holds.extend(self.holds.iter().filter(|h| **h != id));
+        let mut holds = vec![id, self.line];
+        holds.extend(self.holds.iter().filter(|h| **h != id && **h != self.line));
         holds.truncate(Origin::HOLDS);
-        Origin { state: id, holds }
+        Origin { state: id, holds, copy_of: self.copy_of.filter(|_| unchanged.is_some()) }
+    }
+
+    /// The origin of a state this instance's node starts from a replica's copy of an
+    /// instance of line `line` (a failover), under the new id `id`.
+    pub fn copy(id: u64, line: u64) -> Origin {
+        Origin { state: id, holds: vec![id], copy_of: Some(line) }
     }
 }
 
@@ -82,20 +104,32 @@ pub enum Keep {
     Both,
 }
 
-/// See [`Keep`].
-pub fn keep(holds: &[u64], unchanged: Option<u64>, theirs: Option<&Origin>) -> Keep {
-    match theirs {
-        Some(o) if holds.contains(&o.state) => Keep::Mine,
-        Some(o) if unchanged.is_some_and(|id| o.holds.contains(&id)) => Keep::Theirs,
-        _ => Keep::Both,
+/// See [`Keep`]. `mine`: what the instance here holds; `unchanged`: the id of its state
+/// when it stopped with the very state it started from.
+pub fn keep(mine: &Base, unchanged: Option<u64>, theirs: Option<&Origin>) -> Keep {
+    let Some(o) = theirs else { return Keep::Both };
+    // Theirs is a state this one holds, or a copy (left as it was) of this one's line or
+    // of one it holds all of.
+    if mine.holds_all(o.state) || o.copy_of.is_some_and(|l| mine.holds_all(l)) {
+        return Keep::Mine;
     }
+    // This one is still the state it started from, and theirs holds all of that: the
+    // same state, or (this one started from a copy) the line the copy came from.
+    if unchanged.is_some_and(|id| o.holds.contains(&id) || mine.copy_of.is_some_and(|l| o.holds.contains(&l))) {
+        return Keep::Theirs;
+    }
+    Keep::Both
 }
 
-/// Whether a state handed over (`theirs`) and an instance here (holding the states
-/// `holds`, started from state `start`) may hold one another, so that [`keep`] may
-/// keep one of them once the instance here has stopped.
-pub fn related(holds: &[u64], start: Option<u64>, theirs: Option<&Origin>) -> bool {
-    theirs.is_some_and(|o| holds.contains(&o.state) || start.is_some_and(|s| o.holds.contains(&s)))
+/// Whether a state handed over (`theirs`) and an instance here (`mine`) may hold one
+/// another, so that [`keep`] may keep one of them once the instance here has stopped.
+pub fn related(mine: &Base, theirs: Option<&Origin>) -> bool {
+    theirs.is_some_and(|o| {
+        mine.holds_all(o.state)
+            || o.copy_of.is_some_and(|l| mine.holds_all(l))
+            || mine.start.is_some_and(|(s, _)| o.holds.contains(&s))
+            || mine.copy_of.is_some_and(|l| o.holds.contains(&l))
+    })
 }
 
 /// The id of the `n`th state a node of this `incarnation` hands over: never 0 (no
@@ -112,42 +146,88 @@ pub fn state_id(incarnation: u64, n: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn o(state: u64, holds: &[u64]) -> Origin {
+        Origin { state, holds: holds.to_vec(), copy_of: None }
+    }
+
+    /// An instance of line 100 that started from a handed state `start` (bytes `s`)
+    /// and holds `holds`.
+    fn base(start: Option<u64>, holds: &[u64]) -> Base {
+        Base { id: 1, line: 100, start: start.map(|id| (id, digest(b"s"))), holds: holds.to_vec(), copy_of: None }
+    }
+
     #[test]
     fn a_state_that_adds_nothing_is_not_kept() {
-        let o = |state, holds: &[u64]| Origin { state, holds: holds.to_vec() };
         // Theirs is a state this one holds (started from, or merged): nothing to add.
-        assert_eq!(keep(&[5], None, Some(&o(5, &[5]))), Keep::Mine);
-        assert_eq!(keep(&[5, 2], Some(5), Some(&o(2, &[2]))), Keep::Mine);
+        assert_eq!(keep(&base(Some(5), &[5]), None, Some(&o(5, &[5]))), Keep::Mine);
+        assert_eq!(keep(&base(Some(5), &[5, 2]), Some(5), Some(&o(2, &[2]))), Keep::Mine);
         // Theirs went on from the state this one started from, and this one did not.
-        assert_eq!(keep(&[5], Some(5), Some(&o(9, &[9, 5]))), Keep::Theirs);
+        assert_eq!(keep(&base(Some(5), &[5]), Some(5), Some(&o(9, &[9, 5]))), Keep::Theirs);
         // Both went on from it: each holds what the other lacks.
-        assert_eq!(keep(&[5], None, Some(&o(9, &[9, 5]))), Keep::Both);
+        assert_eq!(keep(&base(Some(5), &[5]), None, Some(&o(9, &[9, 5]))), Keep::Both);
         // Unrelated states, or one whose sender said nothing (a node before origins).
-        assert_eq!(keep(&[5], Some(5), Some(&o(9, &[9, 7]))), Keep::Both);
-        assert_eq!(keep(&[], None, Some(&o(5, &[5]))), Keep::Both);
-        assert_eq!(keep(&[5], Some(5), None), Keep::Both);
-        assert!(related(&[5], Some(5), Some(&o(9, &[9, 5]))) && related(&[5], None, Some(&o(5, &[5]))));
-        assert!(!related(&[5], Some(5), Some(&o(9, &[9, 7]))) && !related(&[], None, Some(&o(5, &[5]))));
+        assert_eq!(keep(&base(Some(5), &[5]), Some(5), Some(&o(9, &[9, 7]))), Keep::Both);
+        assert_eq!(keep(&base(None, &[]), None, Some(&o(5, &[5]))), Keep::Both);
+        assert_eq!(keep(&base(Some(5), &[5]), Some(5), None), Keep::Both);
+        assert!(related(&base(Some(5), &[5]), Some(&o(9, &[9, 5]))) && related(&base(None, &[5]), Some(&o(5, &[5]))));
+        assert!(!related(&base(Some(5), &[5]), Some(&o(9, &[9, 7]))) && !related(&base(None, &[]), Some(&o(5, &[5]))));
+    }
+
+    /// An instance cut off from its peers goes on; a replica of it takes its name over
+    /// from a copy. When the two meet, the one that changed nothing gives way.
+    #[test]
+    fn a_copy_left_as_it_was_adds_nothing_to_the_line_it_was_copied_from() {
+        // The original, line 100 (started empty); the take-over, line 200, from a copy
+        // of line 100 (its state id 7).
+        let original = base(None, &[]);
+        let copy = Base::copy(7, 100);
+        let taken = Base::new(2, 200, Some(b"s"), Some(&copy));
+        assert_eq!((taken.start.map(|s| s.0), taken.copy_of), (Some(7), Some(100)));
+        // The original went on and hands its state (fresh id 9) to the take-over, which
+        // did not: the take-over gives way; had it gone on, the two merge.
+        let went_on = original.handing(None, 9);
+        assert!(went_on.holds.contains(&100) && went_on.copy_of.is_none());
+        assert!(related(&taken, Some(&went_on)));
+        assert_eq!(keep(&taken, taken.unchanged(Some(b"s")), Some(&went_on)), Keep::Theirs);
+        assert_eq!(keep(&taken, taken.unchanged(Some(b"t")), Some(&went_on)), Keep::Both);
+        // The take-over hands its state to the original: left as it was, it is a copy of
+        // line 100, which the original holds all of; changed, it is not.
+        let stood_still = taken.handing(taken.unchanged(Some(b"s")), 11);
+        assert_eq!(stood_still, Origin { state: 7, holds: vec![7, 200], copy_of: Some(100) });
+        assert!(related(&original, Some(&stood_still)));
+        assert_eq!(keep(&original, None, Some(&stood_still)), Keep::Mine);
+        let changed = taken.handing(taken.unchanged(Some(b"t")), 11);
+        assert_eq!(changed, Origin { state: 11, holds: vec![11, 200, 7], copy_of: None });
+        assert_eq!(keep(&original, None, Some(&changed)), Keep::Both);
+        // An instance started from the original's final state holds all of its line;
+        // one started from the take-over's unchanged state is a copy of it as well.
+        assert_eq!(keep(&Base::new(3, 300, Some(b"u"), Some(&went_on)), None, Some(&stood_still)), Keep::Mine);
+        let again = Base::new(4, 400, Some(b"s"), Some(&stood_still));
+        assert_eq!(keep(&again, again.unchanged(Some(b"s")), Some(&went_on)), Keep::Theirs);
+        // Two take-overs from copies of one line, neither holding the other's: merged.
+        let other = Base::new(5, 500, Some(b"v"), Some(&Base::copy(8, 100)));
+        assert_eq!(keep(&other, other.unchanged(Some(b"v")), Some(&stood_still)), Keep::Both);
     }
 
     #[test]
     fn an_instance_hands_on_what_it_holds_under_the_id_of_what_it_is() {
-        let handed = Origin { state: 5, holds: vec![5, 3] };
-        let mut b = Base::new(1, Some(b"s"), Some(&handed));
-        // Stopped as it started: the same state, by the same id.
-        assert_eq!(b.handing(b.unchanged(Some(b"s")), 77), handed);
+        let handed = o(5, &[5, 3]);
+        let mut b = Base::new(1, 100, Some(b"s"), Some(&handed));
+        // Stopped as it started: the same state, by the same id, and its own line.
+        assert_eq!(b.handing(b.unchanged(Some(b"s")), 77), o(5, &[5, 100, 3]));
         // Changed: a new id, holding what it held.
-        assert_eq!(b.handing(b.unchanged(Some(b"t")), 77), Origin { state: 77, holds: vec![77, 5, 3] });
-        b.absorb(Some(&Origin { state: 8, holds: vec![8, 3] }));
+        assert_eq!(b.handing(b.unchanged(Some(b"t")), 77), o(77, &[77, 100, 5, 3]));
+        b.absorb(Some(&o(8, &[8, 3])));
         assert_eq!(b.holds, vec![8, 3, 5]);
         // Held to its length, the latest first.
-        for i in 100..200 {
-            b.absorb(Some(&Origin { state: i, holds: vec![i] }));
+        for i in 200..300 {
+            b.absorb(Some(&o(i, &[i])));
         }
         assert_eq!(b.holds.len(), Origin::HOLDS);
-        assert_eq!(b.holds[0], 199);
+        assert_eq!(b.holds[0], 299);
+        assert_eq!(b.handing(None, 1).holds.len(), Origin::HOLDS);
         // Started without a handed state: never unchanged, whatever it holds.
-        assert_eq!(Base::new(2, None, None).unchanged(Some(b"s")), None);
+        assert_eq!(Base::new(2, 200, None, None).unchanged(Some(b"s")), None);
     }
 
     #[test]

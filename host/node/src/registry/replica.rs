@@ -23,7 +23,7 @@ pub enum NotHeld {
 impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// `from` sends a copy of the state of a durable instance it runs.
     pub fn replica_in(&mut self, from: &str, copy: Replicate) -> Result<(), NotHeld> {
-        let Replicate { name, args, lineage, seq, update, holders } = copy;
+        let Replicate { name, args, lineage, seq, update, holders, line } = copy;
         // Copies held here from duplicates that are gone merge into the sender's instance.
         if self.replicas.get(&name).is_some_and(|rs| rs.iter().any(|r| r.from != from && !self.connected(&r.from))) {
             self.settle_dead_copy(&name, Some((from, lineage)));
@@ -34,7 +34,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         debug_assert!(is_full || old.is_some());
         let copies = self.replicas.entry(name).or_default();
         copies.retain(|r| r.from != from);
-        copies.push(Replica { from: from.to_string(), args, lineage, seq, state, holders });
+        copies.push(Replica { from: from.to_string(), args, lineage, seq, state, holders, line });
         Ok(())
     }
 
@@ -72,6 +72,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         };
         let targets = ranked(self.members.keys().map(String::as_str), name).into_iter().take(n).map(|m| (m.to_string(), self.members[m])).collect();
         Some((targets, args, lineage))
+    }
+
+    /// The line of the instance of `name` here ([`Replicate::line`]: its copies carry it).
+    pub fn line_of(&self, name: &WorkerName) -> Option<u64> {
+        self.bases.get(name).map(|b| b.line)
     }
 
     /// The copy of `name` held here, if any (the first, should two instances copy

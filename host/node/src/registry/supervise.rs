@@ -5,7 +5,7 @@
 
 use tracing::info;
 
-use super::origin::Origin;
+use super::origin::{Base, Origin};
 use super::placement::Lineage;
 use super::table::{Effect, Grace, Orphan, Replica, Slot, StartWhy, Table, Timer, GONE_GRACE, LEAVER_GRACE, REPLICA_GRACE};
 use super::wire::Msg;
@@ -176,7 +176,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let merges = copies.map(|r| (r.from, r.state)).collect();
         info!(worker = %name, peer = %first.from, "{} went down with a duplicate instance of {name}: its copied state goes to the one on {at} to merge", first.from);
         let id = self.new_state_id();
-        let origin = Origin { state: id, holds: vec![id] };
+        let origin = match first.line {
+            Some(line) => Base::copy(id, line),
+            None => Origin { state: id, holds: vec![id], copy_of: None },
+        };
         let slot = Slot::Moving {
             to: at,
             args: first.args,
@@ -243,7 +246,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let r = copies.next().expect("a copy no other continues: continuing is one move later, so it has no cycles");
                 let merges = copies.map(|c| (c.from, c.state)).collect();
                 self.lacking.remove(&name);
-                self.spawn(name, r.args, r.lineage.failed_over(r.seq), StartWhy::Failover, Some(r.state), merges, None);
+                // The copy says which instance it is of: should that instance be alive after all
+                // (this node was cut off from it, not it from the cluster) and go on, its
+                // state holds all of this one's as long as this one has not changed.
+                let origin = r.line.map(|line| Base::copy(self.new_state_id(), line));
+                self.spawn(name, r.args, r.lineage.failed_over(r.seq), StartWhy::Failover, Some(r.state), merges, origin);
                 continue;
             }
             let durable = self.kinds.replicas(&name.kind) > 0;

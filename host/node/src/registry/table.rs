@@ -258,6 +258,9 @@ pub struct Replica {
     pub state: Vec<u8>,
     /// Every node the last copy went to, in ranking order.
     pub holders: Vec<String>,
+    /// The line of the instance it is a copy of, if its node said
+    /// ([`Replicate::line`](super::wire::Replicate::line)).
+    pub line: Option<u64>,
 }
 
 /// One node's registry state.
@@ -539,7 +542,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     ) {
         let id = self.next_id();
         self.orphans.remove(&name);
-        self.bases.insert(name.clone(), Base::new(id, state.as_deref(), origin.as_ref()));
+        let line = self.new_state_id();
+        self.bases.insert(name.clone(), Base::new(id, line, state.as_deref(), origin.as_ref()));
         // The states known now merge as the instance starts, before its first copy; the
         // slot gathers those that arrive while it starts.
         self.local.insert(name.clone(), Slot::Starting { id, args: args.clone(), lineage, why, merges: Vec::new(), acks: Vec::new() });

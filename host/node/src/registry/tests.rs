@@ -669,7 +669,15 @@ fn durable_ranked(order: &[&str]) -> WorkerName {
 }
 
 fn copy(n: &WorkerName, seq: u64, update: super::durable::Update, holders: &[&str]) -> super::wire::Replicate {
-    super::wire::Replicate { name: n.clone(), args: vec![], lineage: Lineage::default(), seq, update, holders: holders.iter().map(|h| h.to_string()).collect() }
+    super::wire::Replicate {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage::default(),
+        seq,
+        update,
+        holders: holders.iter().map(|h| h.to_string()).collect(),
+        line: None,
+    }
 }
 
 #[test]
@@ -1011,7 +1019,7 @@ fn runs_handed_state(n: &WorkerName) -> (T, u64) {
     let mut b = table("b@h", false);
     joins(&mut b, "a@h", 1);
     joins(&mut b, "c@h", 2);
-    let fx = recv(&mut b, "a@h", handed(n, &[1], Origin { state: 5, holds: vec![5] }, false));
+    let fx = recv(&mut b, "a@h", handed(n, &[1], Origin { state: 5, holds: vec![5], copy_of: None }, false));
     let (_, id, state) = spawn_of(&fx).expect("started from the handed state");
     assert_eq!(state, Some(vec![1]));
     b.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
@@ -1026,21 +1034,21 @@ fn of_two_instances_started_from_one_state_the_one_that_stood_still_adds_nothing
     let n = name("x");
     // The other one stood still: nothing merges, and nothing stops here.
     let (mut b, _) = runs_handed_state(&n);
-    let fx = recv(&mut b, "c@h", handed(&n, &[1], Origin { state: 5, holds: vec![5] }, true));
+    let fx = recv(&mut b, "c@h", handed(&n, &[1], Origin { state: 5, holds: vec![5], copy_of: None }, true));
     assert!(!fx.iter().any(|e| matches!(e, Effect::Merge { .. } | Effect::Stop { .. })), "{fx:?}");
     assert!(sends(&fx).contains(&("c@h".into(), Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) })), "{fx:?}");
 
     // The other one went on from it (its state [1, 2], id 9), and this one did not:
     // this one stops and the name goes on from the other's state alone.
     let (mut b, id) = runs_handed_state(&n);
-    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5] }, true));
+    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None }, true));
     assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
     let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
     assert!(fx.iter().any(|e| matches!(e, Effect::Spawn { state: Some(s), merges, .. } if *s == vec![1, 2] && merges.is_empty())), "{fx:?}");
 
     // Both went on: the two merge, as any two instances do.
     let (mut b, id) = runs_handed_state(&n);
-    recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5] }, true));
+    recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None }, true));
     let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1, 3]) });
     assert!(
         fx.iter().any(|e| matches!(e, Effect::Spawn { state: Some(s), merges, .. } if *s == vec![1, 2] && *merges == vec![("b@h".to_string(), vec![1, 3])])),
@@ -1052,5 +1060,8 @@ fn of_two_instances_started_from_one_state_the_one_that_stood_still_adds_nothing
     let (mut b, id) = runs_handed_state(&n);
     b.handle(Event::Leave);
     let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
-    assert!(sends(&fx).iter().any(|(_, m)| matches!(m, Msg::Handoff { origin: Some(o), .. } if *o == Origin { state: 5, holds: vec![5] })), "{fx:?}");
+    assert!(
+        sends(&fx).iter().any(|(_, m)| matches!(m, Msg::Handoff { origin: Some(o), .. } if o.state == 5 && o.holds[0] == 5 && o.copy_of.is_none())),
+        "{fx:?}"
+    );
 }

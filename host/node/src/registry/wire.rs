@@ -78,6 +78,11 @@ pub struct Replicate {
     /// Every node this copy goes to, in the name's ranking order.
     #[serde(deserialize_with = "checked::nodes")]
     pub holders: Vec<String>,
+    /// The line of the instance the copy is of ([`origin::Base`](super::origin::Base)).
+    /// It travels after the whole request ([`encode`]), where a node before it leaves it
+    /// unread, and is `None` from such a node.
+    #[serde(skip)]
+    pub line: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -156,8 +161,15 @@ pub struct Origin {
     /// The handed state's id: random, and the same to every node the state goes to.
     pub state: u64,
     /// The ids of the states this one holds all of, `state` first: those its instance
-    /// started from or merged, and theirs (the latest [`Origin::HOLDS`]).
+    /// started from or merged, and theirs, and the lines of their instances (the latest
+    /// [`Origin::HOLDS`]).
     pub holds: Vec<u64>,
+    /// When the state is a replica's copy of an instance's state, left as it was by the
+    /// instance started from it (a failover that has not changed it): that instance's
+    /// line. A state holding all of that line holds all of it. Last, and read as `None`
+    /// when absent (a node before it).
+    #[serde(default, deserialize_with = "checked::trailing")]
+    pub copy_of: Option<u64>,
 }
 
 impl Origin {
@@ -252,14 +264,23 @@ pub(super) mod checked {
     }
 }
 
-/// A request body: the request in postcard.
+/// A request body: the request in postcard; a copy's line follows it ([`Replicate::line`]).
 pub fn encode(rpc: &Rpc) -> Bytes {
-    Bytes::from(postcard::to_stdvec(rpc).expect("registry requests serialize"))
+    let mut body = postcard::to_stdvec(rpc).expect("registry requests serialize");
+    if let Rpc::Replicate(c) | Rpc::ReplicateThenReply { copy: c, .. } = rpc {
+        body.extend(postcard::to_stdvec(&c.line).expect("a line serializes"));
+    }
+    Bytes::from(body)
 }
 
-/// A request from its body.
+/// A request from its body (bytes after the request are left unread, but for a copy's
+/// line).
 pub fn decode(body: &[u8]) -> Result<Rpc, postcard::Error> {
-    postcard::from_bytes(body)
+    let (mut rpc, rest) = postcard::take_from_bytes::<Rpc>(body)?;
+    if let Rpc::Replicate(c) | Rpc::ReplicateThenReply { copy: c, .. } = &mut rpc {
+        c.line = postcard::from_bytes::<Option<u64>>(rest).unwrap_or(None);
+    }
+    Ok(rpc)
 }
 
 /// A reply's body. One too large for a message between nodes (a worker's reply, a
@@ -333,9 +354,42 @@ mod tests {
         // `None` is the last byte: without it, the handoff as an older node sends it.
         let older = &without[..without.len() - 1];
         assert!(matches!(decode(older).unwrap(), Rpc::Tell(back) if back == m(None)));
-        let with = encode(&Rpc::Tell(m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5] })))).to_vec();
+        let with = encode(&Rpc::Tell(m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None })))).to_vec();
         assert!(with.starts_with(older), "an older node reads the fields it knows first");
         assert_eq!(postcard::from_bytes::<(u8, u8)>(&[3, 4, 9, 9]).unwrap(), (3, 4), "postcard leaves what follows unread");
+        // An origin from a node before `copy_of` (its last byte, `None`, cut off) reads
+        // as one without it; one with it reads back whole.
+        assert!(
+            matches!(decode(&with[..with.len() - 1]).unwrap(), Rpc::Tell(back) if back == m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None })))
+        );
+        let copy = m(Some(Origin { state: 3, holds: vec![3], copy_of: Some(1 << 62) }));
+        assert!(matches!(decode(&encode(&Rpc::Tell(copy.clone()))).unwrap(), Rpc::Tell(back) if back == copy));
+    }
+
+    /// A copy's line follows the whole request: a node before it reads the copy and
+    /// leaves the line, and a copy from such a node reads with no line.
+    #[test]
+    fn copies_read_across_the_line() {
+        let copy = Replicate {
+            name: WorkerName::new("counter", "c1"),
+            args: vec![],
+            lineage: Lineage::default(),
+            seq: 3,
+            update: Update::Full(vec![5]),
+            holders: vec!["b@h".into()],
+            line: Some(1 << 61),
+        };
+        for rpc in [Rpc::Replicate(Box::new(copy.clone())), Rpc::ReplicateThenReply { copy: Box::new(copy.clone()), id: 4, reply: vec![1] }] {
+            let body = encode(&rpc);
+            let Ok(Rpc::Replicate(back) | Rpc::ReplicateThenReply { copy: back, .. }) = decode(&body) else { panic!("{rpc:?}") };
+            assert_eq!(back.line, Some(1 << 61));
+            // As a node before the line sends it, and reads it.
+            let older = postcard::to_stdvec(&rpc).unwrap();
+            assert!(body.starts_with(&older));
+            let Ok(Rpc::Replicate(back) | Rpc::ReplicateThenReply { copy: back, .. }) = decode(&older) else { panic!("{rpc:?}") };
+            assert_eq!(*back, Replicate { line: None, ..copy.clone() });
+            assert!(matches!(postcard::from_bytes::<Rpc>(&body).unwrap(), Rpc::Replicate(_) | Rpc::ReplicateThenReply { .. }));
+        }
     }
 
     #[test]
@@ -352,7 +406,7 @@ mod tests {
                 state: Some(vec![7; 3]),
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
-                origin: Some(Origin { state: 7, holds: vec![7, 3] }),
+                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some(4) }),
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::Orphan { name: name.clone(), args: vec![], lineage: Lineage::default() },
@@ -371,6 +425,7 @@ mod tests {
             seq: 9,
             update: Update::Delta { base: 8, len: 3, runs: vec![(1, vec![2])] },
             holders: vec!["b@h".into()],
+            line: Some(77),
         };
         assert!(matches!(decode(&encode(&Rpc::Replicate(Box::new(copy.clone())))).unwrap(), Rpc::Replicate(back) if *back == copy));
         let with_reply = Rpc::ReplicateThenReply { copy: Box::new(copy.clone()), id: 9, reply: encode_reply(&RpcReply::Reply(b"7".to_vec())).to_vec() };
@@ -394,6 +449,7 @@ mod tests {
             seq: 9,
             update: Update::Delta { base: 8, len: 3, runs: vec![(1, vec![2])] },
             holders: vec!["b@h".into(), "c@[::1]:4371".into()],
+            line: Some(77),
         };
         let msgs = [
             Msg::Registered { name: name.clone(), args: vec![1], lineage: Lineage::default() },
@@ -404,7 +460,7 @@ mod tests {
                 state: Some(vec![7]),
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
-                origin: Some(Origin { state: 7, holds: vec![7, 3] }),
+                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some(4) }),
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::NoCopy { name: name.clone() },

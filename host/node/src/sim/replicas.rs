@@ -23,10 +23,9 @@ impl Sim {
         let Some(i) = self.insts.get(&inst) else { return };
         let name = i.name.clone();
         let state = encode(&i.counts);
-        let plan = self.nodes[n]
-            .as_ref()
-            .unwrap()
-            .table
+        let table = &self.nodes[n].as_ref().unwrap().table;
+        let line = table.line_of(&name);
+        let plan = table
             .replication_of(&name, self.replicas)
             .and_then(|(targets, args, lineage)| i.rep.plan(&targets, &state).map(|(seq, sends)| (targets, args, lineage, seq, sends)));
         let Some((targets, args, lineage, seq, sends)) = plan else {
@@ -45,7 +44,7 @@ impl Sim {
             _ => None,
         };
         for (to, update) in sends {
-            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone() };
+            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone(), line };
             if let Some(m) = self.node_ix(&to) {
                 if self.send_to(n, m, Wire::Replicate { inst, copy: Box::new(copy), ride }) {
                     waiting.insert(m);
@@ -70,8 +69,10 @@ impl Sim {
             // A delta from a copy it does not hold: the whole state.
             let full = Update::Full(round.state.clone());
             let holders = round.sent.iter().map(|(t, _)| t.clone()).collect();
-            let Some((_, args, lineage)) = self.nodes[n].as_ref().unwrap().table.replication_of(&name, self.replicas) else { return };
-            let copy = Replicate { name, args, lineage, seq, update: full, holders };
+            let table = &self.nodes[n].as_ref().unwrap().table;
+            let line = table.line_of(&name);
+            let Some((_, args, lineage)) = table.replication_of(&name, self.replicas) else { return };
+            let copy = Replicate { name, args, lineage, seq, update: full, holders, line };
             let ride = round.ride;
             if !self.send_to(n, m, Wire::Replicate { inst, copy: Box::new(copy), ride }) {
                 let round = self.insts.get_mut(&inst).unwrap().round.as_mut().unwrap();
