@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::origin::{self, Base, Keep, Origin};
 use super::placement::{owner, stays, Lineage};
-use super::table::{Claim, Deferred, Effect, Slot, StartWhy, StopWhy, Table};
+use super::table::{Claim, Deferred, Effect, Slot, StartWhy, StopWhy, Table, Timer, MOVE_AGAIN};
 use super::wire::Msg;
 use super::WorkerName;
 
@@ -162,6 +162,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let Some(Slot::Moving { args, lineage, state, merges, yielders, origin, .. }) = self.local.remove(&name) else { unreachable!() };
                 let origin = state.is_some().then_some(origin);
                 self.spawn(name.clone(), args, lineage, StartWhy::Adopted, state, merges, origin);
+                // It stays a while before it tries its owner again.
+                if self.came_back.insert(name.clone()) {
+                    self.out.push(Effect::SetTimer { after: MOVE_AGAIN, timer: Timer::MoveAgain { name: name.clone() } });
+                }
                 // The yielders hear once it has merged their states here.
                 if let Some(Slot::Starting { acks, .. }) = self.local.get_mut(&name) {
                     let at = Some(self.me.clone());

@@ -22,14 +22,15 @@ pub use super::wire::Origin;
 /// carries it), the handed-over state it started from (its id and a digest of its
 /// bytes), the ids of every state it holds all of (that one, those merged into it, and
 /// theirs, and the lines of the instances whose final states those were), and, when it
-/// started from a replica's copy of an instance's state, that instance's line.
+/// started from a replica's copy of an instance's state, that instance's line and the
+/// copy's number.
 #[derive(Debug, Clone)]
 pub struct Base {
     pub id: u64,
     pub line: u64,
     pub start: Option<(u64, [u8; 32])>,
     pub holds: Vec<u64>,
-    pub copy_of: Option<u64>,
+    pub copy_of: Option<(u64, u64)>,
 }
 
 impl Base {
@@ -56,6 +57,12 @@ impl Base {
         self.line == id || self.holds.contains(&id)
     }
 
+    /// Whether this instance holds all of copy `seq` of the instance of line `line`: it
+    /// holds all of that line, or started from that copy or a later one of it.
+    fn holds_copy(&self, (line, seq): (u64, u64)) -> bool {
+        self.holds_all(line) || self.copy_of.is_some_and(|(l, s)| l == line && s >= seq)
+    }
+
     /// The instance took in the state `theirs` (merged, or it started again from it).
     pub fn absorb(&mut self, theirs: Option<&Origin>) {
         if let Some(o) = theirs {
@@ -78,10 +85,10 @@ impl Base {
         Origin { state: id, holds, copy_of: self.copy_of.filter(|_| unchanged.is_some()) }
     }
 
-    /// The origin of a state this instance's node starts from a replica's copy of an
-    /// instance of line `line` (a failover), under the new id `id`.
-    pub fn copy(id: u64, line: u64) -> Origin {
-        Origin { state: id, holds: vec![id], copy_of: Some(line) }
+    /// The origin of copy `seq` of the state of an instance of line `line`, which a
+    /// replica starts the name from (a failover) or hands on, under the new id `id`.
+    pub fn copy(id: u64, line: u64, seq: u64) -> Origin {
+        Origin { state: id, holds: vec![id], copy_of: Some((line, seq)) }
     }
 }
 
@@ -108,14 +115,16 @@ pub enum Keep {
 /// when it stopped with the very state it started from.
 pub fn keep(mine: &Base, unchanged: Option<u64>, theirs: Option<&Origin>) -> Keep {
     let Some(o) = theirs else { return Keep::Both };
-    // Theirs is a state this one holds, or a copy (left as it was) of this one's line or
-    // of one it holds all of.
-    if mine.holds_all(o.state) || o.copy_of.is_some_and(|l| mine.holds_all(l)) {
+    // Theirs is a state this one holds, or a copy (left as it was) of this one's line, of
+    // one it holds all of, or of the line this one started from a later copy of.
+    if mine.holds_all(o.state) || o.copy_of.is_some_and(|c| mine.holds_copy(c)) {
         return Keep::Mine;
     }
     // This one is still the state it started from, and theirs holds all of that: the
-    // same state, or (this one started from a copy) the line the copy came from.
-    if unchanged.is_some_and(|id| o.holds.contains(&id) || mine.copy_of.is_some_and(|l| o.holds.contains(&l))) {
+    // same state, or (this one started from a copy) the line the copy came from, or a
+    // later copy of that line.
+    let holds_my_copy = |(l, s): (u64, u64)| o.holds.contains(&l) || o.copy_of.is_some_and(|(ol, os)| ol == l && os >= s);
+    if unchanged.is_some_and(|id| o.holds.contains(&id) || mine.copy_of.is_some_and(holds_my_copy)) {
         return Keep::Theirs;
     }
     Keep::Both
@@ -126,9 +135,9 @@ pub fn keep(mine: &Base, unchanged: Option<u64>, theirs: Option<&Origin>) -> Kee
 pub fn related(mine: &Base, theirs: Option<&Origin>) -> bool {
     theirs.is_some_and(|o| {
         mine.holds_all(o.state)
-            || o.copy_of.is_some_and(|l| mine.holds_all(l))
+            || o.copy_of.is_some_and(|c| mine.holds_copy(c))
             || mine.start.is_some_and(|(s, _)| o.holds.contains(&s))
-            || mine.copy_of.is_some_and(|l| o.holds.contains(&l))
+            || mine.copy_of.is_some_and(|(l, _)| o.holds.contains(&l) || o.copy_of.is_some_and(|(ol, _)| ol == l))
     })
 }
 
@@ -180,9 +189,9 @@ mod tests {
         // The original, line 100 (started empty); the take-over, line 200, from a copy
         // of line 100 (its state id 7).
         let original = base(None, &[]);
-        let copy = Base::copy(7, 100);
+        let copy = Base::copy(7, 100, 4);
         let taken = Base::new(2, 200, Some(b"s"), Some(&copy));
-        assert_eq!((taken.start.map(|s| s.0), taken.copy_of), (Some(7), Some(100)));
+        assert_eq!((taken.start.map(|s| s.0), taken.copy_of), (Some(7), Some((100, 4))));
         // The original went on and hands its state (fresh id 9) to the take-over, which
         // did not: the take-over gives way; had it gone on, the two merge.
         let went_on = original.handing(None, 9);
@@ -193,7 +202,7 @@ mod tests {
         // The take-over hands its state to the original: left as it was, it is a copy of
         // line 100, which the original holds all of; changed, it is not.
         let stood_still = taken.handing(taken.unchanged(Some(b"s")), 11);
-        assert_eq!(stood_still, Origin { state: 7, holds: vec![7, 200], copy_of: Some(100) });
+        assert_eq!(stood_still, Origin { state: 7, holds: vec![7, 200], copy_of: Some((100, 4)) });
         assert!(related(&original, Some(&stood_still)));
         assert_eq!(keep(&original, None, Some(&stood_still)), Keep::Mine);
         let changed = taken.handing(taken.unchanged(Some(b"t")), 11);
@@ -204,9 +213,21 @@ mod tests {
         assert_eq!(keep(&Base::new(3, 300, Some(b"u"), Some(&went_on)), None, Some(&stood_still)), Keep::Mine);
         let again = Base::new(4, 400, Some(b"s"), Some(&stood_still));
         assert_eq!(keep(&again, again.unchanged(Some(b"s")), Some(&went_on)), Keep::Theirs);
-        // Two take-overs from copies of one line, neither holding the other's: merged.
-        let other = Base::new(5, 500, Some(b"v"), Some(&Base::copy(8, 100)));
-        assert_eq!(keep(&other, other.unchanged(Some(b"v")), Some(&stood_still)), Keep::Both);
+        // Two copies of one line: the later holds all of the earlier. A take-over from
+        // copy 4 that changed nothing gives way to copy 6 (a replica held a later copy
+        // than the node that took the name over); one from copy 6 keeps its own, changed
+        // or not; a changed one from copy 4 merges.
+        let later = Base::copy(8, 100, 6);
+        assert!(related(&taken, Some(&later)));
+        assert_eq!(keep(&taken, taken.unchanged(Some(b"s")), Some(&later)), Keep::Theirs);
+        assert_eq!(keep(&taken, taken.unchanged(Some(b"t")), Some(&later)), Keep::Both);
+        let from_later = Base::new(5, 500, Some(b"v"), Some(&later));
+        assert_eq!(keep(&from_later, None, Some(&stood_still)), Keep::Mine);
+        assert_eq!(keep(&from_later, from_later.unchanged(Some(b"v")), Some(&stood_still)), Keep::Mine);
+        // Copies of another line: nothing known.
+        let elsewhere = Base::copy(9, 101, 50);
+        assert!(!related(&taken, Some(&elsewhere)));
+        assert_eq!(keep(&taken, taken.unchanged(Some(b"s")), Some(&elsewhere)), Keep::Both);
     }
 
     #[test]

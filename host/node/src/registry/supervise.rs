@@ -43,6 +43,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// resolved first, not a move) and has told this node every name it runs: until
     /// then this node knows neither all it runs nor whether it is leaving (a node that
     /// connects while it leaves says so first thing, and its names go nowhere else).
+    /// Not an instance that came back because nobody took it, until its
+    /// [`MOVE_AGAIN`](super::table::MOVE_AGAIN) is over.
     pub(super) fn place(&mut self, name: &super::WorkerName) {
         if matches!(self.local.get(name), Some(Slot::Running { .. })) {
             self.place_running(name);
@@ -52,7 +54,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// [`place`](Self::place) for an instance known to be running here (it has just
     /// started: no second search of `local`).
     pub(super) fn place_running(&mut self, name: &super::WorkerName) {
-        if !self.kinds.rebalance_on_join() || self.leaving {
+        if !self.kinds.rebalance_on_join() || self.leaving || self.came_back.contains(name) {
             return;
         }
         let owner = self.owner_of(name);
@@ -177,7 +179,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         info!(worker = %name, peer = %first.from, "{} went down with a duplicate instance of {name}: its copied state goes to the one on {at} to merge", first.from);
         let id = self.new_state_id();
         let origin = match first.line {
-            Some(line) => Base::copy(id, line),
+            Some(line) => Base::copy(id, line, first.seq),
             None => Origin { state: id, holds: vec![id], copy_of: None },
         };
         let slot = Slot::Moving {
@@ -249,7 +251,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // The copy says which instance it is of: should that instance be alive after all
                 // (this node was cut off from it, not it from the cluster) and go on, its
                 // state holds all of this one's as long as this one has not changed.
-                let origin = r.line.map(|line| Base::copy(self.new_state_id(), line));
+                let origin = r.line.map(|line| Base::copy(self.new_state_id(), line, r.seq));
                 self.spawn(name, r.args, r.lineage.failed_over(r.seq), StartWhy::Failover, Some(r.state), merges, origin);
                 continue;
             }

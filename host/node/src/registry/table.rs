@@ -111,6 +111,12 @@ pub enum Effect<M, R> {
 /// a node that holds one to start it, before it starts the name empty.
 pub const REPLICA_GRACE: Duration = Duration::from_secs(1);
 
+/// How long an instance that came back because no node took it (its owner refused it:
+/// the owner's own instance of the name was moving here meanwhile, say) runs here before
+/// it moves to its owner again. Moved again at once, two such nodes pass the name back
+/// and forth, restarting it each time, until their timing parts them.
+pub const MOVE_AGAIN: Duration = Duration::from_secs(1);
+
 /// The timers the state machine sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Timer {
@@ -120,6 +126,8 @@ pub enum Timer {
     GoneForgotten { node: String, conn: u64 },
     /// Nobody started this lost durable name from a copy in time: its owner may start it empty.
     ReplicaGrace { name: WorkerName },
+    /// An instance that came back here ([`MOVE_AGAIN`]) may move to its owner again.
+    MoveAgain { name: WorkerName },
 }
 
 /// Where a name stands on this node.
@@ -305,6 +313,9 @@ pub struct Table<M, R> {
     /// Handoffs that came while the name's instance here was starting, of a state it may
     /// hold all of or be held by: decided once it runs (see `origin.rs`).
     pub(super) deferred: BTreeMap<WorkerName, Vec<Deferred>>,
+    /// Instances that came back because no node took them: they stay here until their
+    /// [`Timer::MoveAgain`].
+    pub(super) came_back: BTreeSet<WorkerName>,
     /// Random per process: the states this node hands over get ids unlike any other
     /// node's ([`origin::state_id`]); `handed` counts them.
     incarnation: u64,
@@ -347,6 +358,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             wait_to_hand_over: false,
             bases: BTreeMap::new(),
             deferred: BTreeMap::new(),
+            came_back: BTreeSet::new(),
             incarnation: 0,
             handed: 0,
             next_id: 1,
@@ -394,6 +406,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 if let Some(o) = self.orphans.get_mut(&name) {
                     o.grace = Grace::Over;
                     self.replan();
+                }
+            }
+            Event::Timer(Timer::MoveAgain { name }) => {
+                if self.came_back.remove(&name) {
+                    self.place(&name);
                 }
             }
         }

@@ -166,10 +166,11 @@ pub struct Origin {
     pub holds: Vec<u64>,
     /// When the state is a replica's copy of an instance's state, left as it was by the
     /// instance started from it (a failover that has not changed it): that instance's
-    /// line. A state holding all of that line holds all of it. Last, and read as `None`
-    /// when absent (a node before it).
+    /// line and the copy's number. A state holding all of that line holds all of it, and
+    /// so does a later copy of the line. Last, and read as `None` when absent (a node
+    /// before it).
     #[serde(default, deserialize_with = "checked::trailing")]
-    pub copy_of: Option<u64>,
+    pub copy_of: Option<(u64, u64)>,
 }
 
 impl Origin {
@@ -362,7 +363,7 @@ mod tests {
         assert!(
             matches!(decode(&with[..with.len() - 1]).unwrap(), Rpc::Tell(back) if back == m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None })))
         );
-        let copy = m(Some(Origin { state: 3, holds: vec![3], copy_of: Some(1 << 62) }));
+        let copy = m(Some(Origin { state: 3, holds: vec![3], copy_of: Some((1 << 62, 9)) }));
         assert!(matches!(decode(&encode(&Rpc::Tell(copy.clone()))).unwrap(), Rpc::Tell(back) if back == copy));
     }
 
@@ -406,7 +407,7 @@ mod tests {
                 state: Some(vec![7; 3]),
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
-                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some(4) }),
+                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)) }),
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::Orphan { name: name.clone(), args: vec![], lineage: Lineage::default() },
@@ -460,7 +461,7 @@ mod tests {
                 state: Some(vec![7]),
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
-                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some(4) }),
+                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)) }),
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::NoCopy { name: name.clone() },
