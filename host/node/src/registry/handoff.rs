@@ -245,13 +245,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // node knows better: one restarted empty more often than the yielder's
                 // is replaced by it all the same (the two states still merge).
                 let replace = if yielding { lineage.restarts < mine.restarts } else { stays((lineage.moved(), &from), (mine, &self.me)) };
-                let base = self.bases.get(&name).filter(|b| b.id == id).cloned();
-                let holds_theirs = base.as_ref().is_some_and(|b| origin::keep(b, None, theirs.as_ref()) == Keep::Mine);
+                let base = self.bases.get(&name).filter(|b| b.id == id);
+                let (holds_theirs, related) =
+                    base.map(|b| (origin::keep(b, None, theirs.as_ref()) == Keep::Mine, origin::related(b, theirs.as_ref()))).unwrap_or_default();
                 if !replace && holds_theirs {
                     // This instance holds all of the handed state already: it adds nothing.
                     info!(worker = %name, peer = %from, "{name} runs here and holds all of the state {from} handed over; nothing to merge");
                     states = merges.clone();
-                } else if replace || base.as_ref().is_some_and(|b| origin::related(b, theirs.as_ref())) {
+                } else if replace || related {
                     // The handed-over instance stays: this one stops and merges into it. So
                     // too when the handed state went on from the one this instance started
                     // from: this one's final state tells whether it went on as well.

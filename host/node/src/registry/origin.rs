@@ -10,8 +10,16 @@
 //! and drop the other, possibly the one that went on. Each handed-over state carries
 //! an [`Origin`]; each instance started from one remembers it ([`Base`]) with a digest
 //! of the bytes it started from and the ids of the states it holds all of, and, when
-//! it stops, says whether its state is still those bytes. Pure: the table calls [`keep`]
-//! and [`related`].
+//! it stops, says whether its state is still those bytes.
+//!
+//! The same for durable kinds' take-overs: a node cut off from the one running a name
+//! takes it over from a replica's copy while the instance it was copied from goes on
+//! (its callers still reach it). Every instance has a line id that its copies carry;
+//! the states it hands over hold all of its line, and a take-over remembers which copy
+//! of which line it started from. Left as it was, the take-over gives way to a state
+//! that holds all of that line or a later copy of it, and adds nothing to them.
+//!
+//! Pure: the table calls [`keep`] and [`related`].
 
 use sha2::{Digest, Sha256};
 
