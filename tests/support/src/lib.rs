@@ -393,7 +393,7 @@ pub fn all_workers(node: &str) -> Vec<String> {
 /// removed when dropped, even if the test fails. Needs root and iptables; it fails (never
 /// skips) otherwise.
 pub struct Cut {
-    rules: Vec<Vec<String>>,
+    rules: Vec<(String, String)>,
 }
 
 impl Cut {
@@ -413,13 +413,12 @@ impl Cut {
         for o in others {
             let ways: &[(&str, &str)] = if both { &[(island, *o), (*o, island)] } else { &[(island, *o)] };
             for (src, dst) in ways {
-                let rule: Vec<String> = ["INPUT", "-s", src, "-d", dst, "-j", "DROP"].iter().map(|s| s.to_string()).collect();
-                let status = std::process::Command::new("iptables").arg("-I").args(&rule).status();
+                let status = std::process::Command::new("iptables").args(["-I", "INPUT", "-s", src, "-d", dst, "-j", "DROP"]).status();
                 assert!(
                     status.as_ref().is_ok_and(|s| s.success()),
                     "cannot add an iptables rule ({status:?}): this test needs root and iptables (apt-get install iptables)"
                 );
-                cut.rules.push(rule);
+                cut.rules.push((src.to_string(), dst.to_string()));
             }
         }
         cut
@@ -428,8 +427,8 @@ impl Cut {
 
 impl Drop for Cut {
     fn drop(&mut self) {
-        for rule in self.rules.drain(..) {
-            let _ = std::process::Command::new("iptables").arg("-D").args(&rule).status();
+        for (src, dst) in self.rules.drain(..) {
+            let _ = std::process::Command::new("iptables").args(["-D", "INPUT", "-s", &src, "-d", &dst, "-j", "DROP"]).status();
         }
     }
 }

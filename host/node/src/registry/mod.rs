@@ -690,11 +690,7 @@ impl Registry {
     /// this to send; a reply that rode but was not delivered (the replica refused the
     /// copy or did not answer) is sent here, the usual way.
     pub async fn replicate(&self, name: &WorkerName, replicas: usize, rep: &mut Replicator, state: Vec<u8>, reply: Option<Reply>) -> Option<Reply> {
-        let (of, line) = {
-            let table = self.0.table.lock().unwrap();
-            (table.replication_of(name, replicas), table.line_of(name))
-        };
-        let Some((targets, args, lineage)) = of else { return reply };
+        let Some((targets, args, lineage, line)) = self.0.table.lock().unwrap().replication_of(name, replicas) else { return reply };
         let Some((seq, sends)) = rep.plan(&targets, &state) else { return reply };
         let holders: Vec<String> = targets.iter().map(|(t, _)| t.clone()).collect();
         let (riding, reply) = match (reply, sends.as_slice()) {

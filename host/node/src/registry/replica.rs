@@ -62,8 +62,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
 
     /// Where the instance of `name` running here copies its state (the `n` members that
     /// rank next for it, this node excluded, each with the connection to it), with its
-    /// args and lineage; `None` when no instance of it is here.
-    pub fn replication_of(&self, name: &WorkerName, n: usize) -> Option<(Vec<Target>, Vec<u8>, Lineage)> {
+    /// args, lineage and line (its copies carry it: [`Replicate::line`]); `None` when no
+    /// instance of it is here.
+    pub fn replication_of(&self, name: &WorkerName, n: usize) -> Option<(Vec<Target>, Vec<u8>, Lineage, Option<u64>)> {
         let (args, lineage) = match self.local.get(name)? {
             // Stopping too: it handles what its mailbox holds ahead of the stop, and
             // those calls are answered only once their state is copied.
@@ -71,12 +72,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             _ => return None,
         };
         let targets = ranked(self.members.keys().map(String::as_str), name).into_iter().take(n).map(|m| (m.to_string(), self.members[m])).collect();
-        Some((targets, args, lineage))
-    }
-
-    /// The line of the instance of `name` here ([`Replicate::line`]: its copies carry it).
-    pub fn line_of(&self, name: &WorkerName) -> Option<u64> {
-        self.bases.get(name).map(|b| b.line)
+        Some((targets, args, lineage, self.bases.get(name).map(|b| b.line)))
     }
 
     /// The copy of `name` held here, if any (the first, should two instances copy

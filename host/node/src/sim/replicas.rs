@@ -23,12 +23,13 @@ impl Sim {
         let Some(i) = self.insts.get(&inst) else { return };
         let name = i.name.clone();
         let state = encode(&i.counts);
-        let table = &self.nodes[n].as_ref().unwrap().table;
-        let line = table.line_of(&name);
-        let plan = table
+        let plan = self.nodes[n]
+            .as_ref()
+            .unwrap()
+            .table
             .replication_of(&name, self.replicas)
-            .and_then(|(targets, args, lineage)| i.rep.plan(&targets, &state).map(|(seq, sends)| (targets, args, lineage, seq, sends)));
-        let Some((targets, args, lineage, seq, sends)) = plan else {
+            .and_then(|(targets, args, lineage, line)| i.rep.plan(&targets, &state).map(|(seq, sends)| (targets, args, lineage, line, seq, sends)));
+        let Some((targets, args, lineage, line, seq, sends)) = plan else {
             self.release(n, inst, then);
             self.advance(n, inst);
             return;
@@ -69,9 +70,7 @@ impl Sim {
             // A delta from a copy it does not hold: the whole state.
             let full = Update::Full(round.state.clone());
             let holders = round.sent.iter().map(|(t, _)| t.clone()).collect();
-            let table = &self.nodes[n].as_ref().unwrap().table;
-            let line = table.line_of(&name);
-            let Some((_, args, lineage)) = table.replication_of(&name, self.replicas) else { return };
+            let Some((_, args, lineage, line)) = self.nodes[n].as_ref().unwrap().table.replication_of(&name, self.replicas) else { return };
             let copy = Replicate { name, args, lineage, seq, update: full, holders, line };
             let ride = round.ride;
             if !self.send_to(n, m, Wire::Replicate { inst, copy: Box::new(copy), ride }) {
