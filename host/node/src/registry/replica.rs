@@ -13,6 +13,10 @@ use super::wire::Msg;
 use super::wire::Replicate;
 use super::WorkerName;
 
+/// Where an instance copies its state, and what each copy says of it: its replicas
+/// (each with the connection to it), args, lineage and line.
+pub type Replication = (Vec<Target>, Vec<u8>, Lineage, Option<u64>);
+
 /// Why a copy was not taken.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NotHeld {
@@ -64,7 +68,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// rank next for it, this node excluded, each with the connection to it), with its
     /// args, lineage and line (its copies carry it: [`Replicate::line`]); `None` when no
     /// instance of it is here.
-    pub fn replication_of(&self, name: &WorkerName, n: usize) -> Option<(Vec<Target>, Vec<u8>, Lineage, Option<u64>)> {
+    pub fn replication_of(&self, name: &WorkerName, n: usize) -> Option<Replication> {
         let (args, lineage) = match self.local.get(name)? {
             // Stopping too: it handles what its mailbox holds ahead of the stop, and
             // those calls are answered only once their state is copied.
