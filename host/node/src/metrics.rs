@@ -85,6 +85,7 @@ pub struct Metrics {
     replicated_copies: Counter,
     replicated_bytes: Counter,
     replication_failures: Counter,
+    applied_twice: Counter,
     cpu_seconds: Counter<f64, AtomicU64>,
     resident: Gauge,
     virtual_memory: Gauge,
@@ -140,6 +141,7 @@ impl Metrics {
             replicated_copies: Counter::default(),
             replicated_bytes: Counter::default(),
             replication_failures: Counter::default(),
+            applied_twice: Counter::default(),
             cpu_seconds: Counter::default(),
             resident: Gauge::default(),
             virtual_memory: Gauge::default(),
@@ -176,6 +178,11 @@ impl Metrics {
         registry.register("wasmnode_replicated_copies", "Copies of durable instances' states a replica took from this node", m.replicated_copies.clone());
         registry.register("wasmnode_replicated_bytes", "State bytes (whole states and deltas) in those copies", m.replicated_bytes.clone());
         registry.register("wasmnode_replication_failures", "Copies a replica did not take (down, or no answer in time)", m.replication_failures.clone());
+        registry.register(
+            "wasmnode_calls_applied_twice",
+            "Calls with an id that two instances of one name both applied, found when their states merged here",
+            m.applied_twice.clone(),
+        );
         registry.register("wasmnode_build", "The wasmnode version running", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         registry.register("process_cpu_seconds", "User and system CPU time spent, in seconds", m.cpu_seconds.clone());
         registry.register("process_resident_memory_bytes", "Resident memory size, in bytes", m.resident.clone());
@@ -270,6 +277,10 @@ impl Metrics {
         } else {
             self.replication_failures.inc();
         }
+    }
+    /// Two instances' call logs met here with an id both applied.
+    pub fn applied_twice(&self) {
+        self.applied_twice.inc();
     }
     pub fn restarted(&self) {
         self.restarts.inc();

@@ -9,6 +9,13 @@
 //! before its node died answers its retry from the log on the new owner, and a call
 //! whose state died with the node (never acknowledged) is applied by its retry.
 //!
+//! Each outcome says which instance applied it (a random id drawn when the instance
+//! starts). Two instances of one name meet after a partition, or after a node was
+//! declared down while it still ran: when both logs hold an id, applied by different
+//! instances, a retry that crossed from one side to the other was applied on both, and
+//! the merge says so ([`CallLog::merge`]). That is the one way an id applies twice: each
+//! side of a partition serves, and neither can know what the other applied.
+//!
 //! The log rides behind the worker's own state, which stays byte for byte what the
 //! worker wrote (a worker never sees the log, and a delta of the worker's part is the
 //! same as without it): `state ‖ log ‖ log length (u32, little-endian) ‖ MARK`. A state
@@ -39,6 +46,19 @@ pub struct CallLog {
     /// The slot the next id takes once all [`REMEMBERED`] are used.
     next: u32,
     slots: Vec<(String, Outcome)>,
+    /// Which instance applied each slot's call ([`UNKNOWN`] when a node from before
+    /// instance ids wrote it). Last, so a node from before reads the log without it.
+    by: Vec<u64>,
+}
+
+/// The applier of an outcome recorded by a node from before instance ids.
+pub const UNKNOWN: u64 = 0;
+
+/// The log as nodes from before instance ids wrote it.
+#[derive(Deserialize)]
+struct Unsigned {
+    next: u32,
+    slots: Vec<(String, Outcome)>,
 }
 
 /// Why a call id is refused.
@@ -66,9 +86,10 @@ impl CallLog {
         self.slots.len()
     }
 
-    /// Remembers the outcome of the call with this id (forgetting the oldest when full);
-    /// one over [`MAX_KEPT_REPLY`] as applied, its reply not kept.
-    pub fn record(&mut self, id: String, outcome: Outcome) {
+    /// Remembers the outcome of the call with this id, applied by instance `by`
+    /// (forgetting the oldest when full); one over [`MAX_KEPT_REPLY`] as applied, its
+    /// reply not kept.
+    pub fn record(&mut self, id: String, outcome: Outcome, by: u64) {
         let len = match &outcome {
             Ok(reply) => reply.len(),
             Err(why) => why.len(),
@@ -84,20 +105,28 @@ impl CallLog {
         };
         if self.slots.len() < REMEMBERED {
             self.slots.push((id, outcome));
+            self.by.push(by);
         } else {
             self.slots[self.next as usize] = (id, outcome);
+            self.by[self.next as usize] = by;
             self.next = (self.next + 1) % REMEMBERED as u32;
         }
     }
 
     /// Takes in another instance's log (one that stopped in favour of this one): the
-    /// ids this one does not know, so that neither instance's calls apply twice.
-    pub fn merge(&mut self, other: CallLog) {
-        for (id, outcome) in other.in_order() {
-            if self.get(&id).is_none() {
-                self.record(id, outcome);
+    /// ids this one does not know, so that neither instance's calls apply again. Answers
+    /// the ids both logs hold as applied by two different instances: calls applied
+    /// twice, once on each side (this log keeps its own outcome of each).
+    pub fn merge(&mut self, other: CallLog) -> Vec<String> {
+        let mut twice = Vec::new();
+        for (id, outcome, by) in other.in_order() {
+            match self.slots.iter().position(|(i, _)| *i == id) {
+                None => self.record(id, outcome, by),
+                Some(at) if self.by[at] != by && self.by[at] != UNKNOWN && by != UNKNOWN => twice.push(id),
+                Some(_) => {}
             }
         }
+        twice
     }
 
     /// Whether this log could have been written by [`CallLog::record`]: at most
@@ -105,15 +134,19 @@ impl CallLog {
     /// read from a state that moved is taken only then (one from a peer or a worker could
     /// say anything, and an index past the ring would stop the instance at its next call).
     fn fits(&self) -> bool {
-        self.slots.len() <= REMEMBERED && (self.next as usize) < REMEMBERED && self.slots.iter().all(|(id, _)| check_id(id).is_ok())
+        self.slots.len() <= REMEMBERED
+            && self.by.len() == self.slots.len()
+            && (self.next as usize) < REMEMBERED
+            && self.slots.iter().all(|(id, _)| check_id(id).is_ok())
     }
 
     /// Oldest first.
-    fn in_order(self) -> impl Iterator<Item = (String, Outcome)> {
+    fn in_order(self) -> impl Iterator<Item = (String, Outcome, u64)> {
         let next = if self.slots.len() < REMEMBERED { 0 } else { self.next as usize };
-        let mut slots = self.slots;
+        let (mut slots, mut by) = (self.slots, self.by);
         slots.rotate_left(next);
-        slots.into_iter()
+        by.rotate_left(next);
+        slots.into_iter().zip(by).map(|((id, outcome), by)| (id, outcome, by))
     }
 
     /// The state that moves (a replicated copy, a handoff): the worker's `state` with
@@ -143,7 +176,13 @@ impl CallLog {
         }
         let len = u32::from_le_bytes(bytes[log_end..log_end + 4].try_into().expect("four bytes")) as usize;
         let Some(start) = log_end.checked_sub(len) else { return alone };
-        match postcard::from_bytes::<(bool, CallLog)>(&bytes[start..log_end]) {
+        let log = &bytes[start..log_end];
+        // A log a node from before instance ids wrote ends before `by`.
+        let read = postcard::from_bytes::<(bool, CallLog)>(log).or_else(|_| {
+            postcard::from_bytes::<(bool, Unsigned)>(log)
+                .map(|(present, Unsigned { next, slots })| (present, CallLog { next, by: vec![UNKNOWN; slots.len()], slots }))
+        });
+        match read {
             Ok((present, log)) if log.fits() => (present.then_some(&bytes[..start]), log),
             // Not a log this host wrote (a forged copy, or a worker's own state that
             // happens to end like one): the state is the worker's alone.
@@ -156,12 +195,17 @@ impl CallLog {
 mod tests {
     use super::*;
 
+    /// A log of these slots, each applied by instance 1.
+    fn signed(next: u32, slots: Vec<(String, Outcome)>) -> CallLog {
+        CallLog { next, by: vec![1; slots.len()], slots }
+    }
+
     #[test]
     fn an_applied_call_answers_its_retry_from_the_log() {
         let mut log = CallLog::default();
         assert_eq!(log.get("a"), None);
-        log.record("a".into(), Ok(b"1".to_vec()));
-        log.record("b".into(), Err("no".into()));
+        log.record("a".into(), Ok(b"1".to_vec()), 1);
+        log.record("b".into(), Err("no".into()), 1);
         assert_eq!(log.get("a"), Some(&Ok(b"1".to_vec())));
         assert_eq!(log.get("b"), Some(&Err("no".into())));
         assert_eq!(log.get("c"), None);
@@ -171,7 +215,7 @@ mod tests {
     fn the_oldest_id_is_forgotten_first_and_one_slot_changes_per_call() {
         let mut log = CallLog::default();
         for i in 0..REMEMBERED + 3 {
-            log.record(format!("id-{i:04}"), Ok(vec![1]));
+            log.record(format!("id-{i:04}"), Ok(vec![1]), 1);
         }
         assert_eq!(log.len(), REMEMBERED);
         for i in 0..3 {
@@ -181,7 +225,7 @@ mod tests {
         // A call rewrites one slot: the bytes of the log differ in one place only (a
         // replica's delta is that slot), not shifted.
         let before = log.wrap(Some(vec![0; 100])).unwrap();
-        log.record(format!("id-{:04}", REMEMBERED + 3), Ok(vec![1]));
+        log.record(format!("id-{:04}", REMEMBERED + 3), Ok(vec![1]), 1);
         let after = log.wrap(Some(vec![0; 100])).unwrap();
         assert_eq!(before.len(), after.len());
         let differ: Vec<usize> = (0..before.len()).filter(|&i| before[i] != after[i]).collect();
@@ -194,7 +238,7 @@ mod tests {
         // Nothing is added while the log is empty.
         assert_eq!(log.wrap(Some(b"state".to_vec())), Some(b"state".to_vec()));
         assert_eq!(log.wrap(None), None);
-        log.record("a".into(), Ok(b"7".to_vec()));
+        log.record("a".into(), Ok(b"7".to_vec()), 1);
         let wrapped = log.wrap(Some(b"state".to_vec())).unwrap();
         assert!(wrapped.starts_with(b"state"), "the worker's part leads, unchanged");
         assert_eq!(CallLog::split(Some(&wrapped)), (Some(&b"state"[..]), log.clone()));
@@ -211,14 +255,59 @@ mod tests {
     #[test]
     fn merging_keeps_both_instances_ids_and_this_ones_outcomes() {
         let mut mine = CallLog::default();
-        mine.record("a".into(), Ok(b"mine".to_vec()));
+        mine.record("a".into(), Ok(b"mine".to_vec()), 1);
         let mut theirs = CallLog::default();
-        theirs.record("a".into(), Ok(b"theirs".to_vec()));
-        theirs.record("b".into(), Ok(b"2".to_vec()));
+        theirs.record("a".into(), Ok(b"theirs".to_vec()), 1);
+        theirs.record("b".into(), Ok(b"2".to_vec()), 1);
         mine.merge(theirs);
         assert_eq!(mine.get("a"), Some(&Ok(b"mine".to_vec())));
         assert_eq!(mine.get("b"), Some(&Ok(b"2".to_vec())));
         assert_eq!(mine.len(), 2);
+    }
+
+    #[test]
+    fn an_id_both_instances_applied_is_told_and_shared_history_is_not() {
+        // The instance on one side applied a, b and c; the one that took the name over
+        // on the other side started from a copy holding a, then applied c (a retry that
+        // crossed) and d itself.
+        let mut kept = CallLog::default();
+        for id in ["a", "b", "c"] {
+            kept.record(id.into(), Ok(b"kept".to_vec()), 7);
+        }
+        let mut took_over = CallLog::default();
+        took_over.record("a".into(), Ok(b"kept".to_vec()), 7);
+        took_over.record("c".into(), Ok(b"other".to_vec()), 9);
+        took_over.record("d".into(), Ok(b"other".to_vec()), 9);
+        assert_eq!(kept.clone().merge(took_over.clone()), vec!["c".to_string()], "a is shared history, c was applied twice");
+        assert_eq!(took_over.merge(kept.clone()), vec!["c".to_string()], "the same the other way");
+        kept.merge(took_over.clone());
+        assert_eq!(kept.get("c"), Some(&Ok(b"kept".to_vec())), "the log keeps its own outcome");
+        assert_eq!(kept.get("d"), Some(&Ok(b"other".to_vec())));
+        // An outcome whose applier is unknown (a node from before) is never told.
+        let mut old = CallLog::default();
+        old.record("c".into(), Ok(vec![]), UNKNOWN);
+        assert_eq!(kept.merge(old), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_log_from_a_node_before_instance_ids_is_read_with_unknown_appliers() {
+        // As nodes before instance ids wrote it: (present, next, slots), no appliers.
+        let slots: Vec<(String, Outcome)> = vec![("a".into(), Ok(b"1".to_vec())), ("b".into(), Err("no".into()))];
+        let mut bytes = b"state".to_vec();
+        let log = postcard::to_stdvec(&(true, 0u32, &slots)).unwrap();
+        bytes.extend_from_slice(&log);
+        bytes.extend_from_slice(&(log.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(MARK);
+        let (state, read) = CallLog::split(Some(&bytes));
+        assert_eq!(state, Some(&b"state"[..]));
+        assert_eq!(read, CallLog { next: 0, slots, by: vec![UNKNOWN; 2] });
+        // And such a node reads what this one writes: the appliers come last.
+        let wrapped = read.wrap(Some(b"state".to_vec())).unwrap();
+        let end = wrapped.len() - MARK.len() - 4;
+        let len = u32::from_le_bytes(wrapped[end..end + 4].try_into().unwrap()) as usize;
+        let (present, before): (bool, Unsigned) = postcard::from_bytes(&wrapped[end - len..end]).unwrap();
+        assert!(present);
+        assert_eq!((before.next, before.slots), (read.next, read.slots));
     }
 
     #[test]
@@ -232,21 +321,23 @@ mod tests {
         };
         let full: Vec<(String, Outcome)> = (0..REMEMBERED).map(|i| (format!("id-{i}"), Ok(vec![]))).collect();
         let forged = [
-            CallLog { next: 1000, slots: full.clone() },
-            CallLog { next: REMEMBERED as u32, slots: full.clone() },
-            CallLog { next: 0, slots: [full.clone(), full.clone()].concat() },
-            CallLog { next: 0, slots: vec![("a\nforged log line".into(), Ok(vec![]))] },
-            CallLog { next: 0, slots: vec![(String::new(), Ok(vec![]))] },
+            signed(1000, full.clone()),
+            signed(REMEMBERED as u32, full.clone()),
+            signed(0, [full.clone(), full.clone()].concat()),
+            signed(0, vec![("a\nforged log line".into(), Ok(vec![]))]),
+            signed(0, vec![(String::new(), Ok(vec![]))]),
+            // An applier for each slot, or none.
+            CallLog { next: 0, slots: vec![("a".into(), Ok(vec![]))], by: vec![1, 2] },
         ];
         for log in forged {
             let bytes = forge(&log);
             assert_eq!(CallLog::split(Some(&bytes)), (Some(&bytes[..]), CallLog::default()), "next {}, {} slots", log.next, log.slots.len());
         }
         // What `record` writes is taken: a full ring whose next slot is its last.
-        let ring = CallLog { next: REMEMBERED as u32 - 1, slots: full };
+        let ring = signed(REMEMBERED as u32 - 1, full);
         let (_, mut back) = CallLog::split(Some(&forge(&ring)));
         assert_eq!(back, ring);
-        back.record("new".into(), Ok(vec![]));
+        back.record("new".into(), Ok(vec![]), 1);
         back.merge(ring);
         assert_eq!(back.len(), REMEMBERED);
     }
@@ -258,13 +349,13 @@ mod tests {
         #[test]
         fn any_claimed_log_records_and_merges(next in proptest::prelude::any::<u32>(), slots in 0usize..600, id_len in 0usize..300) {
             let id = |i: usize| format!("{i:0>width$}", width = id_len);
-            let log = CallLog { next, slots: (0..slots).map(|i| (id(i), Ok(vec![1]))).collect() };
+            let log = signed(next, (0..slots).map(|i| (id(i), Ok(vec![1]))).collect());
             let mut wrapped = postcard::to_stdvec(&(true, &log)).unwrap();
             wrapped.extend_from_slice(&(wrapped.len() as u32).to_le_bytes());
             wrapped.extend_from_slice(MARK);
             let (_, mut back) = CallLog::split(Some(&wrapped));
             let other = back.clone();
-            back.record("new".into(), Ok(vec![]));
+            back.record("new".into(), Ok(vec![]), 1);
             back.merge(other.clone());
             back.merge(other);
             proptest::prop_assert!(back.len() <= REMEMBERED);
@@ -274,16 +365,16 @@ mod tests {
     #[test]
     fn a_reply_too_large_to_keep_is_remembered_as_applied_without_it() {
         let mut log = CallLog::default();
-        log.record("small".into(), Ok(vec![1; MAX_KEPT_REPLY]));
-        log.record("large".into(), Ok(vec![1; MAX_KEPT_REPLY + 1]));
-        log.record("wordy".into(), Err("e".repeat(1 << 20)));
+        log.record("small".into(), Ok(vec![1; MAX_KEPT_REPLY]), 1);
+        log.record("large".into(), Ok(vec![1; MAX_KEPT_REPLY + 1]), 1);
+        log.record("wordy".into(), Err("e".repeat(1 << 20)), 1);
         assert_eq!(log.get("small"), Some(&Ok(vec![1; MAX_KEPT_REPLY])));
         let why = log.get("large").unwrap().clone().unwrap_err();
         assert!(why.starts_with("call large was applied once already; its reply (65537 bytes, over the 64 KiB"), "{why}");
         assert!(log.get("wordy").unwrap().clone().unwrap_err().contains("its error (1048576 bytes"));
         // However large the replies, a full log holds 256 of at most 64 KiB.
         for i in 0..REMEMBERED {
-            log.record(format!("id-{i}"), Ok(vec![0; 1 << 20]));
+            log.record(format!("id-{i}"), Ok(vec![0; 1 << 20]), 1);
         }
         let held: usize = log.slots.iter().map(|(_, o)| o.as_ref().map_or_else(String::len, Vec::len)).sum();
         assert!(held <= REMEMBERED * 300, "{held} bytes held");

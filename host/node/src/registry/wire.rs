@@ -583,7 +583,7 @@ mod tests {
         for state in states {
             let (_, mut log) = crate::registry::calls::CallLog::split(Some(&state));
             let other = log.clone();
-            log.record("after".into(), Ok(vec![]));
+            log.record("after".into(), Ok(vec![]), 1);
             log.merge(other);
         }
         Ok(())

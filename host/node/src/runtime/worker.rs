@@ -457,6 +457,9 @@ struct Instance {
     durable: Option<Durable>,
     /// The outcomes of its last calls with ids; they move with its state.
     calls: CallLog,
+    /// This instance's id in the call log, drawn at random: which instance applied a
+    /// call, when two instances' logs meet.
+    applier: u64,
     budget: Duration,
     memory_limit: usize,
 }
@@ -546,7 +549,8 @@ impl Instance {
             info!(worker = %name, "restored {name} from {mib:.1} MiB of state in {ms:.1} ms");
         }
         let durable = snapshot.map(|snapshot| Durable { replicas: kind.config.replicas, snapshot, replicator: Replicator::default() });
-        let mut instance = Instance { name, id, store, worker, resolve_conflict, durable, calls, budget, memory_limit };
+        let applier = rand::random::<u64>().max(1);
+        let mut instance = Instance { name, id, store, worker, resolve_conflict, durable, calls, applier, budget, memory_limit };
         // Other instances' states merge in before the first copy: a replica never holds
         // a state of this instance without them.
         for (from, state) in merges {
@@ -633,7 +637,7 @@ impl Instance {
     /// Every guest call's future is boxed: it exists only while the call runs, so the
     /// task an idle instance keeps stays small.
     async fn handle(&mut self, envelope: Envelope) -> Result<Option<Reply>, End> {
-        let Instance { name, store, worker, resolve_conflict, calls, budget, memory_limit, .. } = self;
+        let Instance { name, store, worker, resolve_conflict, calls, applier, budget, memory_limit, .. } = self;
         let trap = |e: &wasmtime::Error| End::Trapped(describe_trap(e, *budget, *memory_limit));
         let handler = worker.wasmnode_worker_handler();
         let clock = begin(store);
@@ -668,7 +672,7 @@ impl Instance {
                         span.fail(why.clone());
                     }
                     if let Some(id) = call_id {
-                        calls.record(id, r.clone());
+                        calls.record(id, r.clone(), *applier);
                     }
                     Ok(Some((reply, r.map_err(CallError::Failed))))
                 }
@@ -689,7 +693,15 @@ impl Instance {
                 // The other instance's call log joins this one's: neither's calls apply twice.
                 let Conflict { from, state, .. } = *conflict;
                 let (state, log) = CallLog::split(Some(&state));
-                calls.merge(log);
+                for id in calls.merge(log) {
+                    crate::metrics::global().applied_twice();
+                    // Each side of a partition (or of a node declared down that still ran)
+                    // applied this call: a retry crossed from one to the other.
+                    warn!(
+                        worker = %name, peer = %from, call_id = %id,
+                        "call {id} to {name} was applied by both instances, once on each side: the merged state may count it twice"
+                    );
+                }
                 match (&*resolve_conflict, state) {
                     // Only a call log came (the other instance's terminate returned no state).
                     (_, None) => Ok(None),
