@@ -325,3 +325,71 @@ fn a_one_way_cut_between_two_nodes_loses_no_increment() {
     wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names.iter().map(String::as_str).collect::<Vec<_>>(), SETTLE);
     wait_exactly_once_with(&names[2], &want, SETTLE, "every counter once, with every increment, after the cut");
 }
+
+/// A flaky network: a third of the packets between every two nodes are lost for 15 s,
+/// so nodes declare each other down and back again and again while clients on every
+/// node keep incrementing durable counters that merge duplicates (grow-only counters),
+/// each increment retried with its call id until it is acknowledged. Instances are
+/// taken over from copies on one side while the originals go on on the other; when
+/// they meet, the merge keeps what either added: every counter runs once and holds
+/// every acknowledged increment. A retry that crossed from one side to the other was
+/// applied on both (neither side can know what the other applied); the node where the
+/// two states merge says so, and a counter is over by no more than it said.
+#[test]
+fn a_flaky_network_loses_no_increment_of_a_merging_durable_worker_and_tells_each_applied_twice() {
+    const TALLIES: usize = 24;
+    let kind = [("tally", "worker_tally.wasm", "durability = \"replicated\"")];
+    let (_dir, names, nodes) = three_nodes("f-flaky", 141, &kind, false);
+    for k in 0..TALLIES {
+        let (ok, out) = start_worker(&names[0], "tally", &format!("t{k}"));
+        assert!(ok, "{out}");
+    }
+    let ips: Vec<&str> = names.iter().map(|n| &n[2..]).collect();
+    let lossy = Cut::lossy(&ips, 0.33);
+    let end = Instant::now() + Duration::from_secs(15);
+    let clients: Vec<_> = (0..3)
+        .map(|c| {
+            let via = names[c].clone();
+            std::thread::spawn(move || {
+                let mut acked: BTreeMap<String, u64> = (0..TALLIES).filter(|k| k % 3 == c).map(|k| (format!("tally/t{k}"), 0)).collect();
+                let mut seq = 0;
+                while Instant::now() < end {
+                    for (n, v) in acked.iter_mut() {
+                        seq += 1;
+                        let id = format!("client{c}-{seq}");
+                        // Retried with its id until acknowledged.
+                        let give_up = Instant::now() + SETTLE;
+                        while !call_once(&via, &id, n, "increment").0 {
+                            assert!(Instant::now() < give_up, "{n} through {via}: increment {id} unanswered for {SETTLE:?}");
+                        }
+                        *v += 1;
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let acked: BTreeMap<String, u64> = clients.into_iter().flat_map(|c| c.join().expect("a client")).collect();
+    drop(lossy);
+    let downs: usize = nodes.iter().map(|n| n.count("node down")).sum();
+    assert!(downs > 0, "the lossy network never made a node declare a peer down; the test tried nothing");
+    // Fewer ids per counter than a call log remembers, so every retry finds its id.
+    assert!(acked.values().all(|&v| v < 200), "{acked:?}");
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names.iter().map(String::as_str).collect::<Vec<_>>(), SETTLE);
+    let told = |n: &str| -> u64 { nodes.iter().map(|node| node.count(&format!(" to {n} was applied by both instances")) as u64).sum() };
+    let wrong = || -> Vec<String> {
+        let at = placement(&names[0]);
+        acked
+            .iter()
+            .filter_map(|(n, &want)| {
+                let value = call(&names[0], n, "value");
+                let ok = at.get(n).is_some_and(|on| on.len() == 1) && value.0 && value.1.parse::<u64>().is_ok_and(|v| v >= want && v - want <= told(n));
+                (!ok).then(|| format!("{n}: on {:?}, value {value:?}, acknowledged {want}, told applied twice {}", at.get(n), told(n)))
+            })
+            .collect()
+    };
+    wait_until(SETTLE, &format!("every tally once, with every acknowledged increment ({downs} node-down lines)"), || wrong().is_empty(), || wrong().join("\n"));
+    let twice: u64 = acked.keys().map(|n| told(n)).sum();
+    let over: u64 = acked.iter().map(|(n, want)| call(&names[0], n, "value").1.parse::<u64>().unwrap_or(0) - want).sum();
+    println!("{} increments acknowledged, {over} over, {twice} told applied twice, {downs} node-down lines", acked.values().sum::<u64>());
+}

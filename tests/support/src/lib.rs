@@ -389,11 +389,12 @@ pub fn all_workers(node: &str) -> Vec<String> {
     all
 }
 
-/// iptables rules dropping traffic between `island` and each of `others`, both ways;
-/// removed when dropped, even if the test fails. Needs root and iptables; it fails (never
+/// iptables rules dropping traffic between nodes: all of it both ways or one way, or a
+/// random share of it; removed when dropped, even if the test fails. Needs root and iptables; it fails (never
 /// skips) otherwise.
 pub struct Cut {
-    rules: Vec<(String, String)>,
+    /// (source, destination, the iptables match that picks the packets dropped).
+    rules: Vec<(String, String, Vec<String>)>,
 }
 
 impl Cut {
@@ -408,27 +409,51 @@ impl Cut {
         Cut::with(from, to, false)
     }
 
+    /// A flaky network among `hosts`: each packet between any two of them is dropped
+    /// with probability `p`, independently (`iptables -m statistic`).
+    pub fn lossy(hosts: &[&str], p: f64) -> Cut {
+        let mut cut = Cut { rules: Vec::new() };
+        let matcher: Vec<String> = ["-m", "statistic", "--mode", "random", "--probability", &p.to_string()].map(String::from).to_vec();
+        for src in hosts {
+            for dst in hosts.iter().filter(|d| *d != src) {
+                cut.add(src, dst, matcher.clone());
+            }
+        }
+        cut
+    }
+
     fn with(island: &str, others: &[&str], both: bool) -> Cut {
         let mut cut = Cut { rules: Vec::new() };
         for o in others {
             let ways: &[(&str, &str)] = if both { &[(island, *o), (*o, island)] } else { &[(island, *o)] };
             for (src, dst) in ways {
-                let status = std::process::Command::new("iptables").args(["-I", "INPUT", "-s", src, "-d", dst, "-j", "DROP"]).status();
-                assert!(
-                    status.as_ref().is_ok_and(|s| s.success()),
-                    "cannot add an iptables rule ({status:?}): this test needs root and iptables (apt-get install iptables)"
-                );
-                cut.rules.push((src.to_string(), dst.to_string()));
+                cut.add(src, dst, Vec::new());
             }
         }
         cut
+    }
+
+    fn add(&mut self, src: &str, dst: &str, matcher: Vec<String>) {
+        let status = std::process::Command::new("iptables").args(Cut::rule("-I", src, dst, &matcher)).status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "cannot add an iptables rule ({status:?}): this test needs root and iptables (apt-get install iptables)"
+        );
+        self.rules.push((src.to_string(), dst.to_string(), matcher));
+    }
+
+    fn rule(op: &str, src: &str, dst: &str, matcher: &[String]) -> Vec<String> {
+        let mut args: Vec<String> = [op, "INPUT", "-s", src, "-d", dst].map(String::from).to_vec();
+        args.extend(matcher.iter().cloned());
+        args.extend(["-j", "DROP"].map(String::from));
+        args
     }
 }
 
 impl Drop for Cut {
     fn drop(&mut self) {
-        for (src, dst) in self.rules.drain(..) {
-            let _ = std::process::Command::new("iptables").args(["-D", "INPUT", "-s", &src, "-d", &dst, "-j", "DROP"]).status();
+        for (src, dst, matcher) in self.rules.drain(..) {
+            let _ = std::process::Command::new("iptables").args(Cut::rule("-D", &src, &dst, &matcher)).status();
         }
     }
 }
