@@ -569,3 +569,34 @@ fn a_full_mailbox_refuses_what_comes_next_until_its_worker_catches_up() {
     assert!(slow.join().unwrap().status.success());
     wait_until(FORM, "the 16 large casts handled", || call(names[x], "probe/slow", "casts-received").1 == "121", || nodes[x].log());
 }
+
+/// `max_instances = 4`: each node starts at most four counters; a start whose owner runs
+/// four already fails and says why, while the others go on. A node that gets SIGTERM
+/// hands its counters to the other two, full as they are: names that move are never
+/// refused for the bound, so every counter keeps its value.
+#[test]
+fn max_instances_refuses_new_names_on_a_full_node_and_never_a_handoff() {
+    let (_dir, names, mut nodes) = three_nodes("w-max", 142, &[("counter", "worker_counter.wasm", "max_instances = 4")], false);
+    let mut want = std::collections::BTreeMap::new();
+    let mut refused = 0;
+    for k in 0..30 {
+        let (ok, out) = start_worker(&names[0], "counter", &format!("c{k}"));
+        if ok {
+            for _ in 0..=k % 3 {
+                assert!(call(&names[0], &format!("counter/c{k}"), "increment").0);
+            }
+            want.insert(format!("counter/c{k}"), k as u64 % 3 + 1);
+        } else {
+            assert!(out.contains("instances of counter already, its max_instances"), "{out}");
+            refused += 1;
+        }
+    }
+    let at = placement(&names[0]);
+    for n in &names {
+        assert_eq!(at.values().filter(|on| on.contains(n)).count(), 4, "{n} runs its max_instances: {at:?}");
+    }
+    assert_eq!((want.len(), refused), (12, 18));
+    nodes[2].signal(libc::SIGTERM);
+    assert_eq!(nodes[2].wait_exit(Duration::from_secs(30)), Some(0), "{}", nodes[2].log());
+    wait_exactly_once_with(&names[0], &want, Duration::from_secs(10), "every counter on the two full nodes, with its value");
+}

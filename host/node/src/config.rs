@@ -214,6 +214,9 @@ pub struct WorkerConfig {
     /// Calls and casts waiting in one instance's mailbox at most; their messages' bytes
     /// are bounded by `memory_limit`. One more is refused (`unavailable`).
     pub mailbox_limit: usize,
+    /// Instances of the kind this node runs at most before it refuses to start a new
+    /// name (`max_instances`); names that move here are taken all the same. None: no bound.
+    pub max_instances: Option<usize>,
     /// How many other nodes hold each instance's state after every message it handles
     /// (`durability = "replicated"`, `replicas = N`); 0 for `durability = "none"`.
     pub replicas: usize,
@@ -244,6 +247,7 @@ impl WorkerConfig {
             call_timeout: Duration::from_millis(DEFAULT_WORKER_CALL_TIMEOUT_MS),
             memory_limit: (DEFAULT_WORKER_MEMORY_MB as usize) << 20,
             mailbox_limit: DEFAULT_MAILBOX_LIMIT,
+            max_instances: None,
             replicas: 0,
             component_at: (0, 0),
             grants: Default::default(),
@@ -317,6 +321,8 @@ const MEMORY_WHY: &str = " (a 32-bit WebAssembly memory holds at most 4 GiB)";
 const OUTBOUND_IN_FLIGHT: std::ops::RangeInclusive<u64> = 1..=1 << 20;
 /// `[worker.KIND] mailbox_limit`.
 const MAILBOX_LIMIT: std::ops::RangeInclusive<u64> = 1..=1 << 20;
+/// `[worker.KIND] max_instances`.
+const MAX_INSTANCES: std::ops::RangeInclusive<u64> = 1..=1 << 24;
 /// `[http]` timeouts, in ms: at least a tenth of a second, at most an hour.
 const HTTP_TIMEOUTS_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 /// `[http] max_header_kb`: hyper reads headers into a buffer of at least 8 KiB.
@@ -389,6 +395,7 @@ struct RawWorker {
     outbound_timeout_ms: Option<Spanned<u64>>,
     outbound_max_in_flight: Option<Spanned<u64>>,
     mailbox_limit: Option<Spanned<u64>>,
+    max_instances: Option<Spanned<u64>>,
     config: Option<Spanned<toml::Table>>,
 }
 
@@ -783,6 +790,8 @@ impl Config {
                     .map_or(DEFAULT_OUTBOUND_MAX_IN_FLIGHT, |n| n as usize);
             let mailbox_limit = noted!(ranged(&w.mailbox_limit, &format!("worker.{kind}.mailbox_limit"), MAILBOX_LIMIT, " messages", ""), None)
                 .map_or(DEFAULT_MAILBOX_LIMIT, |n| n as usize);
+            let max_instances =
+                noted!(ranged(&w.max_instances, &format!("worker.{kind}.max_instances"), MAX_INSTANCES, " instances", ""), None).map(|n| n as usize);
             let mut config = Vec::new();
             if let Some(table) = &w.config {
                 let span = table.span();
@@ -836,6 +845,7 @@ impl Config {
                 call_timeout: Duration::from_millis(call_timeout),
                 memory_limit: (memory_limit_mb as usize) << 20,
                 mailbox_limit,
+                max_instances,
             });
         }
         let http = match raw.http {
@@ -1181,6 +1191,8 @@ mod tests {
             (Duration::from_secs(3600), 4 << 30, Duration::from_millis(1), 1 << 20, 1)
         );
         assert_eq!(worker("mailbox_limit = 1048576").unwrap().workers[0].mailbox_limit, 1 << 20);
+        assert_eq!(worker("max_instances = 3").unwrap().workers[0].max_instances, Some(3));
+        assert_eq!(worker("").unwrap().workers[0].max_instances, None);
         // One past either end is refused where it is written, never wrapped or run with:
         // 2^44 MiB shifted to bytes would be a memory limit of 0, and 2^62 permits panic
         // the semaphore that holds them.
@@ -1202,6 +1214,7 @@ mod tests {
             ),
             (worker("mailbox_limit = 0"), "t.toml:3:17: key `worker.c.mailbox_limit`: 0 messages: give 1 to 1048576"),
             (worker("mailbox_limit = 1048577"), "t.toml:3:17: key `worker.c.mailbox_limit`: 1048577 messages: give 1 to 1048576"),
+            (worker("max_instances = 0"), "t.toml:3:17: key `worker.c.max_instances`: 0 instances: give 1 to 16777216"),
             (
                 parse("[topology.t]\nstrategy = \"Cargo.toml\"\nmemory_limit_mb = 4097\n"),
                 "t.toml:3:19: key `topology.t.memory_limit_mb`: 4097 MiB: give 1 to 4096",

@@ -36,6 +36,11 @@ pub trait Kinds: Send + Sync {
     fn replicas(&self, _kind: &str) -> usize {
         0
     }
+    /// How many instances of `kind` this node runs at most before it refuses to start a
+    /// new name (`max_instances`); names that move here are taken all the same.
+    fn max_instances(&self, _kind: &str) -> Option<usize> {
+        None
+    }
 }
 
 /// How long a leaving node may take to hand its names over before the names it still
@@ -593,6 +598,17 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             let e = StartError::Failed(format!("{} is leaving the cluster", self.me));
             self.out.push(Effect::Started { reply, result: Err(e) });
             return;
+        }
+        if let Some(max) = self.kinds.max_instances(&name.kind) {
+            // Only a new name counts against the bound: one that moves here (a handoff, a
+            // take-over, a restart after its node went down) is never refused for it, so
+            // no state is lost to it.
+            let here = self.local.keys().filter(|n| n.kind == name.kind).count();
+            if here >= max {
+                let e = StartError::Failed(format!("{} runs {here} instances of {} already, its max_instances", self.me, name.kind));
+                self.out.push(Effect::Started { reply, result: Err(e) });
+                return;
+            }
         }
         self.spawn(name, args, Lineage::default(), StartWhy::Asked(reply), None, Vec::new(), None);
     }

@@ -12,6 +12,7 @@ use super::{Restart, SpawnError, StartError, WorkerName};
 
 struct TestKinds {
     rebalance: bool,
+    max_instances: Option<usize>,
 }
 
 impl Kinds for TestKinds {
@@ -34,13 +35,16 @@ impl Kinds for TestKinds {
     fn replicas(&self, kind: &str) -> usize {
         usize::from(kind == "durable")
     }
+    fn max_instances(&self, kind: &str) -> Option<usize> {
+        self.max_instances.filter(|_| kind == "counter")
+    }
 }
 
 type T = Table<u32, u32>;
 type Fx = Vec<Effect<u32, u32>>;
 
 fn table(me: &str, rebalance: bool) -> T {
-    Table::new(me, Arc::new(TestKinds { rebalance }))
+    Table::new(me, Arc::new(TestKinds { rebalance, max_instances: None }))
 }
 
 fn name(key: &str) -> WorkerName {
@@ -159,6 +163,36 @@ fn a_start_of_a_running_or_unknown_name_is_refused() {
     assert_eq!(started(&fx), Some(Err(StartError::AlreadyStarted("b@h".into()))));
     let fx = a.handle(Event::Start { name: WorkerName::new("nope", "k"), args: vec![], here: false, reply: 4 });
     assert!(matches!(started(&fx), Some(Err(StartError::UnknownKind(_)))));
+}
+
+/// `max_instances`: a node that runs that many of a kind refuses a new name of it, here
+/// or by activation, and still takes names that move to it (their state is not lost to
+/// the bound); once one stops, a new name starts again.
+#[test]
+fn a_node_at_its_max_instances_refuses_a_new_name_and_takes_one_that_moves_here() {
+    let mut a: T = Table::new("a@h", Arc::new(TestKinds { rebalance: false, max_instances: Some(2) }));
+    run_here(&mut a, &name("x"), 1);
+    run_here(&mut a, &name("y"), 2);
+    let fx = a.handle(Event::Start { name: name("z"), args: vec![], here: true, reply: 3 });
+    assert!(spawn_of(&fx).is_none(), "{fx:?}");
+    let Some(Err(StartError::Failed(why))) = started(&fx) else { panic!("{fx:?}") };
+    assert_eq!(why, "a@h runs 2 instances of counter already, its max_instances");
+    // Another kind is not bounded by it.
+    assert!(spawn_of(&a.handle(Event::Start { name: WorkerName::new("once", "o"), args: vec![], here: true, reply: 4 })).is_some());
+    // A name handed over from another node starts here, over the bound.
+    up(&mut a, "b@h", 1);
+    let moved = owned_by("a@h", &["a@h", "b@h"]);
+    let handoff = Msg::Handoff {
+        name: moved.clone(),
+        args: vec![],
+        lineage: Lineage::default().moved(),
+        state: Some(b"7".to_vec()),
+        merges: vec![],
+        yielding: false,
+        origin: None,
+    };
+    let fx = recv(&mut a, "b@h", handoff);
+    assert_eq!(spawn_of(&fx).map(|(n, _, s)| (n, s)), Some((moved, Some(b"7".to_vec()))));
 }
 
 #[test]

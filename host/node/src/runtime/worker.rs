@@ -418,6 +418,10 @@ impl Kinds for WorkerRuntime {
     fn replicas(&self, kind: &str) -> usize {
         self.kinds.get(kind).map_or(0, |k| k.config.replicas)
     }
+
+    fn max_instances(&self, kind: &str) -> Option<usize> {
+        self.kinds.get(kind).and_then(|k| k.config.max_instances)
+    }
 }
 
 impl Spawner for WorkerRuntime {
