@@ -338,6 +338,7 @@ fn a_one_way_cut_between_two_nodes_loses_no_increment() {
 #[test]
 fn a_flaky_network_loses_no_increment_of_a_merging_durable_worker_and_tells_each_applied_twice() {
     const TALLIES: usize = 24;
+    const PER_TALLY: u64 = 150;
     let kind = [("tally", "worker_tally.wasm", "durability = \"replicated\"")];
     let (_dir, names, nodes) = three_nodes("f-flaky", 141, &kind, false);
     for k in 0..TALLIES {
@@ -353,8 +354,10 @@ fn a_flaky_network_loses_no_increment_of_a_merging_durable_worker_and_tells_each
             std::thread::spawn(move || {
                 let mut acked: BTreeMap<String, u64> = (0..TALLIES).filter(|k| k % 3 == c).map(|k| (format!("tally/t{k}"), 0)).collect();
                 let mut seq = 0;
-                while Instant::now() < end {
-                    for (n, v) in acked.iter_mut() {
+                // At most PER_TALLY ids each, fewer than a call log remembers: every
+                // retry finds its id, and both logs of an id applied twice still hold it.
+                while Instant::now() < end && acked.values().any(|&v| v < PER_TALLY) {
+                    for (n, v) in acked.iter_mut().filter(|(_, v)| **v < PER_TALLY) {
                         seq += 1;
                         let id = format!("client{c}-{seq}");
                         // Retried with its id until acknowledged.
@@ -373,8 +376,6 @@ fn a_flaky_network_loses_no_increment_of_a_merging_durable_worker_and_tells_each
     drop(lossy);
     let downs: usize = nodes.iter().map(|n| n.count("node down")).sum();
     assert!(downs > 0, "the lossy network never made a node declare a peer down; the test tried nothing");
-    // Fewer ids per counter than a call log remembers, so every retry finds its id.
-    assert!(acked.values().all(|&v| v < 200), "{acked:?}");
     wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names.iter().map(String::as_str).collect::<Vec<_>>(), SETTLE);
     let told = |n: &str| -> u64 { nodes.iter().map(|node| node.count(&format!(" to {n} was applied by both instances")) as u64).sum() };
     let wrong = || -> Vec<String> {

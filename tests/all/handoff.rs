@@ -252,3 +252,50 @@ fn with_rebalance_stay_instances_stay_where_they_run() {
     assert_eq!(a.count("moved order/") + b.count("moved order/"), 0);
     assert_eq!(c.count("started order/"), 0);
 }
+
+/// SIGTERM reaches a node whose worker has more work queued than the node's handoff
+/// deadline: twenty callers on another node each wait on a call of 400 ms (8 s of work),
+/// the deadline is 3 s. The stop goes ahead of the queued calls: the instance finishes
+/// the call it is on, hands its state over, and the queued calls follow the name to its
+/// next owner (their callers are told where it went and send them there). Every call
+/// is applied once, in one count that moved with the state. Before, the instance worked
+/// through its queue in order, the deadline passed, its state was lost and the calls
+/// still queued failed.
+#[test]
+fn sigterm_moves_a_busy_worker_ahead_of_its_queue_and_the_queued_calls_follow_it() {
+    let dir = TempDir::new("h-queue");
+    let names: Vec<String> = (1..=3).map(|i| format!("{}@127.0.143.{i}", ["a", "b", "c"][i - 1])).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let topology = worker_topology(&refs, &[("probe", "worker_probe.wasm", "")], None).replacen("[node]\n", "[node]\nhandoff_deadline_ms = 3000\n", 1);
+    let mut nodes: Vec<Node> = names.iter().enumerate().map(|(i, n)| Node::start(n, &dir.write(&format!("{i}.toml"), &topology))).collect();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, Duration::from_secs(10));
+    let (ok, out) = start_worker(&names[0], "probe", "busy");
+    assert!(ok, "{out}");
+    let owner = started_on(&out);
+    let i = nodes.iter().position(|n| n.name == owner).unwrap();
+    let via = names.iter().find(|n| **n != owner).unwrap().clone();
+    // With a ballast the probe hands over its whole state: its count, and 1 MiB.
+    assert_eq!(call(&via, "probe/busy", "ballast 1"), (true, "ok".to_string()));
+    let callers: Vec<_> = (0..20)
+        .map(|k| {
+            let via = via.clone();
+            std::thread::spawn(move || call_once(&via, &format!("slow-{k}"), "probe/busy", "slow-add 400"))
+        })
+        .collect();
+    nodes[i].wait_log("slow-add 2 applied", Duration::from_secs(10));
+    nodes[i].signal(libc::SIGTERM);
+    assert_eq!(nodes[i].wait_exit(Duration::from_secs(30)), Some(0), "{}", nodes[i].log());
+    assert_eq!(nodes[i].count("not handed over by the deadline"), 0, "{}", nodes[i].log());
+    let mut counts: Vec<u64> = callers
+        .into_iter()
+        .map(|c| {
+            let (ok, out) = c.join().expect("a caller");
+            assert!(ok, "a queued call failed: {out}\n{}", nodes[i].log());
+            out.parse().unwrap_or_else(|_| panic!("{out}"))
+        })
+        .collect();
+    counts.sort();
+    assert_eq!(counts, (1..=20).collect::<Vec<u64>>(), "each call applied once, to the count that moved");
+    let after = names.iter().find(|n| **n != owner).unwrap();
+    assert_eq!(call(after, "probe/busy", "count"), (true, "20".to_string()));
+}

@@ -106,6 +106,26 @@ impl<T: Weigh> Sender<T> {
         self.0.notify.notify_one();
         Ok(())
     }
+
+    /// Queues `msg` ahead of the messages that count (calls and casts) but behind what
+    /// the host queued itself, never refused for the bounds: a stop that moves the
+    /// instance goes before the calls and casts that will follow it, and after the
+    /// merges and events it must take in first. Hands it back if the receiver is gone.
+    pub fn send_ahead(&self, msg: T) -> Result<(), Refused<T>> {
+        let mut q = self.0.queue.lock().unwrap();
+        if self.0.closed.load(Ordering::Acquire) {
+            return Err(Refused::Closed(msg));
+        }
+        if let Some(w) = msg.weight() {
+            q.messages += 1;
+            q.bytes += w;
+        }
+        let at = q.items.iter().rposition(|m| m.weight().is_none()).map_or(0, |i| i + 1);
+        q.items.insert(at, msg);
+        drop(q);
+        self.0.notify.notify_one();
+        Ok(())
+    }
 }
 
 impl<T> Clone for Sender<T> {
@@ -150,17 +170,21 @@ impl<T: Weigh> Receiver<T> {
     }
 }
 
+impl<T> Receiver<T> {
+    /// Closes the mailbox and hands back what waits in it, in order: sends fail from
+    /// now on. Under the lock, so that no send slips in after the drain.
+    pub fn close(&mut self) -> VecDeque<T> {
+        let mut q = self.0.queue.lock().unwrap();
+        self.0.closed.store(true, Ordering::Release);
+        (q.messages, q.bytes) = (0, 0);
+        std::mem::take(&mut q.items)
+    }
+}
+
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        // Under the lock, so that no send slips in after the drain: callers waiting on
-        // queued messages see their reply channels close.
-        let drained: VecDeque<T> = {
-            let mut q = self.0.queue.lock().unwrap();
-            self.0.closed.store(true, Ordering::Release);
-            (q.messages, q.bytes) = (0, 0);
-            std::mem::take(&mut q.items)
-        };
-        drop(drained);
+        // Callers waiting on queued messages see their reply channels close.
+        drop(self.close());
     }
 }
 
@@ -246,5 +270,25 @@ mod tests {
         assert!(matches!(tx.send(Some(0)), Err(Refused::Full { bytes: 500, .. })), "no more while a message past the bound waits");
         assert_eq!(rx.recv().await, Some(Some(500)));
         tx.send(Some(100)).unwrap();
+    }
+
+    /// A stop that moves the instance goes ahead of the calls and casts that wait, full
+    /// as the mailbox may be, and behind what the host queued; closing hands back the
+    /// rest in order, and later sends fail.
+    #[tokio::test]
+    async fn a_message_sent_ahead_passes_what_counts_and_closing_hands_back_the_rest() {
+        let (tx, mut rx) = channel::<Option<usize>>(Bounds { messages: 2, bytes: 100 });
+        tx.send(Some(1)).unwrap();
+        tx.send(Some(2)).unwrap();
+        tx.send_ahead(None).unwrap();
+        assert_eq!(rx.recv().await, Some(None));
+        assert_eq!(rx.recv().await, Some(Some(1)));
+        // Behind the host's own message (a merge), ahead of the call after it.
+        tx.send(None).unwrap();
+        tx.send(Some(3)).unwrap();
+        tx.send_ahead(None).unwrap();
+        assert_eq!(rx.close(), VecDeque::from([Some(2), None, None, Some(3)]));
+        assert!(matches!(tx.send(Some(4)), Err(Refused::Closed(Some(4)))));
+        assert!(matches!(tx.send_ahead(None), Err(Refused::Closed(None))));
     }
 }

@@ -36,11 +36,8 @@ pub enum Envelope {
         msg: Vec<u8>,
     },
     Info(Box<Info>),
-    /// Stop after `terminate(reason)`; the returned state goes back on `reply`.
-    Stop {
-        reason: String,
-        reply: oneshot::Sender<Option<Vec<u8>>>,
-    },
+    /// Stop after `terminate(reason)`.
+    Stop(Box<Stop>),
     /// The state of another instance of this name that stopped in favour of this one.
     Conflict(Box<Conflict>),
 }
@@ -52,9 +49,18 @@ impl crate::mailbox::Weigh for Envelope {
         match self {
             Envelope::Call { msg, .. } | Envelope::Cast { msg } => Some(msg.len()),
             Envelope::CallWith(c) => Some(c.msg.len()),
-            Envelope::Info(_) | Envelope::Stop { .. } | Envelope::Conflict(_) => None,
+            Envelope::Info(_) | Envelope::Stop(_) | Envelope::Conflict(_) => None,
         }
     }
+}
+
+/// A stop: after `terminate(reason)` the returned state goes back on `reply`. `moves`:
+/// the name goes on elsewhere, and what is still queued follows it
+/// ([`super::Registry::forward_queued`]); else that is answered `stopped`.
+pub struct Stop {
+    pub reason: String,
+    pub reply: oneshot::Sender<Option<Vec<u8>>>,
+    pub moves: bool,
 }
 
 /// Another instance's state to merge (from that instance's node); `done` is answered
@@ -125,6 +131,12 @@ impl RemoteReply {
     pub(super) async fn deliver_encoded(&mut self, body: Bytes) {
         self.peer.send_answer(Frame::Reply { id: self.id, body }).await;
         self.sent = true;
+    }
+
+    /// Answers that the name now runs on `to`: the caller sends the call there (it was
+    /// not handled here).
+    pub(super) async fn moved(mut self, to: String) {
+        self.deliver_encoded(encode_reply(&RpcReply::Moved(to))).await;
     }
 }
 

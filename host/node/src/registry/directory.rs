@@ -33,7 +33,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             let (id, handle) = (*id, handle.clone());
             let (args, lineage) = (args.clone(), *mine);
             self.local.insert(name.clone(), Slot::Stopping { id, args, lineage, why: StopWhy::Duplicate { winner: from }, merges: Vec::new() });
-            self.out.push(Effect::Stop { name, id, handle, reason: "duplicate".into() });
+            self.out.push(Effect::Stop { name, id, handle, reason: "duplicate".into(), moves: true });
         } else {
             // Tell `from` that this one stays, so it stops its own, and every other node,
             // so that each directory ends with this one whatever order claims came in.

@@ -41,9 +41,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// Stops a running instance so that it moves on (see [`Table::stopped`]).
     pub(super) fn begin_move(&mut self, name: &WorkerName) {
         let Some(Slot::Running { id, handle, args, lineage }) = self.local.remove(name) else { return };
-        let reason = if self.handoff_target(name, "", &BTreeSet::new()).is_some() { "handoff" } else { "shutdown" };
+        let moves = self.handoff_target(name, "", &BTreeSet::new()).is_some();
+        let reason = if moves { "handoff" } else { "shutdown" };
         self.local.insert(name.clone(), Slot::Stopping { id, args, lineage, why: StopWhy::Handoff { yielders: Vec::new() }, merges: Vec::new() });
-        self.out.push(Effect::Stop { name: name.clone(), id, handle, reason: reason.into() });
+        self.out.push(Effect::Stop { name: name.clone(), id, handle, reason: reason.into(), moves });
     }
 
     /// Where a state for `name` goes: `prefer` (the instance it yields to), else the
@@ -259,7 +260,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     let (args, lineage) = if replace { (args, lineage.moved()) } else { (my_args.clone(), mine) };
                     let why = StopWhy::Replaced { from, args, lineage, state, merges, origin: theirs };
                     self.local.insert(name.clone(), Slot::Stopping { id, args: my_args, lineage: mine, why, merges: Vec::new() });
-                    self.out.push(Effect::Stop { name, id, handle, reason: "replaced".into() });
+                    self.out.push(Effect::Stop { name, id, handle, reason: "replaced".into(), moves: true });
                     return;
                 } else {
                     info!(worker = %name, peer = %from, "{name} runs here: the state {from} handed over merges into it");
@@ -390,7 +391,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             return;
         };
         self.local.insert(name.clone(), Slot::Stopping { id, args, lineage, why: StopWhy::Asked(reply), merges: Vec::new() });
-        self.out.push(Effect::Stop { name, id, handle, reason });
+        self.out.push(Effect::Stop { name, id, handle, reason, moves: false });
     }
 }
 

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use wasmnode_proto::{Frame, Service, TraceContext};
 
-pub use actor::{start_apart, BoxFuture, CallWith, Conflict, Envelope, Info, Mailbox, Merges, RemoteReply, ReplyTo, Restart, Spawner, Traced};
+pub use actor::{start_apart, BoxFuture, CallWith, Conflict, Envelope, Info, Mailbox, Merges, RemoteReply, ReplyTo, Restart, Spawner, Stop, Traced};
 pub use error::{CallError, SpawnError, StartError};
 pub use name::{check_kind, WorkerName, MAX_KEY_BYTES, MAX_KIND_BYTES};
 pub use placement::owner;
@@ -69,6 +69,9 @@ const MAX_HOPS: usize = 4;
 /// How long a durable instance waits for a replica to take a copy of its state before
 /// it no longer counts that replica (a replica that went down fails at once).
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the calls and casts queued for an instance that moved on wait to learn where
+/// it went, and a call made again for a caller here waits for its reply.
+const FORWARD_WAIT: Duration = Duration::from_secs(30);
 
 /// The most bytes of start args a worker may have. They go to every member with the
 /// name's registration and with every copy and handoff of its state, so they are held
@@ -106,6 +109,27 @@ struct Inner {
     too_large: Mutex<crate::refusals::RefusalLog<WorkerName>>,
     /// Instances whose mailbox refused a call or cast: logged once per window each.
     full: Mutex<crate::refusals::RefusalLog<WorkerName>>,
+    /// Queues of instances that moved on, still being sent after their names
+    /// ([`Registry::forward_queued`]): a leaving node waits for them.
+    forwarding: std::sync::atomic::AtomicUsize,
+}
+
+/// One queue being forwarded, counted while it lives.
+struct Forwarding(Registry);
+
+impl Forwarding {
+    fn new(r: &Registry) -> Forwarding {
+        r.0.forwarding.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Forwarding(r.clone())
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        if self.0 .0.forwarding.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0 .0.drained.notify_waiters();
+        }
+    }
 }
 
 /// This node's part of the cluster-wide registry.
@@ -116,6 +140,15 @@ pub struct Registry(Arc<Inner>);
 enum Target {
     Here(Mailbox),
     Remote(String),
+}
+
+/// Where a queued call's reply goes; none for what is not a call.
+fn reply_of(e: Envelope) -> Option<ReplyTo> {
+    match e {
+        Envelope::Call { reply, .. } => Some(reply),
+        Envelope::CallWith(c) => Some(c.reply),
+        _ => None,
+    }
 }
 
 /// The envelope of a call, with its id and its trace when it has them (boxed: rare).
@@ -145,6 +178,7 @@ impl Registry {
             ready: tokio::sync::watch::Sender::new(false),
             too_large: Mutex::default(),
             full: Mutex::default(),
+            forwarding: Default::default(),
         }));
         let weak = Arc::downgrade(&r.0);
         membership.set_member_hook(Arc::new(move |change: &MemberChange| {
@@ -276,9 +310,11 @@ impl Registry {
                         tokio::spawn(job);
                     }
                 }
-                Effect::Stop { name, id, handle, reason } => {
+                Effect::Stop { name, id, handle, reason, moves } => {
                     let (tx, rx) = oneshot::channel();
-                    if handle.tx.send(Envelope::Stop { reason, reply: tx }).is_err() {
+                    let stop = Envelope::Stop(Box::new(Stop { reason, reply: tx, moves }));
+                    let sent = if moves { handle.tx.send_ahead(stop) } else { handle.tx.send(stop) };
+                    if sent.is_err() {
                         later.push(Event::Stopped { name, id, state: None });
                     } else {
                         let r = self.clone();
@@ -423,6 +459,82 @@ impl Registry {
         rx.await.unwrap_or(false)
     }
 
+    /// The calls and casts that were queued for an instance of `name` that stopped to go
+    /// on elsewhere (a handoff, a duplicate giving way, a new instance here): none was
+    /// handled, so each follows the name, in order, once the table knows where it went.
+    /// Back here, they go into the new instance's mailbox as they were. Elsewhere, a call
+    /// from another node is answered `moved` and its caller sends it there, so that a
+    /// node that closes in order has answered every call it took (the caller would
+    /// otherwise send it again); a call from this node is made again and its reply
+    /// delivered; casts are sent on. A leaving node waits for them (`hand_off_all`).
+    pub fn forward_queued(&self, name: WorkerName, queued: std::collections::VecDeque<Envelope>) {
+        use crate::mailbox::Weigh;
+        let queued: Vec<Envelope> = queued.into_iter().filter(|e| e.weight().is_some()).collect();
+        if queued.is_empty() {
+            return;
+        }
+        let guard = Forwarding::new(self);
+        let r = self.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let count = queued.len();
+            let deadline = Instant::now() + FORWARD_WAIT;
+            let to = match r.resolve(&name, None, deadline).await {
+                Ok(Target::Here(mailbox)) => {
+                    debug!(worker = %name, count, "{count} calls and casts queued for {name} go to its new instance here");
+                    for e in queued {
+                        // Refused (it stopped again, or its queue is full): the callers hear it.
+                        if let Err(refused) = mailbox.tx.send(e) {
+                            let e = r.not_queued(&name, &refused);
+                            if let Some(reply) = reply_of(refused.into_inner()) {
+                                reply.deliver(Err(e)).await;
+                            }
+                        }
+                    }
+                    return;
+                }
+                Ok(Target::Remote(to)) => to,
+                Err(e) => {
+                    warn!(worker = %name, count, reason = %e, "{count} calls and casts queued for {name} found it nowhere after it moved: {e}");
+                    for reply in queued.into_iter().filter_map(reply_of) {
+                        reply.deliver(Err(e.clone())).await;
+                    }
+                    return;
+                }
+            };
+            debug!(worker = %name, peer = %to, count, "{count} calls and casts queued for {name} follow it to {to}");
+            for e in queued {
+                let (msg, id, trace, reply) = match e {
+                    Envelope::Call { msg, reply } => (msg, None, None, reply),
+                    Envelope::CallWith(c) => {
+                        let CallWith { id, msg, reply, trace } = *c;
+                        (msg, id, trace, reply)
+                    }
+                    Envelope::Cast { msg } => {
+                        // In order: a cast goes before whatever its sender sent next.
+                        if let Err(e) = r.cast(&name.kind, &name.key, msg).await {
+                            debug!(worker = %name, peer = %to, "a cast queued for {name} did not follow it to {to}: {e}");
+                        }
+                        continue;
+                    }
+                    Envelope::Info(_) | Envelope::Stop(_) | Envelope::Conflict(_) => continue,
+                };
+                match reply {
+                    ReplyTo::Remote(caller) => caller.moved(to.clone()).await,
+                    ReplyTo::Local(tx) => {
+                        let (r, name) = (r.clone(), name.clone());
+                        let guard = Forwarding::new(&r);
+                        tokio::spawn(async move {
+                            let _guard = guard;
+                            let trace = trace.map(|t| t.parent);
+                            let _ = tx.send(r.call_traced(&name.kind, &name.key, msg, id.as_deref(), trace, FORWARD_WAIT).await);
+                        });
+                    }
+                }
+            }
+        });
+    }
+
     /// Forgets instance `id` of `name`: it ended by itself (a trap). A stop the
     /// registry asked for is answered on its own channel instead.
     pub fn unregister(&self, name: &WorkerName, id: u64) {
@@ -439,13 +551,21 @@ impl Registry {
             let drained = self.0.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            if self.0.table.lock().unwrap().local_count() == 0 || tokio::time::timeout_at(deadline, drained).await.is_err() {
+            let forwarding = self.0.forwarding.load(std::sync::atomic::Ordering::SeqCst);
+            if (self.0.table.lock().unwrap().local_count() == 0 && forwarding == 0) || tokio::time::timeout_at(deadline, drained).await.is_err() {
                 break;
             }
         }
         let left = self.0.table.lock().unwrap().held();
         if !left.is_empty() {
             warn!(count = left.len(), "leaving with {} instances not handed over by the deadline; their state is lost", left.len());
+        }
+        let forwarding = self.0.forwarding.load(std::sync::atomic::Ordering::SeqCst);
+        if forwarding > 0 {
+            warn!(
+                count = forwarding,
+                "leaving with calls and casts of {forwarding} queues still following their names at the deadline; their callers hear the node went"
+            );
         }
     }
 

@@ -92,7 +92,12 @@ pub enum Effect<M, R> {
     /// instance takes messages or, for a durable kind, copies its first state.
     Spawn { name: WorkerName, id: u64, args: Vec<u8>, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)> },
     /// Stop an instance after `terminate(reason)`; answer with [`Event::Stopped`].
-    Stop { name: WorkerName, id: u64, handle: M, reason: String },
+    /// `moves`: the name goes on elsewhere (a handoff, another instance it gives way to,
+    /// or a new instance here): the stop goes ahead of the calls and casts queued for
+    /// the instance, and those follow the name instead of waiting for the instance to
+    /// work through them (a deep queue would outlast a SIGTERM's handoff deadline, and
+    /// the state with it).
+    Stop { name: WorkerName, id: u64, handle: M, reason: String, moves: bool },
     /// Give a running instance the state of another instance of its name that stopped
     /// in its favour (`resolve-conflict`). With `ack`, send that message to that node
     /// once the instance has merged the state and, for a durable kind, its replicas hold

@@ -621,19 +621,26 @@ impl Instance {
                     warn!(worker = %self.name, reason = %why, "worker {} trapped: {why}; instance stopped, its waiting callers get an error", self.name);
                     break;
                 }
-                Err(End::Stopped { reply, state }) => {
-                    stopped = Some((reply, state));
+                Err(End::Stopped { reply, state, moves }) => {
+                    stopped = Some((reply, state, moves));
                     break;
                 }
             }
         }
+        // What is still queued follows the name when it moves on; else the callers hear
+        // that it stopped (the mailbox closes as it drops).
+        let queued = match &stopped {
+            Some((_, _, true)) => rx.close(),
+            _ => Default::default(),
+        };
         let Instance { name, id, store, .. } = self;
         let registry = store.data().cluster.registry.clone();
         drop(store);
         registry.unregister(&name, id);
-        if let Some((reply, state)) = stopped {
+        if let Some((reply, state, _)) = stopped {
             let _ = reply.send(state);
         }
+        registry.forward_queued(name, queued);
     }
 
     /// One message; an `End` when the instance ends with it.
@@ -722,7 +729,8 @@ impl Instance {
                     }
                 }
             }
-            Envelope::Stop { reason, reply } => {
+            Envelope::Stop(stop) => {
+                let crate::registry::Stop { reason, reply, moves } = *stop;
                 let state = match timed(&clock, Box::pin(handler.call_terminate(&mut *store, &reason))).await {
                     Ok(s) => s,
                     Err(e) => {
@@ -731,7 +739,7 @@ impl Instance {
                     }
                 };
                 info!(worker = %name, reason = %reason, "stopped {name}: {reason}");
-                Err(End::Stopped { reply, state: calls.wrap(state) })
+                Err(End::Stopped { reply, state: calls.wrap(state), moves })
             }
         }
     }
@@ -741,7 +749,7 @@ impl Instance {
 /// returned (answered once the instance's memory is freed).
 enum End {
     Trapped(String),
-    Stopped { reply: tokio::sync::oneshot::Sender<Option<Vec<u8>>>, state: Option<Vec<u8>> },
+    Stopped { reply: tokio::sync::oneshot::Sender<Option<Vec<u8>>>, state: Option<Vec<u8>>, moves: bool },
 }
 
 fn to_wit_info(i: Info) -> wit::Info {

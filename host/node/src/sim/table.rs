@@ -64,7 +64,7 @@ impl Sim {
                         self.after(d, Ev::Table(n, Event::Spawned { name, id, result: Ok(inst) }));
                     }
                 }
-                Effect::Stop { name, id, handle, reason } => {
+                Effect::Stop { name, id, handle, reason, .. } => {
                     if reason == "duplicate" {
                         // The instance it stops for, as claimed, must not be one restarted
                         // without state more often than this one. (A claim can be stale: the
