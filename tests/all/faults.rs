@@ -391,6 +391,6 @@ fn a_flaky_network_loses_no_increment_of_a_merging_durable_worker_and_tells_each
     };
     wait_until(SETTLE, &format!("every tally once, with every acknowledged increment ({downs} node-down lines)"), || wrong().is_empty(), || wrong().join("\n"));
     let twice: u64 = acked.keys().map(|n| told(n)).sum();
-    let over: u64 = acked.iter().map(|(n, want)| call(&names[0], n, "value").1.parse::<u64>().unwrap_or(0) - want).sum();
+    let over: u64 = acked.iter().map(|(n, want)| call(&names[0], n, "value").1.parse::<u64>().unwrap_or(0).saturating_sub(*want)).sum();
     println!("{} increments acknowledged, {over} over, {twice} told applied twice, {downs} node-down lines", acked.values().sum::<u64>());
 }

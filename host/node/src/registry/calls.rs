@@ -13,8 +13,8 @@
 //! starts). Two instances of one name meet after a partition, or after a node was
 //! declared down while it still ran: when both logs hold an id, applied by different
 //! instances, a retry that crossed from one side to the other was applied on both, and
-//! the merge says so ([`CallLog::merge`]). That is the one way an id applies twice: each
-//! side of a partition serves, and neither can know what the other applied.
+//! the merge says so ([`CallLog::merge`]): each side of a partition serves, and neither
+//! can know what the other applied.
 //!
 //! The log rides behind the worker's own state, which stays byte for byte what the
 //! worker wrote (a worker never sees the log, and a delta of the worker's part is the
