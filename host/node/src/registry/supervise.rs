@@ -19,7 +19,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.members.insert(node.clone(), conn);
         // It tells this node its names again on this connection.
         self.synced.remove(&node);
-        for (name, slot) in &self.local {
+        for (name, slot) in self.local.iter() {
             if let Slot::Running { args, lineage, .. } = slot {
                 let msg = Msg::Registered { name: name.clone(), args: args.clone(), lineage: *lineage };
                 self.out.push(Effect::Send { to: node.clone(), msg });

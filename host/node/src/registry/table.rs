@@ -52,6 +52,61 @@ pub const LEAVER_GRACE: Duration = Duration::from_secs(30);
 /// its handoff deadline) to hand its names over, rather than stop them with their state.
 pub const GONE_GRACE: Duration = Duration::from_secs(600);
 
+/// The instances on this node by name, and how many there are of each kind (kept as
+/// they come and go: counting them at every start would make starting N names of a
+/// bounded kind cost N² steps).
+pub struct Local<M, R> {
+    map: BTreeMap<WorkerName, Slot<M, R>>,
+    kinds: std::collections::HashMap<String, usize>,
+}
+
+impl<M, R> Default for Local<M, R> {
+    fn default() -> Self {
+        Local { map: BTreeMap::new(), kinds: Default::default() }
+    }
+}
+
+impl<M, R> std::ops::Deref for Local<M, R> {
+    type Target = BTreeMap<WorkerName, Slot<M, R>>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl<M, R> Local<M, R> {
+    pub fn insert(&mut self, name: WorkerName, slot: Slot<M, R>) -> Option<Slot<M, R>> {
+        if !self.map.contains_key(&name) {
+            match self.kinds.get_mut(&name.kind) {
+                Some(n) => *n += 1,
+                None => {
+                    self.kinds.insert(name.kind.clone(), 1);
+                }
+            }
+        }
+        self.map.insert(name, slot)
+    }
+
+    pub fn remove(&mut self, name: &WorkerName) -> Option<Slot<M, R>> {
+        let slot = self.map.remove(name)?;
+        if let Some(n) = self.kinds.get_mut(&name.kind) {
+            *n -= 1;
+            if *n == 0 {
+                self.kinds.remove(&name.kind);
+            }
+        }
+        Some(slot)
+    }
+
+    pub fn get_mut(&mut self, name: &WorkerName) -> Option<&mut Slot<M, R>> {
+        self.map.get_mut(name)
+    }
+
+    /// The instances of `kind` here, in any state.
+    pub fn of_kind(&self, kind: &str) -> usize {
+        self.kinds.get(kind).copied().unwrap_or(0)
+    }
+}
+
 /// Something that happened, for the state machine to decide about. `M` is the driver's
 /// handle to a running instance (a mailbox), `R` its handle to a waiting requester.
 #[derive(Debug)]
@@ -294,7 +349,7 @@ pub struct Table<M, R> {
     pub(super) gone: BTreeMap<String, u64>,
     /// Members that have told this node every name they run (since they came up).
     pub(super) synced: BTreeSet<String>,
-    pub(super) local: BTreeMap<WorkerName, Slot<M, R>>,
+    pub(super) local: Local<M, R>,
     /// Names other nodes run, as they announced them.
     pub(super) directory: BTreeMap<WorkerName, Claim>,
     /// Names that run nowhere since their node went down, until their owner restarts them.
@@ -357,7 +412,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             leavers: BTreeMap::new(),
             gone: BTreeMap::new(),
             synced: BTreeSet::new(),
-            local: BTreeMap::new(),
+            local: Local::default(),
             directory: BTreeMap::new(),
             orphans: BTreeMap::new(),
             moved: BTreeMap::new(),
@@ -608,7 +663,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             // Only a new name counts against the bound: one that moves here (a handoff, a
             // take-over, a restart after its node went down) is never refused for it, so
             // no state is lost to it.
-            let here = self.local.keys().filter(|n| n.kind == name.kind).count();
+            let here = self.local.of_kind(&name.kind);
             if here >= max {
                 let e = StartError::Failed(format!("{} runs {here} instances of {} already, its max_instances", self.me, name.kind));
                 self.out.push(Effect::Started { reply, result: Err(e) });

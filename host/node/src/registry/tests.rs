@@ -193,6 +193,13 @@ fn a_node_at_its_max_instances_refuses_a_new_name_and_takes_one_that_moves_here(
     };
     let fx = recv(&mut a, "b@h", handoff);
     assert_eq!(spawn_of(&fx).map(|(n, _, s)| (n, s)), Some((moved, Some(b"7".to_vec()))));
+    // Three run now, one past the bound; two stop, and a new name starts again.
+    for (key, reply) in [("x", 5), ("y", 6)] {
+        let fx = a.handle(Event::Stop { name: name(key), reason: "asked".into(), reply });
+        let (id, _) = stop_of(&fx).expect("a stop");
+        a.handle(Event::Stopped { name: name(key), id, state: None });
+    }
+    assert!(spawn_of(&a.handle(Event::Start { name: name("z"), args: vec![], here: true, reply: 7 })).is_some());
 }
 
 #[test]
