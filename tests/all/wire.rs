@@ -319,6 +319,9 @@ fn a_version_refusal_forged_on_the_path_is_caught() {
     // `b` does not list `a`, so only `a` dials, through the path.
     let b_config = dir.write("b.toml", &static_topology(&[names[1]], 200));
     let b = Node::start_with(names[1], &b_config, &["--listen", "127.0.131.2:4371"], &[]);
+    // The party forwards the fallback dial to 4371: were `b` not listening yet, that dial
+    // would fail on the path, and `a` would dial in version 5 again, never refused.
+    b.wait_log("node b@127.0.131.2 listening on 127.0.131.2:4371", FORM);
     let a = Node::start(names[0], &config);
     a.wait_log("b@127.0.131.2 refused wire version 5: dialling it again in version 3", FORM);
     b.wait_log("a@127.0.131.1 dialled in wire version 3, though both nodes speak 5: a party on the path forged the version refusal it fell back on", FORM);
