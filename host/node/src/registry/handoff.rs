@@ -100,7 +100,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // The name starts here again from the handed-over state, this one's state
                 // merged in; or from the one of the two that holds all the other does.
                 let mut all = handed_merges;
-                let (start, origin, other) = match origin::keep(&base, unchanged, theirs.as_ref()) {
+                let (start, origin, other) = match origin::keep_state(&base, unchanged, theirs.as_ref(), handed.as_deref()) {
                     Keep::Mine => {
                         info!(worker = %name, peer = %from, "{name}: this instance holds all of the state {from} handed over; it goes on from its own");
                         (state, Some(handing), theirs)
@@ -247,8 +247,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // is replaced by it all the same (the two states still merge).
                 let replace = if yielding { lineage.restarts < mine.restarts } else { stays((lineage.moved(), &from), (mine, &self.me)) };
                 let base = self.bases.get(&name).filter(|b| b.id == id);
-                let (holds_theirs, related) =
-                    base.map(|b| (origin::keep(b, None, theirs.as_ref()) == Keep::Mine, origin::related(b, theirs.as_ref()))).unwrap_or_default();
+                let (holds_theirs, related) = base
+                    .map(|b| (origin::keep_state(b, None, theirs.as_ref(), state.as_deref()) == Keep::Mine, origin::related(b, theirs.as_ref())))
+                    .unwrap_or_default();
                 if !replace && holds_theirs {
                     // This instance holds all of the handed state already: it adds nothing.
                     info!(worker = %name, peer = %from, "{name} runs here and holds all of the state {from} handed over; nothing to merge");
@@ -265,7 +266,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 } else {
                     info!(worker = %name, peer = %from, "{name} runs here: the state {from} handed over merges into it");
                     if let Some(b) = self.bases.get_mut(&name).filter(|b| b.id == id) {
-                        b.absorb(theirs.as_ref());
+                        match (&state, merges.is_empty()) {
+                            (Some(s), true) => b.merged(theirs.as_ref(), s),
+                            _ => b.absorb(theirs.as_ref()),
+                        }
                     }
                 }
                 self.local.insert(name.clone(), Slot::Running { id, handle: handle.clone(), args: my_args, lineage: mine });
@@ -295,16 +299,26 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     Slot::Starting { id, .. } | Slot::Stopping { id, .. } => Some(*id),
                     _ => None,
                 };
-                if self.bases.get(&name).filter(|b| Some(b.id) == sid).is_some_and(|b| origin::keep(b, None, theirs.as_ref()) == Keep::Mine) {
+                if self
+                    .bases
+                    .get(&name)
+                    .filter(|b| Some(b.id) == sid)
+                    .is_some_and(|b| origin::keep_state(b, None, theirs.as_ref(), state.as_deref()) == Keep::Mine)
+                {
                     info!(worker = %name, peer = %from, "{name} holds all of the state {from} handed over; nothing to merge");
                     states = merges.clone();
                 }
                 let wait = self.kinds.replicas(&name.kind) > 0 && !states.is_empty();
+                // The handed state merges alone (see `Base::merged`).
+                let alone = state.as_deref().filter(|_| merges.is_empty() && states.len() == 1);
                 let mut answer = Some((from, ack(&self.me)));
                 match &mut slot {
                     Slot::Starting { id, merges, lineage: mine, acks, .. } => {
                         if let Some(b) = self.bases.get_mut(&name).filter(|b| b.id == *id) {
-                            b.absorb(theirs.as_ref());
+                            match alone {
+                                Some(s) => b.merged(theirs.as_ref(), s),
+                                None => b.absorb(theirs.as_ref()),
+                            }
                         }
                         // Answered once the merged state is copied.
                         if wait {

@@ -31,7 +31,7 @@ pub use super::wire::Origin;
 /// bytes), the ids of every state it holds all of (that one, those merged into it, and
 /// theirs, and the lines of the instances whose final states those were), and, when it
 /// started from a replica's copy of an instance's state, that instance's line and the
-/// copy's number.
+/// copy's number; and the handed-over states merged into it, each its id and digest.
 #[derive(Debug, Clone)]
 pub struct Base {
     pub id: u64,
@@ -39,6 +39,10 @@ pub struct Base {
     pub start: Option<(u64, [u8; 32])>,
     pub holds: Vec<u64>,
     pub copy_of: Option<(u64, u64)>,
+    /// An instance whose final state is one of these byte for byte holds that state and
+    /// nothing more: it is that state (an instance restarted empty that merged a
+    /// yielded state and took nothing since). Not copies: those have a line of their own.
+    pub merged: Vec<(u64, [u8; 32])>,
 }
 
 impl Base {
@@ -49,14 +53,35 @@ impl Base {
         // Without the state, the origin says nothing of what the instance holds.
         let origin = origin.filter(|_| state.is_some());
         let copy_of = origin.and_then(|o| o.copy_of);
-        Base { id, line, start, holds: origin.map(|o| o.holds.clone()).unwrap_or_default(), copy_of }
+        Base { id, line, start, holds: origin.map(|o| o.holds.clone()).unwrap_or_default(), copy_of, merged: Vec::new() }
     }
 
-    /// Whether `state`, the instance's final state, is the very state it started from:
-    /// then it is that state's id.
+    /// Whether `state`, the instance's final state, is the very state it started from,
+    /// or the very state of one merged into it: then it is that state's id.
     pub fn unchanged(&self, state: Option<&[u8]>) -> Option<u64> {
-        let (id, d) = self.start?;
-        (digest(state?) == d).then_some(id)
+        if self.start.is_none() && self.merged.is_empty() {
+            return None;
+        }
+        let d = digest(state?);
+        match self.start {
+            Some((id, start)) if start == d => Some(id),
+            _ => self.merged.iter().find(|(_, m)| *m == d).map(|(id, _)| *id),
+        }
+    }
+
+    /// Whether `state` is, byte for byte, the state this instance started from or one
+    /// merged into it.
+    fn holds_bytes(&self, state: &[u8]) -> bool {
+        if self.start.is_none() && self.merged.is_empty() {
+            return false;
+        }
+        let d = digest(state);
+        self.start.is_some_and(|(_, s)| s == d) || self.merged.iter().any(|(_, m)| *m == d)
+    }
+
+    /// Whether the state of id `id` is the one this instance started from.
+    fn started_from(&self, id: u64) -> bool {
+        self.start.is_some_and(|(s, _)| s == id)
     }
 
     /// Whether this instance holds all of the state `id` (or all of every state of the
@@ -69,6 +94,17 @@ impl Base {
     /// holds all of that line, or started from that copy or a later one of it.
     fn holds_copy(&self, (line, seq): (u64, u64)) -> bool {
         self.holds_all(line) || self.copy_of.is_some_and(|(l, s)| l == line && s >= seq)
+    }
+
+    /// The instance merged the handed-over state `theirs`, of bytes `state`, alone (see
+    /// [`Base::merged`]); and it holds all of it.
+    pub fn merged(&mut self, theirs: Option<&Origin>, state: &[u8]) {
+        if let Some(o) = theirs.filter(|o| o.copy_of.is_none()) {
+            if self.merged.len() < Origin::HOLDS {
+                self.merged.push((o.state, digest(state)));
+            }
+        }
+        self.absorb(theirs);
     }
 
     /// The instance took in the state `theirs` (merged, or it started again from it).
@@ -90,7 +126,7 @@ impl Base {
         let mut holds = vec![id, self.line];
         holds.extend(self.holds.iter().filter(|h| **h != id && **h != self.line));
         holds.truncate(Origin::HOLDS);
-        Origin { state: id, holds, copy_of: self.copy_of.filter(|_| unchanged.is_some()) }
+        Origin { state: id, holds, copy_of: self.copy_of.filter(|_| unchanged.is_some_and(|id| self.started_from(id))) }
     }
 
     /// The origin of copy `seq` of the state of an instance of line `line`, which a
@@ -132,10 +168,21 @@ pub fn keep(mine: &Base, unchanged: Option<u64>, theirs: Option<&Origin>) -> Kee
     // same state, or (this one started from a copy) the line the copy came from, or a
     // later copy of that line.
     let holds_my_copy = |(l, s): (u64, u64)| o.holds.contains(&l) || o.copy_of.is_some_and(|(ol, os)| ol == l && os >= s);
-    if unchanged.is_some_and(|id| o.holds.contains(&id) || mine.copy_of.is_some_and(holds_my_copy)) {
+    if unchanged.is_some_and(|id| o.holds.contains(&id) || (mine.started_from(id) && mine.copy_of.is_some_and(holds_my_copy))) {
         return Keep::Theirs;
     }
     Keep::Both
+}
+
+/// [`keep`], knowing the bytes of their state too: bytes that are those of a state this
+/// instance holds all of (the one it started from, or one merged into it) are that
+/// state, whatever id they came with (a node hands on a state it merged under an id of
+/// its own): this instance holds all of them.
+pub fn keep_state(mine: &Base, unchanged: Option<u64>, theirs: Option<&Origin>, state: Option<&[u8]>) -> Keep {
+    if state.is_some_and(|s| mine.holds_bytes(s)) {
+        return Keep::Mine;
+    }
+    keep(mine, unchanged, theirs)
 }
 
 /// Whether a state handed over (`theirs`) and an instance here (`mine`) may hold one
@@ -145,6 +192,7 @@ pub fn related(mine: &Base, theirs: Option<&Origin>) -> bool {
         mine.holds_all(o.state)
             || o.copy_of.is_some_and(|c| mine.holds_copy(c))
             || mine.start.is_some_and(|(s, _)| o.holds.contains(&s))
+            || mine.merged.iter().any(|(m, _)| o.holds.contains(m))
             || mine.copy_of.is_some_and(|(l, _)| o.holds.contains(&l) || o.copy_of.is_some_and(|(ol, _)| ol == l))
     })
 }
@@ -170,7 +218,7 @@ mod tests {
     /// An instance of line 100 that started from a handed state `start` (bytes `s`)
     /// and holds `holds`.
     fn base(start: Option<u64>, holds: &[u64]) -> Base {
-        Base { id: 1, line: 100, start: start.map(|id| (id, digest(b"s"))), holds: holds.to_vec(), copy_of: None }
+        Base { id: 1, line: 100, start: start.map(|id| (id, digest(b"s"))), holds: holds.to_vec(), copy_of: None, merged: Vec::new() }
     }
 
     #[test]
@@ -236,6 +284,40 @@ mod tests {
         let elsewhere = Base::copy(9, 101, 50);
         assert!(!related(&taken, Some(&elsewhere)));
         assert_eq!(keep(&taken, taken.unchanged(Some(b"s")), Some(&elsewhere)), Keep::Both);
+    }
+
+    /// A state handed to two nodes (the first only paused) merges into an instance on
+    /// each. One restarted empty holds nothing else: it stops with those very bytes, and
+    /// hands them on under that state's id, which the other holds all of. And bytes
+    /// that are those of a state an instance merged or started from add nothing to it,
+    /// whatever id they come with.
+    #[test]
+    fn an_instance_whose_state_is_a_state_it_merged_is_that_state() {
+        let x = o(5, &[5, 3]);
+        let mut empty = base(None, &[]);
+        empty.merged(Some(&x), b"x");
+        assert_eq!(empty.holds, vec![5, 3]);
+        assert_eq!(empty.unchanged(Some(b"x")), Some(5));
+        assert_eq!(empty.unchanged(Some(b"x+1")), None, "it took a call since");
+        let handed = empty.handing(empty.unchanged(Some(b"x")), 77);
+        assert_eq!(handed, o(5, &[5, 100, 3]));
+        let mut other = Base::new(2, 200, Some(b"s"), Some(&o(9, &[9])));
+        other.merged(Some(&x), b"x");
+        assert_eq!(keep(&other, None, Some(&handed)), Keep::Mine);
+        assert!(related(&other, Some(&o(12, &[12, 5]))), "theirs went on from the state this one merged");
+        // The same bytes under another id (a node handing on a state it merged).
+        assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"x")), Keep::Mine);
+        assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"s")), Keep::Mine, "the state it started from");
+        assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"y")), Keep::Both);
+        // A replica's copy has a line of its own: not taken for the state it was.
+        let mut c = base(None, &[]);
+        c.merged(Some(&Base::copy(6, 100, 2)), b"c");
+        assert_eq!(c.unchanged(Some(b"c")), None);
+        // A copy_of goes with the state an instance started from only.
+        let mut taken = Base::new(3, 300, Some(b"s"), Some(&Base::copy(7, 100, 4)));
+        taken.merged(Some(&x), b"x");
+        assert_eq!(taken.handing(taken.unchanged(Some(b"x")), 78).copy_of, None);
+        assert_eq!(taken.handing(taken.unchanged(Some(b"s")), 78).copy_of, Some((100, 4)));
     }
 
     #[test]
