@@ -97,6 +97,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 self.send_handoff(name, None);
             }
             StopWhy::Replaced { from, args: new_args, lineage: new_lineage, state: handed, merges: handed_merges, origin: theirs } => {
+                // The replicas of this instance hold copies the next one does not go on
+                // from (it copies to its own, from its first state): should they stay, one
+                // could take the name over from a stale copy when this node goes down.
+                self.drop_copies(&name);
                 // The name starts here again from the handed-over state, this one's state
                 // merged in; or from the one of the two that holds all the other does.
                 let mut all = handed_merges;

@@ -95,6 +95,12 @@ impl Sim {
         let Some(i) = self.insts.get_mut(&inst) else { return };
         let Some(round) = i.round.take() else { return };
         let name = i.name.clone();
+        // As the driver does: the table learns which replicas hold the copy (the ones it
+        // tells to drop theirs once the instance leaves).
+        if let Some(l) = self.nodes[n].as_mut() {
+            l.table.copied(&name, round.seq, round.acked.clone());
+        }
+        let Some(i) = self.insts.get_mut(&inst) else { return };
         let dropped = i.rep.done(round.seq, round.state, &round.sent, &round.acked);
         for d in dropped {
             if let Some(m) = self.node_ix(&d) {
