@@ -82,6 +82,74 @@ fn python_counters_survive_kill_9() {
     a_killed_node_loses_no_acknowledged_increment("d-py", 102, "worker_counter_py.wasm");
 }
 
+/// The replicas `via` lists for each durable name: name, owner, replica nodes.
+fn replicas_of(via: &str) -> Vec<(String, String, Vec<String>)> {
+    let out = cli(&["workers", "--node", via, "--json"], COOKIE);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    v["durable"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| (text(&d["name"]), text(&d["owner"]), d["replicas"].as_array().into_iter().flatten().map(|r| text(&r["node"])).collect()))
+        .collect()
+}
+
+/// A durable kind that two of three nodes run (the third runs another kind): names
+/// started through the third are placed on those two and copied between them, and a
+/// kill -9 of one moves its names, state and all, to the other: the node without the
+/// kind never owns, copies or is handed one, and still routes every call.
+#[test]
+fn a_kind_that_two_of_three_nodes_run_is_placed_copied_and_taken_over_between_those_two() {
+    let dir = TempDir::new("d-some");
+    let names: Vec<String> = ["a", "b", "c"].iter().enumerate().map(|(i, n)| format!("{n}@127.0.144.{}", i + 1)).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let with = dir.write("with.toml", &worker_topology(&refs, &[("counter", "worker_counter.wasm", DURABLE)], None));
+    let without = dir.write("without.toml", &worker_topology(&refs, &[("other", "worker_counter.wasm", "")], None));
+    let mut nodes = [Node::start(refs[0], &with), Node::start(refs[1], &with), Node::start(refs[2], &without)];
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, SETTLE);
+    let (a, b, c) = (&names[0], &names[1], &names[2]);
+
+    let mut want = BTreeMap::new();
+    for k in 0..24 {
+        let (ok, out) = start_worker(c, "counter", &format!("c{k}"));
+        assert!(ok, "counter/c{k} through {c}: {out}");
+        assert_ne!(&started_on(&out), c, "{out}");
+        want.insert(format!("counter/c{k}"), 0);
+    }
+    increment_all(c, &mut want);
+    let at = placement(c);
+    let on_a = at.values().filter(|n| *n == &vec![a.clone()]).count();
+    assert!(at.values().all(|n| n == &vec![a.clone()] || n == &vec![b.clone()]), "each once, on a or b: {at:?}");
+    assert!(on_a > 0 && on_a < 24, "a and b each own some: {at:?}");
+    let names_of: Vec<String> = want.keys().cloned().collect();
+    wait_until(SETTLE, "every counter copied", || replicated(c, &names_of, 1).is_ok(), || format!("{:?}", replicated(c, &names_of, 1)));
+    for (name, owner, replicas) in replicas_of(c) {
+        let other = if &owner == a { b } else { a };
+        assert_eq!(replicas, vec![other.clone()], "{name} on {owner}: copied to the other node that runs counter");
+    }
+
+    let took_over = nodes[1].count("took over counter/");
+    nodes[0].signal(libc::SIGKILL);
+    wait_exactly_once_with(c, &want, SETTLE, "every counter once, with every increment, after a was killed");
+    assert!(placement(c).values().all(|n| n == &vec![b.clone()]), "{:?}", placement(c));
+    assert_eq!(nodes[1].count("took over counter/") - took_over, on_a, "each of a's counters taken over from its copy on b");
+    assert_eq!(nodes.iter().map(|n| n.count("restarted counter/")).sum::<usize>(), 0, "none restarted empty");
+    increment_all(c, &mut want);
+
+    // a comes back: its names go back to it with their state, and c still owns none.
+    nodes[0].restart();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, SETTLE);
+    wait_exactly_once_with(c, &want, SETTLE, "every counter once, with every increment, after a came back");
+    wait_until(
+        SETTLE,
+        "a owns its counters again",
+        || placement(c).values().filter(|n| *n == &vec![a.clone()]).count() == on_a,
+        || format!("{:?}", placement(c)),
+    );
+    assert_eq!(nodes[2].count("unknown worker kind"), 0, "{}", nodes[2].log());
+}
+
 /// A kind configured durable whose component has no `snapshot` export is refused by
 /// `wasmnode check` with the kind and what is missing.
 #[test]

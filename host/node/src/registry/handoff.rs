@@ -51,7 +51,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// node that runs the name by the directory, else its next owner among the other
     /// members; never one that refused it or is not connected.
     fn handoff_target(&self, name: &WorkerName, prefer: &str, refused: &BTreeSet<String>) -> Option<String> {
-        let ok = |n: &str| n != self.me && !refused.contains(n) && self.members.contains_key(n);
+        let ok = |n: &str| n != self.me && !refused.contains(n) && self.members.contains_key(n) && self.runs_kind(n, &name.kind);
         if ok(prefer) {
             return Some(prefer.to_string());
         }

@@ -75,7 +75,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Slot::Starting { args, lineage, .. } | Slot::Running { args, lineage, .. } | Slot::Stopping { args, lineage, .. } => (args.clone(), *lineage),
             _ => return None,
         };
-        let targets = ranked(self.members.keys().map(String::as_str), name).into_iter().take(n).map(|m| (m.to_string(), self.members[m])).collect();
+        // Among the members that run its kind: a replica is where it would fail over to.
+        let runs = self.members.keys().map(String::as_str).filter(|m| self.runs_kind(m, &name.kind));
+        let targets = ranked(runs, name).into_iter().take(n).map(|m| (m.to_string(), self.members[m])).collect();
         Some((targets, args, lineage, self.bases.get(name).map(|b| b.line)))
     }
 

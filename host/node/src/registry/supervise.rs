@@ -17,8 +17,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.leavers.remove(&node);
         self.gone.remove(&node);
         self.members.insert(node.clone(), conn);
-        // It tells this node its names again on this connection.
+        // It tells this node its kinds and its names again on this connection; its kinds
+        // first, so that what it owns is known by the time it has told its names.
         self.synced.remove(&node);
+        self.out.push(Effect::Send { to: node.clone(), msg: Msg::Kinds { kinds: self.kinds.declared() } });
         for (name, slot) in self.local.iter() {
             if let Slot::Running { args, lineage, .. } = slot {
                 let msg = Msg::Registered { name: name.clone(), args: args.clone(), lineage: *lineage };
@@ -34,6 +36,21 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let waiting: Vec<_> = self.local.iter().filter(|(_, s)| matches!(s, Slot::Moving { to, .. } if to.is_empty())).map(|(n, _)| n.clone()).collect();
         for name in waiting {
             self.send_handoff(name, None);
+        }
+        self.out.push(Effect::Changed);
+    }
+
+    /// `from` runs workers of these kinds (and no others): what it owns changes with that.
+    /// Kept whether or not its connection is up here yet (a message may be read before
+    /// the membership change that comes with it), until it leaves or is forgotten.
+    pub(super) fn kinds_in(&mut self, from: String, kinds: std::collections::BTreeSet<String>) {
+        if self.member_kinds.get(&from) == Some(&kinds) {
+            return;
+        }
+        self.member_kinds.insert(from, kinds);
+        self.replan();
+        for name in self.running() {
+            self.place(&name);
         }
         self.out.push(Effect::Changed);
     }
@@ -79,10 +96,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         if current != Some(conn) {
             return;
         }
-        // Down without saying it leaves: it may be back (see `leave`).
+        // Down without saying it leaves: it may be back (see `leave`), and what it said
+        // it runs is kept until then. One that left says it again if it comes back.
         if self.members.contains_key(node) {
             self.gone.insert(node.to_string(), conn);
             self.out.push(Effect::SetTimer { after: GONE_GRACE, timer: Timer::GoneForgotten { node: node.to_string(), conn } });
+        } else {
+            self.member_kinds.remove(node);
         }
         self.members.remove(node);
         self.leavers.remove(node);

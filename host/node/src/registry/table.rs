@@ -26,6 +26,8 @@ use crate::membership::MemberChange;
 pub trait Kinds: Send + Sync {
     /// Whether this node can run workers of `kind`.
     fn has_kind(&self, kind: &str) -> bool;
+    /// Every kind this node can run, as it tells other members ([`Msg::Kinds`]).
+    fn declared(&self) -> Vec<String>;
     /// Whether a call to a name of `kind` that runs nowhere starts it.
     fn activate_on_call(&self, kind: &str) -> bool;
     /// Whether an instance of `kind` whose node went down is started again elsewhere.
@@ -349,6 +351,11 @@ pub struct Table<M, R> {
     pub(super) gone: BTreeMap<String, u64>,
     /// Members that have told this node every name they run (since they came up).
     pub(super) synced: BTreeSet<String>,
+    /// The kinds each member runs, as it last said ([`Msg::Kinds`], first on each
+    /// connection): names of a kind are placed among the members that run it. A member
+    /// not in it (it has not said yet, or predates the message) counts as one that runs
+    /// every kind. Kept while a member that went down may be back ([`Table::gone`]).
+    pub(super) member_kinds: BTreeMap<String, BTreeSet<String>>,
     pub(super) local: Local<M, R>,
     /// Names other nodes run, as they announced them.
     pub(super) directory: BTreeMap<WorkerName, Claim>,
@@ -412,6 +419,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             leavers: BTreeMap::new(),
             gone: BTreeMap::new(),
             synced: BTreeSet::new(),
+            member_kinds: BTreeMap::new(),
             local: Local::default(),
             directory: BTreeMap::new(),
             orphans: BTreeMap::new(),
@@ -465,6 +473,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Event::Timer(Timer::GoneForgotten { node, conn }) => {
                 if self.gone.get(&node) == Some(&conn) {
                     self.gone.remove(&node);
+                    self.member_kinds.remove(&node);
                 }
             }
             Event::Timer(Timer::ReplicaGrace { name }) => {
@@ -511,6 +520,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Msg::ReplicaDropped { name } => {
                 self.take_copy(&name, &from);
             }
+            Msg::Kinds { kinds } => self.kinds_in(from, kinds.into_iter().collect()),
             Msg::NoCopy { name } => {
                 if self.replicas.contains_key(&name) {
                     self.lacking.entry(name).or_default().insert(from);
@@ -528,9 +538,23 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         me.into_iter().chain(self.members.keys().map(String::as_str))
     }
 
-    /// The node that should run `name` now.
+    /// Whether `node` (this one or a member) runs workers of `kind`, by its word.
+    pub(super) fn runs_kind(&self, node: &str, kind: &str) -> bool {
+        if node == self.me {
+            return self.kinds.has_kind(kind);
+        }
+        self.member_kinds.get(node).is_none_or(|k| k.contains(kind))
+    }
+
+    /// The members that take names of `kind`: those of [`Table::placing`] that run it.
+    pub fn placing_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> {
+        self.placing().filter(move |m| self.runs_kind(m, kind))
+    }
+
+    /// The node that should run `name` now: its owner among the members that run its
+    /// kind (this node when none does, so that a start says the kind is unknown).
     pub fn owner_of(&self, name: &WorkerName) -> &str {
-        owner(self.placing(), name).unwrap_or(&self.me)
+        owner(self.placing().filter(|m| self.runs_kind(m, &name.kind)), name).unwrap_or(&self.me)
     }
 
     /// Whether `node` is connected (a member, or a leaver still handing over).
@@ -633,8 +657,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     }
 
     fn start(&mut self, name: WorkerName, args: Vec<u8>, here: bool, reply: R) {
-        if !self.kinds.has_kind(&name.kind) {
-            let e = StartError::UnknownKind(format!("{} (on {})", name.kind, self.me));
+        // A kind this node does not run may run on other members: the start goes to the
+        // name's owner among those (below), unless it was sent here as the owner.
+        if !self.kinds.has_kind(&name.kind) && (here || self.placing_kind(&name.kind).next().is_none()) {
+            let on = if here { self.me.clone() } else { format!("{} or any member", self.me) };
+            let e = StartError::UnknownKind(format!("{} (on {on})", name.kind));
             self.out.push(Effect::Started { reply, result: Err(e) });
             return;
         }

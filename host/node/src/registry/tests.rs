@@ -13,11 +13,16 @@ use super::{Restart, SpawnError, StartError, WorkerName};
 struct TestKinds {
     rebalance: bool,
     max_instances: Option<usize>,
+    /// Kinds of the three this node does not run.
+    lacks: &'static [&'static str],
 }
 
 impl Kinds for TestKinds {
     fn has_kind(&self, kind: &str) -> bool {
-        kind == "counter" || kind == "once" || kind == "durable"
+        (kind == "counter" || kind == "once" || kind == "durable") && !self.lacks.contains(&kind)
+    }
+    fn declared(&self) -> Vec<String> {
+        ["counter", "once", "durable"].into_iter().filter(|k| self.has_kind(k)).map(String::from).collect()
     }
     fn activate_on_call(&self, kind: &str) -> bool {
         kind == "counter"
@@ -44,7 +49,7 @@ type T = Table<u32, u32>;
 type Fx = Vec<Effect<u32, u32>>;
 
 fn table(me: &str, rebalance: bool) -> T {
-    Table::new(me, Arc::new(TestKinds { rebalance, max_instances: None }))
+    Table::new(me, Arc::new(TestKinds { rebalance, max_instances: None, lacks: &[] }))
 }
 
 fn name(key: &str) -> WorkerName {
@@ -157,6 +162,7 @@ fn a_start_of_a_running_or_unknown_name_is_refused() {
     let fx = a.handle(Event::Start { name: n.clone(), args: vec![], here: false, reply: 2 });
     assert_eq!(started(&fx), Some(Err(StartError::AlreadyStarted("a@h".into()))));
     up(&mut a, "b@h", 1);
+    recv(&mut a, "b@h", kinds(&["counter"]));
     let elsewhere = name("y");
     recv(&mut a, "b@h", registered(&elsewhere, 0, 0));
     let fx = a.handle(Event::Start { name: elsewhere, args: vec![], here: false, reply: 3 });
@@ -165,12 +171,95 @@ fn a_start_of_a_running_or_unknown_name_is_refused() {
     assert!(matches!(started(&fx), Some(Err(StartError::UnknownKind(_)))));
 }
 
+// ---- kinds that only some members run ----
+
+fn kinds(list: &[&str]) -> Msg {
+    Msg::Kinds { kinds: list.iter().map(|k| k.to_string()).collect() }
+}
+
+/// A member that says it does not run a kind owns none of its names: they are placed
+/// among the members that run it, and a start of one that it would own runs here.
+#[test]
+fn names_of_a_kind_are_placed_among_the_members_that_run_it() {
+    let mut a = table("a@h", false);
+    let fx = up(&mut a, "b@h", 1);
+    assert_eq!(sends(&fx).first(), Some(&("b@h".to_string(), kinds(&["counter", "once", "durable"]))), "its kinds first: {fx:?}");
+    let theirs = owned_by("b@h", &["a@h", "b@h"]);
+    assert_eq!(a.owner_of(&theirs), "b@h", "a member that has not said runs every kind");
+    recv(&mut a, "b@h", kinds(&["once"]));
+    assert_eq!(a.owner_of(&theirs), "a@h");
+    assert_eq!(a.route(&theirs, None), Route::Activate);
+    let fx = a.handle(Event::Start { name: theirs.clone(), args: vec![], here: false, reply: 1 });
+    assert_eq!(spawn_of(&fx).map(|s| s.0), Some(theirs.clone()), "started here, not forwarded: {fx:?}");
+    // Its names of the kind it runs are its own still.
+    let once = (0..1000).map(|i| WorkerName::new("once", format!("k{i}"))).find(|n| owner(["a@h", "b@h"], n) == Some("b@h")).expect("some key");
+    assert_eq!(a.owner_of(&once), "b@h");
+    // Down, it may be back: what it said holds until it says otherwise.
+    a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    up(&mut a, "b@h", 2);
+    assert_eq!(a.owner_of(&theirs), "a@h");
+    recv(&mut a, "b@h", kinds(&["counter", "once"]));
+    assert_eq!(a.owner_of(&theirs), "b@h");
+    recv(&mut a, "b@h", kinds(&["once"]));
+    // One that left is forgotten: it says its kinds again when it comes back.
+    a.handle(Event::MemberLeaving { node: "b@h".into(), conn: 2 });
+    a.handle(Event::MemberDown { node: "b@h".into(), conn: 2 });
+    up(&mut a, "b@h", 3);
+    assert_eq!(a.owner_of(&theirs), "b@h");
+    // Said on a connection before it comes up here: kept.
+    a.handle(Event::MemberDown { node: "b@h".into(), conn: 3 });
+    recv(&mut a, "b@h", kinds(&["once"]));
+    up(&mut a, "b@h", 4);
+    assert_eq!(a.owner_of(&theirs), "a@h");
+}
+
+/// A node that does not run a kind sends a start of it to the name's owner among the
+/// members that do; with none, or when it was sent the start as the owner, it refuses
+/// it and says where the kind is unknown.
+#[test]
+fn a_start_of_a_kind_this_node_does_not_run_goes_to_a_member_that_runs_it() {
+    let mut c: T = Table::new("c@h", Arc::new(TestKinds { rebalance: false, max_instances: None, lacks: &["counter"] }));
+    let fx = c.handle(Event::Start { name: name("x"), args: vec![], here: false, reply: 1 });
+    assert_eq!(started(&fx), Some(Err(StartError::UnknownKind("counter (on c@h or any member)".into()))));
+    up(&mut c, "a@h", 1);
+    up(&mut c, "b@h", 2);
+    recv(&mut c, "b@h", kinds(&["once", "durable"]));
+    for i in 0..20 {
+        let n = name(&format!("k{i}"));
+        assert_eq!(c.owner_of(&n), "a@h");
+        assert_eq!(c.route(&n, None), Route::Remote("a@h".into()));
+        let fx = c.handle(Event::Start { name: n, args: vec![], here: false, reply: 1 });
+        assert!(matches!(&fx[..], [Effect::ForwardStart { to, .. }] if to == "a@h"), "{fx:?}");
+    }
+    let fx = c.handle(Event::Start { name: name("x"), args: vec![], here: true, reply: 2 });
+    assert_eq!(started(&fx), Some(Err(StartError::UnknownKind("counter (on c@h)".into()))));
+}
+
+/// A durable name is copied to members that run its kind (the one that takes it over
+/// when its node dies), and handed over only to one of them.
+#[test]
+fn a_durable_name_is_copied_and_handed_only_to_members_that_run_its_kind() {
+    let n = durable_ranked(&["a@h", "b@h", "c@h"]);
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    up(&mut a, "c@h", 2);
+    run_here(&mut a, &n, 1);
+    assert_eq!(a.replication_of(&n, 1).map(|r| r.0), Some(vec![("b@h".to_string(), 1)]));
+    recv(&mut a, "b@h", kinds(&["counter"]));
+    assert_eq!(a.replication_of(&n, 1).map(|r| r.0), Some(vec![("c@h".to_string(), 2)]));
+    assert_eq!(a.replication_of(&n, 2).map(|r| r.0), Some(vec![("c@h".to_string(), 2)]), "no second member runs it");
+    let fx = a.handle(Event::Leave);
+    let (id, _) = stop_of(&fx).expect("stopped for the handoff");
+    let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
+    assert!(matches!(&sends(&fx)[..], [(to, Msg::Handoff { .. })] if to == "c@h"), "{fx:?}");
+}
+
 /// `max_instances`: a node that runs that many of a kind refuses a new name of it, here
 /// or by activation, and still takes names that move to it (their state is not lost to
 /// the bound); once one stops, a new name starts again.
 #[test]
 fn a_node_at_its_max_instances_refuses_a_new_name_and_takes_one_that_moves_here() {
-    let mut a: T = Table::new("a@h", Arc::new(TestKinds { rebalance: false, max_instances: Some(2) }));
+    let mut a: T = Table::new("a@h", Arc::new(TestKinds { rebalance: false, max_instances: Some(2), lacks: &[] }));
     run_here(&mut a, &name("x"), 1);
     run_here(&mut a, &name("y"), 2);
     let fx = a.handle(Event::Start { name: name("z"), args: vec![], here: true, reply: 3 });
@@ -221,12 +310,12 @@ fn a_failed_start_is_answered_and_leaves_nothing_behind() {
 // ---- membership ----
 
 #[test]
-fn a_member_coming_up_hears_every_running_name_then_synced() {
+fn a_member_coming_up_hears_this_nodes_kinds_and_every_running_name_then_synced() {
     let mut a = table("a@h", false);
     run_here(&mut a, &name("x"), 1);
     let fx = up(&mut a, "b@h", 3);
     let to_b: Vec<Msg> = sends(&fx).into_iter().filter(|(to, _)| to == "b@h").map(|(_, m)| m).collect();
-    assert_eq!(to_b, vec![registered(&name("x"), 0, 0), Msg::Synced]);
+    assert_eq!(to_b, vec![kinds(&["counter", "once", "durable"]), registered(&name("x"), 0, 0), Msg::Synced]);
     assert!(!a.synced());
     recv(&mut a, "b@h", Msg::Synced);
     assert!(a.synced());

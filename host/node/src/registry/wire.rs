@@ -147,6 +147,14 @@ pub enum Msg {
     /// a node that holds one starts it. Appended last, so a node that predates it fails
     /// to read only this message.
     NoCopy { name: WorkerName },
+    /// The sender runs workers of these kinds and no others: names of a kind are placed
+    /// among the members that run it. Sent first on each connection. Appended last, so
+    /// a node that predates it fails to read only this message (and places every name
+    /// among all members, as before it).
+    Kinds {
+        #[serde(deserialize_with = "checked::kinds")]
+        kinds: Vec<String>,
+    },
 }
 
 /// Which state a handoff carries. A handoff that goes unanswered goes to the next node
@@ -178,6 +186,9 @@ impl Origin {
     /// seconds of the handoff that made them, a few moves later at most.
     pub const HOLDS: usize = 32;
 }
+
+/// How many kinds a member may say it runs ([`Msg::Kinds`]).
+pub const MAX_KINDS: usize = 4096;
 
 /// postcard's variant indexes of [`Rpc::Call`] and [`Rpc::Cast`] (a body's first byte),
 /// read by the connection's fast path with their fields borrowed.
@@ -232,6 +243,18 @@ pub(super) mod checked {
         let kind = String::deserialize(d)?;
         crate::registry::check_kind(&kind).map_err(D::Error::custom)?;
         Ok(kind)
+    }
+
+    /// A member's kinds ([`Msg::Kinds`]): each one a valid kind, at most [`MAX_KINDS`](super::MAX_KINDS).
+    pub fn kinds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let kinds = Vec::<String>::deserialize(d)?;
+        if kinds.len() > super::MAX_KINDS {
+            return Err(D::Error::custom(format!("{} kinds, over {}", kinds.len(), super::MAX_KINDS)));
+        }
+        for k in &kinds {
+            crate::registry::check_kind(k).map_err(D::Error::custom)?;
+        }
+        Ok(kinds)
     }
 
     pub fn worker_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -465,6 +488,7 @@ mod tests {
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::NoCopy { name: name.clone() },
+            Msg::Kinds { kinds: vec!["order".into(), "counter".into()] },
         ];
         let mut out: Vec<Vec<u8>> = msgs.into_iter().map(|m| encode(&Rpc::Tell(m)).to_vec()).collect();
         for rpc in [
@@ -514,6 +538,14 @@ mod tests {
                     nodes.extend(at.as_deref());
                 }
                 Msg::Synced => {}
+                Msg::Kinds { kinds } => {
+                    if kinds.len() > MAX_KINDS {
+                        return Err(format!("{} kinds", kinds.len()));
+                    }
+                    for k in kinds {
+                        crate::registry::check_kind(k).map_err(|e| e.to_string())?;
+                    }
+                }
             },
             Some(Rpc::List | Rpc::Durable) | None => {}
         }

@@ -403,6 +403,10 @@ impl Kinds for WorkerRuntime {
         self.kinds.contains_key(kind)
     }
 
+    fn declared(&self) -> Vec<String> {
+        self.kinds.keys().cloned().collect()
+    }
+
     fn activate_on_call(&self, kind: &str) -> bool {
         self.kinds.get(kind).is_some_and(|k| k.config.activate_on_call)
     }

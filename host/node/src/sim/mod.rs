@@ -113,6 +113,9 @@ impl Kinds for SimKinds {
     fn has_kind(&self, kind: &str) -> bool {
         kind == "counter"
     }
+    fn declared(&self) -> Vec<String> {
+        vec!["counter".into()]
+    }
     fn activate_on_call(&self, _: &str) -> bool {
         false
     }
