@@ -231,8 +231,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 continue;
             }
             let owner = self.owner_of(&name).to_string();
-            if owner == self.me && self.leaving {
-                // Leaving, with nobody left to own it: nothing to restart it on.
+            if owner == self.me && (self.leaving || !self.kinds.has_kind(&name.kind)) {
+                // Leaving, or no live member runs its kind: nothing to restart it on until
+                // one that does comes up (or says it runs the kind).
                 continue;
             }
             // A copy of its state held here, from the node that lost it: this node starts

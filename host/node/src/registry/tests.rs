@@ -235,6 +235,31 @@ fn a_start_of_a_kind_this_node_does_not_run_goes_to_a_member_that_runs_it() {
     assert_eq!(started(&fx), Some(Err(StartError::UnknownKind("counter (on c@h)".into()))));
 }
 
+/// A lost name whose kind no live member runs waits for one that does: no node tries
+/// to start it, and the first member that comes up and runs the kind is told to.
+#[test]
+fn a_lost_name_of_a_kind_no_live_member_runs_waits_for_one_that_does() {
+    let mut a: T = Table::new("a@h", Arc::new(TestKinds { rebalance: false, max_instances: None, lacks: &["counter"] }));
+    up(&mut a, "b@h", 1);
+    recv(&mut a, "b@h", kinds(&["counter"]));
+    let n = name("x");
+    recv(&mut a, "b@h", registered(&n, 0, 0));
+    let fx = a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    assert!(spawn_of(&fx).is_none() && sends(&fx).is_empty(), "{fx:?}");
+    assert!(a.remembers(&n));
+    let orphan_to = |fx: &Fx| sends(fx).into_iter().filter(|(_, m)| matches!(m, Msg::Orphan { .. })).map(|(to, _)| to).collect::<Vec<_>>();
+    // A member that has not said what it runs counts as one that runs every kind.
+    let fx = up(&mut a, "c@h", 2);
+    assert_eq!(orphan_to(&fx), vec!["c@h".to_string()]);
+    let fx = recv(&mut a, "c@h", kinds(&["once"]));
+    assert!(spawn_of(&fx).is_none() && orphan_to(&fx).is_empty(), "c does not run it either: {fx:?}");
+    assert!(a.remembers(&n), "still lost, still planned");
+    let fx = up(&mut a, "d@h", 3);
+    assert_eq!(orphan_to(&fx), vec!["d@h".to_string()]);
+    recv(&mut a, "d@h", kinds(&["counter"]));
+    assert_eq!(a.owner_of(&n), "d@h");
+}
+
 /// A durable name is copied to members that run its kind (the one that takes it over
 /// when its node dies), and handed over only to one of them.
 #[test]
