@@ -271,7 +271,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     info!(worker = %name, peer = %from, "{name} runs here: the state {from} handed over merges into it");
                     if let Some(b) = self.bases.get_mut(&name).filter(|b| b.id == id) {
                         match (&state, merges.is_empty()) {
-                            (Some(s), true) => b.merged(theirs.as_ref(), s),
+                            (Some(s), true) => b.absorb_alone(theirs.as_ref(), s),
                             _ => b.absorb(theirs.as_ref()),
                         }
                     }
@@ -320,7 +320,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     Slot::Starting { id, merges, lineage: mine, acks, .. } => {
                         if let Some(b) = self.bases.get_mut(&name).filter(|b| b.id == *id) {
                             match alone {
-                                Some(s) => b.merged(theirs.as_ref(), s),
+                                Some(s) => b.absorb_alone(theirs.as_ref(), s),
                                 None => b.absorb(theirs.as_ref()),
                             }
                         }

@@ -59,24 +59,18 @@ impl Base {
     /// Whether `state`, the instance's final state, is the very state it started from,
     /// or the very state of one merged into it: then it is that state's id.
     pub fn unchanged(&self, state: Option<&[u8]>) -> Option<u64> {
+        self.state_of(state?)
+    }
+
+    /// The id of the state this instance started from, or of one merged into it, whose
+    /// bytes are `state`.
+    fn state_of(&self, state: &[u8]) -> Option<u64> {
         if self.start.is_none() && self.merged.is_empty() {
             return None;
         }
-        let d = digest(state?);
-        match self.start {
-            Some((id, start)) if start == d => Some(id),
-            _ => self.merged.iter().find(|(_, m)| *m == d).map(|(id, _)| *id),
-        }
-    }
-
-    /// Whether `state` is, byte for byte, the state this instance started from or one
-    /// merged into it.
-    fn holds_bytes(&self, state: &[u8]) -> bool {
-        if self.start.is_none() && self.merged.is_empty() {
-            return false;
-        }
         let d = digest(state);
-        self.start.is_some_and(|(_, s)| s == d) || self.merged.iter().any(|(_, m)| *m == d)
+        let start = self.start.filter(|(_, s)| *s == d).map(|(id, _)| id);
+        start.or_else(|| self.merged.iter().find(|(_, m)| *m == d).map(|(id, _)| *id))
     }
 
     /// Whether the state of id `id` is the one this instance started from.
@@ -98,7 +92,7 @@ impl Base {
 
     /// The instance merged the handed-over state `theirs`, of bytes `state`, alone (see
     /// [`Base::merged`]); and it holds all of it.
-    pub fn merged(&mut self, theirs: Option<&Origin>, state: &[u8]) {
+    pub fn absorb_alone(&mut self, theirs: Option<&Origin>, state: &[u8]) {
         if let Some(o) = theirs.filter(|o| o.copy_of.is_none()) {
             if self.merged.len() < Origin::HOLDS {
                 self.merged.push((o.state, digest(state)));
@@ -179,7 +173,7 @@ pub fn keep(mine: &Base, unchanged: Option<u64>, theirs: Option<&Origin>) -> Kee
 /// state, whatever id they came with (a node hands on a state it merged under an id of
 /// its own): this instance holds all of them.
 pub fn keep_state(mine: &Base, unchanged: Option<u64>, theirs: Option<&Origin>, state: Option<&[u8]>) -> Keep {
-    if state.is_some_and(|s| mine.holds_bytes(s)) {
+    if state.is_some_and(|s| mine.state_of(s).is_some()) {
         return Keep::Mine;
     }
     keep(mine, unchanged, theirs)
@@ -295,14 +289,14 @@ mod tests {
     fn an_instance_whose_state_is_a_state_it_merged_is_that_state() {
         let x = o(5, &[5, 3]);
         let mut empty = base(None, &[]);
-        empty.merged(Some(&x), b"x");
+        empty.absorb_alone(Some(&x), b"x");
         assert_eq!(empty.holds, vec![5, 3]);
         assert_eq!(empty.unchanged(Some(b"x")), Some(5));
         assert_eq!(empty.unchanged(Some(b"x+1")), None, "it took a call since");
         let handed = empty.handing(empty.unchanged(Some(b"x")), 77);
         assert_eq!(handed, o(5, &[5, 100, 3]));
         let mut other = Base::new(2, 200, Some(b"s"), Some(&o(9, &[9])));
-        other.merged(Some(&x), b"x");
+        other.absorb_alone(Some(&x), b"x");
         assert_eq!(keep(&other, None, Some(&handed)), Keep::Mine);
         assert!(related(&other, Some(&o(12, &[12, 5]))), "theirs went on from the state this one merged");
         // The same bytes under another id (a node handing on a state it merged).
@@ -311,11 +305,11 @@ mod tests {
         assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"y")), Keep::Both);
         // A replica's copy has a line of its own: not taken for the state it was.
         let mut c = base(None, &[]);
-        c.merged(Some(&Base::copy(6, 100, 2)), b"c");
+        c.absorb_alone(Some(&Base::copy(6, 100, 2)), b"c");
         assert_eq!(c.unchanged(Some(b"c")), None);
         // A copy_of goes with the state an instance started from only.
         let mut taken = Base::new(3, 300, Some(b"s"), Some(&Base::copy(7, 100, 4)));
-        taken.merged(Some(&x), b"x");
+        taken.absorb_alone(Some(&x), b"x");
         assert_eq!(taken.handing(taken.unchanged(Some(b"x")), 78).copy_of, None);
         assert_eq!(taken.handing(taken.unchanged(Some(b"s")), 78).copy_of, Some((100, 4)));
     }

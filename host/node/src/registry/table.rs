@@ -547,7 +547,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     }
 
     /// The members that take names of `kind`: those of [`Table::placing`] that run it.
-    pub fn placing_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> {
+    fn placing_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> {
         self.placing().filter(move |m| self.runs_kind(m, kind))
     }
 
