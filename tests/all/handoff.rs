@@ -286,6 +286,9 @@ fn sigterm_moves_a_busy_worker_ahead_of_its_queue_and_the_queued_calls_follow_it
     nodes[i].signal(libc::SIGTERM);
     assert_eq!(nodes[i].wait_exit(Duration::from_secs(30)), Some(0), "{}", nodes[i].log());
     assert_eq!(nodes[i].count("not handed over by the deadline"), 0, "{}", nodes[i].log());
+    // One line an operator sees at the default level says where the queue went.
+    let followed = |l: &&str| l.contains(" INFO ") && l.contains("calls and casts queued for probe/busy follow it to");
+    assert_eq!(nodes[i].log().lines().filter(followed).count(), 1, "{}", nodes[i].log());
     let mut counts: Vec<u64> = callers
         .into_iter()
         .map(|c| {

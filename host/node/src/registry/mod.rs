@@ -40,7 +40,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use wasmnode_proto::{Frame, Service, TraceContext};
 
 pub use actor::{start_apart, BoxFuture, CallWith, Conflict, Envelope, Info, Mailbox, Merges, RemoteReply, ReplyTo, Restart, Spawner, Stop, Traced};
@@ -481,7 +481,7 @@ impl Registry {
             let deadline = Instant::now() + FORWARD_WAIT;
             let to = match r.resolve(&name, None, deadline).await {
                 Ok(Target::Here(mailbox)) => {
-                    debug!(worker = %name, count, "{count} calls and casts queued for {name} go to its new instance here");
+                    info!(worker = %name, count, "{count} calls and casts queued for {name} go to its new instance here");
                     for e in queued {
                         // Refused (it stopped again, or its queue is full): the callers hear it.
                         if let Err(refused) = mailbox.tx.send(e) {
@@ -502,7 +502,7 @@ impl Registry {
                     return;
                 }
             };
-            debug!(worker = %name, peer = %to, count, "{count} calls and casts queued for {name} follow it to {to}");
+            info!(worker = %name, peer = %to, count, "{count} calls and casts queued for {name} follow it to {to}");
             for e in queued {
                 let (msg, id, trace, reply) = match e {
                     Envelope::Call { msg, reply } => (msg, None, None, reply),
