@@ -299,19 +299,24 @@ fn a_node_cut_off_keeps_what_it_acknowledged_when_the_take_overs_changed_nothing
 }
 
 /// A one-way cut: what a sends to b is lost, what b sends to a arrives. a and b lose
-/// their link (each times the other out, or hears it close) and cannot dial it again,
-/// while both stay linked to c: a partition that is not transitive. b restarts some of
-/// a's counters, which still run on a; c knows both and sends its calls to the ones
-/// with state. Counters are incremented through c meanwhile. Once the cut ends, every
-/// counter runs once and holds every increment.
+/// their link while both stay linked to c: a partition that is not transitive. Each
+/// keeps the other as a member while c still hears it (a link losing packets recovers),
+/// for at most eight heartbeat timeouts; past them each gives the link up and cannot
+/// dial it again. b restarts some of a's counters, which still run on a; c knows both
+/// and sends its calls to the ones with state. Counters are incremented through c
+/// meanwhile. Once the cut ends, every counter runs once and holds every increment.
 #[test]
 fn a_one_way_cut_between_two_nodes_loses_no_increment() {
     let (_dir, names, nodes) = three_nodes("f-oneway", 139, &[("counter", "worker_counter.wasm", "")], false);
     let mut want = counters(&names[2], 24);
     {
         let _cut = Cut::one_way(&names[0][2..], &[&names[1][2..]]);
+        // 8 heartbeat timeouts of 1.5 s, and then some.
+        let kept_max = Duration::from_secs(20);
+        nodes[1].wait_log(&format!("{} has been silent past the heartbeat timeout, but {} heard it", names[0], names[2]), FORM);
+        nodes[1].wait_log(&format!("nothing from {} for", names[0]), kept_max);
         nodes[1].wait_log(&format!("node down {}", names[0]), FORM);
-        nodes[0].wait_log(&format!("node down {}", names[1]), FORM);
+        nodes[0].wait_log(&format!("node down {}", names[1]), kept_max);
         nodes[1].wait_log("restarted counter/", FORM);
         for round in 0..3 {
             for (n, v) in want.iter_mut() {
@@ -324,6 +329,42 @@ fn a_one_way_cut_between_two_nodes_loses_no_increment() {
     }
     wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names.iter().map(String::as_str).collect::<Vec<_>>(), SETTLE);
     wait_exactly_once_with(&names[2], &want, SETTLE, "every counter once, with every increment, after the cut");
+}
+
+/// A link between two members cut both ways for longer than the heartbeat timeout,
+/// while a third member hears both: neither declares the other down (before,
+/// both did at 1.5 s, and restarted the other's counters empty or from nothing while the
+/// originals ran on). Each asks the third when it last heard the silent one, keeps the
+/// connection, and hears it again once TCP retransmits what the cut dropped. Counters
+/// are incremented through the third meanwhile; every one runs once with every
+/// increment, and nothing was restarted.
+#[test]
+fn a_link_cut_between_two_members_that_a_third_hears_is_no_node_down() {
+    let (_dir, names, nodes) = three_nodes("f-link", 145, &[("counter", "worker_counter.wasm", "")], false);
+    let mut want = counters(&names[2], 24);
+    let cut = Cut::new(&names[0][2..], &[&names[1][2..]]);
+    // Each side's line says the silence outlasted the heartbeat timeout.
+    for (i, other) in [(0, 1), (1, 0)] {
+        nodes[i].wait_log(&format!("{} has been silent past the heartbeat timeout, but {} heard it", names[other], names[2]), FORM);
+    }
+    for (n, v) in want.iter_mut() {
+        let (ok, out) = call(&names[2], n, "increment");
+        assert!(ok, "{n}: {out}");
+        *v += 1;
+        assert_eq!(out, v.to_string(), "{n}");
+    }
+    drop(cut);
+    for (i, other) in [(0, 1), (1, 0)] {
+        nodes[i].wait_log(&format!("heard from {} again after", names[other]), FORM);
+    }
+    for node in &nodes {
+        assert_eq!(node.count("node down"), 0, "{}", node.log());
+        assert_eq!(node.count("restarted counter/"), 0, "{}", node.log());
+        for line in node.log().lines().filter(|l| l.contains("keeping its connection") || l.contains(" again after ")) {
+            println!("{line}");
+        }
+    }
+    wait_exactly_once_with(&names[0], &want, SETTLE, "every counter once, with every increment, after the cut");
 }
 
 /// A flaky network: a third of the packets between every two nodes are lost for 15 s,

@@ -7,6 +7,7 @@
 //! | `{"op":"watch"}` | the `nodes` answer, then one [`MemberEvent`] per reply until the connection closes |
 //! | `{"op":"start","kind","key","args"}` | `{"started": NODE}`, or `{"error":"already_started","node"}` … |
 //! | `{"op":"call","kind","key","msg","timeout_ms"}` | `{"reply": TEXT}` (or `reply_hex` when not UTF-8), or `{"error": "not_found" \| "timeout" \| "failed" \| "unavailable", "reason"}` |
+//! | `{"op":"heard","node"}` | `{"node", "silent_ms"}`: how long since this node last read from `node` (`null`: not connected); a member asks when its own connection to `node` is silent |
 //! | `{"op":"workers"}` | `{"nodes": [{"node", "workers": ["kind/key", …]}], "durable": [{"name", "owner", "copy", "replicas": [{"node", "copy", "bytes", "current"}]}]}` |
 //!
 //! Worker messages and replies are text here (the CLI's); the HTTP gateway and workers
@@ -49,6 +50,10 @@ enum Request {
         id: Option<String>,
     },
     Workers,
+    /// When this node last heard `node` (another member's connection to it is silent).
+    Heard {
+        node: String,
+    },
 }
 
 fn default_timeout() -> u64 {
@@ -129,6 +134,10 @@ pub fn handle(m: &Membership, registry: &Registry, peer: Peer, id: u64, trace: O
                 let durable = registry.durable_all().await;
                 reply(&peer, json!({ "nodes": nodes, "durable": durable }));
             });
+        }
+        Ok(Request::Heard { node }) => {
+            let silent_ms = m.dist().peer(&node).map(|p| p.silent_for().as_millis() as u64);
+            peer.send(Frame::Reply { id, body: Bytes::from(json!({ "node": node, "silent_ms": silent_ms }).to_string()) });
         }
         Ok(Request::Nodes) => {
             peer.send(Frame::Reply { id, body: nodes(m) });

@@ -42,6 +42,7 @@ mod dialer;
 mod listener;
 mod peer;
 mod reader;
+mod silence;
 #[cfg(test)]
 mod tests;
 mod wire;
@@ -57,7 +58,7 @@ use writer::write_loop;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -358,6 +359,10 @@ impl Dist {
             direct: Mutex::new(None),
             sealer,
             last_write: AtomicU64::new(0),
+            last_read: AtomicU64::new(0),
+            heard_by_others: AtomicU64::new(0),
+            heard_by: Mutex::new(String::new()),
+            kept: AtomicBool::new(false),
             born: Instant::now(),
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),

@@ -85,6 +85,16 @@ pub(super) struct PeerInner {
     pub(super) sealer: Seal,
     /// When bytes last went out, in nanoseconds since `born`: heartbeats fill silences.
     pub(super) last_write: AtomicU64,
+    /// When bytes last arrived, in nanoseconds since `born` (other members ask).
+    pub(super) last_read: AtomicU64,
+    /// The latest time another member is known to have heard this peer, in nanoseconds
+    /// since `born` (0: none known), from its answers to this connection's reader.
+    pub(super) heard_by_others: AtomicU64,
+    /// The member whose answer set `heard_by_others`, for the log.
+    pub(super) heard_by: Mutex<String>,
+    /// Set while the peer is silent past the heartbeat timeout and kept because other
+    /// members hear it ([`super::silence`]): the writer then waits longer too.
+    pub(super) kept: AtomicBool,
     pub(super) born: Instant,
     /// Callers waiting for `Reply`/`Pong` frames, by request id.
     pub(super) pending: Mutex<HashMap<u64, Waiting>>,
@@ -251,6 +261,31 @@ impl Peer {
     /// Time since bytes last went out on this connection.
     pub(super) fn quiet_for(&self) -> Duration {
         self.0.born.elapsed().saturating_sub(Duration::from_nanos(self.0.last_write.load(Ordering::Relaxed)))
+    }
+
+    /// Time since bytes last arrived on this connection.
+    pub fn silent_for(&self) -> Duration {
+        self.0.born.elapsed().saturating_sub(Duration::from_nanos(self.0.last_read.load(Ordering::Relaxed)))
+    }
+
+    pub(super) fn read_at(&self, at: Instant) {
+        self.0.last_read.store(at.saturating_duration_since(self.0.born).as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Another member, `by`, heard this peer at `at`.
+    pub(super) fn heard_by_other(&self, by: &str, at: Instant) {
+        let at = at.saturating_duration_since(self.0.born).as_nanos().max(1) as u64;
+        if self.0.heard_by_others.fetch_max(at, Ordering::AcqRel) < at {
+            *self.0.heard_by.lock().unwrap() = by.to_string();
+        }
+    }
+
+    /// The latest time another member is known to have heard this peer, and who.
+    pub(super) fn heard_by_others(&self) -> Option<(Instant, String)> {
+        match self.0.heard_by_others.load(Ordering::Acquire) {
+            0 => None,
+            at => Some((self.0.born + Duration::from_nanos(at), self.0.heard_by.lock().unwrap().clone())),
+        }
     }
 
     /// Whether the connection ended in the peer's orderly close as it left: behind its

@@ -2,15 +2,17 @@
 //! reassembles fragments, answers pings, routes replies, and judges the peer's silence.
 
 use std::fmt;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use wasmnode_proto::frame::{self, Reassembler, MAX_MESSAGE};
 use wasmnode_proto::{Frame, Service};
 
+use super::silence::{self, Silence, Verdict};
 use super::{Dist, DistEvent, DownReason, Open, Peer};
 
 pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, mut raw: BytesMut, mut buf: BytesMut, mut opener: Open) -> DownReason {
@@ -22,7 +24,8 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
     // which it sends behind everything else it wrote (`Dist::leave`).
     let mut closing = false;
     let mut last_read = Instant::now();
-    let silence = tokio::time::sleep(timeout);
+    let mut judge = Silence::new(timeout);
+    let silence = tokio::time::sleep_until(judge.first_look(last_read).into());
     tokio::pin!(silence);
     // `buf` holds frames' bytes, opened from the sealed records in `raw` (at first, those
     // opened with the handshake's last message).
@@ -104,7 +107,16 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
                     Ok(0) if closing && into.get_ref().is_empty() && buf.is_empty() => return DownReason::Left,
                     Ok(0) | Err(_) => return DownReason::ConnectionClosed,
                     Ok(_) => {
+                        let silent = last_read.elapsed();
                         last_read = Instant::now();
+                        peer.read_at(last_read);
+                        if peer.0.kept.load(Ordering::Relaxed) {
+                            peer.0.kept.store(false, Ordering::Relaxed);
+                            info!(
+                                peer = %peer.name(), silent_ms = silent.as_millis() as u64,
+                                "heard from {} again after {} ms; its connection stayed up through the silence", peer.name(), silent.as_millis()
+                            );
+                        }
                         break;
                     }
                 },
@@ -120,21 +132,80 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
                         silence.as_mut().reset((last_read + dist.0.cfg.heartbeat_interval * 2).into());
                         continue;
                     }
-                    if last_read.elapsed() >= timeout {
-                        // Woken from a pause that ended soon after the deadline, this task
-                        // may not have heard yet of bytes (or the end) the socket holds:
-                        // the runtime learns of them on its next poll. Ask the kernel.
-                        if waiting(&rd) {
-                            debug!("{} was silent past the timeout, but its bytes are waiting; reading them", peer.name());
-                            silence.as_mut().reset((Instant::now() + dist.0.cfg.heartbeat_interval * 2).into());
-                            continue;
+                    let now = Instant::now();
+                    let verdict = judge.judge(now, last_read, peer.heard_by_others().map(|(at, _)| at));
+                    match verdict {
+                        Verdict::Wait { next, ask } | Verdict::Kept { next, ask, .. } => {
+                            // Members know nothing of a hidden peer (the CLI): nobody to ask.
+                            if ask && !peer.hidden() {
+                                ask_others(dist, peer, timeout / 4);
+                            }
+                            if let Verdict::Kept { heard_ago, first: true, .. } = verdict {
+                                peer.0.kept.store(true, Ordering::Relaxed);
+                                let by = peer.heard_by_others().map(|(_, by)| by).unwrap_or_default();
+                                info!(
+                                    peer = %peer.name(), by = %by, silent_ms = now.duration_since(last_read).as_millis() as u64,
+                                    "{} has been silent past the heartbeat timeout, but {by} heard it {} ms ago: keeping its connection (the link, not the node, is failing)",
+                                    peer.name(), heard_ago.as_millis()
+                                );
+                            }
+                            silence.as_mut().reset(next.into());
                         }
-                        return DownReason::HeartbeatTimeout;
+                        Verdict::Down { kept_max } => {
+                            // Woken from a pause that ended soon after the deadline, this task
+                            // may not have heard yet of bytes (or the end) the socket holds:
+                            // the runtime learns of them on its next poll. Ask the kernel.
+                            if waiting(&rd) {
+                                debug!("{} was silent past the timeout, but its bytes are waiting; reading them", peer.name());
+                                silence.as_mut().reset((now + dist.0.cfg.heartbeat_interval * 2).into());
+                                continue;
+                            }
+                            if kept_max {
+                                warn!(
+                                    peer = %peer.name(), reason = "heartbeat_timeout",
+                                    "nothing from {} for {} ms while other members heard it: the link between the two is cut; giving the connection up",
+                                    peer.name(), now.duration_since(last_read).as_millis()
+                                );
+                            }
+                            peer.0.kept.store(false, Ordering::Relaxed);
+                            return DownReason::HeartbeatTimeout;
+                        }
                     }
-                    silence.as_mut().reset((last_read + timeout).into());
                 }
             }
         }
+    }
+}
+
+/// The control request that asks a member when it last heard `node` (see `control`).
+fn heard_question(node: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "op": "heard", "node": node }).to_string())
+}
+
+/// A member's answer: how long since it last read from the node, `None` when it has no
+/// connection to it (an older node answers an error, which counts as nothing heard).
+#[derive(serde::Deserialize)]
+struct Heard {
+    silent_ms: Option<u64>,
+}
+
+/// Asks up to [`silence::ASKED`] other members, chosen at random, when they last heard
+/// `peer`; each answer within `within` moves [`Peer::heard_by_others`] forward.
+fn ask_others(dist: &Dist, peer: &Peer, within: Duration) {
+    use rand::seq::SliceRandom;
+    let mut others: Vec<Peer> = dist.peers().into_iter().filter(|p| !p.hidden() && p.name() != peer.name()).collect();
+    others.shuffle(&mut rand::rng());
+    others.truncate(silence::ASKED);
+    for other in others {
+        let (peer, question) = (peer.clone(), heard_question(peer.name()));
+        tokio::spawn(async move {
+            let Ok(answer) = other.request(Service::Control, question, within).await else { return };
+            if let Ok(Heard { silent_ms: Some(ms) }) = serde_json::from_slice(&answer) {
+                if let Some(at) = Instant::now().checked_sub(Duration::from_millis(ms)) {
+                    peer.heard_by_other(other.name(), at);
+                }
+            }
+        });
     }
 }
 

@@ -142,7 +142,7 @@ async fn write_queued(
                     // the cache when the kernel copies it, and the buffer stays small.
                     if plain.len() + buf.gathered() >= SEAL_AHEAD {
                         seal(&peer.0.sealer, &mut plain, &mut buf);
-                        write_all(wr, &mut buf, stall).await?;
+                        write_all(peer, wr, &mut buf, stall).await?;
                         peer.wrote();
                     }
                 }
@@ -172,7 +172,7 @@ async fn write_queued(
         }
         seal(&peer.0.sealer, &mut plain, &mut buf);
         if !buf.is_empty() {
-            write_all(wr, &mut buf, stall).await?;
+            write_all(peer, wr, &mut buf, stall).await?;
             peer.wrote();
         }
         if let Some(reason) = close {
@@ -212,15 +212,18 @@ fn seal(sealer: &Seal, plain: &mut Plain, buf: &mut Sealed) {
 /// Writes all of `buf` (sealed records, in order), leaving it empty for the next batch
 /// with its memory kept; a [`std::io::ErrorKind::TimedOut`] error when it has not all
 /// gone out within `stall` (a peer that takes a byte now and then does not hold it up
-/// for longer).
-async fn write_all(wr: &OwnedWriteHalf, buf: &mut Sealed, stall: Duration) -> std::io::Result<()> {
-    let deadline = tokio::time::Instant::now() + stall;
+/// for longer). While the reader keeps a silent peer that other members hear (a link
+/// losing packets: TCP's retransmissions hold this side's bytes too), the write waits
+/// on; the reader ends the connection if that silence lasts.
+async fn write_all(peer: &Peer, wr: &OwnedWriteHalf, buf: &mut Sealed, stall: Duration) -> std::io::Result<()> {
+    let mut deadline = tokio::time::Instant::now() + stall;
     while !buf.is_empty() {
         match wr.try_write(buf.bytes()) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => buf.advance(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match tokio::time::timeout_at(deadline, wr.writable()).await {
                 Ok(ready) => ready?,
+                Err(_) if peer.0.kept.load(Ordering::Relaxed) => deadline = tokio::time::Instant::now() + stall / 4,
                 Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
             },
             Err(e) => return Err(e),
