@@ -138,7 +138,7 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
                         Verdict::Wait { next, ask } | Verdict::Kept { next, ask, .. } => {
                             // Members know nothing of a hidden peer (the CLI): nobody to ask.
                             if ask && !peer.hidden() {
-                                ask_others(dist, peer, timeout / 4);
+                                ask_others(dist, peer, timeout);
                             }
                             if let Verdict::Kept { heard_ago, first: true, .. } = verdict {
                                 peer.0.kept.store(true, Ordering::Relaxed);

@@ -5,9 +5,11 @@
 //! the peer is down.
 //!
 //! The rules (SWIM's indirect probe, Orleans' votes before a death):
-//! - a connection that has been silent for half the heartbeat timeout asks up to
-//!   [`ASKED`] other members when they last heard the peer, and asks again every quarter
-//!   of the timeout while the silence lasts;
+//! - a connection that has been silent for a third of the heartbeat timeout (two
+//!   heartbeats missed, at the defaults) asks up to [`ASKED`] other members when they
+//!   last heard the peer, and asks again every quarter of the timeout while the silence
+//!   lasts; an answer may take up to the timeout (the link to that member may lose
+//!   packets too), and says how long ago that member last read from the peer;
 //! - at the heartbeat timeout the peer is down unless another member heard it within
 //!   the last heartbeat timeout: a peer that stopped (killed, paused, cut off from
 //!   everyone) is down as soon as before, since nobody hears it either;
@@ -62,14 +64,14 @@ impl Silence {
 
     /// The first look after bytes arrived at `last_read`.
     pub(super) fn first_look(&self, last_read: Instant) -> Instant {
-        last_read + self.timeout / 2
+        last_read + self.timeout / 3
     }
 
     /// The verdict at `now` on a connection last read from at `last_read`, with `others`
     /// the latest time another member is known to have heard the peer.
     pub(super) fn judge(&mut self, now: Instant, last_read: Instant, others: Option<Instant>) -> Verdict {
         let silent = now.saturating_duration_since(last_read);
-        if silent < self.timeout / 2 {
+        if silent < self.timeout / 3 {
             self.kept = false;
             return Verdict::Wait { next: self.first_look(last_read), ask: false };
         }
@@ -109,22 +111,22 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_that_carries_bytes_is_looked_at_every_half_timeout_and_asks_nobody() {
+    fn a_connection_that_carries_bytes_is_looked_at_every_third_of_the_timeout_and_asks_nobody() {
         let t0 = Instant::now();
         let mut s = Silence::new(T);
-        assert_eq!(s.judge(t0 + ms(700), t0 + ms(500), None), Verdict::Wait { next: t0 + ms(1250), ask: false });
+        assert_eq!(s.judge(t0 + ms(700), t0 + ms(500), None), Verdict::Wait { next: t0 + ms(1000), ask: false });
     }
 
     #[test]
-    fn half_a_timeout_of_silence_asks_the_others_then_again_every_quarter() {
+    fn a_third_of_a_timeout_of_silence_asks_the_others_then_again_every_quarter() {
         let t0 = Instant::now();
         let mut s = Silence::new(T);
-        assert_eq!(s.judge(t0 + ms(750), t0, None), Verdict::Wait { next: t0 + ms(1125), ask: true });
+        assert_eq!(s.judge(t0 + ms(500), t0, None), Verdict::Wait { next: t0 + ms(875), ask: true });
         // Looked at again before a quarter passed: the question is still out.
-        assert_eq!(s.judge(t0 + ms(900), t0, None), Verdict::Wait { next: t0 + ms(1275), ask: false });
-        assert_eq!(s.judge(t0 + ms(1125), t0, None), Verdict::Wait { next: t0 + ms(1500), ask: true });
+        assert_eq!(s.judge(t0 + ms(600), t0, None), Verdict::Wait { next: t0 + ms(975), ask: false });
+        assert_eq!(s.judge(t0 + ms(875), t0, None), Verdict::Wait { next: t0 + ms(1250), ask: true });
         // Bytes came, then a new silence: asked anew at once, whatever the last question's age.
-        assert_eq!(s.judge(t0 + ms(1900), t0 + ms(1150), None), Verdict::Wait { next: t0 + ms(2275), ask: true });
+        assert_eq!(s.judge(t0 + ms(1700), t0 + ms(1150), None), Verdict::Wait { next: t0 + ms(2075), ask: true });
     }
 
     #[test]
@@ -167,7 +169,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Silence::new(T);
         assert!(matches!(s.judge(t0 + ms(2000), t0, Some(t0 + ms(1900))), Verdict::Kept { first: true, .. }));
-        assert_eq!(s.judge(t0 + ms(2100), t0 + ms(2050), None), Verdict::Wait { next: t0 + ms(2800), ask: false });
+        assert_eq!(s.judge(t0 + ms(2100), t0 + ms(2050), None), Verdict::Wait { next: t0 + ms(2550), ask: false });
         // A later silence kept again is logged again.
         assert!(matches!(s.judge(t0 + ms(3700), t0 + ms(2050), Some(t0 + ms(3600))), Verdict::Kept { first: true, .. }));
     }
