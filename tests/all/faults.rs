@@ -340,7 +340,7 @@ fn a_one_way_cut_between_two_nodes_loses_no_increment() {
 /// increment, and nothing was restarted.
 #[test]
 fn a_link_cut_between_two_members_that_a_third_hears_is_no_node_down() {
-    let (_dir, names, nodes) = three_nodes("f-link", 145, &[("counter", "worker_counter.wasm", "")], false);
+    let (_dir, names, nodes) = three_nodes("f-link", 145, &[("counter", "worker_counter.wasm", "")], true);
     let mut want = counters(&names[2], 24);
     let cut = Cut::new(&names[0][2..], &[&names[1][2..]]);
     // Each side's line says the silence outlasted the heartbeat timeout.
@@ -357,6 +357,15 @@ fn a_link_cut_between_two_members_that_a_third_hears_is_no_node_down() {
     for (i, other) in [(0, 1), (1, 0)] {
         nodes[i].wait_log(&format!("heard from {} again after", names[other]), FORM);
     }
+    // Counted for operators: a link that loses packets, not a node down.
+    let kept: Vec<u64> = (1..=3)
+        .map(|i| {
+            let (status, text) = http(&format!("127.0.145.{i}:8080"), "GET", "/metrics", b"");
+            assert_eq!(status, 200, "{text}");
+            text.lines().find_map(|l| l.strip_prefix("wasmnode_silences_kept_total ")?.trim().parse().ok()).unwrap_or_else(|| panic!("{text}"))
+        })
+        .collect();
+    assert!(kept[0] >= 1 && kept[1] >= 1 && kept[2] == 0, "{kept:?}");
     for node in &nodes {
         assert_eq!(node.count("node down"), 0, "{}", node.log());
         assert_eq!(node.count("restarted counter/"), 0, "{}", node.log());

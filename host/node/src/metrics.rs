@@ -86,6 +86,7 @@ pub struct Metrics {
     replicated_bytes: Counter,
     replication_failures: Counter,
     applied_twice: Counter,
+    silences_kept: Counter,
     cpu_seconds: Counter<f64, AtomicU64>,
     resident: Gauge,
     virtual_memory: Gauge,
@@ -142,6 +143,7 @@ impl Metrics {
             replicated_bytes: Counter::default(),
             replication_failures: Counter::default(),
             applied_twice: Counter::default(),
+            silences_kept: Counter::default(),
             cpu_seconds: Counter::default(),
             resident: Gauge::default(),
             virtual_memory: Gauge::default(),
@@ -182,6 +184,11 @@ impl Metrics {
             "wasmnode_calls_applied_twice",
             "Calls with an id that two instances of one name both applied, found when their states merged here",
             m.applied_twice.clone(),
+        );
+        registry.register(
+            "wasmnode_silences_kept",
+            "Silences of a peer past the heartbeat timeout that cost no node-down, because another member still heard it",
+            m.silences_kept.clone(),
         );
         registry.register("wasmnode_build", "The wasmnode version running", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         registry.register("process_cpu_seconds", "User and system CPU time spent, in seconds", m.cpu_seconds.clone());
@@ -281,6 +288,10 @@ impl Metrics {
     /// Two instances' call logs met here with an id both applied.
     pub fn applied_twice(&self) {
         self.applied_twice.inc();
+    }
+    /// A peer silent past the heartbeat timeout was kept: another member heard it.
+    pub fn silence_kept(&self) {
+        self.silences_kept.inc();
     }
     pub fn restarted(&self) {
         self.restarts.inc();

@@ -142,6 +142,7 @@ pub(super) async fn read_loop(dist: &Dist, peer: &Peer, mut rd: OwnedReadHalf, m
                             }
                             if let Verdict::Kept { heard_ago, first: true, .. } = verdict {
                                 peer.0.kept.store(true, Ordering::Relaxed);
+                                crate::metrics::global().silence_kept();
                                 let by = peer.heard_by_others().map(|(_, by)| by).unwrap_or_default();
                                 info!(
                                     peer = %peer.name(), by = %by, silent_ms = now.duration_since(last_read).as_millis() as u64,
