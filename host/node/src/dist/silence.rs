@@ -12,7 +12,8 @@
 //!   packets too), and says how long ago that member last read from the peer;
 //! - at the heartbeat timeout the peer is down unless another member heard it within
 //!   the last heartbeat timeout: a peer that stopped (killed, paused, cut off from
-//!   everyone) is down as soon as before, since nobody hears it either;
+//!   everyone) is down a timeout after the last member heard it, as before (or up to a
+//!   heartbeat interval later, when another member read its last heartbeat later);
 //! - a peer that others still hear is kept, its connection open (TCP retransmits what
 //!   the link lost, with its backoff, and the connection resumes), for at most
 //!   [`KEPT_MAX`] heartbeat timeouts of silence: a link between two members that stays
@@ -84,7 +85,8 @@ impl Silence {
         let next = now + every;
         if silent < self.timeout {
             self.kept = false;
-            return Verdict::Wait { next, ask };
+            // The timeout itself is looked at on time: a stopped peer is down no later than before.
+            return Verdict::Wait { next: next.min(last_read + self.timeout), ask };
         }
         if silent >= self.timeout * KEPT_MAX {
             return Verdict::Down { kept_max: true };
@@ -93,7 +95,8 @@ impl Silence {
             Some(heard_ago) if heard_ago < self.timeout => {
                 let first = !self.kept;
                 self.kept = true;
-                Verdict::Kept { next, ask, heard_ago, first }
+                // Looked at again no later than a timeout after anyone last heard it.
+                Verdict::Kept { next: next.min(now + (self.timeout - heard_ago)), ask, heard_ago, first }
             }
             _ => Verdict::Down { kept_max: false },
         }
@@ -125,6 +128,8 @@ mod tests {
         // Looked at again before a quarter passed: the question is still out.
         assert_eq!(s.judge(t0 + ms(600), t0, None), Verdict::Wait { next: t0 + ms(975), ask: false });
         assert_eq!(s.judge(t0 + ms(875), t0, None), Verdict::Wait { next: t0 + ms(1250), ask: true });
+        // The last look before the timeout is at the timeout, not a quarter later.
+        assert_eq!(s.judge(t0 + ms(1250), t0, None), Verdict::Wait { next: t0 + ms(1500), ask: true });
         // Bytes came, then a new silence: asked anew at once, whatever the last question's age.
         assert_eq!(s.judge(t0 + ms(1700), t0 + ms(1150), None), Verdict::Wait { next: t0 + ms(2075), ask: true });
     }
@@ -151,6 +156,13 @@ mod tests {
         assert_eq!(v, Verdict::Kept { next: t0 + ms(1875), ask: true, heard_ago: ms(200), first: true });
         let v = s.judge(t0 + ms(1875), t0, Some(t0 + ms(1700)));
         assert_eq!(v, Verdict::Kept { next: t0 + ms(2250), ask: true, heard_ago: ms(175), first: false });
+        // Heard by another member only a little later than by this one (a peer that then
+        // stopped: the member read its last heartbeat later): looked at again a timeout
+        // after that, not a quarter of a timeout later.
+        let mut late = Silence::new(T);
+        let v = late.judge(t0 + ms(1500), t0, Some(t0 + ms(200)));
+        assert_eq!(v, Verdict::Kept { next: t0 + ms(1700), ask: true, heard_ago: ms(1300), first: true });
+        assert_eq!(late.judge(t0 + ms(1700), t0, Some(t0 + ms(200))), Verdict::Down { kept_max: false });
         // The others stopped hearing it too: down.
         assert_eq!(s.judge(t0 + ms(3300), t0, Some(t0 + ms(1700))), Verdict::Down { kept_max: false });
     }
