@@ -332,12 +332,12 @@ fn a_one_way_cut_between_two_nodes_loses_no_increment() {
 }
 
 /// A link between two members cut both ways for longer than the heartbeat timeout,
-/// while a third member hears both: neither declares the other down (before,
-/// both did at 1.5 s, and restarted the other's counters empty or from nothing while the
-/// originals ran on). Each asks the third when it last heard the silent one, keeps the
-/// connection, and hears it again once TCP retransmits what the cut dropped. Counters
-/// are incremented through the third meanwhile; every one runs once with every
-/// increment, and nothing was restarted.
+/// while a third member hears both: neither declares the other down (before, both did
+/// at 1.5 s, and restarted the other's counters empty while the originals ran on).
+/// Each asks the third when it last heard the silent one, keeps the connection, and
+/// hears it again once TCP retransmits what the cut dropped. Counters are incremented
+/// through the third meanwhile; every one runs once with every increment, nothing was
+/// restarted, and each end of the link counted the silence it kept.
 #[test]
 fn a_link_cut_between_two_members_that_a_third_hears_is_no_node_down() {
     let (_dir, names, nodes) = three_nodes("f-link", 145, &[("counter", "worker_counter.wasm", "")], true);
