@@ -336,8 +336,10 @@ fn a_one_way_cut_between_two_nodes_loses_no_increment() {
 /// at 1.5 s, and restarted the other's counters empty while the originals ran on).
 /// Each asks the third when it last heard the silent one, keeps the connection, and
 /// hears it again once TCP retransmits what the cut dropped. Counters are incremented
-/// through the third meanwhile; every one runs once with every increment, nothing was
-/// restarted, and each end of the link counted the silence it kept.
+/// through the third meanwhile, and a's write of a large message to b waits past the
+/// timeout rather than being taken for a peer that does not read. Every counter runs
+/// once with every increment, nothing was restarted, and each end of the link counted
+/// the silence it kept.
 #[test]
 fn a_link_cut_between_two_members_that_a_third_hears_is_no_node_down() {
     let (_dir, names, nodes) = three_nodes("f-link", 145, &[("counter", "worker_counter.wasm", "")], true);
@@ -353,10 +355,18 @@ fn a_link_cut_between_two_members_that_a_third_hears_is_no_node_down() {
         *v += 1;
         assert_eq!(out, v.to_string(), "{n}");
     }
+    // A 12 MiB message from a to a counter on b fills a's socket on the cut link (a send
+    // buffer grows to 4 MiB here): its write waits past the heartbeat timeout without a
+    // not-reading disconnect.
+    let on_b = placement(&names[2]).into_iter().find(|(_, at)| at == &vec![names[1].clone()]).expect("a counter on b").0;
+    let large = std::thread::spawn(move || http("127.0.145.1:8080", "POST", &format!("/v1/workers/{on_b}/call"), &vec![b'x'; 12 << 20]).0);
+    nodes[0].wait_log(&format!("a write to {} has not gone out within 1500 ms; waiting on", names[1]), FORM);
     drop(cut);
     for (i, other) in [(0, 1), (1, 0)] {
         nodes[i].wait_log(&format!("heard from {} again after", names[other]), FORM);
     }
+    let status = large.join().expect("the large call");
+    assert!(status > 0, "the large call got no answer");
     // Counted for operators: a link that loses packets, not a node down.
     let kept: Vec<u64> = (1..=3)
         .map(|i| {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 use wasmnode_proto::frame::Fragmenter;
 use wasmnode_proto::seal::{Plain, Sealed};
 use wasmnode_proto::Frame;
@@ -217,13 +217,25 @@ fn seal(sealer: &Seal, plain: &mut Plain, buf: &mut Sealed) {
 /// on; the reader ends the connection if that silence lasts.
 async fn write_all(peer: &Peer, wr: &OwnedWriteHalf, buf: &mut Sealed, stall: Duration) -> std::io::Result<()> {
     let mut deadline = tokio::time::Instant::now() + stall;
+    let mut waited_on = false;
     while !buf.is_empty() {
         match wr.try_write(buf.bytes()) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => buf.advance(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match tokio::time::timeout_at(deadline, wr.writable()).await {
                 Ok(ready) => ready?,
-                Err(_) if peer.0.kept.load(Ordering::Relaxed) => deadline = tokio::time::Instant::now() + stall / 4,
+                Err(_) if peer.0.kept.load(Ordering::Relaxed) => {
+                    if !waited_on {
+                        waited_on = true;
+                        info!(
+                            peer = %peer.name(),
+                            "a write to {} has not gone out within {} ms; waiting on, since other members still hear it",
+                            peer.name(),
+                            stall.as_millis()
+                        );
+                    }
+                    deadline = tokio::time::Instant::now() + stall / 4;
+                }
                 Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
             },
             Err(e) => return Err(e),
