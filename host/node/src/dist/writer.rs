@@ -212,9 +212,9 @@ fn seal(sealer: &Seal, plain: &mut Plain, buf: &mut Sealed) {
 /// Writes all of `buf` (sealed records, in order), leaving it empty for the next batch
 /// with its memory kept; a [`std::io::ErrorKind::TimedOut`] error when it has not all
 /// gone out within `stall` (a peer that takes a byte now and then does not hold it up
-/// for longer). While the reader keeps a silent peer that other members hear (a link
-/// losing packets: TCP's retransmissions hold this side's bytes too), the write waits
-/// on; the reader ends the connection if that silence lasts.
+/// for longer). While the peer is silent too (a link losing packets: TCP's
+/// retransmissions hold this side's bytes as well), the write waits on: the reader
+/// decides, and ends the connection unless other members still hear the peer.
 async fn write_all(peer: &Peer, wr: &OwnedWriteHalf, buf: &mut Sealed, stall: Duration) -> std::io::Result<()> {
     let mut deadline = tokio::time::Instant::now() + stall;
     let mut waited_on = false;
@@ -224,12 +224,16 @@ async fn write_all(peer: &Peer, wr: &OwnedWriteHalf, buf: &mut Sealed, stall: Du
             Ok(n) => buf.advance(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match tokio::time::timeout_at(deadline, wr.writable()).await {
                 Ok(ready) => ready?,
-                Err(_) if peer.0.kept.load(Ordering::Relaxed) => {
+                // A peer silent too is the reader's to judge (down, or kept while others
+                // hear it): a link losing packets holds both directions at once, and the
+                // write must not end what the reader keeps, by the few milliseconds
+                // between their two timers. A peer that talks and does not read is not.
+                Err(_) if peer.0.kept.load(Ordering::Relaxed) || peer.silent_for() >= stall / 3 => {
                     if !waited_on {
                         waited_on = true;
                         info!(
                             peer = %peer.name(),
-                            "a write to {} has not gone out within {} ms; waiting on, since other members still hear it",
+                            "a write to {} has not gone out within {} ms; waiting on, since it is silent too and other members are asked whether they still hear it",
                             peer.name(),
                             stall.as_millis()
                         );
