@@ -302,3 +302,100 @@ fn sigterm_moves_a_busy_worker_ahead_of_its_queue_and_the_queued_calls_follow_it
     let after = names.iter().find(|n| **n != owner).unwrap();
     assert_eq!(call(after, "probe/busy", "count"), (true, "20".to_string()));
 }
+
+/// SIGTERM reaches a node whose workers each wait, inside a message, on something that
+/// outlasts the node's handoff deadline (3 s): one on a `cluster.call` to a worker on
+/// another node that takes 20 s, one on an outbound request whose server never answers,
+/// one on an outbound response whose body never ends. At half the deadline the node
+/// ends those waits with an error; each worker finishes its message (its caller gets
+/// the error), stops, and its state (a count of 3 and 1 MiB) is handed over in time.
+/// Before, each stop waited for its message, the deadline passed, and the three states
+/// were lost.
+#[test]
+fn sigterm_cuts_the_long_waits_of_busy_workers_short_and_hands_their_states_over() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("h-waits");
+    let names: Vec<String> = (1..=3).map(|i| format!("{}@127.0.146.{i}", ["a", "b", "c"][i - 1])).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    // Two real servers: one takes requests and never answers; one answers a head and 2
+    // of the 100 bytes it announces, and no more.
+    let (silent, trickle) = ("127.0.146.20:8089", "127.0.146.21:8089");
+    let (tx, heard) = std::sync::mpsc::channel::<&str>();
+    for (addr, reply) in [(silent, &b""[..]), (trickle, &b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nab"[..])] {
+        let listener = std::net::TcpListener::bind(addr).expect("bind a test server");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(reply);
+                let _ = tx.send(addr);
+                held.push(conn);
+            }
+        });
+    }
+    let grant = format!("allowed_outbound_hosts = [\"http://{silent}\", \"http://{trickle}\"]");
+    let topology = worker_topology(&refs, &[("probe", "worker_probe.wasm", &grant)], None).replacen("[node]\n", "[node]\nhandoff_deadline_ms = 3000\n", 1);
+    let mut nodes: Vec<Node> = names.iter().enumerate().map(|(i, n)| Node::start(n, &dir.write(&format!("{i}.toml"), &topology))).collect();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, FORM);
+    // Three holders on a, and the slow target elsewhere.
+    let (mut holders, mut slow) = (Vec::new(), None);
+    for k in 0..60 {
+        let key = format!("w{k}");
+        let (ok, out) = start_worker(&names[1], "probe", &key);
+        assert!(ok, "{out}");
+        let on = started_on(&out);
+        match on == names[0] {
+            true if holders.len() < 3 => holders.push(key),
+            false if slow.is_none() => slow = Some((key, on)),
+            _ => {}
+        }
+        if holders.len() == 3 && slow.is_some() {
+            break;
+        }
+    }
+    let (slow, slow_on) = slow.expect("a worker placed off a");
+    assert_eq!(holders.len(), 3, "three of 60 workers placed on a");
+    for h in &holders {
+        let name = format!("probe/{h}");
+        assert_eq!(call(&names[1], &name, "ballast 1"), (true, "ok".to_string()));
+        for n in 1..=3 {
+            assert_eq!(call(&names[1], &name, "slow-add 0"), (true, n.to_string()));
+        }
+    }
+    let asks = [format!("call-once c1 probe/{slow} slow-add 20000"), format!("http-get http://{silent}/"), format!("http-get http://{trickle}/")];
+    let callers: Vec<_> = holders
+        .iter()
+        .zip(asks)
+        .map(|(h, ask)| {
+            let (via, name) = (names[1].clone(), format!("probe/{h}"));
+            std::thread::spawn(move || call_once(&via, &format!("ask-{name}"), &name, &ask))
+        })
+        .collect();
+    // Each holder is in its wait: the target applied its call, each server took its request.
+    nodes.iter().find(|n| n.name == slow_on).expect("the slow target's node").wait_log("slow-add 1 applied", FORM);
+    let mut servers: Vec<&str> = (0..2).map(|_| heard.recv_timeout(FORM).expect("a request reached a test server")).collect();
+    servers.sort();
+    assert_eq!(servers, [silent, trickle]);
+
+    nodes[0].signal(libc::SIGTERM);
+    assert_eq!(nodes[0].wait_exit(Duration::from_secs(10)), Some(0), "{}", nodes[0].log());
+    let log = nodes[0].log();
+    assert_eq!(nodes[0].count("not handed over by the deadline"), 0, "{log}");
+    assert_eq!(nodes[0].count("3 instances not handed over"), 1, "{log}");
+    assert_eq!(nodes[0].count("given up: a@127.0.146.1 is leaving"), 1, "{log}");
+    assert_eq!(nodes[0].count("outbound request to http://"), 2, "{log}");
+    for h in &holders {
+        assert!(log.contains(&format!("moved probe/{h} to ")), "{log}");
+    }
+    let replies: Vec<String> =
+        callers.into_iter().map(|c| c.join().expect("a caller")).map(|(ok, out)| if ok { out } else { format!("failed: {out}") }).collect();
+    assert!(replies[0].starts_with("error: unavailable: a@127.0.146.1 is leaving"), "{replies:?}");
+    assert!(replies[1].contains("this node is leaving"), "{replies:?}");
+    assert!(replies[2].starts_with("error: reading the body"), "{replies:?}");
+    // Each state moved whole: its count, and its ballast (else it would hand over none).
+    for h in &holders {
+        assert_eq!(call(&names[1], &format!("probe/{h}"), "count"), (true, "3".to_string()), "{h}");
+    }
+}

@@ -34,6 +34,7 @@ pub mod table;
 mod tests;
 pub mod wire;
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -112,6 +113,35 @@ struct Inner {
     /// Queues of instances that moved on, still being sent after their names
     /// ([`Registry::forward_queued`]): a leaving node waits for them.
     forwarding: std::sync::atomic::AtomicUsize,
+    /// Set once this node, leaving, has used half its handoff deadline: the waits of the
+    /// instances still here end then ([`Hurry`]), so that each finishes its message and
+    /// hands its state over before the deadline instead of being lost at it.
+    hurry: tokio::sync::watch::Sender<bool>,
+}
+
+/// What an instance's waits (its calls, outbound requests) race against: this node,
+/// leaving, cutting them short so that the instance can stop and hand its state over
+/// ([`Registry::hand_off_all`]).
+#[derive(Clone)]
+pub struct Hurry(tokio::sync::watch::Receiver<bool>);
+
+impl Hurry {
+    /// Resolves once the waits are to end (at once, when they already are); never, on a
+    /// node that is not leaving.
+    pub async fn now(mut self) {
+        if self.0.wait_for(|h| *h).await.is_err() {
+            std::future::pending::<()>().await
+        }
+    }
+
+    /// `wait`, unless the waits are cut first: then `cut()`.
+    pub async fn race<T>(&self, wait: impl Future<Output = T>, cut: impl FnOnce() -> T) -> T {
+        tokio::select! {
+            biased;
+            r = wait => r,
+            () = self.clone().now() => cut(),
+        }
+    }
 }
 
 /// One queue being forwarded, counted while it lives.
@@ -179,6 +209,7 @@ impl Registry {
             too_large: Mutex::default(),
             full: Mutex::default(),
             forwarding: Default::default(),
+            hurry: tokio::sync::watch::Sender::new(false),
         }));
         let weak = Arc::downgrade(&r.0);
         membership.set_member_hook(Arc::new(move |change: &MemberChange| {
@@ -544,16 +575,37 @@ impl Registry {
     /// Hands every local instance to its next owner (this node excluded): `terminate`
     /// state out, `init(…, state)` there, acknowledged; within `deadline`. Calls that
     /// arrive meanwhile wait and then follow the name.
+    ///
+    /// At half the deadline, the instances still here have their waits cut short
+    /// ([`Hurry`]): a message waiting on a slow call or outbound request would otherwise
+    /// hold its instance's stop, and its state, past the deadline.
     pub async fn hand_off_all(&self, deadline: Duration) {
         self.apply(Event::Leave, false);
-        let deadline = Instant::now() + deadline;
+        let began = Instant::now();
+        let (hurry_at, deadline) = (began + deadline / 2, began + deadline);
         loop {
             let drained = self.0.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
             let forwarding = self.0.forwarding.load(std::sync::atomic::Ordering::SeqCst);
-            if (self.0.table.lock().unwrap().local_count() == 0 && forwarding == 0) || tokio::time::timeout_at(deadline, drained).await.is_err() {
+            let local = self.0.table.lock().unwrap().local_count();
+            if local == 0 && forwarding == 0 {
                 break;
+            }
+            let hurried = *self.0.hurry.borrow();
+            if tokio::time::timeout_at(if hurried { deadline } else { hurry_at }, drained).await.is_err() {
+                if hurried {
+                    break;
+                }
+                let (left, ms) = (self.0.table.lock().unwrap().local_count(), began.elapsed().as_millis());
+                if left > 0 {
+                    warn!(
+                        count = left,
+                        "{left} instances not handed over {ms} ms into the handoff deadline: ending their waits on calls and outbound requests, \
+                         so that they finish their messages and hand their states over in the time left"
+                    );
+                }
+                self.0.hurry.send_replace(true);
             }
         }
         let left = self.0.table.lock().unwrap().held();
@@ -567,6 +619,11 @@ impl Registry {
                 "leaving with calls and casts of {forwarding} queues still following their names at the deadline; their callers hear the node went"
             );
         }
+    }
+
+    /// What this node's instances' waits race against ([`Hurry`]).
+    pub fn hurry(&self) -> Hurry {
+        Hurry(self.0.hurry.subscribe())
     }
 
     /// Waits until `done` holds of the table (looking again at every change), or
@@ -1066,5 +1123,35 @@ impl Registry {
             };
             peer.send_answer(Frame::Reply { id, body: wire::encode_reply(&reply) }).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod hurry_tests {
+    use super::Hurry;
+
+    #[tokio::test]
+    async fn a_wait_ends_when_the_leaving_node_hurries_and_later_waits_end_at_once() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let hurry = Hurry(rx);
+        // Not hurried: the wait's own outcome.
+        assert_eq!(hurry.race(async { 1 }, || 2).await, 1);
+        let h = hurry.clone();
+        let waiting = tokio::spawn(async move { h.race(std::future::pending::<i32>(), || 2).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a wait goes on until the node hurries");
+        tx.send_replace(true);
+        assert_eq!(waiting.await.unwrap(), 2);
+        // Hurried: a new wait ends at once, but one already done keeps its outcome.
+        assert_eq!(hurry.race(std::future::pending::<i32>(), || 3).await, 3);
+        assert_eq!(hurry.race(async { 1 }, || 3).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_registry_gone_never_cuts_a_wait() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        drop(tx);
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(50), Hurry(rx).race(std::future::pending::<i32>(), || 2)).await;
+        assert!(cut.is_err(), "a closed channel is not a hurry");
     }
 }

@@ -56,6 +56,15 @@ pub struct Egress {
     /// The span of the message being handled, when it is traced: each request is a
     /// client span under it, and tells the server with a `traceparent` header.
     pub trace: Option<TraceContext>,
+    /// Ends its requests when this node, leaving, runs short of time to hand the
+    /// instance over ([`crate::registry::Hurry`]).
+    pub hurry: crate::registry::Hurry,
+}
+
+/// The error of a request cut short by [`Egress::hurry`], logged once with the worker.
+fn given_up(worker: &str, uri: &http::Uri) -> HttpError {
+    info!(worker = %worker, host = %uri, "{worker}'s outbound request to {uri} given up: this node is leaving and {worker} must hand its state over");
+    HttpError::InternalError(Some(format!("this node is leaving: the request was given up so that {worker} can hand its state over")))
 }
 
 impl WasiHttpHooks for Egress {
@@ -115,7 +124,7 @@ impl WasiHttpHooks for Egress {
             first_byte_timeout: cap(o.first_byte_timeout),
             between_bytes_timeout: cap(o.between_bytes_timeout),
         };
-        let worker = self.worker.clone();
+        let (worker, hurry) = (self.worker.clone(), self.hurry.clone());
         Box::new(async move {
             let began = tokio::time::Instant::now();
             let deadline = began + timeout;
@@ -127,9 +136,18 @@ impl WasiHttpHooks for Egress {
                 let head = options.connect_timeout.unwrap_or(timeout) + options.first_byte_timeout.unwrap_or(timeout);
                 let response = tokio::time::timeout(head, pool.send(scheme == "https", request)).await.map_err(|_| HttpError::ConnectionReadTimeout)??;
                 Ok::<_, HttpError>((permit, response))
-            })
-            .await;
+            });
+            let sent = hurry.race(async { Some(sent.await) }, || None).await;
             // The request's span ends with the response's head (or its failure).
+            let sent = match sent {
+                None => {
+                    if let Some(span) = span.as_mut() {
+                        span.fail("given up: the node is leaving");
+                    }
+                    return Err(given_up(&worker, &uri));
+                }
+                Some(sent) => sent,
+            };
             let (permit, response) = match sent {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
@@ -156,7 +174,11 @@ impl WasiHttpHooks for Egress {
             // pool drives the connection.
             let between = options.between_bytes_timeout.unwrap_or(timeout).max(Duration::from_nanos(1));
             let slot = Arc::new(Mutex::new(Some(permit)));
-            let response = response.map(|body| Held::new(body, slot.clone(), deadline, between).boxed_unsync());
+            let cut = Box::pin(async move {
+                hurry.now().await;
+                given_up(&worker, &uri)
+            });
+            let response = response.map(|body| Held::new(body, slot.clone(), deadline, between, cut).boxed_unsync());
             let io: IoFuture = Box::new(async move {
                 tokio::time::sleep_until(deadline).await;
                 slot.lock().unwrap().take();
@@ -302,6 +324,9 @@ struct Held {
     slot: Slot,
     deadline: Pin<Box<tokio::time::Sleep>>,
     between: tokio::time::Interval,
+    /// Resolves, with the error to give, once the node cuts its instances' waits short
+    /// (and is none after).
+    cut: Option<Pin<Box<dyn Future<Output = HttpError> + Send>>>,
 }
 
 /// A kind's in-flight slot, shared by a response's body and the timer that frees it at
@@ -309,10 +334,16 @@ struct Held {
 type Slot = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
 
 impl Held {
-    fn new(body: hyper::body::Incoming, slot: Slot, deadline: tokio::time::Instant, between: Duration) -> Held {
+    fn new(
+        body: hyper::body::Incoming,
+        slot: Slot,
+        deadline: tokio::time::Instant,
+        between: Duration,
+        cut: Pin<Box<dyn Future<Output = HttpError> + Send>>,
+    ) -> Held {
         let mut between = tokio::time::interval(between);
         between.reset();
-        Held { body, slot, deadline: Box::pin(tokio::time::sleep_until(deadline)), between }
+        Held { body, slot, deadline: Box::pin(tokio::time::sleep_until(deadline)), between, cut: Some(cut) }
     }
 
     fn free(&self) {
@@ -339,6 +370,12 @@ impl hyper::body::Body for Held {
                 if this.deadline.as_mut().poll(cx).is_ready() || this.between.poll_tick(cx).is_ready() {
                     this.free();
                     return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
+                }
+                let Some(cut) = this.cut.as_mut() else { return Poll::Ready(Some(Err(HttpError::ConnectionTerminated))) };
+                if let Poll::Ready(e) = cut.as_mut().poll(cx) {
+                    this.cut = None;
+                    this.free();
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Pending
             }

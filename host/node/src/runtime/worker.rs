@@ -121,6 +121,8 @@ pub struct ClusterCtx {
     timer_held: Arc<AtomicUsize>,
     /// The most bytes of payload its pending timers may hold: its memory limit.
     timer_bytes: usize,
+    /// Ends its waits when this node, leaving, runs short of time to hand it over.
+    hurry: crate::registry::Hurry,
 }
 
 /// Timers one instance may have pending at once. Each is a task holding its payload, so
@@ -202,6 +204,22 @@ fn to_wit_error(e: CallError) -> wit::CallError {
     }
 }
 
+impl ClusterCtx {
+    /// `wait`, one of the guest's waits on the cluster, unless this node, leaving, cuts
+    /// its instances' waits short first ([`crate::registry::Hurry`]): then why, and the
+    /// guest, told, finishes its message, and its state is handed over in time.
+    async fn unless_leaving<T>(&self, what: &str, target: &wit::Name, wait: impl Future<Output = T>) -> Result<T, String> {
+        self.hurry
+            .race(async { Ok(wait.await) }, || {
+                let (me, node) = (format!("{}/{}", self.kind, self.key), self.registry.node());
+                let target = format!("{}/{}", target.kind, target.key);
+                info!(worker = %me, target = %target, "{me}'s {what} to {target} given up: {node} is leaving and {me} must hand its state over");
+                Err(format!("{node} is leaving: {me}'s {what} to {target} was given up so that {me} can hand its state over"))
+            })
+            .await
+    }
+}
+
 impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
     async fn whoami(&mut self) -> wit::Name {
         wit::Name { kind: self.kind.clone(), key: self.key.clone() }
@@ -217,22 +235,27 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
 
     async fn call(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32) -> Result<Vec<u8>, wit::CallError> {
         let timeout = Duration::from_millis(timeout_ms as u64);
-        self.registry.call_traced(&target.kind, &target.key, msg, None, self.trace, timeout).await.map_err(to_wit_error)
+        let call = self.registry.call_traced(&target.kind, &target.key, msg, None, self.trace, timeout);
+        self.unless_leaving("call", &target, call).await.unwrap_or_else(|why| Err(CallError::Unavailable(why))).map_err(to_wit_error)
     }
 
     async fn call_once(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32, id: String) -> Result<Vec<u8>, wit::CallError> {
         let timeout = Duration::from_millis(timeout_ms as u64);
-        self.registry.call_traced(&target.kind, &target.key, msg, Some(&id), self.trace, timeout).await.map_err(to_wit_error)
+        let call = self.registry.call_traced(&target.kind, &target.key, msg, Some(&id), self.trace, timeout);
+        self.unless_leaving("call", &target, call).await.unwrap_or_else(|why| Err(CallError::Unavailable(why))).map_err(to_wit_error)
     }
 
     async fn cast(&mut self, target: wit::Name, msg: Vec<u8>) -> Result<(), wit::CallError> {
-        self.registry.cast(&target.kind, &target.key, msg).await.map_err(to_wit_error)
+        let cast = self.registry.cast(&target.kind, &target.key, msg);
+        self.unless_leaving("cast", &target, cast).await.unwrap_or_else(|why| Err(CallError::Unavailable(why))).map_err(to_wit_error)
     }
 
     async fn start(&mut self, kind: String, key: String, args: Vec<u8>) -> Result<String, wit::StartError> {
         let registry = self.registry.clone();
+        let target = wit::Name { kind: kind.clone(), key: key.clone() };
         let start = crate::registry::start_apart(async move { registry.start_worker(&kind, &key, args).await });
-        start.await.map_err(|e| match e {
+        let started = self.unless_leaving("start", &target, start).await.map_err(wit::StartError::Failed)?;
+        started.map_err(|e| match e {
             crate::registry::StartError::AlreadyStarted(n) => wit::StartError::AlreadyStarted(n),
             crate::registry::StartError::UnknownKind(k) => wit::StartError::UnknownKind(k),
             crate::registry::StartError::Failed(f) => wit::StartError::Failed(f),
@@ -314,10 +337,11 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
     let budget = kind.config.call_timeout;
     let worker: Arc<str> = name.into();
     let gate = super::log::Gate::worker(worker.clone());
+    let hurry = registry.hurry();
     let state = WorkerState {
         wasi: WasiCtx::builder().stdout(LineLog::new(false, gate.clone())).stderr(LineLog::new(true, gate.clone())).build(),
         http: WasiHttpCtx::new(),
-        egress: Egress { worker, reach: kind.reach.clone(), trace: None },
+        egress: Egress { worker, reach: kind.reach.clone(), trace: None, hurry: hurry.clone() },
         config: kind.config_vars.clone(),
         table: super::handle_table(),
         limits: super::Limits::new(kind.config.memory_limit),
@@ -331,6 +355,7 @@ fn new_store(kind: &WorkerKind, registry: Registry, key: String, own: mailbox::S
             timers: tokio::task::JoinSet::new(),
             timer_held: Arc::default(),
             timer_bytes: kind.config.memory_limit,
+            hurry,
         },
         log: super::log::LogCtx { label: format!("worker {name}").into(), gate },
     };
