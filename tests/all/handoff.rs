@@ -306,11 +306,11 @@ fn sigterm_moves_a_busy_worker_ahead_of_its_queue_and_the_queued_calls_follow_it
 /// SIGTERM reaches a node whose workers each wait, inside a message, on something that
 /// outlasts the node's handoff deadline (3 s): one on a `cluster.call` to a worker on
 /// another node that takes 20 s, one on an outbound request whose server never answers,
-/// one on an outbound response whose body never ends. At half the deadline the node
-/// ends those waits with an error; each worker finishes its message (its caller gets
-/// the error), stops, and its state (a count of 3 and 1 MiB) is handed over in time.
-/// Before, each stop waited for its message, the deadline passed, and the three states
-/// were lost.
+/// one on an outbound response whose body never ends, one in a 20 s sleep. At half the
+/// deadline the node ends those waits (the first three with an error); each worker
+/// finishes its message (its caller gets what it answers), stops, and its state (its
+/// count and 1 MiB) is handed over in time. Before, each stop waited for its message,
+/// the deadline passed, and the four states were lost.
 #[test]
 fn sigterm_cuts_the_long_waits_of_busy_workers_short_and_hands_their_states_over() {
     use std::io::{Read, Write};
@@ -339,7 +339,7 @@ fn sigterm_cuts_the_long_waits_of_busy_workers_short_and_hands_their_states_over
     let topology = worker_topology(&refs, &[("probe", "worker_probe.wasm", &grant)], None).replacen("[node]\n", "[node]\nhandoff_deadline_ms = 3000\n", 1);
     let mut nodes: Vec<Node> = names.iter().enumerate().map(|(i, n)| Node::start(n, &dir.write(&format!("{i}.toml"), &topology))).collect();
     wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, FORM);
-    // Three holders on a, and the slow target elsewhere.
+    // Four holders on a, and the slow target elsewhere.
     let (mut holders, mut slow) = (Vec::new(), None);
     for k in 0..60 {
         let key = format!("w{k}");
@@ -347,16 +347,16 @@ fn sigterm_cuts_the_long_waits_of_busy_workers_short_and_hands_their_states_over
         assert!(ok, "{out}");
         let on = started_on(&out);
         match on == names[0] {
-            true if holders.len() < 3 => holders.push(key),
+            true if holders.len() < 4 => holders.push(key),
             false if slow.is_none() => slow = Some((key, on)),
             _ => {}
         }
-        if holders.len() == 3 && slow.is_some() {
+        if holders.len() == 4 && slow.is_some() {
             break;
         }
     }
     let (slow, slow_on) = slow.expect("a worker placed off a");
-    assert_eq!(holders.len(), 3, "three of 60 workers placed on a");
+    assert_eq!(holders.len(), 4, "four of 60 workers placed on a");
     for h in &holders {
         let name = format!("probe/{h}");
         assert_eq!(call(&names[1], &name, "ballast 1"), (true, "ok".to_string()));
@@ -364,7 +364,12 @@ fn sigterm_cuts_the_long_waits_of_busy_workers_short_and_hands_their_states_over
             assert_eq!(call(&names[1], &name, "slow-add 0"), (true, n.to_string()));
         }
     }
-    let asks = [format!("call-once c1 probe/{slow} slow-add 20000"), format!("http-get http://{silent}/"), format!("http-get http://{trickle}/")];
+    let asks = [
+        format!("call-once c1 probe/{slow} slow-add 20000"),
+        format!("http-get http://{silent}/"),
+        format!("http-get http://{trickle}/"),
+        "slow-add 20000".to_string(),
+    ];
     let callers: Vec<_> = holders
         .iter()
         .zip(asks)
@@ -373,7 +378,9 @@ fn sigterm_cuts_the_long_waits_of_busy_workers_short_and_hands_their_states_over
             std::thread::spawn(move || call_once(&via, &format!("ask-{name}"), &name, &ask))
         })
         .collect();
-    // Each holder is in its wait: the target applied its call, each server took its request.
+    // Each holder is in its wait: the target applied its call, each server took its
+    // request, the sleeper counted its fourth.
+    nodes[0].wait_log("slow-add 4 applied", FORM);
     nodes.iter().find(|n| n.name == slow_on).expect("the slow target's node").wait_log("slow-add 1 applied", FORM);
     let mut servers: Vec<&str> = (0..2).map(|_| heard.recv_timeout(FORM).expect("a request reached a test server")).collect();
     servers.sort();
@@ -383,7 +390,7 @@ fn sigterm_cuts_the_long_waits_of_busy_workers_short_and_hands_their_states_over
     assert_eq!(nodes[0].wait_exit(Duration::from_secs(10)), Some(0), "{}", nodes[0].log());
     let log = nodes[0].log();
     assert_eq!(nodes[0].count("not handed over by the deadline"), 0, "{log}");
-    assert_eq!(nodes[0].count("3 instances not handed over"), 1, "{log}");
+    assert_eq!(nodes[0].count("4 instances not handed over"), 1, "{log}");
     assert_eq!(nodes[0].count("given up: a@127.0.146.1 is leaving"), 1, "{log}");
     assert_eq!(nodes[0].count("outbound request to http://"), 2, "{log}");
     for h in &holders {
@@ -394,8 +401,9 @@ fn sigterm_cuts_the_long_waits_of_busy_workers_short_and_hands_their_states_over
     assert!(replies[0].starts_with("error: unavailable: a@127.0.146.1 is leaving"), "{replies:?}");
     assert!(replies[1].contains("this node is leaving"), "{replies:?}");
     assert!(replies[2].starts_with("error: reading the body"), "{replies:?}");
+    assert_eq!(replies[3], "4", "the sleep ended, and the message with it");
     // Each state moved whole: its count, and its ballast (else it would hand over none).
-    for h in &holders {
-        assert_eq!(call(&names[1], &format!("probe/{h}"), "count"), (true, "3".to_string()), "{h}");
+    for (h, count) in holders.iter().zip(["3", "3", "3", "4"]) {
+        assert_eq!(call(&names[1], &format!("probe/{h}"), "count"), (true, count.to_string()), "{h}");
     }
 }

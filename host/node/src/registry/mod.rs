@@ -119,7 +119,7 @@ struct Inner {
     hurry: tokio::sync::watch::Sender<bool>,
 }
 
-/// What an instance's waits (its calls, outbound requests) race against: this node,
+/// What an instance's waits (its calls, outbound requests, sleeps) race against: this node,
 /// leaving, cutting them short so that the instance can stop and hand its state over
 /// ([`Registry::hand_off_all`]).
 #[derive(Clone)]
@@ -577,7 +577,7 @@ impl Registry {
     /// arrive meanwhile wait and then follow the name.
     ///
     /// At half the deadline, the instances still here have their waits cut short
-    /// ([`Hurry`]): a message waiting on a slow call or outbound request would otherwise
+    /// ([`Hurry`]): a message waiting on a slow call, outbound request or sleep would otherwise
     /// hold its instance's stop, and its state, past the deadline.
     pub async fn hand_off_all(&self, deadline: Duration) {
         self.apply(Event::Leave, false);
@@ -601,7 +601,7 @@ impl Registry {
                 if left > 0 {
                     warn!(
                         count = left,
-                        "{left} instances not handed over {ms} ms into the handoff deadline: ending their waits on calls and outbound requests, \
+                        "{left} instances not handed over {ms} ms into the handoff deadline: ending their waits on calls, outbound requests and sleeps, \
                          so that they finish their messages and hand their states over in the time left"
                     );
                 }

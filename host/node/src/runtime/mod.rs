@@ -18,6 +18,7 @@ pub mod dns;
 pub mod egress;
 pub mod kubernetes;
 pub mod log;
+pub mod sleep;
 pub mod worker;
 
 use std::time::Duration;

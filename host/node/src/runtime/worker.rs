@@ -78,8 +78,8 @@ pub struct WorkerKind {
 /// the `cluster` and `log` capabilities, and the clock of the current message; outbound
 /// HTTP to its kind's granted hosts and its kind's configuration.
 pub struct WorkerState {
-    wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
     limits: super::Limits,
     pub cluster: ClusterCtx,
     pub log: super::log::LogCtx,
@@ -122,7 +122,7 @@ pub struct ClusterCtx {
     /// The most bytes of payload its pending timers may hold: its memory limit.
     timer_bytes: usize,
     /// Ends its waits when this node, leaving, runs short of time to hand it over.
-    hurry: crate::registry::Hurry,
+    pub(super) hurry: crate::registry::Hurry,
 }
 
 /// Timers one instance may have pending at once. Each is a task holding its payload, so
@@ -383,6 +383,7 @@ impl WorkerKind {
         let component = super::cache::load(engine, &w.component).map_err(|e| LoadError::NotAComponent { path: path.clone(), why: first_line(&e) })?;
         let mut linker: Linker<WorkerState> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::host)?;
+        super::sleep::shadow_monotonic_clock(&mut linker).map_err(LoadError::host)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(LoadError::host)?;
         wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut WorkerState| WasiConfig::new(&s.config)).map_err(LoadError::host)?;
         bindings::wasmnode::worker::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(LoadError::host)?;
