@@ -407,3 +407,58 @@ fn sigterm_cuts_the_long_waits_of_busy_workers_short_and_hands_their_states_over
         assert_eq!(call(&names[1], &format!("probe/{h}"), "count"), (true, count.to_string()), "{h}");
     }
 }
+
+/// Two of three nodes get SIGTERM at the same instant (a scale-down by two, a `docker
+/// compose down` of two services) while a client keeps incrementing 24 counters through
+/// the third. Each leaver learns the other leaves too, so what either hands over lands
+/// on the node that stays: every counter ends there with every increment it
+/// acknowledged, and no state is lost on the way.
+#[test]
+fn two_nodes_leaving_at_once_hand_every_state_to_the_node_that_stays() {
+    let (_dir, names, mut nodes) = three_nodes("h-two", 147, &[("counter", "worker_counter.wasm", "")], true);
+    const N: usize = 24;
+    for k in 0..N {
+        assert!(start_worker(&names[2], "counter", &format!("c{k}")).0);
+        assert_eq!(call(&names[2], &format!("counter/c{k}"), "increment"), (true, "1".to_string()));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done, progress) = (stop.clone(), std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)));
+    let seen = progress.clone();
+    let client = std::thread::spawn(move || {
+        // Per counter: increments acknowledged, and calls that failed (applied or not).
+        let (mut acked, mut unsure) = (vec![1u64; N], vec![0u64; N]);
+        let mut turn = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let k = turn % N;
+            turn += 1;
+            match try_http("127.0.147.3:8080", "POST", &format!("/v1/workers/counter/c{k}/call?timeout_ms=10000"), b"increment") {
+                Some((200, _)) => acked[k] += 1,
+                // Refused before anything was done.
+                Some((503, _)) => {}
+                _ => unsure[k] += 1,
+            }
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        (acked, unsure)
+    });
+    wait_until(FORM, "the client under way", || progress.load(std::sync::atomic::Ordering::SeqCst) >= 50, String::new);
+    nodes[0].signal(libc::SIGTERM);
+    nodes[1].signal(libc::SIGTERM);
+    for node in &mut nodes[..2] {
+        assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0), "{}", node.log());
+    }
+    let mark = progress.load(std::sync::atomic::Ordering::SeqCst);
+    wait_until(FORM, "more increments after both left", || progress.load(std::sync::atomic::Ordering::SeqCst) >= mark + 50, String::new);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (acked, unsure) = client.join().unwrap();
+    for node in &nodes[..2] {
+        assert_eq!(node.count("state is lost"), 0, "{}", node.log());
+        assert_eq!(node.count("not handed over by the deadline"), 0, "{}", node.log());
+    }
+    for k in 0..N {
+        let (ok, value) = call(&names[2], &format!("counter/c{k}"), "value");
+        assert!(ok, "{value}\n{}", nodes[2].log());
+        let value: u64 = value.parse().unwrap();
+        assert!(value >= acked[k] && value <= acked[k] + unsure[k], "counter/c{k}: {value}, acknowledged {}, unsure {}\n{}", acked[k], unsure[k], nodes[2].log());
+    }
+}
