@@ -459,6 +459,47 @@ fn two_nodes_leaving_at_once_hand_every_state_to_the_node_that_stays() {
         let (ok, value) = call(&names[2], &format!("counter/c{k}"), "value");
         assert!(ok, "{value}\n{}", nodes[2].log());
         let value: u64 = value.parse().unwrap();
-        assert!(value >= acked[k] && value <= acked[k] + unsure[k], "counter/c{k}: {value}, acknowledged {}, unsure {}\n{}", acked[k], unsure[k], nodes[2].log());
+        assert!(
+            value >= acked[k] && value <= acked[k] + unsure[k],
+            "counter/c{k}: {value}, acknowledged {}, unsure {}\n{}",
+            acked[k],
+            unsure[k],
+            nodes[2].log()
+        );
+    }
+}
+
+/// A node joins, takes its share of 24 counters from the two that ran them (each moves
+/// with its state), and gets SIGTERM while those moves are under way (a scale-up undone
+/// at once). What it received goes back with its state, what was still on its way to it
+/// finds its owner, and every counter keeps every increment it acknowledged.
+#[test]
+fn a_node_that_leaves_while_its_share_moves_to_it_loses_no_increment() {
+    let dir = TempDir::new("h-flap");
+    let names: Vec<String> = (1..=3).map(|i| format!("{}@127.0.148.{i}", ["a", "b", "c"][i - 1])).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let topology = worker_topology(&refs, &[("counter", "worker_counter.wasm", "")], None);
+    let configs: Vec<_> = (0..3).map(|i| dir.write(&format!("{i}.toml"), &topology)).collect();
+    let mut nodes: Vec<Node> = (0..2).map(|i| Node::start(&names[i], &configs[i])).collect();
+    wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs[..2], FORM);
+    const N: usize = 24;
+    for k in 0..N {
+        assert!(start_worker(&names[0], "counter", &format!("c{k}")).0);
+        for n in 1..=3 {
+            assert_eq!(call(&names[0], &format!("counter/c{k}"), "increment"), (true, n.to_string()));
+        }
+    }
+    nodes.push(Node::start(&names[2], &configs[2]));
+    nodes[2].wait_log("started counter/", FORM);
+    nodes[2].signal(libc::SIGTERM);
+    assert_eq!(nodes[2].wait_exit(Duration::from_secs(30)), Some(0), "{}", nodes[2].log());
+    // It ran some, and handed each of them on.
+    let (ran, moved) = (nodes[2].count("started counter/"), nodes[2].count("moved counter/"));
+    assert!(ran >= 1 && moved == ran, "ran {ran}, moved {moved}\n{}", nodes[2].log());
+    for node in &nodes {
+        assert_eq!(node.count("state is lost"), 0, "{}", node.log());
+    }
+    for k in 0..N {
+        assert_eq!(call(&names[0], &format!("counter/c{k}"), "value"), (true, "3".to_string()), "counter/c{k}\n{}\n{}", nodes[0].log(), nodes[2].log());
     }
 }
