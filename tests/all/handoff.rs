@@ -306,8 +306,10 @@ fn sigterm_moves_a_busy_worker_ahead_of_its_queue_and_the_queued_calls_follow_it
 /// SIGTERM reaches a node whose workers each wait, inside a message, on something that
 /// outlasts the node's handoff deadline (3 s): one on a `cluster.call` to a worker on
 /// another node that takes 20 s, one on an outbound request whose server never answers,
-/// one on an outbound response whose body never ends, one in a 20 s sleep. At half the
-/// deadline the node ends those waits (the first three with an error); each worker
+/// one on an outbound response whose body never ends, one in a 20 s sleep. At a quarter
+/// of the deadline (its messages may compute for 5 s, longer than the deadline: the
+/// cut comes as early as it may) the node ends those waits (the first three with an
+/// error); each worker
 /// finishes its message (its caller gets what it answers), stops, and its state (its
 /// count and 1 MiB) is handed over in time. Before, each stop waited for its message,
 /// the deadline passed, and the four states were lost.

@@ -196,7 +196,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     info!("{signal}: leaving the cluster");
     membership.announce_leave();
-    registry.hand_off_all(cfg.node.handoff_deadline).await;
+    let longest_message = cfg.workers.iter().map(|w| w.call_timeout).max().unwrap_or_default();
+    registry.hand_off_all(cfg.node.handoff_deadline, longest_message).await;
     // Calls under way through this node finish (they follow moved names) before it goes.
     drain.close(cfg.node.handoff_deadline).await;
     membership.leave(LEAVE_DEADLINE).await;

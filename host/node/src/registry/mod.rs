@@ -113,10 +113,24 @@ struct Inner {
     /// Queues of instances that moved on, still being sent after their names
     /// ([`Registry::forward_queued`]): a leaving node waits for them.
     forwarding: std::sync::atomic::AtomicUsize,
-    /// Set once this node, leaving, has used half its handoff deadline: the waits of the
+    /// Set once this node, leaving, has used part of its handoff deadline ([`hurry_after`]): the waits of the
     /// instances still here end then ([`Hurry`]), so that each finishes its message and
     /// hands its state over before the deadline instead of being lost at it.
     hurry: tokio::sync::watch::Sender<bool>,
+}
+
+/// Time a leaving node keeps for its instances' handoffs once their messages end:
+/// sending the states and hearing them acknowledged.
+const HANDOFF_TIME: Duration = Duration::from_secs(1);
+
+/// When a leaving node, with `deadline` to hand its instances over, cuts their waits
+/// short ([`Hurry`]): at half the deadline; earlier when a message then computing for
+/// all of `longest_message` (its own-time budget, which waits do not count) and the
+/// handoff would not end by the deadline; but not before a quarter of it, so that the
+/// short waits under way at SIGTERM (an outbound request of a few milliseconds) end as
+/// they would.
+pub fn hurry_after(deadline: Duration, longest_message: Duration) -> Duration {
+    (deadline / 2).min(deadline.saturating_sub(longest_message + HANDOFF_TIME)).max(deadline / 4)
 }
 
 /// What an instance's waits (its calls, outbound requests, sleeps) race against: this node,
@@ -576,13 +590,15 @@ impl Registry {
     /// state out, `init(…, state)` there, acknowledged; within `deadline`. Calls that
     /// arrive meanwhile wait and then follow the name.
     ///
-    /// At half the deadline, the instances still here have their waits cut short
-    /// ([`Hurry`]): a message waiting on a slow call, outbound request or sleep would otherwise
-    /// hold its instance's stop, and its state, past the deadline.
-    pub async fn hand_off_all(&self, deadline: Duration) {
+    /// At [`hurry_after`] the instances still here have their waits cut short
+    /// ([`Hurry`]): a message waiting on a slow call, outbound request or sleep would
+    /// otherwise hold its instance's stop, and its state, past the deadline.
+    /// `longest_message` is the longest any message may compute (the kinds' largest
+    /// `call_timeout_ms`).
+    pub async fn hand_off_all(&self, deadline: Duration, longest_message: Duration) {
         self.apply(Event::Leave, false);
         let began = Instant::now();
-        let (hurry_at, deadline) = (began + deadline / 2, began + deadline);
+        let (hurry_at, deadline) = (began + hurry_after(deadline, longest_message), began + deadline);
         loop {
             let drained = self.0.drained.notified();
             tokio::pin!(drained);
@@ -1145,6 +1161,18 @@ mod hurry_tests {
         // Hurried: a new wait ends at once, but one already done keeps its outcome.
         assert_eq!(hurry.race(std::future::pending::<i32>(), || 3).await, 3);
         assert_eq!(hurry.race(async { 1 }, || 3).await, 1);
+    }
+
+    #[test]
+    fn the_waits_are_cut_at_half_the_deadline_or_in_time_for_a_whole_message_and_the_handoff() {
+        let s = std::time::Duration::from_secs;
+        // The defaults: 25 s to hand over, messages of 5 s at most.
+        assert_eq!(super::hurry_after(s(25), s(5)), s(25) / 2);
+        // 8 s to hand over: a message computing for 5 s after the cut, and 1 s to hand
+        // its state over, leave 2 s.
+        assert_eq!(super::hurry_after(s(8), s(5)), s(2));
+        // Messages longer than the deadline: a quarter of it, for the short waits.
+        assert_eq!(super::hurry_after(s(3), s(5)), s(3) / 4);
     }
 
     #[tokio::test]
