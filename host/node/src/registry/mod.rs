@@ -113,9 +113,10 @@ struct Inner {
     /// Queues of instances that moved on, still being sent after their names
     /// ([`Registry::forward_queued`]): a leaving node waits for them.
     forwarding: std::sync::atomic::AtomicUsize,
-    /// Set once this node, leaving, has used part of its handoff deadline ([`hurry_after`]): the waits of the
-    /// instances still here end then ([`Hurry`]), so that each finishes its message and
-    /// hands its state over before the deadline instead of being lost at it.
+    /// Set once this node, leaving, has used part of its handoff deadline
+    /// ([`hurry_after`]): the waits of the instances still here end then ([`Hurry`]), so
+    /// that each finishes its message and hands its state over before the deadline
+    /// instead of being lost at it.
     hurry: tokio::sync::watch::Sender<bool>,
 }
 
@@ -133,9 +134,9 @@ pub fn hurry_after(deadline: Duration, longest_message: Duration) -> Duration {
     (deadline / 2).min(deadline.saturating_sub(longest_message + HANDOFF_TIME)).max(deadline / 4)
 }
 
-/// What an instance's waits (its calls, outbound requests, sleeps) race against: this node,
-/// leaving, cutting them short so that the instance can stop and hand its state over
-/// ([`Registry::hand_off_all`]).
+/// What an instance's waits (its calls, outbound requests, sleeps) race against: this
+/// node, leaving, cutting them short so that the instance can stop and hand its state
+/// over ([`Registry::hand_off_all`]).
 #[derive(Clone)]
 pub struct Hurry(tokio::sync::watch::Receiver<bool>);
 
@@ -604,8 +605,7 @@ impl Registry {
             tokio::pin!(drained);
             drained.as_mut().enable();
             let forwarding = self.0.forwarding.load(std::sync::atomic::Ordering::SeqCst);
-            let local = self.0.table.lock().unwrap().local_count();
-            if local == 0 && forwarding == 0 {
+            if self.0.table.lock().unwrap().local_count() == 0 && forwarding == 0 {
                 break;
             }
             let hurried = *self.0.hurry.borrow();

@@ -16,7 +16,7 @@ use super::worker::WorkerState;
 use crate::registry::Hurry;
 
 /// The monotonic clock of one instance: its WASI clocks and table, and its [`Hurry`].
-pub struct Sleeps<'a> {
+struct Sleeps<'a> {
     clocks: WasiClocksCtxView<'a>,
     hurry: &'a Hurry,
 }
@@ -55,13 +55,13 @@ impl Pollable for Sleep {
 
 impl Sleeps<'_> {
     fn sleep(&mut self, d: Duration) -> wasmtime::Result<Resource<DynPollable>> {
-        // Due now: wasmtime-wasi's, which yields once. Beyond what an Instant holds:
-        // it waits until it is cut, as wasmtime-wasi's waits forever.
-        let until = match tokio::time::Instant::now().checked_add(d) {
-            _ if d.is_zero() => return self.clocks.subscribe_duration(0),
-            Some(until) => until,
-            None => tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400),
-        };
+        // Due now: wasmtime-wasi's, which yields once.
+        if d.is_zero() {
+            return self.clocks.subscribe_duration(0);
+        }
+        // Beyond what an Instant holds: a century, where wasmtime-wasi's waits forever.
+        let now = tokio::time::Instant::now();
+        let until = now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         let sleep = self.clocks.table.push(Sleep { until, hurry: self.hurry.clone() })?;
         subscribe(self.clocks.table, sleep)
     }

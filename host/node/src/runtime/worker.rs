@@ -205,16 +205,17 @@ fn to_wit_error(e: CallError) -> wit::CallError {
 }
 
 impl ClusterCtx {
-    /// `wait`, one of the guest's waits on the cluster, unless this node, leaving, cuts
-    /// its instances' waits short first ([`crate::registry::Hurry`]): then why, and the
-    /// guest, told, finishes its message, and its state is handed over in time.
+    /// `wait`, one of the guest's waits on the cluster; or, when this node, leaving, cuts
+    /// its instances' waits short first ([`crate::registry::Hurry`]), why it ended (and
+    /// logged), for the guest to be told: it then finishes its message, and its state is
+    /// handed over in time. (A start given up goes on, on a task of its own.)
     async fn unless_leaving<T>(&self, what: &str, target: &wit::Name, wait: impl Future<Output = T>) -> Result<T, String> {
         self.hurry
             .race(async { Ok(wait.await) }, || {
                 let (me, node) = (format!("{}/{}", self.kind, self.key), self.registry.node());
                 let target = format!("{}/{}", target.kind, target.key);
-                info!(worker = %me, target = %target, "{me}'s {what} to {target} given up: {node} is leaving and {me} must hand its state over");
-                Err(format!("{node} is leaving: {me}'s {what} to {target} was given up so that {me} can hand its state over"))
+                info!(worker = %me, target = %target, "{me}'s {what} {target} given up: {node} is leaving and {me} must hand its state over");
+                Err(format!("{node} is leaving: {me}'s {what} {target} was given up so that {me} can hand its state over"))
             })
             .await
     }
@@ -236,25 +237,25 @@ impl bindings::wasmnode::worker::cluster::Host for ClusterCtx {
     async fn call(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32) -> Result<Vec<u8>, wit::CallError> {
         let timeout = Duration::from_millis(timeout_ms as u64);
         let call = self.registry.call_traced(&target.kind, &target.key, msg, None, self.trace, timeout);
-        self.unless_leaving("call", &target, call).await.unwrap_or_else(|why| Err(CallError::Unavailable(why))).map_err(to_wit_error)
+        self.unless_leaving("call to", &target, call).await.unwrap_or_else(|why| Err(CallError::Unavailable(why))).map_err(to_wit_error)
     }
 
     async fn call_once(&mut self, target: wit::Name, msg: Vec<u8>, timeout_ms: u32, id: String) -> Result<Vec<u8>, wit::CallError> {
         let timeout = Duration::from_millis(timeout_ms as u64);
         let call = self.registry.call_traced(&target.kind, &target.key, msg, Some(&id), self.trace, timeout);
-        self.unless_leaving("call", &target, call).await.unwrap_or_else(|why| Err(CallError::Unavailable(why))).map_err(to_wit_error)
+        self.unless_leaving("call to", &target, call).await.unwrap_or_else(|why| Err(CallError::Unavailable(why))).map_err(to_wit_error)
     }
 
     async fn cast(&mut self, target: wit::Name, msg: Vec<u8>) -> Result<(), wit::CallError> {
         let cast = self.registry.cast(&target.kind, &target.key, msg);
-        self.unless_leaving("cast", &target, cast).await.unwrap_or_else(|why| Err(CallError::Unavailable(why))).map_err(to_wit_error)
+        self.unless_leaving("cast to", &target, cast).await.unwrap_or_else(|why| Err(CallError::Unavailable(why))).map_err(to_wit_error)
     }
 
     async fn start(&mut self, kind: String, key: String, args: Vec<u8>) -> Result<String, wit::StartError> {
         let registry = self.registry.clone();
         let target = wit::Name { kind: kind.clone(), key: key.clone() };
         let start = crate::registry::start_apart(async move { registry.start_worker(&kind, &key, args).await });
-        let started = self.unless_leaving("start", &target, start).await.map_err(wit::StartError::Failed)?;
+        let started = self.unless_leaving("start of", &target, start).await.map_err(wit::StartError::Failed)?;
         started.map_err(|e| match e {
             crate::registry::StartError::AlreadyStarted(n) => wit::StartError::AlreadyStarted(n),
             crate::registry::StartError::UnknownKind(k) => wit::StartError::UnknownKind(k),
