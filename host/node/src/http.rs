@@ -212,9 +212,11 @@ fn response(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> 
     r
 }
 
-/// A JSON answer. A 503 from the gateway says nothing was done and when to try again:
-/// `Retry-After: 1`, which a client's retry policy or a proxy reads. (`/readyz`'s 503 is
-/// a probe's answer, in text, without it.)
+/// A JSON answer. A 503 from the gateway says when to try again: `Retry-After: 1`, which
+/// a client's retry policy or a proxy reads. Nothing was done, except for a call's
+/// `unavailable` whose node went down while it was under way (`… went down`): that call
+/// may have been applied, and only an `Idempotency-Key` makes its retry safe.
+/// (`/readyz`'s 503 is a probe's answer, in text, without it.)
 fn json_response(status: u16, v: Value) -> Response {
     let mut r = response(status, "application/json", v.to_string());
     if status == 503 {
