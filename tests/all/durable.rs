@@ -246,6 +246,40 @@ fn replicated(via: &str, names: &[String], replicas: usize) -> Result<(), String
     }
 }
 
+/// What the counters hold against what the clients saw: increments acknowledged and
+/// in doubt, increments lost (a value below what was acknowledged) and doubled (above
+/// what was acknowledged and in doubt), and a line for each counter that is off.
+struct Count {
+    acked: u64,
+    doubt: u64,
+    lost: u64,
+    doubled: u64,
+    report: Vec<String>,
+}
+
+/// Reads each of `names` through `via` (every counter must answer) and sets it against
+/// `tally`.
+fn count_up(via: &str, names: &[String], tally: &Tally) -> Count {
+    let mut c = Count { acked: 0, doubt: 0, lost: 0, doubled: 0, report: Vec::new() };
+    for n in names {
+        let (a, d) = (tally.acked.get(n).copied().unwrap_or(0), tally.doubt.get(n).copied().unwrap_or(0));
+        let (ok, out) = call(via, n, "value");
+        assert!(ok, "{n}: {out}");
+        let value: u64 = out.parse().unwrap();
+        c.acked += a;
+        c.doubt += d;
+        if value < a {
+            c.lost += a - value;
+        } else if value > a + d {
+            c.doubled += value - a - d;
+        }
+        if value < a || value > a + d {
+            c.report.push(format!("{n}: value {value}, acknowledged {a}, in doubt {d}"));
+        }
+    }
+    c
+}
+
 /// Five nodes, 300 durable counters, clients incrementing through every node as fast
 /// as they can; `rounds` times, `kill` random nodes are killed with SIGKILL at the same
 /// instant, every name is waited for until replicated again, and the nodes are started
@@ -326,27 +360,11 @@ fn kill_rounds(tag: &str, subnet: u8, replicas: usize, kill: usize, rounds: usiz
     for t in threads {
         t.join().unwrap();
     }
-    let t = tally.lock().unwrap();
-    let (mut lost, mut doubled, mut acked, mut doubt) = (0, 0, 0, 0);
-    let mut report = Vec::new();
-    for n in names.iter() {
-        let (a, d) = (t.acked.get(n).copied().unwrap_or(0), t.doubt.get(n).copied().unwrap_or(0));
-        let (ok, out) = call(&hosts[0], n, "value");
-        assert!(ok, "{n}: {out}");
-        let value: u64 = out.parse().unwrap();
-        acked += a;
-        doubt += d;
-        if value < a {
-            lost += a - value;
-            report.push(format!("{n}: value {value}, acknowledged {a}, in doubt {d}"));
-        } else if value > a + d {
-            doubled += value - a - d;
-            report.push(format!("{n}: value {value}, acknowledged {a}, in doubt {d}"));
-        }
-    }
+    let c = count_up(&hosts[0], &names, &tally.lock().unwrap());
+    let (acked, doubt) = (c.acked, c.doubt);
     assert!(acked > 1000, "the clients made too few calls to tell anything: {acked}");
     assert!(took_over > 0, "no name was taken over from a replica");
-    assert_eq!((lost, doubled), (0, 0), "{acked} increments acknowledged, {doubt} in doubt, over {rounds} rounds:\n{}", report.join("\n"));
+    assert_eq!((c.lost, c.doubled), (0, 0), "{acked} increments acknowledged, {doubt} in doubt, over {rounds} rounds:\n{}", c.report.join("\n"));
     let restarted: usize = nodes.iter().map(|n| n.count("restarted counter/")).sum();
     assert_eq!(restarted, 0, "a counter restarted empty");
     eprintln!("{tag}: {acked} increments acknowledged, {doubt} in doubt, {took_over} names taken over, lost 0, doubled 0");
@@ -626,4 +644,75 @@ fn a_node_killed_while_another_hands_its_counters_over_loses_no_increment() {
     assert_eq!(nodes[0].count("state is lost"), 0, "{}", nodes[0].log());
     wait_exactly_once_with(&names[2], &want, SETTLE, "every counter on c, with every increment");
     assert_eq!(nodes[2].count("restarted counter/"), 0, "no counter restarted empty\n{}", nodes[2].log());
+}
+
+/// A node paused (SIGSTOP) past the heartbeat timeout while clients increment every
+/// counter through another node. Its peers declare it down and take its names over
+/// from their copies, and the take-overs go on taking increments. When it wakes, each
+/// of its instances meets the take-over of its name; one of the two may hold an
+/// increment that no copy took (in flight at the pause, never acknowledged), the other
+/// every increment since. A counter has no `resolve-conflict`, so one state is kept:
+/// it must be the one that went further, or the acknowledged increments of the
+/// take-over are lost. With `leave`, the node was sent SIGTERM too, which it reads as
+/// it wakes: it hands its instances over instead, and the same holds.
+fn a_paused_node_loses_no_acknowledged_increment(tag: &str, subnet: u8, leave: bool) {
+    let kind = [("counter", "worker_counter.wasm", "durability = \"replicated\"\nreplicas = 2")];
+    let (_dir, hosts, mut nodes) = three_nodes(tag, subnet, &kind, true);
+    let names: Vec<String> = (0..24).map(|k| format!("counter/c{k}")).collect();
+    for (k, n) in names.iter().enumerate() {
+        let (ok, out) = start_worker(&hosts[k % 3], "counter", n.trim_start_matches("counter/"));
+        assert!(ok, "{out}");
+    }
+    wait_until(SETTLE, "every counter replicated", || replicated(&hosts[2], &names, 2).is_ok(), || format!("{:?}", replicated(&hosts[2], &names, 2)));
+    // The clients go through c's gateway only: c never pauses.
+    let gateway = Arc::new(vec![format!("127.0.{subnet}.3:8080")]);
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Tally::default())));
+    let threads = clients(4, Arc::new(names.clone()), gateway, Arc::new(Mutex::new(vec![false])), stop.clone(), tally.clone());
+    let acked = |t: &Mutex<Tally>| t.lock().unwrap().acked.values().sum::<u64>();
+    wait_until(SETTLE, "300 increments before the pause", || acked(&tally) >= 300, String::new);
+
+    let paused = std::time::Instant::now();
+    nodes[0].signal(libc::SIGSTOP);
+    if leave {
+        nodes[0].signal(libc::SIGTERM);
+    }
+    nodes[2].wait_log(&format!("node down {}: heartbeat timeout", hosts[0]), SETTLE);
+    let before = acked(&tally);
+    wait_until(SETTLE, "100 increments while a is paused", || acked(&tally) >= before + 100, String::new);
+    // Twice the heartbeat timeout: both peers have timed it out and moved on.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(paused.elapsed()));
+    nodes[0].signal(libc::SIGCONT);
+    if leave {
+        assert_eq!(nodes[0].wait_exit(SETTLE), Some(0), "{}", nodes[0].log());
+    } else {
+        let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        wait_mesh(&nodes.iter().collect::<Vec<_>>(), &refs, SETTLE);
+    }
+    let before = acked(&tally);
+    wait_until(SETTLE, "300 increments after the wake", || acked(&tally) >= before + 300, String::new);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let replicas = if leave { 1 } else { 2 };
+    wait_until(
+        SETTLE,
+        "every counter once, replicated",
+        || replicated(&hosts[2], &names, replicas).is_ok(),
+        || format!("{:?}", replicated(&hosts[2], &names, replicas)),
+    );
+    let c = count_up(&hosts[2], &names, &tally.lock().unwrap());
+    let logs = || nodes.iter().map(|n| n.log()).collect::<Vec<_>>().join("\n---\n");
+    assert_eq!((c.lost, c.doubled), (0, 0), "{} acknowledged, {} in doubt:\n{}\n{}", c.acked, c.doubt, c.report.join("\n"), logs());
+    eprintln!("{tag}: {} increments acknowledged, {} in doubt, lost 0, doubled 0", c.acked, c.doubt);
+}
+
+#[test]
+fn a_paused_node_that_wakes_loses_no_acknowledged_increment() {
+    a_paused_node_loses_no_acknowledged_increment("d-pause", 150, false);
+}
+
+#[test]
+fn a_paused_node_that_wakes_into_sigterm_loses_no_acknowledged_increment() {
+    a_paused_node_loses_no_acknowledged_increment("d-pause-term", 151, true);
 }

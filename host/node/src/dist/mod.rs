@@ -316,6 +316,11 @@ impl Dist {
         &self.0.cfg.name
     }
 
+    /// How often this node sends heartbeats.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.0.cfg.heartbeat_interval
+    }
+
     fn identity(&self) -> Identity {
         let hidden = if self.0.cfg.hidden { wasmnode_proto::handshake::FLAG_HIDDEN } else { 0 };
         let flags = hidden | wasmnode_proto::seal::cipher_flags() | wasmnode_proto::handshake::version_flags();

@@ -102,6 +102,9 @@ pub struct Replicator {
     /// The copy each replica acknowledged, and on which connection to it: a node that
     /// restarted (a new connection) holds nothing, whatever its previous life took.
     pub holds: BTreeMap<String, (u64, u64)>,
+    /// How many copies after the first held a changed state: how far the instance went
+    /// since it started (copies again of the same state, to new replicas, do not count).
+    pub changes: u64,
 }
 
 /// A replica: a node, and the connection to it that the copies go on.
@@ -133,10 +136,16 @@ impl Replicator {
         Some((seq, sends))
     }
 
+    /// [`Replicator::changes`] once `state` is copied.
+    pub fn changes_with(&self, state: &[u8]) -> u64 {
+        self.changes + u64::from(self.seq > 0 && state != self.last.as_slice())
+    }
+
     /// Copy `seq` of `state` went to `sent` and `acked` hold it now; nodes that held an
     /// earlier copy and were not sent this one are no longer counted (returned, to be
     /// told to drop theirs).
     pub fn done(&mut self, seq: u64, state: Vec<u8>, sent: &[Target], acked: &[String]) -> Vec<String> {
+        self.changes = self.changes_with(&state);
         self.last = state;
         self.seq = seq;
         let was_sent = |n: &str| sent.iter().any(|(t, _)| t == n);

@@ -96,7 +96,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 self.local.insert(name.clone(), moving(winner, true, Vec::new()));
                 self.send_handoff(name, None);
             }
-            StopWhy::Replaced { from, args: new_args, lineage: new_lineage, state: handed, merges: handed_merges, origin: theirs } => {
+            StopWhy::Replaced { from, args: new_args, lineage: new_lineage, state: handed, merges: handed_merges, origin: theirs, mine_stays } => {
                 // The replicas of this instance hold copies the next one does not go on
                 // from (it copies to its own, from its first state): should they stay, one
                 // could take the name over from a stale copy when this node goes down.
@@ -112,6 +112,20 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     Keep::Theirs => {
                         info!(worker = %name, peer = %from, "{name}: the state {from} handed over holds all of this instance's; it goes on from that one");
                         (handed, theirs, Some(handing))
+                    }
+                    // Both went on from what they share: the one that went further is the
+                    // one the name goes on from, the other merged into it (a worker
+                    // without a merge keeps that one alone).
+                    Keep::Both if origin::goes_on_from_mine(&base, theirs.as_ref(), mine_stays) => {
+                        let (mine, other) = (base.reached(), theirs.as_ref().and_then(|o| o.height));
+                        info!(
+                            worker = %name, peer = %from,
+                            "{name}: this instance and the state {from} handed over each went on from what they share; it goes on from its own \
+                             ({mine} changes copied, the other {}), and the other merges into it",
+                            other.map_or("unknown".to_string(), |h| h.to_string())
+                        );
+                        all.extend(handed.map(|s| (from.clone(), s)));
+                        (state, Some(handing), theirs)
                     }
                     Keep::Both => {
                         all.extend(state.map(|s| (self.me.clone(), s)));
@@ -217,8 +231,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
         if let Some(Slot::Starting { id, .. }) = self.local.get(&name) {
             let base = self.bases.get(&name).filter(|b| b.id == *id);
-            if base.is_some_and(|b| origin::related(b, theirs.as_ref())) {
-                // One of the two may hold all of the other: decided once this one runs.
+            if base.is_some_and(|b| origin::related(b, theirs.as_ref()) || origin::further(b, theirs.as_ref())) {
+                // One of the two may hold all of the other, or the name go on from the
+                // handed state: decided once this one runs.
                 let d = Deferred { from, args, lineage, state, merges, yielding, origin: theirs };
                 self.deferred.entry(name).or_default().push(d);
                 return;
@@ -252,7 +267,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let replace = if yielding { lineage.restarts < mine.restarts } else { stays((lineage.moved(), &from), (mine, &self.me)) };
                 let base = self.bases.get(&name).filter(|b| b.id == id);
                 let (holds_theirs, related) = base
-                    .map(|b| (origin::keep_state(b, None, theirs.as_ref(), state.as_deref()) == Keep::Mine, origin::related(b, theirs.as_ref())))
+                    .map(|b| {
+                        let holds = origin::keep_state(b, None, theirs.as_ref(), state.as_deref()) == Keep::Mine;
+                        (holds, origin::related(b, theirs.as_ref()) || origin::further(b, theirs.as_ref()))
+                    })
                     .unwrap_or_default();
                 if !replace && holds_theirs {
                     // This instance holds all of the handed state already: it adds nothing.
@@ -261,9 +279,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 } else if replace || related {
                     // The handed-over instance stays: this one stops and merges into it. So
                     // too when the handed state went on from the one this instance started
-                    // from: this one's final state tells whether it went on as well.
+                    // from (this one's final state tells whether it went on as well), or
+                    // went further than this one: the name goes on from the one that
+                    // went further (`goes_on_from_mine`).
                     let (args, lineage) = if replace { (args, lineage.moved()) } else { (my_args.clone(), mine) };
-                    let why = StopWhy::Replaced { from, args, lineage, state, merges, origin: theirs };
+                    let why = StopWhy::Replaced { from, args, lineage, state, merges, origin: theirs, mine_stays: !replace };
                     self.local.insert(name.clone(), Slot::Stopping { id, args: my_args, lineage: mine, why, merges: Vec::new() });
                     self.out.push(Effect::Stop { name, id, handle, reason: "replaced".into(), moves: true });
                     return;
@@ -288,7 +308,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Some(Slot::Stopping { id, args: my_args, lineage: mine, why: StopWhy::Duplicate { .. }, merges: mine_merges }) => {
                 // It was stopping in favour of an instance that has now been handed here:
                 // the handed one starts here once this stop is done, and absorbs this state.
-                let why = StopWhy::Replaced { from, args, lineage: lineage.moved(), state, merges, origin: theirs };
+                let why = StopWhy::Replaced { from, args, lineage: lineage.moved(), state, merges, origin: theirs, mine_stays: false };
                 self.local.insert(name, Slot::Stopping { id, args: my_args, lineage: mine, why, merges: mine_merges });
             }
             Some(mut slot @ (Slot::Starting { .. } | Slot::Stopping { why: StopWhy::Handoff { .. }, .. })) => {

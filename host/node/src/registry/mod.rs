@@ -26,6 +26,7 @@ mod handoff;
 mod name;
 mod origin;
 pub mod placement;
+pub mod pulse;
 mod replica;
 pub mod route;
 mod supervise;
@@ -118,6 +119,8 @@ struct Inner {
     /// that each finishes its message and hands its state over before the deadline
     /// instead of being lost at it.
     hurry: tokio::sync::watch::Sender<bool>,
+    /// Whether this process was just paused ([`pulse`]).
+    pulse: pulse::Pulse,
 }
 
 /// Time a leaving node keeps for its instances' handoffs once their messages end:
@@ -225,7 +228,20 @@ impl Registry {
             full: Mutex::default(),
             forwarding: Default::default(),
             hurry: tokio::sync::watch::Sender::new(false),
+            pulse: pulse::Pulse::new(membership.dist().heartbeat_interval() * 2, std::time::Instant::now()),
         }));
+        let weak = Arc::downgrade(&r.0);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(pulse::TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if let Some(gap) = inner.pulse.tick(std::time::Instant::now()) {
+                    Registry(inner).woke(gap);
+                }
+            }
+        });
         let weak = Arc::downgrade(&r.0);
         membership.set_member_hook(Arc::new(move |change: &MemberChange| {
             if let Some(inner) = weak.upgrade() {
@@ -454,6 +470,11 @@ impl Registry {
     /// A membership change: to the table, and to every local instance as `info`.
     fn member_changed(&self, change: &MemberChange) {
         let Some(event) = Event::member(change) else { return };
+        // A peer's close read on waking from a pause, before the pulse ticked: the pause
+        // first (its peers declared this node down; they are not down).
+        if let (Event::MemberDown { .. }, Some(gap)) = (&event, self.0.pulse.overdue(std::time::Instant::now())) {
+            self.woke(gap);
+        }
         self.apply(event, false);
         let info = match change {
             MemberChange::Up { node, .. } => Info::NodeUp(node.clone()),
@@ -466,6 +487,11 @@ impl Registry {
         for mb in mailboxes {
             let _ = mb.tx.send(Envelope::Info(Box::new(info.clone())));
         }
+    }
+
+    /// This process did not run for `gap` ([`Event::Woke`]).
+    fn woke(&self, gap: Duration) {
+        self.apply(Event::Woke { paused_ms: gap.as_millis() as u64 }, false);
     }
 
     // ---- starts and stops ----
@@ -883,8 +909,10 @@ impl Registry {
     /// this to send; a reply that rode but was not delivered (the replica refused the
     /// copy or did not answer) is sent here, the usual way.
     pub async fn replicate(&self, name: &WorkerName, replicas: usize, rep: &mut Replicator, state: Vec<u8>, reply: Option<Reply>) -> Option<Reply> {
-        let Some((targets, args, lineage, line)) = self.0.table.lock().unwrap().replication_of(name, replicas) else { return reply };
+        let Some((targets, args, lineage, line, start)) = self.0.table.lock().unwrap().replication_of(name, replicas) else { return reply };
         let Some((seq, sends)) = rep.plan(&targets, &state) else { return reply };
+        let changes = rep.changes_with(&state);
+        let height = Some(start.saturating_add(changes));
         let holders: Vec<String> = targets.iter().map(|(t, _)| t.clone()).collect();
         let (riding, reply) = match (reply, sends.as_slice()) {
             (Some((ReplyTo::Remote(r), result)), [(to, _)]) if r.peer.name() == to && targets.iter().any(|(t, conn)| t == to && *conn == r.peer.conn_id()) => {
@@ -894,7 +922,7 @@ impl Registry {
         };
         let carried = riding.as_ref().map(|(r, body)| (r.id, body.clone()));
         let copies = sends.into_iter().map(|(to, update)| {
-            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone(), line };
+            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone(), line, height };
             let state = &state;
             let carried = &carried;
             let rpc = move |copy: Replicate| match carried {
@@ -943,7 +971,11 @@ impl Registry {
                 r.sent = true;
             }
         }
-        self.0.table.lock().unwrap().copied(name, seq, acked.clone());
+        {
+            let mut t = self.0.table.lock().unwrap();
+            t.copied(name, seq, acked.clone());
+            t.went_on(name, line, changes);
+        }
         for dropped in rep.done(seq, state, &targets, &acked) {
             let _ = self.send(&dropped, &Msg::ReplicaDropped { name: name.clone() });
         }

@@ -43,6 +43,12 @@ pub struct Base {
     /// nothing more: it is that state (an instance restarted empty that merged a
     /// yielded state and took nothing since). Not copies: those have a line of their own.
     pub merged: Vec<(u64, [u8; 32])>,
+    /// How far the state it started from went: the copies sent along its history, by
+    /// this instance's forerunners (each instance counts from 0, and a copy taken over
+    /// carries its instance's start and number). Durable kinds only; 0 otherwise.
+    pub height: u64,
+    /// The copies this instance sent of states that changed it ([`Replicator::changes`](super::durable::Replicator::changes)).
+    pub copies: u64,
 }
 
 impl Base {
@@ -53,7 +59,13 @@ impl Base {
         // Without the state, the origin says nothing of what the instance holds.
         let origin = origin.filter(|_| state.is_some());
         let copy_of = origin.and_then(|o| o.copy_of);
-        Base { id, line, start, holds: origin.map(|o| o.holds.clone()).unwrap_or_default(), copy_of, merged: Vec::new() }
+        let height = origin.and_then(|o| o.height).unwrap_or(0);
+        Base { id, line, start, holds: origin.map(|o| o.holds.clone()).unwrap_or_default(), copy_of, merged: Vec::new(), height, copies: 0 }
+    }
+
+    /// How far this instance's state went: its start's height and the copies it sent.
+    pub fn reached(&self) -> u64 {
+        self.height.saturating_add(self.copies)
     }
 
     /// Whether `state`, the instance's final state, is the very state it started from,
@@ -108,6 +120,10 @@ impl Base {
             holds.extend(self.holds.iter().filter(|h| !o.holds.contains(h)));
             holds.truncate(Origin::HOLDS);
             self.holds = holds;
+            // It holds what theirs holds: at least as far as that went.
+            if let Some(h) = o.height {
+                self.height = self.height.max(h.saturating_sub(self.copies));
+            }
         }
     }
 
@@ -120,13 +136,15 @@ impl Base {
         let mut holds = vec![id, self.line];
         holds.extend(self.holds.iter().filter(|h| **h != id && **h != self.line));
         holds.truncate(Origin::HOLDS);
-        Origin { state: id, holds, copy_of: self.copy_of.filter(|_| unchanged.is_some_and(|id| self.started_from(id))) }
+        let copy_of = self.copy_of.filter(|_| unchanged.is_some_and(|id| self.started_from(id)));
+        Origin { state: id, holds, copy_of, height: Some(self.reached()) }
     }
 
     /// The origin of copy `seq` of the state of an instance of line `line`, which a
-    /// replica starts the name from (a failover) or hands on, under the new id `id`.
-    pub fn copy(id: u64, line: u64, seq: u64) -> Origin {
-        Origin { state: id, holds: vec![id], copy_of: Some((line, seq)) }
+    /// replica starts the name from (a failover) or hands on, under the new id `id`;
+    /// `height`, the copy's (when its sender said).
+    pub fn copy(id: u64, line: u64, seq: u64, height: Option<u64>) -> Origin {
+        Origin { state: id, holds: vec![id], copy_of: Some((line, seq)), height }
     }
 }
 
@@ -168,6 +186,31 @@ pub fn keep(mine: &Base, unchanged: Option<u64>, theirs: Option<&Origin>) -> Kee
     Keep::Both
 }
 
+/// Of two instances that each went on from a state they share ([`Keep::Both`]), whether
+/// this one's state is the one the name goes on from, the other merged into it (else
+/// the other's is, this one merged into it). The one that went further: copied more
+/// changed states along its history ([`Base::reached`], [`Origin::height`]); as far
+/// as each other, the one chosen to stay (`stays`: this one). A worker without a merge
+/// keeps that state alone: so a take-over that counted on while its original was
+/// paused keeps its acknowledged updates over the one update the original had in
+/// flight at the pause. Where either cannot say, or neither copied anything (a kind
+/// that is not durable), the other's, as before heights.
+pub fn goes_on_from_mine(mine: &Base, theirs: Option<&Origin>, stays: bool) -> bool {
+    match theirs.and_then(|o| o.height) {
+        Some(h) if h != mine.reached() => mine.reached() > h,
+        Some(h) if h > 0 => stays,
+        _ => false,
+    }
+}
+
+/// Whether the state handed over (`theirs`) went further than this instance's, by their
+/// heights ([`goes_on_from_mine`]): then the name goes on from it, and this instance's
+/// merges into it, though the two share nothing this node knows of (a take-over from
+/// an earlier copy of the state this one started from says only that it changed).
+pub fn further(mine: &Base, theirs: Option<&Origin>) -> bool {
+    theirs.and_then(|o| o.height).is_some_and(|h| h > mine.reached())
+}
+
 /// [`keep`], knowing the bytes of their state too: bytes that are those of a state this
 /// instance holds all of (the one it started from, or one merged into it) are that
 /// state, whatever id they came with (a node hands on a state it merged under an id of
@@ -206,13 +249,13 @@ mod tests {
     use super::*;
 
     fn o(state: u64, holds: &[u64]) -> Origin {
-        Origin { state, holds: holds.to_vec(), copy_of: None }
+        Origin { state, holds: holds.to_vec(), copy_of: None, height: None }
     }
 
     /// An instance of line 100 that started from a handed state `start` (bytes `s`)
     /// and holds `holds`.
     fn base(start: Option<u64>, holds: &[u64]) -> Base {
-        Base { id: 1, line: 100, start: start.map(|id| (id, digest(b"s"))), holds: holds.to_vec(), copy_of: None, merged: Vec::new() }
+        Base { id: 1, line: 100, start: start.map(|id| (id, digest(b"s"))), holds: holds.to_vec(), copy_of: None, merged: Vec::new(), height: 0, copies: 0 }
     }
 
     #[test]
@@ -239,7 +282,7 @@ mod tests {
         // The original, line 100 (started empty); the take-over, line 200, from a copy
         // of line 100 (its state id 7).
         let original = base(None, &[]);
-        let copy = Base::copy(7, 100, 4);
+        let copy = Base::copy(7, 100, 4, None);
         let taken = Base::new(2, 200, Some(b"s"), Some(&copy));
         assert_eq!((taken.start.map(|s| s.0), taken.copy_of), (Some(7), Some((100, 4))));
         // The original went on and hands its state (fresh id 9) to the take-over, which
@@ -252,11 +295,11 @@ mod tests {
         // The take-over hands its state to the original: left as it was, it is a copy of
         // line 100, which the original holds all of; changed, it is not.
         let stood_still = taken.handing(taken.unchanged(Some(b"s")), 11);
-        assert_eq!(stood_still, Origin { state: 7, holds: vec![7, 200], copy_of: Some((100, 4)) });
+        assert_eq!(stood_still, Origin { state: 7, holds: vec![7, 200], copy_of: Some((100, 4)), height: Some(0) });
         assert!(related(&original, Some(&stood_still)));
         assert_eq!(keep(&original, None, Some(&stood_still)), Keep::Mine);
         let changed = taken.handing(taken.unchanged(Some(b"t")), 11);
-        assert_eq!(changed, Origin { state: 11, holds: vec![11, 200, 7], copy_of: None });
+        assert_eq!(changed, Origin { state: 11, holds: vec![11, 200, 7], copy_of: None, height: Some(0) });
         assert_eq!(keep(&original, None, Some(&changed)), Keep::Both);
         // An instance started from the original's final state holds all of its line;
         // one started from the take-over's unchanged state is a copy of it as well.
@@ -267,7 +310,7 @@ mod tests {
         // copy 4 that changed nothing gives way to copy 6 (a replica held a later copy
         // than the node that took the name over); one from copy 6 keeps its own, changed
         // or not; a changed one from copy 4 merges.
-        let later = Base::copy(8, 100, 6);
+        let later = Base::copy(8, 100, 6, None);
         assert!(related(&taken, Some(&later)));
         assert_eq!(keep(&taken, taken.unchanged(Some(b"s")), Some(&later)), Keep::Theirs);
         assert_eq!(keep(&taken, taken.unchanged(Some(b"t")), Some(&later)), Keep::Both);
@@ -275,7 +318,7 @@ mod tests {
         assert_eq!(keep(&from_later, None, Some(&stood_still)), Keep::Mine);
         assert_eq!(keep(&from_later, from_later.unchanged(Some(b"v")), Some(&stood_still)), Keep::Mine);
         // Copies of another line: nothing known.
-        let elsewhere = Base::copy(9, 101, 50);
+        let elsewhere = Base::copy(9, 101, 50, None);
         assert!(!related(&taken, Some(&elsewhere)));
         assert_eq!(keep(&taken, taken.unchanged(Some(b"s")), Some(&elsewhere)), Keep::Both);
     }
@@ -294,7 +337,7 @@ mod tests {
         assert_eq!(empty.unchanged(Some(b"x")), Some(5));
         assert_eq!(empty.unchanged(Some(b"x+1")), None, "it took a call since");
         let handed = empty.handing(empty.unchanged(Some(b"x")), 77);
-        assert_eq!(handed, o(5, &[5, 100, 3]));
+        assert_eq!(handed, Origin { height: Some(0), ..o(5, &[5, 100, 3]) });
         let mut other = Base::new(2, 200, Some(b"s"), Some(&o(9, &[9])));
         other.absorb_alone(Some(&x), b"x");
         assert_eq!(keep(&other, None, Some(&handed)), Keep::Mine);
@@ -305,13 +348,44 @@ mod tests {
         assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"y")), Keep::Both);
         // A replica's copy has a line of its own: not taken for the state it was.
         let mut c = base(None, &[]);
-        c.absorb_alone(Some(&Base::copy(6, 100, 2)), b"c");
+        c.absorb_alone(Some(&Base::copy(6, 100, 2, None)), b"c");
         assert_eq!(c.unchanged(Some(b"c")), None);
         // A copy_of goes with the state an instance started from only.
-        let mut taken = Base::new(3, 300, Some(b"s"), Some(&Base::copy(7, 100, 4)));
+        let mut taken = Base::new(3, 300, Some(b"s"), Some(&Base::copy(7, 100, 4, None)));
         taken.absorb_alone(Some(&x), b"x");
         assert_eq!(taken.handing(taken.unchanged(Some(b"x")), 78).copy_of, None);
         assert_eq!(taken.handing(taken.unchanged(Some(b"s")), 78).copy_of, Some((100, 4)));
+    }
+
+    /// A take-over from copy 4 of line 100 (height 4) that copied 6 changes since, and
+    /// the original it was copied from, paused, with one change more than that copy.
+    #[test]
+    fn of_two_states_that_went_on_the_one_that_went_further_goes_on() {
+        let copy = Base::copy(7, 100, 4, Some(4));
+        let mut taken = Base::new(2, 200, Some(b"s"), Some(&copy));
+        assert_eq!(taken.reached(), 4);
+        taken.copies = 6;
+        let mut original = base(None, &[]);
+        original.copies = 5;
+        let went_on = original.handing(None, 9);
+        assert_eq!(went_on.height, Some(5));
+        assert_eq!(keep(&taken, None, Some(&went_on)), Keep::Both);
+        // 10 against 5: the take-over's state, whichever of the two stays.
+        assert!(goes_on_from_mine(&taken, Some(&went_on), false));
+        assert!(!goes_on_from_mine(&original, Some(&taken.handing(None, 11)), true));
+        // As far as each other: the one that stays. Unknown, or nothing copied: theirs.
+        original.copies = 10;
+        assert!(goes_on_from_mine(&taken, Some(&original.handing(None, 9)), true));
+        assert!(!goes_on_from_mine(&taken, Some(&original.handing(None, 9)), false));
+        assert!(!goes_on_from_mine(&taken, Some(&o(9, &[9, 100])), true));
+        assert!(!goes_on_from_mine(&base(None, &[]), Some(&base(None, &[]).handing(None, 9)), true));
+        // What it merges: at least as far as that went.
+        let mut merged = base(None, &[]);
+        merged.copies = 2;
+        merged.absorb(Some(&went_on));
+        assert_eq!(merged.reached(), 5);
+        merged.absorb(Some(&Base::copy(8, 100, 1, Some(1))));
+        assert_eq!(merged.reached(), 5);
     }
 
     #[test]
@@ -319,9 +393,9 @@ mod tests {
         let handed = o(5, &[5, 3]);
         let mut b = Base::new(1, 100, Some(b"s"), Some(&handed));
         // Stopped as it started: the same state, by the same id, and its own line.
-        assert_eq!(b.handing(b.unchanged(Some(b"s")), 77), o(5, &[5, 100, 3]));
+        assert_eq!(b.handing(b.unchanged(Some(b"s")), 77), Origin { height: Some(0), ..o(5, &[5, 100, 3]) });
         // Changed: a new id, holding what it held.
-        assert_eq!(b.handing(b.unchanged(Some(b"t")), 77), o(77, &[77, 100, 5, 3]));
+        assert_eq!(b.handing(b.unchanged(Some(b"t")), 77), Origin { height: Some(0), ..o(77, &[77, 100, 5, 3]) });
         b.absorb(Some(&o(8, &[8, 3])));
         assert_eq!(b.holds, vec![8, 3, 5]);
         // Held to its length, the latest first.

@@ -14,8 +14,10 @@ use super::wire::Replicate;
 use super::WorkerName;
 
 /// Where an instance copies its state, and what each copy says of it: its replicas
-/// (each with the connection to it), args, lineage and line.
-pub type Replication = (Vec<Target>, Vec<u8>, Lineage, Option<u64>);
+/// (each with the connection to it), args, lineage, line, and the height of the state
+/// it started from (a copy's height is that and the changes it copied since:
+/// [`Replicator::changes_with`](super::durable::Replicator::changes_with)).
+pub type Replication = (Vec<Target>, Vec<u8>, Lineage, Option<u64>, u64);
 
 /// Why a copy was not taken.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,7 +29,7 @@ pub enum NotHeld {
 impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// `from` sends a copy of the state of a durable instance it runs.
     pub fn replica_in(&mut self, from: &str, copy: Replicate) -> Result<(), NotHeld> {
-        let Replicate { name, args, lineage, seq, update, holders, line } = copy;
+        let Replicate { name, args, lineage, seq, update, holders, line, height } = copy;
         // Copies held here from duplicates that are gone merge into the sender's instance.
         if self.replicas.get(&name).is_some_and(|rs| rs.iter().any(|r| r.from != from && !self.connected(&r.from))) {
             self.settle_dead_copy(&name, Some((from, lineage)));
@@ -38,7 +40,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         debug_assert!(is_full || old.is_some());
         let copies = self.replicas.entry(name).or_default();
         copies.retain(|r| r.from != from);
-        copies.push(Replica { from: from.to_string(), args, lineage, seq, state, holders, line });
+        copies.push(Replica { from: from.to_string(), args, lineage, seq, state, holders, line, height });
         Ok(())
     }
 
@@ -78,7 +80,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         // Among the members that run its kind: a replica is where it would fail over to.
         let runs = self.members.keys().map(String::as_str).filter(|m| self.runs_kind(m, &name.kind));
         let targets = ranked(runs, name).into_iter().take(n).map(|m| (m.to_string(), self.members[m])).collect();
-        Some((targets, args, lineage, self.bases.get(name).map(|b| b.line)))
+        let base = self.bases.get(name);
+        Some((targets, args, lineage, base.map(|b| b.line), base.map_or(0, |b| b.height)))
     }
 
     /// The copy of `name` held here, if any (the first, should two instances copy
@@ -96,6 +99,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             // Instances that stopped or moved since.
             let local = &self.local;
             self.copied.retain(|n, _| local.contains_key(n));
+        }
+    }
+
+    /// The instance of `name` of line `line` has copied `changes` states that changed
+    /// it (how far it went: [`Base::copies`](super::origin::Base::copies)).
+    pub fn went_on(&mut self, name: &WorkerName, line: Option<u64>, changes: u64) {
+        if let Some(b) = self.bases.get_mut(name).filter(|b| Some(b.line) == line) {
+            b.copies = changes;
         }
     }
 

@@ -98,6 +98,12 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
         // Down without saying it leaves: it may be back (see `leave`), and what it said
         // it runs is kept until then. One that left says it again if it comes back.
+        // A connection found closed on waking from a pause: its node declared this one
+        // down, most likely, and runs on (see `Event::Woke`).
+        let held = self.woke.as_ref().is_some_and(|w| w.get(node) == Some(&conn));
+        if held {
+            info!(peer = %node, "the connection to {node} closed while this node was paused: its names wait for it to say where they run");
+        }
         if self.members.contains_key(node) {
             self.gone.insert(node.to_string(), conn);
             self.out.push(Effect::SetTimer { after: GONE_GRACE, timer: Timer::GoneForgotten { node: node.to_string(), conn } });
@@ -118,7 +124,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 info!(worker = %name, peer = %node, "not restarting {name} after {node} went down: its kind is temporary");
                 continue;
             }
-            self.orphans.insert(name, Orphan { args: claim.args, lineage: claim.lineage, told: None, grace: Grace::Unasked });
+            self.orphans.insert(name, Orphan { args: claim.args, lineage: claim.lineage, told: None, grace: Grace::Unasked, held });
         }
         // Copies it sent of names that run here, or on another live node, too (two
         // instances since a partition or a pause): its instance is gone, its state merges
@@ -134,7 +140,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 continue;
             }
             if let Some(r) = self.copy_from(&name, node) {
-                let orphan = Orphan { args: r.args.clone(), lineage: r.lineage, told: None, grace: Grace::Unasked };
+                let orphan = Orphan { args: r.args.clone(), lineage: r.lineage, told: None, grace: Grace::Unasked, held };
                 self.orphans.insert(name, orphan);
             }
         }
@@ -199,8 +205,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         info!(worker = %name, peer = %first.from, "{} went down with a duplicate instance of {name}: its copied state goes to the one on {at} to merge", first.from);
         let id = self.new_state_id();
         let origin = match first.line {
-            Some(line) => Base::copy(id, line, first.seq),
-            None => Origin { state: id, holds: vec![id], copy_of: None },
+            Some(line) => Base::copy(id, line, first.seq, first.height),
+            None => Origin { state: id, holds: vec![id], copy_of: None, height: first.height },
         };
         let slot = Slot::Moving {
             to: at,
@@ -228,6 +234,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             if runs {
                 self.orphans.remove(&name);
                 self.lacking.remove(&name);
+                continue;
+            }
+            if self.orphans[&name].held {
+                // Lost to a close found on waking: where it runs now is on its way.
                 continue;
             }
             let owner = self.owner_of(&name).to_string();
@@ -272,7 +282,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // The copy says which instance it is of: should that instance be alive after all
                 // (this node was cut off from it, not it from the cluster) and go on, its
                 // state holds all of this one's as long as this one has not changed.
-                let origin = r.line.map(|line| Base::copy(self.new_state_id(), line, r.seq));
+                let origin = r.line.map(|line| Base::copy(self.new_state_id(), line, r.seq, r.height));
                 self.spawn(name, r.args, r.lineage.failed_over(r.seq), StartWhy::Failover, Some(r.state), merges, origin);
                 continue;
             }

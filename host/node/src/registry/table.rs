@@ -134,6 +134,11 @@ pub enum Event<M, R> {
     Exited { name: WorkerName, id: u64 },
     /// This node is leaving: hand every instance to its next owner.
     Leave,
+    /// This process did not run for `paused_ms` (SIGSTOP, a frozen VM) and runs again:
+    /// its peers may have declared it down and taken its names over, and the
+    /// connections it finds closed say so, not that they are down. It takes nothing over
+    /// for [`WOKE_HOLD`].
+    Woke { paused_ms: u64 },
     /// A timer set with [`Effect::SetTimer`] fired.
     Timer(Timer),
 }
@@ -184,6 +189,14 @@ pub const REPLICA_GRACE: Duration = Duration::from_secs(1);
 /// and forth, restarting it each time, until their timing parts them.
 pub const MOVE_AGAIN: Duration = Duration::from_secs(1);
 
+/// How long a node that woke from a pause ([`Event::Woke`]) takes no name over: enough
+/// for its peers, which declared it down, to connect again and say where its names
+/// run now. Taken over from its own copies at once, the copies those peers went on
+/// from since, the names ran twice, and calls went to the stale instance.
+/// Shorter than [`REPLICA_GRACE`]: a peer that did die meanwhile has its durable names
+/// taken over from this node's copies before their owner gives up on a copy.
+pub const WOKE_HOLD: Duration = Duration::from_millis(500);
+
 /// The timers the state machine sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Timer {
@@ -195,6 +208,8 @@ pub enum Timer {
     ReplicaGrace { name: WorkerName },
     /// An instance that came back here ([`MOVE_AGAIN`]) may move to its owner again.
     MoveAgain { name: WorkerName },
+    /// The hold after a pause is over ([`WOKE_HOLD`]).
+    WokeHoldOver,
 }
 
 /// Where a name stands on this node.
@@ -272,8 +287,10 @@ pub enum StopWhy<R> {
     /// A handoff from `from` brought an instance that stays (or a state of the same
     /// origin as this one's, see `origin.rs`): once this one has stopped, the name
     /// starts here again with `args` and `lineage`, from `state` with this one's state
-    /// merged in, or from the one of the two that holds all the other does.
-    Replaced { from: String, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)>, origin: Option<Origin> },
+    /// merged in, or from the one of the two that holds all the other does, or, when
+    /// both went on, from the one that went further (`mine_stays`: this one was chosen
+    /// to stay, which decides when neither went further).
+    Replaced { from: String, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)>, origin: Option<Origin>, mine_stays: bool },
     /// A stop request.
     Asked(R),
 }
@@ -312,6 +329,11 @@ pub struct Orphan {
     /// For a durable kind whose copy this node (its owner) does not hold: the wait,
     /// [`REPLICA_GRACE`] long, for a node that holds one to start it.
     pub grace: Grace,
+    /// Lost to a connection this node found closed on waking from a pause
+    /// ([`Event::Woke`]): its node most likely declared this one down and runs on. Not
+    /// restarted or taken over until that node says where its names run, or until
+    /// [`WOKE_HOLD`] is over.
+    pub held: bool,
 }
 
 /// Where an owner without a copy of a lost durable name stands in its wait.
@@ -336,6 +358,8 @@ pub struct Replica {
     /// The line of the instance it is a copy of, if its node said
     /// ([`Replicate::line`](super::wire::Replicate::line)).
     pub line: Option<u64>,
+    /// How far the copied state went ([`Replicate::height`](super::wire::Replicate::height)).
+    pub height: Option<u64>,
 }
 
 /// One node's registry state.
@@ -388,6 +412,10 @@ pub struct Table<M, R> {
     /// Instances that came back because no node took them: they stay here until their
     /// [`Timer::MoveAgain`].
     pub(super) came_back: BTreeSet<WorkerName>,
+    /// This node woke from a pause less than [`WOKE_HOLD`] ago: the members it had then,
+    /// each with its connection. What is lost when one of those connections ends is
+    /// held ([`Orphan::held`]).
+    pub(super) woke: Option<BTreeMap<String, u64>>,
     /// Random per process: the states this node hands over get ids unlike any other
     /// node's ([`origin::state_id`]); `handed` counts them.
     incarnation: u64,
@@ -432,6 +460,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             bases: BTreeMap::new(),
             deferred: BTreeMap::new(),
             came_back: BTreeSet::new(),
+            woke: None,
             incarnation: 0,
             handed: 0,
             next_id: 1,
@@ -464,6 +493,20 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Event::Stopped { name, id, state } => self.stopped(name, id, state),
             Event::Exited { name, id } => self.exited(name, id),
             Event::Leave => self.leave(),
+            Event::Woke { paused_ms } => {
+                if self.woke.is_none() {
+                    let mut members = self.members.clone();
+                    members.extend(self.leavers.iter().map(|(n, c)| (n.clone(), *c)));
+                    self.woke = Some(members);
+                    warn!(
+                        paused_ms,
+                        "this node did not run for {paused_ms} ms (paused, or its machine was): its peers may have declared it down and taken its names over; \
+                         for {} ms it takes over none of the names of a peer whose connection it finds closed, until that peer says where they run",
+                        WOKE_HOLD.as_millis()
+                    );
+                    self.out.push(Effect::SetTimer { after: WOKE_HOLD, timer: Timer::WokeHoldOver });
+                }
+            }
             Event::Timer(Timer::LeaverGone { node, conn }) => {
                 if self.leavers.get(&node) == Some(&conn) {
                     warn!(%node, "node left {node} but kept its connection open past its grace; restarting what it still holds");
@@ -481,6 +524,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     o.grace = Grace::Over;
                     self.replan();
                 }
+            }
+            Event::Timer(Timer::WokeHoldOver) => {
+                self.woke = None;
+                for o in self.orphans.values_mut() {
+                    o.held = false;
+                }
+                self.replan();
             }
             Event::Timer(Timer::MoveAgain { name }) => {
                 if self.came_back.remove(&name) {

@@ -863,6 +863,7 @@ fn copy(n: &WorkerName, seq: u64, update: super::durable::Update, holders: &[&st
         update,
         holders: holders.iter().map(|h| h.to_string()).collect(),
         line: None,
+        height: None,
     }
 }
 
@@ -887,6 +888,49 @@ fn the_first_replica_starts_a_lost_durable_name_from_its_copy() {
     // turn up (a@h was only cut off), holds updates this one lacks.
     let lineage = Lineage::default().failed_over(2);
     assert!(sends(&fx).contains(&("c@h".into(), Msg::Registered { name: n.clone(), args: vec![], lineage })), "{fx:?}");
+}
+
+/// b@h was paused, and finds a@h's connection closed as it wakes: a@h declared b@h down
+/// and most likely runs on, with b@h's names taken over. What a@h ran waits for a@h to
+/// say where it runs now; should a@h not come back within the hold, its names are
+/// taken over then. A connection that ends after the wake is a down like any other.
+#[test]
+fn a_node_that_woke_from_a_pause_takes_nothing_over_from_a_close_it_found() {
+    let n = durable_ranked(&["a@h", "b@h", "c@h"]);
+    let held = |conn_after_wake: bool| {
+        let mut b = table("b@h", false);
+        up(&mut b, "a@h", 1);
+        up(&mut b, "c@h", 2);
+        recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+        b.replica_in("a@h", copy(&n, 1, super::durable::Update::Full(b"41".to_vec()), &["b@h"])).unwrap();
+        let fx = b.handle(Event::Woke { paused_ms: 3000 });
+        assert!(fx.iter().any(|e| matches!(e, Effect::SetTimer { timer: Timer::WokeHoldOver, .. })), "{fx:?}");
+        let conn = if conn_after_wake {
+            // a@h came back on a new connection after the wake, then went down.
+            b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+            up(&mut b, "a@h", 3);
+            recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+            3
+        } else {
+            1
+        };
+        let fx = b.handle(Event::MemberDown { node: "a@h".into(), conn });
+        (b, spawn_of(&fx))
+    };
+    let (mut b, spawned) = held(false);
+    assert_eq!(spawned, None, "taken over at once from a close found on waking");
+    // a@h comes back and says it runs the name: nothing to take over.
+    up(&mut b, "a@h", 3);
+    recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default().moved() });
+    let fx = b.handle(Event::Timer(Timer::WokeHoldOver));
+    assert_eq!(spawn_of(&fx), None, "{fx:?}");
+    // a@h does not come back: taken over from the copy once the hold is over.
+    let (mut b, _) = held(false);
+    let fx = b.handle(Event::Timer(Timer::WokeHoldOver));
+    assert_eq!(spawn_of(&fx).map(|(_, _, s)| s), Some(Some(b"41".to_vec())), "{fx:?}");
+    // Down on a connection made since the wake: taken over at once.
+    let (_, spawned) = held(true);
+    assert_eq!(spawned.map(|(_, _, s)| s), Some(Some(b"41".to_vec())));
 }
 
 #[test]
@@ -1205,7 +1249,7 @@ fn runs_handed_state(n: &WorkerName) -> (T, u64) {
     let mut b = table("b@h", false);
     joins(&mut b, "a@h", 1);
     joins(&mut b, "c@h", 2);
-    let fx = recv(&mut b, "a@h", handed(n, &[1], Origin { state: 5, holds: vec![5], copy_of: None }, false));
+    let fx = recv(&mut b, "a@h", handed(n, &[1], Origin { state: 5, holds: vec![5], copy_of: None, height: None }, false));
     let (_, id, state) = spawn_of(&fx).expect("started from the handed state");
     assert_eq!(state, Some(vec![1]));
     b.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
@@ -1221,7 +1265,7 @@ fn a_replaced_instance_tells_its_replicas_to_drop_their_copies() {
     let n = name("x");
     let (mut b, id) = runs_handed_state(&n);
     b.copied(&n, 3, vec!["d@h".into()]);
-    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None }, true));
+    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: None }, true));
     assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
     let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
     assert!(sends(&fx).contains(&("d@h".into(), Msg::ReplicaDropped { name: n.clone() })), "{fx:?}");
@@ -1235,26 +1279,71 @@ fn of_two_instances_started_from_one_state_the_one_that_stood_still_adds_nothing
     let n = name("x");
     // The other one stood still: nothing merges, and nothing stops here.
     let (mut b, _) = runs_handed_state(&n);
-    let fx = recv(&mut b, "c@h", handed(&n, &[1], Origin { state: 5, holds: vec![5], copy_of: None }, true));
+    let fx = recv(&mut b, "c@h", handed(&n, &[1], Origin { state: 5, holds: vec![5], copy_of: None, height: None }, true));
     assert!(!fx.iter().any(|e| matches!(e, Effect::Merge { .. } | Effect::Stop { .. })), "{fx:?}");
     assert!(sends(&fx).contains(&("c@h".into(), Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) })), "{fx:?}");
 
     // The other one went on from it (its state [1, 2], id 9), and this one did not:
     // this one stops and the name goes on from the other's state alone.
     let (mut b, id) = runs_handed_state(&n);
-    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None }, true));
+    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: None }, true));
     assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
     let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
     assert!(fx.iter().any(|e| matches!(e, Effect::Spawn { state: Some(s), merges, .. } if *s == vec![1, 2] && merges.is_empty())), "{fx:?}");
 
     // Both went on: the two merge, as any two instances do.
     let (mut b, id) = runs_handed_state(&n);
-    recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None }, true));
+    recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: None }, true));
     let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1, 3]) });
     assert!(
         fx.iter().any(|e| matches!(e, Effect::Spawn { state: Some(s), merges, .. } if *s == vec![1, 2] && *merges == vec![("b@h".to_string(), vec![1, 3])])),
         "{fx:?}"
     );
+
+    // Both went on, and this one's history copied further (a durable take-over that
+    // counted on while the instance it was copied from was paused, one change past
+    // the copy): the name goes on from this one's state, the other's merged into it
+    // (dropped by a worker without a merge), whether this one stays or the handed one.
+    for (yielding, theirs) in [(true, 5), (false, 5), (true, 20)] {
+        let (mut b, id) = runs_handed_state(&n);
+        let line = b.replication_of(&n, 1).and_then(|r| r.3);
+        b.went_on(&n, line, 9);
+        let mut msg = handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: Some(theirs) }, yielding);
+        if let (Msg::Handoff { lineage, .. }, false) = (&mut msg, yielding) {
+            // Moved more often than this one: the handed instance is the one that stays.
+            *lineage = Lineage { moves: 5, ..Lineage::default() };
+        }
+        let fx = recv(&mut b, "c@h", msg);
+        assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())), "{fx:?}");
+        let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1, 3]) });
+        let (start, merged) = if theirs < 9 { (vec![1, 3], ("c@h", vec![1, 2])) } else { (vec![1, 2], ("b@h", vec![1, 3])) };
+        assert!(
+            fx.iter()
+                .any(|e| matches!(e, Effect::Spawn { state: Some(s), merges, .. } if *s == start && *merges == vec![(merged.0.to_string(), merged.1.clone())])),
+            "yielding {yielding}, theirs at {theirs}: {fx:?}"
+        );
+    }
+
+    // A state this one shares nothing with that this node knows of (a take-over from an
+    // earlier copy of the state this one started from, changed since) went further: the
+    // name goes on from it; one that went less far merges into this one as it runs.
+    for (theirs, replaced) in [(50, true), (1, false)] {
+        let (mut b, id) = runs_handed_state(&n);
+        let line = b.replication_of(&n, 1).and_then(|r| r.3);
+        b.went_on(&n, line, 2);
+        let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 40, holds: vec![40, 41], copy_of: None, height: Some(theirs) }, true));
+        if !replaced {
+            assert!(fx.iter().any(|e| matches!(e, Effect::Merge { .. })) && stop_of(&fx).is_none(), "theirs at {theirs}: {fx:?}");
+            continue;
+        }
+        assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())), "theirs at {theirs}: {fx:?}");
+        let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1, 3]) });
+        assert!(
+            fx.iter()
+                .any(|e| matches!(e, Effect::Spawn { state: Some(s), merges, .. } if *s == vec![1, 2] && *merges == vec![("b@h".to_string(), vec![1, 3])])),
+            "{fx:?}"
+        );
+    }
 
     // What this node hands on says what it holds: the id of the state it stood still
     // on, or a new one once it went on.

@@ -83,6 +83,11 @@ pub struct Replicate {
     /// unread, and is `None` from such a node.
     #[serde(skip)]
     pub line: Option<u64>,
+    /// How far the copied state went: the height of the state its instance started
+    /// from and the changes it copied since ([`Origin::height`]). It travels after the
+    /// line, and is `None` from a node before it.
+    #[serde(skip)]
+    pub height: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -179,6 +184,13 @@ pub struct Origin {
     /// before it).
     #[serde(default, deserialize_with = "checked::trailing")]
     pub copy_of: Option<(u64, u64)>,
+    /// How far the state went: the copies its instances sent, along its history
+    /// ([`Base::height`](super::origin::Base::height)). Of two instances that went on
+    /// from a shared state, the one that went further is the one merged into, and the
+    /// one a worker without a merge keeps. Last, and read as `None` when absent (a node
+    /// before it).
+    #[serde(default, deserialize_with = "checked::trailing")]
+    pub height: Option<u64>,
 }
 
 impl Origin {
@@ -288,11 +300,12 @@ pub(super) mod checked {
     }
 }
 
-/// A request body: the request in postcard; a copy's line follows it ([`Replicate::line`]).
+/// A request body: the request in postcard; a copy's line and height follow it
+/// ([`Replicate::line`], [`Replicate::height`]).
 pub fn encode(rpc: &Rpc) -> Bytes {
     let mut body = postcard::to_stdvec(rpc).expect("registry requests serialize");
     if let Rpc::Replicate(c) | Rpc::ReplicateThenReply { copy: c, .. } = rpc {
-        body.extend(postcard::to_stdvec(&c.line).expect("a line serializes"));
+        body.extend(postcard::to_stdvec(&(c.line, c.height)).expect("a line serializes"));
     }
     Bytes::from(body)
 }
@@ -302,7 +315,9 @@ pub fn encode(rpc: &Rpc) -> Bytes {
 pub fn decode(body: &[u8]) -> Result<Rpc, postcard::Error> {
     let (mut rpc, rest) = postcard::take_from_bytes::<Rpc>(body)?;
     if let Rpc::Replicate(c) | Rpc::ReplicateThenReply { copy: c, .. } = &mut rpc {
-        c.line = postcard::from_bytes::<Option<u64>>(rest).unwrap_or(None);
+        let (line, rest) = postcard::take_from_bytes::<Option<u64>>(rest).unwrap_or((None, &[]));
+        c.line = line;
+        c.height = postcard::from_bytes::<Option<u64>>(rest).unwrap_or(None);
     }
     Ok(rpc)
 }
@@ -378,16 +393,24 @@ mod tests {
         // `None` is the last byte: without it, the handoff as an older node sends it.
         let older = &without[..without.len() - 1];
         assert!(matches!(decode(older).unwrap(), Rpc::Tell(back) if back == m(None)));
-        let with = encode(&Rpc::Tell(m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None })))).to_vec();
+        let with = encode(&Rpc::Tell(m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None, height: None })))).to_vec();
         assert!(with.starts_with(older), "an older node reads the fields it knows first");
         assert_eq!(postcard::from_bytes::<(u8, u8)>(&[3, 4, 9, 9]).unwrap(), (3, 4), "postcard leaves what follows unread");
-        // An origin from a node before `copy_of` (its last byte, `None`, cut off) reads
-        // as one without it; one with it reads back whole.
-        assert!(
-            matches!(decode(&with[..with.len() - 1]).unwrap(), Rpc::Tell(back) if back == m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None })))
-        );
-        let copy = m(Some(Origin { state: 3, holds: vec![3], copy_of: Some((1 << 62, 9)) }));
-        assert!(matches!(decode(&encode(&Rpc::Tell(copy.clone()))).unwrap(), Rpc::Tell(back) if back == copy));
+        // An origin from a node before `height`, or before `copy_of` too (their last
+        // bytes, `None`, cut off) reads as one without them; one with them reads back
+        // whole.
+        for cut in [1, 2] {
+            assert!(
+                matches!(decode(&with[..with.len() - cut]).unwrap(), Rpc::Tell(back) if back == m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None, height: None })))
+            );
+        }
+        let copy = m(Some(Origin { state: 3, holds: vec![3], copy_of: Some((1 << 62, 9)), height: Some(1 << 40) }));
+        let body = encode(&Rpc::Tell(copy.clone()));
+        assert!(matches!(decode(&body).unwrap(), Rpc::Tell(back) if back == copy));
+        // A node before `height` reads the rest and leaves it.
+        let before = m(Some(Origin { state: 3, holds: vec![3], copy_of: Some((1 << 62, 9)), height: None }));
+        let older = encode(&Rpc::Tell(before.clone()));
+        assert!(body.starts_with(&older[..older.len() - 1]));
     }
 
     /// A copy's line follows the whole request: a node before it reads the copy and
@@ -402,16 +425,22 @@ mod tests {
             update: Update::Full(vec![5]),
             holders: vec!["b@h".into()],
             line: Some(1 << 61),
+            height: Some(300),
         };
         for rpc in [Rpc::Replicate(Box::new(copy.clone())), Rpc::ReplicateThenReply { copy: Box::new(copy.clone()), id: 4, reply: vec![1] }] {
             let body = encode(&rpc);
             let Ok(Rpc::Replicate(back) | Rpc::ReplicateThenReply { copy: back, .. }) = decode(&body) else { panic!("{rpc:?}") };
-            assert_eq!(back.line, Some(1 << 61));
+            assert_eq!((back.line, back.height), (Some(1 << 61), Some(300)));
+            // As a node with the line and before the height sends it.
+            let mut lined = postcard::to_stdvec(&rpc).unwrap();
+            lined.extend(postcard::to_stdvec(&copy.line).unwrap());
+            let Ok(Rpc::Replicate(back) | Rpc::ReplicateThenReply { copy: back, .. }) = decode(&lined) else { panic!("{rpc:?}") };
+            assert_eq!(*back, Replicate { height: None, ..copy.clone() });
             // As a node before the line sends it, and reads it.
             let older = postcard::to_stdvec(&rpc).unwrap();
             assert!(body.starts_with(&older));
             let Ok(Rpc::Replicate(back) | Rpc::ReplicateThenReply { copy: back, .. }) = decode(&older) else { panic!("{rpc:?}") };
-            assert_eq!(*back, Replicate { line: None, ..copy.clone() });
+            assert_eq!(*back, Replicate { line: None, height: None, ..copy.clone() });
             assert!(matches!(postcard::from_bytes::<Rpc>(&body).unwrap(), Rpc::Replicate(_) | Rpc::ReplicateThenReply { .. }));
         }
     }
@@ -430,7 +459,7 @@ mod tests {
                 state: Some(vec![7; 3]),
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
-                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)) }),
+                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)), height: None }),
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::Orphan { name: name.clone(), args: vec![], lineage: Lineage::default() },
@@ -450,6 +479,7 @@ mod tests {
             update: Update::Delta { base: 8, len: 3, runs: vec![(1, vec![2])] },
             holders: vec!["b@h".into()],
             line: Some(77),
+            height: Some(12),
         };
         assert!(matches!(decode(&encode(&Rpc::Replicate(Box::new(copy.clone())))).unwrap(), Rpc::Replicate(back) if *back == copy));
         let with_reply = Rpc::ReplicateThenReply { copy: Box::new(copy.clone()), id: 9, reply: encode_reply(&RpcReply::Reply(b"7".to_vec())).to_vec() };
@@ -474,6 +504,7 @@ mod tests {
             update: Update::Delta { base: 8, len: 3, runs: vec![(1, vec![2])] },
             holders: vec!["b@h".into(), "c@[::1]:4371".into()],
             line: Some(77),
+            height: Some(12),
         };
         let msgs = [
             Msg::Registered { name: name.clone(), args: vec![1], lineage: Lineage::default() },
@@ -484,7 +515,7 @@ mod tests {
                 state: Some(vec![7]),
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
-                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)) }),
+                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)), height: None }),
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::NoCopy { name: name.clone() },

@@ -42,7 +42,7 @@ impl Sim {
                 self.failures.push(self.now + d + KILL_WINDOW);
                 self.log(|| format!("n{n} paused (SIGSTOP) for {d} ms"));
                 self.nodes[n].as_mut().unwrap().paused_until = Some(self.now + d);
-                self.after(d, Ev::Wake(n));
+                self.after(d, Ev::Wake(n, d));
                 let peers: Vec<(Node, u64)> = self.nodes[n].as_ref().unwrap().view.iter().map(|(p, c)| (*p, *c)).collect();
                 for (p, conn) in peers {
                     self.after(HEARTBEAT_TIMEOUT, Ev::Detect { a: n, b: p, conn });

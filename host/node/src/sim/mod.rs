@@ -9,7 +9,8 @@
 //! nodes with a fresh id on every reconnect, dials the membership asks for that fail
 //! (refused, timed out, name still in use) or connect, a connection noticed gone at once
 //! when its peer is killed and after the heartbeat timeout when it is cut off or paused,
-//! a node that wakes from a pause reading its sockets before its timers, and a leaver
+//! a node that wakes from a pause reading its sockets before its timers (told of a pause
+//! of [`PAUSE_NOTICED`] or more first, as the driver's pulse tells its table), and a leaver
 //! that announces the leave on every connection and closes them once its names are
 //! handed over. Discovery lists every node; the member lists nodes gossip travel too.
 //!
@@ -65,6 +66,9 @@ use crate::registry::table::{Effect, Event, Kinds, Table};
 use crate::registry::wire::{Msg, Replicate};
 use crate::registry::{StartError, WorkerName};
 
+/// A pause at least this long is noticed by the node that wakes from it (ms; the
+/// driver's pulse, `registry::pulse`, at the default heartbeat interval).
+const PAUSE_NOTICED: u64 = 500;
 /// Heartbeat timeout: a cut-off or paused peer is noticed after this long (ms).
 const HEARTBEAT_TIMEOUT: u64 = 1500;
 /// How long a client waits for a call (ms).
@@ -309,7 +313,8 @@ enum Ev {
         a: Node,
         b: Node,
     },
-    Wake(Node),
+    /// A paused node wakes, after this many ms.
+    Wake(Node, u64),
     Kill(Node),
     Restart(Node),
     LeaveDeadline {
@@ -584,10 +589,15 @@ impl Sim {
                     }
                 }
             }
-            Ev::Wake(n) => {
+            Ev::Wake(n, paused_ms) => {
                 if let Some(l) = self.nodes[n].as_mut() {
                     l.paused_until = None;
                     self.log(|| format!("n{n} wakes (SIGCONT)"));
+                    // As the driver's pulse: a pause it notices is told to the table
+                    // before what the sockets hold.
+                    if paused_ms >= PAUSE_NOTICED {
+                        self.feed(n, Event::Woke { paused_ms });
+                    }
                 }
             }
             Ev::Kill(n) => self.kill(n),

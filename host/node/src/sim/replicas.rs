@@ -23,13 +23,10 @@ impl Sim {
         let Some(i) = self.insts.get(&inst) else { return };
         let name = i.name.clone();
         let state = encode(&i.counts);
-        let plan = self.nodes[n]
-            .as_ref()
-            .unwrap()
-            .table
-            .replication_of(&name, self.replicas)
-            .and_then(|(targets, args, lineage, line)| i.rep.plan(&targets, &state).map(|(seq, sends)| (targets, args, lineage, line, seq, sends)));
-        let Some((targets, args, lineage, line, seq, sends)) = plan else {
+        let plan = self.nodes[n].as_ref().unwrap().table.replication_of(&name, self.replicas).and_then(|(targets, args, lineage, line, start)| {
+            i.rep.plan(&targets, &state).map(|(seq, sends)| (targets, args, lineage, (line, start), seq, sends))
+        });
+        let Some((targets, args, lineage, (line, start), seq, sends)) = plan else {
             self.release(n, inst, then);
             self.advance(n, inst);
             return;
@@ -44,8 +41,10 @@ impl Sim {
             }
             _ => None,
         };
+        let changes = self.insts[&inst].rep.changes_with(&state);
+        let height = Some(start + changes);
         for (to, update) in sends {
-            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone(), line };
+            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone(), line, height };
             if let Some(m) = self.node_ix(&to) {
                 if self.send_to(n, m, Wire::Replicate { inst, copy: Box::new(copy), ride }) {
                     waiting.insert(m);
@@ -70,8 +69,9 @@ impl Sim {
             // A delta from a copy it does not hold: the whole state.
             let full = Update::Full(round.state.clone());
             let holders = round.sent.iter().map(|(t, _)| t.clone()).collect();
-            let Some((_, args, lineage, line)) = self.nodes[n].as_ref().unwrap().table.replication_of(&name, self.replicas) else { return };
-            let copy = Replicate { name, args, lineage, seq, update: full, holders, line };
+            let Some((_, args, lineage, line, start)) = self.nodes[n].as_ref().unwrap().table.replication_of(&name, self.replicas) else { return };
+            let height = Some(start + i.rep.changes_with(&round.state));
+            let copy = Replicate { name, args, lineage, seq, update: full, holders, line, height };
             let ride = round.ride;
             if !self.send_to(n, m, Wire::Replicate { inst, copy: Box::new(copy), ride }) {
                 let round = self.insts.get_mut(&inst).unwrap().round.as_mut().unwrap();
@@ -97,8 +97,11 @@ impl Sim {
         let name = i.name.clone();
         // As the driver does: the table learns which replicas hold the copy (the ones it
         // tells to drop theirs once the instance leaves).
+        let changes = i.rep.changes_with(&round.state);
+        let line = self.nodes[n].as_ref().and_then(|l| l.table.replication_of(&name, self.replicas)).and_then(|r| r.3);
         if let Some(l) = self.nodes[n].as_mut() {
             l.table.copied(&name, round.seq, round.acked.clone());
+            l.table.went_on(&name, line, changes);
         }
         let Some(i) = self.insts.get_mut(&inst) else { return };
         let dropped = i.rep.done(round.seq, round.state, &round.sent, &round.acked);

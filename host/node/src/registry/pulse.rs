@@ -1,0 +1,62 @@
+//! Whether this process was paused (SIGSTOP, a frozen VM, a debugger): a task ticks
+//! every [`TICK`]; a gap between two ticks, or since the last one, longer than `late`
+//! is time the process did not run. A node that wakes from a pause finds its
+//! connections closed by peers that declared it down; told of the pause first
+//! ([`Event::Woke`](super::table::Event::Woke)), its table does not read those closes
+//! as its peers going down and take their names over.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often the pulse ticks.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// The last tick, and how late one must be to count as a pause.
+pub struct Pulse {
+    last: Mutex<Instant>,
+    late: Duration,
+}
+
+impl Pulse {
+    /// A pulse whose gaps past `late` are pauses (at least 5 ticks, so that a busy
+    /// runtime is not taken for a paused one).
+    pub fn new(late: Duration, now: Instant) -> Pulse {
+        Pulse { last: Mutex::new(now), late: late.max(TICK * 5) }
+    }
+
+    /// A tick at `now`: the gap since the last one when it was a pause.
+    pub fn tick(&self, now: Instant) -> Option<Duration> {
+        let mut last = self.last.lock().unwrap();
+        let gap = now.saturating_duration_since(*last);
+        *last = now;
+        (gap > self.late).then_some(gap)
+    }
+
+    /// How long the pulse has not ticked, at `now`, when that is a pause: the process
+    /// woke and its ticker has not run yet.
+    pub fn overdue(&self, now: Instant) -> Option<Duration> {
+        let gap = now.saturating_duration_since(*self.last.lock().unwrap());
+        (gap > self.late).then_some(gap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_past_late_is_a_pause_and_a_tick_ends_it() {
+        let t0 = Instant::now();
+        let p = Pulse::new(Duration::from_millis(500), t0);
+        assert_eq!(p.tick(t0 + TICK), None);
+        assert_eq!(p.overdue(t0 + TICK * 3), None, "a few ticks late: a busy runtime");
+        let woke = t0 + TICK + Duration::from_secs(3);
+        assert_eq!(p.overdue(woke), Some(Duration::from_secs(3)), "woken, before the ticker ran");
+        assert_eq!(p.tick(woke), Some(Duration::from_secs(3)));
+        assert_eq!(p.overdue(woke + TICK), None, "it ran again");
+        // Never shorter than five ticks, whatever the heartbeat.
+        let q = Pulse::new(Duration::from_millis(50), t0);
+        assert_eq!(q.tick(t0 + TICK * 4), None);
+        assert_eq!(q.tick(t0 + TICK * 10), Some(TICK * 6));
+    }
+}
