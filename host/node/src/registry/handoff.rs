@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::origin::{self, Base, Keep, Origin};
 use super::placement::{owner, stays, Lineage};
-use super::table::{Claim, Deferred, Effect, Slot, StartWhy, StopWhy, Table, Timer, MOVE_AGAIN};
+use super::table::{Claim, Deferred, Effect, Rival, Slot, StartWhy, StopWhy, Table, Timer, MOVE_AGAIN};
 use super::wire::Msg;
 use super::WorkerName;
 
@@ -43,7 +43,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let Some(Slot::Running { id, handle, args, lineage }) = self.local.remove(name) else { return };
         let moves = self.handoff_target(name, "", &BTreeSet::new()).is_some();
         let reason = if moves { "handoff" } else { "shutdown" };
-        self.local.insert(name.clone(), Slot::Stopping { id, args, lineage, why: StopWhy::Handoff { yielders: Vec::new() }, merges: Vec::new() });
+        self.local.insert(name.clone(), Slot::Stopping { id, args, lineage, why: StopWhy::Handoff { yielders: Vec::new(), rival: None }, merges: Vec::new() });
         self.out.push(Effect::Stop { name: name.clone(), id, handle, reason: reason.into(), moves });
     }
 
@@ -88,8 +88,24 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             origin: handing.clone(),
         };
         match why {
-            StopWhy::Handoff { yielders } => {
+            StopWhy::Handoff { yielders, rival: None } => {
                 self.local.insert(name.clone(), moving(String::new(), false, yielders));
+                self.send_handoff(name, None);
+            }
+            StopWhy::Handoff { yielders, rival: Some(r) } => {
+                // Which of the two moves on, the other riding along to merge.
+                let Rival { from, state: theirs, origin: their_origin } = *r;
+                let (state, origin, rides) = match origin::keep_state(&base, unchanged, Some(&their_origin), Some(&theirs)) {
+                    Keep::Mine => (state, handing, None),
+                    Keep::Theirs => (Some(theirs), their_origin, None),
+                    Keep::Both if origin::goes_on_from_mine(&base, Some(&their_origin), true) => (state, handing, Some((from, theirs))),
+                    Keep::Both => (Some(theirs), their_origin, state.map(|s| (self.me.clone(), s))),
+                };
+                let mut merges = merges;
+                merges.extend(rides);
+                let slot =
+                    Slot::Moving { to: String::new(), args, lineage, state, merges, sent: 0, yielding: false, refused: BTreeSet::new(), yielders, origin };
+                self.local.insert(name.clone(), slot);
                 self.send_handoff(name, None);
             }
             StopWhy::Duplicate { winner } => {
@@ -323,14 +339,19 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     Slot::Starting { id, .. } | Slot::Stopping { id, .. } => Some(*id),
                     _ => None,
                 };
-                if self
-                    .bases
-                    .get(&name)
-                    .filter(|b| Some(b.id) == sid)
-                    .is_some_and(|b| origin::keep_state(b, None, theirs.as_ref(), state.as_deref()) == Keep::Mine)
-                {
+                let base = self.bases.get(&name).filter(|b| Some(b.id) == sid);
+                if base.is_some_and(|b| origin::keep_state(b, None, theirs.as_ref(), state.as_deref()) == Keep::Mine) {
                     info!(worker = %name, peer = %from, "{name} holds all of the state {from} handed over; nothing to merge");
                     states = merges.clone();
+                }
+                // Stopping to move on, and the handed state went further: which of the two
+                // moves on is decided on this one's final state (`Rival`).
+                let mut rival = None;
+                if let (Slot::Stopping { why: StopWhy::Handoff { rival: None, .. }, .. }, Some(s), Some(o)) = (&slot, &state, &theirs) {
+                    if base.is_some_and(|b| origin::further(b, Some(o))) {
+                        rival = Some(Box::new(Rival { from: from.clone(), state: s.clone(), origin: o.clone() }));
+                        states = merges.clone();
+                    }
                 }
                 let wait = self.kinds.replicas(&name.kind) > 0 && !states.is_empty();
                 // The handed state merges alone (see `Base::merged`).
@@ -351,12 +372,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                         merges.extend(states);
                         *mine = mine.absorbing(lineage);
                     }
-                    Slot::Stopping { merges, lineage: mine, why: StopWhy::Handoff { yielders }, .. } => {
+                    Slot::Stopping { merges, lineage: mine, why: StopWhy::Handoff { yielders, rival: r }, .. } => {
                         // Answered once the handoff that carries the states on is.
-                        if wait {
+                        if wait || rival.is_some() {
                             yielders.extend(answer.take().map(|(to, _)| to));
                         }
                         merges.extend(states);
+                        if rival.is_some() {
+                            *r = rival;
+                        }
                         *mine = mine.absorbing(lineage);
                     }
                     _ => unreachable!("matched above"),

@@ -281,7 +281,10 @@ pub enum StopWhy<R> {
     /// `yielders`: nodes whose instances yielded to this one meanwhile, their states in
     /// the slot's `merges` (a durable kind's): answered once the handoff that carries
     /// those states on is acknowledged, since they drop their states on the answer.
-    Handoff { yielders: Vec<String> },
+    /// `rival`: a state handed over meanwhile that went further than this one; which
+    /// of the two moves on, the other merged into it, is decided on this one's final
+    /// state ([`Rival`]).
+    Handoff { yielders: Vec<String>, rival: Option<Box<Rival>> },
     /// Another instance of the name stays, on `winner`: this one's state goes there.
     Duplicate { winner: String },
     /// A handoff from `from` brought an instance that stays (or a state of the same
@@ -293,6 +296,17 @@ pub enum StopWhy<R> {
     Replaced { from: String, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)>, origin: Option<Origin>, mine_stays: bool },
     /// A stop request.
     Asked(R),
+}
+
+/// A state handed to an instance already stopping to move on, that went further than
+/// that instance ([`origin::further`](super::origin::further)): merged into it, a
+/// worker without a merge would drop it (a stale take-over stopping to move on meets
+/// the state of the instance it was copied from).
+#[derive(Debug)]
+pub struct Rival {
+    pub from: String,
+    pub state: Vec<u8>,
+    pub origin: Origin,
 }
 
 /// A handoff put off until the instance it meets has started ([`Table::deferred`]).

@@ -1256,6 +1256,49 @@ fn runs_handed_state(n: &WorkerName) -> (T, u64) {
     (b, id)
 }
 
+/// An instance already stopping to move on meets a state that went further (a stale
+/// take-over, leaving, meets the state of the instance it was copied from): the name
+/// moves on from the one that went further, the other riding along to merge, and the
+/// sender hears once the handoff that carries its state is answered.
+#[test]
+fn a_state_handed_to_an_instance_moving_on_that_went_further_moves_on_in_its_place() {
+    // (this one's final state, the changes it copied, what moves on, what rides along)
+    type Case<'a> = (&'a [u8], u64, &'a [u8], Vec<(String, Vec<u8>)>);
+    let cases: [Case<'_>; 3] =
+        [(&[1], 0, &[1, 2], vec![]), (&[1, 3], 1, &[1, 2], vec![("b@h".into(), vec![1, 3])]), (&[1, 3], 5, &[1, 3], vec![("c@h".into(), vec![1, 2])])];
+    // b@h owns it until d@h joins.
+    let n = (0..5000)
+        .map(|i| name(&format!("k{i}")))
+        .find(|n| owner(["a@h", "b@h", "c@h"], n) == Some("b@h") && owner(["a@h", "b@h", "c@h", "d@h"], n) == Some("d@h"))
+        .expect("some key");
+    for (mine, copies, moves, rides) in cases {
+        let mut b = table("b@h", true);
+        joins(&mut b, "a@h", 1);
+        joins(&mut b, "c@h", 2);
+        let fx = recv(&mut b, "a@h", handed(&n, &[1], Origin { state: 5, holds: vec![5], copy_of: None, height: None }, false));
+        let (_, id, _) = spawn_of(&fx).expect("started from the handed state");
+        b.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
+        let line = b.replication_of(&n, 1).and_then(|r| r.3);
+        b.went_on(&n, line, copies);
+        let fx = joins(&mut b, "d@h", 3);
+        assert_eq!(stop_of(&fx), Some((id, "handoff".to_string())), "{fx:?}");
+        let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: Some(3) }, true));
+        // Went further than this one: answered once it is safe. Else it rides along as
+        // before (answered at once: this kind is not durable).
+        let further = copies < 3;
+        assert_eq!(sends(&fx).iter().any(|(to, m)| to == "c@h" && matches!(m, Msg::HandoffAck { .. })), !further, "{fx:?}");
+        let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(mine.to_vec()) });
+        let handoff = sends(&fx).into_iter().find_map(|(to, m)| match m {
+            Msg::Handoff { state, merges, .. } => Some((to, state, merges)),
+            _ => None,
+        });
+        let Some((to, state, merges)) = handoff else { panic!("no handoff: {fx:?}") };
+        assert_eq!((state.as_deref(), merges), (Some(moves), rides.clone()), "this one {mine:?} after {copies} copies");
+        let fx = recv(&mut b, &to, Msg::HandoffAck { name: n.clone(), at: Some(to.clone()) });
+        assert_eq!(sends(&fx).contains(&("c@h".into(), Msg::HandoffAck { name: n.clone(), at: Some(to.clone()) })), further, "{fx:?}");
+    }
+}
+
 /// An instance replaced by a handed-over state tells its replicas to drop their copies:
 /// the next instance copies to its own from its first state, and a stale copy left on
 /// a replica could be taken over from when this node goes down (the simulation's seed
