@@ -10,6 +10,11 @@ impl Sim {
             .into_iter()
             .filter(|n| self.running(*n))
             .filter(|n| self.nodes[*n].as_ref().is_some_and(|l| !l.leaving && now >= l.booted + 300 && l.table.synced()))
+            // A node that just woke from a pause serves alone until its peers are back,
+            // acknowledging what no replica took (docs/durability.md, "Not there yet"):
+            // a kind that keeps one state then loses one side's updates, whatever the
+            // host does. Its clients wait that out.
+            .filter(|n| !self.keeps_one || self.nodes[*n].as_ref().and_then(|l| l.woke).is_none_or(|w| now >= w + WOKE_ALONE))
             .collect();
         if ready.is_empty() {
             return;

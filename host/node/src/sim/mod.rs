@@ -38,6 +38,14 @@
 //! counting and is then killed before the two meet, can lose what that instance counted
 //! since the copy (seed 11 of the first 2,000 with partitions; docs/durability.md).
 //!
+//! Half the durable seeds make the counter keep one state of two that meet instead of
+//! merging them (`keeps_one`), as a worker without `resolve-conflict` does: the table
+//! must then pick the state that holds the acknowledged increments (the one that went
+//! further). Two histories that both took acknowledged increments cannot both be kept
+//! that way, so in those seeds a name restarted empty (no copy reached in time) is not
+//! counted, and clients do not call through a node for [`WOKE_ALONE`] after it wakes
+//! from a pause (it may serve alone meanwhile).
+//!
 //! The simulator's parts, one per file: this file holds the world (nodes, instances,
 //! calls, the event queue) and its dispatch; `faults` draws the faults, `network` is
 //! the connection layer and feeds the membership, `table` drives each node's registry
@@ -69,6 +77,9 @@ use crate::registry::{StartError, WorkerName};
 /// A pause at least this long is noticed by the node that wakes from it (ms; the
 /// driver's pulse, `registry::pulse`, at the default heartbeat interval).
 const PAUSE_NOTICED: u64 = 500;
+/// In seeds whose counter keeps one state, clients do not call through a node for this
+/// long after it wakes from a pause (ms): it may serve alone meanwhile.
+const WOKE_ALONE: u64 = 3000;
 /// Heartbeat timeout: a cut-off or paused peer is noticed after this long (ms).
 const HEARTBEAT_TIMEOUT: u64 = 1500;
 /// How long a client waits for a call (ms).
@@ -213,7 +224,12 @@ fn decode(state: &[u8]) -> BTreeMap<u64, u64> {
     postcard::from_bytes(state).unwrap_or_default()
 }
 
-fn merge(into: &mut BTreeMap<u64, u64>, other: &BTreeMap<u64, u64>) {
+/// Merges `other` into `into` (a grow-only counter per instance), unless the kind keeps
+/// one state (`keeps_one`): then `into` stays as it is and `other` is dropped.
+fn merge(into: &mut BTreeMap<u64, u64>, other: &BTreeMap<u64, u64>, keeps_one: bool) {
+    if keeps_one {
+        return;
+    }
     for (k, v) in other {
         let e = into.entry(*k).or_insert(0);
         *e = (*e).max(*v);
@@ -366,6 +382,8 @@ struct Live {
     /// When it started: a node serves clients once it has found its cluster (the
     /// driver's readiness gate), modelled as a re-dial round after boot, then synced.
     booted: u64,
+    /// When it last woke from a pause.
+    woke: Option<u64>,
 }
 
 /// What one run found.
@@ -416,6 +434,9 @@ struct Sim {
     violations: Vec<String>,
     /// Durable seeds: the replicas each counter has (0: not durable).
     replicas: usize,
+    /// Half the durable seeds: the counter keeps one state of two that meet, as a
+    /// worker without `resolve-conflict` does, instead of merging them.
+    keeps_one: bool,
     /// Until when each kill, pause or partition counts (durable seeds keep those within
     /// the replicas: see [`Sim::may_fail`]).
     failures: Vec<u64>,
@@ -434,6 +455,7 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
     let faults_until = rng.range(10_000, 30_000);
     // Apart from the generator, so that a seed's run does not depend on it otherwise.
     let replicas = [0, 1, 2][(seed % 3) as usize];
+    let keeps_one = replicas > 0 && (seed / 3) % 2 == 1;
     let mut sim = Sim {
         rng,
         now: 0,
@@ -463,6 +485,7 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
         processed: 0,
         violations: Vec::new(),
         replicas,
+        keeps_one,
         failures: Vec::new(),
     };
     for i in 0..n {
@@ -522,7 +545,8 @@ impl Sim {
         // Unlike any other node's and this node's other lives', as a random one is.
         table.set_incarnation(((n as u64) << 32) | self.lives[n]);
         let members = View::new(self.names[n].clone(), true);
-        self.nodes[n] = Some(Live { table, members, view: BTreeMap::new(), paused_until: None, leaving: false, parked: Vec::new(), booted: self.now });
+        self.nodes[n] =
+            Some(Live { table, members, view: BTreeMap::new(), paused_until: None, leaving: false, parked: Vec::new(), booted: self.now, woke: None });
         self.log(|| format!("n{n} boots"));
         let names = self.names.clone();
         self.member_input(n, Input::Discovered { topology: "sim".into(), names });
@@ -592,6 +616,7 @@ impl Sim {
             Ev::Wake(n, paused_ms) => {
                 if let Some(l) = self.nodes[n].as_mut() {
                     l.paused_until = None;
+                    l.woke = Some(self.now);
                     self.log(|| format!("n{n} wakes (SIGCONT)"));
                     // As the driver's pulse: a pause it notices is told to the table
                     // before what the sockets hold.

@@ -34,13 +34,19 @@ impl Sim {
                     }
                 }
                 Effect::Spawn { name, id, args: _, state, merges } => {
+                    if self.keeps_one && state.is_none() && self.started.contains(&name) {
+                        // Restarted empty (no copy within its grace: the nodes holding
+                        // one were paused or gone) while a copy may live on: two
+                        // histories, of which a kind that keeps one state keeps one.
+                        self.tainted.insert(name.clone());
+                    }
                     let inst = self.next_inst;
                     self.next_inst += 1;
                     let mut counts = state.as_deref().map(decode).unwrap_or_default();
                     for (_, s) in &merges {
                         let other = decode(s);
                         self.check_shared(n, &name, &counts, &other);
-                        merge(&mut counts, &other);
+                        merge(&mut counts, &other, self.keeps_one);
                     }
                     let restarts = self.nodes[n].as_ref().and_then(|l| l.table.lineage_of(&name)).map(|l| l.restarts).unwrap_or(0);
                     let instance = Instance {
@@ -89,8 +95,9 @@ impl Sim {
                         let other = decode(&state);
                         let into = i.counts.clone();
                         self.check_shared(n, &name, &into, &other);
+                        let keeps_one = self.keeps_one;
                         let Some(i) = self.insts.get_mut(&handle) else { unreachable!() };
-                        merge(&mut i.counts, &other);
+                        merge(&mut i.counts, &other, keeps_one);
                         match acks {
                             acks if acks.is_empty() => self.copy_again(n, handle),
                             // Behind the copy in flight (which lacks the merge): the next
