@@ -96,14 +96,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         if current != Some(conn) {
             return;
         }
-        // Down without saying it leaves: it may be back (see `leave`), and what it said
-        // it runs is kept until then. One that left says it again if it comes back.
         // A connection found closed on waking from a pause: its node declared this one
         // down, most likely, and runs on (see `Event::Woke`).
         let held = self.woke.as_ref().is_some_and(|w| w.get(node) == Some(&conn));
         if held {
             info!(peer = %node, "the connection to {node} closed while this node was paused: its names wait for it to say where they run");
         }
+        // Down without saying it leaves: it may be back (see `leave`), and what it said
+        // it runs is kept until then. One that left says it again if it comes back.
         if self.members.contains_key(node) {
             self.gone.insert(node.to_string(), conn);
             self.out.push(Effect::SetTimer { after: GONE_GRACE, timer: Timer::GoneForgotten { node: node.to_string(), conn } });

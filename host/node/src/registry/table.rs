@@ -136,8 +136,8 @@ pub enum Event<M, R> {
     Leave,
     /// This process did not run for `paused_ms` (SIGSTOP, a frozen VM) and runs again:
     /// its peers may have declared it down and taken its names over, and the
-    /// connections it finds closed say so, not that they are down. It takes nothing over
-    /// for [`WOKE_HOLD`].
+    /// connections it finds closed say so, not that they are down. What it loses to
+    /// those connections is held for [`WOKE_HOLD`] ([`Orphan::held`]).
     Woke { paused_ms: u64 },
     /// A timer set with [`Effect::SetTimer`] fired.
     Timer(Timer),
@@ -189,10 +189,11 @@ pub const REPLICA_GRACE: Duration = Duration::from_secs(1);
 /// and forth, restarting it each time, until their timing parts them.
 pub const MOVE_AGAIN: Duration = Duration::from_secs(1);
 
-/// How long a node that woke from a pause ([`Event::Woke`]) takes no name over: enough
-/// for its peers, which declared it down, to connect again and say where its names
-/// run now. Taken over from its own copies at once, the copies those peers went on
-/// from since, the names ran twice, and calls went to the stale instance.
+/// How long a node that woke from a pause ([`Event::Woke`]) holds what it lost to the
+/// connections it found closed: enough for its peers, which declared it down, to
+/// connect again and say where their names run now. Taken over from this node's own
+/// copies at once (copies those peers went on from since), the names ran twice, and
+/// calls went to the stale instances.
 /// Shorter than [`REPLICA_GRACE`]: a peer that did die meanwhile has its durable names
 /// taken over from this node's copies before their owner gives up on a copy.
 pub const WOKE_HOLD: Duration = Duration::from_millis(500);
