@@ -30,17 +30,19 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// `from` sends a copy of the state of a durable instance it runs.
     pub fn replica_in(&mut self, from: &str, copy: Replicate) -> Result<(), NotHeld> {
         let Replicate { name, args, lineage, seq, update, holders, line, height } = copy;
-        // Copies held here from duplicates that are gone merge into the sender's instance.
-        if self.replicas.get(&name).is_some_and(|rs| rs.iter().any(|r| r.from != from && !self.connected(&r.from))) {
+        // Copies held here from duplicates that are gone (or from the sender's previous
+        // life) merge into the sender's instance.
+        if self.replicas.get(&name).is_some_and(|rs| rs.iter().any(|r| !self.copy_alive(r))) {
             self.settle_dead_copy(&name, Some((from, lineage)));
         }
-        let old = self.copy_from(&name, from).map(|r| (r.seq, r.state.as_slice()));
+        let old = self.copy_from(&name, from).filter(|r| self.copy_alive(r)).map(|r| (r.seq, r.state.as_slice()));
         let is_full = matches!(update, Update::Full(_));
         let Some(state) = update.apply(old) else { return Err(NotHeld::NeedFull) };
+        let conn = self.members.get(from).or(self.leavers.get(from)).copied();
         debug_assert!(is_full || old.is_some());
         let copies = self.replicas.entry(name).or_default();
         copies.retain(|r| r.from != from);
-        copies.push(Replica { from: from.to_string(), args, lineage, seq, state, holders, line, height });
+        copies.push(Replica { from: from.to_string(), args, lineage, seq, state, holders, line, height, conn });
         Ok(())
     }
 
@@ -61,9 +63,19 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         Some(r)
     }
 
-    /// The nodes that sent the copies of `name` held here and are gone.
+    /// The nodes that sent the copies of `name` held here and are gone (or came back as
+    /// new processes since).
     pub(super) fn dead_copies(&self, name: &WorkerName) -> Vec<String> {
-        self.replicas.get(name).into_iter().flatten().filter(|r| !self.connected(&r.from)).map(|r| r.from.clone()).collect()
+        self.replicas.get(name).into_iter().flatten().filter(|r| !self.copy_alive(r)).map(|r| r.from.clone()).collect()
+    }
+
+    /// Whether the node a copy came from is still connected on the connection it came on.
+    pub(super) fn copy_alive(&self, r: &Replica) -> bool {
+        let now = self.members.get(&r.from).or(self.leavers.get(&r.from));
+        match r.conn {
+            Some(c) => now == Some(&c),
+            None => now.is_some(),
+        }
     }
 
     /// Where the instance of `name` running here copies its state (the `n` members that

@@ -98,8 +98,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
         // A connection found closed on waking from a pause: its node declared this one
         // down, most likely, and runs on (see `Event::Woke`).
-        let held = self.woke.as_ref().is_some_and(|w| w.get(node) == Some(&conn));
-        if held {
+        let held = self.woke.as_ref().filter(|w| w.get(node) == Some(&conn)).map(|_| node.to_string());
+        if held.is_some() {
             info!(peer = %node, "the connection to {node} closed while this node was paused: its names wait for it to say where they run");
         }
         // Down without saying it leaves: it may be back (see `leave`), and what it said
@@ -124,7 +124,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 info!(worker = %name, peer = %node, "not restarting {name} after {node} went down: its kind is temporary");
                 continue;
             }
-            self.orphans.insert(name, Orphan { args: claim.args, lineage: claim.lineage, told: None, grace: Grace::Unasked, held });
+            self.orphans.insert(name, Orphan { args: claim.args, lineage: claim.lineage, told: None, grace: Grace::Unasked, held: held.clone() });
         }
         // Copies it sent of names that run here, or on another live node, too (two
         // instances since a partition or a pause): its instance is gone, its state merges
@@ -140,7 +140,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 continue;
             }
             if let Some(r) = self.copy_from(&name, node) {
-                let orphan = Orphan { args: r.args.clone(), lineage: r.lineage, told: None, grace: Grace::Unasked, held };
+                let orphan = Orphan { args: r.args.clone(), lineage: r.lineage, told: None, grace: Grace::Unasked, held: held.clone() };
                 self.orphans.insert(name, orphan);
             }
         }
@@ -189,7 +189,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 .get(name)
                 .filter(|c| self.connected(&c.node))
                 .map(|c| (c.node.clone(), c.lineage))
-                .or_else(|| self.replicas.get(name)?.iter().find(|r| self.connected(&r.from)).map(|r| (r.from.clone(), r.lineage))),
+                .or_else(|| self.replicas.get(name)?.iter().find(|r| self.copy_alive(r)).map(|r| (r.from.clone(), r.lineage))),
         };
         let Some((at, lineage)) = runner.filter(|(at, _)| self.connected(at)) else { return false };
         // A copy whose line the instance there continues (it took the name over from a
@@ -236,7 +236,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 self.lacking.remove(&name);
                 continue;
             }
-            if self.orphans[&name].held {
+            if self.orphans[&name].held.is_some() {
                 // Lost to a close found on waking: where it runs now is on its way.
                 continue;
             }

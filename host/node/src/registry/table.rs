@@ -344,11 +344,11 @@ pub struct Orphan {
     /// For a durable kind whose copy this node (its owner) does not hold: the wait,
     /// [`REPLICA_GRACE`] long, for a node that holds one to start it.
     pub grace: Grace,
-    /// Lost to a connection this node found closed on waking from a pause
-    /// ([`Event::Woke`]): its node most likely declared this one down and runs on. Not
-    /// restarted or taken over until that node says where its names run, or until
-    /// [`WOKE_HOLD`] is over.
-    pub held: bool,
+    /// Lost to a connection to this node that was found closed on waking from a pause
+    /// ([`Event::Woke`]): that node most likely declared this one down and runs on. Not
+    /// restarted or taken over until it has said where its names run (its
+    /// [`Msg::Synced`] on a new connection), or until [`WOKE_HOLD`] is over.
+    pub held: Option<String>,
 }
 
 /// Where an owner without a copy of a lost durable name stands in its wait.
@@ -375,6 +375,10 @@ pub struct Replica {
     pub line: Option<u64>,
     /// How far the copied state went ([`Replicate::height`](super::wire::Replicate::height)).
     pub height: Option<u64>,
+    /// The connection it came on: a node that restarted (a new connection) runs none of
+    /// the instances its previous life copied here, and those copies are dead. `None`
+    /// when the sender was not a member yet here (alive while it is connected).
+    pub conn: Option<u64>,
 }
 
 /// One node's registry state.
@@ -543,7 +547,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Event::Timer(Timer::WokeHoldOver) => {
                 self.woke = None;
                 for o in self.orphans.values_mut() {
-                    o.held = false;
+                    o.held = None;
                 }
                 self.replan();
             }
@@ -569,6 +573,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Msg::Synced => {
                 // What it owns moves to it now (see `place_running`); a leaver owns nothing.
                 let member = self.members.contains_key(&from);
+                // It said where its names run: what was held for it is lost or found.
+                let mut released = false;
+                for o in self.orphans.values_mut().filter(|o| o.held.as_deref() == Some(from.as_str())) {
+                    o.held = None;
+                    released = true;
+                }
+                if released {
+                    self.replan();
+                }
                 self.synced.insert(from);
                 if member {
                     for name in self.running() {

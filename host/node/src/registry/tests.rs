@@ -922,8 +922,16 @@ fn a_node_that_woke_from_a_pause_takes_nothing_over_from_a_close_it_found() {
     // a@h comes back and says it runs the name: nothing to take over.
     up(&mut b, "a@h", 3);
     recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default().moved() });
+    let fx = recv(&mut b, "a@h", Msg::Synced);
+    assert_eq!(spawn_of(&fx), None, "{fx:?}");
     let fx = b.handle(Event::Timer(Timer::WokeHoldOver));
     assert_eq!(spawn_of(&fx), None, "{fx:?}");
+    // a@h comes back as a new process (it was killed while this node was paused) and
+    // runs nothing: taken over as soon as it says so, before the hold is over.
+    let (mut b, _) = held(false);
+    up(&mut b, "a@h", 3);
+    let fx = recv(&mut b, "a@h", Msg::Synced);
+    assert_eq!(spawn_of(&fx).map(|(_, _, s)| s), Some(Some(b"41".to_vec())), "{fx:?}");
     // a@h does not come back: taken over from the copy once the hold is over.
     let (mut b, _) = held(false);
     let fx = b.handle(Event::Timer(Timer::WokeHoldOver));
