@@ -35,7 +35,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         if self.replicas.get(&name).is_some_and(|rs| rs.iter().any(|r| !self.copy_alive(r))) {
             self.settle_dead_copy(&name, Some((from, lineage)));
         }
-        let old = self.copy_from(&name, from).filter(|r| self.copy_alive(r)).map(|r| (r.seq, r.state.as_slice()));
+        let old = self.copy_from(&name, from).map(|r| (r.seq, r.state.as_slice()));
         let is_full = matches!(update, Update::Full(_));
         let Some(state) = update.apply(old) else { return Err(NotHeld::NeedFull) };
         let conn = self.members.get(from).or(self.leavers.get(from)).copied();
