@@ -49,7 +49,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         if runs || self.orphans.contains_key(&name) {
             return;
         }
-        self.orphans.insert(name, Orphan { args, lineage, told: None, grace: Grace::Unasked, held: None });
+        self.orphans.insert(name, Orphan { args, lineage, told: None, grace: Grace::Unasked, held: None, ask: None });
         self.replan();
     }
 }

@@ -23,6 +23,7 @@ mod directory;
 pub mod durable;
 mod error;
 mod handoff;
+mod latest;
 mod name;
 mod origin;
 pub mod placement;

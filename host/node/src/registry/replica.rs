@@ -40,6 +40,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let Some(state) = update.apply(old) else { return Err(NotHeld::NeedFull) };
         let conn = self.members.get(from).or(self.leavers.get(from)).copied();
         debug_assert!(is_full || old.is_some());
+        // A new copy lists who holds it now: a node that said it holds none (or an older
+        // one) may hold this one.
+        self.lacking.remove(&name);
         let copies = self.replicas.entry(name).or_default();
         copies.retain(|r| r.from != from);
         copies.push(Replica { from: from.to_string(), args, lineage, seq, state, holders, line, height, conn });

@@ -12,7 +12,8 @@ pub enum Route<M> {
     Here(M),
     /// It runs on (or belongs to) that node.
     Remote(String),
-    /// It is starting or moving here: ask again when the table changes.
+    /// It is starting or moving here, or lost and about to start again from a copy of
+    /// its state: ask again when the table changes.
     Wait,
     /// It runs nowhere; this node owns it and its kind starts on call: start it here.
     Activate,
@@ -40,6 +41,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
         if let Some(c) = self.directory.get(name).filter(|c| elsewhere(&c.node)) {
             return Route::Remote(c.node.clone());
+        }
+        if self.orphans.get(name).is_some_and(|o| o.pending()) {
+            // Lost, and what becomes of it is being decided here (see `Orphan::pending`).
+            return Route::Wait;
         }
         let owner = self.owner_of(name);
         if owner != self.me && Some(owner) != from {

@@ -124,7 +124,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 info!(worker = %name, peer = %node, "not restarting {name} after {node} went down: its kind is temporary");
                 continue;
             }
-            self.orphans.insert(name, Orphan { args: claim.args, lineage: claim.lineage, told: None, grace: Grace::Unasked, held: held.clone() });
+            self.orphans.insert(name, Orphan { args: claim.args, lineage: claim.lineage, told: None, grace: Grace::Unasked, held: held.clone(), ask: None });
         }
         // Copies it sent of names that run here, or on another live node, too (two
         // instances since a partition or a pause): its instance is gone, its state merges
@@ -140,7 +140,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 continue;
             }
             if let Some(r) = self.copy_from(&name, node) {
-                let orphan = Orphan { args: r.args.clone(), lineage: r.lineage, told: None, grace: Grace::Unasked, held: held.clone() };
+                let orphan = Orphan { args: r.args.clone(), lineage: r.lineage, told: None, grace: Grace::Unasked, held: held.clone(), ask: None };
                 self.orphans.insert(name, orphan);
             }
         }
@@ -229,6 +229,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// owner is told once (it may have joined after the name was lost).
     pub(super) fn replan(&mut self) {
         let names: Vec<_> = self.orphans.keys().cloned().collect();
+        if !names.is_empty() {
+            // Calls that wait for a lost name whose fate was pending look again
+            // (`Orphan::pending`, `route.rs`).
+            self.out.push(Effect::Changed);
+        }
         for name in names {
             let runs = self.local.contains_key(&name) || self.directory.get(&name).is_some_and(|c| self.connected(&c.node));
             if runs {
@@ -267,6 +272,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             });
             if takes_over && !self.leaving {
                 let first = first.expect("found above");
+                // Not from this copy while a member may hold a later one (`latest.rs`).
+                let mine = self.copy_at(self.copy_from(&name, &first).expect("found above"));
+                if self.ask_first(&name, mine) {
+                    continue;
+                }
                 let copies: Vec<Replica> =
                     std::iter::once(&first).chain(dead.iter().filter(|n| **n != first)).filter_map(|n| self.take_copy(&name, n)).collect();
                 // A copy that another one's instance continues holds nothing that one

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use super::latest::Ask;
 use super::origin::{self, Base, Origin};
 use super::placement::{owner, Lineage};
 use super::wire::Msg;
@@ -209,8 +210,13 @@ pub enum Timer {
     ReplicaGrace { name: WorkerName },
     /// An instance that came back here ([`MOVE_AGAIN`]) may move to its owner again.
     MoveAgain { name: WorkerName },
-    /// The hold after a pause is over ([`WOKE_HOLD`]).
-    WokeHoldOver,
+    /// The hold after the `wake`th pause is over ([`WOKE_HOLD`]); a later pause's
+    /// hold is not (two pauses less than the hold apart).
+    WokeHoldOver { wake: u64 },
+    /// Ask `round` of which copies of this lost name the members hold: they are not
+    /// waited for longer ([`ASK_WAIT`](super::latest::ASK_WAIT)), or it is time to ask
+    /// again ([`ASK_AGAIN`](super::latest::ASK_AGAIN)).
+    AskOver { name: WorkerName, round: u32 },
 }
 
 /// Where a name stands on this node.
@@ -349,6 +355,19 @@ pub struct Orphan {
     /// restarted or taken over until it has said where its names run (its
     /// [`Msg::Synced`] on a new connection), or until [`WOKE_HOLD`] is over.
     pub held: Option<String>,
+    /// This node would take it over from its copy, and asked the members first which
+    /// copies they hold (`latest.rs`).
+    pub ask: Option<Ask>,
+}
+
+impl Orphan {
+    /// Whether what becomes of it is being decided: held after a pause, asking the
+    /// members for their copies before a take-over from this node's, or (its owner,
+    /// holding none) waiting for a node that holds one to start it. An empty start
+    /// meanwhile, by a call or a start request, would run beside the instance it gets.
+    pub fn pending(&self) -> bool {
+        self.held.is_some() || self.ask.is_some() || self.grace == Grace::Waiting
+    }
 }
 
 /// Where an owner without a copy of a lost durable name stands in its wait.
@@ -435,6 +454,9 @@ pub struct Table<M, R> {
     /// each with its connection. What is lost when one of those connections ends is
     /// held ([`Orphan::held`]).
     pub(super) woke: Option<BTreeMap<String, u64>>,
+    /// How many pauses this node woke from: the hold of the last one ends with its
+    /// timer ([`Timer::WokeHoldOver`]).
+    pub(super) wakes: u64,
     /// Random per process: the states this node hands over get ids unlike any other
     /// node's ([`origin::state_id`]); `handed` counts them.
     incarnation: u64,
@@ -480,6 +502,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             deferred: BTreeMap::new(),
             came_back: BTreeSet::new(),
             woke: None,
+            wakes: 0,
             incarnation: 0,
             handed: 0,
             next_id: 1,
@@ -513,18 +536,19 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Event::Exited { name, id } => self.exited(name, id),
             Event::Leave => self.leave(),
             Event::Woke { paused_ms } => {
-                if self.woke.is_none() {
-                    let mut members = self.members.clone();
-                    members.extend(self.leavers.iter().map(|(n, c)| (n.clone(), *c)));
-                    self.woke = Some(members);
-                    warn!(
-                        paused_ms,
-                        "this node did not run for {paused_ms} ms (paused, or its machine was): its peers may have declared it down and taken its names over; \
-                         for {} ms it takes over none of the names of a peer whose connection it finds closed, until that peer says where they run",
-                        WOKE_HOLD.as_millis()
-                    );
-                    self.out.push(Effect::SetTimer { after: WOKE_HOLD, timer: Timer::WokeHoldOver });
-                }
+                // Again within the hold of an earlier pause: the hold starts again, with
+                // the connections this node has now.
+                let mut members = self.members.clone();
+                members.extend(self.leavers.iter().map(|(n, c)| (n.clone(), *c)));
+                self.woke = Some(members);
+                self.wakes += 1;
+                warn!(
+                    paused_ms,
+                    "this node did not run for {paused_ms} ms (paused, or its machine was): its peers may have declared it down and taken its names over; \
+                     for {} ms it takes over none of the names of a peer whose connection it finds closed, until that peer says where they run",
+                    WOKE_HOLD.as_millis()
+                );
+                self.out.push(Effect::SetTimer { after: WOKE_HOLD, timer: Timer::WokeHoldOver { wake: self.wakes } });
             }
             Event::Timer(Timer::LeaverGone { node, conn }) => {
                 if self.leavers.get(&node) == Some(&conn) {
@@ -544,13 +568,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     self.replan();
                 }
             }
-            Event::Timer(Timer::WokeHoldOver) => {
+            Event::Timer(Timer::WokeHoldOver { wake }) if wake != self.wakes => {}
+            Event::Timer(Timer::WokeHoldOver { .. }) => {
                 self.woke = None;
                 for o in self.orphans.values_mut() {
                     o.held = None;
                 }
                 self.replan();
             }
+            Event::Timer(Timer::AskOver { name, round }) => self.ask_over(name, round),
             Event::Timer(Timer::MoveAgain { name }) => {
                 if self.came_back.remove(&name) {
                     self.place(&name);
@@ -605,6 +631,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     self.replan();
                 }
             }
+            Msg::CopyAsk { name } => self.copy_ask(from, name),
+            Msg::CopyHeld { name, copies } => self.copy_held(from, name, copies),
         }
     }
 
@@ -758,6 +786,12 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 self.out.push(Effect::ForwardStart { to: owner, name, args, reply });
                 return;
             }
+        }
+        if self.orphans.get(&name).is_some_and(Orphan::pending) {
+            // It starts again here from a copy of its state, or on the node that holds
+            // one: an empty start now would run beside it.
+            self.out.push(Effect::Started { reply, result: Err(StartError::AlreadyStarted(self.me.clone())) });
+            return;
         }
         if self.leaving {
             let e = StartError::Failed(format!("{} is leaving the cluster", self.me));

@@ -7,7 +7,7 @@ use super::origin::Origin;
 use super::placement::{owner, Lineage};
 use super::route::Route;
 use super::table::{Effect, Event, Kinds, Table, Timer, GONE_GRACE, MOVE_AGAIN};
-use super::wire::Msg;
+use super::wire::{CopyAt, Msg};
 use super::{Restart, SpawnError, StartError, WorkerName};
 
 struct TestKinds {
@@ -121,6 +121,18 @@ fn yielded(n: &WorkerName, lineage: Lineage, state: &[u8]) -> Msg {
 
 fn recv(t: &mut T, from: &str, msg: Msg) -> Fx {
     t.handle(Event::Received { from: from.into(), msg })
+}
+
+/// `fx` with, after it, the effects of every member asked for its copies (a
+/// [`Msg::CopyAsk`] in `fx`) answering that it holds none.
+fn none_hold_copies(t: &mut T, mut fx: Fx) -> Fx {
+    let asked: Vec<(String, WorkerName)> =
+        sends(&fx).into_iter().filter_map(|(to, m)| if let Msg::CopyAsk { name } = m { Some((to, name)) } else { None }).collect();
+    for (from, name) in asked {
+        let more = recv(t, &from, Msg::CopyHeld { name, copies: vec![] });
+        fx.extend(more);
+    }
+    fx
 }
 
 /// Starts `n` here and runs it with `handle`.
@@ -880,6 +892,8 @@ fn the_first_replica_starts_a_lost_durable_name_from_its_copy() {
     b.replica_in("a@h", copy(&n, 2, delta, &["b@h"])).unwrap();
     assert_eq!(b.replica_of(&n), Some(("a@h", 2)));
     let fx = b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    assert!(spawn_of(&fx).is_none(), "not before c@h said which copies it holds: {fx:?}");
+    let fx = none_hold_copies(&mut b, fx);
     let (sn, id, state) = spawn_of(&fx).expect("started from the copy");
     assert_eq!((sn, state.as_deref()), (n.clone(), Some(&b"42"[..])), "never from an empty init while a copy is here");
     assert_eq!(b.replica_of(&n), None, "the copy is the instance now");
@@ -904,7 +918,7 @@ fn a_node_that_woke_from_a_pause_takes_nothing_over_from_a_close_it_found() {
         recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
         b.replica_in("a@h", copy(&n, 1, super::durable::Update::Full(b"41".to_vec()), &["b@h"])).unwrap();
         let fx = b.handle(Event::Woke { paused_ms: 3000 });
-        assert!(fx.iter().any(|e| matches!(e, Effect::SetTimer { timer: Timer::WokeHoldOver, .. })), "{fx:?}");
+        assert!(fx.iter().any(|e| matches!(e, Effect::SetTimer { timer: Timer::WokeHoldOver { wake: 1 }, .. })), "{fx:?}");
         let conn = if conn_after_wake {
             // a@h came back on a new connection after the wake, then went down.
             b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
@@ -915,6 +929,7 @@ fn a_node_that_woke_from_a_pause_takes_nothing_over_from_a_close_it_found() {
             1
         };
         let fx = b.handle(Event::MemberDown { node: "a@h".into(), conn });
+        let fx = none_hold_copies(&mut b, fx);
         (b, spawn_of(&fx))
     };
     let (mut b, spawned) = held(false);
@@ -924,21 +939,134 @@ fn a_node_that_woke_from_a_pause_takes_nothing_over_from_a_close_it_found() {
     recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default().moved() });
     let fx = recv(&mut b, "a@h", Msg::Synced);
     assert_eq!(spawn_of(&fx), None, "{fx:?}");
-    let fx = b.handle(Event::Timer(Timer::WokeHoldOver));
+    let fx = b.handle(Event::Timer(Timer::WokeHoldOver { wake: 1 }));
     assert_eq!(spawn_of(&fx), None, "{fx:?}");
     // a@h comes back as a new process (it was killed while this node was paused) and
     // runs nothing: taken over as soon as it says so, before the hold is over.
     let (mut b, _) = held(false);
     up(&mut b, "a@h", 3);
     let fx = recv(&mut b, "a@h", Msg::Synced);
+    let fx = none_hold_copies(&mut b, fx);
     assert_eq!(spawn_of(&fx).map(|(_, _, s)| s), Some(Some(b"41".to_vec())), "{fx:?}");
     // a@h does not come back: taken over from the copy once the hold is over.
     let (mut b, _) = held(false);
-    let fx = b.handle(Event::Timer(Timer::WokeHoldOver));
+    let fx = b.handle(Event::Timer(Timer::WokeHoldOver { wake: 1 }));
+    let fx = none_hold_copies(&mut b, fx);
     assert_eq!(spawn_of(&fx).map(|(_, _, s)| s), Some(Some(b"41".to_vec())), "{fx:?}");
     // Down on a connection made since the wake: taken over at once.
     let (_, spawned) = held(true);
     assert_eq!(spawned.map(|(_, _, s)| s), Some(Some(b"41".to_vec())));
+}
+
+/// Two pauses less than the hold apart: the hold runs from the second wake, and the
+/// first one's timer ends nothing.
+#[test]
+fn a_second_pause_within_the_hold_holds_again_from_its_own_wake() {
+    let n = durable_ranked(&["a@h", "b@h", "c@h"]);
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    up(&mut b, "c@h", 2);
+    recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    b.replica_in("a@h", copy(&n, 1, super::durable::Update::Full(b"41".to_vec()), &["b@h"])).unwrap();
+    b.handle(Event::Woke { paused_ms: 700 });
+    let fx = b.handle(Event::Woke { paused_ms: 3000 });
+    assert!(fx.iter().any(|e| matches!(e, Effect::SetTimer { timer: Timer::WokeHoldOver { wake: 2 }, .. })), "{fx:?}");
+    let fx = b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    assert_eq!(spawn_of(&fx), None, "{fx:?}");
+    let fx = b.handle(Event::Timer(Timer::WokeHoldOver { wake: 1 }));
+    assert!(spawn_of(&fx).is_none() && sends(&fx).is_empty(), "the first pause's timer: {fx:?}");
+    let fx = b.handle(Event::Timer(Timer::WokeHoldOver { wake: 2 }));
+    let fx = none_hold_copies(&mut b, fx);
+    assert_eq!(spawn_of(&fx).map(|(_, _, s)| s), Some(Some(b"41".to_vec())), "{fx:?}");
+}
+
+/// A copy of line 7 (one instance), number `seq`, of height `seq`.
+fn copy_of_line_7(n: &WorkerName, seq: u64, state: &[u8], holders: &[&str]) -> super::wire::Replicate {
+    super::wire::Replicate { line: Some(7), height: Some(seq), ..copy(n, seq, super::durable::Update::Full(state.to_vec()), holders) }
+}
+
+/// What `t` sends `to` in `fx` saying which copies it holds.
+fn copies_told(fx: &Fx, to: &str) -> Vec<CopyAt> {
+    sends(fx)
+        .into_iter()
+        .find_map(|(t, m)| match m {
+            Msg::CopyHeld { copies, .. } if t == to => Some(copies),
+            _ => None,
+        })
+        .expect("an answer")
+}
+
+/// b@h, a's first replica, was paused while a@h went on copying to c@h: b@h holds copy
+/// 2, c@h copy 5. When a@h goes down, each asks the other which copy it holds before
+/// taking the name over: b@h gives way, and c@h starts the name from copy 5. Until
+/// then the name is neither started empty on b@h nor called there.
+#[test]
+fn a_replica_with_an_older_copy_gives_way_to_the_one_that_holds_a_later_copy() {
+    let n = durable_ranked(&["a@h", "b@h", "c@h"]);
+    let node = |me: &str, other: &str, seq: u64, state: &[u8], holders: &[&str]| {
+        let mut t = table(me, false);
+        up(&mut t, "a@h", 1);
+        up(&mut t, other, 2);
+        recv(&mut t, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+        t.replica_in("a@h", copy_of_line_7(&n, seq, state, holders)).unwrap();
+        t
+    };
+    let (mut b, mut c) = (node("b@h", "c@h", 2, b"2", &["b@h", "c@h"]), node("c@h", "b@h", 5, b"5", &["c@h"]));
+    // c@h still hears a@h when b@h asks: its copy is live, and b@h waits.
+    let asked = b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    assert!(sends(&asked).contains(&("c@h".to_string(), Msg::CopyAsk { name: n.clone() })), "{asked:?}");
+    assert!(spawn_of(&asked).is_none(), "not before c@h answered: {asked:?}");
+    assert_eq!(b.route(&n, None), Route::Wait, "calls wait for the take-over");
+    let fx = b.handle(Event::Start { name: n.clone(), args: vec![], here: false, reply: 9 });
+    assert!(matches!(started(&fx), Some(Err(StartError::AlreadyStarted(_)))) && spawn_of(&fx).is_none(), "no empty start beside it: {fx:?}");
+    // c@h's answers, before and after it too finds a@h down.
+    let live = recv(&mut c, "b@h", Msg::CopyAsk { name: n.clone() });
+    assert_eq!(copies_told(&live, "b@h"), [CopyAt { line: Some(7), seq: 5, height: Some(5), live: true }]);
+    let c_asks = c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    assert!(spawn_of(&c_asks).is_none(), "c@h asks b@h too: {c_asks:?}");
+    let dead = recv(&mut c, "b@h", Msg::CopyAsk { name: n.clone() });
+    let fx = recv(&mut b, "c@h", Msg::CopyHeld { name: n.clone(), copies: copies_told(&live, "b@h") });
+    assert!(spawn_of(&fx).is_none() && !sends(&fx).iter().any(|(_, m)| matches!(m, Msg::NoCopy { .. })), "a@h may be alive: {fx:?}");
+    let again = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::SetTimer { after, timer: timer @ Timer::AskOver { .. } } => Some((*after, timer.clone())),
+            _ => None,
+        })
+        .expect("asks again later");
+    assert_eq!(again.0, super::latest::ASK_AGAIN);
+    let fx = b.handle(Event::Timer(again.1.clone()));
+    assert!(sends(&fx).contains(&("c@h".to_string(), Msg::CopyAsk { name: n.clone() })), "{fx:?}");
+    let fx = b.handle(Event::Timer(again.1));
+    assert!(fx.iter().all(|e| matches!(e, Effect::Changed)), "the last ask's timer ends nothing of this one: {fx:?}");
+    // b@h, told of copy 5, gives way: it says it holds none, and starts nothing.
+    let fx = recv(&mut b, "c@h", Msg::CopyHeld { name: n.clone(), copies: copies_told(&dead, "b@h") });
+    assert!(spawn_of(&fx).is_none(), "{fx:?}");
+    assert!(sends(&fx).contains(&("c@h".to_string(), Msg::NoCopy { name: n.clone() })), "{fx:?}");
+    // c@h, told of copy 2, starts the name from copy 5.
+    let b_told = recv(&mut b, "c@h", Msg::CopyAsk { name: n.clone() });
+    let fx = recv(&mut c, "b@h", Msg::CopyHeld { name: n.clone(), copies: copies_told(&b_told, "c@h") });
+    assert_eq!(spawn_of(&fx).map(|s| s.2), Some(Some(b"5".to_vec())), "{fx:?}");
+
+    // Should c@h go down before it takes the name over, b@h takes it over from copy 2.
+    let mut b = node("b@h", "c@h", 2, b"2", &["b@h", "c@h"]);
+    b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    recv(&mut b, "c@h", Msg::CopyHeld { name: n.clone(), copies: copies_told(&dead, "b@h") });
+    let fx = b.handle(Event::MemberDown { node: "c@h".into(), conn: 2 });
+    assert_eq!(spawn_of(&fx).map(|s| s.2), Some(Some(b"2".to_vec())), "{fx:?}");
+
+    // A member that does not answer is not waited for past ASK_WAIT.
+    let mut b = node("b@h", "c@h", 2, b"2", &["b@h", "c@h"]);
+    let fx = b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    let over = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::SetTimer { after, timer: timer @ Timer::AskOver { .. } } if *after == super::latest::ASK_WAIT => Some(timer.clone()),
+            _ => None,
+        })
+        .expect("a timer");
+    let fx = b.handle(Event::Timer(over));
+    assert_eq!(spawn_of(&fx).map(|s| s.2), Some(Some(b"2".to_vec())), "{fx:?}");
 }
 
 #[test]
@@ -983,6 +1111,7 @@ fn an_owner_without_a_copy_waits_for_the_holder_to_start_the_name() {
     recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
     b.replica_in("a@h", copy(&n, 1, super::durable::Update::Full(b"7".to_vec()), &["b@h"])).unwrap();
     let fx = b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    let fx = none_hold_copies(&mut b, fx);
     assert_eq!(spawn_of(&fx).map(|s| s.2), Some(Some(b"7".to_vec())));
 
     // Its announcement reaches c before the grace is over: c starts nothing.
@@ -1024,6 +1153,7 @@ fn an_owner_listed_as_a_holder_without_the_copy_says_so_and_the_holder_starts_th
 
     // b, told, starts it from its copy at once rather than c starting it empty.
     let fx = recv(&mut b, "c@h", Msg::NoCopy { name: n.clone() });
+    let fx = none_hold_copies(&mut b, fx);
     assert_eq!(spawn_of(&fx).map(|s| s.2), Some(Some(b"9".to_vec())), "{fx:?}");
     assert!(b.lacking.is_empty(), "nothing kept once the name runs again");
 

@@ -160,6 +160,30 @@ pub enum Msg {
         #[serde(deserialize_with = "checked::kinds")]
         kinds: Vec<String>,
     },
+    /// The sender would take this lost durable name over from the copy it holds: which
+    /// copies of it does the receiver hold? Answered with [`Msg::CopyHeld`] (see
+    /// `latest.rs`). Appended last, so a node that predates it fails to read only this
+    /// message, and the sender stops waiting for its answer after a while.
+    CopyAsk { name: WorkerName },
+    /// The copies of this durable name the sender holds (none: empty), in answer to
+    /// [`Msg::CopyAsk`].
+    CopyHeld {
+        name: WorkerName,
+        #[serde(deserialize_with = "checked::copies")]
+        copies: Vec<CopyAt>,
+    },
+}
+
+/// Which copy of a durable instance's state a node holds: its instance's line, its
+/// number and its height ([`Replicate`]'s fields of the same names), and whether the
+/// node that sent it is still connected to the holder on the connection it came on
+/// (`live`): told to a node about to take the name over ([`Msg::CopyHeld`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyAt {
+    pub line: Option<u64>,
+    pub seq: u64,
+    pub height: Option<u64>,
+    pub live: bool,
 }
 
 /// Which state a handoff carries. A handoff that goes unanswered goes to the next node
@@ -201,6 +225,10 @@ impl Origin {
 
 /// How many kinds a member may say it runs ([`Msg::Kinds`]).
 pub const MAX_KINDS: usize = 4096;
+
+/// How many copies of one name a member may say it holds ([`Msg::CopyHeld`]): one per
+/// node that copies the name there, which two instances of it make two.
+pub const MAX_COPIES: usize = 64;
 
 /// postcard's variant indexes of [`Rpc::Call`] and [`Rpc::Cast`] (a body's first byte),
 /// read by the connection's fast path with their fields borrowed.
@@ -267,6 +295,16 @@ pub(super) mod checked {
             crate::registry::check_kind(k).map_err(D::Error::custom)?;
         }
         Ok(kinds)
+    }
+
+    /// The copies a member holds of one name ([`Msg::CopyHeld`]): at most
+    /// [`MAX_COPIES`](super::MAX_COPIES).
+    pub fn copies<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<super::CopyAt>, D::Error> {
+        let copies = Vec::<super::CopyAt>::deserialize(d)?;
+        if copies.len() > super::MAX_COPIES {
+            return Err(D::Error::custom(format!("{} copies of one name, over {}", copies.len(), super::MAX_COPIES)));
+        }
+        Ok(copies)
     }
 
     pub fn worker_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -520,6 +558,8 @@ mod tests {
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::NoCopy { name: name.clone() },
             Msg::Kinds { kinds: vec!["order".into(), "counter".into()] },
+            Msg::CopyAsk { name: name.clone() },
+            Msg::CopyHeld { name: name.clone(), copies: vec![CopyAt { line: Some(3), seq: 9, height: None, live: true }] },
         ];
         let mut out: Vec<Vec<u8>> = msgs.into_iter().map(|m| encode(&Rpc::Tell(m)).to_vec()).collect();
         for rpc in [
@@ -557,8 +597,17 @@ mod tests {
             }
             Some(Rpc::Replicate(c) | Rpc::ReplicateThenReply { copy: c, .. }) => owned.push((c.name.clone(), c.holders.clone())),
             Some(Rpc::Tell(m)) => match m {
-                Msg::Registered { name, .. } | Msg::Unregistered { name } | Msg::Orphan { name, .. } | Msg::ReplicaDropped { name } | Msg::NoCopy { name } => {
-                    workers.push(name)
+                Msg::Registered { name, .. }
+                | Msg::Unregistered { name }
+                | Msg::Orphan { name, .. }
+                | Msg::ReplicaDropped { name }
+                | Msg::NoCopy { name }
+                | Msg::CopyAsk { name } => workers.push(name),
+                Msg::CopyHeld { name, copies } => {
+                    workers.push(name);
+                    if copies.len() > MAX_COPIES {
+                        return Err(format!("{} copies", copies.len()));
+                    }
                 }
                 Msg::Handoff { name, merges, .. } => {
                     workers.push(name);
