@@ -214,10 +214,15 @@ fn seal(sealer: &Seal, plain: &mut Plain, buf: &mut Sealed) {
 /// gone out within `stall` (a peer that takes a byte now and then does not hold it up
 /// for longer). While the peer is silent too (a link losing packets: TCP's
 /// retransmissions hold this side's bytes as well), the write waits on: the reader
-/// decides, and ends the connection unless other members still hear the peer.
+/// decides, and ends the connection unless other members still hear the peer. Once the
+/// peer is heard again, the write waits on for as long as the silence lasted (`stall`
+/// at least): TCP's retransmission timer backed off through the silence, and the next
+/// retransmission of what it holds may come up to about that long after the link heals.
 async fn write_all(peer: &Peer, wr: &OwnedWriteHalf, buf: &mut Sealed, stall: Duration) -> std::io::Result<()> {
     let mut deadline = tokio::time::Instant::now() + stall;
     let mut waited_on = false;
+    let mut resumed = false;
+    let mut longest = Duration::ZERO;
     while !buf.is_empty() {
         match wr.try_write(buf.bytes()) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -238,7 +243,12 @@ async fn write_all(peer: &Peer, wr: &OwnedWriteHalf, buf: &mut Sealed, stall: Du
                             stall.as_millis()
                         );
                     }
+                    longest = longest.max(peer.silent_for());
                     deadline = tokio::time::Instant::now() + stall / 4;
+                }
+                Err(_) if waited_on && !resumed => {
+                    resumed = true;
+                    deadline = tokio::time::Instant::now() + stall.max(longest);
                 }
                 Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
             },
