@@ -162,6 +162,18 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// instances since a partition or a pause, this one gone before the two met — and
     /// not the copy the instance there continues from. Whether it went.
     pub(super) fn settle_dead_copy(&mut self, name: &WorkerName, runner: Option<(&str, Lineage)>) -> bool {
+        // An earlier copy of the very instance that runs there, from before its node
+        // connected here again (it declared this one down, and came back): a copy of a
+        // live instance still, held as that until the next one comes. Sent to merge into
+        // that instance, a worker without a merge could keep it and drop what came since.
+        if let Some((at, lineage)) = runner {
+            let now = self.members.get(at).or(self.leavers.get(at)).copied();
+            if let (Some(now), Some(copies)) = (now, self.replicas.get_mut(name)) {
+                for r in copies.iter_mut().filter(|r| r.from == at && r.lineage == lineage) {
+                    r.conn = Some(now);
+                }
+            }
+        }
         let dead = self.dead_copies(name);
         if dead.is_empty() {
             return false;
