@@ -122,6 +122,9 @@ struct Inner {
     hurry: tokio::sync::watch::Sender<bool>,
     /// Whether this process was just paused ([`pulse`]).
     pulse: pulse::Pulse,
+    /// Whether the table is settling after a pause ([`Table::settling`]): durable
+    /// instances take no message meanwhile ([`Registry::settled`]).
+    settling: tokio::sync::watch::Sender<bool>,
 }
 
 /// Time a leaving node keeps for its instances' handoffs once their messages end:
@@ -230,6 +233,7 @@ impl Registry {
             forwarding: Default::default(),
             hurry: tokio::sync::watch::Sender::new(false),
             pulse: pulse::Pulse::new(membership.dist().heartbeat_interval() * 2, std::time::Instant::now()),
+            settling: tokio::sync::watch::Sender::new(false),
         }));
         let weak = Arc::downgrade(&r.0);
         tokio::spawn(async move {
@@ -343,6 +347,8 @@ impl Registry {
     fn apply(&self, event: Event<Mailbox, Waiter>, inline: bool) -> Vec<BoxFuture<()>> {
         let mut table = self.0.table.lock().unwrap();
         let effects = table.handle(event);
+        let settling = table.settling();
+        self.0.settling.send_if_modified(|s| std::mem::replace(s, settling) != settling);
         // Effects run under the lock, in order (two threads' sends never swap), except
         // what feeds the table again, which runs after it.
         let mut later = Vec::new();
@@ -473,7 +479,8 @@ impl Registry {
         let Some(event) = Event::member(change) else { return };
         // A peer's close read on waking from a pause, before the pulse ticked: the pause
         // first (its peers declared this node down; they are not down).
-        if let (Event::MemberDown { .. }, Some(gap)) = (&event, self.0.pulse.overdue(std::time::Instant::now())) {
+        // Ticked here, so that the pulse's own tick does not tell the same pause again.
+        if let (Event::MemberDown { .. }, Some(gap)) = (&event, self.0.pulse.tick(std::time::Instant::now())) {
             self.woke(gap);
         }
         self.apply(event, false);
@@ -493,6 +500,20 @@ impl Registry {
     /// This process did not run for `gap` ([`Event::Woke`]).
     fn woke(&self, gap: Duration) {
         self.apply(Event::Woke { paused_ms: gap.as_millis() as u64 }, false);
+    }
+
+    /// Returns once this node is not settling after a pause ([`Table::settling`]): a
+    /// durable instance waits for it before it takes a message, so that it acknowledges
+    /// nothing while its name may run elsewhere. A pause the pulse has not ticked for
+    /// yet (this task ran first on waking) is told to the table here.
+    pub async fn settled(&self) {
+        if let Some(gap) = self.0.pulse.tick(std::time::Instant::now()) {
+            self.woke(gap);
+        }
+        if !*self.0.settling.borrow() {
+            return;
+        }
+        let _ = self.0.settling.subscribe().wait_for(|s| !*s).await;
     }
 
     // ---- starts and stops ----

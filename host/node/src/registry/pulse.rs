@@ -24,18 +24,13 @@ impl Pulse {
         Pulse { last: Mutex::new(now), late: late.max(TICK * 5) }
     }
 
-    /// A tick at `now`: the gap since the last one when it was a pause.
+    /// A tick at `now`: the gap since the last one when it was a pause. The pulse's task
+    /// ticks, and so does whatever must know of a pause before its task has run (a peer's
+    /// close, a durable instance's next message), so that each pause is told once.
     pub fn tick(&self, now: Instant) -> Option<Duration> {
         let mut last = self.last.lock().unwrap();
         let gap = now.saturating_duration_since(*last);
         *last = now;
-        (gap > self.late).then_some(gap)
-    }
-
-    /// How long the pulse has not ticked, at `now`, when that is a pause: the process
-    /// woke and its ticker has not run yet.
-    pub fn overdue(&self, now: Instant) -> Option<Duration> {
-        let gap = now.saturating_duration_since(*self.last.lock().unwrap());
         (gap > self.late).then_some(gap)
     }
 }
@@ -49,11 +44,10 @@ mod tests {
         let t0 = Instant::now();
         let p = Pulse::new(Duration::from_millis(500), t0);
         assert_eq!(p.tick(t0 + TICK), None);
-        assert_eq!(p.overdue(t0 + TICK * 3), None, "a few ticks late: a busy runtime");
-        let woke = t0 + TICK + Duration::from_secs(3);
-        assert_eq!(p.overdue(woke), Some(Duration::from_secs(3)), "woken, before the ticker ran");
-        assert_eq!(p.tick(woke), Some(Duration::from_secs(3)));
-        assert_eq!(p.overdue(woke + TICK), None, "it ran again");
+        assert_eq!(p.tick(t0 + TICK * 4), None, "a few ticks late: a busy runtime");
+        let woke = t0 + TICK * 4 + Duration::from_secs(3);
+        assert_eq!(p.tick(woke), Some(Duration::from_secs(3)), "woken: whoever ticks first is told");
+        assert_eq!(p.tick(woke + TICK), None, "told once");
         // Never shorter than five ticks, whatever the heartbeat.
         let q = Pulse::new(Duration::from_millis(50), t0);
         assert_eq!(q.tick(t0 + TICK * 4), None);

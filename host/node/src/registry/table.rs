@@ -609,6 +609,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     self.replan();
                 }
                 self.synced.insert(from);
+                // Every peer it had at the wake has connected again and said where its
+                // names run: the hold is over.
+                let back = |w: &BTreeMap<String, u64>| {
+                    w.iter().all(|(n, c)| self.synced.contains(n) && self.members.get(n).or(self.leavers.get(n)).is_some_and(|now| now != c))
+                };
+                if self.woke.as_ref().is_some_and(back) {
+                    self.woke = None;
+                    self.replan();
+                }
                 if member {
                     for name in self.running() {
                         self.place(&name);
@@ -692,6 +701,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// it is lost and waits for a restart.
     pub fn remembers(&self, name: &WorkerName) -> bool {
         self.knows(name) || self.orphans.contains_key(name) || self.replicas.contains_key(name)
+    }
+
+    /// Whether this node woke from a pause less than [`WOKE_HOLD`] ago, and not every
+    /// peer it had then has connected again and said where its names run. Its durable
+    /// instances take no message meanwhile: their names may run elsewhere now, taken
+    /// over while this node slept, and what they acknowledged now a worker without
+    /// `resolve-conflict` could drop when the two instances meet.
+    pub fn settling(&self) -> bool {
+        self.woke.is_some()
     }
 
     /// Whether every member has told this node the names it runs.

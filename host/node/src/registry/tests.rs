@@ -923,7 +923,10 @@ fn a_node_that_woke_from_a_pause_takes_nothing_over_from_a_close_it_found() {
             // a@h came back on a new connection after the wake, then went down.
             b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
             up(&mut b, "a@h", 3);
-            recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+            let fx = recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+            // The copy from the first connection is an earlier copy of this very
+            // instance: still its copy, and not sent to merge into it.
+            assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::Handoff { .. })), "{fx:?}");
             3
         } else {
             1
@@ -958,16 +961,50 @@ fn a_node_that_woke_from_a_pause_takes_nothing_over_from_a_close_it_found() {
     assert_eq!(spawned.map(|(_, _, s)| s), Some(Some(b"41".to_vec())));
 }
 
+/// A node that woke from a pause settles (its durable instances take no message) until
+/// its hold is over, or until every peer it had has connected again and synced.
+#[test]
+fn a_woken_node_settles_until_its_peers_are_back_or_its_hold_is_over() {
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    up(&mut b, "c@h", 2);
+    assert!(!b.settling());
+    b.handle(Event::Woke { paused_ms: 3000 });
+    assert!(b.settling());
+    b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    up(&mut b, "a@h", 3);
+    recv(&mut b, "a@h", Msg::Synced);
+    assert!(b.settling(), "c@h has not connected again");
+    b.handle(Event::MemberDown { node: "c@h".into(), conn: 2 });
+    up(&mut b, "c@h", 4);
+    recv(&mut b, "c@h", Msg::Synced);
+    assert!(!b.settling(), "both back and synced: settled before the hold is over");
+    // A peer that does not come back: the hold's end.
+    b.handle(Event::Woke { paused_ms: 3000 });
+    b.handle(Event::MemberDown { node: "c@h".into(), conn: 4 });
+    assert!(b.settling());
+    b.handle(Event::Timer(Timer::WokeHoldOver { wake: 2 }));
+    assert!(!b.settling());
+}
+
+/// `me`, connected to `members` (connections 1, 2, …), holding `copy` from a@h, which
+/// runs its name.
+fn holding(me: &str, members: &[&str], copy: super::wire::Replicate) -> T {
+    let mut t = table(me, false);
+    for (i, m) in members.iter().enumerate() {
+        up(&mut t, m, i as u64 + 1);
+    }
+    recv(&mut t, "a@h", Msg::Registered { name: copy.name.clone(), args: vec![], lineage: Lineage::default() });
+    t.replica_in("a@h", copy).unwrap();
+    t
+}
+
 /// Two pauses less than the hold apart: the hold runs from the second wake, and the
 /// first one's timer ends nothing.
 #[test]
 fn a_second_pause_within_the_hold_holds_again_from_its_own_wake() {
     let n = durable_ranked(&["a@h", "b@h", "c@h"]);
-    let mut b = table("b@h", false);
-    up(&mut b, "a@h", 1);
-    up(&mut b, "c@h", 2);
-    recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
-    b.replica_in("a@h", copy(&n, 1, super::durable::Update::Full(b"41".to_vec()), &["b@h"])).unwrap();
+    let mut b = holding("b@h", &["a@h", "c@h"], copy(&n, 1, super::durable::Update::Full(b"41".to_vec()), &["b@h"]));
     b.handle(Event::Woke { paused_ms: 700 });
     let fx = b.handle(Event::Woke { paused_ms: 3000 });
     assert!(fx.iter().any(|e| matches!(e, Effect::SetTimer { timer: Timer::WokeHoldOver { wake: 2 }, .. })), "{fx:?}");
@@ -1003,14 +1040,7 @@ fn copies_told(fx: &Fx, to: &str) -> Vec<CopyAt> {
 #[test]
 fn a_replica_with_an_older_copy_gives_way_to_the_one_that_holds_a_later_copy() {
     let n = durable_ranked(&["a@h", "b@h", "c@h"]);
-    let node = |me: &str, other: &str, seq: u64, state: &[u8], holders: &[&str]| {
-        let mut t = table(me, false);
-        up(&mut t, "a@h", 1);
-        up(&mut t, other, 2);
-        recv(&mut t, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
-        t.replica_in("a@h", copy_of_line_7(&n, seq, state, holders)).unwrap();
-        t
-    };
+    let node = |me: &str, other: &str, seq: u64, state: &[u8], holders: &[&str]| holding(me, &["a@h", other], copy_of_line_7(&n, seq, state, holders));
     let (mut b, mut c) = (node("b@h", "c@h", 2, b"2", &["b@h", "c@h"]), node("c@h", "b@h", 5, b"5", &["c@h"]));
     // c@h still hears a@h when b@h asks: its copy is live, and b@h waits.
     let asked = b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });

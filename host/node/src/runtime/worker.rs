@@ -627,7 +627,15 @@ impl Instance {
     /// starts an instance next, knowing this one gone, finds its slot free.
     async fn serve(mut self, mut rx: mailbox::Receiver<Envelope>) {
         let mut stopped = None;
-        while let Some(mut envelope) = rx.recv().await {
+        let registry = self.store.data().cluster.registry.clone();
+        loop {
+            // A durable instance on a node that woke from a pause takes nothing until its
+            // peers have said where their names run (`Registry::settled`): its name may
+            // run elsewhere now, and a stop that follows from that comes first.
+            if self.durable.is_some() {
+                registry.settled().await;
+            }
+            let Some(mut envelope) = rx.recv().await else { break };
             // A merge's sender hears once the merged state is copied (below).
             let merged = match &mut envelope {
                 Envelope::Conflict(c) => c.done.take(),

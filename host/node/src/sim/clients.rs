@@ -119,8 +119,9 @@ impl Sim {
         if self.replicas == 0 {
             return Some(self.apply_call(inst, c));
         }
+        let settling = self.settling(n);
         let busy = match self.insts.get(&inst) {
-            Some(i) if !i.stopping => i.round.is_some(),
+            Some(i) if !i.stopping => i.round.is_some() || settling,
             _ => return Some(CallResult::Failed),
         };
         if busy {

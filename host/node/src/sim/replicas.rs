@@ -118,9 +118,18 @@ impl Sim {
 
     /// With no copy in flight, the instance takes the next thing in its mailbox: a
     /// queued call, the stop, or a copy asked for meanwhile.
-    fn advance(&mut self, n: Node, inst: Inst) {
+    pub(super) fn advance(&mut self, n: Node, inst: Inst) {
+        let settling = self.settling(n);
         let Some(i) = self.insts.get_mut(&inst) else { return };
         if i.round.is_some() {
+            return;
+        }
+        if settling {
+            // As the driver's instance on a node settling after a pause: it takes no
+            // call; a stop (its name runs elsewhere now) goes ahead of them.
+            if let Some((name, id)) = i.stop.take() {
+                self.stop_instance(n, inst, name, id);
+            }
             return;
         }
         if let Some(next) = i.queue.pop_front() {
@@ -137,6 +146,12 @@ impl Sim {
         } else if std::mem::take(&mut i.dirty) {
             self.start_round(n, inst, Pending::Nothing);
         }
+    }
+
+    /// Whether the durable instances on `n` take no call now: it woke from a pause and
+    /// its peers have not all said where their names run (`Table::settling`).
+    pub(super) fn settling(&self, n: Node) -> bool {
+        self.replicas > 0 && self.nodes[n].as_ref().is_some_and(|l| l.table.settling())
     }
 
     /// The instance stops (`terminate`): its state goes back to its table.

@@ -19,6 +19,7 @@ impl Sim {
             t.push(format!("{:>6} ms  n{n} event {event:?}", self.now));
         }
         let member_event = matches!(event, Event::MemberUp { .. } | Event::MemberDown { .. } | Event::MemberLeaving { .. });
+        let was_settling = live.table.settling();
         let effects = live.table.handle(event);
         let mut changed = false;
         for e in effects {
@@ -83,10 +84,13 @@ impl Sim {
                             }
                         }
                     }
+                    let settling = self.settling(n);
                     match self.insts.get_mut(&handle) {
                         // The stop waits in the mailbox behind the calls there and the copy
-                        // in flight, as the driver's instance handles one message at a time.
-                        Some(i) if i.round.is_some() || !i.queue.is_empty() => i.stop = Some((name, id)),
+                        // in flight, as the driver's instance handles one message at a time
+                        // (ahead of the calls while the node settles after a pause: they
+                        // wait, and it does not).
+                        Some(i) if i.round.is_some() || (!i.queue.is_empty() && !settling) => i.stop = Some((name, id)),
                         _ => self.stop_instance(n, handle, name, id),
                     }
                 }
@@ -127,6 +131,13 @@ impl Sim {
         }
         if changed {
             self.after(0, Ev::Retry(n));
+        }
+        if was_settling && !self.settling(n) && self.replicas > 0 {
+            // Settled: the calls that waited are taken now.
+            let here: Vec<Inst> = self.insts.iter().filter(|(_, i)| i.node == n).map(|(id, _)| *id).collect();
+            for inst in here {
+                self.advance(n, inst);
+            }
         }
         if member_event && self.replicas > 0 {
             // Members changed: every durable instance here copies its state to its
