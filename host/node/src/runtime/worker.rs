@@ -673,7 +673,6 @@ impl Instance {
             _ => Default::default(),
         };
         let Instance { name, id, store, .. } = self;
-        let registry = store.data().cluster.registry.clone();
         drop(store);
         registry.unregister(&name, id);
         if let Some((reply, state, _)) = stopped {
