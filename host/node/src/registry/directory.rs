@@ -18,7 +18,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         // order the announcements arrived in: every node ends with the same.
         let keep = self.directory.get(&name).is_some_and(|c| c.node != from && self.connected(&c.node) && stays((c.lineage, &c.node), (lineage, &from)));
         self.lacking.remove(&name);
-        if !keep {
+        if keep {
+            // `from` may not hear the node whose instance stays (it was paused or cut off
+            // while the name was taken over there): this node tells it.
+            let c = &self.directory[&name];
+            let msg = Msg::RunsOn { name: name.clone(), node: c.node.clone(), lineage: c.lineage };
+            self.out.push(Effect::Send { to: from.clone(), msg });
+        } else {
             self.directory.insert(name.clone(), Claim { node: from.clone(), conn, args, lineage });
         }
         self.orphans.remove(&name);
@@ -41,6 +47,34 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             let msg = Msg::Registered { name: name.clone(), args: args.clone(), lineage: *mine };
             self.tell_all(msg);
         }
+    }
+
+    /// `from` says `node` runs `name`, an instance of `lineage` that stays over the one
+    /// this node announced. Of a node this one hears, that node's own word follows (or
+    /// came). Of one it does not hear, this node's instance is a stale duplicate: it was
+    /// paused or cut off while the name was taken over there, and that node is out of
+    /// reach now. Should it go on, or move to an owner that never heard of the other,
+    /// it would take calls beside that one, and a worker without a merge would drop one
+    /// side's calls when the two meet. A durable instance stops instead, and its state
+    /// is held here as a copy of the name: one of the copies a take-over weighs, should
+    /// that node go down, and merged into the name's instance once this node hears
+    /// where it runs (`settle_dead_copy`), unless that instance holds all of it.
+    pub(super) fn runs_on(&mut self, from: String, name: WorkerName, node: String, lineage: Lineage) {
+        if node == self.me || self.connected(&node) || self.kinds.replicas(&name.kind) == 0 {
+            return;
+        }
+        let Some(Slot::Running { id, handle, args, lineage: mine }) = self.local.get(&name) else { return };
+        if !stays((lineage, &node), (*mine, &self.me)) {
+            return;
+        }
+        warn!(
+            worker = %name, peer = %node, via = %from,
+            "{name} runs on {node} too (as {from} says), an instance that stays over this one, and this node does not hear {node}: \
+             stopping this one; its state is held here as a copy"
+        );
+        let (id, handle, args, mine) = (*id, handle.clone(), args.clone(), *mine);
+        self.local.insert(name.clone(), Slot::Stopping { id, args, lineage: mine, why: StopWhy::Stale { runner: node }, merges: Vec::new() });
+        self.out.push(Effect::Stop { name, id, handle, reason: "duplicate".into(), moves: true });
     }
 
     /// Another node says `name` runs nowhere and this node owns it.

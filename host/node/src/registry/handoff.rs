@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::origin::{self, Base, Keep, Origin};
 use super::placement::{owner, stays, Lineage};
-use super::table::{Claim, Deferred, Effect, Rival, Slot, StartWhy, StopWhy, Table, Timer, MOVE_AGAIN};
+use super::table::{Claim, Deferred, Effect, Replica, Rival, Slot, StartWhy, StopWhy, Table, Timer, MOVE_AGAIN};
 use super::wire::Msg;
 use super::WorkerName;
 
@@ -108,7 +108,22 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 self.local.insert(name.clone(), slot);
                 self.send_handoff(name, None);
             }
-            StopWhy::Duplicate { winner } => {
+            StopWhy::Stale { .. } if merges.is_empty() && state.is_some() => {
+                // Held as a copy this node sent itself: a dead one (it never connects to
+                // itself), of this instance's line, as far as it went.
+                let seq = self.copied.remove(&name).map_or(0, |(seq, _)| seq);
+                let (line, height) = (Some(base.line), Some(base.reached()));
+                let state = state.expect("matched above");
+                self.tell_all(Msg::Unregistered { name: name.clone() });
+                let me = self.me.clone();
+                let copies = self.replicas.entry(name.clone()).or_default();
+                copies.retain(|r| r.from != me);
+                copies.push(Replica { from: me, args, lineage, seq, state, holders: Vec::new(), line, height, conn: None });
+                self.moved.remove(&name);
+            }
+            // A stale instance that took states to merge meanwhile (or has none) hands
+            // them on as a duplicate's.
+            StopWhy::Duplicate { winner } | StopWhy::Stale { runner: winner } => {
                 self.local.insert(name.clone(), moving(winner, true, Vec::new()));
                 self.send_handoff(name, None);
             }

@@ -294,6 +294,9 @@ pub enum StopWhy<R> {
     Handoff { yielders: Vec<String>, rival: Option<Box<Rival>> },
     /// Another instance of the name stays, on `winner`: this one's state goes there.
     Duplicate { winner: String },
+    /// Another instance of the name stays, on `runner`, a node this one does not hear
+    /// ([`Msg::RunsOn`]): this one's state is held here as a copy of the name.
+    Stale { runner: String },
     /// A handoff from `from` brought an instance that stays (or a state of the same
     /// origin as this one's, see `origin.rs`): once this one has stopped, the name
     /// starts here again with `args` and `lineage`, from `state` with this one's state
@@ -642,6 +645,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
             Msg::CopyAsk { name } => self.copy_ask(from, name),
             Msg::CopyHeld { name, copies } => self.copy_held(from, name, copies),
+            Msg::RunsOn { name, node, lineage } => self.runs_on(from, name, node, lineage),
         }
     }
 

@@ -1566,3 +1566,69 @@ fn of_two_instances_started_from_one_state_the_one_that_stood_still_adds_nothing
         "{fx:?}"
     );
 }
+
+// ---- stale duplicates ----
+
+/// b@h was paused while a@h took its durable name over, and a@h was paused in turn
+/// before b@h woke: b@h does not hear a@h, and announces its stale instance. c@h, which
+/// hears a@h, tells b@h where the name runs. b@h's instance stops, and its state is held
+/// there as a copy: run on, or moved to an owner that never heard of a@h, it would take
+/// calls beside a@h's, and a worker without a merge would drop one side's when the two
+/// meet (seed 18299). Once b@h hears where the name runs, the copy goes there to merge.
+#[test]
+fn a_stale_instance_told_the_name_runs_on_a_node_it_does_not_hear_stops_and_holds_its_state_as_a_copy() {
+    let n = durable_ranked(&["b@h", "a@h", "c@h"]);
+    let taken = Lineage::default().failed_over(4);
+    // c@h hears both: it keeps a@h's claim and tells b@h.
+    let mut c = table("c@h", false);
+    up(&mut c, "a@h", 1);
+    up(&mut c, "b@h", 2);
+    recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: taken });
+    let fx = recv(&mut c, "b@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    let told = Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: taken };
+    assert_eq!(sends(&fx), vec![("b@h".to_string(), told.clone())]);
+    assert_eq!(c.route(&n, None), Route::Remote("a@h".into()), "c@h's directory keeps a@h's claim");
+
+    let stale = || {
+        let mut b = table("b@h", false);
+        up(&mut b, "c@h", 1);
+        run_here(&mut b, &n, 9);
+        b
+    };
+    // Told of a node it hears (whose own word comes), of a lineage that does not stay
+    // over its own, or of a name that keeps no copies: nothing changes.
+    let mut b = stale();
+    up(&mut b, "a@h", 2);
+    assert_eq!(stop_of(&recv(&mut b, "c@h", told.clone())), None);
+    let mut b = stale();
+    let weaker = Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: Lineage::default().restarted() };
+    assert_eq!(stop_of(&recv(&mut b, "c@h", weaker)), None);
+    let plain = name("x");
+    let mut b = stale();
+    run_here(&mut b, &plain, 8);
+    assert_eq!(stop_of(&recv(&mut b, "c@h", Msg::RunsOn { name: plain, node: "a@h".into(), lineage: taken })), None);
+
+    let mut b = stale();
+    let fx = recv(&mut b, "c@h", told.clone());
+    let (id, reason) = stop_of(&fx).expect("the stale instance stops");
+    assert_eq!(reason, "duplicate");
+    assert_eq!(b.route(&n, None), Route::Wait, "calls wait meanwhile");
+    assert_eq!(stop_of(&recv(&mut b, "c@h", told)), None, "a second word changes nothing");
+    let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
+    assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::Handoff { .. })), "its state goes nowhere: {fx:?}");
+    assert!(spawn_of(&fx).is_none());
+    assert!(sends(&fx).contains(&("c@h".into(), Msg::Unregistered { name: n.clone() })), "{fx:?}");
+    let held: Vec<(String, usize)> = b.replicas_held().into_iter().map(|(_, from, _, len)| (from, len)).collect();
+    assert_eq!(held, [("b@h".to_string(), 2)], "held as a copy this node sent");
+    // Asked by a node about to take the name over (a@h went down): a copy that is not live.
+    let fx = recv(&mut b, "c@h", Msg::CopyAsk { name: n.clone() });
+    assert!(matches!(&copies_told(&fx, "c@h")[..], [CopyAt { live: false, .. }]), "{fx:?}");
+    // c@h took the name over: the held state goes there to merge.
+    let fx = recv(&mut b, "c@h", Msg::Registered { name: n.clone(), args: vec![], lineage: taken.failed_over(7) });
+    let merged = sends(&fx).into_iter().find_map(|(to, m)| match m {
+        Msg::Handoff { state, yielding: true, .. } if to == "c@h" => Some(state),
+        _ => None,
+    });
+    assert_eq!(merged, Some(Some(b"14".to_vec())), "{fx:?}");
+    assert!(b.replicas_held().is_empty());
+}

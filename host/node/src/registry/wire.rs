@@ -172,6 +172,17 @@ pub enum Msg {
         #[serde(deserialize_with = "checked::copies")]
         copies: Vec<CopyAt>,
     },
+    /// `node` runs this name, an instance of this lineage, which stays over the one the
+    /// receiver announced (`placement::stays`): told by a node that hears `node`, to one
+    /// that may not (it was paused or cut off while the name was taken over there). See
+    /// `Table::runs_on`. Appended last, so a node that predates it fails to read only
+    /// this message.
+    RunsOn {
+        name: WorkerName,
+        #[serde(deserialize_with = "checked::node")]
+        node: String,
+        lineage: Lineage,
+    },
 }
 
 /// Which copy of a durable instance's state a node holds: its instance's line, its
@@ -560,6 +571,7 @@ mod tests {
             Msg::Kinds { kinds: vec!["order".into(), "counter".into()] },
             Msg::CopyAsk { name: name.clone() },
             Msg::CopyHeld { name: name.clone(), copies: vec![CopyAt { line: Some(3), seq: 9, height: None, live: true }] },
+            Msg::RunsOn { name: name.clone(), node: "b@h".into(), lineage: Lineage { restarts: 0, moves: 2, from_copy: 5 } },
         ];
         let mut out: Vec<Vec<u8>> = msgs.into_iter().map(|m| encode(&Rpc::Tell(m)).to_vec()).collect();
         for rpc in [
@@ -616,6 +628,10 @@ mod tests {
                 Msg::HandoffAck { name, at } => {
                     workers.push(name);
                     nodes.extend(at.as_deref());
+                }
+                Msg::RunsOn { name, node, .. } => {
+                    workers.push(name);
+                    nodes.push(node);
                 }
                 Msg::Synced => {}
                 Msg::Kinds { kinds } => {
