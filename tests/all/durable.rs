@@ -164,7 +164,7 @@ fn a_durable_kind_without_snapshot_is_refused_by_check() {
 
 /// What the clients saw of each counter: increments acknowledged (200 with the new
 /// value), and increments in doubt (sent, then no answer: the node went down, or
-/// `unavailable`), which may or may not have been applied.
+/// `in_doubt`), which may or may not have been applied.
 #[derive(Default)]
 struct Tally {
     acked: BTreeMap<String, u64>,
@@ -388,7 +388,7 @@ fn http_call_once(addr: &str, key: &str, name: &str, msg: &str) -> (u16, String)
 
 /// A call with an id is applied once, however it is retried: through another node,
 /// after the caller's node was killed during the call (applied, its reply lost), after
-/// the owner was killed during the call (in doubt: `unavailable`, then applied by the
+/// the owner was killed during the call (in doubt: `in_doubt`, then applied by the
 /// retry on the new owner), and after a failover (the ids came with the replicated
 /// state). Through the CLI (`--id`), the gateway (`Idempotency-Key`) and a worker
 /// (`cluster.call-once`).
@@ -430,15 +430,20 @@ fn a_retried_call_with_an_id_is_applied_once() {
         || format!("{:?}", replicated(&names[q], &["probe/x".to_string()], 1)),
     );
 
-    // The owner killed during the call: in doubt (`unavailable`); the retry, once the
-    // replica has taken over, applies it once — and the ids of earlier calls came with
-    // the replicated state.
-    let caller = names[q].clone();
-    let during = std::thread::spawn(move || call_once(&caller, "k3", "probe/x", "slow-add 2000"));
+    // The owner killed during the call, made through the gateway: in doubt (502
+    // `in_doubt`, not the 503 that says nothing was done); the retry, once the replica
+    // has taken over, applies it once — and the ids of earlier calls came with the
+    // replicated state.
+    let gateway = format!("127.0.106.{}:8080", q + 1);
+    let via = gateway.clone();
+    let during = std::thread::spawn(move || http_call_once(&via, "k3", "probe/x", "slow-add 2000"));
     nodes[owner].wait_log("slow-add 4 applied", Duration::from_secs(10));
     nodes[owner].signal(libc::SIGKILL);
-    let (ok, out) = during.join().unwrap();
-    assert!(!ok && out.contains("unavailable"), "the call in flight at the kill: {out}");
+    let (status, body) = during.join().unwrap();
+    assert!(
+        status == 502 && body.contains(r#""error":"in_doubt""#) && body.contains("may have been applied"),
+        "the call in flight at the kill: {status} {body}"
+    );
     let mut retried = (false, String::new());
     let retry = || call_once(&names[q], "k3", "probe/x", "slow-add 0");
     wait_every(
@@ -458,7 +463,6 @@ fn a_retried_call_with_an_id_is_applied_once() {
     assert!(nodes.iter().any(|n| n.count("took over probe/x") == 1), "probe/x taken over from its replica");
 
     // The gateway's Idempotency-Key and a worker's cluster.call-once are call ids too.
-    let gateway = format!("127.0.106.{}:8080", q + 1);
     assert_eq!(http_call_once(&gateway, "h1", "probe/x", "slow-add 0"), (200, "5".into()));
     assert_eq!(http_call_once(&gateway, "h1", "probe/x", "slow-add 0"), (200, "5".into()), "h1's retry");
     assert_eq!(http_call_once(&gateway, "k1", "probe/x", "slow-add 0"), (200, "1".into()), "the CLI's k1 through the gateway");

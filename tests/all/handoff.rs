@@ -50,7 +50,7 @@ fn sigkill_restarts_elsewhere_without_state_and_says_so() {
     let others: Vec<&Node> = nodes.iter().filter(|n| n.name != owner).collect();
     // Both others must have seen the node go down, not only the one that restarts the
     // name: a call through one that has not yet would still go to the dead node (and be
-    // `unavailable`, as a call in flight at a kill is).
+    // `in_doubt`, as a call in flight at a kill is).
     wait_until(
         FORM,
         "order/John to be restarted on its new owner, and every other node to see its old one down",

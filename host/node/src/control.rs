@@ -6,7 +6,7 @@
 //! | `{"op":"nodes"}` | `{"node": NAME, "members": [{"name", "since_ms", "self"}]}` |
 //! | `{"op":"watch"}` | the `nodes` answer, then one [`MemberEvent`] per reply until the connection closes |
 //! | `{"op":"start","kind","key","args"}` | `{"started": NODE}`, or `{"error":"already_started","node"}` … |
-//! | `{"op":"call","kind","key","msg","timeout_ms"}` | `{"reply": TEXT}` (or `reply_hex` when not UTF-8), or `{"error": "not_found" \| "timeout" \| "failed" \| "unavailable", "reason"}` |
+//! | `{"op":"call","kind","key","msg","timeout_ms"}` | `{"reply": TEXT}` (or `reply_hex` when not UTF-8), or `{"error": "not_found" \| "timeout" \| "failed" \| "unavailable" \| "in_doubt", "reason"}` |
 //! | `{"op":"heard","node"}` | `{"node", "silent_ms"}`: how long since this node last read from `node` (`null`: not connected); a member asks when its own connection to `node` is silent |
 //! | `{"op":"workers"}` | `{"nodes": [{"node", "workers": ["kind/key", …]}], "durable": [{"name", "owner", "copy", "replicas": [{"node", "copy", "bytes", "current"}]}]}` |
 //!
@@ -75,6 +75,11 @@ pub fn call_error_json(e: &CallError, name: &str) -> serde_json::Value {
         CallError::NotFound => json!({ "error": "not_found", "name": name }),
         CallError::Timeout => json!({ "error": "timeout", "name": name }),
         CallError::Failed(r) => json!({ "error": "failed", "name": name, "reason": r }),
+        CallError::Unavailable(r) if e.in_doubt() => json!({
+            "error": "in_doubt",
+            "name": name,
+            "reason": format!("{r} while the call was under way: it may have been applied; a retry with the same call id applies it at most once"),
+        }),
         CallError::Unavailable(r) => json!({ "error": "unavailable", "name": name, "reason": r }),
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `POST /v1/workers/{kind}/{key}/call[?timeout_ms=N]`, body = message, optional `Idempotency-Key` | 200 with the reply as body; 404 `not_found`, 504 `timeout` (after `timeout_ms`, 5 s without one), 500 `failed`, 503 `unavailable` (JSON; with `Retry-After: 1`, as every 503 of the gateway's); 400 for a bad worker name (see [`WorkerName::check`]), `Idempotency-Key` or `timeout_ms` (not whole milliseconds) |
+//! | `POST /v1/workers/{kind}/{key}/call[?timeout_ms=N]`, body = message, optional `Idempotency-Key` | 200 with the reply as body; 404 `not_found`, 504 `timeout` (after `timeout_ms`, 5 s without one), 500 `failed`, 503 `unavailable` (JSON; with `Retry-After: 1`, as every 503 of the gateway's: nothing was done), 502 `in_doubt` (the worker's node went down while the call was under way: it may have been applied); 400 for a bad worker name (see [`WorkerName::check`]), `Idempotency-Key` or `timeout_ms` (not whole milliseconds) |
 //! | `POST /v1/workers/{kind}/{key}`, body = args | 201 `{"node"}`; 409 `{"error":"already_started","node"}`; 400 `unknown_kind` or a bad worker name; 413 `args too large` (over [`crate::registry::MAX_ARGS`], 1 MiB); 500 `failed` |
 //! | `GET /v1/workers` | 200 `{"nodes": [{"node", "workers"}]}` |
 //!
@@ -213,10 +213,10 @@ fn response(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> 
 }
 
 /// A JSON answer. A 503 from the gateway says when to try again: `Retry-After: 1`, which
-/// a client's retry policy or a proxy reads. Nothing was done, except for a call's
-/// `unavailable` whose node went down while it was under way (`… went down`): that call
-/// may have been applied, and only an `Idempotency-Key` makes its retry safe.
-/// (`/readyz`'s 503 is a probe's answer, in text, without it.)
+/// a client's retry policy or a proxy reads; nothing was done. A call whose node went
+/// down while it was under way may have been applied: 502 `in_doubt`, without it, since
+/// only an `Idempotency-Key` makes its retry safe. (`/readyz`'s 503 is a probe's answer,
+/// in text, without it.)
 fn json_response(status: u16, v: Value) -> Response {
     let mut r = response(status, "application/json", v.to_string());
     if status == 503 {
@@ -1115,6 +1115,9 @@ async fn route(req: Request<Incoming>, port: &Port, slot: &Slot) -> Response {
                     let status = match e {
                         CallError::NotFound => 404,
                         CallError::Timeout => 504,
+                        // Sent, and its node went down before it answered: it may have
+                        // been applied, as a proxy says of an upstream that failed mid-request.
+                        CallError::Unavailable(_) if e.in_doubt() => 502,
                         CallError::Unavailable(_) => 503,
                         CallError::Failed(_) => 500,
                     };

@@ -69,7 +69,7 @@ fn exit_of(v: &serde_json::Value) -> Exit {
     match v["error"].as_str() {
         Some("timeout") => Exit::Timeout,
         Some("failed") => Exit::WorkerFailed,
-        Some("unavailable") => Exit::Unreachable,
+        Some("unavailable" | "in_doubt") => Exit::Unreachable,
         _ => Exit::Refused,
     }
 }
@@ -522,5 +522,12 @@ mod tests {
         }
         assert_eq!(exit_of(&serde_json::json!({"error": "not_found"})), Exit::Refused);
         assert_eq!(exit_of(&serde_json::json!({"error": "failed"})), Exit::WorkerFailed);
+        // A call whose node went down under way: in doubt, and the same code as before it
+        // had its own word (3: the node could not be reached).
+        let doubt = wasmnode::control::call_error_json(&wasmnode::registry::CallError::went_down("b@h"), "counter/c1");
+        assert_eq!(doubt["error"], "in_doubt", "{doubt}");
+        assert_eq!(exit_of(&doubt), Exit::Unreachable);
+        let refused = wasmnode::control::call_error_json(&wasmnode::registry::CallError::Unavailable("b@h is not connected".into()), "counter/c1");
+        assert_eq!((refused["error"].as_str(), exit_of(&refused)), (Some("unavailable"), Exit::Unreachable));
     }
 }

@@ -35,9 +35,29 @@ pub enum CallError {
     /// The instance answered with an error, trapped or stopped before replying.
     #[error("failed: {0}")]
     Failed(String),
-    /// The node that runs it cannot be reached now.
+    /// The node that runs it cannot be reached now; or it was reached, and went down
+    /// before it answered ([`CallError::went_down`]).
     #[error("unavailable: {0}")]
     Unavailable(String),
+}
+
+/// How the reason of [`CallError::went_down`] ends: it travels as text, through the
+/// nodes a call went through and to nodes of other versions.
+const WENT_DOWN: &str = " went down";
+
+impl CallError {
+    /// The call was sent to `node`, and `node` went down (or its connection closed in
+    /// any way but in order) before it answered.
+    pub fn went_down(node: &str) -> CallError {
+        CallError::Unavailable(format!("{node}{WENT_DOWN}"))
+    }
+
+    /// Whether the call may have been applied although it failed with no answer: its
+    /// node went down while it was under way ([`CallError::went_down`]). A timeout may
+    /// have been applied too; every other error says nothing was done.
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, CallError::Unavailable(r) if r.ends_with(WENT_DOWN))
+    }
 }
 
 /// Why a start started nothing (the WIT `start-error`).

@@ -911,7 +911,7 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(CallError::Timeout),
             // Too large to send: not sent, and the connection is fine.
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(CallError::Failed(e.to_string())),
-            Err(_) => Err(CallError::Unavailable(format!("{node} went down"))),
+            Err(_) => Err(CallError::went_down(node)),
         }
     }
 
