@@ -684,8 +684,7 @@ fn a_paused_node_loses_no_acknowledged_increment(tag: &str, subnet: u8, leave: b
     let before = acked(&tally);
     wait_until(SETTLE, "100 increments while a is paused", || acked(&tally) >= before + 100, String::new);
     // Twice the heartbeat timeout: both peers have timed it out and moved on.
-    std::thread::sleep(Duration::from_secs(3).saturating_sub(paused.elapsed()));
-    nodes[0].signal(libc::SIGCONT);
+    nodes[0].wake_after(paused, Duration::from_secs(3));
     if leave {
         assert_eq!(nodes[0].wait_exit(SETTLE), Some(0), "{}", nodes[0].log());
     } else {

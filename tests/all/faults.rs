@@ -191,13 +191,10 @@ fn a_node_cut_off_when_it_gets_sigterm_hands_every_state_over_once_the_cut_heals
     assert_eq!(b.count("its state is lost"), 0, "{}", b.log());
 }
 
-/// The pause of the tests below: 3 s from `paused`, twice the heartbeat timeout, so
-/// that the leaver and the third node have both timed the paused node out and moved on
-/// well before it wakes.
-fn wake_after(node: &Node, paused: Instant) {
-    std::thread::sleep(Duration::from_secs(3).saturating_sub(paused.elapsed()));
-    node.signal(libc::SIGCONT);
-}
+/// The pause of the tests below: 3 s, twice the heartbeat timeout, so that the leaver
+/// and the third node have both timed the paused node out and moved on well before it
+/// wakes.
+const PAUSE: Duration = Duration::from_secs(3);
 
 /// A node leaves (SIGTERM) while the next owner of some of its names is paused: the
 /// handoffs to the paused node wait in its socket, go unanswered, and go to the third
@@ -219,7 +216,7 @@ fn a_handoff_to_a_paused_node_that_wakes_after_it_went_elsewhere_runs_once_with_
     nodes[0].signal(libc::SIGTERM);
     assert_eq!(nodes[0].wait_exit(SETTLE), Some(0), "{}", nodes[0].log());
     nodes[2].wait_log(&format!("node down {}: heartbeat timeout", names[1]), FORM);
-    wake_after(&nodes[1], paused);
+    nodes[1].wake_after(paused, PAUSE);
     wait_mesh(&[&nodes[1], &nodes[2]], &[&names[1], &names[2]], SETTLE);
     wait_until(
         SETTLE,
@@ -259,7 +256,7 @@ fn a_handoff_to_a_paused_node_that_wakes_after_it_went_elsewhere_keeps_every_inc
         assert_eq!(call(&names[2], n, "increment"), (true, (want[n] + 1).to_string()), "{n}");
         *want.get_mut(n).unwrap() += 1;
     }
-    wake_after(&nodes[1], paused);
+    nodes[1].wake_after(paused, PAUSE);
     wait_mesh(&[&nodes[1], &nodes[2]], &[&names[1], &names[2]], SETTLE);
     let handed: BTreeMap<String, u64> = want.into_iter().filter(|(n, _)| on_a.contains(n)).collect();
     wait_exactly_once_with(&names[2], &handed, SETTLE, "every counter a handed over once, with every increment");

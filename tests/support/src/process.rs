@@ -230,6 +230,14 @@ impl Node {
         }
     }
 
+    /// Wakes the node (SIGCONT) once `pause` has passed since `paused`, when it was
+    /// stopped: a pause of the fault's length, however long the test's checks took
+    /// meanwhile. Sleeping here is the fault itself, not a wait for a condition.
+    pub fn wake_after(&self, paused: Instant, pause: Duration) {
+        std::thread::sleep(pause.saturating_sub(paused.elapsed()));
+        self.signal(libc::SIGCONT);
+    }
+
     /// Waits (up to `timeout`) for the process to exit; its exit code. It looks every
     /// millisecond (a cheap look), so the bench can time an exit with it.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
