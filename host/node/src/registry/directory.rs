@@ -18,6 +18,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         // order the announcements arrived in: every node ends with the same.
         let keep = self.directory.get(&name).is_some_and(|c| c.node != from && self.connected(&c.node) && stays((c.lineage, &c.node), (lineage, &from)));
         self.lacking.remove(&name);
+        self.stale.remove(&name);
         if keep {
             // `from` may not hear the node whose instance stays (it was paused or cut off
             // while the name was taken over there): this node tells it.
@@ -73,12 +74,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
              stopping this one; its state is held here as a copy"
         );
         let (id, handle, args, mine) = (*id, handle.clone(), args.clone(), *mine);
+        self.stale.insert(name.clone(), node.clone());
         self.local.insert(name.clone(), Slot::Stopping { id, args, lineage: mine, why: StopWhy::Stale { runner: node }, merges: Vec::new() });
         self.out.push(Effect::Stop { name, id, handle, reason: "duplicate".into(), moves: true });
     }
 
     /// Another node says `name` runs nowhere and this node owns it.
     pub(super) fn orphan_in(&mut self, name: WorkerName, args: Vec<u8>, lineage: Lineage) {
+        self.stale.remove(&name);
         let runs = self.local.contains_key(&name) || self.directory.get(&name).is_some_and(|c| self.connected(&c.node));
         if runs || self.orphans.contains_key(&name) {
             return;

@@ -43,6 +43,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         // A new copy lists who holds it now: a node that said it holds none (or an older
         // one) may hold this one.
         self.lacking.remove(&name);
+        self.stale.remove(&name);
         let copies = self.replicas.entry(name).or_default();
         copies.retain(|r| r.from != from);
         copies.push(Replica { from: from.to_string(), args, lineage, seq, state, holders, line, height, conn });

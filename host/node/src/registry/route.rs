@@ -42,8 +42,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         if let Some(c) = self.directory.get(name).filter(|c| elsewhere(&c.node)) {
             return Route::Remote(c.node.clone());
         }
-        if self.orphans.get(name).is_some_and(|o| o.pending()) {
-            // Lost, and what becomes of it is being decided here (see `Orphan::pending`).
+        if self.orphans.get(name).is_some_and(|o| o.pending()) || self.stale.contains_key(name) {
+            // Lost, and what becomes of it is being decided here (see `Orphan::pending`);
+            // or it runs on a node out of this one's reach (see `Table::runs_on`).
             return Route::Wait;
         }
         let owner = self.owner_of(name);

@@ -436,6 +436,11 @@ pub struct Table<M, R> {
     /// they hold none ([`Msg::NoCopy`]): those do not wait for them. Kept while the copy
     /// is held and the name runs nowhere.
     pub(super) lacking: BTreeMap<WorkerName, BTreeSet<String>>,
+    /// Names whose instance here stopped as stale ([`Msg::RunsOn`]), with the node that
+    /// runs them, out of this node's reach: a start or a call here must not run them
+    /// beside that one. Until this node hears of the name again (an announcement, a
+    /// copy, or word that it runs nowhere).
+    pub(super) stale: BTreeMap<WorkerName, String>,
     /// For each durable instance here: its last copy's number and the replicas that hold it.
     pub(super) copied: BTreeMap<WorkerName, (u64, Vec<String>)>,
     /// Set by [`Event::Leave`]: no new instances here.
@@ -498,6 +503,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             moved: BTreeMap::new(),
             replicas: BTreeMap::new(),
             lacking: BTreeMap::new(),
+            stale: BTreeMap::new(),
             copied: BTreeMap::new(),
             leaving: false,
             wait_to_hand_over: false,
@@ -808,6 +814,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 self.out.push(Effect::ForwardStart { to: owner, name, args, reply });
                 return;
             }
+        }
+        if let Some(at) = self.stale.get(&name) {
+            // It runs there, out of this node's reach (see `runs_on`).
+            self.out.push(Effect::Started { reply, result: Err(StartError::AlreadyStarted(at.clone())) });
+            return;
         }
         if self.orphans.get(&name).is_some_and(Orphan::pending) {
             // It starts again here from a copy of its state, or on the node that holds

@@ -1620,6 +1620,11 @@ fn a_stale_instance_told_the_name_runs_on_a_node_it_does_not_hear_stops_and_hold
     assert!(sends(&fx).contains(&("c@h".into(), Msg::Unregistered { name: n.clone() })), "{fx:?}");
     let held: Vec<(String, usize)> = b.replicas_held().into_iter().map(|(_, from, _, len)| (from, len)).collect();
     assert_eq!(held, [("b@h".to_string(), 2)], "held as a copy this node sent");
+    // Neither a start nor a call runs the name here beside a@h's (seed 42008: a start
+    // here, its owner, began it empty).
+    let fx = b.handle(Event::Start { name: n.clone(), args: vec![], here: false, reply: 0 });
+    assert_eq!(started(&fx), Some(Err(StartError::AlreadyStarted("a@h".into()))), "{fx:?}");
+    assert_eq!(b.route(&n, None), Route::Wait);
     // Asked by a node about to take the name over (a@h went down): a copy that is not live.
     let fx = recv(&mut b, "c@h", Msg::CopyAsk { name: n.clone() });
     assert!(matches!(&copies_told(&fx, "c@h")[..], [CopyAt { live: false, .. }]), "{fx:?}");
@@ -1631,4 +1636,6 @@ fn a_stale_instance_told_the_name_runs_on_a_node_it_does_not_hear_stops_and_hold
     });
     assert_eq!(merged, Some(Some(b"14".to_vec())), "{fx:?}");
     assert!(b.replicas_held().is_empty());
+    recv(&mut b, "c@h", Msg::HandoffAck { name: n.clone(), at: Some("c@h".into()) });
+    assert_eq!(b.route(&n, None), Route::Remote("c@h".into()), "calls follow the name again");
 }
