@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::origin::{self, Base, Keep, Origin};
 use super::placement::{owner, stays, Lineage};
-use super::table::{Claim, Deferred, Effect, Replica, Rival, Slot, StartWhy, StopWhy, Table, Timer, MOVE_AGAIN};
+use super::table::{Claim, Deferred, Effect, Grace, Orphan, Replica, Rival, Slot, StartWhy, StopWhy, Table, Timer, MOVE_AGAIN};
 use super::wire::Msg;
 use super::WorkerName;
 
@@ -118,8 +118,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let me = self.me.clone();
                 let copies = self.replicas.entry(name.clone()).or_default();
                 copies.retain(|r| r.from != me);
-                copies.push(Replica { from: me, args, lineage, seq, state, holders: Vec::new(), line, height, conn: None });
+                copies.push(Replica { from: me, args: args.clone(), lineage, seq, state, holders: Vec::new(), line, height, conn: None });
                 self.moved.remove(&name);
+                // Heard of again while it stopped (the word that clears `stale`), this
+                // node would wait for another word that may never come: the state goes
+                // where the name runs now, or, told it runs nowhere, starts it again.
+                if !self.stale.contains_key(&name) && !self.settle_dead_copy(&name, None) {
+                    self.orphans.entry(name).or_insert(Orphan { args, lineage, told: None, grace: Grace::Unasked, held: None, ask: None });
+                    self.replan();
+                }
             }
             // A stale instance that took states to merge meanwhile (or has none) hands
             // them on as a duplicate's.
@@ -285,7 +292,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let mut merges = merges;
                 for node in self.dead_copies(&name) {
                     let r = self.take_copy(&name, &node).expect("listed above");
-                    if !lineage.continues(r.lineage, r.seq) {
+                    if !self.continued(lineage, &r) {
                         merges.push((node, r.state));
                     }
                 }

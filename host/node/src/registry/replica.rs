@@ -55,6 +55,16 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.replicas.get(name)?.iter().find(|r| r.from == from)
     }
 
+    /// Whether an instance of `lineage` holds all of the copy `r` (see
+    /// [`Lineage::continues`]). Never the state a stale instance here stopped with
+    /// (`runs_on`): that instance may have the lineage of the one the other was copied
+    /// from (an instance that stays over a handed state keeps its lineage), with copy
+    /// numbers of its own, so the lineage cannot tell. It merges: the merge contract
+    /// (a union or a maximum) makes a state merged twice count once.
+    pub(super) fn continued(&self, lineage: Lineage, r: &Replica) -> bool {
+        r.from != self.me && lineage.continues(r.lineage, r.seq)
+    }
+
     /// Removes and returns the copy of `name` that `from` sent.
     pub(super) fn take_copy(&mut self, name: &WorkerName, from: &str) -> Option<Replica> {
         let copies = self.replicas.get_mut(name)?;

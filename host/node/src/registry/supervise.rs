@@ -207,14 +207,18 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         // A copy whose line the instance there continues (it took the name over from a
         // copy like it) has nothing to merge: dropped, so that it never merges later.
         let (continued, duplicates): (Vec<String>, Vec<String>) =
-            dead.into_iter().partition(|node| self.copy_from(name, node).is_some_and(|r| lineage.continues(r.lineage, r.seq)));
+            dead.into_iter().partition(|node| self.copy_from(name, node).is_some_and(|r| self.continued(lineage, r)));
         for node in continued {
             self.take_copy(name, &node);
         }
         let mut copies = duplicates.iter().map(|node| self.take_copy(name, node).expect("listed above")).collect::<Vec<_>>().into_iter();
         let Some(first) = copies.next() else { return false };
         let merges = copies.map(|r| (r.from, r.state)).collect();
-        info!(worker = %name, peer = %first.from, "{} went down with a duplicate instance of {name}: its copied state goes to the one on {at} to merge", first.from);
+        if first.from == self.me {
+            info!(worker = %name, peer = %at, "the state this node's stale instance of {name} stopped with goes to the one on {at} to merge");
+        } else {
+            info!(worker = %name, peer = %first.from, "{} went down with a duplicate instance of {name}: its copied state goes to the one on {at} to merge", first.from);
+        }
         let id = self.new_state_id();
         let origin = match first.line {
             Some(line) => Base::copy(id, line, first.seq, first.height),
@@ -295,7 +299,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // lacks: merged, it would count its updates twice. The rest merge, into
                 // the first that is left (the one this node last knew, unless another
                 // continued it).
-                let held = |c: &Replica, by: &[Replica]| by.iter().any(|o| o.from != c.from && o.lineage.continues(c.lineage, c.seq));
+                let held = |c: &Replica, by: &[Replica]| by.iter().any(|o| o.from != c.from && self.continued(o.lineage, c));
                 let kept: Vec<bool> = copies.iter().map(|c| !held(c, &copies)).collect();
                 let mut copies = copies.into_iter().zip(kept).filter_map(|(c, keep)| keep.then_some(c));
                 let r = copies.next().expect("a copy no other continues: continuing is one move later, so it has no cycles");

@@ -782,6 +782,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     ) {
         let id = self.next_id();
         self.orphans.remove(&name);
+        // The state a stale instance here stopped with (see `runs_on`), held while the
+        // name ran out of this node's reach: the name runs here now, so it merges in.
+        self.stale.remove(&name);
+        let mut merges = merges;
+        if let Some(r) = self.take_copy(&name, &self.me.clone()) {
+            info!(worker = %name, "{name} starts here again: the state its stale instance here stopped with merges into it");
+            merges.push((r.from, r.state));
+        }
         let line = self.new_state_id();
         self.bases.insert(name.clone(), Base::new(id, line, state.as_deref(), origin.as_ref()));
         // The states known now merge as the instance starts, before its first copy; the

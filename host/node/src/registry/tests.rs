@@ -1639,3 +1639,86 @@ fn a_stale_instance_told_the_name_runs_on_a_node_it_does_not_hear_stops_and_hold
     recv(&mut b, "c@h", Msg::HandoffAck { name: n.clone(), at: Some("c@h".into()) });
     assert_eq!(b.route(&n, None), Route::Remote("c@h".into()), "calls follow the name again");
 }
+
+/// The CI failure of 2026-12-07 (a merging counter one acknowledged increment short,
+/// 30 s after a flaky network healed): the node that stays announced the name while the
+/// stale instance was still stopping. Held as a copy after that announcement, the state
+/// waited for another that never came.
+#[test]
+fn a_stale_instance_that_hears_where_the_name_runs_while_it_stops_sends_its_state_there() {
+    let n = durable_ranked(&["b@h", "a@h", "c@h"]);
+    let taken = Lineage::default().failed_over(4);
+    let told = Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: taken };
+    let stopping = || {
+        let mut b = table("b@h", false);
+        up(&mut b, "c@h", 1);
+        run_here(&mut b, &n, 9);
+        // Copies past the one a@h took the name over from (4).
+        b.copied(&n, 6, vec!["c@h".into()]);
+        let (id, _) = stop_of(&recv(&mut b, "c@h", told.clone())).expect("the stale instance stops");
+        (b, id)
+    };
+    // a@h is heard again, and announces the name, before the stop is done.
+    let (mut b, id) = stopping();
+    up(&mut b, "a@h", 2);
+    recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: taken });
+    let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
+    let merged = sends(&fx).into_iter().find_map(|(to, m)| match m {
+        Msg::Handoff { state, yielding: true, .. } if to == "a@h" => Some(state),
+        _ => None,
+    });
+    assert_eq!(merged, Some(Some(b"14".to_vec())), "the state goes to a@h to merge: {fx:?}");
+    assert!(b.replicas_held().is_empty(), "nothing is left held here");
+    recv(&mut b, "a@h", Msg::HandoffAck { name: n.clone(), at: Some("a@h".into()) });
+    assert_eq!(b.route(&n, None), Route::Remote("a@h".into()));
+
+    // Told meanwhile that the name runs nowhere and this node owns it: it starts again
+    // here, from the state it stopped with.
+    let (mut b, id) = stopping();
+    recv(&mut b, "c@h", Msg::Orphan { name: n.clone(), args: vec![], lineage: taken });
+    let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
+    let fx = none_hold_copies(&mut b, fx);
+    let (_, _, state) = spawn_of(&fx).expect("restarted here");
+    assert_eq!(state, Some(b"14".to_vec()), "{fx:?}");
+}
+
+/// The next CI run's failure (two merging counters 13 acknowledged increments short): a
+/// stale instance had the lineage of the instance the taker was copied from (it had
+/// stayed over a handed state, and kept its lineage) and copy numbers of its own, no
+/// more than the copy the taker started from. Judged by the lineage, the taker went on
+/// from the state it stopped with, and the state was dropped.
+#[test]
+fn the_state_a_stale_instance_stopped_with_merges_into_the_taker_whatever_their_lineages_say() {
+    let n = durable_ranked(&["b@h", "a@h", "c@h"]);
+    let taken = Lineage::default().failed_over(4);
+    let held = || {
+        let mut b = table("b@h", false);
+        up(&mut b, "c@h", 1);
+        run_here(&mut b, &n, 9);
+        b.copied(&n, 2, vec!["c@h".into()]);
+        let fx = recv(&mut b, "c@h", Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: taken });
+        let (id, _) = stop_of(&fx).expect("the stale instance stops");
+        b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
+        assert_eq!(b.replicas_held().len(), 1, "held as a copy");
+        up(&mut b, "a@h", 2);
+        b
+    };
+    // The taker announces the name: the state goes there to merge.
+    let mut b = held();
+    let fx = recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: taken });
+    let merged = sends(&fx).into_iter().find_map(|(to, m)| match m {
+        Msg::Handoff { state, yielding: true, .. } if to == "a@h" => Some(state),
+        _ => None,
+    });
+    assert_eq!(merged, Some(Some(b"14".to_vec())), "{fx:?}");
+    // The taker hands the name to this node, its owner: the state merges as it starts.
+    let mut b = held();
+    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: taken, state: Some(b"a".to_vec()), merges: vec![], yielding: false, origin: None };
+    let fx = recv(&mut b, "a@h", handoff);
+    let merges = fx.iter().find_map(|e| match e {
+        Effect::Spawn { merges, .. } => Some(merges.clone()),
+        _ => None,
+    });
+    assert_eq!(merges, Some(vec![("b@h".to_string(), b"14".to_vec())]), "{fx:?}");
+    assert!(b.replicas_held().is_empty());
+}
