@@ -166,8 +166,11 @@ struct Instance {
     queue: std::collections::VecDeque<Pending>,
     /// Members changed while a copy was in flight: copy again after it.
     dirty: bool,
-    /// A stop that waits for the calls ahead of it.
-    stop: Option<(WorkerName, u64)>,
+    /// A stop that waits for the copy in flight and what is queued ahead of it; with
+    /// whether it moves the name on (`Effect::Stop::moves`).
+    stop: Option<(WorkerName, u64, bool)>,
+    /// The calls a stop that moves the name on went ahead of: they follow the name.
+    follow: Vec<Pending>,
 }
 
 /// A copy of an instance's state on its way to its replicas.

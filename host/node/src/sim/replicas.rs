@@ -127,8 +127,8 @@ impl Sim {
         if settling {
             // As the driver's instance on a node settling after a pause: it takes no
             // call; a stop (its name runs elsewhere now) goes ahead of them.
-            if let Some((name, id)) = i.stop.take() {
-                self.stop_instance(n, inst, name, id);
+            if let Some((name, id, moves)) = i.stop.take() {
+                self.stop_instance(n, inst, name, id, moves);
             }
             return;
         }
@@ -141,8 +141,8 @@ impl Sim {
                 }
                 other => self.start_round(n, inst, other),
             }
-        } else if let Some((name, id)) = i.stop.take() {
-            self.stop_instance(n, inst, name, id);
+        } else if let Some((name, id, moves)) = i.stop.take() {
+            self.stop_instance(n, inst, name, id, moves);
         } else if std::mem::take(&mut i.dirty) {
             self.start_round(n, inst, Pending::Nothing);
         }
@@ -155,9 +155,22 @@ impl Sim {
     }
 
     /// The instance stops (`terminate`): its state goes back to its table.
-    pub(super) fn stop_instance(&mut self, n: Node, inst: Inst, name: WorkerName, id: u64) {
-        let state = self.insts.remove(&inst).map(|i| encode(&i.counts));
+    /// The calls still queued for it follow the name when the stop `moves` it on (the
+    /// driver's `Registry::forward_queued`): each is routed again where it waits, once
+    /// the table has changed. Else their callers hear nothing (they time out).
+    pub(super) fn stop_instance(&mut self, n: Node, inst: Inst, name: WorkerName, id: u64, moves: bool) {
+        let removed = self.insts.remove(&inst);
+        let state = removed.as_ref().map(|i| encode(&i.counts));
         self.log(|| format!("n{n} instance {inst} of {name} stops"));
+        if let (true, Some(i), Some(live)) = (moves, removed, self.nodes[n].as_mut()) {
+            for p in i.queue.into_iter().chain(i.follow) {
+                match p {
+                    Pending::Queued { call, to: ReplyTo::Local } => live.parked.push(Parked::Caller(call)),
+                    Pending::Queued { call, to: ReplyTo::Remote { from, conn, hop } } => live.parked.push(Parked::Callee { call, hop, from, conn }),
+                    _ => {}
+                }
+            }
+        }
         let d = self.rng.range(0, 2);
         self.after(d, Ev::Table(n, Event::Stopped { name, id, state }));
     }

@@ -61,6 +61,7 @@ impl Sim {
                         queue: Default::default(),
                         dirty: false,
                         stop: None,
+                        follow: Vec::new(),
                     };
                     self.insts.insert(inst, instance);
                     if self.replicas > 0 {
@@ -71,7 +72,7 @@ impl Sim {
                         self.after(d, Ev::Table(n, Event::Spawned { name, id, result: Ok(inst) }));
                     }
                 }
-                Effect::Stop { name, id, handle, reason, .. } => {
+                Effect::Stop { name, id, handle, reason, moves } => {
                     if reason == "duplicate" {
                         // The instance it stops for, as claimed, must not be one restarted
                         // without state more often than this one. (A claim can be stale: the
@@ -86,12 +87,25 @@ impl Sim {
                     }
                     let settling = self.settling(n);
                     match self.insts.get_mut(&handle) {
-                        // The stop waits in the mailbox behind the calls there and the copy
-                        // in flight, as the driver's instance handles one message at a time
-                        // (ahead of the calls while the node settles after a pause: they
-                        // wait, and it does not).
-                        Some(i) if i.round.is_some() || (!i.queue.is_empty() && !settling) => i.stop = Some((name, id)),
-                        _ => self.stop_instance(n, handle, name, id),
+                        // The stop waits in the mailbox behind the copy in flight, as the
+                        // driver's instance handles one message at a time, and behind what
+                        // is queued there. One that moves the name on goes ahead of the
+                        // calls after the last thing the host queued itself (a merge's
+                        // answers), as the driver's `Mailbox::send_ahead` puts it, and those
+                        // calls follow the name. While the node settles after a pause, any
+                        // stop goes ahead of every call (they wait, and it does not).
+                        Some(i) => {
+                            if moves {
+                                let cut = i.queue.iter().rposition(|p| !matches!(p, Pending::Queued { .. })).map_or(0, |k| k + 1);
+                                i.follow.extend(i.queue.drain(cut..));
+                            }
+                            if i.round.is_some() || (!i.queue.is_empty() && !settling) {
+                                i.stop = Some((name, id, moves));
+                            } else {
+                                self.stop_instance(n, handle, name, id, moves);
+                            }
+                        }
+                        None => self.stop_instance(n, handle, name, id, moves),
                     }
                 }
                 Effect::Merge { name, handle, state, acks, .. } => match self.insts.get_mut(&handle) {
