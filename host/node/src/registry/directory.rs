@@ -6,7 +6,7 @@
 use tracing::{info, warn};
 
 use super::placement::{stays, Lineage};
-use super::table::{Claim, Effect, Grace, Orphan, Slot, StopWhy, Table};
+use super::table::{Claim, Effect, Grace, Orphan, Slot, StopWhy, Table, Timer, RIVAL_WAIT};
 use super::wire::Msg;
 use super::WorkerName;
 
@@ -46,7 +46,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             // so that each directory ends with this one whatever order claims came in.
             info!(worker = %name, peer = %from, "{name} runs on {from} too: keeping this one");
             let msg = Msg::Registered { name: name.clone(), args: args.clone(), lineage: *mine };
+            let id = *id;
             self.tell_all(msg);
+            if self.kinds.replicas(&name.kind) > 0 {
+                // Its state comes here to merge; calls wait for it (see `Table::rival`).
+                self.rival.insert(name.clone(), (from, id));
+                self.out.push(Effect::SetTimer { after: RIVAL_WAIT, timer: Timer::RivalOver { name, id } });
+            }
         }
     }
 

@@ -27,6 +27,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// owner when the owner is the sender (it would ask here again).
     pub fn route(&self, name: &WorkerName, from: Option<&str>) -> Route<M> {
         match self.local.get(name) {
+            // Waiting for the state of an instance it stays over (see `Table::rival`).
+            Some(Slot::Running { id, .. }) if self.rival.get(name).is_some_and(|(_, i)| i == id) => return Route::Wait,
             Some(Slot::Running { handle, .. }) => return Route::Here(handle.clone()),
             Some(Slot::Stopping { why: StopWhy::Duplicate { winner }, .. }) => return Route::Remote(winner.clone()),
             Some(Slot::Stopping { why: StopWhy::Asked(_), .. }) => return Route::NotFound,

@@ -113,6 +113,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.members.remove(node);
         self.leavers.remove(node);
         self.synced.remove(node);
+        // Its instance's state will not come.
+        self.rival.retain(|_, (from, _)| *from != node);
         // What it announced on this connection (or an earlier one) runs nowhere now.
         let lost: Vec<_> = self.directory.iter().filter(|(_, c)| c.node == node && c.conn <= conn).map(|(n, _)| n.clone()).collect();
         for name in lost {

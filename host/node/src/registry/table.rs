@@ -190,6 +190,11 @@ pub const REPLICA_GRACE: Duration = Duration::from_secs(1);
 /// and forth, restarting it each time, until their timing parts them.
 pub const MOVE_AGAIN: Duration = Duration::from_secs(1);
 
+/// How long a durable instance that stays over another node's ([`Table::rival`]) takes
+/// no calls while it waits for that instance's state: a stop and a handoff take
+/// milliseconds, a stop behind a message that computes up to its call timeout.
+pub const RIVAL_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a node that woke from a pause ([`Event::Woke`]) holds what it lost to the
 /// connections it found closed: enough for its peers, which declared it down, to
 /// connect again and say where their names run now. Taken over from this node's own
@@ -217,6 +222,8 @@ pub enum Timer {
     /// waited for longer ([`ASK_WAIT`](super::latest::ASK_WAIT)), or it is time to ask
     /// again ([`ASK_AGAIN`](super::latest::ASK_AGAIN)).
     AskOver { name: WorkerName, round: u32 },
+    /// Instance `id` of this name no longer waits for its rival's state ([`RIVAL_WAIT`]).
+    RivalOver { name: WorkerName, id: u64 },
 }
 
 /// Where a name stands on this node.
@@ -441,6 +448,13 @@ pub struct Table<M, R> {
     /// beside that one. Until this node hears of the name again (an announcement, a
     /// copy, or word that it runs nowhere).
     pub(super) stale: BTreeMap<WorkerName, String>,
+    /// Durable names whose instance here (its id) stays over the one another node just
+    /// announced: that node stops its own and hands its state here to merge. Until it
+    /// arrives (or that node goes down, or [`RIVAL_WAIT`] passes), calls wait: the two
+    /// histories both went on, and calls this one took meanwhile could be dropped with
+    /// it should the name go on from the other's state (it went further, and a kind
+    /// without a merge keeps one).
+    pub(super) rival: BTreeMap<WorkerName, (String, u64)>,
     /// For each durable instance here: its last copy's number and the replicas that hold it.
     pub(super) copied: BTreeMap<WorkerName, (u64, Vec<String>)>,
     /// Set by [`Event::Leave`]: no new instances here.
@@ -504,6 +518,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             replicas: BTreeMap::new(),
             lacking: BTreeMap::new(),
             stale: BTreeMap::new(),
+            rival: BTreeMap::new(),
             copied: BTreeMap::new(),
             leaving: false,
             wait_to_hand_over: false,
@@ -586,6 +601,12 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 self.replan();
             }
             Event::Timer(Timer::AskOver { name, round }) => self.ask_over(name, round),
+            Event::Timer(Timer::RivalOver { name, id }) => {
+                if self.rival.get(&name).is_some_and(|(_, i)| *i == id) {
+                    self.rival.remove(&name);
+                    self.out.push(Effect::Changed);
+                }
+            }
             Event::Timer(Timer::MoveAgain { name }) => {
                 if self.came_back.remove(&name) {
                     self.place(&name);
@@ -600,6 +621,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             Msg::Registered { name, args, lineage } => self.registered(from, name, args, lineage),
             Msg::Unregistered { name } => {
                 self.take_copy(&name, &from);
+                if self.rival.get(&name).is_some_and(|(f, _)| *f == from) {
+                    self.rival.remove(&name);
+                    self.out.push(Effect::Changed);
+                }
                 if self.directory.get(&name).is_some_and(|c| c.node == from) {
                     self.directory.remove(&name);
                     self.out.push(Effect::Changed);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::origin::Origin;
 use super::placement::{owner, Lineage};
 use super::route::Route;
-use super::table::{Effect, Event, Kinds, Table, Timer, GONE_GRACE, MOVE_AGAIN};
+use super::table::{Effect, Event, Kinds, Table, Timer, GONE_GRACE, MOVE_AGAIN, RIVAL_WAIT};
 use super::wire::{CopyAt, Msg};
 use super::{Restart, SpawnError, StartError, WorkerName};
 
@@ -1721,4 +1721,52 @@ fn the_state_a_stale_instance_stopped_with_merges_into_the_taker_whatever_their_
     });
     assert_eq!(merges, Some(vec![("b@h".to_string(), b"14".to_vec())]), "{fx:?}");
     assert!(b.replicas_held().is_empty());
+}
+
+/// Seed 33521 of the simulation once it stopped moving instances ahead of their queues:
+/// a woken node's instance stayed over the one its handoff's sender had started again
+/// meanwhile, took a call while that one stopped, and then went on from the other's
+/// state, which had gone further; the keep-one counter dropped the call.
+#[test]
+fn a_durable_instance_that_stays_over_another_takes_no_calls_until_that_ones_state_arrives() {
+    let n = durable_ranked(&["b@h", "a@h"]);
+    let weaker = Lineage::default().restarted();
+    let meeting = || {
+        let mut b = table("b@h", false);
+        up(&mut b, "a@h", 1);
+        run_here(&mut b, &n, 9);
+        let fx = recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: weaker });
+        assert_eq!(stop_of(&fx), None, "this one stays");
+        assert!(sends(&fx).iter().any(|(to, m)| to == "a@h" && matches!(m, Msg::Registered { .. })), "a@h is told: {fx:?}");
+        assert_eq!(b.route(&n, None), Route::Wait, "calls wait for a@h's state");
+        let id = fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::SetTimer { timer: Timer::RivalOver { id, .. }, after } if *after == RIVAL_WAIT => Some(*id),
+                _ => None,
+            })
+            .expect("a bound on the wait");
+        (b, id)
+    };
+    // a@h's state arrives: merged into this one, which takes calls again.
+    let (mut b, _) = meeting();
+    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: weaker, state: Some(b"a".to_vec()), merges: vec![], yielding: true, origin: None };
+    let fx = recv(&mut b, "a@h", handoff);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Merge { .. })), "{fx:?}");
+    assert_eq!(b.route(&n, None), Route::Here(9));
+    // a@h goes down instead, or the wait is over: calls go on here.
+    let (mut b, _) = meeting();
+    b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    assert_eq!(b.route(&n, None), Route::Here(9));
+    let (mut b, id) = meeting();
+    let fx = b.handle(Event::Timer(Timer::RivalOver { name: n.clone(), id }));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Changed)), "waiting calls look again: {fx:?}");
+    assert_eq!(b.route(&n, None), Route::Here(9));
+    // A kind without copies does not wait.
+    let plain = name("x");
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    run_here(&mut b, &plain, 8);
+    recv(&mut b, "a@h", Msg::Registered { name: plain.clone(), args: vec![], lineage: weaker });
+    assert_eq!(b.route(&plain, None), Route::Here(8));
 }
