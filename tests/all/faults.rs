@@ -442,7 +442,7 @@ fn a_flaky_network_loses_no_increment_of_a_merging_durable_worker_and_tells_each
         Duration::from_secs(60),
         "15 s of a lossy network, and a node that declared a peer down in it (or the test tried nothing)",
         || began.elapsed() >= Duration::from_secs(15) && downs() > 0,
-        || String::new(),
+        || format!("{} node-down lines after {:?}", downs(), began.elapsed()),
     );
     stop.0.store(true, Ordering::Relaxed);
     let acked: BTreeMap<String, u64> = clients.into_iter().flat_map(|c| c.join().expect("a client")).collect();
