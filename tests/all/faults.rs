@@ -450,18 +450,42 @@ fn a_flaky_network_loses_no_increment_of_a_merging_durable_worker_and_tells_each
     let downs = downs();
     wait_mesh(&nodes.iter().collect::<Vec<_>>(), &names.iter().map(String::as_str).collect::<Vec<_>>(), SETTLE);
     let told = |n: &str| -> u64 { nodes.iter().map(|node| node.count(&format!(" to {n} was applied by both instances")) as u64).sum() };
-    let wrong = || -> Vec<String> {
+    let wrong = || -> Vec<(String, String)> {
         let at = placement(&names[0]);
         acked
             .iter()
             .filter_map(|(n, &want)| {
                 let value = call(&names[0], n, "value");
                 let ok = at.get(n).is_some_and(|on| on.len() == 1) && value.0 && value.1.parse::<u64>().is_ok_and(|v| v >= want && v - want <= told(n));
-                (!ok).then(|| format!("{n}: on {:?}, value {value:?}, acknowledged {want}, told applied twice {}", at.get(n), told(n)))
+                (!ok).then(|| (n.clone(), format!("{n}: on {:?}, value {value:?}, acknowledged {want}, told applied twice {}", at.get(n), told(n))))
             })
             .collect()
     };
-    wait_until(SETTLE, &format!("every tally once, with every acknowledged increment ({downs} node-down lines)"), || wrong().is_empty(), || wrong().join("\n"));
+    // What every node said of a tally (its INFO and WARN lines, the last 40 in time):
+    // a failure here is a lost update, and a node's last lines rarely show its history.
+    let history = |n: &str| -> String {
+        let field = format!("worker={n}");
+        let mut lines: Vec<String> = nodes
+            .iter()
+            .zip(&names)
+            .flat_map(|(node, name)| {
+                let log = node.log();
+                let ours: Vec<String> =
+                    log.lines().filter(|l| !l.contains(" DEBUG ") && l.split_whitespace().any(|w| w == field)).map(|l| format!("{name}: {l}")).collect();
+                ours
+            })
+            .collect();
+        // Each line starts with its node's name, then its timestamp: sort by the latter.
+        lines.sort_by(|a, b| a.split_once(": ").map(|x| x.1).cmp(&b.split_once(": ").map(|x| x.1)));
+        let skip = lines.len().saturating_sub(40);
+        lines[skip..].join("\n")
+    };
+    wait_until(
+        SETTLE,
+        &format!("every tally once, with every acknowledged increment ({downs} node-down lines)"),
+        || wrong().is_empty(),
+        || wrong().into_iter().map(|(n, what)| format!("{what}\n---- what the nodes said of {n} ----\n{}", history(&n))).collect::<Vec<_>>().join("\n"),
+    );
     let twice: u64 = acked.keys().map(|n| told(n)).sum();
     let over: u64 = acked.iter().map(|(n, want)| call(&names[0], n, "value").1.parse::<u64>().unwrap_or(0).saturating_sub(*want)).sum();
     let stale: usize = nodes.iter().map(|n| n.count("its state is held here as a copy")).sum();
