@@ -263,11 +263,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         yielding: bool,
         theirs: Option<Origin>,
     ) {
-        if self.rival.get(&name).is_some_and(|(f, _)| *f == from) {
-            // The state the instance here waited for (see `Table::rival`).
-            self.rival.remove(&name);
-            self.out.push(Effect::Changed);
-        }
+        // The state the instance here may wait for (see `Table::rival`).
+        self.rival_done(&name, &from);
         if self.leaving || !self.kinds.has_kind(&name.kind) {
             self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name, at: None } });
             return;

@@ -616,15 +616,21 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         std::mem::take(&mut self.out)
     }
 
+    /// `from`, whose instance of `name` one here stays over, handed its state here or
+    /// stopped: calls to the one here wait no longer (see [`Table::rival`]).
+    pub(super) fn rival_done(&mut self, name: &WorkerName, from: &str) {
+        if self.rival.get(name).is_some_and(|(f, _)| f == from) {
+            self.rival.remove(name);
+            self.out.push(Effect::Changed);
+        }
+    }
+
     fn received(&mut self, from: String, msg: Msg) {
         match msg {
             Msg::Registered { name, args, lineage } => self.registered(from, name, args, lineage),
             Msg::Unregistered { name } => {
                 self.take_copy(&name, &from);
-                if self.rival.get(&name).is_some_and(|(f, _)| *f == from) {
-                    self.rival.remove(&name);
-                    self.out.push(Effect::Changed);
-                }
+                self.rival_done(&name, &from);
                 if self.directory.get(&name).is_some_and(|c| c.node == from) {
                     self.directory.remove(&name);
                     self.out.push(Effect::Changed);
