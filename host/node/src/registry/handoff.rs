@@ -112,13 +112,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // Held as a copy this node sent itself: a dead one (it never connects to
                 // itself), of this instance's line, as far as it went.
                 let seq = self.copied.remove(&name).map_or(0, |(seq, _)| seq);
-                let (line, height) = (Some(base.line), Some(base.reached()));
+                let (line, height, holds) = (Some(base.line), Some(base.reached()), Some(base.holds()));
                 let state = state.expect("matched above");
                 self.tell_all(Msg::Unregistered { name: name.clone() });
                 let me = self.me.clone();
                 let copies = self.replicas.entry(name.clone()).or_default();
                 copies.retain(|r| r.from != me);
-                copies.push(Replica { from: me, args: args.clone(), lineage, seq, state, holders: Vec::new(), line, height, conn: None });
+                copies.push(Replica { from: me, args: args.clone(), lineage, seq, state, holders: Vec::new(), line, height, holds, conn: None });
                 self.moved.remove(&name);
                 // Heard of again while it stopped (the word that clears `stale`), this
                 // node would wait for another word that may never come: the state goes
@@ -290,11 +290,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             None => {
                 // Copies held here from instances of the name whose nodes are gone may
                 // hold updates the handed state lacks (it can be a stale duplicate's):
-                // they merge into it, unless it continues them.
+                // they merge into it, unless it holds all of them.
                 let mut merges = merges;
                 for node in self.dead_copies(&name) {
                     let r = self.take_copy(&name, &node).expect("listed above");
-                    if !self.continued(lineage, &r) {
+                    if !self.handed_holds(theirs.as_ref(), lineage, &r) {
                         merges.push((node, r.state));
                     }
                 }

@@ -50,6 +50,7 @@ pub use actor::{start_apart, BoxFuture, CallWith, Conflict, Envelope, Info, Mail
 pub use error::{CallError, SpawnError, StartError};
 pub use name::{check_kind, WorkerName, MAX_KEY_BYTES, MAX_KIND_BYTES};
 pub use placement::owner;
+pub use replica::Replication;
 pub use wire::DurableReport;
 
 /// A reply owed to a caller, with where it goes.
@@ -59,6 +60,7 @@ use crate::dist::{DownReason, Peer};
 use crate::membership::{MemberChange, Membership};
 use crate::telemetry;
 use durable::Replicator;
+
 use route::Route;
 use table::{Effect, Event, Table};
 use wire::{CallFields, CastFields, Msg, Replicate, Rpc, RpcReply, RPC_CALL, RPC_CAST};
@@ -931,7 +933,9 @@ impl Registry {
     /// this to send; a reply that rode but was not delivered (the replica refused the
     /// copy or did not answer) is sent here, the usual way.
     pub async fn replicate(&self, name: &WorkerName, replicas: usize, rep: &mut Replicator, state: Vec<u8>, reply: Option<Reply>) -> Option<Reply> {
-        let Some((targets, args, lineage, line, start)) = self.0.table.lock().unwrap().replication_of(name, replicas) else { return reply };
+        let Some(Replication { targets, args, lineage, line, start, holds }) = self.0.table.lock().unwrap().replication_of(name, replicas) else {
+            return reply;
+        };
         let Some((seq, sends)) = rep.plan(&targets, &state) else { return reply };
         let changes = rep.changes_with(&state);
         let height = Some(start.saturating_add(changes));
@@ -944,7 +948,7 @@ impl Registry {
         };
         let carried = riding.as_ref().map(|(r, body)| (r.id, body.clone()));
         let copies = sends.into_iter().map(|(to, update)| {
-            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone(), line, height };
+            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone(), line, height, holds: holds.clone() };
             let state = &state;
             let carried = &carried;
             let rpc = move |copy: Replicate| match carried {

@@ -23,7 +23,7 @@
 
 use sha2::{Digest, Sha256};
 
-pub use super::wire::Origin;
+pub use super::wire::{Holds, Origin};
 
 /// What this node knows of the states an instance here holds: its id on this node, its
 /// line (an id of its own, unlike any other instance's: every copy it sends its replicas
@@ -39,6 +39,10 @@ pub struct Base {
     pub start: Option<(u64, [u8; 32])>,
     pub holds: Vec<u64>,
     pub copy_of: Option<(u64, u64)>,
+    /// The copy of a line it holds all of, changed since or not: `copy_of`, or the one
+    /// the state it started from holds ([`Origin::from_copy`]), or else one a state
+    /// merged into it holds. A copy of another line is not held, whatever its lineage.
+    pub from_copy: Option<(u64, u64)>,
     /// An instance whose final state is one of these byte for byte holds that state and
     /// nothing more: it is that state (an instance restarted empty that merged a
     /// yielded state and took nothing since). Not copies: those have a line of their own.
@@ -59,8 +63,10 @@ impl Base {
         // Without the state, the origin says nothing of what the instance holds.
         let origin = origin.filter(|_| state.is_some());
         let copy_of = origin.and_then(|o| o.copy_of);
+        let from_copy = origin.and_then(|o| o.copy_of.or(o.from_copy));
         let height = origin.and_then(|o| o.height).unwrap_or(0);
-        Base { id, line, start, holds: origin.map(|o| o.holds.clone()).unwrap_or_default(), copy_of, merged: Vec::new(), height, copies: 0 }
+        let holds = origin.map(|o| o.holds.clone()).unwrap_or_default();
+        Base { id, line, start, holds, copy_of, from_copy, merged: Vec::new(), height, copies: 0 }
     }
 
     /// How far this instance's state went: its start's height and the copies it sent.
@@ -99,7 +105,12 @@ impl Base {
     /// Whether this instance holds all of copy `seq` of the instance of line `line`: it
     /// holds all of that line, or started from that copy or a later one of it.
     fn holds_copy(&self, (line, seq): (u64, u64)) -> bool {
-        self.holds_all(line) || self.copy_of.is_some_and(|(l, s)| l == line && s >= seq)
+        self.holds_all(line) || self.from_copy.is_some_and(|(l, s)| l == line && s >= seq)
+    }
+
+    /// What this instance's state holds all of besides its line, as its copies say.
+    pub fn holds(&self) -> Holds {
+        Holds { ids: self.holds.clone(), copy: self.from_copy }
     }
 
     /// The instance merged the handed-over state `theirs`, of bytes `state`, alone (see
@@ -120,6 +131,7 @@ impl Base {
             holds.extend(self.holds.iter().filter(|h| !o.holds.contains(h)));
             holds.truncate(Origin::HOLDS);
             self.holds = holds;
+            self.from_copy = self.from_copy.or(o.copy_of).or(o.from_copy);
             // It holds what theirs holds: at least as far as that went.
             if let Some(h) = o.height {
                 self.height = self.height.max(h.saturating_sub(self.copies));
@@ -137,14 +149,14 @@ impl Base {
         holds.extend(self.holds.iter().filter(|h| **h != id && **h != self.line));
         holds.truncate(Origin::HOLDS);
         let copy_of = self.copy_of.filter(|_| unchanged.is_some_and(|id| self.started_from(id)));
-        Origin { state: id, holds, copy_of, height: Some(self.reached()) }
+        Origin { state: id, holds, copy_of, height: Some(self.reached()), from_copy: self.from_copy }
     }
 
     /// The origin of copy `seq` of the state of an instance of line `line`, which a
     /// replica starts the name from (a failover) or hands on, under the new id `id`;
     /// `height`, the copy's (when its sender said).
     pub fn copy(id: u64, line: u64, seq: u64, height: Option<u64>) -> Origin {
-        Origin { state: id, holds: vec![id], copy_of: Some((line, seq)), height }
+        Origin { state: id, holds: vec![id], copy_of: Some((line, seq)), height, from_copy: None }
     }
 }
 
@@ -249,13 +261,23 @@ mod tests {
     use super::*;
 
     fn o(state: u64, holds: &[u64]) -> Origin {
-        Origin { state, holds: holds.to_vec(), copy_of: None, height: None }
+        Origin { state, holds: holds.to_vec(), copy_of: None, height: None, from_copy: None }
     }
 
     /// An instance of line 100 that started from a handed state `start` (bytes `s`)
     /// and holds `holds`.
     fn base(start: Option<u64>, holds: &[u64]) -> Base {
-        Base { id: 1, line: 100, start: start.map(|id| (id, digest(b"s"))), holds: holds.to_vec(), copy_of: None, merged: Vec::new(), height: 0, copies: 0 }
+        Base {
+            id: 1,
+            line: 100,
+            start: start.map(|id| (id, digest(b"s"))),
+            holds: holds.to_vec(),
+            copy_of: None,
+            from_copy: None,
+            merged: Vec::new(),
+            height: 0,
+            copies: 0,
+        }
     }
 
     #[test]
@@ -295,11 +317,18 @@ mod tests {
         // The take-over hands its state to the original: left as it was, it is a copy of
         // line 100, which the original holds all of; changed, it is not.
         let stood_still = taken.handing(taken.unchanged(Some(b"s")), 11);
-        assert_eq!(stood_still, Origin { state: 7, holds: vec![7, 200], copy_of: Some((100, 4)), height: Some(0) });
+        assert_eq!(stood_still, Origin { state: 7, holds: vec![7, 200], copy_of: Some((100, 4)), height: Some(0), from_copy: Some((100, 4)) });
         assert!(related(&original, Some(&stood_still)));
         assert_eq!(keep(&original, None, Some(&stood_still)), Keep::Mine);
         let changed = taken.handing(taken.unchanged(Some(b"t")), 11);
-        assert_eq!(changed, Origin { state: 11, holds: vec![11, 200, 7], copy_of: None, height: Some(0) });
+        // Changed, it still holds all of that copy: a copy of line 100 up to number 4
+        // adds nothing to it, one of another line does, whatever their lineages.
+        assert_eq!(changed, Origin { state: 11, holds: vec![11, 200, 7], copy_of: None, height: Some(0), from_copy: Some((100, 4)) });
+        assert!(changed.holds_copy((100, 4)) && changed.holds_copy((100, 1)) && changed.holds_copy((200, 9)));
+        assert!(!changed.holds_copy((100, 5)) && !changed.holds_copy((101, 1)));
+        let again = Base::new(6, 600, Some(b"t"), Some(&changed));
+        assert_eq!((again.copy_of, again.from_copy), (None, Some((100, 4))), "handed on along its history");
+        assert_eq!(again.holds(), Holds { ids: vec![11, 200, 7], copy: Some((100, 4)) });
         assert_eq!(keep(&original, None, Some(&changed)), Keep::Both);
         // An instance started from the original's final state holds all of its line;
         // one started from the take-over's unchanged state is a copy of it as well.

@@ -10,14 +10,24 @@ use super::durable::{Target, Update};
 use super::placement::{ranked, Lineage};
 use super::table::{Effect, Replica, Slot, Table};
 use super::wire::Msg;
-use super::wire::Replicate;
+use super::wire::{Holds, Origin, Replicate};
 use super::WorkerName;
 
-/// Where an instance copies its state, and what each copy says of it: its replicas
-/// (each with the connection to it), args, lineage, line, and the height of the state
-/// it started from (a copy's height is that and the changes it copied since:
-/// [`Replicator::changes_with`](super::durable::Replicator::changes_with)).
-pub type Replication = (Vec<Target>, Vec<u8>, Lineage, Option<u64>, u64);
+/// Where an instance copies its state, and what each copy says of it.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    /// Its replicas, each with the connection to it.
+    pub targets: Vec<Target>,
+    pub args: Vec<u8>,
+    pub lineage: Lineage,
+    /// Its line ([`Replicate::line`]).
+    pub line: Option<u64>,
+    /// The height of the state it started from: a copy's height is that and the
+    /// changes it copied since ([`Replicator::changes_with`](super::durable::Replicator::changes_with)).
+    pub start: u64,
+    /// What its state holds all of besides its line ([`Replicate::holds`]).
+    pub holds: Option<Holds>,
+}
 
 /// Why a copy was not taken.
 #[derive(Debug, PartialEq, Eq)]
@@ -29,9 +39,18 @@ pub enum NotHeld {
 impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// `from` sends a copy of the state of a durable instance it runs.
     pub fn replica_in(&mut self, from: &str, copy: Replicate) -> Result<(), NotHeld> {
-        let Replicate { name, args, lineage, seq, update, holders, line, height } = copy;
+        let Replicate { name, args, lineage, seq, update, holders, line, height, holds } = copy;
         // Copies held here from duplicates that are gone (or from the sender's previous
-        // life) merge into the sender's instance.
+        // life) merge into the sender's instance, but those its state holds all of, by
+        // what it says (see `copy_holds`): dropped.
+        if let Some(h) = &holds {
+            for node in self.dead_copies(&name) {
+                let held = |c: &Replica| c.from != self.me && c.from != from && c.line.is_some_and(|l| h.holds_copy((l, c.seq)));
+                if self.copy_from(&name, &node).is_some_and(held) {
+                    self.take_copy(&name, &node);
+                }
+            }
+        }
         if self.replicas.get(&name).is_some_and(|rs| rs.iter().any(|r| !self.copy_alive(r))) {
             self.settle_dead_copy(&name, Some((from, lineage)));
         }
@@ -46,7 +65,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.stale.remove(&name);
         let copies = self.replicas.entry(name).or_default();
         copies.retain(|r| r.from != from);
-        copies.push(Replica { from: from.to_string(), args, lineage, seq, state, holders, line, height, conn });
+        copies.push(Replica { from: from.to_string(), args, lineage, seq, state, holders, line, height, holds, conn });
         Ok(())
     }
 
@@ -56,13 +75,36 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     }
 
     /// Whether an instance of `lineage` holds all of the copy `r` (see
-    /// [`Lineage::continues`]). Never the state a stale instance here stopped with
-    /// (`runs_on`): that instance may have the lineage of the one the other was copied
-    /// from (an instance that stays over a handed state keeps its lineage), with copy
-    /// numbers of its own, so the lineage cannot tell. It merges: the merge contract
-    /// (a union or a maximum) makes a state merged twice count once.
+    /// [`Lineage::continues`]), judged by lineages alone: for copies from nodes that do
+    /// not say their line or what they hold. Never the state a stale instance here
+    /// stopped with (`runs_on`): that instance may have the lineage of the one the other
+    /// was copied from (an instance that stays over a handed state keeps its lineage),
+    /// with copy numbers of its own, so the lineage cannot tell. It merges: the merge
+    /// contract (a union or a maximum) makes a state merged twice count once.
     pub(super) fn continued(&self, lineage: Lineage, r: &Replica) -> bool {
         r.from != self.me && lineage.continues(r.lineage, r.seq)
+    }
+
+    /// Whether a state handed over, of origin `theirs` and lineage `lineage`, holds all
+    /// of the copy `r`: by the line the copy names, when both say (a copy of another
+    /// instance of the same lineage is not held, whatever its number); else by the
+    /// lineages ([`Table::continued`]).
+    pub(super) fn handed_holds(&self, theirs: Option<&Origin>, lineage: Lineage, r: &Replica) -> bool {
+        match (r.line, theirs) {
+            _ if r.from == self.me => false,
+            (Some(line), Some(o)) => o.holds_copy((line, r.seq)),
+            _ => self.continued(lineage, r),
+        }
+    }
+
+    /// Whether the instance of copy `o` held all of copy `c` when it sent `o`: by `c`'s
+    /// line and what `o` says it holds, when both say; else by the lineages.
+    pub(super) fn copy_holds(&self, o: &Replica, c: &Replica) -> bool {
+        match (c.line, &o.holds) {
+            _ if c.from == self.me || o.from == c.from => false,
+            (Some(line), Some(h)) => h.holds_copy((line, c.seq)),
+            _ => self.continued(o.lineage, c),
+        }
     }
 
     /// Removes and returns the copy of `name` that `from` sent.
@@ -107,7 +149,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let runs = self.members.keys().map(String::as_str).filter(|m| self.runs_kind(m, &name.kind));
         let targets = ranked(runs, name).into_iter().take(n).map(|m| (m.to_string(), self.members[m])).collect();
         let base = self.bases.get(name);
-        Some((targets, args, lineage, base.map(|b| b.line), base.map_or(0, |b| b.height)))
+        Some(Replication { targets, args, lineage, line: base.map(|b| b.line), start: base.map_or(0, |b| b.height), holds: base.map(|b| b.holds()) })
     }
 
     /// The copy of `name` held here, if any (the first, should two instances copy

@@ -208,8 +208,16 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let Some((at, lineage)) = runner.filter(|(at, _)| self.connected(at)) else { return false };
         // A copy whose line the instance there continues (it took the name over from a
         // copy like it) has nothing to merge: dropped, so that it never merges later.
-        let (continued, duplicates): (Vec<String>, Vec<String>) =
-            dead.into_iter().partition(|node| self.copy_from(name, node).is_some_and(|r| self.continued(lineage, r)));
+        // Told apart by lineages only when the copy does not name its line: one that does
+        // goes there, and that instance, which knows which copy it started from, tells
+        // (`handoff_in`, `origin::keep`): another instance of the same lineage may have
+        // sent it. Unless a copy held here says it holds all of it: the one the
+        // instance there sent, or another dead one.
+        let held_by_other = |r: &Replica| dead.iter().chain([&at]).filter_map(|n| self.copy_from(name, n)).any(|o| self.copy_holds(o, r));
+        let (continued, duplicates): (Vec<String>, Vec<String>) = dead
+            .iter()
+            .cloned()
+            .partition(|node| self.copy_from(name, node).is_some_and(|r| if r.line.is_none() { self.continued(lineage, r) } else { held_by_other(r) }));
         for node in continued {
             self.take_copy(name, &node);
         }
@@ -224,7 +232,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let id = self.new_state_id();
         let origin = match first.line {
             Some(line) => Base::copy(id, line, first.seq, first.height),
-            None => Origin { state: id, holds: vec![id], copy_of: None, height: first.height },
+            None => Origin { state: id, holds: vec![id], copy_of: None, height: first.height, from_copy: None },
         };
         let slot = Slot::Moving {
             to: at,
@@ -301,10 +309,16 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // lacks: merged, it would count its updates twice. The rest merge, into
                 // the first that is left (the one this node last knew, unless another
                 // continued it).
-                let held = |c: &Replica, by: &[Replica]| by.iter().any(|o| o.from != c.from && self.continued(o.lineage, c));
-                let kept: Vec<bool> = copies.iter().map(|c| !held(c, &copies)).collect();
+                let held = |c: &Replica, by: &[Replica]| by.iter().any(|o| self.copy_holds(o, c));
+                let mut kept: Vec<bool> = copies.iter().map(|c| !held(c, &copies)).collect();
+                // Holding is in time order (a copy says what its instance held when it
+                // sent it), so one copy at least is held by none; should none be, the
+                // first stays.
+                if !kept.contains(&true) {
+                    kept[0] = true;
+                }
                 let mut copies = copies.into_iter().zip(kept).filter_map(|(c, keep)| keep.then_some(c));
-                let r = copies.next().expect("a copy no other continues: continuing is one move later, so it has no cycles");
+                let r = copies.next().expect("one is kept");
                 let merges = copies.map(|c| (c.from, c.state)).collect();
                 self.lacking.remove(&name);
                 // The copy says which instance it is of: should that instance be alive after all

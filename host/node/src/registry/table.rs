@@ -16,7 +16,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::latest::Ask;
-use super::origin::{self, Base, Origin};
+use super::origin::{self, Base, Holds, Origin};
 use super::placement::{owner, Lineage};
 use super::wire::Msg;
 use super::{Restart, SpawnError, StartError, WorkerName};
@@ -404,6 +404,9 @@ pub struct Replica {
     pub line: Option<u64>,
     /// How far the copied state went ([`Replicate::height`](super::wire::Replicate::height)).
     pub height: Option<u64>,
+    /// What the copied state held all of besides its line, if its node said
+    /// ([`Replicate::holds`](super::wire::Replicate::holds)).
+    pub holds: Option<Holds>,
     /// The connection it came on: a node that restarted (a new connection) runs none of
     /// the instances its previous life copied here, and those copies are dead. `None`
     /// when the sender was not a member yet here (alive while it is connected).

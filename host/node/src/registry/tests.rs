@@ -7,7 +7,7 @@ use super::origin::Origin;
 use super::placement::{owner, Lineage};
 use super::route::Route;
 use super::table::{Effect, Event, Kinds, Table, Timer, GONE_GRACE, MOVE_AGAIN, RIVAL_WAIT};
-use super::wire::{CopyAt, Msg};
+use super::wire::{CopyAt, Holds, Msg};
 use super::{Restart, SpawnError, StartError, WorkerName};
 
 struct TestKinds {
@@ -281,10 +281,10 @@ fn a_durable_name_is_copied_and_handed_only_to_members_that_run_its_kind() {
     up(&mut a, "b@h", 1);
     up(&mut a, "c@h", 2);
     run_here(&mut a, &n, 1);
-    assert_eq!(a.replication_of(&n, 1).map(|r| r.0), Some(vec![("b@h".to_string(), 1)]));
+    assert_eq!(a.replication_of(&n, 1).map(|r| r.targets), Some(vec![("b@h".to_string(), 1)]));
     recv(&mut a, "b@h", kinds(&["counter"]));
-    assert_eq!(a.replication_of(&n, 1).map(|r| r.0), Some(vec![("c@h".to_string(), 2)]));
-    assert_eq!(a.replication_of(&n, 2).map(|r| r.0), Some(vec![("c@h".to_string(), 2)]), "no second member runs it");
+    assert_eq!(a.replication_of(&n, 1).map(|r| r.targets), Some(vec![("c@h".to_string(), 2)]));
+    assert_eq!(a.replication_of(&n, 2).map(|r| r.targets), Some(vec![("c@h".to_string(), 2)]), "no second member runs it");
     let fx = a.handle(Event::Leave);
     let (id, _) = stop_of(&fx).expect("stopped for the handoff");
     let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
@@ -876,6 +876,7 @@ fn copy(n: &WorkerName, seq: u64, update: super::durable::Update, holders: &[&st
         holders: holders.iter().map(|h| h.to_string()).collect(),
         line: None,
         height: None,
+        holds: None,
     }
 }
 
@@ -1397,6 +1398,167 @@ fn a_state_handed_to_a_node_holding_a_dead_instances_later_copy_starts_with_that
     assert_eq!(merges, Some(vec![]), "{fx:?}");
 }
 
+/// A copy of `n` numbered `seq` from an instance of lineage `lineage` and line `line`,
+/// which says what its state holds (`holds`).
+fn lined_copy(n: &WorkerName, lineage: Lineage, line: u64, seq: u64, state: &[u8], holds: Holds) -> super::wire::Replicate {
+    super::wire::Replicate {
+        lineage,
+        line: Some(line),
+        height: Some(seq),
+        holds: Some(holds),
+        ..copy(n, seq, super::durable::Update::Full(state.to_vec()), &["c@h"])
+    }
+}
+
+/// Two instances can share a lineage: one that stays over a handed state keeps its own.
+/// Instance 21 (lineage `L`) was taken over from its copy 9 by b@h's instance (one move
+/// later, from copy 9); instance 22, also of lineage `L`, copied to c@h (number 3) and
+/// went down. By lineages, b@h's state holds all of copy 3; it holds none of instance
+/// 22's updates. Copies and handed states that name their lines are judged by them.
+#[test]
+fn a_copy_of_another_instance_of_the_same_lineage_merges_into_a_handed_state() {
+    let n = durable_ranked(&["a@h", "d@h", "c@h", "b@h"]);
+    let l = Lineage::default().moved();
+    let handed = |from_copy: Option<(u64, u64)>, holds: Vec<u64>| Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: l.failed_over(9),
+        state: Some(b"b".to_vec()),
+        merges: vec![],
+        yielding: true,
+        origin: Some(Origin { state: 50, holds, copy_of: None, height: Some(12), from_copy }),
+    };
+    let merged = |msg: Msg| {
+        let mut c = table("c@h", false);
+        up(&mut c, "a@h", 1);
+        up(&mut c, "b@h", 2);
+        up(&mut c, "d@h", 3);
+        c.replica_in("a@h", lined_copy(&n, l, 22, 3, b"a-3", Holds::default())).unwrap();
+        c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+        let fx = recv(&mut c, "b@h", msg);
+        assert_eq!(c.replica_of(&n), None, "the copy is settled either way");
+        fx.iter()
+            .find_map(|e| match e {
+                Effect::Spawn { merges, .. } => Some(merges.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("started here: {fx:?}"))
+    };
+    let a3 = vec![("a@h".to_string(), b"a-3".to_vec())];
+    assert_eq!(merged(handed(Some((21, 9)), vec![50])), a3, "started from another instance's copy: merges");
+    assert_eq!(merged(handed(Some((22, 2)), vec![50])), a3, "started from an earlier copy of it: merges");
+    assert_eq!(merged(handed(Some((22, 3)), vec![50])), vec![], "started from that copy, changed since: holds it");
+    assert_eq!(merged(handed(None, vec![50, 22])), vec![], "holds all of that instance");
+    // A node that does not say (before lines and holds): the lineages, as before.
+    let mut old = handed(None, vec![50]);
+    if let Msg::Handoff { origin, .. } = &mut old {
+        *origin = None;
+    }
+    assert_eq!(merged(old), vec![]);
+}
+
+/// The same, for a copy held here whose node went down while the name runs on: it goes
+/// to the instance there, which knows which copy it started from, and which tells.
+#[test]
+fn a_dead_copy_of_another_instance_of_the_same_lineage_goes_to_the_taker_to_merge() {
+    let n = durable_ranked(&["b@h", "a@h", "c@h"]);
+    let l = Lineage::default().moved();
+    let settled = |copy: super::wire::Replicate| {
+        let mut b = table("b@h", false);
+        up(&mut b, "a@h", 1);
+        up(&mut b, "c@h", 2);
+        recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: l.failed_over(9) });
+        b.replica_in("c@h", copy).unwrap();
+        let fx = b.handle(Event::MemberDown { node: "c@h".into(), conn: 2 });
+        assert_eq!(b.replica_of(&n), None, "settled: {fx:?}");
+        sends(&fx).into_iter().find_map(|(to, m)| match m {
+            Msg::Handoff { state, yielding: true, origin, .. } if to == "a@h" => Some((state, origin.and_then(|o| o.copy_of))),
+            _ => None,
+        })
+    };
+    let sent = settled(lined_copy(&n, l, 22, 3, b"c-3", Holds::default()));
+    assert_eq!(sent, Some((Some(b"c-3".to_vec()), Some((22, 3)))), "it names the copy it is");
+    // A copy without a line: the lineages say the instance on a@h continues it.
+    assert_eq!(settled(super::wire::Replicate { lineage: l, ..copy(&n, 3, super::durable::Update::Full(b"c-3".to_vec()), &["b@h"]) }), None);
+    // There, an instance started from copy 3 of line 22 (or a later one) holds it all;
+    // from another line, it merges.
+    for (line, merges) in [(22, false), (21, true)] {
+        let mut a = table("a@h", false);
+        up(&mut a, "c@h", 1);
+        a.replica_in("c@h", lined_copy(&n, l, line, 3, b"c-3", Holds::default())).unwrap();
+        let fx = a.handle(Event::MemberDown { node: "c@h".into(), conn: 1 });
+        let fx = none_hold_copies(&mut a, fx);
+        let (_, id, state) = spawn_of(&fx).unwrap_or_else(|| panic!("taken over: {fx:?}"));
+        assert_eq!(state.as_deref(), Some(&b"c-3"[..]));
+        a.handle(Event::Spawned { name: n.clone(), id, result: Ok(4) });
+        up(&mut a, "b@h", 2);
+        // Other bytes than the state it started from: told apart by the line alone.
+        let copy = Origin { state: 77, holds: vec![77], copy_of: Some((22, 3)), height: Some(3), from_copy: None };
+        let handoff =
+            Msg::Handoff { name: n.clone(), args: vec![], lineage: l, state: Some(b"x".to_vec()), merges: vec![], yielding: true, origin: Some(copy) };
+        let fx = recv(&mut a, "b@h", handoff);
+        assert_eq!(fx.iter().any(|e| matches!(e, Effect::Merge { .. })), merges, "started from line {line}: {fx:?}");
+    }
+}
+
+/// A dead copy held here and a copy from the node the name runs on now: the copy says
+/// whether its state holds all of the dead one (started from it or a later copy of its
+/// line): then the dead one is dropped here, not sent there to merge.
+#[test]
+fn a_dead_copy_the_running_instances_copy_says_it_holds_is_dropped() {
+    let n = durable_ranked(&["a@h", "b@h", "c@h"]);
+    let l = Lineage::default().moved();
+    let sent_to_b = |copy: Holds| {
+        let mut c = table("c@h", false);
+        up(&mut c, "a@h", 1);
+        up(&mut c, "b@h", 2);
+        c.replica_in("a@h", lined_copy(&n, l, 22, 3, b"a-3", Holds::default())).unwrap();
+        // a@h goes down while nobody says where the name runs: c@h's ask is answered
+        // by none (b@h is the owner, and takes it over).
+        c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+        c.replica_in("b@h", lined_copy(&n, l.failed_over(3), 30, 1, b"b-1", copy)).unwrap();
+        let held: Vec<String> = c.replicas_held().into_iter().map(|(_, from, _, _)| from).collect();
+        assert_eq!(held, ["b@h"], "a@h's copy is settled either way");
+        // What the copy left to do (a timer of nothing, to read it).
+        let fx = c.handle(Event::Timer(Timer::RivalOver { name: name("none"), id: 0 }));
+        sends(&fx).into_iter().any(|(to, m)| to == "b@h" && matches!(m, Msg::Handoff { state: Some(s), yielding: true, .. } if s == b"a-3"))
+    };
+    assert!(!sent_to_b(Holds { ids: vec![], copy: Some((22, 3)) }), "started from that copy: a@h's is dropped");
+    assert!(!sent_to_b(Holds { ids: vec![22], copy: None }), "holds all of a@h's instance");
+    assert!(sent_to_b(Holds { ids: vec![], copy: Some((21, 3)) }), "another instance's copy: a@h's goes to b@h to merge");
+    assert!(sent_to_b(Holds { ids: vec![], copy: Some((22, 2)) }), "an earlier copy of it: a@h's goes to b@h to merge");
+}
+
+/// And for two dead copies a node takes the name over from: one merges into the other
+/// unless the other's instance held all of it, by what the copies say.
+#[test]
+fn a_take_over_merges_a_dead_copy_of_another_instance_of_the_same_lineage() {
+    let n = durable_ranked(&["b@h", "a@h", "c@h"]);
+    let l = Lineage::default().moved();
+    let taken = |holds: Holds| {
+        let mut b = table("b@h", false);
+        up(&mut b, "a@h", 1);
+        up(&mut b, "c@h", 2);
+        b.replica_in("a@h", lined_copy(&n, l, 22, 3, b"a-3", Holds::default())).unwrap();
+        b.replica_in("c@h", lined_copy(&n, l.failed_over(9), 30, 2, b"c-2", holds)).unwrap();
+        b.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+        let fx = b.handle(Event::MemberDown { node: "c@h".into(), conn: 2 });
+        let fx = none_hold_copies(&mut b, fx);
+        let mut states: Vec<Vec<u8>> = fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::Spawn { state, merges, .. } => Some(state.iter().cloned().chain(merges.iter().map(|(_, s)| s.clone())).collect()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("taken over here: {fx:?}"));
+        states.sort();
+        states
+    };
+    assert_eq!(taken(Holds { ids: vec![], copy: Some((21, 9)) }), [b"a-3".to_vec(), b"c-2".to_vec()], "another instance's copy merges");
+    assert_eq!(taken(Holds { ids: vec![], copy: Some((22, 9)) }), [b"c-2".to_vec()], "c's instance started from a later copy of it");
+    assert_eq!(taken(Holds { ids: vec![22], copy: None }), [b"c-2".to_vec()], "c's instance held all of a's");
+}
+
 // ---- one state handed to two nodes ----
 
 /// A handoff of `n` from `from` with `state`, as one of the sibling tests sends it.
@@ -1417,7 +1579,7 @@ fn runs_handed_state(n: &WorkerName) -> (T, u64) {
     let mut b = table("b@h", false);
     joins(&mut b, "a@h", 1);
     joins(&mut b, "c@h", 2);
-    let fx = recv(&mut b, "a@h", handed(n, &[1], Origin { state: 5, holds: vec![5], copy_of: None, height: None }, false));
+    let fx = recv(&mut b, "a@h", handed(n, &[1], Origin { state: 5, holds: vec![5], copy_of: None, height: None, from_copy: None }, false));
     let (_, id, state) = spawn_of(&fx).expect("started from the handed state");
     assert_eq!(state, Some(vec![1]));
     b.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
@@ -1443,14 +1605,14 @@ fn a_state_handed_to_an_instance_moving_on_that_went_further_moves_on_in_its_pla
         let mut b = table("b@h", true);
         joins(&mut b, "a@h", 1);
         joins(&mut b, "c@h", 2);
-        let fx = recv(&mut b, "a@h", handed(&n, &[1], Origin { state: 5, holds: vec![5], copy_of: None, height: None }, false));
+        let fx = recv(&mut b, "a@h", handed(&n, &[1], Origin { state: 5, holds: vec![5], copy_of: None, height: None, from_copy: None }, false));
         let (_, id, _) = spawn_of(&fx).expect("started from the handed state");
         b.handle(Event::Spawned { name: n.clone(), id, result: Ok(7) });
-        let line = b.replication_of(&n, 1).and_then(|r| r.3);
+        let line = b.replication_of(&n, 1).and_then(|r| r.line);
         b.went_on(&n, line, copies);
         let fx = joins(&mut b, "d@h", 3);
         assert_eq!(stop_of(&fx), Some((id, "handoff".to_string())), "{fx:?}");
-        let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: Some(3) }, true));
+        let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: Some(3), from_copy: None }, true));
         // Went further than this one: answered once it is safe. Else it rides along as
         // before (answered at once: this kind is not durable).
         let further = copies < 3;
@@ -1476,7 +1638,7 @@ fn a_replaced_instance_tells_its_replicas_to_drop_their_copies() {
     let n = name("x");
     let (mut b, id) = runs_handed_state(&n);
     b.copied(&n, 3, vec!["d@h".into()]);
-    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: None }, true));
+    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: None, from_copy: None }, true));
     assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
     let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
     assert!(sends(&fx).contains(&("d@h".into(), Msg::ReplicaDropped { name: n.clone() })), "{fx:?}");
@@ -1490,21 +1652,21 @@ fn of_two_instances_started_from_one_state_the_one_that_stood_still_adds_nothing
     let n = name("x");
     // The other one stood still: nothing merges, and nothing stops here.
     let (mut b, _) = runs_handed_state(&n);
-    let fx = recv(&mut b, "c@h", handed(&n, &[1], Origin { state: 5, holds: vec![5], copy_of: None, height: None }, true));
+    let fx = recv(&mut b, "c@h", handed(&n, &[1], Origin { state: 5, holds: vec![5], copy_of: None, height: None, from_copy: None }, true));
     assert!(!fx.iter().any(|e| matches!(e, Effect::Merge { .. } | Effect::Stop { .. })), "{fx:?}");
     assert!(sends(&fx).contains(&("c@h".into(), Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) })), "{fx:?}");
 
     // The other one went on from it (its state [1, 2], id 9), and this one did not:
     // this one stops and the name goes on from the other's state alone.
     let (mut b, id) = runs_handed_state(&n);
-    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: None }, true));
+    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: None, from_copy: None }, true));
     assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
     let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
     assert!(fx.iter().any(|e| matches!(e, Effect::Spawn { state: Some(s), merges, .. } if *s == vec![1, 2] && merges.is_empty())), "{fx:?}");
 
     // Both went on: the two merge, as any two instances do.
     let (mut b, id) = runs_handed_state(&n);
-    recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: None }, true));
+    recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: None, from_copy: None }, true));
     let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1, 3]) });
     assert!(
         fx.iter().any(|e| matches!(e, Effect::Spawn { state: Some(s), merges, .. } if *s == vec![1, 2] && *merges == vec![("b@h".to_string(), vec![1, 3])])),
@@ -1517,9 +1679,9 @@ fn of_two_instances_started_from_one_state_the_one_that_stood_still_adds_nothing
     // (dropped by a worker without a merge), whether this one stays or the handed one.
     for (yielding, theirs) in [(true, 5), (false, 5), (true, 20)] {
         let (mut b, id) = runs_handed_state(&n);
-        let line = b.replication_of(&n, 1).and_then(|r| r.3);
+        let line = b.replication_of(&n, 1).and_then(|r| r.line);
         b.went_on(&n, line, 9);
-        let mut msg = handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: Some(theirs) }, yielding);
+        let mut msg = handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: Some(theirs), from_copy: None }, yielding);
         if let (Msg::Handoff { lineage, .. }, false) = (&mut msg, yielding) {
             // Moved more often than this one: the handed instance is the one that stays.
             *lineage = Lineage { moves: 5, ..Lineage::default() };
@@ -1540,9 +1702,10 @@ fn of_two_instances_started_from_one_state_the_one_that_stood_still_adds_nothing
     // name goes on from it; one that went less far merges into this one as it runs.
     for (theirs, replaced) in [(50, true), (1, false)] {
         let (mut b, id) = runs_handed_state(&n);
-        let line = b.replication_of(&n, 1).and_then(|r| r.3);
+        let line = b.replication_of(&n, 1).and_then(|r| r.line);
         b.went_on(&n, line, 2);
-        let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 40, holds: vec![40, 41], copy_of: None, height: Some(theirs) }, true));
+        let fx =
+            recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 40, holds: vec![40, 41], copy_of: None, height: Some(theirs), from_copy: None }, true));
         if !replaced {
             assert!(fx.iter().any(|e| matches!(e, Effect::Merge { .. })) && stop_of(&fx).is_none(), "theirs at {theirs}: {fx:?}");
             continue;

@@ -88,6 +88,28 @@ pub struct Replicate {
     /// line, and is `None` from a node before it.
     #[serde(skip)]
     pub height: Option<u64>,
+    /// What the copied state holds all of besides its own line: it travels after the
+    /// height, and is `None` from a node before it. A replica holding copies of two
+    /// instances of a name tells by it whether one holds all of the other.
+    #[serde(skip)]
+    pub holds: Option<Holds>,
+}
+
+/// What an instance's state holds all of besides its own line
+/// ([`origin::Base`](super::origin::Base)): the ids of the states and lines in its
+/// `holds`, and the copy of a line it started from, changed since or not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holds {
+    pub ids: Vec<u64>,
+    pub copy: Option<(u64, u64)>,
+}
+
+impl Holds {
+    /// Whether the state holds all of copy `seq` of the instance of line `line`: it
+    /// holds all of that line, or started from that copy or a later one of it.
+    pub fn holds_copy(&self, (line, seq): (u64, u64)) -> bool {
+        self.ids.contains(&line) || self.copy.is_some_and(|(l, s)| l == line && s >= seq)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -226,12 +248,26 @@ pub struct Origin {
     /// before it).
     #[serde(default, deserialize_with = "checked::trailing")]
     pub height: Option<u64>,
+    /// The copy of a line this state holds all of, left as it was or not: the one its
+    /// instance started from (a failover), handed on along its history. Unlike
+    /// `copy_of`, it stays when the instance changes the state: a copy of the same line
+    /// up to that number adds nothing to it, and one of another line (another instance
+    /// with the same lineage) may. Last, and read as `None` when absent (a node before
+    /// it).
+    #[serde(default, deserialize_with = "checked::trailing")]
+    pub from_copy: Option<(u64, u64)>,
 }
 
 impl Origin {
     /// How many ids [`Origin::holds`] keeps: two instances of one state meet within
     /// seconds of the handoff that made them, a few moves later at most.
     pub const HOLDS: usize = 32;
+
+    /// Whether this state holds all of copy `seq` of the instance of line `line`: it
+    /// holds all of that line, or is, or started from, that copy or a later one of it.
+    pub fn holds_copy(&self, (line, seq): (u64, u64)) -> bool {
+        self.holds.contains(&line) || [self.copy_of, self.from_copy].into_iter().flatten().any(|(l, s)| l == line && s >= seq)
+    }
 }
 
 /// How many kinds a member may say it runs ([`Msg::Kinds`]).
@@ -349,12 +385,12 @@ pub(super) mod checked {
     }
 }
 
-/// A request body: the request in postcard; a copy's line and height follow it
-/// ([`Replicate::line`], [`Replicate::height`]).
+/// A request body: the request in postcard; a copy's line, height and holds follow it
+/// ([`Replicate::line`], [`Replicate::height`], [`Replicate::holds`]).
 pub fn encode(rpc: &Rpc) -> Bytes {
     let mut body = postcard::to_stdvec(rpc).expect("registry requests serialize");
     if let Rpc::Replicate(c) | Rpc::ReplicateThenReply { copy: c, .. } = rpc {
-        body.extend(postcard::to_stdvec(&(c.line, c.height)).expect("a line serializes"));
+        body.extend(postcard::to_stdvec(&(c.line, c.height, &c.holds)).expect("a line serializes"));
     }
     Bytes::from(body)
 }
@@ -366,7 +402,12 @@ pub fn decode(body: &[u8]) -> Result<Rpc, postcard::Error> {
     if let Rpc::Replicate(c) | Rpc::ReplicateThenReply { copy: c, .. } = &mut rpc {
         let (line, rest) = postcard::take_from_bytes::<Option<u64>>(rest).unwrap_or((None, &[]));
         c.line = line;
-        c.height = postcard::from_bytes::<Option<u64>>(rest).unwrap_or(None);
+        let (height, rest) = postcard::take_from_bytes::<Option<u64>>(rest).unwrap_or((None, &[]));
+        c.height = height;
+        c.holds = postcard::from_bytes::<Option<Holds>>(rest).unwrap_or(None).map(|mut h| {
+            h.ids.truncate(Origin::HOLDS);
+            h
+        });
     }
     Ok(rpc)
 }
@@ -442,24 +483,31 @@ mod tests {
         // `None` is the last byte: without it, the handoff as an older node sends it.
         let older = &without[..without.len() - 1];
         assert!(matches!(decode(older).unwrap(), Rpc::Tell(back) if back == m(None)));
-        let with = encode(&Rpc::Tell(m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None, height: None })))).to_vec();
+        let with = encode(&Rpc::Tell(m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None, height: None, from_copy: None })))).to_vec();
         assert!(with.starts_with(older), "an older node reads the fields it knows first");
         assert_eq!(postcard::from_bytes::<(u8, u8)>(&[3, 4, 9, 9]).unwrap(), (3, 4), "postcard leaves what follows unread");
-        // An origin from a node before `height`, or before `copy_of` too (their last
-        // bytes, `None`, cut off) reads as one without them; one with them reads back
-        // whole.
-        for cut in [1, 2] {
+        // An origin from a node before `from_copy`, or before `height` or `copy_of` too
+        // (their last bytes, `None`, cut off) reads as one without them; one with them
+        // reads back whole.
+        for cut in [1, 2, 3] {
             assert!(
-                matches!(decode(&with[..with.len() - cut]).unwrap(), Rpc::Tell(back) if back == m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None, height: None })))
+                matches!(decode(&with[..with.len() - cut]).unwrap(), Rpc::Tell(back) if back == m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None, height: None, from_copy: None })))
             );
         }
-        let copy = m(Some(Origin { state: 3, holds: vec![3], copy_of: Some((1 << 62, 9)), height: Some(1 << 40) }));
+        let copy = m(Some(Origin { state: 3, holds: vec![3], copy_of: Some((1 << 62, 9)), height: Some(1 << 40), from_copy: Some((1 << 62, 9)) }));
         let body = encode(&Rpc::Tell(copy.clone()));
         assert!(matches!(decode(&body).unwrap(), Rpc::Tell(back) if back == copy));
-        // A node before `height` reads the rest and leaves it.
-        let before = m(Some(Origin { state: 3, holds: vec![3], copy_of: Some((1 << 62, 9)), height: None }));
+        // A node before `height` reads the rest and leaves it; so does one before
+        // `from_copy`.
+        let before = m(Some(Origin { state: 3, holds: vec![3], copy_of: Some((1 << 62, 9)), height: None, from_copy: None }));
         let older = encode(&Rpc::Tell(before.clone()));
-        assert!(body.starts_with(&older[..older.len() - 1]));
+        assert!(body.starts_with(&older[..older.len() - 2]));
+        let Msg::Handoff { origin: Some(o), .. } = &copy else { unreachable!() };
+        let sent = postcard::to_stdvec(&(o.state, &o.holds, o.copy_of, o.height, o.from_copy)).unwrap();
+        // An origin as a node before `from_copy` reads it.
+        type Before = (u64, Vec<u64>, Option<(u64, u64)>, Option<u64>);
+        let read: Before = postcard::from_bytes(&sent).unwrap();
+        assert_eq!(read, (3, vec![3], Some((1 << 62, 9)), Some(1 << 40)));
     }
 
     /// A copy's line follows the whole request: a node before it reads the copy and
@@ -475,21 +523,29 @@ mod tests {
             holders: vec!["b@h".into()],
             line: Some(1 << 61),
             height: Some(300),
+            holds: Some(Holds { ids: vec![1 << 60, 5], copy: Some((1 << 59, 4)) }),
         };
         for rpc in [Rpc::Replicate(Box::new(copy.clone())), Rpc::ReplicateThenReply { copy: Box::new(copy.clone()), id: 4, reply: vec![1] }] {
             let body = encode(&rpc);
             let Ok(Rpc::Replicate(back) | Rpc::ReplicateThenReply { copy: back, .. }) = decode(&body) else { panic!("{rpc:?}") };
             assert_eq!((back.line, back.height), (Some(1 << 61), Some(300)));
+            assert_eq!(back.holds, copy.holds);
+            // As a node with the line and the height and before the holds sends it.
+            let mut high = postcard::to_stdvec(&rpc).unwrap();
+            high.extend(postcard::to_stdvec(&(copy.line, copy.height)).unwrap());
+            assert!(body.starts_with(&high));
+            let Ok(Rpc::Replicate(back) | Rpc::ReplicateThenReply { copy: back, .. }) = decode(&high) else { panic!("{rpc:?}") };
+            assert_eq!(*back, Replicate { holds: None, ..copy.clone() });
             // As a node with the line and before the height sends it.
             let mut lined = postcard::to_stdvec(&rpc).unwrap();
             lined.extend(postcard::to_stdvec(&copy.line).unwrap());
             let Ok(Rpc::Replicate(back) | Rpc::ReplicateThenReply { copy: back, .. }) = decode(&lined) else { panic!("{rpc:?}") };
-            assert_eq!(*back, Replicate { height: None, ..copy.clone() });
+            assert_eq!(*back, Replicate { height: None, holds: None, ..copy.clone() });
             // As a node before the line sends it, and reads it.
             let older = postcard::to_stdvec(&rpc).unwrap();
             assert!(body.starts_with(&older));
             let Ok(Rpc::Replicate(back) | Rpc::ReplicateThenReply { copy: back, .. }) = decode(&older) else { panic!("{rpc:?}") };
-            assert_eq!(*back, Replicate { line: None, height: None, ..copy.clone() });
+            assert_eq!(*back, Replicate { line: None, height: None, holds: None, ..copy.clone() });
             assert!(matches!(postcard::from_bytes::<Rpc>(&body).unwrap(), Rpc::Replicate(_) | Rpc::ReplicateThenReply { .. }));
         }
     }
@@ -508,7 +564,7 @@ mod tests {
                 state: Some(vec![7; 3]),
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
-                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)), height: None }),
+                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)), height: None, from_copy: None }),
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::Orphan { name: name.clone(), args: vec![], lineage: Lineage::default() },
@@ -529,6 +585,7 @@ mod tests {
             holders: vec!["b@h".into()],
             line: Some(77),
             height: Some(12),
+            holds: Some(Holds { ids: vec![3, 4], copy: None }),
         };
         assert!(matches!(decode(&encode(&Rpc::Replicate(Box::new(copy.clone())))).unwrap(), Rpc::Replicate(back) if *back == copy));
         let with_reply = Rpc::ReplicateThenReply { copy: Box::new(copy.clone()), id: 9, reply: encode_reply(&RpcReply::Reply(b"7".to_vec())).to_vec() };
@@ -554,6 +611,7 @@ mod tests {
             holders: vec!["b@h".into(), "c@[::1]:4371".into()],
             line: Some(77),
             height: Some(12),
+            holds: Some(Holds { ids: vec![3, 4], copy: None }),
         };
         let msgs = [
             Msg::Registered { name: name.clone(), args: vec![1], lineage: Lineage::default() },
@@ -564,7 +622,7 @@ mod tests {
                 state: Some(vec![7]),
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
-                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)), height: None }),
+                origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)), height: None, from_copy: None }),
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::NoCopy { name: name.clone() },

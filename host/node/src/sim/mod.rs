@@ -72,7 +72,7 @@ use crate::registry::placement::owner;
 use crate::registry::route::Route;
 use crate::registry::table::{Effect, Event, Kinds, Table};
 use crate::registry::wire::{Msg, Replicate};
-use crate::registry::{StartError, WorkerName};
+use crate::registry::{Replication, StartError, WorkerName};
 
 /// A pause at least this long is noticed by the node that wakes from it (ms; the
 /// driver's pulse, `registry::pulse`, at the default heartbeat interval).

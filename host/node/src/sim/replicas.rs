@@ -23,10 +23,13 @@ impl Sim {
         let Some(i) = self.insts.get(&inst) else { return };
         let name = i.name.clone();
         let state = encode(&i.counts);
-        let plan = self.nodes[n].as_ref().unwrap().table.replication_of(&name, self.replicas).and_then(|(targets, args, lineage, line, start)| {
-            i.rep.plan(&targets, &state).map(|(seq, sends)| (targets, args, lineage, (line, start), seq, sends))
-        });
-        let Some((targets, args, lineage, (line, start), seq, sends)) = plan else {
+        let plan = self.nodes[n]
+            .as_ref()
+            .unwrap()
+            .table
+            .replication_of(&name, self.replicas)
+            .and_then(|r| i.rep.plan(&r.targets, &state).map(|(seq, sends)| (r, seq, sends)));
+        let Some((Replication { targets, args, lineage, line, start, holds }, seq, sends)) = plan else {
             self.release(n, inst, then);
             self.advance(n, inst);
             return;
@@ -44,7 +47,7 @@ impl Sim {
         let changes = self.insts[&inst].rep.changes_with(&state);
         let height = Some(start + changes);
         for (to, update) in sends {
-            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone(), line, height };
+            let copy = Replicate { name: name.clone(), args: args.clone(), lineage, seq, update, holders: holders.clone(), line, height, holds: holds.clone() };
             if let Some(m) = self.node_ix(&to) {
                 if self.send_to(n, m, Wire::Replicate { inst, copy: Box::new(copy), ride }) {
                     waiting.insert(m);
@@ -69,9 +72,11 @@ impl Sim {
             // A delta from a copy it does not hold: the whole state.
             let full = Update::Full(round.state.clone());
             let holders = round.sent.iter().map(|(t, _)| t.clone()).collect();
-            let Some((_, args, lineage, line, start)) = self.nodes[n].as_ref().unwrap().table.replication_of(&name, self.replicas) else { return };
+            let Some(Replication { args, lineage, line, start, holds, .. }) = self.nodes[n].as_ref().unwrap().table.replication_of(&name, self.replicas) else {
+                return;
+            };
             let height = Some(start + i.rep.changes_with(&round.state));
-            let copy = Replicate { name, args, lineage, seq, update: full, holders, line, height };
+            let copy = Replicate { name, args, lineage, seq, update: full, holders, line, height, holds };
             let ride = round.ride;
             if !self.send_to(n, m, Wire::Replicate { inst, copy: Box::new(copy), ride }) {
                 let round = self.insts.get_mut(&inst).unwrap().round.as_mut().unwrap();
@@ -98,7 +103,7 @@ impl Sim {
         // As the driver does: the table learns which replicas hold the copy (the ones it
         // tells to drop theirs once the instance leaves).
         let changes = i.rep.changes_with(&round.state);
-        let line = self.nodes[n].as_ref().and_then(|l| l.table.replication_of(&name, self.replicas)).and_then(|r| r.3);
+        let line = self.nodes[n].as_ref().and_then(|l| l.table.replication_of(&name, self.replicas)).and_then(|r| r.line);
         if let Some(l) = self.nodes[n].as_mut() {
             l.table.copied(&name, round.seq, round.acked.clone());
             l.table.went_on(&name, line, changes);
