@@ -349,6 +349,12 @@ impl Registry {
     fn apply(&self, event: Event<Mailbox, Waiter>, inline: bool) -> Vec<BoxFuture<()>> {
         let mut table = self.0.table.lock().unwrap();
         let effects = table.handle(event);
+        self.carry_out(table, effects, inline)
+    }
+
+    /// Carries out `effects`, which `table` called for, under its lock (see
+    /// [`Registry::apply`]).
+    fn carry_out(&self, table: std::sync::MutexGuard<'_, Table<Mailbox, Waiter>>, effects: Vec<Effect<Mailbox, Waiter>>, inline: bool) -> Vec<BoxFuture<()>> {
         let settling = table.settling();
         self.0.settling.send_if_modified(|s| std::mem::replace(s, settling) != settling);
         // Effects run under the lock, in order (two threads' sends never swap), except
@@ -1119,7 +1125,12 @@ impl Registry {
 
     /// Takes a copy `peer` sent as request `id` and answers it; true when it is held.
     fn replica_in(&self, peer: &Peer, id: u64, copy: Replicate) -> bool {
-        let held = self.0.table.lock().unwrap().replica_in(peer.name(), copy);
+        let mut table = self.0.table.lock().unwrap();
+        let held = table.replica_in(peer.name(), copy);
+        // What the copy called for (a dead copy it settles goes where the name runs),
+        // now rather than with the next event.
+        let effects = table.take_effects();
+        self.carry_out(table, effects, false);
         let reply = match held {
             Ok(()) => RpcReply::Done,
             Err(replica::NotHeld::NeedFull) => RpcReply::NeedFull,

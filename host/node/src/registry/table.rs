@@ -549,6 +549,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         origin::state_id(self.incarnation, self.handed)
     }
 
+    /// The effects called for outside [`Table::handle`] (by
+    /// [`Table::replica_in`](Table::replica_in)), in order: for the driver to carry out
+    /// at once.
+    pub fn take_effects(&mut self) -> Vec<Effect<M, R>> {
+        std::mem::take(&mut self.out)
+    }
+
     /// Applies one event; the effects it calls for, in order.
     pub fn handle(&mut self, event: Event<M, R>) -> Vec<Effect<M, R>> {
         match event {

@@ -178,7 +178,13 @@ impl Sim {
             Wire::Replicate { inst, copy, ride } => {
                 let seq = copy.seq;
                 let from_name = self.names[from].clone();
-                let held = self.nodes[to].as_mut().unwrap().table.replica_in(&from_name, *copy).is_ok();
+                let table = &mut self.nodes[to].as_mut().unwrap().table;
+                let was_settling = table.settling();
+                let held = table.replica_in(&from_name, *copy).is_ok();
+                // What the copy called for (a dead copy it settles), at once, as the
+                // driver does.
+                let effects = table.take_effects();
+                self.carry_out(to, effects, was_settling, false);
                 self.send_wire(to, from, conn, Wire::ReplicateRep { inst, seq, held });
                 if let Some((call, hop)) = ride.filter(|_| held) {
                     self.deliver(from, to, conn, Wire::CallRep { call, hop, result: CallResult::Ok });

@@ -21,6 +21,12 @@ impl Sim {
         let member_event = matches!(event, Event::MemberUp { .. } | Event::MemberDown { .. } | Event::MemberLeaving { .. });
         let was_settling = live.table.settling();
         let effects = live.table.handle(event);
+        self.carry_out(n, effects, was_settling, member_event);
+    }
+
+    /// Carries out `effects`, which node `n`'s table called for (`was_settling`: it was
+    /// settling before; `member_event`: its members changed).
+    pub(super) fn carry_out(&mut self, n: Node, effects: Vec<Effect<Inst, Req>>, was_settling: bool, member_event: bool) {
         let mut changed = false;
         for e in effects {
             if let Some(t) = &mut self.trace {
