@@ -123,9 +123,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // Heard of again while it stopped (the word that clears `stale`), this
                 // node would wait for another word that may never come: the state goes
                 // where the name runs now, or, told it runs nowhere, starts it again.
-                if !self.stale.contains_key(&name) && !self.settle_dead_copy(&name, None) {
-                    self.orphans.entry(name).or_insert(Orphan { args, lineage, told: None, grace: Grace::Unasked, held: None, ask: None });
-                    self.replan();
+                if !self.stale.contains_key(&name) {
+                    self.settle_held_stale(name, args, lineage);
                 }
             }
             // A stale instance that took states to merge meanwhile (or has none) hands
@@ -246,6 +245,18 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 self.out.push(Effect::Lost { name });
                 self.out.push(Effect::Changed);
             }
+        }
+    }
+
+    /// The state this node's stale instance of `name` stopped with, held here as a copy,
+    /// once the node it ran on no longer says so (see `runs_on`): it goes where the name
+    /// runs now, or, with the name running nowhere this node hears, the name is lost
+    /// and planned again (this node starts it from that state, or its owner's ask
+    /// finds the state here).
+    pub(super) fn settle_held_stale(&mut self, name: WorkerName, args: Vec<u8>, lineage: Lineage) {
+        if !self.settle_dead_copy(&name, None) {
+            self.orphans.entry(name).or_insert(Orphan { args, lineage, told: None, grace: Grace::Unasked, held: None, ask: None });
+            self.replan();
         }
     }
 

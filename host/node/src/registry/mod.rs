@@ -60,7 +60,6 @@ use crate::dist::{DownReason, Peer};
 use crate::membership::{MemberChange, Membership};
 use crate::telemetry;
 use durable::Replicator;
-
 use route::Route;
 use table::{Effect, Event, Table};
 use wire::{CallFields, CastFields, Msg, Replicate, Rpc, RpcReply, RPC_CALL, RPC_CAST};

@@ -658,6 +658,24 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 if released {
                     self.replan();
                 }
+                // It said every name it runs, and not these, which this node's stale
+                // instances stopped for as running there (see `runs_on`: its
+                // announcement would have cleared them): stopped there meanwhile, or
+                // lost with it. Held on, the state would wait for a word that never
+                // comes, and calls here for the name with it.
+                let gone: Vec<WorkerName> = self.stale.iter().filter(|(_, at)| **at == from).map(|(n, _)| n.clone()).collect();
+                for name in gone {
+                    self.stale.remove(&name);
+                    info!(worker = %name, peer = %from, "{from} does not run {name} (it said every name it runs): the state this node's stale instance of {name} stopped with goes where it runs, or starts it again");
+                    // A stop still under way settles it once done (`stopped`).
+                    if matches!(self.local.get(&name), Some(Slot::Stopping { .. })) {
+                        continue;
+                    }
+                    let me = self.me.clone();
+                    if let Some((args, lineage)) = self.copy_from(&name, &me).map(|r| (r.args.clone(), r.lineage)) {
+                        self.settle_held_stale(name, args, lineage);
+                    }
+                }
                 self.synced.insert(from);
                 // Every peer it had at the wake has connected again and said where its
                 // names run: the hold is over.

@@ -1513,14 +1513,14 @@ fn a_dead_copy_the_running_instances_copy_says_it_holds_is_dropped() {
         up(&mut c, "a@h", 1);
         up(&mut c, "b@h", 2);
         c.replica_in("a@h", lined_copy(&n, l, 22, 3, b"a-3", Holds::default())).unwrap();
-        // a@h goes down while nobody says where the name runs: c@h's ask is answered
-        // by none (b@h is the owner, and takes it over).
+        // a@h goes down before anyone says where the name runs: its copy stays held
+        // here, and b@h, the owner, takes the name over.
         c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
         c.replica_in("b@h", lined_copy(&n, l.failed_over(3), 30, 1, b"b-1", copy)).unwrap();
         let held: Vec<String> = c.replicas_held().into_iter().map(|(_, from, _, _)| from).collect();
         assert_eq!(held, ["b@h"], "a@h's copy is settled either way");
-        // What the copy left to do (a timer of nothing, to read it).
-        let fx = c.handle(Event::Timer(Timer::RivalOver { name: name("none"), id: 0 }));
+        // What the copy's arrival called for, as the driver takes it.
+        let fx = c.take_effects();
         sends(&fx).into_iter().any(|(to, m)| to == "b@h" && matches!(m, Msg::Handoff { state: Some(s), yielding: true, .. } if s == b"a-3"))
     };
     assert!(!sent_to_b(Holds { ids: vec![], copy: Some((22, 3)) }), "started from that copy: a@h's is dropped");
@@ -1843,6 +1843,30 @@ fn a_stale_instance_that_hears_where_the_name_runs_while_it_stops_sends_its_stat
     let fx = none_hold_copies(&mut b, fx);
     let (_, _, state) = spawn_of(&fx).expect("restarted here");
     assert_eq!(state, Some(b"14".to_vec()), "{fx:?}");
+}
+
+/// The node a stale instance stopped for (as another node said) is heard again, and
+/// says every name it runs without this one: it stopped it meanwhile, or lost it. The
+/// state held here no longer waits for a word that will not come (calls through this
+/// node waited with it): this node, the owner, starts the name again from it.
+#[test]
+fn a_held_stale_state_whose_runner_comes_back_without_the_name_starts_it_again() {
+    let n = durable_ranked(&["b@h", "a@h", "c@h"]);
+    let taken = Lineage::default().failed_over(4);
+    let mut b = table("b@h", false);
+    up(&mut b, "c@h", 1);
+    run_here(&mut b, &n, 9);
+    let (id, _) = stop_of(&recv(&mut b, "c@h", Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: taken })).expect("the stale instance stops");
+    b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
+    assert_eq!(b.route(&n, None), Route::Wait, "it runs out of this node's reach");
+    up(&mut b, "a@h", 2);
+    recv(&mut b, "a@h", kinds(&["durable"]));
+    assert_eq!(b.route(&n, None), Route::Wait, "a@h has not said what it runs yet");
+    let fx = recv(&mut b, "a@h", Msg::Synced);
+    let fx = none_hold_copies(&mut b, fx);
+    let (_, _, state) = spawn_of(&fx).unwrap_or_else(|| panic!("started again here: {fx:?}"));
+    assert_eq!(state, Some(b"14".to_vec()));
+    assert!(b.replicas_held().is_empty(), "nothing is left held here");
 }
 
 /// The next CI run's failure (two merging counters 13 acknowledged increments short): a
