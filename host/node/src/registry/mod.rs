@@ -1129,7 +1129,11 @@ impl Registry {
         // What the copy called for (a dead copy it settles goes where the name runs),
         // now rather than with the next event.
         let effects = table.take_effects();
-        self.carry_out(table, effects, false);
+        if effects.is_empty() {
+            drop(table);
+        } else {
+            self.carry_out(table, effects, false);
+        }
         let reply = match held {
             Ok(()) => RpcReply::Done,
             Err(replica::NotHeld::NeedFull) => RpcReply::NeedFull,

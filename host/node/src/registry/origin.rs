@@ -104,8 +104,8 @@ impl Base {
 
     /// Whether this instance holds all of copy `seq` of the instance of line `line`: it
     /// holds all of that line, or started from that copy or a later one of it.
-    fn holds_copy(&self, (line, seq): (u64, u64)) -> bool {
-        self.holds_all(line) || self.from_copy.is_some_and(|(l, s)| l == line && s >= seq)
+    fn holds_copy(&self, copy: (u64, u64)) -> bool {
+        self.line == copy.0 || super::wire::holds_copy(&self.holds, self.from_copy, copy)
     }
 
     /// What this instance's state holds all of besides its line, as its copies say.
@@ -189,10 +189,9 @@ pub fn keep(mine: &Base, unchanged: Option<u64>, theirs: Option<&Origin>) -> Kee
         return Keep::Mine;
     }
     // This one is still the state it started from, and theirs holds all of that: the
-    // same state, or (this one started from a copy) the line the copy came from, or a
-    // later copy of that line.
-    let holds_my_copy = |(l, s): (u64, u64)| o.holds.contains(&l) || o.copy_of.is_some_and(|(ol, os)| ol == l && os >= s);
-    if unchanged.is_some_and(|id| o.holds.contains(&id) || (mine.started_from(id) && mine.copy_of.is_some_and(holds_my_copy))) {
+    // same state, or (this one started from a copy) the line the copy came from, or
+    // that copy or a later one of that line, changed since or not.
+    if unchanged.is_some_and(|id| o.holds.contains(&id) || (mine.started_from(id) && mine.copy_of.is_some_and(|c| o.holds_copy(c)))) {
         return Keep::Theirs;
     }
     Keep::Both
@@ -329,6 +328,11 @@ mod tests {
         let again = Base::new(6, 600, Some(b"t"), Some(&changed));
         assert_eq!((again.copy_of, again.from_copy), (None, Some((100, 4))), "handed on along its history");
         assert_eq!(again.holds(), Holds { ids: vec![11, 200, 7], copy: Some((100, 4)) });
+        // Another take-over from that same copy, left as it was, gives way to the changed
+        // one, which holds all of the copy; changed too, the two merge.
+        let twin = Base::new(9, 900, Some(b"s"), Some(&Base::copy(8, 100, 4, None)));
+        assert_eq!(keep(&twin, twin.unchanged(Some(b"s")), Some(&changed)), Keep::Theirs);
+        assert_eq!(keep(&twin, twin.unchanged(Some(b"u")), Some(&changed)), Keep::Both);
         assert_eq!(keep(&original, None, Some(&changed)), Keep::Both);
         // An instance started from the original's final state holds all of its line;
         // one started from the take-over's unchanged state is a copy of it as well.

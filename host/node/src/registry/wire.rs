@@ -107,9 +107,16 @@ pub struct Holds {
 impl Holds {
     /// Whether the state holds all of copy `seq` of the instance of line `line`: it
     /// holds all of that line, or started from that copy or a later one of it.
-    pub fn holds_copy(&self, (line, seq): (u64, u64)) -> bool {
-        self.ids.contains(&line) || self.copy.is_some_and(|(l, s)| l == line && s >= seq)
+    pub fn holds_copy(&self, copy: (u64, u64)) -> bool {
+        holds_copy(&self.ids, self.copy, copy)
     }
+}
+
+/// Whether a state that holds all of the states and lines `ids`, and of the copies
+/// `copies` (each a line and a copy's number), holds all of copy `seq` of the instance
+/// of line `line`: it holds all of that line, or of that copy or a later one of it.
+pub fn holds_copy(ids: &[u64], copies: impl IntoIterator<Item = (u64, u64)>, (line, seq): (u64, u64)) -> bool {
+    ids.contains(&line) || copies.into_iter().any(|(l, s)| l == line && s >= seq)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -265,8 +272,8 @@ impl Origin {
 
     /// Whether this state holds all of copy `seq` of the instance of line `line`: it
     /// holds all of that line, or is, or started from, that copy or a later one of it.
-    pub fn holds_copy(&self, (line, seq): (u64, u64)) -> bool {
-        self.holds.contains(&line) || [self.copy_of, self.from_copy].into_iter().flatten().any(|(l, s)| l == line && s >= seq)
+    pub fn holds_copy(&self, copy: (u64, u64)) -> bool {
+        holds_copy(&self.holds, [self.copy_of, self.from_copy].into_iter().flatten(), copy)
     }
 }
 
