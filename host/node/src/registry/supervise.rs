@@ -32,6 +32,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         for name in self.running() {
             self.place(&name);
         }
+        // A handoff to it that its connection's close cut short was not refused: on this
+        // connection it may take it (a wake from a pause finds every connection closed,
+        // each with a handoff on its way, and a leaver would wait for nobody).
+        for slot in self.local.values_mut() {
+            if let Slot::Moving { refused, .. } = slot {
+                refused.remove(&node);
+            }
+        }
         // Names a leaving node had nobody to hand to go to the newcomer (or its owner).
         let waiting: Vec<_> = self.local.iter().filter(|(_, s)| matches!(s, Slot::Moving { to, .. } if to.is_empty())).map(|(n, _)| n.clone()).collect();
         for name in waiting {

@@ -104,6 +104,11 @@ impl<M, R> Local<M, R> {
         self.map.get_mut(name)
     }
 
+    /// Every slot, to change in place (which changes no slot's kind).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Slot<M, R>> {
+        self.map.values_mut()
+    }
+
     /// The instances of `kind` here, in any state.
     pub fn of_kind(&self, kind: &str) -> usize {
         self.kinds.get(kind).copied().unwrap_or(0)

@@ -688,6 +688,39 @@ fn a_leaver_cut_off_keeps_the_state_until_a_member_connects() {
     assert!(sends(&fx).iter().any(|(to, m)| to == "b@h" && matches!(m, Msg::Handoff { state: Some(s), .. } if *s == vec![5])));
 }
 
+/// A leaver whose handoff was on its way to each member when that member's connection
+/// closed (a wake from a pause finds every connection closed) hands it to the first of
+/// them that connects again: a member that went down did not refuse it.
+#[test]
+fn a_leaver_hands_over_to_a_member_that_went_down_with_its_handoff_once_it_connects_again() {
+    let mut a = table("a@h", false);
+    up(&mut a, "b@h", 1);
+    up(&mut a, "c@h", 2);
+    let n = name("x");
+    run_here(&mut a, &n, 1);
+    let fx = a.handle(Event::Leave);
+    let (id, _) = stop_of(&fx).unwrap();
+    let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![5]) });
+    let first = sends(&fx)[0].0.clone();
+    let second = if first == "b@h" { "c@h" } else { "b@h" };
+    let fx = a.handle(Event::MemberDown { node: first.clone(), conn: if first == "b@h" { 1 } else { 2 } });
+    assert!(sends(&fx).iter().any(|(to, m)| to == second && matches!(m, Msg::Handoff { .. })), "{fx:?}");
+    let fx = a.handle(Event::MemberDown { node: second.into(), conn: if second == "b@h" { 1 } else { 2 } });
+    assert!(sends(&fx).is_empty(), "{fx:?}");
+    assert_eq!(a.local_count(), 1, "kept");
+    // Whichever connects first takes it.
+    let fx = up(&mut a, second, 4);
+    assert!(sends(&fx).iter().any(|(to, m)| to == second && matches!(m, Msg::Handoff { state: Some(s), .. } if *s == vec![5])), "{fx:?}");
+    let fx = a.handle(Event::MemberDown { node: second.into(), conn: 4 });
+    assert!(sends(&fx).is_empty(), "{fx:?}");
+    let fx = up(&mut a, &first, 3);
+    assert!(sends(&fx).iter().any(|(to, m)| *to == first && matches!(m, Msg::Handoff { state: Some(s), .. } if *s == vec![5])), "{fx:?}");
+    // One that refuses it is not asked again on this connection.
+    let fx = recv(&mut a, &first, Msg::HandoffAck { name: n.clone(), at: None });
+    assert!(sends(&fx).is_empty(), "{fx:?}");
+    assert_eq!(a.local_count(), 1, "kept");
+}
+
 /// Cut off before it begins to leave (its member went down, not left): it keeps the
 /// state until the member connects again; once that member has been gone for
 /// `GONE_GRACE`, or had said it leaves, a node alone stops at once as the last one does.
