@@ -309,6 +309,23 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                         merges.push((node, r.state));
                     }
                 }
+                // The name runs on another member (the sender's instance is a stale one:
+                // it was taken over while its node was paused or cut off): the states go
+                // to that instance, as if the sender had handed them there, and the
+                // sender hears once it has them. Started here, they would be a second
+                // instance, taking calls on a history the other does not hold until the
+                // two meet, and a kind without a merge would drop one of the two.
+                let runner =
+                    self.directory.get(&name).map(|c| c.node.clone()).filter(|n| *n != from && self.members.contains_key(n) && self.runs_kind(n, &name.kind));
+                if let (Some(to), Some(origin)) = (runner, theirs.clone()) {
+                    info!(worker = %name, peer = %from, "{name} runs on {to}: the state {from} handed over goes there");
+                    // Never back to the sender, which is leaving or stopped it.
+                    let refused = BTreeSet::from([from.clone()]);
+                    let moving = Slot::Moving { to: to.clone(), args, lineage, state, merges, sent: 0, yielding, refused, yielders: vec![from], origin };
+                    self.local.insert(name.clone(), moving);
+                    self.send_handoff(name, None);
+                    return;
+                }
                 self.spawn(name, args, lineage.moved(), StartWhy::Handoff { from }, state, merges, theirs)
             }
             Some(Slot::Running { id, handle, args: my_args, lineage: mine }) => {

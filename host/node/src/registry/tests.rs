@@ -721,6 +721,59 @@ fn a_leaver_hands_over_to_a_member_that_went_down_with_its_handoff_once_it_conne
     assert_eq!(a.local_count(), 1, "kept");
 }
 
+/// A leaver's stale instance (its name was taken over while it was paused) is handed
+/// to a node that does not run the name but knows where it runs: the state goes there,
+/// not into a second instance here, and the leaver hears once it has arrived. Should
+/// that node refuse it, it starts here after all.
+#[test]
+fn a_state_handed_to_a_node_that_knows_the_name_runs_elsewhere_goes_there() {
+    let n = name("x");
+    let origin = Origin { state: 77, holds: vec![77], copy_of: None, height: Some(3), from_copy: None };
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage::default(),
+        state: Some(vec![5]),
+        merges: vec![],
+        yielding: false,
+        origin: Some(origin),
+    };
+    let mut b = table("b@h", false);
+    joins(&mut b, "a@h", 1);
+    joins(&mut b, "c@h", 2);
+    recv(&mut b, "c@h", registered(&n, 1, 0));
+    let fx = recv(&mut b, "a@h", handoff.clone());
+    assert!(spawn_of(&fx).is_none(), "no second instance: {fx:?}");
+    assert!(
+        matches!(&sends(&fx)[..], [(to, Msg::Handoff { state: Some(s), yielding: false, origin: Some(o), .. })] if to == "c@h" && *s == vec![5] && o.state == 77),
+        "{fx:?}"
+    );
+    let fx = recv(&mut b, "c@h", Msg::HandoffAck { name: n.clone(), at: Some("c@h".into()) });
+    assert_eq!(sends(&fx), vec![("a@h".to_string(), Msg::HandoffAck { name: n.clone(), at: Some("c@h".into()) })]);
+    assert_eq!(b.local_count(), 0);
+    assert_eq!(b.route(&n, None), Route::Remote("c@h".into()));
+
+    // Refused there (it was leaving, say): it starts here, and the leaver hears so once
+    // it runs.
+    let mut b = table("b@h", false);
+    joins(&mut b, "a@h", 1);
+    joins(&mut b, "c@h", 2);
+    recv(&mut b, "c@h", registered(&n, 1, 0));
+    recv(&mut b, "a@h", handoff.clone());
+    let fx = recv(&mut b, "c@h", Msg::HandoffAck { name: n.clone(), at: None });
+    let (_, id, state) = spawn_of(&fx).expect("started here");
+    assert_eq!(state, Some(vec![5]));
+    let fx = b.handle(Event::Spawned { name: n.clone(), id, result: Ok(1) });
+    assert!(sends(&fx).contains(&("a@h".to_string(), Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) })), "{fx:?}");
+
+    // Where the name runs on the sender itself (its claim, not yet gone), it starts here.
+    let mut b = table("b@h", false);
+    joins(&mut b, "a@h", 1);
+    recv(&mut b, "a@h", registered(&n, 0, 0));
+    let fx = recv(&mut b, "a@h", handoff);
+    assert!(spawn_of(&fx).is_some(), "{fx:?}");
+}
+
 /// Cut off before it begins to leave (its member went down, not left): it keeps the
 /// state until the member connects again; once that member has been gone for
 /// `GONE_GRACE`, or had said it leaves, a node alone stops at once as the last one does.
