@@ -293,16 +293,39 @@ impl Node {
         if left == 0 {
             return format!("---- log of {} ----\n{log}", self.name);
         }
+        let whole = self.save(&log);
+        format!("---- log of {} (its last {DUMP_LINES} lines; {left} before them left out, {whole}) ----\n{}", self.name, lines[left..].join("\n"))
+    }
+
+    /// The log's lines that name one of the workers `names` (`kind/key`, whole), with
+    /// the lines of what happened to the node's members between them (down, left,
+    /// connected, a pause, a leave), at most [`DUMP_LINES`] of them, and where the whole
+    /// log is saved: what a failure about those workers needs, short enough that CI
+    /// prints all of it.
+    pub fn about(&self, names: &[&str]) -> String {
+        let log = self.log();
+        let names_one = |line: &str| {
+            names
+                .iter()
+                .any(|n| line.match_indices(n).any(|(at, _)| !line[at + n.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_')))
+        };
+        const MEMBERS: [&str; 5] = ["node down ", "node left ", "connected to ", "this node did not run for", "SIGTERM"];
+        let lines: Vec<&str> = log.lines().filter(|l| names_one(l) || MEMBERS.iter().any(|m| l.contains(m))).collect();
+        let left = lines.len().saturating_sub(DUMP_LINES);
+        let whole = self.save(&log);
+        format!("---- {} lines of {} about {names:?} ({left} before these left out; {whole}) ----\n{}", lines.len(), self.name, lines[left..].join("\n"))
+    }
+
+    /// Writes `log` to a file in the temporary directory; says where, or why not.
+    fn save(&self, log: &str) -> String {
         let dir = std::env::temp_dir().join("wasmnode-test-logs");
-        // An exited node (`wait_exit` reaped it) has no pid: its log is still dumped.
+        // An exited node (`wait_exit` reaped it) has no pid: its log is still saved.
         let pid = self.child.as_ref().map_or_else(|| "exited".to_string(), |c| c.id().to_string());
         let path = dir.join(format!("{}-{pid}.log", self.name.replace(['@', ':'], "_")));
-        let saved = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &log));
-        let whole = match saved {
+        match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, log)) {
             Ok(()) => format!("the whole log: {}", path.display()),
             Err(e) => format!("the whole log could not be saved to {}: {e}", path.display()),
-        };
-        format!("---- log of {} (its last {DUMP_LINES} lines; {left} before them left out, {whole}) ----\n{}", self.name, lines[left..].join("\n"))
+        }
     }
 
     /// The process's resident memory (VmRSS) in MiB; NaN once it is gone.
