@@ -1,4 +1,5 @@
-//! The faults a run injects, drawn from its seed: kills (kill -9), pauses (SIGSTOP),
+//! The faults a run injects, drawn from its seed: kills (kill -9), pauses (SIGSTOP; one
+//! in four with a SIGTERM that came meanwhile, handled at the wake),
 //! partitions, graceful leaves (SIGTERM) and joins, within what the run may lose.
 
 use super::*;
@@ -39,9 +40,16 @@ impl Sim {
                 let n = steady[self.rng.below(steady.len() as u64) as usize];
                 let d = self.rng.range(200, 4000);
                 self.hard_fault = true;
-                self.failures.push(self.now + d + KILL_WINDOW);
-                self.log(|| format!("n{n} paused (SIGSTOP) for {d} ms"));
-                self.nodes[n].as_mut().unwrap().paused_until = Some(self.now + d);
+                // One pause in four gets a SIGTERM meanwhile (a pod evicted from a frozen
+                // machine), handled as it wakes: it leaves then, and counts as a leave
+                // from there. Drawn apart from the generator, so that the runs of seeds
+                // none of whose pauses draw it stay as they were.
+                let term = steady.len() >= 2 && Rng(self.seed ^ self.now.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ n as u64).next().is_multiple_of(4);
+                self.failures.push(self.now + d + if term { LEAVE_DEADLINE.min(2 * KILL_WINDOW) } else { KILL_WINDOW });
+                self.log(|| format!("n{n} paused (SIGSTOP) for {d} ms{}", if term { ", a SIGTERM comes meanwhile" } else { "" }));
+                let live = self.nodes[n].as_mut().unwrap();
+                live.paused_until = Some(self.now + d);
+                live.term_at_wake = term;
                 self.after(d, Ev::Wake(n, d));
                 let peers: Vec<(Node, u64)> = self.nodes[n].as_ref().unwrap().view.iter().map(|(p, c)| (*p, *c)).collect();
                 for (p, conn) in peers {
@@ -155,7 +163,7 @@ impl Sim {
         }
     }
 
-    fn leave(&mut self, n: Node) {
+    pub(super) fn leave(&mut self, n: Node) {
         self.log(|| format!("n{n} leaves (SIGTERM)"));
         let peers: Vec<(Node, u64)> = {
             let live = self.nodes[n].as_mut().unwrap();

@@ -1,7 +1,7 @@
 //! Deterministic simulation of a cluster: the registry's and the membership's real
 //! state machines ([`Table`], [`View`]) on 3–20 nodes in one process, over a simulated network whose time,
-//! delivery order, delays, partitions, pauses (SIGSTOP), kills (kill -9) and graceful
-//! leaves (SIGTERM) all come from one seed. Workers are a counter test double whose
+//! delivery order, delays, partitions, pauses (SIGSTOP, some ending in a SIGTERM that
+//! came meanwhile), kills (kill -9) and graceful leaves (SIGTERM) all come from one seed. Workers are a counter test double whose
 //! state merges (a grow-only counter per instance), so that no acknowledged increment may
 //! be lost or doubled where the state survives.
 //!
@@ -387,6 +387,8 @@ struct Live {
     booted: u64,
     /// When it last woke from a pause.
     woke: Option<u64>,
+    /// A SIGTERM came while it was paused: it leaves as it wakes.
+    term_at_wake: bool,
 }
 
 /// What one run found.
@@ -401,6 +403,7 @@ pub struct Outcome {
 }
 
 struct Sim {
+    seed: u64,
     rng: Rng,
     now: u64,
     seq: u64,
@@ -460,6 +463,7 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
     let replicas = [0, 1, 2][(seed % 3) as usize];
     let keeps_one = replicas > 0 && (seed / 3) % 2 == 1;
     let mut sim = Sim {
+        seed,
         rng,
         now: 0,
         seq: 0,
@@ -548,8 +552,17 @@ impl Sim {
         // Unlike any other node's and this node's other lives', as a random one is.
         table.set_incarnation(((n as u64) << 32) | self.lives[n]);
         let members = View::new(self.names[n].clone(), true);
-        self.nodes[n] =
-            Some(Live { table, members, view: BTreeMap::new(), paused_until: None, leaving: false, parked: Vec::new(), booted: self.now, woke: None });
+        self.nodes[n] = Some(Live {
+            table,
+            members,
+            view: BTreeMap::new(),
+            paused_until: None,
+            leaving: false,
+            parked: Vec::new(),
+            booted: self.now,
+            woke: None,
+            term_at_wake: false,
+        });
         self.log(|| format!("n{n} boots"));
         let names = self.names.clone();
         self.member_input(n, Input::Discovered { topology: "sim".into(), names });
@@ -625,6 +638,11 @@ impl Sim {
                     // before what the sockets hold.
                     if paused_ms >= PAUSE_NOTICED {
                         self.feed(n, Event::Woke { paused_ms });
+                    }
+                    if std::mem::take(&mut self.nodes[n].as_mut().unwrap().term_at_wake) {
+                        self.leave(n);
+                        let d = self.rng.range(2000, 8000);
+                        self.after(d, Ev::Restart(n));
                     }
                 }
             }
