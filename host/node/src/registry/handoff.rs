@@ -86,6 +86,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             refused: BTreeSet::new(),
             yielders,
             origin: handing.clone(),
+            passing: false,
         };
         match why {
             StopWhy::Handoff { yielders, rival: None } => {
@@ -103,8 +104,19 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 };
                 let mut merges = merges;
                 merges.extend(rides);
-                let slot =
-                    Slot::Moving { to: String::new(), args, lineage, state, merges, sent: 0, yielding: false, refused: BTreeSet::new(), yielders, origin };
+                let slot = Slot::Moving {
+                    to: String::new(),
+                    args,
+                    lineage,
+                    state,
+                    merges,
+                    sent: 0,
+                    yielding: false,
+                    refused: BTreeSet::new(),
+                    yielders,
+                    origin,
+                    passing: false,
+                };
                 self.local.insert(name.clone(), slot);
                 self.send_handoff(name, None);
             }
@@ -294,6 +306,39 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         // (and must not merge into it again when `from` goes).
         self.take_copy(&name, &from);
         let ack = |at: &str| Msg::HandoffAck { name: name.clone(), at: Some(at.to_string()) };
+        // States passing through here to the instance on `from`, which hands the name here
+        // meanwhile: the two cross, and each would refuse the other's. The name starts
+        // here from the handed state, the passing ones merged in, and their senders hear
+        // once it runs.
+        if matches!(self.local.get(&name), Some(Slot::Moving { passing: true, to, .. }) if *to == from) {
+            let Some(Slot::Moving { state: held, merges: held_merges, yielders, origin: held_origin, .. }) = self.local.remove(&name) else { unreachable!() };
+            info!(worker = %name, peer = %from, "{from} hands {name} here as the states passing through here go to it: it starts here, with them");
+            // The passing state reached `from` before it stopped and rides along with its
+            // own (a durable sender's answer waits for that): it is in `merges` already.
+            let me = self.me.clone();
+            let carried = |s: &Vec<u8>| merges.iter().any(|(n, m)| *n == me && m == s);
+            let held = held.filter(|s| !carried(s));
+            let held_merges: States = held_merges.into_iter().filter(|(_, s)| !carried(s)).collect();
+            let mut all = merges.clone();
+            all.extend(held_merges);
+            // A state that holds all of the other is the one it starts from, the other
+            // left out (merged, it would be held twice); else the passing one merges in.
+            let holds = |o: &Origin, id: u64| o.holds.contains(&id);
+            let (state, theirs) = match (held, theirs) {
+                (Some(_), Some(o)) if holds(&o, held_origin.state) => (state, Some(o)),
+                (Some(h), Some(o)) if state.is_some() && holds(&held_origin, o.state) => (Some(h), Some(held_origin)),
+                (held, theirs) => {
+                    all.extend(yielders.first().cloned().zip(held));
+                    (state, theirs)
+                }
+            };
+            self.spawn(name.clone(), args, lineage.moved(), StartWhy::Handoff { from }, state, all, theirs);
+            if let Some(Slot::Starting { acks, .. }) = self.local.get_mut(&name) {
+                let at = Some(self.me.clone());
+                acks.extend(yielders.into_iter().map(|y| (y, Msg::HandoffAck { name: name.clone(), at: at.clone() })));
+            }
+            return;
+        }
         let mut states: States = state.clone().map(|s| (from.clone(), s)).into_iter().collect();
         states.extend(merges.iter().cloned());
         match self.local.remove(&name) {
@@ -321,7 +366,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     info!(worker = %name, peer = %from, "{name} runs on {to}: the state {from} handed over goes there");
                     // Never back to the sender, which is leaving or stopped it.
                     let refused = BTreeSet::from([from.clone()]);
-                    let moving = Slot::Moving { to: to.clone(), args, lineage, state, merges, sent: 0, yielding, refused, yielders: vec![from], origin };
+                    let moving =
+                        Slot::Moving { to: to.clone(), args, lineage, state, merges, sent: 0, yielding, refused, yielders: vec![from], origin, passing: true };
                     self.local.insert(name.clone(), moving);
                     self.send_handoff(name, None);
                     return;
@@ -481,10 +527,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let Some(Slot::Moving { state, yielding, args, lineage, .. }) = self.local.remove(&name) else { unreachable!() };
         let size = state.as_ref().map(|s| s.len()).unwrap_or(0);
         // It runs there now, whether or not that node's announcement arrives before it
-        // goes down: should it, the name is lost with it, and restarted.
+        // goes down: should it, the name is lost with it, and restarted. A node this one
+        // does not hear (`from` passed the states on to it across a partition this node
+        // is on the other side of): as far as this side can tell, the name runs behind
+        // `from`, and is restarted here should `from` go down, as on any partition.
+        let reach = |n: &str| self.members.contains_key(n) || self.leavers.contains_key(n);
+        let via = if reach(&at) { at.clone() } else { from.clone() };
         if !self.directory.contains_key(&name) {
-            let conn = self.members.get(&at).or(self.leavers.get(&at)).copied().unwrap_or(0);
-            self.directory.insert(name.clone(), Claim { node: at.clone(), conn, args, lineage: lineage.moved() });
+            let conn = self.members.get(&via).or(self.leavers.get(&via)).copied().unwrap_or(0);
+            self.directory.insert(name.clone(), Claim { node: via.clone(), conn, args, lineage: lineage.moved() });
         }
         if yielding {
             info!(worker = %name, peer = %at, "{name}: this instance's state went to the one on {at}");
@@ -494,7 +545,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             info!(worker = %name, peer = %at, "moved {name} to {at} (handoff {})", human_bytes(size));
         }
         self.drop_copies(&name);
-        self.moved.insert(name, at);
+        self.moved.insert(name, via);
         self.out.push(Effect::Changed);
     }
 

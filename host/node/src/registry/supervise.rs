@@ -253,6 +253,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             refused: Default::default(),
             yielders: Vec::new(),
             origin,
+            passing: false,
         };
         self.local.insert(name.clone(), slot);
         self.send_handoff(name.clone(), None);

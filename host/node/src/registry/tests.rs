@@ -766,12 +766,72 @@ fn a_state_handed_to_a_node_that_knows_the_name_runs_elsewhere_goes_there() {
     let fx = b.handle(Event::Spawned { name: n.clone(), id, result: Ok(1) });
     assert!(sends(&fx).contains(&("a@h".to_string(), Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) })), "{fx:?}");
 
+    // The instance there moves the name here as the state goes to it: the two cross.
+    // It starts here from the state handed here, the passing one merged in, and both
+    // senders hear so once it runs.
+    let mut b = table("b@h", false);
+    joins(&mut b, "a@h", 1);
+    joins(&mut b, "c@h", 2);
+    recv(&mut b, "c@h", registered(&n, 1, 0));
+    recv(&mut b, "a@h", handoff.clone());
+    let from_c =
+        Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage::default(), state: Some(vec![9]), merges: vec![], yielding: false, origin: None };
+    let fx = recv(&mut b, "c@h", from_c);
+    let Some(Effect::Spawn { id, state, merges, .. }) = fx.iter().find(|e| matches!(e, Effect::Spawn { .. })) else { panic!("started here: {fx:?}") };
+    assert_eq!((state.clone(), merges.clone()), (Some(vec![9]), vec![("a@h".to_string(), vec![5])]));
+    let fx = b.handle(Event::Spawned { name: n.clone(), id: *id, result: Ok(1) });
+    for to in ["a@h", "c@h"] {
+        assert!(sends(&fx).contains(&(to.to_string(), Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) })), "{to}: {fx:?}");
+    }
+    // c@h refuses the state that went to it (it was moving the name): nothing more.
+    let fx = recv(&mut b, "c@h", Msg::HandoffAck { name: n.clone(), at: None });
+    assert!(sends(&fx).is_empty() && spawn_of(&fx).is_none(), "{fx:?}");
+
+    // The state handed here holds all of the passing one (its instance started from
+    // it): the passing one is left out, not held twice.
+    let mut b = table("b@h", false);
+    joins(&mut b, "a@h", 1);
+    joins(&mut b, "c@h", 2);
+    recv(&mut b, "c@h", registered(&n, 1, 0));
+    recv(&mut b, "a@h", handoff.clone());
+    let holding = Origin { state: 78, holds: vec![78, 77], copy_of: None, height: Some(4), from_copy: None };
+    let from_c = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage::default(),
+        state: Some(vec![9]),
+        merges: vec![],
+        yielding: false,
+        origin: Some(holding),
+    };
+    let fx = recv(&mut b, "c@h", from_c);
+    let Some(Effect::Spawn { state, merges, .. }) = fx.iter().find(|e| matches!(e, Effect::Spawn { .. })) else { panic!("started here: {fx:?}") };
+    assert_eq!((state.clone(), merges.clone()), (Some(vec![9]), vec![]));
+
     // Where the name runs on the sender itself (its claim, not yet gone), it starts here.
     let mut b = table("b@h", false);
     joins(&mut b, "a@h", 1);
     recv(&mut b, "a@h", registered(&n, 0, 0));
     let fx = recv(&mut b, "a@h", handoff);
     assert!(spawn_of(&fx).is_some(), "{fx:?}");
+}
+
+/// A handoff answered with a node this one does not hear (the receiver passed the
+/// states on across a partition): the name runs behind the receiver as far as this node
+/// can tell, so calls go there, and it is restarted here should the receiver go down.
+#[test]
+fn a_handoff_answered_from_beyond_a_partition_is_restarted_when_its_receiver_goes_down() {
+    let mut a = table("a@h", true);
+    let n = owned_by("b@h", &["a@h", "b@h"]);
+    run_here(&mut a, &n, 1);
+    let fx = joins(&mut a, "b@h", 1);
+    let (id, _) = stop_of(&fx).expect("it moves to b@h, its owner");
+    a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
+    recv(&mut a, "b@h", Msg::HandoffAck { name: n.clone(), at: Some("c@h".into()) });
+    assert_eq!(a.local_count(), 0);
+    assert_eq!(a.route(&n, None), Route::Remote("b@h".into()));
+    let fx = a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    assert_eq!(spawn_of(&fx).map(|s| s.0), Some(n), "restarted on this side");
 }
 
 /// Cut off before it begins to leave (its member went down, not left): it keeps the
