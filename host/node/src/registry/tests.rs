@@ -738,10 +738,15 @@ fn a_state_handed_to_a_node_that_knows_the_name_runs_elsewhere_goes_there() {
         yielding: false,
         origin: Some(origin),
     };
-    let mut b = table("b@h", false);
-    joins(&mut b, "a@h", 1);
-    joins(&mut b, "c@h", 2);
-    recv(&mut b, "c@h", registered(&n, 1, 0));
+    // b@h, which does not run the name, knows it runs on c@h; a@h hands it over.
+    let knowing = || {
+        let mut b = table("b@h", false);
+        joins(&mut b, "a@h", 1);
+        joins(&mut b, "c@h", 2);
+        recv(&mut b, "c@h", registered(&n, 1, 0));
+        b
+    };
+    let mut b = knowing();
     let fx = recv(&mut b, "a@h", handoff.clone());
     assert!(spawn_of(&fx).is_none(), "no second instance: {fx:?}");
     assert!(
@@ -755,10 +760,7 @@ fn a_state_handed_to_a_node_that_knows_the_name_runs_elsewhere_goes_there() {
 
     // Refused there (it was leaving, say): it starts here, and the leaver hears so once
     // it runs.
-    let mut b = table("b@h", false);
-    joins(&mut b, "a@h", 1);
-    joins(&mut b, "c@h", 2);
-    recv(&mut b, "c@h", registered(&n, 1, 0));
+    let mut b = knowing();
     recv(&mut b, "a@h", handoff.clone());
     let fx = recv(&mut b, "c@h", Msg::HandoffAck { name: n.clone(), at: None });
     let (_, id, state) = spawn_of(&fx).expect("started here");
@@ -769,10 +771,7 @@ fn a_state_handed_to_a_node_that_knows_the_name_runs_elsewhere_goes_there() {
     // The instance there moves the name here as the state goes to it: the two cross.
     // It starts here from the state handed here, the passing one merged in, and both
     // senders hear so once it runs.
-    let mut b = table("b@h", false);
-    joins(&mut b, "a@h", 1);
-    joins(&mut b, "c@h", 2);
-    recv(&mut b, "c@h", registered(&n, 1, 0));
+    let mut b = knowing();
     recv(&mut b, "a@h", handoff.clone());
     let from_c =
         Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage::default(), state: Some(vec![9]), merges: vec![], yielding: false, origin: None };
@@ -789,10 +788,7 @@ fn a_state_handed_to_a_node_that_knows_the_name_runs_elsewhere_goes_there() {
 
     // The state handed here holds all of the passing one (its instance started from
     // it): the passing one is left out, not held twice.
-    let mut b = table("b@h", false);
-    joins(&mut b, "a@h", 1);
-    joins(&mut b, "c@h", 2);
-    recv(&mut b, "c@h", registered(&n, 1, 0));
+    let mut b = knowing();
     recv(&mut b, "a@h", handoff.clone());
     let holding = Origin { state: 78, holds: vec![78, 77], copy_of: None, height: Some(4), from_copy: None };
     let from_c = Msg::Handoff {
