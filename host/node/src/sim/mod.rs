@@ -1,9 +1,10 @@
 //! Deterministic simulation of a cluster: the registry's and the membership's real
-//! state machines ([`Table`], [`View`]) on 3–20 nodes in one process, over a simulated network whose time,
-//! delivery order, delays, partitions, pauses (SIGSTOP, some ending in a SIGTERM that
-//! came meanwhile), kills (kill -9) and graceful leaves (SIGTERM) all come from one seed. Workers are a counter test double whose
-//! state merges (a grow-only counter per instance), so that no acknowledged increment may
-//! be lost or doubled where the state survives.
+//! state machines ([`Table`], [`View`]) on 3–20 nodes in one process, over a simulated
+//! network whose time, delivery order, delays, partitions, pauses (SIGSTOP, some ending
+//! in a SIGTERM that came meanwhile), kills (kill -9) and graceful leaves (SIGTERM) all
+//! come from one seed. Workers are a counter test double whose state merges (a
+//! grow-only counter per instance), so that no acknowledged increment may be lost or
+//! doubled where the state survives.
 //!
 //! What it models of the connection layer (`dist`): one FIFO connection per pair of
 //! nodes with a fresh id on every reconnect, dials the membership asks for that fail
@@ -28,15 +29,16 @@
 //! copies its state to its replicas (the table's `replication_of`, the real
 //! [`Replicator`]) after each increment, on each membership change and when it starts,
 //! and a call is answered only once every live replica took the copy (by that replica,
-//! when it is the caller's node and the only one: the answer rides with the copy); the replicas hold
-//! the copies in their real tables, and the table starts a lost name from its copy. In
-//! those seeds kills, pauses and leaves together are never more than the replicas at
-//! once (each counting until [`KILL_WINDOW`] after it ends, and each process short of
-//! `replicas + 1` counting as one), and a kill taints nothing: every acknowledged
-//! increment of every name must survive. Durable seeds do not partition nodes yet: a
-//! name taken over from a copy on one side, while its instance on the other side keeps
-//! counting and is then killed before the two meet, can lose what that instance counted
-//! since the copy (seed 11 of the first 2,000 with partitions; docs/durability.md).
+//! when it is the caller's node and the only one: the answer rides with the copy); the
+//! replicas hold the copies in their real tables, and the table starts a lost name from
+//! its copy. In those seeds kills, pauses and leaves together are never more than the
+//! replicas at once (each counting until [`KILL_WINDOW`] after it ends, and each
+//! process short of `replicas + 1` counting as one), and a kill taints nothing: every
+//! acknowledged increment of every name must survive. Durable seeds do not partition
+//! nodes yet: a name taken over from a copy on one side, while its instance on the
+//! other side keeps counting and is then killed before the two meet, can lose what that
+//! instance counted since the copy (seed 11 of the first 2,000 with partitions;
+//! docs/durability.md).
 //!
 //! Half the durable seeds make the counter keep one state of two that meet instead of
 //! merging them (`keeps_one`), as a worker without `resolve-conflict` does: the table
