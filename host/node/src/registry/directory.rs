@@ -56,6 +56,28 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
     }
 
+    /// `from` no longer runs `name`; with `went`, its instance yielded to the one on that
+    /// node, where its state went. Of a node this one hears, that node's own word came
+    /// (or comes). Of one it does not hear (cut off from it, or it was declared down
+    /// here while it ran on), the name runs on beyond `from` as far as this side can
+    /// tell: the claim stays at `from`, so calls go there (it forwards them) and the
+    /// name is restarted on this side should `from` go down, as on any partition.
+    /// Dropped, no node here would know of the name: were `went` and `from` to go down
+    /// together, it would run nowhere.
+    pub(super) fn unregistered(&mut self, from: String, name: WorkerName, went: Option<String>) {
+        self.take_copy(&name, &from);
+        self.rival_done(&name, &from);
+        if self.directory.get(&name).is_none_or(|c| c.node != from) {
+            return;
+        }
+        if let Some(went) = went.filter(|w| *w != self.me && *w != from && !self.members.contains_key(w) && !self.leavers.contains_key(w)) {
+            info!(worker = %name, peer = %from, "{name} went from {from} to {went}, which this node does not hear: it runs beyond {from} as far as this node can tell");
+            return;
+        }
+        self.directory.remove(&name);
+        self.out.push(Effect::Changed);
+    }
+
     /// `from` says `node` runs `name`, an instance of `lineage` that stays over the one
     /// this node announced. Of a node this one hears, that node's own word follows (or
     /// came). Of one it does not hear, this node's instance is a stale duplicate: it was
@@ -85,9 +107,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.out.push(Effect::Stop { name, id, handle, reason: "duplicate".into(), moves: true });
     }
 
-    /// Another node says `name` runs nowhere and this node owns it.
-    pub(super) fn orphan_in(&mut self, name: WorkerName, args: Vec<u8>, lineage: Lineage) {
+    /// `from` says `name` runs nowhere and this node owns it. A claim here that it runs
+    /// on `from` itself is one kept behind it (see [`Table::unregistered`]): `from`
+    /// knows better.
+    pub(super) fn orphan_in(&mut self, from: String, name: WorkerName, args: Vec<u8>, lineage: Lineage) {
         self.stale.remove(&name);
+        if self.directory.get(&name).is_some_and(|c| c.node == from) {
+            self.directory.remove(&name);
+        }
         let runs = self.local.contains_key(&name) || self.directory.get(&name).is_some_and(|c| self.connected(&c.node));
         if runs || self.orphans.contains_key(&name) {
             return;

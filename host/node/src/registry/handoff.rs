@@ -126,7 +126,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let seq = self.copied.remove(&name).map_or(0, |(seq, _)| seq);
                 let (line, height, holds) = (Some(base.line), Some(base.reached()), Some(base.holds()));
                 let state = state.expect("matched above");
-                self.tell_all(Msg::Unregistered { name: name.clone() });
+                self.tell_all(Msg::Unregistered { name: name.clone(), went: None });
                 let me = self.me.clone();
                 let copies = self.replicas.entry(name.clone()).or_default();
                 copies.retain(|r| r.from != me);
@@ -188,7 +188,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 }
             }
             StopWhy::Asked(reply) => {
-                self.tell_all(Msg::Unregistered { name });
+                self.tell_all(Msg::Unregistered { name, went: None });
                 self.out.push(Effect::StopDone { reply, stopped: true });
             }
         }
@@ -253,7 +253,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                         self.out.push(Effect::Send { to: y, msg: Msg::HandoffAck { name: name.clone(), at: None } });
                     }
                 }
-                self.tell_all(Msg::Unregistered { name: name.clone() });
+                self.tell_all(Msg::Unregistered { name: name.clone(), went: None });
                 self.out.push(Effect::Lost { name });
                 self.out.push(Effect::Changed);
             }
@@ -539,7 +539,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
         if yielding {
             info!(worker = %name, peer = %at, "{name}: this instance's state went to the one on {at}");
-            self.tell_all(Msg::Unregistered { name: name.clone() });
+            self.tell_all(Msg::Unregistered { name: name.clone(), went: Some(at.clone()) });
         } else {
             crate::metrics::global().handed_off();
             info!(worker = %name, peer = %at, "moved {name} to {at} (handoff {})", human_bytes(size));

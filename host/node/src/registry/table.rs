@@ -647,14 +647,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     fn received(&mut self, from: String, msg: Msg) {
         match msg {
             Msg::Registered { name, args, lineage } => self.registered(from, name, args, lineage),
-            Msg::Unregistered { name } => {
-                self.take_copy(&name, &from);
-                self.rival_done(&name, &from);
-                if self.directory.get(&name).is_some_and(|c| c.node == from) {
-                    self.directory.remove(&name);
-                    self.out.push(Effect::Changed);
-                }
-            }
+            Msg::Unregistered { name, went } => self.unregistered(from, name, went),
             Msg::Synced => {
                 // What it owns moves to it now (see `place_running`); a leaver owns nothing.
                 let member = self.members.contains_key(&from);
@@ -706,7 +699,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 self.handoff_in(from, name, args, lineage, state, merges, yielding, origin)
             }
             Msg::HandoffAck { name, at } => self.handoff_ack(from, name, at),
-            Msg::Orphan { name, args, lineage } => self.orphan_in(name, args, lineage),
+            Msg::Orphan { name, args, lineage } => self.orphan_in(from, name, args, lineage),
             Msg::ReplicaDropped { name } => {
                 self.take_copy(&name, &from);
             }
@@ -1015,7 +1008,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         if matches!(self.local.get(&name), Some(Slot::Running { id: rid, .. }) if *rid == id) {
             self.local.remove(&name);
             self.bases.remove(&name);
-            self.tell_all(Msg::Unregistered { name });
+            self.tell_all(Msg::Unregistered { name, went: None });
             self.out.push(Effect::Changed);
         }
     }

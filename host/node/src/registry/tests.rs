@@ -830,6 +830,67 @@ fn a_handoff_answered_from_beyond_a_partition_is_restarted_when_its_receiver_goe
     assert_eq!(spawn_of(&fx).map(|s| s.0), Some(n), "restarted on this side");
 }
 
+/// An instance that yields to another says where its state went. A node that does not
+/// hear that node keeps the name behind the yielder, so calls go there and the name is
+/// restarted here should the yielder go down (seed 169539: the yielder and the instance
+/// it yielded to were killed together, and the name ran nowhere); a node that hears it,
+/// or is told nothing of where it went, forgets the yielder's claim.
+#[test]
+fn a_yielder_says_where_the_name_went_and_a_node_that_does_not_hear_there_keeps_it_behind_the_yielder() {
+    let n = owned_by("a@h", &["a@h", "b@h"]);
+    // The yielder, b@h: c@h's instance stays over its own.
+    let mut b = table("b@h", false);
+    up(&mut b, "a@h", 1);
+    up(&mut b, "c@h", 2);
+    run_here(&mut b, &n, 1);
+    let fx = recv(&mut b, "c@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default().moved() });
+    let (id, _) = stop_of(&fx).expect("it yields");
+    let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![4]) });
+    assert!(sends(&fx).iter().any(|(to, m)| to == "c@h" && matches!(m, Msg::Handoff { yielding: true, .. })), "{fx:?}");
+    let fx = recv(&mut b, "c@h", Msg::HandoffAck { name: n.clone(), at: Some("c@h".into()) });
+    let told = Msg::Unregistered { name: n.clone(), went: Some("c@h".into()) };
+    assert!(sends(&fx).contains(&("a@h".into(), told.clone())), "{fx:?}");
+
+    // a@h hears b@h and not c@h.
+    let known = || {
+        let mut a = table("a@h", false);
+        up(&mut a, "b@h", 1);
+        recv(&mut a, "b@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+        a
+    };
+    let mut a = known();
+    recv(&mut a, "b@h", told.clone());
+    assert_eq!(a.route(&n, None), Route::Remote("b@h".into()), "calls go to the yielder, which forwards them");
+    let fx = a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+    assert_eq!(spawn_of(&fx).map(|s| s.0), Some(n.clone()), "restarted on this side: {fx:?}");
+
+    // The yielder says later that the name runs nowhere (the instance it yielded to was
+    // lost) and that this node owns it: the claim kept behind it does not hold the
+    // restart back (seed 184134).
+    let mut a = known();
+    recv(&mut a, "b@h", told.clone());
+    let fx = recv(&mut a, "b@h", Msg::Orphan { name: n.clone(), args: vec![], lineage: Lineage::default().moved() });
+    assert_eq!(spawn_of(&fx).map(|s| s.0), Some(n.clone()), "{fx:?}");
+
+    // Told nothing of where it went (a stop, or a node before `went`): forgotten.
+    let mut a = known();
+    recv(&mut a, "b@h", Msg::Unregistered { name: n.clone(), went: None });
+    assert_ne!(a.route(&n, None), Route::Remote("b@h".into()));
+    assert!(spawn_of(&a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 })).is_none());
+
+    // Where it went is a node this one hears: that node's own word counts.
+    let mut a = known();
+    up(&mut a, "c@h", 2);
+    recv(&mut a, "b@h", told.clone());
+    assert_ne!(a.route(&n, None), Route::Remote("b@h".into()));
+    assert!(spawn_of(&a.handle(Event::MemberDown { node: "b@h".into(), conn: 1 })).is_none());
+
+    // Where it went is this node: it runs, or will, here.
+    let mut a = known();
+    recv(&mut a, "b@h", Msg::Unregistered { name: n.clone(), went: Some("a@h".into()) });
+    assert_ne!(a.route(&n, None), Route::Remote("b@h".into()));
+}
+
 /// Cut off before it begins to leave (its member went down, not left): it keeps the
 /// state until the member connects again; once that member has been gone for
 /// `GONE_GRACE`, or had said it leaves, a node alone stops at once as the last one does.
@@ -982,7 +1043,7 @@ fn a_stop_ends_the_instance_and_tells_everyone() {
     assert_eq!(reason, "test");
     let fx = a.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1]) });
     assert!(fx.iter().any(|e| matches!(e, Effect::StopDone { reply: 5, stopped: true })));
-    assert!(sends(&fx).contains(&("b@h".into(), Msg::Unregistered { name: n.clone() })));
+    assert!(sends(&fx).contains(&("b@h".into(), Msg::Unregistered { name: n.clone(), went: None })));
     let fx = a.handle(Event::Stop { name: n, reason: "again".into(), reply: 6 });
     assert!(fx.iter().any(|e| matches!(e, Effect::StopDone { reply: 6, stopped: false })));
 }
@@ -996,7 +1057,7 @@ fn a_trapped_instance_is_forgotten_and_not_restarted() {
     let (_, id, _) = spawn_of(&fx).unwrap();
     a.handle(Event::Spawned { name: n.clone(), id, result: Ok(1) });
     let fx = a.handle(Event::Exited { name: n.clone(), id });
-    assert!(sends(&fx).contains(&("b@h".into(), Msg::Unregistered { name: n.clone() })));
+    assert!(sends(&fx).contains(&("b@h".into(), Msg::Unregistered { name: n.clone(), went: None })));
     assert!(spawn_of(&fx).is_none());
     assert_eq!(a.local_count(), 0);
 }
@@ -1922,7 +1983,7 @@ fn a_stale_instance_told_the_name_runs_on_a_node_it_does_not_hear_stops_and_hold
     let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
     assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::Handoff { .. })), "its state goes nowhere: {fx:?}");
     assert!(spawn_of(&fx).is_none());
-    assert!(sends(&fx).contains(&("c@h".into(), Msg::Unregistered { name: n.clone() })), "{fx:?}");
+    assert!(sends(&fx).contains(&("c@h".into(), Msg::Unregistered { name: n.clone(), went: None })), "{fx:?}");
     let held: Vec<(String, usize)> = b.replicas_held().into_iter().map(|(_, from, _, len)| (from, len)).collect();
     assert_eq!(held, [("b@h".to_string(), 2)], "held as a copy this node sent");
     // Neither a start nor a call runs the name here beside a@h's (seed 42008: a start

@@ -142,8 +142,16 @@ pub enum Msg {
     /// The sender runs this name now (a start, a restart or a handoff), an instance of
     /// this lineage (which decides between two instances: see `placement::stays`).
     Registered { name: WorkerName, args: Vec<u8>, lineage: Lineage },
-    /// The sender no longer runs this name.
-    Unregistered { name: WorkerName },
+    /// The sender no longer runs this name. `went`: the node its instance's state went
+    /// to (it yielded to the instance there), so that a receiver that does not hear
+    /// that node knows the name runs on beyond the sender (`Table::unregistered`). Last,
+    /// and read as `None` when absent, so that nodes before it and after it read each
+    /// other's.
+    Unregistered {
+        name: WorkerName,
+        #[serde(deserialize_with = "checked::node_trailing")]
+        went: Option<String>,
+    },
     /// The sender has told the receiver every name it runs.
     Synced,
     /// Run this name here, from the state its previous instance handed over, and merge
@@ -315,6 +323,11 @@ pub(super) mod checked {
 
     pub fn node_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         Option::<String>::deserialize(d)?.map(node_name).transpose()
+    }
+
+    /// [`trailing`] for a node name: absent reads as `None`; present, it is checked.
+    pub fn node_trailing<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        trailing::<D, String>(d)?.map(node_name).transpose()
     }
 
     pub fn nodes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -517,6 +530,21 @@ mod tests {
         assert_eq!(read, (3, vec![3], Some((1 << 62, 9)), Some(1 << 40)));
     }
 
+    /// A node before `went` sends `Unregistered` without it, and reads ours as its own.
+    #[test]
+    fn unregistered_reads_across_where_it_went() {
+        let m = |went: Option<&str>| Msg::Unregistered { name: WorkerName::new("counter", "k30"), went: went.map(String::from) };
+        let without = encode(&Rpc::Tell(m(None))).to_vec();
+        let older = &without[..without.len() - 1];
+        assert!(matches!(decode(older).unwrap(), Rpc::Tell(back) if back == m(None)));
+        let with = encode(&Rpc::Tell(m(Some("c@h")))).to_vec();
+        assert!(with.starts_with(older), "an older node reads the name and leaves the rest");
+        assert!(matches!(decode(&with).unwrap(), Rpc::Tell(back) if back == m(Some("c@h"))));
+        // A name no node could have sent is no message at all.
+        let forged = encode(&Rpc::Tell(m(Some("c@h\nINFO forged")))).to_vec();
+        assert!(decode(&forged).is_err());
+    }
+
     /// A copy's line follows the whole request: a node before it reads the copy and
     /// leaves the line, and a copy from such a node reads with no line.
     #[test]
@@ -562,7 +590,8 @@ mod tests {
         let name = WorkerName::new("order", "John");
         let msgs = [
             Msg::Registered { name: name.clone(), args: vec![1], lineage: Lineage { restarts: 2, moves: 3, from_copy: 7 } },
-            Msg::Unregistered { name: name.clone() },
+            Msg::Unregistered { name: name.clone(), went: None },
+            Msg::Unregistered { name: name.clone(), went: Some("c@h".into()) },
             Msg::Synced,
             Msg::Handoff {
                 name: name.clone(),
@@ -674,12 +703,9 @@ mod tests {
             }
             Some(Rpc::Replicate(c) | Rpc::ReplicateThenReply { copy: c, .. }) => owned.push((c.name.clone(), c.holders.clone())),
             Some(Rpc::Tell(m)) => match m {
-                Msg::Registered { name, .. }
-                | Msg::Unregistered { name }
-                | Msg::Orphan { name, .. }
-                | Msg::ReplicaDropped { name }
-                | Msg::NoCopy { name }
-                | Msg::CopyAsk { name } => workers.push(name),
+                Msg::Registered { name, .. } | Msg::Orphan { name, .. } | Msg::ReplicaDropped { name } | Msg::NoCopy { name } | Msg::CopyAsk { name } => {
+                    workers.push(name)
+                }
                 Msg::CopyHeld { name, copies } => {
                     workers.push(name);
                     if copies.len() > MAX_COPIES {
@@ -690,7 +716,7 @@ mod tests {
                     workers.push(name);
                     nodes.extend(merges.iter().map(|(n, _)| n.as_str()));
                 }
-                Msg::HandoffAck { name, at } => {
+                Msg::HandoffAck { name, at } | Msg::Unregistered { name, went: at } => {
                     workers.push(name);
                     nodes.extend(at.as_deref());
                 }
