@@ -324,15 +324,23 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             // A state that holds all of the other is the one it starts from, the other
             // left out (merged, it would be held twice); else the passing one merges in.
             let holds = |o: &Origin, id: u64| o.holds.contains(&id);
+            let mut merged = None;
             let (state, theirs) = match (held, theirs) {
                 (Some(_), Some(o)) if holds(&o, held_origin.state) => (state, Some(o)),
                 (Some(h), Some(o)) if state.is_some() && holds(&held_origin, o.state) => (Some(h), Some(held_origin)),
                 (held, theirs) => {
+                    merged = held.clone().map(|h| (held_origin, h));
                     all.extend(yielders.first().cloned().zip(held));
                     (state, theirs)
                 }
             };
             self.spawn(name.clone(), args, lineage.moved(), StartWhy::Handoff { from }, state, all, theirs);
+            // The instance holds all of the passing state: should its sender, whose
+            // answer a partition or a pause cuts off, hand it over again, it adds
+            // nothing (seed 121464).
+            if let (Some((o, h)), Some(b)) = (merged, self.bases.get_mut(&name)) {
+                b.absorb_alone(Some(&o), &h);
+            }
             if let Some(Slot::Starting { acks, .. }) = self.local.get_mut(&name) {
                 let at = Some(self.me.clone());
                 acks.extend(yielders.into_iter().map(|y| (y, Msg::HandoffAck { name: name.clone(), at: at.clone() })));

@@ -785,6 +785,12 @@ fn a_state_handed_to_a_node_that_knows_the_name_runs_elsewhere_goes_there() {
     // c@h refuses the state that went to it (it was moving the name): nothing more.
     let fx = recv(&mut b, "c@h", Msg::HandoffAck { name: n.clone(), at: None });
     assert!(sends(&fx).is_empty() && spawn_of(&fx).is_none(), "{fx:?}");
+    // a@h's answer was cut off, and it hands the same state over again, to c@h, which
+    // passes it on here: the instance here holds all of it, and it adds nothing (seed
+    // 121464).
+    let fx = recv(&mut b, "c@h", handoff.clone());
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Merge { .. } | Effect::Stop { .. })), "merged twice: {fx:?}");
+    assert!(sends(&fx).contains(&("c@h".to_string(), Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) })), "{fx:?}");
 
     // The state handed here holds all of the passing one (its instance started from
     // it): the passing one is left out, not held twice.
