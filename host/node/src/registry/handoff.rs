@@ -450,11 +450,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     info!(worker = %name, peer = %from, "{name} holds all of the state {from} handed over; nothing to merge");
                     states = merges.clone();
                 }
-                // Stopping to move on, and the handed state went further: which of the two
-                // moves on is decided on this one's final state (`Rival`).
+                // Stopping to move on, and the handed state went further, or went on from
+                // what this one holds (it may hold all of this one's, should this one have
+                // changed nothing since: seed 130914): which of the two moves on is decided
+                // on this one's final state (`Rival`).
                 let mut rival = None;
                 if let (Slot::Stopping { why: StopWhy::Handoff { rival: None, .. }, .. }, Some(s), Some(o)) = (&slot, &state, &theirs) {
-                    if base.is_some_and(|b| origin::further(b, Some(o))) {
+                    if base.is_some_and(|b| origin::related(b, Some(o)) || origin::further(b, Some(o))) {
                         rival = Some(Box::new(Rival { from: from.clone(), state: s.clone(), origin: o.clone() }));
                         states = merges.clone();
                     }
