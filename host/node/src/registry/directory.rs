@@ -114,6 +114,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         self.stale.remove(&name);
         if self.directory.get(&name).is_some_and(|c| c.node == from) {
             self.directory.remove(&name);
+            self.out.push(Effect::Changed);
         }
         let runs = self.local.contains_key(&name) || self.directory.get(&name).is_some_and(|c| self.connected(&c.node));
         if runs || self.orphans.contains_key(&name) {
