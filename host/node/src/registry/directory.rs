@@ -70,7 +70,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         if self.directory.get(&name).is_none_or(|c| c.node != from) {
             return;
         }
-        if let Some(went) = went.filter(|w| *w != self.me && *w != from && !self.members.contains_key(w) && !self.leavers.contains_key(w)) {
+        if let Some(went) = went.filter(|w| *w != self.me && *w != from && !self.connected(w)) {
             info!(worker = %name, peer = %from, "{name} went from {from} to {went}, which this node does not hear: it runs beyond {from} as far as this node can tell");
             return;
         }

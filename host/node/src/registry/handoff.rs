@@ -541,8 +541,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         // does not hear (`from` passed the states on to it across a partition this node
         // is on the other side of): as far as this side can tell, the name runs behind
         // `from`, and is restarted here should `from` go down, as on any partition.
-        let reach = |n: &str| self.members.contains_key(n) || self.leavers.contains_key(n);
-        let via = if reach(&at) { at.clone() } else { from.clone() };
+        let via = if self.connected(&at) { at.clone() } else { from.clone() };
         if !self.directory.contains_key(&name) {
             let conn = self.members.get(&via).or(self.leavers.get(&via)).copied().unwrap_or(0);
             self.directory.insert(name.clone(), Claim { node: via.clone(), conn, args, lineage: lineage.moved() });
