@@ -14,11 +14,11 @@ use tracing::{info, warn};
 
 use super::origin::{self, Base, Keep, Origin};
 use super::placement::{owner, stays, Lineage};
-use super::table::{Claim, Deferred, Effect, Grace, Orphan, Replica, Rival, Slot, StartWhy, StopWhy, Table, Timer, MOVE_AGAIN};
+use super::table::{Claim, Deferred, Effect, Grace, Merge, Orphan, Replica, Rival, Slot, StartWhy, StopWhy, Table, Timer, MOVE_AGAIN};
 use super::wire::Msg;
 use super::WorkerName;
 
-type States = Vec<(String, Vec<u8>)>;
+type States = Vec<Merge>;
 
 impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// This node leaves: every instance moves to its next owner.
@@ -99,8 +99,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let (state, origin, rides) = match origin::keep_state(&base, unchanged, Some(&their_origin), Some(&theirs)) {
                     Keep::Mine => (state, handing, None),
                     Keep::Theirs => (Some(theirs), their_origin, None),
-                    Keep::Both if origin::goes_on_from_mine(&base, Some(&their_origin), true) => (state, handing, Some((from, theirs))),
-                    Keep::Both => (Some(theirs), their_origin, state.map(|s| (self.me.clone(), s))),
+                    Keep::Both if origin::goes_on_from_mine(&base, Some(&their_origin), true) => {
+                        let rides = Merge { from, state: theirs, origin: Some(their_origin) };
+                        (state, handing, Some(rides))
+                    }
+                    Keep::Both => {
+                        let rides = state.map(|s| Merge { from: self.me.clone(), state: s, origin: Some(handing) });
+                        (Some(theirs), their_origin, rides)
+                    }
                 };
                 let mut merges = merges;
                 merges.extend(rides);
@@ -173,11 +179,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                              ({mine} changes copied, the other {}), and the other merges into it",
                             other.map_or("unknown".to_string(), |h| h.to_string())
                         );
-                        all.extend(handed.map(|s| (from.clone(), s)));
+                        all.extend(handed.map(|s| Merge { from: from.clone(), state: s, origin: theirs.clone() }));
                         (state, Some(handing), theirs)
                     }
                     Keep::Both => {
-                        all.extend(state.map(|s| (self.me.clone(), s)));
+                        all.extend(state.map(|s| Merge { from: self.me.clone(), state: s, origin: Some(handing.clone()) }));
                         (handed, theirs, Some(handing))
                     }
                 };
@@ -216,12 +222,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     args: args.clone(),
                     lineage: *lineage,
                     state: state.clone(),
-                    merges: merges.clone(),
+                    merges: merges.iter().map(|m| (m.from.clone(), m.state.clone())).collect(),
                     yielding: *yielding,
                     // Which state it is: none when the state went before (these are
                     // states that rode along since), else the receiver would count
                     // that state as held by what it starts from these alone.
                     origin: state.is_some().then(|| origin.clone()),
+                    merge_origins: merges.iter().map(|m| m.origin.clone()).collect(),
                 };
                 self.out.push(Effect::Send { to: t, msg });
             }
@@ -305,6 +312,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         // A copy `from` sent of this name is superseded by the state it hands over now
         // (and must not merge into it again when `from` goes).
         self.take_copy(&name, &from);
+        let merges = self.unheld(&name, &from, merges);
         let ack = |at: &str| Msg::HandoffAck { name: name.clone(), at: Some(at.to_string()) };
         // States passing through here to the instance on `from`, which hands the name here
         // meanwhile: the two cross, and each would refuse the other's. The name starts
@@ -316,9 +324,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             // The passing state reached `from` before it stopped and rides along with its
             // own (a durable sender's answer waits for that): it is in `merges` already.
             let me = self.me.clone();
-            let carried = |s: &Vec<u8>| merges.iter().any(|(n, m)| *n == me && m == s);
+            let carried = |s: &Vec<u8>| merges.iter().any(|m| m.from == me && m.state == *s);
             let held = held.filter(|s| !carried(s));
-            let held_merges: States = held_merges.into_iter().filter(|(_, s)| !carried(s)).collect();
+            let held_merges: States = held_merges.into_iter().filter(|m| !carried(&m.state)).collect();
             let mut all = merges.clone();
             all.extend(held_merges);
             // A state that holds all of the other is the one it starts from, the other
@@ -329,8 +337,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 (Some(_), Some(o)) if holds(&o, held_origin.state) => (state, Some(o)),
                 (Some(h), Some(o)) if state.is_some() && holds(&held_origin, o.state) => (Some(h), Some(held_origin)),
                 (held, theirs) => {
-                    merged = held.clone().map(|h| (held_origin, h));
-                    all.extend(yielders.first().cloned().zip(held));
+                    merged = held.clone().map(|h| (held_origin.clone(), h));
+                    all.extend(yielders.first().cloned().zip(held).map(|(from, state)| Merge { from, state, origin: Some(held_origin) }));
                     (state, theirs)
                 }
             };
@@ -347,7 +355,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
             return;
         }
-        let mut states: States = state.clone().map(|s| (from.clone(), s)).into_iter().collect();
+        let mut states: States = state.clone().map(|s| Merge { from: from.clone(), state: s, origin: theirs.clone() }).into_iter().collect();
         states.extend(merges.iter().cloned());
         match self.local.remove(&name) {
             // Acknowledged once it has started (a failed start sends the states back).
@@ -359,7 +367,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 for node in self.dead_copies(&name) {
                     let r = self.take_copy(&name, &node).expect("listed above");
                     if !self.handed_holds(theirs.as_ref(), lineage, &r) {
-                        merges.push((node, r.state));
+                        merges.push(Merge::bare(node, r.state));
                     }
                 }
                 // The name runs on another member (the sender's instance is a stale one:
@@ -472,6 +480,11 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                                 Some(s) => b.absorb_alone(theirs.as_ref(), s),
                                 None => b.absorb(theirs.as_ref()),
                             }
+                            // And what rode along with it, once merged: handed again
+                            // meanwhile, it adds nothing.
+                            for m in &states {
+                                b.absorb(m.origin.as_ref());
+                            }
                         }
                         // Answered once the merged state is copied.
                         if wait {
@@ -505,6 +518,24 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 self.out.push(Effect::Send { to: from, msg: Msg::HandoffAck { name, at: None } });
             }
         }
+    }
+
+    /// `states`, handed to the instance of `name` here by `from`, without those it holds
+    /// all of already: one that came here before, riding along with another's handoff,
+    /// and is handed again by a sender whose answer was cut off. Merged again, a worker
+    /// whose merge appends would hold it twice.
+    fn unheld(&self, name: &WorkerName, from: &str, states: States) -> States {
+        let id = match self.local.get(name) {
+            Some(Slot::Running { id, .. } | Slot::Starting { id, .. } | Slot::Stopping { id, .. }) => *id,
+            _ => return states,
+        };
+        let Some(base) = self.bases.get(name).filter(|b| b.id == id) else { return states };
+        let (held, rest): (States, States) =
+            states.into_iter().partition(|m| m.origin.is_some() && origin::keep_state(base, None, m.origin.as_ref(), Some(&m.state)) == Keep::Mine);
+        for m in held {
+            info!(worker = %name, peer = %from, "{name} holds all of the state from {} that {from} passed on; nothing to merge", m.from);
+        }
+        rest
     }
 
     /// `from` answered a handoff of `name`: it runs at `at` now, or `from` refused.

@@ -7,7 +7,7 @@ use tracing::info;
 
 use super::origin::{Base, Origin};
 use super::placement::Lineage;
-use super::table::{Effect, Grace, Orphan, Replica, Slot, StartWhy, Table, Timer, GONE_GRACE, LEAVER_GRACE, REPLICA_GRACE};
+use super::table::{Effect, Grace, Merge, Orphan, Replica, Slot, StartWhy, Table, Timer, GONE_GRACE, LEAVER_GRACE, REPLICA_GRACE};
 use super::wire::Msg;
 use super::Restart;
 use super::WorkerName;
@@ -197,7 +197,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                         let handle = handle.clone();
                         self.out.push(Effect::Merge { name: name.clone(), handle, from: node, state: r.state, acks: Vec::new() });
                     }
-                    Slot::Starting { merges, .. } | Slot::Stopping { merges, .. } | Slot::Moving { merges, .. } => merges.push((node, r.state)),
+                    Slot::Starting { merges, .. } | Slot::Stopping { merges, .. } | Slot::Moving { merges, .. } => merges.push(Merge::bare(node, r.state)),
                 }
             }
             return true;
@@ -231,7 +231,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         }
         let mut copies = duplicates.iter().map(|node| self.take_copy(name, node).expect("listed above")).collect::<Vec<_>>().into_iter();
         let Some(first) = copies.next() else { return false };
-        let merges = copies.map(|r| (r.from, r.state)).collect();
+        let merges = copies.map(|r| Merge::bare(r.from, r.state)).collect();
         if first.from == self.me {
             info!(worker = %name, peer = %at, "the state this node's stale instance of {name} stopped with goes to the one on {at} to merge");
         } else {
@@ -328,7 +328,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 }
                 let mut copies = copies.into_iter().zip(kept).filter_map(|(c, keep)| keep.then_some(c));
                 let r = copies.next().expect("one is kept");
-                let merges = copies.map(|c| (c.from, c.state)).collect();
+                let merges = copies.map(|c| Merge::bare(c.from, c.state)).collect();
                 self.lacking.remove(&name);
                 // The copy says which instance it is of: should that instance be alive after all
                 // (this node was cut off from it, not it from the cluster) and go on, its

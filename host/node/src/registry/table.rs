@@ -240,7 +240,7 @@ pub enum Slot<M, R> {
         args: Vec<u8>,
         lineage: Lineage,
         why: StartWhy<R>,
-        merges: Vec<(String, Vec<u8>)>,
+        merges: Vec<Merge>,
         /// Answers to handoffs whose states wait in `merges` (a durable kind's: sent once
         /// the merged state is copied, see [`Table::merge_then_ack`]).
         acks: Vec<(String, Msg)>,
@@ -257,7 +257,7 @@ pub enum Slot<M, R> {
         args: Vec<u8>,
         lineage: Lineage,
         why: StopWhy<R>,
-        merges: Vec<(String, Vec<u8>)>,
+        merges: Vec<Merge>,
     },
     /// Handed to `to` (empty: nobody to hand to yet), not yet acknowledged: the states
     /// stay here until they are. `sent`: how many of `merges` the handoff in flight
@@ -268,7 +268,7 @@ pub enum Slot<M, R> {
         args: Vec<u8>,
         lineage: Lineage,
         state: Option<Vec<u8>>,
-        merges: Vec<(String, Vec<u8>)>,
+        merges: Vec<Merge>,
         sent: usize,
         yielding: bool,
         refused: BTreeSet<String>,
@@ -319,7 +319,7 @@ pub enum StopWhy<R> {
     /// merged in, or from the one of the two that holds all the other does, or, when
     /// both went on, from the one that went further (`mine_stays`: this one was chosen
     /// to stay, which decides when neither went further).
-    Replaced { from: String, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<(String, Vec<u8>)>, origin: Option<Origin>, mine_stays: bool },
+    Replaced { from: String, args: Vec<u8>, lineage: Lineage, state: Option<Vec<u8>>, merges: Vec<Merge>, origin: Option<Origin>, mine_stays: bool },
     /// A stop request.
     Asked(R),
 }
@@ -335,6 +335,23 @@ pub struct Rival {
     pub origin: Origin,
 }
 
+/// A state to merge into an instance of its name: the node it came from, its bytes,
+/// and which state it is, where known ([`Origin`]: the instance that merges it holds
+/// all of it then, and the same state handed to it again adds nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merge {
+    pub from: String,
+    pub state: Vec<u8>,
+    pub origin: Option<Origin>,
+}
+
+impl Merge {
+    /// A state whose origin is not known (a replica's copy, a node before origins).
+    pub fn bare(from: String, state: Vec<u8>) -> Merge {
+        Merge { from, state, origin: None }
+    }
+}
+
 /// A handoff put off until the instance it meets has started ([`Table::deferred`]).
 #[derive(Debug)]
 pub struct Deferred {
@@ -342,7 +359,7 @@ pub struct Deferred {
     pub args: Vec<u8>,
     pub lineage: Lineage,
     pub state: Option<Vec<u8>>,
-    pub merges: Vec<(String, Vec<u8>)>,
+    pub merges: Vec<Merge>,
     pub yielding: bool,
     pub origin: Option<Origin>,
 }
@@ -695,7 +712,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 }
                 self.out.push(Effect::Changed);
             }
-            Msg::Handoff { name, args, lineage, state, merges, yielding, origin } => {
+            Msg::Handoff { name, args, lineage, state, merges, yielding, origin, merge_origins } => {
+                let mut origins = merge_origins.into_iter();
+                let merges = merges.into_iter().map(|(from, state)| Merge { from, state, origin: origins.next().flatten() }).collect();
                 self.handoff_in(from, name, args, lineage, state, merges, yielding, origin)
             }
             Msg::HandoffAck { name, at } => self.handoff_ack(from, name, at),
@@ -838,7 +857,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         lineage: Lineage,
         why: StartWhy<R>,
         state: Option<Vec<u8>>,
-        merges: Vec<(String, Vec<u8>)>,
+        merges: Vec<Merge>,
         origin: Option<Origin>,
     ) {
         let id = self.next_id();
@@ -849,10 +868,16 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let mut merges = merges;
         if let Some(r) = self.take_copy(&name, &self.me.clone()) {
             info!(worker = %name, "{name} starts here again: the state its stale instance here stopped with merges into it");
-            merges.push((r.from, r.state));
+            merges.push(Merge::bare(r.from, r.state));
         }
         let line = self.new_state_id();
-        self.bases.insert(name.clone(), Base::new(id, line, state.as_deref(), origin.as_ref()));
+        let mut base = Base::new(id, line, state.as_deref(), origin.as_ref());
+        // It holds all of what it merges as it starts.
+        for m in &merges {
+            base.absorb(m.origin.as_ref());
+        }
+        self.bases.insert(name.clone(), base);
+        let merges = merges.into_iter().map(|m| (m.from, m.state)).collect();
         // The states known now merge as the instance starts, before its first copy; the
         // slot gathers those that arrive while it starts.
         self.local.insert(name.clone(), Slot::Starting { id, args: args.clone(), lineage, why, merges: Vec::new(), acks: Vec::new() });
@@ -989,7 +1014,17 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// (handoffs' answers) once they are safe: at once when nothing is to merge or the
     /// kind is not durable, else once the instance has merged the last of them and its
     /// replicas hold the result (the senders drop their states on the ack).
-    pub(super) fn merge_then_ack(&mut self, name: &WorkerName, handle: &M, states: Vec<(String, Vec<u8>)>, acks: Vec<(String, Msg)>) {
+    /// The instance holds all of each state it merges (see [`Merge::origin`]).
+    pub(super) fn merge_then_ack(&mut self, name: &WorkerName, handle: &M, states: Vec<Merge>, acks: Vec<(String, Msg)>) {
+        let id = match self.local.get(name) {
+            Some(Slot::Running { id, .. }) => Some(*id),
+            _ => None,
+        };
+        if let Some(b) = self.bases.get_mut(name).filter(|b| Some(b.id) == id) {
+            for m in &states {
+                b.absorb(m.origin.as_ref());
+            }
+        }
         let durable = self.kinds.replicas(&name.kind) > 0;
         let mut acks = acks;
         if !durable || states.is_empty() {
@@ -998,7 +1033,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             }
         }
         let last = states.len().saturating_sub(1);
-        for (k, (from, state)) in states.into_iter().enumerate() {
+        for (k, Merge { from, state, .. }) in states.into_iter().enumerate() {
             let acks = if k == last { std::mem::take(&mut acks) } else { Vec::new() };
             self.out.push(Effect::Merge { name: name.clone(), handle: handle.clone(), from, state, acks });
         }

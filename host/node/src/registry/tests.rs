@@ -116,7 +116,7 @@ fn without_origins(sent: Vec<(String, Msg)>) -> Vec<(String, Msg)> {
 
 /// An instance of `n` of this lineage on another node yields its `state` to this one.
 fn yielded(n: &WorkerName, lineage: Lineage, state: &[u8]) -> Msg {
-    Msg::Handoff { name: n.clone(), args: vec![], lineage, state: Some(state.to_vec()), merges: vec![], yielding: true, origin: None }
+    Msg::Handoff { name: n.clone(), args: vec![], lineage, state: Some(state.to_vec()), merges: vec![], yielding: true, origin: None, merge_origins: vec![] }
 }
 
 fn recv(t: &mut T, from: &str, msg: Msg) -> Fx {
@@ -316,6 +316,7 @@ fn a_node_at_its_max_instances_refuses_a_new_name_and_takes_one_that_moves_here(
         merges: vec![],
         yielding: false,
         origin: None,
+        merge_origins: vec![],
     };
     let fx = recv(&mut a, "b@h", handoff);
     assert_eq!(spawn_of(&fx).map(|(n, _, s)| (n, s)), Some((moved, Some(b"7".to_vec()))));
@@ -503,6 +504,7 @@ fn a_yielded_state_merges_into_the_running_instance() {
         merges: vec![("b@h".into(), vec![4])],
         yielding: true,
         origin: None,
+        merge_origins: vec![],
     };
     let fx = recv(&mut z, "a@h", handoff);
     let merged: Vec<Vec<u8>> = fx
@@ -566,7 +568,16 @@ fn an_instance_starting_when_a_handoff_arrives_is_announced_as_its_successor() {
     let fx = recv(&mut z, "b@h", Msg::Orphan { name: n.clone(), args: vec![], lineage: Lineage::default() });
     let (_, id, _) = spawn_of(&fx).expect("z@h owns it and restarts it");
     let restart = Lineage::default().restarted();
-    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: restart, state: Some(vec![5]), merges: vec![], yielding: false, origin: None };
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: restart,
+        state: Some(vec![5]),
+        merges: vec![],
+        yielding: false,
+        origin: None,
+        merge_origins: vec![],
+    };
     let fx = recv(&mut z, "b@h", handoff);
     assert!(sends(&fx).contains(&("b@h".into(), Msg::HandoffAck { name: n.clone(), at: Some("z@h".into()) })));
     let fx = z.handle(Event::Spawned { name: n.clone(), id, result: Ok(3) });
@@ -737,6 +748,7 @@ fn a_state_handed_to_a_node_that_knows_the_name_runs_elsewhere_goes_there() {
         merges: vec![],
         yielding: false,
         origin: Some(origin),
+        merge_origins: vec![],
     };
     // b@h, which does not run the name, knows it runs on c@h; a@h hands it over.
     let knowing = || {
@@ -773,8 +785,16 @@ fn a_state_handed_to_a_node_that_knows_the_name_runs_elsewhere_goes_there() {
     // senders hear so once it runs.
     let mut b = knowing();
     recv(&mut b, "a@h", handoff.clone());
-    let from_c =
-        Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage::default(), state: Some(vec![9]), merges: vec![], yielding: false, origin: None };
+    let from_c = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage::default(),
+        state: Some(vec![9]),
+        merges: vec![],
+        yielding: false,
+        origin: None,
+        merge_origins: vec![],
+    };
     let fx = recv(&mut b, "c@h", from_c);
     let Some(Effect::Spawn { id, state, merges, .. }) = fx.iter().find(|e| matches!(e, Effect::Spawn { .. })) else { panic!("started here: {fx:?}") };
     assert_eq!((state.clone(), merges.clone()), (Some(vec![9]), vec![("a@h".to_string(), vec![5])]));
@@ -805,6 +825,7 @@ fn a_state_handed_to_a_node_that_knows_the_name_runs_elsewhere_goes_there() {
         merges: vec![],
         yielding: false,
         origin: Some(holding),
+        merge_origins: vec![],
     };
     let fx = recv(&mut b, "c@h", from_c);
     let Some(Effect::Spawn { state, merges, .. }) = fx.iter().find(|e| matches!(e, Effect::Spawn { .. })) else { panic!("started here: {fx:?}") };
@@ -816,6 +837,86 @@ fn a_state_handed_to_a_node_that_knows_the_name_runs_elsewhere_goes_there() {
     recv(&mut b, "a@h", registered(&n, 0, 0));
     let fx = recv(&mut b, "a@h", handoff);
     assert!(spawn_of(&fx).is_some(), "{fx:?}");
+}
+
+/// A state that came here riding along with another's handoff (a yielder's, carried
+/// on by the instance it yielded to), handed again by its own sender, whose answer was
+/// cut off, adds nothing: the instance that merged it holds all of it, whether it ran
+/// here then or started from the handoff. Without its origin (a node before
+/// `merge_origins`), it merges again, as before.
+#[test]
+fn a_state_that_rode_along_and_is_handed_again_is_not_merged_twice() {
+    let n = name("x");
+    let a_state = Origin { state: 77, holds: vec![77], copy_of: None, height: None, from_copy: None };
+    let c_state = Origin { state: 78, holds: vec![78], copy_of: None, height: None, from_copy: None };
+    let from_c = |yielding: bool, merge_origins: Vec<Option<Origin>>| Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage::default(),
+        state: Some(vec![9]),
+        merges: vec![("a@h".into(), vec![5])],
+        yielding,
+        origin: Some(c_state.clone()),
+        merge_origins,
+    };
+    let from_a = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage::default(),
+        state: Some(vec![5]),
+        merges: vec![],
+        yielding: true,
+        origin: Some(a_state.clone()),
+        merge_origins: vec![],
+    };
+    let merged = |fx: &Fx| fx.iter().filter(|e| matches!(e, Effect::Merge { .. })).count();
+    let answered = |fx: &Fx| sends(fx).contains(&("a@h".to_string(), Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) }));
+    for known in [true, false] {
+        let origins = if known { vec![Some(a_state.clone())] } else { vec![] };
+        // The name runs here; c@h yields to it, with a@h's state riding along.
+        let mut b = table("b@h", false);
+        joins(&mut b, "a@h", 1);
+        joins(&mut b, "c@h", 2);
+        run_here(&mut b, &n, 1);
+        let fx = recv(&mut b, "c@h", from_c(true, origins.clone()));
+        assert_eq!(merged(&fx), 2, "{fx:?}");
+        let fx = recv(&mut b, "a@h", from_a.clone());
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Stop { .. })), "{fx:?}");
+        assert_eq!(merged(&fx), usize::from(!known), "known: {known}: {fx:?}");
+        assert!(answered(&fx), "{fx:?}");
+        // Riding along again, with d@h's: d@h's alone merges.
+        let d_state = Origin { state: 79, holds: vec![79], copy_of: None, height: None, from_copy: None };
+        let from_d = Msg::Handoff {
+            name: n.clone(),
+            args: vec![],
+            lineage: Lineage::default(),
+            state: Some(vec![3]),
+            merges: vec![("a@h".into(), vec![5])],
+            yielding: true,
+            origin: Some(d_state),
+            merge_origins: vec![Some(a_state.clone())],
+        };
+        joins(&mut b, "d@h", 3);
+        let fx = recv(&mut b, "d@h", from_d);
+        assert_eq!(merged(&fx), if known { 1 } else { 2 }, "known: {known}: {fx:?}");
+
+        // It ran nowhere: it starts here from c@h's state, a@h's merged in.
+        let mut b = table("b@h", false);
+        joins(&mut b, "a@h", 1);
+        joins(&mut b, "c@h", 2);
+        let fx = recv(&mut b, "c@h", from_c(false, origins));
+        let Some(Effect::Spawn { id, merges, .. }) = fx.iter().find(|e| matches!(e, Effect::Spawn { .. })) else { panic!("started here: {fx:?}") };
+        assert_eq!(merges, &vec![("a@h".to_string(), vec![5])]);
+        // Handed again while it starts: nothing to wait for or merge.
+        let early = recv(&mut b, "a@h", from_a.clone());
+        let fx = b.handle(Event::Spawned { name: n.clone(), id: *id, result: Ok(1) });
+        assert_eq!(merged(&fx), usize::from(!known), "known: {known}: {fx:?}");
+        assert!(answered(&early) || answered(&fx), "{early:?} {fx:?}");
+        // A third time, it adds nothing either way: it came handed on its own then.
+        let fx = recv(&mut b, "a@h", from_a.clone());
+        assert_eq!(merged(&fx), 0, "known: {known}: {fx:?}");
+        assert!(answered(&fx), "{fx:?}");
+    }
 }
 
 /// A handoff answered with a node this one does not hear (the receiver passed the
@@ -855,6 +956,7 @@ fn a_moving_instance_sent_a_state_that_holds_all_of_its_own_moves_on_with_that_o
         merges: vec![],
         yielding,
         origin: Some(origin),
+        merge_origins: vec![],
     };
     let mut b = table("b@h", true);
     joins(&mut b, "a@h", 1);
@@ -991,8 +1093,16 @@ fn a_handoff_into_a_copy_that_is_stopping_for_it_takes_its_place() {
     // An original on a@h announces itself: b's copy (same rank, larger name) stops.
     let fx = recv(&mut t, "a@h", registered(&n, 0, 0));
     let (sid, _) = stop_of(&fx).expect("b's copy stops");
-    let handoff =
-        Msg::Handoff { name: n.clone(), args: vec![], lineage: Lineage::default(), state: Some(vec![9]), merges: vec![], yielding: false, origin: None };
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: Lineage::default(),
+        state: Some(vec![9]),
+        merges: vec![],
+        yielding: false,
+        origin: None,
+        merge_origins: vec![],
+    };
     let fx = recv(&mut t, "a@h", handoff);
     assert!(sends(&fx).is_empty(), "answered once the handed one runs");
     let fx = t.handle(Event::Stopped { name: n.clone(), id: sid, state: Some(vec![4]) });
@@ -1620,7 +1730,16 @@ fn a_state_handed_to_a_node_holding_a_dead_instances_later_copy_starts_with_that
     let newer = super::wire::Replicate { lineage: a_line, ..copy(&n, 9, super::durable::Update::Full(b"a-9".to_vec()), &["d@h", "c@h"]) };
     c.replica_in("a@h", newer).unwrap();
     c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
-    let handoff = |lineage| Msg::Handoff { name: n.clone(), args: vec![], lineage, state: Some(b"b".to_vec()), merges: vec![], yielding: true, origin: None };
+    let handoff = |lineage| Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage,
+        state: Some(b"b".to_vec()),
+        merges: vec![],
+        yielding: true,
+        origin: None,
+        merge_origins: vec![],
+    };
     let fx = recv(&mut c, "b@h", handoff(Lineage::default().failed_over(3)));
     let merges = fx.iter().find_map(|e| match e {
         Effect::Spawn { merges, .. } => Some(merges.clone()),
@@ -1674,6 +1793,7 @@ fn a_copy_of_another_instance_of_the_same_lineage_merges_into_a_handed_state() {
         merges: vec![],
         yielding: true,
         origin: Some(Origin { state: 50, holds, copy_of: None, height: Some(12), from_copy }),
+        merge_origins: vec![],
     };
     let merged = |msg: Msg| {
         let mut c = table("c@h", false);
@@ -1741,8 +1861,16 @@ fn a_dead_copy_of_another_instance_of_the_same_lineage_goes_to_the_taker_to_merg
         up(&mut a, "b@h", 2);
         // Other bytes than the state it started from: told apart by the line alone.
         let copy = Origin { state: 77, holds: vec![77], copy_of: Some((22, 3)), height: Some(3), from_copy: None };
-        let handoff =
-            Msg::Handoff { name: n.clone(), args: vec![], lineage: l, state: Some(b"x".to_vec()), merges: vec![], yielding: true, origin: Some(copy) };
+        let handoff = Msg::Handoff {
+            name: n.clone(),
+            args: vec![],
+            lineage: l,
+            state: Some(b"x".to_vec()),
+            merges: vec![],
+            yielding: true,
+            origin: Some(copy),
+            merge_origins: vec![],
+        };
         let fx = recv(&mut a, "b@h", handoff);
         assert_eq!(fx.iter().any(|e| matches!(e, Effect::Merge { .. })), merges, "started from line {line}: {fx:?}");
     }
@@ -1818,6 +1946,7 @@ fn handed(n: &WorkerName, state: &[u8], origin: Origin, yielding: bool) -> Msg {
         merges: vec![],
         yielding,
         origin: Some(origin),
+        merge_origins: vec![],
     }
 }
 
@@ -2148,7 +2277,16 @@ fn the_state_a_stale_instance_stopped_with_merges_into_the_taker_whatever_their_
     assert_eq!(merged, Some(Some(b"14".to_vec())), "{fx:?}");
     // The taker hands the name to this node, its owner: the state merges as it starts.
     let mut b = held();
-    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: taken, state: Some(b"a".to_vec()), merges: vec![], yielding: false, origin: None };
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: taken,
+        state: Some(b"a".to_vec()),
+        merges: vec![],
+        yielding: false,
+        origin: None,
+        merge_origins: vec![],
+    };
     let fx = recv(&mut b, "a@h", handoff);
     let merges = fx.iter().find_map(|e| match e {
         Effect::Spawn { merges, .. } => Some(merges.clone()),
@@ -2185,7 +2323,16 @@ fn a_durable_instance_that_stays_over_another_takes_no_calls_until_that_ones_sta
     };
     // a@h's state arrives: merged into this one, which takes calls again.
     let (mut b, _) = meeting();
-    let handoff = Msg::Handoff { name: n.clone(), args: vec![], lineage: weaker, state: Some(b"a".to_vec()), merges: vec![], yielding: true, origin: None };
+    let handoff = Msg::Handoff {
+        name: n.clone(),
+        args: vec![],
+        lineage: weaker,
+        state: Some(b"a".to_vec()),
+        merges: vec![],
+        yielding: true,
+        origin: None,
+        merge_origins: vec![],
+    };
     let fx = recv(&mut b, "a@h", handoff);
     assert!(fx.iter().any(|e| matches!(e, Effect::Merge { .. })), "{fx:?}");
     assert_eq!(b.route(&n, None), Route::Here(9));

@@ -167,10 +167,15 @@ pub enum Msg {
         #[serde(deserialize_with = "checked::node_keyed")]
         merges: Vec<(String, Vec<u8>)>,
         yielding: bool,
-        /// Which state `state` is ([`Origin`]). Last, and read as `None` when absent,
-        /// so that nodes before it and after it read each other's handoffs.
+        /// Which state `state` is ([`Origin`]). Read as `None` when absent, so that
+        /// nodes before it and after it read each other's handoffs.
         #[serde(deserialize_with = "checked::origin")]
         origin: Option<Origin>,
+        /// Which state each of `merges` is, in the same order, where the sender knows
+        /// (the instance that merges them then holds all of them, and one handed to it
+        /// again adds nothing). Last, and read as empty when absent (a node before it).
+        #[serde(deserialize_with = "checked::origins")]
+        merge_origins: Vec<Option<Origin>>,
     },
     /// The answer to a handoff: where the name runs now, or `None` when the receiver
     /// could not take it (leaving, or its start failed).
@@ -396,6 +401,16 @@ pub(super) mod checked {
         }))
     }
 
+    /// A list of origins added last to a message: empty when the message ends before it
+    /// or holds no valid one; each origin's list held to its length.
+    pub fn origins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<super::Origin>>, D::Error> {
+        let mut all = Vec::<Option<super::Origin>>::deserialize(d).unwrap_or_default();
+        for o in all.iter_mut().flatten() {
+            o.holds.truncate(super::Origin::HOLDS);
+        }
+        Ok(all)
+    }
+
     pub fn call_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         let id = Option::<String>::deserialize(d)?;
         if let Some(id) = &id {
@@ -498,12 +513,16 @@ mod tests {
             merges: vec![],
             yielding: false,
             origin,
+            merge_origins: vec![],
         };
         let without = encode(&Rpc::Tell(m(None))).to_vec();
-        // `None` is the last byte: without it, the handoff as an older node sends it.
-        let older = &without[..without.len() - 1];
+        // `None` and the empty `merge_origins` are the last bytes: without them, the
+        // handoff as an older node sends it.
+        let older = &without[..without.len() - 2];
         assert!(matches!(decode(older).unwrap(), Rpc::Tell(back) if back == m(None)));
         let with = encode(&Rpc::Tell(m(Some(Origin { state: 1 << 60, holds: vec![1 << 60, 5], copy_of: None, height: None, from_copy: None })))).to_vec();
+        // As a node before `merge_origins` sends it.
+        let with = &with[..with.len() - 1];
         assert!(with.starts_with(older), "an older node reads the fields it knows first");
         assert_eq!(postcard::from_bytes::<(u8, u8)>(&[3, 4, 9, 9]).unwrap(), (3, 4), "postcard leaves what follows unread");
         // An origin from a node before `from_copy`, or before `height` or `copy_of` too
@@ -521,13 +540,37 @@ mod tests {
         // `from_copy`.
         let before = m(Some(Origin { state: 3, holds: vec![3], copy_of: Some((1 << 62, 9)), height: None, from_copy: None }));
         let older = encode(&Rpc::Tell(before.clone()));
-        assert!(body.starts_with(&older[..older.len() - 2]));
+        assert!(body.starts_with(&older[..older.len() - 3]));
         let Msg::Handoff { origin: Some(o), .. } = &copy else { unreachable!() };
         let sent = postcard::to_stdvec(&(o.state, &o.holds, o.copy_of, o.height, o.from_copy)).unwrap();
         // An origin as a node before `from_copy` reads it.
         type Before = (u64, Vec<u64>, Option<(u64, u64)>, Option<u64>);
         let read: Before = postcard::from_bytes(&sent).unwrap();
         assert_eq!(read, (3, vec![3], Some((1 << 62, 9)), Some(1 << 40)));
+    }
+
+    /// A node before `merge_origins` sends handoffs without them, and reads ours as its
+    /// own; ours read back whole.
+    #[test]
+    fn handoffs_read_across_merge_origins() {
+        let origin = Origin { state: 5, holds: vec![5, 4], copy_of: None, height: Some(2), from_copy: None };
+        let m = |merge_origins: Vec<Option<Origin>>| Msg::Handoff {
+            name: WorkerName::new("order", "John"),
+            args: vec![],
+            lineage: Lineage::default(),
+            state: Some(vec![7]),
+            merges: vec![("b@h".into(), vec![1]), ("c@h".into(), vec![2])],
+            yielding: true,
+            origin: Some(origin.clone()),
+            merge_origins,
+        };
+        let without = encode(&Rpc::Tell(m(vec![]))).to_vec();
+        let older = &without[..without.len() - 1];
+        assert!(matches!(decode(older).unwrap(), Rpc::Tell(back) if back == m(vec![])));
+        let full = m(vec![Some(origin.clone()), None]);
+        let with = encode(&Rpc::Tell(full.clone())).to_vec();
+        assert!(with.starts_with(older), "an older node reads the fields it knows first");
+        assert!(matches!(decode(&with).unwrap(), Rpc::Tell(back) if back == full));
     }
 
     /// A node before `went` sends `Unregistered` without it, and reads ours as its own.
@@ -601,6 +644,7 @@ mod tests {
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
                 origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)), height: None, from_copy: None }),
+                merge_origins: vec![],
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::Orphan { name: name.clone(), args: vec![], lineage: Lineage::default() },
@@ -659,6 +703,7 @@ mod tests {
                 merges: vec![("c@h".into(), vec![1])],
                 yielding: true,
                 origin: Some(Origin { state: 7, holds: vec![7, 3], copy_of: Some((4, 2)), height: None, from_copy: None }),
+                merge_origins: vec![],
             },
             Msg::HandoffAck { name: name.clone(), at: Some("b@h".into()) },
             Msg::NoCopy { name: name.clone() },
@@ -874,6 +919,7 @@ mod tests {
                 merges: vec![(bad.into(), vec![])],
                 yielding: false,
                 origin: None,
+                merge_origins: vec![],
             }),
             Rpc::Call { name: name.clone(), msg: vec![], timeout_ms: 1, call_id: Some("id\nforged".into()) },
             Rpc::Cast { name: WorkerName::new("order", "x\rforged"), msg: vec![] },
