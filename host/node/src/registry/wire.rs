@@ -502,7 +502,8 @@ mod tests {
     }
 
     /// A node from before [`Origin`] sends handoffs without it and reads ours as its
-    /// own: the field is a handoff's last bytes, which postcard leaves unread.
+    /// own: the field, and `merge_origins` after it, are a handoff's last bytes, which
+    /// postcard leaves unread.
     #[test]
     fn handoffs_read_across_the_origin_field() {
         let m = |origin| Msg::Handoff {
