@@ -345,7 +345,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             self.spawn(name.clone(), args, lineage.moved(), StartWhy::Handoff { from }, state, all, theirs);
             // The instance holds all of the passing state: should its sender, whose
             // answer a partition or a pause cuts off, hand it over again, it adds
-            // nothing (seed 121464).
+            // nothing (seed 121464). The spawn took in its origin with the merges;
+            // this records its bytes too (`Base::merged`), as for a state merged alone.
             if let (Some((o, h)), Some(b)) = (merged, self.bases.get_mut(&name)) {
                 b.absorb_alone(Some(&o), &h);
             }
