@@ -338,7 +338,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 (Some(h), Some(o)) if state.is_some() && holds(&held_origin, o.state) => (Some(h), Some(held_origin)),
                 (held, theirs) => {
                     merged = held.clone().map(|h| (held_origin.clone(), h));
-                    all.extend(yielders.first().cloned().zip(held).map(|(from, state)| Merge { from, state, origin: Some(held_origin) }));
+                    // From the node that handed it here; a dead instance's copy has
+                    // none, and goes as this node's, as it went to `from`.
+                    let by = yielders.first().cloned().unwrap_or_else(|| me.clone());
+                    all.extend(held.map(|state| Merge { from: by, state, origin: Some(held_origin) }));
                     (state, theirs)
                 }
             };

@@ -253,7 +253,9 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             refused: Default::default(),
             yielders: Vec::new(),
             origin,
-            passing: false,
+            // No instance ran here: should the one there hand the name here meanwhile,
+            // the two cross, and it starts here with this state merged in.
+            passing: true,
         };
         self.local.insert(name.clone(), slot);
         self.send_handoff(name.clone(), None);

@@ -277,7 +277,8 @@ pub enum Slot<M, R> {
         yielders: Vec<String>,
         /// Which state `state` is, told to every node it goes to.
         origin: Origin,
-        /// The states were handed here to pass on to where the name runs (`to`), and no
+        /// The states were handed here, or are the copy of a dead instance held here
+        /// (`Table::settle_dead_copy`), to pass on to where the name runs (`to`), and no
         /// instance of it ran here: should `to` hand the name here meanwhile, it starts
         /// here with them (see `Table::handoff_in`).
         passing: bool,

@@ -1535,6 +1535,51 @@ fn a_replica_keeps_both_duplicates_copies_and_a_dead_ones_goes_to_the_other_to_m
     assert!(spawn_of(&fx).is_none(), "not started here: it runs on b@h");
 }
 
+/// A dead instance's copy on its way to the instance that runs the name, which hands
+/// the name here meanwhile: the two cross. It starts here from the handed state with
+/// the copy merged in, once, whether or not the copy reached the sender before it
+/// stopped; the sender's refusal of the copy, which it finds moving, changes nothing.
+#[test]
+fn a_dead_copy_crossing_the_runners_handoff_here_starts_here_with_it() {
+    let n = durable_ranked(&["a@h", "c@h", "b@h"]);
+    let b_lineage = Lineage::default().restarted();
+    for carried in [false, true] {
+        let mut c = table("c@h", false);
+        up(&mut c, "a@h", 1);
+        up(&mut c, "b@h", 2);
+        recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+        c.replica_in("a@h", copy(&n, 5, super::durable::Update::Full(b"a-state".to_vec()), &["c@h"])).unwrap();
+        let taken = super::wire::Replicate { lineage: b_lineage, ..copy(&n, 1, super::durable::Update::Full(b"b-state".to_vec()), &["c@h"]) };
+        c.replica_in("b@h", taken).unwrap();
+        // a@h dies: its copy goes to b@h to merge, as b@h hands the name here.
+        let fx = c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+        assert!(sends(&fx).iter().any(|(to, m)| to == "b@h" && matches!(m, Msg::Handoff { .. })), "{fx:?}");
+        // Had it reached b@h before it stopped, it rides along with b@h's state.
+        let merges = if carried { vec![("c@h".to_string(), b"a-state".to_vec())] } else { vec![] };
+        let from_b = Msg::Handoff {
+            name: n.clone(),
+            args: vec![],
+            lineage: b_lineage,
+            state: Some(b"b-final".to_vec()),
+            merges,
+            yielding: false,
+            origin: None,
+            merge_origins: vec![],
+        };
+        let fx = recv(&mut c, "b@h", from_b);
+        let Some(Effect::Spawn { id, state, merges, .. }) = fx.iter().find(|e| matches!(e, Effect::Spawn { .. })) else { panic!("not started here: {fx:?}") };
+        assert_eq!((state.clone(), merges.clone()), (Some(b"b-final".to_vec()), vec![("c@h".to_string(), b"a-state".to_vec())]), "carried: {carried}");
+        assert!(!sends(&fx).iter().any(|(_, m)| matches!(m, Msg::HandoffAck { at: None, .. })), "b@h's handoff refused: {fx:?}");
+        let id = *id;
+        c.handle(Event::Spawned { name: n.clone(), id, result: Ok(1) });
+        assert_eq!(c.route(&n, None), Route::Here(1));
+        // b@h, moving the name, refuses the copy: nothing more.
+        let fx = recv(&mut c, "b@h", Msg::HandoffAck { name: n.clone(), at: None });
+        assert!(sends(&fx).is_empty() && spawn_of(&fx).is_none(), "{fx:?}");
+        assert_eq!(c.route(&n, None), Route::Here(1));
+    }
+}
+
 /// b@h was paused while a@h ran the name: b@h timed a@h out and started the name from
 /// its own copy (number 2) while a@h went on copying to c@h (up to number 5); then a@h
 /// dies. c@h's copy holds updates b@h's instance lacks: it goes there to merge. A copy
