@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::origin::{self, Base, Keep, Origin};
 use super::placement::{owner, stays, Lineage};
+use super::replica::dead_copy_holds;
 use super::table::{Claim, Deferred, Effect, Grace, Merge, Orphan, Replica, Rival, Slot, StartWhy, StopWhy, Table, Timer, MOVE_AGAIN};
 use super::wire::Msg;
 use super::WorkerName;
@@ -367,9 +368,21 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // Copies held here from instances of the name whose nodes are gone may
                 // hold updates the handed state lacks (it can be a stale duplicate's):
                 // they merge into it, unless it holds all of them.
-                let mut merges = merges;
+                let (mut merges, mut state, mut theirs, mut lineage) = (merges, state, theirs, lineage);
                 for node in self.dead_copies(&name) {
                     let r = self.take_copy(&name, &node).expect("listed above");
+                    // Unless it holds all of the handed state (its instance went on from
+                    // it): then it is the state the name goes on from, in that one's place.
+                    // Merged into the older one instead, a worker without a merge would
+                    // keep that one, and drop what the copy's instance acknowledged since.
+                    if state.is_some() && theirs.as_ref().is_some_and(|o| dead_copy_holds(&r, o)) {
+                        info!(worker = %name, peer = %from, "{node} went down with an instance of {name} whose copy here holds all of the state {from} handed over: the name goes on from the copy");
+                        let fresh = self.dead_copy_origin(&r);
+                        theirs = theirs.map(|o| fresh.holding(&o));
+                        state = Some(r.state);
+                        lineage = r.lineage;
+                        continue;
+                    }
                     if !self.handed_holds(theirs.as_ref(), lineage, &r) {
                         merges.push(Merge::bare(node, r.state));
                     }

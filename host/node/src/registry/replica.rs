@@ -7,6 +7,7 @@
 //! holds (`supervise.rs`, `replan`) instead of from an empty `init`.
 
 use super::durable::{Target, Update};
+use super::origin::Base;
 use super::placement::{ranked, Lineage};
 use super::table::{Effect, Replica, Slot, Table};
 use super::wire::Msg;
@@ -27,6 +28,20 @@ pub struct Replication {
     pub start: u64,
     /// What its state holds all of besides its line ([`Replicate::holds`]).
     pub holds: Option<Holds>,
+}
+
+/// Whether the copy `r`, whose node is gone, holds all of a state of origin `o` that is
+/// a copy left as it was (`o.copy_of`: copy `seq` of line `line`): `r` is that copy or a
+/// later one of that line, or its instance held all of that line (it took in a state
+/// that did). Not by `o`'s own id, nor by the copy `r`'s instance started from, which
+/// `r` may say it holds for having been handed `o`'s state: an instance takes a handed
+/// state's origin in as it queues the merge, so a copy it sent meanwhile says it holds
+/// what its bytes lack yet. `line` itself comes in only with a state that holds all of
+/// it, which `o` does not say of itself; that state's sender keeps it until its merge
+/// is copied.
+pub fn dead_copy_holds(r: &Replica, o: &Origin) -> bool {
+    let Some((line, seq)) = o.copy_of.filter(|(line, _)| !o.holds.contains(line)) else { return false };
+    (r.line == Some(line) && r.seq >= seq) || r.holds.as_ref().is_some_and(|h| h.ids.contains(&line))
 }
 
 /// Why a copy was not taken.
@@ -104,6 +119,16 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             _ if c.from == self.me || o.from == c.from => false,
             (Some(line), Some(h)) => h.holds_copy((line, c.seq)),
             _ => self.continued(o.lineage, c),
+        }
+    }
+
+    /// The origin of a state that goes on from the copy `r`, whose node is gone: a copy
+    /// of its line, under a new id of this node's.
+    pub(super) fn dead_copy_origin(&mut self, r: &Replica) -> Origin {
+        let id = self.new_state_id();
+        match r.line {
+            Some(line) => Base::copy(id, line, r.seq, r.height),
+            None => Origin { state: id, holds: vec![id], copy_of: None, height: r.height, from_copy: None },
         }
     }
 

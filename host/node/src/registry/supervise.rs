@@ -5,8 +5,9 @@
 
 use tracing::info;
 
-use super::origin::{Base, Origin};
+use super::origin::Base;
 use super::placement::Lineage;
+use super::replica::dead_copy_holds;
 use super::table::{Effect, Grace, Merge, Orphan, Replica, Slot, StartWhy, Table, Timer, GONE_GRACE, LEAVER_GRACE, REPLICA_GRACE};
 use super::wire::Msg;
 use super::Restart;
@@ -191,6 +192,23 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         if self.local.contains_key(name) {
             for node in dead {
                 let r = self.take_copy(name, &node).expect("listed above");
+                // A state on its way from here that the copy holds all of (the copy's
+                // instance went on from it), and that goes again (its target is gone):
+                // the copy goes in its place. Merged into it instead, a worker without a
+                // merge would keep the older state, and drop what the copy's instance
+                // acknowledged since. Not while the state may still be taken where it
+                // went: that answer would settle the slot, and drop the copy with it.
+                let again = |to: &String| !self.connected(to);
+                if matches!(self.local.get(name), Some(Slot::Moving { state: Some(_), origin, to, .. }) if again(to) && dead_copy_holds(&r, origin)) {
+                    let fresh = self.dead_copy_origin(&r);
+                    if let Some(Slot::Moving { state, origin, lineage, .. }) = self.local.get_mut(name) {
+                        info!(worker = %name, peer = %node, "{node} went down with an instance of {name} whose copy here holds all of the state on its way from here: the copy goes in its place");
+                        *origin = fresh.holding(origin);
+                        *state = Some(r.state);
+                        *lineage = r.lineage;
+                    }
+                    continue;
+                }
                 info!(worker = %name, peer = %node, "{node} went down with an instance of {name} that runs here too: its copied state merges into this one");
                 match self.local.get_mut(name).expect("found above") {
                     Slot::Running { handle, .. } => {
@@ -237,11 +255,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         } else {
             info!(worker = %name, peer = %first.from, "{} went down with a duplicate instance of {name}: its copied state goes to the one on {at} to merge", first.from);
         }
-        let id = self.new_state_id();
-        let origin = match first.line {
-            Some(line) => Base::copy(id, line, first.seq, first.height),
-            None => Origin { state: id, holds: vec![id], copy_of: None, height: first.height, from_copy: None },
-        };
+        let origin = self.dead_copy_origin(&first);
         let slot = Slot::Moving {
             to: at,
             args: first.args,

@@ -1580,6 +1580,125 @@ fn a_dead_copy_crossing_the_runners_handoff_here_starts_here_with_it() {
     }
 }
 
+/// c@h sends a@h's copy (number 7 of line 7) to b@h, which runs a second instance of the
+/// name (line 9), as a@h is gone. b@h goes down before it answers, with a copy here that
+/// holds all of line 7 (its instance took in a state that did): that copy goes on in
+/// place of a@h's. Merged into a@h's instead, a worker without a merge would keep a@h's
+/// and drop what b@h acknowledged (seed 421157). Not when the copy says only that it
+/// holds the very state c@h sent, or the copy that state is: b@h takes a handed state's
+/// origin in as it queues the merge, so a copy sent meanwhile may lack it yet. Then
+/// both go on, as before.
+#[test]
+fn a_dead_copy_holding_all_of_a_state_on_its_way_goes_in_its_place() {
+    let n = durable_ranked(&["a@h", "c@h", "b@h"]);
+    let b_lineage = Lineage::default().restarted();
+    let started = |holds: &dyn Fn(u64) -> Holds| {
+        let mut c = table("c@h", false);
+        up(&mut c, "a@h", 1);
+        up(&mut c, "b@h", 2);
+        recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+        c.replica_in("a@h", copy_of_line_7(&n, 7, b"a-state", &["c@h"])).unwrap();
+        c.replica_in("b@h", lined_copy(&n, b_lineage, 9, 1, b"b-state", Holds::default())).unwrap();
+        let fx = c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+        let sent = sends(&fx).into_iter().find_map(|(to, m)| match m {
+            Msg::Handoff { state, origin: Some(o), .. } if to == "b@h" => Some((state, o)),
+            _ => None,
+        });
+        let Some((Some(state), origin)) = sent else { panic!("a@h's copy goes to b@h: {fx:?}") };
+        assert_eq!((state.as_slice(), origin.copy_of), (&b"a-state"[..], Some((7, 7))));
+        c.replica_in("b@h", lined_copy(&n, b_lineage, 9, 2, b"b-later", holds(origin.state))).unwrap();
+        // Nobody else to hand it to: the name starts here.
+        let fx = c.handle(Event::MemberDown { node: "b@h".into(), conn: 2 });
+        let started = fx.iter().find_map(|e| match e {
+            Effect::Spawn { id, state, merges, .. } => Some((*id, state.clone(), merges.clone())),
+            _ => None,
+        });
+        let Some((id, state, merges)) = started else { panic!("started here: {fx:?}") };
+        let holds_a = c.bases.get(&n).filter(|b| b.id == id).is_some_and(|b| b.holds.contains(&origin.state));
+        (state, merges, holds_a)
+    };
+    let (state, merges, holds_a) = started(&|_| Holds { ids: vec![40, 7], copy: None });
+    assert_eq!((state, merges), (Some(b"b-later".to_vec()), vec![]), "b@h's copy holds all of line 7");
+    assert!(holds_a, "the instance holds all of a@h's copy too, should it come again");
+    let both = (Some(b"a-state".to_vec()), vec![("b@h".to_string(), b"b-later".to_vec())]);
+    for (said, holds) in [
+        ("the state c@h sent", &(|id| Holds { ids: vec![id], copy: None }) as &dyn Fn(u64) -> Holds),
+        ("the copy it is", &|_| Holds { ids: vec![], copy: Some((7, 7)) }),
+    ] {
+        let (state, merges, _) = started(holds);
+        assert_eq!((state, merges), both, "b@h's copy says it holds {said}");
+    }
+    // A copy from another node, d@h, that goes down while a@h's copy is on its way to a
+    // live b@h: b@h may take a@h's copy yet, so d@h's goes after it, as a merge.
+    let mut c = table("c@h", false);
+    up(&mut c, "a@h", 1);
+    up(&mut c, "b@h", 2);
+    up(&mut c, "d@h", 3);
+    recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    c.replica_in("a@h", copy_of_line_7(&n, 7, b"a-state", &["c@h"])).unwrap();
+    c.replica_in("b@h", lined_copy(&n, b_lineage, 9, 1, b"b-state", Holds::default())).unwrap();
+    c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    c.replica_in("d@h", lined_copy(&n, b_lineage, 11, 3, b"d-state", Holds { ids: vec![7], copy: None })).unwrap();
+    let fx = c.handle(Event::MemberDown { node: "d@h".into(), conn: 3 });
+    assert!(sends(&fx).is_empty() && spawn_of(&fx).is_none(), "{fx:?}");
+    let fx = recv(&mut c, "b@h", Msg::HandoffAck { name: n.clone(), at: Some("b@h".into()) });
+    let after = sends(&fx).into_iter().find_map(|(to, m)| match m {
+        Msg::Handoff { state, merges, .. } if to == "b@h" => Some((state, merges)),
+        _ => None,
+    });
+    assert_eq!(after, Some((None, vec![("d@h".to_string(), b"d-state".to_vec())])), "{fx:?}");
+}
+
+/// Which dead copies hold all of a state that is a copy left as it was (copy 7 of line 7).
+#[test]
+fn a_dead_copy_holds_a_copy_by_its_line_alone() {
+    let n = name("x");
+    let replica = |line: u64, seq: u64, holds: Holds| {
+        let mut c = table("c@h", false);
+        up(&mut c, "b@h", 1);
+        c.replica_in("b@h", lined_copy(&n, Lineage::default(), line, seq, b"b", holds)).unwrap();
+        c.replicas[&n][0].clone()
+    };
+    let o = Origin { state: 77, holds: vec![77], copy_of: Some((7, 7)), height: Some(7), from_copy: None };
+    let holds = |r: &super::table::Replica, o: &Origin| super::replica::dead_copy_holds(r, o);
+    assert!(holds(&replica(7, 8, Holds::default()), &o), "a later copy of that line");
+    assert!(holds(&replica(7, 7, Holds::default()), &o), "that very copy");
+    assert!(!holds(&replica(7, 6, Holds::default()), &o), "an earlier one");
+    assert!(holds(&replica(9, 1, Holds { ids: vec![7], copy: None }), &o), "an instance that held all of line 7");
+    assert!(!holds(&replica(9, 1, Holds { ids: vec![77], copy: None }), &o), "not by the state's own id");
+    assert!(!holds(&replica(9, 1, Holds { ids: vec![], copy: Some((7, 9)) }), &o), "not by the copy its instance started from");
+    // A state that says it holds all of its line brings the line in with it.
+    let holding_line = Origin { holds: vec![77, 7], ..o.clone() };
+    assert!(!holds(&replica(9, 1, Holds { ids: vec![7], copy: None }), &holding_line));
+    // Only for a copy left as it was.
+    assert!(!holds(&replica(9, 1, Holds { ids: vec![7], copy: None }), &Origin { copy_of: None, ..o }));
+}
+
+/// The same where a state is handed here: a copy held here whose node went down, and
+/// whose instance held all of the line the handed state is a copy of, is the state the
+/// name starts from; the handed one is left out.
+#[test]
+fn a_handed_copy_that_a_dead_copy_here_holds_all_of_is_left_out() {
+    let n = durable_ranked(&["x@h", "b@h", "c@h"]);
+    let l = Lineage::default().moved();
+    for (holds, state, merges) in [(vec![40, 7], b"b-later".to_vec(), vec![]), (vec![40], b"x-state".to_vec(), vec![("b@h".to_string(), b"b-later".to_vec())])]
+    {
+        let mut c = table("c@h", false);
+        up(&mut c, "b@h", 1);
+        up(&mut c, "x@h", 2);
+        c.replica_in("b@h", lined_copy(&n, l, 9, 4, b"b-later", Holds { ids: holds.clone(), copy: None })).unwrap();
+        c.handle(Event::MemberDown { node: "b@h".into(), conn: 1 });
+        let copy = Origin { state: 77, holds: vec![77], copy_of: Some((7, 3)), height: Some(3), from_copy: None };
+        let fx = recv(&mut c, "x@h", handoff(&n, l, b"x-state", false, Some(copy)));
+        let started = fx.iter().find_map(|e| match e {
+            Effect::Spawn { state, merges, .. } => Some((state.clone(), merges.clone())),
+            _ => None,
+        });
+        assert_eq!(started, Some((Some(state), merges)), "b@h's copy holds {holds:?}: {fx:?}");
+        assert_eq!(c.replica_of(&n), None, "b@h's copy is settled");
+    }
+}
+
 /// b@h was paused while a@h ran the name: b@h timed a@h out and started the name from
 /// its own copy (number 2) while a@h went on copying to c@h (up to number 5); then a@h
 /// dies. c@h's copy holds updates b@h's instance lacks: it goes there to merge. A copy

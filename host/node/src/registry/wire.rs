@@ -288,6 +288,15 @@ impl Origin {
     pub fn holds_copy(&self, copy: (u64, u64)) -> bool {
         holds_copy(&self.holds, [self.copy_of, self.from_copy].into_iter().flatten(), copy)
     }
+
+    /// This state's origin, saying that it holds all of the state `o` too (it goes on in
+    /// that one's place): whoever holds it then holds `o`'s state, should that come again.
+    pub fn holding(mut self, o: &Origin) -> Origin {
+        let more: Vec<u64> = o.holds.iter().filter(|h| !self.holds.contains(h)).copied().collect();
+        self.holds.extend(more);
+        self.holds.truncate(Origin::HOLDS);
+        self
+    }
 }
 
 /// How many kinds a member may say it runs ([`Msg::Kinds`]).
