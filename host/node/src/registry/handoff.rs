@@ -380,7 +380,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                         let fresh = self.dead_copy_origin(&r);
                         theirs = theirs.map(|o| fresh.holding(&o));
                         state = Some(r.state);
-                        lineage = r.lineage;
+                        // It holds all of the handed state: it ranks as that one does, at least.
+                        lineage = r.lineage.better(lineage);
                         continue;
                     }
                     if !self.handed_holds(theirs.as_ref(), lineage, &r) {

@@ -95,6 +95,16 @@ impl Lineage {
         }
     }
 
+    /// Of this lineage and `other`, the one that ranks better (this one when they rank
+    /// the same): the lineage of a state that holds all of a state of each.
+    pub fn better(self, other: Lineage) -> Lineage {
+        if other.rank() < self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+
     fn rank(self) -> (u32, std::cmp::Reverse<u32>) {
         (self.restarts, std::cmp::Reverse(self.moves))
     }
@@ -117,6 +127,18 @@ mod tests {
 
     fn n(i: usize) -> WorkerName {
         WorkerName::new("counter", i.to_string())
+    }
+
+    #[test]
+    fn the_better_lineage_has_fewer_empty_restarts_then_more_moves() {
+        let kept = Lineage::default().moved().failed_over(3);
+        let restarted = Lineage::default().restarted().moved().moved();
+        assert_eq!(restarted.better(kept), kept, "kept its state");
+        assert_eq!(kept.better(restarted), kept);
+        let later = kept.moved();
+        assert_eq!(kept.better(later), later, "moved more");
+        let same = Lineage { from_copy: 9, ..kept };
+        assert_eq!(kept.better(same), kept, "ranked the same: this one");
     }
 
     #[test]

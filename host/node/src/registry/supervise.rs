@@ -205,7 +205,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                         info!(worker = %name, peer = %node, "{node} went down with an instance of {name} whose copy here holds all of the state on its way from here: the copy goes in its place");
                         *origin = fresh.holding(origin);
                         *state = Some(r.state);
-                        *lineage = r.lineage;
+                        // It holds all of that state: it ranks as that one does, at least.
+                        *lineage = r.lineage.better(*lineage);
                     }
                     continue;
                 }
