@@ -87,12 +87,7 @@ impl Lineage {
     /// handoff, unless its own line ranks better still. Announced, it beats the sender's
     /// announcement wherever the two meet, whatever order they arrive in.
     pub fn absorbing(self, handed: Lineage) -> Lineage {
-        let successor = handed.moved();
-        if successor.rank() < self.rank() {
-            successor
-        } else {
-            self
-        }
+        self.better(handed.moved())
     }
 
     /// Of this lineage and `other`, the one that ranks better (this one when they rank

@@ -198,8 +198,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // merge would keep the older state, and drop what the copy's instance
                 // acknowledged since. Not while the state may still be taken where it
                 // went: that answer would settle the slot, and drop the copy with it.
-                let again = |to: &String| !self.connected(to);
-                if matches!(self.local.get(name), Some(Slot::Moving { state: Some(_), origin, to, .. }) if again(to) && dead_copy_holds(&r, origin)) {
+                let gone = |to: &String| !self.connected(to);
+                if matches!(self.local.get(name), Some(Slot::Moving { state: Some(_), origin, to, .. }) if gone(to) && dead_copy_holds(&r, origin)) {
                     let fresh = self.dead_copy_origin(&r);
                     if let Some(Slot::Moving { state, origin, lineage, .. }) = self.local.get_mut(name) {
                         info!(worker = %name, peer = %node, "{node} went down with an instance of {name} whose copy here holds all of the state on its way from here: the copy goes in its place");

@@ -1592,10 +1592,15 @@ fn a_dead_copy_crossing_the_runners_handoff_here_starts_here_with_it() {
 fn a_dead_copy_holding_all_of_a_state_on_its_way_goes_in_its_place() {
     let n = durable_ranked(&["a@h", "c@h", "b@h"]);
     let b_lineage = Lineage::default().restarted();
-    let started = |holds: &dyn Fn(u64) -> Holds| {
+    // c@h, with `others` up too, holds a@h's copy and b@h's first; a@h dies, and its copy
+    // goes to b@h (the state c@h sent, and its origin).
+    let a_copy_sent_to_b = |others: &[(&str, u64)]| {
         let mut c = table("c@h", false);
         up(&mut c, "a@h", 1);
         up(&mut c, "b@h", 2);
+        for (node, conn) in others {
+            up(&mut c, node, *conn);
+        }
         recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
         c.replica_in("a@h", copy_of_line_7(&n, 7, b"a-state", &["c@h"])).unwrap();
         c.replica_in("b@h", lined_copy(&n, b_lineage, 9, 1, b"b-state", Holds::default())).unwrap();
@@ -1606,6 +1611,10 @@ fn a_dead_copy_holding_all_of_a_state_on_its_way_goes_in_its_place() {
         });
         let Some((Some(state), origin)) = sent else { panic!("a@h's copy goes to b@h: {fx:?}") };
         assert_eq!((state.as_slice(), origin.copy_of), (&b"a-state"[..], Some((7, 7))));
+        (c, origin)
+    };
+    let started = |holds: &dyn Fn(u64) -> Holds| {
+        let (mut c, origin) = a_copy_sent_to_b(&[]);
         c.replica_in("b@h", lined_copy(&n, b_lineage, 9, 2, b"b-later", holds(origin.state))).unwrap();
         // Nobody else to hand it to: the name starts here.
         let fx = c.handle(Event::MemberDown { node: "b@h".into(), conn: 2 });
@@ -1630,14 +1639,7 @@ fn a_dead_copy_holding_all_of_a_state_on_its_way_goes_in_its_place() {
     }
     // A copy from another node, d@h, that goes down while a@h's copy is on its way to a
     // live b@h: b@h may take a@h's copy yet, so d@h's goes after it, as a merge.
-    let mut c = table("c@h", false);
-    up(&mut c, "a@h", 1);
-    up(&mut c, "b@h", 2);
-    up(&mut c, "d@h", 3);
-    recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
-    c.replica_in("a@h", copy_of_line_7(&n, 7, b"a-state", &["c@h"])).unwrap();
-    c.replica_in("b@h", lined_copy(&n, b_lineage, 9, 1, b"b-state", Holds::default())).unwrap();
-    c.handle(Event::MemberDown { node: "a@h".into(), conn: 1 });
+    let (mut c, _) = a_copy_sent_to_b(&[("d@h", 3)]);
     c.replica_in("d@h", lined_copy(&n, b_lineage, 11, 3, b"d-state", Holds { ids: vec![7], copy: None })).unwrap();
     let fx = c.handle(Event::MemberDown { node: "d@h".into(), conn: 3 });
     assert!(sends(&fx).is_empty() && spawn_of(&fx).is_none(), "{fx:?}");
