@@ -332,11 +332,13 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             all.extend(held_merges);
             // A state that holds all of the other is the one it starts from, the other
             // left out (merged, it would be held twice); else the passing one merges in.
-            let holds = |o: &Origin, id: u64| o.holds.contains(&id);
+            // Held by id, or, for a copy left as it was, by its line and number (a dead
+            // copy, or a take-over that changed nothing).
+            let holds = |a: &Origin, b: &Origin| a.holds.contains(&b.state) || b.copy_of.is_some_and(|c| a.holds_copy(c));
             let mut merged = None;
             let (state, theirs) = match (held, theirs) {
-                (Some(_), Some(o)) if holds(&o, held_origin.state) => (state, Some(o)),
-                (Some(h), Some(o)) if state.is_some() && holds(&held_origin, o.state) => (Some(h), Some(held_origin)),
+                (Some(_), Some(o)) if holds(&o, &held_origin) => (state, Some(o)),
+                (Some(h), Some(o)) if state.is_some() && holds(&held_origin, &o) => (Some(h), Some(held_origin)),
                 (held, theirs) => {
                     merged = held.clone().map(|h| (held_origin.clone(), h));
                     // From the node that handed it here; a dead instance's copy has

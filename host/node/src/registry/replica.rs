@@ -123,10 +123,14 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     }
 
     /// The origin of a state that goes on from the copy `r`, whose node is gone: a copy
-    /// of its line, under a new id of this node's.
+    /// of its line, under a new id of this node's. The state this node's own stale
+    /// instance stopped with is that instance's final state, not a copy: it holds all of
+    /// its line, whatever number its last copy had (one it could not send while cut off
+    /// went further than the copies its replicas hold).
     pub(super) fn dead_copy_origin(&mut self, r: &Replica) -> Origin {
         let id = self.new_state_id();
         match r.line {
+            Some(line) if r.from == self.me => Origin { state: id, holds: vec![id, line], copy_of: None, height: r.height, from_copy: None },
             Some(line) => Base::copy(id, line, r.seq, r.height),
             None => Origin { state: id, holds: vec![id], copy_of: None, height: r.height, from_copy: None },
         }

@@ -2353,6 +2353,37 @@ fn the_state_a_stale_instance_stopped_with_merges_into_the_taker_whatever_their_
     assert!(b.replicas_held().is_empty());
 }
 
+/// CI's failure on 1798e8c (a keep-one counter 2 acknowledged increments short): the
+/// state a stale instance stopped with goes to the taker as the taker, which changed
+/// nothing since its copy, hands the name to this node, its owner. The two cross: the
+/// name starts here from the stale instance's state, which holds all of its own line
+/// and so of the copy the taker started from; the taker's is left out. Merged into the
+/// taker's, a worker without a merge would keep the taker's. So too when the stale
+/// instance could send no copy after the one the taker started from (the same number).
+#[test]
+fn a_stale_instances_state_crossing_an_unchanged_taker_starts_here_alone() {
+    let n = durable_ranked(&["b@h", "a@h", "c@h"]);
+    let taken = Lineage::default().failed_over(2);
+    let mut b = table("b@h", false);
+    up(&mut b, "c@h", 1);
+    run_here(&mut b, &n, 9);
+    let line = b.bases[&n].line;
+    b.copied(&n, 2, vec!["c@h".into()]);
+    let fx = recv(&mut b, "c@h", Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: taken });
+    let (id, _) = stop_of(&fx).expect("the stale instance stops");
+    b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
+    up(&mut b, "a@h", 2);
+    let fx = recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: taken });
+    assert!(sends(&fx).iter().any(|(to, m)| to == "a@h" && matches!(m, Msg::Handoff { yielding: true, .. })), "the state goes to a@h: {fx:?}");
+    let unchanged = Origin { state: 77, holds: vec![77, 99], copy_of: Some((line, 2)), height: Some(2), from_copy: Some((line, 2)) };
+    let fx = recv(&mut b, "a@h", handoff(&n, taken, b"a", false, Some(unchanged)));
+    let started = fx.iter().find_map(|e| match e {
+        Effect::Spawn { state, merges, .. } => Some((state.clone(), merges.clone())),
+        _ => None,
+    });
+    assert_eq!(started, Some((Some(b"14".to_vec()), vec![])), "{fx:?}");
+}
+
 /// Seed 33521 of the simulation once it stopped moving instances ahead of their queues:
 /// a woken node's instance stayed over the one its handoff's sender had started again
 /// meanwhile, took a call while that one stopped, and then went on from the other's
