@@ -334,11 +334,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             // left out (merged, it would be held twice); else the passing one merges in.
             // Held by id, or, for a copy left as it was, by its line and number (a dead
             // copy, or a take-over that changed nothing).
-            let holds = |a: &Origin, b: &Origin| a.holds.contains(&b.state) || b.copy_of.is_some_and(|c| a.holds_copy(c));
             let mut merged = None;
             let (state, theirs) = match (held, theirs) {
-                (Some(_), Some(o)) if holds(&o, &held_origin) => (state, Some(o)),
-                (Some(h), Some(o)) if state.is_some() && holds(&held_origin, &o) => (Some(h), Some(held_origin)),
+                (Some(_), Some(o)) if o.holds_all_of(&held_origin) => (state, Some(o)),
+                (Some(h), Some(o)) if state.is_some() && held_origin.holds_all_of(&o) => (Some(h), Some(held_origin)),
                 (held, theirs) => {
                     merged = held.clone().map(|h| (held_origin.clone(), h));
                     // From the node that handed it here; a dead instance's copy has

@@ -2288,6 +2288,23 @@ fn a_stale_instance_that_hears_where_the_name_runs_while_it_stops_sends_its_stat
     assert_eq!(state, Some(b"14".to_vec()), "{fx:?}");
 }
 
+/// b@h ran `n` (copies up to `copied` went to c@h) and hears from c@h that a@h took it
+/// over (`taken`): the stale instance stops with "14", held here as a copy. Also the
+/// instance's line.
+fn stale_held(n: &WorkerName, taken: Lineage, copied: Option<u64>) -> (T, u64) {
+    let mut b = table("b@h", false);
+    up(&mut b, "c@h", 1);
+    run_here(&mut b, n, 9);
+    let line = b.bases[n].line;
+    if let Some(seq) = copied {
+        b.copied(n, seq, vec!["c@h".into()]);
+    }
+    let fx = recv(&mut b, "c@h", Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: taken });
+    let (id, _) = stop_of(&fx).expect("the stale instance stops");
+    b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
+    (b, line)
+}
+
 /// The node a stale instance stopped for (as another node said) is heard again, and
 /// says every name it runs without this one: it stopped it meanwhile, or lost it. The
 /// state held here no longer waits for a word that will not come (calls through this
@@ -2295,12 +2312,7 @@ fn a_stale_instance_that_hears_where_the_name_runs_while_it_stops_sends_its_stat
 #[test]
 fn a_held_stale_state_whose_runner_comes_back_without_the_name_starts_it_again() {
     let n = durable_ranked(&["b@h", "a@h", "c@h"]);
-    let taken = Lineage::default().failed_over(4);
-    let mut b = table("b@h", false);
-    up(&mut b, "c@h", 1);
-    run_here(&mut b, &n, 9);
-    let (id, _) = stop_of(&recv(&mut b, "c@h", Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: taken })).expect("the stale instance stops");
-    b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
+    let (mut b, _) = stale_held(&n, Lineage::default().failed_over(4), None);
     assert_eq!(b.route(&n, None), Route::Wait, "it runs out of this node's reach");
     up(&mut b, "a@h", 2);
     recv(&mut b, "a@h", kinds(&["durable"]));
@@ -2322,13 +2334,7 @@ fn the_state_a_stale_instance_stopped_with_merges_into_the_taker_whatever_their_
     let n = durable_ranked(&["b@h", "a@h", "c@h"]);
     let taken = Lineage::default().failed_over(4);
     let held = || {
-        let mut b = table("b@h", false);
-        up(&mut b, "c@h", 1);
-        run_here(&mut b, &n, 9);
-        b.copied(&n, 2, vec!["c@h".into()]);
-        let fx = recv(&mut b, "c@h", Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: taken });
-        let (id, _) = stop_of(&fx).expect("the stale instance stops");
-        b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
+        let (mut b, _) = stale_held(&n, taken, Some(2));
         assert_eq!(b.replicas_held().len(), 1, "held as a copy");
         up(&mut b, "a@h", 2);
         b
@@ -2364,14 +2370,7 @@ fn the_state_a_stale_instance_stopped_with_merges_into_the_taker_whatever_their_
 fn a_stale_instances_state_crossing_an_unchanged_taker_starts_here_alone() {
     let n = durable_ranked(&["b@h", "a@h", "c@h"]);
     let taken = Lineage::default().failed_over(2);
-    let mut b = table("b@h", false);
-    up(&mut b, "c@h", 1);
-    run_here(&mut b, &n, 9);
-    let line = b.bases[&n].line;
-    b.copied(&n, 2, vec!["c@h".into()]);
-    let fx = recv(&mut b, "c@h", Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: taken });
-    let (id, _) = stop_of(&fx).expect("the stale instance stops");
-    b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
+    let (mut b, line) = stale_held(&n, taken, Some(2));
     up(&mut b, "a@h", 2);
     let fx = recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: taken });
     assert!(sends(&fx).iter().any(|(to, m)| to == "a@h" && matches!(m, Msg::Handoff { yielding: true, .. })), "the state goes to a@h: {fx:?}");

@@ -289,6 +289,12 @@ impl Origin {
         holds_copy(&self.holds, [self.copy_of, self.from_copy].into_iter().flatten(), copy)
     }
 
+    /// Whether this state holds all of the state `o`: by its id, or, for a copy left as
+    /// it was, by its line and number ([`Origin::holds_copy`]).
+    pub fn holds_all_of(&self, o: &Origin) -> bool {
+        self.holds.contains(&o.state) || o.copy_of.is_some_and(|c| self.holds_copy(c))
+    }
+
     /// This state's origin, saying that it holds all of the state `o` too (it goes on in
     /// that one's place): whoever holds it then holds `o`'s state, should that come again.
     pub fn holding(mut self, o: &Origin) -> Origin {
