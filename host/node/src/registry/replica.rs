@@ -126,11 +126,19 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// of its line, under a new id of this node's. The state this node's own stale
     /// instance stopped with is that instance's final state, not a copy: it holds all of
     /// its line, whatever number its last copy had (one it could not send while cut off
-    /// went further than the copies its replicas hold).
+    /// went further than the copies its replicas hold), and all that the instance held
+    /// (`r.holds`, as of that final state: the merges queued before the stop were
+    /// handled before it), as a state it handed over would say ([`Base::handing`]).
     pub(super) fn dead_copy_origin(&mut self, r: &Replica) -> Origin {
         let id = self.new_state_id();
         match r.line {
-            Some(line) if r.from == self.me => Origin { state: id, holds: vec![id, line], copy_of: None, height: r.height, from_copy: None },
+            Some(line) if r.from == self.me => {
+                let mut holds = vec![id, line];
+                let held = r.holds.as_ref();
+                holds.extend(held.into_iter().flat_map(|h| h.ids.iter()).filter(|h| **h != id && **h != line));
+                holds.truncate(Origin::HOLDS);
+                Origin { state: id, holds, copy_of: None, height: r.height, from_copy: held.and_then(|h| h.copy) }
+            }
             Some(line) => Base::copy(id, line, r.seq, r.height),
             None => Origin { state: id, holds: vec![id], copy_of: None, height: r.height, from_copy: None },
         }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::origin::Origin;
+use super::origin::{Base, Origin};
 use super::placement::{owner, Lineage};
 use super::route::Route;
 use super::table::{Effect, Event, Kinds, Table, Timer, GONE_GRACE, MOVE_AGAIN, RIVAL_WAIT};
@@ -2375,6 +2375,38 @@ fn a_stale_instances_state_crossing_an_unchanged_taker_starts_here_alone() {
     let fx = recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: taken });
     assert!(sends(&fx).iter().any(|(to, m)| to == "a@h" && matches!(m, Msg::Handoff { yielding: true, .. })), "the state goes to a@h: {fx:?}");
     let unchanged = Origin { state: 77, holds: vec![77, 99], copy_of: Some((line, 2)), height: Some(2), from_copy: Some((line, 2)) };
+    let fx = recv(&mut b, "a@h", handoff(&n, taken, b"a", false, Some(unchanged)));
+    let started = fx.iter().find_map(|e| match e {
+        Effect::Spawn { state, merges, .. } => Some((state.clone(), merges.clone())),
+        _ => None,
+    });
+    assert_eq!(started, Some((Some(b"14".to_vec()), vec![])), "{fx:?}");
+}
+
+/// Seed 509345: the stale instance here had started from a state that held all of line
+/// `l` (an instance's final state, refused where it went); the taker started from copy
+/// 10 of line `l` and changed nothing. The state the stale instance stopped with holds
+/// all of `l`, as that instance did: crossing the taker's handoff, the name starts here
+/// from it alone. Said to hold its own line only, it merged into the taker's copy, and
+/// a worker without a merge kept the copy.
+#[test]
+fn a_stale_instances_state_holds_what_that_instance_held() {
+    let n = durable_ranked(&["b@h", "a@h", "c@h"]);
+    let taken = Lineage::default().moved().failed_over(10);
+    let (l, s) = (6_000, 6_001);
+    let mut b = table("b@h", false);
+    up(&mut b, "c@h", 1);
+    let given = Origin { state: s, holds: vec![s, l], copy_of: None, height: Some(11), from_copy: None };
+    let fx = recv(&mut b, "c@h", handoff(&n, Lineage::default(), b"11", false, Some(given)));
+    let (_, id, _) = spawn_of(&fx).unwrap_or_else(|| panic!("started from the handed state: {fx:?}"));
+    b.handle(Event::Spawned { name: n.clone(), id, result: Ok(9) });
+    let fx = recv(&mut b, "c@h", Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: taken });
+    let (id, _) = stop_of(&fx).unwrap_or_else(|| panic!("the stale instance stops: {fx:?}"));
+    b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
+    up(&mut b, "a@h", 2);
+    let fx = recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: taken });
+    assert!(sends(&fx).iter().any(|(to, m)| to == "a@h" && matches!(m, Msg::Handoff { yielding: true, .. })), "the state goes to a@h: {fx:?}");
+    let unchanged = Origin { from_copy: Some((l, 10)), ..Base::copy(77, l, 10, Some(10)) };
     let fx = recv(&mut b, "a@h", handoff(&n, taken, b"a", false, Some(unchanged)));
     let started = fx.iter().find_map(|e| match e {
         Effect::Spawn { state, merges, .. } => Some((state.clone(), merges.clone())),
