@@ -97,8 +97,10 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             StopWhy::Handoff { yielders, rival: Some(r) } => {
                 // Which of the two moves on, the other riding along to merge.
                 let Rival { from, state: theirs, origin: their_origin } = *r;
-                let (state, origin, rides) = match origin::keep_state(&base, unchanged, Some(&their_origin), Some(&theirs)) {
-                    Keep::Mine => (state, handing, None),
+                let (state, origin, rides) = match origin::keep_state(&base, unchanged, Some(&their_origin), Some(&theirs), state.as_deref()) {
+                    // It holds all of theirs, and so all that theirs holds (as an instance
+                    // here that goes on from its own takes the other's origin in).
+                    Keep::Mine => (state, handing.holding(&their_origin), None),
                     Keep::Theirs => (Some(theirs), their_origin, None),
                     Keep::Both if origin::goes_on_from_mine(&base, Some(&their_origin), true) => {
                         let rides = Merge { from, state: theirs, origin: Some(their_origin) };
@@ -160,7 +162,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 // The name starts here again from the handed-over state, this one's state
                 // merged in; or from the one of the two that holds all the other does.
                 let mut all = handed_merges;
-                let (start, origin, other) = match origin::keep_state(&base, unchanged, theirs.as_ref(), handed.as_deref()) {
+                let (start, origin, other) = match origin::keep_state(&base, unchanged, theirs.as_ref(), handed.as_deref(), state.as_deref()) {
                     Keep::Mine => {
                         info!(worker = %name, peer = %from, "{name}: this instance holds all of the state {from} handed over; it goes on from its own");
                         (state, Some(handing), theirs)
@@ -417,7 +419,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                 let base = self.bases.get(&name).filter(|b| b.id == id);
                 let (holds_theirs, related) = base
                     .map(|b| {
-                        let holds = origin::keep_state(b, None, theirs.as_ref(), state.as_deref()) == Keep::Mine;
+                        let holds = origin::keep_state(b, None, theirs.as_ref(), state.as_deref(), None) == Keep::Mine;
                         (holds, origin::related(b, theirs.as_ref()) || origin::further(b, theirs.as_ref()))
                     })
                     .unwrap_or_default();
@@ -473,7 +475,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
                     _ => None,
                 };
                 let base = self.bases.get(&name).filter(|b| Some(b.id) == sid);
-                if base.is_some_and(|b| origin::keep_state(b, None, theirs.as_ref(), state.as_deref()) == Keep::Mine) {
+                if base.is_some_and(|b| origin::keep_state(b, None, theirs.as_ref(), state.as_deref(), None) == Keep::Mine) {
                     info!(worker = %name, peer = %from, "{name} holds all of the state {from} handed over; nothing to merge");
                     states = merges.clone();
                 }
@@ -550,7 +552,7 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         };
         let Some(base) = self.bases.get(name).filter(|b| b.id == id) else { return states };
         let (held, rest): (States, States) =
-            states.into_iter().partition(|m| m.origin.is_some() && origin::keep_state(base, None, m.origin.as_ref(), Some(&m.state)) == Keep::Mine);
+            states.into_iter().partition(|m| m.origin.is_some() && origin::keep_state(base, None, m.origin.as_ref(), Some(&m.state), None) == Keep::Mine);
         for m in held {
             info!(worker = %name, peer = %from, "{name} holds all of the state from {} that {from} passed on; nothing to merge", m.from);
         }

@@ -225,9 +225,11 @@ pub fn further(mine: &Base, theirs: Option<&Origin>) -> bool {
 /// [`keep`], knowing the bytes of their state too: bytes that are those of a state this
 /// instance holds all of (the one it started from, or one merged into it) are that
 /// state, whatever id they came with (a node hands on a state it merged under an id of
-/// its own): this instance holds all of them.
-pub fn keep_state(mine: &Base, unchanged: Option<u64>, theirs: Option<&Origin>, state: Option<&[u8]>) -> Keep {
-    if state.is_some_and(|s| mine.state_of(s).is_some()) {
+/// its own): this instance holds all of them. So too when they are this instance's
+/// final state (`last`, once it stopped) byte for byte: the two are one state, however
+/// each came about (two instances that merged the same states and took nothing since).
+pub fn keep_state(mine: &Base, unchanged: Option<u64>, theirs: Option<&Origin>, state: Option<&[u8]>, last: Option<&[u8]>) -> Keep {
+    if state.is_some_and(|s| mine.state_of(s).is_some() || last == Some(s)) {
         return Keep::Mine;
     }
     keep(mine, unchanged, theirs)
@@ -376,9 +378,11 @@ mod tests {
         assert_eq!(keep(&other, None, Some(&handed)), Keep::Mine);
         assert!(related(&other, Some(&o(12, &[12, 5]))), "theirs went on from the state this one merged");
         // The same bytes under another id (a node handing on a state it merged).
-        assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"x")), Keep::Mine);
-        assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"s")), Keep::Mine, "the state it started from");
-        assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"y")), Keep::Both);
+        assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"x"), None), Keep::Mine);
+        assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"s"), None), Keep::Mine, "the state it started from");
+        assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"y"), None), Keep::Both);
+        assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"y"), Some(b"y")), Keep::Mine, "its final state, byte for byte");
+        assert_eq!(keep_state(&other, None, Some(&o(13, &[13])), Some(b"y"), Some(b"z")), Keep::Both);
         // A replica's copy has a line of its own: not taken for the state it was.
         let mut c = base(None, &[]);
         c.absorb_alone(Some(&Base::copy(6, 100, 2, None)), b"c");

@@ -2087,6 +2087,22 @@ fn a_replaced_instance_tells_its_replicas_to_drop_their_copies() {
     assert!(sends(&fx).contains(&("d@h".into(), Msg::ReplicaDropped { name: n.clone() })), "{fx:?}");
 }
 
+/// Seed 553065: the handed state and this instance's final state are the same bytes
+/// (each instance had merged the same two states and taken nothing since), though
+/// neither's origin says it holds the other. They are one state: the name goes on from
+/// this one alone, holding the other's origin too. Merged, a worker whose merge appends
+/// would hold it twice.
+#[test]
+fn an_instance_replaced_by_a_state_of_the_same_bytes_goes_on_from_its_own_alone() {
+    let n = name("x");
+    let (mut b, id) = runs_handed_state(&n);
+    let fx = recv(&mut b, "c@h", handed(&n, &[1, 2], Origin { state: 9, holds: vec![9, 5], copy_of: None, height: None, from_copy: None }, true));
+    assert_eq!(stop_of(&fx), Some((id, "replaced".to_string())));
+    let fx = b.handle(Event::Stopped { name: n.clone(), id, state: Some(vec![1, 2]) });
+    assert!(fx.iter().any(|e| matches!(e, Effect::Spawn { state: Some(s), merges, .. } if *s == vec![1, 2] && merges.is_empty())), "{fx:?}");
+    assert!(b.bases[&n].holds.contains(&9), "it holds the handed state: {:?}", b.bases[&n]);
+}
+
 /// The same state reached two nodes (its first target was paused past the heartbeat
 /// timeout, then read it): the copy that went on is kept whole, and the one that stood
 /// still adds nothing, whichever of the two stays.
