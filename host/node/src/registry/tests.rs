@@ -47,6 +47,8 @@ impl Kinds for TestKinds {
 
 type T = Table<u32, u32>;
 type Fx = Vec<Effect<u32, u32>>;
+/// What merges into a name as it starts: each sender and state.
+type Merges = Vec<(String, Vec<u8>)>;
 
 fn table(me: &str, rebalance: bool) -> T {
     Table::new(me, Arc::new(TestKinds { rebalance, max_instances: None, lacks: &[] }))
@@ -2375,6 +2377,21 @@ fn the_state_a_stale_instance_stopped_with_merges_into_the_taker_whatever_their_
     assert!(b.replicas_held().is_empty());
 }
 
+/// a@h, which took `n` over (`taken`), comes back and announces it: the stale state
+/// held here goes there to merge. Meanwhile a@h hands the name here with `theirs`: what
+/// the name starts from here, and what merges into it.
+fn taker_hands_it_here(b: &mut T, n: &WorkerName, taken: Lineage, theirs: Origin) -> (Option<Vec<u8>>, Merges) {
+    up(b, "a@h", 2);
+    let fx = recv(b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: taken });
+    assert!(sends(&fx).iter().any(|(to, m)| to == "a@h" && matches!(m, Msg::Handoff { yielding: true, .. })), "the state goes to a@h: {fx:?}");
+    let fx = recv(b, "a@h", handoff(n, taken, b"a", false, Some(theirs)));
+    let started = fx.iter().find_map(|e| match e {
+        Effect::Spawn { state, merges, .. } => Some((state.clone(), merges.clone())),
+        _ => None,
+    });
+    started.unwrap_or_else(|| panic!("started here: {fx:?}"))
+}
+
 /// CI's failure on 1798e8c (a keep-one counter 2 acknowledged increments short): the
 /// state a stale instance stopped with goes to the taker as the taker, which changed
 /// nothing since its copy, hands the name to this node, its owner. The two cross: the
@@ -2387,16 +2404,8 @@ fn a_stale_instances_state_crossing_an_unchanged_taker_starts_here_alone() {
     let n = durable_ranked(&["b@h", "a@h", "c@h"]);
     let taken = Lineage::default().failed_over(2);
     let (mut b, line) = stale_held(&n, taken, Some(2));
-    up(&mut b, "a@h", 2);
-    let fx = recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: taken });
-    assert!(sends(&fx).iter().any(|(to, m)| to == "a@h" && matches!(m, Msg::Handoff { yielding: true, .. })), "the state goes to a@h: {fx:?}");
     let unchanged = Origin { state: 77, holds: vec![77, 99], copy_of: Some((line, 2)), height: Some(2), from_copy: Some((line, 2)) };
-    let fx = recv(&mut b, "a@h", handoff(&n, taken, b"a", false, Some(unchanged)));
-    let started = fx.iter().find_map(|e| match e {
-        Effect::Spawn { state, merges, .. } => Some((state.clone(), merges.clone())),
-        _ => None,
-    });
-    assert_eq!(started, Some((Some(b"14".to_vec()), vec![])), "{fx:?}");
+    assert_eq!(taker_hands_it_here(&mut b, &n, taken, unchanged), (Some(b"14".to_vec()), vec![]));
 }
 
 /// Seed 509345: the stale instance here had started from a state that held all of line
@@ -2419,16 +2428,8 @@ fn a_stale_instances_state_holds_what_that_instance_held() {
     let fx = recv(&mut b, "c@h", Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: taken });
     let (id, _) = stop_of(&fx).unwrap_or_else(|| panic!("the stale instance stops: {fx:?}"));
     b.handle(Event::Stopped { name: n.clone(), id, state: Some(b"14".to_vec()) });
-    up(&mut b, "a@h", 2);
-    let fx = recv(&mut b, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: taken });
-    assert!(sends(&fx).iter().any(|(to, m)| to == "a@h" && matches!(m, Msg::Handoff { yielding: true, .. })), "the state goes to a@h: {fx:?}");
     let unchanged = Origin { from_copy: Some((l, 10)), ..Base::copy(77, l, 10, Some(10)) };
-    let fx = recv(&mut b, "a@h", handoff(&n, taken, b"a", false, Some(unchanged)));
-    let started = fx.iter().find_map(|e| match e {
-        Effect::Spawn { state, merges, .. } => Some((state.clone(), merges.clone())),
-        _ => None,
-    });
-    assert_eq!(started, Some((Some(b"14".to_vec()), vec![])), "{fx:?}");
+    assert_eq!(taker_hands_it_here(&mut b, &n, taken, unchanged), (Some(b"14".to_vec()), vec![]));
 }
 
 /// Seed 33521 of the simulation once it stopped moving instances ahead of their queues:
