@@ -145,9 +145,7 @@ impl Base {
     /// is still the copy it started from, if it started from one.
     pub fn handing(&self, unchanged: Option<u64>, fresh: u64) -> Origin {
         let id = unchanged.unwrap_or(fresh);
-        let mut holds = vec![id, self.line];
-        holds.extend(self.holds.iter().filter(|h| **h != id && **h != self.line));
-        holds.truncate(Origin::HOLDS);
+        let holds = final_holds(id, self.line, &self.holds);
         let copy_of = self.copy_of.filter(|_| unchanged.is_some_and(|id| self.started_from(id)));
         Origin { state: id, holds, copy_of, height: Some(self.reached()), from_copy: self.from_copy }
     }
@@ -158,6 +156,17 @@ impl Base {
     pub fn copy(id: u64, line: u64, seq: u64, height: Option<u64>) -> Origin {
         Origin { state: id, holds: vec![id], copy_of: Some((line, seq)), height, from_copy: None }
     }
+}
+
+/// What the final state `id` of an instance of line `line` holds all of: itself, its
+/// line (every copy the instance sent), then `held` (what the instance held), without
+/// those two, cut at [`Origin::HOLDS`]. A state handed over ([`Base::handing`]) and one a
+/// node's own stale instance left as a copy both say so.
+pub fn final_holds(id: u64, line: u64, held: &[u64]) -> Vec<u64> {
+    let mut holds = vec![id, line];
+    holds.extend(held.iter().filter(|h| **h != id && **h != line));
+    holds.truncate(Origin::HOLDS);
+    holds
 }
 
 /// A digest of a state's bytes: two states with the same digest are the same state.

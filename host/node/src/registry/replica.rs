@@ -7,7 +7,7 @@
 //! holds (`supervise.rs`, `replan`) instead of from an empty `init`.
 
 use super::durable::{Target, Update};
-use super::origin::Base;
+use super::origin::{self, Base};
 use super::placement::{ranked, Lineage};
 use super::table::{Effect, Replica, Slot, Table};
 use super::wire::Msg;
@@ -133,10 +133,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let id = self.new_state_id();
         match r.line {
             Some(line) if r.from == self.me => {
-                let mut holds = vec![id, line];
                 let held = r.holds.as_ref();
-                holds.extend(held.into_iter().flat_map(|h| h.ids.iter()).filter(|h| **h != id && **h != line));
-                holds.truncate(Origin::HOLDS);
+                let holds = origin::final_holds(id, line, held.map_or(&[][..], |h| &h.ids));
                 Origin { state: id, holds, copy_of: None, height: r.height, from_copy: held.and_then(|h| h.copy) }
             }
             Some(line) => Base::copy(id, line, r.seq, r.height),
