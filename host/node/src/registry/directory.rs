@@ -16,7 +16,8 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
         let conn = self.members.get(&from).or(self.leavers.get(&from)).copied().unwrap_or(0);
         // Of two instances announced, the directory keeps the one that stays, whatever
         // order the announcements arrived in: every node ends with the same.
-        let keep = self.directory.get(&name).is_some_and(|c| c.node != from && self.connected(&c.node) && stays((c.lineage, &c.node), (lineage, &from)));
+        let other = self.directory.get(&name).filter(|c| c.node != from && self.connected(&c.node)).map(|c| (c.node.clone(), c.lineage));
+        let keep = other.as_ref().is_some_and(|(node, l)| stays((*l, node), (lineage, &from)));
         self.lacking.remove(&name);
         self.stale.remove(&name);
         if keep {
@@ -26,6 +27,15 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
             let msg = Msg::RunsOn { name: name.clone(), node: c.node.clone(), lineage: c.lineage };
             self.out.push(Effect::Send { to: from.clone(), msg });
         } else {
+            // `from`'s instance stays over the one this node knew of, and `from` says so as
+            // it connects (before its `Synced`): it may have been paused or cut off while
+            // that one ran on and took calls, and may not hear that node yet. Told, a
+            // durable instance there takes no calls until that one's state has come to
+            // merge (`runs_on`): a kind without a merge would drop one side's calls.
+            let connecting = !self.synced.contains(&from) && self.kinds.replicas(&name.kind) > 0;
+            if let Some((node, l)) = other.filter(|_| connecting) {
+                self.out.push(Effect::Send { to: from.clone(), msg: Msg::RunsOn { name: name.clone(), node, lineage: l } });
+            }
             self.directory.insert(name.clone(), Claim { node: from.clone(), conn, args, lineage });
         }
         self.orphans.remove(&name);
@@ -88,12 +98,29 @@ impl<M: Clone + std::fmt::Debug, R: std::fmt::Debug> Table<M, R> {
     /// is held here as a copy of the name: one of the copies a take-over weighs, should
     /// that node go down, and merged into the name's instance once this node hears
     /// where it runs (`settle_dead_copy`), unless that instance holds all of it.
+    /// Told of an instance that this one stays over (as this node connects: see
+    /// `registered`), a durable instance here waits for that one's state.
     pub(super) fn runs_on(&mut self, from: String, name: WorkerName, node: String, lineage: Lineage) {
         if node == self.me || self.connected(&node) || self.kinds.replicas(&name.kind) == 0 {
             return;
         }
         let Some(Slot::Running { id, handle, args, lineage: mine }) = self.local.get(&name) else { return };
         if !stays((lineage, &node), (*mine, &self.me)) {
+            // This one stays over that one, which may have taken calls where this node
+            // could not hear it: its state comes here to merge once its node hears this
+            // one, and calls wait for it meanwhile, as for any rival's (at most
+            // RIVAL_WAIT): taken first, a kind without a merge could drop them with this
+            // state, should that one's have gone further.
+            if !self.rival.contains_key(&name) {
+                let id = *id;
+                info!(
+                    worker = %name, peer = %node, via = %from,
+                    "{name} runs on {node} too (as {from} says), an instance that this one stays over, and this node does not hear {node}: \
+                     calls wait for its state"
+                );
+                self.rival.insert(name.clone(), (node, id));
+                self.out.push(Effect::SetTimer { after: RIVAL_WAIT, timer: Timer::RivalOver { name, id } });
+            }
             return;
         }
         warn!(

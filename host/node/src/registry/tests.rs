@@ -2432,6 +2432,69 @@ fn a_stale_instances_state_holds_what_that_instance_held() {
     assert_eq!(taker_hands_it_here(&mut b, &n, taken, unchanged), (Some(b"14".to_vec()), vec![]));
 }
 
+/// Seed 739121: b@h woke from a pause in which its peers declared it down. Its instance
+/// of a durable name stays over a@h's, which ran on meanwhile and took calls; b@h had
+/// declared a@h down before its pause and does not hear it yet. c@h hears both: as b@h
+/// connects and says what it runs, c@h tells it of a@h's instance, and b@h's takes no
+/// calls until a@h's state has come to merge. Taken first, a call was dropped with
+/// b@h's state when a@h's, which had gone further, was kept by a kind without a merge.
+#[test]
+fn a_connecting_node_whose_instance_stays_over_one_it_does_not_hear_waits_for_that_ones_state() {
+    let n = durable_ranked(&["b@h", "a@h", "c@h"]);
+    let weaker = Lineage::default().restarted();
+    let told = Msg::RunsOn { name: n.clone(), node: "a@h".into(), lineage: weaker };
+    // c@h knows a@h's claim; b@h connects and announces one that stays over it.
+    let mut c = table("c@h", false);
+    joins(&mut c, "a@h", 1);
+    recv(&mut c, "a@h", Msg::Registered { name: n.clone(), args: vec![], lineage: weaker });
+    up(&mut c, "b@h", 2);
+    let fx = recv(&mut c, "b@h", Msg::Registered { name: n.clone(), args: vec![], lineage: Lineage::default() });
+    assert_eq!(sends(&fx), vec![("b@h".to_string(), told.clone())]);
+    assert_eq!(c.route(&n, None), Route::Remote("b@h".into()), "b@h's claim stays");
+    // Once b@h has synced, a claim it makes is a name moving there: nothing is told.
+    recv(&mut c, "b@h", Msg::Synced);
+    let m = durable_ranked(&["c@h", "a@h", "b@h"]);
+    recv(&mut c, "a@h", Msg::Registered { name: m.clone(), args: vec![], lineage: weaker });
+    let fx = recv(&mut c, "b@h", Msg::Registered { name: m.clone(), args: vec![], lineage: Lineage::default() });
+    assert_eq!(sends(&fx), vec![]);
+
+    let told_b = || {
+        let mut b = table("b@h", false);
+        up(&mut b, "c@h", 1);
+        run_here(&mut b, &n, 9);
+        let fx = recv(&mut b, "c@h", told.clone());
+        assert_eq!(stop_of(&fx), None, "this one stays");
+        assert_eq!(b.route(&n, None), Route::Wait, "calls wait for a@h's state");
+        let id = fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::SetTimer { timer: Timer::RivalOver { id, .. }, after } if *after == RIVAL_WAIT => Some(*id),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("a bound on the wait: {fx:?}"));
+        (b, id)
+    };
+    // a@h connects and hands its state over: merged, and calls go on here.
+    let (mut b, _) = told_b();
+    let fx = recv(&mut b, "c@h", told.clone());
+    assert!(!fx.iter().any(|e| matches!(e, Effect::SetTimer { .. })), "a second word changes nothing: {fx:?}");
+    up(&mut b, "a@h", 2);
+    let fx = recv(&mut b, "a@h", handoff(&n, weaker, b"a", true, None));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Merge { .. })), "{fx:?}");
+    assert_eq!(b.route(&n, None), Route::Here(9));
+    // It does not come in time: calls go on here.
+    let (mut b, id) = told_b();
+    b.handle(Event::Timer(Timer::RivalOver { name: n.clone(), id }));
+    assert_eq!(b.route(&n, None), Route::Here(9));
+    // Told of a node it hears (whose own word comes), nothing waits.
+    let mut b = table("b@h", false);
+    up(&mut b, "c@h", 1);
+    up(&mut b, "a@h", 2);
+    run_here(&mut b, &n, 9);
+    recv(&mut b, "c@h", told);
+    assert_eq!(b.route(&n, None), Route::Here(9));
+}
+
 /// Seed 33521 of the simulation once it stopped moving instances ahead of their queues:
 /// a woken node's instance stayed over the one its handoff's sender had started again
 /// meanwhile, took a call while that one stopped, and then went on from the other's
