@@ -2432,6 +2432,15 @@ fn a_stale_instances_state_holds_what_that_instance_held() {
     assert_eq!(taker_hands_it_here(&mut b, &n, taken, unchanged), (Some(b"14".to_vec()), vec![]));
 }
 
+/// The instance whose calls wait for a rival's state, as `fx` bounds that wait (RIVAL_WAIT).
+fn rival_wait(fx: &Fx) -> u64 {
+    let bound = fx.iter().find_map(|e| match e {
+        Effect::SetTimer { timer: Timer::RivalOver { id, .. }, after } if *after == RIVAL_WAIT => Some(*id),
+        _ => None,
+    });
+    bound.unwrap_or_else(|| panic!("a bound on the wait: {fx:?}"))
+}
+
 /// Seed 739121: b@h woke from a pause in which its peers declared it down. Its instance
 /// of a durable name stays over a@h's, which ran on meanwhile and took calls; b@h had
 /// declared a@h down before its pause and does not hear it yet. c@h hears both: as b@h
@@ -2465,14 +2474,7 @@ fn a_connecting_node_whose_instance_stays_over_one_it_does_not_hear_waits_for_th
         let fx = recv(&mut b, "c@h", told.clone());
         assert_eq!(stop_of(&fx), None, "this one stays");
         assert_eq!(b.route(&n, None), Route::Wait, "calls wait for a@h's state");
-        let id = fx
-            .iter()
-            .find_map(|e| match e {
-                Effect::SetTimer { timer: Timer::RivalOver { id, .. }, after } if *after == RIVAL_WAIT => Some(*id),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("a bound on the wait: {fx:?}"));
-        (b, id)
+        (b, rival_wait(&fx))
     };
     // a@h connects and hands its state over: merged, and calls go on here.
     let (mut b, _) = told_b();
@@ -2511,14 +2513,7 @@ fn a_durable_instance_that_stays_over_another_takes_no_calls_until_that_ones_sta
         assert_eq!(stop_of(&fx), None, "this one stays");
         assert!(sends(&fx).iter().any(|(to, m)| to == "a@h" && matches!(m, Msg::Registered { .. })), "a@h is told: {fx:?}");
         assert_eq!(b.route(&n, None), Route::Wait, "calls wait for a@h's state");
-        let id = fx
-            .iter()
-            .find_map(|e| match e {
-                Effect::SetTimer { timer: Timer::RivalOver { id, .. }, after } if *after == RIVAL_WAIT => Some(*id),
-                _ => None,
-            })
-            .expect("a bound on the wait");
-        (b, id)
+        (b, rival_wait(&fx))
     };
     // a@h's state arrives: merged into this one, which takes calls again.
     let (mut b, _) = meeting();
